@@ -1,0 +1,245 @@
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use autopilot_proto::{RunEvent, RunId, RunStatus};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::stream::{self, Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+use super::json::{ApiJson, ApiQuery};
+use super::{ApiError, ApiResult, AppState};
+use crate::app::App;
+use crate::model::{Run, RunFilter};
+use crate::services::runs::QuickRunInput;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    job_id: Option<String>,
+    /// One status or several, comma-separated.
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    limit: Option<u32>,
+    /// The last run id of the previous page.
+    #[serde(default)]
+    before: Option<String>,
+}
+
+fn parse_run_id(text: &str) -> ApiResult<RunId> {
+    text.parse()
+        .map_err(|_| ApiError::not_found(format!("run `{text}` not found (run ids are UUIDs)")))
+}
+
+pub async fn list(
+    State(AppState(app)): State<AppState>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let job_id = match query.job_id.as_deref() {
+        Some(job) => Some(app.find_job(job).await?.id),
+        None => None,
+    };
+    let statuses = match query.status.as_deref() {
+        Some(list) => list
+            .split(',')
+            .map(|status| status.trim().parse::<RunStatus>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|message| {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
+                    .field("status")
+            })?,
+        None => Vec::new(),
+    };
+    let before = match query.before.as_deref() {
+        Some(before) => Some(before.parse().map_err(|_| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                "before: must be a run id",
+            )
+            .field("before")
+        })?),
+        None => None,
+    };
+    let limit = query.limit.unwrap_or(50);
+    let runs = app
+        .list_runs(RunFilter {
+            job_id,
+            statuses,
+            before,
+            limit,
+        })
+        .await?;
+    let next_before = (runs.len() as u32 == limit.clamp(1, crate::services::runs::MAX_PAGE))
+        .then(|| runs.last().map(|r| r.id))
+        .flatten();
+    Ok(Json(json!({ "runs": runs, "next_before": next_before })))
+}
+
+pub async fn get(
+    State(AppState(app)): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Run>> {
+    Ok(Json(app.get_run(parse_run_id(&id)?).await?))
+}
+
+pub async fn kill(
+    State(AppState(app)): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Run>)> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(app.kill_run(parse_run_id(&id)?).await?),
+    ))
+}
+
+pub async fn quick_run(
+    State(AppState(app)): State<AppState>,
+    ApiJson(input): ApiJson<QuickRunInput>,
+) -> ApiResult<(StatusCode, Json<Run>)> {
+    Ok((StatusCode::ACCEPTED, Json(app.quick_run(input).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Only events with a larger sequence number.
+    #[serde(default)]
+    after: Option<i64>,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+/// The run's events as JSON, or followed live as Server-Sent Events when the client accepts
+/// `text/event-stream` (resumable with `Last-Event-ID`).
+pub async fn events(
+    State(AppState(app)): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<EventsQuery>,
+) -> ApiResult<Response> {
+    let run_id = parse_run_id(&id)?;
+    let wants_stream = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/event-stream"));
+    if !wants_stream {
+        let events = app
+            .run_events(
+                run_id,
+                query.after.unwrap_or(0),
+                query.limit.unwrap_or(1000),
+            )
+            .await?;
+        return Ok(Json(json!({ "events": events })).into_response());
+    }
+    app.get_run(run_id).await?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    let after = last_event_id.or(query.after).unwrap_or(0);
+    let stream = follow(app, run_id, after);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+struct Follow {
+    app: Arc<App>,
+    run_id: RunId,
+    cursor: i64,
+    buffer: VecDeque<RunEvent>,
+    updates: broadcast::Receiver<RunId>,
+    finished: bool,
+}
+
+/// Streams stored events after `after`, then new ones as they land, and ends with an `end`
+/// event once the run is final and every event was sent.
+fn follow(
+    app: Arc<App>,
+    run_id: RunId,
+    after: i64,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let shutdown = app.shutdown.clone();
+    let updates = app.run_updates.subscribe();
+    let state = Follow {
+        app,
+        run_id,
+        cursor: after,
+        buffer: VecDeque::new(),
+        updates,
+        finished: false,
+    };
+    stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(event) = state.buffer.pop_front() {
+                state.cursor = event.seq;
+                return Some((Ok(to_sse(&event)), state));
+            }
+            if state.finished {
+                return None;
+            }
+            match state.app.store.list_events(state.run_id, state.cursor, 500).await {
+                Ok(events) if !events.is_empty() => {
+                    state.buffer.extend(events);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(run.id = %state.run_id, error = %err, "reading events for a follower failed"),
+            }
+            let run = state.app.store.get_run(state.run_id).await.ok().flatten();
+            if let Some(run) = run.filter(|run| run.status.is_terminal()) {
+                // Events stored between the read above and this one still go out first.
+                if let Ok(events) = state.app.store.list_events(state.run_id, state.cursor, 500).await {
+                    if !events.is_empty() {
+                        state.buffer.extend(events);
+                        continue;
+                    }
+                }
+                state.finished = true;
+                let end = Event::default().event("end").json_data(json!({ "status": run.status, "run_id": run.id }));
+                return Some((Ok(end.unwrap_or_default()), state));
+            }
+            wait_for_update(&mut state.updates, state.run_id).await;
+        }
+    })
+    .take_until(shutdown.cancelled_owned())
+}
+
+async fn wait_for_update(updates: &mut broadcast::Receiver<RunId>, run_id: RunId) {
+    // The periodic look is a safety net for missed notifications, not the delivery path.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match updates.recv().await {
+                Ok(id) if id == run_id => return,
+                Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Err(broadcast::error::RecvError::Closed) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
+fn to_sse(event: &RunEvent) -> Event {
+    Event::default()
+        .id(event.seq.to_string())
+        .event(event.kind.as_str())
+        .json_data(event)
+        .unwrap_or_else(|_| {
+            Event::default()
+                .id(event.seq.to_string())
+                .event("error")
+                .data("unserializable event")
+        })
+}

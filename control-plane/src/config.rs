@@ -1,0 +1,328 @@
+//! One typed configuration for the `autopilot` binary: defaults, then an optional TOML file, then
+//! `AUTOPILOT_*` environment variables, then command-line flags. Validated once at start.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+/// Settings a user can give as flags or `AUTOPILOT_*` variables (flags win). Every one is
+/// optional here so the file and the defaults can fill what is left.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ConfigArgs {
+    /// TOML file with any of the settings below (keys in snake_case, e.g. `bind = "0.0.0.0:8080"`).
+    #[arg(long, env = "AUTOPILOT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address the HTTP API listens on [default: 127.0.0.1:8080].
+    #[arg(long, env = "AUTOPILOT_BIND", value_name = "ADDR")]
+    pub bind: Option<SocketAddr>,
+    /// Directory for the SQLite database, job workspaces and the CLI's home
+    /// [default: $HOME/.local/share/autopilot].
+    #[arg(long, env = "AUTOPILOT_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `sqlite://PATH` or `postgres://USER:PASSWORD@HOST/DB` [default: SQLite in the data directory].
+    #[arg(
+        long,
+        env = "AUTOPILOT_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// Bearer token for the HTTP API. Without it, one is generated on first start, printed once
+    /// and stored hashed.
+    #[arg(
+        long,
+        env = "AUTOPILOT_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// The Claude Code CLI to run [default: `claude` on PATH].
+    #[arg(long, env = "AUTOPILOT_CLAUDE_BIN", value_name = "PATH")]
+    pub claude_bin: Option<PathBuf>,
+    /// URL users and clients reach Autopilot at [default: http://BIND].
+    #[arg(long, env = "AUTOPILOT_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Runs the embedded worker executes at the same time [default: 4].
+    #[arg(long, env = "AUTOPILOT_WORKER_CONCURRENCY", value_name = "N")]
+    pub worker_concurrency: Option<usize>,
+    /// Seconds between SIGTERM and SIGKILL when a run is stopped [default: 10].
+    #[arg(long, env = "AUTOPILOT_KILL_GRACE_SECS", value_name = "SECS")]
+    pub kill_grace_secs: Option<u64>,
+    /// A fire later than this many seconds counts as missed and follows the job's misfire
+    /// policy [default: 60].
+    #[arg(long, env = "AUTOPILOT_MISFIRE_GRACE_SECS", value_name = "SECS")]
+    pub misfire_grace_secs: Option<u64>,
+    /// Log format: `text` or `json` [default: text].
+    #[arg(long, env = "AUTOPILOT_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The same settings as read from the file.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    bind: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    admin_token: Option<String>,
+    claude_bin: Option<PathBuf>,
+    public_url: Option<String>,
+    worker_concurrency: Option<usize>,
+    kill_grace_secs: Option<u64>,
+    misfire_grace_secs: Option<u64>,
+    log_format: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Clone)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub admin_token: Option<String>,
+    pub claude_bin: PathBuf,
+    pub public_url: String,
+    pub worker_concurrency: usize,
+    pub kill_grace: Duration,
+    pub misfire_grace: Duration,
+    pub log_format: LogFormat,
+    /// How often a worker reports that a run is alive.
+    pub heartbeat_interval: Duration,
+    /// A running run without a heartbeat for this long is marked lost.
+    pub lost_after: Duration,
+    /// Scheduler lease time to live.
+    pub lease_ttl: Duration,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("bind", &self.bind)
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &redact_url(&self.database_url))
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("claude_bin", &self.claude_bin)
+            .field("public_url", &self.public_url)
+            .field("worker_concurrency", &self.worker_concurrency)
+            .field("kill_grace", &self.kill_grace)
+            .field("misfire_grace", &self.misfire_grace)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+/// A database URL without its password.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => {
+                    format!("{}{user}:<redacted>{}", &url[..scheme_end + 3], &url[at..])
+                }
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Config {
+    /// Builds the configuration from the layers. Errors name the key and the variable to fix.
+    pub fn load(args: ConfigArgs) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let bind = args
+            .bind
+            .or(file.bind)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let data_dir = match args.data_dir.or(file.data_dir) {
+            Some(dir) => dir,
+            None => default_data_dir()?,
+        };
+        let database_url = args
+            .database_url
+            .or(file.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("autopilot.db").display()));
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres:")
+            || database_url.starts_with("postgresql:"))
+        {
+            anyhow::bail!(
+                "database_url must start with `sqlite://` or `postgres://` (set AUTOPILOT_DATABASE_URL or --database-url)"
+            );
+        }
+        let admin_token = args
+            .admin_token
+            .or(file.admin_token)
+            .filter(|token| !token.is_empty());
+        if let Some(token) = &admin_token {
+            if token.len() < 16 {
+                anyhow::bail!(
+                    "admin_token is too short: use at least 16 characters (AUTOPILOT_ADMIN_TOKEN)"
+                );
+            }
+        }
+        let public_url = args
+            .public_url
+            .or(file.public_url)
+            .unwrap_or_else(|| format!("http://{bind}"));
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+            anyhow::bail!("public_url must be an http:// or https:// URL (AUTOPILOT_PUBLIC_URL), got `{public_url}`");
+        }
+        let worker_concurrency = args
+            .worker_concurrency
+            .or(file.worker_concurrency)
+            .unwrap_or(4);
+        if worker_concurrency == 0 || worker_concurrency > 1024 {
+            anyhow::bail!(
+                "worker_concurrency must be between 1 and 1024 (AUTOPILOT_WORKER_CONCURRENCY)"
+            );
+        }
+        let log_format = match args.log_format.or(file.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => anyhow::bail!(
+                "log_format must be `text` or `json`, got `{other}` (AUTOPILOT_LOG_FORMAT)"
+            ),
+        };
+        Ok(Config {
+            bind,
+            data_dir,
+            database_url,
+            admin_token,
+            claude_bin: args
+                .claude_bin
+                .or(file.claude_bin)
+                .unwrap_or_else(|| PathBuf::from("claude")),
+            public_url: public_url.trim_end_matches('/').to_owned(),
+            worker_concurrency,
+            kill_grace: Duration::from_secs(
+                args.kill_grace_secs.or(file.kill_grace_secs).unwrap_or(10),
+            ),
+            misfire_grace: Duration::from_secs(
+                args.misfire_grace_secs
+                    .or(file.misfire_grace_secs)
+                    .unwrap_or(60),
+            ),
+            log_format,
+            heartbeat_interval: Duration::from_secs(5),
+            lost_after: Duration::from_secs(30),
+            lease_ttl: Duration::from_secs(10),
+        })
+    }
+
+    pub fn workspaces_dir(&self) -> PathBuf {
+        self.data_dir.join("workspaces")
+    }
+
+    /// `HOME` of the CLI processes: their settings and caches stay out of the operator's home.
+    pub fn runs_home_dir(&self) -> PathBuf {
+        self.data_dir.join("home")
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        anyhow::anyhow!(
+            "cannot read config file {} (AUTOPILOT_CONFIG): {err}",
+            path.display()
+        )
+    })?;
+    toml::from_str(&text).map_err(|err| anyhow::anyhow!("config file {}: {err}", path.display()))
+}
+
+fn default_data_dir() -> anyhow::Result<PathBuf> {
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(xdg).join("autopilot"));
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".local/share/autopilot")),
+        None => anyhow::bail!("no data directory: set AUTOPILOT_DATA_DIR (or --data-dir)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_and_env_win_over_the_file_and_the_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("autopilot.toml");
+        std::fs::write(
+            &file,
+            "bind = \"127.0.0.1:9000\"\nworker_concurrency = 7\nkill_grace_secs = 3\n",
+        )
+        .unwrap();
+        let args = ConfigArgs {
+            config: Some(file),
+            data_dir: Some(dir.path().into()),
+            worker_concurrency: Some(2),
+            ..Default::default()
+        };
+        let config = Config::load(args).unwrap();
+        assert_eq!(config.bind.port(), 9000);
+        assert_eq!(config.worker_concurrency, 2);
+        assert_eq!(config.kill_grace, Duration::from_secs(3));
+        assert!(config.database_url.ends_with("autopilot.db"));
+        assert_eq!(config.public_url, "http://127.0.0.1:9000");
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "bnd = \"x\"\n").unwrap();
+        let err = Config::load(ConfigArgs {
+            config: Some(file),
+            data_dir: Some(dir.path().into()),
+            ..Default::default()
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("bnd"), "{err}");
+        let err = Config::load(ConfigArgs {
+            data_dir: Some(dir.path().into()),
+            database_url: Some("mysql://x".into()),
+            ..Default::default()
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("AUTOPILOT_DATABASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::load(ConfigArgs {
+            data_dir: Some(dir.path().into()),
+            admin_token: Some("super-secret-token-123".into()),
+            database_url: Some("postgres://ap:hunter2@db/ap".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("super-secret") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+    }
+}

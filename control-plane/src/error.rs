@@ -1,0 +1,47 @@
+//! Errors of the services, shared by every edge (HTTP API, scheduler, later MCP). Each edge maps
+//! them to its own shape; a 4xx-kind error always says what was wrong and, where it applies,
+//! which field.
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The input is wrong; `field` names it (dotted path for nested fields).
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("{what} `{id}` not found")]
+    NotFound { what: &'static str, id: String },
+    /// The request clashes with the current state (duplicate name, run already finished, …).
+    #[error("{0}")]
+    Conflict(String),
+    /// Try again later.
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ServiceError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ServiceError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Conflict(what) => ServiceError::Conflict(what),
+            StoreError::Retryable(why) => ServiceError::Unavailable(why),
+            StoreError::NotFound => ServiceError::NotFound {
+                what: "record",
+                id: String::new(),
+            },
+            other => ServiceError::Internal(anyhow::Error::new(other)),
+        }
+    }
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;

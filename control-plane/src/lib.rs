@@ -1,0 +1,13 @@
+//! The Autopilot control plane: HTTP API, scheduler, store, services, and the `autopilot` binary.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod ingest;
+pub mod model;
+pub mod schedule;
+pub mod scheduler;
+pub mod serve;
+pub mod services;
+pub mod store;

@@ -1,0 +1,248 @@
+//! Cron expressions and one-shot times: parsing with errors that point at the wrong field, and
+//! the fire times of a schedule in its time zone.
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::parser::{CronParser, Seconds, Year};
+use croner::Cron;
+
+use crate::model::Schedule;
+
+const FIELD_NAMES: [&str; 6] = [
+    "second",
+    "minute",
+    "hour",
+    "day of month",
+    "month",
+    "day of week",
+];
+const FIELD_RANGES: [&str; 6] = [
+    "0-59",
+    "0-59",
+    "0-23",
+    "1-31",
+    "1-12 or JAN-DEC",
+    "0-7 or SUN-SAT",
+];
+
+/// A cron expression that failed to parse, with what to tell the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CronSyntaxError {
+    pub message: String,
+}
+
+fn parser() -> CronParser {
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build()
+}
+
+/// Parses a 5-field (minute precision) or 6-field (second precision) cron expression, or an
+/// alias such as `@hourly`. The error names the failing field, shows where it is and gives an
+/// example.
+pub fn parse_cron(expr: &str) -> Result<Cron, CronSyntaxError> {
+    let trimmed = expr.trim();
+    let fields: Vec<&str> = trimmed.split_whitespace().collect();
+    let example =
+        "examples: `0 9 * * 1-5` (09:00 on weekdays), `*/10 * * * * *` (every 10 seconds)";
+    if trimmed.is_empty() {
+        return Err(CronSyntaxError {
+            message: format!("the cron expression is empty; {example}"),
+        });
+    }
+    if !trimmed.starts_with('@') && !(5..=6).contains(&fields.len()) {
+        return Err(CronSyntaxError {
+            message: format!(
+                "`{trimmed}` has {} field(s); a cron expression has 5 (minute hour day-of-month month day-of-week) \
+                 or 6 (with seconds first); {example}",
+                fields.len()
+            ),
+        });
+    }
+    let whole_error = match parser().parse(trimmed) {
+        Ok(cron) => return Ok(cron),
+        Err(err) => err.to_string(),
+    };
+    if trimmed.starts_with('@') {
+        return Err(CronSyntaxError {
+            message: format!("`{trimmed}` is not a known alias (@yearly, @monthly, @weekly, @daily, @hourly): {whole_error}"),
+        });
+    }
+    // Find the culprit: test each field alone, with every other field a wildcard.
+    let offset = 6 - fields.len();
+    for (index, field) in fields.iter().enumerate() {
+        let probe: Vec<&str> = fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| if i == index { *f } else { "*" })
+            .collect();
+        if let Err(err) = parser().parse(&probe.join(" ")) {
+            let name = FIELD_NAMES[index + offset];
+            let range = FIELD_RANGES[index + offset];
+            let column = fields[..index].iter().map(|f| f.len() + 1).sum::<usize>();
+            return Err(CronSyntaxError {
+                message: format!(
+                    "invalid cron expression: field {} ({name}) `{field}` is not valid ({err}); {name} takes {range}, \
+                     `*`, lists `a,b`, ranges `a-b` and steps `*/n`\n  {trimmed}\n  {}^\n{example}",
+                    index + 1,
+                    " ".repeat(column)
+                ),
+            });
+        }
+    }
+    Err(CronSyntaxError {
+        message: format!("invalid cron expression `{trimmed}`: {whole_error}; {example}"),
+    })
+}
+
+/// Parses an IANA time zone name.
+pub fn parse_timezone(name: &str) -> Result<Tz, String> {
+    name.parse::<Tz>().map_err(|_| {
+        format!("unknown time zone `{name}`: use an IANA name such as `UTC`, `Europe/Paris` or `America/New_York`")
+    })
+}
+
+/// A schedule ready to compute fire times.
+#[derive(Debug, Clone)]
+pub enum Compiled {
+    Cron { cron: Box<Cron>, tz: Tz },
+    At(DateTime<Utc>),
+    None,
+}
+
+impl Compiled {
+    pub fn new(schedule: &Schedule, timezone: &str) -> Result<Self, String> {
+        Ok(match schedule {
+            Schedule::Cron(expr) => Compiled::Cron {
+                cron: Box::new(parse_cron(expr).map_err(|err| err.message)?),
+                tz: parse_timezone(timezone)?,
+            },
+            Schedule::At(at) => Compiled::At(*at),
+            Schedule::None => Compiled::None,
+        })
+    }
+
+    /// The first fire strictly after `after`, if there is one.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Compiled::Cron { cron, tz } => cron
+                .find_next_occurrence(&after.with_timezone(tz), false)
+                .ok()
+                .map(|next| next.with_timezone(&Utc)),
+            Compiled::At(at) => (*at > after).then_some(*at),
+            Compiled::None => None,
+        }
+    }
+
+    /// Up to `limit` fires strictly after `after`.
+    pub fn next_fires(&self, after: DateTime<Utc>, limit: usize) -> Vec<DateTime<Utc>> {
+        let mut fires = Vec::with_capacity(limit.min(1024));
+        let mut cursor = after;
+        while fires.len() < limit {
+            let Some(next) = self.next_after(cursor) else {
+                break;
+            };
+            fires.push(next);
+            cursor = next;
+        }
+        fires
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
+    }
+
+    #[test]
+    fn five_and_six_field_expressions_parse() {
+        assert!(parse_cron("0 9 * * 1-5").is_ok());
+        assert!(parse_cron("*/5 * * * * *").is_ok());
+        assert!(parse_cron("@hourly").is_ok());
+    }
+
+    #[test]
+    fn errors_name_the_field_and_point_at_it() {
+        let err = parse_cron("0 61 * * *").unwrap_err().message;
+        assert!(
+            err.contains("field 2 (hour)") || err.contains("field 2 (minute)"),
+            "{err}"
+        );
+        assert!(err.contains("`61`"), "{err}");
+        assert!(err.contains("  ^"), "{err}");
+        let err = parse_cron("* * *").unwrap_err().message;
+        assert!(err.contains("3 field(s)"), "{err}");
+        let err = parse_cron("0 0 9 * * MON-XYZ").unwrap_err().message;
+        assert!(err.contains("day of week"), "{err}");
+    }
+
+    #[test]
+    fn five_fields_are_minute_hour_dom_month_dow() {
+        let err = parse_cron("0 25 * * *").unwrap_err().message;
+        assert!(err.contains("field 2 (hour)"), "{err}");
+    }
+
+    #[test]
+    fn next_fires_follow_the_time_zone() {
+        let compiled = Compiled::new(&Schedule::Cron("0 9 * * *".into()), "Europe/Paris").unwrap();
+        // 09:00 in Paris in winter is 08:00 UTC.
+        assert_eq!(
+            compiled.next_after(utc(2026, 1, 10, 12, 0, 0)),
+            Some(utc(2026, 1, 11, 8, 0, 0))
+        );
+        // and 07:00 UTC in summer.
+        assert_eq!(
+            compiled.next_after(utc(2026, 7, 10, 12, 0, 0)),
+            Some(utc(2026, 7, 11, 7, 0, 0))
+        );
+    }
+
+    #[test]
+    fn spring_forward_gap_and_fall_back_repeat_fire_once_each_day() {
+        // America/New_York: 2026-03-08 02:00 → 03:00; 2026-11-01 02:00 → 01:00.
+        let compiled =
+            Compiled::new(&Schedule::Cron("30 2 * * *".into()), "America/New_York").unwrap();
+        let fires = compiled.next_fires(utc(2026, 3, 7, 12, 0, 0), 3);
+        assert_eq!(fires.len(), 3);
+        // Every fire lands on a distinct local day, none is lost to the gap.
+        let days: Vec<_> = fires
+            .iter()
+            .map(|f| f.with_timezone(&chrono_tz::America::New_York).date_naive())
+            .collect();
+        assert_eq!(days.len(), 3);
+        assert!(days.windows(2).all(|w| w[0] < w[1]), "{fires:?}");
+
+        let compiled =
+            Compiled::new(&Schedule::Cron("30 1 * * *".into()), "America/New_York").unwrap();
+        let fires = compiled.next_fires(utc(2026, 10, 31, 12, 0, 0), 3);
+        let days: Vec<_> = fires
+            .iter()
+            .map(|f| f.with_timezone(&chrono_tz::America::New_York).date_naive())
+            .collect();
+        assert!(
+            days.windows(2).all(|w| w[0] < w[1]),
+            "01:30 must fire once on the fall-back day: {fires:?}"
+        );
+    }
+
+    #[test]
+    fn one_shot_fires_once() {
+        let at = utc(2026, 5, 1, 10, 0, 0);
+        let compiled = Compiled::new(&Schedule::At(at), "UTC").unwrap();
+        assert_eq!(compiled.next_fires(utc(2026, 1, 1, 0, 0, 0), 5), vec![at]);
+        assert_eq!(compiled.next_after(at), None);
+    }
+
+    #[test]
+    fn unknown_time_zone_is_explained() {
+        assert!(parse_timezone("Europe/Pariss")
+            .unwrap_err()
+            .contains("IANA"));
+    }
+}

@@ -1,0 +1,302 @@
+//! `autopilot serve`: wires the store, the bus, the services, the background tasks and the HTTP
+//! server together and supervises them. The embedded default runs everything in this process:
+//! SQLite (or a given PostgreSQL), the in-process bus and a local-process worker.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use autopilot_proto::{Bus, InMemoryBus, WorkerId};
+use autopilot_worker::{CommandEnv, LocalExecutor, Worker, WorkerConfig};
+use nix::fcntl::{Flock, FlockArg};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api;
+use crate::app::App;
+use crate::config::Config;
+use crate::services::dispatch::{run_dispatcher, run_reaper, EMBEDDED_WORKER_PREFIX};
+use crate::services::worker_requests::serve_worker_requests;
+use crate::store::{self, Store};
+
+const ADMIN_TOKEN_SETTING: &str = "admin_token_sha256";
+
+/// Environment variables every run gets from the worker's own environment, when set.
+const PASSTHROUGH_VARS: [&str; 18] = [
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "NODE_EXTRA_CA_CERTS",
+];
+
+/// Runs Autopilot until `shutdown` fires or a component fails.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {} (AUTOPILOT_DATA_DIR)",
+            config.data_dir.display()
+        )
+    })?;
+    let _data_dir_lock = lock_data_dir(&config.data_dir)?;
+    let store = store::connect(&config.database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the store at {} (AUTOPILOT_DATABASE_URL)",
+                crate::config::redact_url(&config.database_url)
+            )
+        })?;
+    let admin_token_hash = admin_token_hash(&config, store.as_ref()).await?;
+    let bus: Arc<dyn Bus> = Arc::new(InMemoryBus::default());
+    let app = App::new(
+        Arc::clone(&config),
+        Arc::clone(&store),
+        Arc::clone(&bus),
+        admin_token_hash,
+        shutdown.clone(),
+    );
+    app.recover_embedded_runs()
+        .await
+        .context("recovering runs left by the previous process")?;
+
+    let worker_config = embedded_worker_config(&config);
+    let worker = Worker::new(worker_config, Arc::clone(&bus), Arc::new(LocalExecutor));
+    let address = listener.local_addr()?;
+    tracing::info!(
+        mode = "embedded",
+        store = store.backend(),
+        bus = "in-process",
+        executor = "local",
+        %address,
+        public_url = %config.public_url,
+        data_dir = %config.data_dir.display(),
+        "autopilot is running"
+    );
+
+    let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    let router = api::router(Arc::clone(&app));
+    let http_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(http_shutdown.cancelled_owned())
+            .await;
+        ("http server", served.map_err(anyhow::Error::from))
+    });
+    macro_rules! spawn_task {
+        ($name:literal, $task:expr) => {{
+            let cancel = shutdown.clone();
+            let app = Arc::clone(&app);
+            tasks.spawn(async move { ($name, $task(app, cancel).await) });
+        }};
+    }
+    spawn_task!("worker requests", serve_worker_requests);
+    spawn_task!("event ingester", crate::ingest::run_ingester);
+    spawn_task!("scheduler", crate::scheduler::run_scheduler);
+    spawn_task!("dispatcher", run_dispatcher);
+    spawn_task!("reaper", run_reaper);
+    let worker_cancel = shutdown.clone();
+    tasks.spawn(async move { ("embedded worker", worker.run(worker_cancel).await) });
+    supervise(tasks, shutdown).await
+}
+
+/// Waits for every task. The first one to stop on its own (failed or not) stops the rest, and
+/// its error becomes the process's.
+async fn supervise(
+    mut tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut failure: Option<anyhow::Error> = None;
+    while let Some(joined) = tasks.join_next().await {
+        let (name, result) = match joined {
+            Ok(done) => done,
+            Err(join_error) => (
+                "task",
+                Err(anyhow::anyhow!("a task panicked: {join_error}")),
+            ),
+        };
+        if shutdown.is_cancelled() {
+            if let Err(err) = result {
+                tracing::warn!(task = name, error = ?err, "task failed while shutting down");
+            }
+            continue;
+        }
+        let err = result
+            .err()
+            .unwrap_or_else(|| anyhow::anyhow!("stopped unexpectedly"));
+        tracing::error!(task = name, error = ?err, "component failed; shutting down");
+        failure.get_or_insert(err.context(format!("{name} failed")));
+        shutdown.cancel();
+    }
+    tracing::info!("autopilot stopped");
+    failure.map_or(Ok(()), Err)
+}
+
+/// One embedded process per data directory: the lock is what lets a restart mark the previous
+/// process's runs lost at once.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<Flock<File>> {
+    let path = data_dir.join("autopilot.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        anyhow::anyhow!(
+            "another autopilot process is using the data directory {} ({errno}); stop it, or give this one its own \
+             AUTOPILOT_DATA_DIR",
+            data_dir.display()
+        )
+    })
+}
+
+/// The SHA-256 of the admin token: from config, or from the store, or generated now and
+/// printed once.
+async fn admin_token_hash(config: &Config, store: &dyn Store) -> anyhow::Result<[u8; 32]> {
+    if let Some(token) = &config.admin_token {
+        return Ok(api::hash_token(token));
+    }
+    if let Some(stored) = store.get_setting(ADMIN_TOKEN_SETTING).await? {
+        return decode_hash(&stored);
+    }
+    let token = generate_token();
+    let hash = api::hash_token(&token);
+    if store
+        .put_setting_if_absent(ADMIN_TOKEN_SETTING, &hex::encode(hash))
+        .await?
+    {
+        announce_token(&token, "generated");
+        return Ok(hash);
+    }
+    // Another process stored one first.
+    let stored = store
+        .get_setting(ADMIN_TOKEN_SETTING)
+        .await?
+        .context("admin token vanished")?;
+    decode_hash(&stored)
+}
+
+/// Replaces the stored admin token with a new one and prints it once.
+pub async fn rotate_admin_token(config: &Config) -> anyhow::Result<()> {
+    let store = store::connect(&config.database_url).await?;
+    let token = generate_token();
+    store
+        .put_setting(ADMIN_TOKEN_SETTING, &hex::encode(api::hash_token(&token)))
+        .await?;
+    announce_token(&token, "rotated");
+    if config.admin_token.is_some() {
+        eprintln!("note: AUTOPILOT_ADMIN_TOKEN is set, and takes precedence over the stored token while it is");
+    }
+    Ok(())
+}
+
+fn announce_token(token: &str, how: &str) {
+    // Straight to the terminal, not through the logs: this is the only time it is shown.
+    eprintln!(
+        "\n  Admin token {how} (shown once, stored hashed; keep it safe):\n\n    {token}\n\n  \
+         Use it as `Authorization: Bearer <token>`. `autopilot admin-token rotate` makes a new one.\n"
+    );
+}
+
+fn generate_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("ap_{}", hex::encode(bytes))
+}
+
+fn decode_hash(stored: &str) -> anyhow::Result<[u8; 32]> {
+    let bytes = hex::decode(stored).context("stored admin token hash is not hex")?;
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("stored admin token hash has the wrong length"))
+}
+
+fn embedded_worker_config(config: &Config) -> WorkerConfig {
+    let command_env = command_env(config);
+    if !command_env.has_model_credentials() {
+        tracing::warn!("ANTHROPIC_API_KEY is not set: claude jobs will fail until it is set in this process's environment");
+    }
+    WorkerConfig {
+        worker_id: WorkerId::generate(EMBEDDED_WORKER_PREFIX),
+        pool: crate::services::jobs::DEFAULT_POOL.to_owned(),
+        concurrency: config.worker_concurrency,
+        workspaces_root: config.workspaces_dir(),
+        command_env,
+        kill_grace: config.kill_grace,
+        heartbeat_interval: config.heartbeat_interval,
+        event_batch_max: 256,
+    }
+}
+
+/// The environment runs are built from: a few safe variables, and the model API's settings
+/// (`ANTHROPIC_*`, `CLAUDE_CODE_*`) for Claude runs only.
+fn command_env(config: &Config) -> CommandEnv {
+    let mut base: Vec<(String, String)> = PASSTHROUGH_VARS
+        .iter()
+        .filter_map(|name| {
+            std::env::var(name)
+                .ok()
+                .map(|value| (name.to_string(), value))
+        })
+        .collect();
+    if !base.iter().any(|(name, _)| name == "PATH") {
+        base.push(("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()));
+    }
+    let model_api = std::env::vars()
+        .filter(|(name, _)| name.starts_with("ANTHROPIC_") || name.starts_with("CLAUDE_CODE_"))
+        .collect();
+    CommandEnv {
+        claude_bin: resolve_claude_bin(&config.claude_bin),
+        home: config.runs_home_dir(),
+        base,
+        model_api,
+    }
+}
+
+/// Resolves a bare program name on PATH, warning when it is not there.
+fn resolve_claude_bin(configured: &Path) -> PathBuf {
+    if configured.components().count() > 1 {
+        if !configured.exists() {
+            tracing::warn!(path = %configured.display(), "AUTOPILOT_CLAUDE_BIN does not exist: claude jobs will fail");
+        }
+        return configured.to_path_buf();
+    }
+    let found = std::env::var_os("PATH")
+        .map(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(configured))
+                .find(|candidate| candidate.is_file())
+        })
+        .unwrap_or_default();
+    match found {
+        Some(path) => path,
+        None => {
+            tracing::warn!(
+                program = %configured.display(),
+                "the Claude Code CLI is not on PATH: claude jobs will fail until it is installed (pip install claude-agent-sdk \
+                 ships it) or AUTOPILOT_CLAUDE_BIN points at it"
+            );
+            configured.to_path_buf()
+        }
+    }
+}

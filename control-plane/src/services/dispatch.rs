@@ -1,0 +1,230 @@
+//! Dispatch: getting queued runs onto the bus, in the order and number their jobs allow, and
+//! keeping runs from being stuck: recovery at start and the lost-run reaper.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use autopilot_proto::{JobId, RunRequest, RunStatus};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::error::ServiceResult;
+use crate::model::{OverlapPolicy, Run};
+
+/// Prefix of the ids of workers embedded in `autopilot serve`.
+pub const EMBEDDED_WORKER_PREFIX: &str = "embedded";
+
+/// The bus dedup id of a run's attempt: a cron fire is identified by `(job_id, scheduled_for)`.
+pub fn dedup_id(run: &Run) -> String {
+    match (run.job_id, run.scheduled_for) {
+        (Some(job_id), Some(at)) => {
+            format!("fire:{job_id}:{}:{}", at.timestamp_millis(), run.attempt)
+        }
+        _ => format!("run:{}:{}", run.id, run.attempt),
+    }
+}
+
+impl App {
+    /// Dispatches a run that was just created, unless its job's `queue` overlap policy makes it
+    /// wait for an earlier run (the dispatcher sends it when that one ends).
+    pub(crate) async fn dispatch_new(&self, run: Run) -> ServiceResult<Run> {
+        if run.settings.overlap == OverlapPolicy::Queue {
+            if let Some(job_id) = run.job_id {
+                let others = self.active_runs(job_id).await?;
+                if others.iter().any(|other| other.id != run.id) {
+                    return Ok(run);
+                }
+            }
+        }
+        self.publish(run).await
+    }
+
+    /// Marks the run dispatched and publishes its request. The row exists before the message.
+    async fn publish(&self, mut run: Run) -> ServiceResult<Run> {
+        run.dispatched_at = Some(Utc::now());
+        if !self
+            .store
+            .update_run(&run, RunStatus::Queued, run.attempt)
+            .await?
+        {
+            // Claimed, cancelled or dispatched by someone else meanwhile.
+            return self.get_run(run.id).await;
+        }
+        Ok(self.publish_dispatched(run).await)
+    }
+
+    /// Publishes the request of a run already marked dispatched in the store. A failed publish
+    /// is undone so the dispatcher tries again.
+    pub(crate) async fn publish_dispatched(&self, run: Run) -> Run {
+        let request = RunRequest {
+            run_id: run.id,
+            attempt: run.attempt,
+            pool: run.settings.pool.clone(),
+            dedup_id: dedup_id(&run),
+        };
+        let Err(err) = self.bus.publish_run(request).await else {
+            return run;
+        };
+        tracing::warn!(run.id = %run.id, error = %err, "publishing the run request failed; will retry");
+        let mut undone = run.clone();
+        undone.dispatched_at = None;
+        if let Err(err) = self
+            .store
+            .update_run(&undone, RunStatus::Queued, run.attempt)
+            .await
+        {
+            tracing::error!(run.id = %run.id, error = %err, "could not mark the run undispatched");
+        }
+        self.dispatcher_wake.notify_one();
+        undone
+    }
+
+    /// Sends every queued run that may go now. Returns when a delayed retry becomes due.
+    pub async fn dispatch_pending(&self) -> ServiceResult<Option<DateTime<Utc>>> {
+        let now = Utc::now();
+        let queued = self
+            .store
+            .runs_in_status(&[RunStatus::Queued], None)
+            .await?;
+        let mut busy_jobs: HashSet<JobId> = HashSet::new();
+        let mut next_due: Option<DateTime<Utc>> = None;
+        let waiting: Vec<Run> = queued
+            .into_iter()
+            .filter(|run| run.dispatched_at.is_none())
+            .collect();
+        for run in waiting {
+            if let Some(not_before) = run.not_before.filter(|t| *t > now) {
+                next_due = Some(next_due.map_or(not_before, |due| due.min(not_before)));
+                continue;
+            }
+            if let (OverlapPolicy::Queue, Some(job_id)) = (run.settings.overlap, run.job_id) {
+                if busy_jobs.contains(&job_id) || !self.active_runs(job_id).await?.is_empty() {
+                    busy_jobs.insert(job_id);
+                    continue;
+                }
+                busy_jobs.insert(job_id);
+            }
+            self.publish(run).await?;
+        }
+        Ok(next_due)
+    }
+
+    /// After a restart of the embedded mode: runs this data directory's previous process was
+    /// executing are lost (their processes went with it), and queued runs are sent again (the
+    /// in-process bus went with it too). The caller holds the data directory lock, so no other
+    /// live process owns embedded runs.
+    pub async fn recover_embedded_runs(&self) -> ServiceResult<()> {
+        let stuck = self
+            .store
+            .runs_in_status(
+                &[RunStatus::Running, RunStatus::Cancelling, RunStatus::Queued],
+                None,
+            )
+            .await?;
+        for mut run in stuck {
+            let (status, attempt) = (run.status, run.attempt);
+            if status == RunStatus::Queued {
+                if run.dispatched_at.is_some() {
+                    run.dispatched_at = None;
+                    self.store.update_run(&run, status, attempt).await?;
+                }
+                continue;
+            }
+            if !run
+                .worker_id
+                .as_deref()
+                .is_some_and(|id| id.starts_with(EMBEDDED_WORKER_PREFIX))
+            {
+                continue;
+            }
+            let reason =
+                "autopilot stopped while this run was executing; its process ended with it. \
+                          Events recorded up to then are kept";
+            self.mark_lost(run, reason).await?;
+        }
+        self.dispatch_pending().await?;
+        Ok(())
+    }
+
+    /// Marks running runs whose worker stopped sending heartbeats as lost.
+    pub async fn reap_lost_runs(&self) -> ServiceResult<usize> {
+        let deadline =
+            Utc::now() - chrono::Duration::from_std(self.config.lost_after).unwrap_or_default();
+        let running = self
+            .store
+            .runs_in_status(&[RunStatus::Running, RunStatus::Cancelling], None)
+            .await?;
+        let mut reaped = 0;
+        for run in running {
+            if run
+                .heartbeat_at
+                .or(run.started_at)
+                .is_some_and(|beat| beat < deadline)
+            {
+                let reason = format!(
+                    "no heartbeat from worker `{}` for {}s; the worker probably died",
+                    run.worker_id.as_deref().unwrap_or("?"),
+                    self.config.lost_after.as_secs()
+                );
+                self.mark_lost(run, &reason).await?;
+                reaped += 1;
+            }
+        }
+        Ok(reaped)
+    }
+
+    async fn mark_lost(&self, mut run: Run, reason: &str) -> ServiceResult<()> {
+        let (status, attempt) = (run.status, run.attempt);
+        run.status = RunStatus::Lost;
+        run.finished_at = Some(Utc::now());
+        run.is_error = true;
+        run.error = Some(reason.to_owned());
+        if self.store.update_run(&run, status, attempt).await? {
+            tracing::warn!(run.id = %run.id, reason, "run lost");
+            self.record_control_event(&run, json!({ "step": "lost", "reason": reason }))
+                .await;
+            self.dispatcher_wake.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// Sends queued runs when they become dispatchable: retries whose backoff ended, runs queued
+/// behind an earlier run of their job.
+pub async fn run_dispatcher(app: Arc<App>, cancel: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        let next_due = match app.dispatch_pending().await {
+            Ok(next_due) => next_due,
+            Err(err) => {
+                tracing::warn!(error = %err, "dispatching queued runs failed; retrying");
+                Some(Utc::now() + chrono::Duration::seconds(1))
+            }
+        };
+        let sleep = next_due
+            .map(|due| (due - Utc::now()).to_std().unwrap_or_default())
+            .unwrap_or(std::time::Duration::from_secs(3600));
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(()),
+            _ = app.dispatcher_wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+/// Marks runs lost when their heartbeats stop.
+pub async fn run_reaper(app: Arc<App>, cancel: CancellationToken) -> anyhow::Result<()> {
+    let period = app.config.lost_after / 3;
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(period) => {}
+        }
+        if let Err(err) = app.reap_lost_runs().await {
+            tracing::warn!(error = %err, "reaping lost runs failed");
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The control plane's side of the worker protocol: claim, heartbeat, complete.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use autopilot_proto::{
+    RunId, RunOutcome, RunSpec, RunStatus, WorkerId, WorkerReply, WorkerRequest,
+};
+use chrono::Utc;
+use futures::StreamExt;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::error::ServiceResult;
+use crate::model::Run;
+
+/// How long a completion waits for the attempt's events to be stored before it records the
+/// final state anyway.
+const EVENTS_LANDING_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn rejected(reason: impl Into<String>) -> WorkerReply {
+    WorkerReply::Rejected {
+        reason: reason.into(),
+    }
+}
+
+impl App {
+    pub async fn handle_worker_request(
+        &self,
+        request: WorkerRequest,
+    ) -> ServiceResult<WorkerReply> {
+        match request {
+            WorkerRequest::Claim {
+                run_id,
+                attempt,
+                worker_id,
+            } => self.claim(run_id, attempt, worker_id).await,
+            WorkerRequest::Heartbeat {
+                run_id,
+                attempt,
+                worker_id,
+            } => self.heartbeat(run_id, attempt, worker_id).await,
+            WorkerRequest::Complete {
+                run_id,
+                attempt,
+                worker_id,
+                outcome,
+                events_published,
+            } => {
+                self.complete(run_id, attempt, worker_id, outcome, events_published)
+                    .await
+            }
+        }
+    }
+
+    /// `queued → running` for this worker, if the attempt is still the current one.
+    async fn claim(
+        &self,
+        run_id: RunId,
+        attempt: u32,
+        worker_id: WorkerId,
+    ) -> ServiceResult<WorkerReply> {
+        let Some(mut run) = self.store.get_run(run_id).await? else {
+            return Ok(rejected("unknown run"));
+        };
+        if run.attempt != attempt {
+            return Ok(rejected(format!(
+                "attempt {attempt} was superseded by attempt {}",
+                run.attempt
+            )));
+        }
+        if run.status != RunStatus::Queued {
+            return Ok(rejected(format!("run is {}", run.status)));
+        }
+        let now = Utc::now();
+        run.status = RunStatus::Running;
+        run.worker_id = Some(worker_id.to_string());
+        run.started_at = Some(now);
+        run.heartbeat_at = Some(now);
+        if !self
+            .store
+            .update_run(&run, RunStatus::Queued, attempt)
+            .await?
+        {
+            return Ok(rejected("claimed by another worker"));
+        }
+        self.record_control_event(&run, json!({ "step": "claimed", "worker_id": worker_id }))
+            .await;
+        let spec = RunSpec {
+            run_id,
+            attempt,
+            job_id: run.job_id,
+            workspace: run.settings.workspace.clone(),
+            kind: run.settings.kind.clone(),
+            timeout_secs: run.settings.timeout_secs,
+        };
+        Ok(WorkerReply::Claimed {
+            spec: Box::new(spec),
+        })
+    }
+
+    async fn heartbeat(
+        &self,
+        run_id: RunId,
+        attempt: u32,
+        worker_id: WorkerId,
+    ) -> ServiceResult<WorkerReply> {
+        let Some(mut run) = self.store.get_run(run_id).await? else {
+            return Ok(rejected("unknown run"));
+        };
+        if !owns(&run, attempt, &worker_id) {
+            return Ok(rejected(format!(
+                "run is {} and not held by this worker",
+                run.status
+            )));
+        }
+        let status = run.status;
+        run.heartbeat_at = Some(Utc::now());
+        if !self.store.update_run(&run, status, attempt).await? {
+            // It changed meanwhile; the next heartbeat sees how.
+            return Ok(WorkerReply::Ok);
+        }
+        Ok(if status == RunStatus::Cancelling {
+            WorkerReply::Cancel
+        } else {
+            WorkerReply::Ok
+        })
+    }
+
+    /// Records how an attempt ended: its final state, or a delayed retry for a transient API
+    /// failure when the job's retry policy allows one.
+    async fn complete(
+        &self,
+        run_id: RunId,
+        attempt: u32,
+        worker_id: WorkerId,
+        outcome: RunOutcome,
+        events_published: u64,
+    ) -> ServiceResult<WorkerReply> {
+        self.wait_for_events(run_id, attempt, events_published)
+            .await;
+        let Some(mut run) = self.store.get_run(run_id).await? else {
+            return Ok(rejected("unknown run"));
+        };
+        if !owns(&run, attempt, &worker_id) {
+            return Ok(rejected(format!(
+                "run is {} and not held by this worker",
+                run.status
+            )));
+        }
+        let expected = run.status;
+        run.usage.add(&outcome.usage);
+        run.cost_usd = match (run.cost_usd, outcome.cost_usd) {
+            (Some(before), Some(now)) => Some(before + now),
+            (before, now) => before.or(now),
+        };
+        run.permission_denials += outcome.permission_denials;
+        for model in &outcome.models {
+            if !run.models.contains(model) {
+                run.models.push(model.clone());
+            }
+        }
+        run.exit_code = outcome.exit_code;
+        run.num_turns = outcome.num_turns;
+        run.result = outcome.result.clone();
+        run.is_error = outcome.is_error;
+        run.error = outcome.error.clone();
+
+        let retry = outcome.transient
+            && expected == RunStatus::Running
+            && attempt <= run.settings.retry.count;
+        if retry {
+            let delay = run.settings.retry.delay_before_attempt(attempt + 1);
+            run.status = RunStatus::Queued;
+            run.attempt = attempt + 1;
+            run.not_before =
+                Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
+            run.dispatched_at = None;
+            run.worker_id = None;
+            run.heartbeat_at = None;
+            if !self.store.update_run(&run, expected, attempt).await? {
+                return Ok(rejected("run changed while completing"));
+            }
+            let data = json!({ "step": "retry_scheduled", "next_attempt": attempt + 1, "delay_secs": delay.as_secs(), "error": outcome.error });
+            self.record_control_event(&run, data).await;
+            tracing::info!(run.id = %run_id, attempt = attempt + 1, delay_secs = delay.as_secs(), "transient failure; retry scheduled");
+            self.dispatcher_wake.notify_one();
+            return Ok(WorkerReply::Ok);
+        }
+
+        let mut status = outcome.final_status();
+        if expected == RunStatus::Cancelling
+            && status == RunStatus::Failed
+            && outcome.stopped.is_none()
+        {
+            // Killed before the stop signal reached it, or it failed on its own: the user asked
+            // for a stop, so say cancelled.
+            status = RunStatus::Cancelled;
+        }
+        run.status = status;
+        run.finished_at = Some(outcome.finished_at.unwrap_or_else(Utc::now));
+        if !self.store.update_run(&run, expected, attempt).await? {
+            return Ok(rejected("run changed while completing"));
+        }
+        self.record_control_event(
+            &run,
+            json!({ "step": "finished", "status": status, "error": run.error }),
+        )
+        .await;
+        tracing::info!(run.id = %run_id, status = %status, cost_usd = ?run.cost_usd, "run finished");
+        self.dispatcher_wake.notify_one();
+        Ok(WorkerReply::Ok)
+    }
+
+    /// Waits until `expected` worker events of the attempt are stored (or a timeout), so that
+    /// anyone who sees the final state also sees every event.
+    async fn wait_for_events(&self, run_id: RunId, attempt: u32, expected: u64) {
+        let mut updates = self.run_updates.subscribe();
+        let deadline = tokio::time::Instant::now() + EVENTS_LANDING_TIMEOUT;
+        loop {
+            match self.store.count_worker_events(run_id, attempt).await {
+                Ok(stored) if stored >= expected => return,
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(run.id = %run_id, error = %err, "counting events failed")
+                }
+            }
+            let woke = tokio::time::timeout_at(deadline, async {
+                loop {
+                    match updates.recv().await {
+                        Ok(id) if id == run_id => return,
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            })
+            .await;
+            if woke.is_err() {
+                tracing::warn!(run.id = %run_id, expected, "not every event arrived before completion");
+                return;
+            }
+        }
+    }
+}
+
+fn owns(run: &Run, attempt: u32, worker_id: &WorkerId) -> bool {
+    run.attempt == attempt
+        && matches!(run.status, RunStatus::Running | RunStatus::Cancelling)
+        && run.worker_id.as_deref() == Some(worker_id.as_str())
+}
+
+/// Answers worker requests from the bus. Each request is handled on its own task so one slow
+/// completion never holds up claims.
+pub async fn serve_worker_requests(app: Arc<App>, cancel: CancellationToken) -> anyhow::Result<()> {
+    let mut requests = app.bus.serve_requests().await?;
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(()),
+            incoming = requests.next() => match incoming {
+                Some(incoming) => incoming,
+                None => anyhow::bail!("the bus closed the worker request stream"),
+            },
+        };
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            match app.handle_worker_request(incoming.request).await {
+                // The worker may have given up waiting; it will retry.
+                Ok(reply) => drop(incoming.reply.send(reply)),
+                // Dropping the reply tells the worker to try again later: a store hiccup must
+                // not turn into a refused claim or completion.
+                Err(err) => tracing::error!(error = %err, "worker request failed"),
+            }
+        });
+    }
+}

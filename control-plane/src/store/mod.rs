@@ -1,0 +1,107 @@
+//! The `Store`: where jobs, runs, events and leases live. One narrow trait with domain types
+//! only; SQLite and PostgreSQL implementations behind it, chosen by the URL scheme.
+
+mod rows;
+mod sql;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use autopilot_proto::{JobId, NewRunEvent, RunEvent, RunId, RunStatus};
+use chrono::{DateTime, Utc};
+
+use crate::model::{FireRecord, Job, Run, RunFilter};
+
+pub use sql::SqlStore;
+
+/// Store failures, classified so callers can decide without looking at driver errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness rule was broken; the text names what collided.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Worth trying again (busy database, lost connection, pool timeout).
+    #[error("store temporarily unavailable: {0}")]
+    Retryable(String),
+    /// Stored data could not be read back (a bug or a hand-edited database).
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    async fn insert_job(&self, job: &Job) -> StoreResult<()>;
+    /// Replaces a job's settings (not its fire cursor's counters). `NotFound` if it is gone.
+    async fn update_job(&self, job: &Job) -> StoreResult<()>;
+    async fn get_job(&self, id: JobId) -> StoreResult<Option<Job>>;
+    async fn get_job_by_name(&self, name: &str) -> StoreResult<Option<Job>>;
+    async fn list_jobs(&self) -> StoreResult<Vec<Job>>;
+    /// Returns whether a job was deleted. Its runs stay, detached from it.
+    async fn delete_job(&self, id: JobId) -> StoreResult<bool>;
+
+    /// Applies a batch of scheduler steps in one transaction: creates the fires' runs (skipping
+    /// any `(job_id, scheduled_for)` that exists) and advances each job's cursor and counters.
+    /// Returns the runs actually created.
+    async fn record_fires(&self, fires: &[FireRecord]) -> StoreResult<Vec<RunId>>;
+
+    async fn insert_run(&self, run: &Run) -> StoreResult<()>;
+    async fn get_run(&self, id: RunId) -> StoreResult<Option<Run>>;
+    async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<Run>>;
+    /// Compare-and-set: writes `run` only if the stored row still has `expected_status` and
+    /// `expected_attempt`. Returns whether it was written.
+    async fn update_run(
+        &self,
+        run: &Run,
+        expected_status: RunStatus,
+        expected_attempt: u32,
+    ) -> StoreResult<bool>;
+    /// Runs in any of `statuses`, oldest first, optionally of one job.
+    async fn runs_in_status(
+        &self,
+        statuses: &[RunStatus],
+        job_id: Option<JobId>,
+    ) -> StoreResult<Vec<Run>>;
+
+    /// Stores events, giving each the next sequence number of its run. Events already stored
+    /// (same run, attempt, origin and origin_seq) are skipped; so are events of unknown runs.
+    /// Returns how many were stored.
+    async fn append_events(&self, events: &[NewRunEvent]) -> StoreResult<u64>;
+    async fn list_events(
+        &self,
+        run_id: RunId,
+        after_seq: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<RunEvent>>;
+    async fn count_worker_events(&self, run_id: RunId, attempt: u32) -> StoreResult<u64>;
+
+    /// Takes or renews the lease `name` for `holder`. Returns the fencing token (raised each time
+    /// the holder changes) when `holder` holds it afterwards, `None` when someone else does.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<i64>>;
+    async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()>;
+
+    async fn get_setting(&self, key: &str) -> StoreResult<Option<String>>;
+    /// Sets `key` only if it has no value. Returns whether it was set.
+    async fn put_setting_if_absent(&self, key: &str, value: &str) -> StoreResult<bool>;
+    async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()>;
+}
+
+/// Opens the store named by `url`: `sqlite://path` (created if missing) or `postgres://…`.
+/// Runs the migrations of that dialect.
+pub async fn connect(url: &str) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    Ok(std::sync::Arc::new(SqlStore::connect(url).await?))
+}

@@ -1,0 +1,235 @@
+//! Row shapes shared by both SQL dialects, and their conversion to and from domain types.
+//! Times are stored as milliseconds since the epoch, ids as text, lists as JSON text.
+
+use autopilot_proto::{EventKind, RunEvent, RunId, TokenUsage};
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::StoreError;
+use crate::model::{Job, RetryPolicy, Run, Schedule};
+
+pub fn to_ms(time: DateTime<Utc>) -> i64 {
+    time.timestamp_millis()
+}
+
+pub fn from_ms(ms: i64) -> Result<DateTime<Utc>, StoreError> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .ok_or_else(|| StoreError::Corrupt(format!("time {ms} out of range")))
+}
+
+fn opt_from_ms(ms: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    ms.map(from_ms).transpose()
+}
+
+fn parse<T: std::str::FromStr>(what: &str, text: &str) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse()
+        .map_err(|err| StoreError::Corrupt(format!("{what} `{text}`: {err}")))
+}
+
+fn json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|err| StoreError::Corrupt(format!("{what}: {err}")))
+}
+
+pub fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("domain values always serialize")
+}
+
+fn to_u32(what: &str, value: i64) -> Result<u32, StoreError> {
+    u32::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} {value} out of range")))
+}
+
+fn to_u64(what: &str, value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} {value} out of range")))
+}
+
+pub fn clamp_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[derive(sqlx::FromRow)]
+pub struct JobRow {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub kind: String,
+    pub prompt: String,
+    pub schedule_kind: String,
+    pub schedule_expr: Option<String>,
+    pub timezone: String,
+    pub enabled: bool,
+    pub model: Option<String>,
+    pub allowed_tools: String,
+    pub disallowed_tools: String,
+    pub max_turns: Option<i64>,
+    pub timeout_secs: i64,
+    pub max_cost_usd: Option<f64>,
+    pub misfire_policy: String,
+    pub misfire_cap: i64,
+    pub overlap_policy: String,
+    pub retry_count: i64,
+    pub retry_backoff_secs: i64,
+    pub pool: String,
+    pub fire_cursor_ms: i64,
+    pub missed_fires: i64,
+    pub overlap_skipped: i64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// The schedule as stored: (`schedule_kind`, `schedule_expr`).
+pub fn schedule_columns(schedule: &Schedule) -> (&'static str, Option<String>) {
+    match schedule {
+        Schedule::Cron(expr) => ("cron", Some(expr.clone())),
+        Schedule::At(at) => ("at", Some(at.to_rfc3339())),
+        Schedule::None => ("none", None),
+    }
+}
+
+impl TryFrom<JobRow> for Job {
+    type Error = StoreError;
+
+    fn try_from(row: JobRow) -> Result<Self, Self::Error> {
+        let schedule = match (row.schedule_kind.as_str(), row.schedule_expr) {
+            ("cron", Some(expr)) => Schedule::Cron(expr),
+            ("at", Some(at)) => Schedule::At(
+                DateTime::parse_from_rfc3339(&at)
+                    .map_err(|err| StoreError::Corrupt(format!("one-shot time `{at}`: {err}")))?
+                    .with_timezone(&Utc),
+            ),
+            ("none", _) => Schedule::None,
+            (kind, _) => return Err(StoreError::Corrupt(format!("schedule kind `{kind}`"))),
+        };
+        Ok(Job {
+            id: parse("job id", &row.id)?,
+            name: row.name,
+            description: row.description,
+            kind: parse("job kind", &row.kind)?,
+            prompt: row.prompt,
+            schedule,
+            timezone: row.timezone,
+            enabled: row.enabled,
+            model: row.model,
+            allowed_tools: json("allowed_tools", &row.allowed_tools)?,
+            disallowed_tools: json("disallowed_tools", &row.disallowed_tools)?,
+            max_turns: row.max_turns.map(|n| to_u32("max_turns", n)).transpose()?,
+            timeout_secs: to_u64("timeout_secs", row.timeout_secs)?,
+            max_cost_usd: row.max_cost_usd,
+            misfire_policy: parse("misfire policy", &row.misfire_policy)?,
+            misfire_cap: to_u32("misfire_cap", row.misfire_cap)?,
+            overlap_policy: parse("overlap policy", &row.overlap_policy)?,
+            retry: RetryPolicy {
+                count: to_u32("retry_count", row.retry_count)?,
+                backoff_secs: to_u64("retry_backoff_secs", row.retry_backoff_secs)?,
+            },
+            pool: row.pool,
+            fire_cursor: from_ms(row.fire_cursor_ms)?,
+            missed_fires: to_u64("missed_fires", row.missed_fires)?,
+            overlap_skipped: to_u64("overlap_skipped", row.overlap_skipped)?,
+            created_at: from_ms(row.created_at_ms)?,
+            updated_at: from_ms(row.updated_at_ms)?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub struct RunRow {
+    pub id: String,
+    pub job_id: Option<String>,
+    pub job_name: Option<String>,
+    pub trigger: String,
+    pub status: String,
+    pub attempt: i64,
+    pub scheduled_for_ms: Option<i64>,
+    pub settings: String,
+    pub created_at_ms: i64,
+    pub dispatched_at_ms: Option<i64>,
+    pub not_before_ms: Option<i64>,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub heartbeat_at_ms: Option<i64>,
+    pub worker_id: Option<String>,
+    pub exit_code: Option<i64>,
+    pub is_error: bool,
+    pub error: Option<String>,
+    pub result: Option<String>,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
+    pub cost_usd: Option<f64>,
+    pub num_turns: Option<i64>,
+    pub models: String,
+    pub permission_denials: i64,
+}
+
+impl TryFrom<RunRow> for Run {
+    type Error = StoreError;
+
+    fn try_from(row: RunRow) -> Result<Self, Self::Error> {
+        Ok(Run {
+            id: parse("run id", &row.id)?,
+            job_id: row
+                .job_id
+                .as_deref()
+                .map(|id| parse("job id", id))
+                .transpose()?,
+            job_name: row.job_name,
+            trigger: parse("trigger", &row.trigger)?,
+            status: parse("run status", &row.status)?,
+            attempt: to_u32("attempt", row.attempt)?,
+            scheduled_for: opt_from_ms(row.scheduled_for_ms)?,
+            settings: json("run settings", &row.settings)?,
+            created_at: from_ms(row.created_at_ms)?,
+            dispatched_at: opt_from_ms(row.dispatched_at_ms)?,
+            not_before: opt_from_ms(row.not_before_ms)?,
+            started_at: opt_from_ms(row.started_at_ms)?,
+            finished_at: opt_from_ms(row.finished_at_ms)?,
+            heartbeat_at: opt_from_ms(row.heartbeat_at_ms)?,
+            worker_id: row.worker_id,
+            exit_code: row
+                .exit_code
+                .map(|code| i32::try_from(code).unwrap_or(i32::MIN)),
+            is_error: row.is_error,
+            error: row.error,
+            result: row.result,
+            usage: TokenUsage {
+                input_tokens: to_u64("input_tokens", row.input_tokens)?,
+                output_tokens: to_u64("output_tokens", row.output_tokens)?,
+                cache_read_tokens: to_u64("cache_read_tokens", row.cache_read_tokens)?,
+                cache_write_tokens: to_u64("cache_write_tokens", row.cache_write_tokens)?,
+            },
+            cost_usd: row.cost_usd,
+            num_turns: row.num_turns.map(|n| to_u32("num_turns", n)).transpose()?,
+            models: json("models", &row.models)?,
+            permission_denials: to_u32("permission_denials", row.permission_denials)?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub struct EventRow {
+    pub run_id: String,
+    pub seq: i64,
+    pub attempt: i64,
+    pub at_ms: i64,
+    pub kind: String,
+    pub data: String,
+}
+
+impl TryFrom<EventRow> for RunEvent {
+    type Error = StoreError;
+
+    fn try_from(row: EventRow) -> Result<Self, Self::Error> {
+        Ok(RunEvent {
+            run_id: parse::<RunId>("run id", &row.run_id)?,
+            seq: row.seq,
+            attempt: to_u32("attempt", row.attempt)?,
+            at: from_ms(row.at_ms)?,
+            kind: parse::<EventKind>("event kind", &row.kind)?,
+            data: json("event data", &row.data)?,
+        })
+    }
+}

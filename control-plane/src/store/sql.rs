@@ -1,0 +1,597 @@
+//! The SQL store: one implementation for SQLite and PostgreSQL. Both dialects accept `$n`
+//! placeholders, `ON CONFLICT` and `RETURNING`, and the schema keeps to types both share, so each
+//! query is written once and run on whichever pool the URL chose. Each dialect has its own
+//! migrations.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use autopilot_proto::{JobId, NewRunEvent, RunEvent, RunId, RunStatus};
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use super::rows::{clamp_i64, schedule_columns, to_json, to_ms, EventRow, JobRow, RunRow};
+use super::{Store, StoreError, StoreResult};
+use crate::model::{FireRecord, Job, Run, RunFilter};
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+enum Pools {
+    /// SQLite allows one writer at a time: writes queue on a one-connection pool instead of
+    /// spinning in SQLite's busy handler, while reads use their own connections (WAL mode).
+    Sqlite {
+        read: SqlitePool,
+        write: SqlitePool,
+    },
+    Postgres(PgPool),
+}
+
+pub struct SqlStore {
+    pools: Pools,
+}
+
+/// Runs `$body` with `$pool` bound to the pool for reads.
+macro_rules! on_read {
+    ($self:ident, $pool:ident => $body:expr) => {
+        match &$self.pools {
+            Pools::Sqlite { read: $pool, .. } => $body,
+            Pools::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs `$body` with `$pool` bound to the pool for single-statement writes.
+macro_rules! on_write {
+    ($self:ident, $pool:ident => $body:expr) => {
+        match &$self.pools {
+            Pools::Sqlite { write: $pool, .. } => $body,
+            Pools::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs `$body` inside a write transaction bound to `$tx`, committing when it succeeds. SQLite
+/// takes the write lock at `BEGIN` so another process's writer makes us wait, not fail.
+macro_rules! in_write_tx {
+    ($self:ident, $tx:ident => $body:block) => {
+        match &$self.pools {
+            Pools::Sqlite { write, .. } => {
+                let mut $tx = write
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(classify)?;
+                let out = $body;
+                $tx.commit().await.map_err(classify)?;
+                out
+            }
+            Pools::Postgres(pool) => {
+                let mut $tx = pool.begin().await.map_err(classify)?;
+                let out = $body;
+                $tx.commit().await.map_err(classify)?;
+                out
+            }
+        }
+    };
+}
+
+const JOB_COLUMNS: &str = "id, name, description, kind, prompt, schedule_kind, schedule_expr, timezone, enabled, \
+    model, allowed_tools, disallowed_tools, max_turns, timeout_secs, max_cost_usd, misfire_policy, misfire_cap, \
+    overlap_policy, retry_count, retry_backoff_secs, pool, fire_cursor_ms, missed_fires, overlap_skipped, \
+    created_at_ms, updated_at_ms";
+
+const RUN_COLUMNS: &str = "id, job_id, job_name, trigger, status, attempt, scheduled_for_ms, settings, created_at_ms, \
+    dispatched_at_ms, not_before_ms, started_at_ms, finished_at_ms, heartbeat_at_ms, worker_id, exit_code, is_error, \
+    error, result, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, num_turns, models, \
+    permission_denials";
+
+const INSERT_RUN: &str = "INSERT INTO runs (id, job_id, job_name, trigger, status, attempt, scheduled_for_ms, settings, \
+    created_at_ms, dispatched_at_ms, not_before_ms, started_at_ms, finished_at_ms, heartbeat_at_ms, worker_id, exit_code, \
+    is_error, error, result, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, num_turns, \
+    models, permission_denials) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+    $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)";
+
+/// Binds every column of a run, in `INSERT_RUN` order.
+macro_rules! bind_run {
+    ($query:expr, $run:expr) => {{
+        let run: &Run = $run;
+        $query
+            .bind(run.id.to_string())
+            .bind(run.job_id.map(|id| id.to_string()))
+            .bind(run.job_name.clone())
+            .bind(run.trigger.as_str())
+            .bind(run.status.as_str())
+            .bind(i64::from(run.attempt))
+            .bind(run.scheduled_for.map(to_ms))
+            .bind(to_json(&run.settings))
+            .bind(to_ms(run.created_at))
+            .bind(run.dispatched_at.map(to_ms))
+            .bind(run.not_before.map(to_ms))
+            .bind(run.started_at.map(to_ms))
+            .bind(run.finished_at.map(to_ms))
+            .bind(run.heartbeat_at.map(to_ms))
+            .bind(run.worker_id.clone())
+            .bind(run.exit_code.map(i64::from))
+            .bind(run.is_error)
+            .bind(run.error.clone())
+            .bind(run.result.clone())
+            .bind(clamp_i64(run.usage.input_tokens))
+            .bind(clamp_i64(run.usage.output_tokens))
+            .bind(clamp_i64(run.usage.cache_read_tokens))
+            .bind(clamp_i64(run.usage.cache_write_tokens))
+            .bind(run.cost_usd)
+            .bind(run.num_turns.map(i64::from))
+            .bind(to_json(&run.models))
+            .bind(i64::from(run.permission_denials))
+    }};
+}
+
+/// Binds a job's settings, in `INSERT INTO jobs` column order (without the counters).
+macro_rules! bind_job {
+    ($query:expr, $job:expr) => {{
+        let job: &Job = $job;
+        let (schedule_kind, schedule_expr) = schedule_columns(&job.schedule);
+        $query
+            .bind(job.id.to_string())
+            .bind(job.name.clone())
+            .bind(job.description.clone())
+            .bind(job.kind.as_str())
+            .bind(job.prompt.clone())
+            .bind(schedule_kind)
+            .bind(schedule_expr)
+            .bind(job.timezone.clone())
+            .bind(job.enabled)
+            .bind(job.model.clone())
+            .bind(to_json(&job.allowed_tools))
+            .bind(to_json(&job.disallowed_tools))
+            .bind(job.max_turns.map(i64::from))
+            .bind(clamp_i64(job.timeout_secs))
+            .bind(job.max_cost_usd)
+            .bind(job.misfire_policy.as_str())
+            .bind(i64::from(job.misfire_cap))
+            .bind(job.overlap_policy.as_str())
+            .bind(i64::from(job.retry.count))
+            .bind(clamp_i64(job.retry.backoff_secs))
+            .bind(job.pool.clone())
+            .bind(to_ms(job.fire_cursor))
+            .bind(to_ms(job.created_at))
+            .bind(to_ms(job.updated_at))
+    }};
+}
+
+/// Classifies a driver error.
+fn classify(err: sqlx::Error) -> StoreError {
+    match &err {
+        sqlx::Error::RowNotFound => StoreError::NotFound,
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            StoreError::Retryable(err.to_string())
+        }
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+            StoreError::Corrupt(err.to_string())
+        }
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(db.message().to_owned())
+        }
+        // SQLITE_BUSY / SQLITE_LOCKED, and PostgreSQL serialization failures and deadlocks.
+        sqlx::Error::Database(db)
+            if matches!(
+                db.code().as_deref(),
+                Some("5" | "6" | "517" | "40001" | "40P01")
+            ) =>
+        {
+            StoreError::Retryable(db.message().to_owned())
+        }
+        _ => StoreError::Other(err.to_string()),
+    }
+}
+
+fn rows_into<R, T>(rows: Vec<R>) -> StoreResult<Vec<T>>
+where
+    T: TryFrom<R, Error = StoreError>,
+{
+    rows.into_iter().map(T::try_from).collect()
+}
+
+impl SqlStore {
+    /// Connects and migrates. `sqlite:` URLs create the file (and its directory) if needed.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let pools = if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(|err| anyhow::anyhow!("invalid SQLite URL `{url}`: {err}"))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // With WAL, NORMAL keeps every commit across a process crash; only a power loss
+                // can take back the last transactions.
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            if let Some(parent) = options.get_filename().parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|err| anyhow::anyhow!("cannot create {}: {err}", parent.display()))?;
+            }
+            let write = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options.clone())
+                .await?;
+            SQLITE_MIGRATIONS.run(&write).await?;
+            let read = SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options.read_only(false))
+                .await?;
+            Pools::Sqlite { read, write }
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await
+                .map_err(|err| anyhow::anyhow!("cannot connect to PostgreSQL: {err}"))?;
+            POSTGRES_MIGRATIONS.run(&pool).await?;
+            Pools::Postgres(pool)
+        } else {
+            anyhow::bail!(
+                "unsupported database URL `{}`: use `sqlite://PATH` or `postgres://USER@HOST/DB` (AUTOPILOT_DATABASE_URL)",
+                url.split_once("://").map_or(url, |(scheme, _)| scheme)
+            );
+        };
+        Ok(Self { pools })
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    fn backend(&self) -> &'static str {
+        match self.pools {
+            Pools::Sqlite { .. } => "sqlite",
+            Pools::Postgres(_) => "postgres",
+        }
+    }
+
+    async fn insert_job(&self, job: &Job) -> StoreResult<()> {
+        let sql = format!(
+            "INSERT INTO jobs ({JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+             $15, $16, $17, $18, $19, $20, $21, $22, $25, $26, $23, $24)"
+        );
+        on_write!(self, pool => {
+            bind_job!(sqlx::query(&sql), job)
+                .bind(clamp_i64(job.missed_fires))
+                .bind(clamp_i64(job.overlap_skipped))
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(|err| match classify(err) {
+            StoreError::Conflict(_) => {
+                StoreError::Conflict(format!("a job named `{}` already exists", job.name))
+            }
+            other => other,
+        })?;
+        Ok(())
+    }
+
+    async fn update_job(&self, job: &Job) -> StoreResult<()> {
+        let sql = "UPDATE jobs SET name = $2, description = $3, kind = $4, prompt = $5, schedule_kind = $6, \
+             schedule_expr = $7, timezone = $8, enabled = $9, model = $10, allowed_tools = $11, disallowed_tools = $12, \
+             max_turns = $13, timeout_secs = $14, max_cost_usd = $15, misfire_policy = $16, misfire_cap = $17, \
+             overlap_policy = $18, retry_count = $19, retry_backoff_secs = $20, pool = $21, fire_cursor_ms = $22, \
+             created_at_ms = $23, updated_at_ms = $24 WHERE id = $1";
+        let result = on_write!(self, pool => bind_job!(sqlx::query(sql), job).execute(pool).await.map(|done| done.rows_affected()))
+            .map_err(|err| match classify(err) {
+                StoreError::Conflict(_) => StoreError::Conflict(format!("a job named `{}` already exists", job.name)),
+                other => other,
+            })?;
+        if result == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn get_job(&self, id: JobId) -> StoreResult<Option<Job>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
+        let row = on_read!(self, pool => sqlx::query_as::<_, JobRow>(&sql).bind(id.to_string()).fetch_optional(pool).await)
+            .map_err(classify)?;
+        row.map(Job::try_from).transpose()
+    }
+
+    async fn get_job_by_name(&self, name: &str) -> StoreResult<Option<Job>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE name = $1");
+        let row = on_read!(self, pool => sqlx::query_as::<_, JobRow>(&sql).bind(name).fetch_optional(pool).await)
+            .map_err(classify)?;
+        row.map(Job::try_from).transpose()
+    }
+
+    async fn list_jobs(&self) -> StoreResult<Vec<Job>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY name");
+        let rows = on_read!(self, pool => sqlx::query_as::<_, JobRow>(&sql).fetch_all(pool).await)
+            .map_err(classify)?;
+        rows_into(rows)
+    }
+
+    async fn delete_job(&self, id: JobId) -> StoreResult<bool> {
+        let deleted = on_write!(self, pool => sqlx::query("DELETE FROM jobs WHERE id = $1").bind(id.to_string()).execute(pool).await.map(|done| done.rows_affected()))
+            .map_err(classify)?;
+        Ok(deleted > 0)
+    }
+
+    async fn record_fires(&self, fires: &[FireRecord]) -> StoreResult<Vec<RunId>> {
+        let insert =
+            format!("{INSERT_RUN} ON CONFLICT (job_id, scheduled_for_ms) DO NOTHING RETURNING id");
+        let advance = "UPDATE jobs SET fire_cursor_ms = $2, missed_fires = missed_fires + $3, \
+                       overlap_skipped = overlap_skipped + $4, enabled = (enabled AND NOT $5) WHERE id = $1";
+        let created = in_write_tx!(self, tx => {
+            let mut created = Vec::new();
+            for fire in fires {
+                for run in &fire.runs {
+                    let inserted: Option<(String,)> =
+                        bind_run!(sqlx::query_as(&insert), run).fetch_optional(&mut *tx).await.map_err(classify)?;
+                    if inserted.is_some() {
+                        created.push(run.id);
+                    }
+                }
+                sqlx::query(advance)
+                    .bind(fire.job_id.to_string())
+                    .bind(to_ms(fire.cursor))
+                    .bind(clamp_i64(fire.missed))
+                    .bind(clamp_i64(fire.overlap_skipped))
+                    .bind(fire.disable)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+            }
+            created
+        });
+        Ok(created)
+    }
+
+    async fn insert_run(&self, run: &Run) -> StoreResult<()> {
+        on_write!(self, pool => bind_run!(sqlx::query(INSERT_RUN), run).execute(pool).await.map(|done| done.rows_affected())).map_err(classify)?;
+        Ok(())
+    }
+
+    async fn get_run(&self, id: RunId) -> StoreResult<Option<Run>> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
+        let row = on_read!(self, pool => sqlx::query_as::<_, RunRow>(&sql).bind(id.to_string()).fetch_optional(pool).await)
+            .map_err(classify)?;
+        row.map(Run::try_from).transpose()
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<Run>> {
+        let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE 1 = 1");
+        let mut binds: Vec<String> = Vec::new();
+        if let Some(job_id) = filter.job_id {
+            binds.push(job_id.to_string());
+            sql.push_str(&format!(" AND job_id = ${}", binds.len()));
+        }
+        if !filter.statuses.is_empty() {
+            let mut placeholders = Vec::new();
+            for status in &filter.statuses {
+                binds.push(status.as_str().to_owned());
+                placeholders.push(format!("${}", binds.len()));
+            }
+            sql.push_str(&format!(" AND status IN ({})", placeholders.join(", ")));
+        }
+        if let Some(before) = filter.before {
+            binds.push(before.to_string());
+            sql.push_str(&format!(" AND id < ${}", binds.len()));
+        }
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", binds.len() + 1));
+        let rows = on_read!(self, pool => {
+            let mut query = sqlx::query_as::<_, RunRow>(&sql);
+            for value in &binds {
+                query = query.bind(value);
+            }
+            query.bind(i64::from(filter.limit)).fetch_all(pool).await
+        })
+        .map_err(classify)?;
+        rows_into(rows)
+    }
+
+    async fn update_run(
+        &self,
+        run: &Run,
+        expected_status: RunStatus,
+        expected_attempt: u32,
+    ) -> StoreResult<bool> {
+        let sql = "UPDATE runs SET id = $1, job_id = $2, job_name = $3, trigger = $4, status = $5, attempt = $6, \
+             scheduled_for_ms = $7, settings = $8, created_at_ms = $9, dispatched_at_ms = $10, not_before_ms = $11, \
+             started_at_ms = $12, finished_at_ms = $13, heartbeat_at_ms = $14, worker_id = $15, exit_code = $16, \
+             is_error = $17, error = $18, result = $19, input_tokens = $20, output_tokens = $21, \
+             cache_read_tokens = $22, cache_write_tokens = $23, cost_usd = $24, num_turns = $25, models = $26, \
+             permission_denials = $27 WHERE id = $1 AND status = $28 AND attempt = $29";
+        let updated = on_write!(self, pool => {
+            bind_run!(sqlx::query(sql), run)
+                .bind(expected_status.as_str())
+                .bind(i64::from(expected_attempt))
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(classify)?;
+        Ok(updated == 1)
+    }
+
+    async fn runs_in_status(
+        &self,
+        statuses: &[RunStatus],
+        job_id: Option<JobId>,
+    ) -> StoreResult<Vec<Run>> {
+        if statuses.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (1..=statuses.len()).map(|i| format!("${i}")).collect();
+        let mut sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE status IN ({})",
+            placeholders.join(", ")
+        );
+        if job_id.is_some() {
+            sql.push_str(&format!(" AND job_id = ${}", statuses.len() + 1));
+        }
+        sql.push_str(" ORDER BY id");
+        let rows = on_read!(self, pool => {
+            let mut query = sqlx::query_as::<_, RunRow>(&sql);
+            for status in statuses {
+                query = query.bind(status.as_str());
+            }
+            if let Some(job_id) = job_id {
+                query = query.bind(job_id.to_string());
+            }
+            query.fetch_all(pool).await
+        })
+        .map_err(classify)?;
+        rows_into(rows)
+    }
+
+    async fn append_events(&self, events: &[NewRunEvent]) -> StoreResult<u64> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        // Group by run, keeping each run's events in order.
+        let mut order: Vec<RunId> = Vec::new();
+        let mut by_run: HashMap<RunId, Vec<&NewRunEvent>> = HashMap::new();
+        for event in events {
+            by_run
+                .entry(event.run_id)
+                .or_insert_with(|| {
+                    order.push(event.run_id);
+                    Vec::new()
+                })
+                .push(event);
+        }
+        let reserve =
+            "UPDATE runs SET event_seq = event_seq + $2 WHERE id = $1 RETURNING event_seq";
+        let insert = "INSERT INTO run_events (run_id, seq, attempt, origin, origin_seq, at_ms, kind, data) \
+                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (run_id, attempt, origin, origin_seq) DO NOTHING";
+        let stored = in_write_tx!(self, tx => {
+            let mut stored = 0u64;
+            for run_id in &order {
+                let run_events = &by_run[run_id];
+                let count = i64::try_from(run_events.len()).unwrap_or(i64::MAX);
+                let last: Option<(i64,)> = sqlx::query_as(reserve)
+                    .bind(run_id.to_string())
+                    .bind(count)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                let Some((last,)) = last else {
+                    tracing::warn!(run.id = %run_id, events = count, "events for an unknown run were dropped");
+                    continue;
+                };
+                for (offset, event) in run_events.iter().enumerate() {
+                    let seq = last - count + 1 + offset as i64;
+                    stored += sqlx::query(insert)
+                        .bind(run_id.to_string())
+                        .bind(seq)
+                        .bind(i64::from(event.attempt))
+                        .bind(event.origin.as_str())
+                        .bind(clamp_i64(event.origin_seq))
+                        .bind(to_ms(event.at))
+                        .bind(event.kind.as_str())
+                        .bind(event.data.to_string())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(classify)?
+                        .rows_affected();
+                }
+            }
+            stored
+        });
+        Ok(stored)
+    }
+
+    async fn list_events(
+        &self,
+        run_id: RunId,
+        after_seq: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<RunEvent>> {
+        let sql = "SELECT run_id, seq, attempt, at_ms, kind, data FROM run_events WHERE run_id = $1 AND seq > $2 \
+                   ORDER BY seq LIMIT $3";
+        let rows = on_read!(self, pool => {
+            sqlx::query_as::<_, EventRow>(sql)
+                .bind(run_id.to_string())
+                .bind(after_seq)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(classify)?;
+        rows_into(rows)
+    }
+
+    async fn count_worker_events(&self, run_id: RunId, attempt: u32) -> StoreResult<u64> {
+        let sql = "SELECT COUNT(*) FROM run_events WHERE run_id = $1 AND attempt = $2 AND origin = 'worker'";
+        let (count,): (i64,) = on_read!(self, pool => {
+            sqlx::query_as(sql).bind(run_id.to_string()).bind(i64::from(attempt)).fetch_one(pool).await
+        })
+        .map_err(classify)?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<i64>> {
+        let expires = to_ms(now) + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        let sql = "INSERT INTO leases (name, holder, token, expires_at_ms) VALUES ($1, $2, 1, $3) \
+                   ON CONFLICT (name) DO UPDATE SET \
+                     token = CASE WHEN leases.holder = excluded.holder THEN leases.token ELSE leases.token + 1 END, \
+                     holder = excluded.holder, expires_at_ms = excluded.expires_at_ms \
+                   WHERE leases.holder = excluded.holder OR leases.expires_at_ms < $4 \
+                   RETURNING token";
+        let token: Option<(i64,)> = on_write!(self, pool => {
+            sqlx::query_as(sql).bind(name).bind(holder).bind(expires).bind(to_ms(now)).fetch_optional(pool).await
+        })
+        .map_err(classify)?;
+        Ok(token.map(|(token,)| token))
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()> {
+        on_write!(self, pool => {
+            sqlx::query("UPDATE leases SET expires_at_ms = 0 WHERE name = $1 AND holder = $2").bind(name).bind(holder).execute(pool).await.map(|done| done.rows_affected())
+        })
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn get_setting(&self, key: &str) -> StoreResult<Option<String>> {
+        let row: Option<(String,)> = on_read!(self, pool => {
+            sqlx::query_as("SELECT value FROM settings WHERE key = $1").bind(key).fetch_optional(pool).await
+        })
+        .map_err(classify)?;
+        Ok(row.map(|(value,)| value))
+    }
+
+    async fn put_setting_if_absent(&self, key: &str, value: &str) -> StoreResult<bool> {
+        let inserted = on_write!(self, pool => {
+            sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+                .bind(key)
+                .bind(value)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(classify)?;
+        Ok(inserted == 1)
+    }
+
+    async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()> {
+        on_write!(self, pool => {
+            sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+                .bind(key)
+                .bind(value)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(classify)?;
+        Ok(())
+    }
+}

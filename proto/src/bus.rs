@@ -1,0 +1,149 @@
+//! The bus between control plane and workers.
+//!
+//! The database owns every run; the bus only delivers. Run requests go on a work queue with
+//! at-least-once delivery: a consumer acknowledges a delivery when done, asks for redelivery with
+//! `nak`, or keeps it alive with `in_progress` while a run executes. Each request carries a dedup
+//! id so a republished request within the dedup window is dropped by the bus itself. Workers talk
+//! back through request / reply (claim, heartbeat, complete) and stream events on their own
+//! channel. Cancellation is pushed to every worker.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::event::NewRunEvent;
+use crate::ids::{RunId, WorkerId};
+use crate::run::{RunOutcome, RunSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("the bus is closed")]
+    Closed,
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+/// A request to execute one attempt of a run. Deliberately small: the run's settings (and any
+/// secret it needs) are handed out by the control plane when a worker claims it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RunRequest {
+    pub run_id: RunId,
+    pub attempt: u32,
+    /// The worker pool that should execute it.
+    pub pool: String,
+    /// Publishing the same dedup id again within the window delivers nothing new. A cron fire
+    /// uses `(job_id, scheduled_for)`; other runs use `(run_id, attempt)`.
+    pub dedup_id: String,
+}
+
+/// A batch of events from one producer, in order.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct EventBatch {
+    pub events: Vec<NewRunEvent>,
+}
+
+/// Pushed to every worker.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlMessage {
+    Cancel { run_id: RunId },
+}
+
+/// A worker's request to the control plane.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkerRequest {
+    /// Take the run (`queued → running`, compare-and-set on the attempt).
+    Claim {
+        run_id: RunId,
+        attempt: u32,
+        worker_id: WorkerId,
+    },
+    /// The run is still alive on this worker.
+    Heartbeat {
+        run_id: RunId,
+        attempt: u32,
+        worker_id: WorkerId,
+    },
+    /// The attempt ended. `events_published` counts this attempt's worker events so the control
+    /// plane can let them land before it records the final state.
+    Complete {
+        run_id: RunId,
+        attempt: u32,
+        worker_id: WorkerId,
+        outcome: RunOutcome,
+        events_published: u64,
+    },
+}
+
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkerReply {
+    Claimed {
+        spec: Box<RunSpec>,
+    },
+    /// The claim, heartbeat or completion is refused (already taken, cancelled, superseded).
+    Rejected {
+        reason: String,
+    },
+    /// Keep going.
+    Ok,
+    /// The run was asked to stop.
+    Cancel,
+}
+
+/// Acknowledgement handle of one delivery.
+#[async_trait]
+pub trait Acker: Send + Sync {
+    /// Done: never deliver again.
+    async fn ack(&self) -> Result<(), BusError>;
+    /// Deliver again, after `delay`.
+    async fn nak(&self, delay: Duration) -> Result<(), BusError>;
+    /// Still working: restart the redelivery timer.
+    async fn in_progress(&self) -> Result<(), BusError>;
+}
+
+/// One delivered message with its acknowledgement handle.
+pub struct Delivery<T> {
+    pub message: T,
+    /// How many times this message has been delivered, starting at 1.
+    pub delivery_count: u32,
+    pub acker: Box<dyn Acker>,
+}
+
+/// A worker request waiting for its reply.
+pub struct IncomingRequest {
+    pub request: WorkerRequest,
+    pub reply: tokio::sync::oneshot::Sender<WorkerReply>,
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync {
+    /// Publish a run request to its pool's work queue. Returns `false` when the dedup id was
+    /// already seen within the window (nothing was published).
+    async fn publish_run(&self, request: RunRequest) -> Result<bool, BusError>;
+    /// Competing consumption of a pool's run requests.
+    async fn pull_runs(
+        &self,
+        pool: &str,
+    ) -> Result<BoxStream<'static, Delivery<RunRequest>>, BusError>;
+
+    async fn publish_events(&self, batch: EventBatch) -> Result<(), BusError>;
+    /// Competing consumption of event batches (the control plane's ingesters).
+    async fn pull_events(&self) -> Result<BoxStream<'static, Delivery<EventBatch>>, BusError>;
+
+    async fn publish_control(&self, message: ControlMessage) -> Result<(), BusError>;
+    /// Every subscriber sees every control message published after it subscribed.
+    async fn subscribe_control(&self) -> Result<BoxStream<'static, ControlMessage>, BusError>;
+
+    /// Send a worker request to the control plane and wait for its reply.
+    async fn request(&self, request: WorkerRequest) -> Result<WorkerReply, BusError>;
+    /// The control plane's side of [`Bus::request`].
+    async fn serve_requests(&self) -> Result<BoxStream<'static, IncomingRequest>, BusError>;
+}

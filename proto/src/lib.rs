@@ -1,0 +1,22 @@
+//! The contract between the Autopilot control plane and its workers.
+//!
+//! Everything that crosses the bus lives here: typed ids, the [`RunSpec`] a worker executes, the
+//! [`RunEvent`]s it streams back, the [`RunOutcome`] it reports, the run status state machine and
+//! the [`Bus`] trait with its in-memory implementation. No HTTP and no database types.
+
+pub mod bus;
+pub mod event;
+pub mod ids;
+pub mod memory_bus;
+pub mod run;
+
+pub use bus::{
+    Acker, Bus, BusError, ControlMessage, Delivery, EventBatch, IncomingRequest, RunRequest,
+    WorkerReply, WorkerRequest,
+};
+pub use event::{EventKind, EventOrigin, NewRunEvent, RunEvent};
+pub use ids::{JobId, RunId, WorkerId};
+pub use memory_bus::{InMemoryBus, InMemoryBusConfig};
+pub use run::{
+    ClaudeSpec, RunKind, RunOutcome, RunSpec, RunStatus, StopReason, TokenUsage, Trigger,
+};

@@ -1,0 +1,284 @@
+//! Runs: what a worker is asked to execute, the states a run moves through, and what it reports.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{JobId, RunId};
+
+/// The life of a run. Every change is a compare-and-set in the store on (run id, expected status,
+/// attempt), so two actors can never both move the same run.
+///
+/// ```text
+/// queued ──▶ running ──▶ succeeded | failed | timed_out | cancelled | lost
+///   │           │
+///   └──▶ cancelling ◀┘ ──▶ cancelled (or any final state the worker reports)
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Cancelling,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+    Lost,
+}
+
+impl RunStatus {
+    pub const ALL: [RunStatus; 8] = [
+        RunStatus::Queued,
+        RunStatus::Running,
+        RunStatus::Cancelling,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::TimedOut,
+        RunStatus::Cancelled,
+        RunStatus::Lost,
+    ];
+
+    /// The states a run can still leave.
+    pub const ACTIVE: [RunStatus; 3] =
+        [RunStatus::Queued, RunStatus::Running, RunStatus::Cancelling];
+
+    pub fn is_terminal(self) -> bool {
+        !Self::ACTIVE.contains(&self)
+    }
+
+    /// Whether the state machine allows `self → next`. A retry of a transient failure goes
+    /// `running → queued` with the attempt raised.
+    pub fn can_move_to(self, next: RunStatus) -> bool {
+        use RunStatus::*;
+        matches!(
+            (self, next),
+            (Queued, Running | Cancelling | Cancelled | Lost | Failed)
+                | (Running, Queued | Cancelling)
+                | (
+                    Running | Cancelling,
+                    Succeeded | Failed | TimedOut | Cancelled | Lost
+                )
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Cancelling => "cancelling",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::TimedOut => "timed_out",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Lost => "lost",
+        }
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RunStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<_> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+                format!(
+                    "unknown run status `{s}`; expected one of {}",
+                    known.join(", ")
+                )
+            })
+    }
+}
+
+/// What started a run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Schedule,
+    Manual,
+    Quick,
+    Webhook,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Manual => "manual",
+            Trigger::Quick => "quick",
+            Trigger::Webhook => "webhook",
+        }
+    }
+}
+
+impl FromStr for Trigger {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "schedule" => Ok(Trigger::Schedule),
+            "manual" => Ok(Trigger::Manual),
+            "quick" => Ok(Trigger::Quick),
+            "webhook" => Ok(Trigger::Webhook),
+            other => Err(format!("unknown trigger `{other}`")),
+        }
+    }
+}
+
+/// Settings for a Claude Code run.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct ClaudeSpec {
+    pub prompt: String,
+    pub model: Option<String>,
+    /// Tools pre-approved for the run, already normalised to the CLI's names
+    /// (`Bash`, `mcp__server__tool`). Empty means the CLI's defaults.
+    pub allowed_tools: Vec<String>,
+    /// Tools that must not even be offered to the model.
+    pub disallowed_tools: Vec<String>,
+    pub max_turns: Option<u32>,
+    pub max_cost_usd: Option<f64>,
+}
+
+/// What a run executes.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RunKind {
+    Claude(ClaudeSpec),
+    /// A command run with `sh -c` in the workspace.
+    Shell {
+        command: String,
+    },
+}
+
+/// Everything a worker needs to execute one claimed attempt of a run. Handed out by the control
+/// plane only in reply to a successful claim; never published on a stream.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub run_id: RunId,
+    pub attempt: u32,
+    pub job_id: Option<JobId>,
+    /// Name of the workspace directory (a job's own, or one per quick run).
+    pub workspace: String,
+    pub kind: RunKind,
+    pub timeout_secs: u64,
+}
+
+/// Token counts as the model API reports them.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct TokenUsage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+}
+
+impl TokenUsage {
+    pub fn add(&mut self, other: &TokenUsage) {
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cache_read_tokens += other.cache_read_tokens;
+        self.cache_write_tokens += other.cache_write_tokens;
+    }
+}
+
+/// Why a worker stopped a run before it finished on its own.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Timeout,
+    Cancelled,
+    BudgetExceeded,
+    WorkerShutdown,
+}
+
+/// What a worker reports when an attempt ends.
+#[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]
+pub struct RunOutcome {
+    pub exit_code: Option<i32>,
+    pub is_error: bool,
+    pub error: Option<String>,
+    pub result: Option<String>,
+    pub usage: TokenUsage,
+    pub cost_usd: Option<f64>,
+    pub num_turns: Option<u32>,
+    pub models: Vec<String>,
+    pub permission_denials: u32,
+    pub stopped: Option<StopReason>,
+    /// The failure looks transient (API overloaded, rate limited, 5xx): the job's retry policy
+    /// may run it again.
+    pub transient: bool,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl RunOutcome {
+    /// The final status this outcome puts the run in.
+    pub fn final_status(&self) -> RunStatus {
+        match self.stopped {
+            Some(StopReason::Timeout) => RunStatus::TimedOut,
+            Some(StopReason::Cancelled) => RunStatus::Cancelled,
+            Some(StopReason::WorkerShutdown) => RunStatus::Lost,
+            Some(StopReason::BudgetExceeded) => RunStatus::Failed,
+            None if self.is_error || self.exit_code != Some(0) => RunStatus::Failed,
+            None => RunStatus::Succeeded,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_states_cannot_move() {
+        for from in RunStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for to in RunStatus::ALL {
+                assert!(!from.can_move_to(to), "{from} -> {to} must be refused");
+            }
+        }
+        assert!(RunStatus::Queued.can_move_to(RunStatus::Running));
+        assert!(RunStatus::Running.can_move_to(RunStatus::Cancelling));
+        assert!(RunStatus::Cancelling.can_move_to(RunStatus::Cancelled));
+        assert!(!RunStatus::Cancelling.can_move_to(RunStatus::Running));
+    }
+
+    #[test]
+    fn status_parses_its_own_names_and_names_the_choices_on_error() {
+        for status in RunStatus::ALL {
+            assert_eq!(status.as_str().parse::<RunStatus>().unwrap(), status);
+        }
+        let err = "done".parse::<RunStatus>().unwrap_err();
+        assert!(err.contains("succeeded"), "{err}");
+    }
+
+    #[test]
+    fn outcome_maps_to_final_status() {
+        let ok = RunOutcome {
+            exit_code: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(ok.final_status(), RunStatus::Succeeded);
+        let error = RunOutcome {
+            exit_code: Some(0),
+            is_error: true,
+            ..Default::default()
+        };
+        assert_eq!(error.final_status(), RunStatus::Failed);
+        let timeout = RunOutcome {
+            stopped: Some(StopReason::Timeout),
+            ..Default::default()
+        };
+        assert_eq!(timeout.final_status(), RunStatus::TimedOut);
+    }
+}

@@ -1,0 +1,3 @@
+//! End-to-end harness for Autopilot.
+
+pub mod fake_anthropic;

@@ -1,0 +1,266 @@
+//! Turning a [`RunSpec`] into the exact command an executor runs.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use autopilot_proto::{ClaudeSpec, RunKind, RunSpec};
+
+/// A fully prepared command. `Debug` never shows environment values: they may hold the API key.
+#[derive(Clone)]
+pub struct CommandSpec {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// The complete environment of the process (nothing is inherited).
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    /// Written to the process's standard input, which is then closed.
+    pub stdin: Option<String>,
+}
+
+impl fmt::Debug for CommandSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let env_names: Vec<&str> = self.env.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("CommandSpec")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("env", &env_names)
+            .field("cwd", &self.cwd)
+            .field("stdin_bytes", &self.stdin.as_ref().map(String::len))
+            .finish()
+    }
+}
+
+/// What every run's environment is built from. Runs inherit nothing else from the worker, so the
+/// worker's own secrets (admin token, database URL) never reach a prompt's tools.
+#[derive(Clone)]
+pub struct CommandEnv {
+    pub claude_bin: PathBuf,
+    /// `HOME` of the CLI: its settings and session files live there, not in the operator's home.
+    pub home: PathBuf,
+    /// Variables copied into every run (PATH, LANG, TZ, …).
+    pub base: Vec<(String, String)>,
+    /// Model API credentials and endpoint, given to Claude runs only (never to shell jobs).
+    pub model_api: Vec<(String, String)>,
+}
+
+impl fmt::Debug for CommandEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = |vars: &[(String, String)]| -> Vec<String> {
+            vars.iter().map(|(name, _)| name.clone()).collect()
+        };
+        f.debug_struct("CommandEnv")
+            .field("claude_bin", &self.claude_bin)
+            .field("home", &self.home)
+            .field("base", &names(&self.base))
+            .field("model_api", &names(&self.model_api))
+            .finish()
+    }
+}
+
+/// Names of the environment variables that authenticate the CLI against the model API.
+pub const CREDENTIAL_VARS: [&str; 3] = [
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "CLAUDE_CODE_OAUTH_TOKEN",
+];
+
+/// Settings every Claude run gets: no telemetry or update checks, a bounded MCP start-up, MCP
+/// tools offered directly instead of behind tool search.
+const CLAUDE_FIXED_ENV: [(&str, &str); 5] = [
+    ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+    ("DISABLE_TELEMETRY", "1"),
+    ("DISABLE_AUTOUPDATER", "1"),
+    ("MCP_TIMEOUT", "15000"),
+    ("ENABLE_TOOL_SEARCH", "false"),
+];
+
+impl CommandEnv {
+    /// Whether any model API credential is present.
+    pub fn has_model_credentials(&self) -> bool {
+        self.model_api
+            .iter()
+            .any(|(name, value)| CREDENTIAL_VARS.contains(&name.as_str()) && !value.is_empty())
+    }
+}
+
+/// Builds the command for one run in `workspace`.
+pub fn build_command(spec: &RunSpec, workspace: PathBuf, env: &CommandEnv) -> CommandSpec {
+    let mut vars = env.base.clone();
+    vars.push(("HOME".into(), env.home.display().to_string()));
+    match &spec.kind {
+        RunKind::Shell { command } => CommandSpec {
+            program: PathBuf::from("/bin/sh"),
+            args: vec!["-c".into(), command.clone()],
+            env: vars,
+            cwd: workspace,
+            stdin: None,
+        },
+        RunKind::Claude(claude) => {
+            vars.extend(env.model_api.iter().cloned());
+            vars.extend(
+                CLAUDE_FIXED_ENV
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string())),
+            );
+            CommandSpec {
+                program: env.claude_bin.clone(),
+                args: claude_args(claude),
+                env: vars,
+                cwd: workspace,
+                // The prompt goes through stdin: no argument-length limit, and not visible in `ps`.
+                stdin: Some(claude.prompt.clone()),
+            }
+        }
+    }
+}
+
+/// The CLI arguments of a Claude run. `dontAsk` makes the allowed-tools list binding (anything
+/// not allowed is denied, never prompted for), and `--strict-mcp-config` keeps MCP servers from
+/// the workspace or the user's settings out of the run.
+pub fn claude_args(spec: &ClaudeSpec) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-p",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--permission-mode",
+        "dontAsk",
+        "--strict-mcp-config",
+        "--no-session-persistence",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    if !spec.allowed_tools.is_empty() {
+        args.push("--allowedTools".into());
+        args.push(spec.allowed_tools.join(","));
+    }
+    if !spec.disallowed_tools.is_empty() {
+        args.push("--disallowedTools".into());
+        args.push(spec.disallowed_tools.join(","));
+    }
+    if let Some(model) = &spec.model {
+        args.push("--model".into());
+        args.push(model.clone());
+    }
+    if let Some(max_turns) = spec.max_turns {
+        args.push("--max-turns".into());
+        args.push(max_turns.to_string());
+    }
+    if let Some(max_cost) = spec.max_cost_usd {
+        args.push("--max-budget-usd".into());
+        args.push(format!("{max_cost}"));
+    }
+    args
+}
+
+/// Normalises a tool name as users write it to the CLI's form: `server:tool` and `server.tool`
+/// become `mcp__server__tool`; built-in names and rule patterns such as `Bash(git *)` are kept.
+pub fn normalise_tool_name(name: &str) -> String {
+    let name = name.trim();
+    let is_plain = |part: &str| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '*'))
+    };
+    if name.starts_with("mcp__") || name.contains('(') {
+        return name.to_owned();
+    }
+    for separator in [':', '.'] {
+        if let Some((server, tool)) = name.split_once(separator) {
+            if is_plain(server) && is_plain(tool) {
+                return format!("mcp__{server}__{tool}");
+            }
+        }
+    }
+    name.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use autopilot_proto::RunId;
+
+    #[test]
+    fn tool_names_are_normalised_like_the_cli_expects() {
+        assert_eq!(normalise_tool_name("Bash"), "Bash");
+        assert_eq!(
+            normalise_tool_name("github:create_issue"),
+            "mcp__github__create_issue"
+        );
+        assert_eq!(normalise_tool_name("email.send"), "mcp__email__send");
+        assert_eq!(normalise_tool_name("mcp__srv__*"), "mcp__srv__*");
+        assert_eq!(normalise_tool_name("Bash(git log:*)"), "Bash(git log:*)");
+        assert_eq!(normalise_tool_name(" Write "), "Write");
+    }
+
+    fn claude_spec() -> ClaudeSpec {
+        ClaudeSpec {
+            prompt: "summarise".into(),
+            model: Some("claude-sonnet-4-5".into()),
+            allowed_tools: vec!["Bash".into(), "Write".into()],
+            disallowed_tools: vec![],
+            max_turns: Some(3),
+            max_cost_usd: Some(0.5),
+        }
+    }
+
+    #[test]
+    fn claude_command_carries_the_job_settings_and_no_inherited_environment() {
+        let spec = RunSpec {
+            run_id: RunId::new(),
+            attempt: 1,
+            job_id: None,
+            workspace: "w".into(),
+            kind: RunKind::Claude(claude_spec()),
+            timeout_secs: 60,
+        };
+        let env = CommandEnv {
+            claude_bin: "/opt/claude".into(),
+            home: "/data/home".into(),
+            base: vec![("PATH".into(), "/usr/bin".into())],
+            model_api: vec![("ANTHROPIC_API_KEY".into(), "sk-test".into())],
+        };
+        let command = build_command(&spec, "/data/ws".into(), &env);
+        assert_eq!(command.program, PathBuf::from("/opt/claude"));
+        let args = command.args.join(" ");
+        assert!(args.contains("--permission-mode dontAsk"), "{args}");
+        assert!(args.contains("--allowedTools Bash,Write"), "{args}");
+        assert!(args.contains("--max-turns 3"), "{args}");
+        assert!(args.contains("--model claude-sonnet-4-5"), "{args}");
+        assert!(!args.contains("summarise"), "the prompt goes through stdin");
+        assert_eq!(command.stdin.as_deref(), Some("summarise"));
+        assert!(command
+            .env
+            .iter()
+            .any(|(k, v)| k == "HOME" && v == "/data/home"));
+        assert!(
+            !format!("{command:?}").contains("sk-test"),
+            "Debug must not show secrets"
+        );
+    }
+
+    #[test]
+    fn shell_jobs_never_get_model_credentials() {
+        let spec = RunSpec {
+            run_id: RunId::new(),
+            attempt: 1,
+            job_id: None,
+            workspace: "w".into(),
+            kind: RunKind::Shell {
+                command: "echo hi".into(),
+            },
+            timeout_secs: 60,
+        };
+        let env = CommandEnv {
+            claude_bin: "claude".into(),
+            home: "/h".into(),
+            base: vec![],
+            model_api: vec![("ANTHROPIC_API_KEY".into(), "sk-test".into())],
+        };
+        let command = build_command(&spec, "/ws".into(), &env);
+        assert_eq!(command.args, vec!["-c", "echo hi"]);
+        assert!(command.env.iter().all(|(k, _)| k != "ANTHROPIC_API_KEY"));
+    }
+}

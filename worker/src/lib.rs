@@ -1,0 +1,14 @@
+//! The Autopilot worker: pulls run requests from the bus, claims each one through the control
+//! plane, executes it through an [`Executor`] and streams its events, heartbeats and outcome back.
+
+pub mod command;
+pub mod executor;
+pub mod local;
+pub mod pricing;
+pub mod stream_json;
+pub mod worker;
+
+pub use command::{CommandEnv, CommandSpec};
+pub use executor::{ExecError, Executor, ExitInfo, OutputLine, OutputStream};
+pub use local::LocalExecutor;
+pub use worker::{Worker, WorkerConfig};

@@ -1,0 +1,508 @@
+//! Parsing the CLI's `--output-format stream-json` lines into run events, while keeping the
+//! running totals a worker needs: token usage, an estimated cost, models, the final result.
+
+use std::collections::{BTreeSet, HashSet};
+
+use autopilot_proto::{EventKind, RunOutcome, TokenUsage};
+use serde_json::{json, Map, Value};
+
+use crate::pricing;
+
+/// Longest string kept in an event; longer ones are cut with a note of how much was dropped.
+pub const MAX_EVENT_STRING_BYTES: usize = 64 * 1024;
+
+/// Accumulates what a run's output says about the run.
+#[derive(Debug, Default)]
+pub struct StreamParser {
+    seen_message_ids: HashSet<String>,
+    usage: TokenUsage,
+    estimated_cost_usd: f64,
+    models: BTreeSet<String>,
+    result: Option<Map<String, Value>>,
+    /// The last `API Error` text seen, to classify failures.
+    last_error_text: Option<String>,
+}
+
+impl StreamParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cost so far, estimated from each model message's usage.
+    pub fn estimated_cost_usd(&self) -> f64 {
+        self.estimated_cost_usd
+    }
+
+    /// Turns one stdout line into events.
+    pub fn parse_stdout(&mut self, line: &str) -> Vec<(EventKind, Value)> {
+        let Ok(Value::Object(object)) = serde_json::from_str::<Value>(line) else {
+            return vec![(EventKind::Output, json!({ "text": cap_string(line) }))];
+        };
+        let line_type = object
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let subtype = object
+            .get("subtype")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        match (line_type, subtype) {
+            ("system", "init") => {
+                if let Some(model) = object.get("model").and_then(Value::as_str) {
+                    self.models.insert(model.to_owned());
+                }
+                vec![(EventKind::SystemInit, capped(Value::Object(object)))]
+            }
+            ("system", "permission_denied") => {
+                vec![(EventKind::PermissionDenied, capped(Value::Object(object)))]
+            }
+            ("assistant", _) => self.assistant_events(&object),
+            ("user", _) => user_events(&object),
+            ("result", _) => self.result_events(object),
+            _ => vec![(EventKind::Output, capped(Value::Object(object)))],
+        }
+    }
+
+    fn assistant_events(&mut self, object: &Map<String, Value>) -> Vec<(EventKind, Value)> {
+        let Some(message) = object.get("message").and_then(Value::as_object) else {
+            return vec![(EventKind::Output, capped(Value::Object(object.clone())))];
+        };
+        let message_id = message
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let model = message
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let mut events = Vec::new();
+        for block in message
+            .get("content")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            match block.get("type").and_then(Value::as_str) {
+                Some("text") => {
+                    let text = block
+                        .get("text")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    if text.starts_with("API Error") {
+                        self.last_error_text = Some(text.to_owned());
+                    }
+                    events.push((
+                        EventKind::AssistantText,
+                        json!({ "message_id": message_id, "text": cap_string(text) }),
+                    ));
+                }
+                Some("thinking") => {
+                    let thinking = block
+                        .get("thinking")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    events.push((
+                        EventKind::Thinking,
+                        json!({ "message_id": message_id, "text": cap_string(thinking) }),
+                    ));
+                }
+                Some("tool_use") => events.push((
+                    EventKind::ToolUse,
+                    capped(json!({
+                        "id": block.get("id"),
+                        "name": block.get("name"),
+                        "input": block.get("input"),
+                    })),
+                )),
+                _ => events.push((EventKind::Output, capped(block.clone()))),
+            }
+        }
+        // The CLI repeats a message's usage on every line of that message: count it once.
+        if let Some(usage) = message.get("usage").filter(|_| !message_id.is_empty()) {
+            if self.seen_message_ids.insert(message_id.clone()) {
+                let usage = read_usage(usage);
+                self.usage.add(&usage);
+                if !model.is_empty() && model != "<synthetic>" {
+                    self.models.insert(model.clone());
+                    self.estimated_cost_usd += pricing::cost_usd(&model, &usage);
+                }
+                events.push((EventKind::Usage, json!({ "message_id": message_id, "model": model, "usage": usage_json(&usage) })));
+            }
+        }
+        events
+    }
+
+    fn result_events(&mut self, object: Map<String, Value>) -> Vec<(EventKind, Value)> {
+        // Denials were reported as they happened (`system/permission_denied`); the result line
+        // only lists them again.
+        let mut events = Vec::new();
+        if let Some(text) = object.get("result").and_then(Value::as_str) {
+            if text.starts_with("API Error") {
+                self.last_error_text = Some(text.to_owned());
+            }
+        }
+        events.push((EventKind::Result, capped(Value::Object(object.clone()))));
+        self.result = Some(object);
+        events
+    }
+
+    /// The outcome as far as the output tells it; the worker adds exit code and stop reason.
+    pub fn outcome(&self) -> RunOutcome {
+        let mut outcome = RunOutcome {
+            usage: self.usage,
+            models: self.models.iter().cloned().collect(),
+            ..Default::default()
+        };
+        let Some(result) = &self.result else {
+            if self.usage != TokenUsage::default() {
+                outcome.cost_usd = Some(self.estimated_cost_usd);
+            }
+            outcome.transient = self
+                .last_error_text
+                .as_deref()
+                .is_some_and(is_transient_api_error);
+            outcome.error = self.last_error_text.clone();
+            return outcome;
+        };
+        outcome.is_error = result
+            .get("is_error")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let text = result
+            .get("result")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if outcome.is_error {
+            // `error_max_turns` and friends carry `errors` instead of a `result` text.
+            let errors: Vec<&str> = result
+                .get("errors")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            outcome.error = text
+                .clone()
+                .or_else(|| (!errors.is_empty()).then(|| errors.join("; ")))
+                .or_else(|| {
+                    let subtype = result
+                        .get("subtype")
+                        .and_then(Value::as_str)
+                        .unwrap_or("error");
+                    Some(format!("the CLI reported `{subtype}`"))
+                });
+        }
+        outcome.result = text;
+        outcome.cost_usd = result.get("total_cost_usd").and_then(Value::as_f64);
+        outcome.num_turns = result
+            .get("num_turns")
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok());
+        if let Some(usage) = result.get("usage") {
+            outcome.usage = read_usage(usage);
+        }
+        if let Some(model_usage) = result.get("modelUsage").and_then(Value::as_object) {
+            outcome.models = model_usage
+                .keys()
+                .cloned()
+                .chain(outcome.models)
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+        }
+        outcome.permission_denials = result
+            .get("permission_denials")
+            .and_then(Value::as_array)
+            .map_or(0, |denials| {
+                u32::try_from(denials.len()).unwrap_or(u32::MAX)
+            });
+        let api_status = result.get("api_error_status").and_then(Value::as_u64);
+        let error_text = outcome.error.as_deref().or(self.last_error_text.as_deref());
+        outcome.transient = outcome.is_error
+            && match api_status {
+                Some(status) => status == 408 || status == 429 || status >= 500,
+                None => error_text.is_some_and(is_transient_api_error),
+            };
+        outcome
+    }
+}
+
+/// Stderr lines become events as they are.
+pub fn stderr_event(line: &str) -> (EventKind, Value) {
+    (EventKind::Stderr, json!({ "text": cap_string(line) }))
+}
+
+fn user_events(object: &Map<String, Value>) -> Vec<(EventKind, Value)> {
+    let content = object
+        .get("message")
+        .and_then(|m| m.get("content"))
+        .and_then(Value::as_array);
+    let mut events = Vec::new();
+    for block in content.into_iter().flatten() {
+        if block.get("type").and_then(Value::as_str) == Some("tool_result") {
+            events.push((
+                EventKind::ToolResult,
+                capped(json!({
+                    "tool_use_id": block.get("tool_use_id"),
+                    "content": block.get("content"),
+                    "is_error": block.get("is_error").and_then(Value::as_bool).unwrap_or(false),
+                })),
+            ));
+        }
+    }
+    if events.is_empty() {
+        events.push((EventKind::Output, capped(Value::Object(object.clone()))));
+    }
+    events
+}
+
+/// API failures worth a retry: overloaded, rate limited, server errors, dropped connections.
+pub fn is_transient_api_error(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    [
+        "529",
+        "overloaded",
+        "429",
+        "rate limit",
+        "rate_limit",
+        "500",
+        "502",
+        "503",
+        "504",
+        "internal server error",
+        "connection error",
+        "timed out",
+        "timeout",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
+fn read_usage(usage: &Value) -> TokenUsage {
+    let count = |key: &str| usage.get(key).and_then(Value::as_u64).unwrap_or(0);
+    TokenUsage {
+        input_tokens: count("input_tokens"),
+        output_tokens: count("output_tokens"),
+        cache_read_tokens: count("cache_read_input_tokens"),
+        cache_write_tokens: count("cache_creation_input_tokens"),
+    }
+}
+
+fn usage_json(usage: &TokenUsage) -> Value {
+    json!({
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+    })
+}
+
+fn cap_string(text: &str) -> String {
+    if text.len() <= MAX_EVENT_STRING_BYTES {
+        return text.to_owned();
+    }
+    let mut cut = MAX_EVENT_STRING_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}…[{} more bytes not kept]",
+        &text[..cut],
+        text.len() - cut
+    )
+}
+
+/// Cuts every long string inside `value`.
+fn capped(value: Value) -> Value {
+    match value {
+        Value::String(text) if text.len() > MAX_EVENT_STRING_BYTES => {
+            Value::String(cap_string(&text))
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(capped).collect()),
+        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, capped(v))).collect()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SESSION: &str = r#"{"type":"system","subtype":"init","model":"claude-sonnet-4-5-20250929","tools":["Bash"],"mcp_servers":[]}
+{"type":"assistant","message":{"id":"msg_1","model":"claude-sonnet-4-5-20250929","content":[{"type":"text","text":"Let me check."}],"usage":{"input_tokens":100,"output_tokens":20,"cache_read_input_tokens":5,"cache_creation_input_tokens":7}}}
+{"type":"assistant","message":{"id":"msg_1","model":"claude-sonnet-4-5-20250929","content":[{"type":"tool_use","id":"tu_1","name":"Bash","input":{"command":"ls"}}],"usage":{"input_tokens":100,"output_tokens":20,"cache_read_input_tokens":5,"cache_creation_input_tokens":7}}}
+{"type":"user","message":{"role":"user","content":[{"type":"tool_result","tool_use_id":"tu_1","content":"a.txt","is_error":false}]}}
+{"type":"assistant","message":{"id":"msg_2","model":"claude-sonnet-4-5-20250929","content":[{"type":"text","text":"Done."}],"usage":{"input_tokens":150,"output_tokens":10}}}
+{"type":"result","subtype":"success","is_error":false,"num_turns":2,"result":"Done.","total_cost_usd":0.0123,"usage":{"input_tokens":250,"output_tokens":30,"cache_read_input_tokens":5,"cache_creation_input_tokens":7},"modelUsage":{"claude-sonnet-4-5-20250929":{}},"permission_denials":[{"tool_name":"Write","tool_use_id":"tu_9","tool_input":{}}]}"#;
+
+    #[test]
+    fn a_session_becomes_ordered_events_and_an_outcome() {
+        let mut parser = StreamParser::new();
+        let kinds: Vec<EventKind> = SESSION
+            .lines()
+            .flat_map(|line| parser.parse_stdout(line))
+            .map(|(kind, _)| kind)
+            .collect();
+        use EventKind::*;
+        assert_eq!(
+            kinds,
+            [
+                SystemInit,
+                AssistantText,
+                Usage,
+                ToolUse,
+                ToolResult,
+                AssistantText,
+                Usage,
+                Result
+            ]
+        );
+        let outcome = parser.outcome();
+        assert!(!outcome.is_error);
+        assert_eq!(outcome.result.as_deref(), Some("Done."));
+        assert_eq!(outcome.cost_usd, Some(0.0123));
+        assert_eq!(outcome.num_turns, Some(2));
+        assert_eq!(outcome.usage.input_tokens, 250);
+        assert_eq!(outcome.usage.cache_write_tokens, 7);
+        assert_eq!(outcome.permission_denials, 1);
+        assert_eq!(outcome.models, ["claude-sonnet-4-5-20250929"]);
+    }
+
+    #[test]
+    fn usage_repeated_on_lines_of_one_message_is_counted_once() {
+        let mut parser = StreamParser::new();
+        for line in SESSION.lines().take(3) {
+            parser.parse_stdout(line);
+        }
+        let expected = pricing::cost_usd(
+            "claude-sonnet-4-5",
+            &TokenUsage {
+                input_tokens: 100,
+                output_tokens: 20,
+                cache_read_tokens: 5,
+                cache_write_tokens: 7,
+            },
+        );
+        assert!((parser.estimated_cost_usd() - expected).abs() < 1e-12);
+    }
+
+    #[test]
+    fn plain_text_and_unknown_lines_are_kept_as_output() {
+        let mut parser = StreamParser::new();
+        assert_eq!(parser.parse_stdout("hello")[0].0, EventKind::Output);
+        assert_eq!(
+            parser.parse_stdout(r#"{"type":"stream_event"}"#)[0].0,
+            EventKind::Output
+        );
+        assert_eq!(parser.parse_stdout("[1,2]")[0].0, EventKind::Output);
+    }
+
+    #[test]
+    fn api_errors_are_classified() {
+        let mut parser = StreamParser::new();
+        parser.parse_stdout(r#"{"type":"result","subtype":"success","is_error":true,"result":"API Error: 529 {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}"}"#);
+        let outcome = parser.outcome();
+        assert!(outcome.is_error && outcome.transient);
+        assert!(!is_transient_api_error(
+            "API Error: 400 invalid_request_error: prompt is too long"
+        ));
+    }
+
+    #[test]
+    fn long_strings_are_cut_on_a_char_boundary() {
+        let long = "é".repeat(MAX_EVENT_STRING_BYTES);
+        let cut = cap_string(&long);
+        assert!(cut.len() < long.len() && cut.contains("more bytes not kept"));
+    }
+
+    fn fixture(name: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/stream-json")
+            .join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+    }
+
+    fn parse_fixture(name: &str) -> (Vec<EventKind>, RunOutcome) {
+        let mut parser = StreamParser::new();
+        let kinds = fixture(name)
+            .lines()
+            .flat_map(|line| parser.parse_stdout(line))
+            .map(|(kind, _)| kind)
+            .collect();
+        (kinds, parser.outcome())
+    }
+
+    #[test]
+    fn real_cli_output_bash_tool_call() {
+        let (kinds, outcome) = parse_fixture("b_bash_then_text.jsonl");
+        assert!(
+            kinds.contains(&EventKind::ToolUse) && kinds.contains(&EventKind::ToolResult),
+            "{kinds:?}"
+        );
+        assert!(!outcome.is_error);
+        assert_eq!(outcome.usage.input_tokens, 2500);
+        assert!((outcome.cost_usd.unwrap() - 0.01104).abs() < 1e-9);
+        assert_eq!(outcome.models, ["claude-opus-5-5"]);
+    }
+
+    #[test]
+    fn real_cli_output_denied_tool() {
+        let (kinds, outcome) = parse_fixture("d_denied_bash_dontask.jsonl");
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|k| **k == EventKind::PermissionDenied)
+                .count(),
+            1,
+            "{kinds:?}"
+        );
+        assert_eq!(outcome.permission_denials, 1);
+        assert!(!outcome.is_error, "a denial does not fail the run");
+    }
+
+    #[test]
+    fn real_cli_output_api_errors_and_limits() {
+        let (_, overloaded) = parse_fixture("e_529_max_retries_0.jsonl");
+        assert!(
+            overloaded.is_error && overloaded.transient,
+            "{overloaded:?}"
+        );
+        let (_, bad_request) = parse_fixture("e_400_always.jsonl");
+        assert!(
+            bad_request.is_error && !bad_request.transient,
+            "{bad_request:?}"
+        );
+        let (_, max_turns) = parse_fixture("f_max_turns_1.jsonl");
+        assert!(max_turns.is_error && !max_turns.transient);
+        assert!(
+            max_turns
+                .error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("maximum number of turns"),
+            "{max_turns:?}"
+        );
+    }
+
+    #[test]
+    fn every_real_cli_output_parses_without_loss() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/stream-json");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if !name.ends_with(".jsonl") || name.ends_with(".requests.jsonl") {
+                continue;
+            }
+            let mut parser = StreamParser::new();
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                assert!(
+                    !parser.parse_stdout(line).is_empty(),
+                    "{name}: a line produced no event"
+                );
+            }
+        }
+    }
+}

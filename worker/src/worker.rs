@@ -1,0 +1,550 @@
+//! The worker loop: pull → claim → execute → stream events → complete.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use autopilot_proto::{
+    Acker, Bus, BusError, ControlMessage, Delivery, EventBatch, EventKind, EventOrigin,
+    NewRunEvent, RunId, RunKind, RunOutcome, RunRequest, RunSpec, StopReason, WorkerId,
+    WorkerReply, WorkerRequest,
+};
+use chrono::Utc;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::command::{build_command, CommandEnv};
+use crate::executor::{ExecError, Executor, OutputLine, OutputStream};
+use crate::stream_json::{self, StreamParser};
+
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub worker_id: WorkerId,
+    /// The pool whose run requests this worker serves.
+    pub pool: String,
+    /// Runs executed at the same time.
+    pub concurrency: usize,
+    pub workspaces_root: PathBuf,
+    pub command_env: CommandEnv,
+    /// Between SIGTERM (or container stop) and SIGKILL.
+    pub kill_grace: Duration,
+    pub heartbeat_interval: Duration,
+    /// Most events in one published batch.
+    pub event_batch_max: usize,
+}
+
+/// Stops a running attempt, remembering the first reason given.
+#[derive(Clone, Default)]
+struct Stopper {
+    token: CancellationToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+}
+
+impl Stopper {
+    fn stop(&self, reason: StopReason) {
+        let mut current = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        if current.is_none() {
+            *current = Some(reason);
+        }
+        self.token.cancel();
+    }
+
+    fn reason(&self) -> Option<StopReason> {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+type ActiveRuns = Arc<Mutex<HashMap<RunId, Stopper>>>;
+
+pub struct Worker {
+    config: Arc<WorkerConfig>,
+    bus: Arc<dyn Bus>,
+    executor: Arc<dyn Executor>,
+    active: ActiveRuns,
+}
+
+impl Worker {
+    pub fn new(config: WorkerConfig, bus: Arc<dyn Bus>, executor: Arc<dyn Executor>) -> Self {
+        Self {
+            config: Arc::new(config),
+            bus,
+            executor,
+            active: ActiveRuns::default(),
+        }
+    }
+
+    /// Serves run requests until `cancel` fires; then stops the runs still going and waits for
+    /// them to report.
+    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let mut deliveries = self.bus.pull_runs(&self.config.pool).await?;
+        let control = self.bus.subscribe_control().await?;
+        tracing::info!(
+            worker.id = %self.config.worker_id,
+            pool = %self.config.pool,
+            executor = self.executor.name(),
+            concurrency = self.config.concurrency,
+            "worker started"
+        );
+        let mut tasks = JoinSet::new();
+        tasks.spawn(follow_control(
+            control,
+            Arc::clone(&self.active),
+            cancel.clone(),
+        ));
+        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        loop {
+            let permit = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                permit = Arc::clone(&slots).acquire_owned() => permit?,
+            };
+            let delivery = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                delivery = deliveries.next() => match delivery {
+                    Some(delivery) => delivery,
+                    None => anyhow::bail!("the bus closed the run request stream"),
+                },
+            };
+            let attempt = Attempt {
+                config: Arc::clone(&self.config),
+                bus: Arc::clone(&self.bus),
+                executor: Arc::clone(&self.executor),
+                active: Arc::clone(&self.active),
+            };
+            tasks.spawn(async move {
+                attempt.handle(delivery).await;
+                drop(permit);
+            });
+            // Reap finished tasks so the set does not grow without bound.
+            while tasks.try_join_next().is_some() {}
+        }
+        let running: Vec<Stopper> = self
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for stopper in running {
+            stopper.stop(StopReason::WorkerShutdown);
+        }
+        let drain = self.config.kill_grace + Duration::from_secs(5);
+        if tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            tracing::warn!("runs did not report within {drain:?} of shutdown");
+        }
+        Ok(())
+    }
+}
+
+async fn follow_control(
+    mut control: futures::stream::BoxStream<'static, ControlMessage>,
+    active: ActiveRuns,
+    cancel: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = cancel.cancelled() => return,
+            message = control.next() => message,
+        };
+        match message {
+            Some(ControlMessage::Cancel { run_id }) => {
+                if let Some(stopper) = active
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&run_id)
+                {
+                    tracing::info!(run.id = %run_id, "cancel requested");
+                    stopper.stop(StopReason::Cancelled);
+                }
+            }
+            None => return,
+        }
+    }
+}
+
+/// Everything one delivery needs.
+struct Attempt {
+    config: Arc<WorkerConfig>,
+    bus: Arc<dyn Bus>,
+    executor: Arc<dyn Executor>,
+    active: ActiveRuns,
+}
+
+impl Attempt {
+    async fn handle(self, delivery: Delivery<RunRequest>) {
+        let RunRequest {
+            run_id, attempt, ..
+        } = delivery.message.clone();
+        let claim = WorkerRequest::Claim {
+            run_id,
+            attempt,
+            worker_id: self.config.worker_id.clone(),
+        };
+        let spec = match self.bus.request(claim).await {
+            Ok(WorkerReply::Claimed { spec }) => *spec,
+            Ok(reply) => {
+                tracing::debug!(run.id = %run_id, ?reply, "claim refused; dropping the delivery");
+                let _ = delivery.acker.ack().await;
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(run.id = %run_id, error = %err, "claim failed; asking for redelivery");
+                let _ = delivery.acker.nak(Duration::from_secs(1)).await;
+                return;
+            }
+        };
+        let span = tracing::info_span!("run", run.id = %run_id, run.attempt = attempt);
+        let acker: Arc<dyn Acker> = Arc::from(delivery.acker);
+        let stopper = Stopper::default();
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(run_id, stopper.clone());
+
+        let (events, events_done) = EventSink::start(
+            Arc::clone(&self.bus),
+            run_id,
+            attempt,
+            self.config.event_batch_max,
+        );
+        let heartbeat = tokio::spawn(heartbeat(
+            Arc::clone(&self.bus),
+            self.config.worker_id.clone(),
+            run_id,
+            attempt,
+            self.config.heartbeat_interval,
+            Arc::clone(&acker),
+            stopper.clone(),
+        ));
+        let outcome = self
+            .execute(&spec, &events, &stopper)
+            .instrument(span)
+            .await;
+        heartbeat.abort();
+        let events_published = events.finish(events_done).await;
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&run_id);
+        self.complete(run_id, attempt, outcome, events_published)
+            .await;
+        if let Err(err) = acker.ack().await {
+            tracing::warn!(run.id = %run_id, error = %err, "could not acknowledge the delivery");
+        }
+    }
+
+    async fn execute(&self, spec: &RunSpec, events: &EventSender, stopper: &Stopper) -> RunOutcome {
+        let started_at = Utc::now();
+        let mut outcome = self.execute_inner(spec, events, stopper).await;
+        outcome.started_at = Some(started_at);
+        outcome.finished_at = Some(Utc::now());
+        outcome
+    }
+
+    async fn execute_inner(
+        &self,
+        spec: &RunSpec,
+        events: &EventSender,
+        stopper: &Stopper,
+    ) -> RunOutcome {
+        let failed = |error: String| RunOutcome {
+            is_error: true,
+            error: Some(error),
+            ..Default::default()
+        };
+        if spec.workspace.is_empty()
+            || spec.workspace.contains(['/', '\\'])
+            || spec.workspace.starts_with('.')
+        {
+            return failed(format!("invalid workspace name `{}`", spec.workspace));
+        }
+        let is_claude = matches!(spec.kind, RunKind::Claude(_));
+        if is_claude && !self.config.command_env.has_model_credentials() {
+            let error = "no model API credentials: set ANTHROPIC_API_KEY in the environment of `autopilot serve` \
+                         (or of the worker) and restart it"
+                .to_owned();
+            events
+                .lifecycle("failed_to_start", json!({ "error": error }))
+                .await;
+            return failed(error);
+        }
+        let workspace = self.config.workspaces_root.join(&spec.workspace);
+        let command = build_command(spec, workspace, &self.config.command_env);
+        let (lines_tx, mut lines_rx) = mpsc::channel::<OutputLine>(256);
+        let timeout = Duration::from_secs(spec.timeout_secs.max(1));
+        let max_cost = match &spec.kind {
+            RunKind::Claude(claude) => claude.max_cost_usd,
+            RunKind::Shell { .. } => None,
+        };
+        events
+            .lifecycle("started", json!({ "worker_id": self.config.worker_id, "executor": self.executor.name(), "timeout_secs": timeout.as_secs() }))
+            .await;
+
+        let execution = self.executor.execute(
+            command,
+            lines_tx,
+            stopper.token.clone(),
+            self.config.kill_grace,
+        );
+        tokio::pin!(execution);
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut parser = StreamParser::new();
+        let mut lines_open = true;
+        let exit = loop {
+            tokio::select! {
+                line = lines_rx.recv(), if lines_open => match line {
+                    Some(line) => {
+                        for (kind, data) in parse_line(&mut parser, is_claude, &line) {
+                            events.send(kind, data).await;
+                        }
+                        if max_cost.is_some_and(|max| parser.estimated_cost_usd() > max) {
+                            stopper.stop(StopReason::BudgetExceeded);
+                        }
+                    }
+                    None => lines_open = false,
+                },
+                _ = &mut deadline, if !stopper.token.is_cancelled() => stopper.stop(StopReason::Timeout),
+                exit = &mut execution => break exit,
+            }
+        };
+        // Lines still buffered after the process ended.
+        while let Ok(line) = lines_rx.try_recv() {
+            for (kind, data) in parse_line(&mut parser, is_claude, &line) {
+                events.send(kind, data).await;
+            }
+        }
+        let exit = match exit {
+            Ok(exit) => exit,
+            Err(err) => {
+                let error = match err {
+                    ExecError::ProgramNotFound(detail) if is_claude => format!(
+                        "the Claude Code CLI was not found: {detail}. Install it (the `claude-agent-sdk` Python wheel \
+                         bundles it; npm's `@anthropic-ai/claude-code` also works) and put `claude` on PATH, \
+                         or set AUTOPILOT_CLAUDE_BIN to its full path"
+                    ),
+                    other => other.to_string(),
+                };
+                events
+                    .lifecycle("failed_to_start", json!({ "error": error }))
+                    .await;
+                return failed(error);
+            }
+        };
+        let stop_reason = stopper.reason();
+        events
+            .lifecycle(
+                "exited",
+                json!({ "exit_code": exit.code, "signal": exit.signal, "stopped": stop_reason, "killed": exit.killed, "out_of_memory": exit.out_of_memory }),
+            )
+            .await;
+        let mut outcome = if is_claude {
+            parser.outcome()
+        } else {
+            RunOutcome::default()
+        };
+        outcome.exit_code = exit.code;
+        outcome.stopped = stop_reason;
+        if let Some(reason) = stop_reason {
+            outcome.is_error = true;
+            outcome.transient = false;
+            outcome.error = Some(match reason {
+                StopReason::Timeout => format!("timed out after {}s", timeout.as_secs()),
+                StopReason::Cancelled => "cancelled".to_owned(),
+                StopReason::BudgetExceeded => format!(
+                    "stopped: the estimated cost ${:.4} passed the job's max_cost_usd ${:.4}",
+                    parser.estimated_cost_usd(),
+                    max_cost.unwrap_or_default()
+                ),
+                StopReason::WorkerShutdown => {
+                    "the worker shut down while the run was executing".to_owned()
+                }
+            });
+        } else if exit.out_of_memory {
+            outcome.is_error = true;
+            outcome.error = Some("killed: out of memory".to_owned());
+        } else if exit.code != Some(0) && outcome.error.is_none() {
+            outcome.is_error = true;
+            outcome.error = Some(match (exit.code, exit.signal) {
+                (Some(code), _) => format!("exited with code {code}"),
+                (None, Some(signal)) => format!("killed by signal {signal}"),
+                (None, None) => "exited abnormally".to_owned(),
+            });
+        }
+        outcome
+    }
+
+    async fn complete(
+        &self,
+        run_id: RunId,
+        attempt: u32,
+        outcome: RunOutcome,
+        events_published: u64,
+    ) {
+        let request = WorkerRequest::Complete {
+            run_id,
+            attempt,
+            worker_id: self.config.worker_id.clone(),
+            outcome,
+            events_published,
+        };
+        let mut backoff = Duration::from_millis(200);
+        for _ in 0..8 {
+            match self.bus.request(request.clone()).await {
+                Ok(WorkerReply::Rejected { reason }) => {
+                    tracing::warn!(run.id = %run_id, %reason, "completion refused");
+                    return;
+                }
+                Ok(_) => return,
+                Err(err) => {
+                    tracing::warn!(run.id = %run_id, error = %err, "reporting completion failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        tracing::error!(run.id = %run_id, "completion could not be reported; the reaper will mark the run lost");
+    }
+}
+
+fn parse_line(
+    parser: &mut StreamParser,
+    is_claude: bool,
+    line: &OutputLine,
+) -> Vec<(EventKind, Value)> {
+    match (line.stream, is_claude) {
+        (OutputStream::Stderr, _) => vec![stream_json::stderr_event(&line.text)],
+        (OutputStream::Stdout, true) => parser.parse_stdout(&line.text),
+        (OutputStream::Stdout, false) => vec![(EventKind::Output, json!({ "text": line.text }))],
+    }
+}
+
+async fn heartbeat(
+    bus: Arc<dyn Bus>,
+    worker_id: WorkerId,
+    run_id: RunId,
+    attempt: u32,
+    interval: Duration,
+    acker: Arc<dyn Acker>,
+    stopper: Stopper,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        if let Err(err) = acker.in_progress().await {
+            tracing::warn!(run.id = %run_id, error = %err, "could not extend the delivery");
+        }
+        let request = WorkerRequest::Heartbeat {
+            run_id,
+            attempt,
+            worker_id: worker_id.clone(),
+        };
+        match bus.request(request).await {
+            Ok(WorkerReply::Cancel) => stopper.stop(StopReason::Cancelled),
+            Ok(WorkerReply::Rejected { reason }) => {
+                tracing::warn!(run.id = %run_id, %reason, "this worker no longer owns the run; stopping it");
+                stopper.stop(StopReason::WorkerShutdown);
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(run.id = %run_id, error = %err, "heartbeat failed"),
+        }
+    }
+}
+
+/// Numbers a run's events and publishes them in batches from its own task, so a slow bus never
+/// blocks reading the process's output for long.
+struct EventSink;
+
+struct EventSender {
+    tx: mpsc::Sender<(EventKind, Value)>,
+}
+
+impl EventSink {
+    fn start(
+        bus: Arc<dyn Bus>,
+        run_id: RunId,
+        attempt: u32,
+        batch_max: usize,
+    ) -> (EventSender, tokio::task::JoinHandle<u64>) {
+        let (tx, mut rx) = mpsc::channel::<(EventKind, Value)>(1024);
+        let publisher = tokio::spawn(async move {
+            let mut published = 0u64;
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < batch_max.max(1) {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let events = batch
+                    .into_iter()
+                    .map(|(kind, data)| {
+                        published += 1;
+                        NewRunEvent {
+                            run_id,
+                            attempt,
+                            origin: EventOrigin::Worker,
+                            origin_seq: published,
+                            at: Utc::now(),
+                            kind,
+                            data,
+                        }
+                    })
+                    .collect();
+                publish_with_retry(bus.as_ref(), EventBatch { events }).await;
+            }
+            published
+        });
+        (EventSender { tx }, publisher)
+    }
+}
+
+impl EventSender {
+    async fn send(&self, kind: EventKind, data: Value) {
+        // The publisher only ends after this sender is dropped.
+        let _ = self.tx.send((kind, data)).await;
+    }
+
+    async fn lifecycle(&self, step: &str, mut details: Value) {
+        if let Value::Object(map) = &mut details {
+            map.insert("step".into(), Value::String(step.to_owned()));
+        }
+        self.send(EventKind::Lifecycle, details).await;
+    }
+
+    /// Closes the stream and waits until every event is published; returns how many there were.
+    async fn finish(self, publisher: tokio::task::JoinHandle<u64>) -> u64 {
+        drop(self.tx);
+        publisher.await.unwrap_or(0)
+    }
+}
+
+async fn publish_with_retry(bus: &dyn Bus, batch: EventBatch) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match bus.publish_events(batch.clone()).await {
+            Ok(()) => return,
+            Err(BusError::Closed) => {
+                tracing::error!("event stream closed; events of this batch are lost");
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "publishing events failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -75,6 +75,10 @@ struct FileConfig {
     kill_grace_secs: Option<u64>,
     misfire_grace_secs: Option<u64>,
     log_format: Option<String>,
+    /// Extra environment for runs. `ANTHROPIC_*` and `CLAUDE_CODE_*` names reach Claude runs
+    /// only; the rest reach every run.
+    #[serde(default)]
+    run_env: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -102,6 +106,9 @@ pub struct Config {
     pub lost_after: Duration,
     /// Scheduler lease time to live.
     pub lease_ttl: Duration,
+    /// Extra environment for runs (`[run_env]` in the config file), replacing variables of the
+    /// same name taken from this process's environment.
+    pub run_env: Vec<(String, String)>,
 }
 
 impl fmt::Debug for Config {
@@ -120,6 +127,14 @@ impl fmt::Debug for Config {
             .field("kill_grace", &self.kill_grace)
             .field("misfire_grace", &self.misfire_grace)
             .field("log_format", &self.log_format)
+            .field(
+                "run_env",
+                &self
+                    .run_env
+                    .iter()
+                    .map(|(name, _)| name)
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -224,6 +239,7 @@ impl Config {
             heartbeat_interval: Duration::from_secs(5),
             lost_after: Duration::from_secs(30),
             lease_ttl: Duration::from_secs(10),
+            run_env: file.run_env.into_iter().collect(),
         })
     }
 

@@ -74,8 +74,13 @@ pub fn plan_fires(
     let (late, on_time) = due.split_at(split);
     let mut run: Vec<DateTime<Utc>> = match misfire {
         MisfirePolicy::Skip => on_time.to_vec(),
-        MisfirePolicy::RunOnce if on_time.is_empty() => late.last().copied().into_iter().collect(),
-        MisfirePolicy::RunOnce => on_time.to_vec(),
+        // One catch-up run for everything missed, then the on-time fires as usual.
+        MisfirePolicy::RunOnce => late
+            .last()
+            .copied()
+            .into_iter()
+            .chain(on_time.iter().copied())
+            .collect(),
         MisfirePolicy::RunAll => {
             let keep = late.len().min(cap as usize);
             late[late.len() - keep..]
@@ -327,6 +332,9 @@ mod tests {
         );
         assert_eq!(once.run, vec![at(49)], "only the newest missed fire runs");
         assert_eq!(once.missed, 49);
+        let once = plan_fires(&due, now, GRACE, MisfirePolicy::RunOnce, 5, allow, false);
+        assert_eq!(once.run.len(), 12, "one catch-up plus eleven on time");
+        assert_eq!((once.run[0], once.missed), (at(89), 89));
         let all = plan_fires(&due, now, GRACE, MisfirePolicy::RunAll, 5, allow, false);
         assert_eq!(all.run.len(), 16, "five newest missed plus eleven on time");
         assert_eq!(all.run[0], at(85));

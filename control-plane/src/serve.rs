@@ -262,9 +262,20 @@ fn command_env(config: &Config) -> CommandEnv {
     if !base.iter().any(|(name, _)| name == "PATH") {
         base.push(("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()));
     }
-    let model_api = std::env::vars()
-        .filter(|(name, _)| name.starts_with("ANTHROPIC_") || name.starts_with("CLAUDE_CODE_"))
+    let is_model_var =
+        |name: &str| name.starts_with("ANTHROPIC_") || name.starts_with("CLAUDE_CODE_");
+    let mut model_api: Vec<(String, String)> = std::env::vars()
+        .filter(|(name, _)| is_model_var(name))
         .collect();
+    for (name, value) in &config.run_env {
+        let target = if is_model_var(name) {
+            &mut model_api
+        } else {
+            &mut base
+        };
+        target.retain(|(existing, _)| existing != name);
+        target.push((name.clone(), value.clone()));
+    }
     CommandEnv {
         claude_bin: resolve_claude_bin(&config.claude_bin),
         home: config.runs_home_dir(),

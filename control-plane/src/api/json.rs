@@ -98,11 +98,11 @@ where
                     .strip_prefix("Failed to deserialize query string: ")
                     .unwrap_or(&text)
                     .to_owned();
+                // serde's path comes first: `colour: unknown field …`, `limit: invalid digit …`.
                 let field = detail
-                    .split('`')
-                    .nth(1)
-                    .filter(|_| detail.starts_with("unknown field"))
-                    .map(str::to_owned);
+                    .split_once(": ")
+                    .map(|(path, _)| path.to_owned())
+                    .filter(|path| !path.contains(' '));
                 let error = ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "invalid_field",

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs what the tests need (the Claude Code
+# CLI, PostgreSQL), starts a throwaway PostgreSQL, then runs fmt, clippy and every test.
+# Caches live under /var/cache/autopilot (CARGO_TARGET_DIR, the CLI) so reruns are fast.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+cache=${AUTOPILOT_CACHE_DIR:-/var/cache/autopilot}
+mkdir -p "$cache"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
+
+sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_updated=
+apt_install() {
+  if [ -z "$apt_updated" ]; then sudo_if_needed apt-get update -qq; apt_updated=1; fi
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# --- The Claude Code CLI, from the claude-agent-sdk wheel (pinned) ---------------------------
+claude_sdk_version=0.2.187
+venv="$cache/claude-venv"
+claude_bin="$venv/lib/python3.11/site-packages/claude_agent_sdk/_bundled/claude"
+if [ ! -x "$claude_bin" ] || ! grep -qx "$claude_sdk_version" "$venv/.sdk-version" 2>/dev/null; then
+  echo "installing the Claude Code CLI (claude-agent-sdk==$claude_sdk_version)"
+  command -v python3 >/dev/null || apt_install python3 python3-venv
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "claude-agent-sdk==$claude_sdk_version"
+  claude_bin=$(ls "$venv"/lib/python3*/site-packages/claude_agent_sdk/_bundled/claude)
+  echo "$claude_sdk_version" > "$venv/.sdk-version"
+fi
+export AUTOPILOT_TEST_CLAUDE_BIN=$claude_bin
+"$claude_bin" --version
+
+# --- PostgreSQL: a throwaway cluster on a free port ----------------------------------------
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+if [ -z "$pg_bin" ] || [ ! -x "$pg_bin/initdb" ]; then
+  echo "installing PostgreSQL"
+  apt_install postgresql
+  pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+fi
+pg_dir=$(mktemp -d /tmp/autopilot-pg.XXXXXX)
+pg_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+as_pg=()
+if [ "$(id -u)" -eq 0 ]; then
+  # PostgreSQL refuses to run as root.
+  chown postgres "$pg_dir"
+  as_pg=(runuser -u postgres --)
+fi
+"${as_pg[@]}" "$pg_bin/initdb" -D "$pg_dir/data" -U postgres --auth=trust -E UTF8 >/dev/null
+"${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w \
+  -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null
+stop_postgres() { "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$pg_dir"; }
+trap stop_postgres EXIT
+export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
+echo "PostgreSQL on port $pg_port"
+
+# --- Checks and tests ------------------------------------------------------------------------
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo build --bin autopilot
+cargo test --workspace

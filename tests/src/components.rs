@@ -1,0 +1,91 @@
+//! Finding the real components tests talk to. With `CI=true` a missing component is a failure,
+//! never a silent skip; elsewhere the test says what it skipped and how to get the component.
+
+use std::path::PathBuf;
+
+/// Where the test script installs the Claude Code CLI (from the `claude-agent-sdk` wheel).
+pub const DEFAULT_CLAUDE_BIN: &str =
+    "/var/cache/autopilot/claude-venv/lib/python3.11/site-packages/claude_agent_sdk/_bundled/claude";
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
+}
+
+/// Handles a missing component: panics in CI, otherwise prints why the test is skipped.
+/// Returns `None` so callers can `let Some(x) = … else { return };`.
+pub fn missing<T>(what: &str, how: &str) -> Option<T> {
+    if in_ci() {
+        panic!("{what} is required (CI=true): {how}");
+    }
+    eprintln!("SKIPPED: {what} is not available: {how}");
+    None
+}
+
+/// The real Claude Code CLI: `AUTOPILOT_TEST_CLAUDE_BIN`, else the test script's install.
+pub fn claude_bin() -> Option<PathBuf> {
+    let path = std::env::var_os("AUTOPILOT_TEST_CLAUDE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CLAUDE_BIN));
+    if path.is_file() {
+        Some(path)
+    } else {
+        missing(
+            "the Claude Code CLI",
+            &format!(
+                "run `bash tests/run.sh` or set AUTOPILOT_TEST_CLAUDE_BIN (looked at {})",
+                path.display()
+            ),
+        )
+    }
+}
+
+/// A PostgreSQL server URL for tests (`TEST_DATABASE_URL`); each test gets its own database.
+pub fn postgres_admin_url() -> Option<String> {
+    match std::env::var("TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => missing(
+            "PostgreSQL",
+            "run `bash tests/run.sh`, or set TEST_DATABASE_URL=postgres://USER@HOST/postgres",
+        ),
+    }
+}
+
+/// Creates a fresh database on the test PostgreSQL server and returns its URL.
+pub async fn fresh_postgres_database() -> Option<String> {
+    use sqlx::Connection;
+    let admin_url = postgres_admin_url()?;
+    let name = format!("autopilot_test_{}", uuid::Uuid::now_v7().simple());
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("connect to TEST_DATABASE_URL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    let base = admin_url
+        .rsplit_once('/')
+        .map_or(admin_url.as_str(), |(base, _)| base);
+    Some(format!("{base}/{name}"))
+}
+
+/// The `autopilot` binary: `AUTOPILOT_TEST_BIN`, else next to the test binary's directory
+/// (`target/<profile>/autopilot`, built by `cargo build --bin autopilot`).
+pub fn autopilot_bin() -> Option<PathBuf> {
+    let path = std::env::var_os("AUTOPILOT_TEST_BIN")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let exe = std::env::current_exe().ok()?;
+            Some(exe.parent()?.parent()?.join("autopilot"))
+        })?;
+    if path.is_file() {
+        Some(path)
+    } else {
+        missing(
+            "the autopilot binary",
+            &format!(
+                "run `cargo build --bin autopilot` (looked at {})",
+                path.display()
+            ),
+        )
+    }
+}

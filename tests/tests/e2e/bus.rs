@@ -1,0 +1,220 @@
+//! The `Bus` conformance suite. Runs on the in-memory bus now; the JetStream bus joins it later.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use autopilot_proto::{
+    Bus, ControlMessage, EventBatch, EventKind, EventOrigin, InMemoryBus, InMemoryBusConfig,
+    NewRunEvent, RunId, RunRequest, WorkerId, WorkerReply, WorkerRequest,
+};
+use futures::StreamExt;
+
+fn request(run_id: RunId, dedup: &str) -> RunRequest {
+    RunRequest {
+        run_id,
+        attempt: 1,
+        pool: "default".into(),
+        dedup_id: dedup.into(),
+    }
+}
+
+async fn next<T>(
+    stream: &mut futures::stream::BoxStream<'static, T>,
+    within: Duration,
+) -> Option<T> {
+    tokio::time::timeout(within, stream.next())
+        .await
+        .ok()
+        .flatten()
+}
+
+/// A bus with short timers so redelivery can be observed quickly.
+fn fast_bus() -> Arc<dyn Bus> {
+    Arc::new(InMemoryBus::new(InMemoryBusConfig {
+        ack_wait: Duration::from_millis(300),
+        max_deliver: 3,
+        dedup_window: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(2),
+        event_capacity: 16,
+    }))
+}
+
+async fn conformance(bus: Arc<dyn Bus>) {
+    let short = Duration::from_millis(150);
+    let mut runs = bus.pull_runs("default").await.unwrap();
+
+    // Delivered once, then gone after ack.
+    let first = RunId::new();
+    assert!(bus.publish_run(request(first, "one")).await.unwrap());
+    let delivery = next(&mut runs, Duration::from_secs(1))
+        .await
+        .expect("delivered");
+    assert_eq!(
+        (delivery.message.run_id, delivery.delivery_count),
+        (first, 1)
+    );
+    delivery.acker.ack().await.unwrap();
+    assert!(
+        next(&mut runs, Duration::from_millis(600)).await.is_none(),
+        "acked messages are never redelivered"
+    );
+
+    // The same dedup id within the window publishes nothing.
+    assert!(!bus.publish_run(request(first, "one")).await.unwrap());
+    assert!(next(&mut runs, short).await.is_none());
+
+    // Other pools do not see it.
+    let mut other_pool = bus.pull_runs("gpu").await.unwrap();
+    assert!(bus.publish_run(request(RunId::new(), "two")).await.unwrap());
+    assert!(next(&mut other_pool, short).await.is_none());
+    next(&mut runs, Duration::from_secs(1))
+        .await
+        .expect("default pool gets it")
+        .acker
+        .ack()
+        .await
+        .unwrap();
+
+    // nak: delivered again after the delay, with the count raised.
+    let third = RunId::new();
+    bus.publish_run(request(third, "three")).await.unwrap();
+    let delivery = next(&mut runs, Duration::from_secs(1)).await.unwrap();
+    delivery
+        .acker
+        .nak(Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(
+        next(&mut runs, Duration::from_millis(100)).await.is_none(),
+        "not before the nak delay"
+    );
+    let again = next(&mut runs, Duration::from_secs(1))
+        .await
+        .expect("redelivered after nak");
+    assert_eq!((again.message.run_id, again.delivery_count), (third, 2));
+
+    // in_progress keeps it from being redelivered past the ack wait.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        again.acker.in_progress().await.unwrap();
+    }
+    assert!(
+        next(&mut runs, Duration::from_millis(100)).await.is_none(),
+        "kept alive by in_progress"
+    );
+    // Then silence: redelivered after the ack wait, up to max_deliver in all.
+    let redelivered = next(&mut runs, Duration::from_secs(2))
+        .await
+        .expect("redelivered after the ack wait");
+    assert_eq!(redelivered.delivery_count, 3);
+    assert!(
+        next(&mut runs, Duration::from_millis(800)).await.is_none(),
+        "dropped after max_deliver"
+    );
+
+    // Competing consumers: every message exactly once across them.
+    let mut second_consumer = bus.pull_runs("default").await.unwrap();
+    let ids: Vec<RunId> = (0..20).map(|_| RunId::new()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        bus.publish_run(request(*id, &format!("many-{i}")))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    loop {
+        let delivery = tokio::select! {
+            d = next(&mut runs, short) => d,
+            d = next(&mut second_consumer, short) => d,
+        };
+        let Some(delivery) = delivery else { break };
+        seen.push(delivery.message.run_id);
+        delivery.acker.ack().await.unwrap();
+    }
+    seen.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(seen, expected);
+
+    // Events: in order, and a nak'd batch comes back.
+    let mut events = bus.pull_events().await.unwrap();
+    let run_id = RunId::new();
+    let batch = |n: u64| EventBatch {
+        events: vec![NewRunEvent {
+            run_id,
+            attempt: 1,
+            origin: EventOrigin::Worker,
+            origin_seq: n,
+            at: chrono::Utc::now(),
+            kind: EventKind::Output,
+            data: serde_json::json!({ "n": n }),
+        }],
+    };
+    for n in 1..=3 {
+        bus.publish_events(batch(n)).await.unwrap();
+    }
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        let delivery = next(&mut events, Duration::from_secs(1)).await.unwrap();
+        order.push(delivery.message.events[0].origin_seq);
+        if order.len() == 1 {
+            delivery.acker.nak(Duration::from_millis(10)).await.unwrap();
+        } else {
+            delivery.acker.ack().await.unwrap();
+        }
+    }
+    assert_eq!(order, [1, 2, 3]);
+    let redelivered = next(&mut events, Duration::from_secs(1))
+        .await
+        .expect("nak'd batch redelivered");
+    assert_eq!(redelivered.message.events[0].origin_seq, 1);
+
+    // Control messages reach every subscriber.
+    let mut control_a = bus.subscribe_control().await.unwrap();
+    let mut control_b = bus.subscribe_control().await.unwrap();
+    bus.publish_control(ControlMessage::Cancel { run_id })
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut control_a, Duration::from_secs(1)).await,
+        Some(ControlMessage::Cancel { run_id })
+    );
+    assert_eq!(
+        next(&mut control_b, Duration::from_secs(1)).await,
+        Some(ControlMessage::Cancel { run_id })
+    );
+
+    // Request / reply.
+    let mut requests = bus.serve_requests().await.unwrap();
+    let server = tokio::spawn(async move {
+        let incoming = requests.next().await.unwrap();
+        let reply = match incoming.request {
+            WorkerRequest::Heartbeat { .. } => WorkerReply::Cancel,
+            _ => WorkerReply::Ok,
+        };
+        incoming.reply.send(reply).unwrap();
+    });
+    let reply = bus
+        .request(WorkerRequest::Heartbeat {
+            run_id,
+            attempt: 1,
+            worker_id: WorkerId::new("w"),
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply, WorkerReply::Cancel);
+    server.await.unwrap();
+    // Nobody answering is a timeout, not a hang.
+    let unanswered = bus
+        .request(WorkerRequest::Heartbeat {
+            run_id,
+            attempt: 1,
+            worker_id: WorkerId::new("w"),
+        })
+        .await;
+    assert!(unanswered.is_err());
+}
+
+#[tokio::test]
+async fn bus_conformance_in_memory() {
+    conformance(fast_bus()).await;
+}

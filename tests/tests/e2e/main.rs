@@ -1,0 +1,9 @@
+//! The end-to-end suite: one test binary, real components (SQLite, PostgreSQL, the real Claude
+//! Code CLI against the fake Anthropic API, the `autopilot` binary itself).
+
+mod api;
+mod bus;
+mod claude;
+mod process;
+mod scheduler;
+mod store;

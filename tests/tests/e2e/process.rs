@@ -1,0 +1,299 @@
+//! The `autopilot` binary as users run it: first start, restart after a crash, help text.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use autopilot_tests::components;
+use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply};
+use serde_json::{json, Value};
+
+struct Process {
+    child: Child,
+    base_url: String,
+    stderr_lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `autopilot serve` and waits until it answers.
+async fn spawn(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Option<Process> {
+    let bin = components::autopilot_bin()?;
+    let port = free_port();
+    let mut command = Command::new(bin);
+    command
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AUTOPILOT_DATA_DIR", data_dir)
+        .env("AUTOPILOT_BIND", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("spawn autopilot");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, stderr_lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let process = Process {
+        child,
+        base_url: format!("http://127.0.0.1:{port}"),
+        stderr_lines,
+    };
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if client
+            .get(format!("{}/readyz", process.base_url))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Some(process);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("autopilot did not start");
+}
+
+fn drain(process: &Process) -> String {
+    let mut text = String::new();
+    while let Ok(line) = process
+        .stderr_lines
+        .recv_timeout(Duration::from_millis(200))
+    {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text
+}
+
+async fn api(
+    process: &Process,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, format!("{}{path}", process.base_url))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn the_first_start_prints_an_admin_token_once_and_it_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(first) = spawn(dir.path(), &[]).await else {
+        return;
+    };
+    let output = drain(&first);
+    let token = output
+        .split_whitespace()
+        .find(|word| word.starts_with("ap_") && word.len() == 67)
+        .unwrap_or_else(|| panic!("no token printed: {output}"))
+        .to_owned();
+    assert!(output.contains("mode=\"embedded\""), "{output}");
+    assert_eq!(
+        api(&first, &token, reqwest::Method::GET, "/api/v1/jobs", None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        api(
+            &first,
+            "ap_wrong",
+            reqwest::Method::GET,
+            "/api/v1/jobs",
+            None
+        )
+        .await
+        .0,
+        401
+    );
+    drop(first);
+
+    let second = spawn(dir.path(), &[]).await.unwrap();
+    let output = drain(&second);
+    assert!(!output.contains(&token), "the token is shown only once");
+    assert_eq!(
+        api(&second, &token, reqwest::Method::GET, "/api/v1/jobs", None)
+            .await
+            .0,
+        200
+    );
+    // The database holds only its hash.
+    let database = std::fs::read(dir.path().join("autopilot.db")).unwrap();
+    assert!(!database.windows(token.len()).any(|w| w == token.as_bytes()));
+}
+
+#[tokio::test]
+async fn runs_left_running_by_a_crashed_process_are_marked_lost_at_start() {
+    let Some(claude) = components::claude_bin() else {
+        return;
+    };
+    let fake = FakeAnthropic::start().await.unwrap();
+    fake.push(Reply::stalled());
+    let dir = tempfile::tempdir().unwrap();
+    let token = "process-test-token-0123456789";
+    let base_url = fake.base_url();
+    let env = [
+        ("AUTOPILOT_ADMIN_TOKEN", token),
+        ("AUTOPILOT_CLAUDE_BIN", claude.to_str().unwrap()),
+        ("ANTHROPIC_BASE_URL", base_url.as_str()),
+        ("ANTHROPIC_API_KEY", "sk-ant-test"),
+        ("CLAUDE_CODE_MAX_RETRIES", "0"),
+    ];
+    let Some(mut first) = spawn(dir.path(), &env).await else {
+        return;
+    };
+    let (status, run) = api(
+        &first,
+        token,
+        reqwest::Method::POST,
+        "/api/v1/quick-run",
+        Some(json!({ "prompt": "hang" })),
+    )
+    .await;
+    assert_eq!(status, 202, "{run}");
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    assert!(fake.wait_for_requests(1, Duration::from_secs(30)).await);
+    first.child.kill().unwrap(); // SIGKILL: no chance to clean up
+    first.child.wait().unwrap();
+
+    let second = spawn(dir.path(), &env).await.unwrap();
+    let (_, run) = api(
+        &second,
+        token,
+        reqwest::Method::GET,
+        &format!("/api/v1/runs/{run_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(run["status"], "lost", "{run:#}");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("autopilot stopped while this run was executing"),
+        "{run:#}"
+    );
+    let (_, events) = api(
+        &second,
+        token,
+        reqwest::Method::GET,
+        &format!("/api/v1/runs/{run_id}/events"),
+        None,
+    )
+    .await;
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"system_init"),
+        "events from before the crash are kept: {kinds:?}"
+    );
+    // Nothing is left running.
+    let (_, running) = api(
+        &second,
+        token,
+        reqwest::Method::GET,
+        "/api/v1/runs?status=running,cancelling,queued",
+        None,
+    )
+    .await;
+    assert_eq!(running["runs"].as_array().unwrap().len(), 0);
+    drop(fake); // the orphaned CLI's request fails and, without retries, it exits
+}
+
+#[tokio::test]
+async fn a_second_process_on_the_same_data_directory_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_first) = spawn(
+        dir.path(),
+        &[("AUTOPILOT_ADMIN_TOKEN", "lock-test-token-0123456789")],
+    )
+    .await
+    else {
+        return;
+    };
+    let output = Command::new(components::autopilot_bin().unwrap())
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("AUTOPILOT_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("another autopilot process is using the data directory"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_help_documents_each_setting_with_its_variable() {
+    let Some(bin) = components::autopilot_bin() else {
+        return;
+    };
+    let help = Command::new(bin)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for variable in [
+        "AUTOPILOT_BIND",
+        "AUTOPILOT_DATA_DIR",
+        "AUTOPILOT_DATABASE_URL",
+        "AUTOPILOT_ADMIN_TOKEN",
+        "AUTOPILOT_CLAUDE_BIN",
+        "AUTOPILOT_PUBLIC_URL",
+    ] {
+        assert!(
+            help.contains(variable),
+            "`serve --help` must document {variable}:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn bad_configuration_is_refused_with_the_variable_to_fix() {
+    let Some(bin) = components::autopilot_bin() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(bin)
+        .arg("serve")
+        .env("AUTOPILOT_DATA_DIR", dir.path())
+        .env("AUTOPILOT_DATABASE_URL", "mysql://nope")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("AUTOPILOT_DATABASE_URL"), "{stderr}");
+}

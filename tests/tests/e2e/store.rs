@@ -1,0 +1,406 @@
+//! The `Store` conformance suite, run on SQLite and on a real PostgreSQL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use autopilot_control_plane::model::{
+    FireRecord, Job, JobKind, MisfirePolicy, OverlapPolicy, RetryPolicy, Run, RunFilter, Schedule,
+};
+use autopilot_control_plane::services::jobs::DEFAULT_POOL;
+use autopilot_control_plane::store::{connect, Store, StoreError};
+use autopilot_proto::{EventKind, EventOrigin, JobId, NewRunEvent, RunStatus, Trigger};
+use autopilot_tests::components;
+use chrono::{TimeZone, Utc};
+use serde_json::json;
+
+fn job(name: &str) -> Job {
+    let now = Utc::now();
+    Job {
+        id: JobId::new(),
+        name: name.to_owned(),
+        description: Some("a test job".into()),
+        kind: JobKind::Claude,
+        prompt: "do things".into(),
+        schedule: Schedule::Cron("*/5 * * * * *".into()),
+        timezone: "Europe/Paris".into(),
+        enabled: true,
+        model: Some("claude-sonnet-4-5".into()),
+        allowed_tools: vec!["Bash".into(), "mcp__github__create_issue".into()],
+        disallowed_tools: vec![],
+        max_turns: Some(4),
+        timeout_secs: 60,
+        max_cost_usd: Some(0.25),
+        misfire_policy: MisfirePolicy::RunAll,
+        misfire_cap: 3,
+        overlap_policy: OverlapPolicy::Queue,
+        retry: RetryPolicy {
+            count: 1,
+            backoff_secs: 5,
+        },
+        pool: DEFAULT_POOL.into(),
+        fire_cursor: Utc.timestamp_millis_opt(now.timestamp_millis()).unwrap(),
+        missed_fires: 0,
+        overlap_skipped: 0,
+        created_at: Utc.timestamp_millis_opt(now.timestamp_millis()).unwrap(),
+        updated_at: Utc.timestamp_millis_opt(now.timestamp_millis()).unwrap(),
+    }
+}
+
+fn event(run: &Run, origin_seq: u64, kind: EventKind) -> NewRunEvent {
+    NewRunEvent {
+        run_id: run.id,
+        attempt: run.attempt,
+        origin: EventOrigin::Worker,
+        origin_seq,
+        at: Utc::now(),
+        kind,
+        data: json!({ "n": origin_seq, "text": "héllo ✓" }),
+    }
+}
+
+async fn conformance(store: Arc<dyn Store>) {
+    // Jobs: round trip, unique names, update, lookups.
+    let mut first = job("first");
+    store.insert_job(&first).await.unwrap();
+    assert_eq!(
+        store.get_job(first.id).await.unwrap().as_ref(),
+        Some(&first)
+    );
+    assert_eq!(
+        store.get_job_by_name("first").await.unwrap().map(|j| j.id),
+        Some(first.id)
+    );
+    match store
+        .insert_job(&Job {
+            id: JobId::new(),
+            ..job("first")
+        })
+        .await
+    {
+        Err(StoreError::Conflict(message)) => assert!(message.contains("first"), "{message}"),
+        other => panic!("duplicate name must conflict, got {other:?}"),
+    }
+    first.prompt = "do other things".into();
+    first.schedule = Schedule::At(Utc.with_ymd_and_hms(2030, 1, 1, 9, 0, 0).unwrap());
+    store.update_job(&first).await.unwrap();
+    assert_eq!(
+        store.get_job(first.id).await.unwrap().unwrap().schedule,
+        first.schedule
+    );
+    assert!(matches!(
+        store.update_job(&job("ghost")).await,
+        Err(StoreError::NotFound)
+    ));
+    let second = Job {
+        schedule: Schedule::None,
+        ..job("second")
+    };
+    store.insert_job(&second).await.unwrap();
+    let names: Vec<String> = store
+        .list_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.name)
+        .collect();
+    assert_eq!(names, ["first", "second"]);
+
+    // Fires: one run per (job, scheduled_for), cursor and counters advance atomically.
+    let at = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap();
+    let fire = |job: &Job| FireRecord {
+        job_id: job.id,
+        cursor: at,
+        runs: vec![Run::queued(
+            Trigger::Schedule,
+            Some(job),
+            job.run_settings(),
+            Some(at),
+        )],
+        missed: 2,
+        overlap_skipped: 1,
+        disable: false,
+    };
+    let created = store.record_fires(&[fire(&first)]).await.unwrap();
+    assert_eq!(created.len(), 1);
+    let again = store
+        .record_fires(&[fire(&first), fire(&second)])
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "the same fire must not create a second run");
+    let after = store.get_job(first.id).await.unwrap().unwrap();
+    assert_eq!(
+        (after.fire_cursor, after.missed_fires, after.overlap_skipped),
+        (at, 4, 2)
+    );
+    let one_shot = FireRecord {
+        disable: true,
+        runs: vec![],
+        ..fire(&second)
+    };
+    store.record_fires(&[one_shot]).await.unwrap();
+    assert!(!store.get_job(second.id).await.unwrap().unwrap().enabled);
+
+    // Runs: compare-and-set on (status, attempt).
+    let mut run = store.get_run(created[0]).await.unwrap().expect("fired run");
+    assert_eq!(run.status, RunStatus::Queued);
+    assert_eq!(run.settings, first.run_settings());
+    run.status = RunStatus::Running;
+    run.worker_id = Some("w1".into());
+    assert!(store.update_run(&run, RunStatus::Queued, 1).await.unwrap());
+    assert!(
+        !store.update_run(&run, RunStatus::Queued, 1).await.unwrap(),
+        "second claim must fail"
+    );
+    assert!(
+        !store.update_run(&run, RunStatus::Running, 2).await.unwrap(),
+        "wrong attempt must fail"
+    );
+    run.status = RunStatus::Succeeded;
+    run.usage.input_tokens = 1234;
+    run.cost_usd = Some(0.5);
+    run.models = vec!["claude-opus-5-5".into()];
+    assert!(store.update_run(&run, RunStatus::Running, 1).await.unwrap());
+    assert_eq!(store.get_run(run.id).await.unwrap().as_ref(), Some(&run));
+
+    // Listing: newest first, filters, paging.
+    let mut manual_ids = Vec::new();
+    for _ in 0..5 {
+        let manual = Run::queued(Trigger::Manual, Some(&first), first.run_settings(), None);
+        store.insert_run(&manual).await.unwrap();
+        manual_ids.push(manual.id);
+    }
+    let page = store
+        .list_runs(&RunFilter {
+            job_id: Some(first.id),
+            limit: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|r| r.id).collect::<Vec<_>>(),
+        manual_ids.iter().rev().take(3).copied().collect::<Vec<_>>()
+    );
+    let rest = store
+        .list_runs(&RunFilter {
+            job_id: Some(first.id),
+            limit: 10,
+            before: Some(page[2].id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 3, "two manual runs and the fired one");
+    let done = store
+        .list_runs(&RunFilter {
+            statuses: vec![RunStatus::Succeeded],
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.iter().map(|r| r.id).collect::<Vec<_>>(), vec![run.id]);
+    assert_eq!(
+        store
+            .runs_in_status(&[RunStatus::Queued], Some(first.id))
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+
+    // Events: ordered, idempotent on redelivery, counted per attempt.
+    let batch: Vec<_> = (1..=4)
+        .map(|n| event(&run, n, EventKind::AssistantText))
+        .collect();
+    assert_eq!(store.append_events(&batch).await.unwrap(), 4);
+    assert_eq!(
+        store.append_events(&batch[2..]).await.unwrap(),
+        0,
+        "a redelivered batch is stored once"
+    );
+    assert_eq!(
+        store
+            .append_events(&[event(&run, 5, EventKind::Result)])
+            .await
+            .unwrap(),
+        1
+    );
+    let events = store.list_events(run.id, 0, 100).await.unwrap();
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e.data["n"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert_eq!(events[0].data["text"], "héllo ✓");
+    assert_eq!(events[4].kind, EventKind::Result);
+    assert_eq!(
+        store.list_events(run.id, seqs[2], 100).await.unwrap().len(),
+        2
+    );
+    assert_eq!(store.count_worker_events(run.id, 1).await.unwrap(), 5);
+    let unknown = Run::queued(Trigger::Quick, None, first.run_settings(), None);
+    assert_eq!(
+        store
+            .append_events(&[event(&unknown, 1, EventKind::Output)])
+            .await
+            .unwrap(),
+        0
+    );
+
+    // Leases: one holder at a time, fencing token raised on every change of holder.
+    let ttl = Duration::from_secs(10);
+    let now = Utc::now();
+    let token_a = store
+        .acquire_lease("scheduler", "a", ttl, now)
+        .await
+        .unwrap()
+        .expect("a gets it");
+    assert_eq!(
+        store
+            .acquire_lease("scheduler", "a", ttl, now)
+            .await
+            .unwrap(),
+        Some(token_a),
+        "renewal keeps the token"
+    );
+    assert_eq!(
+        store
+            .acquire_lease("scheduler", "b", ttl, now)
+            .await
+            .unwrap(),
+        None,
+        "b must wait"
+    );
+    let later = now + chrono::Duration::seconds(11);
+    let token_b = store
+        .acquire_lease("scheduler", "b", ttl, later)
+        .await
+        .unwrap()
+        .expect("expired lease is taken");
+    assert!(token_b > token_a);
+    assert_eq!(
+        store
+            .acquire_lease("scheduler", "a", ttl, later)
+            .await
+            .unwrap(),
+        None,
+        "a stepped down"
+    );
+    store.release_lease("scheduler", "b").await.unwrap();
+    assert!(
+        store
+            .acquire_lease("scheduler", "a", ttl, later)
+            .await
+            .unwrap()
+            .unwrap()
+            > token_b
+    );
+
+    // Settings.
+    assert!(store.put_setting_if_absent("k", "v1").await.unwrap());
+    assert!(!store.put_setting_if_absent("k", "v2").await.unwrap());
+    assert_eq!(store.get_setting("k").await.unwrap().as_deref(), Some("v1"));
+    store.put_setting("k", "v3").await.unwrap();
+    assert_eq!(store.get_setting("k").await.unwrap().as_deref(), Some("v3"));
+
+    // Deleting a job keeps its runs.
+    assert!(store.delete_job(first.id).await.unwrap());
+    assert!(!store.delete_job(first.id).await.unwrap());
+    let kept = store
+        .get_run(run.id)
+        .await
+        .unwrap()
+        .expect("run outlives its job");
+    assert_eq!(
+        (kept.job_id, kept.job_name.as_deref()),
+        (None, Some("first"))
+    );
+}
+
+#[tokio::test]
+async fn store_conformance_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/nested/autopilot.db", dir.path().display());
+    conformance(connect(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn store_conformance_postgres() {
+    let Some(url) = components::fresh_postgres_database().await else {
+        return;
+    };
+    conformance(connect(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn concurrent_fires_of_two_leaders_create_one_run_each() {
+    for url in [
+        Some(format!(
+            "sqlite://{}/a.db",
+            tempfile::tempdir().unwrap().keep().display()
+        )),
+        components::fresh_postgres_database().await,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let store = connect(&url).await.unwrap();
+        let job = job("contended");
+        store.insert_job(&job).await.unwrap();
+        let fires: Vec<_> = (0..20)
+            .map(|s| Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, s).unwrap())
+            .collect();
+        let attempt = |store: Arc<dyn Store>| {
+            let job = job.clone();
+            let fires = fires.clone();
+            tokio::spawn(async move {
+                let records: Vec<_> = fires
+                    .iter()
+                    .map(|at| FireRecord {
+                        job_id: job.id,
+                        cursor: *at,
+                        runs: vec![Run::queued(
+                            Trigger::Schedule,
+                            Some(&job),
+                            job.run_settings(),
+                            Some(*at),
+                        )],
+                        missed: 0,
+                        overlap_skipped: 0,
+                        disable: false,
+                    })
+                    .collect();
+                let mut created = 0;
+                for record in records {
+                    loop {
+                        match store.record_fires(std::slice::from_ref(&record)).await {
+                            Ok(ids) => {
+                                created += ids.len();
+                                break;
+                            }
+                            Err(StoreError::Retryable(_)) => {
+                                tokio::time::sleep(Duration::from_millis(5)).await
+                            }
+                            Err(other) => panic!("{other:?}"),
+                        }
+                    }
+                }
+                created
+            })
+        };
+        let (a, b) = (
+            attempt(store.clone()),
+            attempt(connect(&url).await.unwrap()),
+        );
+        let total = a.await.unwrap() + b.await.unwrap();
+        assert_eq!(
+            total, 20,
+            "{url}: every fire exactly once across two leaders"
+        );
+    }
+}

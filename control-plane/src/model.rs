@@ -251,6 +251,8 @@ pub struct FireRecord {
     pub cursor: DateTime<Utc>,
     /// Runs to create; a run whose `(job_id, scheduled_for)` exists already is left out.
     pub runs: Vec<Run>,
+    /// First events of those runs (stored only for the runs actually created).
+    pub events: Vec<autopilot_proto::NewRunEvent>,
     pub missed: u64,
     pub overlap_skipped: u64,
     /// A one-shot job is disabled once it fired.

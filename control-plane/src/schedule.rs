@@ -1,7 +1,7 @@
 //! Cron expressions and one-shot times: parsing with errors that point at the wrong field, and
 //! the fire times of a schedule in its time zone.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
@@ -127,8 +127,13 @@ impl Compiled {
     /// The first fire strictly after `after`, if there is one.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
+            // Cron has whole seconds: search from the start of `after`'s second, or a cursor
+            // with a fraction would carry it into every fire.
             Compiled::Cron { cron, tz } => cron
-                .find_next_occurrence(&after.with_timezone(tz), false)
+                .find_next_occurrence(
+                    &after.with_nanosecond(0).unwrap_or(after).with_timezone(tz),
+                    false,
+                )
                 .ok()
                 .map(|next| next.with_timezone(&Utc)),
             Compiled::At(at) => (*at > after).then_some(*at),

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::model::{FireRecord, Job, MisfirePolicy, OverlapPolicy, Run, Schedule};
 use crate::schedule::Compiled;
+use crate::services::runs::control_event;
 
 pub const LEASE_NAME: &str = "scheduler";
 
@@ -111,6 +112,25 @@ pub fn plan_fires(
     }
 }
 
+/// Runs the scheduler on a thread of its own with its own single-threaded runtime, so a busy API
+/// or a burst of runs starting never delays the timer that fires jobs.
+pub async fn run_on_own_thread(app: Arc<App>, cancel: CancellationToken) -> anyhow::Result<()> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("autopilot-scheduler".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(run_scheduler(app, cancel)));
+            let _ = done_tx.send(result);
+        })?;
+    done_rx
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the scheduler thread panicked")))
+}
+
 pub async fn run_scheduler(app: Arc<App>, cancel: CancellationToken) -> anyhow::Result<()> {
     let holder = format!("scheduler-{}", uuid::Uuid::now_v7().simple());
     let ttl = app.config.lease_ttl;
@@ -197,12 +217,22 @@ pub async fn run_scheduler(app: Arc<App>, cancel: CancellationToken) -> anyhow::
 
 /// Fires every due job in one store transaction, then publishes the runs that may start.
 async fn fire_due(app: &App, planned: &mut [Planned], now: DateTime<Utc>) -> anyhow::Result<()> {
-    let active = app.store.runs_in_status(&RunStatus::ACTIVE, None).await?;
-    let busy: HashSet<JobId> = active
-        .iter()
-        .filter(|run| run.status != RunStatus::Queued || run.dispatched_at.is_some())
-        .filter_map(|run| run.job_id)
-        .collect();
+    // Which jobs have a run going matters only to the overlap policies that look at it; the
+    // query is skipped when every due job allows overlap.
+    let needs_busy = planned.iter().any(|plan| {
+        plan.next.is_some_and(|next| next <= now) && plan.job.overlap_policy != OverlapPolicy::Allow
+    });
+    let busy: HashSet<JobId> = if needs_busy {
+        app.store
+            .runs_in_status(&RunStatus::ACTIVE, None)
+            .await?
+            .iter()
+            .filter(|run| run.status != RunStatus::Queued || run.dispatched_at.is_some())
+            .filter_map(|run| run.job_id)
+            .collect()
+    } else {
+        HashSet::new()
+    };
     let mut records = Vec::new();
     let mut to_publish: HashSet<autopilot_proto::RunId> = HashSet::new();
     let mut advanced: Vec<(usize, DateTime<Utc>, bool)> = Vec::new();
@@ -243,11 +273,20 @@ async fn fire_due(app: &App, planned: &mut [Planned], now: DateTime<Utc>) -> any
             .map(|(position, at)| {
                 let mut run =
                     Run::queued(Trigger::Schedule, Some(job), settings.clone(), Some(*at));
+                // Every fire of this step happens at the step's instant.
+                run.created_at = now;
                 if position < fire_plan.dispatch_now {
                     run.dispatched_at = Some(run.created_at);
                     to_publish.insert(run.id);
                 }
                 run
+            })
+            .collect();
+        let events = runs
+            .iter()
+            .map(|run| {
+                let data = serde_json::json!({ "step": "queued", "trigger": "schedule", "scheduled_for": run.scheduled_for });
+                control_event(run, data)
             })
             .collect();
         if fire_plan.missed + uncounted > 0 || fire_plan.overlap_skipped > 0 {
@@ -263,6 +302,7 @@ async fn fire_due(app: &App, planned: &mut [Planned], now: DateTime<Utc>) -> any
             job_id: job.id,
             cursor,
             runs,
+            events,
             missed: fire_plan.missed + uncounted,
             overlap_skipped: fire_plan.overlap_skipped,
             disable,
@@ -292,7 +332,6 @@ async fn fire_due(app: &App, planned: &mut [Planned], now: DateTime<Utc>) -> any
             .scheduled_for
             .map(|at| (run.created_at - at).num_milliseconds());
         tracing::debug!(run.id = %run.id, job.id = ?run.job_id, lateness_ms, "fired");
-        app.record_control_event(&run, serde_json::json!({ "step": "queued", "trigger": "schedule", "scheduled_for": run.scheduled_for })).await;
         if to_publish.contains(&run.id) {
             app.publish_dispatched(run).await;
         }

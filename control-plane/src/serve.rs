@@ -112,7 +112,15 @@ pub async fn run(
     }
     spawn_task!("worker requests", serve_worker_requests);
     spawn_task!("event ingester", crate::ingest::run_ingester);
-    spawn_task!("scheduler", crate::scheduler::run_scheduler);
+    {
+        let (app, cancel) = (Arc::clone(&app), shutdown.clone());
+        tasks.spawn(async move {
+            (
+                "scheduler",
+                crate::scheduler::run_on_own_thread(app, cancel).await,
+            )
+        });
+    }
     spawn_task!("dispatcher", run_dispatcher);
     spawn_task!("reaper", run_reaper);
     let worker_cancel = shutdown.clone();

@@ -68,24 +68,22 @@ pub async fn fresh_postgres_database() -> Option<String> {
     Some(format!("{base}/{name}"))
 }
 
-/// The `autopilot` binary: `AUTOPILOT_TEST_BIN`, else next to the test binary's directory
-/// (`target/<profile>/autopilot`, built by `cargo build --bin autopilot`).
+/// The `autopilot` binary: `AUTOPILOT_TEST_BIN`, else the one beside this executable
+/// (`target/<profile>/autopilot` for a bench binary, one level up for a test binary in
+/// `target/<profile>/deps`), built by `cargo build --bin autopilot`.
 pub fn autopilot_bin() -> Option<PathBuf> {
-    let path = std::env::var_os("AUTOPILOT_TEST_BIN")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let exe = std::env::current_exe().ok()?;
-            Some(exe.parent()?.parent()?.join("autopilot"))
-        })?;
-    if path.is_file() {
-        Some(path)
-    } else {
-        missing(
+    let explicit = std::env::var_os("AUTOPILOT_TEST_BIN").map(PathBuf::from);
+    let exe = std::env::current_exe().ok();
+    let beside = exe
+        .iter()
+        .flat_map(|exe| exe.ancestors().skip(1).take(2))
+        .map(|dir| dir.join("autopilot"));
+    let candidates: Vec<PathBuf> = explicit.into_iter().chain(beside).collect();
+    match candidates.iter().find(|path| path.is_file()) {
+        Some(path) => Some(path.clone()),
+        None => missing(
             "the autopilot binary",
-            &format!(
-                "run `cargo build --bin autopilot` (looked at {})",
-                path.display()
-            ),
-        )
+            &format!("run `cargo build --bin autopilot` (looked at {candidates:?})"),
+        ),
     }
 }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::error::ServiceResult;
 use crate::model::{OverlapPolicy, Run};
+use crate::services::runs::control_event;
 
 /// Prefix of the ids of workers embedded in `autopilot serve`.
 pub const EMBEDDED_WORKER_PREFIX: &str = "embedded";
@@ -46,7 +47,7 @@ impl App {
         run.dispatched_at = Some(Utc::now());
         if !self
             .store
-            .update_run(&run, RunStatus::Queued, run.attempt)
+            .update_run(&run, RunStatus::Queued, run.attempt, &[])
             .await?
         {
             // Claimed, cancelled or dispatched by someone else meanwhile.
@@ -72,7 +73,7 @@ impl App {
         undone.dispatched_at = None;
         if let Err(err) = self
             .store
-            .update_run(&undone, RunStatus::Queued, run.attempt)
+            .update_run(&undone, RunStatus::Queued, run.attempt, &[])
             .await
         {
             tracing::error!(run.id = %run.id, error = %err, "could not mark the run undispatched");
@@ -128,7 +129,7 @@ impl App {
             if status == RunStatus::Queued {
                 if run.dispatched_at.is_some() {
                     run.dispatched_at = None;
-                    self.store.update_run(&run, status, attempt).await?;
+                    self.store.update_run(&run, status, attempt, &[]).await?;
                 }
                 continue;
             }
@@ -181,10 +182,14 @@ impl App {
         run.finished_at = Some(Utc::now());
         run.is_error = true;
         run.error = Some(reason.to_owned());
-        if self.store.update_run(&run, status, attempt).await? {
+        let event = control_event(&run, json!({ "step": "lost", "reason": reason }));
+        if self
+            .store
+            .update_run(&run, status, attempt, &[event])
+            .await?
+        {
             tracing::warn!(run.id = %run.id, reason, "run lost");
-            self.record_control_event(&run, json!({ "step": "lost", "reason": reason }))
-                .await;
+            self.notify_run(run.id);
             self.dispatcher_wake.notify_one();
         }
         Ok(())

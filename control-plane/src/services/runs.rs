@@ -36,9 +36,8 @@ impl App {
     /// Stores a new queued run, records that it was queued and dispatches it (unless an earlier
     /// run of its job must finish first).
     pub async fn submit_run(&self, run: Run) -> ServiceResult<Run> {
-        self.store.insert_run(&run).await?;
-        self.record_control_event(&run, json!({ "step": "queued", "trigger": run.trigger }))
-            .await;
+        let queued = control_event(&run, json!({ "step": "queued", "trigger": run.trigger }));
+        self.store.insert_run(&run, &[queued]).await?;
         tracing::info!(run.id = %run.id, job.id = ?run.job_id, trigger = run.trigger.as_str(), "run queued");
         self.dispatch_new(run).await
     }
@@ -146,21 +145,27 @@ impl App {
                     run.finished_at = Some(Utc::now());
                     run.is_error = true;
                     run.error = Some("cancelled before it started".to_owned());
-                    if self.store.update_run(&run, expected, attempt).await? {
-                        self.record_control_event(
-                            &run,
-                            json!({ "step": "cancelled", "before_start": true }),
-                        )
-                        .await;
+                    let event =
+                        control_event(&run, json!({ "step": "cancelled", "before_start": true }));
+                    if self
+                        .store
+                        .update_run(&run, expected, attempt, &[event])
+                        .await?
+                    {
+                        self.notify_run(id);
                         self.dispatcher_wake.notify_one();
                         return Ok(run);
                     }
                 }
                 RunStatus::Running => {
                     run.status = RunStatus::Cancelling;
-                    if self.store.update_run(&run, expected, attempt).await? {
-                        self.record_control_event(&run, json!({ "step": "cancel_requested" }))
-                            .await;
+                    let event = control_event(&run, json!({ "step": "cancel_requested" }));
+                    if self
+                        .store
+                        .update_run(&run, expected, attempt, &[event])
+                        .await?
+                    {
+                        self.notify_run(id);
                         self.push_cancel(id).await;
                         return Ok(run);
                     }
@@ -196,19 +201,24 @@ impl App {
     /// Appends a lifecycle event from the control plane. Failing to record it is logged, never
     /// fatal: the run's state in the store is what counts.
     pub async fn record_control_event(&self, run: &Run, data: Value) {
-        let event = NewRunEvent {
-            run_id: run.id,
-            attempt: run.attempt,
-            origin: EventOrigin::Control,
-            // Unique per event without coordination; only used to spot redeliveries.
-            origin_seq: rand::random::<u64>() >> 1,
-            at: Utc::now(),
-            kind: EventKind::Lifecycle,
-            data,
-        };
+        let event = control_event(run, data);
         if let Err(err) = self.store.append_events(&[event]).await {
             tracing::warn!(run.id = %run.id, error = %err, "could not record a lifecycle event");
         }
         self.notify_run(run.id);
+    }
+}
+
+/// A lifecycle event from the control plane.
+pub fn control_event(run: &Run, data: Value) -> NewRunEvent {
+    NewRunEvent {
+        run_id: run.id,
+        attempt: run.attempt,
+        origin: EventOrigin::Control,
+        // Unique per event without coordination; only used to spot redeliveries.
+        origin_seq: rand::random::<u64>() >> 1,
+        at: Utc::now(),
+        kind: EventKind::Lifecycle,
+        data,
     }
 }

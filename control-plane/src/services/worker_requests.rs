@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use autopilot_proto::{
-    RunId, RunOutcome, RunSpec, RunStatus, WorkerId, WorkerReply, WorkerRequest,
+    NewRunEvent, RunId, RunOutcome, RunSpec, RunStatus, WorkerId, WorkerReply, WorkerRequest,
 };
 use chrono::Utc;
 use futures::StreamExt;
@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::error::ServiceResult;
 use crate::model::Run;
+use crate::services::runs::control_event;
 
 /// How long a completion waits for the attempt's events to be stored before it records the
 /// final state anyway.
@@ -61,32 +62,26 @@ impl App {
         attempt: u32,
         worker_id: WorkerId,
     ) -> ServiceResult<WorkerReply> {
-        let Some(mut run) = self.store.get_run(run_id).await? else {
-            return Ok(rejected("unknown run"));
-        };
-        if run.attempt != attempt {
-            return Ok(rejected(format!(
-                "attempt {attempt} was superseded by attempt {}",
-                run.attempt
-            )));
-        }
-        if run.status != RunStatus::Queued {
-            return Ok(rejected(format!("run is {}", run.status)));
-        }
-        let now = Utc::now();
-        run.status = RunStatus::Running;
-        run.worker_id = Some(worker_id.to_string());
-        run.started_at = Some(now);
-        run.heartbeat_at = Some(now);
-        if !self
+        // One statement: the claim is on the path from due time to process start. The worker's
+        // `started` event follows at once and names the worker.
+        let claimed = self
             .store
-            .update_run(&run, RunStatus::Queued, attempt)
-            .await?
-        {
-            return Ok(rejected("claimed by another worker"));
-        }
-        self.record_control_event(&run, json!({ "step": "claimed", "worker_id": worker_id }))
-            .await;
+            .claim_run(run_id, attempt, worker_id.as_str(), Utc::now())
+            .await?;
+        let Some(run) = claimed else {
+            let reason = match self.store.get_run(run_id).await? {
+                None => "unknown run".to_owned(),
+                Some(run) if run.attempt != attempt => {
+                    format!(
+                        "attempt {attempt} was superseded by attempt {}",
+                        run.attempt
+                    )
+                }
+                Some(run) => format!("run is {}", run.status),
+            };
+            return Ok(rejected(reason));
+        };
+        self.notify_run(run_id);
         let spec = RunSpec {
             run_id,
             attempt,
@@ -106,25 +101,14 @@ impl App {
         attempt: u32,
         worker_id: WorkerId,
     ) -> ServiceResult<WorkerReply> {
-        let Some(mut run) = self.store.get_run(run_id).await? else {
-            return Ok(rejected("unknown run"));
-        };
-        if !owns(&run, attempt, &worker_id) {
-            return Ok(rejected(format!(
-                "run is {} and not held by this worker",
-                run.status
-            )));
-        }
-        let status = run.status;
-        run.heartbeat_at = Some(Utc::now());
-        if !self.store.update_run(&run, status, attempt).await? {
-            // It changed meanwhile; the next heartbeat sees how.
-            return Ok(WorkerReply::Ok);
-        }
-        Ok(if status == RunStatus::Cancelling {
-            WorkerReply::Cancel
-        } else {
-            WorkerReply::Ok
+        let status = self
+            .store
+            .heartbeat_run(run_id, attempt, worker_id.as_str(), Utc::now())
+            .await?;
+        Ok(match status {
+            Some(RunStatus::Cancelling) => WorkerReply::Cancel,
+            Some(_) => WorkerReply::Ok,
+            None => rejected("the run is no longer held by this worker"),
         })
     }
 
@@ -179,11 +163,20 @@ impl App {
             run.dispatched_at = None;
             run.worker_id = None;
             run.heartbeat_at = None;
-            if !self.store.update_run(&run, expected, attempt).await? {
+            let data = json!({ "step": "retry_scheduled", "next_attempt": attempt + 1, "delay_secs": delay.as_secs(), "error": outcome.error });
+            // Recorded under the attempt that failed.
+            let event = NewRunEvent {
+                attempt,
+                ..control_event(&run, data)
+            };
+            if !self
+                .store
+                .update_run(&run, expected, attempt, &[event])
+                .await?
+            {
                 return Ok(rejected("run changed while completing"));
             }
-            let data = json!({ "step": "retry_scheduled", "next_attempt": attempt + 1, "delay_secs": delay.as_secs(), "error": outcome.error });
-            self.record_control_event(&run, data).await;
+            self.notify_run(run_id);
             tracing::info!(run.id = %run_id, attempt = attempt + 1, delay_secs = delay.as_secs(), "transient failure; retry scheduled");
             self.dispatcher_wake.notify_one();
             return Ok(WorkerReply::Ok);
@@ -200,14 +193,18 @@ impl App {
         }
         run.status = status;
         run.finished_at = Some(outcome.finished_at.unwrap_or_else(Utc::now));
-        if !self.store.update_run(&run, expected, attempt).await? {
-            return Ok(rejected("run changed while completing"));
-        }
-        self.record_control_event(
+        let finished = control_event(
             &run,
             json!({ "step": "finished", "status": status, "error": run.error }),
-        )
-        .await;
+        );
+        if !self
+            .store
+            .update_run(&run, expected, attempt, &[finished])
+            .await?
+        {
+            return Ok(rejected("run changed while completing"));
+        }
+        self.notify_run(run_id);
         tracing::info!(run.id = %run_id, status = %status, cost_usd = ?run.cost_usd, "run finished");
         self.dispatcher_wake.notify_one();
         Ok(WorkerReply::Ok)

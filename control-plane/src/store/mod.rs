@@ -49,21 +49,42 @@ pub trait Store: Send + Sync {
     async fn delete_job(&self, id: JobId) -> StoreResult<bool>;
 
     /// Applies a batch of scheduler steps in one transaction: creates the fires' runs (skipping
-    /// any `(job_id, scheduled_for)` that exists) and advances each job's cursor and counters.
-    /// Returns the runs actually created.
+    /// any `(job_id, scheduled_for)` that exists) with their first events, and advances each
+    /// job's cursor and counters. Returns the runs actually created.
     async fn record_fires(&self, fires: &[FireRecord]) -> StoreResult<Vec<RunId>>;
 
-    async fn insert_run(&self, run: &Run) -> StoreResult<()>;
+    /// Creates a run together with its first events, so they come before any other.
+    async fn insert_run(&self, run: &Run, first_events: &[NewRunEvent]) -> StoreResult<()>;
     async fn get_run(&self, id: RunId) -> StoreResult<Option<Run>>;
     async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<Run>>;
-    /// Compare-and-set: writes `run` only if the stored row still has `expected_status` and
-    /// `expected_attempt`. Returns whether it was written.
+    /// Compare-and-set: writes `run` (and appends `events`, in the same transaction) only if the
+    /// stored row still has `expected_status` and `expected_attempt`. Returns whether it was
+    /// written.
     async fn update_run(
         &self,
         run: &Run,
         expected_status: RunStatus,
         expected_attempt: u32,
+        events: &[NewRunEvent],
     ) -> StoreResult<bool>;
+    /// `queued → running` for `worker_id` if the run is queued at `attempt`, in one statement.
+    /// Returns the claimed run.
+    async fn claim_run(
+        &self,
+        run_id: RunId,
+        attempt: u32,
+        worker_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Run>>;
+    /// Records a heartbeat if `worker_id` still holds the run at `attempt`; returns the run's
+    /// status then (`running` or `cancelling`), or `None` when the worker no longer holds it.
+    async fn heartbeat_run(
+        &self,
+        run_id: RunId,
+        attempt: u32,
+        worker_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<RunStatus>>;
     /// Runs in any of `statuses`, oldest first, optionally of one job.
     async fn runs_in_status(
         &self,

@@ -80,6 +80,64 @@ macro_rules! in_write_tx {
     };
 }
 
+/// Stores `$events` inside the open transaction `$tx` and evaluates to how many were new: each
+/// run's sequence numbers are reserved on its row (serialising writers of one run), and a
+/// redelivered event (same run, attempt, origin and origin_seq) is skipped.
+macro_rules! append_events_in {
+    ($tx:ident, $events:expr) => {{
+        let events: &[NewRunEvent] = $events;
+        // Group by run, keeping each run's events in order.
+        let mut order: Vec<RunId> = Vec::new();
+        let mut by_run: HashMap<RunId, Vec<&NewRunEvent>> = HashMap::new();
+        for event in events {
+            by_run
+                .entry(event.run_id)
+                .or_insert_with(|| {
+                    order.push(event.run_id);
+                    Vec::new()
+                })
+                .push(event);
+        }
+        let mut stored = 0u64;
+        for run_id in &order {
+            let run_events = &by_run[run_id];
+            let count = i64::try_from(run_events.len()).unwrap_or(i64::MAX);
+            let last: Option<(i64,)> = sqlx::query_as(RESERVE_EVENT_SEQS)
+                .bind(run_id.to_string())
+                .bind(count)
+                .fetch_optional(&mut *$tx)
+                .await
+                .map_err(classify)?;
+            let Some((last,)) = last else {
+                tracing::warn!(run.id = %run_id, events = count, "events for an unknown run were dropped");
+                continue;
+            };
+            for (offset, event) in run_events.iter().enumerate() {
+                let seq = last - count + 1 + offset as i64;
+                stored += sqlx::query(INSERT_EVENT)
+                    .bind(run_id.to_string())
+                    .bind(seq)
+                    .bind(i64::from(event.attempt))
+                    .bind(event.origin.as_str())
+                    .bind(clamp_i64(event.origin_seq))
+                    .bind(to_ms(event.at))
+                    .bind(event.kind.as_str())
+                    .bind(event.data.to_string())
+                    .execute(&mut *$tx)
+                    .await
+                    .map_err(classify)?
+                    .rows_affected();
+            }
+        }
+        stored
+    }};
+}
+
+const RESERVE_EVENT_SEQS: &str =
+    "UPDATE runs SET event_seq = event_seq + $2 WHERE id = $1 RETURNING event_seq";
+const INSERT_EVENT: &str = "INSERT INTO run_events (run_id, seq, attempt, origin, origin_seq, at_ms, kind, data) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (run_id, attempt, origin, origin_seq) DO NOTHING";
+
 const JOB_COLUMNS: &str = "id, name, description, kind, prompt, schedule_kind, schedule_expr, timezone, enabled, \
     model, allowed_tools, disallowed_tools, max_turns, timeout_secs, max_cost_usd, misfire_policy, misfire_cap, \
     overlap_policy, retry_count, retry_backoff_secs, pool, fire_cursor_ms, missed_fires, overlap_skipped, \
@@ -343,13 +401,23 @@ impl Store for SqlStore {
                     .await
                     .map_err(classify)?;
             }
+            let events: Vec<NewRunEvent> = fires
+                .iter()
+                .flat_map(|fire| fire.events.iter())
+                .filter(|event| created.contains(&event.run_id))
+                .cloned()
+                .collect();
+            append_events_in!(tx, &events);
             created
         });
         Ok(created)
     }
 
-    async fn insert_run(&self, run: &Run) -> StoreResult<()> {
-        on_write!(self, pool => bind_run!(sqlx::query(INSERT_RUN), run).execute(pool).await.map(|done| done.rows_affected())).map_err(classify)?;
+    async fn insert_run(&self, run: &Run, first_events: &[NewRunEvent]) -> StoreResult<()> {
+        in_write_tx!(self, tx => {
+            bind_run!(sqlx::query(INSERT_RUN), run).execute(&mut *tx).await.map_err(classify)?;
+            append_events_in!(tx, first_events);
+        });
         Ok(())
     }
 
@@ -396,6 +464,7 @@ impl Store for SqlStore {
         run: &Run,
         expected_status: RunStatus,
         expected_attempt: u32,
+        events: &[NewRunEvent],
     ) -> StoreResult<bool> {
         let sql = "UPDATE runs SET id = $1, job_id = $2, job_name = $3, trigger = $4, status = $5, attempt = $6, \
              scheduled_for_ms = $7, settings = $8, created_at_ms = $9, dispatched_at_ms = $10, not_before_ms = $11, \
@@ -403,16 +472,80 @@ impl Store for SqlStore {
              is_error = $17, error = $18, result = $19, input_tokens = $20, output_tokens = $21, \
              cache_read_tokens = $22, cache_write_tokens = $23, cost_usd = $24, num_turns = $25, models = $26, \
              permission_denials = $27 WHERE id = $1 AND status = $28 AND attempt = $29";
-        let updated = on_write!(self, pool => {
-            bind_run!(sqlx::query(sql), run)
+        if events.is_empty() {
+            let updated = on_write!(self, pool => {
+                bind_run!(sqlx::query(sql), run)
+                    .bind(expected_status.as_str())
+                    .bind(i64::from(expected_attempt))
+                    .execute(pool)
+                    .await
+                    .map(|done| done.rows_affected())
+            })
+            .map_err(classify)?;
+            return Ok(updated == 1);
+        }
+        let updated = in_write_tx!(self, tx => {
+            let updated = bind_run!(sqlx::query(sql), run)
                 .bind(expected_status.as_str())
                 .bind(i64::from(expected_attempt))
-                .execute(pool)
+                .execute(&mut *tx)
                 .await
-                .map(|done| done.rows_affected())
+                .map_err(classify)?
+                .rows_affected();
+            if updated == 1 {
+                append_events_in!(tx, events);
+            }
+            updated
+        });
+        Ok(updated == 1)
+    }
+
+    async fn claim_run(
+        &self,
+        run_id: RunId,
+        attempt: u32,
+        worker_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Run>> {
+        let sql = format!(
+            "UPDATE runs SET status = 'running', worker_id = $3, started_at_ms = $4, heartbeat_at_ms = $4 \
+             WHERE id = $1 AND attempt = $2 AND status = 'queued' RETURNING {RUN_COLUMNS}"
+        );
+        let row = on_write!(self, pool => {
+            sqlx::query_as::<_, RunRow>(&sql)
+                .bind(run_id.to_string())
+                .bind(i64::from(attempt))
+                .bind(worker_id)
+                .bind(to_ms(now))
+                .fetch_optional(pool)
+                .await
         })
         .map_err(classify)?;
-        Ok(updated == 1)
+        row.map(Run::try_from).transpose()
+    }
+
+    async fn heartbeat_run(
+        &self,
+        run_id: RunId,
+        attempt: u32,
+        worker_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<RunStatus>> {
+        let sql = "UPDATE runs SET heartbeat_at_ms = $4 WHERE id = $1 AND attempt = $2 AND worker_id = $3 \
+                   AND status IN ('running', 'cancelling') RETURNING status";
+        let status: Option<(String,)> = on_write!(self, pool => {
+            sqlx::query_as(sql)
+                .bind(run_id.to_string())
+                .bind(i64::from(attempt))
+                .bind(worker_id)
+                .bind(to_ms(now))
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(classify)?;
+        status
+            .map(|(status,)| status.parse().map_err(StoreError::Corrupt))
+            .transpose()
     }
 
     async fn runs_in_status(
@@ -450,56 +583,7 @@ impl Store for SqlStore {
         if events.is_empty() {
             return Ok(0);
         }
-        // Group by run, keeping each run's events in order.
-        let mut order: Vec<RunId> = Vec::new();
-        let mut by_run: HashMap<RunId, Vec<&NewRunEvent>> = HashMap::new();
-        for event in events {
-            by_run
-                .entry(event.run_id)
-                .or_insert_with(|| {
-                    order.push(event.run_id);
-                    Vec::new()
-                })
-                .push(event);
-        }
-        let reserve =
-            "UPDATE runs SET event_seq = event_seq + $2 WHERE id = $1 RETURNING event_seq";
-        let insert = "INSERT INTO run_events (run_id, seq, attempt, origin, origin_seq, at_ms, kind, data) \
-                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (run_id, attempt, origin, origin_seq) DO NOTHING";
-        let stored = in_write_tx!(self, tx => {
-            let mut stored = 0u64;
-            for run_id in &order {
-                let run_events = &by_run[run_id];
-                let count = i64::try_from(run_events.len()).unwrap_or(i64::MAX);
-                let last: Option<(i64,)> = sqlx::query_as(reserve)
-                    .bind(run_id.to_string())
-                    .bind(count)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-                let Some((last,)) = last else {
-                    tracing::warn!(run.id = %run_id, events = count, "events for an unknown run were dropped");
-                    continue;
-                };
-                for (offset, event) in run_events.iter().enumerate() {
-                    let seq = last - count + 1 + offset as i64;
-                    stored += sqlx::query(insert)
-                        .bind(run_id.to_string())
-                        .bind(seq)
-                        .bind(i64::from(event.attempt))
-                        .bind(event.origin.as_str())
-                        .bind(clamp_i64(event.origin_seq))
-                        .bind(to_ms(event.at))
-                        .bind(event.kind.as_str())
-                        .bind(event.data.to_string())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(classify)?
-                        .rows_affected();
-                }
-            }
-            stored
-        });
+        let stored = in_write_tx!(self, tx => { append_events_in!(tx, events) });
         Ok(stored)
     }
 

@@ -107,18 +107,22 @@ async fn conformance(store: Arc<dyn Store>) {
 
     // Fires: one run per (job, scheduled_for), cursor and counters advance atomically.
     let at = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap();
-    let fire = |job: &Job| FireRecord {
-        job_id: job.id,
-        cursor: at,
-        runs: vec![Run::queued(
-            Trigger::Schedule,
-            Some(job),
-            job.run_settings(),
-            Some(at),
-        )],
-        missed: 2,
-        overlap_skipped: 1,
-        disable: false,
+    let fire = |job: &Job| {
+        let run = Run::queued(Trigger::Schedule, Some(job), job.run_settings(), Some(at));
+        let queued = NewRunEvent {
+            origin: EventOrigin::Control,
+            data: json!({ "step": "queued" }),
+            ..event(&run, 1, EventKind::Lifecycle)
+        };
+        FireRecord {
+            job_id: job.id,
+            cursor: at,
+            events: vec![queued],
+            runs: vec![run],
+            missed: 2,
+            overlap_skipped: 1,
+            disable: false,
+        }
     };
     let created = store.record_fires(&[fire(&first)]).await.unwrap();
     assert_eq!(created.len(), 1);
@@ -140,33 +144,106 @@ async fn conformance(store: Arc<dyn Store>) {
     store.record_fires(&[one_shot]).await.unwrap();
     assert!(!store.get_job(second.id).await.unwrap().unwrap().enabled);
 
+    // A fire's first event is stored with it, once.
+    let fired_events = store.list_events(created[0], 0, 10).await.unwrap();
+    assert_eq!(fired_events.len(), 1, "the duplicate fire added no event");
+    assert_eq!(
+        (fired_events[0].seq, fired_events[0].kind),
+        (1, EventKind::Lifecycle)
+    );
+
     // Runs: compare-and-set on (status, attempt).
-    let mut run = store.get_run(created[0]).await.unwrap().expect("fired run");
+    let run = store.get_run(created[0]).await.unwrap().expect("fired run");
     assert_eq!(run.status, RunStatus::Queued);
     assert_eq!(run.settings, first.run_settings());
-    run.status = RunStatus::Running;
-    run.worker_id = Some("w1".into());
-    assert!(store.update_run(&run, RunStatus::Queued, 1).await.unwrap());
+    let now = Utc::now();
     assert!(
-        !store.update_run(&run, RunStatus::Queued, 1).await.unwrap(),
-        "second claim must fail"
+        store
+            .claim_run(run.id, 2, "w1", now)
+            .await
+            .unwrap()
+            .is_none(),
+        "wrong attempt must fail"
+    );
+    let mut run = store
+        .claim_run(run.id, 1, "w1", now)
+        .await
+        .unwrap()
+        .expect("claimed");
+    assert_eq!(
+        (run.status, run.worker_id.as_deref()),
+        (RunStatus::Running, Some("w1"))
     );
     assert!(
-        !store.update_run(&run, RunStatus::Running, 2).await.unwrap(),
+        store
+            .claim_run(run.id, 1, "w2", now)
+            .await
+            .unwrap()
+            .is_none(),
+        "second claim must fail"
+    );
+    assert_eq!(
+        store.heartbeat_run(run.id, 1, "w1", now).await.unwrap(),
+        Some(RunStatus::Running)
+    );
+    assert_eq!(
+        store.heartbeat_run(run.id, 1, "w2", now).await.unwrap(),
+        None,
+        "not its run"
+    );
+    assert!(
+        !store
+            .update_run(&run, RunStatus::Queued, 1, &[])
+            .await
+            .unwrap(),
+        "wrong status must fail"
+    );
+    assert!(
+        !store
+            .update_run(&run, RunStatus::Running, 2, &[])
+            .await
+            .unwrap(),
         "wrong attempt must fail"
     );
     run.status = RunStatus::Succeeded;
     run.usage.input_tokens = 1234;
     run.cost_usd = Some(0.5);
     run.models = vec!["claude-opus-5-5".into()];
-    assert!(store.update_run(&run, RunStatus::Running, 1).await.unwrap());
+    let finished = NewRunEvent {
+        origin: EventOrigin::Control,
+        data: json!({ "step": "finished" }),
+        ..event(&run, 2, EventKind::Lifecycle)
+    };
+    assert!(store
+        .update_run(&run, RunStatus::Running, 1, std::slice::from_ref(&finished))
+        .await
+        .unwrap());
+    assert!(!store
+        .update_run(&run, RunStatus::Running, 1, &[finished])
+        .await
+        .unwrap());
     assert_eq!(store.get_run(run.id).await.unwrap().as_ref(), Some(&run));
+    assert_eq!(
+        store.heartbeat_run(run.id, 1, "w1", now).await.unwrap(),
+        None,
+        "finished runs take no heartbeat"
+    );
+    let control_events = store.list_events(run.id, 0, 10).await.unwrap();
+    assert_eq!(
+        control_events.len(),
+        2,
+        "the failed compare-and-set stored no event"
+    );
 
     // Listing: newest first, filters, paging.
     let mut manual_ids = Vec::new();
     for _ in 0..5 {
         let manual = Run::queued(Trigger::Manual, Some(&first), first.run_settings(), None);
-        store.insert_run(&manual).await.unwrap();
+        store
+            .insert_run(&manual, &[event(&manual, 1, EventKind::Lifecycle)])
+            .await
+            .unwrap();
+        assert_eq!(store.list_events(manual.id, 0, 10).await.unwrap().len(), 1);
         manual_ids.push(manual.id);
     }
     let page = store
@@ -226,7 +303,11 @@ async fn conformance(store: Arc<dyn Store>) {
             .unwrap(),
         1
     );
-    let events = store.list_events(run.id, 0, 100).await.unwrap();
+    // After the run's two lifecycle events.
+    let events = store
+        .list_events(run.id, control_events[1].seq, 100)
+        .await
+        .unwrap();
     let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     assert_eq!(
@@ -370,6 +451,7 @@ async fn concurrent_fires_of_two_leaders_create_one_run_each() {
                             job.run_settings(),
                             Some(*at),
                         )],
+                        events: vec![],
                         missed: 0,
                         overlap_skipped: 0,
                         disable: false,

@@ -116,7 +116,11 @@ async fn cron(jobs: usize, seconds: u64) -> anyhow::Result<Vec<Row>> {
             target: "p99 ≤ 20 ms".into(),
         },
         Row {
-            name: format!("dispatch latency, due time → process spawned ({jobs} fires at once)"),
+            name: if jobs == 1 {
+                "dispatch latency, due time → process spawned (one job due at a time)".to_owned()
+            } else {
+                format!("dispatch latency, due time → process spawned ({jobs} jobs due at once)")
+            },
             value: format!(
                 "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
                 percentile(&dispatch, 50.0),

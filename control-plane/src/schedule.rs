@@ -208,31 +208,71 @@ mod tests {
         );
     }
 
-    #[test]
-    fn spring_forward_gap_and_fall_back_repeat_fire_once_each_day() {
-        // America/New_York: 2026-03-08 02:00 → 03:00; 2026-11-01 02:00 → 01:00.
-        let compiled =
-            Compiled::new(&Schedule::Cron("30 2 * * *".into()), "America/New_York").unwrap();
-        let fires = compiled.next_fires(utc(2026, 3, 7, 12, 0, 0), 3);
-        assert_eq!(fires.len(), 3);
-        // Every fire lands on a distinct local day, none is lost to the gap.
-        let days: Vec<_> = fires
+    fn local_fires(expr: &str, tz: &str, from: DateTime<Utc>, count: usize) -> Vec<String> {
+        let compiled = Compiled::new(&Schedule::Cron(expr.into()), tz).unwrap();
+        let zone: Tz = tz.parse().unwrap();
+        compiled
+            .next_fires(from, count)
             .iter()
-            .map(|f| f.with_timezone(&chrono_tz::America::New_York).date_naive())
-            .collect();
-        assert_eq!(days.len(), 3);
-        assert!(days.windows(2).all(|w| w[0] < w[1]), "{fires:?}");
+            .map(|f| f.with_timezone(&zone).format("%m-%d %H:%M %Z").to_string())
+            .collect()
+    }
 
-        let compiled =
-            Compiled::new(&Schedule::Cron("30 1 * * *".into()), "America/New_York").unwrap();
-        let fires = compiled.next_fires(utc(2026, 10, 31, 12, 0, 0), 3);
-        let days: Vec<_> = fires
-            .iter()
-            .map(|f| f.with_timezone(&chrono_tz::America::New_York).date_naive())
-            .collect();
+    #[test]
+    fn a_daily_time_in_the_spring_forward_gap_still_fires_that_day() {
+        // America/New_York, 2026-03-08: 02:00 EST jumps to 03:00 EDT, so 02:30 does not exist.
+        let fires = local_fires(
+            "30 2 * * *",
+            "America/New_York",
+            utc(2026, 3, 7, 12, 0, 0),
+            3,
+        );
+        assert_eq!(fires[1..], ["03-09 02:30 EDT", "03-10 02:30 EDT"]);
         assert!(
-            days.windows(2).all(|w| w[0] < w[1]),
-            "01:30 must fire once on the fall-back day: {fires:?}"
+            fires[0].starts_with("03-08 03:"),
+            "the gap's fire moves past the gap, it is not lost: {fires:?}"
+        );
+    }
+
+    #[test]
+    fn a_daily_time_in_the_fall_back_repeat_fires_once() {
+        // America/New_York, 2026-11-01: 02:00 EDT falls back to 01:00 EST, so 01:30 happens twice.
+        let fires = local_fires(
+            "30 1 * * *",
+            "America/New_York",
+            utc(2026, 10, 31, 12, 0, 0),
+            3,
+        );
+        assert_eq!(
+            fires,
+            ["11-01 01:30 EDT", "11-02 01:30 EST", "11-03 01:30 EST"]
+        );
+    }
+
+    #[test]
+    fn hourly_jobs_keep_their_pace_across_the_change() {
+        // Every hour at :00 across the spring-forward night: 01:00 EST, then 03:00 EDT (one
+        // real hour later), with no double and no lost hour of real time.
+        let fires = local_fires(
+            "0 * * * *",
+            "America/New_York",
+            utc(2026, 3, 8, 5, 30, 0),
+            3,
+        );
+        assert_eq!(
+            fires,
+            ["03-08 01:00 EST", "03-08 03:00 EDT", "03-08 04:00 EDT"]
+        );
+    }
+
+    #[test]
+    fn fires_fall_on_whole_seconds_whatever_the_cursor() {
+        let compiled = Compiled::new(&Schedule::Cron("* * * * * *".into()), "UTC").unwrap();
+        let cursor = utc(2026, 1, 1, 0, 0, 7) + chrono::Duration::milliseconds(176);
+        assert_eq!(compiled.next_after(cursor), Some(utc(2026, 1, 1, 0, 0, 8)));
+        assert_eq!(
+            compiled.next_after(utc(2026, 1, 1, 0, 0, 8)),
+            Some(utc(2026, 1, 1, 0, 0, 9))
         );
     }
 

@@ -94,9 +94,14 @@ pub async fn run(
         "autopilot is running"
     );
 
+    // Shutdown runs in two steps: `shutdown` stops new work (the scheduler stops firing, the
+    // dispatcher stops sending, the worker stops pulling and lets its runs finish); `control`
+    // stops what those runs still need (API, worker requests, event ingestion) once the worker
+    // is done.
+    let control = CancellationToken::new();
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     let router = api::router(Arc::clone(&app));
-    let http_shutdown = shutdown.clone();
+    let http_shutdown = control.clone();
     tasks.spawn(async move {
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(http_shutdown.cancelled_owned())
@@ -104,27 +109,23 @@ pub async fn run(
         ("http server", served.map_err(anyhow::Error::from))
     });
     macro_rules! spawn_task {
-        ($name:literal, $task:expr) => {{
-            let cancel = shutdown.clone();
+        ($name:literal, $token:expr, $task:expr) => {{
+            let cancel = $token.clone();
             let app = Arc::clone(&app);
             tasks.spawn(async move { ($name, $task(app, cancel).await) });
         }};
     }
-    spawn_task!("worker requests", serve_worker_requests);
-    spawn_task!("event ingester", crate::ingest::run_ingester);
-    {
-        let (app, cancel) = (Arc::clone(&app), shutdown.clone());
-        tasks.spawn(async move {
-            (
-                "scheduler",
-                crate::scheduler::run_on_own_thread(app, cancel).await,
-            )
-        });
-    }
-    spawn_task!("dispatcher", run_dispatcher);
-    spawn_task!("reaper", run_reaper);
+    spawn_task!("worker requests", control, serve_worker_requests);
+    spawn_task!("event ingester", control, crate::ingest::run_ingester);
+    spawn_task!("reaper", control, run_reaper);
+    spawn_task!("scheduler", shutdown, crate::scheduler::run_on_own_thread);
+    spawn_task!("dispatcher", shutdown, run_dispatcher);
     let worker_cancel = shutdown.clone();
-    tasks.spawn(async move { ("embedded worker", worker.run(worker_cancel).await) });
+    tasks.spawn(async move {
+        let result = worker.run(worker_cancel).await;
+        control.cancel();
+        ("embedded worker", result)
+    });
     supervise(tasks, shutdown).await
 }
 

@@ -268,6 +268,32 @@ impl TestServer {
         body["events"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Follows a run's events live (`text/event-stream`), from after `last_event_id`, until the
+    /// server ends the stream; returns the raw stream.
+    pub fn follow_events(
+        &self,
+        run_id: &str,
+        last_event_id: Option<i64>,
+    ) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut request = self
+            .client
+            .get(format!("{}/api/v1/runs/{run_id}/events", self.base_url))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        async move {
+            request
+                .send()
+                .await
+                .expect("follow events")
+                .text()
+                .await
+                .expect("event stream")
+        }
+    }
+
     /// Polls the run until `done` holds or `timeout` passes (then panics with the last state).
     pub async fn wait_for_run(
         &self,
@@ -353,4 +379,13 @@ pub fn shell_job(name: &str, command: &str) -> Value {
 
 pub fn file_text(path: &Path) -> Option<String> {
     std::fs::read_to_string(path).ok()
+}
+
+/// The `id:` fields of a Server-Sent Events stream, in order.
+pub fn event_ids(stream: &str) -> Vec<i64> {
+    stream
+        .lines()
+        .filter_map(|line| line.strip_prefix("id: "))
+        .map(|id| id.parse().expect("numeric event id"))
+        .collect()
 }

@@ -66,7 +66,7 @@ pub const CREDENTIAL_VARS: [&str; 3] = [
 
 /// Settings every Claude run gets: no telemetry or update checks, a bounded MCP start-up, MCP
 /// tools offered directly instead of behind tool search.
-const CLAUDE_FIXED_ENV: [(&str, &str); 5] = [
+pub const CLAUDE_FIXED_ENV: [(&str, &str); 5] = [
     ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
     ("DISABLE_TELEMETRY", "1"),
     ("DISABLE_AUTOUPDATER", "1"),

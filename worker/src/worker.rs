@@ -90,12 +90,14 @@ impl Worker {
             concurrency = self.config.concurrency,
             "worker started"
         );
-        let mut tasks = JoinSet::new();
-        tasks.spawn(follow_control(
+        // Cancel requests are honoured until the last run is done, shutdown included.
+        let stop_following = CancellationToken::new();
+        let following = tokio::spawn(follow_control(
             control,
             Arc::clone(&self.active),
-            cancel.clone(),
+            stop_following.clone(),
         ));
+        let mut tasks = JoinSet::new();
         let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         loop {
             let permit = tokio::select! {
@@ -124,25 +126,49 @@ impl Worker {
             // Reap finished tasks so the set does not grow without bound.
             while tasks.try_join_next().is_some() {}
         }
-        let running: Vec<Stopper> = self
-            .active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for stopper in running {
-            stopper.stop(StopReason::WorkerShutdown);
+        // Stop pulling; let what runs finish within the grace period, then stop the rest.
+        let grace = self.config.kill_grace;
+        if !tasks.is_empty() {
+            tracing::info!(
+                runs = tasks.len(),
+                grace_secs = grace.as_secs(),
+                "waiting for running runs before stopping"
+            );
         }
-        let drain = self.config.kill_grace + Duration::from_secs(5);
-        if tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} })
+        if tokio::time::timeout(grace, join_all(&mut tasks))
             .await
             .is_err()
         {
-            tracing::warn!("runs did not report within {drain:?} of shutdown");
+            let running: Vec<Stopper> = self
+                .active
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            tracing::warn!(
+                runs = running.len(),
+                "stopping runs still going at shutdown"
+            );
+            for stopper in running {
+                stopper.stop(StopReason::WorkerShutdown);
+            }
+            let report = grace + Duration::from_secs(5);
+            if tokio::time::timeout(report, join_all(&mut tasks))
+                .await
+                .is_err()
+            {
+                tracing::warn!("runs did not report within {report:?} of being stopped");
+            }
         }
+        stop_following.cancel();
+        let _ = following.await;
         Ok(())
     }
+}
+
+async fn join_all(tasks: &mut JoinSet<()>) {
+    while tasks.join_next().await.is_some() {}
 }
 
 async fn follow_control(

@@ -276,43 +276,21 @@ fn validate(input: JobInput, existing: Option<&Job>, now: DateTime<Utc>) -> Serv
             ));
         }
     }
-    let model = match input.model.map(|m| m.trim().to_owned()) {
-        Some(m) if m.is_empty() || m.len() > 100 => {
-            return Err(ServiceError::invalid(
-                "model",
-                "must be 1 to 100 characters",
-            ))
-        }
-        other => other,
-    };
-    let allowed_tools = tools("allowed_tools", input.allowed_tools.unwrap_or_default())?;
-    let disallowed_tools = tools(
-        "disallowed_tools",
-        input.disallowed_tools.unwrap_or_default(),
-    )?;
-    if let Some(max_turns) = input.max_turns {
-        if !(1..=1000).contains(&max_turns) {
-            return Err(ServiceError::invalid(
-                "max_turns",
-                "must be between 1 and 1000",
-            ));
-        }
-    }
-    let timeout_secs = input.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
-    if !(1..=7 * 24 * 3600).contains(&timeout_secs) {
-        return Err(ServiceError::invalid(
-            "timeout_secs",
-            "must be between 1 and 604800 (a week)",
-        ));
-    }
-    if let Some(cost) = input.max_cost_usd {
-        if !cost.is_finite() || cost <= 0.0 {
-            return Err(ServiceError::invalid(
-                "max_cost_usd",
-                "must be a positive number of US dollars, e.g. 0.5",
-            ));
-        }
-    }
+    let ClaudeSettings {
+        model,
+        allowed_tools,
+        disallowed_tools,
+        max_turns,
+        timeout_secs,
+        max_cost_usd,
+    } = ClaudeSettings::validate(ClaudeSettings {
+        model: input.model,
+        allowed_tools: input.allowed_tools.unwrap_or_default(),
+        disallowed_tools: input.disallowed_tools.unwrap_or_default(),
+        max_turns: input.max_turns,
+        timeout_secs: input.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS),
+        max_cost_usd: input.max_cost_usd,
+    })?;
     let misfire_cap = input.misfire_cap.unwrap_or(DEFAULT_MISFIRE_CAP);
     if !(1..=1000).contains(&misfire_cap) {
         return Err(ServiceError::invalid(
@@ -380,9 +358,9 @@ fn validate(input: JobInput, existing: Option<&Job>, now: DateTime<Utc>) -> Serv
         model,
         allowed_tools,
         disallowed_tools,
-        max_turns: input.max_turns,
+        max_turns,
         timeout_secs,
-        max_cost_usd: input.max_cost_usd,
+        max_cost_usd,
         misfire_policy: input.misfire_policy.unwrap_or(MisfirePolicy::RunOnce),
         misfire_cap,
         overlap_policy: input.overlap_policy.unwrap_or(OverlapPolicy::Skip),
@@ -394,6 +372,63 @@ fn validate(input: JobInput, existing: Option<&Job>, now: DateTime<Utc>) -> Serv
         created_at: existing.map_or(now, |job| job.created_at),
         updated_at: now,
     })
+}
+
+/// The run settings a job and a quick run share, checked the same way for both.
+pub(crate) struct ClaudeSettings {
+    pub model: Option<String>,
+    pub allowed_tools: Vec<String>,
+    pub disallowed_tools: Vec<String>,
+    pub max_turns: Option<u32>,
+    pub timeout_secs: u64,
+    pub max_cost_usd: Option<f64>,
+}
+
+impl ClaudeSettings {
+    /// Checks every field, naming the wrong one, and normalises tool names.
+    pub(crate) fn validate(self) -> ServiceResult<ClaudeSettings> {
+        let model = match self.model.map(|m| m.trim().to_owned()) {
+            Some(m) if m.is_empty() || m.len() > 100 => {
+                return Err(ServiceError::invalid(
+                    "model",
+                    "must be 1 to 100 characters",
+                ))
+            }
+            other => other,
+        };
+        if self
+            .max_turns
+            .is_some_and(|turns| !(1..=1000).contains(&turns))
+        {
+            return Err(ServiceError::invalid(
+                "max_turns",
+                "must be between 1 and 1000",
+            ));
+        }
+        if !(1..=7 * 24 * 3600).contains(&self.timeout_secs) {
+            return Err(ServiceError::invalid(
+                "timeout_secs",
+                "must be between 1 and 604800 (a week)",
+            ));
+        }
+        if self
+            .max_cost_usd
+            .is_some_and(|cost| !cost.is_finite() || cost <= 0.0)
+        {
+            return Err(ServiceError::invalid(
+                "max_cost_usd",
+                "must be a positive number of US dollars, e.g. 0.5",
+            ));
+        }
+        Ok(ClaudeSettings {
+            model,
+            allowed_tools: tools("allowed_tools", self.allowed_tools)?,
+            disallowed_tools: tools("disallowed_tools", self.disallowed_tools)?,
+            max_turns: self.max_turns,
+            timeout_secs: self.timeout_secs,
+            max_cost_usd: self.max_cost_usd,
+        })
+    }
 }
 
 fn tools(field: &str, names: Vec<String>) -> ServiceResult<Vec<String>> {

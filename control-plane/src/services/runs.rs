@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::app::App;
 use crate::error::{ServiceError, ServiceResult};
 use crate::model::{OverlapPolicy, RetryPolicy, Run, RunFilter, RunSettings};
-use crate::services::jobs::{DEFAULT_POOL, DEFAULT_TIMEOUT_SECS};
+use crate::services::jobs::{ClaudeSettings, DEFAULT_POOL, DEFAULT_TIMEOUT_SECS};
 
 pub const MAX_PAGE: u32 = 500;
 
@@ -46,37 +46,25 @@ impl App {
         if input.prompt.trim().is_empty() {
             return Err(ServiceError::invalid("prompt", "must not be empty"));
         }
-        if let Some(cost) = input.max_cost_usd {
-            if !cost.is_finite() || cost <= 0.0 {
-                return Err(ServiceError::invalid(
-                    "max_cost_usd",
-                    "must be a positive number of US dollars",
-                ));
-            }
-        }
-        let timeout_secs = input.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
-        if !(1..=7 * 24 * 3600).contains(&timeout_secs) {
-            return Err(ServiceError::invalid(
-                "timeout_secs",
-                "must be between 1 and 604800",
-            ));
-        }
-        let allowed_tools = input
-            .allowed_tools
-            .iter()
-            .map(|t| autopilot_worker::command::normalise_tool_name(t))
-            .collect();
+        let settings = ClaudeSettings::validate(ClaudeSettings {
+            model: input.model,
+            allowed_tools: input.allowed_tools,
+            disallowed_tools: Vec::new(),
+            max_turns: input.max_turns,
+            timeout_secs: input.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS),
+            max_cost_usd: input.max_cost_usd,
+        })?;
         let run_id = RunId::new();
         let settings = RunSettings {
             kind: RunKind::Claude(autopilot_proto::ClaudeSpec {
                 prompt: input.prompt,
-                model: input.model,
-                allowed_tools,
-                disallowed_tools: Vec::new(),
-                max_turns: input.max_turns,
-                max_cost_usd: input.max_cost_usd,
+                model: settings.model,
+                allowed_tools: settings.allowed_tools,
+                disallowed_tools: settings.disallowed_tools,
+                max_turns: settings.max_turns,
+                max_cost_usd: settings.max_cost_usd,
             }),
-            timeout_secs,
+            timeout_secs: settings.timeout_secs,
             workspace: format!("quick-{run_id}"),
             retry: RetryPolicy {
                 count: 0,

@@ -248,6 +248,16 @@ fn classify(err: sqlx::Error) -> StoreError {
     }
 }
 
+/// The only unique column a job write can collide on is its name.
+fn name_conflict(err: sqlx::Error, job: &Job) -> StoreError {
+    match classify(err) {
+        StoreError::Conflict(_) => {
+            StoreError::Conflict(format!("a job named `{}` already exists", job.name))
+        }
+        other => other,
+    }
+}
+
 fn rows_into<R, T>(rows: Vec<R>) -> StoreResult<Vec<T>>
 where
     T: TryFrom<R, Error = StoreError>,
@@ -323,12 +333,7 @@ impl Store for SqlStore {
                 .await
                 .map(|done| done.rows_affected())
         })
-        .map_err(|err| match classify(err) {
-            StoreError::Conflict(_) => {
-                StoreError::Conflict(format!("a job named `{}` already exists", job.name))
-            }
-            other => other,
-        })?;
+        .map_err(|err| name_conflict(err, job))?;
         Ok(())
     }
 
@@ -339,10 +344,7 @@ impl Store for SqlStore {
              overlap_policy = $18, retry_count = $19, retry_backoff_secs = $20, pool = $21, fire_cursor_ms = $22, \
              created_at_ms = $23, updated_at_ms = $24 WHERE id = $1";
         let result = on_write!(self, pool => bind_job!(sqlx::query(sql), job).execute(pool).await.map(|done| done.rows_affected()))
-            .map_err(|err| match classify(err) {
-                StoreError::Conflict(_) => StoreError::Conflict(format!("a job named `{}` already exists", job.name)),
-                other => other,
-            })?;
+            .map_err(|err| name_conflict(err, job))?;
         if result == 0 {
             return Err(StoreError::NotFound);
         }

@@ -16,7 +16,6 @@ use anyhow::Context;
 use autopilot_tests::components;
 use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply};
 use autopilot_tests::harness::{is_terminal, TestServer, ADMIN_TOKEN};
-use futures::StreamExt;
 use serde_json::json;
 use sqlx::Connection;
 
@@ -140,25 +139,24 @@ fn direct_run(
     workspace: &Path,
 ) -> anyhow::Result<Duration> {
     let start = Instant::now();
+    // Exactly the flags Autopilot gives a quick run with no settings.
+    let args = autopilot_worker::command::claude_args(&autopilot_proto::ClaudeSpec {
+        prompt: String::new(),
+        model: None,
+        allowed_tools: Vec::new(),
+        disallowed_tools: Vec::new(),
+        max_turns: None,
+        max_cost_usd: None,
+    });
     let mut child = Command::new(claude)
-        .args([
-            "-p",
-            "--output-format",
-            "stream-json",
-            "--verbose",
-            "--permission-mode",
-            "dontAsk",
-            "--strict-mcp-config",
-            "--no-session-persistence",
-        ])
+        .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", home)
         .env("ANTHROPIC_BASE_URL", fake.base_url())
         .env("ANTHROPIC_API_KEY", "sk-ant-bench")
-        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-        .env("DISABLE_TELEMETRY", "1")
-        .env("DISABLE_AUTOUPDATER", "1")
+        .env("CLAUDE_CODE_MAX_RETRIES", "0")
+        .envs(autopilot_worker::command::CLAUDE_FIXED_ENV.iter().copied())
         .current_dir(workspace)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -176,21 +174,11 @@ async fn autopilot_run(server: &TestServer) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let run = server.quick_run(json!({ "prompt": "say hello" })).await;
     let run_id = run["id"].as_str().context("run id")?;
-    let mut stream = server
-        .client
-        .get(format!("{}/api/v1/runs/{run_id}/events", server.base_url))
-        .bearer_auth(ADMIN_TOKEN)
-        .header("accept", "text/event-stream")
-        .send()
-        .await?
-        .bytes_stream();
-    let mut seen = String::new();
-    while let Some(chunk) = stream.next().await {
-        seen.push_str(&String::from_utf8_lossy(&chunk?));
-        if seen.contains("event: end") {
-            break;
-        }
-    }
+    let stream = server.follow_events(run_id, None).await;
+    anyhow::ensure!(
+        stream.contains("event: end"),
+        "the event stream ended early"
+    );
     let elapsed = start.elapsed();
     let run = server.run(run_id).await;
     anyhow::ensure!(

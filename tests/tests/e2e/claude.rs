@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use autopilot_tests::components;
 use autopilot_tests::fake_anthropic::{expected_cost_usd, FakeAnthropic, Reply, Usage};
-use autopilot_tests::harness::{kinds, steps, TestServer};
-use futures::StreamExt;
+use autopilot_tests::harness::{event_ids, kinds, steps, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -76,22 +75,7 @@ async fn a_scheduled_claude_run_changes_its_workspace_and_records_everything() {
     let run_id = runs.last().unwrap()["id"].as_str().unwrap().to_owned();
 
     // Follow it live while it runs.
-    let follower = {
-        let request = server
-            .client
-            .get(format!("{}/api/v1/runs/{run_id}/events", server.base_url))
-            .bearer_auth(autopilot_tests::harness::ADMIN_TOKEN)
-            .header("accept", "text/event-stream");
-        tokio::spawn(async move {
-            request
-                .send()
-                .await
-                .unwrap()
-                .bytes_stream()
-                .collect::<Vec<_>>()
-                .await
-        })
-    };
+    let follower = tokio::spawn(server.follow_events(&run_id, None));
 
     let run = server.wait_until_finished(&run_id, RUN_TIMEOUT).await;
     assert_eq!(run["status"], "succeeded", "{run:#}");
@@ -149,18 +133,8 @@ async fn a_scheduled_claude_run_changes_its_workspace_and_records_everything() {
     assert_eq!(steps(&events), ["queued", "started", "exited", "finished"]);
 
     // The live stream delivered the same events, then `end`.
-    let streamed: Vec<u8> = follower
-        .await
-        .unwrap()
-        .into_iter()
-        .flat_map(|chunk| chunk.unwrap().to_vec())
-        .collect();
-    let streamed = String::from_utf8(streamed).unwrap();
-    let ids: Vec<i64> = streamed
-        .lines()
-        .filter_map(|l| l.strip_prefix("id: "))
-        .map(|id| id.parse().unwrap())
-        .collect();
+    let streamed = follower.await.unwrap();
+    let ids = event_ids(&streamed);
     assert_eq!(
         ids, seqs,
         "the live stream carries every event once, in order"
@@ -190,23 +164,8 @@ async fn following_a_run_resumes_from_last_event_id() {
     server.wait_until_finished(run_id, RUN_TIMEOUT).await;
     let events = server.events(run_id).await;
     let resume_from = events[2]["seq"].as_i64().unwrap();
-    let body = server
-        .client
-        .get(format!("{}/api/v1/runs/{run_id}/events", server.base_url))
-        .bearer_auth(autopilot_tests::harness::ADMIN_TOKEN)
-        .header("accept", "text/event-stream")
-        .header("last-event-id", resume_from.to_string())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let ids: Vec<i64> = body
-        .lines()
-        .filter_map(|l| l.strip_prefix("id: "))
-        .map(|id| id.parse().unwrap())
-        .collect();
+    let body = server.follow_events(run_id, Some(resume_from)).await;
+    let ids = event_ids(&body);
     let expected: Vec<i64> = events
         .iter()
         .map(|e| e["seq"].as_i64().unwrap())

@@ -346,3 +346,47 @@ async fn kill_and_timeout_stop_a_shell_run_and_keep_its_output() {
         "{run:#}"
     );
 }
+
+#[tokio::test]
+async fn shutdown_lets_short_runs_finish_and_stops_the_rest() {
+    let data_dir = Arc::new(tempfile::tempdir().unwrap());
+    let start = || {
+        TestServer::builder()
+            .data_dir(data_dir.clone())
+            .kill_grace(Duration::from_millis(1500))
+            .start()
+    };
+    let server = start().await;
+    let short = server
+        .create_job(json!({ "name": "short", "command": "sleep 0.5; echo done" }))
+        .await;
+    let long = server
+        .create_job(json!({ "name": "long", "command": "exec sleep 30" }))
+        .await;
+    let short_run = server.trigger(short["id"].as_str().unwrap()).await;
+    let long_run = server.trigger(long["id"].as_str().unwrap()).await;
+    for run in [&short_run, &long_run] {
+        server
+            .wait_for_run(run["id"].as_str().unwrap(), Duration::from_secs(5), |run| {
+                run["status"] == "running"
+            })
+            .await;
+    }
+    server.stop().await.expect("clean stop");
+
+    let server = start().await;
+    let short_run = server.run(short_run["id"].as_str().unwrap()).await;
+    assert_eq!(
+        short_run["status"], "succeeded",
+        "a run that ends within the grace finishes: {short_run:#}"
+    );
+    let long_run = server.run(long_run["id"].as_str().unwrap()).await;
+    assert_eq!(long_run["status"], "lost", "{long_run:#}");
+    assert!(
+        long_run["error"]
+            .as_str()
+            .unwrap()
+            .contains("worker shut down"),
+        "{long_run:#}"
+    );
+}

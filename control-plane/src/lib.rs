@@ -2,9 +2,11 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod mcp;
 pub mod model;
 pub mod schedule;
 pub mod scheduler;

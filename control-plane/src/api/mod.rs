@@ -84,6 +84,10 @@ async fn require_admin_token(
     if !bool::from(hash_token(token.trim()).ct_eq(&app.admin_token_hash)) {
         return ApiError::unauthorized("invalid token").into_response();
     }
+    let mut request = request;
+    request
+        .extensions_mut()
+        .insert(crate::auth::Caller::admin());
     next.run(request).await
 }
 

@@ -24,6 +24,8 @@ pub struct App {
     pub admin_token_hash: [u8; 32],
     /// Fired when the process shuts down; long-lived responses (live event streams) end on it.
     pub shutdown: CancellationToken,
+    /// The OAuth server's keys, loaded at start.
+    pub oauth_keys: std::sync::OnceLock<crate::oauth::Keys>,
 }
 
 impl App {
@@ -44,6 +46,7 @@ impl App {
             dispatcher_wake: Arc::new(Notify::new()),
             admin_token_hash,
             shutdown,
+            oauth_keys: std::sync::OnceLock::new(),
         })
     }
 

@@ -56,6 +56,15 @@ pub struct ConfigArgs {
     /// policy [default: 60].
     #[arg(long, env = "AUTOPILOT_MISFIRE_GRACE_SECS", value_name = "SECS")]
     pub misfire_grace_secs: Option<u64>,
+    /// Password of the operator who approves OAuth clients (claude.ai, …) on the consent page.
+    /// Without it, one is generated on first start, printed once and stored as an argon2 hash.
+    #[arg(
+        long,
+        env = "AUTOPILOT_OPERATOR_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub operator_password: Option<String>,
     /// Log format: `text` or `json` [default: text].
     #[arg(long, env = "AUTOPILOT_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -75,6 +84,7 @@ struct FileConfig {
     kill_grace_secs: Option<u64>,
     misfire_grace_secs: Option<u64>,
     log_format: Option<String>,
+    operator_password: Option<String>,
     /// Extra environment for runs. `ANTHROPIC_*` and `CLAUDE_CODE_*` names reach Claude runs
     /// only; the rest reach every run.
     #[serde(default)]
@@ -109,6 +119,9 @@ pub struct Config {
     /// Extra environment for runs (`[run_env]` in the config file), replacing variables of the
     /// same name taken from this process's environment.
     pub run_env: Vec<(String, String)>,
+    pub operator_password: Option<String>,
+    /// Lifetime of OAuth access tokens.
+    pub access_token_ttl: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -120,6 +133,10 @@ impl fmt::Debug for Config {
             .field(
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "operator_password",
+                &self.operator_password.as_ref().map(|_| "<redacted>"),
             )
             .field("claude_bin", &self.claude_bin)
             .field("public_url", &self.public_url)
@@ -240,6 +257,11 @@ impl Config {
             lost_after: Duration::from_secs(30),
             lease_ttl: Duration::from_secs(10),
             run_env: file.run_env.into_iter().collect(),
+            operator_password: args
+                .operator_password
+                .or(file.operator_password)
+                .filter(|p| !p.is_empty()),
+            access_token_ttl: Duration::from_secs(15 * 60),
         })
     }
 

@@ -8,6 +8,7 @@ pub mod error;
 pub mod ingest;
 pub mod mcp;
 pub mod model;
+pub mod oauth;
 pub mod schedule;
 pub mod scheduler;
 pub mod serve;

@@ -69,6 +69,7 @@ pub async fn run(
         })?;
     let admin_token_hash = admin_token_hash(&config, store.as_ref()).await?;
     let bus: Arc<dyn Bus> = Arc::new(InMemoryBus::default());
+    let oauth_keys = crate::oauth::Keys::load(&config, store.as_ref()).await?;
     let app = App::new(
         Arc::clone(&config),
         Arc::clone(&store),
@@ -76,6 +77,9 @@ pub async fn run(
         admin_token_hash,
         shutdown.clone(),
     );
+    app.oauth_keys
+        .set(oauth_keys)
+        .expect("keys are set once, here");
     app.recover_embedded_runs()
         .await
         .context("recovering runs left by the previous process")?;

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const OPERATOR_PASSWORD: &str = "operator-test-password";
 
 /// Builds a [`TestServer`].
 pub struct TestServerBuilder {
@@ -92,6 +93,8 @@ impl TestServerBuilder {
             .await
             .expect("bind");
         let base_url = format!("http://{}", listener.local_addr().expect("addr"));
+        config.public_url = base_url.clone();
+        config.operator_password = Some(OPERATOR_PASSWORD.to_owned());
         let cancel = CancellationToken::new();
         let handle = tokio::spawn(autopilot_control_plane::serve::run(
             config,

@@ -46,14 +46,25 @@ pub fn router(app: Arc<App>) -> Router {
             state.clone(),
             require_admin_token,
         ));
+    let app = Arc::clone(&state.0);
+    let mcp = crate::mcp::router(Arc::clone(&app)).route_layer(middleware::from_fn_with_state(
+        Arc::clone(&app),
+        crate::oauth::require_mcp_caller,
+    ));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .nest("/api/v1", api)
         .fallback(not_found)
+        .with_state(state)
+        .nest_service("/mcp", mcp)
+        .merge(crate::oauth::router(app))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state)
+}
+
+pub fn is_admin_token(app: &App, token: &str) -> bool {
+    bool::from(hash_token(token.trim()).ct_eq(&app.admin_token_hash))
 }
 
 pub fn hash_token(token: &str) -> [u8; 32] {
@@ -80,8 +91,7 @@ async fn require_admin_token(
         )
         .into_response();
     };
-    // Compare digests in constant time: no timing hint about the token.
-    if !bool::from(hash_token(token.trim()).ct_eq(&app.admin_token_hash)) {
+    if !is_admin_token(&app, token) {
         return ApiError::unauthorized("invalid token").into_response();
     }
     let mut request = request;

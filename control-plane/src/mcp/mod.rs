@@ -12,5 +12,12 @@ use crate::app::App;
 /// The `/mcp` endpoint. Requests reach it authenticated, with a [`crate::auth::Caller`] in
 /// their extensions.
 pub fn router(_app: Arc<App>) -> Router {
-    Router::new()
+    Router::new().route("/", axum::routing::any(not_yet))
+}
+
+async fn not_yet() -> (axum::http::StatusCode, &'static str) {
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "the MCP tools are not served yet",
+    )
 }

@@ -11,6 +11,7 @@ use autopilot_proto::{JobId, NewRunEvent, RunEvent, RunId, RunStatus};
 use chrono::{DateTime, Utc};
 
 use crate::model::{FireRecord, Job, Run, RunFilter};
+use crate::oauth::types::{AuthCode, OAuthClient, RefreshToken, RefreshUse};
 
 pub use sql::SqlStore;
 
@@ -114,6 +115,19 @@ pub trait Store: Send + Sync {
         now: DateTime<Utc>,
     ) -> StoreResult<Option<i64>>;
     async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()>;
+
+    async fn insert_oauth_client(&self, client: &OAuthClient) -> StoreResult<()>;
+    async fn get_oauth_client(&self, client_id: &str) -> StoreResult<Option<OAuthClient>>;
+    async fn insert_auth_code(&self, code: &AuthCode) -> StoreResult<()>;
+    /// Removes and returns the code: a code can be taken once.
+    async fn take_auth_code(&self, code_hash: &str) -> StoreResult<Option<AuthCode>>;
+    async fn insert_refresh_token(&self, token: &RefreshToken) -> StoreResult<()>;
+    /// Marks a refresh token used. Presenting one that was used or revoked before revokes its
+    /// whole family (the grant is taken to be stolen).
+    async fn use_refresh_token(&self, token_hash: &str) -> StoreResult<RefreshUse>;
+    async fn revoke_refresh_family(&self, family_id: &str) -> StoreResult<()>;
+    /// The family and client of a refresh token, if it exists.
+    async fn refresh_family_of(&self, token_hash: &str) -> StoreResult<Option<(String, String)>>;
 
     async fn get_setting(&self, key: &str) -> StoreResult<Option<String>>;
     /// Sets `key` only if it has no value. Returns whether it was set.

@@ -6,6 +6,7 @@ use chrono::{DateTime, TimeZone, Utc};
 
 use super::StoreError;
 use crate::model::{Job, RetryPolicy, Run, Schedule};
+use crate::oauth::types::{AuthCode, OAuthClient, RefreshToken};
 
 pub fn to_ms(time: DateTime<Utc>) -> i64 {
     time.timestamp_millis()
@@ -230,6 +231,85 @@ impl TryFrom<EventRow> for RunEvent {
             at: from_ms(row.at_ms)?,
             kind: parse::<EventKind>("event kind", &row.kind)?,
             data: json("event data", &row.data)?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub struct ClientRow {
+    pub client_id: String,
+    pub secret_hash: Option<String>,
+    pub auth_method: String,
+    pub redirect_uris: String,
+    pub client_name: Option<String>,
+    pub scope: String,
+    pub created_at_ms: i64,
+}
+
+impl TryFrom<ClientRow> for OAuthClient {
+    type Error = StoreError;
+
+    fn try_from(row: ClientRow) -> Result<Self, Self::Error> {
+        Ok(OAuthClient {
+            client_id: row.client_id,
+            secret_hash: row.secret_hash,
+            auth_method: row.auth_method,
+            redirect_uris: json("redirect_uris", &row.redirect_uris)?,
+            client_name: row.client_name,
+            scope: row.scope,
+            created_at: from_ms(row.created_at_ms)?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub struct CodeRow {
+    pub code_hash: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub code_challenge: String,
+    pub resource: String,
+    pub scope: String,
+    pub expires_at_ms: i64,
+}
+
+impl TryFrom<CodeRow> for AuthCode {
+    type Error = StoreError;
+
+    fn try_from(row: CodeRow) -> Result<Self, Self::Error> {
+        Ok(AuthCode {
+            code_hash: row.code_hash,
+            client_id: row.client_id,
+            redirect_uri: row.redirect_uri,
+            code_challenge: row.code_challenge,
+            resource: row.resource,
+            scope: row.scope,
+            expires_at: from_ms(row.expires_at_ms)?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub struct RefreshRow {
+    pub token_hash: String,
+    pub family_id: String,
+    pub client_id: String,
+    pub resource: String,
+    pub scope: String,
+    pub expires_at_ms: i64,
+}
+
+impl TryFrom<RefreshRow> for RefreshToken {
+    type Error = StoreError;
+
+    fn try_from(row: RefreshRow) -> Result<Self, Self::Error> {
+        Ok(RefreshToken {
+            token_hash: row.token_hash,
+            family_id: row.family_id,
+            client_id: row.client_id,
+            resource: row.resource,
+            scope: row.scope,
+            expires_at: from_ms(row.expires_at_ms)?,
         })
     }
 }

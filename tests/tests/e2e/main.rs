@@ -4,6 +4,7 @@
 mod api;
 mod bus;
 mod claude;
+mod oauth;
 mod process;
 mod scheduler;
 mod store;

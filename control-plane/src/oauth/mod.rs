@@ -1,0 +1,262 @@
+//! The OAuth 2.1 authorization server in front of `/mcp`, on the same origin: metadata (RFC 8414,
+//! RFC 9728), dynamic client registration (RFC 7591), authorization code with PKCE S256,
+//! refresh-token rotation with reuse detection, revocation (RFC 7009). Access tokens are
+//! short-lived JWTs whose audience is the MCP resource URL.
+
+mod authorize;
+mod keys;
+mod register;
+mod token;
+pub mod types;
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::app::App;
+use crate::auth::{Caller, Scopes, SCOPE_READ, SCOPE_WRITE};
+
+pub use keys::Keys;
+pub use token::AccessClaims;
+
+/// Redirect URIs admitted by default: claude.ai's and claude.com's callbacks, and loopback on any
+/// port (Claude Code, Claude Desktop, local tools).
+pub const DEFAULT_REDIRECT_ALLOWLIST: [&str; 2] = [
+    "https://claude.ai/api/mcp/auth_callback",
+    "https://claude.com/api/mcp/auth_callback",
+];
+
+/// The issuer: Autopilot's public URL.
+pub fn issuer(app: &App) -> String {
+    app.config.public_url.clone()
+}
+
+/// The one protected resource: the MCP endpoint.
+pub fn resource(app: &App) -> String {
+    format!("{}/mcp", app.config.public_url)
+}
+
+fn resource_metadata_url(app: &App) -> String {
+    format!(
+        "{}/.well-known/oauth-protected-resource/mcp",
+        app.config.public_url
+    )
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(authorization_server_metadata),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(protected_resource_metadata),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            get(protected_resource_metadata),
+        )
+        .route("/register", post(register::register))
+        .route("/authorize", get(authorize::show).post(authorize::decide))
+        .route("/token", post(token::token))
+        .route("/revoke", post(token::revoke))
+        .with_state(app)
+}
+
+async fn authorization_server_metadata(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+) -> Response {
+    let issuer = issuer(&app);
+    no_store(Json(json!({
+        "issuer": issuer,
+        "authorization_endpoint": format!("{issuer}/authorize"),
+        "token_endpoint": format!("{issuer}/token"),
+        "registration_endpoint": format!("{issuer}/register"),
+        "revocation_endpoint": format!("{issuer}/revoke"),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["none", "client_secret_post", "client_secret_basic"],
+        "revocation_endpoint_auth_methods_supported": ["none", "client_secret_post", "client_secret_basic"],
+        "scopes_supported": [SCOPE_READ, SCOPE_WRITE],
+        "authorization_response_iss_parameter_supported": true,
+    }))
+    .into_response())
+}
+
+async fn protected_resource_metadata(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+) -> Response {
+    no_store(
+        Json(json!({
+            "resource": resource(&app),
+            "authorization_servers": [issuer(&app)],
+            "scopes_supported": [SCOPE_READ, SCOPE_WRITE],
+            "bearer_methods_supported": ["header"],
+            "resource_name": "Autopilot",
+        }))
+        .into_response(),
+    )
+}
+
+/// OAuth responses carrying secrets must never be cached.
+pub(crate) fn no_store(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// An OAuth error response (RFC 6749 §5.2).
+pub(crate) fn oauth_error(
+    status: StatusCode,
+    error: &str,
+    description: impl Into<String>,
+) -> Response {
+    let body = Json(json!({ "error": error, "error_description": description.into() }));
+    no_store((status, body).into_response())
+}
+
+/// SHA-256 hex digest: how secrets are stored and looked up.
+pub(crate) fn digest(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// A fresh 256-bit secret, base64url without padding.
+pub(crate) fn random_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Whether `uri` may be registered as a redirect URI: an allowlisted callback, or loopback over
+/// plain HTTP on any port.
+pub fn redirect_uri_allowed(uri: &str) -> bool {
+    if DEFAULT_REDIRECT_ALLOWLIST.contains(&uri) {
+        return true;
+    }
+    let Some(rest) = uri.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return false;
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    };
+    matches!(host, "127.0.0.1" | "localhost" | "::1")
+}
+
+/// Authenticates a call to `/mcp`: the admin token, or an OAuth access token for this resource.
+/// Without one the answer is 401 pointing at the resource metadata, as MCP clients expect.
+pub async fn require_mcp_caller(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let Some(token) = presented else {
+        return unauthorized(
+            &app,
+            None,
+            "send an OAuth access token (or the admin token) as a bearer token",
+        );
+    };
+    let caller = if crate::api::is_admin_token(&app, token) {
+        Caller::admin()
+    } else {
+        match token::verify_access_token(&app, token) {
+            Ok(claims) => Caller {
+                subject: claims.client_id,
+                scopes: Scopes::parse(&claims.scope),
+            },
+            Err(reason) => return unauthorized(&app, Some("invalid_token"), &reason),
+        }
+    };
+    if !caller.scopes.read {
+        let challenge = format!(
+            "Bearer error=\"insufficient_scope\", scope=\"{SCOPE_READ}\", resource_metadata=\"{}\"",
+            resource_metadata_url(&app)
+        );
+        let mut response = oauth_error(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            format!("the token needs the `{SCOPE_READ}` scope"),
+        );
+        if let Ok(value) = HeaderValue::from_str(&challenge) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
+        return response;
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+fn unauthorized(app: &App, error: Option<&str>, description: &str) -> Response {
+    let mut challenge = format!(
+        "Bearer resource_metadata=\"{}\"",
+        resource_metadata_url(app)
+    );
+    if let Some(error) = error {
+        challenge.push_str(&format!(", error=\"{error}\""));
+    }
+    let mut response = oauth_error(
+        StatusCode::UNAUTHORIZED,
+        error.unwrap_or("invalid_request"),
+        description,
+    );
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_uris_are_allowlisted_or_loopback() {
+        assert!(redirect_uri_allowed(
+            "https://claude.ai/api/mcp/auth_callback"
+        ));
+        assert!(redirect_uri_allowed("http://127.0.0.1:33418/callback"));
+        assert!(redirect_uri_allowed("http://localhost:8000/cb?x=1"));
+        assert!(redirect_uri_allowed("http://[::1]:9000/cb"));
+        assert!(!redirect_uri_allowed(
+            "https://claude.ai/api/mcp/auth_callback/../evil"
+        ));
+        assert!(!redirect_uri_allowed("https://evil.example/callback"));
+        assert!(!redirect_uri_allowed("http://127.0.0.1.evil.example/cb"));
+        assert!(!redirect_uri_allowed(
+            "http://user@127.0.0.1:80@evil.example/cb"
+        ));
+        assert!(!redirect_uri_allowed("http://evil.example/127.0.0.1"));
+    }
+}

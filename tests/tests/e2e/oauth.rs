@@ -1,0 +1,456 @@
+//! The OAuth 2.1 authorization server through real HTTP: discovery, registration, the consent
+//! page, PKCE, codes, refresh rotation, revocation, and what `/mcp` answers without a token.
+
+use autopilot_tests::harness::{TestServer, OPERATOR_PASSWORD};
+use base64::Engine;
+use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE, WWW_AUTHENTICATE};
+use reqwest::{redirect, StatusCode};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const REDIRECT: &str = "http://127.0.0.1:45678/callback";
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn pkce() -> (String, String) {
+    let verifier = format!(
+        "verifier-{}-{}",
+        uuid::Uuid::now_v7().simple(),
+        uuid::Uuid::now_v7().simple()
+    );
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(Sha256::digest(verifier.as_bytes()));
+    (verifier, challenge)
+}
+
+async fn register(server: &TestServer, body: Value) -> (StatusCode, Value) {
+    let response = client()
+        .post(format!("{}/register", server.base_url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (response.status(), response.json().await.unwrap())
+}
+
+/// Walks the consent page with `password`; returns the redirect (or page) response.
+async fn authorize(
+    server: &TestServer,
+    client_id: &str,
+    challenge: &str,
+    password: &str,
+) -> reqwest::Response {
+    let http = client();
+    let params = [
+        ("response_type", "code"),
+        ("client_id", client_id),
+        ("redirect_uri", REDIRECT),
+        ("code_challenge", challenge),
+        ("code_challenge_method", "S256"),
+        ("state", "xyz-state"),
+        ("scope", "autopilot:read autopilot:write"),
+    ];
+    let page = http
+        .get(format!("{}/authorize", server.base_url))
+        .query(&params)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    let cookie = page.headers()[SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let csrf = cookie.split_once('=').unwrap().1.to_owned();
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("Operator password") && html.contains(&csrf),
+        "{html}"
+    );
+    let mut form: Vec<(&str, &str)> = params.to_vec();
+    form.extend([
+        ("csrf", csrf.as_str()),
+        ("password", password),
+        ("decision", "approve"),
+    ]);
+    http.post(format!("{}/authorize", server.base_url))
+        .header("cookie", cookie)
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn query_param(location: &str, name: &str) -> Option<String> {
+    let query = location.split_once('?')?.1;
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| value.replace("%3A", ":").replace("%2F", "/"))
+    })
+}
+
+async fn token(
+    server: &TestServer,
+    form: &[(&str, &str)],
+    headers: HeaderMap,
+) -> (StatusCode, HeaderMap, Value) {
+    let response = client()
+        .post(format!("{}/token", server.base_url))
+        .headers(headers)
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    let (status, headers) = (response.status(), response.headers().clone());
+    (
+        status,
+        headers,
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn discovery_documents_point_at_each_other() {
+    let server = TestServer::builder().start().await;
+    let unauthenticated = client()
+        .post(format!("{}/mcp", server.base_url))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
+    let challenge = unauthenticated.headers()[WWW_AUTHENTICATE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let metadata_url = format!(
+        "{}/.well-known/oauth-protected-resource/mcp",
+        server.base_url
+    );
+    assert_eq!(
+        challenge,
+        format!("Bearer resource_metadata=\"{metadata_url}\"")
+    );
+
+    let resource: Value = client()
+        .get(&metadata_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resource["resource"], format!("{}/mcp", server.base_url));
+    let issuer = resource["authorization_servers"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let root: Value = client()
+        .get(format!(
+            "{}/.well-known/oauth-protected-resource",
+            server.base_url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(root, resource);
+    let metadata: Value = client()
+        .get(format!("{issuer}/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metadata["issuer"], issuer);
+    assert_eq!(
+        metadata["code_challenge_methods_supported"],
+        json!(["S256"])
+    );
+    assert_eq!(
+        metadata["registration_endpoint"],
+        format!("{issuer}/register")
+    );
+    assert_eq!(
+        metadata["token_endpoint_auth_methods_supported"],
+        json!(["none", "client_secret_post", "client_secret_basic"])
+    );
+}
+
+#[tokio::test]
+async fn the_full_flow_with_pkce_refresh_rotation_and_reuse_detection() {
+    let server = TestServer::builder().start().await;
+    let (status, registered) = register(&server, json!({ "redirect_uris": [REDIRECT], "client_name": "Test client", "token_endpoint_auth_method": "none" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{registered}");
+    assert!(
+        registered.get("client_secret").is_none(),
+        "public clients get no secret"
+    );
+    let client_id = registered["client_id"].as_str().unwrap();
+
+    // A wrong password shows the page again and issues nothing.
+    let (_, challenge) = pkce();
+    let refused = authorize(&server, client_id, &challenge, "not the password").await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(refused.text().await.unwrap().contains("Wrong password"));
+
+    // Right password: a code, the state and the issuer come back.
+    let (verifier, challenge) = pkce();
+    let approved = authorize(&server, client_id, &challenge, OPERATOR_PASSWORD).await;
+    assert_eq!(approved.status(), StatusCode::FOUND);
+    let location = approved.headers()[LOCATION].to_str().unwrap().to_owned();
+    assert!(location.starts_with(REDIRECT), "{location}");
+    assert_eq!(
+        query_param(&location, "state").as_deref(),
+        Some("xyz-state")
+    );
+    assert_eq!(
+        query_param(&location, "iss").as_deref(),
+        Some(server.base_url.as_str())
+    );
+    let code = query_param(&location, "code").expect("code");
+
+    // A wrong verifier fails, and burns the code.
+    let exchange = |code: String, verifier: String| {
+        let form = [
+            ("grant_type".to_owned(), "authorization_code".to_owned()),
+            ("code".to_owned(), code),
+            ("redirect_uri".to_owned(), REDIRECT.to_owned()),
+            ("code_verifier".to_owned(), verifier),
+            ("client_id".to_owned(), client_id.to_owned()),
+        ];
+        let server = &server;
+        async move {
+            let form: Vec<(&str, &str)> =
+                form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            token(server, &form, HeaderMap::new()).await
+        }
+    };
+    let (status, _, body) = exchange(
+        code.clone(),
+        "wrong-verifier-wrong-verifier-wrong-verifier-0000".into(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant")),
+        "{body}"
+    );
+    let (status, _, body) = exchange(code, verifier.clone()).await;
+    assert_eq!(
+        body["error"], "invalid_grant",
+        "a code is used up by any attempt: {status} {body}"
+    );
+
+    let (verifier, challenge) = pkce();
+    let location = authorize(&server, client_id, &challenge, OPERATOR_PASSWORD)
+        .await
+        .headers()[LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let code = query_param(&location, "code").unwrap();
+    let (status, headers, tokens) = exchange(code.clone(), verifier.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(tokens["token_type"], "Bearer");
+    assert_eq!(tokens["scope"], "autopilot:read autopilot:write");
+    let (_, _, replay) = exchange(code, verifier).await;
+    assert_eq!(replay["error"], "invalid_grant", "codes are single-use");
+
+    // The access token opens /mcp; a forged one does not.
+    let access = tokens["access_token"].as_str().unwrap();
+    let with_token = client()
+        .post(format!("{}/mcp", server.base_url))
+        .bearer_auth(access)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(with_token.status(), StatusCode::UNAUTHORIZED);
+    let forged = format!("{}x", &access[..access.len() - 1]);
+    let rejected = client()
+        .post(format!("{}/mcp", server.base_url))
+        .bearer_auth(forged)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rejected.status(), StatusCode::UNAUTHORIZED);
+    assert!(rejected.headers()[WWW_AUTHENTICATE]
+        .to_str()
+        .unwrap()
+        .contains("error=\"invalid_token\""));
+
+    // Refresh rotates; replaying the old refresh token revokes the whole grant.
+    let old_refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let refresh = |refresh_token: String| {
+        let server = &server;
+        async move {
+            token(
+                server,
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", &refresh_token),
+                    ("client_id", client_id),
+                ],
+                HeaderMap::new(),
+            )
+            .await
+        }
+    };
+    let (status, _, rotated) = refresh(old_refresh.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new_refresh = rotated["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(new_refresh, old_refresh);
+    let (_, _, reused) = refresh(old_refresh).await;
+    assert_eq!(reused["error"], "invalid_grant");
+    assert!(
+        reused["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("revoked"),
+        "{reused}"
+    );
+    let (_, _, after) = refresh(new_refresh).await;
+    assert_eq!(
+        after["error"], "invalid_grant",
+        "the family is revoked with it"
+    );
+}
+
+#[tokio::test]
+async fn confidential_clients_authenticate_and_bad_registrations_are_refused() {
+    let server = TestServer::builder().start().await;
+    let (status, body) = register(
+        &server,
+        json!({ "redirect_uris": ["https://evil.example/callback"] }),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_redirect_uri")),
+        "{body}"
+    );
+    let (status, body) = register(
+        &server,
+        json!({ "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "private_key_jwt" }),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_client_metadata"))
+    );
+
+    let (status, registered) = register(
+        &server,
+        json!({ "redirect_uris": [REDIRECT, "https://claude.ai/api/mcp/auth_callback"] }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        registered["token_endpoint_auth_method"],
+        "client_secret_basic"
+    );
+    let client_id = registered["client_id"].as_str().unwrap();
+    let secret = registered["client_secret"].as_str().unwrap();
+
+    // An unregistered redirect URI is never redirected to.
+    let page = client()
+        .get(format!("{}/authorize", server.base_url))
+        .query(&[
+            ("response_type", "code"),
+            ("client_id", client_id),
+            ("redirect_uri", "http://127.0.0.1:1/other"),
+            ("code_challenge", "x"),
+            ("code_challenge_method", "S256"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::BAD_REQUEST);
+    assert!(page.headers().get(LOCATION).is_none());
+    // Without PKCE the client is told through its redirect URI.
+    let page = client()
+        .get(format!("{}/authorize", server.base_url))
+        .query(&[
+            ("response_type", "code"),
+            ("client_id", client_id),
+            ("redirect_uri", REDIRECT),
+            ("state", "s"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::FOUND);
+    let location = page.headers()[LOCATION].to_str().unwrap().to_owned();
+    assert_eq!(
+        query_param(&location, "error").as_deref(),
+        Some("invalid_request")
+    );
+
+    let (verifier, challenge) = pkce();
+    let location = authorize(&server, client_id, &challenge, OPERATOR_PASSWORD)
+        .await
+        .headers()[LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let code = query_param(&location, "code").unwrap();
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", verifier.as_str()),
+    ];
+    let basic = |secret: &str| {
+        let mut headers = HeaderMap::new();
+        let credentials =
+            base64::engine::general_purpose::STANDARD.encode(format!("{client_id}:{secret}"));
+        headers.insert(
+            "authorization",
+            format!("Basic {credentials}").parse().unwrap(),
+        );
+        headers
+    };
+    let (status, _, body) = token(&server, &form, basic("wrong-secret")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_client"))
+    );
+    let (status, _, tokens) = token(&server, &form, basic(secret)).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+
+    // Revocation ends the grant.
+    let refresh_token = tokens["refresh_token"].as_str().unwrap();
+    let revoked = client()
+        .post(format!("{}/revoke", server.base_url))
+        .headers(basic(secret))
+        .form(&[("token", refresh_token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::OK);
+    let (_, _, body) = token(
+        &server,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ],
+        basic(secret),
+    )
+    .await;
+    assert_eq!(body["error"], "invalid_grant");
+}

@@ -47,10 +47,15 @@ pub fn router(app: Arc<App>) -> Router {
             require_admin_token,
         ));
     let app = Arc::clone(&state.0);
-    let mcp = crate::mcp::router(Arc::clone(&app)).route_layer(middleware::from_fn_with_state(
-        Arc::clone(&app),
-        crate::oauth::require_mcp_caller,
-    ));
+    // `/mcp` is a tower service of its own, so the body limit is enforced at the transport.
+    let mcp = crate::mcp::router(Arc::clone(&app))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&app),
+            crate::oauth::require_mcp_caller,
+        ))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            MAX_BODY_BYTES,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -59,28 +59,28 @@ pub fn verify_access_token(app: &App, token: &str) -> Result<AccessClaims, Strin
         .oauth_keys
         .get()
         .ok_or("the authorization server is still starting")?;
+    verify(&keys.signing_key, &issuer(app), &resource(app), token)
+}
+
+fn verify(key: &[u8], issuer: &str, audience: &str, token: &str) -> Result<AccessClaims, String> {
     let mut validation = Validation::new(Algorithm::HS256);
-    validation.set_issuer(&[issuer(app)]);
-    validation.set_audience(&[resource(app)]);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
     validation.leeway = 5;
-    jsonwebtoken::decode::<AccessClaims>(
-        token,
-        &DecodingKey::from_secret(&keys.signing_key),
-        &validation,
-    )
-    .map(|data| data.claims)
-    .map_err(|err| match err.kind() {
-        jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-            "the access token expired; refresh it".to_owned()
-        }
-        jsonwebtoken::errors::ErrorKind::InvalidAudience => {
-            "the access token is for another resource".to_owned()
-        }
-        jsonwebtoken::errors::ErrorKind::InvalidIssuer => {
-            "the access token is from another issuer".to_owned()
-        }
-        _ => "the access token is not valid".to_owned(),
-    })
+    jsonwebtoken::decode::<AccessClaims>(token, &DecodingKey::from_secret(key), &validation)
+        .map(|data| data.claims)
+        .map_err(|err| match err.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                "the access token expired; refresh it".to_owned()
+            }
+            jsonwebtoken::errors::ErrorKind::InvalidAudience => {
+                "the access token is for another resource".to_owned()
+            }
+            jsonwebtoken::errors::ErrorKind::InvalidIssuer => {
+                "the access token is from another issuer".to_owned()
+            }
+            _ => "the access token is not valid".to_owned(),
+        })
 }
 
 /// Finds and authenticates the client: `client_secret_basic` (Authorization header),
@@ -384,4 +384,76 @@ pub async fn revoke(
         tracing::info!(client.id = %client.client_id, "grant revoked");
     }
     no_store(StatusCode::OK.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const ISSUER: &str = "https://autopilot.example";
+    const AUDIENCE: &str = "https://autopilot.example/mcp";
+
+    fn signed(claims: &AccessClaims, key: &[u8]) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(key),
+        )
+        .unwrap()
+    }
+
+    fn claims() -> AccessClaims {
+        let now = Utc::now().timestamp();
+        AccessClaims {
+            iss: ISSUER.into(),
+            sub: "client".into(),
+            aud: AUDIENCE.into(),
+            exp: now + 60,
+            iat: now,
+            jti: "j".into(),
+            scope: "autopilot:read".into(),
+            client_id: "client".into(),
+        }
+    }
+
+    #[test]
+    fn a_valid_token_passes() {
+        assert_eq!(
+            verify(KEY, ISSUER, AUDIENCE, &signed(&claims(), KEY))
+                .unwrap()
+                .scope,
+            "autopilot:read"
+        );
+    }
+
+    #[test]
+    fn expired_foreign_and_forged_tokens_are_refused_with_the_reason() {
+        let expired = AccessClaims {
+            exp: Utc::now().timestamp() - 60,
+            ..claims()
+        };
+        assert!(verify(KEY, ISSUER, AUDIENCE, &signed(&expired, KEY))
+            .unwrap_err()
+            .contains("expired"));
+        let other_audience = AccessClaims {
+            aud: "https://other.example/mcp".into(),
+            ..claims()
+        };
+        assert!(verify(KEY, ISSUER, AUDIENCE, &signed(&other_audience, KEY))
+            .unwrap_err()
+            .contains("another resource"));
+        let other_issuer = AccessClaims {
+            iss: "https://other.example".into(),
+            ..claims()
+        };
+        assert!(verify(KEY, ISSUER, AUDIENCE, &signed(&other_issuer, KEY))
+            .unwrap_err()
+            .contains("another issuer"));
+        let forged = signed(&claims(), b"another key, another key, another");
+        assert!(verify(KEY, ISSUER, AUDIENCE, &forged)
+            .unwrap_err()
+            .contains("not valid"));
+        assert!(verify(KEY, ISSUER, AUDIENCE, "not.a.jwt").is_err());
+    }
 }

@@ -141,6 +141,16 @@ async fn discovery_documents_point_at_each_other() {
         format!("Bearer resource_metadata=\"{metadata_url}\"")
     );
 
+    let oversized = client()
+        .post(format!("{}/mcp", server.base_url))
+        .bearer_auth(autopilot_tests::harness::ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oversized.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
     let resource: Value = client()
         .get(&metadata_url)
         .send()

@@ -122,6 +122,9 @@ pub struct Config {
     pub operator_password: Option<String>,
     /// Lifetime of OAuth access tokens.
     pub access_token_ttl: Duration,
+    /// For automated tests only (`AUTOPILOT_TEST_AUTO_APPROVE=1`): `/authorize` approves every
+    /// valid request without the operator. Never set it on a reachable server.
+    pub oauth_auto_approve: bool,
 }
 
 impl fmt::Debug for Config {
@@ -262,6 +265,8 @@ impl Config {
                 .or(file.operator_password)
                 .filter(|p| !p.is_empty()),
             access_token_ttl: Duration::from_secs(15 * 60),
+            oauth_auto_approve: std::env::var("AUTOPILOT_TEST_AUTO_APPROVE")
+                .is_ok_and(|v| v == "1"),
         })
     }
 

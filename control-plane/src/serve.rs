@@ -77,6 +77,9 @@ pub async fn run(
         admin_token_hash,
         shutdown.clone(),
     );
+    if config.oauth_auto_approve {
+        tracing::warn!("AUTOPILOT_TEST_AUTO_APPROVE is set: every OAuth authorization is approved without the operator (tests only)");
+    }
     app.oauth_keys
         .set(oauth_keys)
         .expect("keys are set once, here");

@@ -24,9 +24,16 @@ pub struct TestServerBuilder {
     misfire_grace: Duration,
     kill_grace: Duration,
     concurrency: usize,
+    auto_approve: bool,
 }
 
 impl TestServerBuilder {
+    /// Approve OAuth authorizations without the consent page (headless OAuth clients).
+    pub fn auto_approve(mut self) -> Self {
+        self.auto_approve = true;
+        self
+    }
+
     /// Reuse a data directory (to restart "the same" installation).
     pub fn data_dir(mut self, dir: Arc<TempDir>) -> Self {
         self.data_dir = Some(dir);
@@ -95,6 +102,7 @@ impl TestServerBuilder {
         let base_url = format!("http://{}", listener.local_addr().expect("addr"));
         config.public_url = base_url.clone();
         config.operator_password = Some(OPERATOR_PASSWORD.to_owned());
+        config.oauth_auto_approve = self.auto_approve;
         let cancel = CancellationToken::new();
         let handle = tokio::spawn(autopilot_control_plane::serve::run(
             config,
@@ -134,6 +142,7 @@ impl TestServer {
             misfire_grace: Duration::from_secs(60),
             kill_grace: Duration::from_secs(2),
             concurrency: 4,
+            auto_approve: false,
         }
     }
 

@@ -135,6 +135,9 @@ async fn validate(app: &App, params: &AuthorizeParams) -> Result<Valid, Refusal>
 pub async fn show(State(app): State<Arc<App>>, Query(params): Query<AuthorizeParams>) -> Response {
     match validate(&app, &params).await {
         Ok(valid) => {
+            if app.config.oauth_auto_approve {
+                return approve(&app, &params, &valid).await;
+            }
             let csrf = random_secret();
             let mut response = page(&params, &valid, &csrf, None, StatusCode::OK);
             let cookie = format!(
@@ -203,21 +206,26 @@ pub async fn decide(
             StatusCode::UNAUTHORIZED,
         );
     }
+    approve(&app, &params, &valid).await
+}
+
+/// Issues a code for an approved request and sends the browser back to the client.
+async fn approve(app: &App, params: &AuthorizeParams, valid: &Valid) -> Response {
     let code = random_secret();
     let stored = AuthCode {
         code_hash: digest(&code),
         client_id: params.client_id.clone(),
         redirect_uri: params.redirect_uri.clone(),
         code_challenge: params.code_challenge.clone(),
-        resource: resource(&app),
+        resource: resource(app),
         scope: valid.scope.clone(),
         expires_at: Utc::now() + chrono::Duration::seconds(CODE_TTL_SECS),
     };
     if let Err(err) = app.store.insert_auth_code(&stored).await {
         tracing::error!(error = %err, "storing an authorization code failed");
         return refuse(
-            &app,
-            &params,
+            app,
+            params,
             Refusal::Redirect {
                 error: "temporarily_unavailable",
                 description: "try again".into(),
@@ -225,7 +233,7 @@ pub async fn decide(
         );
     }
     tracing::info!(client.id = %params.client_id, scope = %valid.scope, "operator approved an oauth client");
-    redirect_to(&app, &params, &[("code", code.as_str())])
+    redirect_to(app, params, &[("code", code.as_str())])
 }
 
 fn refuse(app: &App, params: &AuthorizeParams, refusal: Refusal) -> Response {

@@ -464,3 +464,40 @@ async fn confidential_clients_authenticate_and_bad_registrations_are_refused() {
     .await;
     assert_eq!(body["error"], "invalid_grant");
 }
+
+#[tokio::test]
+async fn the_test_switch_approves_without_the_consent_page() {
+    let server = TestServer::builder().auto_approve().start().await;
+    let (_, registered) = register(
+        &server,
+        json!({ "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none" }),
+    )
+    .await;
+    let client_id = registered["client_id"].as_str().unwrap();
+    let (verifier, challenge) = pkce();
+    let response = client()
+        .get(format!("{}/authorize", server.base_url))
+        .query(&[
+            ("response_type", "code"),
+            ("client_id", client_id),
+            ("redirect_uri", REDIRECT),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("resource", &format!("{}/mcp", server.base_url)),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FOUND);
+    let code = query_param(response.headers()[LOCATION].to_str().unwrap(), "code").expect("code");
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", verifier.as_str()),
+        ("client_id", client_id),
+        ("resource", &format!("{}/mcp", server.base_url)),
+    ];
+    let (status, _, tokens) = token(&server, &form, HeaderMap::new()).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+}

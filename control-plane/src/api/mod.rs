@@ -46,8 +46,15 @@ pub fn router(app: Arc<App>) -> Router {
             state.clone(),
             require_admin_token,
         ));
+    // The MCP endpoint, behind the same admin-token check as the API for now. `layer`, not
+    // `route_layer`: the MCP router serves everything from its fallback.
+    let mcp = crate::mcp::router(Arc::clone(&state.0)).layer(middleware::from_fn_with_state(
+        state.clone(),
+        require_admin_token,
+    ));
     Router::new()
         .route("/healthz", get(healthz))
+        .nest_service("/mcp", mcp)
         .route("/readyz", get(readyz))
         .nest("/api/v1", api)
         .fallback(not_found)

@@ -1097,3 +1097,53 @@ async fn server_info(app: &App, args: JsonObject) -> Outcome {
         value,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Scopes;
+
+    fn text(result: &CallToolResult) -> String {
+        serde_json::to_string(&result.content).unwrap_or_default()
+    }
+
+    #[test]
+    fn scopes_are_enforced_and_named() {
+        let reader = Caller {
+            subject: "client".into(),
+            scopes: Scopes::parse(SCOPE_READ),
+        };
+        assert!(check_scope(Some(&reader), "list_jobs", true).is_ok());
+        let denied = check_scope(Some(&reader), "create_job", false).unwrap_err();
+        assert_eq!(denied.is_error, Some(true));
+        assert!(text(&denied).contains(SCOPE_WRITE), "{}", text(&denied));
+
+        let nobody = Caller {
+            subject: "client".into(),
+            scopes: Scopes::default(),
+        };
+        let denied = check_scope(Some(&nobody), "get_run", true).unwrap_err();
+        assert!(text(&denied).contains(SCOPE_READ));
+        assert!(check_scope(None, "get_run", true).is_err());
+        assert!(check_scope(Some(&Caller::admin()), "delete_job", false).is_ok());
+    }
+
+    #[test]
+    fn invalid_input_names_the_field() {
+        let failure = Failure::Service(ServiceError::invalid(
+            "schedule",
+            "schedule: invalid cron expression\n  0 61 * * *\n    ^",
+        ));
+        let result = failure.into_result("create_job");
+        let text = text(&result);
+        assert!(text.contains("invalid argument `schedule`"), "{text}");
+        assert!(text.contains('^'), "{text}");
+
+        let Err(Failure::Service(ServiceError::Invalid { field, .. })) = parse::<TriggerArgs>(
+            serde_json::from_value(json!({ "job": "a", "wait": "yes" })).unwrap(),
+        ) else {
+            panic!("a wrong type is an invalid field");
+        };
+        assert_eq!(field, "wait");
+    }
+}

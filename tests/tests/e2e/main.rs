@@ -4,6 +4,7 @@
 mod api;
 mod bus;
 mod claude;
+mod mcp;
 mod process;
 mod scheduler;
 mod store;

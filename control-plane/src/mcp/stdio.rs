@@ -29,7 +29,14 @@ pub async fn serve_embedded(app: Arc<App>) -> anyhow::Result<()> {
 /// Forwards JSON-RPC messages from stdin to `<api_url>/mcp` (one POST each, concurrently) and
 /// writes every message of the answers (plain JSON or an event stream) to stdout.
 pub async fn forward(api_url: &str, token: Option<&str>) -> anyhow::Result<()> {
-    let endpoint = format!("{}/mcp", api_url.trim_end_matches('/'));
+    let api_url = api_url.trim().trim_end_matches('/');
+    if !api_url.starts_with("http://") {
+        anyhow::bail!(
+            "AUTOPILOT_API_URL must be an http:// URL of the running Autopilot (e.g. \
+             http://127.0.0.1:8080; this forwarder speaks plain HTTP to a local listener), got `{api_url}`"
+        );
+    }
+    let endpoint = format!("{api_url}/mcp");
     let client = reqwest::Client::builder()
         .build()
         .context("building the HTTP client")?;

@@ -413,3 +413,69 @@ async fn mcp_over_stdio_forwards_to_a_running_autopilot() {
     assert!(!steps[1]["progress"].as_array().unwrap().is_empty());
     server.stop().await.unwrap();
 }
+
+/// Raw HTTP, as a client that keeps no session would talk: a 2025-06-18 handshake, then a tool
+/// call without `Mcp-Session-Id`, answered as plain JSON. Foreign `Host`s are refused.
+#[tokio::test]
+async fn mcp_is_stateless_json_and_accepts_2025_06_18_clients() {
+    let server = TestServer::builder().start().await;
+    let post = |body: Value, version: Option<&str>, host: Option<&str>| {
+        let mut request = server
+            .client
+            .post(format!("{}/mcp", server.base_url))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(version) = version {
+            request = request.header("mcp-protocol-version", version);
+        }
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        request.send()
+    };
+    let initialize = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": { "name": "raw-test", "version": "0" },
+        },
+    });
+    let response = post(initialize.clone(), None, None).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().get("mcp-session-id").is_none());
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["result"]["protocolVersion"], "2025-06-18", "{body:#}");
+
+    let call = json!({
+        "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": { "name": "preview_schedule", "arguments": { "schedule": "@daily" } },
+    });
+    let response = post(call.clone(), Some("2025-06-18"), None).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["result"]["isError"], false, "{body:#}");
+    assert_eq!(
+        body["result"]["structuredContent"]["next_fires"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+
+    // DNS rebinding protection: only loopback and the public URL's host.
+    let response = post(call, Some("2025-06-18"), Some("evil.example"))
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_client_error(),
+        "foreign host answered {}",
+        response.status()
+    );
+    server.stop().await.unwrap();
+}

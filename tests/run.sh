@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need (the Claude Code
-# CLI, PostgreSQL), starts a throwaway PostgreSQL, then runs fmt, clippy and every test.
+# CLI, the Python MCP SDK, PostgreSQL), starts a throwaway PostgreSQL, then runs fmt, clippy and
+# every test.
 # Caches live under /var/cache/autopilot (CARGO_TARGET_DIR, the CLI) so reruns are fast.
 set -euo pipefail
 
@@ -32,6 +33,20 @@ if [ ! -x "$claude_bin" ] || ! grep -qx "$claude_sdk_version" "$venv/.sdk-versio
 fi
 export AUTOPILOT_TEST_CLAUDE_BIN=$claude_bin
 "$claude_bin" --version
+
+# --- The Python MCP SDK, the independent client of the MCP tests (pinned) --------------------
+mcp_sdk_version=2.3.0
+mcp_venv="$cache/mcp-venv"
+if [ ! -x "$mcp_venv/bin/python" ] || ! grep -qx "$mcp_sdk_version" "$mcp_venv/.sdk-version" 2>/dev/null; then
+  echo "installing the Python MCP SDK (mcp==$mcp_sdk_version)"
+  command -v python3 >/dev/null || apt_install python3 python3-venv
+  rm -rf "$mcp_venv"
+  python3 -m venv "$mcp_venv"
+  "$mcp_venv/bin/pip" install -q "mcp==$mcp_sdk_version"
+  echo "$mcp_sdk_version" > "$mcp_venv/.sdk-version"
+fi
+export AUTOPILOT_TEST_MCP_PYTHON="$mcp_venv/bin/python"
+"$AUTOPILOT_TEST_MCP_PYTHON" -c 'import mcp.client.streamable_http, mcp.client.stdio'
 
 # --- PostgreSQL: a throwaway cluster on a free port ----------------------------------------
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)

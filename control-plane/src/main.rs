@@ -5,7 +5,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use autopilot_control_plane::config::{Config, ConfigArgs, LogFormat};
-use autopilot_control_plane::serve;
+use autopilot_control_plane::{mcp, serve};
 
 /// Autopilot runs Claude Code on a schedule and on events.
 #[derive(Parser)]
@@ -19,11 +19,25 @@ struct Cli {
 enum Command {
     /// Start Autopilot: HTTP API, scheduler and (embedded) worker.
     Serve(ConfigArgs),
+    /// Serve Autopilot's MCP tools over stdin/stdout (for Claude Desktop and other local
+    /// clients). Starts an embedded Autopilot, or forwards to a running one given
+    /// AUTOPILOT_API_URL.
+    Mcp(McpArgs),
     /// Manage the admin token of the HTTP API.
     AdminToken {
         #[command(subcommand)]
         action: AdminTokenAction,
     },
+}
+
+#[derive(clap::Args)]
+struct McpArgs {
+    /// URL of a running Autopilot (e.g. http://127.0.0.1:8080) to forward to instead of starting
+    /// one here; its admin token comes from AUTOPILOT_ADMIN_TOKEN.
+    #[arg(long, env = "AUTOPILOT_API_URL", value_name = "URL")]
+    api_url: Option<String>,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(Subcommand)]
@@ -51,6 +65,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => run_serve(args).await,
+        Command::Mcp(args) => run_mcp(args).await,
         Command::AdminToken {
             action: AdminTokenAction::Rotate(args),
         } => match Config::load(args) {
@@ -83,6 +98,64 @@ async fn run_serve(args: ConfigArgs) -> anyhow::Result<()> {
         signals.cancel();
     });
     serve::run(config, listener, shutdown).await
+}
+
+/// `autopilot mcp`: stdout is the protocol channel, so nothing else may write to it.
+async fn run_mcp(args: McpArgs) -> anyhow::Result<()> {
+    if let Some(api_url) = args.api_url.as_deref().filter(|url| !url.trim().is_empty()) {
+        init_logging(LogFormat::Text);
+        if args.config.admin_token.is_none() {
+            tracing::warn!("AUTOPILOT_API_URL is set without AUTOPILOT_ADMIN_TOKEN: the running Autopilot will refuse the requests");
+        }
+        return mcp::stdio::forward(api_url, args.config.admin_token.as_deref()).await;
+    }
+    let config = Config::load(args.config)?;
+    init_logging(config.log_format);
+    // The embedded HTTP server only listens on loopback, on a free port.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot listen on 127.0.0.1: {err}"))?;
+    let shutdown = CancellationToken::new();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let mut server = tokio::spawn(serve::run_with(
+        config,
+        listener,
+        shutdown.clone(),
+        Some(ready_tx),
+    ));
+    let app = tokio::select! {
+        ready = ready_rx => match ready {
+            Ok(app) => app,
+            // The server stopped before it was up: its error says why.
+            Err(_) => return match server.await {
+                Ok(Ok(())) => Err(anyhow::anyhow!("autopilot stopped during start-up")),
+                Ok(Err(err)) => Err(err),
+                Err(err) => Err(anyhow::anyhow!("autopilot panicked during start-up: {err}")),
+            },
+        },
+        _ = wait_for_signal() => {
+            shutdown.cancel();
+            return Ok(());
+        }
+    };
+    let served = tokio::select! {
+        served = mcp::stdio::serve_embedded(app) => served,
+        _ = wait_for_signal() => Ok(()),
+        stopped = &mut server => {
+            return match stopped {
+                Ok(Ok(())) => Err(anyhow::anyhow!("autopilot stopped")),
+                Ok(Err(err)) => Err(err),
+                Err(err) => Err(anyhow::anyhow!("autopilot panicked: {err}")),
+            };
+        }
+    };
+    tracing::info!("MCP client disconnected; shutting down");
+    shutdown.cancel();
+    match server.await {
+        Ok(result) => result?,
+        Err(err) => anyhow::bail!("autopilot panicked: {err}"),
+    }
+    served
 }
 
 async fn wait_for_signal() {

@@ -51,6 +51,17 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_with(config, listener, shutdown, None).await
+}
+
+/// [`run`], handing the running [`App`] to `ready` once it is up (for `autopilot mcp`, which
+/// serves the tools over stdio from the same process).
+pub async fn run_with(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    ready: Option<tokio::sync::oneshot::Sender<Arc<App>>>,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
@@ -86,6 +97,11 @@ pub async fn run(
     app.recover_embedded_runs()
         .await
         .context("recovering runs left by the previous process")?;
+
+    if let Some(ready) = ready {
+        // Nobody waiting any more is fine.
+        let _ = ready.send(Arc::clone(&app));
+    }
 
     let worker_config = embedded_worker_config(&config);
     let worker = Worker::new(worker_config, Arc::clone(&bus), Arc::new(LocalExecutor));

@@ -87,3 +87,26 @@ pub fn autopilot_bin() -> Option<PathBuf> {
         ),
     }
 }
+
+/// Where the test script installs the Python `mcp` SDK, the independent MCP client.
+pub const DEFAULT_MCP_PYTHON: &str = "/var/cache/autopilot/mcp-venv/bin/python";
+
+/// A Python with the official `mcp` SDK: `AUTOPILOT_TEST_MCP_PYTHON`, else the test script's
+/// virtualenv.
+pub fn mcp_python() -> Option<PathBuf> {
+    let path = std::env::var_os("AUTOPILOT_TEST_MCP_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_MCP_PYTHON));
+    if path.is_file() {
+        Some(path)
+    } else {
+        missing(
+            "the Python MCP SDK",
+            &format!(
+                "run `bash tests/run.sh` or set AUTOPILOT_TEST_MCP_PYTHON to a python with `mcp` \
+                 installed (looked at {})",
+                path.display()
+            ),
+        )
+    }
+}

@@ -47,9 +47,10 @@ pub fn router(app: Arc<App>) -> Router {
             require_admin_token,
         ));
     let app = Arc::clone(&state.0);
-    // `/mcp` is a tower service of its own, so the body limit is enforced at the transport.
+    // `layer`, not `route_layer`: the MCP router serves everything from its fallback. `/mcp` is
+    // a tower service of its own, so the body limit is enforced at the transport.
     let mcp = crate::mcp::router(Arc::clone(&app))
-        .route_layer(middleware::from_fn_with_state(
+        .layer(middleware::from_fn_with_state(
             Arc::clone(&app),
             crate::oauth::require_mcp_caller,
         ))

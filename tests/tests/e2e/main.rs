@@ -4,6 +4,7 @@
 mod api;
 mod bus;
 mod claude;
+mod mcp;
 mod oauth;
 mod process;
 mod scheduler;

@@ -125,6 +125,9 @@ pub struct Config {
     /// For automated tests only (`AUTOPILOT_TEST_AUTO_APPROVE=1`): `/authorize` approves every
     /// valid request without the operator. Never set it on a reachable server.
     pub oauth_auto_approve: bool,
+    /// For automated tests only (`AUTOPILOT_TEST_ALLOW_PRIVATE_METADATA=1`): client metadata
+    /// documents may be fetched over plain HTTP from loopback and private addresses.
+    pub oauth_allow_private_metadata: bool,
 }
 
 impl fmt::Debug for Config {
@@ -266,6 +269,8 @@ impl Config {
                 .filter(|p| !p.is_empty()),
             access_token_ttl: Duration::from_secs(15 * 60),
             oauth_auto_approve: std::env::var("AUTOPILOT_TEST_AUTO_APPROVE")
+                .is_ok_and(|v| v == "1"),
+            oauth_allow_private_metadata: std::env::var("AUTOPILOT_TEST_ALLOW_PRIVATE_METADATA")
                 .is_ok_and(|v| v == "1"),
         })
     }

@@ -25,9 +25,16 @@ pub struct TestServerBuilder {
     kill_grace: Duration,
     concurrency: usize,
     auto_approve: bool,
+    allow_private_metadata: bool,
 }
 
 impl TestServerBuilder {
+    /// Let client metadata documents come from loopback over plain HTTP.
+    pub fn allow_private_metadata(mut self) -> Self {
+        self.allow_private_metadata = true;
+        self
+    }
+
     /// Approve OAuth authorizations without the consent page (headless OAuth clients).
     pub fn auto_approve(mut self) -> Self {
         self.auto_approve = true;
@@ -103,6 +110,7 @@ impl TestServerBuilder {
         config.public_url = base_url.clone();
         config.operator_password = Some(OPERATOR_PASSWORD.to_owned());
         config.oauth_auto_approve = self.auto_approve;
+        config.oauth_allow_private_metadata = self.allow_private_metadata;
         let cancel = CancellationToken::new();
         let handle = tokio::spawn(autopilot_control_plane::serve::run(
             config,
@@ -143,6 +151,7 @@ impl TestServer {
             kill_grace: Duration::from_secs(2),
             concurrency: 4,
             auto_approve: false,
+            allow_private_metadata: false,
         }
     }
 

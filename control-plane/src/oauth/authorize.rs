@@ -68,7 +68,7 @@ enum Refusal {
 }
 
 async fn validate(app: &App, params: &AuthorizeParams) -> Result<Valid, Refusal> {
-    let client = match app.store.get_oauth_client(&params.client_id).await {
+    let client = match super::find_client(app, &params.client_id).await {
         Ok(Some(client)) => client,
         Ok(None) => {
             return Err(Refusal::Page(format!(
@@ -76,9 +76,10 @@ async fn validate(app: &App, params: &AuthorizeParams) -> Result<Valid, Refusal>
                 params.client_id
             )))
         }
-        Err(err) => {
+        Err(reason) => {
             return Err(Refusal::Page(format!(
-                "the store is unavailable ({err}); try again"
+                "cannot use client `{}`: {reason}",
+                params.client_id
             )))
         }
     };

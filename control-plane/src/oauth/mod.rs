@@ -4,6 +4,7 @@
 //! short-lived JWTs whose audience is the MCP resource URL.
 
 mod authorize;
+mod cimd;
 mod keys;
 mod register;
 mod token;
@@ -90,6 +91,7 @@ async fn authorization_server_metadata(
         "revocation_endpoint_auth_methods_supported": ["none", "client_secret_post", "client_secret_basic"],
         "scopes_supported": [SCOPE_READ, SCOPE_WRITE],
         "authorization_response_iss_parameter_supported": true,
+        "client_id_metadata_document_supported": true,
     }))
     .into_response())
 }
@@ -235,6 +237,21 @@ fn unauthorized(app: &App, error: Option<&str>, description: &str) -> Response {
             .insert(header::WWW_AUTHENTICATE, value);
     }
     response
+}
+
+/// The client behind a `client_id`: a registered one, or one described by a client metadata
+/// document at that URL. The error is meant for the person or client that sent it.
+pub(crate) async fn find_client(
+    app: &App,
+    client_id: &str,
+) -> Result<Option<types::OAuthClient>, String> {
+    if cimd::is_metadata_url(client_id) {
+        return cimd::resolve(app, client_id).await.map(Some);
+    }
+    app.store.get_oauth_client(client_id).await.map_err(|err| {
+        tracing::error!(error = %err, "reading a client failed");
+        "the store is unavailable; try again shortly".to_owned()
+    })
 }
 
 #[cfg(test)]

@@ -120,7 +120,7 @@ async fn authenticate(
             ))
         }
     };
-    let client = match app.store.get_oauth_client(&client_id).await {
+    let client = match super::find_client(app, &client_id).await {
         Ok(Some(client)) => client,
         Ok(None) => {
             return Err(oauth_error(
@@ -129,13 +129,12 @@ async fn authenticate(
                 "unknown client",
             ))
         }
-        Err(err) => {
-            tracing::error!(error = %err, "reading a client failed");
+        Err(reason) => {
             return Err(oauth_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "try again shortly",
-            ));
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                reason,
+            ))
         }
     };
     let authenticated = match (&client.secret_hash, secret) {

@@ -501,3 +501,117 @@ async fn the_test_switch_approves_without_the_consent_page() {
     let (status, _, tokens) = token(&server, &form, HeaderMap::new()).await;
     assert_eq!(status, StatusCode::OK, "{tokens}");
 }
+
+/// Serves the documents `make(base_url)` returns (path → body) on a loopback port; returns the
+/// base URL.
+async fn serve_documents(make: impl FnOnce(&str) -> Vec<(&'static str, String)>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut router = axum::Router::new();
+    for (path, body) in make(&base) {
+        router = router.route(
+            path,
+            axum::routing::get(
+                move || async move { ([("content-type", "application/json")], body) },
+            ),
+        );
+    }
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    base
+}
+
+async fn authorize_url_client(
+    server: &TestServer,
+    client_id: &str,
+    challenge: &str,
+) -> reqwest::Response {
+    client()
+        .get(format!("{}/authorize", server.base_url))
+        .query(&[
+            ("response_type", "code"),
+            ("client_id", client_id),
+            ("redirect_uri", REDIRECT),
+            ("code_challenge", challenge),
+            ("code_challenge_method", "S256"),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn clients_identified_by_a_metadata_document_url() {
+    let document = |client_id: String| {
+        json!({ "client_id": client_id, "client_name": "Doc client", "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none" })
+            .to_string()
+    };
+    let base = serve_documents(|base| {
+        vec![
+            ("/good.json", document(format!("{base}/good.json"))),
+            (
+                "/mismatch.json",
+                document("https://someone.else/client.json".into()),
+            ),
+            (
+                "/huge.json",
+                format!("{{\"pad\": \"{}\"}}", "x".repeat(10_000)),
+            ),
+        ]
+    })
+    .await;
+    let good = format!("{base}/good.json");
+    let (_, challenge) = pkce();
+
+    // By default a plain-http, loopback document is refused: the SSRF guard.
+    let strict = TestServer::builder().auto_approve().start().await;
+    let refused = authorize_url_client(&strict, &good, &challenge).await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert!(refused.text().await.unwrap().contains("must use https"));
+    let private =
+        authorize_url_client(&strict, "https://127.0.0.1:9/client.json", &challenge).await;
+    assert!(
+        private.text().await.unwrap().contains("non-public address"),
+        "loopback is refused even over https"
+    );
+
+    let server = TestServer::builder()
+        .auto_approve()
+        .allow_private_metadata()
+        .start()
+        .await;
+    let metadata: Value = client()
+        .get(format!(
+            "{}/.well-known/oauth-authorization-server",
+            server.base_url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metadata["client_id_metadata_document_supported"], true);
+    let (verifier, challenge) = pkce();
+    let approved = authorize_url_client(&server, &good, &challenge).await;
+    assert_eq!(approved.status(), StatusCode::FOUND);
+    let code = query_param(approved.headers()[LOCATION].to_str().unwrap(), "code").unwrap();
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", verifier.as_str()),
+        ("client_id", good.as_str()),
+    ];
+    let (status, _, tokens) = token(&server, &form, HeaderMap::new()).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+
+    for (path, needle) in [
+        ("/mismatch.json", "not the URL it was fetched from"),
+        ("/huge.json", "larger than"),
+    ] {
+        let refused = authorize_url_client(&server, &format!("{base}{path}"), &challenge).await;
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        let page = refused.text().await.unwrap();
+        assert!(page.contains(needle), "{path}: {page}");
+    }
+}

@@ -141,7 +141,10 @@ async fn python_sdk_oauth_client_registers_authorizes_calls_tools_and_refreshes(
     assert_eq!(seen["state_matches"], true);
     assert_eq!(seen["iss"], server.base_url);
     assert_eq!(seen["asked"]["code_challenge_method"], "S256");
-    assert_eq!(seen["asked"]["resource"], format!("{}/mcp", server.base_url));
+    assert_eq!(
+        seen["asked"]["resource"],
+        format!("{}/mcp", server.base_url)
+    );
 
     // Every step through the OAuth-authenticated session.
     let steps = out["steps"].as_array().unwrap();
@@ -155,17 +158,26 @@ async fn python_sdk_oauth_client_registers_authorizes_calls_tools_and_refreshes(
     assert_eq!(waited["tokens"]["input"], 900);
     assert_eq!(waited["tokens"]["output"], 21);
     assert_ok(&steps[2]);
-    assert_eq!(steps[2]["structuredContent"]["run"]["id"], waited["run"]["id"]);
+    assert_eq!(
+        steps[2]["structuredContent"]["run"]["id"],
+        waited["run"]["id"]
+    );
     assert_eq!(steps[2]["structuredContent"]["run"]["status"], "succeeded");
     // After the forced refresh.
     assert_ok(&steps[3]);
-    assert_eq!(steps[3]["structuredContent"]["jobs"][0]["name"], "inventory");
+    assert_eq!(
+        steps[3]["structuredContent"]["jobs"][0]["name"],
+        "inventory"
+    );
 
     // One token set from the code, one from the refresh: both rotated.
     let tokens = out["tokens"].as_array().unwrap();
     assert_eq!(out["tokens_before_refresh"], 1, "{tokens:#?}");
     assert_eq!(tokens.len(), 2, "{tokens:#?}");
-    assert_eq!(tokens[0]["token_type"].as_str().map(str::to_lowercase), Some("bearer".into()));
+    assert_eq!(
+        tokens[0]["token_type"].as_str().map(str::to_lowercase),
+        Some("bearer".into())
+    );
     assert_eq!(tokens[0]["scope"], "autopilot:read autopilot:write");
     assert!(tokens[0]["refresh_token"].is_string(), "{tokens:#?}");
     assert_ne!(tokens[0]["access_token"], tokens[1]["access_token"]);
@@ -238,13 +250,19 @@ async fn token_with_scope(server: &TestServer, scope: &str) -> Value {
         .json()
         .await
         .unwrap();
-    let client_id = registered["client_id"].as_str().expect("client_id").to_owned();
+    let client_id = registered["client_id"]
+        .as_str()
+        .expect("client_id")
+        .to_owned();
     let (verifier, challenge) = pkce();
     let redirected = authorize(server, &client_id, &challenge, scope).await;
     assert_eq!(redirected.status(), StatusCode::FOUND);
     let location = redirected.headers()[LOCATION].to_str().unwrap().to_owned();
     assert!(location.starts_with(REDIRECT), "{location}");
-    assert_eq!(query_param(&location, "state").as_deref(), Some("scoped-state"));
+    assert_eq!(
+        query_param(&location, "state").as_deref(),
+        Some("scoped-state")
+    );
     let code = query_param(&location, "code").expect("a code");
     let response = http
         .post(format!("{}/token", server.base_url))
@@ -282,7 +300,9 @@ async fn rpc(server: &TestServer, token: &str, id: u64, method: &str, params: Va
 #[tokio::test]
 async fn a_read_only_oauth_token_lists_jobs_but_cannot_create_one() {
     let server = TestServer::builder().auto_approve().start().await;
-    server.create_job(json!({ "name": "existing", "command": "true" })).await;
+    server
+        .create_job(json!({ "name": "existing", "command": "true" }))
+        .await;
     let granted = token_with_scope(&server, "autopilot:read").await;
     assert_eq!(granted["scope"], "autopilot:read", "{granted:#}");
     let token = granted["access_token"].as_str().unwrap().to_owned();
@@ -299,7 +319,10 @@ async fn a_read_only_oauth_token_lists_jobs_but_cannot_create_one() {
         }),
     )
     .await;
-    assert_eq!(init["result"]["serverInfo"]["name"], "autopilot", "{init:#}");
+    assert_eq!(
+        init["result"]["serverInfo"]["name"], "autopilot",
+        "{init:#}"
+    );
 
     let listed = rpc(
         &server,
@@ -310,7 +333,10 @@ async fn a_read_only_oauth_token_lists_jobs_but_cannot_create_one() {
     )
     .await;
     assert_ok(&listed["result"]);
-    assert_eq!(listed["result"]["structuredContent"]["jobs"][0]["name"], "existing");
+    assert_eq!(
+        listed["result"]["structuredContent"]["jobs"][0]["name"],
+        "existing"
+    );
 
     let created = rpc(
         &server,
@@ -369,15 +395,25 @@ async fn claude_code_cli_added_with_mcp_add_calls_an_autopilot_tool() {
     };
     let fake = FakeAnthropic::start().await.expect("fake API");
     let server = TestServer::builder().start().await;
-    server.create_job(json!({ "name": "made-through-the-api", "command": "true" })).await;
+    server
+        .create_job(json!({ "name": "made-through-the-api", "command": "true" }))
+        .await;
     let home = tempfile::tempdir().unwrap();
     let url = format!("{}/mcp", server.base_url);
 
     let mut add = claude_command(&claude, home.path(), &fake.base_url());
-    add.args(["mcp", "add", "--scope", "user", "--transport", "http", "autopilot"])
-        .arg(&url)
-        .arg("--header")
-        .arg(format!("Authorization: Bearer {ADMIN_TOKEN}"));
+    add.args([
+        "mcp",
+        "add",
+        "--scope",
+        "user",
+        "--transport",
+        "http",
+        "autopilot",
+    ])
+    .arg(&url)
+    .arg("--header")
+    .arg(format!("Authorization: Bearer {ADMIN_TOKEN}"));
     let (status, stdout, stderr) = output_of(add).await;
     assert!(status.success(), "claude mcp add: {stdout}\n{stderr}");
 
@@ -397,7 +433,10 @@ async fn claude_code_cli_added_with_mcp_add_calls_an_autopilot_tool() {
         .find(|line| line.starts_with("autopilot"))
         .unwrap_or_else(|| panic!("autopilot is not listed: {stdout}\n{stderr}"));
     assert!(line.contains(&url), "{line}");
-    assert!(line.contains("Connected"), "the health check connected: {line}");
+    assert!(
+        line.contains("Connected"),
+        "the health check connected: {line}"
+    );
 
     fake.push(Reply::tool_use("mcp__autopilot__list_jobs", json!({})));
     fake.push(Reply::text("There is one job."));

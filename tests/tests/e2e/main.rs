@@ -5,6 +5,7 @@ mod api;
 mod bus;
 mod claude;
 mod mcp;
+mod mcp_clients;
 mod oauth;
 mod process;
 mod scheduler;

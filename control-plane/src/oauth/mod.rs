@@ -66,7 +66,13 @@ pub fn router(app: Arc<App>) -> Router {
             "/.well-known/oauth-protected-resource/mcp",
             get(protected_resource_metadata),
         )
-        .route("/register", post(register::register))
+        .route(
+            "/register",
+            post(register::register).with_state((
+                Arc::clone(&app),
+                Arc::new(register::RegistrationLimiter::default()),
+            )),
+        )
         .route("/authorize", get(authorize::show).post(authorize::decide))
         .route("/token", post(token::token))
         .route("/revoke", post(token::revoke))

@@ -36,25 +36,36 @@ pub struct Registration {
     scope: Option<String>,
 }
 
-/// A token bucket shared by all registrations.
-fn take_registration_token() -> Result<(), u64> {
-    static BUCKET: Mutex<Option<(f64, Instant)>> = Mutex::new(None);
-    let mut bucket = BUCKET.lock().unwrap_or_else(|p| p.into_inner());
-    let now = Instant::now();
-    let (tokens, last) = bucket.get_or_insert((REGISTRATION_BURST, now));
-    *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * REGISTRATIONS_PER_MINUTE / 60.0)
-        .min(REGISTRATION_BURST);
-    *last = now;
-    if *tokens >= 1.0 {
-        *tokens -= 1.0;
-        Ok(())
-    } else {
-        Err(((1.0 - *tokens) * 60.0 / REGISTRATIONS_PER_MINUTE).ceil() as u64)
+/// A token bucket for the registrations of one server.
+#[derive(Default)]
+pub struct RegistrationLimiter {
+    bucket: Mutex<Option<(f64, Instant)>>,
+}
+
+impl RegistrationLimiter {
+    /// Takes a token, or says how many seconds until one is free.
+    fn take(&self) -> Result<(), u64> {
+        let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (tokens, last) = bucket.get_or_insert((REGISTRATION_BURST, now));
+        *tokens = (*tokens
+            + now.duration_since(*last).as_secs_f64() * REGISTRATIONS_PER_MINUTE / 60.0)
+            .min(REGISTRATION_BURST);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) * 60.0 / REGISTRATIONS_PER_MINUTE).ceil() as u64)
+        }
     }
 }
 
-pub async fn register(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Response {
-    if let Err(retry_after) = take_registration_token() {
+pub async fn register(
+    State((app, limiter)): State<(Arc<App>, Arc<RegistrationLimiter>)>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(retry_after) = limiter.take() {
         let mut response = oauth_error(
             StatusCode::TOO_MANY_REQUESTS,
             "slow_down",

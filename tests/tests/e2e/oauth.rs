@@ -615,3 +615,82 @@ async fn clients_identified_by_a_metadata_document_url() {
         assert!(page.contains(needle), "{path}: {page}");
     }
 }
+
+#[tokio::test]
+async fn registration_is_rate_limited() {
+    let server = TestServer::builder().start().await;
+    let mut statuses = Vec::new();
+    for _ in 0..25 {
+        let response = client()
+            .post(format!("{}/register", server.base_url))
+            .json(&json!({ "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none" }))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let retry_after: u64 = response.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(retry_after >= 1);
+            let body: Value = response.json().await.unwrap();
+            assert!(body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("too many"));
+        }
+        statuses.push(status);
+    }
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count(),
+        20,
+        "the burst is 20"
+    );
+    assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS));
+}
+
+#[tokio::test]
+async fn mcp_refuses_foreign_origins_and_hosts() {
+    let server = TestServer::builder().start().await;
+    let initialize = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": { "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "t", "version": "1" } }
+    });
+    let send = |origin: Option<&str>, host: Option<&str>| {
+        let mut request = client()
+            .post(format!("{}/mcp", server.base_url))
+            .bearer_auth(autopilot_tests::harness::ADMIN_TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .json(&initialize);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        request.send()
+    };
+    assert_eq!(send(None, None).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        send(Some(&server.base_url), None).await.unwrap().status(),
+        StatusCode::OK,
+        "its own origin is fine"
+    );
+    let foreign_origin = send(Some("https://evil.example"), None).await.unwrap();
+    assert_eq!(
+        foreign_origin.status(),
+        StatusCode::FORBIDDEN,
+        "DNS rebinding: a foreign Origin is refused"
+    );
+    let foreign_host = send(None, Some("evil.example")).await.unwrap();
+    assert!(
+        foreign_host.status().is_client_error(),
+        "a foreign Host is refused: {}",
+        foreign_host.status()
+    );
+}

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use autopilot_tests::clients::{assert_tool_ok, tool_text};
 use autopilot_tests::components;
 use autopilot_tests::fake_anthropic::{expected_cost_usd, FakeAnthropic, Reply, Usage};
 use autopilot_tests::harness::{kinds, TestServer, ADMIN_TOKEN};
@@ -83,24 +84,6 @@ async fn over_http(python: &Path, server: &TestServer, steps: Value) -> Value {
     .await
 }
 
-fn text_of(result: &Value) -> String {
-    result["content"]
-        .as_array()
-        .map(|blocks| {
-            blocks
-                .iter()
-                .filter_map(|block| block["text"].as_str())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
-}
-
-fn assert_ok(result: &Value) {
-    assert_ne!(result["isError"], true, "tool failed: {}", text_of(result));
-    assert!(result["structuredContent"].is_object(), "{result:#}");
-}
-
 #[tokio::test]
 async fn mcp_lists_every_tool_with_annotations_and_needs_the_token() {
     let Some(python) = components::mcp_python() else {
@@ -160,7 +143,7 @@ async fn mcp_lists_every_tool_with_annotations_and_needs_the_token() {
     );
 
     let info = &out["steps"][1];
-    assert_ok(info);
+    assert_tool_ok(info);
     assert_eq!(info["structuredContent"]["mode"], "embedded");
     assert_eq!(info["structuredContent"]["store"], "sqlite");
     assert_eq!(info["structuredContent"]["jobs"], 0);
@@ -193,13 +176,13 @@ async fn mcp_create_job_is_visible_over_http_and_a_bad_cron_names_the_field() {
 
     let bad = &steps[0];
     assert_eq!(bad["isError"], true, "{bad:#}");
-    let text = text_of(bad);
+    let text = tool_text(bad);
     assert!(text.contains("`schedule`"), "names the field: {text}");
     assert!(text.contains("0 61 * * *"), "shows the expression: {text}");
     assert!(text.contains('^'), "points at the error: {text}");
 
     let created = &steps[1];
-    assert_ok(created);
+    assert_tool_ok(created);
     let job = &created["structuredContent"]["job"];
     assert_eq!(job["name"], "nightly");
     assert_eq!(job["timezone"], "Europe/Paris");
@@ -207,7 +190,7 @@ async fn mcp_create_job_is_visible_over_http_and_a_bad_cron_names_the_field() {
     assert_eq!(over_api["id"], job["id"]);
     assert_eq!(over_api["schedule"], "30 2 * * *");
 
-    assert_ok(&steps[2]);
+    assert_tool_ok(&steps[2]);
     assert_eq!(
         steps[2]["structuredContent"]["next_fires"]
             .as_array()
@@ -216,17 +199,17 @@ async fn mcp_create_job_is_visible_over_http_and_a_bad_cron_names_the_field() {
         3
     );
 
-    assert_ok(&steps[3]);
+    assert_tool_ok(&steps[3]);
     assert_eq!(server.get("/api/v1/jobs/nightly").await["enabled"], false);
 
     assert_eq!(steps[4]["isError"], true);
-    assert!(text_of(&steps[4]).contains("no such job"));
+    assert!(tool_text(&steps[4]).contains("no such job"));
 
     assert_eq!(steps[5]["isError"], true);
     assert!(
-        text_of(&steps[5]).contains("retries"),
+        tool_text(&steps[5]).contains("retries"),
         "unknown argument named: {}",
-        text_of(&steps[5])
+        tool_text(&steps[5])
     );
     server.stop().await.unwrap();
 }
@@ -266,10 +249,10 @@ async fn mcp_trigger_job_waits_for_a_claude_run_with_progress() {
     )
     .await;
     let steps = out["steps"].as_array().unwrap();
-    assert_ok(&steps[0]);
+    assert_tool_ok(&steps[0]);
 
     let waited = &steps[1];
-    assert_ok(waited);
+    assert_tool_ok(waited);
     let result = &waited["structuredContent"];
     assert_eq!(result["finished"], true, "{result:#}");
     assert_eq!(result["status"], "succeeded", "{result:#}");
@@ -282,7 +265,7 @@ async fn mcp_trigger_job_waits_for_a_claude_run_with_progress() {
         (cost - expected).abs() < 1e-9,
         "cost {cost}, expected {expected}"
     );
-    assert!(text_of(waited).contains("All checks passed."));
+    assert!(tool_text(waited).contains("All checks passed."));
     let progress = waited["progress"].as_array().unwrap();
     assert!(!progress.is_empty(), "progress notifications arrived");
     let values: Vec<f64> = progress
@@ -296,7 +279,7 @@ async fn mcp_trigger_job_waits_for_a_claude_run_with_progress() {
 
     // Events, paged.
     let first = &steps[2];
-    assert_ok(first);
+    assert_tool_ok(first);
     assert_eq!(first["structuredContent"]["run"]["status"], "succeeded");
     assert_eq!(
         first["structuredContent"]["events"]
@@ -307,7 +290,7 @@ async fn mcp_trigger_job_waits_for_a_claude_run_with_progress() {
     );
     assert_eq!(first["structuredContent"]["has_more"], true);
     let rest = &steps[3];
-    assert_ok(rest);
+    assert_tool_ok(rest);
     assert_eq!(rest["structuredContent"]["has_more"], false);
     let mut events = first["structuredContent"]["events"]
         .as_array()
@@ -327,7 +310,7 @@ async fn mcp_trigger_job_waits_for_a_claude_run_with_progress() {
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 
     let listed = &steps[4];
-    assert_ok(listed);
+    assert_tool_ok(listed);
     assert_eq!(
         listed["structuredContent"]["runs"][0]["id"],
         result["run"]["id"]
@@ -364,11 +347,11 @@ async fn mcp_over_stdio_lists_and_creates_jobs() {
     .await;
     assert_eq!(out["initialize"]["protocolVersion"], "2025-11-25");
     let steps = out["steps"].as_array().unwrap();
-    assert_ok(&steps[0]);
+    assert_tool_ok(&steps[0]);
     assert_eq!(steps[0]["structuredContent"]["count"], 0);
-    assert_ok(&steps[1]);
+    assert_tool_ok(&steps[1]);
     assert_eq!(steps[1]["structuredContent"]["job"]["kind"], "shell");
-    assert_ok(&steps[2]);
+    assert_tool_ok(&steps[2]);
     assert_eq!(
         steps[2]["structuredContent"]["jobs"][0]["name"],
         "from desktop"
@@ -402,13 +385,13 @@ async fn mcp_over_stdio_forwards_to_a_running_autopilot() {
     )
     .await;
     let steps = out["steps"].as_array().unwrap();
-    assert_ok(&steps[0]);
+    assert_tool_ok(&steps[0]);
     // The job lives in the running server.
     assert_eq!(
         server.get("/api/v1/jobs/forwarded").await["command"],
         "echo forwarded"
     );
-    assert_ok(&steps[1]);
+    assert_tool_ok(&steps[1]);
     assert_eq!(steps[1]["structuredContent"]["status"], "succeeded");
     assert!(!steps[1]["progress"].as_array().unwrap().is_empty());
     server.stop().await.unwrap();

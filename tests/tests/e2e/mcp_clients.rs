@@ -7,44 +7,18 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use autopilot_tests::clients::{assert_tool_ok, no_redirects, pkce, query_param, tool_text};
 use autopilot_tests::components;
 use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply, Usage};
 use autopilot_tests::harness::{TestServer, ADMIN_TOKEN};
-use base64::Engine;
 use reqwest::header::LOCATION;
-use reqwest::{redirect, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tokio::process::Command;
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
 /// A loopback redirect URI nobody listens on: the clients read the redirect, never follow it.
 const REDIRECT: &str = "http://127.0.0.1:45999/oauth/callback";
-
-fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-fn text_of(result: &Value) -> String {
-    result["content"]
-        .as_array()
-        .map(|blocks| {
-            blocks
-                .iter()
-                .filter_map(|block| block["text"].as_str())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
-}
-
-fn assert_ok(result: &Value) {
-    assert_ne!(result["isError"], true, "tool failed: {}", text_of(result));
-    assert!(result["structuredContent"].is_object(), "{result:#}");
-}
 
 /// Runs a program to completion within [`CLIENT_TIMEOUT`]; returns its exit status and output.
 async fn output_of(mut command: Command) -> (std::process::ExitStatus, String, String) {
@@ -62,13 +36,6 @@ async fn output_of(mut command: Command) -> (std::process::ExitStatus, String, S
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
-}
-
-fn query_param(location: &str, name: &str) -> Option<String> {
-    let url = reqwest::Url::parse(location).ok()?;
-    url.query_pairs()
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.into_owned())
 }
 
 // --- 1. The Python SDK's OAuth client ---------------------------------------------------------
@@ -149,22 +116,22 @@ async fn python_sdk_oauth_client_registers_authorizes_calls_tools_and_refreshes(
     // Every step through the OAuth-authenticated session.
     let steps = out["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 4, "{steps:#?}");
-    assert_ok(&steps[0]);
+    assert_tool_ok(&steps[0]);
     assert_eq!(steps[0]["structuredContent"]["job"]["kind"], "claude");
     let waited = &steps[1]["structuredContent"];
-    assert_ok(&steps[1]);
+    assert_tool_ok(&steps[1]);
     assert_eq!(waited["status"], "succeeded", "{waited:#}");
     assert_eq!(waited["result"], "Inventory is complete.");
     assert_eq!(waited["tokens"]["input"], 900);
     assert_eq!(waited["tokens"]["output"], 21);
-    assert_ok(&steps[2]);
+    assert_tool_ok(&steps[2]);
     assert_eq!(
         steps[2]["structuredContent"]["run"]["id"],
         waited["run"]["id"]
     );
     assert_eq!(steps[2]["structuredContent"]["run"]["status"], "succeeded");
     // After the forced refresh.
-    assert_ok(&steps[3]);
+    assert_tool_ok(&steps[3]);
     assert_eq!(
         steps[3]["structuredContent"]["jobs"][0]["name"],
         "inventory"
@@ -197,17 +164,6 @@ async fn python_sdk_oauth_client_registers_authorizes_calls_tools_and_refreshes(
 }
 
 // --- 2. Scopes, end to end ----------------------------------------------------------------------
-
-fn pkce() -> (String, String) {
-    let verifier = format!(
-        "v-{}-{}",
-        uuid::Uuid::now_v7().simple(),
-        uuid::Uuid::now_v7().simple()
-    );
-    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(Sha256::digest(verifier.as_bytes()));
-    (verifier, challenge)
-}
 
 async fn authorize(
     server: &TestServer,
@@ -332,7 +288,7 @@ async fn a_read_only_oauth_token_lists_jobs_but_cannot_create_one() {
         json!({ "name": "list_jobs", "arguments": {} }),
     )
     .await;
-    assert_ok(&listed["result"]);
+    assert_tool_ok(&listed["result"]);
     assert_eq!(
         listed["result"]["structuredContent"]["jobs"][0]["name"],
         "existing"
@@ -347,7 +303,7 @@ async fn a_read_only_oauth_token_lists_jobs_but_cannot_create_one() {
     )
     .await;
     assert_eq!(created["result"]["isError"], true, "{created:#}");
-    let text = text_of(&created["result"]);
+    let text = tool_text(&created["result"]);
     assert!(text.contains("autopilot:write"), "names the scope: {text}");
     // Nothing was created.
     let (status, _) = server
@@ -365,7 +321,7 @@ async fn a_read_only_oauth_token_lists_jobs_but_cannot_create_one() {
         json!({ "name": "create_job", "arguments": { "name": "allowed", "command": "true" } }),
     )
     .await;
-    assert_ok(&created["result"]);
+    assert_tool_ok(&created["result"]);
     server.stop().await.unwrap();
 }
 

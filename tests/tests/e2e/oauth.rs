@@ -1,35 +1,17 @@
 //! The OAuth 2.1 authorization server through real HTTP: discovery, registration, the consent
 //! page, PKCE, codes, refresh rotation, revocation, and what `/mcp` answers without a token.
 
+use autopilot_tests::clients::{no_redirects, pkce, query_param};
 use autopilot_tests::harness::{TestServer, OPERATOR_PASSWORD};
 use base64::Engine;
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE, WWW_AUTHENTICATE};
-use reqwest::{redirect, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 const REDIRECT: &str = "http://127.0.0.1:45678/callback";
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-fn pkce() -> (String, String) {
-    let verifier = format!(
-        "verifier-{}-{}",
-        uuid::Uuid::now_v7().simple(),
-        uuid::Uuid::now_v7().simple()
-    );
-    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(Sha256::digest(verifier.as_bytes()));
-    (verifier, challenge)
-}
-
 async fn register(server: &TestServer, body: Value) -> (StatusCode, Value) {
-    let response = client()
+    let response = no_redirects()
         .post(format!("{}/register", server.base_url))
         .json(&body)
         .send()
@@ -45,7 +27,7 @@ async fn authorize(
     challenge: &str,
     password: &str,
 ) -> reqwest::Response {
-    let http = client();
+    let http = no_redirects();
     let params = [
         ("response_type", "code"),
         ("client_id", client_id),
@@ -90,20 +72,12 @@ async fn authorize(
         .unwrap()
 }
 
-fn query_param(location: &str, name: &str) -> Option<String> {
-    let query = location.split_once('?')?.1;
-    query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        (key == name).then(|| value.replace("%3A", ":").replace("%2F", "/"))
-    })
-}
-
 async fn token(
     server: &TestServer,
     form: &[(&str, &str)],
     headers: HeaderMap,
 ) -> (StatusCode, HeaderMap, Value) {
-    let response = client()
+    let response = no_redirects()
         .post(format!("{}/token", server.base_url))
         .headers(headers)
         .form(form)
@@ -121,7 +95,7 @@ async fn token(
 #[tokio::test]
 async fn discovery_documents_point_at_each_other() {
     let server = TestServer::builder().start().await;
-    let unauthenticated = client()
+    let unauthenticated = no_redirects()
         .post(format!("{}/mcp", server.base_url))
         .json(&json!({}))
         .send()
@@ -141,7 +115,7 @@ async fn discovery_documents_point_at_each_other() {
         format!("Bearer resource_metadata=\"{metadata_url}\"")
     );
 
-    let oversized = client()
+    let oversized = no_redirects()
         .post(format!("{}/mcp", server.base_url))
         .bearer_auth(autopilot_tests::harness::ADMIN_TOKEN)
         .header("content-type", "application/json")
@@ -151,7 +125,7 @@ async fn discovery_documents_point_at_each_other() {
         .unwrap();
     assert_eq!(oversized.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
-    let resource: Value = client()
+    let resource: Value = no_redirects()
         .get(&metadata_url)
         .send()
         .await
@@ -164,7 +138,7 @@ async fn discovery_documents_point_at_each_other() {
         .as_str()
         .unwrap()
         .to_owned();
-    let root: Value = client()
+    let root: Value = no_redirects()
         .get(format!(
             "{}/.well-known/oauth-protected-resource",
             server.base_url
@@ -176,7 +150,7 @@ async fn discovery_documents_point_at_each_other() {
         .await
         .unwrap();
     assert_eq!(root, resource);
-    let metadata: Value = client()
+    let metadata: Value = no_redirects()
         .get(format!("{issuer}/.well-known/oauth-authorization-server"))
         .send()
         .await
@@ -282,7 +256,7 @@ async fn the_full_flow_with_pkce_refresh_rotation_and_reuse_detection() {
 
     // The access token opens /mcp; a forged one does not.
     let access = tokens["access_token"].as_str().unwrap();
-    let with_token = client()
+    let with_token = no_redirects()
         .post(format!("{}/mcp", server.base_url))
         .bearer_auth(access)
         .json(&json!({}))
@@ -291,7 +265,7 @@ async fn the_full_flow_with_pkce_refresh_rotation_and_reuse_detection() {
         .unwrap();
     assert_ne!(with_token.status(), StatusCode::UNAUTHORIZED);
     let forged = format!("{}x", &access[..access.len() - 1]);
-    let rejected = client()
+    let rejected = no_redirects()
         .post(format!("{}/mcp", server.base_url))
         .bearer_auth(forged)
         .json(&json!({}))
@@ -378,7 +352,7 @@ async fn confidential_clients_authenticate_and_bad_registrations_are_refused() {
     let secret = registered["client_secret"].as_str().unwrap();
 
     // An unregistered redirect URI is never redirected to.
-    let page = client()
+    let page = no_redirects()
         .get(format!("{}/authorize", server.base_url))
         .query(&[
             ("response_type", "code"),
@@ -393,7 +367,7 @@ async fn confidential_clients_authenticate_and_bad_registrations_are_refused() {
     assert_eq!(page.status(), StatusCode::BAD_REQUEST);
     assert!(page.headers().get(LOCATION).is_none());
     // Without PKCE the client is told through its redirect URI.
-    let page = client()
+    let page = no_redirects()
         .get(format!("{}/authorize", server.base_url))
         .query(&[
             ("response_type", "code"),
@@ -445,7 +419,7 @@ async fn confidential_clients_authenticate_and_bad_registrations_are_refused() {
 
     // Revocation ends the grant.
     let refresh_token = tokens["refresh_token"].as_str().unwrap();
-    let revoked = client()
+    let revoked = no_redirects()
         .post(format!("{}/revoke", server.base_url))
         .headers(basic(secret))
         .form(&[("token", refresh_token)])
@@ -475,7 +449,7 @@ async fn the_test_switch_approves_without_the_consent_page() {
     .await;
     let client_id = registered["client_id"].as_str().unwrap();
     let (verifier, challenge) = pkce();
-    let response = client()
+    let response = no_redirects()
         .get(format!("{}/authorize", server.base_url))
         .query(&[
             ("response_type", "code"),
@@ -525,7 +499,7 @@ async fn authorize_url_client(
     client_id: &str,
     challenge: &str,
 ) -> reqwest::Response {
-    client()
+    no_redirects()
         .get(format!("{}/authorize", server.base_url))
         .query(&[
             ("response_type", "code"),
@@ -579,7 +553,7 @@ async fn clients_identified_by_a_metadata_document_url() {
         .allow_private_metadata()
         .start()
         .await;
-    let metadata: Value = client()
+    let metadata: Value = no_redirects()
         .get(format!(
             "{}/.well-known/oauth-authorization-server",
             server.base_url
@@ -621,7 +595,7 @@ async fn registration_is_rate_limited() {
     let server = TestServer::builder().start().await;
     let mut statuses = Vec::new();
     for _ in 0..25 {
-        let response = client()
+        let response = no_redirects()
             .post(format!("{}/register", server.base_url))
             .json(&json!({ "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none" }))
             .send()
@@ -662,7 +636,7 @@ async fn mcp_refuses_foreign_origins_and_hosts() {
         "params": { "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "t", "version": "1" } }
     });
     let send = |origin: Option<&str>, host: Option<&str>| {
-        let mut request = client()
+        let mut request = no_redirects()
             .post(format!("{}/mcp", server.base_url))
             .bearer_auth(autopilot_tests::harness::ADMIN_TOKEN)
             .header("accept", "application/json, text/event-stream")

@@ -65,6 +65,16 @@ pub struct ConfigArgs {
         hide_env_values = true
     )]
     pub operator_password: Option<String>,
+    /// Redirect URIs OAuth clients may register, comma-separated; `loopback` admits any
+    /// http://127.0.0.1|localhost|[::1] URI [default: claude.ai's and claude.com's callbacks,
+    /// loopback].
+    #[arg(
+        long,
+        env = "AUTOPILOT_OAUTH_REDIRECT_URIS",
+        value_name = "URIS",
+        value_delimiter = ','
+    )]
+    pub oauth_redirect_uris: Option<Vec<String>>,
     /// Log format: `text` or `json` [default: text].
     #[arg(long, env = "AUTOPILOT_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -85,6 +95,7 @@ struct FileConfig {
     misfire_grace_secs: Option<u64>,
     log_format: Option<String>,
     operator_password: Option<String>,
+    oauth_redirect_uris: Option<Vec<String>>,
     /// Extra environment for runs. `ANTHROPIC_*` and `CLAUDE_CODE_*` names reach Claude runs
     /// only; the rest reach every run.
     #[serde(default)]
@@ -128,6 +139,8 @@ pub struct Config {
     /// For automated tests only (`AUTOPILOT_TEST_ALLOW_PRIVATE_METADATA=1`): client metadata
     /// documents may be fetched over plain HTTP from loopback and private addresses.
     pub oauth_allow_private_metadata: bool,
+    /// Redirect URIs OAuth clients may register (see `AUTOPILOT_OAUTH_REDIRECT_URIS`).
+    pub oauth_redirect_allowlist: Vec<String>,
 }
 
 impl fmt::Debug for Config {
@@ -272,6 +285,21 @@ impl Config {
                 .is_ok_and(|v| v == "1"),
             oauth_allow_private_metadata: std::env::var("AUTOPILOT_TEST_ALLOW_PRIVATE_METADATA")
                 .is_ok_and(|v| v == "1"),
+            oauth_redirect_allowlist: args
+                .oauth_redirect_uris
+                .or(file.oauth_redirect_uris)
+                .map(|uris| {
+                    uris.into_iter()
+                        .map(|uri| uri.trim().to_owned())
+                        .filter(|uri| !uri.is_empty())
+                        .collect()
+                })
+                .unwrap_or_else(|| {
+                    crate::oauth::DEFAULT_REDIRECT_ALLOWLIST
+                        .iter()
+                        .map(|uri| uri.to_string())
+                        .collect()
+                }),
         })
     }
 

@@ -141,7 +141,7 @@ pub async fn resolve(app: &App, client_id: &str) -> Result<OAuthClient, String> 
     if let Some(bad) = document
         .redirect_uris
         .iter()
-        .find(|uri| !redirect_uri_allowed(uri))
+        .find(|uri| !redirect_uri_allowed(&app.config.oauth_redirect_allowlist, uri))
     {
         return Err(format!("redirect URI `{bad}` is not allowed"));
     }

@@ -30,9 +30,10 @@ pub use token::AccessClaims;
 
 /// Redirect URIs admitted by default: claude.ai's and claude.com's callbacks, and loopback on any
 /// port (Claude Code, Claude Desktop, local tools).
-pub const DEFAULT_REDIRECT_ALLOWLIST: [&str; 2] = [
+pub const DEFAULT_REDIRECT_ALLOWLIST: [&str; 3] = [
     "https://claude.ai/api/mcp/auth_callback",
     "https://claude.com/api/mcp/auth_callback",
+    LOOPBACK_ENTRY,
 ];
 
 /// The issuer: Autopilot's public URL.
@@ -146,12 +147,19 @@ pub(crate) fn random_secret() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Whether `uri` may be registered as a redirect URI: an allowlisted callback, or loopback over
-/// plain HTTP on any port.
-pub fn redirect_uri_allowed(uri: &str) -> bool {
-    if DEFAULT_REDIRECT_ALLOWLIST.contains(&uri) {
+/// The allowlist entry that admits loopback over plain HTTP on any port and path.
+pub const LOOPBACK_ENTRY: &str = "loopback";
+
+/// Whether `uri` may be registered as a redirect URI: an exact entry of the allowlist, or any
+/// loopback `http://` URI when the list holds [`LOOPBACK_ENTRY`].
+pub fn redirect_uri_allowed(allowlist: &[String], uri: &str) -> bool {
+    if allowlist.iter().any(|entry| entry == uri) {
         return true;
     }
+    allowlist.iter().any(|entry| entry == LOOPBACK_ENTRY) && is_loopback_http(uri)
+}
+
+fn is_loopback_http(uri: &str) -> bool {
     let Some(rest) = uri.strip_prefix("http://") else {
         return false;
     };
@@ -264,22 +272,38 @@ pub(crate) async fn find_client(
 mod tests {
     use super::*;
 
+    fn allowed(uri: &str) -> bool {
+        let defaults: Vec<String> = DEFAULT_REDIRECT_ALLOWLIST
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        redirect_uri_allowed(&defaults, uri)
+    }
+
     #[test]
-    fn redirect_uris_are_allowlisted_or_loopback() {
-        assert!(redirect_uri_allowed(
+    fn a_configured_allowlist_replaces_the_default() {
+        let only = vec!["https://app.example/cb".to_string()];
+        assert!(redirect_uri_allowed(&only, "https://app.example/cb"));
+        assert!(
+            !redirect_uri_allowed(&only, "http://127.0.0.1:9/cb"),
+            "no loopback unless listed"
+        );
+        assert!(!redirect_uri_allowed(
+            &only,
             "https://claude.ai/api/mcp/auth_callback"
         ));
-        assert!(redirect_uri_allowed("http://127.0.0.1:33418/callback"));
-        assert!(redirect_uri_allowed("http://localhost:8000/cb?x=1"));
-        assert!(redirect_uri_allowed("http://[::1]:9000/cb"));
-        assert!(!redirect_uri_allowed(
-            "https://claude.ai/api/mcp/auth_callback/../evil"
-        ));
-        assert!(!redirect_uri_allowed("https://evil.example/callback"));
-        assert!(!redirect_uri_allowed("http://127.0.0.1.evil.example/cb"));
-        assert!(!redirect_uri_allowed(
-            "http://user@127.0.0.1:80@evil.example/cb"
-        ));
-        assert!(!redirect_uri_allowed("http://evil.example/127.0.0.1"));
+    }
+
+    #[test]
+    fn redirect_uris_are_allowlisted_or_loopback() {
+        assert!(allowed("https://claude.ai/api/mcp/auth_callback"));
+        assert!(allowed("http://127.0.0.1:33418/callback"));
+        assert!(allowed("http://localhost:8000/cb?x=1"));
+        assert!(allowed("http://[::1]:9000/cb"));
+        assert!(!allowed("https://claude.ai/api/mcp/auth_callback/../evil"));
+        assert!(!allowed("https://evil.example/callback"));
+        assert!(!allowed("http://127.0.0.1.evil.example/cb"));
+        assert!(!allowed("http://user@127.0.0.1:80@evil.example/cb"));
+        assert!(!allowed("http://evil.example/127.0.0.1"));
     }
 }

@@ -96,7 +96,7 @@ pub async fn register(
     if let Some(bad) = registration
         .redirect_uris
         .iter()
-        .find(|uri| !redirect_uri_allowed(uri))
+        .find(|uri| !redirect_uri_allowed(&app.config.oauth_redirect_allowlist, uri))
     {
         return oauth_error(
             StatusCode::BAD_REQUEST,

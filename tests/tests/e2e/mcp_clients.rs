@@ -1,7 +1,8 @@
 //! `/mcp` through real, independent MCP clients that authenticate the way they do in the field:
 //! the Python `mcp` SDK's own OAuth client (discovery, dynamic registration, PKCE, refresh),
 //! a read-only OAuth token meeting a write tool, and the Claude Code CLI configured with
-//! `claude mcp add`.
+//! `claude mcp add`, both with a bearer header and logging in through Autopilot's OAuth server
+//! with `claude mcp login`.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -344,6 +345,71 @@ fn claude_command(claude: &Path, home: &Path, api: &str) -> Command {
     command
 }
 
+/// `claude -p`, with the fake model calling `mcp__autopilot__list_jobs` once: the CLI connected
+/// to `autopilot`, offered its tool, and the tool result it sent back names `job_name`.
+async fn assert_claude_lists_jobs(
+    claude: &Path,
+    home: &Path,
+    fake: &FakeAnthropic,
+    job_name: &str,
+) {
+    fake.push(Reply::tool_use("mcp__autopilot__list_jobs", json!({})));
+    fake.push(Reply::text("There is one job."));
+    let mut run = claude_command(claude, home, &fake.base_url());
+    run.args([
+        "-p",
+        "Which Autopilot jobs exist?",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--permission-mode",
+        "dontAsk",
+        "--allowedTools",
+        "mcp__autopilot__list_jobs",
+    ]);
+    let (status, stdout, stderr) = output_of(run).await;
+    assert!(status.success(), "claude -p: {stdout}\n{stderr}");
+    let lines: Vec<Value> = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let init = lines
+        .iter()
+        .find(|line| line["type"] == "system" && line["subtype"] == "init")
+        .unwrap_or_else(|| panic!("no system/init line: {stdout}"));
+    let servers = init["mcp_servers"].as_array().expect("mcp_servers");
+    assert!(
+        servers
+            .iter()
+            .any(|s| s["name"] == "autopilot" && s["status"] == "connected"),
+        "{servers:#?}"
+    );
+    let tools: Vec<&str> = init["tools"]
+        .as_array()
+        .map(|tools| tools.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert!(tools.contains(&"mcp__autopilot__list_jobs"), "{tools:?}");
+    let result = lines
+        .iter()
+        .rev()
+        .find(|line| line["type"] == "result")
+        .expect("a result line");
+    assert_eq!(result["result"], "There is one job.", "{result:#}");
+
+    let requests = fake.requests();
+    assert!(requests.len() >= 2, "{} requests", requests.len());
+    assert!(requests[0]
+        .tool_names()
+        .contains(&"mcp__autopilot__list_jobs".to_owned()));
+    let results = requests[1].tool_results();
+    assert_eq!(results.len(), 1, "{results:#?}");
+    assert_ne!(results[0]["is_error"], true, "{results:#?}");
+    assert!(
+        results[0].to_string().contains(job_name),
+        "the tool result carries the job: {results:#?}"
+    );
+}
+
 #[tokio::test]
 async fn claude_code_cli_added_with_mcp_add_calls_an_autopilot_tool() {
     let Some(claude) = components::claude_bin() else {
@@ -394,60 +460,179 @@ async fn claude_code_cli_added_with_mcp_add_calls_an_autopilot_tool() {
         "the health check connected: {line}"
     );
 
-    fake.push(Reply::tool_use("mcp__autopilot__list_jobs", json!({})));
-    fake.push(Reply::text("There is one job."));
-    let mut run = claude_command(&claude, home.path(), &fake.base_url());
-    run.args([
-        "-p",
-        "Which Autopilot jobs exist?",
-        "--output-format",
-        "stream-json",
-        "--verbose",
-        "--permission-mode",
-        "dontAsk",
-        "--allowedTools",
-        "mcp__autopilot__list_jobs",
-    ]);
-    let (status, stdout, stderr) = output_of(run).await;
-    assert!(status.success(), "claude -p: {stdout}\n{stderr}");
-    let lines: Vec<Value> = stdout
-        .lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect();
-    let init = lines
-        .iter()
-        .find(|line| line["type"] == "system" && line["subtype"] == "init")
-        .unwrap_or_else(|| panic!("no system/init line: {stdout}"));
-    let servers = init["mcp_servers"].as_array().expect("mcp_servers");
-    assert!(
-        servers
-            .iter()
-            .any(|s| s["name"] == "autopilot" && s["status"] == "connected"),
-        "{servers:#?}"
-    );
-    let tools: Vec<&str> = init["tools"]
-        .as_array()
-        .map(|tools| tools.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    assert!(tools.contains(&"mcp__autopilot__list_jobs"), "{tools:?}");
-    let result = lines
-        .iter()
-        .rev()
-        .find(|line| line["type"] == "result")
-        .expect("a result line");
-    assert_eq!(result["result"], "There is one job.", "{result:#}");
+    assert_claude_lists_jobs(&claude, home.path(), &fake, "made-through-the-api").await;
+    server.stop().await.unwrap();
+}
 
-    let requests = fake.requests();
-    assert!(requests.len() >= 2, "{} requests", requests.len());
-    assert!(requests[0]
-        .tool_names()
-        .contains(&"mcp__autopilot__list_jobs".to_owned()));
-    let results = requests[1].tool_results();
-    assert_eq!(results.len(), 1, "{results:#?}");
-    assert_ne!(results[0]["is_error"], true, "{results:#?}");
+/// `command` run inside a pseudo-terminal (util-linux `script`): `claude mcp login` refuses to
+/// run without one. The environment and working directory carry over.
+fn in_a_terminal(command: &Command) -> Command {
+    let command = command.as_std();
+    let quote =
+        |arg: &std::ffi::OsStr| format!("'{}'", arg.to_string_lossy().replace('\'', r"'\''"));
+    let line = std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(quote)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut terminal = Command::new("script");
+    terminal
+        .args(["--quiet", "--return", "--command", &line, "/dev/null"])
+        .env_clear()
+        .env("TERM", "dumb");
+    for (name, value) in command.get_envs() {
+        if let Some(value) = value {
+            terminal.env(name, value);
+        }
+    }
+    if let Some(dir) = command.get_current_dir() {
+        terminal.current_dir(dir);
+    }
+    terminal
+}
+
+#[tokio::test]
+async fn claude_code_cli_logs_in_through_autopilot_oauth_and_calls_a_tool() {
+    let Some(claude) = components::claude_bin() else {
+        return;
+    };
+    let fake = FakeAnthropic::start().await.expect("fake API");
+    let server = TestServer::builder().auto_approve().start().await;
+    server
+        .create_job(json!({ "name": "seen-through-oauth", "command": "true" }))
+        .await;
+    let home = tempfile::tempdir().unwrap();
+    let url = format!("{}/mcp", server.base_url);
+
+    // A public client registered up front for the CLI's fixed loopback callback.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let callback = format!("http://localhost:{port}/callback");
+    let registered: Value = no_redirects()
+        .post(format!("{}/register", server.base_url))
+        .json(&json!({
+            "client_name": "Claude Code",
+            "redirect_uris": [callback],
+            "token_endpoint_auth_method": "none",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let client_id = registered["client_id"]
+        .as_str()
+        .expect("client_id")
+        .to_owned();
+
+    // Added with that client and port, and no header at all.
+    let mut add = claude_command(&claude, home.path(), &fake.base_url());
+    add.args(["mcp", "add", "--scope", "user", "--transport", "http"])
+        .args(["--client-id", &client_id])
+        .args(["--callback-port", &port.to_string()])
+        .arg("autopilot")
+        .arg(&url);
+    let (status, stdout, stderr) = output_of(add).await;
+    assert!(status.success(), "claude mcp add: {stdout}\n{stderr}");
+    let config = std::fs::read_to_string(home.path().join(".claude.json")).unwrap();
+    assert!(!config.contains("Authorization"), "{config}");
+
+    // Without a login the CLI cannot connect: `/mcp` wants a token.
+    let mut list = claude_command(&claude, home.path(), &fake.base_url());
+    list.args(["mcp", "list"]);
+    let (status, stdout, stderr) = output_of(list).await;
+    assert!(status.success(), "claude mcp list: {stdout}\n{stderr}");
+    let line = stdout
+        .lines()
+        .find(|line| line.starts_with("autopilot"))
+        .unwrap_or_else(|| panic!("autopilot is not listed: {stdout}\n{stderr}"));
+    assert!(line.contains("Needs authentication"), "{line}");
+
+    // `claude mcp login` "opens a browser": `BROWSER` writes the authorization URL to a file.
+    let url_file = home.path().join("authorization-url");
+    let browser = home.path().join("browser.sh");
+    std::fs::write(
+        &browser,
+        format!("#!/bin/sh\nprintf '%s' \"$1\" > '{}'\n", url_file.display()),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&browser, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut login = claude_command(&claude, home.path(), &fake.base_url());
+    login
+        .env("BROWSER", &browser)
+        .args(["mcp", "login", "autopilot"]);
+    let mut login = in_a_terminal(&login);
+    login
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = login.spawn().expect("start `script` (util-linux)");
+    let deadline = tokio::time::Instant::now() + CLIENT_TIMEOUT;
+    let authorization = loop {
+        match std::fs::read_to_string(&url_file) {
+            Ok(url) if !url.is_empty() => break url,
+            _ if tokio::time::Instant::now() > deadline => {
+                let output = child.wait_with_output().await.unwrap();
+                panic!(
+                    "the CLI never opened an authorization URL: {}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
     assert!(
-        results[0].to_string().contains("made-through-the-api"),
-        "the tool result carries the job: {results:#?}"
+        authorization.starts_with(&format!("{}/authorize?", server.base_url)),
+        "{authorization}"
     );
+    assert_eq!(
+        query_param(&authorization, "client_id").as_deref(),
+        Some(client_id.as_str())
+    );
+    assert_eq!(
+        query_param(&authorization, "redirect_uri").as_deref(),
+        Some(callback.as_str())
+    );
+    assert_eq!(
+        query_param(&authorization, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    assert_eq!(
+        query_param(&authorization, "resource").as_deref(),
+        Some(url.as_str())
+    );
+
+    // The "user" approves (auto-approve) and the browser follows the redirect to the CLI.
+    let approved = no_redirects().get(&authorization).send().await.unwrap();
+    assert_eq!(approved.status(), StatusCode::FOUND);
+    let location = approved.headers()[LOCATION].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&callback), "{location}");
+    let delivered = no_redirects().get(&location).send().await.unwrap();
+    assert!(delivered.status().is_success(), "{}", delivered.status());
+    let output = tokio::time::timeout(CLIENT_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("the login finished in time")
+        .unwrap();
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "claude mcp login: {shown}");
+    assert!(shown.contains("Authenticated"), "{shown}");
+
+    // The token the CLI obtained is what it calls the tool with.
+    assert_claude_lists_jobs(&claude, home.path(), &fake, "seen-through-oauth").await;
     server.stop().await.unwrap();
 }

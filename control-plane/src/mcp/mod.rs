@@ -8,6 +8,8 @@
 pub mod stdio;
 mod tools;
 
+pub use tools::changes_state;
+
 use std::borrow::Cow;
 use std::sync::Arc;
 

@@ -546,6 +546,18 @@ pub fn definitions() -> &'static [Tool] {
 
 /// Runs one tool call. Problems the model can fix come back as tool errors (`isError`), which
 /// the model reads; only an unknown tool is a protocol error.
+/// Whether `name` is a tool that changes state (needs `autopilot:write`).
+pub fn changes_state(name: &str) -> bool {
+    definitions().iter().any(|tool| {
+        tool.name == name
+            && !tool
+                .annotations
+                .as_ref()
+                .and_then(|annotations| annotations.read_only_hint)
+                .unwrap_or(false)
+    })
+}
+
 pub async fn call(
     app: &Arc<App>,
     caller: Option<Caller>,

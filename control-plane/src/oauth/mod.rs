@@ -212,24 +212,64 @@ pub async fn require_mcp_caller(
         }
     };
     if !caller.scopes.read {
-        let challenge = format!(
-            "Bearer error=\"insufficient_scope\", scope=\"{SCOPE_READ}\", resource_metadata=\"{}\"",
-            resource_metadata_url(&app)
-        );
-        let mut response = oauth_error(
-            StatusCode::FORBIDDEN,
-            "insufficient_scope",
+        return insufficient_scope(
+            &app,
+            SCOPE_READ,
             format!("the token needs the `{SCOPE_READ}` scope"),
         );
-        if let Ok(value) = HeaderValue::from_str(&challenge) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, value);
+    }
+    if !caller.scopes.write {
+        // Step-up authorization: a call to a tool that changes state is refused at the HTTP level
+        // so the client can ask the user for the wider scope.
+        let (parts, body) = request.into_parts();
+        let Ok(bytes) = axum::body::to_bytes(body, crate::api::MAX_BODY_BYTES).await else {
+            return oauth_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+                "the request body is larger than 1 MiB",
+            );
+        };
+        if let Some(tool) = state_changing_call(&bytes) {
+            let scopes = format!("{SCOPE_READ} {SCOPE_WRITE}");
+            return insufficient_scope(
+                &app,
+                &scopes,
+                format!("`{tool}` changes state and needs the `{SCOPE_WRITE}` scope"),
+            );
         }
-        return response;
+        request = Request::from_parts(parts, axum::body::Body::from(bytes));
     }
     request.extensions_mut().insert(caller);
     next.run(request).await
+}
+
+/// 403 naming the scope the call needs (RFC 6750 §3.1, MCP step-up authorization).
+fn insufficient_scope(app: &App, scope: &str, description: String) -> Response {
+    let challenge = format!(
+        "Bearer error=\"insufficient_scope\", scope=\"{scope}\", resource_metadata=\"{}\"",
+        resource_metadata_url(app)
+    );
+    let mut response = oauth_error(StatusCode::FORBIDDEN, "insufficient_scope", description);
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// The name of a state-changing tool the JSON-RPC message (or batch) calls, if any.
+fn state_changing_call(body: &[u8]) -> Option<String> {
+    let message: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let messages = match message {
+        serde_json::Value::Array(batch) => batch,
+        single => vec![single],
+    };
+    messages.iter().find_map(|message| {
+        let name = message.get("params")?.get("name")?.as_str()?;
+        (message.get("method")?.as_str()? == "tools/call" && crate::mcp::changes_state(name))
+            .then(|| name.to_owned())
+    })
 }
 
 fn unauthorized(app: &App, error: Option<&str>, description: &str) -> Response {

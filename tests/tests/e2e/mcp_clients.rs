@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use autopilot_tests::clients::{assert_tool_ok, no_redirects, pkce, query_param, tool_text};
+use autopilot_tests::clients::{assert_tool_ok, no_redirects, pkce, query_param};
 use autopilot_tests::components;
 use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply, Usage};
 use autopilot_tests::harness::{TestServer, ADMIN_TOKEN};
@@ -295,17 +295,28 @@ async fn a_read_only_oauth_token_lists_jobs_but_cannot_create_one() {
         "existing"
     );
 
-    let created = rpc(
-        &server,
-        &token,
-        3,
-        "tools/call",
-        json!({ "name": "create_job", "arguments": { "name": "sneaky", "command": "true" } }),
-    )
-    .await;
-    assert_eq!(created["result"]["isError"], true, "{created:#}");
-    let text = tool_text(&created["result"]);
-    assert!(text.contains("autopilot:write"), "names the scope: {text}");
+    // A tool that changes state is refused at the HTTP level, naming the scope to ask for.
+    let refused = server
+        .client
+        .post(format!("{}/mcp", server.base_url))
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&json!({ "jsonrpc": "2.0", "id": 3, "method": "tools/call",
+            "params": { "name": "create_job", "arguments": { "name": "sneaky", "command": "true" } } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let challenge = refused.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        challenge.contains("error=\"insufficient_scope\"")
+            && challenge.contains("scope=\"autopilot:read autopilot:write\""),
+        "{challenge}"
+    );
     // Nothing was created.
     let (status, _) = server
         .call(reqwest::Method::GET, "/api/v1/jobs/sneaky", None)

@@ -669,21 +669,16 @@ async fn mcp_refuses_foreign_origins_and_hosts() {
     );
 }
 
-#[tokio::test]
-async fn an_expired_access_token_is_refused_with_the_reason() {
-    let server = TestServer::builder()
-        .auto_approve()
-        .access_token_ttl(std::time::Duration::from_secs(1))
-        .start()
-        .await;
+/// A token set from a public client through an auto-approving server.
+async fn auto_approved_tokens(server: &TestServer) -> Value {
     let (_, registered) = register(
-        &server,
+        server,
         json!({ "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none" }),
     )
     .await;
     let client_id = registered["client_id"].as_str().unwrap();
     let (verifier, challenge) = pkce();
-    let approved = authorize_url_client(&server, client_id, &challenge).await;
+    let approved = authorize_url_client(server, client_id, &challenge).await;
     let code = query_param(approved.headers()[LOCATION].to_str().unwrap(), "code").unwrap();
     let form = [
         ("grant_type", "authorization_code"),
@@ -692,18 +687,33 @@ async fn an_expired_access_token_is_refused_with_the_reason() {
         ("code_verifier", verifier.as_str()),
         ("client_id", client_id),
     ];
-    let (status, _, tokens) = token(&server, &form, HeaderMap::new()).await;
+    let (status, _, tokens) = token(server, &form, HeaderMap::new()).await;
     assert_eq!(status, StatusCode::OK, "{tokens}");
-    assert_eq!(tokens["expires_in"], 1);
-    // One second of life and five of clock-skew leeway.
-    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
-    let refused = no_redirects()
+    tokens
+}
+
+async fn call_mcp(server: &TestServer, access_token: &str) -> reqwest::Response {
+    no_redirects()
         .post(format!("{}/mcp", server.base_url))
-        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .bearer_auth(access_token)
         .json(&json!({}))
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_expired_access_token_is_refused_with_the_reason() {
+    let server = TestServer::builder()
+        .auto_approve()
+        .access_token_ttl(std::time::Duration::from_secs(1))
+        .start()
+        .await;
+    let tokens = auto_approved_tokens(&server).await;
+    assert_eq!(tokens["expires_in"], 1);
+    // One second of life and five of clock-skew leeway.
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    let refused = call_mcp(&server, tokens["access_token"].as_str().unwrap()).await;
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     assert!(refused.headers()[WWW_AUTHENTICATE]
         .to_str()
@@ -715,6 +725,35 @@ async fn an_expired_access_token_is_refused_with_the_reason() {
             .as_str()
             .unwrap()
             .contains("expired"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_token_for_another_resource_is_refused() {
+    // Same data directory, so the same signing key, but another address: another resource.
+    let data_dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let first = TestServer::builder()
+        .data_dir(data_dir.clone())
+        .auto_approve()
+        .start()
+        .await;
+    let tokens = auto_approved_tokens(&first).await;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    assert_ne!(
+        call_mcp(&first, &access).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    first.stop().await.unwrap();
+    let second = TestServer::builder().data_dir(data_dir).start().await;
+    let refused = call_mcp(&second, &access).await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("another"),
         "{body}"
     );
 }

@@ -56,3 +56,95 @@ pub fn assert_tool_ok(result: &Value) {
     );
     assert!(result["structuredContent"].is_object(), "{result:#}");
 }
+
+/// Registers a public OAuth client (`none` auth) for `redirect_uri`; returns its client id.
+pub async fn register_public_client(base_url: &str, name: &str, redirect_uri: &str) -> String {
+    let registered: Value = no_redirects()
+        .post(format!("{base_url}/register"))
+        .json(&serde_json::json!({
+            "client_name": name,
+            "redirect_uris": [redirect_uri],
+            "token_endpoint_auth_method": "none",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+        }))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("registration answer");
+    registered["client_id"]
+        .as_str()
+        .expect("client_id")
+        .to_owned()
+}
+
+/// GET `/authorize` for a PKCE authorization-code request, with `extra` parameters; the answer is
+/// returned as it is (redirects are not followed).
+pub async fn authorization_request(
+    base_url: &str,
+    client_id: &str,
+    redirect_uri: &str,
+    challenge: &str,
+    extra: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut query = vec![
+        ("response_type", "code"),
+        ("client_id", client_id),
+        ("redirect_uri", redirect_uri),
+        ("code_challenge", challenge),
+        ("code_challenge_method", "S256"),
+    ];
+    query.extend_from_slice(extra);
+    no_redirects()
+        .get(format!("{base_url}/authorize"))
+        .query(&query)
+        .send()
+        .await
+        .expect("authorize")
+}
+
+/// A public client's token response from a server that approves without the consent page:
+/// registration, PKCE, code (with `state` checked) and exchange, for the MCP resource.
+pub async fn auto_approved_tokens(
+    base_url: &str,
+    redirect_uri: &str,
+    scope: Option<&str>,
+) -> Value {
+    let client_id = register_public_client(base_url, "test client", redirect_uri).await;
+    let (verifier, challenge) = pkce();
+    let resource = format!("{base_url}/mcp");
+    let mut extra = vec![("state", "test-state"), ("resource", resource.as_str())];
+    if let Some(scope) = scope {
+        extra.push(("scope", scope));
+    }
+    let redirected =
+        authorization_request(base_url, &client_id, redirect_uri, &challenge, &extra).await;
+    assert_eq!(redirected.status(), reqwest::StatusCode::FOUND);
+    let location = redirected.headers()[reqwest::header::LOCATION]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    assert!(location.starts_with(redirect_uri), "{location}");
+    assert_eq!(
+        query_param(&location, "state").as_deref(),
+        Some("test-state")
+    );
+    let code = query_param(&location, "code").expect("a code");
+    let response = no_redirects()
+        .post(format!("{base_url}/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", redirect_uri),
+            ("client_id", client_id.as_str()),
+            ("code_verifier", verifier.as_str()),
+            ("resource", resource.as_str()),
+        ])
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    response.json().await.expect("token answer")
+}

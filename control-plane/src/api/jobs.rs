@@ -31,8 +31,8 @@ pub async fn get(
     State(AppState(app)): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobView>> {
-    let id = resolve(&app, &id).await?;
-    Ok(Json(app.get_job(id).await?))
+    // One read: the job found by id or name is the one shown.
+    Ok(Json(JobView::from(&app.find_job(&id).await?)))
 }
 
 pub async fn update(

@@ -22,7 +22,7 @@ use crate::app::App;
 use crate::auth::{Caller, SCOPE_READ, SCOPE_WRITE};
 use crate::error::ServiceError;
 use crate::model::{Run, RunFilter};
-use crate::services::jobs::{preview_schedule, JobInput, JobPatch};
+use crate::services::jobs::{preview_schedule, upcoming_fires, JobInput, JobPatch, JobView};
 use crate::services::runs::{QuickRunInput, MAX_PAGE};
 
 /// Extra time a waiting call gives a run beyond its own timeout (queueing, start-up, the kill
@@ -757,9 +757,9 @@ async fn list_jobs(app: &App, args: JsonObject) -> Outcome {
 
 async fn get_job(app: &App, args: JsonObject) -> Outcome {
     let JobRef { job } = parse(args)?;
-    let id = app.find_job(&job).await?.id;
-    let view = app.get_job(id).await?;
-    let next_fires = app.next_fires(id, 5).await.unwrap_or_default();
+    let job = app.find_job(&job).await?;
+    let next_fires = upcoming_fires(&job, 5).unwrap_or_default();
+    let view = JobView::from(&job);
     let summary = format!(
         "Job `{}` ({}), {}, schedule {}.",
         view.name,

@@ -557,10 +557,6 @@ impl App {
         Ok(())
     }
 
-    pub async fn get_job(&self, id: JobId) -> ServiceResult<JobView> {
-        Ok(JobView::from(&self.job(id).await?))
-    }
-
     /// Looks a job up by id or, failing that, by name.
     pub async fn find_job(&self, id_or_name: &str) -> ServiceResult<Job> {
         if let Ok(id) = id_or_name.parse::<JobId>() {
@@ -591,13 +587,7 @@ impl App {
 
     /// The next `count` fire times of a job.
     pub async fn next_fires(&self, id: JobId, count: usize) -> ServiceResult<Vec<DateTime<Utc>>> {
-        let job = self.job(id).await?;
-        if !job.enabled {
-            return Ok(Vec::new());
-        }
-        let compiled = Compiled::new(&job.schedule, &job.timezone)
-            .map_err(|message| ServiceError::invalid("schedule", message))?;
-        Ok(compiled.next_fires(Utc::now().max(job.fire_cursor), count))
+        upcoming_fires(&self.job(id).await?, count)
     }
 
     /// Runs a job now. Under `overlap_policy: skip`, a job that is still running is refused.
@@ -613,6 +603,16 @@ impl App {
         let run = Run::queued(Trigger::Manual, Some(&job), job.run_settings(), None);
         self.submit_run(run).await
     }
+}
+
+/// The next `count` fire times of a job already read (none while it is disabled).
+pub fn upcoming_fires(job: &Job, count: usize) -> ServiceResult<Vec<DateTime<Utc>>> {
+    if !job.enabled {
+        return Ok(Vec::new());
+    }
+    let compiled = Compiled::new(&job.schedule, &job.timezone)
+        .map_err(|message| ServiceError::invalid("schedule", message))?;
+    Ok(compiled.next_fires(Utc::now().max(job.fire_cursor), count))
 }
 
 /// Previews fire times of a schedule that is not saved yet.

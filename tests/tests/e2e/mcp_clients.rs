@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use autopilot_tests::clients::{assert_tool_ok, no_redirects, pkce, query_param};
+use autopilot_tests::clients::{
+    assert_tool_ok, authorization_request, auto_approved_tokens, no_redirects, pkce, query_param,
+    register_public_client,
+};
 use autopilot_tests::components;
 use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply, Usage};
 use autopilot_tests::harness::{TestServer, ADMIN_TOKEN};
@@ -154,9 +157,23 @@ async fn python_sdk_oauth_client_registers_authorizes_calls_tools_and_refreshes(
 
     // The server knows the registered client: it authorizes it (and refuses a made-up one).
     let (_, challenge) = pkce();
-    let known = authorize(&server, &client_id, &challenge, "autopilot:read").await;
+    let known = authorization_request(
+        &server.base_url,
+        &client_id,
+        REDIRECT,
+        &challenge,
+        &[("scope", "autopilot:read")],
+    )
+    .await;
     assert_eq!(known.status(), StatusCode::FOUND);
-    let unknown = authorize(&server, "no-such-client", &challenge, "autopilot:read").await;
+    let unknown = authorization_request(
+        &server.base_url,
+        "no-such-client",
+        REDIRECT,
+        &challenge,
+        &[("scope", "autopilot:read")],
+    )
+    .await;
     assert_eq!(unknown.status(), StatusCode::BAD_REQUEST);
 
     // The model was asked once, by the one run.
@@ -166,76 +183,8 @@ async fn python_sdk_oauth_client_registers_authorizes_calls_tools_and_refreshes(
 
 // --- 2. Scopes, end to end ----------------------------------------------------------------------
 
-async fn authorize(
-    server: &TestServer,
-    client_id: &str,
-    challenge: &str,
-    scope: &str,
-) -> reqwest::Response {
-    no_redirects()
-        .get(format!("{}/authorize", server.base_url))
-        .query(&[
-            ("response_type", "code"),
-            ("client_id", client_id),
-            ("redirect_uri", REDIRECT),
-            ("code_challenge", challenge),
-            ("code_challenge_method", "S256"),
-            ("state", "scoped-state"),
-            ("scope", scope),
-            ("resource", &format!("{}/mcp", server.base_url)),
-        ])
-        .send()
-        .await
-        .unwrap()
-}
-
-/// A public client, auto-approved, PKCE, code exchanged: the token response.
 async fn token_with_scope(server: &TestServer, scope: &str) -> Value {
-    let http = no_redirects();
-    let registered: Value = http
-        .post(format!("{}/register", server.base_url))
-        .json(&json!({
-            "client_name": "scope probe",
-            "redirect_uris": [REDIRECT],
-            "token_endpoint_auth_method": "none",
-            "grant_types": ["authorization_code", "refresh_token"],
-            "response_types": ["code"],
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let client_id = registered["client_id"]
-        .as_str()
-        .expect("client_id")
-        .to_owned();
-    let (verifier, challenge) = pkce();
-    let redirected = authorize(server, &client_id, &challenge, scope).await;
-    assert_eq!(redirected.status(), StatusCode::FOUND);
-    let location = redirected.headers()[LOCATION].to_str().unwrap().to_owned();
-    assert!(location.starts_with(REDIRECT), "{location}");
-    assert_eq!(
-        query_param(&location, "state").as_deref(),
-        Some("scoped-state")
-    );
-    let code = query_param(&location, "code").expect("a code");
-    let response = http
-        .post(format!("{}/token", server.base_url))
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("client_id", &client_id),
-            ("code_verifier", &verifier),
-            ("resource", &format!("{}/mcp", server.base_url)),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json().await.unwrap()
+    auto_approved_tokens(&server.base_url, REDIRECT, Some(scope)).await
 }
 
 /// One JSON-RPC request to `/mcp` with `token`; the answer's body.
@@ -522,25 +471,7 @@ async fn claude_code_cli_logs_in_through_autopilot_oauth_and_calls_a_tool() {
         .unwrap()
         .port();
     let callback = format!("http://localhost:{port}/callback");
-    let registered: Value = no_redirects()
-        .post(format!("{}/register", server.base_url))
-        .json(&json!({
-            "client_name": "Claude Code",
-            "redirect_uris": [callback],
-            "token_endpoint_auth_method": "none",
-            "grant_types": ["authorization_code", "refresh_token"],
-            "response_types": ["code"],
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let client_id = registered["client_id"]
-        .as_str()
-        .expect("client_id")
-        .to_owned();
+    let client_id = register_public_client(&server.base_url, "Claude Code", &callback).await;
 
     // Added with that client and port, and no header at all.
     let mut add = claude_command(&claude, home.path(), &fake.base_url());

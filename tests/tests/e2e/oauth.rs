@@ -1,7 +1,9 @@
 //! The OAuth 2.1 authorization server through real HTTP: discovery, registration, the consent
 //! page, PKCE, codes, refresh rotation, revocation, and what `/mcp` answers without a token.
 
-use autopilot_tests::clients::{no_redirects, pkce, query_param};
+use autopilot_tests::clients::{
+    authorization_request, auto_approved_tokens, no_redirects, pkce, query_param,
+};
 use autopilot_tests::harness::{TestServer, OPERATOR_PASSWORD};
 use base64::Engine;
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE, WWW_AUTHENTICATE};
@@ -499,18 +501,7 @@ async fn authorize_url_client(
     client_id: &str,
     challenge: &str,
 ) -> reqwest::Response {
-    no_redirects()
-        .get(format!("{}/authorize", server.base_url))
-        .query(&[
-            ("response_type", "code"),
-            ("client_id", client_id),
-            ("redirect_uri", REDIRECT),
-            ("code_challenge", challenge),
-            ("code_challenge_method", "S256"),
-        ])
-        .send()
-        .await
-        .unwrap()
+    authorization_request(&server.base_url, client_id, REDIRECT, challenge, &[]).await
 }
 
 #[tokio::test]
@@ -669,29 +660,6 @@ async fn mcp_refuses_foreign_origins_and_hosts() {
     );
 }
 
-/// A token set from a public client through an auto-approving server.
-async fn auto_approved_tokens(server: &TestServer) -> Value {
-    let (_, registered) = register(
-        server,
-        json!({ "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none" }),
-    )
-    .await;
-    let client_id = registered["client_id"].as_str().unwrap();
-    let (verifier, challenge) = pkce();
-    let approved = authorize_url_client(server, client_id, &challenge).await;
-    let code = query_param(approved.headers()[LOCATION].to_str().unwrap(), "code").unwrap();
-    let form = [
-        ("grant_type", "authorization_code"),
-        ("code", code.as_str()),
-        ("redirect_uri", REDIRECT),
-        ("code_verifier", verifier.as_str()),
-        ("client_id", client_id),
-    ];
-    let (status, _, tokens) = token(server, &form, HeaderMap::new()).await;
-    assert_eq!(status, StatusCode::OK, "{tokens}");
-    tokens
-}
-
 async fn call_mcp(server: &TestServer, access_token: &str) -> reqwest::Response {
     no_redirects()
         .post(format!("{}/mcp", server.base_url))
@@ -709,7 +677,7 @@ async fn an_expired_access_token_is_refused_with_the_reason() {
         .access_token_ttl(std::time::Duration::from_secs(1))
         .start()
         .await;
-    let tokens = auto_approved_tokens(&server).await;
+    let tokens = auto_approved_tokens(&server.base_url, REDIRECT, None).await;
     assert_eq!(tokens["expires_in"], 1);
     // One second of life and five of clock-skew leeway.
     tokio::time::sleep(std::time::Duration::from_secs(7)).await;
@@ -738,7 +706,7 @@ async fn a_token_for_another_resource_is_refused() {
         .auto_approve()
         .start()
         .await;
-    let tokens = auto_approved_tokens(&first).await;
+    let tokens = auto_approved_tokens(&first.base_url, REDIRECT, None).await;
     let access = tokens["access_token"].as_str().unwrap().to_owned();
     assert_ne!(
         call_mcp(&first, &access).await.status(),

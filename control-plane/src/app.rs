@@ -7,7 +7,9 @@ use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::seal::Sealer;
 use crate::store::Store;
+use crate::webhooks::delivery::Deliveries;
 
 /// Shared state: the store, the bus and the signals between services and background tasks.
 pub struct App {
@@ -26,6 +28,10 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// The OAuth server's keys, loaded at start.
     pub oauth_keys: std::sync::OnceLock<crate::oauth::Keys>,
+    /// Seals and opens secrets kept in the store.
+    pub sealer: Sealer,
+    /// Webhook lookups, rate limits and the delivery writer's queue.
+    pub deliveries: Deliveries,
 }
 
 impl App {
@@ -34,9 +40,11 @@ impl App {
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
         admin_token_hash: [u8; 32],
+        sealer: Sealer,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let (run_updates, _) = broadcast::channel(4096);
+        let deliveries = Deliveries::new(config.max_queued_runs);
         Arc::new(App {
             config,
             store,
@@ -47,6 +55,8 @@ impl App {
             admin_token_hash,
             shutdown,
             oauth_keys: std::sync::OnceLock::new(),
+            sealer,
+            deliveries,
         })
     }
 

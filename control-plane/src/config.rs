@@ -75,6 +75,18 @@ pub struct ConfigArgs {
         value_delimiter = ','
     )]
     pub oauth_redirect_uris: Option<Vec<String>>,
+    /// Key that seals secrets kept in the store (webhook signing secrets), 64 hex digits
+    /// [default: a key made on first start in DATA_DIR/secret.key].
+    #[arg(
+        long,
+        env = "AUTOPILOT_SECRET_KEY",
+        value_name = "HEX",
+        hide_env_values = true
+    )]
+    pub secret_key: Option<String>,
+    /// Most runs waiting in the queue; webhook deliveries beyond it get 503 [default: 10000].
+    #[arg(long, env = "AUTOPILOT_MAX_QUEUED_RUNS", value_name = "N")]
+    pub max_queued_runs: Option<u64>,
     /// Log format: `text` or `json` [default: text].
     #[arg(long, env = "AUTOPILOT_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -96,6 +108,8 @@ struct FileConfig {
     log_format: Option<String>,
     operator_password: Option<String>,
     oauth_redirect_uris: Option<Vec<String>>,
+    secret_key: Option<String>,
+    max_queued_runs: Option<u64>,
     /// Extra environment for runs. `ANTHROPIC_*` and `CLAUDE_CODE_*` names reach Claude runs
     /// only; the rest reach every run.
     #[serde(default)]
@@ -141,6 +155,10 @@ pub struct Config {
     pub oauth_allow_private_metadata: bool,
     /// Redirect URIs OAuth clients may register (see `AUTOPILOT_OAUTH_REDIRECT_URIS`).
     pub oauth_redirect_allowlist: Vec<String>,
+    /// Seals secrets at rest (see `crate::seal`); `None` uses the data directory's key file.
+    pub secret_key: Option<String>,
+    /// Bound on queued runs; webhook deliveries beyond it are refused with 503.
+    pub max_queued_runs: u64,
 }
 
 impl fmt::Debug for Config {
@@ -157,6 +175,11 @@ impl fmt::Debug for Config {
                 "operator_password",
                 &self.operator_password.as_ref().map(|_| "<redacted>"),
             )
+            .field(
+                "secret_key",
+                &self.secret_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("max_queued_runs", &self.max_queued_runs)
             .field("claude_bin", &self.claude_bin)
             .field("public_url", &self.public_url)
             .field("worker_concurrency", &self.worker_concurrency)
@@ -252,6 +275,13 @@ impl Config {
                 "log_format must be `text` or `json`, got `{other}` (AUTOPILOT_LOG_FORMAT)"
             ),
         };
+        let max_queued_runs = args
+            .max_queued_runs
+            .or(file.max_queued_runs)
+            .unwrap_or(10_000);
+        if max_queued_runs == 0 {
+            anyhow::bail!("max_queued_runs must be at least 1 (AUTOPILOT_MAX_QUEUED_RUNS)");
+        }
         Ok(Config {
             bind,
             data_dir,
@@ -300,6 +330,11 @@ impl Config {
                         .map(|uri| uri.to_string())
                         .collect()
                 }),
+            secret_key: args
+                .secret_key
+                .or(file.secret_key)
+                .filter(|key| !key.is_empty()),
+            max_queued_runs,
         })
     }
 

@@ -11,6 +11,8 @@ pub mod model;
 pub mod oauth;
 pub mod schedule;
 pub mod scheduler;
+pub mod seal;
 pub mod serve;
 pub mod services;
 pub mod store;
+pub mod webhooks;

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use autopilot_proto::{JobId, RunId, RunKind, RunStatus, TokenUsage, Trigger};
+use autopilot_proto::{JobId, RunId, RunKind, RunStatus, TokenUsage, Trigger, WebhookId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -141,6 +141,7 @@ impl Job {
             }),
             JobKind::Shell => RunKind::Shell {
                 command: self.prompt.clone(),
+                stdin: None,
             },
         };
         RunSettings {
@@ -194,6 +195,10 @@ pub struct Run {
     pub num_turns: Option<u32>,
     pub models: Vec<String>,
     pub permission_denials: u32,
+    /// The webhook whose delivery started the run.
+    pub webhook_id: Option<WebhookId>,
+    /// The delivery id the sender gave (`X-GitHub-Delivery`, `Idempotency-Key`, …).
+    pub delivery_id: Option<String>,
 }
 
 impl Run {
@@ -229,6 +234,8 @@ impl Run {
             num_turns: None,
             models: Vec::new(),
             permission_denials: 0,
+            webhook_id: None,
+            delivery_id: None,
         }
     }
 }
@@ -237,6 +244,7 @@ impl Run {
 #[derive(Clone, Debug, Default)]
 pub struct RunFilter {
     pub job_id: Option<JobId>,
+    pub webhook_id: Option<WebhookId>,
     pub statuses: Vec<RunStatus>,
     /// Only runs older than this one (the previous page's last id).
     pub before: Option<RunId>,

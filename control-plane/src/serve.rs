@@ -81,11 +81,13 @@ pub async fn run_with(
     let admin_token_hash = admin_token_hash(&config, store.as_ref()).await?;
     let bus: Arc<dyn Bus> = Arc::new(InMemoryBus::default());
     let oauth_keys = crate::oauth::Keys::load(&config, store.as_ref()).await?;
+    let sealer = crate::seal::Sealer::load(config.secret_key.as_deref(), &config.data_dir)?;
     let app = App::new(
         Arc::clone(&config),
         Arc::clone(&store),
         Arc::clone(&bus),
         admin_token_hash,
+        sealer,
         shutdown.clone(),
     );
     if config.oauth_auto_approve {
@@ -140,6 +142,11 @@ pub async fn run_with(
     }
     spawn_task!("worker requests", control, serve_worker_requests);
     spawn_task!("event ingester", control, crate::ingest::run_ingester);
+    spawn_task!(
+        "webhook delivery writer",
+        control,
+        crate::webhooks::delivery::run_delivery_writer
+    );
     spawn_task!("reaper", control, run_reaper);
     spawn_task!("scheduler", shutdown, crate::scheduler::run_on_own_thread);
     spawn_task!("dispatcher", shutdown, run_dispatcher);

@@ -68,6 +68,11 @@ typed_id!(
     RunId
 );
 
+typed_id!(
+    /// Identifies a webhook (a secret URL whose deliveries start runs).
+    WebhookId
+);
+
 /// Identifies a worker process. Free-form so operators can recognise their hosts in listings.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Debug)]
 #[serde(transparent)]

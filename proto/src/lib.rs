@@ -15,7 +15,7 @@ pub use bus::{
     WorkerReply, WorkerRequest,
 };
 pub use event::{EventKind, EventOrigin, NewRunEvent, RunEvent};
-pub use ids::{JobId, RunId, WorkerId};
+pub use ids::{JobId, RunId, WebhookId, WorkerId};
 pub use memory_bus::{InMemoryBus, InMemoryBusConfig};
 pub use run::{
     ClaudeSpec, RunKind, RunOutcome, RunSpec, RunStatus, StopReason, TokenUsage, Trigger,

@@ -158,6 +158,9 @@ pub enum RunKind {
     /// A command run with `sh -c` in the workspace.
     Shell {
         command: String,
+        /// Written to the command's standard input (a webhook delivery's body).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stdin: Option<String>,
     },
 }
 

@@ -27,9 +27,16 @@ pub struct TestServerBuilder {
     auto_approve: bool,
     allow_private_metadata: bool,
     access_token_ttl: Option<Duration>,
+    max_queued_runs: Option<u64>,
 }
 
 impl TestServerBuilder {
+    /// Bound the queued runs (webhook deliveries past it get 503).
+    pub fn max_queued_runs(mut self, max: u64) -> Self {
+        self.max_queued_runs = Some(max);
+        self
+    }
+
     /// Shorten OAuth access tokens' lifetime (to see them expire).
     pub fn access_token_ttl(mut self, ttl: Duration) -> Self {
         self.access_token_ttl = Some(ttl);
@@ -121,6 +128,9 @@ impl TestServerBuilder {
         if let Some(ttl) = self.access_token_ttl {
             config.access_token_ttl = ttl;
         }
+        if let Some(max) = self.max_queued_runs {
+            config.max_queued_runs = max;
+        }
         let cancel = CancellationToken::new();
         let handle = tokio::spawn(autopilot_control_plane::serve::run(
             config,
@@ -163,6 +173,7 @@ impl TestServer {
             auto_approve: false,
             allow_private_metadata: false,
             access_token_ttl: None,
+            max_queued_runs: None,
         }
     }
 
@@ -260,6 +271,48 @@ impl TestServer {
             .await;
         assert_eq!(status, StatusCode::OK, "patch job: {body}");
         body
+    }
+
+    /// Creates a webhook; the answer carries its full `url` (shown once).
+    pub async fn create_webhook(&self, webhook: Value) -> Value {
+        let (status, body) = self
+            .call(Method::POST, "/api/v1/webhooks", Some(webhook))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "create webhook: {body}");
+        body
+    }
+
+    /// POSTs `body` to a webhook URL with `headers` (no admin token); the status, headers and
+    /// JSON answer.
+    pub async fn deliver(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut request = self.client.post(url).body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("delivery");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, headers, value)
+    }
+
+    /// POSTs JSON to a webhook URL and expects a new run; returns its id.
+    pub async fn deliver_json(&self, url: &str, payload: &Value) -> String {
+        let (status, _, body) = self
+            .deliver(
+                url,
+                &[("content-type", "application/json")],
+                payload.to_string(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "delivery: {body}");
+        body["run_id"].as_str().expect("run_id").to_owned()
     }
 
     pub async fn trigger(&self, job_id: &str) -> Value {

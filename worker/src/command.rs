@@ -88,12 +88,12 @@ pub fn build_command(spec: &RunSpec, workspace: PathBuf, env: &CommandEnv) -> Co
     let mut vars = env.base.clone();
     vars.push(("HOME".into(), env.home.display().to_string()));
     match &spec.kind {
-        RunKind::Shell { command } => CommandSpec {
+        RunKind::Shell { command, stdin } => CommandSpec {
             program: PathBuf::from("/bin/sh"),
             args: vec!["-c".into(), command.clone()],
             env: vars,
             cwd: workspace,
-            stdin: None,
+            stdin: stdin.clone(),
         },
         RunKind::Claude(claude) => {
             vars.extend(env.model_api.iter().cloned());
@@ -250,6 +250,7 @@ mod tests {
             workspace: "w".into(),
             kind: RunKind::Shell {
                 command: "echo hi".into(),
+                stdin: None,
             },
             timeout_secs: 60,
         };

@@ -4,6 +4,7 @@ mod error;
 mod jobs;
 pub mod json;
 mod runs;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -41,6 +42,16 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/runs/{id}", get(runs::get))
         .route("/runs/{id}/events", get(runs::events))
         .route("/runs/{id}/kill", post(runs::kill))
+        .route("/runs/{id}/payload", get(runs::payload))
+        .route("/runs/{id}/replay", post(runs::replay))
+        .route("/webhooks", get(webhooks::list).post(webhooks::create))
+        .route(
+            "/webhooks/{id}",
+            get(webhooks::get)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route("/webhooks/{id}/rotate", post(webhooks::rotate))
         .route("/quick-run", post(runs::quick_run))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -61,6 +72,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .nest("/api/v1", api)
+        // Authenticated by the secret URL (and a signature), not the admin token; the body limit
+        // is each webhook's own.
+        .route("/hooks/{token}", post(webhooks::deliver))
         .fallback(not_found)
         .with_state(state)
         .nest_service("/mcp", mcp)

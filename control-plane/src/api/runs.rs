@@ -25,6 +25,9 @@ use crate::services::runs::QuickRunInput;
 pub struct ListQuery {
     #[serde(default)]
     job_id: Option<String>,
+    /// Only runs started by this webhook (id or name).
+    #[serde(default)]
+    webhook: Option<String>,
     /// One status or several, comma-separated.
     #[serde(default)]
     status: Option<String>,
@@ -46,6 +49,10 @@ pub async fn list(
 ) -> ApiResult<Json<Value>> {
     let job_id = match query.job_id.as_deref() {
         Some(job) => Some(app.find_job(job).await?.id),
+        None => None,
+    };
+    let webhook_id = match query.webhook.as_deref() {
+        Some(webhook) => Some(app.find_webhook(webhook).await?.id),
         None => None,
     };
     let statuses = match query.status.as_deref() {
@@ -74,6 +81,7 @@ pub async fn list(
     let runs = app
         .list_runs(RunFilter {
             job_id,
+            webhook_id,
             statuses,
             before,
             limit,
@@ -90,6 +98,51 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Run>> {
     Ok(Json(app.get_run(parse_run_id(&id)?).await?))
+}
+
+/// The request a webhook run came from.
+pub async fn payload(
+    State(AppState(app)): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let run_id = parse_run_id(&id)?;
+    let run = app.get_run(run_id).await?;
+    let payload = app.run_payload(run_id).await?;
+    let header_list: Vec<Value> = payload
+        .headers
+        .iter()
+        .map(|(name, value)| json!({ "name": name, "value": value }))
+        .collect();
+    let mut body = json!({
+        "run_id": run.id,
+        "webhook_id": run.webhook_id,
+        "delivery_id": run.delivery_id,
+        "content_type": payload.content_type,
+        "headers": header_list,
+        "query": payload.query.iter().map(|(name, value)| json!({ "name": name, "value": value })).collect::<Vec<_>>(),
+        "body_bytes": payload.body_bytes,
+        "truncated": payload.truncated,
+    });
+    match String::from_utf8(payload.body) {
+        Ok(text) => body["body"] = json!(text),
+        Err(err) => {
+            use base64::Engine;
+            body["body_base64"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(err.into_bytes()))
+        }
+    }
+    Ok(Json(body))
+}
+
+/// A new run from a webhook run's stored payload, through the webhook's current settings.
+pub async fn replay(
+    State(AppState(app)): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Run>)> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(app.replay_delivery(parse_run_id(&id)?).await?),
+    ))
 }
 
 pub async fn kill(

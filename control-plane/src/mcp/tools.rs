@@ -995,6 +995,7 @@ async fn list_runs(app: &App, args: JsonObject) -> Outcome {
     let runs = app
         .list_runs(RunFilter {
             job_id,
+            webhook_id: None,
             statuses,
             before,
             limit,

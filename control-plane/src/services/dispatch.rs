@@ -231,5 +231,8 @@ pub async fn run_reaper(app: Arc<App>, cancel: CancellationToken) -> anyhow::Res
         if let Err(err) = app.reap_lost_runs().await {
             tracing::warn!(error = %err, "reaping lost runs failed");
         }
+        if let Err(err) = app.store.purge_expired_deliveries(Utc::now()).await {
+            tracing::warn!(error = %err, "forgetting expired webhook delivery ids failed");
+        }
     }
 }

@@ -102,7 +102,7 @@ pub struct JobPatch {
 }
 
 /// Tells "absent" (outer `None`, via `default`) from "null" (`Some(None)`).
-fn nullable<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+pub(crate) fn nullable<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(deserializer).map(Some)
@@ -298,42 +298,8 @@ fn validate(input: JobInput, existing: Option<&Job>, now: DateTime<Utc>) -> Serv
             "must be between 1 and 1000",
         ));
     }
-    let retry = match input.retry {
-        None => existing.map(|job| job.retry).unwrap_or_default(),
-        Some(retry) => {
-            if retry.count > 10 {
-                return Err(ServiceError::invalid(
-                    "retry.count",
-                    "must be between 0 and 10",
-                ));
-            }
-            let backoff_secs = retry
-                .backoff_secs
-                .unwrap_or(RetryPolicy::default().backoff_secs);
-            if !(1..=86_400).contains(&backoff_secs) {
-                return Err(ServiceError::invalid(
-                    "retry.backoff_secs",
-                    "must be between 1 and 86400",
-                ));
-            }
-            RetryPolicy {
-                count: retry.count,
-                backoff_secs,
-            }
-        }
-    };
-    let pool = input.pool.unwrap_or_else(|| DEFAULT_POOL.to_owned());
-    if pool.is_empty()
-        || pool.len() > 64
-        || !pool
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(ServiceError::invalid(
-            "pool",
-            "must be 1 to 64 letters, digits, `-` or `_`",
-        ));
-    }
+    let retry = validate_retry(input.retry, existing.map(|job| job.retry))?;
+    let pool = validate_pool(input.pool)?;
     let enabled = input.enabled.unwrap_or(true);
     // Fires are counted from now whenever the timing changes, so an edit never backfills.
     let fire_cursor = match existing {
@@ -372,6 +338,52 @@ fn validate(input: JobInput, existing: Option<&Job>, now: DateTime<Utc>) -> Serv
         created_at: existing.map_or(now, |job| job.created_at),
         updated_at: now,
     })
+}
+
+/// A retry policy as given, or `current` (the default for a new record) when none is.
+pub(crate) fn validate_retry(
+    input: Option<RetryInput>,
+    current: Option<RetryPolicy>,
+) -> ServiceResult<RetryPolicy> {
+    let Some(retry) = input else {
+        return Ok(current.unwrap_or_default());
+    };
+    if retry.count > 10 {
+        return Err(ServiceError::invalid(
+            "retry.count",
+            "must be between 0 and 10",
+        ));
+    }
+    let backoff_secs = retry
+        .backoff_secs
+        .unwrap_or(RetryPolicy::default().backoff_secs);
+    if !(1..=86_400).contains(&backoff_secs) {
+        return Err(ServiceError::invalid(
+            "retry.backoff_secs",
+            "must be between 1 and 86400",
+        ));
+    }
+    Ok(RetryPolicy {
+        count: retry.count,
+        backoff_secs,
+    })
+}
+
+/// A worker pool name as given, or the default pool.
+pub(crate) fn validate_pool(input: Option<String>) -> ServiceResult<String> {
+    let pool = input.unwrap_or_else(|| DEFAULT_POOL.to_owned());
+    if pool.is_empty()
+        || pool.len() > 64
+        || !pool
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(ServiceError::invalid(
+            "pool",
+            "must be 1 to 64 letters, digits, `-` or `_`",
+        ));
+    }
+    Ok(pool)
 }
 
 /// The run settings a job and a quick run share, checked the same way for both.
@@ -545,10 +557,14 @@ impl App {
         }
         tracing::info!(job.id = %job.id, "job updated");
         self.scheduler_wake.notify_one();
+        // Webhooks pointing at the job take its new settings.
+        self.deliveries.clear();
         Ok(JobView::from(&job))
     }
 
     pub async fn delete_job(&self, id: JobId) -> ServiceResult<()> {
+        let job = self.job(id).await?;
+        self.ensure_no_webhooks(id, &job.name).await?;
         if !self.store.delete_job(id).await? {
             return Err(not_found(id));
         }

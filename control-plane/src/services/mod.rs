@@ -1,7 +1,8 @@
 //! Services: the one place that changes jobs and runs. The HTTP API, the scheduler, the worker
-//! request handler (and later MCP and webhooks) all call these.
+//! request handler MCP tools and webhooks all call these.
 
 pub mod dispatch;
 pub mod jobs;
 pub mod runs;
+pub mod webhooks;
 pub mod worker_requests;

@@ -7,11 +7,12 @@ mod sql;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use autopilot_proto::{JobId, NewRunEvent, RunEvent, RunId, RunStatus};
+use autopilot_proto::{JobId, NewRunEvent, RunEvent, RunId, RunStatus, WebhookId};
 use chrono::{DateTime, Utc};
 
 use crate::model::{FireRecord, Job, Run, RunFilter};
 use crate::oauth::types::{AuthCode, OAuthClient, RefreshToken, RefreshUse};
+use crate::webhooks::model::{DeliveryOutcome, NewDelivery, StoredPayload, Webhook};
 
 pub use sql::SqlStore;
 
@@ -36,7 +37,7 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: WebhookStore + Send + Sync {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
 
@@ -133,6 +134,40 @@ pub trait Store: Send + Sync {
     /// Sets `key` only if it has no value. Returns whether it was set.
     async fn put_setting_if_absent(&self, key: &str, value: &str) -> StoreResult<bool>;
     async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()>;
+}
+
+/// Webhooks and their deliveries (part of every [`Store`]).
+#[async_trait]
+pub trait WebhookStore: Send + Sync {
+    /// `Conflict` when the name is taken.
+    async fn insert_webhook(&self, webhook: &Webhook) -> StoreResult<()>;
+    /// Replaces a webhook. `NotFound` if it is gone.
+    async fn update_webhook(&self, webhook: &Webhook) -> StoreResult<()>;
+    async fn get_webhook(&self, id: WebhookId) -> StoreResult<Option<Webhook>>;
+    async fn get_webhook_by_name(&self, name: &str) -> StoreResult<Option<Webhook>>;
+    /// The webhook whose current token, or previous token still in its grace period, has this
+    /// digest.
+    async fn webhook_by_token(
+        &self,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Webhook>>;
+    async fn list_webhooks(&self) -> StoreResult<Vec<Webhook>>;
+    async fn webhooks_of_job(&self, job_id: JobId) -> StoreResult<Vec<Webhook>>;
+    /// Returns whether a webhook was deleted. Its runs stay.
+    async fn delete_webhook(&self, id: WebhookId) -> StoreResult<bool>;
+    /// Stores a batch of deliveries in one durable transaction: for each, unless its delivery id
+    /// was seen within its window (in the store or earlier in the batch), the run, its first
+    /// event and its payload. Returns one outcome per delivery, in order.
+    async fn record_deliveries(
+        &self,
+        deliveries: &[NewDelivery],
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<DeliveryOutcome>>;
+    async fn get_payload(&self, run_id: RunId) -> StoreResult<Option<StoredPayload>>;
+    async fn count_queued_runs(&self) -> StoreResult<u64>;
+    /// Forgets delivery ids whose window ended. Returns how many.
+    async fn purge_expired_deliveries(&self, now: DateTime<Utc>) -> StoreResult<u64>;
 }
 
 /// Opens the store named by `url`: `sqlite://path` (created if missing) or `postgres://…`.

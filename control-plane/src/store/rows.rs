@@ -164,6 +164,8 @@ pub struct RunRow {
     pub num_turns: Option<i64>,
     pub models: String,
     pub permission_denials: i64,
+    pub webhook_id: Option<String>,
+    pub delivery_id: Option<String>,
 }
 
 impl TryFrom<RunRow> for Run {
@@ -206,6 +208,12 @@ impl TryFrom<RunRow> for Run {
             num_turns: row.num_turns.map(|n| to_u32("num_turns", n)).transpose()?,
             models: json("models", &row.models)?,
             permission_denials: to_u32("permission_denials", row.permission_denials)?,
+            webhook_id: row
+                .webhook_id
+                .as_deref()
+                .map(|id| parse("webhook id", id))
+                .transpose()?,
+            delivery_id: row.delivery_id,
         })
     }
 }

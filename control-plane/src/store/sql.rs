@@ -150,13 +150,13 @@ const JOB_COLUMNS: &str = "id, name, description, kind, prompt, schedule_kind, s
 const RUN_COLUMNS: &str = "id, job_id, job_name, trigger, status, attempt, scheduled_for_ms, settings, created_at_ms, \
     dispatched_at_ms, not_before_ms, started_at_ms, finished_at_ms, heartbeat_at_ms, worker_id, exit_code, is_error, \
     error, result, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, num_turns, models, \
-    permission_denials";
+    permission_denials, webhook_id, delivery_id";
 
 const INSERT_RUN: &str = "INSERT INTO runs (id, job_id, job_name, trigger, status, attempt, scheduled_for_ms, settings, \
     created_at_ms, dispatched_at_ms, not_before_ms, started_at_ms, finished_at_ms, heartbeat_at_ms, worker_id, exit_code, \
     is_error, error, result, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, num_turns, \
-    models, permission_denials) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-    $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)";
+    models, permission_denials, webhook_id, delivery_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+    $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)";
 
 /// Binds every column of a run, in `INSERT_RUN` order.
 macro_rules! bind_run {
@@ -190,6 +190,8 @@ macro_rules! bind_run {
             .bind(run.num_turns.map(i64::from))
             .bind(to_json(&run.models))
             .bind(i64::from(run.permission_denials))
+            .bind(run.webhook_id.map(|id| id.to_string()))
+            .bind(run.delivery_id.clone())
     }};
 }
 
@@ -441,6 +443,10 @@ impl Store for SqlStore {
             binds.push(job_id.to_string());
             sql.push_str(&format!(" AND job_id = ${}", binds.len()));
         }
+        if let Some(webhook_id) = filter.webhook_id {
+            binds.push(webhook_id.to_string());
+            sql.push_str(&format!(" AND webhook_id = ${}", binds.len()));
+        }
         if !filter.statuses.is_empty() {
             let mut placeholders = Vec::new();
             for status in &filter.statuses {
@@ -477,7 +483,8 @@ impl Store for SqlStore {
              started_at_ms = $12, finished_at_ms = $13, heartbeat_at_ms = $14, worker_id = $15, exit_code = $16, \
              is_error = $17, error = $18, result = $19, input_tokens = $20, output_tokens = $21, \
              cache_read_tokens = $22, cache_write_tokens = $23, cost_usd = $24, num_turns = $25, models = $26, \
-             permission_denials = $27 WHERE id = $1 AND status = $28 AND attempt = $29";
+             permission_denials = $27, webhook_id = $28, delivery_id = $29 WHERE id = $1 AND status = $30 \
+             AND attempt = $31";
         if events.is_empty() {
             let updated = on_write!(self, pool => {
                 bind_run!(sqlx::query(sql), run)
@@ -806,3 +813,5 @@ impl Store for SqlStore {
         Ok(())
     }
 }
+
+mod webhooks;

@@ -11,3 +11,4 @@ mod oauth;
 mod process;
 mod scheduler;
 mod store;
+mod webhooks;

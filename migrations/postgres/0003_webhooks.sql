@@ -43,4 +43,11 @@ CREATE TABLE run_payloads (
 
 ALTER TABLE runs ADD COLUMN webhook_id TEXT;
 ALTER TABLE runs ADD COLUMN delivery_id TEXT;
-CREATE INDEX runs_webhook ON runs (webhook_id, id);
+CREATE INDEX runs_webhook ON runs (webhook_id, id) WHERE webhook_id IS NOT NULL;
+
+-- Every index a run row is in costs a page write per new run. Runs that are no cron fire, or of no
+-- job, need no entry in the indexes that only look those up.
+DROP INDEX runs_fire;
+CREATE UNIQUE INDEX runs_fire ON runs (job_id, scheduled_for_ms) WHERE scheduled_for_ms IS NOT NULL;
+DROP INDEX runs_job_created;
+CREATE INDEX runs_job_created ON runs (job_id, id) WHERE job_id IS NOT NULL;

@@ -4,6 +4,7 @@
 //! migrations.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -283,20 +284,35 @@ impl SqlStore {
                 // can take back the last transactions.
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
-                .foreign_keys(true);
+                .foreign_keys(true)
+                // Statement journals and sorts stay in memory, not in temporary files.
+                .pragma("temp_store", "memory");
             if let Some(parent) = options.get_filename().parent() {
                 std::fs::create_dir_all(parent)
                     .map_err(|err| anyhow::anyhow!("cannot create {}: {err}", parent.display()))?;
             }
+            // No commit checkpoints by itself: one that happened to would wait for the copy into
+            // the database file (tens of milliseconds at the tail). `checkpoint_wal` does it
+            // beside the writer instead. A connection to a local file cannot go stale: no ping
+            // before each use.
             let write = SqlitePoolOptions::new()
                 .max_connections(1)
-                .connect_with(options.clone())
+                .test_before_acquire(false)
+                .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
                 .await?;
             SQLITE_MIGRATIONS.run(&write).await?;
             let read = SqlitePoolOptions::new()
                 .max_connections(4)
-                .connect_with(options.read_only(false))
+                .test_before_acquire(false)
+                .connect_with(options.clone().read_only(false))
                 .await?;
+            let mut wal = options.get_filename().as_os_str().to_owned();
+            wal.push("-wal");
+            tokio::spawn(checkpoint_wal(
+                read.clone(),
+                write.clone(),
+                PathBuf::from(wal),
+            ));
             Pools::Sqlite { read, write }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool = PgPoolOptions::new()
@@ -314,6 +330,39 @@ impl SqlStore {
             );
         };
         Ok(Self { pools })
+    }
+}
+
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// WAL size from which the writer's connection finishes a checkpoint so the WAL starts over.
+const WAL_RESTART_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Keeps the WAL bounded without making the writer wait for copies. A read connection copies
+/// what is in the WAL while the writer goes on (`PASSIVE` never waits for it). The WAL then only
+/// starts over from its beginning when the writer's own connection has copied the last frames
+/// too, between two of its transactions; that is done once the WAL passes `WAL_RESTART_BYTES`,
+/// so writes go to fresh pages most of the time: rewriting pages that are still being written to
+/// disk makes a commit wait for that. Runs until the pools close; a failed checkpoint is
+/// retried at the next tick.
+async fn checkpoint_wal(read: SqlitePool, write: SqlitePool, wal: PathBuf) {
+    let checkpoint = |pool: SqlitePool| async move {
+        if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            if !pool.is_closed() {
+                tracing::debug!(error = %err, "WAL checkpoint failed; retrying");
+            }
+        }
+    };
+    while !read.is_closed() && !write.is_closed() {
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        checkpoint(read.clone()).await;
+        let wal_bytes = std::fs::metadata(&wal).map_or(0, |meta| meta.len());
+        if wal_bytes > WAL_RESTART_BYTES {
+            checkpoint(write.clone()).await;
+        }
     }
 }
 
@@ -386,7 +435,7 @@ impl Store for SqlStore {
 
     async fn record_fires(&self, fires: &[FireRecord]) -> StoreResult<Vec<RunId>> {
         let insert =
-            format!("{INSERT_RUN} ON CONFLICT (job_id, scheduled_for_ms) DO NOTHING RETURNING id");
+            format!("{INSERT_RUN} ON CONFLICT (job_id, scheduled_for_ms) WHERE scheduled_for_ms IS NOT NULL DO NOTHING RETURNING id");
         let advance = "UPDATE jobs SET fire_cursor_ms = $2, missed_fires = missed_fires + $3, \
                        overlap_skipped = overlap_skipped + $4, enabled = (enabled AND NOT $5) WHERE id = $1";
         let created = in_write_tx!(self, tx => {

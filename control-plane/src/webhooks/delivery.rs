@@ -626,16 +626,10 @@ pub async fn run_delivery_writer(app: Arc<App>, cancel: CancellationToken) -> an
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .take()
         .ok_or_else(|| anyhow::anyhow!("the delivery writer runs once per process"))?;
-    let mut counted_at: Option<Instant> = None;
+    // The count is taken beside the writer, never in its way.
+    tokio::spawn(recount_queued_runs(Arc::clone(&app), cancel.clone()));
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     loop {
-        if counted_at.is_none_or(|at| at.elapsed() >= QUEUED_RECOUNT) {
-            match app.store.count_queued_runs().await {
-                Ok(count) => app.deliveries.queued_runs.store(count, Ordering::Relaxed),
-                Err(err) => tracing::warn!(error = %err, "counting queued runs failed"),
-            }
-            counted_at = Some(Instant::now());
-        }
         let first = tokio::select! {
             biased;
             _ = cancel.cancelled() => {
@@ -644,7 +638,6 @@ pub async fn run_delivery_writer(app: Arc<App>, cancel: CancellationToken) -> an
                 None
             }
             first = queue.recv() => first,
-            _ = tokio::time::sleep(QUEUED_RECOUNT) => continue,
         };
         match first {
             Some(pending) => batch.push(pending),
@@ -664,15 +657,31 @@ pub async fn run_delivery_writer(app: Arc<App>, cancel: CancellationToken) -> an
     }
 }
 
+/// Keeps the estimate of queued runs (the bound on queued work) close to the store's count.
+async fn recount_queued_runs(app: Arc<App>, cancel: CancellationToken) {
+    loop {
+        match app.store.count_queued_runs().await {
+            Ok(count) => app.deliveries.queued_runs.store(count, Ordering::Relaxed),
+            Err(err) => tracing::warn!(error = %err, "counting queued runs failed"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(QUEUED_RECOUNT) => {}
+        }
+    }
+}
+
 async fn write_batch(app: &Arc<App>, batch: Vec<Pending>) {
-    let deliveries: Vec<NewDelivery> = batch.iter().map(|p| p.delivery.clone()).collect();
-    let outcomes = app.store.record_deliveries(&deliveries, Utc::now()).await;
-    let outcomes = match outcomes {
+    let (deliveries, replies): (Vec<NewDelivery>, Vec<_>) = batch
+        .into_iter()
+        .map(|pending| (pending.delivery, pending.reply))
+        .unzip();
+    let outcomes = match app.store.record_deliveries(&deliveries, Utc::now()).await {
         Ok(outcomes) => outcomes,
         Err(err) => {
-            tracing::warn!(error = %err, deliveries = batch.len(), "storing webhook deliveries failed; they were refused");
-            for pending in batch {
-                let _ = pending.reply.send(Err(ServiceError::Unavailable(format!(
+            tracing::warn!(error = %err, deliveries = deliveries.len(), "storing webhook deliveries failed; they were refused");
+            for reply in replies {
+                let _ = reply.send(Err(ServiceError::Unavailable(format!(
                     "could not store the delivery ({err}); nothing was started, send it again"
                 ))));
             }
@@ -682,10 +691,10 @@ async fn write_batch(app: &Arc<App>, batch: Vec<Pending>) {
     let mut to_publish = Vec::new();
     let mut created = 0u64;
     let mut wake_dispatcher = false;
-    for (pending, outcome) in batch.into_iter().zip(outcomes) {
+    for ((delivery, reply), outcome) in deliveries.into_iter().zip(replies).zip(outcomes) {
         let answer = match outcome {
             DeliveryOutcome::Created => {
-                let run = pending.delivery.run;
+                let run = delivery.run;
                 created += 1;
                 tracing::debug!(run.id = %run.id, webhook.id = ?run.webhook_id, "webhook run queued");
                 if run.dispatched_at.is_some() {
@@ -698,7 +707,7 @@ async fn write_batch(app: &Arc<App>, batch: Vec<Pending>) {
             DeliveryOutcome::Duplicate(run_id) => Submitted::Duplicate(run_id),
         };
         // The client may have gone; the run is stored either way.
-        let _ = pending.reply.send(Ok(answer));
+        let _ = reply.send(Ok(answer));
     }
     app.deliveries
         .queued_runs

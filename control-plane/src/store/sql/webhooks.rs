@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use autopilot_proto::{JobId, RunId, WebhookId};
 use chrono::{DateTime, Utc};
-use sqlx::Connection;
 
 use super::{classify, Pools, SqlStore, RUN_COLUMNS};
 use crate::model::Run;
@@ -106,8 +105,27 @@ impl TryFrom<PayloadRow> for StoredPayload {
     }
 }
 
-/// `($1, $2, …), ($n, …)` for `rows` rows of `columns` values, numbered from `$first`.
-fn placeholders(rows: usize, columns: usize, first: usize) -> String {
+/// How bound values are written in a statement.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Placeholders {
+    /// `$1, $2, …` (PostgreSQL).
+    Numbered,
+    /// `?, ?, …`, bound in order. SQLite looks numbered parameters up by name one by one (a
+    /// linear search each), which makes a statement with thousands of them quadratic.
+    Anonymous,
+}
+
+/// The `index`th bound value (from 1).
+fn parameter(style: Placeholders, index: usize) -> String {
+    match style {
+        Placeholders::Anonymous => "?".to_owned(),
+        Placeholders::Numbered => format!("${index}"),
+    }
+}
+
+/// `($1, $2, …), ($n, …)` (or `(?, ?, …), …`) for `rows` rows of `columns` values, numbered
+/// from `$first`.
+fn placeholders(style: Placeholders, rows: usize, columns: usize, first: usize) -> String {
     let mut out = String::with_capacity(rows * columns * 5);
     for row in 0..rows {
         if row > 0 {
@@ -118,8 +136,7 @@ fn placeholders(rows: usize, columns: usize, first: usize) -> String {
             if column > 0 {
                 out.push_str(", ");
             }
-            out.push('$');
-            out.push_str(&(first + row * columns + column).to_string());
+            out.push_str(&parameter(style, first + row * columns + column));
         }
         out.push(')');
     }
@@ -159,139 +176,312 @@ macro_rules! bind_webhook {
     }};
 }
 
-/// Records `$deliveries` in the open transaction `$tx`; evaluates to one outcome per delivery.
-/// A delivery id seen within its window (in the store, or earlier in the same batch) creates
-/// nothing and answers with the first run's id.
-macro_rules! record_deliveries_in {
-    ($tx:ident, $deliveries:expr, $now:expr) => {{
-        let deliveries: &[NewDelivery] = $deliveries;
-        let now_ms = to_ms($now);
-        let mut outcomes: Vec<Option<DeliveryOutcome>> = vec![None; deliveries.len()];
-        // Within the batch, a repeated delivery id follows its first occurrence.
+/// Binds the runs of `$chunk` (deliveries) for `INSERT INTO runs (RUN_COLUMNS, event_seq)`.
+macro_rules! bind_runs {
+    ($query:expr, $chunk:expr) => {{
+        let mut query = $query;
+        for delivery in $chunk {
+            query = bind_run!(query, &delivery.run).bind(1i64);
+        }
+        query
+    }};
+}
+
+/// Binds the first (queued) events of `$chunk`, each with sequence number 1.
+macro_rules! bind_events {
+    ($query:expr, $chunk:expr) => {{
+        let mut query = $query;
+        for delivery in $chunk {
+            let event = &delivery.queued_event;
+            query = query
+                .bind(event.run_id.to_string())
+                .bind(1i64)
+                .bind(i64::from(event.attempt))
+                .bind(event.origin.as_str())
+                .bind(clamp_i64(event.origin_seq))
+                .bind(to_ms(event.at))
+                .bind(event.kind.as_str())
+                .bind(event.data.to_string());
+        }
+        query
+    }};
+}
+
+/// Binds the payloads of `$chunk`.
+macro_rules! bind_payloads {
+    ($query:expr, $chunk:expr) => {{
+        let mut query = $query;
+        for delivery in $chunk {
+            let payload = &delivery.payload;
+            query = query
+                .bind(payload.run_id.to_string())
+                .bind(payload.content_type.clone())
+                .bind(to_json(&payload.headers))
+                .bind(to_json(&payload.query))
+                .bind(payload.body.clone())
+                .bind(clamp_i64(payload.body_bytes))
+                .bind(payload.truncated);
+        }
+        query
+    }};
+}
+
+/// How a batch of deliveries is written: which claim a delivery id, which repeat an earlier one
+/// of the same batch, and which create a run whatever the store holds.
+struct Plan<'a> {
+    deliveries: &'a [NewDelivery],
+    /// Deliveries with an id, first of their key in the batch: they create a run unless the id
+    /// was seen within its window.
+    claims: Vec<&'a NewDelivery>,
+    /// (delivery, earlier delivery of the batch with the same id).
+    repeats: Vec<(usize, usize)>,
+    /// Every delivery that inserts a run (claims and deliveries without an id).
+    inserts: Vec<&'a NewDelivery>,
+}
+
+impl<'a> Plan<'a> {
+    fn new(deliveries: &'a [NewDelivery]) -> Self {
         let mut first_of: HashMap<(WebhookId, &str), usize> = HashMap::new();
-        let mut repeats: Vec<(usize, usize)> = Vec::new();
-        let mut claims: Vec<usize> = Vec::new();
+        let mut plan = Plan {
+            deliveries,
+            claims: Vec::new(),
+            repeats: Vec::new(),
+            inserts: Vec::new(),
+        };
         for (index, delivery) in deliveries.iter().enumerate() {
-            let key = match (&delivery.run.webhook_id, &delivery.run.delivery_id, delivery.dedup_until) {
-                (Some(webhook_id), Some(delivery_id), Some(_)) => (*webhook_id, delivery_id.as_str()),
+            let key = match (
+                &delivery.run.webhook_id,
+                &delivery.run.delivery_id,
+                delivery.dedup_until,
+            ) {
+                (Some(webhook_id), Some(delivery_id), Some(_)) => {
+                    (*webhook_id, delivery_id.as_str())
+                }
                 _ => {
-                    outcomes[index] = Some(DeliveryOutcome::Created);
+                    plan.inserts.push(delivery);
                     continue;
                 }
             };
             match first_of.get(&key) {
-                Some(&first) => repeats.push((index, first)),
+                Some(&first) => plan.repeats.push((index, first)),
                 None => {
                     first_of.insert(key, index);
-                    claims.push(index);
+                    plan.claims.push(delivery);
+                    plan.inserts.push(delivery);
                 }
             }
         }
-        for chunk in claims.chunks(ROWS_PER_INSERT) {
-            let sql = format!(
-                "INSERT INTO webhook_deliveries (webhook_id, delivery_id, run_id, expires_at_ms) VALUES {} \
-                 ON CONFLICT (webhook_id, delivery_id) DO UPDATE SET run_id = excluded.run_id, \
-                 expires_at_ms = excluded.expires_at_ms WHERE webhook_deliveries.expires_at_ms <= ${} \
-                 RETURNING run_id",
-                placeholders(chunk.len(), 4, 1),
-                chunk.len() * 4 + 1
-            );
-            let mut query = sqlx::query_as::<_, (String,)>(&sql);
-            for &index in chunk {
-                let delivery = &deliveries[index];
-                query = query
-                    .bind(delivery.run.webhook_id.map(|id| id.to_string()))
-                    .bind(delivery.run.delivery_id.clone())
-                    .bind(delivery.run.id.to_string())
-                    .bind(delivery.dedup_until.map(to_ms));
-            }
-            let claimed: Vec<(String,)> = query.bind(now_ms).fetch_all(&mut *$tx).await.map_err(classify)?;
-            let claimed: std::collections::HashSet<String> = claimed.into_iter().map(|(id,)| id).collect();
-            for &index in chunk {
-                let delivery = &deliveries[index];
-                if claimed.contains(&delivery.run.id.to_string()) {
-                    outcomes[index] = Some(DeliveryOutcome::Created);
-                    continue;
-                }
-                let existing: (String,) = sqlx::query_as(
-                    "SELECT run_id FROM webhook_deliveries WHERE webhook_id = $1 AND delivery_id = $2",
-                )
-                .bind(delivery.run.webhook_id.map(|id| id.to_string()))
-                .bind(delivery.run.delivery_id.clone())
-                .fetch_one(&mut *$tx)
-                .await
-                .map_err(classify)?;
-                let run_id: RunId = existing
-                    .0
-                    .parse()
-                    .map_err(|err| StoreError::Corrupt(format!("delivery run id: {err}")))?;
-                outcomes[index] = Some(DeliveryOutcome::Duplicate(run_id));
-            }
-        }
-        for (index, first) in repeats {
-            outcomes[index] = Some(match outcomes[first] {
-                Some(DeliveryOutcome::Duplicate(run_id)) => DeliveryOutcome::Duplicate(run_id),
-                _ => DeliveryOutcome::Duplicate(deliveries[first].run.id),
-            });
-        }
-        let created: Vec<&NewDelivery> = deliveries
+        plan
+    }
+
+    /// The outcome of every delivery, given the claims that lost to an earlier delivery (with
+    /// the run that earlier delivery started).
+    fn outcomes(&self, lost: &HashMap<RunId, RunId>) -> Vec<DeliveryOutcome> {
+        let mut outcomes: Vec<DeliveryOutcome> = self
+            .deliveries
             .iter()
-            .zip(&outcomes)
-            .filter(|(_, outcome)| **outcome == Some(DeliveryOutcome::Created))
-            .map(|(delivery, _)| delivery)
+            .map(|delivery| match lost.get(&delivery.run.id) {
+                Some(&earlier) => DeliveryOutcome::Duplicate(earlier),
+                None => DeliveryOutcome::Created,
+            })
             .collect();
-        for chunk in created.chunks(ROWS_PER_INSERT) {
-            // The queued event is the run's first: its sequence number is 1.
-            let sql = format!(
-                "INSERT INTO runs ({RUN_COLUMNS}, event_seq) VALUES {}",
-                placeholders(chunk.len(), RUN_COLUMN_COUNT + 1, 1)
-            );
-            let mut query = sqlx::query(&sql);
-            for delivery in chunk {
-                query = bind_run!(query, &delivery.run).bind(1i64);
-            }
-            query.execute(&mut *$tx).await.map_err(classify)?;
-            let sql = format!(
-                "INSERT INTO run_events (run_id, seq, attempt, origin, origin_seq, at_ms, kind, data) VALUES {}",
-                placeholders(chunk.len(), 8, 1)
-            );
-            let mut query = sqlx::query(&sql);
-            for delivery in chunk {
-                let event = &delivery.queued_event;
-                query = query
-                    .bind(event.run_id.to_string())
-                    .bind(1i64)
-                    .bind(i64::from(event.attempt))
-                    .bind(event.origin.as_str())
-                    .bind(clamp_i64(event.origin_seq))
-                    .bind(to_ms(event.at))
-                    .bind(event.kind.as_str())
-                    .bind(event.data.to_string());
-            }
-            query.execute(&mut *$tx).await.map_err(classify)?;
-            let sql = format!(
-                "INSERT INTO run_payloads (run_id, content_type, headers, query, body, body_bytes, truncated) VALUES {}",
-                placeholders(chunk.len(), 7, 1)
-            );
-            let mut query = sqlx::query(&sql);
-            for delivery in chunk {
-                let payload = &delivery.payload;
-                query = query
-                    .bind(payload.run_id.to_string())
-                    .bind(payload.content_type.clone())
-                    .bind(to_json(&payload.headers))
-                    .bind(to_json(&payload.query))
-                    .bind(payload.body.clone())
-                    .bind(clamp_i64(payload.body_bytes))
-                    .bind(payload.truncated);
-            }
-            query.execute(&mut *$tx).await.map_err(classify)?;
+        for &(index, first) in &self.repeats {
+            outcomes[index] = match outcomes[first] {
+                DeliveryOutcome::Duplicate(run_id) => DeliveryOutcome::Duplicate(run_id),
+                DeliveryOutcome::Created => {
+                    DeliveryOutcome::Duplicate(self.deliveries[first].run.id)
+                }
+            };
         }
         outcomes
-            .into_iter()
-            .map(|outcome| outcome.unwrap_or(DeliveryOutcome::Created))
-            .collect::<Vec<_>>()
+    }
+}
+
+/// The claim of delivery ids: a new id, or one whose window ended, takes the delivery's run.
+fn claims_sql(style: Placeholders, rows: usize, returning: bool) -> String {
+    format!(
+        "INSERT INTO webhook_deliveries (webhook_id, delivery_id, run_id, expires_at_ms) VALUES {} \
+         ON CONFLICT (webhook_id, delivery_id) DO UPDATE SET run_id = excluded.run_id, \
+         expires_at_ms = excluded.expires_at_ms WHERE webhook_deliveries.expires_at_ms <= {}{}",
+        placeholders(style, rows, 4, 1),
+        parameter(style, rows * 4 + 1),
+        if returning { " RETURNING run_id" } else { "" }
+    )
+}
+
+/// Binds the claims of `$chunk` and the current time, in `claims_sql` order.
+macro_rules! bind_claims {
+    ($query:expr, $chunk:expr, $now_ms:expr) => {{
+        let mut query = $query;
+        for delivery in $chunk {
+            query = query
+                .bind(delivery.run.webhook_id.map(|id| id.to_string()))
+                .bind(delivery.run.delivery_id.clone())
+                .bind(delivery.run.id.to_string())
+                .bind(delivery.dedup_until.map(to_ms));
+        }
+        query.bind($now_ms)
     }};
+}
+
+/// The three inserts of a chunk of runs: the run (its queued event is its first: seq 1), the
+/// event, the payload.
+fn insert_sql(style: Placeholders, rows: usize) -> [String; 3] {
+    [
+        format!(
+            "INSERT INTO runs ({RUN_COLUMNS}, event_seq) VALUES {}",
+            placeholders(style, rows, RUN_COLUMN_COUNT + 1, 1)
+        ),
+        format!(
+            "INSERT INTO run_events (run_id, seq, attempt, origin, origin_seq, at_ms, kind, data) VALUES {}",
+            placeholders(style, rows, 8, 1)
+        ),
+        format!(
+            "INSERT INTO run_payloads (run_id, content_type, headers, query, body, body_bytes, truncated) VALUES {}",
+            placeholders(style, rows, 7, 1)
+        ),
+    ]
+}
+
+fn parse_run_id(text: &str) -> StoreResult<RunId> {
+    text.parse()
+        .map_err(|err| StoreError::Corrupt(format!("delivery run id: {err}")))
+}
+
+/// The run an earlier delivery with this delivery's id started (`$executor`: a connection or
+/// transaction).
+macro_rules! earlier_run {
+    ($executor:expr, $delivery:expr) => {{
+        let delivery: &NewDelivery = $delivery;
+        let (run_id,): (String,) = sqlx::query_as(
+            "SELECT run_id FROM webhook_deliveries WHERE webhook_id = $1 AND delivery_id = $2",
+        )
+        .bind(delivery.run.webhook_id.map(|id| id.to_string()))
+        .bind(delivery.run.delivery_id.clone())
+        .fetch_one($executor)
+        .await
+        .map_err(classify)?;
+        parse_run_id(&run_id)?
+    }};
+}
+
+impl SqlStore {
+    /// SQLite: the whole batch in one call to SQLite's thread, so a delivery waits for one
+    /// hand-over, not one per statement. Every delivery inserts its run; a claim that lost (the
+    /// id was seen) has its run deleted again before the commit, and the runs that remain say
+    /// which claims won.
+    async fn record_deliveries_sqlite(
+        write: &sqlx::SqlitePool,
+        plan: &Plan<'_>,
+        now_ms: i64,
+    ) -> StoreResult<Vec<DeliveryOutcome>> {
+        let style = Placeholders::Anonymous;
+        let mut sql = String::from("BEGIN IMMEDIATE; ");
+        for chunk in plan.claims.chunks(ROWS_PER_INSERT) {
+            sql.push_str(&claims_sql(style, chunk.len(), false));
+            sql.push_str("; ");
+        }
+        for chunk in plan.inserts.chunks(ROWS_PER_INSERT) {
+            for statement in insert_sql(style, chunk.len()) {
+                sql.push_str(&statement);
+                sql.push_str("; ");
+            }
+        }
+        for chunk in plan.claims.chunks(ROWS_PER_INSERT) {
+            // Events and payloads of a deleted run go with it (ON DELETE CASCADE).
+            sql.push_str(&format!(
+                "DELETE FROM runs WHERE id IN ({}) AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d \
+                 WHERE d.webhook_id = runs.webhook_id AND d.delivery_id = runs.delivery_id AND d.run_id = runs.id); ",
+                vec!["?"; chunk.len()].join(", ")
+            ));
+        }
+        for chunk in plan.claims.chunks(ROWS_PER_INSERT) {
+            sql.push_str(&format!(
+                "SELECT id FROM runs WHERE id IN ({}); ",
+                vec!["?"; chunk.len()].join(", ")
+            ));
+        }
+        sql.push_str("COMMIT");
+        let mut query = sqlx::query_as::<_, (String,)>(&sql);
+        for chunk in plan.claims.chunks(ROWS_PER_INSERT) {
+            query = bind_claims!(query, chunk, now_ms);
+        }
+        for chunk in plan.inserts.chunks(ROWS_PER_INSERT) {
+            query = bind_payloads!(bind_events!(bind_runs!(query, chunk), chunk), chunk);
+        }
+        for _ in 0..2 {
+            for delivery in &plan.claims {
+                query = query.bind(delivery.run.id.to_string());
+            }
+        }
+        let mut conn = write.acquire().await.map_err(classify)?;
+        let kept = match query.fetch_all(&mut *conn).await {
+            Ok(kept) => kept,
+            Err(err) => {
+                // The statements stop at the failing one, inside the open transaction.
+                if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+                    tracing::debug!(error = %rollback, "rollback after a failed delivery batch");
+                }
+                return Err(classify(err));
+            }
+        };
+        let kept: std::collections::HashSet<String> = kept.into_iter().map(|(id,)| id).collect();
+        let mut lost = HashMap::new();
+        for delivery in &plan.claims {
+            if !kept.contains(&delivery.run.id.to_string()) {
+                lost.insert(delivery.run.id, earlier_run!(&mut *conn, delivery));
+            }
+        }
+        Ok(plan.outcomes(&lost))
+    }
+
+    /// PostgreSQL: claims first (they say which deliveries are new), then the new runs.
+    async fn record_deliveries_postgres(
+        pool: &sqlx::PgPool,
+        plan: &Plan<'_>,
+        now_ms: i64,
+    ) -> StoreResult<Vec<DeliveryOutcome>> {
+        let style = Placeholders::Numbered;
+        let mut tx = pool.begin().await.map_err(classify)?;
+        let mut lost = HashMap::new();
+        for chunk in plan.claims.chunks(ROWS_PER_INSERT) {
+            let sql = claims_sql(style, chunk.len(), true);
+            let claimed: Vec<(String,)> = bind_claims!(sqlx::query_as(&sql), chunk, now_ms)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(classify)?;
+            let claimed: std::collections::HashSet<String> =
+                claimed.into_iter().map(|(id,)| id).collect();
+            for delivery in chunk {
+                if !claimed.contains(&delivery.run.id.to_string()) {
+                    lost.insert(delivery.run.id, earlier_run!(&mut *tx, delivery));
+                }
+            }
+        }
+        let created: Vec<&NewDelivery> = plan
+            .inserts
+            .iter()
+            .copied()
+            .filter(|delivery| !lost.contains_key(&delivery.run.id))
+            .collect();
+        for chunk in created.chunks(ROWS_PER_INSERT) {
+            let [runs, events, payloads] = insert_sql(style, chunk.len());
+            bind_runs!(sqlx::query(&runs), chunk)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            bind_events!(sqlx::query(&events), chunk)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            bind_payloads!(sqlx::query(&payloads), chunk)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(plan.outcomes(&lost))
+    }
 }
 
 /// Columns in `RUN_COLUMNS`.
@@ -302,7 +492,7 @@ impl WebhookStore for SqlStore {
     async fn insert_webhook(&self, webhook: &Webhook) -> StoreResult<()> {
         let sql = format!(
             "INSERT INTO webhooks ({WEBHOOK_COLUMNS}) VALUES {}",
-            placeholders(1, 11, 1)
+            placeholders(Placeholders::Numbered, 1, 11, 1)
         );
         on_write!(self, pool => bind_webhook!(sqlx::query(&sql), webhook).execute(pool).await.map(|done| done.rows_affected()))
             .map_err(|err| webhook_conflict(err, webhook))?;
@@ -382,35 +572,13 @@ impl WebhookStore for SqlStore {
         if deliveries.is_empty() {
             return Ok(Vec::new());
         }
+        let plan = Plan::new(deliveries);
         match &self.pools {
             Pools::Sqlite { write, .. } => {
-                // Acknowledged deliveries must survive a power loss too, not only a crash: this
-                // batch's commit waits for the WAL to reach the disk (one fsync for the batch).
-                let mut conn = write.acquire().await.map_err(classify)?;
-                sqlx::query("PRAGMA synchronous = FULL")
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(classify)?;
-                let written: StoreResult<Vec<DeliveryOutcome>> = async {
-                    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(classify)?;
-                    let outcomes = record_deliveries_in!(tx, deliveries, now);
-                    tx.commit().await.map_err(classify)?;
-                    Ok(outcomes)
-                }
-                .await;
-                if let Err(err) = sqlx::query("PRAGMA synchronous = NORMAL")
-                    .execute(&mut *conn)
-                    .await
-                {
-                    tracing::warn!(error = %err, "could not restore synchronous = NORMAL");
-                }
-                written
+                Self::record_deliveries_sqlite(write, &plan, to_ms(now)).await
             }
             Pools::Postgres(pool) => {
-                let mut tx = pool.begin().await.map_err(classify)?;
-                let outcomes = record_deliveries_in!(tx, deliveries, now);
-                tx.commit().await.map_err(classify)?;
-                Ok(outcomes)
+                Self::record_deliveries_postgres(pool, &plan, to_ms(now)).await
             }
         }
     }
@@ -450,8 +618,13 @@ mod tests {
 
     #[test]
     fn placeholders_number_every_value() {
-        assert_eq!(placeholders(2, 3, 1), "($1, $2, $3), ($4, $5, $6)");
-        assert_eq!(placeholders(1, 2, 5), "($5, $6)");
+        use Placeholders::*;
+        assert_eq!(
+            placeholders(Numbered, 2, 3, 1),
+            "($1, $2, $3), ($4, $5, $6)"
+        );
+        assert_eq!(placeholders(Numbered, 1, 2, 5), "($5, $6)");
+        assert_eq!(placeholders(Anonymous, 2, 2, 5), "(?, ?), (?, ?)");
         assert_eq!(
             super::super::RUN_COLUMNS.split(',').count(),
             RUN_COLUMN_COUNT,

@@ -1,10 +1,12 @@
-//! Benchmarks of issue #2, printed as a table (copy the figures into BENCHMARKS.md):
+//! Benchmarks, printed as a table (copy the figures into BENCHMARKS.md):
 //!
 //! - `cron`: fire lateness of N per-second jobs over S seconds, and dispatch latency (due time
 //!   to the run's process being spawned);
 //! - `overhead`: a `claude -p` run through Autopilot against the same run started directly, both
 //!   against the fake Anthropic API;
-//! - `memory`: resident memory of an idle `autopilot serve`.
+//! - `memory`: resident memory of an idle `autopilot serve`;
+//! - `webhooks`: accepted deliveries per second on the embedded default (wrk on loopback), and
+//!   latency at a fixed 1,000 deliveries per second (see `webhooks.rs`).
 //!
 //! `cargo run --release -p autopilot-tests --bin bench -- all` runs everything.
 
@@ -19,7 +21,9 @@ use autopilot_tests::harness::{is_terminal, TestServer, ADMIN_TOKEN};
 use serde_json::json;
 use sqlx::Connection;
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+mod webhooks;
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -27,15 +31,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-fn sorted(mut values: Vec<f64>) -> Vec<f64> {
+pub fn sorted(mut values: Vec<f64>) -> Vec<f64> {
     values.sort_by(|a, b| a.total_cmp(b));
     values
 }
 
-struct Row {
-    name: String,
-    value: String,
-    target: String,
+pub struct Row {
+    pub name: String,
+    pub value: String,
+    pub target: String,
 }
 
 fn print_table(rows: &[Row]) {
@@ -232,49 +236,79 @@ async fn overhead(runs: usize) -> anyhow::Result<Vec<Row>> {
     }])
 }
 
-async fn memory() -> anyhow::Result<Vec<Row>> {
+/// `autopilot serve` as its own process on a free loopback port, with a fresh data directory.
+pub struct Serve {
+    pub child: std::process::Child,
+    pub base_url: String,
+    pub dir: tempfile::TempDir,
+    pub bin: std::path::PathBuf,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `autopilot serve` with `env` added, and waits until it is ready.
+pub async fn spawn_serve(env: &[(&str, &str)]) -> anyhow::Result<Serve> {
     let bin = components::autopilot_bin()
         .context("build the autopilot binary first (cargo build --release --bin autopilot)")?;
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let mut child = Command::new(&bin)
+    let mut command = Command::new(&bin);
+    command
         .arg("serve")
         .env("AUTOPILOT_DATA_DIR", dir.path())
         .env("AUTOPILOT_BIND", format!("127.0.0.1:{port}"))
         .env("AUTOPILOT_ADMIN_TOKEN", ADMIN_TOKEN)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+        // BENCH_SERVER_LOGS=1 shows the server's log (e.g. with AUTOPILOT_LOG=debug).
+        .stderr(if std::env::var_os("BENCH_SERVER_LOGS").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        });
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let serve = Serve {
+        child: command.spawn()?,
+        base_url: format!("http://127.0.0.1:{port}"),
+        dir,
+        bin,
+    };
     let client = reqwest::Client::new();
-    let mut ready = false;
     for _ in 0..200 {
         if client
-            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .get(format!("{}/readyz", serve.base_url))
             .send()
             .await
             .is_ok_and(|r| r.status().is_success())
         {
-            ready = true;
-            break;
+            return Ok(serve);
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    anyhow::ensure!(ready, "autopilot did not start");
+    anyhow::bail!("autopilot did not start")
+}
+
+async fn memory() -> anyhow::Result<Vec<Row>> {
+    let serve = spawn_serve(&[]).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", serve.child.id()))?;
     let rss_kb: f64 = status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("VmRSS")?;
-    child.kill()?;
-    child.wait()?;
     Ok(vec![Row {
         name: format!(
             "idle resident memory of `autopilot serve` ({})",
-            bin.display()
+            serve.bin.display()
         ),
         value: format!("{:.1} MB", rss_kb / 1024.0),
         target: "≤ 30 MB".into(),
@@ -304,9 +338,13 @@ async fn main() -> anyhow::Result<()> {
     if matches!(which, "memory" | "all") {
         rows.extend(memory().await?);
     }
+    if matches!(which, "webhooks" | "all") {
+        rows.extend(webhooks::webhooks(number(1, 10), number(2, 10)).await?);
+    }
     anyhow::ensure!(
         !rows.is_empty(),
-        "usage: bench [cron [JOBS SECONDS] | dispatch [SECONDS] | overhead [RUNS] | memory | all]"
+        "usage: bench [cron [JOBS SECONDS] | dispatch [SECONDS] | overhead [RUNS] | memory | \
+         webhooks [LOAD_SECONDS FIXED_RATE_SECONDS] | all]"
     );
     print_table(&rows);
     Ok(())

@@ -1,0 +1,270 @@
+//! Webhook ingestion on the embedded default (SQLite, one process):
+//!
+//! - throughput: wrk on loopback (2 threads, 64 connections, a fixed time) sends GitHub-style
+//!   deliveries (signed with `X-Hub-Signature-256`, each with its own `X-GitHub-Delivery`) as
+//!   fast as they are answered; then the server is killed with SIGKILL at once and the runs in its
+//!   database are counted: every delivery answered `202` must be there;
+//! - latency: an open-loop generator sends 1,000 deliveries a second, each at its due time
+//!   whether or not earlier ones were answered, and measures due time → answer.
+//!
+//! The webhook's runs go to a worker pool nobody serves, so what is measured is ingestion (the
+//! run stored, durable, and queued), not Claude Code runs.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use autopilot_tests::harness::ADMIN_TOKEN;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use sqlx::Connection;
+
+use super::{percentile, sorted, spawn_serve, Row, Serve};
+
+const SECRET: &str = "bench-signing-secret-0123456789";
+const PAYLOAD: &str = r#"{"action":"opened","issue":{"number":1347,"title":"Found a bug","user":{"login":"octocat"},"labels":[{"name":"bug"}]}}"#;
+
+fn signature(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Creates the benchmark's webhook; returns its URL.
+async fn create_webhook(serve: &Serve) -> anyhow::Result<String> {
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/webhooks", serve.base_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({
+            "name": "bench",
+            "prompt_template": "Triage GitHub issue #{{payload.issue.number}} ({{headers.x-github-event}}): {{payload.issue.title}} by {{payload.issue.user.login}}",
+            "pool": "bench-unserved",
+            "signature": { "scheme": "github", "secret": SECRET },
+            "rate_limit": { "per_second": 1_000_000, "burst": 1_000_000 },
+        }))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status() == reqwest::StatusCode::CREATED,
+        "creating the webhook: {}",
+        response.text().await?
+    );
+    let created: Value = response.json().await?;
+    created["url"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no url in the answer")
+}
+
+/// wrk's script: the same signed body, a new delivery id each request, and the counts as JSON.
+fn wrk_script() -> String {
+    format!(
+        r#"
+-- `thread_id` is set in each thread's own state by setup(); it must stay a global there.
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("thread_id", threads)
+end
+local counter = 0
+function request()
+  counter = counter + 1
+  return wrk.format("POST", nil, {{
+    ["Content-Type"] = "application/json",
+    ["X-GitHub-Event"] = "issues",
+    ["X-Hub-Signature-256"] = "{signature}",
+    ["X-GitHub-Delivery"] = thread_id .. "-" .. counter,
+  }}, '{payload}')
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRK {{"requests":%d,"non2xx":%d,"socket_errors":%d,"seconds":%f,"p50_us":%d,"p99_us":%d}}\n',
+    summary.requests, e.status, e.connect + e.read + e.write + e.timeout, summary.duration / 1e6,
+    latency:percentile(50), latency:percentile(99)))
+end
+"#,
+        signature = signature(PAYLOAD.as_bytes()),
+        payload = PAYLOAD,
+    )
+}
+
+/// The server's log filter: warnings only, unless `AUTOPILOT_LOG` says otherwise.
+fn log_filter() -> String {
+    std::env::var("AUTOPILOT_LOG").unwrap_or_else(|_| "warn".to_owned())
+}
+
+async fn runs_in_database(serve: &Serve) -> anyhow::Result<i64> {
+    let path = serve.dir.path().join("autopilot.db");
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await?;
+    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM runs WHERE webhook_id IS NOT NULL")
+        .fetch_one(&mut db)
+        .await?;
+    Ok(count)
+}
+
+async fn throughput(seconds: u64) -> anyhow::Result<Vec<Row>> {
+    anyhow::ensure!(
+        std::process::Command::new("wrk")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "the webhook benchmark needs wrk: apt-get install wrk"
+    );
+    let mut serve = spawn_serve(&[
+        ("AUTOPILOT_MAX_QUEUED_RUNS", "100000000"),
+        ("AUTOPILOT_LOG", &log_filter()),
+    ])
+    .await?;
+    let url = create_webhook(&serve).await?;
+    let script = serve.dir.path().join("deliveries.lua");
+    std::fs::write(&script, wrk_script())?;
+    eprintln!("wrk: 2 threads, 64 connections, {seconds}s against {url}…");
+    let output = tokio::process::Command::new("wrk")
+        .args(["-t2", "-c64", &format!("-d{seconds}s"), "-s"])
+        .arg(&script)
+        .arg(&url)
+        .output()
+        .await?;
+    // Killed at once: what was answered must already be on disk.
+    serve.child.kill()?;
+    serve.child.wait()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .find_map(|line| line.strip_prefix("WRK "))
+        .with_context(|| format!("no summary from wrk: {text}"))?;
+    let summary: Value = serde_json::from_str(line)?;
+    let requests = summary["requests"].as_i64().unwrap_or(0);
+    let refused = summary["non2xx"].as_i64().unwrap_or(0);
+    let accepted = requests - refused;
+    let per_second = accepted as f64 / summary["seconds"].as_f64().unwrap_or(1.0);
+    let stored = runs_in_database(&serve).await?;
+    anyhow::ensure!(
+        stored >= accepted,
+        "only {stored} runs were stored for {accepted} accepted deliveries"
+    );
+    Ok(vec![
+        Row {
+            name: format!(
+                "webhook deliveries accepted per second, durable, embedded SQLite (wrk -t2 -c64 \
+                 {seconds}s, signed, unique delivery ids; {accepted} accepted, {refused} refused)"
+            ),
+            value: format!(
+                "**{per_second:.0}/s** (wrk latency p50 {:.1} ms, p99 {:.1} ms)",
+                summary["p50_us"].as_f64().unwrap_or(f64::NAN) / 1000.0,
+                summary["p99_us"].as_f64().unwrap_or(f64::NAN) / 1000.0
+            ),
+            target: "≥ 10,000/s".into(),
+        },
+        Row {
+            name: "runs in the database after `kill -9` right after the load".into(),
+            value: format!("{stored} for {accepted} answered `202` (none lost)"),
+            target: "every accepted delivery".into(),
+        },
+    ])
+}
+
+async fn fixed_rate(seconds: u64) -> anyhow::Result<Vec<Row>> {
+    const RATE: u64 = 1000;
+    let serve = spawn_serve(&[
+        ("AUTOPILOT_MAX_QUEUED_RUNS", "100000000"),
+        ("AUTOPILOT_LOG", &log_filter()),
+    ])
+    .await?;
+    let url = create_webhook(&serve).await?;
+    let total = RATE * seconds;
+    // Bodies and signatures are made before the clock starts; the generator runs on a thread of
+    // its own so its scheduling does not mix with anything else in this process.
+    let requests: Vec<(String, String)> = (0..total)
+        .map(|i| {
+            let body = format!(
+                r#"{{"action":"opened","issue":{{"number":{i},"title":"Found a bug","user":{{"login":"octocat"}}}}}}"#
+            );
+            let signature = signature(body.as_bytes());
+            (body, signature)
+        })
+        .collect();
+    eprintln!("{RATE} deliveries/s for {seconds}s, open loop…");
+    let generator = std::thread::spawn(move || -> anyhow::Result<(Vec<f64>, u64)> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(open_loop(url, requests, RATE))
+    });
+    let (latencies, accepted) = generator
+        .join()
+        .map_err(|_| anyhow::anyhow!("the load generator panicked"))??;
+    let latencies = sorted(latencies);
+    Ok(vec![Row {
+        name: format!(
+            "webhook latency at a fixed {RATE} deliveries/s for {seconds}s, due time → answer \
+             (open loop; {accepted} of {total} accepted)"
+        ),
+        value: format!(
+            "p50 {:.2} ms, **p99 {:.2} ms**, max {:.1} ms",
+            percentile(&latencies, 50.0),
+            percentile(&latencies, 99.0),
+            latencies.last().copied().unwrap_or(f64::NAN)
+        ),
+        target: "p99 < 10 ms".into(),
+    }])
+}
+
+/// Sends each request at its due time (`rate` a second) whether or not earlier ones were
+/// answered, and measures due time → answer, so a stall of the server counts for every request
+/// it delays (no coordinated omission).
+async fn open_loop(
+    url: String,
+    requests: Vec<(String, String)>,
+    rate: u64,
+) -> anyhow::Result<(Vec<f64>, u64)> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    // Warm connections so connection set-up is not measured.
+    let warm = (0..16).map(|_| client.get(&url).send());
+    futures::future::join_all(warm).await;
+    let count = requests.len();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(f64, bool)>();
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    for (i, (body, signature)) in requests.into_iter().enumerate() {
+        let due = start + Duration::from_micros(i as u64 * 1_000_000 / rate);
+        tokio::time::sleep_until(due).await;
+        let request = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("x-github-event", "issues")
+            .header("x-github-delivery", format!("fixed-{i}"))
+            .header("x-hub-signature-256", signature)
+            .body(body);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let answer = request.send().await;
+            let accepted = answer.is_ok_and(|r| r.status() == reqwest::StatusCode::ACCEPTED);
+            let latency = Instant::now()
+                .saturating_duration_since(due.into_std())
+                .as_secs_f64()
+                * 1000.0;
+            let _ = tx.send((latency, accepted));
+        });
+    }
+    drop(tx);
+    let mut latencies = Vec::with_capacity(count);
+    let mut accepted = 0;
+    while let Some((latency, ok)) = rx.recv().await {
+        latencies.push(latency);
+        accepted += u64::from(ok);
+    }
+    Ok((latencies, accepted))
+}
+
+pub async fn webhooks(load_seconds: u64, fixed_seconds: u64) -> anyhow::Result<Vec<Row>> {
+    // Zero seconds of load skips the throughput half.
+    let mut rows = if load_seconds == 0 {
+        Vec::new()
+    } else {
+        throughput(load_seconds).await?
+    };
+    rows.extend(fixed_rate(fixed_seconds).await?);
+    Ok(rows)
+}

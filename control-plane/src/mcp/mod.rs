@@ -35,7 +35,10 @@ const INSTRUCTIONS: &str = "Autopilot runs Claude Code on schedules. Jobs hold a
 shell command), a cron schedule and the tools a run may use; every run is recorded with its \
 events, tokens and cost. Use list_jobs / get_job to look, create_job / update_job to change, \
 trigger_job or quick_run to run now (pass wait: true to get the result), list_runs / get_run to \
-read what happened, preview_schedule to check a cron expression before saving it.";
+read what happened, preview_schedule to check a cron expression before saving it. Webhooks \
+(create_webhook, list_webhooks, get_webhook, update_webhook, delete_webhook, \
+rotate_webhook_secret, replay_delivery) turn HTTP requests from other services into runs, with \
+values from the request in the prompt.";
 
 /// One MCP server instance; cheap to make (one per HTTP request in stateless mode).
 #[derive(Clone)]
@@ -206,7 +209,7 @@ mod tests {
             .iter()
             .map(|tool| tool.name.as_ref())
             .collect();
-        assert_eq!(names.len(), 12);
+        assert_eq!(names.len(), 19);
         let mut unique = names.clone();
         unique.sort_unstable();
         unique.dedup();

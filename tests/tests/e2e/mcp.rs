@@ -18,7 +18,7 @@ use tokio::process::Command;
 const DEFAULT_MODEL: &str = "claude-opus-5-5";
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
 
-const TOOLS: [&str; 12] = [
+const TOOLS: [&str; 19] = [
     "list_jobs",
     "get_job",
     "create_job",
@@ -31,6 +31,13 @@ const TOOLS: [&str; 12] = [
     "preview_schedule",
     "quick_run",
     "get_server_info",
+    "create_webhook",
+    "list_webhooks",
+    "get_webhook",
+    "update_webhook",
+    "delete_webhook",
+    "rotate_webhook_secret",
+    "replay_delivery",
 ];
 
 fn client_script() -> PathBuf {
@@ -460,5 +467,129 @@ async fn mcp_is_stateless_json_and_accepts_2025_06_18_clients() {
         "foreign host answered {}",
         response.status()
     );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn mcp_webhook_tools_create_rotate_replay_and_delete_a_webhook() {
+    let Some(python) = components::mcp_python() else {
+        return;
+    };
+    let server = TestServer::builder().start().await;
+    let out = over_http(
+        &python,
+        &server,
+        json!([
+            { "tool": "create_webhook", "args": {
+                "name": "issues", "prompt_template": "Triage {{payload.title}}", "pool": "nowhere",
+                "signature": { "scheme": "github" } } },
+            { "tool": "update_webhook", "args": { "webhook": "issues", "prompt_template": "{{payload.title" } },
+            { "tool": "update_webhook", "args": { "webhook": "issues", "prompt_template": "Label {{payload.title}}" } },
+            { "tool": "rotate_webhook_secret", "args": { "webhook": "issues", "grace_secs": 60 } },
+            { "tool": "list_webhooks", "args": {} },
+            { "tool": "get_webhook", "args": { "webhook": "nope" } },
+        ]),
+    )
+    .await;
+    let steps = out["steps"].as_array().unwrap();
+    let created = &steps[0];
+    assert_tool_ok(created);
+    let first_url = created["structuredContent"]["url"].as_str().unwrap();
+    let secret = created["structuredContent"]["signing_secret"]
+        .as_str()
+        .unwrap();
+    assert!(
+        tool_text(created).contains(first_url),
+        "the URL is shown once, in the answer"
+    );
+    let bad = &steps[1];
+    assert_eq!(bad["isError"], true, "{bad:#}");
+    let text = tool_text(bad);
+    assert!(
+        text.contains("`prompt_template`") && text.contains("line 1, column 1"),
+        "{text}"
+    );
+    assert_tool_ok(&steps[2]);
+    let rotated = &steps[3];
+    assert_tool_ok(rotated);
+    let url = rotated["structuredContent"]["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(url, first_url);
+    assert_eq!(steps[4]["structuredContent"]["count"], 1);
+    assert_eq!(steps[5]["isError"], true);
+    assert!(
+        tool_text(&steps[5]).contains("list_webhooks"),
+        "{:#}",
+        steps[5]
+    );
+
+    // A delivery to the rotated URL, signed with the secret given at creation.
+    let body = r#"{"title":"crash"}"#;
+    let signature = {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(body.as_bytes());
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let (status, _, answer) = server
+        .deliver(
+            &url,
+            &[
+                ("content-type", "application/json"),
+                ("x-hub-signature-256", &signature),
+            ],
+            body,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let run_id = answer["run_id"].as_str().unwrap().to_owned();
+
+    let out = over_http(
+        &python,
+        &server,
+        json!([
+            { "tool": "replay_delivery", "args": { "run_id": run_id } },
+            { "tool": "get_webhook", "args": { "webhook": "issues" } },
+            { "tool": "list_runs", "args": { "webhook": "issues" } },
+            { "tool": "delete_webhook", "args": { "webhook": "issues" } },
+            { "tool": "list_webhooks", "args": {} },
+        ]),
+    )
+    .await;
+    let steps = out["steps"].as_array().unwrap();
+    let replayed = &steps[0];
+    assert_tool_ok(replayed);
+    let replay_id = replayed["structuredContent"]["run"]["id"].as_str().unwrap();
+    assert_ne!(replay_id, run_id);
+    let prompt = server.run(replay_id).await["settings"]["prompt"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        prompt.contains("Label <webhook-data source=\"payload.title\">crash</webhook-data>"),
+        "{prompt}"
+    );
+    assert_eq!(
+        steps[1]["structuredContent"]["recent_runs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        steps[2]["structuredContent"]["runs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_tool_ok(&steps[3]);
+    assert_eq!(steps[4]["structuredContent"]["count"], 0);
+    let (status, _, _) = server
+        .deliver(&url, &[("content-type", "application/json")], body)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     server.stop().await.unwrap();
 }

@@ -25,6 +25,8 @@ use crate::model::{Run, RunFilter};
 use crate::services::jobs::{preview_schedule, upcoming_fires, JobInput, JobPatch, JobView};
 use crate::services::runs::{QuickRunInput, MAX_PAGE};
 
+mod webhooks;
+
 /// Extra time a waiting call gives a run beyond its own timeout (queueing, start-up, the kill
 /// grace).
 const WAIT_SLACK: Duration = Duration::from_secs(60);
@@ -176,6 +178,9 @@ struct ListRunsArgs {
     /// Only runs of this job (id or name).
     #[serde(default)]
     job: Option<String>,
+    /// Only runs started by this webhook (id or name).
+    #[serde(default)]
+    webhook: Option<String>,
     /// Only runs in these states: queued, running, cancelling, succeeded, failed, timed_out,
     /// cancelled, lost.
     #[serde(default)]
@@ -308,6 +313,12 @@ fn waited_run_schema() -> Value {
 }
 
 fn specs() -> Vec<Spec> {
+    let mut specs = job_and_run_specs();
+    specs.extend(webhooks::specs());
+    specs
+}
+
+fn job_and_run_specs() -> Vec<Spec> {
     vec![
         Spec {
             name: "list_jobs",
@@ -600,6 +611,7 @@ pub async fn call(
         "preview_schedule" => preview(args),
         "quick_run" => quick_run(app, args, &context).await,
         "get_server_info" => server_info(app, args).await,
+        name if webhooks::NAMES.contains(&name) => webhooks::call(app, name, args, &context).await,
         _ => Err(Failure::Message(format!(
             "tool `{name}` is not implemented"
         ))),
@@ -670,7 +682,7 @@ impl Failure {
                 )
             }
             Failure::Service(err @ ServiceError::NotFound { .. }) => {
-                format!("{err}. list_jobs / list_runs show what exists.")
+                format!("{err}. list_jobs / list_runs / list_webhooks show what exists.")
             }
             Failure::Service(ServiceError::Conflict(message)) => message,
             Failure::Service(ServiceError::Unavailable(message)) => {
@@ -991,11 +1003,15 @@ async fn list_runs(app: &App, args: JsonObject) -> Outcome {
         Some(before) => Some(parse_run_id("before", before)?),
         None => None,
     };
+    let webhook_id = match args.webhook.as_deref() {
+        Some(webhook) => Some(app.find_webhook(webhook).await?.id),
+        None => None,
+    };
     let limit = args.limit.clamp(1, MAX_PAGE);
     let runs = app
         .list_runs(RunFilter {
             job_id,
-            webhook_id: None,
+            webhook_id,
             statuses,
             before,
             limit,

@@ -149,36 +149,29 @@ async fn deliver_inner(
 
 /// The answer to a refused delivery. 5xx causes are logged once, never sent.
 fn delivery_error(err: DeliveryError) -> Response {
+    let err = match err {
+        DeliveryError::Service(err) => return ApiError::from(err).into_response(),
+        other => other,
+    };
     let retry_after = match &err {
         DeliveryError::RateLimited { retry_after_secs }
         | DeliveryError::QueueFull { retry_after_secs } => Some(*retry_after_secs),
         _ => None,
     };
-    let api_error = match err {
-        DeliveryError::Service(err) => ApiError::from(err),
-        err => {
-            let (status, code) = match &err {
-                DeliveryError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-                DeliveryError::TooLarge { .. } => {
-                    (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
-                }
-                DeliveryError::UnsupportedMediaType(_) => {
-                    (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-                }
-                DeliveryError::Signature(_) => (StatusCode::UNAUTHORIZED, "invalid_signature"),
-                DeliveryError::RateLimited { .. } => {
-                    (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
-                }
-                DeliveryError::QueueFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
-                DeliveryError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-                DeliveryError::Unprocessable(_) => {
-                    (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable")
-                }
-                DeliveryError::Service(_) => unreachable!("handled above"),
-            };
-            ApiError::new(status, code, err.to_string())
+    let (status, code) = match &err {
+        // Answered above.
+        DeliveryError::Service(_) | DeliveryError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        DeliveryError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+        DeliveryError::UnsupportedMediaType(_) => {
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
         }
+        DeliveryError::Signature(_) => (StatusCode::UNAUTHORIZED, "invalid_signature"),
+        DeliveryError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+        DeliveryError::QueueFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
+        DeliveryError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+        DeliveryError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
     };
+    let api_error = ApiError::new(status, code, err.to_string());
     let mut response = api_error.into_response();
     if let Some(secs) = retry_after {
         response

@@ -11,4 +11,5 @@ mod oauth;
 mod process;
 mod scheduler;
 mod store;
+mod store_webhooks;
 mod webhooks;

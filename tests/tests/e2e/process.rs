@@ -297,3 +297,86 @@ fn bad_configuration_is_refused_with_the_variable_to_fix() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("AUTOPILOT_DATABASE_URL"), "{stderr}");
 }
+
+#[tokio::test]
+async fn every_webhook_delivery_answered_202_survives_a_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "process-test-token-0123456789";
+    let env = [("AUTOPILOT_ADMIN_TOKEN", token)];
+    let Some(mut first) = spawn(dir.path(), &env).await else {
+        return;
+    };
+    let (status, created) = api(
+        &first,
+        token,
+        reqwest::Method::POST,
+        "/api/v1/webhooks",
+        Some(json!({
+            "name": "durable",
+            "prompt_template": "{{payload.n}}",
+            "pool": "nowhere",
+            "rate_limit": { "per_second": 100000 },
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let url = created["url"].as_str().unwrap().to_owned();
+
+    // Senders keep delivering while the process is killed under them.
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut senders = Vec::new();
+    for sender in 0..8 {
+        let url = url.clone();
+        let acknowledged = std::sync::Arc::clone(&acknowledged);
+        senders.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for n in 0.. {
+                let sent = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", format!("{sender}-{n}"))
+                    .body(json!({ "n": n }).to_string())
+                    .send()
+                    .await;
+                let Ok(response) = sent else { return };
+                if response.status() != reqwest::StatusCode::ACCEPTED {
+                    return;
+                }
+                let Ok(body) = response.json::<Value>().await else {
+                    return;
+                };
+                acknowledged
+                    .lock()
+                    .unwrap()
+                    .push(body["run_id"].as_str().unwrap().to_owned());
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first.child.kill().unwrap(); // SIGKILL, with requests in flight
+    first.child.wait().unwrap();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(
+        acknowledged.len() > 50,
+        "only {} deliveries before the kill",
+        acknowledged.len()
+    );
+
+    let second = spawn(dir.path(), &env).await.unwrap();
+    for run_id in &acknowledged {
+        let (status, run) = api(
+            &second,
+            token,
+            reqwest::Method::GET,
+            &format!("/api/v1/runs/{run_id}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "acknowledged run {run_id} was lost");
+        assert_eq!(run["status"], "queued", "{run:#}");
+        assert_eq!(run["trigger"], "webhook");
+    }
+}

@@ -7,11 +7,6 @@ use tracing_subscriber::EnvFilter;
 use autopilot_control_plane::config::{Config, ConfigArgs, LogFormat};
 use autopilot_control_plane::{mcp, serve};
 
-/// glibc's allocator spends a quarter of the webhook delivery path in malloc and free across
-/// threads (measured with `perf`); mimalloc's thread-local heaps do not.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Autopilot runs Claude Code on a schedule and on events.
 #[derive(Parser)]
 #[command(name = "autopilot", version, about)]

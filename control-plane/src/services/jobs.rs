@@ -193,16 +193,7 @@ impl From<&Job> for JobView {
 /// Checks a whole job description and builds the job's settings. `existing` supplies the id,
 /// counters and creation time on update.
 fn validate(input: JobInput, existing: Option<&Job>, now: DateTime<Utc>) -> ServiceResult<Job> {
-    let name = input.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(ServiceError::invalid("name", "must be 1 to 100 characters"));
-    }
-    if let Some(bad) = name.chars().find(|c| c.is_control()) {
-        return Err(ServiceError::invalid(
-            "name",
-            format!("must not contain control characters (found {bad:?})"),
-        ));
-    }
+    let name = validate_name(&input.name)?;
     let kind = match (input.kind, &input.prompt, &input.command) {
         (_, Some(_), Some(_)) => {
             return Err(ServiceError::invalid(
@@ -338,6 +329,22 @@ fn validate(input: JobInput, existing: Option<&Job>, now: DateTime<Utc>) -> Serv
         created_at: existing.map_or(now, |job| job.created_at),
         updated_at: now,
     })
+}
+
+/// A name as given (of a job or a webhook), trimmed: 1 to 100 characters, none of them control
+/// characters.
+pub(crate) fn validate_name(name: &str) -> ServiceResult<String> {
+    let name = name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(ServiceError::invalid("name", "must be 1 to 100 characters"));
+    }
+    if let Some(bad) = name.chars().find(|c| c.is_control()) {
+        return Err(ServiceError::invalid(
+            "name",
+            format!("must not contain control characters (found {bad:?})"),
+        ));
+    }
+    Ok(name)
 }
 
 /// A retry policy as given, or `current` (the default for a new record) when none is.

@@ -308,16 +308,7 @@ impl App {
         existing: Option<&Webhook>,
         now: DateTime<Utc>,
     ) -> ServiceResult<Validated> {
-        let name = input.name.trim().to_owned();
-        if name.is_empty() || name.chars().count() > 100 {
-            return Err(ServiceError::invalid("name", "must be 1 to 100 characters"));
-        }
-        if let Some(bad) = name.chars().find(|c| c.is_control()) {
-            return Err(ServiceError::invalid(
-                "name",
-                format!("must not contain control characters (found {bad:?})"),
-            ));
-        }
+        let name = crate::services::jobs::validate_name(&input.name)?;
         let job = match input.job.as_deref().map(str::trim) {
             Some(job) if !job.is_empty() => {
                 Some(self.find_job(job).await.map_err(|err| match err {

@@ -964,6 +964,26 @@ async fn a_run_can_be_replayed_from_its_stored_payload() {
     assert_eq!(events[0]["data"]["replay_of"], first_id);
     assert_eq!(runs_of_webhook(&server, "replayable").await.len(), 2);
 
+    // A body over the stored cap (256 KiB) is kept in part, and its run cannot be replayed.
+    let big = json!({ "title": "big", "blob": "z".repeat(300 * 1024) });
+    let big_run = server.deliver_json(&url_of(&created), &big).await;
+    let stored = server.get(&format!("/api/v1/runs/{big_run}/payload")).await;
+    assert_eq!(stored["truncated"], true);
+    assert_eq!(stored["body_bytes"], big.to_string().len());
+    assert_eq!(stored["body"].as_str().unwrap().len(), 256 * 1024);
+    let (status, answer) = server
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{big_run}/replay"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(
+        answer["error"]["message"].as_str().unwrap().contains("cap"),
+        "{answer}"
+    );
+
     // Only webhook runs have something to replay.
     let quick = server.quick_run(json!({ "prompt": "hi" })).await;
     let (status, answer) = server

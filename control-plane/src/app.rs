@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::seal::Sealer;
 use crate::store::Store;
-use crate::webhooks::delivery::Deliveries;
+use crate::webhooks::intake::Deliveries;
 
 /// Shared state: the store, the bus and the signals between services and background tasks.
 pub struct App {

@@ -145,7 +145,7 @@ pub async fn run_with(
     spawn_task!(
         "webhook delivery writer",
         control,
-        crate::webhooks::delivery::run_delivery_writer
+        crate::webhooks::writer::run_delivery_writer
     );
     spawn_task!("reaper", control, run_reaper);
     spawn_task!("scheduler", shutdown, crate::scheduler::run_on_own_thread);

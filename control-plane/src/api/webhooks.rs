@@ -13,7 +13,8 @@ use super::{ApiError, ApiResult, AppState};
 use crate::services::webhooks::{
     RotateInput, WebhookInput, WebhookPatch, WebhookSecrets, WebhookView,
 };
-use crate::webhooks::delivery::{DeliveryError, Submitted};
+use crate::webhooks::delivery::DeliveryError;
+use crate::webhooks::writer::Submitted;
 
 pub async fn list(State(AppState(app)): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "webhooks": app.list_webhooks().await? })))

@@ -2,43 +2,27 @@
 //!
 //! Webhooks are looked up by the digest of their URL token through a small cache; a delivery is
 //! checked (size, content type, signature, rate limit, the bound on queued work), rendered into a
-//! run and handed to the delivery writer, which stores deliveries in batches: one transaction
-//! (and one fsync) for every delivery that arrived while the previous batch was being written.
+//! run and handed to the delivery writer (`super::writer`), which stores deliveries in batches:
+//! one transaction for every delivery that arrived while the previous batch was being written.
 //! The answer waits for that commit, so a `202` is never given for a run that could be lost.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-use autopilot_proto::{ClaudeSpec, RunId, RunKind, Trigger, WebhookId};
+use autopilot_proto::{ClaudeSpec, RunId, RunKind, Trigger};
 use axum::body::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::error::{ServiceError, ServiceResult};
 use crate::model::{Job, OverlapPolicy, Run, RunSettings};
 use crate::services::runs::control_event;
-use crate::webhooks::model::{
-    DeliveryOutcome, NewDelivery, SignatureSchemeName, StoredPayload, Webhook,
-};
+use crate::webhooks::model::{NewDelivery, SignatureSchemeName, StoredPayload, Webhook};
 use crate::webhooks::signature::{self, Scheme, SignatureError};
 use crate::webhooks::template::{RenderError, RenderInput, Template};
+use crate::webhooks::writer::{Pending, Submitted};
 
-/// How long a looked-up webhook is trusted before it is read again (changes made through this
-/// process clear the cache at once; this bounds how long another replica's change takes).
-const CACHE_TTL: Duration = Duration::from_secs(1);
-/// Entries kept before the cache is emptied (unknown tokens are cached too).
-const CACHE_MAX_ENTRIES: usize = 10_000;
-/// Deliveries waiting for the writer; beyond this, new ones get 503.
-const WRITER_QUEUE: usize = 16_384;
-/// Most deliveries stored in one transaction.
-const MAX_BATCH: usize = 1024;
-/// How often the writer re-counts queued runs in the store.
-const QUEUED_RECOUNT: Duration = Duration::from_millis(500);
 /// Bodies up to this size are stored with the run; longer ones only in part.
 pub const MAX_STORED_BODY_BYTES: usize = 256 * 1024;
 /// Longest rendered prompt.
@@ -105,118 +89,6 @@ pub enum DeliveryError {
     Unprocessable(String),
     #[error(transparent)]
     Service(#[from] ServiceError),
-}
-
-/// What the writer did with one delivery.
-pub enum Submitted {
-    Created(Box<Run>),
-    Duplicate(RunId),
-}
-
-struct Pending {
-    delivery: NewDelivery,
-    reply: oneshot::Sender<ServiceResult<Submitted>>,
-}
-
-type CacheEntry = (Instant, Option<Arc<LiveWebhook>>);
-
-/// The webhook cache, the rate limiters and the writer's queue, shared by every request.
-pub struct Deliveries {
-    /// By token digest: when it was read, and the webhook (`None`: unknown or disabled).
-    cache: RwLock<HashMap<String, CacheEntry>>,
-    buckets: Mutex<HashMap<WebhookId, Bucket>>,
-    queue: mpsc::Sender<Pending>,
-    queue_rx: Mutex<Option<mpsc::Receiver<Pending>>>,
-    /// Queued runs in the store, as last counted plus what the writer added since.
-    queued_runs: AtomicU64,
-    max_queued_runs: u64,
-}
-
-impl Deliveries {
-    pub fn new(max_queued_runs: u64) -> Self {
-        let (queue, queue_rx) = mpsc::channel(WRITER_QUEUE);
-        Deliveries {
-            cache: RwLock::new(HashMap::new()),
-            buckets: Mutex::new(HashMap::new()),
-            queue,
-            queue_rx: Mutex::new(Some(queue_rx)),
-            queued_runs: AtomicU64::new(0),
-            max_queued_runs,
-        }
-    }
-
-    /// Forgets every looked-up webhook (after any change to webhooks or jobs).
-    pub fn clear(&self) {
-        self.cache
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clear();
-    }
-
-    fn cached(&self, token_hash: &str) -> Option<Option<Arc<LiveWebhook>>> {
-        let cache = self
-            .cache
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        cache
-            .get(token_hash)
-            .filter(|(at, _)| at.elapsed() < CACHE_TTL)
-            .map(|(_, live)| live.clone())
-    }
-
-    fn remember(&self, token_hash: String, live: Option<Arc<LiveWebhook>>) {
-        let mut cache = self
-            .cache
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if cache.len() >= CACHE_MAX_ENTRIES {
-            cache.clear();
-        }
-        cache.insert(token_hash, (Instant::now(), live));
-    }
-
-    /// Takes one delivery from the webhook's token bucket.
-    fn take_token(&self, webhook: &Webhook) -> Result<(), DeliveryError> {
-        let limit = webhook.config.rate_limit;
-        let mut buckets = self
-            .buckets
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let bucket = buckets.entry(webhook.id).or_insert_with(|| Bucket {
-            tokens: f64::from(limit.burst),
-            last: Instant::now(),
-        });
-        bucket
-            .take(limit.per_second, f64::from(limit.burst))
-            .map_err(|wait| DeliveryError::RateLimited {
-                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
-            })
-    }
-
-    fn queue_is_full(&self) -> bool {
-        self.queued_runs.load(Ordering::Relaxed) >= self.max_queued_runs
-    }
-}
-
-/// A token bucket: `rate` tokens a second, at most `burst` saved up.
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    /// Takes a token, or says how long until one is there.
-    fn take(&mut self, rate: f64, burst: f64) -> Result<(), Duration> {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * rate).min(burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            return Ok(());
-        }
-        Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
-    }
 }
 
 /// The headers a delivery is kept and rendered with: lower-case names, no credentials.
@@ -616,140 +488,9 @@ impl App {
     }
 }
 
-/// The delivery writer: stores what arrived while the last batch was written, in one
-/// transaction, answers every waiting request, then sends the new runs to the workers.
-pub async fn run_delivery_writer(app: Arc<App>, cancel: CancellationToken) -> anyhow::Result<()> {
-    let mut queue = app
-        .deliveries
-        .queue_rx
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("the delivery writer runs once per process"))?;
-    // The count is taken beside the writer, never in its way.
-    tokio::spawn(recount_queued_runs(Arc::clone(&app), cancel.clone()));
-    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => {
-                // Whatever is queued already was promised an answer: write it, then stop.
-                queue.close();
-                None
-            }
-            first = queue.recv() => first,
-        };
-        match first {
-            Some(pending) => batch.push(pending),
-            None if cancel.is_cancelled() => {}
-            None => return Ok(()),
-        }
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(pending) => batch.push(pending),
-                Err(_) => break,
-            }
-        }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        write_batch(&app, std::mem::take(&mut batch)).await;
-    }
-}
-
-/// Keeps the estimate of queued runs (the bound on queued work) close to the store's count.
-async fn recount_queued_runs(app: Arc<App>, cancel: CancellationToken) {
-    loop {
-        match app.store.count_queued_runs().await {
-            Ok(count) => app.deliveries.queued_runs.store(count, Ordering::Relaxed),
-            Err(err) => tracing::warn!(error = %err, "counting queued runs failed"),
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(QUEUED_RECOUNT) => {}
-        }
-    }
-}
-
-async fn write_batch(app: &Arc<App>, batch: Vec<Pending>) {
-    let (deliveries, replies): (Vec<NewDelivery>, Vec<_>) = batch
-        .into_iter()
-        .map(|pending| (pending.delivery, pending.reply))
-        .unzip();
-    let outcomes = match app.store.record_deliveries(&deliveries, Utc::now()).await {
-        Ok(outcomes) => outcomes,
-        Err(err) => {
-            tracing::warn!(error = %err, deliveries = deliveries.len(), "storing webhook deliveries failed; they were refused");
-            for reply in replies {
-                let _ = reply.send(Err(ServiceError::Unavailable(format!(
-                    "could not store the delivery ({err}); nothing was started, send it again"
-                ))));
-            }
-            return;
-        }
-    };
-    let mut to_publish = Vec::new();
-    let mut created = 0u64;
-    let mut wake_dispatcher = false;
-    for ((delivery, reply), outcome) in deliveries.into_iter().zip(replies).zip(outcomes) {
-        let answer = match outcome {
-            DeliveryOutcome::Created => {
-                let run = delivery.run;
-                created += 1;
-                tracing::debug!(run.id = %run.id, webhook.id = ?run.webhook_id, "webhook run queued");
-                if run.dispatched_at.is_some() {
-                    to_publish.push(run.clone());
-                } else {
-                    wake_dispatcher = true;
-                }
-                Submitted::Created(Box::new(run))
-            }
-            DeliveryOutcome::Duplicate(run_id) => Submitted::Duplicate(run_id),
-        };
-        // The client may have gone; the run is stored either way.
-        let _ = reply.send(Ok(answer));
-    }
-    app.deliveries
-        .queued_runs
-        .fetch_add(created, Ordering::Relaxed);
-    if wake_dispatcher {
-        app.dispatcher_wake.notify_one();
-    }
-    if !to_publish.is_empty() {
-        let app = Arc::clone(app);
-        tokio::spawn(async move {
-            for run in to_publish {
-                app.publish_dispatched(run).await;
-            }
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_bucket_refills_at_its_rate_and_says_how_long_to_wait() {
-        let mut bucket = Bucket {
-            tokens: 2.0,
-            last: Instant::now(),
-        };
-        assert!(bucket.take(1.0, 2.0).is_ok());
-        assert!(bucket.take(1.0, 2.0).is_ok());
-        let wait = bucket.take(1.0, 2.0).unwrap_err();
-        assert!(
-            wait > Duration::from_millis(900) && wait <= Duration::from_secs(1),
-            "{wait:?}"
-        );
-        bucket.last -= Duration::from_secs(10);
-        assert!(
-            bucket.take(1.0, 2.0).is_ok(),
-            "refilled, capped at the burst"
-        );
-        assert!(bucket.take(1.0, 2.0).is_ok());
-        assert!(bucket.take(1.0, 2.0).is_err());
-    }
 
     #[test]
     fn bodies_become_template_data_by_content_type() {

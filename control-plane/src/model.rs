@@ -72,6 +72,10 @@ pub struct RetryPolicy {
     pub count: u32,
     /// Delay before the first retry; doubled for each later one.
     pub backoff_secs: u64,
+    /// Also run again an attempt that was lost (its worker stopped answering). Off by default:
+    /// a lost run may have done part of its work (sent an email) before it was lost.
+    #[serde(default)]
+    pub lost: bool,
 }
 
 impl Default for RetryPolicy {
@@ -79,6 +83,7 @@ impl Default for RetryPolicy {
         Self {
             count: 2,
             backoff_secs: 30,
+            lost: false,
         }
     }
 }

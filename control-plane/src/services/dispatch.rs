@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use autopilot_proto::{JobId, RunRequest, RunStatus};
+use autopilot_proto::{JobId, NewRunEvent, RunRequest, RunStatus};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -176,8 +176,41 @@ impl App {
         Ok(reaped)
     }
 
+    /// Ends an attempt whose worker is gone: the run is `lost`, or, when its retry policy asks
+    /// for it (`retry.lost`) and attempts are left, queued again as a new attempt. A run being
+    /// cancelled is never run again.
     async fn mark_lost(&self, mut run: Run, reason: &str) -> ServiceResult<()> {
         let (status, attempt) = (run.status, run.attempt);
+        let retry = run.settings.retry;
+        if retry.lost && status == RunStatus::Running && attempt <= retry.count {
+            let delay = retry.delay_before_attempt(attempt + 1);
+            run.status = RunStatus::Queued;
+            run.attempt = attempt + 1;
+            run.not_before =
+                Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
+            run.dispatched_at = None;
+            run.worker_id = None;
+            run.heartbeat_at = None;
+            run.error = Some(reason.to_owned());
+            // Recorded under the attempt that was lost.
+            let event = NewRunEvent {
+                attempt,
+                ..control_event(
+                    &run,
+                    json!({ "step": "lost", "reason": reason, "retry": { "next_attempt": attempt + 1, "delay_secs": delay.as_secs() } }),
+                )
+            };
+            if self
+                .store
+                .update_run(&run, status, attempt, &[event])
+                .await?
+            {
+                tracing::warn!(run.id = %run.id, reason, next_attempt = attempt + 1, "run lost; running it again");
+                self.notify_run(run.id);
+                self.dispatcher_wake.notify_one();
+            }
+            return Ok(());
+        }
         run.status = RunStatus::Lost;
         run.finished_at = Some(Utc::now());
         run.is_error = true;

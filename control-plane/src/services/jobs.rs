@@ -68,6 +68,9 @@ pub struct RetryInput {
     pub count: u32,
     #[serde(default)]
     pub backoff_secs: Option<u64>,
+    /// Run a lost attempt again too (default false).
+    #[serde(default)]
+    pub lost: Option<bool>,
 }
 
 /// A partial update. A field left out keeps its value; `null` clears an optional one.
@@ -373,6 +376,7 @@ pub(crate) fn validate_retry(
     Ok(RetryPolicy {
         count: retry.count,
         backoff_secs,
+        lost: retry.lost.unwrap_or(false),
     })
 }
 
@@ -506,6 +510,7 @@ fn input_of(job: &Job) -> JobInput {
         retry: Some(RetryInput {
             count: job.retry.count,
             backoff_secs: Some(job.retry.backoff_secs),
+            lost: Some(job.retry.lost),
         }),
         pool: Some(job.pool.clone()),
     }

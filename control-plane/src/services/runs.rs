@@ -69,6 +69,7 @@ impl App {
             retry: RetryPolicy {
                 count: 0,
                 backoff_secs: 1,
+                lost: false,
             },
             pool: DEFAULT_POOL.to_owned(),
             overlap: OverlapPolicy::Allow,

@@ -78,6 +78,7 @@ pub struct JobRow {
     pub overlap_skipped: i64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    pub retry_lost: bool,
 }
 
 /// The schedule as stored: (`schedule_kind`, `schedule_expr`).
@@ -124,6 +125,7 @@ impl TryFrom<JobRow> for Job {
             retry: RetryPolicy {
                 count: to_u32("retry_count", row.retry_count)?,
                 backoff_secs: to_u64("retry_backoff_secs", row.retry_backoff_secs)?,
+                lost: row.retry_lost,
             },
             pool: row.pool,
             fire_cursor: from_ms(row.fire_cursor_ms)?,

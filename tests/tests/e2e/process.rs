@@ -380,3 +380,88 @@ async fn every_webhook_delivery_answered_202_survives_a_kill_9() {
         assert_eq!(run["trigger"], "webhook");
     }
 }
+
+#[tokio::test]
+async fn a_lost_run_runs_again_when_its_job_asks_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "process-test-token-0123456789";
+    let env = [("AUTOPILOT_ADMIN_TOKEN", token)];
+    let Some(mut first) = spawn(dir.path(), &env).await else {
+        return;
+    };
+    // The first attempt hangs; the one after a restart finds its marker and finishes.
+    let (status, job) = api(
+        &first,
+        token,
+        reqwest::Method::POST,
+        "/api/v1/jobs",
+        Some(json!({
+            "name": "resumable",
+            "command": "if [ -f started ]; then echo second; else touch started; sleep 120; fi",
+            "retry": { "count": 1, "backoff_secs": 1, "lost": true },
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "{job}");
+    assert_eq!(job["retry"]["lost"], true);
+    let (status, run) = api(
+        &first,
+        token,
+        reqwest::Method::POST,
+        "/api/v1/jobs/resumable/trigger",
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{run}");
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    let marker = dir
+        .path()
+        .join("workspaces")
+        .join(format!("job-{}", job["id"].as_str().unwrap()))
+        .join("started");
+    for _ in 0..200 {
+        if marker.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(marker.exists(), "the first attempt started");
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+
+    let second = spawn(dir.path(), &env).await.unwrap();
+    let mut run = Value::Null;
+    for _ in 0..200 {
+        run = api(
+            &second,
+            token,
+            reqwest::Method::GET,
+            &format!("/api/v1/runs/{run_id}"),
+            None,
+        )
+        .await
+        .1;
+        if run["status"] == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(run["attempt"], 2);
+    let (_, events) = api(
+        &second,
+        token,
+        reqwest::Method::GET,
+        &format!("/api/v1/runs/{run_id}/events"),
+        None,
+    )
+    .await;
+    let lost = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["data"]["step"] == "lost")
+        .expect("a lost step");
+    assert_eq!(lost["attempt"], 1);
+    assert_eq!(lost["data"]["retry"]["next_attempt"], 2);
+}

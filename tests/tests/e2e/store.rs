@@ -36,6 +36,7 @@ fn job(name: &str) -> Job {
         retry: RetryPolicy {
             count: 1,
             backoff_secs: 5,
+            lost: true,
         },
         pool: DEFAULT_POOL.into(),
         fire_cursor: Utc.timestamp_millis_opt(now.timestamp_millis()).unwrap(),

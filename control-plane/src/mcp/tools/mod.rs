@@ -81,6 +81,10 @@ struct RetryArg {
     /// Delay before the first retry, doubled for each later one.
     #[serde(default)]
     backoff_secs: Option<u64>,
+    /// Also run again an attempt that was lost because its worker died (default false: a lost
+    /// run may already have done part of its work).
+    #[serde(default)]
+    lost: Option<bool>,
 }
 
 /// Schema of `create_job`; the call itself is read straight into the service's `JobInput`.

@@ -380,6 +380,7 @@ impl App {
             retry: Some(RetryInput {
                 count: config.run.retry.count,
                 backoff_secs: Some(config.run.retry.backoff_secs),
+                lost: Some(config.run.retry.lost),
             })
             .filter(|_| own),
             signature: None,

@@ -277,7 +277,7 @@ fn embedded_worker_config(config: &Config) -> WorkerConfig {
     }
     WorkerConfig {
         worker_id: WorkerId::generate(EMBEDDED_WORKER_PREFIX),
-        pool: crate::services::jobs::DEFAULT_POOL.to_owned(),
+        pools: vec![crate::services::jobs::DEFAULT_POOL.to_owned()],
         concurrency: config.worker_concurrency,
         workspaces_root: config.workspaces_dir(),
         command_env,

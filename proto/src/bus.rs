@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +72,9 @@ pub enum WorkerRequest {
         attempt: u32,
         worker_id: WorkerId,
     },
+    /// The worker is alive, and this is what it serves and runs. Sent at every heartbeat
+    /// interval, and once more when it stops.
+    Announce { status: WorkerStatus },
     /// The attempt ended. `events_published` counts this attempt's worker events so the control
     /// plane can let them land before it records the final state.
     Complete {
@@ -80,6 +84,24 @@ pub enum WorkerRequest {
         outcome: RunOutcome,
         events_published: u64,
     },
+}
+
+/// What a worker reports about itself.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub worker_id: WorkerId,
+    /// The pools whose run requests it takes.
+    pub pools: Vec<String>,
+    /// Runs it executes at the same time.
+    pub capacity: u32,
+    /// Runs it is executing now.
+    pub running: Vec<RunId>,
+    /// `local` or `docker`.
+    pub executor: String,
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    /// It stopped taking runs (shutting down); the ones it has are finishing.
+    pub draining: bool,
 }
 
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]

@@ -12,7 +12,7 @@ pub mod run;
 
 pub use bus::{
     Acker, Bus, BusError, ControlMessage, Delivery, EventBatch, IncomingRequest, RunRequest,
-    WorkerReply, WorkerRequest,
+    WorkerReply, WorkerRequest, WorkerStatus,
 };
 pub use event::{EventKind, EventOrigin, NewRunEvent, RunEvent};
 pub use ids::{JobId, RunId, WebhookId, WorkerId};

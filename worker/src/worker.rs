@@ -8,7 +8,7 @@ use std::time::Duration;
 use autopilot_proto::{
     Acker, Bus, BusError, ControlMessage, Delivery, EventBatch, EventKind, EventOrigin,
     NewRunEvent, RunId, RunKind, RunOutcome, RunRequest, RunSpec, StopReason, WorkerId,
-    WorkerReply, WorkerRequest,
+    WorkerReply, WorkerRequest, WorkerStatus,
 };
 use chrono::Utc;
 use futures::StreamExt;
@@ -25,8 +25,8 @@ use crate::stream_json::{self, StreamParser};
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
     pub worker_id: WorkerId,
-    /// The pool whose run requests this worker serves.
-    pub pool: String,
+    /// The pools whose run requests this worker serves.
+    pub pools: Vec<String>,
     /// Runs executed at the same time.
     pub concurrency: usize,
     pub workspaces_root: PathBuf,
@@ -81,11 +81,26 @@ impl Worker {
     /// Serves run requests until `cancel` fires; then stops the runs still going and waits for
     /// them to report.
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
-        let mut deliveries = self.bus.pull_runs(&self.config.pool).await?;
+        let mut pulls = Vec::with_capacity(self.config.pools.len());
+        for pool in &self.config.pools {
+            pulls.push(self.bus.pull_runs(pool).await?);
+        }
+        let mut deliveries = futures::stream::select_all(pulls);
         let control = self.bus.subscribe_control().await?;
+        let started_at = Utc::now();
+        let stop_announcing = CancellationToken::new();
+        let announcing = tokio::spawn(announce(
+            Arc::clone(&self.config),
+            Arc::clone(&self.bus),
+            Arc::clone(&self.active),
+            self.executor.name(),
+            started_at,
+            cancel.clone(),
+            stop_announcing.clone(),
+        ));
         tracing::info!(
             worker.id = %self.config.worker_id,
-            pool = %self.config.pool,
+            pools = ?self.config.pools,
             executor = self.executor.name(),
             concurrency = self.config.concurrency,
             "worker started"
@@ -163,8 +178,58 @@ impl Worker {
         }
         stop_following.cancel();
         let _ = following.await;
+        stop_announcing.cancel();
+        let _ = announcing.await;
         Ok(())
     }
+}
+
+/// Tells the control plane at every heartbeat interval that this worker is alive, what it
+/// serves and what it runs; `draining` once `shutdown` fired; a last time when `stop` fires.
+async fn announce(
+    config: Arc<WorkerConfig>,
+    bus: Arc<dyn Bus>,
+    active: ActiveRuns,
+    executor: &'static str,
+    started_at: chrono::DateTime<Utc>,
+    shutdown: CancellationToken,
+    stop: CancellationToken,
+) {
+    let status = |running: Vec<RunId>| WorkerStatus {
+        worker_id: config.worker_id.clone(),
+        pools: config.pools.clone(),
+        capacity: u32::try_from(config.concurrency).unwrap_or(u32::MAX),
+        running,
+        executor: executor.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at,
+        draining: shutdown.is_cancelled(),
+    };
+    loop {
+        let running: Vec<RunId> = active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        let request = WorkerRequest::Announce {
+            status: status(running),
+        };
+        if let Err(err) = bus.request(request).await {
+            tracing::debug!(error = %err, "announcing the worker failed; trying again at the next beat");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(config.heartbeat_interval) => {}
+        }
+    }
+    let last = WorkerRequest::Announce {
+        status: WorkerStatus {
+            draining: true,
+            ..status(Vec::new())
+        },
+    };
+    let _ = bus.request(last).await;
 }
 
 async fn join_all(tasks: &mut JoinSet<()>) {

@@ -52,6 +52,7 @@ pub fn router(app: Arc<App>) -> Router {
                 .delete(webhooks::delete),
         )
         .route("/webhooks/{id}/rotate", post(webhooks::rotate))
+        .route("/workers", get(workers))
         .route("/quick-run", post(runs::quick_run))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -119,6 +120,10 @@ async fn require_admin_token(
         .extensions_mut()
         .insert(crate::auth::Caller::admin());
     next.run(request).await
+}
+
+async fn workers(State(AppState(app)): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(json!({ "workers": app.live_workers().await? })))
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -6,3 +6,4 @@ pub mod jobs;
 pub mod runs;
 pub mod webhooks;
 pub mod worker_requests;
+pub mod workers;

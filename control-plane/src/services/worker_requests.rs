@@ -42,6 +42,10 @@ impl App {
                 attempt,
                 worker_id,
             } => self.heartbeat(run_id, attempt, worker_id).await,
+            WorkerRequest::Announce { status } => {
+                self.announce_worker(status).await?;
+                Ok(WorkerReply::Ok)
+            }
             WorkerRequest::Complete {
                 run_id,
                 attempt,

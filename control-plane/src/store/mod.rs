@@ -7,7 +7,7 @@ mod sql;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use autopilot_proto::{JobId, NewRunEvent, RunEvent, RunId, RunStatus, WebhookId};
+use autopilot_proto::{JobId, NewRunEvent, RunEvent, RunId, RunStatus, WebhookId, WorkerStatus};
 use chrono::{DateTime, Utc};
 
 use crate::model::{FireRecord, Job, Run, RunFilter};
@@ -129,6 +129,17 @@ pub trait Store: WebhookStore + Send + Sync {
     async fn revoke_refresh_family(&self, family_id: &str) -> StoreResult<()>;
     /// The family and client of a refresh token, if it exists.
     async fn refresh_family_of(&self, token_hash: &str) -> StoreResult<Option<(String, String)>>;
+
+    /// Records what a worker announced, and when.
+    async fn upsert_worker(&self, status: &WorkerStatus, seen_at: DateTime<Utc>)
+        -> StoreResult<()>;
+    /// Workers that announced themselves at or after `seen_since`, by id, with when they did.
+    async fn list_workers(
+        &self,
+        seen_since: DateTime<Utc>,
+    ) -> StoreResult<Vec<(WorkerStatus, DateTime<Utc>)>>;
+    /// Forgets workers silent since before `seen_before`. Returns how many.
+    async fn forget_workers(&self, seen_before: DateTime<Utc>) -> StoreResult<u64>;
 
     async fn get_setting(&self, key: &str) -> StoreResult<Option<String>>;
     /// Sets `key` only if it has no value. Returns whether it was set.

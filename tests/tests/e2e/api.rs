@@ -1,5 +1,7 @@
 //! The HTTP API through real HTTP: authentication, validation errors, job lifecycle, previews.
 
+use std::time::Duration;
+
 use autopilot_tests::harness::{TestServer, ADMIN_TOKEN};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -284,4 +286,52 @@ async fn jobs_are_created_read_updated_and_deleted() {
         .call(Method::GET, &format!("/api/v1/jobs/{id}"), None)
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn workers_lists_the_live_workers_with_their_pools_capacity_and_runs() {
+    let server = TestServer::builder().concurrency(3).start().await;
+    let mut workers = serde_json::Value::Null;
+    for _ in 0..100 {
+        workers = server.get("/api/v1/workers").await;
+        if !workers["workers"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listed = workers["workers"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{workers}");
+    let worker = &listed[0];
+    assert!(worker["worker_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("embedded-"));
+    assert_eq!(worker["pools"], json!(["default"]));
+    assert_eq!(worker["capacity"], 3);
+    assert_eq!(worker["executor"], "local");
+    assert_eq!(worker["draining"], false);
+
+    let job = server
+        .create_job(json!({ "name": "sleeper", "command": "sleep 3" }))
+        .await;
+    let run = server.trigger(job["id"].as_str().unwrap()).await;
+    let run_id = run["id"].as_str().unwrap();
+    let mut seen = false;
+    for _ in 0..100 {
+        let workers = server.get("/api/v1/workers").await;
+        let worker = &workers["workers"][0];
+        if worker["running"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|id| id == run_id)
+        {
+            assert_eq!(worker["free"], 2, "{worker}");
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen, "the worker reported the run it executes");
+    server.stop().await.unwrap();
 }

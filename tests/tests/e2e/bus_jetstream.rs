@@ -1,0 +1,345 @@
+//! What only the JetStream bus has: a nats-server that restarts under it, redelivery backoff,
+//! setup by several processes at once, and bytes on the wire that are not ours.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use autopilot_proto::{
+    Bus, BusError, ControlMessage, EventBatch, EventKind, EventOrigin, JetStreamBus,
+    JetStreamConfig, NewRunEvent, RunId, WorkerId, WorkerReply, WorkerRequest,
+};
+use autopilot_tests::components;
+use autopilot_tests::nats::NatsServer;
+use futures::StreamExt;
+
+use crate::bus::{fast_jetstream_config, next, request};
+
+fn event_batch(run_id: RunId, origin_seq: u64) -> EventBatch {
+    EventBatch {
+        events: vec![NewRunEvent {
+            run_id,
+            attempt: 1,
+            origin: EventOrigin::Worker,
+            origin_seq,
+            at: chrono::Utc::now(),
+            kind: EventKind::Output,
+            data: serde_json::json!({ "n": origin_seq }),
+        }],
+    }
+}
+
+/// Retries `attempt` until it succeeds (the client is reconnecting) or `within` passes.
+async fn eventually<T, F, Fut>(within: Duration, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BusError>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(err) if tokio::time::Instant::now() < deadline => {
+                eprintln!("not yet: {err}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("still failing after {within:?}: {err}"),
+        }
+    }
+}
+
+/// A nats-server killed and started again (same port, same store) under a connected bus: what
+/// was stored survives, and publishing, pulling, control messages and requests work again on
+/// the streams and subscriptions opened before the restart.
+#[tokio::test]
+async fn jetstream_bus_survives_a_nats_server_restart() {
+    let Some(mut server) = NatsServer::start().await else {
+        return;
+    };
+    let bus = JetStreamBus::connect(&server.url(), fast_jetstream_config())
+        .await
+        .expect("connect to the throwaway nats-server");
+    let mut runs = bus.pull_runs("default").await.unwrap();
+    let mut events = bus.pull_events().await.unwrap();
+    let mut control = bus.subscribe_control().await.unwrap();
+    let mut requests = bus.serve_requests().await.unwrap();
+
+    let before = RunId::new();
+    assert!(bus.publish_run(request(before, "before")).await.unwrap());
+    let delivery = next(&mut runs, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(delivery.message.run_id, before);
+    delivery.acker.ack().await.unwrap();
+    // Stored but not yet delivered when the server dies.
+    let stored = RunId::new();
+    assert!(bus.publish_run(request(stored, "stored")).await.unwrap());
+    bus.publish_events(event_batch(stored, 1)).await.unwrap();
+
+    server.restart().await.expect("restart nats-server");
+
+    let after = RunId::new();
+    let published = eventually(Duration::from_secs(20), || {
+        bus.publish_run(request(after, "after"))
+    })
+    .await;
+    assert!(published, "a fresh dedup id is not a duplicate");
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let delivery = next(&mut runs, Duration::from_secs(30))
+            .await
+            .expect("the pull stream opened before the restart delivers again");
+        seen.push(delivery.message.run_id);
+        delivery.acker.ack().await.unwrap();
+    }
+    assert_eq!(
+        seen,
+        [stored, after],
+        "the stored request survives, in order"
+    );
+    // The dedup window survives too.
+    assert!(!bus.publish_run(request(after, "after")).await.unwrap());
+
+    eventually(Duration::from_secs(10), || {
+        bus.publish_events(event_batch(stored, 2))
+    })
+    .await;
+    for expected in [1, 2] {
+        let delivery = next(&mut events, Duration::from_secs(30))
+            .await
+            .expect("event batches flow again");
+        assert_eq!(delivery.message.events[0].origin_seq, expected);
+        delivery.acker.ack().await.unwrap();
+    }
+
+    // Core subscriptions are renewed by the client on reconnect.
+    bus.publish_control(ControlMessage::Cancel { run_id: after })
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut control, Duration::from_secs(5)).await,
+        Some(ControlMessage::Cancel { run_id: after })
+    );
+    let answering = tokio::spawn(async move {
+        let incoming = requests.next().await.unwrap();
+        incoming.reply.send(WorkerReply::Ok).unwrap();
+    });
+    let reply = eventually(Duration::from_secs(5), || {
+        bus.request(WorkerRequest::Heartbeat {
+            run_id: after,
+            attempt: 1,
+            worker_id: WorkerId::new("w"),
+        })
+    })
+    .await;
+    assert_eq!(reply, WorkerReply::Ok);
+    answering.await.unwrap();
+
+    // While the server is down, calls fail with a message that says what to start.
+    server.kill();
+    match bus.publish_run(request(RunId::new(), "down")).await {
+        Err(BusError::Unavailable(message)) => {
+            assert!(message.contains("nats-server"), "{message}")
+        }
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+}
+
+/// With `backoff`, redeliveries of an unacknowledged request follow its delays.
+#[tokio::test]
+async fn jetstream_backoff_spaces_redeliveries() {
+    let Some(url) = components::nats_url() else {
+        return;
+    };
+    let config = JetStreamConfig {
+        backoff: vec![Duration::from_millis(300), Duration::from_millis(1500)],
+        max_deliver: 4,
+        ..fast_jetstream_config()
+    };
+    let bus = JetStreamBus::connect(&url, config).await.unwrap();
+    let mut runs = bus.pull_runs("default").await.unwrap();
+    let run_id = RunId::new();
+    bus.publish_run(request(run_id, "backoff")).await.unwrap();
+    let first = next(&mut runs, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(first.delivery_count, 1);
+    let second = next(&mut runs, Duration::from_secs(2))
+        .await
+        .expect("redelivered after the first delay");
+    assert_eq!(second.delivery_count, 2);
+    assert!(
+        next(&mut runs, Duration::from_millis(900)).await.is_none(),
+        "the second delay is longer than the first"
+    );
+    let third = next(&mut runs, Duration::from_secs(3))
+        .await
+        .expect("redelivered after the second delay");
+    assert_eq!((third.message.run_id, third.delivery_count), (run_id, 3));
+    third.acker.ack().await.unwrap();
+}
+
+/// Two processes starting at once both set up the same streams and consumers.
+#[tokio::test]
+async fn jetstream_setup_is_idempotent_and_concurrent() {
+    let Some(url) = components::nats_url() else {
+        return;
+    };
+    let config = fast_jetstream_config();
+    let (a, b) = tokio::join!(
+        JetStreamBus::connect(&url, config.clone()),
+        JetStreamBus::connect(&url, config.clone())
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let (runs_a, runs_b, events_a, events_b) = tokio::join!(
+        a.pull_runs("default"),
+        b.pull_runs("default"),
+        a.pull_events(),
+        b.pull_events()
+    );
+    let (mut runs_a, mut runs_b) = (runs_a.unwrap(), runs_b.unwrap());
+    let (_events_a, _events_b) = (events_a.unwrap(), events_b.unwrap());
+    // A changed setting is applied to the existing consumer on the next start.
+    let changed = JetStreamBus::connect(
+        &url,
+        JetStreamConfig {
+            max_deliver: 7,
+            ..config.clone()
+        },
+    )
+    .await
+    .unwrap();
+    let _runs_changed = changed.pull_runs("default").await.unwrap();
+
+    // And the processes compete for one queue.
+    let run_id = RunId::new();
+    a.publish_run(request(run_id, "shared")).await.unwrap();
+    let delivery = tokio::select! {
+        d = next(&mut runs_a, Duration::from_secs(2)) => d,
+        d = next(&mut runs_b, Duration::from_secs(2)) => d,
+    };
+    assert_eq!(
+        delivery.expect("delivered to one of them").message.run_id,
+        run_id
+    );
+
+    // Bad settings are refused before anything is sent, naming the setting.
+    for (bad, field) in [
+        (
+            JetStreamConfig {
+                prefix: "has.dot".into(),
+                ..config.clone()
+            },
+            "prefix",
+        ),
+        (
+            JetStreamConfig {
+                backoff: vec![Duration::from_secs(1); 3],
+                ..config.clone()
+            },
+            "backoff",
+        ),
+    ] {
+        match JetStreamBus::connect(&url, bad).await {
+            Err(BusError::InvalidConfig(message)) => {
+                assert!(message.starts_with(field), "{message}")
+            }
+            other => panic!("expected invalid config, got {:?}", other.err()),
+        }
+    }
+}
+
+/// No server: the error says what to start.
+#[tokio::test]
+async fn jetstream_connect_without_a_server_says_what_to_start() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    match JetStreamBus::connect(&url, fast_jetstream_config()).await {
+        Err(BusError::Unavailable(message)) => {
+            assert!(message.contains("nats-server"), "{message}");
+            assert!(message.contains(&url), "{message}");
+        }
+        other => panic!("expected unavailable, got {:?}", other.err()),
+    }
+}
+
+/// Bytes that are not ours on the bus's subjects are logged and skipped, never a panic; a bad
+/// pool or dedup id is refused before publishing.
+#[tokio::test]
+async fn jetstream_bus_skips_malformed_messages() {
+    let Some(url) = components::nats_url() else {
+        return;
+    };
+    let config = fast_jetstream_config();
+    let prefix = config.prefix.clone();
+    let bus = Arc::new(JetStreamBus::connect(&url, config).await.unwrap());
+    let raw = async_nats::connect(&url).await.unwrap();
+    let raw_jetstream = async_nats::jetstream::new(raw.clone());
+
+    let mut runs = bus.pull_runs("default").await.unwrap();
+    raw_jetstream
+        .publish(format!("{prefix}.runs.default"), "not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let run_id = RunId::new();
+    bus.publish_run(request(run_id, "valid")).await.unwrap();
+    let delivery = next(&mut runs, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(
+        (delivery.message.run_id, delivery.delivery_count),
+        (run_id, 1)
+    );
+    delivery.acker.ack().await.unwrap();
+    assert!(
+        next(&mut runs, Duration::from_millis(800)).await.is_none(),
+        "the malformed request is terminated, not redelivered"
+    );
+
+    let mut control = bus.subscribe_control().await.unwrap();
+    raw.publish(format!("{prefix}.control"), "{\"type\":\"reboot\"}".into())
+        .await
+        .unwrap();
+    bus.publish_control(ControlMessage::Cancel { run_id })
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut control, Duration::from_secs(2)).await,
+        Some(ControlMessage::Cancel { run_id })
+    );
+
+    let mut requests = bus.serve_requests().await.unwrap();
+    let malformed = tokio::spawn({
+        let raw = raw.clone();
+        let subject = format!("{prefix}.worker.requests");
+        async move { raw.request(subject, "[1, 2".into()).await }
+    });
+    // Serving (polling the stream) answers the malformed request; it never reaches the handler.
+    assert!(next(&mut requests, Duration::from_millis(500))
+        .await
+        .is_none());
+    let reply = malformed
+        .await
+        .unwrap()
+        .expect("an error reply, not silence");
+    let headers = reply.headers.expect("an error reply carries headers");
+    assert_eq!(
+        headers.get("Nats-Service-Error-Code").map(|v| v.as_str()),
+        Some("400")
+    );
+
+    let mut bad_pool = request(RunId::new(), "bad-pool");
+    bad_pool.pool = "a.b".into();
+    assert!(matches!(
+        bus.publish_run(bad_pool).await,
+        Err(BusError::Malformed(_))
+    ));
+    assert!(matches!(
+        bus.pull_runs("gpu.*").await.err(),
+        Some(BusError::Malformed(_))
+    ));
+    assert!(matches!(
+        bus.publish_run(request(RunId::new(), "line\r\nbreak"))
+            .await,
+        Err(BusError::Malformed(_))
+    ));
+}

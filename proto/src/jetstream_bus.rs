@@ -228,21 +228,38 @@ impl JetStreamBus {
         }
     }
 
-    /// Publishes one message to a stream and waits for the server to store it.
+    /// Publishes one message to a stream and waits for the server to store it. When no stream
+    /// takes the subject (a server that came back without its store), the stream is set up
+    /// again and the publish tried once more.
     async fn publish_to_stream(
         &self,
         what: &str,
+        stream: fn(&Names, &JetStreamConfig) -> jetstream::stream::Config,
         subject: String,
         publish: PublishMessage,
     ) -> Result<jetstream::publish::PublishAck, BusError> {
-        let ack = self
-            .inner
+        match self.publish_once(subject.clone(), publish.clone()).await {
+            Err(err) if err.kind() == PublishErrorKind::StreamNotFound && self.connected() => {
+                let config = stream(&self.inner.names, &self.inner.config);
+                tracing::warn!(stream = %config.name, %subject, "no stream takes the subject; setting it up again");
+                setup::ensure_stream(&self.inner.jetstream, config, &self.inner.url).await?;
+                self.publish_once(subject.clone(), publish).await
+            }
+            other => other,
+        }
+        .map_err(|err| self.publish_error(what, &subject, err))
+    }
+
+    async fn publish_once(
+        &self,
+        subject: String,
+        publish: PublishMessage,
+    ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+        self.inner
             .jetstream
-            .send_publish(subject.clone(), publish)
+            .send_publish(subject, publish)
+            .await?
             .await
-            .map_err(|err| self.publish_error(what, &subject, err))?;
-        ack.await
-            .map_err(|err| self.publish_error(what, &subject, err))
     }
 
     /// Publishes events in order, splitting a batch that is larger than the server accepts in
@@ -276,6 +293,7 @@ impl JetStreamBus {
             let subject = self.inner.names.events_subject(&first.run_id.to_string());
             self.publish_to_stream(
                 "run events",
+                Names::events_stream_config,
                 subject,
                 PublishMessage::build().payload(payload.into()),
             )
@@ -316,7 +334,7 @@ impl Bus for JetStreamBus {
             .message_id(&request.dedup_id);
         let subject = self.inner.names.runs_subject(&request.pool);
         let ack = self
-            .publish_to_stream("a run request", subject, publish)
+            .publish_to_stream("a run request", Names::runs_stream_config, subject, publish)
             .await?;
         if ack.duplicate {
             tracing::debug!(run.id = %request.run_id, dedup_id = %request.dedup_id, "run request dropped as a duplicate");
@@ -332,7 +350,7 @@ impl Bus for JetStreamBus {
         let source = pull::PullSource {
             what: "run requests",
             jetstream: self.inner.jetstream.clone(),
-            stream: self.inner.names.runs_stream.clone(),
+            stream: self.inner.names.runs_stream_config(&self.inner.config),
             consumer: self
                 .inner
                 .names
@@ -352,7 +370,7 @@ impl Bus for JetStreamBus {
         let source = pull::PullSource {
             what: "event batches",
             jetstream: self.inner.jetstream.clone(),
-            stream: self.inner.names.events_stream.clone(),
+            stream: self.inner.names.events_stream_config(&self.inner.config),
             consumer: self.inner.names.events_consumer_config(&self.inner.config),
             // The ingester stores up to 64 deliveries per transaction; prefetch as many.
             batch: 64,

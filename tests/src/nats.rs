@@ -61,6 +61,21 @@ impl NatsServer {
         self.spawn().await
     }
 
+    /// Kills the server and starts it again on the same port with an empty store, as a server
+    /// without a persistent volume comes back: no streams, no consumers.
+    pub async fn restart_without_store(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let store = self.store_dir();
+        if store.exists() {
+            std::fs::remove_dir_all(&store).context("wipe the JetStream store")?;
+        }
+        self.spawn().await
+    }
+
+    fn store_dir(&self) -> PathBuf {
+        self.store.path().join("jetstream")
+    }
+
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -71,7 +86,7 @@ impl NatsServer {
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .arg("-sd")
-            .arg(self.store.path().join("jetstream"))
+            .arg(self.store_dir())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -10,6 +10,7 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull;
+use async_nats::jetstream::stream;
 use async_nats::jetstream::{self as js, AckKind};
 use async_trait::async_trait;
 use futures::{Stream, StreamExt};
@@ -30,7 +31,9 @@ pub(super) struct PullSource {
     /// What the messages are, for logs: "run requests", "event batches".
     pub what: &'static str,
     pub jetstream: js::Context,
-    pub stream: String,
+    /// Set up again with the consumer whenever the pull is reopened: a server that lost its
+    /// store (no persistent volume) comes back without either.
+    pub stream: stream::Config,
     pub consumer: pull::Config,
     /// Messages asked for per pull request.
     pub batch: usize,
@@ -38,10 +41,13 @@ pub(super) struct PullSource {
 }
 
 impl PullSource {
-    async fn open(&self) -> Result<pull::Stream, BusError> {
+    async fn open(&self, after_failure: bool) -> Result<pull::Stream, BusError> {
+        if after_failure {
+            setup::ensure_stream(&self.jetstream, self.stream.clone(), &self.url).await?;
+        }
         let consumer = setup::ensure_consumer(
             &self.jetstream,
-            &self.stream,
+            &self.stream.name,
             self.consumer.clone(),
             &self.url,
         )
@@ -65,7 +71,7 @@ pub(super) async fn deliveries<T>(
 where
     T: DeserializeOwned + Send + 'static,
 {
-    let messages = source.open().await?;
+    let messages = source.open(false).await?;
     let state = PullState::<T> {
         source,
         messages: Some(messages),
@@ -91,7 +97,7 @@ impl<T: DeserializeOwned> PullState<T> {
         let what = self.source.what;
         loop {
             let Some(messages) = self.messages.as_mut() else {
-                match self.source.open().await {
+                match self.source.open(true).await {
                     Ok(messages) => {
                         tracing::info!(what, "pulling again");
                         self.messages = Some(messages);
@@ -122,7 +128,7 @@ impl<T: DeserializeOwned> PullState<T> {
     async fn back_off(&mut self, err: &(dyn std::fmt::Display + Send + Sync)) {
         tracing::warn!(
             what = self.source.what,
-            stream = %self.source.stream,
+            stream = %self.source.stream.name,
             error = %err,
             retry_in_ms = self.reopen_delay.as_millis() as u64,
             "pulling from the bus failed; opening the pull again"

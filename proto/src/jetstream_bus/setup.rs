@@ -136,6 +136,8 @@ pub(super) async fn log_connection_event(event: async_nats::Event) {
             tracing::warn!("lost the nats connection; reconnecting")
         }
         async_nats::Event::Closed => tracing::info!("nats connection closed"),
+        // One per failed reconnect attempt; the disconnect above was the news.
+        async_nats::Event::ClientError(err) => tracing::debug!(error = %err, "nats client error"),
         other => tracing::warn!(event = %other, "nats connection event"),
     }
 }

@@ -14,6 +14,14 @@ use futures::StreamExt;
 
 use crate::bus::{fast_jetstream_config, next, request};
 
+/// The bus's logs, shown for a failing test (or with `--nocapture`).
+fn show_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("autopilot_proto=debug")
+        .try_init();
+}
+
 fn event_batch(run_id: RunId, origin_seq: u64) -> EventBatch {
     EventBatch {
         events: vec![NewRunEvent {
@@ -52,6 +60,7 @@ where
 /// the streams and subscriptions opened before the restart.
 #[tokio::test]
 async fn jetstream_bus_survives_a_nats_server_restart() {
+    show_logs();
     let Some(mut server) = NatsServer::start().await else {
         return;
     };
@@ -142,9 +151,55 @@ async fn jetstream_bus_survives_a_nats_server_restart() {
     }
 }
 
+/// A server that comes back without its store (no persistent volume) has no streams or
+/// consumers: publishing sets the stream up again and the pull streams set up their consumer
+/// again. What the lost store held is gone; the database still knows every run.
+#[tokio::test]
+async fn jetstream_bus_recovers_from_a_server_that_lost_its_store() {
+    show_logs();
+    let Some(mut server) = NatsServer::start().await else {
+        return;
+    };
+    let bus = JetStreamBus::connect(&server.url(), fast_jetstream_config())
+        .await
+        .expect("connect to the throwaway nats-server");
+    let mut runs = bus.pull_runs("default").await.unwrap();
+    let mut events = bus.pull_events().await.unwrap();
+
+    server
+        .restart_without_store()
+        .await
+        .expect("restart nats-server");
+
+    let run_id = RunId::new();
+    let published = eventually(Duration::from_secs(20), || {
+        bus.publish_run(request(run_id, "after-loss"))
+    })
+    .await;
+    assert!(published);
+    let delivery = next(&mut runs, Duration::from_secs(40))
+        .await
+        .expect("the pull stream sets its consumer up again");
+    assert_eq!(
+        (delivery.message.run_id, delivery.delivery_count),
+        (run_id, 1)
+    );
+    delivery.acker.ack().await.unwrap();
+
+    eventually(Duration::from_secs(10), || {
+        bus.publish_events(event_batch(run_id, 1))
+    })
+    .await;
+    let delivery = next(&mut events, Duration::from_secs(40))
+        .await
+        .expect("the event pull sets its consumer up again");
+    assert_eq!(delivery.message.events[0].origin_seq, 1);
+}
+
 /// With `backoff`, redeliveries of an unacknowledged request follow its delays.
 #[tokio::test]
 async fn jetstream_backoff_spaces_redeliveries() {
+    show_logs();
     let Some(url) = components::nats_url() else {
         return;
     };
@@ -172,6 +227,47 @@ async fn jetstream_backoff_spaces_redeliveries() {
         .expect("redelivered after the second delay");
     assert_eq!((third.message.run_id, third.delivery_count), (run_id, 3));
     third.acker.ack().await.unwrap();
+}
+
+/// After `max_deliver` unacknowledged deliveries a run request is given up: never delivered
+/// again, logged, and deleted from the stream so a consumer created again cannot resurrect it.
+#[tokio::test]
+async fn jetstream_gives_up_a_run_request_after_max_deliver() {
+    show_logs();
+    let Some(url) = components::nats_url() else {
+        return;
+    };
+    let config = fast_jetstream_config();
+    let runs_stream = format!("{}-runs", config.prefix);
+    let bus = JetStreamBus::connect(&url, config).await.unwrap();
+    let mut runs = bus.pull_runs("default").await.unwrap();
+    let run_id = RunId::new();
+    bus.publish_run(request(run_id, "doomed")).await.unwrap();
+    for expected in 1..=3 {
+        let delivery = next(&mut runs, Duration::from_secs(2))
+            .await
+            .expect("delivered again after the ack wait");
+        assert_eq!(
+            (delivery.message.run_id, delivery.delivery_count),
+            (run_id, expected)
+        );
+    }
+    assert!(next(&mut runs, Duration::from_millis(800)).await.is_none());
+
+    let raw = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let mut stream = raw.get_stream(&runs_stream).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = stream.info().await.unwrap().state.messages;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{left} message(s) still in {runs_stream}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Two processes starting at once both set up the same streams and consumers.
@@ -266,6 +362,7 @@ async fn jetstream_connect_without_a_server_says_what_to_start() {
 /// pool or dedup id is refused before publishing.
 #[tokio::test]
 async fn jetstream_bus_skips_malformed_messages() {
+    show_logs();
     let Some(url) = components::nats_url() else {
         return;
     };

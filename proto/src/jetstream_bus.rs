@@ -22,6 +22,7 @@ mod pull;
 mod requests;
 mod setup;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::bus::{
     Bus, BusError, ControlMessage, Delivery, EventBatch, IncomingRequest, RunRequest, WorkerReply,
@@ -139,6 +141,7 @@ struct Inner {
     url: String,
     client: async_nats::Client,
     jetstream: jetstream::Context,
+    reconnections: watch::Receiver<u64>,
     /// Gives up run requests after their last delivery; stopped with the bus.
     max_deliveries_watch: tokio::task::JoinHandle<()>,
 }
@@ -158,10 +161,22 @@ impl JetStreamBus {
     pub async fn connect(url: &str, config: JetStreamConfig) -> Result<Self, BusError> {
         config.validate()?;
         let shown_url = setup::redact_url(url);
+        // Counts reconnections, so on-demand pulls know to send their pull request again.
+        let (reconnected, reconnections) = watch::channel(0u64);
+        let disconnected = AtomicBool::new(false);
         let client = async_nats::ConnectOptions::new()
             .name("autopilot")
             .request_timeout(Some(config.request_timeout))
-            .event_callback(setup::log_connection_event)
+            .event_callback(move |event| {
+                match event {
+                    async_nats::Event::Disconnected => disconnected.store(true, Ordering::SeqCst),
+                    async_nats::Event::Connected if disconnected.swap(false, Ordering::SeqCst) => {
+                        reconnected.send_modify(|count| *count += 1)
+                    }
+                    _ => {}
+                }
+                setup::log_connection_event(event)
+            })
             .connect(url)
             .await
             .map_err(|err| {
@@ -193,6 +208,7 @@ impl JetStreamBus {
                 url: shown_url,
                 client,
                 jetstream,
+                reconnections,
                 max_deliveries_watch,
             }),
         })
@@ -355,8 +371,10 @@ impl Bus for JetStreamBus {
                 .inner
                 .names
                 .runs_consumer_config(pool, &self.inner.config),
-            // One at a time: a busy worker must not hold requests an idle one could run.
-            batch: 1,
+            // One at a time, while asked: a busy worker must not hold requests an idle one
+            // could run.
+            mode: pull::PullMode::OnDemand,
+            reconnections: self.inner.reconnections.clone(),
             url: self.inner.url.clone(),
         };
         Ok(pull::deliveries(source).await?.boxed())
@@ -373,7 +391,8 @@ impl Bus for JetStreamBus {
             stream: self.inner.names.events_stream_config(&self.inner.config),
             consumer: self.inner.names.events_consumer_config(&self.inner.config),
             // The ingester stores up to 64 deliveries per transaction; prefetch as many.
-            batch: 64,
+            mode: pull::PullMode::Prefetch(64),
+            reconnections: self.inner.reconnections.clone(),
             url: self.inner.url.clone(),
         };
         Ok(pull::deliveries(source).await?.boxed())

@@ -1,47 +1,80 @@
 //! Pull consumption that outlives connection trouble.
 //!
-//! async-nats re-issues pull requests after a reconnect by itself. On top of that, any error the
-//! pull stream reports (missed heartbeats, a pull request the server refused, the consumer
-//! deleted under us) drops the stream and opens it again: the consumer is created or updated
-//! first, so a consumer lost with the server's state comes back. The caller just sees the next
-//! delivery, later; each failure is logged once, with the delay before the next try.
+//! Two ways to pull:
+//!
+//! - **On demand** (run requests): one pull request for one message, sent only while the caller
+//!   waits for a delivery. A worker whose slots are all busy does not poll, so it holds nothing
+//!   an idle worker could start. (async-nats's long-lived pull stream renews its pull request on
+//!   a timer even when nobody polls, which would park a request at a busy worker until its ack
+//!   wait ran out.) After a reconnect the pending pull request is sent again, since a restarted
+//!   server has forgotten it.
+//! - **Prefetch** (event batches): async-nats's pull stream with a batch size, which renews pull
+//!   requests by itself, also after a reconnect, and checks the server's heartbeats.
+//!
+//! Any error (missed heartbeats, a pull request the server refused, the consumer deleted under
+//! us) drops the pull and opens it again after a growing delay: the stream and the consumer are
+//! created or updated first, so a server that came back without its store gets them back. The
+//! caller just sees the next delivery, later; each failure is logged once, with the delay
+//! before the next try.
 
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::pull;
+use async_nats::jetstream::consumer::{pull, PullConsumer};
 use async_nats::jetstream::stream;
 use async_nats::jetstream::{self as js, AckKind};
 use async_trait::async_trait;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 
 use super::setup;
 use crate::bus::{Acker, BusError, Delivery};
 
-/// How long one pull request waits on the server for messages before it is renewed.
-const PULL_EXPIRES: Duration = Duration::from_secs(30);
-/// How often the server confirms a waiting pull request is alive; two missed ones reopen it.
-const PULL_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long one pull request waits on the server for messages before it is renewed. Also
+/// bounds how long a pull request the server lost without a reconnect goes unnoticed.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+/// How often the server confirms a waiting prefetch pull request is alive; two missed ones
+/// reopen it.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(3);
 const REOPEN_DELAY_MIN: Duration = Duration::from_millis(100);
 const REOPEN_DELAY_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug)]
+pub(super) enum PullMode {
+    /// One message per pull request, asked for only while the caller polls.
+    OnDemand,
+    /// Up to this many messages per pull request, renewed ahead of the caller.
+    Prefetch(usize),
+}
 
 /// Where a pull stream takes its messages from.
 pub(super) struct PullSource {
     /// What the messages are, for logs: "run requests", "event batches".
     pub what: &'static str,
     pub jetstream: js::Context,
-    /// Set up again with the consumer whenever the pull is reopened: a server that lost its
-    /// store (no persistent volume) comes back without either.
+    /// Set up again with the consumer whenever the pull is reopened.
     pub stream: stream::Config,
     pub consumer: pull::Config,
-    /// Messages asked for per pull request.
-    pub batch: usize,
+    pub mode: PullMode,
+    /// Changes on every reconnection of the client.
+    pub reconnections: watch::Receiver<u64>,
     pub url: String,
 }
 
+/// An open pull.
+enum Pull {
+    OnDemand {
+        /// Boxed: consumer info is large, and one pull lives as long as its stream.
+        consumer: Box<PullConsumer>,
+        /// The pull request waiting for a message, if the caller is (or was) waiting.
+        waiting: Option<pull::Batch>,
+    },
+    Prefetch(pull::Stream),
+}
+
 impl PullSource {
-    async fn open(&self, after_failure: bool) -> Result<pull::Stream, BusError> {
+    async fn open(&self, after_failure: bool) -> Result<Pull, BusError> {
         if after_failure {
             setup::ensure_stream(&self.jetstream, self.stream.clone(), &self.url).await?;
         }
@@ -52,29 +85,85 @@ impl PullSource {
             &self.url,
         )
         .await?;
-        consumer
-            .stream()
-            .max_messages_per_batch(self.batch)
-            .expires(PULL_EXPIRES)
-            .heartbeat(PULL_HEARTBEAT)
-            .messages()
-            .await
-            .map_err(|err| setup::unavailable(&self.url, &format!("pulling {}", self.what), err))
+        match self.mode {
+            PullMode::OnDemand => Ok(Pull::OnDemand {
+                consumer: Box::new(consumer),
+                waiting: None,
+            }),
+            PullMode::Prefetch(batch) => consumer
+                .stream()
+                .max_messages_per_batch(batch)
+                .expires(PULL_EXPIRES)
+                .heartbeat(PULL_HEARTBEAT)
+                .messages()
+                .await
+                .map(Pull::Prefetch)
+                .map_err(|err| {
+                    setup::unavailable(&self.url, &format!("pulling {}", self.what), err)
+                }),
+        }
+    }
+}
+
+type PullError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Pull {
+    /// The next message; `Ok(None)` when the pull ended and must be opened again.
+    async fn next(
+        &mut self,
+        reconnections: &mut watch::Receiver<u64>,
+    ) -> Result<Option<js::Message>, PullError> {
+        match self {
+            Pull::Prefetch(messages) => messages.next().await.transpose().map_err(Into::into),
+            Pull::OnDemand { consumer, waiting } => loop {
+                let batch = match waiting {
+                    Some(batch) => batch,
+                    None => waiting.insert(
+                        consumer
+                            .batch()
+                            .max_messages(1)
+                            .expires(PULL_EXPIRES)
+                            .messages()
+                            .await?,
+                    ),
+                };
+                tokio::select! {
+                    message = batch.next() => {
+                        *waiting = None;
+                        match message {
+                            Some(message) => return message.map(Some),
+                            // Expired without a message: ask again.
+                            None => continue,
+                        }
+                    }
+                    // A restarted server has forgotten the pull request: send it again, unless
+                    // its message arrived before the connection dropped.
+                    Ok(()) = reconnections.changed() => {
+                        let arrived = batch.next().now_or_never().flatten();
+                        *waiting = None;
+                        if let Some(message) = arrived {
+                            return message.map(Some);
+                        }
+                    }
+                }
+            },
+        }
     }
 }
 
 /// Deliveries of `source`, decoded as `T`. Setting up the consumer the first time is the
 /// caller's error; later trouble is retried (see the module comment).
 pub(super) async fn deliveries<T>(
-    source: PullSource,
+    mut source: PullSource,
 ) -> Result<impl Stream<Item = Delivery<T>> + Send + 'static, BusError>
 where
     T: DeserializeOwned + Send + 'static,
 {
-    let messages = source.open(false).await?;
+    source.reconnections.mark_unchanged();
+    let pull = source.open(false).await?;
     let state = PullState::<T> {
         source,
-        messages: Some(messages),
+        pull: Some(pull),
         reopen_delay: REOPEN_DELAY_MIN,
         decoded: PhantomData,
     };
@@ -87,7 +176,7 @@ where
 struct PullState<T> {
     source: PullSource,
     /// `None` after a failure, until it is opened again.
-    messages: Option<pull::Stream>,
+    pull: Option<Pull>,
     reopen_delay: Duration,
     decoded: PhantomData<fn() -> T>,
 }
@@ -96,30 +185,30 @@ impl<T: DeserializeOwned> PullState<T> {
     async fn next_delivery(&mut self) -> Delivery<T> {
         let what = self.source.what;
         loop {
-            let Some(messages) = self.messages.as_mut() else {
+            let Some(pull) = self.pull.as_mut() else {
                 match self.source.open(true).await {
-                    Ok(messages) => {
+                    Ok(pull) => {
                         tracing::info!(what, "pulling again");
-                        self.messages = Some(messages);
+                        self.pull = Some(pull);
                         self.reopen_delay = REOPEN_DELAY_MIN;
                     }
                     Err(err) => self.back_off(&err).await,
                 }
                 continue;
             };
-            match messages.next().await {
-                Some(Ok(message)) => {
+            match pull.next(&mut self.source.reconnections).await {
+                Ok(Some(message)) => {
                     if let Some(delivery) = decode(message, what).await {
                         return delivery;
                     }
                 }
-                Some(Err(err)) => {
-                    self.messages = None;
-                    self.back_off(&err).await;
-                }
-                None => {
-                    self.messages = None;
+                Ok(None) => {
+                    self.pull = None;
                     self.back_off(&"the pull stream ended").await;
+                }
+                Err(err) => {
+                    self.pull = None;
+                    self.back_off(&err).await;
                 }
             }
         }

@@ -68,6 +68,7 @@ async fn jetstream_bus_survives_a_nats_server_restart() {
         .await
         .expect("connect to the throwaway nats-server");
     let mut runs = bus.pull_runs("default").await.unwrap();
+    let mut gpu_runs = bus.pull_runs("gpu").await.unwrap();
     let mut events = bus.pull_events().await.unwrap();
     let mut control = bus.subscribe_control().await.unwrap();
     let mut requests = bus.serve_requests().await.unwrap();
@@ -79,8 +80,12 @@ async fn jetstream_bus_survives_a_nats_server_restart() {
     delivery.acker.ack().await.unwrap();
     // Stored but not yet delivered when the server dies.
     let stored = RunId::new();
-    assert!(bus.publish_run(request(stored, "stored")).await.unwrap());
+    let mut gpu_request = request(stored, "stored");
+    gpu_request.pool = "gpu".into();
+    assert!(bus.publish_run(gpu_request).await.unwrap());
     bus.publish_events(event_batch(stored, 1)).await.unwrap();
+    // A worker waiting for work when the server dies: its pull request dies with the server.
+    assert!(next(&mut runs, Duration::from_millis(200)).await.is_none());
 
     server.restart().await.expect("restart nats-server");
 
@@ -90,19 +95,24 @@ async fn jetstream_bus_survives_a_nats_server_restart() {
     })
     .await;
     assert!(published, "a fresh dedup id is not a duplicate");
-    let mut seen = Vec::new();
-    for _ in 0..2 {
-        let delivery = next(&mut runs, Duration::from_secs(30))
-            .await
-            .expect("the pull stream opened before the restart delivers again");
-        seen.push(delivery.message.run_id);
-        delivery.acker.ack().await.unwrap();
-    }
+    // Sooner than the pull request's expiry (10 s, then 5 s of grace): the waiting pull is
+    // renewed on reconnect.
+    let delivery = next(&mut runs, Duration::from_secs(5))
+        .await
+        .expect("the waiting pull is sent again after the reconnect");
     assert_eq!(
-        seen,
-        [stored, after],
-        "the stored request survives, in order"
+        (delivery.message.run_id, delivery.delivery_count),
+        (after, 1)
     );
+    delivery.acker.ack().await.unwrap();
+    let delivery = next(&mut gpu_runs, Duration::from_secs(5))
+        .await
+        .expect("the request stored before the restart survives it");
+    assert_eq!(
+        (delivery.message.run_id, delivery.delivery_count),
+        (stored, 1)
+    );
+    delivery.acker.ack().await.unwrap();
     // The dedup window survives too.
     assert!(!bus.publish_run(request(after, "after")).await.unwrap());
 

@@ -48,14 +48,16 @@ use setup::Names;
 pub struct JetStreamConfig {
     /// First token of every subject and stream name: 1 to 32 letters, digits, `-` or `_`.
     pub prefix: String,
-    /// A run request delivery neither acknowledged nor kept alive within this time is delivered
-    /// again. When `backoff` is set, JetStream uses its delays instead (the first one for the
-    /// first redelivery).
+    /// A run request delivery neither acknowledged nor kept alive (`in_progress`) within this
+    /// time is delivered again.
     pub ack_wait: Duration,
     /// After this many deliveries a run request is given up (and logged).
     pub max_deliver: u32,
-    /// Delays before each redelivery of an unacknowledged run request, the last one repeating;
-    /// empty means `ack_wait` every time. JetStream requires fewer entries than `max_deliver`.
+    /// How long each delivery of a run request may go unacknowledged before the next one, the
+    /// last delay repeating; empty means `ack_wait` every time. JetStream takes the ack wait
+    /// from the first delay (it overrides `ack_wait`, checked with nats-server 2.14), so the first
+    /// delay must equal `ack_wait`; and `max_deliver` deliveries have `max_deliver - 1`
+    /// redeliveries, so there must be fewer delays than that.
     pub backoff: Vec<Duration>,
     /// How long a run request's dedup id is remembered.
     pub dedup_window: Duration,
@@ -105,15 +107,30 @@ impl JetStreamConfig {
         if self.backoff.iter().any(|delay| delay.is_zero()) {
             return invalid("backoff", "delays must not be zero".into());
         }
-        if !self.backoff.is_empty() && self.backoff.len() >= self.max_deliver as usize {
-            return invalid(
-                "backoff",
-                format!(
-                    "must have fewer entries than max_deliver ({} >= {}): JetStream refuses it",
-                    self.backoff.len(),
-                    self.max_deliver
-                ),
-            );
+        if let Some(first) = self.backoff.first() {
+            if *first != self.ack_wait {
+                return invalid(
+                    "backoff",
+                    format!(
+                        "must start with ack_wait ({:?}), got {first:?}: JetStream uses the \
+                         first delay as the ack wait",
+                        self.ack_wait
+                    ),
+                );
+            }
+            if self.backoff.len() >= self.max_deliver as usize {
+                return invalid(
+                    "backoff",
+                    format!(
+                        "must have fewer delays than max_deliver ({} >= {}): {} deliveries have \
+                         {} redeliveries",
+                        self.backoff.len(),
+                        self.max_deliver,
+                        self.max_deliver,
+                        self.max_deliver - 1
+                    ),
+                );
+            }
         }
         Ok(())
     }

@@ -335,10 +335,17 @@ async fn jetstream_setup_is_idempotent_and_concurrent() {
         ),
         (
             JetStreamConfig {
-                backoff: vec![Duration::from_secs(1); 3],
+                backoff: vec![config.ack_wait; 3],
                 ..config.clone()
             },
-            "backoff",
+            "backoff must have fewer delays",
+        ),
+        (
+            JetStreamConfig {
+                backoff: vec![Duration::from_secs(1)],
+                ..config.clone()
+            },
+            "backoff must start with ack_wait",
         ),
     ] {
         match JetStreamBus::connect(&url, bad).await {

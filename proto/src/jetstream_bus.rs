@@ -206,7 +206,6 @@ impl JetStreamBus {
             .timeout(config.request_timeout)
             .build(client.clone());
         let names = Names::new(&config.prefix);
-        setup::check_jetstream(&jetstream, &shown_url).await?;
         for stream in [
             names.runs_stream_config(&config),
             names.events_stream_config(&config),

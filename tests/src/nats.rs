@@ -22,12 +22,22 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     log: PathBuf,
+    jetstream: bool,
     child: Option<Child>,
 }
 
 impl NatsServer {
     /// Starts a server, or returns `None` (a failure in CI) when nats-server is not installed.
     pub async fn start() -> Option<Self> {
+        Self::start_with(true).await
+    }
+
+    /// A server without JetStream (no `-js`), for testing what a client of it is told.
+    pub async fn start_without_jetstream() -> Option<Self> {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(jetstream: bool) -> Option<Self> {
         let bin = components::nats_server_bin()?;
         let store = tempfile::tempdir().expect("temp dir for the JetStream store");
         let log = store.path().join("nats-server.log");
@@ -37,6 +47,7 @@ impl NatsServer {
             port,
             store,
             log,
+            jetstream,
             child: None,
         };
         server.spawn().await.expect("start nats-server");
@@ -82,11 +93,14 @@ impl NatsServer {
             .append(true)
             .open(&self.log)
             .context("open the nats-server log")?;
-        let child = Command::new(&self.bin)
-            .args(["-js", "-a", "127.0.0.1", "-p"])
-            .arg(self.port.to_string())
-            .arg("-sd")
-            .arg(self.store_dir())
+        let mut command = Command::new(&self.bin);
+        command
+            .args(["-a", "127.0.0.1", "-p"])
+            .arg(self.port.to_string());
+        if self.jetstream {
+            command.arg("-js").arg("-sd").arg(self.store_dir());
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

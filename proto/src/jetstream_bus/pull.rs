@@ -6,8 +6,8 @@
 //!   waits for a delivery. A worker whose slots are all busy does not poll, so it holds nothing
 //!   an idle worker could start. (async-nats's long-lived pull stream renews its pull request on
 //!   a timer even when nobody polls, which would park a request at a busy worker until its ack
-//!   wait ran out.) After a reconnect the pending pull request is sent again, since a restarted
-//!   server has forgotten it.
+//!   wait ran out.) After a reconnect the stream, the consumer and the pending pull request are
+//!   set up again, since a restarted server has forgotten the request and may have lost more.
 //! - **Prefetch** (event batches): async-nats's pull stream with a batch size, which renews pull
 //!   requests by itself, also after a reconnect, and checks the server's heartbeats.
 //!
@@ -107,14 +107,27 @@ impl PullSource {
 
 type PullError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What waiting on a pull gave.
+enum Pulled {
+    Message(Box<js::Message>),
+    /// The pull stream ended; open it again.
+    Ended,
+    /// The client reconnected while an on-demand pull waited. The server may have restarted
+    /// and forgotten the pull request, or even lost the consumer (nats-server 2.9 then stays
+    /// silent), so the pull is set up again from the stream down.
+    Reconnected,
+}
+
 impl Pull {
-    /// The next message; `Ok(None)` when the pull ended and must be opened again.
     async fn next(
         &mut self,
         reconnections: &mut watch::Receiver<u64>,
-    ) -> Result<Option<js::Message>, PullError> {
+    ) -> Result<Pulled, PullError> {
         match self {
-            Pull::Prefetch(messages) => messages.next().await.transpose().map_err(Into::into),
+            Pull::Prefetch(messages) => match messages.next().await {
+                Some(message) => Ok(Pulled::Message(Box::new(message?))),
+                None => Ok(Pulled::Ended),
+            },
             Pull::OnDemand { consumer, waiting } => loop {
                 let batch = match waiting {
                     Some(batch) => batch,
@@ -131,19 +144,19 @@ impl Pull {
                     message = batch.next() => {
                         *waiting = None;
                         match message {
-                            Some(message) => return message.map(Some),
+                            Some(message) => return Ok(Pulled::Message(Box::new(message?))),
                             // Expired without a message: ask again.
                             None => continue,
                         }
                     }
-                    // A restarted server has forgotten the pull request: send it again, unless
-                    // its message arrived before the connection dropped.
                     Ok(()) = reconnections.changed() => {
+                        // A message that arrived before the connection dropped is still ours.
                         let arrived = batch.next().now_or_never().flatten();
                         *waiting = None;
-                        if let Some(message) = arrived {
-                            return message.map(Some);
-                        }
+                        return match arrived {
+                            Some(message) => Ok(Pulled::Message(Box::new(message?))),
+                            None => Ok(Pulled::Reconnected),
+                        };
                     }
                 }
             },
@@ -197,12 +210,13 @@ impl<T: DeserializeOwned> PullState<T> {
                 continue;
             };
             match pull.next(&mut self.source.reconnections).await {
-                Ok(Some(message)) => {
-                    if let Some(delivery) = decode(message, what).await {
+                Ok(Pulled::Message(message)) => {
+                    if let Some(delivery) = decode(*message, what).await {
                         return delivery;
                     }
                 }
-                Ok(None) => {
+                Ok(Pulled::Reconnected) => self.pull = None,
+                Ok(Pulled::Ended) => {
                     self.pull = None;
                     self.back_off(&"the pull stream ended").await;
                 }

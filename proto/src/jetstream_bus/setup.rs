@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::context::CreateStreamErrorKind;
+use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::{self as js};
@@ -161,17 +161,6 @@ pub(super) async fn round_trip(client: &async_nats::Client, url: &str) -> Result
     }
 }
 
-/// Fails with a clear message when the server runs without JetStream.
-pub(super) async fn check_jetstream(jetstream: &js::Context, url: &str) -> Result<(), BusError> {
-    match jetstream.query_account().await {
-        Ok(_) => Ok(()),
-        Err(err) => Err(BusError::Unavailable(format!(
-            "JetStream does not answer on the NATS server at {url}: {err}; start nats-server with \
-             -js (JetStream enabled)"
-        ))),
-    }
-}
-
 /// Creates the stream or brings it to `config`. Two processes doing this at once both succeed:
 /// whoever loses the race to create updates what the winner created.
 pub(super) async fn ensure_stream(
@@ -180,7 +169,13 @@ pub(super) async fn ensure_stream(
     url: &str,
 ) -> Result<(), BusError> {
     let name = config.name.clone();
-    let failed = |err: &dyn std::fmt::Display| {
+    let failed = |err: &CreateStreamError| {
+        if jetstream_disabled(&err.kind()) {
+            return BusError::Unavailable(format!(
+                "JetStream is not enabled on the NATS server at {url} ({err}); start nats-server \
+                 with -js"
+            ));
+        }
         unavailable(url, &format!("setting up the JetStream stream {name}"), err)
     };
     for _ in 0..3 {
@@ -195,11 +190,23 @@ pub(super) async fn ensure_stream(
             Err(err) => return Err(failed(&err)),
         }
     }
-    Err(failed(&"the stream kept appearing and disappearing"))
+    Err(unavailable(
+        url,
+        &format!("setting up the JetStream stream {name}"),
+        "the stream kept appearing and disappearing",
+    ))
 }
 
 fn is_error_code(kind: &CreateStreamErrorKind, code: ErrorCode) -> bool {
     matches!(kind, CreateStreamErrorKind::JetStream(err) if err.error_code() == code)
+}
+
+/// Nobody answers the JetStream API (the server runs without `-js`), or the account has no
+/// JetStream.
+fn jetstream_disabled(kind: &CreateStreamErrorKind) -> bool {
+    matches!(kind, CreateStreamErrorKind::JetStreamUnavailable)
+        || is_error_code(kind, ErrorCode::JETSTREAM_NOT_ENABLED)
+        || is_error_code(kind, ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT)
 }
 
 /// Creates the durable consumer or brings it to `config` (JetStream's create-or-update action,

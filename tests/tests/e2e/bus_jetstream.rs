@@ -375,6 +375,21 @@ async fn jetstream_connect_without_a_server_says_what_to_start() {
     }
 }
 
+/// A server without JetStream: the error says to start it with `-js`.
+#[tokio::test]
+async fn jetstream_connect_to_a_server_without_jetstream_says_to_enable_it() {
+    let Some(server) = NatsServer::start_without_jetstream().await else {
+        return;
+    };
+    match JetStreamBus::connect(&server.url(), fast_jetstream_config()).await {
+        Err(BusError::Unavailable(message)) => {
+            assert!(message.contains("-js"), "{message}");
+            assert!(message.contains(&server.url()), "{message}");
+        }
+        other => panic!("expected unavailable, got {:?}", other.err()),
+    }
+}
+
 /// Bytes that are not ours on the bus's subjects are logged and skipped, never a panic; a bad
 /// pool or dedup id is refused before publishing.
 #[tokio::test]

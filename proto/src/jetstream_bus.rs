@@ -3,12 +3,17 @@
 //! Layout (every name starts with the configured prefix `P`, so deployments and tests can share a
 //! server without seeing each other):
 //!
-//! | what | where | delivery |
-//! | --- | --- | --- |
-//! | run requests | stream `P-runs`, subjects `P.runs.<pool>`, work-queue retention, file storage, dedup window from the config | durable pull consumer `pool-<pool>` per pool, shared by that pool's workers; explicit ack, `ack_wait`, `max_deliver`, `backoff` |
-//! | run events | stream `P-events`, subjects `P.events.<run id>`, work-queue retention, file storage | durable pull consumer `control-planes`, shared by every control plane; explicit ack, unlimited redelivery |
-//! | control messages | core NATS subject `P.control` | every subscriber gets every message |
-//! | worker requests | core NATS request / reply on `P.worker.requests`, queue group `control-planes` | one control plane answers |
+//! - **Run requests**: stream `P-runs` on subjects `P.runs.<pool>`, work-queue retention (a
+//!   request is removed once acknowledged), file storage, duplicate window = `dedup_window`
+//!   (publishes carry `Nats-Msg-Id` = the dedup id). One durable pull consumer per pool,
+//!   `pool-<pool>`, shared by the pool's workers: explicit ack, `ack_wait`, `max_deliver`,
+//!   `backoff`. Pulled on demand, one message per pull request.
+//! - **Run events**: stream `P-events` on subjects `P.events.<run id>`, work-queue retention,
+//!   file storage. One durable pull consumer, `control-planes`, shared by every control plane:
+//!   explicit ack, `ack_wait`, unlimited redelivery. Prefetched 64 at a time.
+//! - **Control messages**: core NATS on `P.control`; every subscriber gets every message.
+//! - **Worker requests**: core NATS request / reply on `P.worker.requests`, served by the queue
+//!   group `control-planes` (one control plane answers each request).
 //!
 //! A run request that reached `max_deliver` deliveries is given up the way JetStream does it: the
 //! server stops delivering it and announces it in a `MAX_DELIVERIES` advisory; one process of the
@@ -17,6 +22,12 @@
 //!
 //! The streams and consumers are created or updated at start, so two processes starting at once
 //! both succeed and a changed setting (ack wait, max deliver, …) takes effect on the next start.
+//!
+//! When nats-server goes away the client reconnects by itself, without end. Meanwhile publishes
+//! and requests fail with `BusError::Unavailable` (saying what to start) or `Timeout`; pull
+//! streams and subscriptions do not end: they resume after the reconnect, and a server that came
+//! back without its store gets its streams and consumers set up again (tested in
+//! `tests/tests/e2e/bus_jetstream.rs`, on nats-server 2.14 and 2.9).
 
 mod pull;
 mod requests;
@@ -158,6 +169,7 @@ struct Inner {
     url: String,
     client: async_nats::Client,
     jetstream: jetstream::Context,
+    /// Changes on every reconnection (see `pull`).
     reconnections: watch::Receiver<u64>,
     /// Gives up run requests after their last delivery; stopped with the bus.
     max_deliveries_watch: tokio::task::JoinHandle<()>,
@@ -170,9 +182,10 @@ impl Drop for Inner {
 }
 
 impl JetStreamBus {
-    /// Connects to `url` (e.g. `nats://127.0.0.1:4222`), checks that JetStream is enabled and
-    /// creates or updates the streams. Consumers are set up by [`Bus::pull_runs`] and
-    /// [`Bus::pull_events`], so a worker never creates the control planes' consumer.
+    /// Connects to `url` (e.g. `nats://127.0.0.1:4222`) and creates or updates the streams, which
+    /// fails with a clear message when the server runs without JetStream. Consumers are set up
+    /// by [`Bus::pull_runs`] and [`Bus::pull_events`], so a worker never creates the control
+    /// planes' consumer.
     ///
     /// Once connected, the client reconnects by itself for as long as the bus lives.
     pub async fn connect(url: &str, config: JetStreamConfig) -> Result<Self, BusError> {
@@ -244,19 +257,23 @@ impl JetStreamBus {
         subject: &str,
         err: async_nats::jetstream::context::PublishError,
     ) -> BusError {
+        let failed = format!("publishing {what}");
         match err.kind() {
             PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe if !self.connected() => {
-                self.unavailable(&format!("publishing {what}"), "not connected to NATS (reconnecting)")
+                self.unavailable(&failed, "not connected to NATS (reconnecting)")
             }
             PublishErrorKind::TimedOut => BusError::Timeout(self.inner.config.request_timeout),
-            PublishErrorKind::MaxPayloadExceeded => {
-                BusError::Malformed(format!("{what} is larger than the server's max_payload: {err}"))
-            }
+            PublishErrorKind::MaxPayloadExceeded => BusError::Malformed(format!(
+                "{what} is larger than the server's max_payload: {err}"
+            )),
             PublishErrorKind::StreamNotFound => self.unavailable(
-                &format!("publishing {what}"),
-                format!("no JetStream stream answered for {subject} (JetStream not ready, or the stream was deleted)"),
+                &failed,
+                format!(
+                    "no JetStream stream answered for {subject} (JetStream not ready, or the \
+                     stream was deleted)"
+                ),
             ),
-            _ => self.unavailable(&format!("publishing {what}"), err),
+            _ => self.unavailable(&failed, err),
         }
     }
 

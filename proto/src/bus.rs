@@ -28,6 +28,9 @@ pub enum BusError {
     Unavailable(String),
     #[error("malformed message: {0}")]
     Malformed(String),
+    /// The bus was given settings it cannot work with; the message names the setting.
+    #[error("invalid bus configuration: {0}")]
+    InvalidConfig(String),
 }
 
 /// A request to execute one attempt of a run. Deliberately small: the run's settings (and any

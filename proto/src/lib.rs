@@ -2,11 +2,14 @@
 //!
 //! Everything that crosses the bus lives here: typed ids, the [`RunSpec`] a worker executes, the
 //! [`RunEvent`]s it streams back, the [`RunOutcome`] it reports, the run status state machine and
-//! the [`Bus`] trait with its in-memory implementation. No HTTP and no database types.
+//! the [`Bus`] trait with its in-memory implementation and, behind the `jetstream` feature, its NATS
+//! JetStream implementation. No HTTP and no database types.
 
 pub mod bus;
 pub mod event;
 pub mod ids;
+#[cfg(feature = "jetstream")]
+pub mod jetstream_bus;
 pub mod memory_bus;
 pub mod run;
 
@@ -16,6 +19,8 @@ pub use bus::{
 };
 pub use event::{EventKind, EventOrigin, NewRunEvent, RunEvent};
 pub use ids::{JobId, RunId, WebhookId, WorkerId};
+#[cfg(feature = "jetstream")]
+pub use jetstream_bus::{JetStreamBus, JetStreamConfig};
 pub use memory_bus::{InMemoryBus, InMemoryBusConfig};
 pub use run::{
     ClaudeSpec, RunKind, RunOutcome, RunSpec, RunStatus, StopReason, TokenUsage, Trigger,

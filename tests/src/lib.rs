@@ -5,3 +5,4 @@ pub mod clients;
 pub mod components;
 pub mod fake_anthropic;
 pub mod harness;
+pub mod nats;

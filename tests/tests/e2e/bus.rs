@@ -1,15 +1,18 @@
-//! The `Bus` conformance suite. Runs on the in-memory bus now; the JetStream bus joins it later.
+//! The `Bus` conformance suite, run on the in-memory bus and on the JetStream bus (against the
+//! nats-server of `TEST_NATS_URL`). Both must pass the same assertions.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use autopilot_proto::{
-    Bus, ControlMessage, EventBatch, EventKind, EventOrigin, InMemoryBus, InMemoryBusConfig,
-    NewRunEvent, RunId, RunRequest, WorkerId, WorkerReply, WorkerRequest,
+    Bus, BusError, ControlMessage, EventBatch, EventKind, EventOrigin, InMemoryBus,
+    InMemoryBusConfig, JetStreamBus, JetStreamConfig, NewRunEvent, RunId, RunRequest, WorkerId,
+    WorkerReply, WorkerRequest,
 };
+use autopilot_tests::components;
 use futures::StreamExt;
 
-fn request(run_id: RunId, dedup: &str) -> RunRequest {
+pub(crate) fn request(run_id: RunId, dedup: &str) -> RunRequest {
     RunRequest {
         run_id,
         attempt: 1,
@@ -18,7 +21,7 @@ fn request(run_id: RunId, dedup: &str) -> RunRequest {
     }
 }
 
-async fn next<T>(
+pub(crate) async fn next<T>(
     stream: &mut futures::stream::BoxStream<'static, T>,
     within: Duration,
 ) -> Option<T> {
@@ -29,7 +32,7 @@ async fn next<T>(
 }
 
 /// A bus with short timers so redelivery can be observed quickly.
-fn fast_bus() -> Arc<dyn Bus> {
+fn fast_in_memory_bus() -> Arc<dyn Bus> {
     Arc::new(InMemoryBus::new(InMemoryBusConfig {
         ack_wait: Duration::from_millis(300),
         max_deliver: 3,
@@ -37,6 +40,25 @@ fn fast_bus() -> Arc<dyn Bus> {
         request_timeout: Duration::from_secs(2),
         event_capacity: 16,
     }))
+}
+
+/// The JetStream settings matching [`fast_in_memory_bus`], under a prefix of the test's own.
+pub(crate) fn fast_jetstream_config() -> JetStreamConfig {
+    JetStreamConfig {
+        prefix: unique_prefix(),
+        ack_wait: Duration::from_millis(300),
+        max_deliver: 3,
+        backoff: Vec::new(),
+        dedup_window: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(2),
+    }
+}
+
+/// A prefix no other test uses, so tests can share one server.
+pub(crate) fn unique_prefix() -> String {
+    // The tail of a v7 uuid is random; its head is the clock, shared by tests started together.
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    format!("test-{}", &id[20..])
 }
 
 async fn conformance(bus: Arc<dyn Bus>) {
@@ -192,6 +214,7 @@ async fn conformance(bus: Arc<dyn Bus>) {
             _ => WorkerReply::Ok,
         };
         incoming.reply.send(reply).unwrap();
+        requests
     });
     let reply = bus
         .request(WorkerRequest::Heartbeat {
@@ -202,7 +225,26 @@ async fn conformance(bus: Arc<dyn Bus>) {
         .await
         .unwrap();
     assert_eq!(reply, WorkerReply::Cancel);
-    server.await.unwrap();
+    let mut requests = server.await.unwrap();
+    // A control plane that drops the request without answering (a store failure) is an error
+    // for the worker at once, not a wait until its timeout.
+    let server = tokio::spawn(async move {
+        let incoming = requests.next().await.unwrap();
+        drop(incoming.reply);
+        requests
+    });
+    let dropped = bus
+        .request(WorkerRequest::Heartbeat {
+            run_id,
+            attempt: 1,
+            worker_id: WorkerId::new("w"),
+        })
+        .await;
+    assert!(
+        matches!(dropped, Err(BusError::Unavailable(_))),
+        "{dropped:?}"
+    );
+    drop(server.await.unwrap());
     // Nobody answering is a timeout, not a hang.
     let unanswered = bus
         .request(WorkerRequest::Heartbeat {
@@ -216,5 +258,16 @@ async fn conformance(bus: Arc<dyn Bus>) {
 
 #[tokio::test]
 async fn bus_conformance_in_memory() {
-    conformance(fast_bus()).await;
+    conformance(fast_in_memory_bus()).await;
+}
+
+#[tokio::test]
+async fn bus_conformance_jetstream() {
+    let Some(url) = components::nats_url() else {
+        return;
+    };
+    let bus = JetStreamBus::connect(&url, fast_jetstream_config())
+        .await
+        .expect("connect to TEST_NATS_URL");
+    conformance(Arc::new(bus)).await;
 }

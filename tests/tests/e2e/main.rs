@@ -3,6 +3,7 @@
 
 mod api;
 mod bus;
+mod bus_jetstream;
 mod claude;
 mod conformance;
 mod mcp;

@@ -10,6 +10,7 @@ pub mod event;
 pub mod ids;
 #[cfg(feature = "jetstream")]
 pub mod jetstream_bus;
+pub mod lease;
 pub mod memory_bus;
 pub mod run;
 
@@ -21,6 +22,7 @@ pub use event::{EventKind, EventOrigin, NewRunEvent, RunEvent};
 pub use ids::{JobId, RunId, WebhookId, WorkerId};
 #[cfg(feature = "jetstream")]
 pub use jetstream_bus::{JetStreamBus, JetStreamConfig};
+pub use lease::{Lease, LeaseError};
 pub use memory_bus::{InMemoryBus, InMemoryBusConfig};
 pub use run::{
     ClaudeSpec, RunKind, RunOutcome, RunSpec, RunStatus, StopReason, TokenUsage, Trigger,

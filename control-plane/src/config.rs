@@ -90,6 +90,27 @@ pub struct ConfigArgs {
     /// Log format: `text` or `json` [default: text].
     #[arg(long, env = "AUTOPILOT_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// NATS server of the fleet (`nats://HOST:4222`, with JetStream). Together with a PostgreSQL
+    /// database URL it turns `autopilot serve` into a fleet control plane: no embedded worker,
+    /// runs go to `autopilot worker` processes.
+    #[arg(
+        long,
+        env = "AUTOPILOT_NATS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub nats_url: Option<String>,
+    /// First token of every NATS subject, stream and bucket name, so deployments can share a
+    /// server [default: autopilot].
+    #[arg(long, env = "AUTOPILOT_NATS_PREFIX", value_name = "PREFIX")]
+    pub nats_prefix: Option<String>,
+    /// Seconds the scheduler lease lasts without renewal; a new leader takes over this long after
+    /// the old one died [default: 10].
+    #[arg(long, env = "AUTOPILOT_LEASE_TTL_SECS", value_name = "SECS")]
+    pub lease_ttl_secs: Option<u64>,
+    /// A running run without a heartbeat for this many seconds is marked lost [default: 30].
+    #[arg(long, env = "AUTOPILOT_LOST_AFTER_SECS", value_name = "SECS")]
+    pub lost_after_secs: Option<u64>,
 }
 
 /// The same settings as read from the file.
@@ -110,6 +131,10 @@ struct FileConfig {
     oauth_redirect_uris: Option<Vec<String>>,
     secret_key: Option<String>,
     max_queued_runs: Option<u64>,
+    nats_url: Option<String>,
+    nats_prefix: Option<String>,
+    lease_ttl_secs: Option<u64>,
+    lost_after_secs: Option<u64>,
     /// Extra environment for runs. `ANTHROPIC_*` and `CLAUDE_CODE_*` names reach Claude runs
     /// only; the rest reach every run.
     #[serde(default)]
@@ -159,6 +184,9 @@ pub struct Config {
     pub secret_key: Option<String>,
     /// Bound on queued runs; webhook deliveries beyond it are refused with 503.
     pub max_queued_runs: u64,
+    /// The fleet's NATS server; `Some` only together with PostgreSQL (checked at load).
+    pub nats_url: Option<String>,
+    pub nats_prefix: String,
 }
 
 impl fmt::Debug for Config {
@@ -180,6 +208,10 @@ impl fmt::Debug for Config {
                 &self.secret_key.as_ref().map(|_| "<redacted>"),
             )
             .field("max_queued_runs", &self.max_queued_runs)
+            .field("nats_url", &self.nats_url.as_deref().map(redact_url))
+            .field("nats_prefix", &self.nats_prefix)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("lost_after", &self.lost_after)
             .field("claude_bin", &self.claude_bin)
             .field("public_url", &self.public_url)
             .field("worker_concurrency", &self.worker_concurrency)
@@ -282,6 +314,28 @@ impl Config {
         if max_queued_runs == 0 {
             anyhow::bail!("max_queued_runs must be at least 1 (AUTOPILOT_MAX_QUEUED_RUNS)");
         }
+        let nats_url = args
+            .nats_url
+            .or(file.nats_url)
+            .filter(|url| !url.trim().is_empty());
+        let nats_prefix = args
+            .nats_prefix
+            .or(file.nats_prefix)
+            .unwrap_or_else(|| "autopilot".to_owned());
+        let lease_ttl_secs = args.lease_ttl_secs.or(file.lease_ttl_secs).unwrap_or(10);
+        if !(1..=3600).contains(&lease_ttl_secs) {
+            anyhow::bail!(
+                "lease_ttl_secs must be between 1 and 3600 (AUTOPILOT_LEASE_TTL_SECS), got {lease_ttl_secs}"
+            );
+        }
+        let heartbeat_interval = Duration::from_secs(5);
+        let lost_after_secs = args.lost_after_secs.or(file.lost_after_secs).unwrap_or(30);
+        if lost_after_secs < 3 * heartbeat_interval.as_secs() {
+            anyhow::bail!(
+                "lost_after_secs must be at least {} (three heartbeats) (AUTOPILOT_LOST_AFTER_SECS), got {lost_after_secs}",
+                3 * heartbeat_interval.as_secs()
+            );
+        }
         Ok(Config {
             bind,
             data_dir,
@@ -302,9 +356,9 @@ impl Config {
                     .unwrap_or(60),
             ),
             log_format,
-            heartbeat_interval: Duration::from_secs(5),
-            lost_after: Duration::from_secs(30),
-            lease_ttl: Duration::from_secs(10),
+            heartbeat_interval,
+            lost_after: Duration::from_secs(lost_after_secs),
+            lease_ttl: Duration::from_secs(lease_ttl_secs),
             run_env: file.run_env.into_iter().collect(),
             operator_password: args
                 .operator_password
@@ -335,7 +389,18 @@ impl Config {
                 .or(file.secret_key)
                 .filter(|key| !key.is_empty()),
             max_queued_runs,
+            nats_url,
+            nats_prefix,
         })
+    }
+
+    /// `fleet` (PostgreSQL + NATS, workers elsewhere) or `embedded` (everything in this process).
+    pub fn mode(&self) -> &'static str {
+        if self.nats_url.is_some() {
+            "fleet"
+        } else {
+            "embedded"
+        }
     }
 
     pub fn workspaces_dir(&self) -> PathBuf {

@@ -5,6 +5,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use autopilot_control_plane::config::{Config, ConfigArgs, LogFormat};
+use autopilot_control_plane::fleet_worker::{self, WorkerArgs, WorkerSettings};
 use autopilot_control_plane::{mcp, serve};
 
 /// Autopilot runs Claude Code on a schedule and on events.
@@ -19,6 +20,8 @@ struct Cli {
 enum Command {
     /// Start Autopilot: HTTP API, scheduler and (embedded) worker.
     Serve(ConfigArgs),
+    /// Run a worker of a fleet: takes runs from NATS (AUTOPILOT_NATS_URL) and executes them.
+    Worker(WorkerArgs),
     /// Serve Autopilot's MCP tools over stdin/stdout (for Claude Desktop and other local
     /// clients). Starts an embedded Autopilot, or forwards to a running one given
     /// AUTOPILOT_API_URL.
@@ -65,6 +68,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => run_serve(args).await,
+        Command::Worker(args) => run_worker(args).await,
         Command::Mcp(args) => run_mcp(args).await,
         Command::AdminToken {
             action: AdminTokenAction::Rotate(args),
@@ -90,6 +94,17 @@ async fn run_serve(args: ConfigArgs) -> anyhow::Result<()> {
         .map_err(|err| {
             anyhow::anyhow!("cannot listen on {} (AUTOPILOT_BIND): {err}", config.bind)
         })?;
+    serve::run(config, listener, shutdown_on_signal()).await
+}
+
+async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let settings = WorkerSettings::load(args)?;
+    init_logging(settings.config.log_format);
+    fleet_worker::run(settings, shutdown_on_signal()).await
+}
+
+/// A token cancelled at the first SIGINT or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {
@@ -97,7 +112,7 @@ async fn run_serve(args: ConfigArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         signals.cancel();
     });
-    serve::run(config, listener, shutdown).await
+    shutdown
 }
 
 /// `autopilot mcp`: stdout is the protocol channel, so nothing else may write to it.

@@ -132,9 +132,12 @@ pub async fn run_on_own_thread(app: Arc<App>, cancel: CancellationToken) -> anyh
 }
 
 pub async fn run_scheduler(app: Arc<App>, cancel: CancellationToken) -> anyhow::Result<()> {
-    let holder = format!("scheduler-{}", uuid::Uuid::now_v7().simple());
-    let ttl = app.config.lease_ttl;
-    let renew_every = ttl / 3;
+    let holder = app.replica_id.clone();
+    let lease = Arc::clone(&app.lease);
+    let renew_every = lease.ttl() / 3;
+    // Not leading, look again this often: a dead leader's lease expires within a TTL, and the
+    // next leader is whoever asks first after that.
+    let follow_every = (lease.ttl() / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut leader = false;
     let mut next_renew = Instant::now();
     let mut planned: Vec<Planned> = Vec::new();
@@ -142,20 +145,18 @@ pub async fn run_scheduler(app: Arc<App>, cancel: CancellationToken) -> anyhow::
     loop {
         if Instant::now() >= next_renew {
             let was_leader = leader;
-            leader = match app
-                .store
-                .acquire_lease(LEASE_NAME, &holder, ttl, Utc::now())
-                .await
-            {
+            leader = match lease.acquire(&holder).await {
                 Ok(token) => token.is_some(),
                 Err(err) => {
                     tracing::warn!(error = %err, "scheduler lease renewal failed");
                     false
                 }
             };
+            app.is_leader
+                .store(leader, std::sync::atomic::Ordering::Relaxed);
             match (was_leader, leader) {
                 (false, true) => {
-                    tracing::info!(holder = %holder, "scheduler lease acquired; this process fires jobs");
+                    tracing::info!(holder = %holder, lease = lease.backend(), "scheduler lease acquired; this process fires jobs");
                     reload = true;
                 }
                 (true, false) => {
@@ -163,7 +164,7 @@ pub async fn run_scheduler(app: Arc<App>, cancel: CancellationToken) -> anyhow::
                 }
                 _ => {}
             }
-            next_renew = Instant::now() + renew_every;
+            next_renew = Instant::now() + if leader { renew_every } else { follow_every };
         }
         if !leader {
             tokio::select! {
@@ -206,7 +207,11 @@ pub async fn run_scheduler(app: Arc<App>, cancel: CancellationToken) -> anyhow::
         tokio::select! {
             biased;
             _ = cancel.cancelled() => {
-                let _ = app.store.release_lease(LEASE_NAME, &holder).await;
+                app.is_leader
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                if let Err(err) = lease.release(&holder).await {
+                    tracing::warn!(error = %err, "could not give the scheduler lease up; it expires by itself");
+                }
                 return Ok(());
             }
             _ = app.scheduler_wake.notified() => reload = true,

@@ -1,13 +1,15 @@
 //! `autopilot serve`: wires the store, the bus, the services, the background tasks and the HTTP
 //! server together and supervises them. The embedded default runs everything in this process:
-//! SQLite (or a given PostgreSQL), the in-process bus and a local-process worker.
+//! SQLite (or a given PostgreSQL), the in-process bus and a local-process worker. With
+//! PostgreSQL and `AUTOPILOT_NATS_URL` it is one control plane of a fleet: the bus is NATS
+//! JetStream, the scheduler lease is in NATS KV, and runs go to `autopilot worker` processes.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use autopilot_proto::{Bus, InMemoryBus, WorkerId};
+use autopilot_proto::{Bus, InMemoryBus, JetStreamBus, JetStreamConfig, Lease, WorkerId};
 use autopilot_worker::{CommandEnv, LocalExecutor, Worker, WorkerConfig};
 use nix::fcntl::{Flock, FlockArg};
 use tokio::net::TcpListener;
@@ -17,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::api;
 use crate::app::App;
 use crate::config::Config;
+use crate::lease::StoreLease;
+use crate::scheduler::LEASE_NAME;
 use crate::services::dispatch::{run_dispatcher, run_reaper, EMBEDDED_WORKER_PREFIX};
 use crate::services::worker_requests::serve_worker_requests;
 use crate::store::{self, Store};
@@ -63,13 +67,22 @@ pub async fn run_with(
     ready: Option<tokio::sync::oneshot::Sender<Arc<App>>>,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    let fleet = config.nats_url.is_some();
+    if fleet {
+        check_fleet_config(&config)?;
+    }
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {} (AUTOPILOT_DATA_DIR)",
             config.data_dir.display()
         )
     })?;
-    let _data_dir_lock = lock_data_dir(&config.data_dir)?;
+    // Fleet replicas share nothing on disk; an embedded process owns its data directory.
+    let _data_dir_lock = if fleet {
+        None
+    } else {
+        Some(lock_data_dir(&config.data_dir)?)
+    };
     let store = store::connect(&config.database_url)
         .await
         .with_context(|| {
@@ -79,13 +92,31 @@ pub async fn run_with(
             )
         })?;
     let admin_token_hash = admin_token_hash(&config, store.as_ref()).await?;
-    let bus: Arc<dyn Bus> = Arc::new(InMemoryBus::default());
+    let (bus, lease): (Arc<dyn Bus>, Arc<dyn Lease>) = match &config.nats_url {
+        Some(url) => {
+            let bus = connect_nats(url, &config.nats_prefix).await?;
+            let lease = bus
+                .lease(LEASE_NAME, config.lease_ttl)
+                .await
+                .context("setting up the scheduler lease in NATS KV (AUTOPILOT_NATS_URL)")?;
+            (Arc::new(bus), Arc::new(lease))
+        }
+        None => (
+            Arc::new(InMemoryBus::default()),
+            Arc::new(StoreLease::new(
+                Arc::clone(&store),
+                LEASE_NAME,
+                config.lease_ttl,
+            )),
+        ),
+    };
     let oauth_keys = crate::oauth::Keys::load(&config, store.as_ref()).await?;
     let sealer = crate::seal::Sealer::load(config.secret_key.as_deref(), &config.data_dir)?;
     let app = App::new(
         Arc::clone(&config),
         Arc::clone(&store),
         Arc::clone(&bus),
+        lease,
         admin_token_hash,
         sealer,
         shutdown.clone(),
@@ -96,23 +127,33 @@ pub async fn run_with(
     app.oauth_keys
         .set(oauth_keys)
         .expect("keys are set once, here");
-    app.recover_embedded_runs()
-        .await
-        .context("recovering runs left by the previous process")?;
+    if !fleet {
+        app.recover_embedded_runs()
+            .await
+            .context("recovering runs left by the previous process")?;
+    }
+    let notices = fleet.then(|| app.tell_other_replicas());
 
     if let Some(ready) = ready {
         // Nobody waiting any more is fine.
         let _ = ready.send(Arc::clone(&app));
     }
 
-    let worker_config = embedded_worker_config(&config);
-    let worker = Worker::new(worker_config, Arc::clone(&bus), Arc::new(LocalExecutor));
+    let worker = (!fleet).then(|| {
+        Worker::new(
+            embedded_worker_config(&config),
+            Arc::clone(&bus),
+            Arc::new(LocalExecutor),
+        )
+    });
     let address = listener.local_addr()?;
     tracing::info!(
-        mode = "embedded",
+        mode = config.mode(),
         store = store.backend(),
-        bus = "in-process",
-        executor = "local",
+        bus = if fleet { "nats-jetstream" } else { "in-process" },
+        nats = config.nats_url.as_deref().map(crate::config::redact_url),
+        executor = if fleet { "none (runs go to `autopilot worker` processes)" } else { "local" },
+        replica = %app.replica_id,
         %address,
         public_url = %config.public_url,
         data_dir = %config.data_dir.display(),
@@ -122,7 +163,7 @@ pub async fn run_with(
     // Shutdown runs in two steps: `shutdown` stops new work (the scheduler stops firing, the
     // dispatcher stops sending, the worker stops pulling and lets its runs finish); `control`
     // stops what those runs still need (API, worker requests, event ingestion) once the worker
-    // is done.
+    // is done. A fleet control plane has no worker of its own to wait for.
     let control = CancellationToken::new();
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     let router = api::router(Arc::clone(&app));
@@ -150,13 +191,60 @@ pub async fn run_with(
     spawn_task!("reaper", control, run_reaper);
     spawn_task!("scheduler", shutdown, crate::scheduler::run_on_own_thread);
     spawn_task!("dispatcher", shutdown, run_dispatcher);
-    let worker_cancel = shutdown.clone();
+    if let Some(notices) = notices {
+        let relay_app = Arc::clone(&app);
+        let relay_cancel = control.clone();
+        tasks.spawn(async move {
+            let relayed = crate::notices::run_relay(relay_app, notices, relay_cancel).await;
+            ("notice relay", relayed)
+        });
+    }
+    let stop_control = shutdown.clone();
     tasks.spawn(async move {
-        let result = worker.run(worker_cancel).await;
+        let result = match worker {
+            Some(worker) => worker.run(stop_control).await,
+            None => {
+                stop_control.cancelled().await;
+                Ok(())
+            }
+        };
         control.cancel();
         ("embedded worker", result)
     });
     supervise(tasks, shutdown).await
+}
+
+/// What the fleet needs that the embedded mode makes up by itself.
+fn check_fleet_config(config: &Config) -> anyhow::Result<()> {
+    if !config.database_url.starts_with("postgres") {
+        anyhow::bail!(
+            "AUTOPILOT_NATS_URL is set, but a fleet keeps its state in PostgreSQL: set AUTOPILOT_DATABASE_URL to a \
+             postgres:// URL, or unset AUTOPILOT_NATS_URL for the embedded mode"
+        );
+    }
+    if config.secret_key.is_none() {
+        anyhow::bail!(
+            "AUTOPILOT_SECRET_KEY is not set: in a fleet every control plane must seal and open secrets with the same \
+             key; generate one with `openssl rand -hex 32` and give it to every replica"
+        );
+    }
+    Ok(())
+}
+
+/// Connects to the fleet's NATS server, with a message saying what to start when it is not there.
+pub async fn connect_nats(url: &str, prefix: &str) -> anyhow::Result<JetStreamBus> {
+    let config = JetStreamConfig {
+        prefix: prefix.to_owned(),
+        // Bounds how long an API call waits on a NATS that stopped answering.
+        request_timeout: std::time::Duration::from_secs(10),
+        ..JetStreamConfig::default()
+    };
+    JetStreamBus::connect(url, config).await.map_err(|err| {
+        anyhow::anyhow!(
+            "cannot use NATS at {} (AUTOPILOT_NATS_URL / AUTOPILOT_NATS_PREFIX): {err}",
+            crate::config::redact_url(url)
+        )
+    })
 }
 
 /// Waits for every task. The first one to stop on its own (failed or not) stops the rest, and
@@ -270,7 +358,7 @@ fn decode_hash(stored: &str) -> anyhow::Result<[u8; 32]> {
         .map_err(|_| anyhow::anyhow!("stored admin token hash has the wrong length"))
 }
 
-fn embedded_worker_config(config: &Config) -> WorkerConfig {
+pub(crate) fn embedded_worker_config(config: &Config) -> WorkerConfig {
     let command_env = command_env(config);
     if !command_env.has_model_credentials() {
         tracing::warn!("ANTHROPIC_API_KEY is not set: claude jobs will fail until it is set in this process's environment");
@@ -282,6 +370,7 @@ fn embedded_worker_config(config: &Config) -> WorkerConfig {
         workspaces_root: config.workspaces_dir(),
         command_env,
         kill_grace: config.kill_grace,
+        shutdown_grace: config.kill_grace,
         heartbeat_interval: config.heartbeat_interval,
         event_batch_max: 256,
     }
@@ -289,7 +378,7 @@ fn embedded_worker_config(config: &Config) -> WorkerConfig {
 
 /// The environment runs are built from: a few safe variables, and the model API's settings
 /// (`ANTHROPIC_*`, `CLAUDE_CODE_*`) for Claude runs only.
-fn command_env(config: &Config) -> CommandEnv {
+pub(crate) fn command_env(config: &Config) -> CommandEnv {
     let mut base: Vec<(String, String)> = PASSTHROUGH_VARS
         .iter()
         .filter_map(|name| {

@@ -59,6 +59,25 @@ pub enum ControlMessage {
     Cancel { run_id: RunId },
 }
 
+/// Told to every control plane, so that what one replica changed reaches the live followers and
+/// the scheduler of the others. A hint to look again in the store, never the state itself: a
+/// notice that is lost delays a follower until its periodic look.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Notice {
+    /// The control plane that sent it; it ignores its own.
+    pub origin: String,
+    pub what: NoticeKind,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum NoticeKind {
+    /// These runs gained events or changed state.
+    RunsUpdated { run_ids: Vec<RunId> },
+    /// A job was created, changed or deleted: the scheduler looks at the jobs again.
+    JobsChanged,
+}
+
 /// A worker's request to the control plane.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -166,6 +185,11 @@ pub trait Bus: Send + Sync {
     async fn publish_control(&self, message: ControlMessage) -> Result<(), BusError>;
     /// Every subscriber sees every control message published after it subscribed.
     async fn subscribe_control(&self) -> Result<BoxStream<'static, ControlMessage>, BusError>;
+
+    /// Tell every control plane (no delivery guarantee; see [`Notice`]).
+    async fn publish_notice(&self, notice: Notice) -> Result<(), BusError>;
+    /// Every subscriber sees every notice published after it subscribed, its own included.
+    async fn subscribe_notices(&self) -> Result<BoxStream<'static, Notice>, BusError>;
 
     /// Send a worker request to the control plane and wait for its reply.
     async fn request(&self, request: WorkerRequest) -> Result<WorkerReply, BusError>;

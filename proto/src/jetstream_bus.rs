@@ -12,6 +12,7 @@
 //!   file storage. One durable pull consumer, `control-planes`, shared by every control plane:
 //!   explicit ack, `ack_wait`, unlimited redelivery. Prefetched 64 at a time.
 //! - **Control messages**: core NATS on `P.control`; every subscriber gets every message.
+//! - **Notices** between control planes: core NATS on `P.notices`, the same way.
 //! - **Worker requests**: core NATS request / reply on `P.worker.requests`, served by the queue
 //!   group `control-planes` (one control plane answers each request).
 //!
@@ -29,6 +30,7 @@
 //! back without its store gets its streams and consumers set up again (tested in
 //! `tests/tests/e2e/bus_jetstream.rs`, on nats-server 2.14 and 2.9).
 
+mod lease;
 mod pull;
 mod requests;
 mod setup;
@@ -46,11 +48,12 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::bus::{
-    Bus, BusError, ControlMessage, Delivery, EventBatch, IncomingRequest, RunRequest, WorkerReply,
-    WorkerRequest,
+    Bus, BusError, ControlMessage, Delivery, EventBatch, IncomingRequest, Notice, RunRequest,
+    WorkerReply, WorkerRequest,
 };
 use crate::event::NewRunEvent;
 
+pub use lease::KvLease;
 use setup::Names;
 
 /// Tuning of the JetStream bus. The defaults suit production; tests shorten the timers and pick a
@@ -247,6 +250,46 @@ impl JetStreamBus {
         self.inner.client.connection_state() == async_nats::connection::State::Connected
     }
 
+    /// Publishes on core NATS: no persistence, every subscriber at that moment gets it.
+    async fn publish_core<T: Serialize>(
+        &self,
+        subject: String,
+        message: &T,
+        what: &str,
+    ) -> Result<(), BusError> {
+        let payload = serde_json::to_vec(message)
+            .map_err(|err| BusError::Malformed(format!("{what}: {err}")))?;
+        self.inner
+            .client
+            .publish(subject, payload.into())
+            .await
+            .map_err(|err| self.unavailable(&format!("publishing a {what}"), err))
+    }
+
+    /// Subscribes on core NATS; malformed messages are logged and skipped.
+    async fn subscribe_core<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        subject: String,
+        what: &'static str,
+    ) -> Result<BoxStream<'static, T>, BusError> {
+        let subscriber = self
+            .inner
+            .client
+            .subscribe(subject)
+            .await
+            .map_err(|err| self.unavailable(&format!("subscribing to {what}s"), err))?;
+        // The server has the subscription before anything published after we return.
+        setup::round_trip(&self.inner.client, &self.inner.url).await?;
+        let messages = subscriber.filter_map(move |message| {
+            let decoded = serde_json::from_slice::<T>(&message.payload);
+            if let Err(err) = &decoded {
+                tracing::warn!(subject = %message.subject, error = %err, "malformed {what} ignored");
+            }
+            futures::future::ready(decoded.ok())
+        });
+        Ok(messages.boxed())
+    }
+
     fn unavailable(&self, what: &str, err: impl std::fmt::Display) -> BusError {
         setup::unavailable(&self.inner.url, what, err)
     }
@@ -376,6 +419,14 @@ impl Bus for JetStreamBus {
     async fn publish_run(&self, request: RunRequest) -> Result<bool, BusError> {
         validate_pool(&request.pool)?;
         validate_dedup_id(&request.dedup_id)?;
+        if !self.connected() {
+            // Fail at once rather than after the request timeout: the caller (an API call, the
+            // dispatcher) keeps the run queued and tries again.
+            return Err(self.unavailable(
+                "publishing a run request",
+                "not connected to NATS (reconnecting)",
+            ));
+        }
         let payload = serde_json::to_vec(&request)
             .map_err(|err| BusError::Malformed(format!("run request: {err}")))?;
         let publish = PublishMessage::build()
@@ -432,33 +483,24 @@ impl Bus for JetStreamBus {
     }
 
     async fn publish_control(&self, message: ControlMessage) -> Result<(), BusError> {
-        let payload = serde_json::to_vec(&message)
-            .map_err(|err| BusError::Malformed(format!("control message: {err}")))?;
-        self.inner
-            .client
-            .publish(self.inner.names.control.clone(), payload.into())
+        let subject = self.inner.names.control.clone();
+        self.publish_core(subject, &message, "control message")
             .await
-            .map_err(|err| self.unavailable("publishing a control message", err))
     }
 
     async fn subscribe_control(&self) -> Result<BoxStream<'static, ControlMessage>, BusError> {
         let subject = self.inner.names.control.clone();
-        let subscriber = self
-            .inner
-            .client
-            .subscribe(subject.clone())
-            .await
-            .map_err(|err| self.unavailable("subscribing to control messages", err))?;
-        // The server has the subscription before anything published after we return.
-        setup::round_trip(&self.inner.client, &self.inner.url).await?;
-        let messages = subscriber.filter_map(move |message| {
-            let decoded = serde_json::from_slice::<ControlMessage>(&message.payload);
-            if let Err(err) = &decoded {
-                tracing::warn!(subject = %message.subject, error = %err, "malformed control message ignored");
-            }
-            futures::future::ready(decoded.ok())
-        });
-        Ok(messages.boxed())
+        self.subscribe_core(subject, "control message").await
+    }
+
+    async fn publish_notice(&self, notice: Notice) -> Result<(), BusError> {
+        let subject = self.inner.names.notices.clone();
+        self.publish_core(subject, &notice, "notice").await
+    }
+
+    async fn subscribe_notices(&self) -> Result<BoxStream<'static, Notice>, BusError> {
+        let subject = self.inner.names.notices.clone();
+        self.subscribe_core(subject, "notice").await
     }
 
     async fn request(&self, request: WorkerRequest) -> Result<WorkerReply, BusError> {

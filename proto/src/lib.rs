@@ -15,13 +15,13 @@ pub mod memory_bus;
 pub mod run;
 
 pub use bus::{
-    Acker, Bus, BusError, ControlMessage, Delivery, EventBatch, IncomingRequest, RunRequest,
-    WorkerReply, WorkerRequest, WorkerStatus,
+    Acker, Bus, BusError, ControlMessage, Delivery, EventBatch, IncomingRequest, Notice,
+    NoticeKind, RunRequest, WorkerReply, WorkerRequest, WorkerStatus,
 };
 pub use event::{EventKind, EventOrigin, NewRunEvent, RunEvent};
 pub use ids::{JobId, RunId, WebhookId, WorkerId};
 #[cfg(feature = "jetstream")]
-pub use jetstream_bus::{JetStreamBus, JetStreamConfig};
+pub use jetstream_bus::{JetStreamBus, JetStreamConfig, KvLease};
 pub use lease::{Lease, LeaseError};
 pub use memory_bus::{InMemoryBus, InMemoryBusConfig};
 pub use run::{

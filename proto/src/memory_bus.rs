@@ -12,8 +12,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::bus::{
-    Acker, Bus, BusError, ControlMessage, Delivery, EventBatch, IncomingRequest, RunRequest,
-    WorkerReply, WorkerRequest,
+    Acker, Bus, BusError, ControlMessage, Delivery, EventBatch, IncomingRequest, Notice,
+    RunRequest, WorkerReply, WorkerRequest,
 };
 
 /// Tuning of the in-memory bus. The defaults suit production; tests shorten the timers.
@@ -55,6 +55,7 @@ struct Inner {
     events_tx: mpsc::Sender<EventBatch>,
     events_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<EventBatch>>>,
     control: broadcast::Sender<ControlMessage>,
+    notices: broadcast::Sender<Notice>,
     requests_tx: mpsc::Sender<IncomingRequest>,
     requests_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<IncomingRequest>>>,
 }
@@ -85,6 +86,7 @@ impl InMemoryBus {
         let (events_tx, events_rx) = mpsc::channel(config.event_capacity);
         let (requests_tx, requests_rx) = mpsc::channel(1024);
         let (control, _) = broadcast::channel(1024);
+        let (notices, _) = broadcast::channel(1024);
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -93,6 +95,7 @@ impl InMemoryBus {
                 events_tx,
                 events_rx: Arc::new(tokio::sync::Mutex::new(events_rx)),
                 control,
+                notices,
                 requests_tx,
                 requests_rx: Arc::new(tokio::sync::Mutex::new(requests_rx)),
             }),
@@ -361,6 +364,15 @@ impl Bus for InMemoryBus {
         Ok(broadcast_stream(self.inner.control.subscribe()).boxed())
     }
 
+    async fn publish_notice(&self, notice: Notice) -> Result<(), BusError> {
+        let _ = self.inner.notices.send(notice);
+        Ok(())
+    }
+
+    async fn subscribe_notices(&self) -> Result<BoxStream<'static, Notice>, BusError> {
+        Ok(broadcast_stream(self.inner.notices.subscribe()).boxed())
+    }
+
     async fn request(&self, request: WorkerRequest) -> Result<WorkerReply, BusError> {
         let (reply, answer) = oneshot::channel();
         self.inner
@@ -388,8 +400,9 @@ impl Bus for InMemoryBus {
     }
 }
 
-/// Control messages through a broadcast receiver. A subscriber that lags skips what it missed;
-/// workers also learn of cancellation from their heartbeat replies.
+/// Control messages and notices through a broadcast receiver. A subscriber that lags skips what
+/// it missed; workers also learn of cancellation from their heartbeat replies, followers look
+/// again periodically.
 fn broadcast_stream<T: Clone + Send + 'static>(
     rx: broadcast::Receiver<T>,
 ) -> impl futures::Stream<Item = T> + Send {
@@ -398,7 +411,7 @@ fn broadcast_stream<T: Clone + Send + 'static>(
             match rx.recv().await {
                 Ok(message) => return Some((message, rx)),
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "control subscriber lagged");
+                    tracing::warn!(missed, "broadcast subscriber lagged");
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }

@@ -1,5 +1,5 @@
-//! `TestServer`: Autopilot started in-process on port 0 with its own data directory, and a small
-//! client for its HTTP API.
+//! `TestServer`: Autopilot started in-process on port 0 with its own data directory, and
+//! `ApiClient`, a small client for the HTTP API of any Autopilot (in-process or not).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -138,10 +138,9 @@ impl TestServerBuilder {
             cancel.clone(),
         ));
         let server = TestServer {
-            base_url,
+            api: ApiClient::new(base_url),
             data_dir,
             database_url: self.database_url,
-            client: reqwest::Client::new(),
             cancel,
             handle: Some(handle),
         };
@@ -150,12 +149,11 @@ impl TestServerBuilder {
     }
 }
 
-/// Autopilot running in this test process.
+/// Autopilot running in this test process; its API client is what it derefs to.
 pub struct TestServer {
-    pub base_url: String,
+    pub api: ApiClient,
     pub data_dir: Arc<TempDir>,
     pub database_url: Option<String>,
-    pub client: reqwest::Client,
     cancel: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -212,6 +210,22 @@ impl TestServer {
         match self.handle.take() {
             Some(handle) => handle.await.expect("server task"),
             None => Ok(()),
+        }
+    }
+}
+
+/// A client of one Autopilot's HTTP API, with the admin token.
+#[derive(Clone)]
+pub struct ApiClient {
+    pub base_url: String,
+    pub client: reqwest::Client,
+}
+
+impl ApiClient {
+    pub fn new(base_url: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into(),
+            client: reqwest::Client::new(),
         }
     }
 
@@ -419,6 +433,14 @@ impl TestServer {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = ApiClient;
+
+    fn deref(&self) -> &ApiClient {
+        &self.api
     }
 }
 

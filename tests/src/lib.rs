@@ -1,7 +1,8 @@
 //! End-to-end harness for Autopilot: the fake Anthropic API, the real components the tests need,
-//! and a builder that starts Autopilot in-process on port 0.
+//! a builder that starts Autopilot in-process on port 0, and a fleet of real processes.
 
 pub mod clients;
+pub mod cluster;
 pub mod components;
 pub mod fake_anthropic;
 pub mod harness;

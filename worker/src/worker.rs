@@ -33,6 +33,8 @@ pub struct WorkerConfig {
     pub command_env: CommandEnv,
     /// Between SIGTERM (or container stop) and SIGKILL.
     pub kill_grace: Duration,
+    /// At shutdown, how long running runs may go on before they are stopped and handed back.
+    pub shutdown_grace: Duration,
     pub heartbeat_interval: Duration,
     /// Most events in one published batch.
     pub event_batch_max: usize,
@@ -142,7 +144,7 @@ impl Worker {
             while tasks.try_join_next().is_some() {}
         }
         // Stop pulling; let what runs finish within the grace period, then stop the rest.
-        let grace = self.config.kill_grace;
+        let grace = self.config.shutdown_grace;
         if !tasks.is_empty() {
             tracing::info!(
                 runs = tasks.len(),

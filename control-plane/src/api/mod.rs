@@ -132,7 +132,14 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn readyz(State(AppState(app)): State<AppState>) -> Response {
     match app.store.get_setting("admin_token_sha256").await {
-        Ok(_) => Json(json!({ "status": "ready", "store": app.store.backend() })).into_response(),
+        Ok(_) => Json(json!({
+            "status": "ready",
+            "store": app.store.backend(),
+            "mode": app.config.mode(),
+            "replica": app.replica_id,
+            "scheduler_leader": app.is_leader.load(std::sync::atomic::Ordering::Relaxed),
+        }))
+        .into_response(),
         Err(err) => {
             tracing::warn!(error = %err, "readiness check failed");
             (

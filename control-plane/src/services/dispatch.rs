@@ -14,6 +14,9 @@ use crate::error::ServiceResult;
 use crate::model::{OverlapPolicy, Run};
 use crate::services::runs::control_event;
 
+/// A run dispatched this long ago and still queued has its request published again (fleet).
+const REPUBLISH_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Prefix of the ids of workers embedded in `autopilot serve`.
 pub const EMBEDDED_WORKER_PREFIX: &str = "embedded";
 
@@ -69,6 +72,8 @@ impl App {
             return run;
         };
         tracing::warn!(run.id = %run.id, error = %err, "publishing the run request failed; will retry");
+        self.publish_failed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let mut undone = run.clone();
         undone.dispatched_at = None;
         if let Err(err) = self
@@ -108,8 +113,46 @@ impl App {
                 busy_jobs.insert(job_id);
             }
             self.publish(run).await?;
+            if self
+                .publish_failed
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                // The bus is not taking requests; the rest would fail the same way.
+                break;
+            }
         }
         Ok(next_due)
+    }
+
+    /// In the fleet: runs marked dispatched long ago and still not claimed get their request
+    /// published again, in case the bus lost it (a NATS server that came back without its store,
+    /// a request given up after its last delivery, a control plane killed between marking and
+    /// publishing). The dedup id is the same, so a request still on the queue is not doubled
+    /// within the dedup window, and a duplicate delivery is refused at the claim.
+    pub async fn republish_stale_dispatches(&self) -> ServiceResult<usize> {
+        let stale_before =
+            Utc::now() - chrono::Duration::from_std(REPUBLISH_AFTER).unwrap_or_default();
+        let queued = self
+            .store
+            .runs_in_status(&[RunStatus::Queued], None)
+            .await?;
+        let mut republished = 0;
+        for run in queued {
+            if run.dispatched_at.is_some_and(|at| at < stale_before) {
+                let mut run = run;
+                run.dispatched_at = Some(Utc::now());
+                if self
+                    .store
+                    .update_run(&run, RunStatus::Queued, run.attempt, &[])
+                    .await?
+                {
+                    tracing::info!(run.id = %run.id, "run still unclaimed long after dispatch; publishing its request again");
+                    self.publish_dispatched(run).await;
+                    republished += 1;
+                }
+            }
+        }
+        Ok(republished)
     }
 
     /// After a restart of the embedded mode: runs this data directory's previous process was
@@ -179,7 +222,7 @@ impl App {
     /// Ends an attempt whose worker is gone: the run is `lost`, or, when its retry policy asks
     /// for it (`retry.lost`) and attempts are left, queued again as a new attempt. A run being
     /// cancelled is never run again.
-    async fn mark_lost(&self, mut run: Run, reason: &str) -> ServiceResult<()> {
+    pub(crate) async fn mark_lost(&self, mut run: Run, reason: &str) -> ServiceResult<()> {
         let (status, attempt) = (run.status, run.attempt);
         let retry = run.settings.retry;
         if retry.lost && status == RunStatus::Running && attempt <= retry.count {
@@ -229,6 +272,9 @@ impl App {
     }
 }
 
+/// How long the dispatcher waits after the bus refused a request.
+const PUBLISH_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Sends queued runs when they become dispatchable: retries whose backoff ended, runs queued
 /// behind an earlier run of their job.
 pub async fn run_dispatcher(app: Arc<App>, cancel: CancellationToken) -> anyhow::Result<()> {
@@ -243,6 +289,18 @@ pub async fn run_dispatcher(app: Arc<App>, cancel: CancellationToken) -> anyhow:
         let sleep = next_due
             .map(|due| (due - Utc::now()).to_std().unwrap_or_default())
             .unwrap_or(std::time::Duration::from_secs(3600));
+        if app
+            .publish_failed
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            // The bus refused a request: try again in a second, not in a tight loop.
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(PUBLISH_RETRY) => {}
+            }
+            continue;
+        }
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return Ok(()),
@@ -263,6 +321,11 @@ pub async fn run_reaper(app: Arc<App>, cancel: CancellationToken) -> anyhow::Res
         }
         if let Err(err) = app.reap_lost_runs().await {
             tracing::warn!(error = %err, "reaping lost runs failed");
+        }
+        if app.config.nats_url.is_some() {
+            if let Err(err) = app.republish_stale_dispatches().await {
+                tracing::warn!(error = %err, "republishing stale run requests failed");
+            }
         }
         if let Err(err) = app.store.purge_expired_deliveries(Utc::now()).await {
             tracing::warn!(error = %err, "forgetting expired webhook delivery ids failed");

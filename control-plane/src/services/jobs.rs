@@ -556,7 +556,7 @@ impl App {
         let job = validate(input, None, Utc::now())?;
         self.store.insert_job(&job).await?;
         tracing::info!(job.id = %job.id, job.name = %job.name, "job created");
-        self.scheduler_wake.notify_one();
+        self.notify_jobs_changed();
         Ok(JobView::from(&job))
     }
 
@@ -568,7 +568,7 @@ impl App {
             other => other?,
         }
         tracing::info!(job.id = %job.id, "job updated");
-        self.scheduler_wake.notify_one();
+        self.notify_jobs_changed();
         // Webhooks pointing at the job take its new settings.
         self.deliveries.clear();
         Ok(JobView::from(&job))
@@ -581,7 +581,7 @@ impl App {
             return Err(not_found(id));
         }
         tracing::info!(job.id = %id, "job deleted");
-        self.scheduler_wake.notify_one();
+        self.notify_jobs_changed();
         Ok(())
     }
 

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use autopilot_proto::{
-    NewRunEvent, RunId, RunOutcome, RunSpec, RunStatus, WorkerId, WorkerReply, WorkerRequest,
+    NewRunEvent, RunId, RunOutcome, RunSpec, RunStatus, StopReason, WorkerId, WorkerReply,
+    WorkerRequest,
 };
 use chrono::Utc;
 use futures::StreamExt;
@@ -186,6 +187,15 @@ impl App {
             return Ok(WorkerReply::Ok);
         }
 
+        if outcome.stopped == Some(StopReason::WorkerShutdown) && expected == RunStatus::Running {
+            // Handed back by a worker that shut down: lost, or run again by the job's policy.
+            self.mark_lost(
+                run,
+                "the worker shut down while the run was executing, and stopped it after its grace period",
+            )
+            .await?;
+            return Ok(WorkerReply::Ok);
+        }
         let mut status = outcome.final_status();
         if expected == RunStatus::Cancelling
             && status == RunStatus::Failed

@@ -21,6 +21,7 @@ pub(super) struct Names {
     pub runs_stream: String,
     pub events_stream: String,
     pub control: String,
+    pub notices: String,
     pub worker_requests: String,
 }
 
@@ -34,6 +35,7 @@ impl Names {
             runs_stream: format!("{prefix}-runs"),
             events_stream: format!("{prefix}-events"),
             control: format!("{prefix}.control"),
+            notices: format!("{prefix}.notices"),
             worker_requests: format!("{prefix}.worker.requests"),
         }
     }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use autopilot_proto::{
     Bus, BusError, ControlMessage, EventBatch, EventKind, EventOrigin, InMemoryBus,
-    InMemoryBusConfig, JetStreamBus, JetStreamConfig, NewRunEvent, RunId, RunRequest, WorkerId,
-    WorkerReply, WorkerRequest,
+    InMemoryBusConfig, JetStreamBus, JetStreamConfig, NewRunEvent, Notice, NoticeKind, RunId,
+    RunRequest, WorkerId, WorkerReply, WorkerRequest,
 };
 use autopilot_tests::components;
 use futures::StreamExt;
@@ -204,6 +204,28 @@ async fn conformance(bus: Arc<dyn Bus>) {
         next(&mut control_b, Duration::from_secs(1)).await,
         Some(ControlMessage::Cancel { run_id })
     );
+
+    // Notices reach every subscriber, the sender's own included.
+    let mut notices_a = bus.subscribe_notices().await.unwrap();
+    let mut notices_b = bus.subscribe_notices().await.unwrap();
+    for what in [
+        NoticeKind::RunsUpdated {
+            run_ids: vec![run_id, RunId::new()],
+        },
+        NoticeKind::JobsChanged,
+    ] {
+        let notice = Notice {
+            origin: "control-plane-a".into(),
+            what,
+        };
+        bus.publish_notice(notice.clone()).await.unwrap();
+        for notices in [&mut notices_a, &mut notices_b] {
+            assert_eq!(
+                next(notices, Duration::from_secs(1)).await,
+                Some(notice.clone())
+            );
+        }
+    }
 
     // Request / reply.
     let mut requests = bus.serve_requests().await.unwrap();

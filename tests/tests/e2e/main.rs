@@ -6,6 +6,8 @@ mod bus;
 mod bus_jetstream;
 mod claude;
 mod conformance;
+mod fleet;
+mod lease;
 mod mcp;
 mod mcp_clients;
 mod oauth;

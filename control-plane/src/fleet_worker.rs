@@ -1,0 +1,133 @@
+//! `autopilot worker`: one worker of the fleet. It talks to NATS only (it never holds database
+//! credentials): it pulls run requests of its pools, claims each through a control plane before
+//! executing it, streams events back, heartbeats, and on shutdown stops pulling, lets its runs
+//! finish within the grace period, then stops them and hands them back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use autopilot_proto::WorkerId;
+use autopilot_worker::{LocalExecutor, Worker};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigArgs};
+
+/// Settings of `autopilot worker`, beside the shared ones (`AUTOPILOT_NATS_URL`, `_NATS_PREFIX`,
+/// `_DATA_DIR` for workspaces, `_CLAUDE_BIN`, `_WORKER_CONCURRENCY`, `_KILL_GRACE_SECS`,
+/// `_LOG_FORMAT`, `[run_env]`).
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct WorkerArgs {
+    /// Worker pools whose runs this worker takes, comma-separated [default: default].
+    #[arg(
+        long,
+        env = "AUTOPILOT_WORKER_POOLS",
+        value_name = "POOLS",
+        value_delimiter = ','
+    )]
+    pub pools: Option<Vec<String>>,
+    /// Name of this worker in `GET /api/v1/workers` and on its runs [default: worker-<random>].
+    #[arg(long, env = "AUTOPILOT_WORKER_ID", value_name = "ID")]
+    pub worker_id: Option<String>,
+    /// At shutdown (SIGTERM), seconds running runs may go on before they are stopped and handed
+    /// back [default: 60].
+    #[arg(long, env = "AUTOPILOT_SHUTDOWN_GRACE_SECS", value_name = "SECS")]
+    pub shutdown_grace_secs: Option<u64>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// The validated settings of a worker process.
+pub struct WorkerSettings {
+    pub config: Config,
+    pub nats_url: String,
+    pub worker_id: WorkerId,
+    pub pools: Vec<String>,
+    pub shutdown_grace: Duration,
+}
+
+impl WorkerSettings {
+    pub fn load(args: WorkerArgs) -> anyhow::Result<Self> {
+        if args.config.database_url.is_some() {
+            anyhow::bail!(
+                "autopilot worker does not use a database and must not hold its credentials: unset \
+                 AUTOPILOT_DATABASE_URL (and --database-url) for the worker; it reaches the control planes through NATS"
+            );
+        }
+        let config = Config::load(args.config)?;
+        let Some(nats_url) = config.nats_url.clone() else {
+            anyhow::bail!(
+                "autopilot worker needs the fleet's NATS server: set AUTOPILOT_NATS_URL (e.g. nats://127.0.0.1:4222) \
+                 to the server the control planes use"
+            );
+        };
+        let mut pools: Vec<String> = Vec::new();
+        for pool in args
+            .pools
+            .unwrap_or_else(|| vec![crate::services::jobs::DEFAULT_POOL.to_owned()])
+        {
+            let pool = crate::services::jobs::validate_pool(Some(pool.trim().to_owned()))
+                .map_err(|err| anyhow::anyhow!("AUTOPILOT_WORKER_POOLS: {err}"))?;
+            if !pools.contains(&pool) {
+                pools.push(pool);
+            }
+        }
+        if pools.is_empty() {
+            anyhow::bail!(
+                "AUTOPILOT_WORKER_POOLS names no pool; give at least one, e.g. `default`"
+            );
+        }
+        let worker_id = match args.worker_id.filter(|id| !id.trim().is_empty()) {
+            Some(id) => {
+                let valid = id.len() <= 128
+                    && id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                if !valid {
+                    anyhow::bail!(
+                        "AUTOPILOT_WORKER_ID must be 1 to 128 letters, digits, `-`, `_` or `.`, got {id:?}"
+                    );
+                }
+                WorkerId::new(id)
+            }
+            None => WorkerId::generate("worker"),
+        };
+        Ok(Self {
+            config,
+            nats_url,
+            worker_id,
+            pools,
+            shutdown_grace: Duration::from_secs(args.shutdown_grace_secs.unwrap_or(60)),
+        })
+    }
+}
+
+/// Runs the worker until `shutdown` fires and its runs are done or handed back.
+pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config = &settings.config;
+    std::fs::create_dir_all(config.workspaces_dir()).map_err(|err| {
+        anyhow::anyhow!(
+            "cannot create the workspaces directory {} (AUTOPILOT_DATA_DIR): {err}",
+            config.workspaces_dir().display()
+        )
+    })?;
+    let bus = crate::serve::connect_nats(&settings.nats_url, &config.nats_prefix).await?;
+    let mut worker_config = crate::serve::embedded_worker_config(config);
+    worker_config.worker_id = settings.worker_id.clone();
+    worker_config.pools = settings.pools.clone();
+    worker_config.shutdown_grace = settings.shutdown_grace;
+    tracing::info!(
+        mode = "worker",
+        worker.id = %settings.worker_id,
+        pools = ?settings.pools,
+        concurrency = config.worker_concurrency,
+        executor = "local",
+        bus = "nats-jetstream",
+        nats = %crate::config::redact_url(&settings.nats_url),
+        data_dir = %config.data_dir.display(),
+        "autopilot worker is running"
+    );
+    let worker = Worker::new(worker_config, Arc::new(bus), Arc::new(LocalExecutor));
+    worker.run(shutdown).await?;
+    tracing::info!("autopilot worker stopped");
+    Ok(())
+}

@@ -1,0 +1,572 @@
+//! The fleet as separate processes on loopback: nats-server with JetStream, PostgreSQL, three
+//! control planes (`autopilot serve` in fleet mode) and three workers (`autopilot worker`), with
+//! processes killed under them.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use autopilot_proto::{Bus, JetStreamBus, JetStreamConfig, RunId, RunRequest};
+use autopilot_tests::cluster::{Cluster, ClusterOptions};
+use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply};
+use autopilot_tests::harness::{event_ids, is_terminal, steps, ApiClient};
+use chrono::{DateTime, Utc};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+async fn create_job(api: &ApiClient, job: Value) -> Value {
+    let (status, body) = api.call(Method::POST, "/api/v1/jobs", Some(job)).await;
+    assert_eq!(status, StatusCode::CREATED, "create job: {body}");
+    body
+}
+
+/// A job that runs `command` whenever it is triggered, as many at once as asked.
+async fn shell_job(api: &ApiClient, name: &str, command: &str) -> String {
+    let job = create_job(
+        api,
+        json!({ "name": name, "command": command, "overlap_policy": "allow" }),
+    )
+    .await;
+    job["id"].as_str().unwrap().to_owned()
+}
+
+async fn trigger(api: &ApiClient, job_id: &str) -> (StatusCode, Value) {
+    api.call(
+        Method::POST,
+        &format!("/api/v1/jobs/{job_id}/trigger"),
+        None,
+    )
+    .await
+}
+
+/// Every run of the job, however many.
+async fn all_runs_of(api: &ApiClient, job_id: &str) -> Vec<Value> {
+    let body = api
+        .get(&format!("/api/v1/runs?job_id={job_id}&limit=1000"))
+        .await;
+    body["runs"].as_array().cloned().unwrap_or_default()
+}
+
+fn time_of(run: &Value, field: &str) -> Option<DateTime<Utc>> {
+    run[field].as_str().and_then(|t| t.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_replica_serves_and_follows_runs_that_workers_execute() {
+    let Some(mut cluster) = Cluster::start(ClusterOptions::default()).await else {
+        return;
+    };
+    for index in 0..3 {
+        let ready = cluster.api(index).get("/readyz").await;
+        assert_eq!(ready["mode"], "fleet", "{ready}");
+        assert_eq!(ready["store"], "postgres", "{ready}");
+    }
+    assert!(
+        cluster.control_planes[0].log().contains("mode=\"fleet\"")
+            || cluster.control_planes[0].log().contains("mode=fleet"),
+        "the start-up line names the mode:\n{}",
+        cluster.control_planes[0].log()
+    );
+
+    // Live workers, their pools and capacity, from any replica.
+    let workers = cluster.wait_for_workers(3, Duration::from_secs(20)).await;
+    let names: BTreeSet<&str> = workers
+        .iter()
+        .filter_map(|w| w["worker_id"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["worker0", "worker1", "worker2"]),
+        "{workers:?}"
+    );
+    for worker in &workers {
+        assert_eq!(worker["pools"], json!(["default"]), "{worker}");
+        assert_eq!(worker["capacity"], 4, "{worker}");
+        assert_eq!(worker["executor"], "local", "{worker}");
+    }
+
+    // Created on one replica, triggered on another, followed live on the third.
+    let job = create_job(
+        cluster.api(0),
+        json!({ "name": "fleet-echo", "command": "sleep 1; echo from-the-fleet" }),
+    )
+    .await;
+    let job_id = job["id"].as_str().unwrap();
+    let (status, run) = cluster
+        .api(1)
+        .call(
+            Method::POST,
+            &format!("/api/v1/jobs/{job_id}/trigger"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{run}");
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    let stream = tokio::time::timeout(
+        Duration::from_secs(30),
+        cluster.api(2).follow_events(&run_id, None),
+    )
+    .await
+    .expect("the live stream ends when the run does");
+    assert!(stream.contains("from-the-fleet"), "{stream}");
+    assert!(stream.contains("event: end"), "{stream}");
+    let ids = event_ids(&stream);
+    assert!(
+        ids.windows(2).all(|pair| pair[0] < pair[1]),
+        "ordered: {ids:?}"
+    );
+    let finished = cluster.api(0).run(&run_id).await;
+    assert_eq!(finished["status"], "succeeded", "{finished}");
+    assert!(
+        finished["worker_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("worker")),
+        "{finished}"
+    );
+    // A run in a pool no worker serves waits, and says so by staying queued.
+    let gpu = create_job(
+        cluster.api(2),
+        json!({ "name": "gpu", "command": "true", "pool": "gpu" }),
+    )
+    .await;
+    let waiting = cluster.api(2).trigger(gpu["id"].as_str().unwrap()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let waiting = cluster.api(0).run(waiting["id"].as_str().unwrap()).await;
+    assert_eq!(waiting["status"], "queued", "{waiting}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_fires_every_second_exactly_once_after_the_leader_is_killed() {
+    let options = ClusterOptions {
+        worker_concurrency: 8,
+        ..ClusterOptions::default()
+    };
+    let Some(mut cluster) = Cluster::start(options).await else {
+        return;
+    };
+    let leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let mut jobs = Vec::new();
+    for index in 0..50 {
+        let api = cluster.api(index % 3).clone();
+        let job = create_job(
+            &api,
+            json!({ "name": format!("tick-{index}"), "command": "true", "schedule": "* * * * * *" }),
+        )
+        .await;
+        jobs.push(job["id"].as_str().unwrap().to_owned());
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let killed_at = Utc::now();
+    cluster.control_planes[leader].kill();
+    let kill_instant = Instant::now();
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    assert_ne!(new_leader, leader);
+    // The first fire by the new leader: a run created after the kill.
+    let api = cluster.api(new_leader).clone();
+    let first_fire = loop {
+        let runs = all_runs_of(&api, &jobs[0]).await;
+        if let Some(created) = runs
+            .iter()
+            .filter_map(|run| time_of(run, "created_at"))
+            .filter(|created| *created > killed_at)
+            .min()
+        {
+            break created;
+        }
+        assert!(
+            kill_instant.elapsed() < Duration::from_secs(30),
+            "no fire after the leader was killed\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let failover = (first_fire - killed_at).to_std().unwrap_or_default();
+    eprintln!("first fire by the new leader {failover:?} after the kill");
+    assert!(
+        failover < Duration::from_secs(15),
+        "the new leader fired {failover:?} after the kill"
+    );
+    // The killed replica comes back as a follower.
+    cluster.start_control_plane(leader).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // Stop the schedules, let the last runs finish, then look at every (job, second).
+    for job_id in &jobs {
+        let (status, body) = api
+            .call(
+                Method::PATCH,
+                &format!("/api/v1/jobs/{job_id}"),
+                Some(json!({ "enabled": false })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    'settle: loop {
+        for job_id in &jobs {
+            if !all_runs_of(&api, job_id).await.iter().all(is_terminal) {
+                assert!(
+                    Instant::now() < deadline,
+                    "runs still going\n{}",
+                    cluster.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue 'settle;
+            }
+        }
+        break;
+    }
+    for job_id in &jobs {
+        let job = api.get(&format!("/api/v1/jobs/{job_id}")).await;
+        let runs = all_runs_of(&api, job_id).await;
+        let mut seconds: Vec<i64> = runs
+            .iter()
+            .map(|run| {
+                time_of(run, "scheduled_for")
+                    .expect("a fire has its time")
+                    .timestamp()
+            })
+            .collect();
+        seconds.sort_unstable();
+        let distinct: BTreeSet<i64> = seconds.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            seconds.len(),
+            "a second fired twice: {seconds:?}"
+        );
+        let (first, last) = (seconds[0], *seconds.last().unwrap());
+        assert!(
+            last > killed_at.timestamp() + 3,
+            "fires went on after the failover: {seconds:?}"
+        );
+        // Fires missed while nobody led are within the misfire grace, so the policy runs them:
+        // every second from the first fire to the last has its run, unless counted as missed.
+        let missed = job["missed_fires"].as_u64().expect("missed_fires")
+            + job["overlap_skipped"].as_u64().expect("overlap_skipped");
+        let expected = (last - first + 1) as u64;
+        assert_eq!(
+            seconds.len() as u64 + missed,
+            expected,
+            "job {job_id}: {} runs and {missed} recorded misfires for {expected} seconds: {seconds:?}",
+            seconds.len()
+        );
+        for run in &runs {
+            assert_eq!(run["status"], "succeeded", "{run}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_s_run_is_lost_in_time_and_runs_again_where_its_job_allows() {
+    let Some(claude) = autopilot_tests::components::claude_bin() else {
+        return;
+    };
+    let fake = FakeAnthropic::start().await.expect("fake API");
+    let options = ClusterOptions {
+        worker_env: vec![
+            ("AUTOPILOT_CLAUDE_BIN".into(), claude.display().to_string()),
+            ("ANTHROPIC_BASE_URL".into(), fake.base_url()),
+            (
+                "ANTHROPIC_API_KEY".into(),
+                "sk-ant-test-not-a-real-key".into(),
+            ),
+            ("CLAUDE_CODE_MAX_RETRIES".into(), "0".into()),
+        ],
+        ..ClusterOptions::default()
+    };
+    let Some(mut cluster) = Cluster::start(options).await else {
+        return;
+    };
+    let api = cluster.api(0).clone();
+    // Two runs stall in the model API; the second attempt of the retried one does not.
+    fake.push_all([Reply::stalled(), Reply::stalled()]);
+    fake.set_default(Reply::text("second attempt done"));
+    let once = create_job(&api, json!({ "name": "once", "prompt": "say hi" })).await;
+    let again = create_job(
+        &api,
+        json!({ "name": "again", "prompt": "say hi", "retry": { "count": 1, "backoff_secs": 1, "lost": true } }),
+    )
+    .await;
+    let mut runs = Vec::new();
+    for job in [&once, &again] {
+        let run = api.trigger(job["id"].as_str().unwrap()).await;
+        let run_id = run["id"].as_str().unwrap().to_owned();
+        let running = api
+            .wait_for_run(&run_id, Duration::from_secs(30), |run| {
+                run["status"] == "running"
+            })
+            .await;
+        runs.push((run_id, running["worker_id"].as_str().unwrap().to_owned()));
+    }
+    // Wait until both CLIs are inside their stalled model calls.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fake.in_flight() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the CLIs never reached the model"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut killed = BTreeSet::new();
+    for (_, worker) in &runs {
+        let index: usize = worker.trim_start_matches("worker").parse().unwrap();
+        if killed.insert(index) {
+            cluster.workers[index].kill();
+        }
+    }
+    let killed_at = Instant::now();
+
+    let lost = api
+        .wait_for_run(&runs[0].0, Duration::from_secs(60), is_terminal)
+        .await;
+    let lost_after = killed_at.elapsed();
+    assert_eq!(lost["status"], "lost", "{lost}");
+    assert!(
+        lost_after < Duration::from_secs(45),
+        "lost only {lost_after:?} after the kill"
+    );
+    assert!(
+        lost["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("heartbeat"),
+        "{lost}"
+    );
+
+    let retried = api
+        .wait_for_run(&runs[1].0, Duration::from_secs(90), is_terminal)
+        .await;
+    assert_eq!(retried["status"], "succeeded", "{retried}");
+    assert_eq!(retried["attempt"], 2, "{retried}");
+    assert_ne!(retried["worker_id"], json!(runs[1].1), "{retried}");
+    let retried_steps = steps(&api.events(&runs[1].0).await);
+    assert!(
+        retried_steps.contains(&"lost".to_owned()),
+        "{retried_steps:?}"
+    );
+
+    // No run stays running, on any replica's view.
+    for index in 0..3 {
+        let body = cluster.api(index).get("/api/v1/runs?limit=100").await;
+        for run in body["runs"].as_array().unwrap() {
+            assert!(is_terminal(run), "{run}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_is_lost_when_nats_restarts_under_load() {
+    let Some(mut cluster) = Cluster::start(ClusterOptions::default()).await else {
+        return;
+    };
+    let pids: Vec<Option<u32>> = cluster
+        .control_planes
+        .iter()
+        .chain(&cluster.workers)
+        .map(|node| node.pid())
+        .collect();
+    let apis: Vec<ApiClient> = (0..3).map(|index| cluster.api(index).clone()).collect();
+    let job_id = shell_job(&apis[0], "light", "true").await;
+    let load = tokio::spawn(async move {
+        let mut accepted = Vec::new();
+        let mut refused = 0usize;
+        let started = Instant::now();
+        let mut index = 0usize;
+        while started.elapsed() < Duration::from_secs(12) {
+            let api = &apis[index % apis.len()];
+            index += 1;
+            let (status, body) = trigger(api, &job_id).await;
+            if status == StatusCode::ACCEPTED {
+                accepted.push(body["id"].as_str().unwrap().to_owned());
+            } else {
+                refused += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (accepted, refused)
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.nats.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.nats.restart().await.expect("nats-server back");
+    let (accepted, refused) = load.await.unwrap();
+    assert!(accepted.len() > 100, "{} accepted", accepted.len());
+    eprintln!(
+        "{} runs accepted, {refused} refused during the NATS restart",
+        accepted.len()
+    );
+
+    let api = cluster.api(0).clone();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for run_id in &accepted {
+        let run = loop {
+            let run = api.run(run_id).await;
+            if is_terminal(&run) || Instant::now() > deadline {
+                break run;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(
+            run["status"],
+            "succeeded",
+            "an acknowledged run did not complete: {run}\n{}",
+            cluster.logs()
+        );
+    }
+    // Recovered by itself: the same processes, still running.
+    let now: Vec<Option<u32>> = cluster
+        .control_planes
+        .iter_mut()
+        .chain(cluster.workers.iter_mut())
+        .map(|node| node.is_running().then(|| node.pid()).flatten())
+        .collect();
+    assert_eq!(now, pids, "no process restarted or died");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_deliveries_never_run_twice() {
+    let options = ClusterOptions {
+        worker_concurrency: 8,
+        ..ClusterOptions::default()
+    };
+    let Some(cluster) = Cluster::start(options).await else {
+        return;
+    };
+    let marks = cluster.dir().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    // Every execution leaves a file of its own.
+    let command = format!(
+        "touch {}/$(cat /proc/sys/kernel/random/uuid)",
+        marks.display()
+    );
+    let api = cluster.api(0).clone();
+    let bus = JetStreamBus::connect(&cluster.nats.url(), JetStreamConfig::default())
+        .await
+        .expect("the fleet's bus");
+    let job_id = shell_job(&api, "mark", &command).await;
+    let mut run_ids = Vec::new();
+    for _ in 0..60 {
+        let (status, run) = trigger(&api, &job_id).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{run}");
+        let run_id: RunId = run["id"].as_str().unwrap().parse().unwrap();
+        // The same attempt published again four times under other dedup ids: several workers
+        // get it at once and race to claim it.
+        for copy in 0..4 {
+            let request = RunRequest {
+                run_id,
+                attempt: 1,
+                pool: "default".into(),
+                dedup_id: format!("duplicate:{run_id}:{copy}"),
+            };
+            assert!(bus.publish_run(request).await.unwrap());
+        }
+        run_ids.push(run_id.to_string());
+    }
+    let mut workers_seen: HashMap<String, usize> = HashMap::new();
+    for run_id in &run_ids {
+        let run = api
+            .wait_until_finished(run_id, Duration::from_secs(60))
+            .await;
+        assert_eq!(run["status"], "succeeded", "{run}");
+        *workers_seen
+            .entry(run["worker_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+        let started = steps(&api.events(run_id).await)
+            .iter()
+            .filter(|step| *step == "started")
+            .count();
+        assert_eq!(started, 1, "run {run_id} started {started} times");
+    }
+    // Let any late duplicate that slipped through finish before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let executions = std::fs::read_dir(&marks).unwrap().count();
+    assert_eq!(executions, run_ids.len(), "executions vs runs");
+    assert!(
+        workers_seen.len() > 1,
+        "spread over workers: {workers_seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_from_any_replica_stops_the_run_within_two_seconds() {
+    let Some(cluster) = Cluster::start(ClusterOptions::default()).await else {
+        return;
+    };
+    let job_id = shell_job(cluster.api(0), "sleeper", "sleep 60").await;
+    for (creator, killer) in [(0, 1), (1, 2), (2, 0)] {
+        let (status, run) = trigger(cluster.api(creator), &job_id).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{run}");
+        let run_id = run["id"].as_str().unwrap().to_owned();
+        cluster
+            .api(killer)
+            .wait_for_run(&run_id, Duration::from_secs(30), |run| {
+                run["status"] == "running"
+            })
+            .await;
+        // The process is running once the worker said `started`.
+        let api = cluster.api(killer).clone();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !steps(&api.events(&run_id).await).contains(&"started".to_owned()) {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let asked = Instant::now();
+        let (status, body) = api
+            .call(Method::POST, &format!("/api/v1/runs/{run_id}/kill"), None)
+            .await;
+        assert!(status.is_success(), "{status} {body}");
+        let stopped = api
+            .wait_for_run(&run_id, Duration::from_secs(10), is_terminal)
+            .await;
+        let took = asked.elapsed();
+        assert_eq!(stopped["status"], "cancelled", "{stopped}");
+        assert!(took < Duration::from_secs(2), "stopped after {took:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_shuts_down_hands_its_runs_back() {
+    let Some(mut cluster) = Cluster::start(ClusterOptions {
+        workers: 2,
+        ..ClusterOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let api = cluster.api(0).clone();
+    let job = create_job(
+        &api,
+        json!({ "name": "long", "command": "sleep 20", "retry": { "count": 1, "backoff_secs": 1, "lost": true } }),
+    )
+    .await;
+    let run = api.trigger(job["id"].as_str().unwrap()).await;
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    let running = api
+        .wait_for_run(&run_id, Duration::from_secs(30), |run| {
+            run["status"] == "running"
+        })
+        .await;
+    let worker = running["worker_id"].as_str().unwrap().to_owned();
+    let index: usize = worker.trim_start_matches("worker").parse().unwrap();
+    // SIGTERM: the worker stops pulling, waits its grace (5 s), stops the run and hands it back.
+    let stopped_by_itself = cluster.workers[index]
+        .terminate(Duration::from_secs(20))
+        .await;
+    assert!(stopped_by_itself, "{}", cluster.workers[index].log());
+    let handed_back = api
+        .wait_for_run(&run_id, Duration::from_secs(30), |run| {
+            run["attempt"] == 2 && run["status"] == "running"
+        })
+        .await;
+    assert_ne!(handed_back["worker_id"], json!(worker), "{handed_back}");
+    let all_steps = steps(&api.events(&run_id).await);
+    assert!(all_steps.contains(&"lost".to_owned()), "{all_steps:?}");
+    assert!(
+        cluster.workers[index]
+            .log()
+            .contains("stopping runs still going at shutdown"),
+        "{}",
+        cluster.workers[index].log()
+    );
+}

@@ -12,13 +12,17 @@
 //! expects the revision of the holder's own last write. A write that finds another revision
 //! fails on the server, so two holders never both succeed and a takeover is never undone.
 //!
-//! **Fencing tokens** are the revisions, i.e. stream sequences: every write to the stream gets a
+//! **Fencing tokens** are revisions, i.e. stream sequences: every write to the stream gets a
 //! larger one than every write before it (the stream remembers its last sequence even when
-//! `max_age` has emptied it), so a holder that takes the lease over gets a larger token than any
-//! earlier holder had. A server that loses its store loses the stream; the bucket is created
-//! again starting at the current time in microseconds (`first_seq`, nats-server 2.10+), far
-//! above any sequence the lost stream could have reached (it would take more than one write per
-//! microsecond since it was created), so tokens keep growing across that too — as long as the
+//! `max_age` has emptied it, across restarts too). A holder's token is the revision of the write
+//! that took the lease, kept while it renews (as the store lease keeps its token), so it is
+//! larger than every revision an earlier holder wrote, its renewals included.
+//!
+//! A server that loses its store loses the stream, and a new stream would count from one again.
+//! So the bucket is created starting at the current time in microseconds (`first_seq`; on
+//! nats-server 2.9, which ignores it, by purging the new stream up to that sequence), far above
+//! any sequence the lost stream could have reached (that would take more than one write per
+//! microsecond since it was created): tokens keep growing across a lost store too, as long as the
 //! process that sets the bucket up again has a clock no further behind than the lost bucket
 //! lived.
 //!
@@ -105,7 +109,7 @@ impl JetStreamBus {
 }
 
 /// A lease on NATS KV (see the module docs). Remembers, per holder, the revision of that holder's
-/// last write: renewing is a compare-and-swap against it. A holder that fails a renewal, for
+/// last write: renewing is a compare-and-swap against it. A holder whose renewal fails, for
 /// whatever reason, forgets it and is not the holder until a later `acquire` says so.
 pub struct KvLease {
     /// Keeps the connection (and its reconnections) alive; tells whether it is up.
@@ -124,6 +128,9 @@ pub struct KvLease {
 
 #[derive(Clone, Copy, Debug)]
 struct Held {
+    /// The fencing token: the revision that took the lease.
+    token: u64,
+    /// The revision of the holder's last write, which the next renewal expects.
     revision: u64,
     acquired_at: DateTime<Utc>,
 }
@@ -156,6 +163,16 @@ enum Failure {
     BucketMissing,
     /// The server could not be asked, or said something unexpected.
     Unavailable(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Conflict => f.write_str("the key changed meanwhile"),
+            Self::BucketMissing => f.write_str("no stream answered for the bucket"),
+            Self::Unavailable(err) => f.write_str(err),
+        }
+    }
 }
 
 impl KvLease {
@@ -200,8 +217,7 @@ impl KvLease {
             }
             Err(Failure::BucketMissing) => {
                 // Whatever we held went with the server's store.
-                tracing::warn!(lease.name = %self.name, bucket = %self.bucket, "the lease bucket is gone (nats-server lost its store?); setting it up again");
-                self.ensure_bucket().await?;
+                self.set_up_again().await?;
                 Ok(None)
             }
             Err(Failure::Unavailable(err)) => Err(self.unavailable("renewing", err)),
@@ -210,48 +226,54 @@ impl KvLease {
 
     /// Takes the lease for `holder` if it is free, or if its value names `holder` (a holder
     /// that forgot its revision: a renewal whose answer was lost, a process restarted with the
-    /// same holder id).
+    /// same holder id); either way a new tenure with a new token. Reads first, so a follower
+    /// asking costs one read, not a refused write and a read.
     async fn take(&self, holder: &str) -> Result<Option<Held>, LeaseError> {
         for _ in 0..TAKE_ATTEMPTS {
             let current = match self.read().await {
                 Ok(current) => current,
                 Err(Failure::BucketMissing) => {
-                    tracing::warn!(lease.name = %self.name, bucket = %self.bucket, "the lease bucket is gone (nats-server lost its store?); setting it up again");
-                    self.ensure_bucket().await?;
+                    self.set_up_again().await?;
                     Current::Empty
                 }
-                Err(Failure::Conflict) => continue,
-                Err(Failure::Unavailable(err)) => return Err(self.unavailable("reading", err)),
+                Err(failure) => return Err(self.unavailable("reading", failure)),
             };
-            let now = Utc::now();
-            let (expected, acquired_at) = match current {
-                Current::Empty => (0, now),
-                Current::Released { revision } => (revision, now),
+            let expected = match current {
+                Current::Empty => 0,
+                Current::Released { revision } => revision,
                 Current::Held {
                     revision,
                     value: Some(value),
-                } if value.holder == holder => (revision, value.acquired_at),
+                } if value.holder == holder => revision,
                 Current::Held { .. } => return Ok(None),
             };
             let value = LeaseValue {
                 holder: holder.to_owned(),
-                acquired_at,
+                acquired_at: Utc::now(),
             };
             match self.write(&value, expected).await {
                 Ok(revision) => {
                     return Ok(Some(Held {
+                        token: revision,
                         revision,
-                        acquired_at,
+                        acquired_at: value.acquired_at,
                     }))
                 }
                 // Written by someone else between our read and our write: look again.
                 Err(Failure::Conflict) => continue,
-                Err(Failure::BucketMissing) => self.ensure_bucket().await?,
+                Err(Failure::BucketMissing) => self.set_up_again().await?,
                 Err(Failure::Unavailable(err)) => return Err(self.unavailable("taking", err)),
             }
         }
         // Others kept writing between our reads and writes: they hold it.
         Ok(None)
+    }
+
+    /// The bucket is gone: the server lost its store (no persistent volume), or someone deleted
+    /// it. What it held is lost; set it up again.
+    async fn set_up_again(&self) -> Result<(), LeaseError> {
+        tracing::warn!(lease.name = %self.name, bucket = %self.bucket, "the lease bucket is gone (nats-server lost its store?); setting it up again");
+        self.ensure_bucket().await
     }
 
     /// Writes `value` if the key's last revision is `expected` (0: the key has no value);
@@ -331,23 +353,28 @@ impl KvLease {
         Current::Held { revision, value }
     }
 
-    /// Creates the bucket, or brings its `max_age` to this lease's TTL. Two processes doing
-    /// this at once both succeed: whoever loses the race to create looks again.
+    /// Creates the bucket, or brings what we rely on (`max_age` = TTL, direct gets) to it. Two
+    /// processes doing this at once both succeed: whoever loses the race to create looks again.
     async fn ensure_bucket(&self) -> Result<(), LeaseError> {
         let setting_up = "setting up the bucket of";
         for _ in 0..3 {
             match self.jetstream.get_stream(&self.stream_name).await {
-                Ok(existing) if existing.cached_info().config.max_age == self.ttl => return Ok(()),
                 Ok(existing) => {
                     let mut config = existing.cached_info().config.clone();
-                    tracing::warn!(
-                        bucket = %self.bucket,
-                        bucket.max_age_ms = config.max_age.as_millis() as u64,
-                        lease.ttl_ms = self.ttl.as_millis() as u64,
-                        "the lease bucket expires values after another time than this lease's ttl; \
-                         changing it (every process should use the same ttl)"
-                    );
+                    if config.max_age == self.ttl && config.allow_direct {
+                        return Ok(());
+                    }
+                    if config.max_age != self.ttl {
+                        tracing::warn!(
+                            bucket = %self.bucket,
+                            bucket.max_age_ms = config.max_age.as_millis() as u64,
+                            lease.ttl_ms = self.ttl.as_millis() as u64,
+                            "the lease bucket expires values after another time than this lease's \
+                             ttl; changing it (every process should use the same ttl)"
+                        );
+                    }
                     config.max_age = self.ttl;
+                    config.allow_direct = true;
                     return match self.jetstream.update_stream(config).await {
                         Ok(_) => Ok(()),
                         Err(err) => Err(self.unavailable(setting_up, err)),
@@ -356,12 +383,26 @@ impl KvLease {
                 Err(err) if is_stream_not_found(&err.kind()) => {}
                 Err(err) => return Err(self.unavailable(setting_up, err)),
             }
-            match self.jetstream.create_stream(self.bucket_config()).await {
+            let first_sequence = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(1, |since| since.as_micros() as u64);
+            match self
+                .jetstream
+                .create_stream(self.bucket_config(first_sequence))
+                .await
+            {
+                Ok(created) if created.cached_info().config.first_sequence.is_some() => {
+                    return Ok(())
+                }
                 Ok(created) => {
-                    if created.cached_info().config.first_sequence.is_none() {
-                        tracing::warn!(bucket = %self.bucket, "nats-server ignored first_seq (older than 2.10): fencing tokens start at 1 again if it loses its store");
-                    }
-                    return Ok(());
+                    // nats-server before 2.10 ignores `first_seq`. Purging an empty stream up to
+                    // a sequence moves it there just the same. A lease taken by another process
+                    // in the moment between would be purged too; that holder steps down at its
+                    // next renewal.
+                    return match created.purge().sequence(first_sequence).await {
+                        Ok(_) => Ok(()),
+                        Err(err) => Err(self.unavailable(setting_up, err)),
+                    };
                 }
                 Err(err) if is_create_conflict(&err.kind()) => continue,
                 Err(err) => return Err(self.unavailable(setting_up, err)),
@@ -371,11 +412,9 @@ impl KvLease {
     }
 
     /// The stream NATS KV makes of a bucket with history 1, file storage and `max_age` = TTL,
-    /// starting at the current time in microseconds (see the module docs on fencing tokens).
-    fn bucket_config(&self) -> stream::Config {
-        let now_micros = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |since| since.as_micros() as u64);
+    /// starting at `first_sequence` (the current time in microseconds: see the module docs on
+    /// fencing tokens).
+    fn bucket_config(&self, first_sequence: u64) -> stream::Config {
         stream::Config {
             name: self.stream_name.clone(),
             description: Some("Autopilot leadership leases (a NATS KV bucket)".into()),
@@ -389,7 +428,7 @@ impl KvLease {
             deny_delete: true,
             deny_purge: false,
             allow_direct: true,
-            first_sequence: Some(now_micros),
+            first_sequence: Some(first_sequence),
             ..Default::default()
         }
     }
@@ -414,7 +453,7 @@ impl Lease for KvLease {
         match outcome {
             Ok(Some(held)) => {
                 self.remember(holder, held);
-                Ok(Some(held.revision))
+                Ok(Some(held.token))
             }
             // Stepping down, whatever the reason: the next call starts from what the server has.
             Ok(None) => {

@@ -8,6 +8,10 @@
 //! - `webhooks`: accepted deliveries per second on the embedded default (wrk on loopback), and
 //!   latency at a fixed 1,000 deliveries per second (see `webhooks.rs`).
 //!
+//! - `fleet`: pipeline throughput, dispatch latency, leader failover and worker memory on a
+//!   cluster of real processes (see `fleet.rs`; each also alone: `fleet-pipeline [RATE SECONDS]`,
+//!   `fleet-dispatch [JOBS SECONDS]`, `fleet-failover [KILLS]`, `fleet-memory`).
+//!
 //! `cargo run --release -p autopilot-tests --bin bench -- all` runs everything.
 
 use std::path::Path;
@@ -21,6 +25,7 @@ use autopilot_tests::harness::{is_terminal, TestServer, ADMIN_TOKEN};
 use serde_json::json;
 use sqlx::Connection;
 
+mod fleet;
 mod webhooks;
 
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -341,10 +346,23 @@ async fn main() -> anyhow::Result<()> {
     if matches!(which, "webhooks" | "all") {
         rows.extend(webhooks::webhooks(number(1, 10), number(2, 10)).await?);
     }
+    if matches!(which, "fleet-pipeline" | "fleet" | "all") {
+        rows.extend(fleet::pipeline(number(1, 600), number(2, 60)).await?);
+    }
+    if matches!(which, "fleet-dispatch" | "fleet" | "all") {
+        rows.extend(fleet::dispatch(number(1, 1) as usize, number(2, 30)).await?);
+    }
+    if matches!(which, "fleet-failover" | "fleet" | "all") {
+        rows.extend(fleet::failover(number(1, 10) as usize).await?);
+    }
+    if matches!(which, "fleet-memory" | "fleet" | "all") {
+        rows.extend(fleet::worker_memory().await?);
+    }
     anyhow::ensure!(
         !rows.is_empty(),
         "usage: bench [cron [JOBS SECONDS] | dispatch [SECONDS] | overhead [RUNS] | memory | \
-         webhooks [LOAD_SECONDS FIXED_RATE_SECONDS] | all]"
+         webhooks [LOAD_SECONDS FIXED_RATE_SECONDS] | fleet-pipeline [RATE SECONDS] | \
+         fleet-dispatch [JOBS SECONDS] | fleet-failover [KILLS] | fleet-memory | fleet | all]"
     );
     print_table(&rows);
     Ok(())

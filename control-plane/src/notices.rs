@@ -41,8 +41,8 @@ pub async fn run_relay(
 ) -> anyhow::Result<()> {
     let mut incoming = app.bus.subscribe_notices().await?;
     loop {
+        // Not biased: a steady flow of notices from the others must not starve ours.
         tokio::select! {
-            biased;
             _ = cancel.cancelled() => return Ok(()),
             notice = incoming.next() => match notice {
                 Some(notice) if notice.origin != app.replica_id => receive(&app, notice.what),

@@ -14,6 +14,9 @@ use crate::error::ServiceResult;
 use crate::model::{OverlapPolicy, Run};
 use crate::services::runs::control_event;
 
+/// Most queued runs the dispatcher looks at in one go.
+const DISPATCH_BATCH: u32 = 1000;
+
 /// A run dispatched this long ago and still queued has its request published again (fleet).
 const REPUBLISH_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -90,16 +93,11 @@ impl App {
     /// Sends every queued run that may go now. Returns when a delayed retry becomes due.
     pub async fn dispatch_pending(&self) -> ServiceResult<Option<DateTime<Utc>>> {
         let now = Utc::now();
-        let queued = self
-            .store
-            .runs_in_status(&[RunStatus::Queued], None)
-            .await?;
+        let waiting = self.store.queued_runs(None, DISPATCH_BATCH).await?;
         let mut busy_jobs: HashSet<JobId> = HashSet::new();
         let mut next_due: Option<DateTime<Utc>> = None;
-        let waiting: Vec<Run> = queued
-            .into_iter()
-            .filter(|run| run.dispatched_at.is_none())
-            .collect();
+        let full_batch = waiting.len() == DISPATCH_BATCH as usize;
+        let mut published = 0usize;
         for run in waiting {
             if let Some(not_before) = run.not_before.filter(|t| *t > now) {
                 next_due = Some(next_due.map_or(not_before, |due| due.min(not_before)));
@@ -113,6 +111,7 @@ impl App {
                 busy_jobs.insert(job_id);
             }
             self.publish(run).await?;
+            published += 1;
             if self
                 .publish_failed
                 .load(std::sync::atomic::Ordering::SeqCst)
@@ -120,6 +119,10 @@ impl App {
                 // The bus is not taking requests; the rest would fail the same way.
                 break;
             }
+        }
+        if full_batch && published > 0 {
+            // More than one batch may wait: look again right after this one.
+            self.dispatcher_wake.notify_one();
         }
         Ok(next_due)
     }
@@ -132,24 +135,21 @@ impl App {
     pub async fn republish_stale_dispatches(&self) -> ServiceResult<usize> {
         let stale_before =
             Utc::now() - chrono::Duration::from_std(REPUBLISH_AFTER).unwrap_or_default();
-        let queued = self
+        let stale = self
             .store
-            .runs_in_status(&[RunStatus::Queued], None)
+            .queued_runs(Some(stale_before), DISPATCH_BATCH)
             .await?;
         let mut republished = 0;
-        for run in queued {
-            if run.dispatched_at.is_some_and(|at| at < stale_before) {
-                let mut run = run;
-                run.dispatched_at = Some(Utc::now());
-                if self
-                    .store
-                    .update_run(&run, RunStatus::Queued, run.attempt, &[])
-                    .await?
-                {
-                    tracing::info!(run.id = %run.id, "run still unclaimed long after dispatch; publishing its request again");
-                    self.publish_dispatched(run).await;
-                    republished += 1;
-                }
+        for mut run in stale {
+            run.dispatched_at = Some(Utc::now());
+            if self
+                .store
+                .update_run(&run, RunStatus::Queued, run.attempt, &[])
+                .await?
+            {
+                tracing::info!(run.id = %run.id, "run still unclaimed long after dispatch; publishing its request again");
+                self.publish_dispatched(run).await;
+                republished += 1;
             }
         }
         Ok(republished)

@@ -220,7 +220,10 @@ impl App {
         }
         self.notify_run(run_id);
         tracing::info!(run.id = %run_id, status = %status, cost_usd = ?run.cost_usd, "run finished");
-        self.dispatcher_wake.notify_one();
+        if run.settings.overlap == crate::model::OverlapPolicy::Queue {
+            // The next run of the job may be waiting for this one.
+            self.dispatcher_wake.notify_one();
+        }
         Ok(WorkerReply::Ok)
     }
 

@@ -87,6 +87,13 @@ pub trait Store: WebhookStore + Send + Sync {
         worker_id: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<RunStatus>>;
+    /// Queued runs, oldest first, at most `limit`: those not sent to the bus yet when
+    /// `dispatched_before` is `None`, else those sent before that time.
+    async fn queued_runs(
+        &self,
+        dispatched_before: Option<DateTime<Utc>>,
+        limit: u32,
+    ) -> StoreResult<Vec<Run>>;
     /// Runs in any of `statuses`, oldest first, optionally of one job.
     async fn runs_in_status(
         &self,

@@ -611,6 +611,29 @@ impl Store for SqlStore {
             .transpose()
     }
 
+    async fn queued_runs(
+        &self,
+        dispatched_before: Option<DateTime<Utc>>,
+        limit: u32,
+    ) -> StoreResult<Vec<Run>> {
+        let dispatched = match dispatched_before {
+            None => "dispatched_at_ms IS NULL",
+            Some(_) => "dispatched_at_ms < $2",
+        };
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE status = 'queued' AND {dispatched} ORDER BY id LIMIT $1"
+        );
+        let rows = on_read!(self, pool => {
+            let mut query = sqlx::query_as::<_, RunRow>(&sql).bind(i64::from(limit));
+            if let Some(before) = dispatched_before {
+                query = query.bind(to_ms(before));
+            }
+            query.fetch_all(pool).await
+        })
+        .map_err(classify)?;
+        rows_into(rows)
+    }
+
     async fn runs_in_status(
         &self,
         statuses: &[RunStatus],

@@ -298,6 +298,77 @@ fn bad_configuration_is_refused_with_the_variable_to_fix() {
     assert!(stderr.contains("AUTOPILOT_DATABASE_URL"), "{stderr}");
 }
 
+/// The fleet settings that cannot work are refused at start, each naming what to set.
+#[test]
+fn fleet_settings_that_cannot_work_are_refused_with_what_to_set() {
+    let Some(bin) = components::autopilot_bin() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let refused = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = Command::new(&bin);
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AUTOPILOT_DATA_DIR", dir.path())
+            .env("AUTOPILOT_BIND", "127.0.0.1:0");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let output = command.output().unwrap();
+        assert!(!output.status.success(), "{args:?} {env:?} started");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    // NATS without PostgreSQL.
+    let stderr = refused(&["serve"], &[("AUTOPILOT_NATS_URL", "nats://127.0.0.1:1")]);
+    assert!(
+        stderr.contains("AUTOPILOT_DATABASE_URL") && stderr.contains("postgres"),
+        "{stderr}"
+    );
+    // A fleet without a shared sealing key.
+    let stderr = refused(
+        &["serve"],
+        &[
+            ("AUTOPILOT_NATS_URL", "nats://127.0.0.1:1"),
+            (
+                "AUTOPILOT_DATABASE_URL",
+                "postgres://nobody@127.0.0.1:1/none",
+            ),
+        ],
+    );
+    assert!(stderr.contains("AUTOPILOT_SECRET_KEY"), "{stderr}");
+    // A worker without NATS, and a worker given database credentials.
+    let stderr = refused(&["worker"], &[]);
+    assert!(stderr.contains("AUTOPILOT_NATS_URL"), "{stderr}");
+    let stderr = refused(
+        &["worker"],
+        &[
+            ("AUTOPILOT_NATS_URL", "nats://127.0.0.1:1"),
+            (
+                "AUTOPILOT_DATABASE_URL",
+                "postgres://nobody@127.0.0.1:1/none",
+            ),
+        ],
+    );
+    assert!(stderr.contains("must not hold"), "{stderr}");
+    // A worker whose NATS is not running says what to start.
+    let stderr = refused(&["worker"], &[("AUTOPILOT_NATS_URL", "nats://127.0.0.1:1")]);
+    assert!(
+        stderr.contains("nats://127.0.0.1:1") && stderr.contains("nats-server"),
+        "{stderr}"
+    );
+    // A pool name that cannot be a subject.
+    let stderr = refused(
+        &["worker"],
+        &[
+            ("AUTOPILOT_NATS_URL", "nats://127.0.0.1:1"),
+            ("AUTOPILOT_WORKER_POOLS", "default,bad pool"),
+        ],
+    );
+    assert!(stderr.contains("AUTOPILOT_WORKER_POOLS"), "{stderr}");
+}
+
 #[tokio::test]
 async fn every_webhook_delivery_answered_202_survives_a_kill_9() {
     let dir = tempfile::tempdir().unwrap();

@@ -286,6 +286,52 @@ async fn conformance(store: Arc<dyn Store>) {
             .len(),
         5
     );
+    // Queued runs not yet sent, and those sent long ago, oldest first and bounded.
+    let queued = store
+        .runs_in_status(&[RunStatus::Queued], None)
+        .await
+        .unwrap();
+    let undispatched: Vec<_> = queued
+        .iter()
+        .filter(|r| r.dispatched_at.is_none())
+        .map(|r| r.id)
+        .collect();
+    assert!(undispatched.len() >= 2, "{undispatched:?}");
+    let listed: Vec<_> = store
+        .queued_runs(None, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(listed, undispatched);
+    assert_eq!(store.queued_runs(None, 1).await.unwrap().len(), 1);
+    let mut sent = store.get_run(undispatched[0]).await.unwrap().unwrap();
+    sent.dispatched_at = Some(Utc::now() - chrono::Duration::hours(1));
+    assert!(store
+        .update_run(&sent, RunStatus::Queued, sent.attempt, &[])
+        .await
+        .unwrap());
+    let stale: Vec<_> = store
+        .queued_runs(Some(Utc::now() - chrono::Duration::minutes(30)), 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert!(stale.contains(&sent.id), "{stale:?}");
+    assert!(!store
+        .queued_runs(None, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .any(|r| r.id == sent.id));
+    assert!(store
+        .queued_runs(Some(Utc::now() - chrono::Duration::hours(2)), 10)
+        .await
+        .unwrap()
+        .iter()
+        .all(|r| r.id != sent.id));
 
     // Events: ordered, idempotent on redelivery, counted per attempt.
     let batch: Vec<_> = (1..=4)

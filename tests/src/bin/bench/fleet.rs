@@ -51,8 +51,12 @@ async fn settle(db: &mut sqlx::PgConnection, timeout: Duration) -> anyhow::Resul
 
 /// Shell runs offered at `rate` per second for `seconds`, spread over the three replicas.
 pub async fn pipeline(rate: u64, seconds: u64) -> anyhow::Result<Vec<Row>> {
+    let concurrency: usize = std::env::var("BENCH_WORKER_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
     let cluster = start(ClusterOptions {
-        worker_concurrency: 16,
+        worker_concurrency: concurrency,
         ..ClusterOptions::default()
     })
     .await?;
@@ -101,6 +105,28 @@ pub async fn pipeline(rate: u64, seconds: u64) -> anyhow::Result<Vec<Row>> {
         sqlx::query_as("SELECT MIN(finished_at_ms), MAX(finished_at_ms) FROM runs")
             .fetch_one(&mut db)
             .await?;
+    // Where a run's time goes: waiting for a worker, executing, having its end recorded.
+    let phases: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT r.started_at_ms - r.created_at_ms, r.finished_at_ms - r.started_at_ms, \
+           (SELECT MAX(e.at_ms) FROM run_events e WHERE e.run_id = r.id) - r.finished_at_ms \
+         FROM runs r WHERE r.started_at_ms IS NOT NULL AND r.finished_at_ms IS NOT NULL",
+    )
+    .fetch_all(&mut db)
+    .await?;
+    let phase = |pick: fn(&(i64, i64, i64)) -> i64| {
+        let values = sorted(phases.iter().map(|row| pick(row) as f64).collect());
+        format!(
+            "p50 {:.0} ms, p99 {:.0} ms",
+            percentile(&values, 50.0),
+            percentile(&values, 99.0)
+        )
+    };
+    eprintln!(
+        "created → claimed: {}; claimed → process ended: {}; process ended → end recorded: {}",
+        phase(|row| row.0),
+        phase(|row| row.1),
+        phase(|row| row.2)
+    );
     let succeeded = counts
         .iter()
         .find(|(status, _)| status == "succeeded")
@@ -110,7 +136,7 @@ pub async fn pipeline(rate: u64, seconds: u64) -> anyhow::Result<Vec<Row>> {
     Ok(vec![Row {
         name: format!(
             "pipeline: shell `true` runs offered at {rate}/s for {seconds}s through 3 control planes, \
-             PostgreSQL, JetStream, 3 workers (accepted {accepted}, refused {}; final states {counts:?}; \
+             PostgreSQL, JetStream, 3 workers × {concurrency} slots (accepted {accepted}, refused {}; final states {counts:?}; \
              {left} still active after {:.0}s)",
             refused.load(Ordering::Relaxed),
             drained_for.as_secs_f64()

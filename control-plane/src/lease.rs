@@ -35,7 +35,16 @@ impl Lease for StoreLease {
             .acquire_lease(&self.name, holder, self.ttl, Utc::now())
             .await
             .map_err(|err| LeaseError::Unavailable(format!("the store: {err}")))?;
-        Ok(token.map(|token| u64::try_from(token).unwrap_or(0)))
+        token
+            .map(|token| {
+                u64::try_from(token).map_err(|_| {
+                    LeaseError::Unavailable(format!(
+                        "the store holds a negative fencing token ({token}) for lease `{}`",
+                        self.name
+                    ))
+                })
+            })
+            .transpose()
     }
 
     async fn release(&self, holder: &str) -> Result<(), LeaseError> {

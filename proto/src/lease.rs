@@ -19,8 +19,8 @@ pub enum LeaseError {
 pub trait Lease: Send + Sync {
     /// Takes the lease for `holder` when it is free or expired, or renews it when `holder` has
     /// it. Returns the fencing token when `holder` holds the lease afterwards (a holder that takes
-    /// the lease over always gets a larger one than any earlier holder had), `None` when someone
-    /// else does.
+    /// the lease over always gets a larger one than any earlier holder had; renewals keep it),
+    /// `None` when someone else does.
     async fn acquire(&self, holder: &str) -> Result<Option<u64>, LeaseError>;
     /// Gives the lease up if `holder` has it, so the next holder need not wait for it to expire.
     async fn release(&self, holder: &str) -> Result<(), LeaseError>;

@@ -373,6 +373,9 @@ pub(crate) fn embedded_worker_config(config: &Config) -> WorkerConfig {
         shutdown_grace: config.kill_grace,
         heartbeat_interval: config.heartbeat_interval,
         event_batch_max: 256,
+        // Well under what a person following a run notices; enough for a short run's events
+        // to be published and stored as one batch.
+        event_linger: std::time::Duration::from_millis(20),
     }
 }
 

@@ -97,14 +97,17 @@ pub enum WorkerRequest {
     /// The worker is alive, and this is what it serves and runs. Sent at every heartbeat
     /// interval, and once more when it stops.
     Announce { status: WorkerStatus },
-    /// The attempt ended. `events_published` counts this attempt's worker events so the control
-    /// plane can let them land before it records the final state.
+    /// The attempt ended. `events_published` counts this attempt's worker events sent on the
+    /// event stream, so the control plane can let them land before it records the final state;
+    /// `last_events` are the ones that followed them, stored together with the final state.
     Complete {
         run_id: RunId,
         attempt: u32,
         worker_id: WorkerId,
         outcome: RunOutcome,
         events_published: u64,
+        #[serde(default)]
+        last_events: Vec<NewRunEvent>,
     },
 }
 

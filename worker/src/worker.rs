@@ -38,6 +38,8 @@ pub struct WorkerConfig {
     pub heartbeat_interval: Duration,
     /// Most events in one published batch.
     pub event_batch_max: usize,
+    /// How long a batch waits for more events before it is published.
+    pub event_linger: Duration,
 }
 
 /// Stops a running attempt, remembering the first reason given.
@@ -308,6 +310,7 @@ impl Attempt {
             run_id,
             attempt,
             self.config.event_batch_max,
+            self.config.event_linger,
         );
         let heartbeat = tokio::spawn(heartbeat(
             Arc::clone(&self.bus),
@@ -323,12 +326,12 @@ impl Attempt {
             .instrument(span)
             .await;
         heartbeat.abort();
-        let events_published = events.finish(events_done).await;
+        let (events_published, last_events) = events.finish(events_done).await;
         self.active
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&run_id);
-        self.complete(run_id, attempt, outcome, events_published)
+        self.complete(run_id, attempt, outcome, events_published, last_events)
             .await;
         if let Err(err) = acker.ack().await {
             tracing::warn!(run.id = %run_id, error = %err, "could not acknowledge the delivery");
@@ -482,6 +485,7 @@ impl Attempt {
         attempt: u32,
         outcome: RunOutcome,
         events_published: u64,
+        last_events: Vec<NewRunEvent>,
     ) {
         let request = WorkerRequest::Complete {
             run_id,
@@ -489,6 +493,7 @@ impl Attempt {
             worker_id: self.config.worker_id.clone(),
             outcome,
             events_published,
+            last_events,
         };
         let mut backoff = Duration::from_millis(200);
         for _ in 0..8 {
@@ -569,36 +574,55 @@ impl EventSink {
         run_id: RunId,
         attempt: u32,
         batch_max: usize,
-    ) -> (EventSender, tokio::task::JoinHandle<u64>) {
+        linger: Duration,
+    ) -> (
+        EventSender,
+        tokio::task::JoinHandle<(u64, Vec<NewRunEvent>)>,
+    ) {
         let (tx, mut rx) = mpsc::channel::<(EventKind, Value)>(1024);
         let publisher = tokio::spawn(async move {
+            let mut numbered = 0u64;
             let mut published = 0u64;
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
+                // What follows within the linger goes in the same batch: a short run's events
+                // travel and are stored together. The end of the run (the sender dropped) ends
+                // the wait at once.
+                let deadline = tokio::time::Instant::now() + linger;
+                let mut ended = false;
                 while batch.len() < batch_max.max(1) {
-                    match rx.try_recv() {
-                        Ok(next) => batch.push(next),
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(next)) => batch.push(next),
+                        Ok(None) => {
+                            ended = true;
+                            break;
+                        }
                         Err(_) => break,
                     }
                 }
-                let events = batch
+                let events: Vec<NewRunEvent> = batch
                     .into_iter()
                     .map(|(kind, data)| {
-                        published += 1;
+                        numbered += 1;
                         NewRunEvent {
                             run_id,
                             attempt,
                             origin: EventOrigin::Worker,
-                            origin_seq: published,
+                            origin_seq: numbered,
                             at: Utc::now(),
                             kind,
                             data,
                         }
                     })
                     .collect();
+                if ended && fits_in_a_completion(&events) {
+                    // The last batch goes with the completion, stored with the final state.
+                    return (published, events);
+                }
+                published += events.len() as u64;
                 publish_with_retry(bus.as_ref(), EventBatch { events }).await;
             }
-            published
+            (published, Vec::new())
         });
         (EventSender { tx }, publisher)
     }
@@ -617,11 +641,28 @@ impl EventSender {
         self.send(EventKind::Lifecycle, details).await;
     }
 
-    /// Closes the stream and waits until every event is published; returns how many there were.
-    async fn finish(self, publisher: tokio::task::JoinHandle<u64>) -> u64 {
+    /// Closes the stream and waits until every event is published, but the last batch: returns
+    /// how many were published, and that batch (for the completion).
+    async fn finish(
+        self,
+        publisher: tokio::task::JoinHandle<(u64, Vec<NewRunEvent>)>,
+    ) -> (u64, Vec<NewRunEvent>) {
         drop(self.tx);
-        publisher.await.unwrap_or(0)
+        publisher.await.unwrap_or_default()
     }
+}
+
+/// A completion request carrying these events stays well under a bus message's size limit.
+fn fits_in_a_completion(events: &[NewRunEvent]) -> bool {
+    const MAX_BYTES: usize = 256 * 1024;
+    let mut size = 0usize;
+    for event in events {
+        size += event.data.to_string().len() + 256;
+        if size > MAX_BYTES {
+            return false;
+        }
+    }
+    true
 }
 
 async fn publish_with_retry(bus: &dyn Bus, batch: EventBatch) {

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use autopilot_proto::{
-    NewRunEvent, RunId, RunOutcome, RunSpec, RunStatus, StopReason, WorkerId, WorkerReply,
-    WorkerRequest,
+    EventOrigin, NewRunEvent, RunId, RunOutcome, RunSpec, RunStatus, StopReason, WorkerId,
+    WorkerReply, WorkerRequest,
 };
 use chrono::Utc;
 use futures::StreamExt;
@@ -53,9 +53,14 @@ impl App {
                 worker_id,
                 outcome,
                 events_published,
+                last_events,
             } => {
-                self.complete(run_id, attempt, worker_id, outcome, events_published)
-                    .await
+                let done = Completion {
+                    outcome,
+                    events_published,
+                    last_events,
+                };
+                self.complete(run_id, attempt, worker_id, done).await
             }
         }
     }
@@ -124,9 +129,22 @@ impl App {
         run_id: RunId,
         attempt: u32,
         worker_id: WorkerId,
-        outcome: RunOutcome,
-        events_published: u64,
+        done: Completion,
     ) -> ServiceResult<WorkerReply> {
+        let Completion {
+            outcome,
+            events_published,
+            last_events,
+        } = done;
+        // Only this attempt's own events ride along.
+        let mut last_events: Vec<NewRunEvent> = last_events
+            .into_iter()
+            .filter(|event| {
+                event.run_id == run_id
+                    && event.attempt == attempt
+                    && event.origin == EventOrigin::Worker
+            })
+            .collect();
         self.wait_for_events(run_id, attempt, events_published)
             .await;
         let Some(mut run) = self.store.get_run(run_id).await? else {
@@ -174,9 +192,10 @@ impl App {
                 attempt,
                 ..control_event(&run, data)
             };
+            last_events.push(event);
             if !self
                 .store
-                .update_run(&run, expected, attempt, &[event])
+                .update_run(&run, expected, attempt, &last_events)
                 .await?
             {
                 return Ok(rejected("run changed while completing"));
@@ -189,6 +208,9 @@ impl App {
 
         if outcome.stopped == Some(StopReason::WorkerShutdown) && expected == RunStatus::Running {
             // Handed back by a worker that shut down: lost, or run again by the job's policy.
+            if !last_events.is_empty() {
+                self.store.append_events(&last_events).await?;
+            }
             self.mark_lost(
                 run,
                 "the worker shut down while the run was executing, and stopped it after its grace period",
@@ -211,9 +233,10 @@ impl App {
             &run,
             json!({ "step": "finished", "status": status, "error": run.error }),
         );
+        last_events.push(finished);
         if !self
             .store
-            .update_run(&run, expected, attempt, &[finished])
+            .update_run(&run, expected, attempt, &last_events)
             .await?
         {
             return Ok(rejected("run changed while completing"));
@@ -256,6 +279,13 @@ impl App {
             }
         }
     }
+}
+
+/// How an attempt ended, as its worker reported it.
+struct Completion {
+    outcome: RunOutcome,
+    events_published: u64,
+    last_events: Vec<NewRunEvent>,
 }
 
 fn owns(run: &Run, attempt: u32, worker_id: &WorkerId) -> bool {

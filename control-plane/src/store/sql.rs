@@ -117,17 +117,23 @@ macro_rules! append_events_in {
                 tracing::warn!(run.id = %run_id, events = count, "events for an unknown run were dropped");
                 continue;
             };
-            for (offset, event) in run_events.iter().enumerate() {
-                let seq = last - count + 1 + offset as i64;
-                stored += sqlx::query(INSERT_EVENT)
-                    .bind(run_id.to_string())
-                    .bind(seq)
-                    .bind(i64::from(event.attempt))
-                    .bind(event.origin.as_str())
-                    .bind(clamp_i64(event.origin_seq))
-                    .bind(to_ms(event.at))
-                    .bind(event.kind.as_str())
-                    .bind(event.data.to_string())
+            // One statement per chunk of the run's events.
+            for (chunk_index, chunk) in run_events.chunks(EVENTS_PER_INSERT).enumerate() {
+                let first_seq = last - count + 1 + (chunk_index * EVENTS_PER_INSERT) as i64;
+                let sql = insert_events_sql(chunk.len());
+                let mut query = sqlx::query(&sql);
+                for (offset, event) in chunk.iter().enumerate() {
+                    query = query
+                        .bind(run_id.to_string())
+                        .bind(first_seq + offset as i64)
+                        .bind(i64::from(event.attempt))
+                        .bind(event.origin.as_str())
+                        .bind(clamp_i64(event.origin_seq))
+                        .bind(to_ms(event.at))
+                        .bind(event.kind.as_str())
+                        .bind(event.data.to_string());
+                }
+                stored += query
                     .execute(&mut *$tx)
                     .await
                     .map_err(classify)?
@@ -140,8 +146,32 @@ macro_rules! append_events_in {
 
 const RESERVE_EVENT_SEQS: &str =
     "UPDATE runs SET event_seq = event_seq + $2 WHERE id = $1 RETURNING event_seq";
-const INSERT_EVENT: &str = "INSERT INTO run_events (run_id, seq, attempt, origin, origin_seq, at_ms, kind, data) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (run_id, attempt, origin, origin_seq) DO NOTHING";
+/// Most events in one INSERT (8 parameters each, well under SQLite's limit).
+const EVENTS_PER_INSERT: usize = 64;
+
+/// `INSERT` of `rows` events; a redelivered one (same run, attempt, origin and origin_seq) is
+/// skipped.
+fn insert_events_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO run_events (run_id, seq, attempt, origin, origin_seq, at_ms, kind, data) VALUES ",
+    );
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        let base = row * 8;
+        sql.push('(');
+        for column in 1..=8 {
+            if column > 1 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", base + column));
+        }
+        sql.push(')');
+    }
+    sql.push_str(" ON CONFLICT (run_id, attempt, origin, origin_seq) DO NOTHING");
+    sql
+}
 
 const JOB_COLUMNS: &str = "id, name, description, kind, prompt, schedule_kind, schedule_expr, timezone, enabled, \
     model, allowed_tools, disallowed_tools, max_turns, timeout_secs, max_cost_usd, misfire_policy, misfire_cap, \

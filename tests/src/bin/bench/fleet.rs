@@ -55,18 +55,25 @@ pub async fn pipeline(rate: u64, seconds: u64) -> anyhow::Result<Vec<Row>> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(64);
+    let control_planes: usize = std::env::var("BENCH_CONTROL_PLANES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let cluster = start(ClusterOptions {
+        control_planes,
         worker_concurrency: concurrency,
         ..ClusterOptions::default()
     })
     .await?;
-    let apis: Vec<ApiClient> = (0..3).map(|index| cluster.api(index).clone()).collect();
+    let apis: Vec<ApiClient> = (0..control_planes)
+        .map(|index| cluster.api(index).clone())
+        .collect();
     let job_id = create_job(
         &apis[0],
         json!({ "name": "pipeline", "command": "true", "overlap_policy": "allow" }),
     )
     .await?;
-    eprintln!("offering {rate} runs/s for {seconds}s to 3 control planes, 3 workers…");
+    eprintln!("offering {rate} runs/s for {seconds}s to {control_planes} control plane(s), 3 workers…");
     let accepted = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -135,7 +142,7 @@ pub async fn pipeline(rate: u64, seconds: u64) -> anyhow::Result<Vec<Row>> {
     let finish_span = (last_ms.unwrap_or(0) - first_ms.unwrap_or(0)).max(1) as f64 / 1000.0;
     Ok(vec![Row {
         name: format!(
-            "pipeline: shell `true` runs offered at {rate}/s for {seconds}s through 3 control planes, \
+            "pipeline: shell `true` runs offered at {rate}/s for {seconds}s through {control_planes} control plane(s), \
              PostgreSQL, JetStream, 3 workers × {concurrency} slots (accepted {accepted}, refused {}; final states {counts:?}; \
              {left} still active after {:.0}s)",
             refused.load(Ordering::Relaxed),

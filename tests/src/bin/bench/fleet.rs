@@ -73,7 +73,9 @@ pub async fn pipeline(rate: u64, seconds: u64) -> anyhow::Result<Vec<Row>> {
         json!({ "name": "pipeline", "command": "true", "overlap_policy": "allow" }),
     )
     .await?;
-    eprintln!("offering {rate} runs/s for {seconds}s to {control_planes} control plane(s), 3 workers…");
+    eprintln!(
+        "offering {rate} runs/s for {seconds}s to {control_planes} control plane(s), 3 workers…"
+    );
     let accepted = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let started = Instant::now();

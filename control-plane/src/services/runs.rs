@@ -35,10 +35,20 @@ pub struct QuickRunInput {
 impl App {
     /// Stores a new queued run, records that it was queued and dispatches it (unless an earlier
     /// run of its job must finish first).
-    pub async fn submit_run(&self, run: Run) -> ServiceResult<Run> {
+    pub async fn submit_run(&self, mut run: Run) -> ServiceResult<Run> {
+        // A run that need not wait for an earlier one is stored already marked dispatched, and
+        // published right after: one statement fewer. Should the process die in between, the
+        // recovery at start (embedded) or the republishing of stale dispatches (fleet) sends it.
+        let send_now = run.settings.overlap != OverlapPolicy::Queue || run.job_id.is_none();
+        if send_now {
+            run.dispatched_at = Some(Utc::now());
+        }
         let queued = control_event(&run, json!({ "step": "queued", "trigger": run.trigger }));
         self.store.insert_run(&run, &[queued]).await?;
         tracing::info!(run.id = %run.id, job.id = ?run.job_id, trigger = run.trigger.as_str(), "run queued");
+        if send_now {
+            return Ok(self.publish_dispatched(run).await);
+        }
         self.dispatch_new(run).await
     }
 

@@ -13,19 +13,11 @@ use chrono::{DateTime, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-async fn create_job(api: &ApiClient, job: Value) -> Value {
-    let (status, body) = api.call(Method::POST, "/api/v1/jobs", Some(job)).await;
-    assert_eq!(status, StatusCode::CREATED, "create job: {body}");
-    body
-}
-
 /// A job that runs `command` whenever it is triggered, as many at once as asked.
 async fn shell_job(api: &ApiClient, name: &str, command: &str) -> String {
-    let job = create_job(
-        api,
-        json!({ "name": name, "command": command, "overlap_policy": "allow" }),
-    )
-    .await;
+    let job = api
+        .create_job(json!({ "name": name, "command": command, "overlap_policy": "allow" }))
+        .await;
     job["id"].as_str().unwrap().to_owned()
 }
 
@@ -85,11 +77,10 @@ async fn any_replica_serves_and_follows_runs_that_workers_execute() {
     }
 
     // Created on one replica, triggered on another, followed live on the third.
-    let job = create_job(
-        cluster.api(0),
-        json!({ "name": "fleet-echo", "command": "sleep 1; echo from-the-fleet" }),
-    )
-    .await;
+    let job = cluster
+        .api(0)
+        .create_job(json!({ "name": "fleet-echo", "command": "sleep 1; echo from-the-fleet" }))
+        .await;
     let job_id = job["id"].as_str().unwrap();
     let (status, run) = cluster
         .api(1)
@@ -123,11 +114,10 @@ async fn any_replica_serves_and_follows_runs_that_workers_execute() {
         "{finished}"
     );
     // A run in a pool no worker serves waits, and says so by staying queued.
-    let gpu = create_job(
-        cluster.api(2),
-        json!({ "name": "gpu", "command": "true", "pool": "gpu" }),
-    )
-    .await;
+    let gpu = cluster
+        .api(2)
+        .create_job(json!({ "name": "gpu", "command": "true", "pool": "gpu" }))
+        .await;
     let waiting = cluster.api(2).trigger(gpu["id"].as_str().unwrap()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let waiting = cluster.api(0).run(waiting["id"].as_str().unwrap()).await;
@@ -147,13 +137,11 @@ async fn a_new_leader_fires_every_second_exactly_once_after_the_leader_is_killed
     let mut jobs = Vec::new();
     for index in 0..50 {
         let api = cluster.api(index % 3).clone();
-        let job = create_job(
-            &api,
-            // `allow`: a run held up by the killed replica (its completion is retried on another
-            // one) must not make later fires skip; every second has its run.
-            json!({ "name": format!("tick-{index}"), "command": "true", "schedule": "* * * * * *", "overlap_policy": "allow" }),
-        )
-        .await;
+        // `allow`: a run held up by the killed replica (its completion is retried on another
+        // one) must not make later fires skip; every second has its run.
+        let job = api
+            .create_job(json!({ "name": format!("tick-{index}"), "command": "true", "schedule": "* * * * * *", "overlap_policy": "allow" }))
+            .await;
         jobs.push(job["id"].as_str().unwrap().to_owned());
     }
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -283,12 +271,12 @@ async fn a_killed_worker_s_run_is_lost_in_time_and_runs_again_where_its_job_allo
     // Two runs stall in the model API; the second attempt of the retried one does not.
     fake.push_all([Reply::stalled(), Reply::stalled()]);
     fake.set_default(Reply::text("second attempt done"));
-    let once = create_job(&api, json!({ "name": "once", "prompt": "say hi" })).await;
-    let again = create_job(
-        &api,
-        json!({ "name": "again", "prompt": "say hi", "retry": { "count": 1, "backoff_secs": 1, "lost": true } }),
-    )
-    .await;
+    let once = api
+        .create_job(json!({ "name": "once", "prompt": "say hi" }))
+        .await;
+    let again = api
+        .create_job(json!({ "name": "again", "prompt": "say hi", "retry": { "count": 1, "backoff_secs": 1, "lost": true } }))
+        .await;
     let mut runs = Vec::new();
     for job in [&once, &again] {
         let run = api.trigger(job["id"].as_str().unwrap()).await;
@@ -537,11 +525,9 @@ async fn a_worker_that_shuts_down_hands_its_runs_back() {
         return;
     };
     let api = cluster.api(0).clone();
-    let job = create_job(
-        &api,
-        json!({ "name": "long", "command": "sleep 20", "retry": { "count": 1, "backoff_secs": 1, "lost": true } }),
-    )
-    .await;
+    let job = api
+        .create_job(json!({ "name": "long", "command": "sleep 20", "retry": { "count": 1, "backoff_secs": 1, "lost": true } }))
+        .await;
     let run = api.trigger(job["id"].as_str().unwrap()).await;
     let run_id = run["id"].as_str().unwrap().to_owned();
     let running = api

@@ -565,7 +565,8 @@ async fn heartbeat(
 struct EventSink;
 
 struct EventSender {
-    tx: mpsc::Sender<(EventKind, Value)>,
+    /// Each event with the time it happened (a batch goes out up to a linger later).
+    tx: mpsc::Sender<(EventKind, Value, chrono::DateTime<Utc>)>,
 }
 
 impl EventSink {
@@ -579,7 +580,7 @@ impl EventSink {
         EventSender,
         tokio::task::JoinHandle<(u64, Vec<NewRunEvent>)>,
     ) {
-        let (tx, mut rx) = mpsc::channel::<(EventKind, Value)>(1024);
+        let (tx, mut rx) = mpsc::channel::<(EventKind, Value, chrono::DateTime<Utc>)>(1024);
         let publisher = tokio::spawn(async move {
             let mut numbered = 0u64;
             let mut published = 0u64;
@@ -602,14 +603,14 @@ impl EventSink {
                 }
                 let events: Vec<NewRunEvent> = batch
                     .into_iter()
-                    .map(|(kind, data)| {
+                    .map(|(kind, data, at)| {
                         numbered += 1;
                         NewRunEvent {
                             run_id,
                             attempt,
                             origin: EventOrigin::Worker,
                             origin_seq: numbered,
-                            at: Utc::now(),
+                            at,
                             kind,
                             data,
                         }
@@ -631,7 +632,7 @@ impl EventSink {
 impl EventSender {
     async fn send(&self, kind: EventKind, data: Value) {
         // The publisher only ends after this sender is dropped.
-        let _ = self.tx.send((kind, data)).await;
+        let _ = self.tx.send((kind, data, Utc::now())).await;
     }
 
     async fn lifecycle(&self, step: &str, mut details: Value) {

@@ -243,6 +243,19 @@ impl Run {
             delivery_id: None,
         }
     }
+
+    /// Queues the run again as its next attempt, after the retry policy's delay for it, with
+    /// no worker; returns that delay.
+    pub fn requeue_as_next_attempt(&mut self) -> std::time::Duration {
+        self.attempt += 1;
+        let delay = self.settings.retry.delay_before_attempt(self.attempt);
+        self.status = RunStatus::Queued;
+        self.not_before = Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
+        self.dispatched_at = None;
+        self.worker_id = None;
+        self.heartbeat_at = None;
+        delay
+    }
 }
 
 /// Which runs to list, newest first.

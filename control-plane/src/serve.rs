@@ -381,7 +381,7 @@ pub(crate) fn embedded_worker_config(config: &Config) -> WorkerConfig {
 
 /// The environment runs are built from: a few safe variables, and the model API's settings
 /// (`ANTHROPIC_*`, `CLAUDE_CODE_*`) for Claude runs only.
-pub(crate) fn command_env(config: &Config) -> CommandEnv {
+fn command_env(config: &Config) -> CommandEnv {
     let mut base: Vec<(String, String)> = PASSTHROUGH_VARS
         .iter()
         .filter_map(|name| {

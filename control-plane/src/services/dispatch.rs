@@ -34,16 +34,16 @@ pub fn dedup_id(run: &Run) -> String {
 }
 
 impl App {
-    /// Dispatches a run that was just created, unless its job's `queue` overlap policy makes it
-    /// wait for an earlier run (the dispatcher sends it when that one ends).
-    pub(crate) async fn dispatch_new(&self, run: Run) -> ServiceResult<Run> {
-        if run.settings.overlap == OverlapPolicy::Queue {
-            if let Some(job_id) = run.job_id {
-                let others = self.active_runs(job_id).await?;
-                if others.iter().any(|other| other.id != run.id) {
-                    return Ok(run);
-                }
-            }
+    /// Dispatches a just-created run of a job with the `queue` overlap policy, unless an earlier
+    /// run of the job is still active (the dispatcher sends it when that one ends).
+    pub(crate) async fn dispatch_behind_earlier(
+        &self,
+        run: Run,
+        job_id: JobId,
+    ) -> ServiceResult<Run> {
+        let others = self.active_runs(job_id).await?;
+        if others.iter().any(|other| other.id != run.id) {
+            return Ok(run);
         }
         self.publish(run).await
     }
@@ -226,14 +226,7 @@ impl App {
         let (status, attempt) = (run.status, run.attempt);
         let retry = run.settings.retry;
         if retry.lost && status == RunStatus::Running && attempt <= retry.count {
-            let delay = retry.delay_before_attempt(attempt + 1);
-            run.status = RunStatus::Queued;
-            run.attempt = attempt + 1;
-            run.not_before =
-                Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
-            run.dispatched_at = None;
-            run.worker_id = None;
-            run.heartbeat_at = None;
+            let delay = run.requeue_as_next_attempt();
             run.error = Some(reason.to_owned());
             // Recorded under the attempt that was lost.
             let event = NewRunEvent {

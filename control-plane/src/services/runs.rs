@@ -39,17 +39,19 @@ impl App {
         // A run that need not wait for an earlier one is stored already marked dispatched, and
         // published right after: one statement fewer. Should the process die in between, the
         // recovery at start (embedded) or the republishing of stale dispatches (fleet) sends it.
-        let send_now = run.settings.overlap != OverlapPolicy::Queue || run.job_id.is_none();
-        if send_now {
+        let queued_behind = run
+            .job_id
+            .filter(|_| run.settings.overlap == OverlapPolicy::Queue);
+        if queued_behind.is_none() {
             run.dispatched_at = Some(Utc::now());
         }
         let queued = control_event(&run, json!({ "step": "queued", "trigger": run.trigger }));
         self.store.insert_run(&run, &[queued]).await?;
         tracing::info!(run.id = %run.id, job.id = ?run.job_id, trigger = run.trigger.as_str(), "run queued");
-        if send_now {
-            return Ok(self.publish_dispatched(run).await);
+        match queued_behind {
+            None => Ok(self.publish_dispatched(run).await),
+            Some(job_id) => self.dispatch_behind_earlier(run, job_id).await,
         }
-        self.dispatch_new(run).await
     }
 
     pub async fn quick_run(&self, input: QuickRunInput) -> ServiceResult<Run> {

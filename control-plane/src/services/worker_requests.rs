@@ -178,14 +178,7 @@ impl App {
             && expected == RunStatus::Running
             && attempt <= run.settings.retry.count;
         if retry {
-            let delay = run.settings.retry.delay_before_attempt(attempt + 1);
-            run.status = RunStatus::Queued;
-            run.attempt = attempt + 1;
-            run.not_before =
-                Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
-            run.dispatched_at = None;
-            run.worker_id = None;
-            run.heartbeat_at = None;
+            let delay = run.requeue_as_next_attempt();
             let data = json!({ "step": "retry_scheduled", "next_attempt": attempt + 1, "delay_secs": delay.as_secs(), "error": outcome.error });
             // Recorded under the attempt that failed.
             let event = NewRunEvent {

@@ -325,7 +325,6 @@ impl Attempt {
             .execute(&spec, &events, &stopper)
             .instrument(span)
             .await;
-        heartbeat.abort();
         let (events_published, last_events) = events.finish(events_done).await;
         self.active
             .lock()
@@ -333,6 +332,10 @@ impl Attempt {
             .remove(&run_id);
         self.complete(run_id, attempt, outcome, events_published, last_events)
             .await;
+        // The attempt stays alive (run heartbeat, delivery kept in progress) until its end is
+        // reported: flushing events and reporting may take a while when NATS is reconnecting,
+        // and the reaper must not take the run for lost meanwhile.
+        heartbeat.abort();
         if let Err(err) = acker.ack().await {
             tracing::warn!(run.id = %run_id, error = %err, "could not acknowledge the delivery");
         }

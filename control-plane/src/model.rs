@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use autopilot_proto::{JobId, RunId, RunKind, RunStatus, TokenUsage, Trigger, WebhookId};
+use autopilot_proto::{JobId, RunId, RunKind, RunStatus, Sandbox, TokenUsage, Trigger, WebhookId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +45,14 @@ string_enum!(
     /// What a job runs.
     JobKind { Claude => "claude", Shell => "shell" }
 );
+impl JobKind {
+    /// The sandbox of a job that names none: a claude job reaches the model API only, a shell
+    /// job no network at all.
+    pub fn default_sandbox(self) -> Sandbox {
+        Sandbox::defaults(self == JobKind::Claude)
+    }
+}
+
 string_enum!(
     /// What to do with fires that were missed (the process was down, or the job was due long ago).
     MisfirePolicy { Skip => "skip", RunOnce => "run_once", RunAll => "run_all" }
@@ -119,6 +127,8 @@ pub struct Job {
     pub overlap_policy: OverlapPolicy,
     pub retry: RetryPolicy,
     pub pool: String,
+    /// Limits and network of the job's runs in a container.
+    pub sandbox: Sandbox,
     /// Every fire at or before this time has been handled (run or counted as skipped).
     pub fire_cursor: DateTime<Utc>,
     pub missed_fires: u64,
@@ -156,6 +166,7 @@ impl Job {
             retry: self.retry,
             pool: self.pool.clone(),
             overlap: self.overlap_policy,
+            sandbox: Some(self.sandbox),
         }
     }
 }
@@ -170,6 +181,16 @@ pub struct RunSettings {
     pub retry: RetryPolicy,
     pub pool: String,
     pub overlap: OverlapPolicy,
+    /// Absent in runs stored before sandboxes existed: the defaults of the run's kind apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<Sandbox>,
+}
+
+impl RunSettings {
+    pub fn sandbox(&self) -> Sandbox {
+        self.sandbox
+            .unwrap_or_else(|| Sandbox::default_for(&self.kind))
+    }
 }
 
 #[derive(Clone, PartialEq, Debug, Serialize)]

@@ -25,5 +25,6 @@ pub use jetstream_bus::{JetStreamBus, JetStreamConfig, KvLease};
 pub use lease::{Lease, LeaseError};
 pub use memory_bus::{InMemoryBus, InMemoryBusConfig};
 pub use run::{
-    ClaudeSpec, RunKind, RunOutcome, RunSpec, RunStatus, StopReason, TokenUsage, Trigger,
+    ClaudeSpec, NetworkMode, RunKind, RunOutcome, RunSpec, RunStatus, Sandbox, StopReason,
+    TokenUsage, Trigger,
 };

@@ -175,6 +175,85 @@ pub struct RunSpec {
     pub workspace: String,
     pub kind: RunKind,
     pub timeout_secs: u64,
+    /// Isolation of the run when the worker executes it in a container.
+    #[serde(default)]
+    pub sandbox: Sandbox,
+}
+
+/// What a run's container may reach.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetworkMode {
+    /// No network at all (only loopback inside the container).
+    None,
+    /// Only the worker's model proxy, through which the run reaches the model API.
+    ModelOnly,
+    /// Any address, like a process on the host.
+    Open,
+}
+
+impl NetworkMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::None => "none",
+            NetworkMode::ModelOnly => "model-only",
+            NetworkMode::Open => "open",
+        }
+    }
+}
+
+impl fmt::Display for NetworkMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The limits and network of a run's container. The local executor has no way to apply them and
+/// says so at start; the Docker executor enforces every one.
+#[derive(Clone, Copy, PartialEq, Debug, Serialize, Deserialize)]
+pub struct Sandbox {
+    pub network: NetworkMode,
+    /// Memory limit (swap included); past it the kernel kills the run: out of memory.
+    pub memory_mb: u32,
+    /// CPU share, in cores (0.5 is half a core).
+    pub cpus: f64,
+    /// Most processes and threads at once (a fork bomb stops here).
+    pub pids: u32,
+}
+
+impl Sandbox {
+    pub const DEFAULT_MEMORY_MB: u32 = 2048;
+    pub const DEFAULT_CPUS: f64 = 1.0;
+    pub const DEFAULT_PIDS: u32 = 512;
+
+    /// The defaults for a run of this kind.
+    pub fn default_for(kind: &RunKind) -> Self {
+        Self::defaults(matches!(kind, RunKind::Claude(_)))
+    }
+
+    /// The defaults: a Claude run reaches the model API and nothing else, a shell run reaches
+    /// nothing.
+    pub fn defaults(claude: bool) -> Self {
+        Sandbox {
+            network: if claude {
+                NetworkMode::ModelOnly
+            } else {
+                NetworkMode::None
+            },
+            ..Sandbox::default()
+        }
+    }
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Sandbox {
+            network: NetworkMode::ModelOnly,
+            memory_mb: Self::DEFAULT_MEMORY_MB,
+            cpus: Self::DEFAULT_CPUS,
+            pids: Self::DEFAULT_PIDS,
+        }
+    }
 }
 
 /// Token counts as the model API reports them.

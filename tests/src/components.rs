@@ -195,3 +195,22 @@ pub fn nats_server_bin() -> Option<PathBuf> {
         ),
     }
 }
+
+/// The Docker executor on the test machine's engine with the runtime image, labelled as
+/// `worker_id`, with the model proxy sending Claude runs to `upstream` (the fake API).
+pub async fn docker_executor(
+    worker_id: &str,
+    upstream: Option<autopilot_worker::model_proxy::Upstream>,
+) -> Option<autopilot_worker::DockerExecutor> {
+    let mut config = autopilot_worker::DockerConfig::new(worker_id);
+    config.upstream = upstream;
+    match autopilot_worker::DockerExecutor::connect(config).await {
+        Ok(executor) => Some(executor),
+        Err(err) => missing(
+            "a Docker Engine with the runtime image",
+            &format!(
+                "run `bash tests/run.sh`, or `bash docker/start-engine.sh && bash docker/build-images.sh runtime` ({err})"
+            ),
+        ),
+    }
+}

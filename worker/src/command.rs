@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use autopilot_proto::{ClaudeSpec, RunKind, RunSpec};
+use autopilot_proto::{ClaudeSpec, RunId, RunKind, RunSpec, Sandbox};
 
 /// A fully prepared command. `Debug` never shows environment values: they may hold the API key.
 #[derive(Clone)]
@@ -15,6 +15,12 @@ pub struct CommandSpec {
     pub cwd: PathBuf,
     /// Written to the process's standard input, which is then closed.
     pub stdin: Option<String>,
+    /// Whether this runs the Claude Code CLI (`program` is then the worker's CLI, which a
+    /// container replaces with its own).
+    pub claude: bool,
+    /// The run and attempt it belongs to (container names and labels).
+    pub run: (RunId, u32),
+    pub sandbox: Sandbox,
 }
 
 impl fmt::Debug for CommandSpec {
@@ -26,6 +32,9 @@ impl fmt::Debug for CommandSpec {
             .field("env", &env_names)
             .field("cwd", &self.cwd)
             .field("stdin_bytes", &self.stdin.as_ref().map(String::len))
+            .field("claude", &self.claude)
+            .field("run", &self.run)
+            .field("sandbox", &self.sandbox)
             .finish()
     }
 }
@@ -94,6 +103,9 @@ pub fn build_command(spec: &RunSpec, workspace: PathBuf, env: &CommandEnv) -> Co
             env: vars,
             cwd: workspace,
             stdin: stdin.clone(),
+            claude: false,
+            run: (spec.run_id, spec.attempt),
+            sandbox: spec.sandbox,
         },
         RunKind::Claude(claude) => {
             vars.extend(env.model_api.iter().cloned());
@@ -109,6 +121,9 @@ pub fn build_command(spec: &RunSpec, workspace: PathBuf, env: &CommandEnv) -> Co
                 cwd: workspace,
                 // The prompt goes through stdin: no argument-length limit, and not visible in `ps`.
                 stdin: Some(claude.prompt.clone()),
+                claude: true,
+                run: (spec.run_id, spec.attempt),
+                sandbox: spec.sandbox,
             }
         }
     }
@@ -215,6 +230,7 @@ mod tests {
             workspace: "w".into(),
             kind: RunKind::Claude(claude_spec()),
             timeout_secs: 60,
+            sandbox: Default::default(),
         };
         let env = CommandEnv {
             claude_bin: "/opt/claude".into(),
@@ -253,6 +269,7 @@ mod tests {
                 stdin: None,
             },
             timeout_secs: 60,
+            sandbox: Default::default(),
         };
         let env = CommandEnv {
             claude_bin: "claude".into(),

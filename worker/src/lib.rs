@@ -2,13 +2,16 @@
 //! plane, executes it through an [`Executor`] and streams its events, heartbeats and outcome back.
 
 pub mod command;
+pub mod docker;
 pub mod executor;
 pub mod local;
+pub mod model_proxy;
 pub mod pricing;
 pub mod stream_json;
 pub mod worker;
 
 pub use command::{CommandEnv, CommandSpec};
+pub use docker::{DockerConfig, DockerExecutor, DockerSetupError};
 pub use executor::{ExecError, Executor, ExitInfo, OutputLine, OutputStream};
 pub use local::LocalExecutor;
 pub use worker::{Worker, WorkerConfig};

@@ -166,6 +166,9 @@ mod tests {
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             cwd: cwd.to_path_buf(),
             stdin: None,
+            claude: false,
+            run: (autopilot_proto::RunId::new(), 1),
+            sandbox: Default::default(),
         }
     }
 

@@ -1,6 +1,6 @@
 //! Jobs: validation, create / update / delete, schedule previews and manual triggers.
 
-use autopilot_proto::{JobId, Trigger};
+use autopilot_proto::{JobId, NetworkMode, Sandbox, Trigger};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -60,6 +60,78 @@ pub struct JobInput {
     pub retry: Option<RetryInput>,
     #[serde(default)]
     pub pool: Option<String>,
+    #[serde(default)]
+    pub sandbox: Option<SandboxInput>,
+}
+
+/// Limits and network of a job's runs in a container; what is left out keeps its value (the
+/// default of the job's kind for a new job).
+#[derive(Deserialize, Serialize, Debug, Default, Clone, Copy, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxInput {
+    /// `none` (no network), `model-only` (only the model API, through the worker's proxy; the
+    /// default of claude jobs) or `open`. Shell jobs default to `none`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub network: Option<NetworkMode>,
+    /// Memory limit in MiB, swap included (64 to 65536; default 2048). Past it the run is
+    /// killed and reported out of memory.
+    #[serde(default)]
+    pub memory_mb: Option<u32>,
+    /// CPU cores the run may use (0.1 to 64; default 1).
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// Most processes and threads at once (16 to 65536; default 512).
+    #[serde(default)]
+    pub pids: Option<u32>,
+}
+
+impl SandboxInput {
+    /// Applies the fields given over `base` and checks the result for a job of `kind`.
+    pub(crate) fn resolve(self, base: Sandbox, kind: JobKind) -> ServiceResult<Sandbox> {
+        let sandbox = Sandbox {
+            network: self.network.unwrap_or(base.network),
+            memory_mb: self.memory_mb.unwrap_or(base.memory_mb),
+            cpus: self.cpus.unwrap_or(base.cpus),
+            pids: self.pids.unwrap_or(base.pids),
+        };
+        if kind == JobKind::Claude && sandbox.network == NetworkMode::None {
+            return Err(ServiceError::invalid(
+                "sandbox.network",
+                "a claude job needs the model API, which network `none` cuts off; use `model-only` (the default) or `open`",
+            ));
+        }
+        if !(64..=65_536).contains(&sandbox.memory_mb) {
+            return Err(ServiceError::invalid(
+                "sandbox.memory_mb",
+                "must be between 64 and 65536 (MiB)",
+            ));
+        }
+        if !(sandbox.cpus.is_finite() && (0.1..=64.0).contains(&sandbox.cpus)) {
+            return Err(ServiceError::invalid(
+                "sandbox.cpus",
+                "must be between 0.1 and 64 (cores)",
+            ));
+        }
+        if !(16..=65_536).contains(&sandbox.pids) {
+            return Err(ServiceError::invalid(
+                "sandbox.pids",
+                "must be between 16 and 65536",
+            ));
+        }
+        Ok(sandbox)
+    }
+}
+
+impl From<Sandbox> for SandboxInput {
+    fn from(sandbox: Sandbox) -> Self {
+        SandboxInput {
+            network: Some(sandbox.network),
+            memory_mb: Some(sandbox.memory_mb),
+            cpus: Some(sandbox.cpus),
+            pids: Some(sandbox.pids),
+        }
+    }
 }
 
 #[derive(Deserialize, Debug, Clone, Copy)]
@@ -102,6 +174,8 @@ pub struct JobPatch {
     pub overlap_policy: Option<OverlapPolicy>,
     pub retry: Option<RetryInput>,
     pub pool: Option<String>,
+    /// Fields given replace those of the job's sandbox; the others keep their values.
+    pub sandbox: Option<SandboxInput>,
 }
 
 /// Tells "absent" (outer `None`, via `default`) from "null" (`Some(None)`).
@@ -137,6 +211,7 @@ pub struct JobView {
     pub overlap_policy: OverlapPolicy,
     pub retry: RetryPolicy,
     pub pool: String,
+    pub sandbox: Sandbox,
     pub next_fire_at: Option<DateTime<Utc>>,
     pub missed_fires: u64,
     pub overlap_skipped: u64,
@@ -184,6 +259,7 @@ impl From<&Job> for JobView {
             overlap_policy: job.overlap_policy,
             retry: job.retry,
             pool: job.pool.clone(),
+            sandbox: job.sandbox,
             next_fire_at,
             missed_fires: job.missed_fires,
             overlap_skipped: job.overlap_skipped,
@@ -294,6 +370,10 @@ fn validate(input: JobInput, existing: Option<&Job>, now: DateTime<Utc>) -> Serv
     }
     let retry = validate_retry(input.retry, existing.map(|job| job.retry))?;
     let pool = validate_pool(input.pool)?;
+    let sandbox = input
+        .sandbox
+        .unwrap_or_default()
+        .resolve(kind.default_sandbox(), kind)?;
     let enabled = input.enabled.unwrap_or(true);
     // Fires are counted from now whenever the timing changes, so an edit never backfills.
     let fire_cursor = match existing {
@@ -326,6 +406,7 @@ fn validate(input: JobInput, existing: Option<&Job>, now: DateTime<Utc>) -> Serv
         overlap_policy: input.overlap_policy.unwrap_or(OverlapPolicy::Skip),
         retry,
         pool,
+        sandbox,
         fire_cursor,
         missed_fires: existing.map_or(0, |job| job.missed_fires),
         overlap_skipped: existing.map_or(0, |job| job.overlap_skipped),
@@ -513,6 +594,7 @@ fn input_of(job: &Job) -> JobInput {
             lost: Some(job.retry.lost),
         }),
         pool: Some(job.pool.clone()),
+        sandbox: Some(job.sandbox.into()),
     }
 }
 
@@ -535,6 +617,15 @@ fn apply(job: &Job, patch: JobPatch) -> JobInput {
         pool
     );
     set!(description, model, max_turns, max_cost_usd);
+    if let Some(patch) = patch.sandbox {
+        let current = input.sandbox.unwrap_or_default();
+        input.sandbox = Some(SandboxInput {
+            network: patch.network.or(current.network),
+            memory_mb: patch.memory_mb.or(current.memory_mb),
+            cpus: patch.cpus.or(current.cpus),
+            pids: patch.pids.or(current.pids),
+        });
+    }
     if let Some(prompt) = patch.prompt {
         input.prompt = Some(prompt);
     }

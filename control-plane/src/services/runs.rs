@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 
 use crate::app::App;
 use crate::error::{ServiceError, ServiceResult};
-use crate::model::{OverlapPolicy, RetryPolicy, Run, RunFilter, RunSettings};
-use crate::services::jobs::{ClaudeSettings, DEFAULT_POOL, DEFAULT_TIMEOUT_SECS};
+use crate::model::{JobKind, OverlapPolicy, RetryPolicy, Run, RunFilter, RunSettings};
+use crate::services::jobs::{ClaudeSettings, SandboxInput, DEFAULT_POOL, DEFAULT_TIMEOUT_SECS};
 
 pub const MAX_PAGE: u32 = 500;
 
@@ -30,6 +30,8 @@ pub struct QuickRunInput {
     pub timeout_secs: Option<u64>,
     #[serde(default)]
     pub max_cost_usd: Option<f64>,
+    #[serde(default)]
+    pub sandbox: Option<SandboxInput>,
 }
 
 impl App {
@@ -66,6 +68,10 @@ impl App {
             timeout_secs: input.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS),
             max_cost_usd: input.max_cost_usd,
         })?;
+        let sandbox = input
+            .sandbox
+            .unwrap_or_default()
+            .resolve(JobKind::Claude.default_sandbox(), JobKind::Claude)?;
         let run_id = RunId::new();
         let settings = RunSettings {
             kind: RunKind::Claude(autopilot_proto::ClaudeSpec {
@@ -85,6 +91,7 @@ impl App {
             },
             pool: DEFAULT_POOL.to_owned(),
             overlap: OverlapPolicy::Allow,
+            sandbox: Some(sandbox),
         };
         let mut run = Run::queued(Trigger::Quick, None, settings, None);
         run.id = run_id;

@@ -99,6 +99,7 @@ impl App {
             workspace: run.settings.workspace.clone(),
             kind: run.settings.kind.clone(),
             timeout_secs: run.settings.timeout_secs,
+            sandbox: run.settings.sandbox(),
         };
         Ok(WorkerReply::Claimed {
             spec: Box::new(spec),

@@ -5,7 +5,7 @@ use autopilot_proto::{EventKind, RunEvent, RunId, TokenUsage};
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::StoreError;
-use crate::model::{Job, RetryPolicy, Run, Schedule};
+use crate::model::{Job, JobKind, RetryPolicy, Run, Schedule};
 use crate::oauth::types::{AuthCode, OAuthClient, RefreshToken};
 
 pub fn to_ms(time: DateTime<Utc>) -> i64 {
@@ -79,6 +79,8 @@ pub struct JobRow {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub retry_lost: bool,
+    /// JSON; empty (`{}`) for jobs stored before sandboxes existed.
+    pub sandbox: String,
 }
 
 /// The schedule as stored: (`schedule_kind`, `schedule_expr`).
@@ -104,11 +106,18 @@ impl TryFrom<JobRow> for Job {
             ("none", _) => Schedule::None,
             (kind, _) => return Err(StoreError::Corrupt(format!("schedule kind `{kind}`"))),
         };
+        let kind: JobKind = parse("job kind", &row.kind)?;
+        let sandbox = if row.sandbox.trim() == "{}" {
+            kind.default_sandbox()
+        } else {
+            json("sandbox", &row.sandbox)?
+        };
         Ok(Job {
             id: parse("job id", &row.id)?,
             name: row.name,
             description: row.description,
-            kind: parse("job kind", &row.kind)?,
+            kind,
+            sandbox,
             prompt: row.prompt,
             schedule,
             timezone: row.timezone,

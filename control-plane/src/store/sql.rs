@@ -176,7 +176,7 @@ fn insert_events_sql(rows: usize) -> String {
 const JOB_COLUMNS: &str = "id, name, description, kind, prompt, schedule_kind, schedule_expr, timezone, enabled, \
     model, allowed_tools, disallowed_tools, max_turns, timeout_secs, max_cost_usd, misfire_policy, misfire_cap, \
     overlap_policy, retry_count, retry_backoff_secs, pool, fire_cursor_ms, missed_fires, overlap_skipped, \
-    created_at_ms, updated_at_ms, retry_lost";
+    created_at_ms, updated_at_ms, retry_lost, sandbox";
 
 const RUN_COLUMNS: &str = "id, job_id, job_name, trigger, status, attempt, scheduled_for_ms, settings, created_at_ms, \
     dispatched_at_ms, not_before_ms, started_at_ms, finished_at_ms, heartbeat_at_ms, worker_id, exit_code, is_error, \
@@ -257,6 +257,7 @@ macro_rules! bind_job {
             .bind(to_ms(job.created_at))
             .bind(to_ms(job.updated_at))
             .bind(job.retry.lost)
+            .bind(to_json(&job.sandbox))
     }};
 }
 
@@ -409,7 +410,7 @@ impl Store for SqlStore {
     async fn insert_job(&self, job: &Job) -> StoreResult<()> {
         let sql = format!(
             "INSERT INTO jobs ({JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-             $15, $16, $17, $18, $19, $20, $21, $22, $26, $27, $23, $24, $25)"
+             $15, $16, $17, $18, $19, $20, $21, $22, $27, $28, $23, $24, $25, $26)"
         );
         on_write!(self, pool => {
             bind_job!(sqlx::query(&sql), job)
@@ -428,7 +429,7 @@ impl Store for SqlStore {
              schedule_expr = $7, timezone = $8, enabled = $9, model = $10, allowed_tools = $11, disallowed_tools = $12, \
              max_turns = $13, timeout_secs = $14, max_cost_usd = $15, misfire_policy = $16, misfire_cap = $17, \
              overlap_policy = $18, retry_count = $19, retry_backoff_secs = $20, pool = $21, fire_cursor_ms = $22, \
-             created_at_ms = $23, updated_at_ms = $24, retry_lost = $25 WHERE id = $1";
+             created_at_ms = $23, updated_at_ms = $24, retry_lost = $25, sandbox = $26 WHERE id = $1";
         let result = on_write!(self, pool => bind_job!(sqlx::query(sql), job).execute(pool).await.map(|done| done.rows_affected()))
             .map_err(|err| name_conflict(err, job))?;
         if result == 0 {

@@ -265,6 +265,7 @@ pub fn build_delivery(
                 retry: run.retry,
                 pool: run.pool.clone(),
                 overlap: OverlapPolicy::Allow,
+                sandbox: None,
             }
         }
     };

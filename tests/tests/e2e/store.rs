@@ -39,6 +39,12 @@ fn job(name: &str) -> Job {
             lost: true,
         },
         pool: DEFAULT_POOL.into(),
+        sandbox: autopilot_proto::Sandbox {
+            network: autopilot_proto::NetworkMode::Open,
+            memory_mb: 512,
+            cpus: 0.5,
+            pids: 64,
+        },
         fire_cursor: Utc.timestamp_millis_opt(now.timestamp_millis()).unwrap(),
         missed_fires: 0,
         overlap_skipped: 0,

@@ -84,6 +84,7 @@ fn delivery(
         retry: RetryPolicy::default(),
         pool: "nowhere".into(),
         overlap: OverlapPolicy::Allow,
+        sandbox: None,
     };
     let mut run = Run::queued(Trigger::Webhook, None, settings, None);
     run.created_at = now_ms();

@@ -22,7 +22,9 @@ use crate::app::App;
 use crate::auth::{Caller, SCOPE_READ, SCOPE_WRITE};
 use crate::error::ServiceError;
 use crate::model::{Run, RunFilter};
-use crate::services::jobs::{preview_schedule, upcoming_fires, JobInput, JobPatch, JobView};
+use crate::services::jobs::{
+    preview_schedule, upcoming_fires, JobInput, JobPatch, JobView, SandboxInput,
+};
 use crate::services::runs::{QuickRunInput, MAX_PAGE};
 
 mod webhooks;
@@ -128,6 +130,9 @@ struct CreateJobArgs {
     overlap_policy: Option<OverlapArg>,
     retry: Option<RetryArg>,
     pool: Option<String>,
+    /// The run's container: `network` (`none`, `model-only`, `open`), `memory_mb`, `cpus`,
+    /// `pids`.
+    sandbox: Option<SandboxInput>,
 }
 
 /// Schema of `update_job`: `job` plus the fields to change.
@@ -163,6 +168,9 @@ struct UpdateJobArgs {
     overlap_policy: Option<OverlapArg>,
     retry: Option<RetryArg>,
     pool: Option<String>,
+    /// The run's container: `network` (`none`, `model-only`, `open`), `memory_mb`, `cpus`,
+    /// `pids`.
+    sandbox: Option<SandboxInput>,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -265,6 +273,8 @@ struct QuickRunArgs {
     timeout_secs: Option<u64>,
     #[serde(default)]
     max_cost_usd: Option<f64>,
+    #[serde(default)]
+    sandbox: Option<SandboxInput>,
     /// Wait for the run to end and return its result. Default false.
     #[serde(default)]
     wait: bool,
@@ -854,6 +864,7 @@ async fn quick_run(app: &App, args: JsonObject, context: &RequestContext<RoleSer
             max_turns: args.max_turns,
             timeout_secs: args.timeout_secs,
             max_cost_usd: args.max_cost_usd,
+            sandbox: args.sandbox,
         })
         .await?;
     finish_run_call(app, run, wait, updates, context).await

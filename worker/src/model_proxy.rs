@@ -1,0 +1,242 @@
+//! The model proxy: the only way a containerised Claude run reaches the model API.
+//!
+//! A run's container never sees the real API key. It gets a token of its own, valid while the
+//! run lasts, and an `ANTHROPIC_BASE_URL` pointing here; the proxy swaps the token for the real
+//! credentials and streams the answer back unchanged. Everything in a run's environment is
+//! visible to its Bash and MCP servers, so this is what keeps the key out of their reach.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rand::RngCore;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Largest request body forwarded (a long conversation with images stays well under it).
+const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
+
+/// Where the proxy sends a run's requests, and with which credentials.
+#[derive(Clone)]
+pub struct Upstream {
+    /// e.g. `https://api.anthropic.com`; a path prefix is kept.
+    pub base_url: String,
+    /// Sent as `x-api-key` in place of the run's token.
+    pub api_key: Option<String>,
+    /// Sent as `Authorization: Bearer` in place of the run's token.
+    pub bearer: Option<String>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+type Registry = Arc<Mutex<HashMap<String, Upstream>>>;
+
+/// A running proxy. Cloning shares it.
+#[derive(Clone)]
+pub struct ModelProxy {
+    runs: Registry,
+    client: reqwest::Client,
+}
+
+/// A run's token; the proxy forgets it when this is dropped.
+pub struct RunToken {
+    token: String,
+    runs: Registry,
+}
+
+impl RunToken {
+    pub fn as_str(&self) -> &str {
+        &self.token
+    }
+}
+
+impl Drop for RunToken {
+    fn drop(&mut self) {
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.token);
+    }
+}
+
+impl ModelProxy {
+    pub fn new() -> Self {
+        let client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .expect("a default HTTP client always builds");
+        ModelProxy {
+            runs: Registry::default(),
+            client,
+        }
+    }
+
+    /// Issues a token for one run: requests carrying it go to `upstream`.
+    pub fn register(&self, upstream: Upstream) -> RunToken {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let token = format!("autopilot-run-{token}");
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token.clone(), upstream);
+        RunToken {
+            token,
+            runs: Arc::clone(&self.runs),
+        }
+    }
+
+    /// Serves on `addr` until `stop` fires; returns the address bound (port 0 picks one).
+    pub async fn listen(
+        &self,
+        addr: SocketAddr,
+        stop: CancellationToken,
+    ) -> std::io::Result<SocketAddr> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let app = axum::Router::new()
+            .fallback(forward)
+            .with_state(self.clone());
+        tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(err) = served {
+                tracing::error!(error = %err, "the model proxy stopped");
+            }
+        });
+        Ok(local)
+    }
+
+    fn upstream_for(&self, headers: &HeaderMap) -> Option<(String, Upstream)> {
+        let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        let api_key = headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| runs.contains_key(*v));
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .filter(|v| runs.contains_key(*v));
+        let token = api_key.or(bearer)?;
+        runs.get(token).map(|up| (token.to_owned(), up.clone()))
+    }
+}
+
+impl Default for ModelProxy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Request headers that are about this hop, or that carry credentials.
+fn is_hop_or_credential(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "host"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "content-length"
+            | "x-api-key"
+            | "authorization"
+    )
+}
+
+fn api_error(status: StatusCode, kind: &str, message: &str) -> Response {
+    let body = serde_json::json!({
+        "type": "error",
+        "error": { "type": kind, "message": message },
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn forward(State(proxy): State<ModelProxy>, request: Request) -> Response {
+    let Some((_, upstream)) = proxy.upstream_for(request.headers()) else {
+        return api_error(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "this token is not valid here: the model proxy only serves runs that are executing now",
+        );
+    };
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_REQUEST_BYTES).await {
+        Ok(body) => body,
+        Err(_) => {
+            return api_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                "the request body is over the model proxy's limit",
+            )
+        }
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let url = format!("{}{path}", upstream.base_url.trim_end_matches('/'));
+    let mut outgoing = proxy.client.request(parts.method, url).body(body);
+    for (name, value) in &parts.headers {
+        if !is_hop_or_credential(name) {
+            outgoing = outgoing.header(name, value);
+        }
+    }
+    if let Some(key) = &upstream.api_key {
+        outgoing = outgoing.header("x-api-key", key);
+    }
+    if let Some(token) = &upstream.bearer {
+        outgoing = outgoing.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let answer = match outgoing.send().await {
+        Ok(answer) => answer,
+        Err(err) => {
+            tracing::warn!(error = %err, "the model API could not be reached through the proxy");
+            return api_error(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                "the model proxy could not reach the model API",
+            );
+        }
+    };
+    let mut response = Response::builder().status(answer.status().as_u16());
+    if let Some(headers) = response.headers_mut() {
+        for (name, value) in answer.headers() {
+            if !matches!(
+                name.as_str(),
+                "connection" | "transfer-encoding" | "content-length" | "keep-alive"
+            ) {
+                if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
+                    headers.append(name.clone(), value);
+                }
+            }
+        }
+    }
+    response
+        .body(Body::from_stream(answer.bytes_stream()))
+        .unwrap_or_else(|_| {
+            api_error(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                "the model API answered with headers the proxy cannot pass on",
+            )
+        })
+}

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need (the Claude Code
-# CLI, the Python MCP SDK, the MCP conformance suite with Node 22, PostgreSQL, nats-server),
-# starts a throwaway PostgreSQL and a throwaway nats-server with JetStream, then runs fmt, clippy
-# and every test.
+# CLI, the Python MCP SDK, the MCP conformance suite with Node 22, PostgreSQL, nats-server,
+# Docker Engine), starts a throwaway PostgreSQL and a throwaway nats-server with JetStream,
+# builds the run image, then runs fmt, clippy and every test.
 # Caches live under /var/cache/autopilot (CARGO_TARGET_DIR, the CLI, the conformance suite,
 # nats-server) so reruns are fast.
 set -euo pipefail
@@ -139,6 +139,13 @@ export TEST_NATS_URL="nats://127.0.0.1:$nats_port"
 # Tests that restart a server of their own use the same binary.
 export AUTOPILOT_TEST_NATS_SERVER=$nats_bin
 echo "nats-server (JetStream) on port $nats_port"
+
+# --- Docker Engine and the run image (the Docker executor's tests) --------------------------
+# Installs Debian's docker.io and starts dockerd when no engine answers, then builds the runtime
+# image from local material (mmdebstrap + docker import; no registry) when it is missing or its
+# inputs changed.
+bash "$repo/docker/start-engine.sh"
+bash "$repo/docker/build-images.sh" runtime
 
 # --- Checks and tests ------------------------------------------------------------------------
 cargo fmt --all -- --check

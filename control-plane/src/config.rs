@@ -111,6 +111,26 @@ pub struct ConfigArgs {
     /// A running run without a heartbeat for this many seconds is marked lost [default: 30].
     #[arg(long, env = "AUTOPILOT_LOST_AFTER_SECS", value_name = "SECS")]
     pub lost_after_secs: Option<u64>,
+    /// How runs execute: `local` (a child process) or `docker` (a hardened container per run,
+    /// through the Docker Engine at DOCKER_HOST) [default: local].
+    #[arg(long, env = "AUTOPILOT_EXECUTOR", value_name = "EXECUTOR")]
+    pub executor: Option<String>,
+    /// Image of run containers (the Docker executor) [default: autopilot-runtime:latest, built by
+    /// `bash docker/build-images.sh runtime`].
+    #[arg(long, env = "AUTOPILOT_DOCKER_IMAGE", value_name = "IMAGE")]
+    pub docker_image: Option<String>,
+    /// Set up `model-only` networking for containers (a Docker network plus host firewall
+    /// rules, which need root or CAP_NET_ADMIN) [default: true].
+    #[arg(long, env = "AUTOPILOT_DOCKER_MODEL_ONLY", value_name = "BOOL")]
+    pub docker_model_only: Option<bool>,
+    /// Ports `FIRST-LAST` the model proxy may listen on for `model-only` containers (the only
+    /// ones the firewall opens to them) [default: 47100-47199].
+    #[arg(long, env = "AUTOPILOT_DOCKER_PROXY_PORTS", value_name = "FIRST-LAST")]
+    pub docker_proxy_ports: Option<String>,
+    /// Largest saved workspace in MiB (compressed) when workspaces follow jobs across the fleet;
+    /// a run leaving a bigger one fails with that said [default: 256].
+    #[arg(long, env = "AUTOPILOT_WORKSPACE_MAX_MB", value_name = "MIB")]
+    pub workspace_max_mb: Option<u64>,
 }
 
 /// The same settings as read from the file.
@@ -135,10 +155,39 @@ struct FileConfig {
     nats_prefix: Option<String>,
     lease_ttl_secs: Option<u64>,
     lost_after_secs: Option<u64>,
+    executor: Option<String>,
+    docker_image: Option<String>,
+    docker_model_only: Option<bool>,
+    docker_proxy_ports: Option<String>,
+    workspace_max_mb: Option<u64>,
     /// Extra environment for runs. `ANTHROPIC_*` and `CLAUDE_CODE_*` names reach Claude runs
     /// only; the rest reach every run.
     #[serde(default)]
     run_env: std::collections::BTreeMap<String, String>,
+}
+
+/// How runs execute.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ExecutorKind {
+    Local,
+    Docker,
+}
+
+impl ExecutorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutorKind::Local => "local",
+            ExecutorKind::Docker => "docker",
+        }
+    }
+}
+
+/// Settings of the Docker executor.
+#[derive(Clone, Debug)]
+pub struct DockerSettings {
+    pub image: String,
+    pub model_only: bool,
+    pub proxy_ports: (u16, u16),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -187,6 +236,10 @@ pub struct Config {
     /// The fleet's NATS server; `Some` only together with PostgreSQL (checked at load).
     pub nats_url: Option<String>,
     pub nats_prefix: String,
+    pub executor: ExecutorKind,
+    pub docker: DockerSettings,
+    /// Largest saved workspace, in bytes (compressed).
+    pub workspace_max_bytes: u64,
 }
 
 impl fmt::Debug for Config {
@@ -210,6 +263,9 @@ impl fmt::Debug for Config {
             .field("max_queued_runs", &self.max_queued_runs)
             .field("nats_url", &self.nats_url.as_deref().map(redact_url))
             .field("nats_prefix", &self.nats_prefix)
+            .field("executor", &self.executor)
+            .field("docker", &self.docker)
+            .field("workspace_max_bytes", &self.workspace_max_bytes)
             .field("lease_ttl", &self.lease_ttl)
             .field("lost_after", &self.lost_after)
             .field("claude_bin", &self.claude_bin)
@@ -336,7 +392,47 @@ impl Config {
                 3 * heartbeat_interval.as_secs()
             );
         }
+        let executor = match args.executor.or(file.executor).as_deref().map(str::trim) {
+            None | Some("local") => ExecutorKind::Local,
+            Some("docker") => ExecutorKind::Docker,
+            Some(other) => anyhow::bail!(
+                "executor must be `local` or `docker`, got `{other}` (AUTOPILOT_EXECUTOR)"
+            ),
+        };
+        let proxy_ports = match args.docker_proxy_ports.or(file.docker_proxy_ports) {
+            None => autopilot_worker::docker::DEFAULT_PROXY_PORTS,
+            Some(range) => parse_port_range(&range).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "docker_proxy_ports must be `FIRST-LAST` with 1 <= FIRST <= LAST <= 65535, got `{range}` \
+                     (AUTOPILOT_DOCKER_PROXY_PORTS)"
+                )
+            })?,
+        };
+        let docker = DockerSettings {
+            image: args
+                .docker_image
+                .or(file.docker_image)
+                .filter(|image| !image.trim().is_empty())
+                .unwrap_or_else(|| autopilot_worker::docker::DEFAULT_IMAGE.to_owned()),
+            model_only: args
+                .docker_model_only
+                .or(file.docker_model_only)
+                .unwrap_or(true),
+            proxy_ports,
+        };
+        let workspace_max_mb = args
+            .workspace_max_mb
+            .or(file.workspace_max_mb)
+            .unwrap_or(256);
+        if !(1..=1024 * 1024).contains(&workspace_max_mb) {
+            anyhow::bail!(
+                "workspace_max_mb must be between 1 and 1048576 (AUTOPILOT_WORKSPACE_MAX_MB), got {workspace_max_mb}"
+            );
+        }
         Ok(Config {
+            executor,
+            docker,
+            workspace_max_bytes: workspace_max_mb * 1024 * 1024,
             bind,
             data_dir,
             database_url,
@@ -411,6 +507,12 @@ impl Config {
     pub fn runs_home_dir(&self) -> PathBuf {
         self.data_dir.join("home")
     }
+}
+
+fn parse_port_range(range: &str) -> Option<(u16, u16)> {
+    let (first, last) = range.trim().split_once('-')?;
+    let (first, last): (u16, u16) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
+    (first >= 1 && first <= last).then_some((first, last))
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use autopilot_proto::WorkerId;
-use autopilot_worker::{LocalExecutor, Worker};
+use autopilot_worker::workspaces::SharedWorkspaces;
+use autopilot_worker::Worker;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigArgs};
@@ -120,13 +121,28 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
         worker.id = %settings.worker_id,
         pools = ?settings.pools,
         concurrency = config.worker_concurrency,
-        executor = "local",
+        executor = config.executor.as_str(),
         bus = "nats-jetstream",
         nats = %crate::config::redact_url(&settings.nats_url),
         data_dir = %config.data_dir.display(),
+        workspaces = "shared (NATS object store)",
         "autopilot worker is running"
     );
-    let worker = Worker::new(worker_config, Arc::new(bus), Arc::new(LocalExecutor));
+    let executor =
+        crate::executors::build(config, &worker_config.worker_id, &worker_config.command_env)
+            .await?;
+    // The next run of a job may land on any worker: its workspace travels through NATS.
+    let blobs = bus
+        .blobs("workspaces", None)
+        .await
+        .map_err(|err| anyhow::anyhow!("opening the workspace store on NATS: {err}"))?;
+    let workspaces = SharedWorkspaces::new(
+        config.workspaces_dir(),
+        Arc::new(blobs),
+        config.workspace_max_bytes,
+    );
+    let worker =
+        Worker::new(worker_config, Arc::new(bus), executor).with_workspaces(Arc::new(workspaces));
     worker.run(shutdown).await?;
     tracing::info!("autopilot worker stopped");
     Ok(())

@@ -5,6 +5,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod executors;
 pub mod fleet_worker;
 pub mod ingest;
 pub mod lease;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use autopilot_proto::{Bus, InMemoryBus, JetStreamBus, JetStreamConfig, Lease, WorkerId};
-use autopilot_worker::{CommandEnv, LocalExecutor, Worker, WorkerConfig};
+use autopilot_worker::{CommandEnv, Worker, WorkerConfig};
 use nix::fcntl::{Flock, FlockArg};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -139,20 +139,25 @@ pub async fn run_with(
         let _ = ready.send(Arc::clone(&app));
     }
 
-    let worker = (!fleet).then(|| {
-        Worker::new(
-            embedded_worker_config(&config),
-            Arc::clone(&bus),
-            Arc::new(LocalExecutor),
+    let worker = if fleet {
+        None
+    } else {
+        let worker_config = embedded_worker_config(&config);
+        let executor = crate::executors::build(
+            &config,
+            &worker_config.worker_id,
+            &worker_config.command_env,
         )
-    });
+        .await?;
+        Some(Worker::new(worker_config, Arc::clone(&bus), executor))
+    };
     let address = listener.local_addr()?;
     tracing::info!(
         mode = config.mode(),
         store = store.backend(),
         bus = if fleet { "nats-jetstream" } else { "in-process" },
         nats = config.nats_url.as_deref().map(crate::config::redact_url),
-        executor = if fleet { "none (runs go to `autopilot worker` processes)" } else { "local" },
+        executor = if fleet { "none (runs go to `autopilot worker` processes)" } else { config.executor.as_str() },
         replica = %app.replica_id,
         %address,
         public_url = %config.public_url,

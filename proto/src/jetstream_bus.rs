@@ -30,10 +30,13 @@
 //! back without its store gets its streams and consumers set up again (tested in
 //! `tests/tests/e2e/bus_jetstream.rs`, on nats-server 2.14 and 2.9).
 
+mod blobs;
 mod lease;
 mod pull;
 mod requests;
 mod setup;
+
+pub use blobs::ObjectBlobs;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -5,6 +5,7 @@
 //! the [`Bus`] trait with its in-memory implementation and, behind the `jetstream` feature, its NATS
 //! JetStream implementation. No HTTP and no database types.
 
+pub mod blobs;
 pub mod bus;
 pub mod event;
 pub mod ids;
@@ -14,6 +15,7 @@ pub mod lease;
 pub mod memory_bus;
 pub mod run;
 
+pub use blobs::{BlobStore, InMemoryBlobs};
 pub use bus::{
     Acker, Bus, BusError, ControlMessage, Delivery, EventBatch, IncomingRequest, Notice,
     NoticeKind, RunRequest, WorkerReply, WorkerRequest, WorkerStatus,
@@ -21,7 +23,7 @@ pub use bus::{
 pub use event::{EventKind, EventOrigin, NewRunEvent, RunEvent};
 pub use ids::{JobId, RunId, WebhookId, WorkerId};
 #[cfg(feature = "jetstream")]
-pub use jetstream_bus::{JetStreamBus, JetStreamConfig, KvLease};
+pub use jetstream_bus::{JetStreamBus, JetStreamConfig, KvLease, ObjectBlobs};
 pub use lease::{Lease, LeaseError};
 pub use memory_bus::{InMemoryBus, InMemoryBusConfig};
 pub use run::{

@@ -28,9 +28,16 @@ pub struct TestServerBuilder {
     allow_private_metadata: bool,
     access_token_ttl: Option<Duration>,
     max_queued_runs: Option<u64>,
+    docker: bool,
 }
 
 impl TestServerBuilder {
+    /// Runs execute in Docker containers (the runtime image) instead of local processes.
+    pub fn docker(mut self) -> Self {
+        self.docker = true;
+        self
+    }
+
     /// Bound the queued runs (webhook deliveries past it get 503).
     pub fn max_queued_runs(mut self, max: u64) -> Self {
         self.max_queued_runs = Some(max);
@@ -131,6 +138,9 @@ impl TestServerBuilder {
         if let Some(max) = self.max_queued_runs {
             config.max_queued_runs = max;
         }
+        if self.docker {
+            config.executor = autopilot_control_plane::config::ExecutorKind::Docker;
+        }
         let cancel = CancellationToken::new();
         let handle = tokio::spawn(autopilot_control_plane::serve::run(
             config,
@@ -172,6 +182,7 @@ impl TestServer {
             allow_private_metadata: false,
             access_token_ttl: None,
             max_queued_runs: None,
+            docker: false,
         }
     }
 

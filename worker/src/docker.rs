@@ -184,8 +184,7 @@ impl DockerExecutor {
             None => None,
         };
         let model_only = if config.model_only {
-            let ip = ensure_model_only_network(&api).await?;
-            allow_only_proxy_ports(ip, config.proxy_ports).await?;
+            let ip = ensure_model_only_network(&api, config.proxy_ports).await?;
             let addr = listen_in_range(&proxy, ip, config.proxy_ports, &stop_proxy).await?;
             Some(ProxyEndpoint {
                 url: format!("http://{addr}"),
@@ -783,21 +782,37 @@ fn process_alive(pid: i32) -> bool {
     }
 }
 
-async fn gateway(docker: &Docker, network: &str) -> Option<IpAddr> {
+/// The host's address on Docker network `network`.
+pub async fn gateway(docker: &Docker, network: &str) -> Option<IpAddr> {
     let inspect = docker
         .inspect_network(network, None::<InspectNetworkOptions>)
         .await
         .ok()?;
-    inspect
-        .ipam?
-        .config?
-        .into_iter()
-        .find_map(|config| config.gateway?.parse().ok())
+    inspect.ipam?.config?.into_iter().find_map(|config| {
+        match config.gateway {
+            Some(gateway) => gateway.parse().ok(),
+            // The default bridge does not list its gateway: by convention it is the subnet's
+            // first address.
+            None => first_host(config.subnet.as_deref()?),
+        }
+    })
+}
+
+fn first_host(subnet: &str) -> Option<IpAddr> {
+    let (network, _) = subnet.split_once('/')?;
+    let network: std::net::Ipv4Addr = network.parse().ok()?;
+    Some(IpAddr::V4(std::net::Ipv4Addr::from(
+        u32::from(network).checked_add(1)?,
+    )))
 }
 
 /// The `model-only` network: a bridge with no route out (`internal`) and no traffic between its
-/// containers. Created once per engine; workers starting together agree through a lock file.
-async fn ensure_model_only_network(docker: &Docker) -> Result<IpAddr, DockerSetupError> {
+/// containers, and the firewall rules around it. Set up once per host; workers starting
+/// together take turns through a lock file.
+async fn ensure_model_only_network(
+    docker: &Docker,
+    proxy_ports: (u16, u16),
+) -> Result<IpAddr, DockerSetupError> {
     let lock = tokio::task::spawn_blocking(|| {
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -811,9 +826,20 @@ async fn ensure_model_only_network(docker: &Docker) -> Result<IpAddr, DockerSetu
     .map_err(|err| DockerSetupError(format!("locking the network setup: {err}")))?
     .map_err(|err| DockerSetupError(format!("locking the network setup: {err}")))?;
     let result = async {
-        if let Some(ip) = gateway(docker, MODEL_ONLY_NETWORK).await {
-            return Ok(ip);
-        }
+        let ip = match gateway(docker, MODEL_ONLY_NETWORK).await {
+            Some(ip) => ip,
+            None => create_model_only_network(docker).await?,
+        };
+        allow_only_proxy_ports(ip, proxy_ports).await?;
+        Ok(ip)
+    }
+    .await;
+    drop(lock);
+    result
+}
+
+async fn create_model_only_network(docker: &Docker) -> Result<IpAddr, DockerSetupError> {
+    {
         let request = NetworkCreateRequest {
             name: MODEL_ONLY_NETWORK.to_owned(),
             driver: Some("bridge".to_owned()),
@@ -845,9 +871,6 @@ async fn ensure_model_only_network(docker: &Docker) -> Result<IpAddr, DockerSetu
             ))
         })
     }
-    .await;
-    drop(lock);
-    result
 }
 
 /// Host firewall rules: what arrives from the `model-only` bridge is dropped, unless it goes to

@@ -9,6 +9,7 @@ pub mod model_proxy;
 pub mod pricing;
 pub mod stream_json;
 pub mod worker;
+pub mod workspaces;
 
 pub use command::{CommandEnv, CommandSpec};
 pub use docker::{DockerConfig, DockerExecutor, DockerSetupError};

@@ -21,6 +21,7 @@ use tracing::Instrument;
 use crate::command::{build_command, CommandEnv};
 use crate::executor::{ExecError, Executor, OutputLine, OutputStream};
 use crate::stream_json::{self, StreamParser};
+use crate::workspaces::{LocalWorkspaces, WorkspaceError, Workspaces};
 
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -69,17 +70,29 @@ pub struct Worker {
     config: Arc<WorkerConfig>,
     bus: Arc<dyn Bus>,
     executor: Arc<dyn Executor>,
+    workspaces: Arc<dyn Workspaces>,
     active: ActiveRuns,
 }
 
 impl Worker {
+    /// A worker whose workspaces are directories under `config.workspaces_root`.
     pub fn new(config: WorkerConfig, bus: Arc<dyn Bus>, executor: Arc<dyn Executor>) -> Self {
+        let workspaces = Arc::new(LocalWorkspaces {
+            root: config.workspaces_root.clone(),
+        });
         Self {
             config: Arc::new(config),
             bus,
             executor,
+            workspaces,
             active: ActiveRuns::default(),
         }
+    }
+
+    /// Where workspaces come from and go (see [`crate::workspaces`]).
+    pub fn with_workspaces(mut self, workspaces: Arc<dyn Workspaces>) -> Self {
+        self.workspaces = workspaces;
+        self
     }
 
     /// Serves run requests until `cancel` fires; then stops the runs still going and waits for
@@ -136,6 +149,7 @@ impl Worker {
                 config: Arc::clone(&self.config),
                 bus: Arc::clone(&self.bus),
                 executor: Arc::clone(&self.executor),
+                workspaces: Arc::clone(&self.workspaces),
                 active: Arc::clone(&self.active),
             };
             tasks.spawn(async move {
@@ -271,6 +285,7 @@ struct Attempt {
     config: Arc<WorkerConfig>,
     bus: Arc<dyn Bus>,
     executor: Arc<dyn Executor>,
+    workspaces: Arc<dyn Workspaces>,
     active: ActiveRuns,
 }
 
@@ -376,7 +391,68 @@ impl Attempt {
                 .await;
             return failed(error);
         }
-        let workspace = self.config.workspaces_root.join(&spec.workspace);
+        let run = (spec.run_id, spec.attempt);
+        let workspace = match self.workspaces.check_out(&spec.workspace, run).await {
+            Ok(checked_out) => checked_out,
+            Err(err) => {
+                let error = format!("could not prepare the workspace: {err}");
+                events
+                    .lifecycle("failed_to_start", json!({ "error": error }))
+                    .await;
+                return RunOutcome {
+                    transient: matches!(err, WorkspaceError::Unavailable(_)),
+                    ..failed(error)
+                };
+            }
+        };
+        if let Some(bytes) = workspace.restored_bytes {
+            events
+                .lifecycle("workspace_restored", json!({ "bytes": bytes }))
+                .await;
+        }
+        let mut outcome = self
+            .execute_in(spec, workspace.dir.clone(), events, stopper)
+            .await;
+        match self
+            .workspaces
+            .check_in(&spec.workspace, run, &workspace.dir)
+            .await
+        {
+            Ok(Some(bytes)) => {
+                events
+                    .lifecycle("workspace_saved", json!({ "bytes": bytes }))
+                    .await
+            }
+            Ok(None) => {}
+            Err(err) => {
+                let error = err.to_string();
+                events
+                    .lifecycle("workspace_not_saved", json!({ "error": error }))
+                    .await;
+                outcome.is_error = true;
+                outcome.error = Some(match outcome.error.take() {
+                    Some(earlier) => format!("{earlier}; {error}"),
+                    None => error,
+                });
+            }
+        }
+        outcome
+    }
+
+    /// Runs the attempt in its workspace directory `workspace`.
+    async fn execute_in(
+        &self,
+        spec: &RunSpec,
+        workspace: PathBuf,
+        events: &EventSender,
+        stopper: &Stopper,
+    ) -> RunOutcome {
+        let failed = |error: String| RunOutcome {
+            is_error: true,
+            error: Some(error),
+            ..Default::default()
+        };
+        let is_claude = matches!(spec.kind, RunKind::Claude(_));
         let command = build_command(spec, workspace, &self.config.command_env);
         let (lines_tx, mut lines_rx) = mpsc::channel::<OutputLine>(256);
         let timeout = Duration::from_secs(spec.timeout_secs.max(1));

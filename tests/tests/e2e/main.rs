@@ -6,6 +6,7 @@ mod bus;
 mod bus_jetstream;
 mod claude;
 mod conformance;
+mod docker;
 mod executor;
 mod fleet;
 mod lease;

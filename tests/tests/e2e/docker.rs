@@ -1,0 +1,428 @@
+//! Runs in Docker containers (a real Docker Engine, the runtime image built by
+//! `docker/build-images.sh`): the real Claude Code CLI inside the container against the fake API
+//! through the model proxy, escape attempts, and containers never left behind.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use autopilot_tests::components;
+use autopilot_tests::fake_anthropic::{expected_cost_usd, FakeAnthropic, Reply, Usage};
+use autopilot_tests::harness::{steps, TestServer};
+use bollard::query_parameters::ListContainersOptions;
+use serde_json::{json, Value};
+
+const DEFAULT_MODEL: &str = "claude-opus-5-5";
+const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+const FAKE_KEY: &str = "sk-ant-test-not-a-real-key";
+
+/// The engine, or `None` (a failure in CI) without one.
+async fn engine() -> Option<bollard::Docker> {
+    let docker = bollard::Docker::connect_with_defaults().ok()?;
+    match docker.negotiate_version().await {
+        Ok(docker) => Some(docker),
+        Err(err) => components::missing(
+            "a Docker Engine",
+            &format!("run `bash tests/run.sh` or `bash docker/start-engine.sh` ({err})"),
+        ),
+    }
+}
+
+async fn server(fake: Option<&FakeAnthropic>) -> Option<TestServer> {
+    // Also checks that the runtime image is there.
+    components::docker_executor("docker-e2e-probe", None).await?;
+    let mut builder = TestServer::builder()
+        .docker()
+        .kill_grace(Duration::from_secs(1));
+    if let Some(fake) = fake {
+        builder = builder.model_api(&fake.base_url());
+    }
+    Some(builder.start().await)
+}
+
+/// Containers of `run_id` that still exist.
+async fn containers_of(docker: &bollard::Docker, run_id: &str) -> usize {
+    let filters = HashMap::from([(
+        "label".to_owned(),
+        vec![format!("io.autopilot.run={run_id}")],
+    )]);
+    docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .expect("list containers")
+        .len()
+}
+
+async fn gateway(docker: &bollard::Docker, network: &str) -> String {
+    autopilot_worker::docker::gateway(docker, network)
+        .await
+        .expect("a gateway")
+        .to_string()
+}
+
+fn output_text(events: &[Value]) -> String {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "output" || e["kind"] == "stderr")
+        .filter_map(|e| e["data"]["text"].as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Creates a shell job, runs it once and returns the finished run and its events.
+async fn run_shell(server: &TestServer, name: &str, job: Value) -> (Value, Vec<Value>) {
+    let mut body = json!({ "name": name, "timeout_secs": 60 });
+    body.as_object_mut()
+        .unwrap()
+        .extend(job.as_object().unwrap().clone());
+    let job = server.create_job(body).await;
+    let run = server.trigger(job["id"].as_str().unwrap()).await;
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    let run = server.wait_until_finished(&run_id, RUN_TIMEOUT).await;
+    let events = server.events(&run_id).await;
+    (run, events)
+}
+
+#[tokio::test]
+async fn claude_runs_in_a_container_without_ever_seeing_the_api_key() {
+    let Some(docker) = engine().await else { return };
+    let fake = FakeAnthropic::start().await.expect("fake API");
+    let Some(server) = server(Some(&fake)).await else {
+        return;
+    };
+    let job = server
+        .create_job(json!({
+            "name": "contained writer",
+            "prompt": "Write a note into the workspace.",
+            "allowed_tools": ["Bash", "Write"],
+        }))
+        .await;
+    assert_eq!(job["sandbox"]["network"], "model-only", "{job}");
+    let usages = [
+        Usage::new(900, 30),
+        Usage::new(1000, 20),
+        Usage::new(1100, 10),
+    ];
+    fake.push(
+        Reply::tool_use(
+            "Bash",
+            json!({
+                "command": "echo \"uid=$(id -u) key=${ANTHROPIC_API_KEY} base=${ANTHROPIC_BASE_URL}\"; touch /etc/escape 2>&1 || echo root-read-only",
+                "description": "look around",
+            }),
+        )
+        .usage(usages[0]),
+    );
+    fake.push(
+        Reply::tool_use(
+            "Write",
+            json!({ "file_path": "/workspace/note.md", "content": "# Written in a container\n" }),
+        )
+        .usage(usages[1]),
+    );
+    fake.push(Reply::text("Done.").usage(usages[2]));
+    let run = server.trigger(job["id"].as_str().unwrap()).await;
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    let run = server.wait_until_finished(&run_id, RUN_TIMEOUT).await;
+    let events = server.events(&run_id).await;
+    assert_eq!(run["status"], "succeeded", "{run}\n{events:#?}");
+
+    // What the Bash tool saw inside the container went back to the model as its result.
+    let results: Vec<String> = fake
+        .requests()
+        .iter()
+        .flat_map(|r| r.tool_results())
+        .map(|r| r.to_string())
+        .collect();
+    let bash = results
+        .iter()
+        .find(|r| r.contains("uid="))
+        .unwrap_or_else(|| panic!("no Bash result in {results:?}"));
+    assert!(bash.contains("uid=10001"), "{bash}");
+    assert!(
+        bash.contains("key=autopilot-run-"),
+        "the run sees its own token: {bash}"
+    );
+    assert!(
+        !bash.contains(FAKE_KEY),
+        "the API key reached the container: {bash}"
+    );
+    assert!(bash.contains("root-read-only"), "{bash}");
+    // The proxy put the real key back on every request to the API.
+    for request in fake.requests() {
+        assert_eq!(
+            request.header("x-api-key"),
+            Some(FAKE_KEY),
+            "{:?}",
+            request.path
+        );
+    }
+
+    // Events, tokens and cost, as for a local run.
+    let started = events
+        .iter()
+        .find(|e| e["kind"] == "lifecycle" && e["data"]["step"] == "started")
+        .expect("started");
+    assert_eq!(started["data"]["executor"], "docker");
+    let mut total = Usage::new(0, 0);
+    for usage in &usages {
+        total.input_tokens += usage.input_tokens;
+        total.output_tokens += usage.output_tokens;
+    }
+    assert_eq!(run["input_tokens"], total.input_tokens, "{run}");
+    assert_eq!(run["output_tokens"], total.output_tokens, "{run}");
+    let cost = run["cost_usd"].as_f64().expect("cost");
+    let expected: f64 = usages
+        .iter()
+        .map(|u| expected_cost_usd(DEFAULT_MODEL, u).unwrap())
+        .sum();
+    assert!((cost - expected).abs() < 1e-6, "{cost} vs {expected}");
+    assert!(
+        events.iter().any(|e| e["kind"] == "tool_use"),
+        "{:?}",
+        steps(&events)
+    );
+
+    // The file is in the job's workspace on the host, and no container is left.
+    let note = server.workspace_of(&job).join("note.md");
+    assert_eq!(
+        std::fs::read_to_string(&note).unwrap(),
+        "# Written in a container\n"
+    );
+    assert_eq!(containers_of(&docker, &run_id).await, 0);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn writing_outside_the_workspace_and_reading_host_files_fail() {
+    let Some(docker) = engine().await else { return };
+    let Some(server) = server(None).await else {
+        return;
+    };
+    let secret = server.data_dir.path().join("host-secret.txt");
+    std::fs::write(&secret, "host secret").unwrap();
+    let script = format!(
+        "echo inside > /workspace/ok.txt; \
+         for target in /etc/escape /usr/escape /escape; do touch $target 2>&1 || echo refused $target; done; \
+         cat {} 2>&1 || echo no-host-file; \
+         test -e /var/run/docker.sock && echo socket-present || echo no-docker-socket; \
+         cat /proc/1/cmdline | tr '\\0' ' '; echo; \
+         exit 7",
+        secret.display()
+    );
+    let (run, events) = run_shell(&server, "escape", json!({ "command": script })).await;
+    let text = output_text(&events);
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["exit_code"], 7, "{run}");
+    for target in ["/etc/escape", "/usr/escape", "/escape"] {
+        assert!(text.contains(&format!("refused {target}")), "{text}");
+    }
+    assert!(text.contains("Read-only file system"), "{text}");
+    assert!(
+        text.contains("no-host-file") && !text.contains("host secret"),
+        "{text}"
+    );
+    assert!(text.contains("no-docker-socket"), "{text}");
+    let job = &server.get("/api/v1/jobs/escape").await;
+    assert_eq!(
+        std::fs::read_to_string(server.workspace_of(job).join("ok.txt")).unwrap(),
+        "inside\n"
+    );
+    assert_eq!(containers_of(&docker, run["id"].as_str().unwrap()).await, 0);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_fork_bomb_hits_the_process_limit() {
+    let Some(docker) = engine().await else { return };
+    let Some(server) = server(None).await else {
+        return;
+    };
+    // A classic fork bomb, stopped by the job's timeout; the pids limit keeps it in its box.
+    let (run, events) = run_shell(
+        &server,
+        "fork bomb",
+        json!({
+            "command": "bomb() { bomb | bomb & }; bomb; sleep 30",
+            "timeout_secs": 6,
+            "sandbox": { "pids": 64 },
+        }),
+    )
+    .await;
+    let text = output_text(&events);
+    assert_eq!(run["status"], "timed_out", "{run}");
+    assert!(
+        text.contains("Cannot fork") || text.contains("Resource temporarily unavailable"),
+        "the limit never bit: {text}"
+    );
+    assert_eq!(containers_of(&docker, run["id"].as_str().unwrap()).await, 0);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_memory_hog_is_killed_and_reported_out_of_memory() {
+    let Some(docker) = engine().await else { return };
+    let Some(server) = server(None).await else {
+        return;
+    };
+    let (run, events) = run_shell(
+        &server,
+        "memory hog",
+        json!({
+            "command": "echo start; python3 -c \"b = b'x' * (512 * 1024 * 1024); print(len(b))\"; echo survived",
+            "sandbox": { "memory_mb": 96 },
+        }),
+    )
+    .await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("out of memory"),
+        "{run}"
+    );
+    let exited = events
+        .iter()
+        .find(|e| e["kind"] == "lifecycle" && e["data"]["step"] == "exited")
+        .expect("exited");
+    assert_eq!(exited["data"]["out_of_memory"], true, "{exited}");
+    assert!(!output_text(&events).contains("536870912"));
+    assert_eq!(containers_of(&docker, run["id"].as_str().unwrap()).await, 0);
+    server.stop().await.unwrap();
+}
+
+/// A TCP listener on every host address that counts the connections it gets.
+async fn host_listener() -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&count);
+    tokio::spawn(async move {
+        while let Ok((_socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (port, count)
+}
+
+#[tokio::test]
+async fn networks_none_and_model_only_reach_nothing_but_open_does() {
+    let Some(docker) = engine().await else { return };
+    let fake = FakeAnthropic::start().await.expect("fake API");
+    let Some(server) = server(Some(&fake)).await else {
+        return;
+    };
+    let (port, connections) = host_listener().await;
+    let bridge = gateway(&docker, "bridge").await;
+    let model_only = gateway(&docker, "autopilot-model-only").await;
+    let probe = format!(
+        "for target in {bridge} {model_only} 1.1.1.1; do \
+           if timeout 3 bash -c \"echo > /dev/tcp/$target/{port}\" 2>/dev/null; then echo reached $target; else echo blocked $target; fi; \
+         done"
+    );
+    for network in ["none", "model-only"] {
+        let (run, events) = run_shell(
+            &server,
+            &format!("probe {network}"),
+            json!({ "command": probe, "sandbox": { "network": network } }),
+        )
+        .await;
+        let text = output_text(&events);
+        assert_eq!(run["status"], "succeeded", "{run}");
+        for target in [&bridge, &model_only, "1.1.1.1"] {
+            assert!(
+                text.contains(&format!("blocked {target}")),
+                "{network}: {text}"
+            );
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 0, "{network}: {text}");
+    }
+    // The same probe with an open network reaches the host: the listener works.
+    let (run, events) = run_shell(
+        &server,
+        "probe open",
+        json!({ "command": probe, "sandbox": { "network": "open" } }),
+    )
+    .await;
+    let text = output_text(&events);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert!(text.contains(&format!("reached {bridge}")), "{text}");
+    assert!(connections.load(Ordering::SeqCst) >= 1);
+
+    // A claude job refuses `none`: it could not reach the model.
+    let response = server
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/jobs",
+            Some(json!({ "name": "cut off", "prompt": "hi", "sandbox": { "network": "none" } })),
+        )
+        .await;
+    assert_eq!(
+        response.0,
+        reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+        "{response:?}"
+    );
+    assert!(
+        response.1.to_string().contains("sandbox.network"),
+        "{response:?}"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn kill_and_timeout_leave_no_container() {
+    let Some(docker) = engine().await else { return };
+    let Some(server) = server(None).await else {
+        return;
+    };
+    let job = server
+        .create_job(
+            json!({ "name": "sleeper", "command": "echo up; sleep 120", "timeout_secs": 300 }),
+        )
+        .await;
+    let run = server.trigger(job["id"].as_str().unwrap()).await;
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    server
+        .wait_for_run(&run_id, Duration::from_secs(30), |run| {
+            run["status"] == "running"
+        })
+        .await;
+    // The container exists while the run does.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while containers_of(&docker, &run_id).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no container for the run"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _) = server
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/runs/{run_id}/kill"),
+            None,
+        )
+        .await;
+    assert!(status.is_success(), "{status}");
+    let run = server
+        .wait_until_finished(&run_id, Duration::from_secs(20))
+        .await;
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert_eq!(containers_of(&docker, &run_id).await, 0);
+
+    let (run, _) = run_shell(
+        &server,
+        "too slow",
+        json!({ "command": "sleep 120", "timeout_secs": 2 }),
+    )
+    .await;
+    assert_eq!(run["status"], "timed_out", "{run}");
+    assert_eq!(containers_of(&docker, run["id"].as_str().unwrap()).await, 0);
+    server.stop().await.unwrap();
+}

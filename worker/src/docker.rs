@@ -220,9 +220,26 @@ impl DockerExecutor {
         &self.config.image
     }
 
-    /// Removes this worker's containers, and those of workers on this host whose process is
-    /// gone (a worker killed with a random id never comes back to sweep its own). Returns how
-    /// many were removed.
+    /// How many containers labelled with this worker's id exist (running or not).
+    pub async fn containers(&self) -> Result<usize, DockerError> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{LABEL_WORKER}={}", self.config.worker_id)],
+        )]);
+        let containers = self
+            .api
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await?;
+        Ok(containers.len())
+    }
+
+    /// Removes containers left behind: those of workers on this host whose process is gone (a
+    /// worker killed with a random id never comes back to sweep its own), and this worker's from
+    /// another host. Returns how many were removed.
     pub async fn sweep(&self) -> usize {
         let filters = HashMap::from([("label".to_owned(), vec![format!("{LABEL_MANAGED}=true")])]);
         let containers = match self
@@ -244,13 +261,18 @@ impl DockerExecutor {
         let mut removed = 0;
         for container in containers {
             let labels = container.labels.unwrap_or_default();
-            let ours = labels.get(LABEL_WORKER) == Some(&self.config.worker_id);
-            let orphan = labels.get(LABEL_HOST) == Some(&host)
-                && labels
+            // On this host, a container is left behind when the worker process that made it is
+            // gone (whatever its id: two fleets may both have a `worker0`). From another host
+            // (a worker that came back on a new machine or pod), only this worker's id counts.
+            let left_behind = if labels.get(LABEL_HOST) == Some(&host) {
+                labels
                     .get(LABEL_PID)
                     .and_then(|pid| pid.parse::<i32>().ok())
-                    .is_some_and(|pid| !process_alive(pid));
-            if !(ours || orphan) {
+                    .is_some_and(|pid| !process_alive(pid))
+            } else {
+                labels.get(LABEL_WORKER) == Some(&self.config.worker_id)
+            };
+            if !left_behind {
                 continue;
             }
             if let Some(id) = container.id {
@@ -928,7 +950,12 @@ async fn allow_only_proxy_ports(
 }
 
 async fn iptables(args: &[&str]) -> Result<(), String> {
-    let output = tokio::process::Command::new("iptables")
+    // Often in /usr/sbin, which a service's PATH may lack.
+    let program = ["/usr/sbin/iptables", "/sbin/iptables"]
+        .into_iter()
+        .find(|path| Path::new(path).exists())
+        .unwrap_or("iptables");
+    let output = tokio::process::Command::new(program)
         .arg("-w")
         .args(args)
         .output()

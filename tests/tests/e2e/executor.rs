@@ -231,7 +231,7 @@ macro_rules! conformance {
                         return;
                     };
                     super::$case(&executor).await;
-                    assert_eq!(executor.sweep().await, 0, "the run left its container behind");
+                    assert_eq!(executor.containers().await.unwrap(), 0, "the run left its container behind");
                 }
             )+
         }

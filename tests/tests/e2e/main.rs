@@ -9,6 +9,7 @@ mod conformance;
 mod docker;
 mod executor;
 mod fleet;
+mod fleet_docker;
 mod lease;
 mod mcp;
 mod mcp_clients;

@@ -353,16 +353,29 @@ python_deps() {
 }
 
 RUNTIME_HASH=
+# The model relay of `model-only` runs (worker/relay): a small std-only binary, built each time
+# (cargo does nothing when it is up to date).
+relay_bin() {
+    local bin=$CARGO_TARGET_DIR/release/autopilot-relay
+    command -v cargo >/dev/null 2>&1 || die "cargo is needed to build the model relay (worker/relay)"
+    (cd "$REPO_DIR" && cargo build --quiet --release -p autopilot-relay) \
+        || die "cargo build --release -p autopilot-relay failed"
+    [[ -x $bin ]] || die "cargo build succeeded but $bin is missing"
+    echo "$bin"
+}
+
 build_runtime() {
     [[ -n $RUNTIME_HASH ]] && return
     build_base
-    local claude python dockerfile=$SCRIPT_DIR/runtime.Dockerfile
+    local claude python relay dockerfile=$SCRIPT_DIR/runtime.Dockerfile
     claude=$(claude_bin)
     python=$(python_deps)
+    relay=$(relay_bin)
     RUNTIME_HASH=$(
         {
             echo "recipe=$RECIPE_VERSION base=$BASE_HASH mcp=$MCP_VERSION"
             echo "claude=$(file_sha "$claude")"
+            echo "relay=$(sha256sum "$relay" | cut -c1-64)"
             sha256sum "$dockerfile" | cut -c1-64
             (cd "$python" && find . -maxdepth 1 -name '*.dist-info' | LC_ALL=C sort)
         } | sha | cut -c1-16
@@ -374,6 +387,7 @@ build_runtime() {
     local ctx=$WORK/runtime claude_version
     mkdir -p "$ctx"
     stage_file "$claude" "$ctx/claude" 755
+    stage_file "$relay" "$ctx/autopilot-relay" 755
     cp -al "$python" "$ctx/python" 2>/dev/null || cp -a "$python" "$ctx/python"
     rm -f "$ctx/python/.autopilot-complete"
     claude_version=$("$claude" --version 2>/dev/null | awk '{print $1; exit}') || true
@@ -382,7 +396,7 @@ build_runtime() {
         --label "autopilot.claude-code.version=${claude_version:-unknown}" \
         --label "autopilot.mcp.version=$MCP_VERSION"
     rm -rf "$ctx"
-    verify "$RUNTIME_IMAGE" "$RUNTIME_IMAGE" sh -c 'claude --version && python3 -c "import mcp; print(mcp.__name__)" && id'
+    verify "$RUNTIME_IMAGE" "$RUNTIME_IMAGE" sh -c 'claude --version && python3 -c "import mcp; print(mcp.__name__)" && autopilot-relay 127.0.0.1:8375 /nonexistent.sock -- true && id'
 }
 
 # ---------------------------------------------------------------------------------------------

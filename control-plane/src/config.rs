@@ -119,14 +119,6 @@ pub struct ConfigArgs {
     /// `bash docker/build-images.sh runtime`].
     #[arg(long, env = "AUTOPILOT_DOCKER_IMAGE", value_name = "IMAGE")]
     pub docker_image: Option<String>,
-    /// Set up `model-only` networking for containers (a Docker network plus host firewall
-    /// rules, which need root or CAP_NET_ADMIN) [default: true].
-    #[arg(long, env = "AUTOPILOT_DOCKER_MODEL_ONLY", value_name = "BOOL")]
-    pub docker_model_only: Option<bool>,
-    /// Ports `FIRST-LAST` the model proxy may listen on for `model-only` containers (the only
-    /// ones the firewall opens to them) [default: 47100-47199].
-    #[arg(long, env = "AUTOPILOT_DOCKER_PROXY_PORTS", value_name = "FIRST-LAST")]
-    pub docker_proxy_ports: Option<String>,
     /// Largest saved workspace in MiB (compressed) when workspaces follow jobs across the fleet;
     /// a run leaving a bigger one fails with that said [default: 256].
     #[arg(long, env = "AUTOPILOT_WORKSPACE_MAX_MB", value_name = "MIB")]
@@ -157,8 +149,6 @@ struct FileConfig {
     lost_after_secs: Option<u64>,
     executor: Option<String>,
     docker_image: Option<String>,
-    docker_model_only: Option<bool>,
-    docker_proxy_ports: Option<String>,
     workspace_max_mb: Option<u64>,
     /// Extra environment for runs. `ANTHROPIC_*` and `CLAUDE_CODE_*` names reach Claude runs
     /// only; the rest reach every run.
@@ -186,8 +176,6 @@ impl ExecutorKind {
 #[derive(Clone, Debug)]
 pub struct DockerSettings {
     pub image: String,
-    pub model_only: bool,
-    pub proxy_ports: (u16, u16),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -399,26 +387,12 @@ impl Config {
                 "executor must be `local` or `docker`, got `{other}` (AUTOPILOT_EXECUTOR)"
             ),
         };
-        let proxy_ports = match args.docker_proxy_ports.or(file.docker_proxy_ports) {
-            None => autopilot_worker::docker::DEFAULT_PROXY_PORTS,
-            Some(range) => parse_port_range(&range).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "docker_proxy_ports must be `FIRST-LAST` with 1 <= FIRST <= LAST <= 65535, got `{range}` \
-                     (AUTOPILOT_DOCKER_PROXY_PORTS)"
-                )
-            })?,
-        };
         let docker = DockerSettings {
             image: args
                 .docker_image
                 .or(file.docker_image)
                 .filter(|image| !image.trim().is_empty())
                 .unwrap_or_else(|| autopilot_worker::docker::DEFAULT_IMAGE.to_owned()),
-            model_only: args
-                .docker_model_only
-                .or(file.docker_model_only)
-                .unwrap_or(true),
-            proxy_ports,
         };
         let workspace_max_mb = args
             .workspace_max_mb
@@ -507,12 +481,6 @@ impl Config {
     pub fn runs_home_dir(&self) -> PathBuf {
         self.data_dir.join("home")
     }
-}
-
-fn parse_port_range(range: &str) -> Option<(u16, u16)> {
-    let (first, last) = range.trim().split_once('-')?;
-    let (first, last): (u16, u16) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
-    (first >= 1 && first <= last).then_some((first, last))
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {

@@ -31,8 +31,6 @@ pub async fn build(
             };
             let mut docker = DockerConfig::new(worker_id.as_str());
             docker.image = config.docker.image.clone();
-            docker.model_only = config.docker.model_only;
-            docker.proxy_ports = config.docker.proxy_ports;
             docker.upstream = Some(Upstream {
                 base_url: var("ANTHROPIC_BASE_URL").unwrap_or_else(|| DEFAULT_MODEL_API.into()),
                 api_key: var("ANTHROPIC_API_KEY"),
@@ -44,7 +42,6 @@ pub async fn build(
             tracing::info!(
                 engine = executor.engine_version(),
                 image = executor.image(),
-                model_only = config.docker.model_only,
                 "runs execute in Docker containers"
             );
             Ok(Arc::new(executor))

@@ -3,10 +3,11 @@
 //! A run's container is hardened by default: a non-root user, every capability dropped,
 //! `no-new-privileges`, a read-only root file system with tmpfs for `/tmp` and the home
 //! directory, limits on memory, CPU and processes, the workspace as the only writable mount,
-//! and no Docker socket. Its network is the job's choice: `none`, `model-only` (a Docker network
-//! with no route out, on which host firewall rules let through nothing but the worker's model
-//! proxy) or `open`. The real API key never enters a container: a Claude run gets a token the
-//! model proxy swaps for the key (see [`crate::model_proxy`]).
+//! and no Docker socket. Its network is the job's choice: `none`; `model-only`, which is no
+//! network either, plus the model proxy's Unix socket mounted in and the image's small relay
+//! (`worker/relay`) serving it on the container's loopback; or `open`. The real API
+//! key never enters a container: a Claude run gets a token the model proxy swaps for the key
+//! (see [`crate::model_proxy`]).
 //!
 //! Every container carries the run, attempt and worker in its labels and is always removed: at
 //! the end of the run, when the run's task is dropped, and, for a worker that was killed, by the
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
+use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, InspectContainerOptions, InspectNetworkOptions,
     ListContainersOptions, RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
@@ -38,13 +39,12 @@ use crate::model_proxy::{ModelProxy, RunToken, Upstream};
 
 /// The image runs use unless configured otherwise (built by `docker/build-images.sh`).
 pub const DEFAULT_IMAGE: &str = "autopilot-runtime:latest";
-/// The Docker network of `model-only` runs and the host bridge interface behind it.
-pub const MODEL_ONLY_NETWORK: &str = "autopilot-model-only";
-const MODEL_ONLY_BRIDGE: &str = "ap-model0";
-/// The iptables chain that lets `model-only` containers reach the proxy ports and nothing else.
-const MODEL_ONLY_CHAIN: &str = "AUTOPILOT-MODEL-ONLY";
-/// Ports the model proxy may listen on for `model-only` runs: the firewall opens these only.
-pub const DEFAULT_PROXY_PORTS: (u16, u16) = (47100, 47199);
+/// The relay of `model-only` runs in the image (`worker/relay`).
+const RELAY_IN_CONTAINER: &str = "/usr/local/bin/autopilot-relay";
+/// Where the proxy's socket is mounted (read-only) in a `model-only` container.
+const RELAY_MOUNT: &str = "/run/autopilot";
+/// Where the relay listens inside a `model-only` container.
+const RELAY_ADDRESS: &str = "127.0.0.1:8375";
 const HOME_IN_CONTAINER: &str = "/home/autopilot";
 const WORKSPACE_IN_CONTAINER: &str = "/workspace";
 const PATH_IN_CONTAINER: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -74,10 +74,6 @@ pub struct DockerConfig {
     /// Where the model proxy sends Claude runs, with the worker's credentials. Without one,
     /// Claude runs get no model access (shell-only workers).
     pub upstream: Option<Upstream>,
-    pub proxy_ports: (u16, u16),
-    /// Set up `model-only` networking (a Docker network and host firewall rules; needs root
-    /// or CAP_NET_ADMIN). Without it, `model-only` runs are refused.
-    pub model_only: bool,
 }
 
 impl DockerConfig {
@@ -88,8 +84,6 @@ impl DockerConfig {
             uid: 10001,
             gid: 10001,
             upstream: None,
-            proxy_ports: DEFAULT_PROXY_PORTS,
-            model_only: true,
         }
     }
 }
@@ -111,7 +105,9 @@ pub struct DockerExecutor {
     config: DockerConfig,
     engine_version: String,
     proxy: ModelProxy,
-    model_only: Option<ProxyEndpoint>,
+    /// The proxy's socket, mounted into `model-only` containers.
+    relay_dir: tempfile::TempDir,
+    /// The proxy on the Docker bridge, for `open` containers.
     open: Option<ProxyEndpoint>,
     _stop_proxy: DropGuard,
 }
@@ -183,22 +179,14 @@ impl DockerExecutor {
             }
             None => None,
         };
-        let model_only = if config.model_only {
-            let ip = ensure_model_only_network(&api, config.proxy_ports).await?;
-            let addr = listen_in_range(&proxy, ip, config.proxy_ports, &stop_proxy).await?;
-            Some(ProxyEndpoint {
-                url: format!("http://{addr}"),
-            })
-        } else {
-            None
-        };
+        let relay_dir = relay_dir(&proxy, &stop_proxy).await?;
         let executor = DockerExecutor {
             api,
             streams,
             config,
             engine_version,
             proxy,
-            model_only,
+            relay_dir,
             open,
             _stop_proxy: stop_proxy.drop_guard(),
         };
@@ -301,8 +289,11 @@ impl DockerExecutor {
         env.push(("PATH".into(), PATH_IN_CONTAINER.into()));
         let mut token = None;
         if command.claude {
+            let relayed = ProxyEndpoint {
+                url: format!("http://{RELAY_ADDRESS}"),
+            };
             let endpoint = match command.sandbox.network {
-                NetworkMode::ModelOnly => self.model_only.as_ref(),
+                NetworkMode::ModelOnly => Some(&relayed),
                 NetworkMode::Open => self.open.as_ref(),
                 NetworkMode::None => None,
             };
@@ -350,10 +341,29 @@ impl DockerExecutor {
         let sandbox = &command.sandbox;
         let (run_id, attempt) = command.run;
         let network_mode = match sandbox.network {
-            NetworkMode::None => "none",
-            NetworkMode::ModelOnly => MODEL_ONLY_NETWORK,
+            // No network: what a model-only run reaches comes through the mounted socket.
+            NetworkMode::None | NetworkMode::ModelOnly => "none",
             NetworkMode::Open => "bridge",
         };
+        let mut binds = vec![format!(
+            "{}:{WORKSPACE_IN_CONTAINER}:rw",
+            command.cwd.display()
+        )];
+        let mut cmd = Vec::new();
+        if sandbox.network == NetworkMode::ModelOnly {
+            binds.push(format!(
+                "{}:{RELAY_MOUNT}:ro",
+                self.relay_dir.path().display()
+            ));
+            cmd.extend([
+                RELAY_IN_CONTAINER.to_owned(),
+                RELAY_ADDRESS.to_owned(),
+                format!("{RELAY_MOUNT}/model.sock"),
+                "--".to_owned(),
+            ]);
+        }
+        cmd.push(program_of(command));
+        cmd.extend(command.args.iter().cloned());
         let memory = i64::from(sandbox.memory_mb) * 1024 * 1024;
         let (uid, gid) = (self.config.uid, self.config.gid);
         let tmpfs = HashMap::from([
@@ -364,10 +374,7 @@ impl DockerExecutor {
             ),
         ]);
         let host_config = HostConfig {
-            binds: Some(vec![format!(
-                "{}:{WORKSPACE_IN_CONTAINER}:rw",
-                command.cwd.display()
-            )]),
+            binds: Some(binds),
             tmpfs: Some(tmpfs),
             readonly_rootfs: Some(true),
             cap_drop: Some(vec!["ALL".into()]),
@@ -380,8 +387,6 @@ impl DockerExecutor {
             network_mode: Some(network_mode.to_owned()),
             ..Default::default()
         };
-        let mut cmd = vec![program_of(command)];
-        cmd.extend(command.args.iter().cloned());
         let labels = HashMap::from([
             (LABEL_MANAGED.to_owned(), "true".to_owned()),
             (LABEL_RUN.to_owned(), run_id.to_string()),
@@ -425,13 +430,6 @@ impl Executor for DockerExecutor {
         stop: CancellationToken,
         grace: Duration,
     ) -> Result<ExitInfo, ExecError> {
-        if command.sandbox.network == NetworkMode::ModelOnly && self.model_only.is_none() {
-            return Err(ExecError::Setup(
-                "this worker has no `model-only` network (its firewall rules could not be set up); \
-                 give the job network `open` or `none`, or run the worker as root"
-                    .into(),
-            ));
-        }
         if command.cwd.to_string_lossy().contains(':') {
             return Err(ExecError::Setup(format!(
                 "the workspace path {} contains `:`, which a Docker bind mount cannot take",
@@ -701,9 +699,12 @@ async fn forward_output(
     exec_failed
 }
 
-/// The line the container's init (tini) prints when it cannot execute the program.
+/// The line the container's init (tini), or the model relay, prints when it cannot execute the
+/// program.
 fn is_exec_failure(line: &str) -> bool {
-    line.starts_with("[FATAL tini") && line.contains("exec ") && line.contains(" failed")
+    (line.starts_with("[FATAL tini") || line.starts_with("[FATAL autopilot-relay]"))
+        && line.contains("exec ")
+        && line.contains(" failed")
 }
 
 /// Turns chunks of bytes into lines, without their line endings (lossy UTF-8, any length).
@@ -828,161 +829,28 @@ fn first_host(subnet: &str) -> Option<IpAddr> {
     )))
 }
 
-/// The `model-only` network: a bridge with no route out (`internal`) and no traffic between its
-/// containers, and the firewall rules around it. Set up once per host; workers starting
-/// together take turns through a lock file.
-async fn ensure_model_only_network(
-    docker: &Docker,
-    proxy_ports: (u16, u16),
-) -> Result<IpAddr, DockerSetupError> {
-    let lock = tokio::task::spawn_blocking(|| {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(std::env::temp_dir().join("autopilot-docker-network.lock"))?;
-        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, errno)| std::io::Error::from(errno))
-    })
-    .await
-    .map_err(|err| DockerSetupError(format!("locking the network setup: {err}")))?
-    .map_err(|err| DockerSetupError(format!("locking the network setup: {err}")))?;
-    let result = async {
-        let ip = match gateway(docker, MODEL_ONLY_NETWORK).await {
-            Some(ip) => ip,
-            None => create_model_only_network(docker).await?,
-        };
-        allow_only_proxy_ports(ip, proxy_ports).await?;
-        Ok(ip)
-    }
-    .await;
-    drop(lock);
-    result
-}
-
-async fn create_model_only_network(docker: &Docker) -> Result<IpAddr, DockerSetupError> {
-    {
-        let request = NetworkCreateRequest {
-            name: MODEL_ONLY_NETWORK.to_owned(),
-            driver: Some("bridge".to_owned()),
-            internal: Some(true),
-            options: Some(HashMap::from([
-                (
-                    "com.docker.network.bridge.name".to_owned(),
-                    MODEL_ONLY_BRIDGE.to_owned(),
-                ),
-                (
-                    "com.docker.network.bridge.enable_icc".to_owned(),
-                    "false".to_owned(),
-                ),
-            ])),
-            labels: Some(HashMap::from([(
-                LABEL_MANAGED.to_owned(),
-                "true".to_owned(),
-            )])),
-            ..Default::default()
-        };
-        docker.create_network(request).await.map_err(|err| {
-            DockerSetupError(format!(
-                "cannot create the Docker network `{MODEL_ONLY_NETWORK}` for model-only runs: {err}"
-            ))
-        })?;
-        gateway(docker, MODEL_ONLY_NETWORK).await.ok_or_else(|| {
-            DockerSetupError(format!(
-                "the Docker network `{MODEL_ONLY_NETWORK}` has no gateway address"
-            ))
-        })
-    }
-}
-
-/// Host firewall rules: what arrives from the `model-only` bridge is dropped, unless it goes to
-/// the gateway on a model proxy port. Idempotent; every worker on the host installs the same.
-async fn allow_only_proxy_ports(
-    gateway: IpAddr,
-    ports: (u16, u16),
-) -> Result<(), DockerSetupError> {
-    let gateway = gateway.to_string();
-    let range = format!("{}:{}", ports.0, ports.1);
-    let accept = [
-        "-p", "tcp", "-d", &gateway, "--dport", &range, "-j", "ACCEPT",
-    ];
-    let drop_rest = ["-j", "DROP"];
-    let jump = ["-i", MODEL_ONLY_BRIDGE, "-j", MODEL_ONLY_CHAIN];
-    // A new chain (an error when it exists already is fine).
-    let _ = iptables(&["-N", MODEL_ONLY_CHAIN]).await;
-    let rule =
-        |verb: &'static str, chain: &'static str, position: Option<&'static str>, spec: &[&str]| {
-            let mut args = vec![verb, chain];
-            args.extend(position);
-            args.extend_from_slice(spec);
-            args.into_iter().map(str::to_owned).collect::<Vec<String>>()
-        };
-    let ensure = [
-        (
-            rule("-C", MODEL_ONLY_CHAIN, None, &accept),
-            rule("-I", MODEL_ONLY_CHAIN, Some("1"), &accept),
-        ),
-        (
-            rule("-C", MODEL_ONLY_CHAIN, None, &drop_rest),
-            rule("-A", MODEL_ONLY_CHAIN, None, &drop_rest),
-        ),
-        (
-            rule("-C", "INPUT", None, &jump),
-            rule("-I", "INPUT", Some("1"), &jump),
-        ),
-    ];
-    for (check, add) in ensure {
-        let check: Vec<&str> = check.iter().map(String::as_str).collect();
-        if iptables(&check).await.is_ok() {
-            continue;
-        }
-        let add: Vec<&str> = add.iter().map(String::as_str).collect();
-        iptables(&add).await.map_err(|err| {
-            DockerSetupError(format!(
-                "model-only networking needs host firewall rules, and `iptables {}` failed: {err}. Run the worker \
-                 as root (or with CAP_NET_ADMIN), or set AUTOPILOT_DOCKER_MODEL_ONLY=false and give jobs network \
-                 `open` or `none`",
-                add.join(" ")
-            ))
-        })?;
-    }
-    Ok(())
-}
-
-async fn iptables(args: &[&str]) -> Result<(), String> {
-    // Often in /usr/sbin, which a service's PATH may lack.
-    let program = ["/usr/sbin/iptables", "/sbin/iptables"]
-        .into_iter()
-        .find(|path| Path::new(path).exists())
-        .unwrap_or("iptables");
-    let output = tokio::process::Command::new(program)
-        .arg("-w")
-        .args(args)
-        .output()
-        .await
-        .map_err(|err| format!("cannot run iptables: {err}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
-    }
-}
-
-async fn listen_in_range(
+/// A directory holding the proxy's Unix socket, which any user may connect to (a container's
+/// user is not the worker's; the token is what admits a run).
+async fn relay_dir(
     proxy: &ModelProxy,
-    ip: IpAddr,
-    (first, last): (u16, u16),
     stop: &CancellationToken,
-) -> Result<SocketAddr, DockerSetupError> {
-    for port in first..=last {
-        if let Ok(addr) = proxy.listen(SocketAddr::new(ip, port), stop.clone()).await {
-            return Ok(addr);
-        }
-    }
-    Err(DockerSetupError(format!(
-        "the model proxy found no free port on {ip} between {first} and {last} \
-         (AUTOPILOT_DOCKER_PROXY_PORTS); free one or widen the range"
-    )))
+) -> Result<tempfile::TempDir, DockerSetupError> {
+    use std::os::unix::fs::PermissionsExt;
+    let failed = |err: std::io::Error| {
+        DockerSetupError(format!("cannot set up the model proxy's socket: {err}"))
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("autopilot-relay-")
+        .tempdir()
+        .map_err(failed)?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).map_err(failed)?;
+    let socket = dir.path().join("model.sock");
+    proxy
+        .listen_unix(&socket, stop.clone())
+        .await
+        .map_err(failed)?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).map_err(failed)?;
+    Ok(dir)
 }
 
 #[cfg(test)]

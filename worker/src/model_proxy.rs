@@ -14,7 +14,9 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use rand::RngCore;
-use tokio::net::TcpListener;
+use std::path::Path;
+
+use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
 /// Largest request body forwarded (a long conversation with images stays well under it).
@@ -107,6 +109,22 @@ impl ModelProxy {
     ) -> std::io::Result<SocketAddr> {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
+        self.serve(listener, stop);
+        Ok(local)
+    }
+
+    /// Serves on a Unix socket at `path` until `stop` fires.
+    pub async fn listen_unix(&self, path: &Path, stop: CancellationToken) -> std::io::Result<()> {
+        let listener = UnixListener::bind(path)?;
+        self.serve(listener, stop);
+        Ok(())
+    }
+
+    fn serve<L>(&self, listener: L, stop: CancellationToken)
+    where
+        L: axum::serve::Listener,
+        L::Addr: std::fmt::Debug,
+    {
         let app = axum::Router::new()
             .fallback(forward)
             .with_state(self.clone());
@@ -118,7 +136,6 @@ impl ModelProxy {
                 tracing::error!(error = %err, "the model proxy stopped");
             }
         });
-        Ok(local)
     }
 
     fn upstream_for(&self, headers: &HeaderMap) -> Option<(String, Upstream)> {

@@ -8,6 +8,8 @@
 //! - `webhooks`: accepted deliveries per second on the embedded default (wrk on loopback), and
 //!   latency at a fixed 1,000 deliveries per second (see `webhooks.rs`).
 //!
+//! - `docker-start`: run start overhead of the Docker executor against the local one, due time
+//!   to the CLI's first output line (see `docker.rs`);
 //! - `fleet`: pipeline throughput, dispatch latency, leader failover and worker memory on a
 //!   cluster of real processes (see `fleet.rs`; each also alone: `fleet-pipeline [RATE SECONDS]`,
 //!   `fleet-dispatch [JOBS SECONDS]`, `fleet-failover [KILLS]`, `fleet-memory`).
@@ -25,6 +27,7 @@ use autopilot_tests::harness::{is_terminal, TestServer, ADMIN_TOKEN};
 use serde_json::json;
 use sqlx::Connection;
 
+mod docker;
 mod fleet;
 mod webhooks;
 
@@ -346,6 +349,9 @@ async fn main() -> anyhow::Result<()> {
     if matches!(which, "webhooks" | "all") {
         rows.extend(webhooks::webhooks(number(1, 10), number(2, 10)).await?);
     }
+    if matches!(which, "docker-start" | "all") {
+        rows.extend(docker::start_overhead(number(1, 30) as usize).await?);
+    }
     if matches!(which, "fleet-pipeline" | "fleet" | "all") {
         rows.extend(fleet::pipeline(number(1, 600), number(2, 60)).await?);
     }
@@ -361,7 +367,7 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(
         !rows.is_empty(),
         "usage: bench [cron [JOBS SECONDS] | dispatch [SECONDS] | overhead [RUNS] | memory | \
-         webhooks [LOAD_SECONDS FIXED_RATE_SECONDS] | fleet-pipeline [RATE SECONDS] | \
+         webhooks [LOAD_SECONDS FIXED_RATE_SECONDS] | docker-start [RUNS] | fleet-pipeline [RATE SECONDS] | \
          fleet-dispatch [JOBS SECONDS] | fleet-failover [KILLS] | fleet-memory | fleet | all]"
     );
     print_table(&rows);

@@ -111,6 +111,36 @@ async fn bad_input_is_answered_with_the_field_that_was_wrong() {
             "allowed_tools",
             "claude jobs only",
         ),
+        (
+            json!({ "name": "a", "prompt": "p", "sandbox": { "network": "none" } }),
+            "sandbox.network",
+            "model-only",
+        ),
+        (
+            json!({ "name": "a", "command": "ls", "sandbox": { "network": "internet" } }),
+            "sandbox.network",
+            "unknown variant",
+        ),
+        (
+            json!({ "name": "a", "command": "ls", "sandbox": { "memory": 512 } }),
+            "sandbox.memory",
+            "unknown field",
+        ),
+        (
+            json!({ "name": "a", "command": "ls", "sandbox": { "memory_mb": 8 } }),
+            "sandbox.memory_mb",
+            "between 64 and 65536",
+        ),
+        (
+            json!({ "name": "a", "command": "ls", "sandbox": { "pids": 1 } }),
+            "sandbox.pids",
+            "between 16",
+        ),
+        (
+            json!({ "name": "a", "command": "ls", "sandbox": { "cpus": 0 } }),
+            "sandbox.cpus",
+            "between 0.1",
+        ),
     ];
     for (body, field, needle) in cases {
         let (status, answer) = server
@@ -193,6 +223,39 @@ async fn bad_input_is_answered_with_the_field_that_was_wrong() {
             .len(),
         0
     );
+}
+
+#[tokio::test]
+async fn sandboxes_default_by_kind_and_a_patch_changes_only_what_it_names() {
+    let server = TestServer::builder().start().await;
+    let claude = server
+        .create_job(json!({ "name": "c", "prompt": "p" }))
+        .await;
+    assert_eq!(
+        claude["sandbox"],
+        json!({ "network": "model-only", "memory_mb": 2048, "cpus": 1.0, "pids": 512 })
+    );
+    let shell = server
+        .create_job(json!({ "name": "s", "command": "ls", "sandbox": { "memory_mb": 256 } }))
+        .await;
+    assert_eq!(
+        shell["sandbox"],
+        json!({ "network": "none", "memory_mb": 256, "cpus": 1.0, "pids": 512 })
+    );
+    let patched = server
+        .patch_job(
+            shell["id"].as_str().unwrap(),
+            json!({ "sandbox": { "network": "open", "pids": 64 } }),
+        )
+        .await;
+    assert_eq!(
+        patched["sandbox"],
+        json!({ "network": "open", "memory_mb": 256, "cpus": 1.0, "pids": 64 })
+    );
+    // A run carries the sandbox it was created with.
+    let run = server.trigger(shell["id"].as_str().unwrap()).await;
+    assert_eq!(run["settings"]["sandbox"], patched["sandbox"], "{run}");
+    server.stop().await.unwrap();
 }
 
 #[tokio::test]

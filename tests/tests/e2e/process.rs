@@ -298,6 +298,41 @@ fn bad_configuration_is_refused_with_the_variable_to_fix() {
     assert!(stderr.contains("AUTOPILOT_DATABASE_URL"), "{stderr}");
 }
 
+/// Asking for the Docker executor without an engine is a start-up error that says what to do.
+#[test]
+fn the_docker_executor_without_an_engine_is_refused_at_start() {
+    let Some(bin) = components::autopilot_bin() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(&bin)
+        .arg("serve")
+        .env("AUTOPILOT_DATA_DIR", dir.path())
+        .env("AUTOPILOT_BIND", "127.0.0.1:0")
+        .env("AUTOPILOT_EXECUTOR", "docker")
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("AUTOPILOT_EXECUTOR=docker"), "{stderr}");
+    assert!(stderr.contains("/nonexistent/docker.sock"), "{stderr}");
+    assert!(stderr.contains("dockerd"), "{stderr}");
+
+    let output = Command::new(&bin)
+        .arg("serve")
+        .env("AUTOPILOT_DATA_DIR", dir.path())
+        .env("AUTOPILOT_EXECUTOR", "podman")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("AUTOPILOT_EXECUTOR") && stderr.contains("`local` or `docker`"),
+        "{stderr}"
+    );
+}
+
 /// The fleet settings that cannot work are refused at start, each naming what to set.
 #[test]
 fn fleet_settings_that_cannot_work_are_refused_with_what_to_set() {

@@ -223,7 +223,7 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub const DEFAULT_MEMORY_MB: u32 = 2048;
-    pub const DEFAULT_CPUS: f64 = 1.0;
+    pub const DEFAULT_CPUS: f64 = 2.0;
     pub const DEFAULT_PIDS: u32 = 512;
 
     /// The defaults for a run of this kind.

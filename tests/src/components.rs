@@ -214,3 +214,35 @@ pub async fn docker_executor(
         ),
     }
 }
+
+/// The Docker Engine (API version negotiated), or `None` (a failure in CI) without one.
+pub async fn docker_engine() -> Option<bollard::Docker> {
+    let connected = match bollard::Docker::connect_with_defaults() {
+        Ok(docker) => docker.negotiate_version().await,
+        Err(err) => Err(err),
+    };
+    match connected {
+        Ok(docker) => Some(docker),
+        Err(err) => missing(
+            "a Docker Engine",
+            &format!("run `bash tests/run.sh` or `bash docker/start-engine.sh` ({err})"),
+        ),
+    }
+}
+
+/// How many containers of run `run_id` exist, running or not.
+pub async fn containers_of_run(docker: &bollard::Docker, run_id: &str) -> usize {
+    let filters = std::collections::HashMap::from([(
+        "label".to_owned(),
+        vec![format!("io.autopilot.run={run_id}")],
+    )]);
+    docker
+        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .expect("list containers")
+        .len()
+}

@@ -78,7 +78,7 @@ pub struct SandboxInput {
     /// killed and reported out of memory.
     #[serde(default)]
     pub memory_mb: Option<u32>,
-    /// CPU cores the run may use (0.1 to 64; default 1).
+    /// CPU cores the run may use (0.1 to 64; default 2).
     #[serde(default)]
     pub cpus: Option<f64>,
     /// Most processes and threads at once (16 to 65536; default 512).

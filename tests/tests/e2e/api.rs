@@ -233,14 +233,14 @@ async fn sandboxes_default_by_kind_and_a_patch_changes_only_what_it_names() {
         .await;
     assert_eq!(
         claude["sandbox"],
-        json!({ "network": "model-only", "memory_mb": 2048, "cpus": 1.0, "pids": 512 })
+        json!({ "network": "model-only", "memory_mb": 2048, "cpus": 2.0, "pids": 512 })
     );
     let shell = server
         .create_job(json!({ "name": "s", "command": "ls", "sandbox": { "memory_mb": 256 } }))
         .await;
     assert_eq!(
         shell["sandbox"],
-        json!({ "network": "none", "memory_mb": 256, "cpus": 1.0, "pids": 512 })
+        json!({ "network": "none", "memory_mb": 256, "cpus": 2.0, "pids": 512 })
     );
     let patched = server
         .patch_job(
@@ -250,7 +250,7 @@ async fn sandboxes_default_by_kind_and_a_patch_changes_only_what_it_names() {
         .await;
     assert_eq!(
         patched["sandbox"],
-        json!({ "network": "open", "memory_mb": 256, "cpus": 1.0, "pids": 64 })
+        json!({ "network": "open", "memory_mb": 256, "cpus": 2.0, "pids": 64 })
     );
     // A run carries the sandbox it was created with.
     let run = server.trigger(shell["id"].as_str().unwrap()).await;

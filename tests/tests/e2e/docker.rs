@@ -2,7 +2,6 @@
 //! `docker/build-images.sh`): the real Claude Code CLI inside the container against the fake API
 //! through the model proxy, escape attempts, and containers never left behind.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,24 +9,11 @@ use std::time::Duration;
 use autopilot_tests::components;
 use autopilot_tests::fake_anthropic::{expected_cost_usd, FakeAnthropic, Reply, Usage};
 use autopilot_tests::harness::{steps, TestServer};
-use bollard::query_parameters::ListContainersOptions;
 use serde_json::{json, Value};
 
 const DEFAULT_MODEL: &str = "claude-opus-5-5";
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 const FAKE_KEY: &str = "sk-ant-test-not-a-real-key";
-
-/// The engine, or `None` (a failure in CI) without one.
-async fn engine() -> Option<bollard::Docker> {
-    let docker = bollard::Docker::connect_with_defaults().ok()?;
-    match docker.negotiate_version().await {
-        Ok(docker) => Some(docker),
-        Err(err) => components::missing(
-            "a Docker Engine",
-            &format!("run `bash tests/run.sh` or `bash docker/start-engine.sh` ({err})"),
-        ),
-    }
-}
 
 async fn server(fake: Option<&FakeAnthropic>) -> Option<TestServer> {
     // Also checks that the runtime image is there.
@@ -42,22 +28,6 @@ async fn server(fake: Option<&FakeAnthropic>) -> Option<TestServer> {
 }
 
 /// Containers of `run_id` that still exist.
-async fn containers_of(docker: &bollard::Docker, run_id: &str) -> usize {
-    let filters = HashMap::from([(
-        "label".to_owned(),
-        vec![format!("io.autopilot.run={run_id}")],
-    )]);
-    docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        }))
-        .await
-        .expect("list containers")
-        .len()
-}
-
 async fn gateway(docker: &bollard::Docker, network: &str) -> String {
     autopilot_worker::docker::gateway(docker, network)
         .await
@@ -90,7 +60,9 @@ async fn run_shell(server: &TestServer, name: &str, job: Value) -> (Value, Vec<V
 
 #[tokio::test]
 async fn claude_runs_in_a_container_without_ever_seeing_the_api_key() {
-    let Some(docker) = engine().await else { return };
+    let Some(docker) = components::docker_engine().await else {
+        return;
+    };
     let fake = FakeAnthropic::start().await.expect("fake API");
     let Some(server) = server(Some(&fake)).await else {
         return;
@@ -194,13 +166,15 @@ async fn claude_runs_in_a_container_without_ever_seeing_the_api_key() {
         std::fs::read_to_string(&note).unwrap(),
         "# Written in a container\n"
     );
-    assert_eq!(containers_of(&docker, &run_id).await, 0);
+    assert_eq!(components::containers_of_run(&docker, &run_id).await, 0);
     server.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn writing_outside_the_workspace_and_reading_host_files_fail() {
-    let Some(docker) = engine().await else { return };
+    let Some(docker) = components::docker_engine().await else {
+        return;
+    };
     let Some(server) = server(None).await else {
         return;
     };
@@ -233,13 +207,18 @@ async fn writing_outside_the_workspace_and_reading_host_files_fail() {
         std::fs::read_to_string(server.workspace_of(job).join("ok.txt")).unwrap(),
         "inside\n"
     );
-    assert_eq!(containers_of(&docker, run["id"].as_str().unwrap()).await, 0);
+    assert_eq!(
+        components::containers_of_run(&docker, run["id"].as_str().unwrap()).await,
+        0
+    );
     server.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_fork_bomb_hits_the_process_limit() {
-    let Some(docker) = engine().await else { return };
+    let Some(docker) = components::docker_engine().await else {
+        return;
+    };
     let Some(server) = server(None).await else {
         return;
     };
@@ -260,13 +239,18 @@ async fn a_fork_bomb_hits_the_process_limit() {
         text.contains("Cannot fork") || text.contains("Resource temporarily unavailable"),
         "the limit never bit: {text}"
     );
-    assert_eq!(containers_of(&docker, run["id"].as_str().unwrap()).await, 0);
+    assert_eq!(
+        components::containers_of_run(&docker, run["id"].as_str().unwrap()).await,
+        0
+    );
     server.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_memory_hog_is_killed_and_reported_out_of_memory() {
-    let Some(docker) = engine().await else { return };
+    let Some(docker) = components::docker_engine().await else {
+        return;
+    };
     let Some(server) = server(None).await else {
         return;
     };
@@ -293,7 +277,10 @@ async fn a_memory_hog_is_killed_and_reported_out_of_memory() {
         .expect("exited");
     assert_eq!(exited["data"]["out_of_memory"], true, "{exited}");
     assert!(!output_text(&events).contains("536870912"));
-    assert_eq!(containers_of(&docker, run["id"].as_str().unwrap()).await, 0);
+    assert_eq!(
+        components::containers_of_run(&docker, run["id"].as_str().unwrap()).await,
+        0
+    );
     server.stop().await.unwrap();
 }
 
@@ -313,7 +300,9 @@ async fn host_listener() -> (u16, Arc<AtomicUsize>) {
 
 #[tokio::test]
 async fn networks_none_and_model_only_reach_nothing_but_open_does() {
-    let Some(docker) = engine().await else { return };
+    let Some(docker) = components::docker_engine().await else {
+        return;
+    };
     let fake = FakeAnthropic::start().await.expect("fake API");
     let Some(server) = server(Some(&fake)).await else {
         return;
@@ -376,7 +365,9 @@ async fn networks_none_and_model_only_reach_nothing_but_open_does() {
 
 #[tokio::test]
 async fn kill_and_timeout_leave_no_container() {
-    let Some(docker) = engine().await else { return };
+    let Some(docker) = components::docker_engine().await else {
+        return;
+    };
     let Some(server) = server(None).await else {
         return;
     };
@@ -394,7 +385,7 @@ async fn kill_and_timeout_leave_no_container() {
         .await;
     // The container exists while the run does.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while containers_of(&docker, &run_id).await == 0 {
+    while components::containers_of_run(&docker, &run_id).await == 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "no container for the run"
@@ -413,7 +404,7 @@ async fn kill_and_timeout_leave_no_container() {
         .wait_until_finished(&run_id, Duration::from_secs(20))
         .await;
     assert_eq!(run["status"], "cancelled", "{run}");
-    assert_eq!(containers_of(&docker, &run_id).await, 0);
+    assert_eq!(components::containers_of_run(&docker, &run_id).await, 0);
 
     let (run, _) = run_shell(
         &server,
@@ -422,6 +413,9 @@ async fn kill_and_timeout_leave_no_container() {
     )
     .await;
     assert_eq!(run["status"], "timed_out", "{run}");
-    assert_eq!(containers_of(&docker, run["id"].as_str().unwrap()).await, 0);
+    assert_eq!(
+        components::containers_of_run(&docker, run["id"].as_str().unwrap()).await,
+        0
+    );
     server.stop().await.unwrap();
 }

@@ -2,43 +2,21 @@
 //! a container, a job's workspace following it from one worker to the next through NATS, and a
 //! worker killed mid-run leaving no container once it is back.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use autopilot_tests::cluster::{Cluster, ClusterOptions};
 use autopilot_tests::components;
 use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply};
 use autopilot_tests::harness::{is_terminal, steps};
-use bollard::query_parameters::ListContainersOptions;
 use serde_json::json;
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
-
-async fn containers_of(docker: &bollard::Docker, run_id: &str) -> usize {
-    let filters = HashMap::from([(
-        "label".to_owned(),
-        vec![format!("io.autopilot.run={run_id}")],
-    )]);
-    docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        }))
-        .await
-        .expect("list containers")
-        .len()
-}
 
 /// A fleet of one control plane and `workers` Docker workers; `None` (a failure in CI) without
 /// the engine, the image, NATS or PostgreSQL.
 async fn docker_fleet(workers: usize, fake: &FakeAnthropic) -> Option<(Cluster, bollard::Docker)> {
     components::docker_executor("fleet-docker-probe", None).await?;
-    let docker = bollard::Docker::connect_with_defaults()
-        .ok()?
-        .negotiate_version()
-        .await
-        .ok()?;
+    let docker = components::docker_engine().await?;
     let options = ClusterOptions {
         control_planes: 1,
         workers,
@@ -162,7 +140,7 @@ async fn a_worker_killed_mid_run_leaves_no_container_once_it_restarts() {
     })
     .await;
     let deadline = Instant::now() + Duration::from_secs(15);
-    while containers_of(&docker, &run_id).await == 0 {
+    while components::containers_of_run(&docker, &run_id).await == 0 {
         assert!(Instant::now() < deadline, "no container for the run");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -171,7 +149,7 @@ async fn a_worker_killed_mid_run_leaves_no_container_once_it_restarts() {
     cluster.workers[0].kill();
     cluster.start_worker(0);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while containers_of(&docker, &run_id).await > 0 {
+    while components::containers_of_run(&docker, &run_id).await > 0 {
         assert!(
             Instant::now() < deadline,
             "the restarted worker did not remove the container\n{}",

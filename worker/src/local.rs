@@ -1,4 +1,6 @@
 //! The local-process executor: runs the command as a child process in its own process group.
+//! Its behaviour is checked by the executor conformance suite (`tests/tests/e2e/executor.rs`),
+//! which runs the same cases on the Docker executor.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -153,91 +155,4 @@ where
             }
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn shell(script: &str, cwd: &std::path::Path) -> CommandSpec {
-        CommandSpec {
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), script.into()],
-            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
-            cwd: cwd.to_path_buf(),
-            stdin: None,
-            claude: false,
-            run: (autopilot_proto::RunId::new(), 1),
-            sandbox: Default::default(),
-        }
-    }
-
-    async fn run(command: CommandSpec, stop: CancellationToken) -> (ExitInfo, Vec<OutputLine>) {
-        let (tx, mut rx) = mpsc::channel(64);
-        let collector = tokio::spawn(async move {
-            let mut lines = Vec::new();
-            while let Some(line) = rx.recv().await {
-                lines.push(line);
-            }
-            lines
-        });
-        let info = LocalExecutor
-            .execute(command, tx, stop, Duration::from_millis(300))
-            .await
-            .unwrap();
-        (info, collector.await.unwrap())
-    }
-
-    #[tokio::test]
-    async fn streams_both_outputs_in_order_and_reports_the_exit_code() {
-        let dir = tempfile::tempdir().unwrap();
-        let (info, lines) = run(
-            shell("echo one; echo two >&2; echo three; exit 3", dir.path()),
-            CancellationToken::new(),
-        )
-        .await;
-        assert_eq!(info.code, Some(3));
-        let stdout: Vec<_> = lines
-            .iter()
-            .filter(|l| l.stream == OutputStream::Stdout)
-            .map(|l| l.text.as_str())
-            .collect();
-        assert_eq!(stdout, ["one", "three"]);
-        assert!(lines
-            .iter()
-            .any(|l| l.stream == OutputStream::Stderr && l.text == "two"));
-    }
-
-    #[tokio::test]
-    async fn stop_sends_sigterm_then_sigkill_to_the_whole_group() {
-        let dir = tempfile::tempdir().unwrap();
-        let stop = CancellationToken::new();
-        let trigger = stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            trigger.cancel();
-        });
-        // The shell ignores SIGTERM, so only SIGKILL ends it; its child sleep must die too.
-        let (info, _) = run(shell("trap '' TERM; sleep 30 & wait", dir.path()), stop).await;
-        assert!(info.stopped && info.killed, "{info:?}");
-        assert_eq!(info.signal, Some(9));
-    }
-
-    #[tokio::test]
-    async fn missing_program_is_reported_as_such() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut command = shell("true", dir.path());
-        command.program = "/nonexistent/claude".into();
-        let (tx, _rx) = mpsc::channel(1);
-        let err = LocalExecutor
-            .execute(
-                command,
-                tx,
-                CancellationToken::new(),
-                Duration::from_secs(1),
-            )
-            .await
-            .unwrap_err();
-        assert!(matches!(err, ExecError::ProgramNotFound(_)), "{err:?}");
-    }
 }

@@ -370,11 +370,6 @@ impl Attempt {
         events: &EventSender,
         stopper: &Stopper,
     ) -> RunOutcome {
-        let failed = |error: String| RunOutcome {
-            is_error: true,
-            error: Some(error),
-            ..Default::default()
-        };
         if spec.workspace.is_empty()
             || spec.workspace.contains(['/', '\\'])
             || spec.workspace.starts_with('.')
@@ -447,11 +442,6 @@ impl Attempt {
         events: &EventSender,
         stopper: &Stopper,
     ) -> RunOutcome {
-        let failed = |error: String| RunOutcome {
-            is_error: true,
-            error: Some(error),
-            ..Default::default()
-        };
         let is_claude = matches!(spec.kind, RunKind::Claude(_));
         let command = build_command(spec, workspace, &self.config.command_env);
         let (lines_tx, mut lines_rx) = mpsc::channel::<OutputLine>(256);
@@ -590,6 +580,15 @@ impl Attempt {
             }
         }
         tracing::error!(run.id = %run_id, "completion could not be reported; the reaper will mark the run lost");
+    }
+}
+
+/// The outcome of an attempt that could not run.
+fn failed(error: String) -> RunOutcome {
+    RunOutcome {
+        is_error: true,
+        error: Some(error),
+        ..Default::default()
     }
 }
 

@@ -8,14 +8,22 @@
 //! so two overlapping runs of one job never write into each other's files or leave a mix of
 //! both: the one that ends last is what the next run finds.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use autopilot_proto::{BlobStore, RunId};
+use autopilot_proto::{BlobStore, BusError, RunId};
+use sha2::{Digest, Sha256};
 
 /// Workspaces of quick runs start empty and are never kept.
 pub const EPHEMERAL_PREFIX: &str = "quick-";
+/// One fetch or save of a saved workspace gives up after this long…
+const BLOB_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// …and is tried again (NATS reconnecting, say) until this much time has passed.
+const BLOB_RETRY_FOR: Duration = Duration::from_secs(90);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkspaceError {
@@ -90,6 +98,9 @@ pub struct SharedWorkspaces {
     root: PathBuf,
     blobs: Arc<dyn BlobStore>,
     max_bytes: u64,
+    /// Per checked-out directory, the digest of the archive it was restored from (`None`:
+    /// it started empty), so an attempt that changed nothing saves nothing.
+    restored: Mutex<HashMap<PathBuf, Option<[u8; 32]>>>,
 }
 
 impl SharedWorkspaces {
@@ -98,6 +109,7 @@ impl SharedWorkspaces {
             root,
             blobs,
             max_bytes,
+            restored: Mutex::default(),
         }
     }
 
@@ -143,22 +155,20 @@ impl Workspaces for SharedWorkspaces {
         let archive = tempfile::NamedTempFile::new_in(&self.root)
             .map_err(io("a temporary file for the saved workspace"))?
             .into_temp_path();
-        let found = self
-            .blobs
-            .get(&Self::blob_name(name), &archive)
-            .await
-            .map_err(|err| {
-                WorkspaceError::Unavailable(format!(
-                    "the saved workspace could not be fetched: {err}"
-                ))
-            })?;
+        let blob = Self::blob_name(name);
+        let found = with_retry("the saved workspace could not be fetched", || {
+            self.blobs.get(&blob, &archive)
+        })
+        .await?;
         if !found {
+            self.remember(&dir, None);
             return Ok(CheckedOut {
                 dir,
                 restored_bytes: None,
             });
         }
         let size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
+        self.remember(&dir, Some(digest(&archive)?));
         let target = dir.clone();
         let archive_path = archive.to_path_buf();
         tokio::task::spawn_blocking(move || unpack(&archive_path, &target))
@@ -186,8 +196,27 @@ impl Workspaces for SharedWorkspaces {
 }
 
 impl SharedWorkspaces {
+    fn remember(&self, dir: &Path, restored: Option<[u8; 32]>) {
+        self.restored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(dir.to_path_buf(), restored);
+    }
+
     async fn save(&self, name: &str, dir: &Path) -> Result<Option<u64>, WorkspaceError> {
+        let restored = self
+            .restored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(dir);
         if name.starts_with(EPHEMERAL_PREFIX) {
+            return Ok(None);
+        }
+        let empty = std::fs::read_dir(dir)
+            .map(|mut entries| entries.next().is_none())
+            .unwrap_or(false);
+        if empty && matches!(restored, Some(None)) {
+            // Nothing was saved and nothing was made.
             return Ok(None);
         }
         let archive = tempfile::NamedTempFile::new_in(&self.root)
@@ -197,13 +226,48 @@ impl SharedWorkspaces {
         let size = tokio::task::spawn_blocking(move || pack(&source, &target, max))
             .await
             .map_err(|err| WorkspaceError::Io(format!("packing the workspace: {err}")))??;
-        self.blobs
-            .put(&Self::blob_name(name), &archive)
-            .await
-            .map_err(|err| {
-                WorkspaceError::Unavailable(format!("the workspace could not be saved: {err}"))
-            })?;
+        if let Some(Some(before)) = restored {
+            if digest(&archive)? == before {
+                // The same files as restored (the archive has no timestamps of its own).
+                return Ok(None);
+            }
+        }
+        let blob = Self::blob_name(name);
+        with_retry("the workspace could not be saved", || {
+            self.blobs.put(&blob, &archive)
+        })
+        .await?;
         Ok(Some(size))
+    }
+}
+
+fn digest(file: &Path) -> Result<[u8; 32], WorkspaceError> {
+    let mut hasher = Sha256::new();
+    let mut reader = std::fs::File::open(file).map_err(io("reading the workspace archive"))?;
+    std::io::copy(&mut reader, &mut hasher).map_err(io("reading the workspace archive"))?;
+    Ok(hasher.finalize().into())
+}
+
+/// Runs a blob operation, each try bounded in time, trying again while the store is away.
+async fn with_retry<T, F, Fut>(what: &str, mut operation: F) -> Result<T, WorkspaceError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, BusError>>,
+{
+    let give_up = tokio::time::Instant::now() + BLOB_RETRY_FOR;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let error = match tokio::time::timeout(BLOB_ATTEMPT_TIMEOUT, operation()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => format!("no answer within {BLOB_ATTEMPT_TIMEOUT:?}"),
+        };
+        if tokio::time::Instant::now() + backoff > give_up {
+            return Err(WorkspaceError::Unavailable(format!("{what}: {error}")));
+        }
+        tracing::warn!(%error, "{what}; trying again");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -368,6 +432,48 @@ mod tests {
             "kept"
         );
         assert!(!next.dir.join("noise").exists());
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_changed_nothing_saves_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let workspaces = shared(root.path(), 1 << 20);
+        let run = (RunId::new(), 1);
+        let out = workspaces.check_out("job-same", run).await.unwrap();
+        assert_eq!(
+            workspaces
+                .check_in("job-same", run, &out.dir)
+                .await
+                .unwrap(),
+            None,
+            "empty"
+        );
+        let run = (RunId::new(), 1);
+        let out = workspaces.check_out("job-same", run).await.unwrap();
+        std::fs::write(out.dir.join("a"), "a").unwrap();
+        assert!(workspaces
+            .check_in("job-same", run, &out.dir)
+            .await
+            .unwrap()
+            .is_some());
+        let run = (RunId::new(), 1);
+        let out = workspaces.check_out("job-same", run).await.unwrap();
+        assert_eq!(
+            workspaces
+                .check_in("job-same", run, &out.dir)
+                .await
+                .unwrap(),
+            None,
+            "unchanged"
+        );
+        let run = (RunId::new(), 1);
+        let out = workspaces.check_out("job-same", run).await.unwrap();
+        std::fs::write(out.dir.join("a"), "changed").unwrap();
+        assert!(workspaces
+            .check_in("job-same", run, &out.dir)
+            .await
+            .unwrap()
+            .is_some());
     }
 
     #[tokio::test]

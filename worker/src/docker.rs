@@ -93,12 +93,6 @@ impl DockerConfig {
 #[error("{0}")]
 pub struct DockerSetupError(pub String);
 
-/// The proxy's address as one network sees it.
-#[derive(Clone, Debug)]
-struct ProxyEndpoint {
-    url: String,
-}
-
 pub struct DockerExecutor {
     api: Docker,
     streams: Docker,
@@ -107,8 +101,8 @@ pub struct DockerExecutor {
     proxy: ModelProxy,
     /// The proxy's socket, mounted into `model-only` containers.
     relay_dir: tempfile::TempDir,
-    /// The proxy on the Docker bridge, for `open` containers.
-    open: Option<ProxyEndpoint>,
+    /// The proxy's URL on the Docker bridge, for `open` containers.
+    open_url: Option<String>,
     _stop_proxy: DropGuard,
 }
 
@@ -131,9 +125,9 @@ fn engine_unreachable(err: impl std::fmt::Display) -> DockerSetupError {
 }
 
 impl DockerExecutor {
-    /// Connects to the engine (negotiating its API version), checks the image, sets up the
-    /// networks and the model proxy, and removes containers left behind by an earlier life of
-    /// this worker.
+    /// Connects to the engine (negotiating its API version), checks the image, starts the model
+    /// proxy (on the Docker bridge and on a Unix socket for `model-only` runs), and removes
+    /// containers left behind.
     pub async fn connect(config: DockerConfig) -> Result<Self, DockerSetupError> {
         let docker = Docker::connect_with_defaults().map_err(engine_unreachable)?;
         let docker = docker
@@ -163,7 +157,7 @@ impl DockerExecutor {
         }
         let proxy = ModelProxy::new();
         let stop_proxy = CancellationToken::new();
-        let open = match gateway(&api, "bridge").await {
+        let open_url = match gateway(&api, "bridge").await {
             Some(ip) => {
                 let addr = proxy
                     .listen(SocketAddr::new(ip, 0), stop_proxy.clone())
@@ -173,9 +167,7 @@ impl DockerExecutor {
                             "the model proxy cannot listen on the Docker bridge {ip}: {err}"
                         ))
                     })?;
-                Some(ProxyEndpoint {
-                    url: format!("http://{addr}"),
-                })
+                Some(format!("http://{addr}"))
             }
             None => None,
         };
@@ -187,7 +179,7 @@ impl DockerExecutor {
             engine_version,
             proxy,
             relay_dir,
-            open,
+            open_url,
             _stop_proxy: stop_proxy.drop_guard(),
         };
         let swept = executor.sweep().await;
@@ -272,10 +264,7 @@ impl DockerExecutor {
         removed
     }
 
-    fn container_env(
-        &self,
-        command: &CommandSpec,
-    ) -> Result<(Vec<String>, Option<RunToken>), ExecError> {
+    fn container_env(&self, command: &CommandSpec) -> (Vec<String>, Option<RunToken>) {
         let mut env: Vec<(String, String)> = command
             .env
             .iter()
@@ -289,12 +278,9 @@ impl DockerExecutor {
         env.push(("PATH".into(), PATH_IN_CONTAINER.into()));
         let mut token = None;
         if command.claude {
-            let relayed = ProxyEndpoint {
-                url: format!("http://{RELAY_ADDRESS}"),
-            };
             let endpoint = match command.sandbox.network {
-                NetworkMode::ModelOnly => Some(&relayed),
-                NetworkMode::Open => self.open.as_ref(),
+                NetworkMode::ModelOnly => Some(format!("http://{RELAY_ADDRESS}")),
+                NetworkMode::Open => self.open_url.clone(),
                 NetworkMode::None => None,
             };
             if let (Some(endpoint), Some(upstream)) = (endpoint, self.upstream_for(command)) {
@@ -306,7 +292,7 @@ impl DockerExecutor {
                         env.push((name.clone(), run_token.as_str().to_owned()));
                     }
                 }
-                env.push(("ANTHROPIC_BASE_URL".into(), endpoint.url.clone()));
+                env.push(("ANTHROPIC_BASE_URL".into(), endpoint));
                 token = Some(run_token);
             }
         }
@@ -314,7 +300,7 @@ impl DockerExecutor {
             .into_iter()
             .map(|(name, value)| format!("{name}={value}"))
             .collect();
-        Ok((env, token))
+        (env, token)
     }
 
     /// The upstream of a Claude run: the configured one, with the credentials the command was
@@ -437,7 +423,8 @@ impl Executor for DockerExecutor {
             )));
         }
         prepare_workspace(&command.cwd, self.config.uid, self.config.gid).await?;
-        let (env, _token) = self.container_env(&command)?;
+        // The run's token is valid until this call returns.
+        let (env, _token) = self.container_env(&command);
         let body = self.create_body(&command, env);
         let name = format!("autopilot-{}-{}", command.run.0, command.run.1);
         let id = self.create(&name, body).await?;

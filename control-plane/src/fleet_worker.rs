@@ -128,9 +128,7 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
         workspaces = "shared (NATS object store)",
         "autopilot worker is running"
     );
-    let executor =
-        crate::executors::build(config, &worker_config.worker_id, &worker_config.command_env)
-            .await?;
+    let executor = crate::executors::build(config, &worker_config.worker_id).await?;
     // The next run of a job may land on any worker: its workspace travels through NATS.
     let blobs = bus
         .blobs("workspaces", None)

@@ -143,12 +143,7 @@ pub async fn run_with(
         None
     } else {
         let worker_config = embedded_worker_config(&config);
-        let executor = crate::executors::build(
-            &config,
-            &worker_config.worker_id,
-            &worker_config.command_env,
-        )
-        .await?;
+        let executor = crate::executors::build(&config, &worker_config.worker_id).await?;
         Some(Worker::new(worker_config, Arc::clone(&bus), executor))
     };
     let address = listener.local_addr()?;

@@ -197,13 +197,9 @@ pub fn nats_server_bin() -> Option<PathBuf> {
 }
 
 /// The Docker executor on the test machine's engine with the runtime image, labelled as
-/// `worker_id`, with the model proxy sending Claude runs to `upstream` (the fake API).
-pub async fn docker_executor(
-    worker_id: &str,
-    upstream: Option<autopilot_worker::model_proxy::Upstream>,
-) -> Option<autopilot_worker::DockerExecutor> {
-    let mut config = autopilot_worker::DockerConfig::new(worker_id);
-    config.upstream = upstream;
+/// `worker_id`.
+pub async fn docker_executor(worker_id: &str) -> Option<autopilot_worker::DockerExecutor> {
+    let config = autopilot_worker::DockerConfig::new(worker_id);
     match autopilot_worker::DockerExecutor::connect(config).await {
         Ok(executor) => Some(executor),
         Err(err) => missing(
@@ -232,17 +228,7 @@ pub async fn docker_engine() -> Option<bollard::Docker> {
 
 /// How many containers of run `run_id` exist, running or not.
 pub async fn containers_of_run(docker: &bollard::Docker, run_id: &str) -> usize {
-    let filters = std::collections::HashMap::from([(
-        "label".to_owned(),
-        vec![format!("io.autopilot.run={run_id}")],
-    )]);
-    docker
-        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        }))
+    autopilot_worker::docker::containers_of_run(docker, run_id)
         .await
         .expect("list containers")
-        .len()
 }

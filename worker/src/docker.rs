@@ -16,11 +16,11 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, ContainerSummary, HostConfig};
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, InspectContainerOptions, InspectNetworkOptions,
     ListContainersOptions, RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
@@ -37,6 +37,8 @@ use crate::command::{CommandSpec, CREDENTIAL_VARS};
 use crate::executor::{ExecError, Executor, ExitInfo, OutputLine, OutputStream};
 use crate::model_proxy::{ModelProxy, RunToken, Upstream};
 
+/// The model API when neither the run's environment nor the configuration names one.
+pub const DEFAULT_MODEL_API: &str = "https://api.anthropic.com";
 /// The image runs use unless configured otherwise (built by `docker/build-images.sh`).
 pub const DEFAULT_IMAGE: &str = "autopilot-runtime:latest";
 /// The relay of `model-only` runs in the image (`worker/relay`).
@@ -71,9 +73,10 @@ pub struct DockerConfig {
     /// `uid:gid` runs execute as; the workspace is handed to it.
     pub uid: u32,
     pub gid: u32,
-    /// Where the model proxy sends Claude runs, with the worker's credentials. Without one,
-    /// Claude runs get no model access (shell-only workers).
-    pub upstream: Option<Upstream>,
+    /// The model API a Claude run's requests go to when its environment names none
+    /// (`ANTHROPIC_BASE_URL`); the credentials always come from that environment. `None`: runs
+    /// that name no model API get no model access.
+    pub model_api: Option<String>,
 }
 
 impl DockerConfig {
@@ -83,7 +86,7 @@ impl DockerConfig {
             worker_id: worker_id.into(),
             uid: 10001,
             gid: 10001,
-            upstream: None,
+            model_api: Some(DEFAULT_MODEL_API.to_owned()),
         }
     }
 }
@@ -98,6 +101,8 @@ pub struct DockerExecutor {
     streams: Docker,
     config: DockerConfig,
     engine_version: String,
+    /// This host's name, on every container's labels (the sweep compares it).
+    host: String,
     proxy: ModelProxy,
     /// The proxy's socket, mounted into `model-only` containers.
     relay_dir: tempfile::TempDir,
@@ -177,6 +182,7 @@ impl DockerExecutor {
             streams,
             config,
             engine_version,
+            host: hostname(),
             proxy,
             relay_dir,
             open_url,
@@ -202,49 +208,28 @@ impl DockerExecutor {
 
     /// How many containers labelled with this worker's id exist (running or not).
     pub async fn containers(&self) -> Result<usize, DockerError> {
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![format!("{LABEL_WORKER}={}", self.config.worker_id)],
-        )]);
-        let containers = self
-            .api
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await?;
-        Ok(containers.len())
+        let label = format!("{LABEL_WORKER}={}", self.config.worker_id);
+        Ok(labelled(&self.api, &label).await?.len())
     }
 
     /// Removes containers left behind: those of workers on this host whose process is gone (a
     /// worker killed with a random id never comes back to sweep its own), and this worker's from
     /// another host. Returns how many were removed.
     pub async fn sweep(&self) -> usize {
-        let filters = HashMap::from([("label".to_owned(), vec![format!("{LABEL_MANAGED}=true")])]);
-        let containers = match self
-            .api
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await
-        {
+        let containers = match labelled(&self.api, &format!("{LABEL_MANAGED}=true")).await {
             Ok(containers) => containers,
             Err(err) => {
                 tracing::warn!(error = %err, "could not list containers to sweep");
                 return 0;
             }
         };
-        let host = hostname();
         let mut removed = 0;
         for container in containers {
             let labels = container.labels.unwrap_or_default();
             // On this host, a container is left behind when the worker process that made it is
             // gone (whatever its id: two fleets may both have a `worker0`). From another host
             // (a worker that came back on a new machine or pod), only this worker's id counts.
-            let left_behind = if labels.get(LABEL_HOST) == Some(&host) {
+            let left_behind = if labels.get(LABEL_HOST) == Some(&self.host) {
                 labels
                     .get(LABEL_PID)
                     .and_then(|pid| pid.parse::<i32>().ok())
@@ -303,8 +288,8 @@ impl DockerExecutor {
         (env, token)
     }
 
-    /// The upstream of a Claude run: the configured one, with the credentials the command was
-    /// given (they may come from the job's environment settings).
+    /// Where the proxy sends a Claude run's requests, with the credentials the run's command
+    /// was given (the worker's model API settings, or the job's `[run_env]`).
     fn upstream_for(&self, command: &CommandSpec) -> Option<Upstream> {
         let var = |name: &str| {
             command
@@ -313,13 +298,10 @@ impl DockerExecutor {
                 .find(|(n, v)| n == name && !v.is_empty())
                 .map(|(_, v)| v.clone())
         };
-        let base = self.config.upstream.as_ref()?;
         Some(Upstream {
-            base_url: var("ANTHROPIC_BASE_URL").unwrap_or_else(|| base.base_url.clone()),
-            api_key: var("ANTHROPIC_API_KEY").or_else(|| base.api_key.clone()),
-            bearer: var("ANTHROPIC_AUTH_TOKEN")
-                .or_else(|| var("CLAUDE_CODE_OAUTH_TOKEN"))
-                .or_else(|| base.bearer.clone()),
+            base_url: var("ANTHROPIC_BASE_URL").or_else(|| self.config.model_api.clone())?,
+            api_key: var("ANTHROPIC_API_KEY"),
+            bearer: var("ANTHROPIC_AUTH_TOKEN").or_else(|| var("CLAUDE_CODE_OAUTH_TOKEN")),
         })
     }
 
@@ -378,7 +360,7 @@ impl DockerExecutor {
             (LABEL_RUN.to_owned(), run_id.to_string()),
             (LABEL_ATTEMPT.to_owned(), attempt.to_string()),
             (LABEL_WORKER.to_owned(), self.config.worker_id.clone()),
-            (LABEL_HOST.to_owned(), hostname()),
+            (LABEL_HOST.to_owned(), self.host.clone()),
             (LABEL_PID.to_owned(), std::process::id().to_string()),
         ]);
         let stdin = command.stdin.is_some();
@@ -455,11 +437,7 @@ impl Executor for DockerExecutor {
                     || message.contains("executable file not found")
                     || message.contains("permission denied")
                 {
-                    ExecError::ProgramNotFound(format!(
-                        "`{}` was not found or is not executable in the image `{}`",
-                        program_of(&command),
-                        self.config.image
-                    ))
+                    self.missing_program(&command)
                 } else {
                     ExecError::Setup(format!("starting the run's container: {message}"))
                 },
@@ -487,13 +465,11 @@ impl Executor for DockerExecutor {
         let reader = tokio::spawn(forward_output(attach.output, output));
 
         let mut info = ExitInfo::default();
-        let mut stop_started: Option<Instant> = None;
         let waited = loop {
             tokio::select! {
                 waited = wait.next() => break waited,
-                _ = stop.cancelled(), if stop_started.is_none() => {
+                _ = stop.cancelled(), if !info.stopped => {
                     info.stopped = true;
-                    stop_started = Some(Instant::now());
                     let api = self.api.clone();
                     let id = id.clone();
                     let seconds = i32::try_from(grace.as_secs_f64().ceil() as u64).unwrap_or(i32::MAX).max(1);
@@ -546,17 +522,21 @@ impl Executor for DockerExecutor {
         }
         cleanup.now().await;
         if exec_failed && info.code == Some(127) {
-            return Err(ExecError::ProgramNotFound(format!(
-                "`{}` was not found or is not executable in the image `{}`",
-                program_of(&command),
-                self.config.image
-            )));
+            return Err(self.missing_program(&command));
         }
         Ok(info)
     }
 }
 
 impl DockerExecutor {
+    fn missing_program(&self, command: &CommandSpec) -> ExecError {
+        ExecError::ProgramNotFound(format!(
+            "`{}` was not found or is not executable in the image `{}`",
+            program_of(command),
+            self.config.image
+        ))
+    }
+
     async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String, ExecError> {
         let options = || {
             Some(CreateContainerOptions {
@@ -624,6 +604,25 @@ impl Drop for Cleanup {
             }
         }
     }
+}
+
+/// The containers, running or not, carrying `label` (`name=value`).
+async fn labelled(docker: &Docker, label: &str) -> Result<Vec<ContainerSummary>, DockerError> {
+    let filters = HashMap::from([("label".to_owned(), vec![label.to_owned()])]);
+    docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+}
+
+/// How many containers of run `run_id` exist, running or not.
+pub async fn containers_of_run(docker: &Docker, run_id: &str) -> Result<usize, DockerError> {
+    Ok(labelled(docker, &format!("{LABEL_RUN}={run_id}"))
+        .await?
+        .len())
 }
 
 /// Force-removes a container and its anonymous volumes; true when it was removed.

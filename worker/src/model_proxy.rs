@@ -138,7 +138,8 @@ impl ModelProxy {
         });
     }
 
-    fn upstream_for(&self, headers: &HeaderMap) -> Option<(String, Upstream)> {
+    /// The upstream of the run whose token the request carries.
+    fn upstream_for(&self, headers: &HeaderMap) -> Option<Upstream> {
         let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
         let api_key = headers
             .get("x-api-key")
@@ -150,7 +151,7 @@ impl ModelProxy {
             .and_then(|v| v.strip_prefix("Bearer "))
             .filter(|v| runs.contains_key(*v));
         let token = api_key.or(bearer)?;
-        runs.get(token).map(|up| (token.to_owned(), up.clone()))
+        runs.get(token).cloned()
     }
 }
 
@@ -187,7 +188,7 @@ fn api_error(status: StatusCode, kind: &str, message: &str) -> Response {
 }
 
 async fn forward(State(proxy): State<ModelProxy>, request: Request) -> Response {
-    let Some((_, upstream)) = proxy.upstream_for(request.headers()) else {
+    let Some(upstream) = proxy.upstream_for(request.headers()) else {
         return api_error(
             StatusCode::UNAUTHORIZED,
             "authentication_error",

@@ -17,7 +17,7 @@ const FAKE_KEY: &str = "sk-ant-test-not-a-real-key";
 
 async fn server(fake: Option<&FakeAnthropic>) -> Option<TestServer> {
     // Also checks that the runtime image is there.
-    components::docker_executor("docker-e2e-probe", None).await?;
+    components::docker_executor("docker-e2e-probe").await?;
     let mut builder = TestServer::builder()
         .docker()
         .kill_grace(Duration::from_secs(1));

@@ -224,7 +224,6 @@ macro_rules! conformance {
                 async fn $case() {
                     let Some(executor) = super::components::docker_executor(
                         concat!("conformance-", stringify!($case)),
-                        None,
                     )
                     .await
                     else {

@@ -15,7 +15,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 /// A fleet of one control plane and `workers` Docker workers; `None` (a failure in CI) without
 /// the engine, the image, NATS or PostgreSQL.
 async fn docker_fleet(workers: usize, fake: &FakeAnthropic) -> Option<(Cluster, bollard::Docker)> {
-    components::docker_executor("fleet-docker-probe", None).await?;
+    components::docker_executor("fleet-docker-probe").await?;
     let docker = components::docker_engine().await?;
     let options = ClusterOptions {
         control_planes: 1,

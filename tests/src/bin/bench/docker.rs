@@ -38,7 +38,7 @@ async fn first_output_ms(server: &TestServer, job_id: &str) -> anyhow::Result<f6
 
 pub async fn start_overhead(runs: usize) -> anyhow::Result<Vec<Row>> {
     let claude = components::claude_bin().context("the Claude Code CLI is needed")?;
-    components::docker_executor("bench-probe", None)
+    components::docker_executor("bench-probe")
         .await
         .context("a Docker Engine with the runtime image is needed")?;
     let fake = FakeAnthropic::start().await?;

@@ -408,11 +408,7 @@ impl Attempt {
         let mut outcome = self
             .execute_in(spec, workspace.dir.clone(), events, stopper)
             .await;
-        match self
-            .workspaces
-            .check_in(&spec.workspace, run, &workspace.dir)
-            .await
-        {
+        match self.workspaces.check_in(&spec.workspace, &workspace).await {
             Ok(Some(bytes)) => {
                 events
                     .lifecycle("workspace_saved", json!({ "bytes": bytes }))

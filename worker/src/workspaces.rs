@@ -8,10 +8,9 @@
 //! so two overlapping runs of one job never write into each other's files or leave a mix of
 //! both: the one that ends last is what the next run finds.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -41,8 +40,21 @@ pub enum WorkspaceError {
 #[derive(Debug)]
 pub struct CheckedOut {
     pub dir: PathBuf,
-    /// Files restored from the saved workspace (`None`: nothing was saved yet, or local).
+    /// Size of the saved workspace restored into it (`None`: nothing was saved yet, or local).
     pub restored_bytes: Option<u64>,
+    /// Digest of that archive, so an attempt that changed nothing saves nothing.
+    restored_digest: Option<[u8; 32]>,
+}
+
+impl CheckedOut {
+    /// A directory with nothing restored into it.
+    fn fresh(dir: PathBuf) -> Self {
+        CheckedOut {
+            dir,
+            restored_bytes: None,
+            restored_digest: None,
+        }
+    }
 }
 
 #[async_trait]
@@ -51,13 +63,12 @@ pub trait Workspaces: Send + Sync {
     fn name(&self) -> &'static str;
     /// The directory attempt `run` of workspace `name` works in, holding what the last run left.
     async fn check_out(&self, name: &str, run: (RunId, u32)) -> Result<CheckedOut, WorkspaceError>;
-    /// Keeps what the attempt left in `dir` for the next run; returns the saved size in bytes
-    /// (`None` when nothing needs saving). The directory is gone afterwards.
+    /// Keeps what the attempt left in its directory for the next run; returns the saved size
+    /// in bytes (`None` when nothing needs saving). The directory is gone afterwards.
     async fn check_in(
         &self,
         name: &str,
-        run: (RunId, u32),
-        dir: &Path,
+        checked_out: &CheckedOut,
     ) -> Result<Option<u64>, WorkspaceError>;
 }
 
@@ -77,17 +88,13 @@ impl Workspaces for LocalWorkspaces {
         name: &str,
         _run: (RunId, u32),
     ) -> Result<CheckedOut, WorkspaceError> {
-        Ok(CheckedOut {
-            dir: self.root.join(name),
-            restored_bytes: None,
-        })
+        Ok(CheckedOut::fresh(self.root.join(name)))
     }
 
     async fn check_in(
         &self,
         _name: &str,
-        _run: (RunId, u32),
-        _dir: &Path,
+        _checked_out: &CheckedOut,
     ) -> Result<Option<u64>, WorkspaceError> {
         Ok(None)
     }
@@ -98,9 +105,6 @@ pub struct SharedWorkspaces {
     root: PathBuf,
     blobs: Arc<dyn BlobStore>,
     max_bytes: u64,
-    /// Per checked-out directory, the digest of the archive it was restored from (`None`:
-    /// it started empty), so an attempt that changed nothing saves nothing.
-    restored: Mutex<HashMap<PathBuf, Option<[u8; 32]>>>,
 }
 
 impl SharedWorkspaces {
@@ -109,7 +113,6 @@ impl SharedWorkspaces {
             root,
             blobs,
             max_bytes,
-            restored: Mutex::default(),
         }
     }
 
@@ -147,10 +150,7 @@ impl Workspaces for SharedWorkspaces {
             .await
             .map_err(io("creating the attempt's workspace"))?;
         if name.starts_with(EPHEMERAL_PREFIX) {
-            return Ok(CheckedOut {
-                dir,
-                restored_bytes: None,
-            });
+            return Ok(CheckedOut::fresh(dir));
         }
         let archive = tempfile::NamedTempFile::new_in(&self.root)
             .map_err(io("a temporary file for the saved workspace"))?
@@ -161,14 +161,10 @@ impl Workspaces for SharedWorkspaces {
         })
         .await?;
         if !found {
-            self.remember(&dir, None);
-            return Ok(CheckedOut {
-                dir,
-                restored_bytes: None,
-            });
+            return Ok(CheckedOut::fresh(dir));
         }
         let size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
-        self.remember(&dir, Some(digest(&archive)?));
+        let restored_digest = Some(digest(&archive)?);
         let target = dir.clone();
         let archive_path = archive.to_path_buf();
         tokio::task::spawn_blocking(move || unpack(&archive_path, &target))
@@ -178,16 +174,17 @@ impl Workspaces for SharedWorkspaces {
         Ok(CheckedOut {
             dir,
             restored_bytes: Some(size),
+            restored_digest,
         })
     }
 
     async fn check_in(
         &self,
         name: &str,
-        _run: (RunId, u32),
-        dir: &Path,
+        checked_out: &CheckedOut,
     ) -> Result<Option<u64>, WorkspaceError> {
-        let result = self.save(name, dir).await;
+        let result = self.save(name, checked_out).await;
+        let dir = &checked_out.dir;
         if let Err(err) = tokio::fs::remove_dir_all(dir).await {
             tracing::warn!(dir = %dir.display(), error = %err, "could not remove an attempt's workspace");
         }
@@ -196,26 +193,19 @@ impl Workspaces for SharedWorkspaces {
 }
 
 impl SharedWorkspaces {
-    fn remember(&self, dir: &Path, restored: Option<[u8; 32]>) {
-        self.restored
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(dir.to_path_buf(), restored);
-    }
-
-    async fn save(&self, name: &str, dir: &Path) -> Result<Option<u64>, WorkspaceError> {
-        let restored = self
-            .restored
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(dir);
+    async fn save(
+        &self,
+        name: &str,
+        checked_out: &CheckedOut,
+    ) -> Result<Option<u64>, WorkspaceError> {
         if name.starts_with(EPHEMERAL_PREFIX) {
             return Ok(None);
         }
+        let dir = &checked_out.dir;
         let empty = std::fs::read_dir(dir)
             .map(|mut entries| entries.next().is_none())
             .unwrap_or(false);
-        if empty && matches!(restored, Some(None)) {
+        if empty && checked_out.restored_digest.is_none() {
             // Nothing was saved and nothing was made.
             return Ok(None);
         }
@@ -226,7 +216,7 @@ impl SharedWorkspaces {
         let size = tokio::task::spawn_blocking(move || pack(&source, &target, max))
             .await
             .map_err(|err| WorkspaceError::Io(format!("packing the workspace: {err}")))??;
-        if let Some(Some(before)) = restored {
+        if let Some(before) = checked_out.restored_digest {
             if digest(&archive)? == before {
                 // The same files as restored (the archive has no timestamps of its own).
                 return Ok(None);
@@ -357,11 +347,7 @@ mod tests {
         std::fs::create_dir_all(out.dir.join("notes")).unwrap();
         std::fs::write(out.dir.join("notes/a.txt"), "kept").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", out.dir.join("link")).unwrap();
-        assert!(first
-            .check_in("job-1", run, &out.dir)
-            .await
-            .unwrap()
-            .is_some());
+        assert!(first.check_in("job-1", &out).await.unwrap().is_some());
         assert!(
             !out.dir.exists(),
             "the attempt's directory goes after check-in"
@@ -388,8 +374,8 @@ mod tests {
         std::fs::write(a.dir.join("from"), "a").unwrap();
         std::fs::write(a.dir.join("only-a"), "a").unwrap();
         std::fs::write(b.dir.join("from"), "b").unwrap();
-        workspaces.check_in("job-x", one, &a.dir).await.unwrap();
-        workspaces.check_in("job-x", two, &b.dir).await.unwrap();
+        workspaces.check_in("job-x", &a).await.unwrap();
+        workspaces.check_in("job-x", &b).await.unwrap();
         let next = workspaces
             .check_out("job-x", (RunId::new(), 1))
             .await
@@ -405,7 +391,7 @@ mod tests {
         let run = (RunId::new(), 1);
         let out = workspaces.check_out("job-big", run).await.unwrap();
         std::fs::write(out.dir.join("small"), "kept").unwrap();
-        workspaces.check_in("job-big", run, &out.dir).await.unwrap();
+        workspaces.check_in("job-big", &out).await.unwrap();
 
         let run = (RunId::new(), 1);
         let out = workspaces.check_out("job-big", run).await.unwrap();
@@ -413,10 +399,7 @@ mod tests {
         let mut noise = vec![0u8; 512 * 1024];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut noise);
         std::fs::write(out.dir.join("noise"), noise).unwrap();
-        let err = workspaces
-            .check_in("job-big", run, &out.dir)
-            .await
-            .unwrap_err();
+        let err = workspaces.check_in("job-big", &out).await.unwrap_err();
         assert!(matches!(err, WorkspaceError::TooLarge(_)), "{err}");
         assert!(
             err.to_string().contains("AUTOPILOT_WORKSPACE_MAX_MB"),
@@ -438,42 +421,28 @@ mod tests {
     async fn an_attempt_that_changed_nothing_saves_nothing() {
         let root = tempfile::tempdir().unwrap();
         let workspaces = shared(root.path(), 1 << 20);
-        let run = (RunId::new(), 1);
-        let out = workspaces.check_out("job-same", run).await.unwrap();
-        assert_eq!(
-            workspaces
-                .check_in("job-same", run, &out.dir)
-                .await
-                .unwrap(),
-            None,
-            "empty"
-        );
-        let run = (RunId::new(), 1);
-        let out = workspaces.check_out("job-same", run).await.unwrap();
-        std::fs::write(out.dir.join("a"), "a").unwrap();
-        assert!(workspaces
-            .check_in("job-same", run, &out.dir)
-            .await
-            .unwrap()
-            .is_some());
-        let run = (RunId::new(), 1);
-        let out = workspaces.check_out("job-same", run).await.unwrap();
-        assert_eq!(
-            workspaces
-                .check_in("job-same", run, &out.dir)
-                .await
-                .unwrap(),
-            None,
-            "unchanged"
-        );
-        let run = (RunId::new(), 1);
-        let out = workspaces.check_out("job-same", run).await.unwrap();
-        std::fs::write(out.dir.join("a"), "changed").unwrap();
-        assert!(workspaces
-            .check_in("job-same", run, &out.dir)
-            .await
-            .unwrap()
-            .is_some());
+        // One attempt: check out, change the files with `edit`, check in; whether it saved.
+        let attempt = |edit: Option<&'static str>| {
+            let workspaces = &workspaces;
+            async move {
+                let out = workspaces
+                    .check_out("job-same", (RunId::new(), 1))
+                    .await
+                    .unwrap();
+                if let Some(content) = edit {
+                    std::fs::write(out.dir.join("a"), content).unwrap();
+                }
+                workspaces
+                    .check_in("job-same", &out)
+                    .await
+                    .unwrap()
+                    .is_some()
+            }
+        };
+        assert!(!attempt(None).await, "empty: nothing to save");
+        assert!(attempt(Some("a")).await, "a new file is saved");
+        assert!(!attempt(None).await, "unchanged: nothing to save");
+        assert!(attempt(Some("changed")).await, "a changed file is saved");
     }
 
     #[tokio::test]
@@ -483,9 +452,6 @@ mod tests {
         let run = (RunId::new(), 1);
         let out = workspaces.check_out("quick-1", run).await.unwrap();
         std::fs::write(out.dir.join("x"), "x").unwrap();
-        assert_eq!(
-            workspaces.check_in("quick-1", run, &out.dir).await.unwrap(),
-            None
-        );
+        assert_eq!(workspaces.check_in("quick-1", &out).await.unwrap(), None);
     }
 }

@@ -44,8 +44,14 @@ fn output_text(events: &[Value]) -> String {
         .join("\n")
 }
 
-/// Creates a shell job, runs it once and returns the finished run and its events.
-async fn run_shell(server: &TestServer, name: &str, job: Value) -> (Value, Vec<Value>) {
+/// Creates a shell job, runs it once and returns the finished run and its events, having
+/// checked that the run's container is gone.
+async fn run_shell(
+    server: &TestServer,
+    docker: &bollard::Docker,
+    name: &str,
+    job: Value,
+) -> (Value, Vec<Value>) {
     let mut body = json!({ "name": name, "timeout_secs": 60 });
     body.as_object_mut()
         .unwrap()
@@ -55,6 +61,11 @@ async fn run_shell(server: &TestServer, name: &str, job: Value) -> (Value, Vec<V
     let run_id = run["id"].as_str().unwrap().to_owned();
     let run = server.wait_until_finished(&run_id, RUN_TIMEOUT).await;
     let events = server.events(&run_id).await;
+    assert_eq!(
+        components::containers_of_run(docker, &run_id).await,
+        0,
+        "the run left its container behind"
+    );
     (run, events)
 }
 
@@ -189,7 +200,7 @@ async fn writing_outside_the_workspace_and_reading_host_files_fail() {
          exit 7",
         secret.display()
     );
-    let (run, events) = run_shell(&server, "escape", json!({ "command": script })).await;
+    let (run, events) = run_shell(&server, &docker, "escape", json!({ "command": script })).await;
     let text = output_text(&events);
     assert_eq!(run["status"], "failed", "{run}");
     assert_eq!(run["exit_code"], 7, "{run}");
@@ -207,10 +218,6 @@ async fn writing_outside_the_workspace_and_reading_host_files_fail() {
         std::fs::read_to_string(server.workspace_of(job).join("ok.txt")).unwrap(),
         "inside\n"
     );
-    assert_eq!(
-        components::containers_of_run(&docker, run["id"].as_str().unwrap()).await,
-        0
-    );
     server.stop().await.unwrap();
 }
 
@@ -225,6 +232,7 @@ async fn a_fork_bomb_hits_the_process_limit() {
     // A classic fork bomb, stopped by the job's timeout; the pids limit keeps it in its box.
     let (run, events) = run_shell(
         &server,
+        &docker,
         "fork bomb",
         json!({
             "command": "bomb() { bomb | bomb & }; bomb; sleep 30",
@@ -239,10 +247,6 @@ async fn a_fork_bomb_hits_the_process_limit() {
         text.contains("Cannot fork") || text.contains("Resource temporarily unavailable"),
         "the limit never bit: {text}"
     );
-    assert_eq!(
-        components::containers_of_run(&docker, run["id"].as_str().unwrap()).await,
-        0
-    );
     server.stop().await.unwrap();
 }
 
@@ -256,6 +260,7 @@ async fn a_memory_hog_is_killed_and_reported_out_of_memory() {
     };
     let (run, events) = run_shell(
         &server,
+        &docker,
         "memory hog",
         json!({
             "command": "echo start; python3 -c \"b = b'x' * (512 * 1024 * 1024); print(len(b))\"; echo survived",
@@ -277,10 +282,6 @@ async fn a_memory_hog_is_killed_and_reported_out_of_memory() {
         .expect("exited");
     assert_eq!(exited["data"]["out_of_memory"], true, "{exited}");
     assert!(!output_text(&events).contains("536870912"));
-    assert_eq!(
-        components::containers_of_run(&docker, run["id"].as_str().unwrap()).await,
-        0
-    );
     server.stop().await.unwrap();
 }
 
@@ -317,6 +318,7 @@ async fn networks_none_and_model_only_reach_nothing_but_open_does() {
     for network in ["none", "model-only"] {
         let (run, events) = run_shell(
             &server,
+            &docker,
             &format!("probe {network}"),
             json!({ "command": probe, "sandbox": { "network": network } }),
         )
@@ -334,6 +336,7 @@ async fn networks_none_and_model_only_reach_nothing_but_open_does() {
     // The same probe with an open network reaches the host: the listener works.
     let (run, events) = run_shell(
         &server,
+        &docker,
         "probe open",
         json!({ "command": probe, "sandbox": { "network": "open" } }),
     )
@@ -408,14 +411,11 @@ async fn kill_and_timeout_leave_no_container() {
 
     let (run, _) = run_shell(
         &server,
+        &docker,
         "too slow",
         json!({ "command": "sleep 120", "timeout_secs": 2 }),
     )
     .await;
     assert_eq!(run["status"], "timed_out", "{run}");
-    assert_eq!(
-        components::containers_of_run(&docker, run["id"].as_str().unwrap()).await,
-        0
-    );
     server.stop().await.unwrap();
 }

@@ -152,14 +152,20 @@ async fn a_long_line_arrives_whole(executor: &dyn Executor) {
     assert_eq!(out[1], "after");
 }
 
-async fn stop_terms_then_kills(executor: &dyn Executor) {
-    let dir = tempfile::tempdir().unwrap();
+/// A stop signal that fires after `delay`.
+fn stop_after(delay: Duration) -> CancellationToken {
     let stop = CancellationToken::new();
     let trigger = stop.clone();
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::time::sleep(delay).await;
         trigger.cancel();
     });
+    stop
+}
+
+async fn stop_terms_then_kills(executor: &dyn Executor) {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = stop_after(Duration::from_millis(1500));
     // The shell ignores SIGTERM, so only SIGKILL ends it.
     let (info, lines) = run(
         executor,
@@ -178,12 +184,7 @@ async fn stop_terms_then_kills(executor: &dyn Executor) {
 
 async fn stop_lets_a_polite_process_end_on_term(executor: &dyn Executor) {
     let dir = tempfile::tempdir().unwrap();
-    let stop = CancellationToken::new();
-    let trigger = stop.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        trigger.cancel();
-    });
+    let stop = stop_after(Duration::from_millis(1500));
     let (info, lines) = run(
         executor,
         shell(

@@ -88,21 +88,10 @@ for v in CONTROL_PLANE_FROM WORKER_FROM; do
     [[ ${!v} == base || ${!v} == runtime ]] || die "AUTOPILOT_${v} must be \`base\` or \`runtime\`, got \`${!v}\`"
 done
 
-if [[ $(id -u) -eq 0 ]]; then
-    SUDO=()
-elif command -v sudo >/dev/null 2>&1; then
-    SUDO=(sudo)
-else
-    SUDO=()
-fi
-
-if [[ -n ${DOCKER:-} ]]; then
-    :
-elif [[ -x /usr/bin/docker ]]; then
-    DOCKER=/usr/bin/docker
-else
-    DOCKER=$(command -v docker 2>/dev/null) || die "no docker client found: run docker/start-engine.sh first"
-fi
+# shellcheck source=docker/lib.sh
+source "$SCRIPT_DIR/lib.sh"
+DOCKER=$(pick_docker)
+[[ -n $DOCKER ]] || die "no docker client found: run docker/start-engine.sh first"
 # The classic builder: no BuildKit front-end image to pull, works with Engine 20.10 and newer.
 export DOCKER_BUILDKIT=0
 docker() { "$DOCKER" "$@"; }
@@ -162,12 +151,6 @@ drop_old_image() {
     if [[ -n $old && $old != "$new" ]]; then
         docker image rm "$old" >/dev/null 2>&1 || true
     fi
-}
-
-apt_install() {
-    log "installing $* with apt-get"
-    "${SUDO[@]}" apt-get update -qq || die "apt-get update failed"
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" || die "apt-get install $* failed"
 }
 
 # Hard-links (else copies) a file into a build context, keeping the given mode.

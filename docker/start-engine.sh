@@ -21,23 +21,8 @@ die() {
     exit 1
 }
 
-if [[ $(id -u) -eq 0 ]]; then
-    SUDO=()
-elif command -v sudo >/dev/null 2>&1; then
-    SUDO=(sudo)
-else
-    SUDO=()
-fi
-
-pick_docker() {
-    if [[ -n ${DOCKER:-} ]]; then
-        printf '%s\n' "$DOCKER"
-    elif [[ -x /usr/bin/docker ]]; then
-        printf '%s\n' /usr/bin/docker
-    else
-        command -v docker 2>/dev/null || true
-    fi
-}
+# shellcheck source=docker/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 engine_answers() {
     local docker
@@ -58,10 +43,7 @@ fi
 
 DOCKERD=/usr/sbin/dockerd
 if [[ ! -x $DOCKERD || -z $(pick_docker) ]]; then
-    log "installing docker.io with apt-get"
-    "${SUDO[@]}" apt-get update -qq || die "apt-get update failed"
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io \
-        || die "apt-get install docker.io failed"
+    apt_install docker.io
     [[ -x $DOCKERD ]] || die "docker.io is installed but $DOCKERD is missing"
 fi
 

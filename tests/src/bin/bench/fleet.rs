@@ -18,7 +18,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sqlx::Connection;
 
-use crate::{percentile, sorted, Row};
+use crate::{percentile, sorted, FireRow, Row, FIRES_IN_WINDOW};
 
 async fn start(options: ClusterOptions) -> anyhow::Result<Cluster> {
     Cluster::start(options).await.context(
@@ -191,20 +191,15 @@ pub async fn dispatch(jobs: usize, seconds: u64) -> anyhow::Result<Vec<Row>> {
     }
     let mut db = sqlx::PgConnection::connect(&cluster.database_url).await?;
     settle(&mut db, Duration::from_secs(60)).await?;
-    let rows: Vec<(i64, Option<i64>, String)> = sqlx::query_as(
-        "SELECT r.scheduled_for_ms, \
-           (SELECT e.at_ms FROM run_events e WHERE e.run_id = r.id AND e.kind = 'lifecycle' \
-            AND e.data LIKE '%\"step\":\"started\"%' ORDER BY e.seq LIMIT 1), r.status \
-         FROM runs r WHERE r.scheduled_for_ms BETWEEN $1 AND $2",
-    )
-    .bind(window_start)
-    .bind(window_end)
-    .fetch_all(&mut db)
-    .await?;
-    let failed = rows.iter().filter(|row| row.2 != "succeeded").count();
+    let rows: Vec<FireRow> = sqlx::query_as(FIRES_IN_WINDOW)
+        .bind(window_start)
+        .bind(window_end)
+        .fetch_all(&mut db)
+        .await?;
+    let failed = rows.iter().filter(|row| row.3 != "succeeded").count();
     let latency = sorted(
         rows.iter()
-            .filter_map(|(due, started, _)| started.map(|s| (s - due) as f64))
+            .filter_map(|(due, _, started, _)| started.map(|s| (s - due) as f64))
             .collect(),
     );
     Ok(vec![Row {

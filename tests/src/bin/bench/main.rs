@@ -57,6 +57,16 @@ fn print_table(rows: &[Row]) {
     }
 }
 
+/// The fires due between `$1` and `$2` (ms): due time, creation, the worker's `started` event
+/// (just before the spawn) and the final status. Same SQL on SQLite and PostgreSQL.
+pub const FIRES_IN_WINDOW: &str = "SELECT r.scheduled_for_ms, r.created_at_ms, \
+       (SELECT e.at_ms FROM run_events e WHERE e.run_id = r.id AND e.kind = 'lifecycle' \
+        AND e.data LIKE '%\"step\":\"started\"%' ORDER BY e.seq LIMIT 1), r.status \
+     FROM runs r WHERE r.scheduled_for_ms BETWEEN $1 AND $2";
+
+/// A row of [`FIRES_IN_WINDOW`].
+pub type FireRow = (i64, i64, Option<i64>, String);
+
 /// N per-second shell jobs (`true`) for S seconds on the embedded default.
 async fn cron(jobs: usize, seconds: u64) -> anyhow::Result<Vec<Row>> {
     // Enough worker slots that no fire waits for one: this measures dispatch, not queueing.
@@ -93,16 +103,11 @@ async fn cron(jobs: usize, seconds: u64) -> anyhow::Result<Vec<Row>> {
     let database = server.data_dir.path().join("autopilot.db");
     let mut db =
         sqlx::SqliteConnection::connect(&format!("sqlite://{}", database.display())).await?;
-    let rows: Vec<(i64, i64, Option<i64>, String)> = sqlx::query_as(
-        "SELECT r.scheduled_for_ms, r.created_at_ms, \
-           (SELECT e.at_ms FROM run_events e WHERE e.run_id = r.id AND e.kind = 'lifecycle' \
-            AND e.data LIKE '%\"step\":\"started\"%' ORDER BY e.seq LIMIT 1), r.status \
-         FROM runs r WHERE r.scheduled_for_ms BETWEEN $1 AND $2",
-    )
-    .bind(window_start)
-    .bind(window_end)
-    .fetch_all(&mut db)
-    .await?;
+    let rows: Vec<FireRow> = sqlx::query_as(FIRES_IN_WINDOW)
+        .bind(window_start)
+        .bind(window_end)
+        .fetch_all(&mut db)
+        .await?;
     let failed = rows.iter().filter(|row| row.3 != "succeeded").count();
     let lateness = sorted(
         rows.iter()

@@ -4,7 +4,6 @@
 //! migrations.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -338,13 +337,7 @@ impl SqlStore {
                 .test_before_acquire(false)
                 .connect_with(options.clone().read_only(false))
                 .await?;
-            let mut wal = options.get_filename().as_os_str().to_owned();
-            wal.push("-wal");
-            tokio::spawn(checkpoint_wal(
-                read.clone(),
-                write.clone(),
-                PathBuf::from(wal),
-            ));
+            tokio::spawn(checkpoint_wal(read.clone(), write.clone()));
             Pools::Sqlite { read, write }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool = PgPoolOptions::new()
@@ -367,32 +360,43 @@ impl SqlStore {
 
 /// How often the WAL is copied back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
-/// WAL size from which the writer's connection finishes a checkpoint so the WAL starts over.
-const WAL_RESTART_BYTES: u64 = 64 * 1024 * 1024;
+/// WAL content (frames since it last started over) from which the writer's connection finishes
+/// a checkpoint so the WAL starts over.
+const WAL_RESTART_BYTES: i64 = 64 * 1024 * 1024;
 
 /// Keeps the WAL bounded without making the writer wait for copies. A read connection copies
-/// what is in the WAL while the writer goes on (`PASSIVE` never waits for it). The WAL then only
-/// starts over from its beginning when the writer's own connection has copied the last frames
-/// too, between two of its transactions; that is done once the WAL passes `WAL_RESTART_BYTES`,
-/// so writes go to fresh pages most of the time: rewriting pages that are still being written to
-/// disk makes a commit wait for that. Runs until the pools close; a failed checkpoint is
-/// retried at the next tick.
-async fn checkpoint_wal(read: SqlitePool, write: SqlitePool, wal: PathBuf) {
+/// what is in the WAL while the writer goes on (`PASSIVE` never waits for it). When the writer
+/// pauses long enough for that copy to catch up, its next transaction starts the WAL over by
+/// itself. Under a load that never pauses the WAL only grows, so once its content passes
+/// `WAL_RESTART_BYTES` the writer's own connection copies the last frames, between two of its
+/// transactions, and the WAL starts over. The measure is the WAL's content as the checkpoint
+/// reports it, not the file, which keeps its largest size: a writer checkpoint costs two
+/// `fsync`s on the writer's path. Runs until the pools close; a failed checkpoint is retried at
+/// the next tick.
+async fn checkpoint_wal(read: SqlitePool, write: SqlitePool) {
+    // `wal_checkpoint` answers (busy, frames in the WAL, frames copied).
     let checkpoint = |pool: SqlitePool| async move {
-        if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
+        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&pool)
             .await
         {
-            if !pool.is_closed() {
-                tracing::debug!(error = %err, "WAL checkpoint failed; retrying");
+            Ok((_, frames, _)) => Some(frames),
+            Err(err) => {
+                if !pool.is_closed() {
+                    tracing::debug!(error = %err, "WAL checkpoint failed; retrying");
+                }
+                None
             }
         }
     };
+    let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(&read)
+        .await
+        .unwrap_or(4096);
     while !read.is_closed() && !write.is_closed() {
         tokio::time::sleep(CHECKPOINT_EVERY).await;
-        checkpoint(read.clone()).await;
-        let wal_bytes = std::fs::metadata(&wal).map_or(0, |meta| meta.len());
-        if wal_bytes > WAL_RESTART_BYTES {
+        let frames = checkpoint(read.clone()).await.unwrap_or(0);
+        if frames * page_size > WAL_RESTART_BYTES {
             checkpoint(write.clone()).await;
         }
     }

@@ -44,6 +44,42 @@ pub fn sorted(mut values: Vec<f64>) -> Vec<f64> {
     values
 }
 
+/// The machine's CPU time stolen by the hypervisor, from `/proc/stat`: a window with steal
+/// shows stalls that are not the program's. Take one reading before and one after.
+#[derive(Clone, Copy)]
+pub struct CpuTimes {
+    steal: u64,
+    total: u64,
+}
+
+impl CpuTimes {
+    pub fn now() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|field| field.parse().ok())
+            .collect();
+        Some(CpuTimes {
+            steal: *fields.get(7)?,
+            total: fields.iter().take(8).sum(),
+        })
+    }
+
+    /// The share of CPU time stolen between two readings, as text (`"CPU steal 0.1%"`).
+    pub fn steal_since(before: Option<Self>) -> String {
+        match (before, Self::now()) {
+            (Some(before), Some(after)) if after.total > before.total => format!(
+                "CPU steal {:.1}%",
+                (after.steal - before.steal) as f64 * 100.0 / (after.total - before.total) as f64
+            ),
+            _ => "CPU steal unknown".into(),
+        }
+    }
+}
+
 pub struct Row {
     pub name: String,
     pub value: String,

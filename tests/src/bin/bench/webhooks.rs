@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use sqlx::Connection;
 
-use super::{percentile, sorted, spawn_serve, Row, Serve};
+use super::{percentile, sorted, spawn_serve, CpuTimes, Row, Serve};
 
 const SECRET: &str = "bench-signing-secret-0123456789";
 const PAYLOAD: &str = r#"{"action":"opened","issue":{"number":1347,"title":"Found a bug","user":{"login":"octocat"},"labels":[{"name":"bug"}]}}"#;
@@ -119,12 +119,14 @@ async fn throughput(seconds: u64) -> anyhow::Result<Vec<Row>> {
     let script = serve.dir.path().join("deliveries.lua");
     std::fs::write(&script, wrk_script())?;
     eprintln!("wrk: 2 threads, 64 connections, {seconds}s against {url}…");
+    let cpu = CpuTimes::now();
     let output = tokio::process::Command::new("wrk")
         .args(["-t2", "-c64", &format!("-d{seconds}s"), "-s"])
         .arg(&script)
         .arg(&url)
         .output()
         .await?;
+    let steal = CpuTimes::steal_since(cpu);
     // Killed at once: what was answered must already be on disk.
     serve.child.kill()?;
     serve.child.wait()?;
@@ -150,7 +152,7 @@ async fn throughput(seconds: u64) -> anyhow::Result<Vec<Row>> {
                  {seconds}s, signed, unique delivery ids; {accepted} accepted, {refused} refused)"
             ),
             value: format!(
-                "**{per_second:.0}/s** (wrk latency p50 {:.1} ms, p99 {:.1} ms)",
+                "**{per_second:.0}/s** (wrk latency p50 {:.1} ms, p99 {:.1} ms; {steal})",
                 summary["p50_us"].as_f64().unwrap_or(f64::NAN) / 1000.0,
                 summary["p99_us"].as_f64().unwrap_or(f64::NAN) / 1000.0
             ),
@@ -185,6 +187,7 @@ async fn fixed_rate(seconds: u64) -> anyhow::Result<Vec<Row>> {
         })
         .collect();
     eprintln!("{RATE} deliveries/s for {seconds}s, open loop…");
+    let cpu = CpuTimes::now();
     let generator = std::thread::spawn(move || -> anyhow::Result<(Vec<f64>, u64)> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -194,6 +197,7 @@ async fn fixed_rate(seconds: u64) -> anyhow::Result<Vec<Row>> {
     let (latencies, accepted) = generator
         .join()
         .map_err(|_| anyhow::anyhow!("the load generator panicked"))??;
+    let steal = CpuTimes::steal_since(cpu);
     let latencies = sorted(latencies);
     Ok(vec![Row {
         name: format!(
@@ -201,7 +205,7 @@ async fn fixed_rate(seconds: u64) -> anyhow::Result<Vec<Row>> {
              (open loop; {accepted} of {total} accepted)"
         ),
         value: format!(
-            "p50 {:.2} ms, **p99 {:.2} ms**, max {:.1} ms",
+            "p50 {:.2} ms, **p99 {:.2} ms**, max {:.1} ms ({steal})",
             percentile(&latencies, 50.0),
             percentile(&latencies, 99.0),
             latencies.last().copied().unwrap_or(f64::NAN)
@@ -225,7 +229,7 @@ async fn open_loop(
     let warm = (0..16).map(|_| client.get(&url).send());
     futures::future::join_all(warm).await;
     let count = requests.len();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(f64, bool)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, f64, bool)>();
     let start = tokio::time::Instant::now() + Duration::from_millis(100);
     for (i, (body, signature)) in requests.into_iter().enumerate() {
         let due = start + Duration::from_micros(i as u64 * 1_000_000 / rate);
@@ -245,15 +249,24 @@ async fn open_loop(
                 .saturating_duration_since(due.into_std())
                 .as_secs_f64()
                 * 1000.0;
-            let _ = tx.send((latency, accepted));
+            let _ = tx.send((i, latency, accepted));
         });
     }
     drop(tx);
-    let mut latencies = Vec::with_capacity(count);
+    let mut latencies = vec![f64::NAN; count];
     let mut accepted = 0;
-    while let Some((latency, ok)) = rx.recv().await {
-        latencies.push(latency);
+    while let Some((i, latency, ok)) = rx.recv().await {
+        latencies[i] = latency;
         accepted += u64::from(ok);
+    }
+    // BENCH_LATENCIES=PATH writes each request's due offset and latency (ms), to find stalls.
+    if let Some(path) = std::env::var_os("BENCH_LATENCIES") {
+        let lines: String = latencies
+            .iter()
+            .enumerate()
+            .map(|(i, latency)| format!("{} {latency:.3}\n", i as u64 * 1000 / rate))
+            .collect();
+        std::fs::write(path, lines)?;
     }
     Ok((latencies, accepted))
 }

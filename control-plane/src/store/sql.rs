@@ -119,20 +119,8 @@ macro_rules! append_events_in {
             // One statement per chunk of the run's events.
             for (chunk_index, chunk) in run_events.chunks(EVENTS_PER_INSERT).enumerate() {
                 let first_seq = last - count + 1 + (chunk_index * EVENTS_PER_INSERT) as i64;
-                let sql = insert_events_sql(chunk.len());
-                let mut query = sqlx::query(&sql);
-                for (offset, event) in chunk.iter().enumerate() {
-                    query = query
-                        .bind(run_id.to_string())
-                        .bind(first_seq + offset as i64)
-                        .bind(i64::from(event.attempt))
-                        .bind(event.origin.as_str())
-                        .bind(clamp_i64(event.origin_seq))
-                        .bind(to_ms(event.at))
-                        .bind(event.kind.as_str())
-                        .bind(event.data.to_string());
-                }
-                stored += query
+                let sql = insert_events_sql(1, chunk.len());
+                stored += bind_events_from!(sqlx::query(&sql), chunk.iter().copied(), first_seq)
                     .execute(&mut *$tx)
                     .await
                     .map_err(classify)?
@@ -148,28 +136,67 @@ const RESERVE_EVENT_SEQS: &str =
 /// Most events in one INSERT (8 parameters each, well under SQLite's limit).
 const EVENTS_PER_INSERT: usize = 64;
 
-/// `INSERT` of `rows` events; a redelivered one (same run, attempt, origin and origin_seq) is
-/// skipped.
-fn insert_events_sql(rows: usize) -> String {
-    let mut sql = String::from(
-        "INSERT INTO run_events (run_id, seq, attempt, origin, origin_seq, at_ms, kind, data) VALUES ",
-    );
+/// `INSERT` of `rows` events, their parameters numbered from `$first`; a redelivered one (same
+/// run, attempt, origin and origin_seq) is skipped.
+fn insert_events_sql(first: usize, rows: usize) -> String {
+    format!(
+        "INSERT INTO run_events {EVENT_COLUMNS} VALUES {} {EVENT_REDELIVERED}",
+        value_rows(first, rows, 8)
+    )
+}
+
+const EVENT_COLUMNS: &str = "(run_id, seq, attempt, origin, origin_seq, at_ms, kind, data)";
+const EVENT_REDELIVERED: &str = "ON CONFLICT (run_id, attempt, origin, origin_seq) DO NOTHING";
+
+/// `rows` rows of `columns` parameters each, numbered from `$first`: `($1, $2), ($3, $4)`.
+fn value_rows(first: usize, rows: usize, columns: usize) -> String {
+    let mut sql = String::with_capacity(rows * columns * 5);
     for row in 0..rows {
         if row > 0 {
             sql.push_str(", ");
         }
-        let base = row * 8;
         sql.push('(');
-        for column in 1..=8 {
-            if column > 1 {
+        for column in 0..columns {
+            if column > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!("${}", base + column));
+            sql.push_str(&format!("${}", first + row * columns + column));
         }
         sql.push(')');
     }
-    sql.push_str(" ON CONFLICT (run_id, attempt, origin, origin_seq) DO NOTHING");
     sql
+}
+
+/// Binds `$events` with sequence numbers from `$first_seq` on, in `insert_events_sql` order.
+macro_rules! bind_events_from {
+    ($query:expr, $events:expr, $first_seq:expr) => {{
+        let mut query = $query;
+        let first_seq: i64 = $first_seq;
+        for (offset, event) in $events.into_iter().enumerate() {
+            let event: &NewRunEvent = event;
+            query = query
+                .bind(event.run_id.to_string())
+                .bind(first_seq + offset as i64)
+                .bind(i64::from(event.attempt))
+                .bind(event.origin.as_str())
+                .bind(clamp_i64(event.origin_seq))
+                .bind(to_ms(event.at))
+                .bind(event.kind.as_str())
+                .bind(event.data.to_string());
+        }
+        query
+    }};
+}
+
+/// Most events a run write stores in the statement of the run itself (PostgreSQL) or with it,
+/// numbered from the run's row; more take the general path (`append_events_in`).
+const EVENTS_WITH_RUN: usize = 256;
+
+/// Whether `events` may be stored with `run`'s own row write: all of that run, and not too many.
+fn events_ride_with(run: &Run, events: &[NewRunEvent]) -> bool {
+    !events.is_empty()
+        && events.len() <= EVENTS_WITH_RUN
+        && events.iter().all(|event| event.run_id == run.id)
 }
 
 const JOB_COLUMNS: &str = "id, name, description, kind, prompt, schedule_kind, schedule_expr, timezone, enabled, \
@@ -187,6 +214,24 @@ const INSERT_RUN: &str = "INSERT INTO runs (id, job_id, job_name, trigger, statu
     is_error, error, result, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, num_turns, \
     models, permission_denials, webhook_id, delivery_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
     $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)";
+
+/// `INSERT_RUN` with the run's last event sequence number as `$30`: a new run's first events
+/// are numbered 1..n in the same write, without reserving them on the row afterwards.
+const INSERT_RUN_WITH_EVENTS: &str = "INSERT INTO runs (id, job_id, job_name, trigger, status, attempt, scheduled_for_ms, settings, \
+    created_at_ms, dispatched_at_ms, not_before_ms, started_at_ms, finished_at_ms, heartbeat_at_ms, worker_id, exit_code, \
+    is_error, error, result, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, num_turns, \
+    models, permission_denials, webhook_id, delivery_id, event_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+    $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)";
+
+/// Every column of a run, set from `$1`..`$29` in `INSERT_RUN` order.
+const SET_RUN: &str = "id = $1, job_id = $2, job_name = $3, trigger = $4, status = $5, attempt = $6, \
+    scheduled_for_ms = $7, settings = $8, created_at_ms = $9, dispatched_at_ms = $10, not_before_ms = $11, \
+    started_at_ms = $12, finished_at_ms = $13, heartbeat_at_ms = $14, worker_id = $15, exit_code = $16, \
+    is_error = $17, error = $18, result = $19, input_tokens = $20, output_tokens = $21, \
+    cache_read_tokens = $22, cache_write_tokens = $23, cost_usd = $24, num_turns = $25, models = $26, \
+    permission_denials = $27, webhook_id = $28, delivery_id = $29";
+/// Which row version an update expects: `$30` status, `$31` attempt.
+const RUN_EXPECTED: &str = "WHERE id = $1 AND status = $30 AND attempt = $31";
 
 /// Binds every column of a run, in `INSERT_RUN` order.
 macro_rules! bind_run {
@@ -507,10 +552,50 @@ impl Store for SqlStore {
     }
 
     async fn insert_run(&self, run: &Run, first_events: &[NewRunEvent]) -> StoreResult<()> {
-        in_write_tx!(self, tx => {
-            bind_run!(sqlx::query(INSERT_RUN), run).execute(&mut *tx).await.map_err(classify)?;
-            append_events_in!(tx, first_events);
-        });
+        if !events_ride_with(run, first_events) {
+            in_write_tx!(self, tx => {
+                bind_run!(sqlx::query(INSERT_RUN), run).execute(&mut *tx).await.map_err(classify)?;
+                append_events_in!(tx, first_events);
+            });
+            return Ok(());
+        }
+        // The run's own first events are numbered 1..n by the row itself.
+        let count = i64::try_from(first_events.len()).unwrap_or(i64::MAX);
+        match &self.pools {
+            Pools::Sqlite { write, .. } => {
+                let mut tx = write
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(classify)?;
+                bind_run!(sqlx::query(INSERT_RUN_WITH_EVENTS), run)
+                    .bind(count)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                let sql = insert_events_sql(1, first_events.len());
+                bind_events_from!(sqlx::query(&sql), first_events, 1)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                tx.commit().await.map_err(classify)?;
+            }
+            Pools::Postgres(pool) => {
+                // One statement, so one round trip and no BEGIN / COMMIT: a data-modifying
+                // `WITH` runs whether or not the outer statement reads it.
+                let sql = format!(
+                    "WITH run AS ({INSERT_RUN_WITH_EVENTS}) {}",
+                    insert_events_sql(31, first_events.len())
+                );
+                bind_events_from!(
+                    bind_run!(sqlx::query(&sql), run).bind(count),
+                    first_events,
+                    1
+                )
+                .execute(pool)
+                .await
+                .map_err(classify)?;
+            }
+        }
         Ok(())
     }
 
@@ -563,16 +648,10 @@ impl Store for SqlStore {
         expected_attempt: u32,
         events: &[NewRunEvent],
     ) -> StoreResult<bool> {
-        let sql = "UPDATE runs SET id = $1, job_id = $2, job_name = $3, trigger = $4, status = $5, attempt = $6, \
-             scheduled_for_ms = $7, settings = $8, created_at_ms = $9, dispatched_at_ms = $10, not_before_ms = $11, \
-             started_at_ms = $12, finished_at_ms = $13, heartbeat_at_ms = $14, worker_id = $15, exit_code = $16, \
-             is_error = $17, error = $18, result = $19, input_tokens = $20, output_tokens = $21, \
-             cache_read_tokens = $22, cache_write_tokens = $23, cost_usd = $24, num_turns = $25, models = $26, \
-             permission_denials = $27, webhook_id = $28, delivery_id = $29 WHERE id = $1 AND status = $30 \
-             AND attempt = $31";
         if events.is_empty() {
+            let sql = format!("UPDATE runs SET {SET_RUN} {RUN_EXPECTED}");
             let updated = on_write!(self, pool => {
-                bind_run!(sqlx::query(sql), run)
+                bind_run!(sqlx::query(&sql), run)
                     .bind(expected_status.as_str())
                     .bind(i64::from(expected_attempt))
                     .execute(pool)
@@ -582,20 +661,96 @@ impl Store for SqlStore {
             .map_err(classify)?;
             return Ok(updated == 1);
         }
-        let updated = in_write_tx!(self, tx => {
-            let updated = bind_run!(sqlx::query(sql), run)
-                .bind(expected_status.as_str())
-                .bind(i64::from(expected_attempt))
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?
-                .rows_affected();
-            if updated == 1 {
-                append_events_in!(tx, events);
+        if !events_ride_with(run, events) {
+            let sql = format!("UPDATE runs SET {SET_RUN} {RUN_EXPECTED}");
+            let updated = in_write_tx!(self, tx => {
+                let updated = bind_run!(sqlx::query(&sql), run)
+                    .bind(expected_status.as_str())
+                    .bind(i64::from(expected_attempt))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?
+                    .rows_affected();
+                if updated == 1 {
+                    append_events_in!(tx, events);
+                }
+                updated
+            });
+            return Ok(updated == 1);
+        }
+        // The events' sequence numbers are reserved by the update of the row itself ($32 of
+        // them), so the row is written once.
+        let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+        let update = format!(
+            "UPDATE runs SET {SET_RUN}, event_seq = event_seq + $32 {RUN_EXPECTED} RETURNING event_seq"
+        );
+        match &self.pools {
+            Pools::Sqlite { write, .. } => {
+                let mut tx = write
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(classify)?;
+                let last: Option<(i64,)> = bind_run!(sqlx::query_as(&update), run)
+                    .bind(expected_status.as_str())
+                    .bind(i64::from(expected_attempt))
+                    .bind(count)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                if let Some((last,)) = last {
+                    let sql = insert_events_sql(1, events.len());
+                    bind_events_from!(sqlx::query(&sql), events, last - count + 1)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                }
+                tx.commit().await.map_err(classify)?;
+                Ok(last.is_some())
             }
-            updated
-        });
-        Ok(updated == 1)
+            Pools::Postgres(pool) => {
+                // One statement: the events take their numbers from the updated row, and are
+                // stored only if the row matched. `n` is each event's place, 1..count.
+                let rows = (0..events.len())
+                    .map(|row| {
+                        let first = 33 + row * 7;
+                        format!(
+                            "({}::BIGINT, ${first}, ${}, ${}, ${}, ${}, ${}, ${})",
+                            row + 1,
+                            first + 1,
+                            first + 2,
+                            first + 3,
+                            first + 4,
+                            first + 5,
+                            first + 6,
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "WITH updated AS ({update}), stored AS (INSERT INTO run_events {EVENT_COLUMNS} \
+                     SELECT e.run_id, updated.event_seq - $32 + e.n, e.attempt, e.origin, e.origin_seq, e.at_ms, \
+                     e.kind, e.data FROM updated CROSS JOIN (VALUES {rows}) \
+                     AS e (n, run_id, attempt, origin, origin_seq, at_ms, kind, data) {EVENT_REDELIVERED}) \
+                     SELECT event_seq FROM updated"
+                );
+                let mut query = bind_run!(sqlx::query_as::<_, (i64,)>(&sql), run)
+                    .bind(expected_status.as_str())
+                    .bind(i64::from(expected_attempt))
+                    .bind(count);
+                for event in events {
+                    query = query
+                        .bind(event.run_id.to_string())
+                        .bind(i64::from(event.attempt))
+                        .bind(event.origin.as_str())
+                        .bind(clamp_i64(event.origin_seq))
+                        .bind(to_ms(event.at))
+                        .bind(event.kind.as_str())
+                        .bind(event.data.to_string());
+                }
+                let updated = query.fetch_optional(pool).await.map_err(classify)?;
+                Ok(updated.is_some())
+            }
+        }
     }
 
     async fn claim_run(

@@ -241,6 +241,42 @@ async fn conformance(store: Arc<dyn Store>) {
         2,
         "the failed compare-and-set stored no event"
     );
+    assert!(control_events[0].seq < control_events[1].seq);
+    // Events written with the row take the numbers after its last one; one already stored (a
+    // redelivery) is skipped.
+    let later: Vec<NewRunEvent> = [3, 4]
+        .into_iter()
+        .map(|seq| NewRunEvent {
+            origin: EventOrigin::Control,
+            ..event(&run, seq, EventKind::Lifecycle)
+        })
+        .collect();
+    let finished_again = NewRunEvent {
+        origin: EventOrigin::Control,
+        data: json!({ "step": "finished" }),
+        ..event(&run, 2, EventKind::Lifecycle)
+    };
+    assert!(store
+        .update_run(
+            &run,
+            RunStatus::Succeeded,
+            1,
+            &[finished_again, later[0].clone(), later[1].clone()]
+        )
+        .await
+        .unwrap());
+    let all = store.list_events(run.id, 0, 10).await.unwrap();
+    assert_eq!(
+        all.len(),
+        4,
+        "the redelivered event is stored once: {all:?}"
+    );
+    assert_eq!(
+        (all[2].data["n"].as_u64(), all[3].data["n"].as_u64()),
+        (Some(3), Some(4))
+    );
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq), "{all:?}");
+    let last_control_seq = all[3].seq;
 
     // Listing: newest first, filters, paging.
     let mut manual_ids = Vec::new();
@@ -356,9 +392,9 @@ async fn conformance(store: Arc<dyn Store>) {
             .unwrap(),
         1
     );
-    // After the run's two lifecycle events.
+    // After the run's lifecycle events.
     let events = store
-        .list_events(run.id, control_events[1].seq, 100)
+        .list_events(run.id, last_control_seq, 100)
         .await
         .unwrap();
     let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();

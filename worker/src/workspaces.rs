@@ -140,33 +140,35 @@ impl Workspaces for SharedWorkspaces {
 
     async fn check_out(&self, name: &str, run: (RunId, u32)) -> Result<CheckedOut, WorkspaceError> {
         let dir = self.attempt_dir(name, run);
-        if tokio::fs::try_exists(&dir).await.unwrap_or(false) {
-            // Left by an earlier life of this worker.
-            tokio::fs::remove_dir_all(&dir)
-                .await
-                .map_err(io("clearing the attempt's workspace"))?;
-        }
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(io("creating the attempt's workspace"))?;
+        // One trip to a blocking thread for the directory, not one per file operation.
+        let fresh = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            if fresh.exists() {
+                // Left by an earlier life of this worker.
+                std::fs::remove_dir_all(&fresh).map_err(io("clearing the attempt's workspace"))?;
+            }
+            std::fs::create_dir_all(&fresh).map_err(io("creating the attempt's workspace"))
+        })
+        .await
+        .map_err(|err| WorkspaceError::Io(format!("creating the attempt's workspace: {err}")))??;
         if name.starts_with(EPHEMERAL_PREFIX) {
             return Ok(CheckedOut::fresh(dir));
         }
-        let archive = tempfile::NamedTempFile::new_in(&self.root)
-            .map_err(io("a temporary file for the saved workspace"))?
-            .into_temp_path();
+        // The blob store creates the file only when there is a saved workspace.
+        let (run_id, attempt) = run;
+        let archive = RemovedOnDrop(self.root.join(format!(".{name}.{run_id}.{attempt}.tar.gz")));
         let blob = Self::blob_name(name);
         let found = with_retry("the saved workspace could not be fetched", || {
-            self.blobs.get(&blob, &archive)
+            self.blobs.get(&blob, &archive.0)
         })
         .await?;
         if !found {
             return Ok(CheckedOut::fresh(dir));
         }
-        let size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
-        let restored_digest = Some(digest(&archive)?);
+        let size = std::fs::metadata(&archive.0).map(|m| m.len()).unwrap_or(0);
+        let restored_digest = Some(digest(&archive.0)?);
         let target = dir.clone();
-        let archive_path = archive.to_path_buf();
+        let archive_path = archive.0.clone();
         tokio::task::spawn_blocking(move || unpack(&archive_path, &target))
             .await
             .map_err(|err| WorkspaceError::Io(format!("unpacking the saved workspace: {err}")))??;
@@ -183,12 +185,26 @@ impl Workspaces for SharedWorkspaces {
         name: &str,
         checked_out: &CheckedOut,
     ) -> Result<Option<u64>, WorkspaceError> {
-        let result = self.save(name, checked_out).await;
         let dir = &checked_out.dir;
+        // Most attempts of a job without files leave their directory empty: one `rmdir`, which
+        // fails for a directory that is not.
+        if checked_out.restored_digest.is_none() && std::fs::remove_dir(dir).is_ok() {
+            return Ok(None);
+        }
+        let result = self.save(name, checked_out).await;
         if let Err(err) = tokio::fs::remove_dir_all(dir).await {
             tracing::warn!(dir = %dir.display(), error = %err, "could not remove an attempt's workspace");
         }
         result
+    }
+}
+
+/// A file removed when this goes out of scope (whether or not it was ever created).
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -443,6 +459,18 @@ mod tests {
         assert!(attempt(Some("a")).await, "a new file is saved");
         assert!(!attempt(None).await, "unchanged: nothing to save");
         assert!(attempt(Some("changed")).await, "a changed file is saved");
+        // Nothing is left behind: no attempt directory, no fetched or packed archive.
+        let left: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(left, [".attempts"], "{left:?}");
+        assert_eq!(
+            std::fs::read_dir(root.path().join(".attempts"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[tokio::test]

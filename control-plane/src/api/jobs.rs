@@ -57,8 +57,9 @@ pub async fn trigger(
     State(AppState(app)): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Run>)> {
-    let id = resolve(&app, &id).await?;
-    Ok((StatusCode::ACCEPTED, Json(app.trigger_job(id).await?)))
+    // One read: the job found by id or name is the one run.
+    let job = app.find_job(&id).await?;
+    Ok((StatusCode::ACCEPTED, Json(app.trigger_job(job).await?)))
 }
 
 #[derive(Deserialize)]

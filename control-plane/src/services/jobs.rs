@@ -709,9 +709,9 @@ impl App {
         upcoming_fires(&self.job(id).await?, count)
     }
 
-    /// Runs a job now. Under `overlap_policy: skip`, a job that is still running is refused.
-    pub async fn trigger_job(&self, id: JobId) -> ServiceResult<Run> {
-        let job = self.job(id).await?;
+    /// Runs a job now (as just read by `find_job`). Under `overlap_policy: skip`, a job that is
+    /// still running is refused.
+    pub async fn trigger_job(&self, job: Job) -> ServiceResult<Run> {
         if job.overlap_policy == OverlapPolicy::Skip && !self.active_runs(job.id).await?.is_empty()
         {
             return Err(ServiceError::Conflict(format!(

@@ -2,7 +2,7 @@
 //! rate limiters, the writer's queue and the estimate of queued runs that bounds it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,8 @@ pub struct Deliveries {
     /// Queued runs in the store, as last counted plus what the writer added since.
     pub(super) queued_runs: AtomicU64,
     max_queued_runs: u64,
+    /// Whether a delivery looked at the bound since the last count (a count is taken soon).
+    pub(super) bound_asked: AtomicBool,
 }
 
 impl Deliveries {
@@ -43,6 +45,7 @@ impl Deliveries {
             queue_rx: Mutex::new(Some(queue_rx)),
             queued_runs: AtomicU64::new(0),
             max_queued_runs,
+            bound_asked: AtomicBool::new(false),
         }
     }
 
@@ -95,6 +98,7 @@ impl Deliveries {
     }
 
     pub(super) fn queue_is_full(&self) -> bool {
+        self.bound_asked.store(true, Ordering::Relaxed);
         self.queued_runs.load(Ordering::Relaxed) >= self.max_queued_runs
     }
 }

@@ -19,8 +19,10 @@ use crate::webhooks::model::{DeliveryOutcome, NewDelivery};
 pub(super) const WRITER_QUEUE: usize = 16_384;
 /// Most deliveries stored in one transaction.
 const MAX_BATCH: usize = 1024;
-/// How often the writer re-counts queued runs in the store.
+/// How often queued runs in the store are counted again while deliveries arrive.
 const QUEUED_RECOUNT: Duration = Duration::from_millis(500);
+/// How often they are counted when no delivery came (the count grows costly with the queue).
+const QUEUED_RECOUNT_IDLE: Duration = Duration::from_secs(10);
 
 /// What the writer did with one delivery.
 pub enum Submitted {
@@ -75,12 +77,20 @@ pub async fn run_delivery_writer(app: Arc<App>, cancel: CancellationToken) -> an
     }
 }
 
-/// Keeps the estimate of queued runs (the bound on queued work) close to the store's count.
+/// Keeps the estimate of queued runs (the bound on queued work) close to the store's count:
+/// every `QUEUED_RECOUNT` while deliveries look at it, every `QUEUED_RECOUNT_IDLE` otherwise
+/// (runs queued by other means, completions), so a replica that takes no webhooks does not
+/// count a long queue twice a second.
 async fn recount_queued_runs(app: Arc<App>, cancel: CancellationToken) {
+    let mut counted_at = None::<tokio::time::Instant>;
     loop {
-        match app.store.count_queued_runs().await {
-            Ok(count) => app.deliveries.queued_runs.store(count, Ordering::Relaxed),
-            Err(err) => tracing::warn!(error = %err, "counting queued runs failed"),
+        let asked = app.deliveries.bound_asked.swap(false, Ordering::Relaxed);
+        if asked || counted_at.is_none_or(|at| at.elapsed() >= QUEUED_RECOUNT_IDLE) {
+            match app.store.count_queued_runs().await {
+                Ok(count) => app.deliveries.queued_runs.store(count, Ordering::Relaxed),
+                Err(err) => tracing::warn!(error = %err, "counting queued runs failed"),
+            }
+            counted_at = Some(tokio::time::Instant::now());
         }
         tokio::select! {
             _ = cancel.cancelled() => return,

@@ -846,9 +846,9 @@ async fn delete_job(app: &App, args: JsonObject) -> Outcome {
 
 async fn trigger_job(app: &App, args: JsonObject, context: &RequestContext<RoleServer>) -> Outcome {
     let TriggerArgs { job, wait } = parse(args)?;
-    let id = app.find_job(&job).await?.id;
+    let job = app.find_job(&job).await?;
     let updates = app.run_updates.subscribe();
-    let run = app.trigger_job(id).await?;
+    let run = app.trigger_job(job).await?;
     finish_run_call(app, run, wait, updates, context).await
 }
 

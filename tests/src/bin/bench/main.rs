@@ -49,6 +49,8 @@ pub fn sorted(mut values: Vec<f64>) -> Vec<f64> {
 #[derive(Clone, Copy)]
 pub struct CpuTimes {
     steal: u64,
+    /// Neither idle nor waiting for I/O nor stolen.
+    busy: u64,
     total: u64,
 }
 
@@ -62,10 +64,25 @@ impl CpuTimes {
             .skip(1)
             .filter_map(|field| field.parse().ok())
             .collect();
+        // user nice system idle iowait irq softirq steal, in clock ticks.
+        let (idle, iowait, steal) = (*fields.get(3)?, *fields.get(4)?, *fields.get(7)?);
+        let total: u64 = fields.iter().take(8).sum();
         Some(CpuTimes {
-            steal: *fields.get(7)?,
-            total: fields.iter().take(8).sum(),
+            steal,
+            busy: total - idle - iowait - steal,
+            total,
         })
+    }
+
+    /// The machine's busy CPU time between two readings, in milliseconds (all cores).
+    pub fn busy_ms_since(before: Option<Self>) -> Option<f64> {
+        let (before, after) = (before?, Self::now()?);
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100)
+            .max(1) as f64;
+        Some((after.busy - before.busy) as f64 * 1000.0 / ticks)
     }
 
     /// The share of CPU time stolen between two readings, as text (`"CPU steal 0.1%"`).
@@ -77,6 +94,73 @@ impl CpuTimes {
             ),
             _ => "CPU steal unknown".into(),
         }
+    }
+}
+
+/// CPU time of every process on the machine (its own and its reaped children's), by pid, in
+/// clock ticks, with its program name: two readings tell what each program spent between them.
+pub struct ProcessTimes(std::collections::HashMap<u32, (String, u64)>);
+
+impl ProcessTimes {
+    pub fn now() -> Self {
+        let mut times = std::collections::HashMap::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ... : fields 14-17 after the comm are utime stime cutime cstime.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let mut comm = stat[open + 1..close].to_owned();
+            if comm == "autopilot" {
+                // `autopilot serve` and `autopilot worker` apart.
+                let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+                if let Some(sub) = cmdline.split(|b| *b == 0).nth(1) {
+                    comm = format!("autopilot {}", String::from_utf8_lossy(sub));
+                }
+            }
+            let fields: Vec<u64> = stat[close + 2..]
+                .split_whitespace()
+                .skip(11)
+                .take(4)
+                .filter_map(|field| field.parse().ok())
+                .collect();
+            times.insert(pid, (comm, fields.iter().sum()));
+        }
+        ProcessTimes(times)
+    }
+
+    /// Milliseconds each program spent since `before`, largest first.
+    pub fn spent_since(&self, before: &ProcessTimes) -> Vec<(String, f64)> {
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100)
+            .max(1) as f64;
+        let mut by_program: std::collections::HashMap<String, u64> = Default::default();
+        for (pid, (comm, now)) in &self.0 {
+            let earlier = before
+                .0
+                .get(pid)
+                .filter(|(c, _)| c == comm)
+                .map_or(0, |(_, t)| *t);
+            *by_program.entry(comm.clone()).or_default() += now.saturating_sub(earlier);
+        }
+        let mut spent: Vec<(String, f64)> = by_program
+            .into_iter()
+            .filter(|(_, t)| *t > 0)
+            .map(|(comm, t)| (comm, t as f64 * 1000.0 / ticks))
+            .collect();
+        spent.sort_by(|a, b| b.1.total_cmp(&a.1));
+        spent
     }
 }
 

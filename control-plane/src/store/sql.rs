@@ -709,44 +709,21 @@ impl Store for SqlStore {
             }
             Pools::Postgres(pool) => {
                 // One statement: the events take their numbers from the updated row, and are
-                // stored only if the row matched. `n` is each event's place, 1..count.
-                let rows = (0..events.len())
-                    .map(|row| {
-                        let first = 33 + row * 7;
-                        format!(
-                            "({}::BIGINT, ${first}, ${}, ${}, ${}, ${}, ${}, ${})",
-                            row + 1,
-                            first + 1,
-                            first + 2,
-                            first + 3,
-                            first + 4,
-                            first + 5,
-                            first + 6,
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                // stored only if the row matched. Each event's `seq` parameter is its place,
+                // 1..count, and `n` in the statement.
                 let sql = format!(
                     "WITH updated AS ({update}), stored AS (INSERT INTO run_events {EVENT_COLUMNS} \
                      SELECT e.run_id, updated.event_seq - $32 + e.n, e.attempt, e.origin, e.origin_seq, e.at_ms, \
-                     e.kind, e.data FROM updated CROSS JOIN (VALUES {rows}) \
-                     AS e (n, run_id, attempt, origin, origin_seq, at_ms, kind, data) {EVENT_REDELIVERED}) \
-                     SELECT event_seq FROM updated"
+                     e.kind, e.data FROM updated CROSS JOIN (VALUES {}) \
+                     AS e (run_id, n, attempt, origin, origin_seq, at_ms, kind, data) {EVENT_REDELIVERED}) \
+                     SELECT event_seq FROM updated",
+                    value_rows(33, events.len(), 8)
                 );
-                let mut query = bind_run!(sqlx::query_as::<_, (i64,)>(&sql), run)
+                let query = bind_run!(sqlx::query_as::<_, (i64,)>(&sql), run)
                     .bind(expected_status.as_str())
                     .bind(i64::from(expected_attempt))
                     .bind(count);
-                for event in events {
-                    query = query
-                        .bind(event.run_id.to_string())
-                        .bind(i64::from(event.attempt))
-                        .bind(event.origin.as_str())
-                        .bind(clamp_i64(event.origin_seq))
-                        .bind(to_ms(event.at))
-                        .bind(event.kind.as_str())
-                        .bind(event.data.to_string());
-                }
+                let query = bind_events_from!(query, events, 1);
                 let updated = query.fetch_optional(pool).await.map_err(classify)?;
                 Ok(updated.is_some())
             }

@@ -43,6 +43,8 @@ pub struct App {
     pub replica_id: String,
     /// In the fleet: changes to tell the other replicas (see `crate::notices`).
     notices: std::sync::OnceLock<OutgoingSender>,
+    /// In the fleet: where workers save job workspaces (a deleted job's goes with it).
+    pub saved_workspaces: std::sync::OnceLock<Arc<dyn autopilot_proto::BlobStore>>,
 }
 
 impl App {
@@ -74,6 +76,7 @@ impl App {
             deliveries,
             replica_id: format!("cp-{}", uuid::Uuid::now_v7().simple()),
             notices: std::sync::OnceLock::new(),
+            saved_workspaces: std::sync::OnceLock::new(),
         })
     }
 

@@ -131,7 +131,7 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
     let executor = crate::executors::build(config, &worker_config.worker_id).await?;
     // The next run of a job may land on any worker: its workspace travels through NATS.
     let blobs = bus
-        .blobs("workspaces", None)
+        .blobs(autopilot_worker::workspaces::WORKSPACE_BUCKET, None)
         .await
         .map_err(|err| anyhow::anyhow!("opening the workspace store on NATS: {err}"))?;
     let workspaces = SharedWorkspaces::new(

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use autopilot_proto::{Bus, InMemoryBus, JetStreamBus, JetStreamConfig, Lease, WorkerId};
+use autopilot_proto::{
+    BlobStore, Bus, InMemoryBus, JetStreamBus, JetStreamConfig, Lease, WorkerId,
+};
+use autopilot_worker::workspaces::WORKSPACE_BUCKET;
 use autopilot_worker::{CommandEnv, Worker, WorkerConfig};
 use nix::fcntl::{Flock, FlockArg};
 use tokio::net::TcpListener;
@@ -92,24 +95,31 @@ pub async fn run_with(
             )
         })?;
     let admin_token_hash = admin_token_hash(&config, store.as_ref()).await?;
-    let (bus, lease): (Arc<dyn Bus>, Arc<dyn Lease>) = match &config.nats_url {
-        Some(url) => {
-            let bus = connect_nats(url, &config.nats_prefix).await?;
-            let lease = bus
-                .lease(LEASE_NAME, config.lease_ttl)
-                .await
-                .context("setting up the scheduler lease in NATS KV (AUTOPILOT_NATS_URL)")?;
-            (Arc::new(bus), Arc::new(lease))
-        }
-        None => (
-            Arc::new(InMemoryBus::default()),
-            Arc::new(StoreLease::new(
-                Arc::clone(&store),
-                LEASE_NAME,
-                config.lease_ttl,
-            )),
-        ),
-    };
+    type Saved = Option<Arc<dyn BlobStore>>;
+    let (bus, lease, saved_workspaces): (Arc<dyn Bus>, Arc<dyn Lease>, Saved) =
+        match &config.nats_url {
+            Some(url) => {
+                let bus = connect_nats(url, &config.nats_prefix).await?;
+                let lease = bus
+                    .lease(LEASE_NAME, config.lease_ttl)
+                    .await
+                    .context("setting up the scheduler lease in NATS KV (AUTOPILOT_NATS_URL)")?;
+                let saved = bus
+                    .blobs(WORKSPACE_BUCKET, None)
+                    .await
+                    .map_err(|err| anyhow::anyhow!("opening the workspace store on NATS: {err}"))?;
+                (Arc::new(bus), Arc::new(lease), Some(Arc::new(saved)))
+            }
+            None => (
+                Arc::new(InMemoryBus::default()),
+                Arc::new(StoreLease::new(
+                    Arc::clone(&store),
+                    LEASE_NAME,
+                    config.lease_ttl,
+                )),
+                None,
+            ),
+        };
     let oauth_keys = crate::oauth::Keys::load(&config, store.as_ref()).await?;
     let sealer = crate::seal::Sealer::load(config.secret_key.as_deref(), &config.data_dir)?;
     let app = App::new(
@@ -127,6 +137,9 @@ pub async fn run_with(
     app.oauth_keys
         .set(oauth_keys)
         .expect("keys are set once, here");
+    if let Some(saved) = saved_workspaces {
+        let _ = app.saved_workspaces.set(saved);
+    }
     if !fleet {
         app.recover_embedded_runs()
             .await

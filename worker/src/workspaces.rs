@@ -123,10 +123,14 @@ impl SharedWorkspaces {
             .join(format!("{name}.{run_id}.{attempt}"))
     }
 
-    fn blob_name(name: &str) -> String {
+    /// The blob a workspace is saved as.
+    pub fn blob_name(name: &str) -> String {
         format!("{name}.tar.gz")
     }
 }
+
+/// The bus's blob bucket that holds saved workspaces (under the NATS prefix).
+pub const WORKSPACE_BUCKET: &str = "workspaces";
 
 fn io(what: &str) -> impl Fn(std::io::Error) -> WorkspaceError + '_ {
     move |err| WorkspaceError::Io(format!("{what}: {err}"))

@@ -673,6 +673,14 @@ impl App {
         }
         tracing::info!(job.id = %id, "job deleted");
         self.notify_jobs_changed();
+        if let Some(saved) = self.saved_workspaces.get() {
+            // No run can use it again. The job is deleted either way: a blob left behind takes
+            // room, nothing else.
+            let blob = autopilot_worker::workspaces::SharedWorkspaces::blob_name(&job.workspace());
+            if let Err(err) = saved.delete(&blob).await {
+                tracing::warn!(job.id = %id, error = %err, "could not delete the job's saved workspace");
+            }
+        }
         Ok(())
     }
 

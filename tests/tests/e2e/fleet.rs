@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use autopilot_proto::{Bus, JetStreamBus, JetStreamConfig, RunId, RunRequest};
+use autopilot_proto::{BlobStore, Bus, JetStreamBus, JetStreamConfig, RunId, RunRequest};
 use autopilot_tests::cluster::{Cluster, ClusterOptions};
 use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply};
 use autopilot_tests::harness::{event_ids, is_terminal, steps, ApiClient};
@@ -556,5 +556,55 @@ async fn a_worker_that_shuts_down_hands_its_runs_back() {
             .contains("stopping runs still going at shutdown"),
         "{}",
         cluster.workers[index].log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_job_takes_its_saved_workspace_with_it() {
+    let Some(cluster) = Cluster::start(ClusterOptions {
+        control_planes: 1,
+        workers: 1,
+        ..ClusterOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let api = cluster.api(0).clone();
+    let job_id = shell_job(&api, "notes", "echo kept > notes.txt").await;
+    let run = api.trigger(&job_id).await;
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    let run = api
+        .wait_until_finished(&run_id, Duration::from_secs(60))
+        .await;
+    let events = api.events(&run_id).await;
+    assert_eq!(run["status"], "succeeded", "{run}\n{}", cluster.logs());
+    assert!(
+        steps(&events).contains(&"workspace_saved".to_owned()),
+        "{:?}",
+        steps(&events)
+    );
+    let bus = JetStreamBus::connect(&cluster.nats.url(), JetStreamConfig::default())
+        .await
+        .expect("the fleet's bus");
+    let saved = bus
+        .blobs("workspaces", None)
+        .await
+        .expect("the workspace store");
+    let blob = format!("job-{job_id}.tar.gz");
+    let fetched = tempfile::tempdir().unwrap();
+    let into = fetched.path().join("saved.tar.gz");
+    assert!(
+        saved.get(&blob, &into).await.unwrap(),
+        "the job's workspace is saved in NATS"
+    );
+
+    let (status, _) = api
+        .call(Method::DELETE, &format!("/api/v1/jobs/{job_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(
+        !saved.get(&blob, &into).await.unwrap(),
+        "the deleted job's saved workspace is gone"
     );
 }

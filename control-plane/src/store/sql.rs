@@ -217,11 +217,12 @@ const INSERT_RUN: &str = "INSERT INTO runs (id, job_id, job_name, trigger, statu
 
 /// `INSERT_RUN` with the run's last event sequence number as `$30`: a new run's first events
 /// are numbered 1..n in the same write, without reserving them on the row afterwards.
-const INSERT_RUN_WITH_EVENTS: &str = "INSERT INTO runs (id, job_id, job_name, trigger, status, attempt, scheduled_for_ms, settings, \
-    created_at_ms, dispatched_at_ms, not_before_ms, started_at_ms, finished_at_ms, heartbeat_at_ms, worker_id, exit_code, \
-    is_error, error, result, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, num_turns, \
-    models, permission_denials, webhook_id, delivery_id, event_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-    $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)";
+fn insert_run_with_events_sql() -> String {
+    format!(
+        "INSERT INTO runs ({RUN_COLUMNS}, event_seq) VALUES {}",
+        value_rows(1, 1, 30)
+    )
+}
 
 /// Every column of a run, set from `$1`..`$29` in `INSERT_RUN` order.
 const SET_RUN: &str = "id = $1, job_id = $2, job_name = $3, trigger = $4, status = $5, attempt = $6, \
@@ -567,7 +568,7 @@ impl Store for SqlStore {
                     .begin_with("BEGIN IMMEDIATE")
                     .await
                     .map_err(classify)?;
-                bind_run!(sqlx::query(INSERT_RUN_WITH_EVENTS), run)
+                bind_run!(sqlx::query(&insert_run_with_events_sql()), run)
                     .bind(count)
                     .execute(&mut *tx)
                     .await
@@ -583,7 +584,8 @@ impl Store for SqlStore {
                 // One statement, so one round trip and no BEGIN / COMMIT: a data-modifying
                 // `WITH` runs whether or not the outer statement reads it.
                 let sql = format!(
-                    "WITH run AS ({INSERT_RUN_WITH_EVENTS}) {}",
+                    "WITH run AS ({}) {}",
+                    insert_run_with_events_sql(),
                     insert_events_sql(31, first_events.len())
                 );
                 bind_events_from!(

@@ -123,6 +123,9 @@ pub struct ConfigArgs {
     /// a run leaving a bigger one fails with that said [default: 256].
     #[arg(long, env = "AUTOPILOT_WORKSPACE_MAX_MB", value_name = "MIB")]
     pub workspace_max_mb: Option<u64>,
+    /// Most PostgreSQL connections this process opens [default: twice the cores, 2 to 16].
+    #[arg(long, env = "AUTOPILOT_DATABASE_MAX_CONNECTIONS", value_name = "N")]
+    pub database_max_connections: Option<u32>,
 }
 
 /// The same settings as read from the file.
@@ -150,6 +153,7 @@ struct FileConfig {
     executor: Option<String>,
     docker_image: Option<String>,
     workspace_max_mb: Option<u64>,
+    database_max_connections: Option<u32>,
     /// Extra environment for runs. `ANTHROPIC_*` and `CLAUDE_CODE_*` names reach Claude runs
     /// only; the rest reach every run.
     #[serde(default)]
@@ -228,6 +232,8 @@ pub struct Config {
     pub docker: DockerSettings,
     /// Largest saved workspace, in bytes (compressed).
     pub workspace_max_bytes: u64,
+    /// Most PostgreSQL connections of this process.
+    pub database_max_connections: u32,
 }
 
 impl fmt::Debug for Config {
@@ -254,6 +260,7 @@ impl fmt::Debug for Config {
             .field("executor", &self.executor)
             .field("docker", &self.docker)
             .field("workspace_max_bytes", &self.workspace_max_bytes)
+            .field("database_max_connections", &self.database_max_connections)
             .field("lease_ttl", &self.lease_ttl)
             .field("lost_after", &self.lost_after)
             .field("claude_bin", &self.claude_bin)
@@ -403,10 +410,26 @@ impl Config {
                 "workspace_max_mb must be between 1 and 1048576 (AUTOPILOT_WORKSPACE_MAX_MB), got {workspace_max_mb}"
             );
         }
+        // Connections past the cores' count make PostgreSQL's backends and this process's tasks
+        // take turns on them: on 2 cores, 4 connections per control plane ran the fleet pipeline
+        // with a sixth less CPU per run than 16 (BENCHMARKS.md).
+        let database_max_connections = args
+            .database_max_connections
+            .or(file.database_max_connections)
+            .unwrap_or_else(|| {
+                let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+                u32::try_from(cores * 2).unwrap_or(16).clamp(2, 16)
+            });
+        if !(1..=1000).contains(&database_max_connections) {
+            anyhow::bail!(
+                "database_max_connections must be between 1 and 1000 (AUTOPILOT_DATABASE_MAX_CONNECTIONS), got {database_max_connections}"
+            );
+        }
         Ok(Config {
             executor,
             docker,
             workspace_max_bytes: workspace_max_mb * 1024 * 1024,
+            database_max_connections,
             bind,
             data_dir,
             database_url,
@@ -553,6 +576,32 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(err.contains("AUTOPILOT_DATABASE_URL"), "{err}");
+        let err = Config::load(ConfigArgs {
+            data_dir: Some(dir.path().into()),
+            database_max_connections: Some(0),
+            ..Default::default()
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("AUTOPILOT_DATABASE_MAX_CONNECTIONS"), "{err}");
+    }
+
+    #[test]
+    fn postgres_connections_default_to_twice_the_cores_within_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |max: Option<u32>| {
+            Config::load(ConfigArgs {
+                data_dir: Some(dir.path().into()),
+                database_max_connections: max,
+                ..Default::default()
+            })
+            .unwrap()
+            .database_max_connections
+        };
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u32;
+        assert_eq!(load(None), (cores * 2).clamp(2, 16));
+        assert_eq!(load(Some(40)), 40);
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub async fn run_with(
     } else {
         Some(lock_data_dir(&config.data_dir)?)
     };
-    let store = store::connect(&config.database_url)
+    let store = store::connect_with(&config.database_url, config.database_max_connections)
         .await
         .with_context(|| {
             format!(
@@ -339,7 +339,7 @@ async fn admin_token_hash(config: &Config, store: &dyn Store) -> anyhow::Result<
 
 /// Replaces the stored admin token with a new one and prints it once.
 pub async fn rotate_admin_token(config: &Config) -> anyhow::Result<()> {
-    let store = store::connect(&config.database_url).await?;
+    let store = store::connect_with(&config.database_url, config.database_max_connections).await?;
     let token = generate_token();
     store
         .put_setting(ADMIN_TOKEN_SETTING, &hex::encode(api::hash_token(&token)))

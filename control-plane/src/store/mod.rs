@@ -191,5 +191,18 @@ pub trait WebhookStore: Send + Sync {
 /// Opens the store named by `url`: `sqlite://path` (created if missing) or `postgres://…`.
 /// Runs the migrations of that dialect.
 pub async fn connect(url: &str) -> anyhow::Result<std::sync::Arc<dyn Store>> {
-    Ok(std::sync::Arc::new(SqlStore::connect(url).await?))
+    connect_with(url, DEFAULT_PG_CONNECTIONS).await
+}
+
+/// Most PostgreSQL connections of a store opened with [`connect`].
+pub const DEFAULT_PG_CONNECTIONS: u32 = 16;
+
+/// [`connect`] with at most `pg_connections` PostgreSQL connections (SQLite ignores it).
+pub async fn connect_with(
+    url: &str,
+    pg_connections: u32,
+) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    Ok(std::sync::Arc::new(
+        SqlStore::connect_with(url, pg_connections).await?,
+    ))
 }

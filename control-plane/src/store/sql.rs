@@ -352,6 +352,11 @@ where
 impl SqlStore {
     /// Connects and migrates. `sqlite:` URLs create the file (and its directory) if needed.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        Self::connect_with(url, super::DEFAULT_PG_CONNECTIONS).await
+    }
+
+    /// [`SqlStore::connect`] with at most `pg_connections` PostgreSQL connections.
+    pub async fn connect_with(url: &str, pg_connections: u32) -> anyhow::Result<Self> {
         let pools = if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(|err| anyhow::anyhow!("invalid SQLite URL `{url}`: {err}"))?
@@ -387,7 +392,7 @@ impl SqlStore {
             Pools::Sqlite { read, write }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool = PgPoolOptions::new()
-                .max_connections(16)
+                .max_connections(pg_connections.max(1))
                 .acquire_timeout(Duration::from_secs(10))
                 .connect(url)
                 .await

@@ -60,20 +60,26 @@ macro_rules! on_write {
     };
 }
 
-/// Runs `$body` inside a write transaction bound to `$tx`, committing when it succeeds. SQLite
-/// takes the write lock at `BEGIN` so another process's writer makes us wait, not fail.
+/// Runs `$body` inside a write transaction on the SQLite writer pool `$write`, bound to `$tx`,
+/// committing when it succeeds. It takes the write lock at `BEGIN`, so another process's writer
+/// makes us wait, not fail.
+macro_rules! in_sqlite_tx {
+    ($write:expr, $tx:ident => $body:block) => {{
+        let mut $tx = $write
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(classify)?;
+        let out = $body;
+        $tx.commit().await.map_err(classify)?;
+        out
+    }};
+}
+
+/// Runs `$body` inside a write transaction bound to `$tx`, committing when it succeeds.
 macro_rules! in_write_tx {
     ($self:ident, $tx:ident => $body:block) => {
         match &$self.pools {
-            Pools::Sqlite { write, .. } => {
-                let mut $tx = write
-                    .begin_with("BEGIN IMMEDIATE")
-                    .await
-                    .map_err(classify)?;
-                let out = $body;
-                $tx.commit().await.map_err(classify)?;
-                out
-            }
+            Pools::Sqlite { write, .. } => in_sqlite_tx!(write, $tx => $body),
             Pools::Postgres(pool) => {
                 let mut $tx = pool.begin().await.map_err(classify)?;
                 let out = $body;
@@ -173,7 +179,7 @@ macro_rules! bind_events_from {
         let mut query = $query;
         let first_seq: i64 = $first_seq;
         for (offset, event) in $events.into_iter().enumerate() {
-            let event: &NewRunEvent = event;
+            let event: &autopilot_proto::NewRunEvent = event;
             query = query
                 .bind(event.run_id.to_string())
                 .bind(first_seq + offset as i64)
@@ -568,11 +574,7 @@ impl Store for SqlStore {
         // The run's own first events are numbered 1..n by the row itself.
         let count = i64::try_from(first_events.len()).unwrap_or(i64::MAX);
         match &self.pools {
-            Pools::Sqlite { write, .. } => {
-                let mut tx = write
-                    .begin_with("BEGIN IMMEDIATE")
-                    .await
-                    .map_err(classify)?;
+            Pools::Sqlite { write, .. } => in_sqlite_tx!(write, tx => {
                 bind_run!(sqlx::query(&insert_run_with_events_sql()), run)
                     .bind(count)
                     .execute(&mut *tx)
@@ -583,8 +585,7 @@ impl Store for SqlStore {
                     .execute(&mut *tx)
                     .await
                     .map_err(classify)?;
-                tx.commit().await.map_err(classify)?;
-            }
+            }),
             Pools::Postgres(pool) => {
                 // One statement, so one round trip and no BEGIN / COMMIT: a data-modifying
                 // `WITH` runs whether or not the outer statement reads it.
@@ -655,8 +656,9 @@ impl Store for SqlStore {
         expected_attempt: u32,
         events: &[NewRunEvent],
     ) -> StoreResult<bool> {
+        let plain_update = || format!("UPDATE runs SET {SET_RUN} {RUN_EXPECTED}");
         if events.is_empty() {
-            let sql = format!("UPDATE runs SET {SET_RUN} {RUN_EXPECTED}");
+            let sql = plain_update();
             let updated = on_write!(self, pool => {
                 bind_run!(sqlx::query(&sql), run)
                     .bind(expected_status.as_str())
@@ -669,7 +671,7 @@ impl Store for SqlStore {
             return Ok(updated == 1);
         }
         if !events_ride_with(run, events) {
-            let sql = format!("UPDATE runs SET {SET_RUN} {RUN_EXPECTED}");
+            let sql = plain_update();
             let updated = in_write_tx!(self, tx => {
                 let updated = bind_run!(sqlx::query(&sql), run)
                     .bind(expected_status.as_str())
@@ -692,11 +694,7 @@ impl Store for SqlStore {
             "UPDATE runs SET {SET_RUN}, event_seq = event_seq + $32 {RUN_EXPECTED} RETURNING event_seq"
         );
         match &self.pools {
-            Pools::Sqlite { write, .. } => {
-                let mut tx = write
-                    .begin_with("BEGIN IMMEDIATE")
-                    .await
-                    .map_err(classify)?;
+            Pools::Sqlite { write, .. } => in_sqlite_tx!(write, tx => {
                 let last: Option<(i64,)> = bind_run!(sqlx::query_as(&update), run)
                     .bind(expected_status.as_str())
                     .bind(i64::from(expected_attempt))
@@ -711,9 +709,8 @@ impl Store for SqlStore {
                         .await
                         .map_err(classify)?;
                 }
-                tx.commit().await.map_err(classify)?;
                 Ok(last.is_some())
-            }
+            }),
             Pools::Postgres(pool) => {
                 // One statement: the events take their numbers from the updated row, and are
                 // stored only if the row matched. Each event's `seq` parameter is its place,

@@ -192,16 +192,7 @@ macro_rules! bind_events {
     ($query:expr, $chunk:expr) => {{
         let mut query = $query;
         for delivery in $chunk {
-            let event = &delivery.queued_event;
-            query = query
-                .bind(event.run_id.to_string())
-                .bind(1i64)
-                .bind(i64::from(event.attempt))
-                .bind(event.origin.as_str())
-                .bind(clamp_i64(event.origin_seq))
-                .bind(to_ms(event.at))
-                .bind(event.kind.as_str())
-                .bind(event.data.to_string());
+            query = bind_events_from!(query, [&delivery.queued_event], 1);
         }
         query
     }};

@@ -44,6 +44,15 @@ pub fn sorted(mut values: Vec<f64>) -> Vec<f64> {
     values
 }
 
+/// Clock ticks a second, the unit of `/proc/stat` and `/proc/<pid>/stat` times.
+fn clock_ticks() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100)
+        .max(1) as f64
+}
+
 /// The machine's CPU time stolen by the hypervisor, from `/proc/stat`: a window with steal
 /// shows stalls that are not the program's. Take one reading before and one after.
 #[derive(Clone, Copy)]
@@ -77,11 +86,7 @@ impl CpuTimes {
     /// The machine's busy CPU time between two readings, in milliseconds (all cores).
     pub fn busy_ms_since(before: Option<Self>) -> Option<f64> {
         let (before, after) = (before?, Self::now()?);
-        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-            .ok()
-            .flatten()
-            .unwrap_or(100)
-            .max(1) as f64;
+        let ticks = clock_ticks();
         Some((after.busy - before.busy) as f64 * 1000.0 / ticks)
     }
 
@@ -140,11 +145,7 @@ impl ProcessTimes {
 
     /// Milliseconds each program spent since `before`, largest first.
     pub fn spent_since(&self, before: &ProcessTimes) -> Vec<(String, f64)> {
-        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-            .ok()
-            .flatten()
-            .unwrap_or(100)
-            .max(1) as f64;
+        let ticks = clock_ticks();
         let mut by_program: std::collections::HashMap<String, u64> = Default::default();
         for (pid, (comm, now)) in &self.0 {
             let earlier = before

@@ -160,19 +160,22 @@ impl Workspaces for SharedWorkspaces {
         }
         // The blob store creates the file only when there is a saved workspace.
         let (run_id, attempt) = run;
-        let archive = RemovedOnDrop(self.root.join(format!(".{name}.{run_id}.{attempt}.tar.gz")));
+        let archive = tempfile::TempPath::try_from_path(
+            self.root.join(format!(".{name}.{run_id}.{attempt}.tar.gz")),
+        )
+        .map_err(io("a path for the saved workspace"))?;
         let blob = Self::blob_name(name);
         let found = with_retry("the saved workspace could not be fetched", || {
-            self.blobs.get(&blob, &archive.0)
+            self.blobs.get(&blob, &archive)
         })
         .await?;
         if !found {
             return Ok(CheckedOut::fresh(dir));
         }
-        let size = std::fs::metadata(&archive.0).map(|m| m.len()).unwrap_or(0);
-        let restored_digest = Some(digest(&archive.0)?);
+        let size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
+        let restored_digest = Some(digest(&archive)?);
         let target = dir.clone();
-        let archive_path = archive.0.clone();
+        let archive_path = archive.to_path_buf();
         tokio::task::spawn_blocking(move || unpack(&archive_path, &target))
             .await
             .map_err(|err| WorkspaceError::Io(format!("unpacking the saved workspace: {err}")))??;
@@ -200,15 +203,6 @@ impl Workspaces for SharedWorkspaces {
             tracing::warn!(dir = %dir.display(), error = %err, "could not remove an attempt's workspace");
         }
         result
-    }
-}
-
-/// A file removed when this goes out of scope (whether or not it was ever created).
-struct RemovedOnDrop(PathBuf);
-
-impl Drop for RemovedOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 

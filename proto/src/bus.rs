@@ -4,21 +4,24 @@
 //! at-least-once delivery: a consumer acknowledges a delivery when done, asks for redelivery with
 //! `nak`, or keeps it alive with `in_progress` while a run executes. Each request carries a dedup
 //! id so a republished request within the dedup window is dropped by the bus itself. Workers talk
-//! back through request / reply (claim, heartbeat, complete) and stream events on their own
-//! channel. Cancellation is pushed to every worker.
+//! back through request / reply (claim, heartbeat, complete; one claim or completion request
+//! carries many runs) and stream events on their own channel. Cancellation is pushed to every
+//! worker.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::event::NewRunEvent;
 use crate::ids::{RunId, WorkerId};
 use crate::run::{RunOutcome, RunSpec};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum BusError {
     #[error("the bus is closed")]
     Closed,
@@ -82,11 +85,12 @@ pub enum NoticeKind {
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum WorkerRequest {
-    /// Take the run (`queued → running`, compare-and-set on the attempt).
+    /// Take these runs (`queued → running`, each a compare-and-set on its attempt). Answered by
+    /// [`WorkerReply::Each`], one reply per run in order: `Claimed` or `Rejected`. A worker
+    /// claims together the runs delivered while its previous claim was on the way.
     Claim {
-        run_id: RunId,
-        attempt: u32,
         worker_id: WorkerId,
+        runs: Vec<RunAttempt>,
     },
     /// The run is still alive on this worker.
     Heartbeat {
@@ -97,18 +101,33 @@ pub enum WorkerRequest {
     /// The worker is alive, and this is what it serves and runs. Sent at every heartbeat
     /// interval, and once more when it stops.
     Announce { status: WorkerStatus },
-    /// The attempt ended. `events_published` counts this attempt's worker events sent on the
-    /// event stream, so the control plane can let them land before it records the final state;
-    /// `last_events` are the ones that followed them, stored together with the final state.
+    /// These attempts ended. Answered by [`WorkerReply::Each`], one reply per attempt in order:
+    /// `Ok` or `Rejected`.
     Complete {
-        run_id: RunId,
-        attempt: u32,
         worker_id: WorkerId,
-        outcome: RunOutcome,
-        events_published: u64,
-        #[serde(default)]
-        last_events: Vec<NewRunEvent>,
+        ended: Vec<AttemptEnd>,
     },
+}
+
+/// One attempt of a run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RunAttempt {
+    pub run_id: RunId,
+    pub attempt: u32,
+}
+
+/// How an attempt ended, as its worker reports it.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct AttemptEnd {
+    pub run_id: RunId,
+    pub attempt: u32,
+    pub outcome: RunOutcome,
+    /// This attempt's worker events sent on the event stream, so the control plane can let
+    /// them land before it records the final state.
+    pub events_published: u64,
+    /// The events that followed them, stored together with the final state.
+    #[serde(default)]
+    pub last_events: Vec<NewRunEvent>,
 }
 
 /// What a worker reports about itself.
@@ -143,6 +162,27 @@ pub enum WorkerReply {
     Ok,
     /// The run was asked to stop.
     Cancel,
+    /// One reply per item of a [`WorkerRequest::Claim`] or [`WorkerRequest::Complete`], in
+    /// order.
+    Each {
+        replies: Vec<WorkerReply>,
+    },
+}
+
+impl WorkerReply {
+    /// The `count` replies of an [`WorkerReply::Each`] answer to a request of `count` items.
+    pub fn into_each(self, count: usize) -> Result<Vec<WorkerReply>, BusError> {
+        match self {
+            WorkerReply::Each { replies } if replies.len() == count => Ok(replies),
+            WorkerReply::Each { replies } => Err(BusError::Malformed(format!(
+                "{} replies to a request of {count} items",
+                replies.len()
+            ))),
+            other => Err(BusError::Malformed(format!(
+                "expected one reply per item, got {other:?}"
+            ))),
+        }
+    }
 }
 
 /// Acknowledgement handle of one delivery.
@@ -164,6 +204,13 @@ pub struct Delivery<T> {
     pub acker: Box<dyn Acker>,
 }
 
+/// A run request delivered into one of a worker's slots; the slot is free again when the
+/// permit is dropped.
+pub struct RunDelivery {
+    pub delivery: Delivery<RunRequest>,
+    pub slot: OwnedSemaphorePermit,
+}
+
 /// A worker request waiting for its reply.
 pub struct IncomingRequest {
     pub request: WorkerRequest,
@@ -175,11 +222,16 @@ pub trait Bus: Send + Sync {
     /// Publish a run request to its pool's work queue. Returns `false` when the dedup id was
     /// already seen within the window (nothing was published).
     async fn publish_run(&self, request: RunRequest) -> Result<bool, BusError>;
-    /// Competing consumption of a pool's run requests.
+    /// Competing consumption of a pool's run requests, into free `slots`: each delivery holds
+    /// one of its permits, and no more requests are taken than there are free permits, so a
+    /// busy worker never holds requests an idle one could run. Up to `batch` are asked for at
+    /// once.
     async fn pull_runs(
         &self,
         pool: &str,
-    ) -> Result<BoxStream<'static, Delivery<RunRequest>>, BusError>;
+        slots: Arc<Semaphore>,
+        batch: usize,
+    ) -> Result<BoxStream<'static, RunDelivery>, BusError>;
 
     async fn publish_events(&self, batch: EventBatch) -> Result<(), BusError>;
     /// Competing consumption of event batches (the control plane's ingesters).

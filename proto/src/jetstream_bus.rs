@@ -48,11 +48,11 @@ use async_nats::jetstream::message::PublishMessage;
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::bus::{
-    Bus, BusError, ControlMessage, Delivery, EventBatch, IncomingRequest, Notice, RunRequest,
-    WorkerReply, WorkerRequest,
+    Bus, BusError, ControlMessage, Delivery, EventBatch, IncomingRequest, Notice, RunDelivery,
+    RunRequest, WorkerReply, WorkerRequest,
 };
 use crate::event::NewRunEvent;
 
@@ -448,7 +448,9 @@ impl Bus for JetStreamBus {
     async fn pull_runs(
         &self,
         pool: &str,
-    ) -> Result<BoxStream<'static, Delivery<RunRequest>>, BusError> {
+        slots: Arc<Semaphore>,
+        batch: usize,
+    ) -> Result<BoxStream<'static, RunDelivery>, BusError> {
         validate_pool(pool)?;
         let source = pull::PullSource {
             what: "run requests",
@@ -458,13 +460,20 @@ impl Bus for JetStreamBus {
                 .inner
                 .names
                 .runs_consumer_config(pool, &self.inner.config),
-            // One at a time, while asked: a busy worker must not hold requests an idle one
-            // could run.
-            mode: pull::PullMode::OnDemand,
+            mode: pull::PullMode::IntoSlots {
+                slots,
+                batch: batch.max(1),
+            },
             reconnections: self.inner.reconnections.clone(),
             url: self.inner.url.clone(),
         };
-        Ok(pull::deliveries(source).await?.boxed())
+        let deliveries = pull::deliveries(source)
+            .await?
+            .filter_map(|(delivery, slot)| {
+                // Pulled into slots, every delivery has one.
+                futures::future::ready(slot.map(|slot| RunDelivery { delivery, slot }))
+            });
+        Ok(deliveries.boxed())
     }
 
     async fn publish_events(&self, batch: EventBatch) -> Result<(), BusError> {
@@ -482,7 +491,8 @@ impl Bus for JetStreamBus {
             reconnections: self.inner.reconnections.clone(),
             url: self.inner.url.clone(),
         };
-        Ok(pull::deliveries(source).await?.boxed())
+        let deliveries = pull::deliveries(source).await?;
+        Ok(deliveries.map(|(delivery, _)| delivery).boxed())
     }
 
     async fn publish_control(&self, message: ControlMessage) -> Result<(), BusError> {

@@ -17,8 +17,9 @@ pub mod run;
 
 pub use blobs::{BlobStore, InMemoryBlobs};
 pub use bus::{
-    Acker, Bus, BusError, ControlMessage, Delivery, EventBatch, IncomingRequest, Notice,
-    NoticeKind, RunRequest, WorkerReply, WorkerRequest, WorkerStatus,
+    Acker, AttemptEnd, Bus, BusError, ControlMessage, Delivery, EventBatch, IncomingRequest,
+    Notice, NoticeKind, RunAttempt, RunDelivery, RunRequest, WorkerReply, WorkerRequest,
+    WorkerStatus,
 };
 pub use event::{EventKind, EventOrigin, NewRunEvent, RunEvent};
 pub use ids::{JobId, RunId, WebhookId, WorkerId};

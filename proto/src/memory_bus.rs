@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::{self, BoxStream, StreamExt};
-use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::bus::{
     Acker, Bus, BusError, ControlMessage, Delivery, EventBatch, IncomingRequest, Notice,
-    RunRequest, WorkerReply, WorkerRequest,
+    RunDelivery, RunRequest, WorkerReply, WorkerRequest,
 };
 
 /// Tuning of the in-memory bus. The defaults suit production; tests shorten the timers.
@@ -292,10 +292,14 @@ impl Bus for InMemoryBus {
     async fn pull_runs(
         &self,
         pool: &str,
-    ) -> Result<BoxStream<'static, Delivery<RunRequest>>, BusError> {
+        slots: Arc<Semaphore>,
+        _batch: usize,
+    ) -> Result<BoxStream<'static, RunDelivery>, BusError> {
         let inner = Arc::clone(&self.inner);
         let pool = pool.to_owned();
-        let deliveries = stream::unfold((inner, pool), |(inner, pool)| async move {
+        let deliveries = stream::unfold((inner, pool, slots), |(inner, pool, slots)| async move {
+            // A free slot first: requests wait in the queue, not at a busy worker.
+            let slot = Arc::clone(&slots).acquire_owned().await.ok()?;
             loop {
                 let delivery = {
                     let changed = inner.queue_changed.notified();
@@ -318,7 +322,7 @@ impl Bus for InMemoryBus {
                     }
                 };
                 if let Some(delivery) = delivery {
-                    return Some((delivery, (inner, pool)));
+                    return Some((RunDelivery { delivery, slot }, (inner, pool, slots)));
                 }
             }
         });

@@ -1,6 +1,7 @@
 //! The Autopilot worker: pulls run requests from the bus, claims each one through the control
 //! plane, executes it through an [`Executor`] and streams its events, heartbeats and outcome back.
 
+pub mod batch;
 pub mod command;
 pub mod docker;
 pub mod executor;

@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use autopilot_proto::{
-    Acker, Bus, BusError, ControlMessage, Delivery, EventBatch, EventKind, EventOrigin,
-    NewRunEvent, RunId, RunKind, RunOutcome, RunRequest, RunSpec, StopReason, WorkerId,
-    WorkerReply, WorkerRequest, WorkerStatus,
+    Acker, AttemptEnd, Bus, BusError, ControlMessage, EventBatch, EventKind, EventOrigin,
+    NewRunEvent, RunAttempt, RunDelivery, RunId, RunKind, RunOutcome, RunRequest, RunSpec,
+    StopReason, WorkerId, WorkerReply, WorkerRequest, WorkerStatus,
 };
 use chrono::Utc;
 use futures::StreamExt;
@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::batch::{Batcher, Limits};
 use crate::command::{build_command, CommandEnv};
 use crate::executor::{ExecError, Executor, OutputLine, OutputStream};
 use crate::stream_json::{self, StreamParser};
@@ -66,12 +67,74 @@ impl Stopper {
 
 type ActiveRuns = Arc<Mutex<HashMap<RunId, Stopper>>>;
 
+/// Most runs in one claim or completion request.
+const MAX_RUNS_PER_REQUEST: usize = 64;
+/// Most bytes of events in one completion request, well under a bus message's size limit.
+const MAX_COMPLETION_BYTES: usize = 512 * 1024;
+
 pub struct Worker {
     config: Arc<WorkerConfig>,
     bus: Arc<dyn Bus>,
     executor: Arc<dyn Executor>,
     workspaces: Arc<dyn Workspaces>,
     active: ActiveRuns,
+}
+
+/// Claims and completions of this worker's runs, each sent many to a request.
+struct Reports {
+    claims: Batcher<RunAttempt, WorkerReply>,
+    completions: Batcher<AttemptEnd, WorkerReply>,
+}
+
+impl Reports {
+    fn start(bus: &Arc<dyn Bus>, worker_id: &WorkerId) -> Self {
+        let claims = {
+            let (bus, worker_id) = (Arc::clone(bus), worker_id.clone());
+            let limits = Limits {
+                items: MAX_RUNS_PER_REQUEST,
+                bytes: usize::MAX,
+                size: |_| 0,
+            };
+            Batcher::start(limits, move |runs: Vec<RunAttempt>| {
+                let (bus, worker_id) = (Arc::clone(&bus), worker_id.clone());
+                async move {
+                    let count = runs.len();
+                    let reply = bus
+                        .request(WorkerRequest::Claim { worker_id, runs })
+                        .await?;
+                    reply.into_each(count)
+                }
+            })
+        };
+        let completions = {
+            let (bus, worker_id) = (Arc::clone(bus), worker_id.clone());
+            let limits = Limits {
+                items: MAX_RUNS_PER_REQUEST,
+                bytes: MAX_COMPLETION_BYTES,
+                size: |end: &AttemptEnd| events_size(&end.last_events),
+            };
+            Batcher::start(limits, move |ended: Vec<AttemptEnd>| {
+                let (bus, worker_id) = (Arc::clone(&bus), worker_id.clone());
+                async move { complete(bus.as_ref(), worker_id, ended).await }
+            })
+        };
+        Self {
+            claims,
+            completions,
+        }
+    }
+}
+
+async fn complete(
+    bus: &dyn Bus,
+    worker_id: WorkerId,
+    ended: Vec<AttemptEnd>,
+) -> Result<Vec<WorkerReply>, BusError> {
+    let count = ended.len();
+    let reply = bus
+        .request(WorkerRequest::Complete { worker_id, ended })
+        .await?;
+    reply.into_each(count)
 }
 
 impl Worker {
@@ -98,9 +161,16 @@ impl Worker {
     /// Serves run requests until `cancel` fires; then stops the runs still going and waits for
     /// them to report.
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        // Every pool pulls into the same slots, each up to its share of them at once.
+        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let share = self
+            .config
+            .concurrency
+            .div_ceil(self.config.pools.len().max(1))
+            .max(1);
         let mut pulls = Vec::with_capacity(self.config.pools.len());
         for pool in &self.config.pools {
-            pulls.push(self.bus.pull_runs(pool).await?);
+            pulls.push(self.bus.pull_runs(pool, Arc::clone(&slots), share).await?);
         }
         let mut deliveries = futures::stream::select_all(pulls);
         let control = self.bus.subscribe_control().await?;
@@ -129,14 +199,9 @@ impl Worker {
             Arc::clone(&self.active),
             stop_following.clone(),
         ));
+        let reports = Arc::new(Reports::start(&self.bus, &self.config.worker_id));
         let mut tasks = JoinSet::new();
-        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         loop {
-            let permit = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => break,
-                permit = Arc::clone(&slots).acquire_owned() => permit?,
-            };
             let delivery = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
@@ -151,14 +216,14 @@ impl Worker {
                 executor: Arc::clone(&self.executor),
                 workspaces: Arc::clone(&self.workspaces),
                 active: Arc::clone(&self.active),
+                reports: Arc::clone(&reports),
             };
-            tasks.spawn(async move {
-                attempt.handle(delivery).await;
-                drop(permit);
-            });
+            tasks.spawn(attempt.handle(delivery));
             // Reap finished tasks so the set does not grow without bound.
             while tasks.try_join_next().is_some() {}
         }
+        // No more pulling: slots kept for a waiting pull request go back.
+        drop(deliveries);
         // Stop pulling; let what runs finish within the grace period, then stop the rest.
         let grace = self.config.shutdown_grace;
         if !tasks.is_empty() {
@@ -287,19 +352,21 @@ struct Attempt {
     executor: Arc<dyn Executor>,
     workspaces: Arc<dyn Workspaces>,
     active: ActiveRuns,
+    reports: Arc<Reports>,
 }
 
 impl Attempt {
-    async fn handle(self, delivery: Delivery<RunRequest>) {
+    /// Claims, executes and reports the delivered run; its slot is free again at the end.
+    async fn handle(self, delivery: RunDelivery) {
+        let RunDelivery {
+            delivery,
+            slot: _slot,
+        } = delivery;
         let RunRequest {
             run_id, attempt, ..
         } = delivery.message.clone();
-        let claim = WorkerRequest::Claim {
-            run_id,
-            attempt,
-            worker_id: self.config.worker_id.clone(),
-        };
-        let spec = match self.bus.request(claim).await {
+        let claim = RunAttempt { run_id, attempt };
+        let spec = match self.reports.claims.call(claim).await {
             Ok(WorkerReply::Claimed { spec }) => *spec,
             Ok(reply) => {
                 tracing::debug!(run.id = %run_id, ?reply, "claim refused; dropping the delivery");
@@ -552,17 +619,26 @@ impl Attempt {
         events_published: u64,
         last_events: Vec<NewRunEvent>,
     ) {
-        let request = WorkerRequest::Complete {
+        let end = AttemptEnd {
             run_id,
             attempt,
-            worker_id: self.config.worker_id.clone(),
             outcome,
             events_published,
             last_events,
         };
         let mut backoff = Duration::from_millis(200);
         for _ in 0..8 {
-            match self.bus.request(request.clone()).await {
+            // An attempt whose events went on the event stream is answered once they are stored,
+            // which may take a while: it goes alone, so it holds up no other completion.
+            let reply = if end.events_published > 0 {
+                let worker_id = self.config.worker_id.clone();
+                complete(self.bus.as_ref(), worker_id, vec![end.clone()])
+                    .await
+                    .map(|mut replies| replies.remove(0))
+            } else {
+                self.reports.completions.call(end.clone()).await
+            };
+            match reply {
                 Ok(WorkerReply::Rejected { reason }) => {
                     tracing::warn!(run.id = %run_id, %reason, "completion refused");
                     return;
@@ -729,15 +805,15 @@ impl EventSender {
 
 /// A completion request carrying these events stays well under a bus message's size limit.
 fn fits_in_a_completion(events: &[NewRunEvent]) -> bool {
-    const MAX_BYTES: usize = 256 * 1024;
-    let mut size = 0usize;
-    for event in events {
-        size += event.data.to_string().len() + 256;
-        if size > MAX_BYTES {
-            return false;
-        }
-    }
-    true
+    events_size(events) <= MAX_COMPLETION_BYTES / 2
+}
+
+/// About how many bytes `events` take in a request.
+fn events_size(events: &[NewRunEvent]) -> usize {
+    events
+        .iter()
+        .map(|event| event.data.to_string().len() + 256)
+        .sum()
 }
 
 async fn publish_with_retry(bus: &dyn Bus, batch: EventBatch) {

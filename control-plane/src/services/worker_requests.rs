@@ -1,11 +1,12 @@
 //! The control plane's side of the worker protocol: claim, heartbeat, complete.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use autopilot_proto::{
-    EventOrigin, NewRunEvent, RunId, RunOutcome, RunSpec, RunStatus, StopReason, WorkerId,
-    WorkerReply, WorkerRequest,
+    AttemptEnd, EventOrigin, NewRunEvent, RunAttempt, RunId, RunSpec, RunStatus, StopReason,
+    WorkerId, WorkerReply, WorkerRequest,
 };
 use chrono::Utc;
 use futures::StreamExt;
@@ -33,11 +34,7 @@ impl App {
         request: WorkerRequest,
     ) -> ServiceResult<WorkerReply> {
         match request {
-            WorkerRequest::Claim {
-                run_id,
-                attempt,
-                worker_id,
-            } => self.claim(run_id, attempt, worker_id).await,
+            WorkerRequest::Claim { worker_id, runs } => self.claim(runs, worker_id).await,
             WorkerRequest::Heartbeat {
                 run_id,
                 attempt,
@@ -47,63 +44,71 @@ impl App {
                 self.announce_worker(status).await?;
                 Ok(WorkerReply::Ok)
             }
-            WorkerRequest::Complete {
-                run_id,
-                attempt,
-                worker_id,
-                outcome,
-                events_published,
-                last_events,
-            } => {
-                let done = Completion {
-                    outcome,
-                    events_published,
-                    last_events,
-                };
-                self.complete(run_id, attempt, worker_id, done).await
-            }
+            WorkerRequest::Complete { worker_id, ended } => self.complete(ended, worker_id).await,
         }
     }
 
-    /// `queued → running` for this worker, if the attempt is still the current one.
+    /// `queued → running` for this worker of each run whose attempt is still the current one,
+    /// in one statement: the claim is on the path from due time to process start. The worker's
+    /// `started` event follows at once and names the worker.
     async fn claim(
         &self,
-        run_id: RunId,
-        attempt: u32,
+        runs: Vec<RunAttempt>,
         worker_id: WorkerId,
     ) -> ServiceResult<WorkerReply> {
-        // One statement: the claim is on the path from due time to process start. The worker's
-        // `started` event follows at once and names the worker.
-        let claimed = self
+        let mut claimed: HashMap<(RunId, u32), Run> = self
             .store
-            .claim_run(run_id, attempt, worker_id.as_str(), Utc::now())
-            .await?;
-        let Some(run) = claimed else {
-            let reason = match self.store.get_run(run_id).await? {
-                None => "unknown run".to_owned(),
-                Some(run) if run.attempt != attempt => {
-                    format!(
+            .claim_runs(&runs, worker_id.as_str(), Utc::now())
+            .await?
+            .into_iter()
+            .map(|run| ((run.id, run.attempt), run))
+            .collect();
+        // Why the others were refused (a duplicate delivery, a run cancelled while queued).
+        let refused: Vec<RunId> = runs
+            .iter()
+            .filter(|run| !claimed.contains_key(&(run.run_id, run.attempt)))
+            .map(|run| run.run_id)
+            .collect();
+        let current: HashMap<RunId, Run> = self
+            .store
+            .get_runs(&refused)
+            .await?
+            .into_iter()
+            .map(|run| (run.id, run))
+            .collect();
+        let mut replies = Vec::with_capacity(runs.len());
+        let mut taken = HashSet::new();
+        for RunAttempt { run_id, attempt } in runs {
+            let reply = if let Some(run) = claimed.remove(&(run_id, attempt)) {
+                taken.insert((run_id, attempt));
+                self.notify_run(run_id);
+                let spec = RunSpec {
+                    run_id,
+                    attempt,
+                    job_id: run.job_id,
+                    workspace: run.settings.workspace.clone(),
+                    kind: run.settings.kind.clone(),
+                    timeout_secs: run.settings.timeout_secs,
+                    sandbox: run.settings.sandbox(),
+                };
+                WorkerReply::Claimed {
+                    spec: Box::new(spec),
+                }
+            } else if taken.contains(&(run_id, attempt)) {
+                rejected("the run was claimed twice in one request")
+            } else {
+                rejected(match current.get(&run_id) {
+                    None => "unknown run".to_owned(),
+                    Some(run) if run.attempt != attempt => format!(
                         "attempt {attempt} was superseded by attempt {}",
                         run.attempt
-                    )
-                }
-                Some(run) => format!("run is {}", run.status),
+                    ),
+                    Some(run) => format!("run is {}", run.status),
+                })
             };
-            return Ok(rejected(reason));
-        };
-        self.notify_run(run_id);
-        let spec = RunSpec {
-            run_id,
-            attempt,
-            job_id: run.job_id,
-            workspace: run.settings.workspace.clone(),
-            kind: run.settings.kind.clone(),
-            timeout_secs: run.settings.timeout_secs,
-            sandbox: run.settings.sandbox(),
-        };
-        Ok(WorkerReply::Claimed {
-            spec: Box::new(spec),
-        })
+            replies.push(reply);
+        }
+        Ok(WorkerReply::Each { replies })
     }
 
     async fn heartbeat(
@@ -123,20 +128,50 @@ impl App {
         })
     }
 
-    /// Records how an attempt ended: its final state, or a delayed retry for a transient API
-    /// failure when the job's retry policy allows one.
+    /// Records how each attempt ended, reading their runs in one statement once their events
+    /// are stored.
     async fn complete(
         &self,
-        run_id: RunId,
-        attempt: u32,
+        ended: Vec<AttemptEnd>,
         worker_id: WorkerId,
-        done: Completion,
     ) -> ServiceResult<WorkerReply> {
-        let Completion {
+        futures::future::join_all(
+            ended
+                .iter()
+                .map(|end| self.wait_for_events(end.run_id, end.attempt, end.events_published)),
+        )
+        .await;
+        let ids: Vec<RunId> = ended.iter().map(|end| end.run_id).collect();
+        let mut runs: HashMap<RunId, Run> = self
+            .store
+            .get_runs(&ids)
+            .await?
+            .into_iter()
+            .map(|run| (run.id, run))
+            .collect();
+        let finishing = ended.into_iter().map(|end| {
+            let run = runs.remove(&end.run_id);
+            self.finish(run, end, &worker_id)
+        });
+        let replies = futures::future::try_join_all(finishing).await?;
+        Ok(WorkerReply::Each { replies })
+    }
+
+    /// Records how an attempt of `run` ended: its final state, or a delayed retry for a
+    /// transient API failure when the job's retry policy allows one.
+    async fn finish(
+        &self,
+        run: Option<Run>,
+        end: AttemptEnd,
+        worker_id: &WorkerId,
+    ) -> ServiceResult<WorkerReply> {
+        let AttemptEnd {
+            run_id,
+            attempt,
             outcome,
-            events_published,
             last_events,
-        } = done;
+            ..
+        } = end;
         // Only this attempt's own events ride along.
         let mut last_events: Vec<NewRunEvent> = last_events
             .into_iter()
@@ -146,12 +181,10 @@ impl App {
                     && event.origin == EventOrigin::Worker
             })
             .collect();
-        self.wait_for_events(run_id, attempt, events_published)
-            .await;
-        let Some(mut run) = self.store.get_run(run_id).await? else {
-            return Ok(rejected("unknown run"));
+        let Some(mut run) = run else {
+            return Ok(rejected("unknown run (or named twice in one request)"));
         };
-        if !owns(&run, attempt, &worker_id) {
+        if !owns(&run, attempt, worker_id) {
             return Ok(rejected(format!(
                 "run is {} and not held by this worker",
                 run.status
@@ -277,13 +310,6 @@ impl App {
             }
         }
     }
-}
-
-/// How an attempt ended, as its worker reported it.
-struct Completion {
-    outcome: RunOutcome,
-    events_published: u64,
-    last_events: Vec<NewRunEvent>,
 }
 
 fn owns(run: &Run, attempt: u32, worker_id: &WorkerId) -> bool {

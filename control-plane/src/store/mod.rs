@@ -7,7 +7,9 @@ mod sql;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use autopilot_proto::{JobId, NewRunEvent, RunEvent, RunId, RunStatus, WebhookId, WorkerStatus};
+use autopilot_proto::{
+    JobId, NewRunEvent, RunAttempt, RunEvent, RunId, RunStatus, WebhookId, WorkerStatus,
+};
 use chrono::{DateTime, Utc};
 
 use crate::model::{FireRecord, Job, Run, RunFilter};
@@ -58,6 +60,8 @@ pub trait Store: WebhookStore + Send + Sync {
     /// Creates a run together with its first events, so they come before any other.
     async fn insert_run(&self, run: &Run, first_events: &[NewRunEvent]) -> StoreResult<()>;
     async fn get_run(&self, id: RunId) -> StoreResult<Option<Run>>;
+    /// The runs of `ids` that exist, in no particular order.
+    async fn get_runs(&self, ids: &[RunId]) -> StoreResult<Vec<Run>>;
     async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<Run>>;
     /// Compare-and-set: writes `run` (and appends `events`, in the same transaction) only if the
     /// stored row still has `expected_status` and `expected_attempt`. Returns whether it was
@@ -69,15 +73,14 @@ pub trait Store: WebhookStore + Send + Sync {
         expected_attempt: u32,
         events: &[NewRunEvent],
     ) -> StoreResult<bool>;
-    /// `queued → running` for `worker_id` if the run is queued at `attempt`, in one statement.
-    /// Returns the claimed run.
-    async fn claim_run(
+    /// `queued → running` for `worker_id` of each run queued at its attempt, in one statement.
+    /// Returns the claimed runs, in no particular order.
+    async fn claim_runs(
         &self,
-        run_id: RunId,
-        attempt: u32,
+        runs: &[RunAttempt],
         worker_id: &str,
         now: DateTime<Utc>,
-    ) -> StoreResult<Option<Run>>;
+    ) -> StoreResult<Vec<Run>>;
     /// Records a heartbeat if `worker_id` still holds the run at `attempt`; returns the run's
     /// status then (`running` or `cancelling`), or `None` when the worker no longer holds it.
     async fn heartbeat_run(

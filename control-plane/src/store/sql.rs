@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use autopilot_proto::{JobId, NewRunEvent, RunEvent, RunId, RunStatus, WorkerStatus};
+use autopilot_proto::{JobId, NewRunEvent, RunAttempt, RunEvent, RunId, RunStatus, WorkerStatus};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
@@ -614,6 +614,26 @@ impl Store for SqlStore {
         row.map(Run::try_from).transpose()
     }
 
+    async fn get_runs(&self, ids: &[RunId]) -> StoreResult<Vec<Run>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id IN ({})",
+            placeholders.join(", ")
+        );
+        let rows = on_read!(self, pool => {
+            let mut query = sqlx::query_as::<_, RunRow>(&sql);
+            for id in ids {
+                query = query.bind(id.to_string());
+            }
+            query.fetch_all(pool).await
+        })
+        .map_err(classify)?;
+        rows.into_iter().map(Run::try_from).collect()
+    }
+
     async fn list_runs(&self, filter: &RunFilter) -> StoreResult<Vec<Run>> {
         let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE 1 = 1");
         let mut binds: Vec<String> = Vec::new();
@@ -734,28 +754,29 @@ impl Store for SqlStore {
         }
     }
 
-    async fn claim_run(
+    async fn claim_runs(
         &self,
-        run_id: RunId,
-        attempt: u32,
+        runs: &[RunAttempt],
         worker_id: &str,
         now: DateTime<Utc>,
-    ) -> StoreResult<Option<Run>> {
+    ) -> StoreResult<Vec<Run>> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
         let sql = format!(
-            "UPDATE runs SET status = 'running', worker_id = $3, started_at_ms = $4, heartbeat_at_ms = $4 \
-             WHERE id = $1 AND attempt = $2 AND status = 'queued' RETURNING {RUN_COLUMNS}"
+            "UPDATE runs SET status = 'running', worker_id = $1, started_at_ms = $2, heartbeat_at_ms = $2 \
+             WHERE status = 'queued' AND (id, attempt) IN (VALUES {}) RETURNING {RUN_COLUMNS}",
+            value_rows(3, runs.len(), 2)
         );
-        let row = on_write!(self, pool => {
-            sqlx::query_as::<_, RunRow>(&sql)
-                .bind(run_id.to_string())
-                .bind(i64::from(attempt))
-                .bind(worker_id)
-                .bind(to_ms(now))
-                .fetch_optional(pool)
-                .await
+        let rows = on_write!(self, pool => {
+            let mut query = sqlx::query_as::<_, RunRow>(&sql).bind(worker_id).bind(to_ms(now));
+            for run in runs {
+                query = query.bind(run.run_id.to_string()).bind(i64::from(run.attempt));
+            }
+            query.fetch_all(pool).await
         })
         .map_err(classify)?;
-        row.map(Run::try_from).transpose()
+        rows.into_iter().map(Run::try_from).collect()
     }
 
     async fn heartbeat_run(

@@ -2,12 +2,15 @@
 //!
 //! Two ways to pull:
 //!
-//! - **On demand** (run requests): one pull request for one message, sent only while the caller
-//!   waits for a delivery. A worker whose slots are all busy does not poll, so it holds nothing
-//!   an idle worker could start. (async-nats's long-lived pull stream renews its pull request on
-//!   a timer even when nobody polls, which would park a request at a busy worker until its ack
-//!   wait ran out.) After a reconnect the stream, the consumer and the pending pull request are
-//!   set up again, since a restarted server has forgotten the request and may have lost more.
+//! - **Into free slots** (run requests): a pull request asks for as many messages as the caller
+//!   has free slots (up to a batch size), and holds those slots until its messages came or it
+//!   expired; each message takes one slot with it. A worker whose slots are all busy asks for
+//!   nothing, so it holds nothing an idle worker could start. (async-nats's long-lived pull
+//!   stream renews its pull request on a timer whatever the caller can take, which would park a
+//!   request at a busy worker until its ack wait ran out.) Under load one pull request brings
+//!   many messages; when idle, a message is delivered the moment it is published. After a
+//!   reconnect the stream, the consumer and the pending pull request are set up again, since a
+//!   restarted server has forgotten the request and may have lost more.
 //! - **Prefetch** (event batches): async-nats's pull stream with a batch size, which renews pull
 //!   requests by itself, also after a reconnect, and checks the server's heartbeats.
 //!
@@ -18,6 +21,7 @@
 //! before the next try.
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, PullConsumer};
@@ -26,7 +30,7 @@ use async_nats::jetstream::{self as js, AckKind};
 use async_trait::async_trait;
 use futures::{FutureExt, Stream, StreamExt};
 use serde::de::DeserializeOwned;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::setup;
 use crate::bus::{Acker, BusError, Delivery};
@@ -40,10 +44,11 @@ const PULL_HEARTBEAT: Duration = Duration::from_secs(3);
 const REOPEN_DELAY_MIN: Duration = Duration::from_millis(100);
 const REOPEN_DELAY_MAX: Duration = Duration::from_secs(5);
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(super) enum PullMode {
-    /// One message per pull request, asked for only while the caller polls.
-    OnDemand,
+    /// As many messages per pull request as `slots` has free permits, up to `batch`; each
+    /// message comes with its permit.
+    IntoSlots { slots: Arc<Semaphore>, batch: usize },
     /// Up to this many messages per pull request, renewed ahead of the caller.
     Prefetch(usize),
 }
@@ -64,11 +69,13 @@ pub(super) struct PullSource {
 
 /// An open pull.
 enum Pull {
-    OnDemand {
+    IntoSlots {
         /// Boxed: consumer info is large, and one pull lives as long as its stream.
         consumer: Box<PullConsumer>,
-        /// The pull request waiting for a message, if the caller is (or was) waiting.
-        waiting: Option<pull::Batch>,
+        slots: Arc<Semaphore>,
+        batch: usize,
+        /// The pull request waiting for messages, with the slots kept for them.
+        waiting: Option<(pull::Batch, OwnedSemaphorePermit)>,
     },
     Prefetch(pull::Stream),
 }
@@ -85,14 +92,16 @@ impl PullSource {
             &self.url,
         )
         .await?;
-        match self.mode {
-            PullMode::OnDemand => Ok(Pull::OnDemand {
+        match &self.mode {
+            PullMode::IntoSlots { slots, batch } => Ok(Pull::IntoSlots {
                 consumer: Box::new(consumer),
+                slots: Arc::clone(slots),
+                batch: *batch,
                 waiting: None,
             }),
             PullMode::Prefetch(batch) => consumer
                 .stream()
-                .max_messages_per_batch(batch)
+                .max_messages_per_batch(*batch)
                 .expires(PULL_EXPIRES)
                 .heartbeat(PULL_HEARTBEAT)
                 .messages()
@@ -109,7 +118,8 @@ type PullError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What waiting on a pull gave.
 enum Pulled {
-    Message(Box<js::Message>),
+    /// A message, with its slot when pulled into slots.
+    Message(Box<js::Message>, Option<OwnedSemaphorePermit>),
     /// The pull stream ended; open it again.
     Ended,
     /// The client reconnected while an on-demand pull waited. The server may have restarted
@@ -125,37 +135,54 @@ impl Pull {
     ) -> Result<Pulled, PullError> {
         match self {
             Pull::Prefetch(messages) => match messages.next().await {
-                Some(message) => Ok(Pulled::Message(Box::new(message?))),
+                Some(message) => Ok(Pulled::Message(Box::new(message?), None)),
                 None => Ok(Pulled::Ended),
             },
-            Pull::OnDemand { consumer, waiting } => loop {
-                let batch = match waiting {
-                    Some(batch) => batch,
-                    None => waiting.insert(
-                        consumer
+            Pull::IntoSlots {
+                consumer,
+                slots,
+                batch: most,
+                waiting,
+            } => loop {
+                let (batch, held) = match waiting {
+                    Some(waiting) => waiting,
+                    None => {
+                        // One free slot to wait for, and every other one free now.
+                        let mut held = Arc::clone(slots).acquire_owned().await?;
+                        let more = slots.available_permits().min(most.saturating_sub(1));
+                        if let Ok(more) = Arc::clone(slots).try_acquire_many_owned(more as u32) {
+                            held.merge(more);
+                        }
+                        let batch = consumer
                             .batch()
-                            .max_messages(1)
+                            .max_messages(held.num_permits())
                             .expires(PULL_EXPIRES)
                             .messages()
-                            .await?,
-                    ),
+                            .await?;
+                        waiting.insert((batch, held))
+                    }
                 };
                 tokio::select! {
-                    message = batch.next() => {
-                        *waiting = None;
-                        match message {
-                            Some(message) => return Ok(Pulled::Message(Box::new(message?))),
-                            // Expired without a message: ask again.
-                            None => continue,
+                    message = batch.next() => match message {
+                        Some(message) => {
+                            let slot = take_slot(held, slots).await?;
+                            return Ok(Pulled::Message(Box::new(message?), Some(slot)));
                         }
-                    }
+                        // Every message came, or the request expired: the slots left go back,
+                        // and the next request asks for what is free then.
+                        None => *waiting = None,
+                    },
                     Ok(()) = reconnections.changed() => {
                         // A message that arrived before the connection dropped is still ours.
                         let arrived = batch.next().now_or_never().flatten();
+                        let slot = match arrived {
+                            Some(_) => Some(take_slot(held, slots).await?),
+                            None => None,
+                        };
                         *waiting = None;
-                        return match arrived {
-                            Some(message) => Ok(Pulled::Message(Box::new(message?))),
-                            None => Ok(Pulled::Reconnected),
+                        return match (arrived, slot) {
+                            (Some(message), slot) => Ok(Pulled::Message(Box::new(message?), slot)),
+                            (None, _) => Ok(Pulled::Reconnected),
                         };
                     }
                 }
@@ -164,11 +191,27 @@ impl Pull {
     }
 }
 
-/// Deliveries of `source`, decoded as `T`. Setting up the consumer the first time is the
-/// caller's error; later trouble is retried (see the module comment).
+/// One of the slots kept for a pull request, for a message it brought. The server sends no more
+/// than was asked for; should it, the message waits for a slot to free up.
+async fn take_slot(
+    held: &mut OwnedSemaphorePermit,
+    slots: &Arc<Semaphore>,
+) -> Result<OwnedSemaphorePermit, PullError> {
+    match held.split(1) {
+        Some(slot) => Ok(slot),
+        None => Ok(Arc::clone(slots).acquire_owned().await?),
+    }
+}
+
+/// Deliveries of `source`, decoded as `T`, each with its slot when pulled into slots. Setting
+/// up the consumer the first time is the caller's error; later trouble is retried (see the
+/// module comment).
 pub(super) async fn deliveries<T>(
     mut source: PullSource,
-) -> Result<impl Stream<Item = Delivery<T>> + Send + 'static, BusError>
+) -> Result<
+    impl Stream<Item = (Delivery<T>, Option<OwnedSemaphorePermit>)> + Send + 'static,
+    BusError,
+>
 where
     T: DeserializeOwned + Send + 'static,
 {
@@ -195,7 +238,7 @@ struct PullState<T> {
 }
 
 impl<T: DeserializeOwned> PullState<T> {
-    async fn next_delivery(&mut self) -> Delivery<T> {
+    async fn next_delivery(&mut self) -> (Delivery<T>, Option<OwnedSemaphorePermit>) {
         let what = self.source.what;
         loop {
             let Some(pull) = self.pull.as_mut() else {
@@ -210,9 +253,10 @@ impl<T: DeserializeOwned> PullState<T> {
                 continue;
             };
             match pull.next(&mut self.source.reconnections).await {
-                Ok(Pulled::Message(message)) => {
+                Ok(Pulled::Message(message, slot)) => {
+                    // A message that does not decode gives its slot back.
                     if let Some(delivery) = decode(*message, what).await {
-                        return delivery;
+                        return (delivery, slot);
                     }
                 }
                 Ok(Pulled::Reconnected) => self.pull = None,

@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use autopilot_proto::{
-    Bus, BusError, ControlMessage, EventBatch, EventKind, EventOrigin, InMemoryBus,
+    Bus, BusError, ControlMessage, Delivery, EventBatch, EventKind, EventOrigin, InMemoryBus,
     InMemoryBusConfig, JetStreamBus, JetStreamConfig, NewRunEvent, Notice, NoticeKind, RunId,
     RunRequest, WorkerId, WorkerReply, WorkerRequest,
 };
 use autopilot_tests::components;
+use futures::stream::BoxStream;
 use futures::StreamExt;
+use tokio::sync::Semaphore;
 
 pub(crate) fn request(run_id: RunId, dedup: &str) -> RunRequest {
     RunRequest {
@@ -19,6 +21,16 @@ pub(crate) fn request(run_id: RunId, dedup: &str) -> RunRequest {
         pool: "default".into(),
         dedup_id: dedup.into(),
     }
+}
+
+/// Run requests of `pool` one at a time, the old way: the slot goes back as the delivery is
+/// taken, so the next poll may pull again.
+pub(crate) async fn one_at_a_time(
+    bus: &dyn Bus,
+    pool: &str,
+) -> Result<BoxStream<'static, Delivery<RunRequest>>, BusError> {
+    let runs = bus.pull_runs(pool, Arc::new(Semaphore::new(1)), 1).await?;
+    Ok(runs.map(|run| run.delivery).boxed())
 }
 
 pub(crate) async fn next<T>(
@@ -63,7 +75,7 @@ pub(crate) fn unique_prefix() -> String {
 
 async fn conformance(bus: Arc<dyn Bus>) {
     let short = Duration::from_millis(150);
-    let mut runs = bus.pull_runs("default").await.unwrap();
+    let mut runs = one_at_a_time(&*bus, "default").await.unwrap();
 
     // Delivered once, then gone after ack.
     let first = RunId::new();
@@ -86,7 +98,7 @@ async fn conformance(bus: Arc<dyn Bus>) {
     assert!(next(&mut runs, short).await.is_none());
 
     // Other pools do not see it.
-    let mut other_pool = bus.pull_runs("gpu").await.unwrap();
+    let mut other_pool = one_at_a_time(&*bus, "gpu").await.unwrap();
     assert!(bus.publish_run(request(RunId::new(), "two")).await.unwrap());
     assert!(next(&mut other_pool, short).await.is_none());
     next(&mut runs, Duration::from_secs(1))
@@ -135,7 +147,7 @@ async fn conformance(bus: Arc<dyn Bus>) {
     );
 
     // Competing consumers: every message exactly once across them.
-    let mut second_consumer = bus.pull_runs("default").await.unwrap();
+    let mut second_consumer = one_at_a_time(&*bus, "default").await.unwrap();
     let ids: Vec<RunId> = (0..20).map(|_| RunId::new()).collect();
     for (i, id) in ids.iter().enumerate() {
         bus.publish_run(request(*id, &format!("many-{i}")))
@@ -156,6 +168,60 @@ async fn conformance(bus: Arc<dyn Bus>) {
     let mut expected = ids.clone();
     expected.sort();
     assert_eq!(seen, expected);
+
+    // Into slots: no more deliveries than free slots, so a full consumer leaves the rest to
+    // one with room; a slot given back takes the next. (Within the 300 ms ack wait; in a pool
+    // of their own, where no earlier consumer has a pull request waiting.)
+    let in_slots_pool = |run_id, dedup: &str| RunRequest {
+        pool: "slots".into(),
+        ..request(run_id, dedup)
+    };
+    let slots = Arc::new(Semaphore::new(2));
+    let mut slotted = bus.pull_runs("slots", Arc::clone(&slots), 8).await.unwrap();
+    let mut roomy = one_at_a_time(&*bus, "slots").await.unwrap();
+    for i in 0..3 {
+        bus.publish_run(in_slots_pool(RunId::new(), &format!("slot-{i}")))
+            .await
+            .unwrap();
+    }
+    let a = next(&mut slotted, Duration::from_secs(1))
+        .await
+        .expect("first into a slot");
+    let b = next(&mut slotted, Duration::from_secs(1))
+        .await
+        .expect("second into a slot");
+    assert_eq!(slots.available_permits(), 0, "each delivery holds its slot");
+    assert!(
+        next(&mut slotted, Duration::from_millis(150))
+            .await
+            .is_none(),
+        "no free slot, no delivery"
+    );
+    b.delivery.acker.in_progress().await.unwrap();
+    let third = next(&mut roomy, Duration::from_secs(1))
+        .await
+        .expect("the third goes to the consumer with room");
+    assert!(![a.delivery.message.run_id, b.delivery.message.run_id].contains(&third.message.run_id));
+    third.acker.ack().await.unwrap();
+    let fourth = RunId::new();
+    bus.publish_run(in_slots_pool(fourth, "slot-3"))
+        .await
+        .unwrap();
+    a.delivery.acker.ack().await.unwrap();
+    drop(a);
+    let d = next(&mut slotted, Duration::from_secs(1))
+        .await
+        .expect("the freed slot takes the next");
+    assert_eq!(d.delivery.message.run_id, fourth);
+    for done in [b, d] {
+        done.delivery.acker.ack().await.unwrap();
+    }
+    assert_eq!(
+        slots.available_permits(),
+        2,
+        "slots come back with their deliveries"
+    );
+    drop(slotted);
 
     // Events: in order, and a nak'd batch comes back.
     let mut events = bus.pull_events().await.unwrap();

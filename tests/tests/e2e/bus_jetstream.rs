@@ -12,7 +12,7 @@ use autopilot_tests::components;
 use autopilot_tests::nats::NatsServer;
 use futures::StreamExt;
 
-use crate::bus::{fast_jetstream_config, next, request};
+use crate::bus::{fast_jetstream_config, next, one_at_a_time, request};
 
 /// The bus's logs, shown for a failing test (or with `--nocapture`).
 fn show_logs() {
@@ -67,8 +67,8 @@ async fn jetstream_bus_survives_a_nats_server_restart() {
     let bus = JetStreamBus::connect(&server.url(), fast_jetstream_config())
         .await
         .expect("connect to the throwaway nats-server");
-    let mut runs = bus.pull_runs("default").await.unwrap();
-    let mut gpu_runs = bus.pull_runs("gpu").await.unwrap();
+    let mut runs = one_at_a_time(&bus, "default").await.unwrap();
+    let mut gpu_runs = one_at_a_time(&bus, "gpu").await.unwrap();
     let mut events = bus.pull_events().await.unwrap();
     let mut control = bus.subscribe_control().await.unwrap();
     let mut requests = bus.serve_requests().await.unwrap();
@@ -173,7 +173,7 @@ async fn jetstream_bus_recovers_from_a_server_that_lost_its_store() {
     let bus = JetStreamBus::connect(&server.url(), fast_jetstream_config())
         .await
         .expect("connect to the throwaway nats-server");
-    let mut runs = bus.pull_runs("default").await.unwrap();
+    let mut runs = one_at_a_time(&bus, "default").await.unwrap();
     let mut events = bus.pull_events().await.unwrap();
 
     server
@@ -219,7 +219,7 @@ async fn jetstream_backoff_spaces_redeliveries() {
         ..fast_jetstream_config()
     };
     let bus = JetStreamBus::connect(&url, config).await.unwrap();
-    let mut runs = bus.pull_runs("default").await.unwrap();
+    let mut runs = one_at_a_time(&bus, "default").await.unwrap();
     let run_id = RunId::new();
     bus.publish_run(request(run_id, "backoff")).await.unwrap();
     let first = next(&mut runs, Duration::from_secs(2)).await.unwrap();
@@ -250,7 +250,7 @@ async fn jetstream_gives_up_a_run_request_after_max_deliver() {
     let config = fast_jetstream_config();
     let runs_stream = format!("{}-runs", config.prefix);
     let bus = JetStreamBus::connect(&url, config).await.unwrap();
-    let mut runs = bus.pull_runs("default").await.unwrap();
+    let mut runs = one_at_a_time(&bus, "default").await.unwrap();
     let run_id = RunId::new();
     bus.publish_run(request(run_id, "doomed")).await.unwrap();
     for expected in 1..=3 {
@@ -293,8 +293,8 @@ async fn jetstream_setup_is_idempotent_and_concurrent() {
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     let (runs_a, runs_b, events_a, events_b) = tokio::join!(
-        a.pull_runs("default"),
-        b.pull_runs("default"),
+        one_at_a_time(&a, "default"),
+        one_at_a_time(&b, "default"),
         a.pull_events(),
         b.pull_events()
     );
@@ -310,7 +310,7 @@ async fn jetstream_setup_is_idempotent_and_concurrent() {
     )
     .await
     .unwrap();
-    let _runs_changed = changed.pull_runs("default").await.unwrap();
+    let _runs_changed = one_at_a_time(&changed, "default").await.unwrap();
 
     // And the processes compete for one queue.
     let run_id = RunId::new();
@@ -404,7 +404,7 @@ async fn jetstream_bus_skips_malformed_messages() {
     let raw = async_nats::connect(&url).await.unwrap();
     let raw_jetstream = async_nats::jetstream::new(raw.clone());
 
-    let mut runs = bus.pull_runs("default").await.unwrap();
+    let mut runs = one_at_a_time(&*bus, "default").await.unwrap();
     raw_jetstream
         .publish(format!("{prefix}.runs.default"), "not json".into())
         .await
@@ -463,7 +463,7 @@ async fn jetstream_bus_skips_malformed_messages() {
         Err(BusError::Malformed(_))
     ));
     assert!(matches!(
-        bus.pull_runs("gpu.*").await.err(),
+        one_at_a_time(&*bus, "gpu.*").await.err(),
         Some(BusError::Malformed(_))
     ));
     assert!(matches!(

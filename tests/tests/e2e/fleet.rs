@@ -5,7 +5,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use autopilot_proto::{BlobStore, Bus, JetStreamBus, JetStreamConfig, RunId, RunRequest};
+use autopilot_proto::{
+    AttemptEnd, BlobStore, Bus, JetStreamBus, JetStreamConfig, RunAttempt, RunId, RunKind,
+    RunOutcome, RunRequest, WorkerId, WorkerReply, WorkerRequest,
+};
 use autopilot_tests::cluster::{Cluster, ClusterOptions};
 use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply};
 use autopilot_tests::harness::{event_ids, is_terminal, steps, ApiClient};
@@ -475,6 +478,107 @@ async fn duplicate_deliveries_never_run_twice() {
         workers_seen.len() > 1,
         "spread over workers: {workers_seen:?}"
     );
+}
+
+/// The worker protocol itself, spoken by the test as a worker would: one claim request for many
+/// runs answers each in order, a run named twice is taken once, and one completion request
+/// records each run's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_and_completions_of_many_runs_are_answered_run_by_run() {
+    let options = ClusterOptions {
+        workers: 0,
+        ..ClusterOptions::default()
+    };
+    let Some(cluster) = Cluster::start(options).await else {
+        return;
+    };
+    let api = cluster.api(0).clone();
+    let bus = JetStreamBus::connect(&cluster.nats.url(), JetStreamConfig::default())
+        .await
+        .expect("the fleet's bus");
+    let job_id = shell_job(&api, "by-hand", "true").await;
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let (status, run) = trigger(&api, &job_id).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{run}");
+        runs.push(run["id"].as_str().unwrap().parse::<RunId>().unwrap());
+    }
+    let worker_id = WorkerId::new("by-hand");
+    let at = |run_id, attempt| RunAttempt { run_id, attempt };
+    let claim = WorkerRequest::Claim {
+        worker_id: worker_id.clone(),
+        runs: vec![
+            at(runs[0], 1),
+            at(runs[0], 1),
+            at(runs[1], 2),
+            at(RunId::new(), 1),
+            at(runs[1], 1),
+        ],
+    };
+    let replies = bus.request(claim).await.unwrap().into_each(5).unwrap();
+    let reason = |reply: &WorkerReply| match reply {
+        WorkerReply::Rejected { reason } => reason.clone(),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    for (index, run_id) in [(0, runs[0]), (4, runs[1])] {
+        match &replies[index] {
+            WorkerReply::Claimed { spec } => {
+                assert_eq!((spec.run_id, spec.attempt), (run_id, 1));
+                assert!(matches!(spec.kind, RunKind::Shell { .. }), "{spec:?}");
+            }
+            other => panic!("run {index} not claimed: {other:?}"),
+        }
+    }
+    assert!(reason(&replies[1]).contains("claimed twice"), "{replies:?}");
+    assert!(reason(&replies[2]).contains("superseded"), "{replies:?}");
+    assert!(reason(&replies[3]).contains("unknown run"), "{replies:?}");
+    let run = api.run(&runs[1].to_string()).await;
+    assert_eq!(
+        (run["status"].as_str(), run["worker_id"].as_str()),
+        (Some("running"), Some("by-hand"))
+    );
+
+    let ended = |run_id, exit_code| AttemptEnd {
+        run_id,
+        attempt: 1,
+        outcome: RunOutcome {
+            exit_code: Some(exit_code),
+            is_error: exit_code != 0,
+            error: (exit_code != 0).then(|| format!("exited with code {exit_code}")),
+            ..RunOutcome::default()
+        },
+        events_published: 0,
+        last_events: Vec::new(),
+    };
+    let complete = WorkerRequest::Complete {
+        worker_id: worker_id.clone(),
+        ended: vec![ended(runs[0], 0), ended(runs[1], 3)],
+    };
+    let replies = bus
+        .request(complete.clone())
+        .await
+        .unwrap()
+        .into_each(2)
+        .unwrap();
+    assert_eq!(replies, vec![WorkerReply::Ok, WorkerReply::Ok]);
+    let first = api.run(&runs[0].to_string()).await;
+    let second = api.run(&runs[1].to_string()).await;
+    assert_eq!(
+        (first["status"].as_str(), first["exit_code"].as_i64()),
+        (Some("succeeded"), Some(0))
+    );
+    assert_eq!(
+        (second["status"].as_str(), second["exit_code"].as_i64()),
+        (Some("failed"), Some(3))
+    );
+    // Reported again, each end is refused: the runs are no longer held.
+    let replies = bus.request(complete).await.unwrap().into_each(2).unwrap();
+    for reply in &replies {
+        assert!(
+            reason(reply).contains("not held by this worker"),
+            "{replies:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,9 @@ use autopilot_control_plane::model::{
 };
 use autopilot_control_plane::services::jobs::DEFAULT_POOL;
 use autopilot_control_plane::store::{connect, Store, StoreError};
-use autopilot_proto::{EventKind, EventOrigin, JobId, NewRunEvent, RunStatus, Trigger};
+use autopilot_proto::{
+    EventKind, EventOrigin, JobId, NewRunEvent, RunAttempt, RunId, RunStatus, Trigger,
+};
 use autopilot_tests::components;
 use chrono::{TimeZone, Utc};
 use serde_json::json;
@@ -164,30 +166,46 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(run.status, RunStatus::Queued);
     assert_eq!(run.settings, first.run_settings());
     let now = Utc::now();
+    let at = |attempt| RunAttempt {
+        run_id: run.id,
+        attempt,
+    };
     assert!(
         store
-            .claim_run(run.id, 2, "w1", now)
+            .claim_runs(&[at(2)], "w1", now)
             .await
             .unwrap()
-            .is_none(),
+            .is_empty(),
         "wrong attempt must fail"
     );
-    let mut run = store
-        .claim_run(run.id, 1, "w1", now)
+    // Claims of many runs: the queued one is taken, an unknown one is not.
+    let unknown = RunAttempt {
+        run_id: RunId::new(),
+        attempt: 1,
+    };
+    let claimed = store
+        .claim_runs(&[unknown, at(1)], "w1", now)
         .await
-        .unwrap()
-        .expect("claimed");
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    let mut run = claimed.into_iter().next().unwrap();
     assert_eq!(
-        (run.status, run.worker_id.as_deref()),
-        (RunStatus::Running, Some("w1"))
+        (run.id, run.status, run.worker_id.as_deref()),
+        (at(1).run_id, RunStatus::Running, Some("w1"))
     );
     assert!(
         store
-            .claim_run(run.id, 1, "w2", now)
+            .claim_runs(&[at(1)], "w2", now)
             .await
             .unwrap()
-            .is_none(),
+            .is_empty(),
         "second claim must fail"
+    );
+    let read = store.get_runs(&[run.id, unknown.run_id]).await.unwrap();
+    assert_eq!(
+        read,
+        vec![run.clone()],
+        "get_runs reads the runs that exist"
     );
     assert_eq!(
         store.heartbeat_run(run.id, 1, "w1", now).await.unwrap(),

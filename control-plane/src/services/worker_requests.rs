@@ -69,13 +69,7 @@ impl App {
             .filter(|run| !claimed.contains_key(&(run.run_id, run.attempt)))
             .map(|run| run.run_id)
             .collect();
-        let current: HashMap<RunId, Run> = self
-            .store
-            .get_runs(&refused)
-            .await?
-            .into_iter()
-            .map(|run| (run.id, run))
-            .collect();
+        let current = self.runs_by_id(&refused).await?;
         let mut replies = Vec::with_capacity(runs.len());
         let mut taken = HashSet::new();
         for RunAttempt { run_id, attempt } in runs {
@@ -111,6 +105,12 @@ impl App {
         Ok(WorkerReply::Each { replies })
     }
 
+    /// The runs of `ids` that exist, by id, in one read.
+    async fn runs_by_id(&self, ids: &[RunId]) -> ServiceResult<HashMap<RunId, Run>> {
+        let runs = self.store.get_runs(ids).await?;
+        Ok(runs.into_iter().map(|run| (run.id, run)).collect())
+    }
+
     async fn heartbeat(
         &self,
         run_id: RunId,
@@ -142,13 +142,7 @@ impl App {
         )
         .await;
         let ids: Vec<RunId> = ended.iter().map(|end| end.run_id).collect();
-        let mut runs: HashMap<RunId, Run> = self
-            .store
-            .get_runs(&ids)
-            .await?
-            .into_iter()
-            .map(|run| (run.id, run))
-            .collect();
+        let mut runs = self.runs_by_id(&ids).await?;
         let finishing = ended.into_iter().map(|end| {
             let run = runs.remove(&end.run_id);
             self.finish(run, end, &worker_id)

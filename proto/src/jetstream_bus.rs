@@ -7,7 +7,8 @@
 //!   request is removed once acknowledged), file storage, duplicate window = `dedup_window`
 //!   (publishes carry `Nats-Msg-Id` = the dedup id). One durable pull consumer per pool,
 //!   `pool-<pool>`, shared by the pool's workers: explicit ack, `ack_wait`, `max_deliver`,
-//!   `backoff`. Pulled on demand, one message per pull request.
+//!   `backoff`. Pulled into the worker's free slots: a pull request asks for as many messages as
+//!   the worker has slots free.
 //! - **Run events**: stream `P-events` on subjects `P.events.<run id>`, work-queue retention,
 //!   file storage. One durable pull consumer, `control-planes`, shared by every control plane:
 //!   explicit ack, `ack_wait`, unlimited redelivery. Prefetched 64 at a time.
@@ -197,7 +198,7 @@ impl JetStreamBus {
     pub async fn connect(url: &str, config: JetStreamConfig) -> Result<Self, BusError> {
         config.validate()?;
         let shown_url = setup::redact_url(url);
-        // Counts reconnections, so on-demand pulls know to send their pull request again.
+        // Counts reconnections, so pulls into slots know to send their pull request again.
         let (reconnected, reconnections) = watch::channel(0u64);
         let disconnected = AtomicBool::new(false);
         let client = async_nats::ConnectOptions::new()

@@ -122,7 +122,7 @@ enum Pulled {
     Message(Box<js::Message>, Option<OwnedSemaphorePermit>),
     /// The pull stream ended; open it again.
     Ended,
-    /// The client reconnected while an on-demand pull waited. The server may have restarted
+    /// The client reconnected while a pull into slots waited. The server may have restarted
     /// and forgotten the pull request, or even lost the consumer (nats-server 2.9 then stays
     /// silent), so the pull is set up again from the stream down.
     Reconnected,
@@ -174,16 +174,15 @@ impl Pull {
                     },
                     Ok(()) = reconnections.changed() => {
                         // A message that arrived before the connection dropped is still ours.
-                        let arrived = batch.next().now_or_never().flatten();
-                        let slot = match arrived {
-                            Some(_) => Some(take_slot(held, slots).await?),
-                            None => None,
+                        let pulled = match batch.next().now_or_never().flatten() {
+                            Some(message) => {
+                                let slot = take_slot(held, slots).await?;
+                                Pulled::Message(Box::new(message?), Some(slot))
+                            }
+                            None => Pulled::Reconnected,
                         };
                         *waiting = None;
-                        return match (arrived, slot) {
-                            (Some(message), slot) => Ok(Pulled::Message(Box::new(message?), slot)),
-                            (None, _) => Ok(Pulled::Reconnected),
-                        };
+                        return Ok(pulled);
                     }
                 }
             },

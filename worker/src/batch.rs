@@ -8,25 +8,25 @@ use std::future::Future;
 use autopilot_proto::BusError;
 use tokio::sync::{mpsc, oneshot};
 
-type Waiting<I, R> = (I, oneshot::Sender<Result<R, BusError>>);
+/// An item, its size, and where its reply goes.
+type Waiting<I, R> = (I, usize, oneshot::Sender<Result<R, BusError>>);
 
 pub struct Batcher<I, R> {
     tx: mpsc::UnboundedSender<Waiting<I, R>>,
 }
 
-/// How much go in one request: at most `items`, and no more than `bytes` by `size` (a first
-/// item larger than that still goes, alone).
+/// How much go in one request: at most `items`, and no more than `bytes` by the sizes the
+/// callers gave (a first item larger than that still goes, alone).
 #[derive(Clone, Copy, Debug)]
-pub struct Limits<I> {
+pub struct Limits {
     pub items: usize,
     pub bytes: usize,
-    pub size: fn(&I) -> usize,
 }
 
 impl<I: Send + 'static, R: Send + 'static> Batcher<I, R> {
     /// Starts the sending task; it ends when the batcher is dropped. `send` answers with one
     /// reply per item, in order.
-    pub fn start<F, Fut>(limits: Limits<I>, send: F) -> Self
+    pub fn start<F, Fut>(limits: Limits, send: F) -> Self
     where
         F: Fn(Vec<I>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Vec<R>, BusError>> + Send,
@@ -42,19 +42,21 @@ impl<I: Send + 'static, R: Send + 'static> Batcher<I, R> {
                         None => return,
                     },
                 };
-                let mut bytes = (limits.size)(&first.0);
+                let mut bytes = first.1;
                 let mut batch = vec![first];
                 while batch.len() < limits.items.max(1) {
                     let Ok(next) = rx.try_recv() else { break };
-                    let size = (limits.size)(&next.0);
-                    if bytes + size > limits.bytes {
+                    if bytes + next.1 > limits.bytes {
                         carried = Some(next);
                         break;
                     }
-                    bytes += size;
+                    bytes += next.1;
                     batch.push(next);
                 }
-                let (items, waiting): (Vec<I>, Vec<_>) = batch.into_iter().unzip();
+                let (items, waiting): (Vec<I>, Vec<_>) = batch
+                    .into_iter()
+                    .map(|(item, _, waiter)| (item, waiter))
+                    .unzip();
                 let count = items.len();
                 match send(items).await {
                     Ok(replies) if replies.len() == count => {
@@ -82,10 +84,13 @@ impl<I: Send + 'static, R: Send + 'static> Batcher<I, R> {
         Self { tx }
     }
 
-    /// Sends `item` with whatever else is waiting, and returns its reply.
-    pub async fn call(&self, item: I) -> Result<R, BusError> {
+    /// Sends `item`, of `size` bytes in a request, with whatever else is waiting, and returns
+    /// its reply.
+    pub async fn call(&self, item: I, size: usize) -> Result<R, BusError> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send((item, reply)).map_err(|_| BusError::Closed)?;
+        self.tx
+            .send((item, size, reply))
+            .map_err(|_| BusError::Closed)?;
         answer.await.map_err(|_| BusError::Closed)?
     }
 }
@@ -97,19 +102,20 @@ mod tests {
 
     use super::*;
 
-    fn limits(items: usize, bytes: usize) -> Limits<u32> {
-        Limits {
-            items,
-            bytes,
-            size: |item| *item as usize,
-        }
+    fn limits(items: usize, bytes: usize) -> Limits {
+        Limits { items, bytes }
+    }
+
+    /// Calls with an item whose size is its value.
+    async fn call(batcher: &Batcher<u32, u32>, item: u32) -> Result<u32, BusError> {
+        batcher.call(item, item as usize).await
     }
 
     /// A batcher whose requests take 20 ms and answer each item with its double, recording the
     /// items of every request.
     type Requests = Arc<Mutex<Vec<Vec<u32>>>>;
 
-    fn recording(limits: Limits<u32>) -> (Arc<Batcher<u32, u32>>, Requests) {
+    fn recording(limits: Limits) -> (Arc<Batcher<u32, u32>>, Requests) {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&requests);
         let batcher = Batcher::start(limits, move |items: Vec<u32>| {
@@ -127,13 +133,13 @@ mod tests {
         let (batcher, requests) = recording(limits(64, 1000));
         let first = tokio::spawn({
             let batcher = Arc::clone(&batcher);
-            async move { batcher.call(1).await }
+            async move { call(&batcher, 1).await }
         });
         tokio::time::sleep(Duration::from_millis(5)).await;
         let rest: Vec<_> = (2..=5)
             .map(|item| {
                 let batcher = Arc::clone(&batcher);
-                tokio::spawn(async move { batcher.call(item).await })
+                tokio::spawn(async move { call(&batcher, item).await })
             })
             .collect();
         assert_eq!(first.await.unwrap().unwrap(), 2);
@@ -148,7 +154,7 @@ mod tests {
         let (batcher, requests) = recording(limits(3, 10));
         let first = tokio::spawn({
             let batcher = Arc::clone(&batcher);
-            async move { batcher.call(1).await }
+            async move { call(&batcher, 1).await }
         });
         tokio::time::sleep(Duration::from_millis(5)).await;
         // Four by count, then by size: 4 + 4 fit in 10, the next 4 does not; 12 goes alone.
@@ -157,7 +163,7 @@ mod tests {
             .into_iter()
             .map(|item| {
                 let batcher = Arc::clone(&batcher);
-                tokio::spawn(async move { batcher.call(item).await })
+                tokio::spawn(async move { call(&batcher, item).await })
             })
             .collect();
         // Let every call queue up before the first request is answered.
@@ -176,10 +182,10 @@ mod tests {
         let batcher = Batcher::start(limits(8, 100), |_items: Vec<u32>| async {
             Err::<Vec<u32>, _>(BusError::Timeout(Duration::from_secs(1)))
         });
-        assert!(matches!(batcher.call(1).await, Err(BusError::Timeout(_))));
+        assert!(matches!(call(&batcher, 1).await, Err(BusError::Timeout(_))));
         let short = Batcher::start(limits(8, 100), |_items: Vec<u32>| async {
             Ok::<Vec<u32>, BusError>(Vec::new())
         });
-        assert!(matches!(short.call(1).await, Err(BusError::Malformed(_))));
+        assert!(matches!(call(&short, 1).await, Err(BusError::Malformed(_))));
     }
 }

@@ -93,7 +93,6 @@ impl Reports {
             let limits = Limits {
                 items: MAX_RUNS_PER_REQUEST,
                 bytes: usize::MAX,
-                size: |_| 0,
             };
             Batcher::start(limits, move |runs: Vec<RunAttempt>| {
                 let (bus, worker_id) = (Arc::clone(&bus), worker_id.clone());
@@ -111,7 +110,6 @@ impl Reports {
             let limits = Limits {
                 items: MAX_RUNS_PER_REQUEST,
                 bytes: MAX_COMPLETION_BYTES,
-                size: |end: &AttemptEnd| events_size(&end.last_events),
             };
             Batcher::start(limits, move |ended: Vec<AttemptEnd>| {
                 let (bus, worker_id) = (Arc::clone(&bus), worker_id.clone());
@@ -366,7 +364,7 @@ impl Attempt {
             run_id, attempt, ..
         } = delivery.message.clone();
         let claim = RunAttempt { run_id, attempt };
-        let spec = match self.reports.claims.call(claim).await {
+        let spec = match self.reports.claims.call(claim, 0).await {
             Ok(WorkerReply::Claimed { spec }) => *spec,
             Ok(reply) => {
                 tracing::debug!(run.id = %run_id, ?reply, "claim refused; dropping the delivery");
@@ -407,13 +405,12 @@ impl Attempt {
             .execute(&spec, &events, &stopper)
             .instrument(span)
             .await;
-        let (events_published, last_events) = events.finish(events_done).await;
+        let left = events.finish(events_done).await;
         self.active
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&run_id);
-        self.complete(run_id, attempt, outcome, events_published, last_events)
-            .await;
+        self.complete(run_id, attempt, outcome, left).await;
         // The attempt stays alive (run heartbeat, delivery kept in progress) until its end is
         // reported: flushing events and reporting may take a while when NATS is reconnecting,
         // and the reaper must not take the run for lost meanwhile.
@@ -611,20 +608,13 @@ impl Attempt {
         outcome
     }
 
-    async fn complete(
-        &self,
-        run_id: RunId,
-        attempt: u32,
-        outcome: RunOutcome,
-        events_published: u64,
-        last_events: Vec<NewRunEvent>,
-    ) {
+    async fn complete(&self, run_id: RunId, attempt: u32, outcome: RunOutcome, left: EventsLeft) {
         let end = AttemptEnd {
             run_id,
             attempt,
             outcome,
-            events_published,
-            last_events,
+            events_published: left.published,
+            last_events: left.last,
         };
         let mut backoff = Duration::from_millis(200);
         for _ in 0..8 {
@@ -636,7 +626,10 @@ impl Attempt {
                     .await
                     .map(|mut replies| replies.remove(0))
             } else {
-                self.reports.completions.call(end.clone()).await
+                self.reports
+                    .completions
+                    .call(end.clone(), left.last_bytes)
+                    .await
             };
             match reply {
                 Ok(WorkerReply::Rejected { reason }) => {
@@ -714,6 +707,15 @@ async fn heartbeat(
 /// blocks reading the process's output for long.
 struct EventSink;
 
+/// What a run's event stream leaves to its completion: how many events it published, and the
+/// last batch, to ride with the completion, with its size in a request.
+#[derive(Default)]
+struct EventsLeft {
+    published: u64,
+    last: Vec<NewRunEvent>,
+    last_bytes: usize,
+}
+
 struct EventSender {
     /// Each event with the time it happened (a batch goes out up to a linger later).
     tx: mpsc::Sender<(EventKind, Value, chrono::DateTime<Utc>)>,
@@ -726,10 +728,7 @@ impl EventSink {
         attempt: u32,
         batch_max: usize,
         linger: Duration,
-    ) -> (
-        EventSender,
-        tokio::task::JoinHandle<(u64, Vec<NewRunEvent>)>,
-    ) {
+    ) -> (EventSender, tokio::task::JoinHandle<EventsLeft>) {
         let (tx, mut rx) = mpsc::channel::<(EventKind, Value, chrono::DateTime<Utc>)>(1024);
         let publisher = tokio::spawn(async move {
             let mut numbered = 0u64;
@@ -766,14 +765,22 @@ impl EventSink {
                         }
                     })
                     .collect();
-                if ended && fits_in_a_completion(&events) {
+                // Sized only at the end: the batches before it are published anyway.
+                if let Some(bytes) = ended.then(|| completion_bytes(&events)).flatten() {
                     // The last batch goes with the completion, stored with the final state.
-                    return (published, events);
+                    return EventsLeft {
+                        published,
+                        last: events,
+                        last_bytes: bytes,
+                    };
                 }
                 published += events.len() as u64;
                 publish_with_retry(bus.as_ref(), EventBatch { events }).await;
             }
-            (published, Vec::new())
+            EventsLeft {
+                published,
+                ..EventsLeft::default()
+            }
         });
         (EventSender { tx }, publisher)
     }
@@ -792,28 +799,25 @@ impl EventSender {
         self.send(EventKind::Lifecycle, details).await;
     }
 
-    /// Closes the stream and waits until every event is published, but the last batch: returns
-    /// how many were published, and that batch (for the completion).
-    async fn finish(
-        self,
-        publisher: tokio::task::JoinHandle<(u64, Vec<NewRunEvent>)>,
-    ) -> (u64, Vec<NewRunEvent>) {
+    /// Closes the stream and waits until every event is published, but the last batch, which it
+    /// returns for the completion.
+    async fn finish(self, publisher: tokio::task::JoinHandle<EventsLeft>) -> EventsLeft {
         drop(self.tx);
         publisher.await.unwrap_or_default()
     }
 }
 
-/// A completion request carrying these events stays well under a bus message's size limit.
-fn fits_in_a_completion(events: &[NewRunEvent]) -> bool {
-    events_size(events) <= MAX_COMPLETION_BYTES / 2
-}
-
-/// About how many bytes `events` take in a request.
-fn events_size(events: &[NewRunEvent]) -> usize {
-    events
-        .iter()
-        .map(|event| event.data.to_string().len() + 256)
-        .sum()
+/// About how many bytes `events` take in a completion request, if they fit in one well under a
+/// bus message's size limit (half a request's share); `None` as soon as they do not.
+fn completion_bytes(events: &[NewRunEvent]) -> Option<usize> {
+    let mut size = 0usize;
+    for event in events {
+        size += event.data.to_string().len() + 256;
+        if size > MAX_COMPLETION_BYTES / 2 {
+            return None;
+        }
+    }
+    Some(size)
 }
 
 async fn publish_with_retry(bus: &dyn Bus, batch: EventBatch) {

@@ -1,99 +1,120 @@
-//! `App`: what every handler, task and service shares.
+//! `App`: the bottom context every service, edge and task shares. It holds what the process is
+//! built from (configuration, store, bus, scheduler lease, keys, sealer, this replica's id) and
+//! the signals between the services and the background tasks. It knows no service and no edge:
+//! the services are functions over it (`crate::services`), and each edge keeps its own state.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use autopilot_proto::{Bus, Lease, RunId};
+use autopilot_proto::{BlobStore, Bus, Lease, RunId};
 use tokio::sync::{broadcast, mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::notices::{Outgoing, OutgoingSender};
+use crate::keys::Keys;
 use crate::seal::Sealer;
 use crate::store::Store;
-use crate::webhooks::intake::Deliveries;
 
-/// Shared state: the store, the bus and the signals between services and background tasks.
-pub struct App {
+/// Room for changes waiting to be told to the other replicas; past it they are dropped
+/// (followers elsewhere catch up by looking again).
+const NOTICES_CAPACITY: usize = 16_384;
+
+/// A change this replica made, waiting to be told to the other control planes (fleet only; see
+/// `crate::notices`).
+#[derive(Debug)]
+pub enum Change {
+    Run(RunId),
+    Jobs,
+}
+
+/// The sending half of the changes channel; the notice relay reads the other half.
+pub fn changes_channel() -> (mpsc::Sender<Change>, mpsc::Receiver<Change>) {
+    mpsc::channel(NOTICES_CAPACITY)
+}
+
+/// Everything known before the context is built.
+pub struct Parts {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub bus: Arc<dyn Bus>,
     /// Who fires scheduled jobs (see `crate::scheduler`).
     pub lease: Arc<dyn Lease>,
+    pub keys: Keys,
+    /// Seals and opens secrets kept in the store.
+    pub sealer: Sealer,
+    /// In the fleet: where workers save job workspaces (a deleted job's goes with it).
+    pub saved_workspaces: Option<Arc<dyn BlobStore>>,
+    /// In the fleet: where changes go to be told to the other replicas.
+    pub changes: Option<mpsc::Sender<Change>>,
+    /// Fired when the process shuts down; long-lived responses (live event streams) end on it.
+    pub shutdown: CancellationToken,
+}
+
+pub struct App {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub lease: Arc<dyn Lease>,
+    pub keys: Keys,
+    pub sealer: Sealer,
+    pub saved_workspaces: Option<Arc<dyn BlobStore>>,
+    pub shutdown: CancellationToken,
+    /// Names this process among the control-plane replicas (notices, the scheduler lease).
+    pub replica_id: String,
     /// Told whenever a run gained events or changed state, so live followers can look.
     pub run_updates: broadcast::Sender<RunId>,
     /// Wakes the scheduler when a job changed.
-    pub scheduler_wake: Arc<Notify>,
+    pub scheduler_wake: Notify,
     /// Wakes the dispatcher when queued runs may have become dispatchable.
-    pub dispatcher_wake: Arc<Notify>,
+    pub dispatcher_wake: Notify,
     /// This replica holds the scheduler lease (as of its last renewal).
-    pub is_leader: std::sync::atomic::AtomicBool,
+    pub is_leader: AtomicBool,
     /// Set when publishing a run request failed, so the dispatcher retries after a pause.
-    pub publish_failed: std::sync::atomic::AtomicBool,
-    /// SHA-256 of the admin token.
-    pub admin_token_hash: [u8; 32],
-    /// Fired when the process shuts down; long-lived responses (live event streams) end on it.
-    pub shutdown: CancellationToken,
-    /// The OAuth server's keys, loaded at start.
-    pub oauth_keys: std::sync::OnceLock<crate::oauth::Keys>,
-    /// Seals and opens secrets kept in the store.
-    pub sealer: Sealer,
-    /// Webhook lookups, rate limits and the delivery writer's queue.
-    pub deliveries: Deliveries,
-    /// Names this process among the control-plane replicas (notices, the scheduler lease).
-    pub replica_id: String,
-    /// In the fleet: changes to tell the other replicas (see `crate::notices`).
-    notices: std::sync::OnceLock<OutgoingSender>,
-    /// In the fleet: where workers save job workspaces (a deleted job's goes with it).
-    pub saved_workspaces: std::sync::OnceLock<Arc<dyn autopilot_proto::BlobStore>>,
+    pub publish_failed: AtomicBool,
+    /// Raised whenever a webhook or a job changes here, so what was read of them before (the
+    /// webhook intake's cache) is read again.
+    webhooks_generation: AtomicU64,
+    changes: Option<mpsc::Sender<Change>>,
 }
 
 impl App {
-    pub fn new(
-        config: Arc<Config>,
-        store: Arc<dyn Store>,
-        bus: Arc<dyn Bus>,
-        lease: Arc<dyn Lease>,
-        admin_token_hash: [u8; 32],
-        sealer: Sealer,
-        shutdown: CancellationToken,
-    ) -> Arc<Self> {
+    pub fn new(parts: Parts) -> Arc<Self> {
+        let Parts {
+            config,
+            store,
+            bus,
+            lease,
+            keys,
+            sealer,
+            saved_workspaces,
+            changes,
+            shutdown,
+        } = parts;
         let (run_updates, _) = broadcast::channel(4096);
-        let deliveries = Deliveries::new(config.max_queued_runs);
         Arc::new(App {
             config,
             store,
             bus,
             lease,
-            run_updates,
-            scheduler_wake: Arc::new(Notify::new()),
-            dispatcher_wake: Arc::new(Notify::new()),
-            publish_failed: std::sync::atomic::AtomicBool::new(false),
-            is_leader: std::sync::atomic::AtomicBool::new(false),
-            admin_token_hash,
-            shutdown,
-            oauth_keys: std::sync::OnceLock::new(),
+            keys,
             sealer,
-            deliveries,
+            saved_workspaces,
+            shutdown,
             replica_id: format!("cp-{}", uuid::Uuid::now_v7().simple()),
-            notices: std::sync::OnceLock::new(),
-            saved_workspaces: std::sync::OnceLock::new(),
+            run_updates,
+            scheduler_wake: Notify::new(),
+            dispatcher_wake: Notify::new(),
+            is_leader: AtomicBool::new(false),
+            publish_failed: AtomicBool::new(false),
+            webhooks_generation: AtomicU64::new(0),
+            changes,
         })
     }
 
-    /// From now on, changes are also told to the other replicas, through the relay that reads
-    /// the returned receiver (`crate::notices::run_relay`).
-    pub fn tell_other_replicas(&self) -> mpsc::Receiver<Outgoing> {
-        let (tx, rx) = crate::notices::channel();
-        if self.notices.set(tx).is_err() {
-            tracing::error!("the notice relay was set up twice; the first one keeps working");
-        }
-        rx
-    }
-
-    fn tell(&self, change: Outgoing) {
-        if let Some(notices) = self.notices.get() {
+    fn tell(&self, change: Change) {
+        if let Some(changes) = &self.changes {
             // Full: followers elsewhere catch up at their periodic look.
-            let _ = notices.try_send(change);
+            let _ = changes.try_send(change);
         }
     }
 
@@ -101,12 +122,24 @@ impl App {
     pub fn notify_run(&self, run_id: RunId) {
         // Nobody following is fine.
         let _ = self.run_updates.send(run_id);
-        self.tell(Outgoing::Run(run_id));
+        self.tell(Change::Run(run_id));
     }
 
-    /// A job was created, changed or deleted: the scheduler (wherever it leads) looks again.
+    /// A job was created, changed or deleted: the scheduler (wherever it leads) looks again, and
+    /// webhooks pointing at jobs are read again.
     pub fn notify_jobs_changed(&self) {
         self.scheduler_wake.notify_one();
-        self.tell(Outgoing::Jobs);
+        self.tell(Change::Jobs);
+        self.notify_webhooks_changed();
+    }
+
+    /// A webhook was created, changed or deleted.
+    pub fn notify_webhooks_changed(&self) {
+        self.webhooks_generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes whenever a webhook or a job changed in this process.
+    pub fn webhooks_generation(&self) -> u64 {
+        self.webhooks_generation.load(Ordering::Acquire)
     }
 }

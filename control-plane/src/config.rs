@@ -1,20 +1,36 @@
 //! One typed configuration for the `autopilot` binary: defaults, then an optional TOML file, then
 //! `AUTOPILOT_*` environment variables, then command-line flags. Validated once at start.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// Settings a user can give as flags or `AUTOPILOT_*` variables (flags win). Every one is
-/// optional here so the file and the defaults can fill what is left.
-#[derive(Args, Debug, Default, Clone)]
+/// Redirect URIs admitted by default: claude.ai's and claude.com's callbacks, and loopback on any
+/// port (Claude Code, Claude Desktop, local tools).
+pub const DEFAULT_REDIRECT_ALLOWLIST: [&str; 3] = [
+    "https://claude.ai/api/mcp/auth_callback",
+    "https://claude.com/api/mcp/auth_callback",
+    LOOPBACK_ENTRY,
+];
+
+/// The redirect allowlist entry that admits loopback over plain HTTP on any port and path.
+pub const LOOPBACK_ENTRY: &str = "loopback";
+
+/// Every setting a user can give, declared once: clap reads each from its flag and its
+/// `AUTOPILOT_*` variable (flags win), serde from the TOML file (keys in snake_case). Every one
+/// is optional here so the layers below and the defaults can fill what is left; [`Config::load`]
+/// resolves and checks them.
+#[derive(Args, Deserialize, Serialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
 pub struct ConfigArgs {
     /// TOML file with any of the settings below (keys in snake_case, e.g. `bind = "0.0.0.0:8080"`).
     #[arg(long, env = "AUTOPILOT_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Address the HTTP API listens on [default: 127.0.0.1:8080].
     #[arg(long, env = "AUTOPILOT_BIND", value_name = "ADDR")]
@@ -126,38 +142,34 @@ pub struct ConfigArgs {
     /// Most PostgreSQL connections this process opens [default: twice the cores, 2 to 16].
     #[arg(long, env = "AUTOPILOT_DATABASE_MAX_CONNECTIONS", value_name = "N")]
     pub database_max_connections: Option<u32>,
+    /// Extra environment for runs (the file's `[run_env]` table only). `ANTHROPIC_*` and
+    /// `CLAUDE_CODE_*` names reach Claude runs only; the rest reach every run.
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub run_env: BTreeMap<String, String>,
 }
 
-/// The same settings as read from the file.
-#[derive(Deserialize, Default, Debug)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    bind: Option<SocketAddr>,
-    data_dir: Option<PathBuf>,
-    database_url: Option<String>,
-    admin_token: Option<String>,
-    claude_bin: Option<PathBuf>,
-    public_url: Option<String>,
-    worker_concurrency: Option<usize>,
-    kill_grace_secs: Option<u64>,
-    misfire_grace_secs: Option<u64>,
-    log_format: Option<String>,
-    operator_password: Option<String>,
-    oauth_redirect_uris: Option<Vec<String>>,
-    secret_key: Option<String>,
-    max_queued_runs: Option<u64>,
-    nats_url: Option<String>,
-    nats_prefix: Option<String>,
-    lease_ttl_secs: Option<u64>,
-    lost_after_secs: Option<u64>,
-    executor: Option<String>,
-    docker_image: Option<String>,
-    workspace_max_mb: Option<u64>,
-    database_max_connections: Option<u32>,
-    /// Extra environment for runs. `ANTHROPIC_*` and `CLAUDE_CODE_*` names reach Claude runs
-    /// only; the rest reach every run.
-    #[serde(default)]
-    run_env: std::collections::BTreeMap<String, String>,
+impl ConfigArgs {
+    /// These settings over `below`: each one given here wins, the others come from `below`.
+    fn over(self, below: ConfigArgs) -> anyhow::Result<ConfigArgs> {
+        let config = self.config.clone();
+        let (mut merged, top) = (layer(&below)?, layer(&self)?);
+        for (key, value) in top {
+            if !value.is_null() {
+                merged.insert(key, value);
+            }
+        }
+        let mut args: ConfigArgs = serde_json::from_value(serde_json::Value::Object(merged))?;
+        args.config = config;
+        Ok(args)
+    }
+}
+
+fn layer(args: &ConfigArgs) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    match serde_json::to_value(args)? {
+        serde_json::Value::Object(map) => Ok(map),
+        _ => anyhow::bail!("settings are a table"),
+    }
 }
 
 /// How runs execute.
@@ -302,19 +314,18 @@ impl Config {
     pub fn load(args: ConfigArgs) -> anyhow::Result<Config> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+            None => ConfigArgs::default(),
         };
+        let args = args.over(file)?;
         let bind = args
             .bind
-            .or(file.bind)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
-        let data_dir = match args.data_dir.or(file.data_dir) {
+        let data_dir = match args.data_dir {
             Some(dir) => dir,
             None => default_data_dir()?,
         };
         let database_url = args
             .database_url
-            .or(file.database_url)
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("autopilot.db").display()));
         if !(database_url.starts_with("sqlite:")
             || database_url.starts_with("postgres:")
@@ -324,10 +335,7 @@ impl Config {
                 "database_url must start with `sqlite://` or `postgres://` (set AUTOPILOT_DATABASE_URL or --database-url)"
             );
         }
-        let admin_token = args
-            .admin_token
-            .or(file.admin_token)
-            .filter(|token| !token.is_empty());
+        let admin_token = args.admin_token.filter(|token| !token.is_empty());
         if let Some(token) = &admin_token {
             if token.len() < 16 {
                 anyhow::bail!(
@@ -335,59 +343,44 @@ impl Config {
                 );
             }
         }
-        let public_url = args
-            .public_url
-            .or(file.public_url)
-            .unwrap_or_else(|| format!("http://{bind}"));
+        let public_url = args.public_url.unwrap_or_else(|| format!("http://{bind}"));
         if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
             anyhow::bail!("public_url must be an http:// or https:// URL (AUTOPILOT_PUBLIC_URL), got `{public_url}`");
         }
-        let worker_concurrency = args
-            .worker_concurrency
-            .or(file.worker_concurrency)
-            .unwrap_or(4);
+        let worker_concurrency = args.worker_concurrency.unwrap_or(4);
         if worker_concurrency == 0 || worker_concurrency > 1024 {
             anyhow::bail!(
                 "worker_concurrency must be between 1 and 1024 (AUTOPILOT_WORKER_CONCURRENCY)"
             );
         }
-        let log_format = match args.log_format.or(file.log_format).as_deref() {
+        let log_format = match args.log_format.as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => anyhow::bail!(
                 "log_format must be `text` or `json`, got `{other}` (AUTOPILOT_LOG_FORMAT)"
             ),
         };
-        let max_queued_runs = args
-            .max_queued_runs
-            .or(file.max_queued_runs)
-            .unwrap_or(10_000);
+        let max_queued_runs = args.max_queued_runs.unwrap_or(10_000);
         if max_queued_runs == 0 {
             anyhow::bail!("max_queued_runs must be at least 1 (AUTOPILOT_MAX_QUEUED_RUNS)");
         }
-        let nats_url = args
-            .nats_url
-            .or(file.nats_url)
-            .filter(|url| !url.trim().is_empty());
-        let nats_prefix = args
-            .nats_prefix
-            .or(file.nats_prefix)
-            .unwrap_or_else(|| "autopilot".to_owned());
-        let lease_ttl_secs = args.lease_ttl_secs.or(file.lease_ttl_secs).unwrap_or(10);
+        let nats_url = args.nats_url.filter(|url| !url.trim().is_empty());
+        let nats_prefix = args.nats_prefix.unwrap_or_else(|| "autopilot".to_owned());
+        let lease_ttl_secs = args.lease_ttl_secs.unwrap_or(10);
         if !(1..=3600).contains(&lease_ttl_secs) {
             anyhow::bail!(
                 "lease_ttl_secs must be between 1 and 3600 (AUTOPILOT_LEASE_TTL_SECS), got {lease_ttl_secs}"
             );
         }
         let heartbeat_interval = Duration::from_secs(5);
-        let lost_after_secs = args.lost_after_secs.or(file.lost_after_secs).unwrap_or(30);
+        let lost_after_secs = args.lost_after_secs.unwrap_or(30);
         if lost_after_secs < 3 * heartbeat_interval.as_secs() {
             anyhow::bail!(
                 "lost_after_secs must be at least {} (three heartbeats) (AUTOPILOT_LOST_AFTER_SECS), got {lost_after_secs}",
                 3 * heartbeat_interval.as_secs()
             );
         }
-        let executor = match args.executor.or(file.executor).as_deref().map(str::trim) {
+        let executor = match args.executor.as_deref().map(str::trim) {
             None | Some("local") => ExecutorKind::Local,
             Some("docker") => ExecutorKind::Docker,
             Some(other) => anyhow::bail!(
@@ -397,14 +390,10 @@ impl Config {
         let docker = DockerSettings {
             image: args
                 .docker_image
-                .or(file.docker_image)
                 .filter(|image| !image.trim().is_empty())
                 .unwrap_or_else(|| autopilot_worker::docker::DEFAULT_IMAGE.to_owned()),
         };
-        let workspace_max_mb = args
-            .workspace_max_mb
-            .or(file.workspace_max_mb)
-            .unwrap_or(256);
+        let workspace_max_mb = args.workspace_max_mb.unwrap_or(256);
         if !(1..=1024 * 1024).contains(&workspace_max_mb) {
             anyhow::bail!(
                 "workspace_max_mb must be between 1 and 1048576 (AUTOPILOT_WORKSPACE_MAX_MB), got {workspace_max_mb}"
@@ -413,13 +402,10 @@ impl Config {
         // Connections past the cores' count make PostgreSQL's backends and this process's tasks
         // take turns on them: on 2 cores, 4 connections per control plane ran the fleet pipeline
         // with a sixth less CPU per run than 16 (BENCHMARKS.md).
-        let database_max_connections = args
-            .database_max_connections
-            .or(file.database_max_connections)
-            .unwrap_or_else(|| {
-                let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-                u32::try_from(cores * 2).unwrap_or(16).clamp(2, 16)
-            });
+        let database_max_connections = args.database_max_connections.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            u32::try_from(cores * 2).unwrap_or(16).clamp(2, 16)
+        });
         if !(1..=1000).contains(&database_max_connections) {
             anyhow::bail!(
                 "database_max_connections must be between 1 and 1000 (AUTOPILOT_DATABASE_MAX_CONNECTIONS), got {database_max_connections}"
@@ -434,29 +420,17 @@ impl Config {
             data_dir,
             database_url,
             admin_token,
-            claude_bin: args
-                .claude_bin
-                .or(file.claude_bin)
-                .unwrap_or_else(|| PathBuf::from("claude")),
+            claude_bin: args.claude_bin.unwrap_or_else(|| PathBuf::from("claude")),
             public_url: public_url.trim_end_matches('/').to_owned(),
             worker_concurrency,
-            kill_grace: Duration::from_secs(
-                args.kill_grace_secs.or(file.kill_grace_secs).unwrap_or(10),
-            ),
-            misfire_grace: Duration::from_secs(
-                args.misfire_grace_secs
-                    .or(file.misfire_grace_secs)
-                    .unwrap_or(60),
-            ),
+            kill_grace: Duration::from_secs(args.kill_grace_secs.unwrap_or(10)),
+            misfire_grace: Duration::from_secs(args.misfire_grace_secs.unwrap_or(60)),
             log_format,
             heartbeat_interval,
             lost_after: Duration::from_secs(lost_after_secs),
             lease_ttl: Duration::from_secs(lease_ttl_secs),
-            run_env: file.run_env.into_iter().collect(),
-            operator_password: args
-                .operator_password
-                .or(file.operator_password)
-                .filter(|p| !p.is_empty()),
+            run_env: args.run_env.into_iter().collect(),
+            operator_password: args.operator_password.filter(|p| !p.is_empty()),
             access_token_ttl: Duration::from_secs(15 * 60),
             oauth_auto_approve: std::env::var("AUTOPILOT_TEST_AUTO_APPROVE")
                 .is_ok_and(|v| v == "1"),
@@ -464,7 +438,6 @@ impl Config {
                 .is_ok_and(|v| v == "1"),
             oauth_redirect_allowlist: args
                 .oauth_redirect_uris
-                .or(file.oauth_redirect_uris)
                 .map(|uris| {
                     uris.into_iter()
                         .map(|uri| uri.trim().to_owned())
@@ -472,15 +445,12 @@ impl Config {
                         .collect()
                 })
                 .unwrap_or_else(|| {
-                    crate::oauth::DEFAULT_REDIRECT_ALLOWLIST
+                    DEFAULT_REDIRECT_ALLOWLIST
                         .iter()
                         .map(|uri| uri.to_string())
                         .collect()
                 }),
-            secret_key: args
-                .secret_key
-                .or(file.secret_key)
-                .filter(|key| !key.is_empty()),
+            secret_key: args.secret_key.filter(|key| !key.is_empty()),
             max_queued_runs,
             nats_url,
             nats_prefix,
@@ -504,9 +474,27 @@ impl Config {
     pub fn runs_home_dir(&self) -> PathBuf {
         self.data_dir.join("home")
     }
+
+    /// The OAuth issuer: Autopilot's public URL.
+    pub fn oauth_issuer(&self) -> String {
+        self.public_url.clone()
+    }
+
+    /// The one resource OAuth access tokens are for: the MCP endpoint.
+    pub fn mcp_resource(&self) -> String {
+        format!("{}/mcp", self.public_url)
+    }
+
+    /// Where MCP clients learn which authorization server protects `/mcp`.
+    pub fn mcp_resource_metadata_url(&self) -> String {
+        format!(
+            "{}/.well-known/oauth-protected-resource/mcp",
+            self.public_url
+        )
+    }
 }
 
-fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+fn read_file(path: &Path) -> anyhow::Result<ConfigArgs> {
     let text = std::fs::read_to_string(path).map_err(|err| {
         anyhow::anyhow!(
             "cannot read config file {} (AUTOPILOT_CONFIG): {err}",

@@ -12,6 +12,7 @@ use autopilot_worker::Worker;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigArgs};
+use crate::domain::settings::{validate_pool, DEFAULT_POOL};
 
 /// Settings of `autopilot worker`, beside the shared ones (`AUTOPILOT_NATS_URL`, `_NATS_PREFIX`,
 /// `_DATA_DIR` for workspaces, `_CLAUDE_BIN`, `_WORKER_CONCURRENCY`, `_KILL_GRACE_SECS`,
@@ -62,11 +63,8 @@ impl WorkerSettings {
             );
         };
         let mut pools: Vec<String> = Vec::new();
-        for pool in args
-            .pools
-            .unwrap_or_else(|| vec![crate::services::jobs::DEFAULT_POOL.to_owned()])
-        {
-            let pool = crate::services::jobs::validate_pool(Some(pool.trim().to_owned()))
+        for pool in args.pools.unwrap_or_else(|| vec![DEFAULT_POOL.to_owned()]) {
+            let pool = validate_pool(Some(pool.trim().to_owned()))
                 .map_err(|err| anyhow::anyhow!("AUTOPILOT_WORKER_POOLS: {err}"))?;
             if !pools.contains(&pool) {
                 pools.push(pool);

@@ -1,15 +1,15 @@
 //! The event ingester: stores run events from the bus in batches, idempotently, and tells live
 //! followers.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use autopilot_proto::{Delivery, EventBatch, RunId};
+use autopilot_proto::{Delivery, EventBatch};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
+use crate::services::runs;
 
 /// Most deliveries stored in one transaction.
 const MAX_DELIVERIES_PER_WRITE: usize = 64;
@@ -33,16 +33,12 @@ pub async fn run_ingester(app: Arc<App>, cancel: CancellationToken) -> anyhow::R
             .iter()
             .flat_map(|d| d.message.events.iter().cloned())
             .collect();
-        match app.store.append_events(&events).await {
-            Ok(_) => {
+        match runs::store_events(&app, &events).await {
+            Ok(()) => {
                 for delivery in &deliveries {
                     if let Err(err) = delivery.acker.ack().await {
                         tracing::warn!(error = %err, "could not acknowledge an event batch");
                     }
-                }
-                let runs: HashSet<RunId> = events.iter().map(|event| event.run_id).collect();
-                for run_id in runs {
-                    app.notify_run(run_id);
                 }
             }
             Err(err) => {

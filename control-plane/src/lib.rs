@@ -1,22 +1,46 @@
-//! The Autopilot control plane: HTTP API, scheduler, store, services, and the `autopilot` binary.
+//! The Autopilot control plane: HTTP API, MCP server, OAuth authorization server, webhook intake,
+//! services, store, scheduler, and the `autopilot` binary.
+//!
+//! Layers, each naming only those before it:
+//! domain and config → store, seal, tokens, keys → app → services → http → edges (api, mcp,
+//! oauth, hooks) and tasks (scheduler, ingest, notices) → serve.
+//!
+//! - **domain** ([`domain`], [`config`]): types and pure functions, no I/O.
+//! - **store, seal, tokens, keys** ([`store`], [`lease`], [`seal`], [`tokens`], [`keys`]): where
+//!   state lives and how secrets are kept.
+//! - **app** ([`app`]): `App`, the bottom context, built once from everything above.
+//! - **services** ([`services`]): the only code that creates or changes jobs, runs and webhooks.
+//! - **http** ([`http`]): what the HTTP edges share (the JSON error shape, extractors).
+//! - **edges and tasks**: [`api`], [`mcp`], [`oauth`], [`hooks`] answer clients; [`scheduler`],
+//!   [`ingest`] and [`notices`] run in the background. None of them names another.
+//! - **serve** ([`serve`], [`executors`], [`fleet_worker`]): wires everything into a process.
+//!
+//! `tests/layers.rs` reads these sources and fails on a name that points up or across.
 
-pub mod api;
-pub mod app;
-pub mod auth;
+// Domain and config.
 pub mod config;
-pub mod error;
-pub mod executors;
-pub mod fleet_worker;
-pub mod ingest;
+pub mod domain;
+// Store, seal, tokens, keys.
+pub mod keys;
 pub mod lease;
+pub mod seal;
+pub mod store;
+pub mod tokens;
+// The bottom context.
+pub mod app;
+// Services.
+pub mod services;
+// What the HTTP edges share.
+pub mod http;
+// Edges and background tasks.
+pub mod api;
+pub mod hooks;
+pub mod ingest;
 pub mod mcp;
-pub mod model;
 pub mod notices;
 pub mod oauth;
-pub mod schedule;
 pub mod scheduler;
-pub mod seal;
+// The process.
+pub mod executors;
+pub mod fleet_worker;
 pub mod serve;
-pub mod services;
-pub mod store;
-pub mod webhooks;

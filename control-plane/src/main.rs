@@ -6,7 +6,7 @@ use tracing_subscriber::EnvFilter;
 
 use autopilot_control_plane::config::{Config, ConfigArgs, LogFormat};
 use autopilot_control_plane::fleet_worker::{self, WorkerArgs, WorkerSettings};
-use autopilot_control_plane::{mcp, serve};
+use autopilot_control_plane::{keys, mcp, serve};
 
 /// Autopilot runs Claude Code on a schedule and on events.
 #[derive(Parser)]
@@ -73,7 +73,7 @@ async fn main() -> std::process::ExitCode {
         Command::AdminToken {
             action: AdminTokenAction::Rotate(args),
         } => match Config::load(args) {
-            Ok(config) => serve::rotate_admin_token(&config).await,
+            Ok(config) => keys::rotate_admin_token(&config).await,
             Err(err) => Err(err),
         },
     };

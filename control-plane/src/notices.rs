@@ -12,31 +12,16 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
+use crate::app::{App, Change};
 
 /// Most run ids in one notice.
 const MAX_RUNS_PER_NOTICE: usize = 512;
-/// Room for changes waiting to be told; past it they are dropped (followers catch up by looking).
-const OUTGOING_CAPACITY: usize = 16_384;
-
-/// A change this replica made, waiting to be told to the others.
-#[derive(Debug)]
-pub enum Outgoing {
-    Run(RunId),
-    Jobs,
-}
-
-pub type OutgoingSender = mpsc::Sender<Outgoing>;
-
-pub fn channel() -> (OutgoingSender, mpsc::Receiver<Outgoing>) {
-    mpsc::channel(OUTGOING_CAPACITY)
-}
 
 /// Sends this replica's changes to the others, and hands theirs to the local followers and the
 /// scheduler.
 pub async fn run_relay(
     app: Arc<App>,
-    mut outgoing: mpsc::Receiver<Outgoing>,
+    mut outgoing: mpsc::Receiver<Change>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut incoming = app.bus.subscribe_notices().await?;
@@ -70,16 +55,16 @@ fn receive(app: &App, what: NoticeKind) {
 }
 
 /// Tells everything waiting, in as few notices as it takes.
-async fn send(app: &App, first: Outgoing, outgoing: &mut mpsc::Receiver<Outgoing>) {
+async fn send(app: &App, first: Change, outgoing: &mut mpsc::Receiver<Change>) {
     let mut runs: HashSet<RunId> = HashSet::new();
     let mut jobs = false;
     let mut next = Some(first);
     while let Some(change) = next.take() {
         match change {
-            Outgoing::Run(run_id) => {
+            Change::Run(run_id) => {
                 runs.insert(run_id);
             }
-            Outgoing::Jobs => jobs = true,
+            Change::Jobs => jobs = true,
         }
         if runs.len() < MAX_RUNS_PER_NOTICE * 4 {
             next = outgoing.try_recv().ok();

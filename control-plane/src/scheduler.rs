@@ -6,15 +6,15 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use autopilot_proto::{JobId, RunStatus, Trigger};
+use autopilot_proto::{JobId, Trigger};
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::model::{FireRecord, Job, MisfirePolicy, OverlapPolicy, Run, Schedule};
-use crate::schedule::Compiled;
-use crate::services::runs::control_event;
+use crate::domain::schedule::Compiled;
+use crate::domain::{FireRecord, Job, MisfirePolicy, OverlapPolicy, Run, Schedule};
+use crate::services::{fires, jobs};
 
 pub const LEASE_NAME: &str = "scheduler";
 
@@ -176,7 +176,7 @@ pub async fn run_scheduler(app: Arc<App>, cancel: CancellationToken) -> anyhow::
             continue;
         }
         if reload {
-            match app.store.list_jobs().await {
+            match jobs::all(&app).await {
                 Ok(jobs) => {
                     planned = jobs.into_iter().filter_map(Planned::new).collect();
                     reload = false;
@@ -228,13 +228,7 @@ async fn fire_due(app: &App, planned: &mut [Planned], now: DateTime<Utc>) -> any
         plan.next.is_some_and(|next| next <= now) && plan.job.overlap_policy != OverlapPolicy::Allow
     });
     let busy: HashSet<JobId> = if needs_busy {
-        app.store
-            .runs_in_status(&RunStatus::ACTIVE, None)
-            .await?
-            .iter()
-            .filter(|run| run.status != RunStatus::Queued || run.dispatched_at.is_some())
-            .filter_map(|run| run.job_id)
-            .collect()
+        fires::busy_jobs(app).await?
     } else {
         HashSet::new()
     };
@@ -270,14 +264,14 @@ async fn fire_due(app: &App, planned: &mut [Planned], now: DateTime<Utc>) -> any
             job.overlap_policy,
             busy.contains(&job.id),
         );
-        let settings = job.run_settings();
+        let snapshot = job.run_snapshot();
         let runs: Vec<Run> = fire_plan
             .run
             .iter()
             .enumerate()
             .map(|(position, at)| {
                 let mut run =
-                    Run::queued(Trigger::Schedule, Some(job), settings.clone(), Some(*at));
+                    Run::queued(Trigger::Schedule, Some(job), snapshot.clone(), Some(*at));
                 // Every fire of this step happens at the step's instant.
                 run.created_at = now;
                 if position < fire_plan.dispatch_now {
@@ -291,7 +285,7 @@ async fn fire_due(app: &App, planned: &mut [Planned], now: DateTime<Utc>) -> any
             .iter()
             .map(|run| {
                 let data = serde_json::json!({ "step": "queued", "trigger": "schedule", "scheduled_for": run.scheduled_for });
-                control_event(run, data)
+                run.control_event(data)
             })
             .collect();
         if fire_plan.missed + uncounted > 0 || fire_plan.overlap_skipped > 0 {
@@ -314,12 +308,7 @@ async fn fire_due(app: &App, planned: &mut [Planned], now: DateTime<Utc>) -> any
         });
         advanced.push((index, cursor, disable));
     }
-    let created: HashSet<_> = app
-        .store
-        .record_fires(&records)
-        .await?
-        .into_iter()
-        .collect();
+    fires::record(app, records, &to_publish).await?;
     for (index, cursor, disable) in advanced {
         let plan = &mut planned[index];
         plan.job.fire_cursor = cursor;
@@ -328,18 +317,6 @@ async fn fire_due(app: &App, planned: &mut [Planned], now: DateTime<Utc>) -> any
         } else {
             plan.compiled.next_after(cursor)
         };
-    }
-    for run in records.into_iter().flat_map(|record| record.runs) {
-        if !created.contains(&run.id) {
-            continue; // another leader created this fire's run
-        }
-        let lateness_ms = run
-            .scheduled_for
-            .map(|at| (run.created_at - at).num_milliseconds());
-        tracing::debug!(run.id = %run.id, job.id = ?run.job_id, lateness_ms, "fired");
-        if to_publish.contains(&run.id) {
-            app.publish_dispatched(run).await;
-        }
     }
     Ok(())
 }

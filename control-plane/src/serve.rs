@@ -19,16 +19,20 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::api;
-use crate::app::App;
+use crate::app::{App, Parts};
 use crate::config::Config;
+use crate::domain::limits::MAX_REQUEST_BODY_BYTES;
+use crate::domain::settings::DEFAULT_POOL;
+use crate::hooks::{self, Intake};
+use crate::keys::Keys;
 use crate::lease::StoreLease;
 use crate::scheduler::LEASE_NAME;
-use crate::services::dispatch::{run_dispatcher, run_reaper, EMBEDDED_WORKER_PREFIX};
+use crate::services::dispatch::{
+    recover_embedded_runs, run_dispatcher, run_reaper, EMBEDDED_WORKER_PREFIX,
+};
 use crate::services::worker_requests::serve_worker_requests;
-use crate::store::{self, Store};
-
-const ADMIN_TOKEN_SETTING: &str = "admin_token_sha256";
+use crate::store;
+use crate::{api, mcp, oauth};
 
 /// Environment variables every run gets from the worker's own environment, when set.
 const PASSTHROUGH_VARS: [&str; 18] = [
@@ -94,7 +98,7 @@ pub async fn run_with(
                 crate::config::redact_url(&config.database_url)
             )
         })?;
-    let admin_token_hash = admin_token_hash(&config, store.as_ref()).await?;
+    let keys = Keys::load(&config, store.as_ref()).await?;
     type Saved = Option<Arc<dyn BlobStore>>;
     let (bus, lease, saved_workspaces): (Arc<dyn Bus>, Arc<dyn Lease>, Saved) =
         match &config.nats_url {
@@ -120,32 +124,33 @@ pub async fn run_with(
                 None,
             ),
         };
-    let oauth_keys = crate::oauth::Keys::load(&config, store.as_ref()).await?;
     let sealer = crate::seal::Sealer::load(config.secret_key.as_deref(), &config.data_dir)?;
-    let app = App::new(
-        Arc::clone(&config),
-        Arc::clone(&store),
-        Arc::clone(&bus),
+    // In the fleet, changes made here are told to the other replicas by the notice relay.
+    let (changes, notices) = if fleet {
+        let (changes, notices) = crate::app::changes_channel();
+        (Some(changes), Some(notices))
+    } else {
+        (None, None)
+    };
+    let app = App::new(Parts {
+        config: Arc::clone(&config),
+        store: Arc::clone(&store),
+        bus: Arc::clone(&bus),
         lease,
-        admin_token_hash,
+        keys,
         sealer,
-        shutdown.clone(),
-    );
+        saved_workspaces,
+        changes,
+        shutdown: shutdown.clone(),
+    });
     if config.oauth_auto_approve {
         tracing::warn!("AUTOPILOT_TEST_AUTO_APPROVE is set: every OAuth authorization is approved without the operator (tests only)");
     }
-    app.oauth_keys
-        .set(oauth_keys)
-        .expect("keys are set once, here");
-    if let Some(saved) = saved_workspaces {
-        let _ = app.saved_workspaces.set(saved);
-    }
     if !fleet {
-        app.recover_embedded_runs()
+        recover_embedded_runs(&app)
             .await
             .context("recovering runs left by the previous process")?;
     }
-    let notices = fleet.then(|| app.tell_other_replicas());
 
     if let Some(ready) = ready {
         // Nobody waiting any more is fine.
@@ -179,7 +184,8 @@ pub async fn run_with(
     // is done. A fleet control plane has no worker of its own to wait for.
     let control = CancellationToken::new();
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
-    let router = api::router(Arc::clone(&app));
+    let (intake, deliveries) = Intake::new(config.max_queued_runs);
+    let router = router(&app, Arc::clone(&intake));
     let http_shutdown = control.clone();
     tasks.spawn(async move {
         let served = axum::serve(listener, router)
@@ -196,11 +202,9 @@ pub async fn run_with(
     }
     spawn_task!("worker requests", control, serve_worker_requests);
     spawn_task!("event ingester", control, crate::ingest::run_ingester);
-    spawn_task!(
-        "webhook delivery writer",
-        control,
-        crate::webhooks::writer::run_delivery_writer
-    );
+    let writer =
+        hooks::writer::run_delivery_writer(Arc::clone(&app), intake, deliveries, control.clone());
+    tasks.spawn(async move { ("webhook delivery writer", writer.await) });
     spawn_task!("reaper", control, run_reaper);
     spawn_task!("scheduler", shutdown, crate::scheduler::run_on_own_thread);
     spawn_task!("dispatcher", shutdown, run_dispatcher);
@@ -225,6 +229,19 @@ pub async fn run_with(
         ("embedded worker", result)
     });
     supervise(tasks, shutdown).await
+}
+
+/// The whole HTTP server: the API and health checks, `/mcp`, the OAuth authorization server and
+/// the webhook intake, each an edge of its own, with a JSON 404 for anything else.
+pub fn router(app: &Arc<App>, intake: Arc<Intake>) -> axum::Router {
+    axum::Router::new()
+        .merge(api::router(Arc::clone(app)))
+        .merge(hooks::router(Arc::clone(app), intake))
+        .merge(oauth::router(Arc::clone(app)))
+        .nest_service("/mcp", mcp::router(Arc::clone(app)))
+        .fallback(api::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
 /// What the fleet needs that the embedded mode makes up by itself.
@@ -311,66 +328,6 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<Flock<File>> {
     })
 }
 
-/// The SHA-256 of the admin token: from config, or from the store, or generated now and
-/// printed once.
-async fn admin_token_hash(config: &Config, store: &dyn Store) -> anyhow::Result<[u8; 32]> {
-    if let Some(token) = &config.admin_token {
-        return Ok(api::hash_token(token));
-    }
-    if let Some(stored) = store.get_setting(ADMIN_TOKEN_SETTING).await? {
-        return decode_hash(&stored);
-    }
-    let token = generate_token();
-    let hash = api::hash_token(&token);
-    if store
-        .put_setting_if_absent(ADMIN_TOKEN_SETTING, &hex::encode(hash))
-        .await?
-    {
-        announce_token(&token, "generated");
-        return Ok(hash);
-    }
-    // Another process stored one first.
-    let stored = store
-        .get_setting(ADMIN_TOKEN_SETTING)
-        .await?
-        .context("admin token vanished")?;
-    decode_hash(&stored)
-}
-
-/// Replaces the stored admin token with a new one and prints it once.
-pub async fn rotate_admin_token(config: &Config) -> anyhow::Result<()> {
-    let store = store::connect_with(&config.database_url, config.database_max_connections).await?;
-    let token = generate_token();
-    store
-        .put_setting(ADMIN_TOKEN_SETTING, &hex::encode(api::hash_token(&token)))
-        .await?;
-    announce_token(&token, "rotated");
-    if config.admin_token.is_some() {
-        eprintln!("note: AUTOPILOT_ADMIN_TOKEN is set, and takes precedence over the stored token while it is");
-    }
-    Ok(())
-}
-
-fn announce_token(token: &str, how: &str) {
-    // Straight to the terminal, not through the logs: this is the only time it is shown.
-    eprintln!(
-        "\n  Admin token {how} (shown once, stored hashed; keep it safe):\n\n    {token}\n\n  \
-         Use it as `Authorization: Bearer <token>`. `autopilot admin-token rotate` makes a new one.\n"
-    );
-}
-
-fn generate_token() -> String {
-    let bytes: [u8; 32] = rand::random();
-    format!("ap_{}", hex::encode(bytes))
-}
-
-fn decode_hash(stored: &str) -> anyhow::Result<[u8; 32]> {
-    let bytes = hex::decode(stored).context("stored admin token hash is not hex")?;
-    bytes
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("stored admin token hash has the wrong length"))
-}
-
 pub(crate) fn embedded_worker_config(config: &Config) -> WorkerConfig {
     let command_env = command_env(config);
     if !command_env.has_model_credentials() {
@@ -378,7 +335,7 @@ pub(crate) fn embedded_worker_config(config: &Config) -> WorkerConfig {
     }
     WorkerConfig {
         worker_id: WorkerId::generate(EMBEDDED_WORKER_PREFIX),
-        pools: vec![crate::services::jobs::DEFAULT_POOL.to_owned()],
+        pools: vec![DEFAULT_POOL.to_owned()],
         concurrency: config.worker_concurrency,
         workspaces_root: config.workspaces_dir(),
         command_env,

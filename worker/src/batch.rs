@@ -15,7 +15,7 @@ pub struct Batcher<I, R> {
     tx: mpsc::UnboundedSender<Waiting<I, R>>,
 }
 
-/// How much go in one request: at most `items`, and no more than `bytes` by the sizes the
+/// What one request may carry: at most `items`, and no more than `bytes` by the sizes the
 /// callers gave (a first item larger than that still goes, alone).
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {

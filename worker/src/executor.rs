@@ -45,7 +45,8 @@ pub enum ExecError {
     Spawn(#[source] std::io::Error),
 }
 
-/// Runs prepared commands. Implementations: a local process (now), a Docker container (later).
+/// Runs prepared commands: [`LocalExecutor`](crate::LocalExecutor) as a child process of the
+/// worker, [`DockerExecutor`](crate::DockerExecutor) in a container of its own.
 #[async_trait]
 pub trait Executor: Send + Sync {
     /// A short name for logs and startup messages (`local`, `docker`).

@@ -1,3 +1,5 @@
+//! `/api/v1/jobs` and `/api/v1/schedule/preview`.
+
 use autopilot_proto::JobId;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -6,25 +8,26 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::json::{ApiJson, ApiQuery};
-use super::{ApiResult, AppState};
-use crate::model::Run;
-use crate::services::jobs::{preview_schedule, JobInput, JobPatch, JobView};
+use super::AppState;
+use crate::app::App;
+use crate::domain::Run;
+use crate::http::{ApiJson, ApiQuery, ApiResult};
+use crate::services::jobs::{self, preview_schedule, JobInput, JobPatch, JobView, PreviewInput};
 
 pub async fn list(State(AppState(app)): State<AppState>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({ "jobs": app.list_jobs().await? })))
+    Ok(Json(json!({ "jobs": jobs::list(&app).await? })))
 }
 
 pub async fn create(
     State(AppState(app)): State<AppState>,
     ApiJson(input): ApiJson<JobInput>,
 ) -> ApiResult<(StatusCode, Json<JobView>)> {
-    Ok((StatusCode::CREATED, Json(app.create_job(input).await?)))
+    Ok((StatusCode::CREATED, Json(jobs::create(&app, input).await?)))
 }
 
 /// Jobs are addressed by id or by name.
-async fn resolve(app: &crate::app::App, id_or_name: &str) -> ApiResult<JobId> {
-    Ok(app.find_job(id_or_name).await?.id)
+async fn resolve(app: &App, id_or_name: &str) -> ApiResult<JobId> {
+    Ok(jobs::find(app, id_or_name).await?.id)
 }
 
 pub async fn get(
@@ -32,7 +35,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobView>> {
     // One read: the job found by id or name is the one shown.
-    Ok(Json(JobView::from(&app.find_job(&id).await?)))
+    Ok(Json(JobView::from(&jobs::find(&app, &id).await?)))
 }
 
 pub async fn update(
@@ -41,7 +44,7 @@ pub async fn update(
     ApiJson(patch): ApiJson<JobPatch>,
 ) -> ApiResult<Json<JobView>> {
     let id = resolve(&app, &id).await?;
-    Ok(Json(app.update_job(id, patch).await?))
+    Ok(Json(jobs::update(&app, id, patch).await?))
 }
 
 pub async fn delete(
@@ -49,7 +52,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = resolve(&app, &id).await?;
-    app.delete_job(id).await?;
+    jobs::delete(&app, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -58,8 +61,8 @@ pub async fn trigger(
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Run>)> {
     // One read: the job found by id or name is the one run.
-    let job = app.find_job(&id).await?;
-    Ok((StatusCode::ACCEPTED, Json(app.trigger_job(job).await?)))
+    let job = jobs::find(&app, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(jobs::trigger(&app, job).await?)))
 }
 
 #[derive(Deserialize)]
@@ -75,27 +78,11 @@ pub async fn next_fires(
     ApiQuery(query): ApiQuery<CountQuery>,
 ) -> ApiResult<Json<Value>> {
     let id = resolve(&app, &id).await?;
-    let fires: Vec<DateTime<Utc>> = app
-        .next_fires(id, query.count.unwrap_or(5).clamp(1, 100))
-        .await?;
+    let fires: Vec<DateTime<Utc>> =
+        jobs::next_fires(&app, id, query.count.unwrap_or(5).clamp(1, 100)).await?;
     Ok(Json(json!({ "next_fires": fires })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PreviewInput {
-    schedule: String,
-    #[serde(default)]
-    timezone: Option<String>,
-    #[serde(default)]
-    count: Option<usize>,
 }
 
 pub async fn preview(ApiJson(input): ApiJson<PreviewInput>) -> ApiResult<Json<Value>> {
-    let fires = preview_schedule(
-        &input.schedule,
-        input.timezone.as_deref(),
-        input.count.unwrap_or(5).clamp(1, 100),
-    )?;
-    Ok(Json(json!({ "next_fires": fires })))
+    Ok(Json(json!({ "next_fires": preview_schedule(&input)? })))
 }

@@ -1,32 +1,30 @@
-//! The HTTP API: one router, thin handlers that call the services.
+//! The HTTP API under `/api/v1`, with the admin token, and the health checks: one router, thin
+//! handlers that call the services.
 
-mod error;
 mod jobs;
-pub mod json;
 mod runs;
 mod webhooks;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::app::App;
-pub use error::{ApiError, ApiResult};
-
-/// Largest accepted request body.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+use crate::domain::auth::Caller;
+use crate::http::{ApiError, ApiResult};
+use crate::services;
+use crate::tokens;
 
 #[derive(Clone)]
 pub struct AppState(pub Arc<App>);
 
+/// `/api/v1/…`, `/healthz` and `/readyz`; anything else under it is a JSON 404.
 pub fn router(app: Arc<App>) -> Router {
     let state = AppState(app);
     let api = Router::new()
@@ -58,72 +56,35 @@ pub fn router(app: Arc<App>) -> Router {
             state.clone(),
             require_admin_token,
         ));
-    let app = Arc::clone(&state.0);
-    // `layer`, not `route_layer`: the MCP router serves everything from its fallback. `/mcp` is
-    // a tower service of its own, so the body limit is enforced at the transport.
-    let mcp = crate::mcp::router(Arc::clone(&app))
-        .layer(middleware::from_fn_with_state(
-            Arc::clone(&app),
-            crate::oauth::require_mcp_caller,
-        ))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            MAX_BODY_BYTES,
-        ));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .nest("/api/v1", api)
-        // Authenticated by the secret URL (and a signature), not the admin token; the body limit
-        // is each webhook's own.
-        .route("/hooks/{token}", post(webhooks::deliver))
-        .fallback(not_found)
         .with_state(state)
-        .nest_service("/mcp", mcp)
-        .merge(crate::oauth::router(app))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-}
-
-pub fn is_admin_token(app: &App, token: &str) -> bool {
-    bool::from(hash_token(token.trim()).ct_eq(&app.admin_token_hash))
-}
-
-pub fn hash_token(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
 }
 
 async fn require_admin_token(
     State(AppState(app)): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| {
-            value
-                .strip_prefix("Bearer ")
-                .or_else(|| value.strip_prefix("bearer "))
-        });
-    let Some(token) = presented else {
+    let Some(token) = tokens::bearer(request.headers()) else {
         return ApiError::unauthorized(
             "missing bearer token: send `Authorization: Bearer <admin token>`",
         )
         .into_response();
     };
-    if !is_admin_token(&app, token) {
+    if !app.keys.is_admin_token(token) {
         return ApiError::unauthorized("invalid token").into_response();
     }
-    let mut request = request;
-    request
-        .extensions_mut()
-        .insert(crate::auth::Caller::admin());
+    request.extensions_mut().insert(Caller::admin());
     next.run(request).await
 }
 
 async fn workers(State(AppState(app)): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
-    Ok(Json(json!({ "workers": app.live_workers().await? })))
+    Ok(Json(
+        json!({ "workers": services::workers::live(&app).await? }),
+    ))
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -131,8 +92,8 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(AppState(app)): State<AppState>) -> Response {
-    match app.store.get_setting("admin_token_sha256").await {
-        Ok(_) => Json(json!({
+    match services::health::ready(&app).await {
+        Ok(()) => Json(json!({
             "status": "ready",
             "store": app.store.backend(),
             "mode": app.config.mode(),
@@ -151,7 +112,8 @@ async fn readyz(State(AppState(app)): State<AppState>) -> Response {
     }
 }
 
-async fn not_found(request: Request) -> ApiError {
+/// The answer to anything no router of the server takes.
+pub async fn not_found(request: Request) -> ApiError {
     ApiError::not_found(format!(
         "no route for {} {}",
         request.method(),

@@ -1,6 +1,7 @@
-use std::collections::VecDeque;
+//! `/api/v1/runs` (with a run's events, followed live as Server-Sent Events) and
+//! `/api/v1/quick-run`.
+
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use autopilot_proto::{RunEvent, RunId, RunStatus};
@@ -9,16 +10,16 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::stream::{self, Stream, StreamExt};
+use futures::stream::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::broadcast;
 
-use super::json::{ApiJson, ApiQuery};
-use super::{ApiError, ApiResult, AppState};
-use crate::app::App;
-use crate::model::{Run, RunFilter};
-use crate::services::runs::QuickRunInput;
+use super::AppState;
+use crate::domain::{Run, RunFilter};
+use crate::http::{ApiError, ApiJson, ApiQuery, ApiResult};
+use crate::services::follow::{self, Followed};
+use crate::services::runs::{self, QuickRunInput};
+use crate::services::{jobs, webhooks};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,11 +49,11 @@ pub async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let job_id = match query.job_id.as_deref() {
-        Some(job) => Some(app.find_job(job).await?.id),
+        Some(job) => Some(jobs::find(&app, job).await?.id),
         None => None,
     };
     let webhook_id = match query.webhook.as_deref() {
-        Some(webhook) => Some(app.find_webhook(webhook).await?.id),
+        Some(webhook) => Some(webhooks::find(&app, webhook).await?.id),
         None => None,
     };
     let statuses = match query.status.as_deref() {
@@ -78,16 +79,18 @@ pub async fn list(
         None => None,
     };
     let limit = query.limit.unwrap_or(50);
-    let runs = app
-        .list_runs(RunFilter {
+    let runs = runs::list(
+        &app,
+        RunFilter {
             job_id,
             webhook_id,
             statuses,
             before,
             limit,
-        })
-        .await?;
-    let next_before = (runs.len() as u32 == limit.clamp(1, crate::services::runs::MAX_PAGE))
+        },
+    )
+    .await?;
+    let next_before = (runs.len() as u32 == limit.clamp(1, runs::MAX_PAGE))
         .then(|| runs.last().map(|r| r.id))
         .flatten();
     Ok(Json(json!({ "runs": runs, "next_before": next_before })))
@@ -97,7 +100,7 @@ pub async fn get(
     State(AppState(app)): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Run>> {
-    Ok(Json(app.get_run(parse_run_id(&id)?).await?))
+    Ok(Json(runs::get(&app, parse_run_id(&id)?).await?))
 }
 
 /// The request a webhook run came from.
@@ -106,8 +109,8 @@ pub async fn payload(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let run_id = parse_run_id(&id)?;
-    let run = app.get_run(run_id).await?;
-    let payload = app.run_payload(run_id).await?;
+    let run = runs::get(&app, run_id).await?;
+    let payload = webhooks::payload(&app, run_id).await?;
     let header_list: Vec<Value> = payload
         .headers
         .iter()
@@ -141,7 +144,7 @@ pub async fn replay(
 ) -> ApiResult<(StatusCode, Json<Run>)> {
     Ok((
         StatusCode::ACCEPTED,
-        Json(app.replay_delivery(parse_run_id(&id)?).await?),
+        Json(webhooks::replay(&app, parse_run_id(&id)?).await?),
     ))
 }
 
@@ -151,7 +154,7 @@ pub async fn kill(
 ) -> ApiResult<(StatusCode, Json<Run>)> {
     Ok((
         StatusCode::ACCEPTED,
-        Json(app.kill_run(parse_run_id(&id)?).await?),
+        Json(runs::kill(&app, parse_run_id(&id)?).await?),
     ))
 }
 
@@ -159,7 +162,10 @@ pub async fn quick_run(
     State(AppState(app)): State<AppState>,
     ApiJson(input): ApiJson<QuickRunInput>,
 ) -> ApiResult<(StatusCode, Json<Run>)> {
-    Ok((StatusCode::ACCEPTED, Json(app.quick_run(input).await?)))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(runs::quick_run(&app, input).await?),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -186,102 +192,33 @@ pub async fn events(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("text/event-stream"));
     if !wants_stream {
-        let events = app
-            .run_events(
-                run_id,
-                query.after.unwrap_or(0),
-                query.limit.unwrap_or(1000),
-            )
-            .await?;
+        let events = runs::events(
+            &app,
+            run_id,
+            query.after.unwrap_or(0),
+            query.limit.unwrap_or(1000),
+        )
+        .await?;
         return Ok(Json(json!({ "events": events })).into_response());
     }
-    app.get_run(run_id).await?;
+    runs::get(&app, run_id).await?;
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<i64>().ok());
     let after = last_event_id.or(query.after).unwrap_or(0);
-    let stream = follow(app, run_id, after);
+    let stream = follow::events(app, run_id, after).map(|followed| {
+        Ok::<_, Infallible>(match followed {
+            Followed::Event(event) => to_sse(&event),
+            Followed::End(run) => Event::default()
+                .event("end")
+                .json_data(json!({ "status": run.status, "run_id": run.id }))
+                .unwrap_or_default(),
+        })
+    });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
-}
-
-struct Follow {
-    app: Arc<App>,
-    run_id: RunId,
-    cursor: i64,
-    buffer: VecDeque<RunEvent>,
-    updates: broadcast::Receiver<RunId>,
-    finished: bool,
-}
-
-/// Streams stored events after `after`, then new ones as they land, and ends with an `end`
-/// event once the run is final and every event was sent.
-fn follow(
-    app: Arc<App>,
-    run_id: RunId,
-    after: i64,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    let shutdown = app.shutdown.clone();
-    let updates = app.run_updates.subscribe();
-    let state = Follow {
-        app,
-        run_id,
-        cursor: after,
-        buffer: VecDeque::new(),
-        updates,
-        finished: false,
-    };
-    stream::unfold(state, |mut state| async move {
-        loop {
-            if let Some(event) = state.buffer.pop_front() {
-                state.cursor = event.seq;
-                return Some((Ok(to_sse(&event)), state));
-            }
-            if state.finished {
-                return None;
-            }
-            match state.app.store.list_events(state.run_id, state.cursor, 500).await {
-                Ok(events) if !events.is_empty() => {
-                    state.buffer.extend(events);
-                    continue;
-                }
-                Ok(_) => {}
-                Err(err) => tracing::warn!(run.id = %state.run_id, error = %err, "reading events for a follower failed"),
-            }
-            let run = state.app.store.get_run(state.run_id).await.ok().flatten();
-            if let Some(run) = run.filter(|run| run.status.is_terminal()) {
-                // Events stored between the read above and this one still go out first.
-                if let Ok(events) = state.app.store.list_events(state.run_id, state.cursor, 500).await {
-                    if !events.is_empty() {
-                        state.buffer.extend(events);
-                        continue;
-                    }
-                }
-                state.finished = true;
-                let end = Event::default().event("end").json_data(json!({ "status": run.status, "run_id": run.id }));
-                return Some((Ok(end.unwrap_or_default()), state));
-            }
-            wait_for_update(&mut state.updates, state.run_id).await;
-        }
-    })
-    .take_until(shutdown.cancelled_owned())
-}
-
-async fn wait_for_update(updates: &mut broadcast::Receiver<RunId>, run_id: RunId) {
-    // The periodic look is a safety net for missed notifications, not the delivery path.
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        loop {
-            match updates.recv().await {
-                Ok(id) if id == run_id => return,
-                Err(broadcast::error::RecvError::Lagged(_)) => return,
-                Err(broadcast::error::RecvError::Closed) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
 }
 
 fn to_sse(event: &RunEvent) -> Event {

@@ -5,10 +5,9 @@
 //! plain JSON when the tool sends nothing before its result, as an event stream when it sends
 //! progress notifications first.
 
+mod auth;
 pub mod stdio;
 mod tools;
-
-pub use tools::changes_state;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -25,7 +24,8 @@ use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 
 use crate::app::App;
-use crate::auth::Caller;
+use crate::domain::auth::Caller;
+use crate::domain::limits::MAX_REQUEST_BODY_BYTES;
 
 /// The protocol revision this server implements; older ones with an `initialize` handshake
 /// (2025-06-18, 2025-03-26, 2024-11-05) are accepted too.
@@ -98,15 +98,12 @@ impl ServerHandler for AutopilotMcp {
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         Ok(ListToolsResult::with_all_items(
-            tools::definitions().to_vec(),
+            tools::definitions().cloned().collect(),
         ))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        tools::definitions()
-            .iter()
-            .find(|tool| tool.name == name)
-            .cloned()
+        tools::definitions().find(|tool| tool.name == name).cloned()
     }
 
     async fn call_tool(
@@ -121,8 +118,8 @@ impl ServerHandler for AutopilotMcp {
     }
 }
 
-/// The `/mcp` endpoint. Requests reach it authenticated, with a [`crate::auth::Caller`] in
-/// their extensions.
+/// The `/mcp` endpoint, to be nested at `/mcp`: authenticated callers only (see [`auth`]), with
+/// the API's body limit enforced at the transport.
 pub fn router(app: Arc<App>) -> Router {
     let config = http_config(&app);
     let factory_app = Arc::clone(&app);
@@ -131,7 +128,16 @@ pub fn router(app: Arc<App>) -> Router {
         Arc::new(NeverSessionManager::default()),
         config,
     );
-    Router::new().fallback_service(service)
+    // `layer`, not `route_layer`: the service answers everything from the fallback.
+    Router::new()
+        .fallback_service(service)
+        .layer(axum::middleware::from_fn_with_state(
+            app,
+            auth::require_caller,
+        ))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            MAX_REQUEST_BODY_BYTES,
+        ))
 }
 
 /// Stateless, JSON where possible, and Host / Origin checks that accept the public URL as well
@@ -201,26 +207,5 @@ mod tests {
         let (hosts, origins) = allowed_hosts_and_origins("http://0.0.0.0:9000");
         assert!(hosts.contains(&"0.0.0.0".to_owned()));
         assert!(origins.contains(&"http://0.0.0.0:9000".to_owned()));
-    }
-
-    #[test]
-    fn every_tool_is_defined_once() {
-        let names: Vec<&str> = tools::definitions()
-            .iter()
-            .map(|tool| tool.name.as_ref())
-            .collect();
-        assert_eq!(names.len(), 19);
-        let mut unique = names.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        assert_eq!(unique.len(), names.len());
-        for tool in tools::definitions() {
-            assert!(
-                tool.annotations.is_some(),
-                "{} has no annotations",
-                tool.name
-            );
-            assert!(tool.title.is_some(), "{} has no title", tool.name);
-        }
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, Mutex};
 
 use super::AutopilotMcp;
 use crate::app::App;
-use crate::auth::Caller;
+use crate::domain::auth::Caller;
 
 /// Serves the tools of the Autopilot in this process until the client closes stdin.
 pub async fn serve_embedded(app: Arc<App>) -> anyhow::Result<()> {

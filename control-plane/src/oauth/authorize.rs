@@ -2,18 +2,17 @@
 
 use std::sync::Arc;
 
+use crate::app::App;
+use crate::domain::auth::Scopes;
+use crate::domain::oauth::AuthCode;
+use crate::http::oauth::no_store;
+use crate::tokens;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Form;
 use chrono::Utc;
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
-
-use super::types::AuthCode;
-use super::{digest, issuer, no_store, random_secret, resource};
-use crate::app::App;
-use crate::auth::Scopes;
 
 const CSRF_COOKIE: &str = "ap_csrf";
 /// How long an authorization code stays valid.
@@ -108,7 +107,7 @@ async fn validate(app: &App, params: &AuthorizeParams) -> Result<Valid, Refusal>
         );
     }
     if let Some(asked) = &params.resource {
-        if asked.trim_end_matches('/') != resource(app) {
+        if asked.trim_end_matches('/') != app.config.mcp_resource() {
             return redirect(
                 "invalid_target",
                 "resource must be this server's MCP endpoint",
@@ -139,7 +138,7 @@ pub async fn show(State(app): State<Arc<App>>, Query(params): Query<AuthorizePar
             if app.config.oauth_auto_approve {
                 return approve(&app, &params, &valid).await;
             }
-            let csrf = random_secret();
+            let csrf = tokens::mint(tokens::OAUTH_PREFIX);
             let mut response = page(&params, &valid, &csrf, None, StatusCode::OK);
             let cookie = format!(
                 "{CSRF_COOKIE}={csrf}; Path=/authorize; HttpOnly; SameSite=Strict; Max-Age=600"
@@ -175,7 +174,7 @@ pub async fn decide(
         })
         .next()
         .unwrap_or_default();
-    if form.csrf.is_empty() || !bool::from(form.csrf.as_bytes().ct_eq(cookie.as_bytes())) {
+    if form.csrf.is_empty() || !tokens::same(form.csrf.as_bytes(), cookie.as_bytes()) {
         return no_store((StatusCode::FORBIDDEN, Html("The form expired or came from elsewhere (CSRF check failed). Start the connection again.")).into_response());
     }
     if form.decision != "approve" {
@@ -188,16 +187,7 @@ pub async fn decide(
             },
         );
     }
-    let Some(keys) = app.oauth_keys.get() else {
-        return no_store(
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Html("Autopilot is still starting."),
-            )
-                .into_response(),
-        );
-    };
-    if !keys.operator_password_matches(&form.password) {
+    if !app.keys.operator_password_matches(&form.password) {
         tracing::warn!(client.id = %params.client_id, "wrong operator password on the consent page");
         return page(
             &params,
@@ -212,13 +202,13 @@ pub async fn decide(
 
 /// Issues a code for an approved request and sends the browser back to the client.
 async fn approve(app: &App, params: &AuthorizeParams, valid: &Valid) -> Response {
-    let code = random_secret();
+    let code = tokens::mint(tokens::OAUTH_PREFIX);
     let stored = AuthCode {
-        code_hash: digest(&code),
+        code_hash: tokens::digest_hex(&code),
         client_id: params.client_id.clone(),
         redirect_uri: params.redirect_uri.clone(),
         code_challenge: params.code_challenge.clone(),
-        resource: resource(app),
+        resource: app.config.mcp_resource(),
         scope: valid.scope.clone(),
         expires_at: Utc::now() + chrono::Duration::seconds(CODE_TTL_SECS),
     };
@@ -259,7 +249,7 @@ fn refuse(app: &App, params: &AuthorizeParams, refusal: Refusal) -> Response {
 
 /// 302 to the client's redirect URI with `extra`, `state` and `iss` (RFC 9207).
 fn redirect_to(app: &App, params: &AuthorizeParams, extra: &[(&str, &str)]) -> Response {
-    let issuer = issuer(app);
+    let issuer = app.config.oauth_issuer();
     let mut query: Vec<(&str, &str)> = extra.to_vec();
     if let Some(state) = &params.state {
         query.push(("state", state));

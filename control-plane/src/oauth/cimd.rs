@@ -13,9 +13,9 @@ use chrono::Utc;
 use serde::Deserialize;
 
 use super::redirect_uri_allowed;
-use super::types::OAuthClient;
 use crate::app::App;
-use crate::auth::{SCOPE_READ, SCOPE_WRITE};
+use crate::domain::auth::{SCOPE_READ, SCOPE_WRITE};
+use crate::domain::oauth::OAuthClient;
 
 const MAX_DOCUMENT_BYTES: usize = 5 * 1024;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);

@@ -11,10 +11,12 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::types::OAuthClient;
-use super::{digest, no_store, oauth_error, random_secret, redirect_uri_allowed};
+use super::redirect_uri_allowed;
 use crate::app::App;
-use crate::auth::{SCOPE_READ, SCOPE_WRITE};
+use crate::domain::auth::{SCOPE_READ, SCOPE_WRITE};
+use crate::domain::oauth::OAuthClient;
+use crate::http::oauth::{no_store, oauth_error};
+use crate::tokens;
 
 /// Registrations allowed in a burst, and refilled per minute.
 const REGISTRATION_BURST: f64 = 20.0;
@@ -144,10 +146,10 @@ pub async fn register(
     let scope = registration
         .scope
         .unwrap_or_else(|| format!("{SCOPE_READ} {SCOPE_WRITE}"));
-    let client_secret = (auth_method != "none").then(random_secret);
+    let client_secret = (auth_method != "none").then(|| tokens::mint(tokens::OAUTH_PREFIX));
     let client = OAuthClient {
         client_id: format!("apc_{}", uuid::Uuid::now_v7().simple()),
-        secret_hash: client_secret.as_deref().map(digest),
+        secret_hash: client_secret.as_deref().map(tokens::digest_hex),
         auth_method: auth_method.clone(),
         redirect_uris: registration.redirect_uris,
         client_name: registration

@@ -8,15 +8,14 @@ use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
 use base64::Engine;
 use chrono::Utc;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
-use super::types::{OAuthClient, RefreshToken, RefreshUse};
-use super::{digest, issuer, no_store, oauth_error, random_secret, resource};
 use crate::app::App;
+use crate::domain::oauth::{OAuthClient, RefreshToken, RefreshUse};
+use crate::http::oauth::{no_store, oauth_error};
+use crate::tokens::{self, digest_hex as digest, AccessClaims};
 
 /// Refresh tokens live this long (each use replaces the token).
 const REFRESH_TTL_DAYS: i64 = 30;
@@ -38,49 +37,6 @@ pub struct TokenRequest {
     client_secret: Option<String>,
     #[serde(default)]
     resource: Option<String>,
-}
-
-/// Claims of an access token.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct AccessClaims {
-    pub iss: String,
-    pub sub: String,
-    pub aud: String,
-    pub exp: i64,
-    pub iat: i64,
-    pub jti: String,
-    pub scope: String,
-    pub client_id: String,
-}
-
-/// Checks an access token's signature, issuer, audience and expiry.
-pub fn verify_access_token(app: &App, token: &str) -> Result<AccessClaims, String> {
-    let keys = app
-        .oauth_keys
-        .get()
-        .ok_or("the authorization server is still starting")?;
-    verify(&keys.signing_key, &issuer(app), &resource(app), token)
-}
-
-fn verify(key: &[u8], issuer: &str, audience: &str, token: &str) -> Result<AccessClaims, String> {
-    let mut validation = Validation::new(Algorithm::HS256);
-    validation.set_issuer(&[issuer]);
-    validation.set_audience(&[audience]);
-    validation.leeway = 5;
-    jsonwebtoken::decode::<AccessClaims>(token, &DecodingKey::from_secret(key), &validation)
-        .map(|data| data.claims)
-        .map_err(|err| match err.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                "the access token expired; refresh it".to_owned()
-            }
-            jsonwebtoken::errors::ErrorKind::InvalidAudience => {
-                "the access token is for another resource".to_owned()
-            }
-            jsonwebtoken::errors::ErrorKind::InvalidIssuer => {
-                "the access token is from another issuer".to_owned()
-            }
-            _ => "the access token is not valid".to_owned(),
-        })
 }
 
 /// Finds and authenticates the client: `client_secret_basic` (Authorization header),
@@ -141,7 +97,7 @@ async fn authenticate(
         (None, None) => client.auth_method == "none",
         (Some(expected), Some(given)) => {
             client.auth_method == method
-                && bool::from(digest(&given).as_bytes().ct_eq(expected.as_bytes()))
+                && tokens::same(digest(&given).as_bytes(), expected.as_bytes())
         }
         _ => false,
     };
@@ -165,7 +121,7 @@ pub async fn token(
         Err(response) => return response,
     };
     if let Some(asked) = &request.resource {
-        if asked.trim_end_matches('/') != resource(&app) {
+        if asked.trim_end_matches('/') != app.config.mcp_resource() {
             return oauth_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_target",
@@ -228,7 +184,7 @@ async fn exchange_code(
         .ok_or_else(|| invalid("code_verifier is missing (PKCE)"))?;
     let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(Sha256::digest(verifier.as_bytes()));
-    if !bool::from(challenge.as_bytes().ct_eq(stored.code_challenge.as_bytes())) {
+    if !tokens::same(challenge.as_bytes(), stored.code_challenge.as_bytes()) {
         return Err(invalid("code_verifier does not match the code_challenge"));
     }
     Ok((stored.scope, uuid::Uuid::now_v7().to_string()))
@@ -270,30 +226,19 @@ async fn rotate_refresh(
 }
 
 async fn issue(app: &App, client: &OAuthClient, scope: &str, family_id: &str) -> Response {
-    let Some(keys) = app.oauth_keys.get() else {
-        return oauth_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "still starting",
-        );
-    };
     let now = Utc::now();
     let ttl = app.config.access_token_ttl.as_secs() as i64;
     let claims = AccessClaims {
-        iss: issuer(app),
+        iss: app.config.oauth_issuer(),
         sub: client.client_id.clone(),
-        aud: resource(app),
+        aud: app.config.mcp_resource(),
         exp: now.timestamp() + ttl,
         iat: now.timestamp(),
         jti: uuid::Uuid::now_v7().to_string(),
         scope: scope.to_owned(),
         client_id: client.client_id.clone(),
     };
-    let access_token = match jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(&keys.signing_key),
-    ) {
+    let access_token = match tokens::sign_access_token(app.keys.signing_key(), &claims) {
         Ok(token) => token,
         Err(err) => {
             tracing::error!(error = %err, "signing an access token failed");
@@ -304,12 +249,12 @@ async fn issue(app: &App, client: &OAuthClient, scope: &str, family_id: &str) ->
             );
         }
     };
-    let refresh_token = random_secret();
+    let refresh_token = tokens::mint(tokens::OAUTH_PREFIX);
     let stored = RefreshToken {
         token_hash: digest(&refresh_token),
         family_id: family_id.to_owned(),
         client_id: client.client_id.clone(),
-        resource: resource(app),
+        resource: app.config.mcp_resource(),
         scope: scope.to_owned(),
         expires_at: now + chrono::Duration::days(REFRESH_TTL_DAYS),
     };
@@ -383,76 +328,4 @@ pub async fn revoke(
         tracing::info!(client.id = %client.client_id, "grant revoked");
     }
     no_store(StatusCode::OK.into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
-    const ISSUER: &str = "https://autopilot.example";
-    const AUDIENCE: &str = "https://autopilot.example/mcp";
-
-    fn signed(claims: &AccessClaims, key: &[u8]) -> String {
-        jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            claims,
-            &EncodingKey::from_secret(key),
-        )
-        .unwrap()
-    }
-
-    fn claims() -> AccessClaims {
-        let now = Utc::now().timestamp();
-        AccessClaims {
-            iss: ISSUER.into(),
-            sub: "client".into(),
-            aud: AUDIENCE.into(),
-            exp: now + 60,
-            iat: now,
-            jti: "j".into(),
-            scope: "autopilot:read".into(),
-            client_id: "client".into(),
-        }
-    }
-
-    #[test]
-    fn a_valid_token_passes() {
-        assert_eq!(
-            verify(KEY, ISSUER, AUDIENCE, &signed(&claims(), KEY))
-                .unwrap()
-                .scope,
-            "autopilot:read"
-        );
-    }
-
-    #[test]
-    fn expired_foreign_and_forged_tokens_are_refused_with_the_reason() {
-        let expired = AccessClaims {
-            exp: Utc::now().timestamp() - 60,
-            ..claims()
-        };
-        assert!(verify(KEY, ISSUER, AUDIENCE, &signed(&expired, KEY))
-            .unwrap_err()
-            .contains("expired"));
-        let other_audience = AccessClaims {
-            aud: "https://other.example/mcp".into(),
-            ..claims()
-        };
-        assert!(verify(KEY, ISSUER, AUDIENCE, &signed(&other_audience, KEY))
-            .unwrap_err()
-            .contains("another resource"));
-        let other_issuer = AccessClaims {
-            iss: "https://other.example".into(),
-            ..claims()
-        };
-        assert!(verify(KEY, ISSUER, AUDIENCE, &signed(&other_issuer, KEY))
-            .unwrap_err()
-            .contains("another issuer"));
-        let forged = signed(&claims(), b"another key, another key, another");
-        assert!(verify(KEY, ISSUER, AUDIENCE, &forged)
-            .unwrap_err()
-            .contains("not valid"));
-        assert!(verify(KEY, ISSUER, AUDIENCE, "not.a.jwt").is_err());
-    }
 }

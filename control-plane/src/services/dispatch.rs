@@ -10,9 +10,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::error::ServiceResult;
-use crate::model::{OverlapPolicy, Run};
-use crate::services::runs::control_event;
+use crate::domain::{OverlapPolicy, Run, ServiceResult};
+use crate::services::runs;
 
 /// Most queued runs the dispatcher looks at in one go.
 const DISPATCH_BATCH: u32 = 1000;
@@ -33,236 +32,242 @@ pub fn dedup_id(run: &Run) -> String {
     }
 }
 
-impl App {
-    /// Dispatches a just-created run of a job with the `queue` overlap policy, unless an earlier
-    /// run of the job is still active (the dispatcher sends it when that one ends).
-    pub(crate) async fn dispatch_behind_earlier(
-        &self,
-        run: Run,
-        job_id: JobId,
-    ) -> ServiceResult<Run> {
-        let others = self.active_runs(job_id).await?;
-        if others.iter().any(|other| other.id != run.id) {
-            return Ok(run);
-        }
-        self.publish(run).await
+/// Dispatches a just-created run of a job with the `queue` overlap policy, unless an earlier
+/// run of the job is still active (the dispatcher sends it when that one ends).
+pub(crate) async fn dispatch_behind_earlier(
+    app: &App,
+    run: Run,
+    job_id: JobId,
+) -> ServiceResult<Run> {
+    let others = runs::active(app, job_id).await?;
+    if others.iter().any(|other| other.id != run.id) {
+        return Ok(run);
     }
+    publish(app, run).await
+}
 
-    /// Marks the run dispatched and publishes its request. The row exists before the message.
-    async fn publish(&self, mut run: Run) -> ServiceResult<Run> {
+/// Marks the run dispatched and publishes its request. The row exists before the message.
+async fn publish(app: &App, mut run: Run) -> ServiceResult<Run> {
+    run.dispatched_at = Some(Utc::now());
+    if !app
+        .store
+        .update_run(&run, RunStatus::Queued, run.attempt, &[])
+        .await?
+    {
+        // Claimed, cancelled or dispatched by someone else meanwhile.
+        return runs::get(app, run.id).await;
+    }
+    Ok(publish_dispatched(app, run).await)
+}
+
+/// Publishes the request of a run already marked dispatched in the store. A failed publish
+/// is undone so the dispatcher tries again.
+pub(crate) async fn publish_dispatched(app: &App, run: Run) -> Run {
+    let request = RunRequest {
+        run_id: run.id,
+        attempt: run.attempt,
+        pool: run.settings.pool.clone(),
+        dedup_id: dedup_id(&run),
+    };
+    let Err(err) = app.bus.publish_run(request).await else {
+        return run;
+    };
+    tracing::warn!(run.id = %run.id, error = %err, "publishing the run request failed; will retry");
+    app.publish_failed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut undone = run.clone();
+    undone.dispatched_at = None;
+    if let Err(err) = app
+        .store
+        .update_run(&undone, RunStatus::Queued, run.attempt, &[])
+        .await
+    {
+        tracing::error!(run.id = %run.id, error = %err, "could not mark the run undispatched");
+    }
+    app.dispatcher_wake.notify_one();
+    undone
+}
+
+/// Publishes the requests of runs already marked dispatched, on a task of their own so the
+/// caller (the webhook writer) goes on with its next batch.
+pub(crate) fn publish_all_dispatched(app: &Arc<App>, runs: Vec<Run>) {
+    if runs.is_empty() {
+        return;
+    }
+    let app = Arc::clone(app);
+    tokio::spawn(async move {
+        for run in runs {
+            publish_dispatched(&app, run).await;
+        }
+    });
+}
+
+/// Sends every queued run that may go now. Returns when a delayed retry becomes due.
+pub async fn dispatch_pending(app: &App) -> ServiceResult<Option<DateTime<Utc>>> {
+    let now = Utc::now();
+    let waiting = app.store.queued_runs(None, DISPATCH_BATCH).await?;
+    let mut busy_jobs: HashSet<JobId> = HashSet::new();
+    let mut next_due: Option<DateTime<Utc>> = None;
+    let full_batch = waiting.len() == DISPATCH_BATCH as usize;
+    let mut published = 0usize;
+    for run in waiting {
+        if let Some(not_before) = run.not_before.filter(|t| *t > now) {
+            next_due = Some(next_due.map_or(not_before, |due| due.min(not_before)));
+            continue;
+        }
+        if let (OverlapPolicy::Queue, Some(job_id)) = (run.settings.overlap, run.job_id) {
+            if busy_jobs.contains(&job_id) || !runs::active(app, job_id).await?.is_empty() {
+                busy_jobs.insert(job_id);
+                continue;
+            }
+            busy_jobs.insert(job_id);
+        }
+        publish(app, run).await?;
+        published += 1;
+        if app.publish_failed.load(std::sync::atomic::Ordering::SeqCst) {
+            // The bus is not taking requests; the rest would fail the same way.
+            break;
+        }
+    }
+    if full_batch && published > 0 {
+        // More than one batch may wait: look again right after this one.
+        app.dispatcher_wake.notify_one();
+    }
+    Ok(next_due)
+}
+
+/// In the fleet: runs marked dispatched long ago and still not claimed get their request
+/// published again, in case the bus lost it (a NATS server that came back without its store,
+/// a request given up after its last delivery, a control plane killed between marking and
+/// publishing). The dedup id is the same, so a request still on the queue is not doubled
+/// within the dedup window, and a duplicate delivery is refused at the claim.
+pub async fn republish_stale_dispatches(app: &App) -> ServiceResult<usize> {
+    let stale_before = Utc::now() - chrono::Duration::from_std(REPUBLISH_AFTER).unwrap_or_default();
+    let stale = app
+        .store
+        .queued_runs(Some(stale_before), DISPATCH_BATCH)
+        .await?;
+    let mut republished = 0;
+    for mut run in stale {
         run.dispatched_at = Some(Utc::now());
-        if !self
+        if app
             .store
             .update_run(&run, RunStatus::Queued, run.attempt, &[])
             .await?
         {
-            // Claimed, cancelled or dispatched by someone else meanwhile.
-            return self.get_run(run.id).await;
+            tracing::info!(run.id = %run.id, "run still unclaimed long after dispatch; publishing its request again");
+            publish_dispatched(app, run).await;
+            republished += 1;
         }
-        Ok(self.publish_dispatched(run).await)
     }
+    Ok(republished)
+}
 
-    /// Publishes the request of a run already marked dispatched in the store. A failed publish
-    /// is undone so the dispatcher tries again.
-    pub(crate) async fn publish_dispatched(&self, run: Run) -> Run {
-        let request = RunRequest {
-            run_id: run.id,
-            attempt: run.attempt,
-            pool: run.settings.pool.clone(),
-            dedup_id: dedup_id(&run),
-        };
-        let Err(err) = self.bus.publish_run(request).await else {
-            return run;
-        };
-        tracing::warn!(run.id = %run.id, error = %err, "publishing the run request failed; will retry");
-        self.publish_failed
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        let mut undone = run.clone();
-        undone.dispatched_at = None;
-        if let Err(err) = self
-            .store
-            .update_run(&undone, RunStatus::Queued, run.attempt, &[])
-            .await
-        {
-            tracing::error!(run.id = %run.id, error = %err, "could not mark the run undispatched");
-        }
-        self.dispatcher_wake.notify_one();
-        undone
-    }
-
-    /// Sends every queued run that may go now. Returns when a delayed retry becomes due.
-    pub async fn dispatch_pending(&self) -> ServiceResult<Option<DateTime<Utc>>> {
-        let now = Utc::now();
-        let waiting = self.store.queued_runs(None, DISPATCH_BATCH).await?;
-        let mut busy_jobs: HashSet<JobId> = HashSet::new();
-        let mut next_due: Option<DateTime<Utc>> = None;
-        let full_batch = waiting.len() == DISPATCH_BATCH as usize;
-        let mut published = 0usize;
-        for run in waiting {
-            if let Some(not_before) = run.not_before.filter(|t| *t > now) {
-                next_due = Some(next_due.map_or(not_before, |due| due.min(not_before)));
-                continue;
-            }
-            if let (OverlapPolicy::Queue, Some(job_id)) = (run.settings.overlap, run.job_id) {
-                if busy_jobs.contains(&job_id) || !self.active_runs(job_id).await?.is_empty() {
-                    busy_jobs.insert(job_id);
-                    continue;
-                }
-                busy_jobs.insert(job_id);
-            }
-            self.publish(run).await?;
-            published += 1;
-            if self
-                .publish_failed
-                .load(std::sync::atomic::Ordering::SeqCst)
-            {
-                // The bus is not taking requests; the rest would fail the same way.
-                break;
-            }
-        }
-        if full_batch && published > 0 {
-            // More than one batch may wait: look again right after this one.
-            self.dispatcher_wake.notify_one();
-        }
-        Ok(next_due)
-    }
-
-    /// In the fleet: runs marked dispatched long ago and still not claimed get their request
-    /// published again, in case the bus lost it (a NATS server that came back without its store,
-    /// a request given up after its last delivery, a control plane killed between marking and
-    /// publishing). The dedup id is the same, so a request still on the queue is not doubled
-    /// within the dedup window, and a duplicate delivery is refused at the claim.
-    pub async fn republish_stale_dispatches(&self) -> ServiceResult<usize> {
-        let stale_before =
-            Utc::now() - chrono::Duration::from_std(REPUBLISH_AFTER).unwrap_or_default();
-        let stale = self
-            .store
-            .queued_runs(Some(stale_before), DISPATCH_BATCH)
-            .await?;
-        let mut republished = 0;
-        for mut run in stale {
-            run.dispatched_at = Some(Utc::now());
-            if self
-                .store
-                .update_run(&run, RunStatus::Queued, run.attempt, &[])
-                .await?
-            {
-                tracing::info!(run.id = %run.id, "run still unclaimed long after dispatch; publishing its request again");
-                self.publish_dispatched(run).await;
-                republished += 1;
-            }
-        }
-        Ok(republished)
-    }
-
-    /// After a restart of the embedded mode: runs this data directory's previous process was
-    /// executing are lost (their processes went with it), and queued runs are sent again (the
-    /// in-process bus went with it too). The caller holds the data directory lock, so no other
-    /// live process owns embedded runs.
-    pub async fn recover_embedded_runs(&self) -> ServiceResult<()> {
-        let stuck = self
-            .store
-            .runs_in_status(
-                &[RunStatus::Running, RunStatus::Cancelling, RunStatus::Queued],
-                None,
-            )
-            .await?;
-        for mut run in stuck {
-            let (status, attempt) = (run.status, run.attempt);
-            if status == RunStatus::Queued {
-                if run.dispatched_at.is_some() {
-                    run.dispatched_at = None;
-                    self.store.update_run(&run, status, attempt, &[]).await?;
-                }
-                continue;
-            }
-            if !run
-                .worker_id
-                .as_deref()
-                .is_some_and(|id| id.starts_with(EMBEDDED_WORKER_PREFIX))
-            {
-                continue;
-            }
-            let reason =
-                "autopilot stopped while this run was executing; its process ended with it. \
-                          Events recorded up to then are kept";
-            self.mark_lost(run, reason).await?;
-        }
-        self.dispatch_pending().await?;
-        Ok(())
-    }
-
-    /// Marks running runs whose worker stopped sending heartbeats as lost.
-    pub async fn reap_lost_runs(&self) -> ServiceResult<usize> {
-        let deadline =
-            Utc::now() - chrono::Duration::from_std(self.config.lost_after).unwrap_or_default();
-        let running = self
-            .store
-            .runs_in_status(&[RunStatus::Running, RunStatus::Cancelling], None)
-            .await?;
-        let mut reaped = 0;
-        for run in running {
-            if run
-                .heartbeat_at
-                .or(run.started_at)
-                .is_some_and(|beat| beat < deadline)
-            {
-                let reason = format!(
-                    "no heartbeat from worker `{}` for {}s; the worker probably died",
-                    run.worker_id.as_deref().unwrap_or("?"),
-                    self.config.lost_after.as_secs()
-                );
-                self.mark_lost(run, &reason).await?;
-                reaped += 1;
-            }
-        }
-        Ok(reaped)
-    }
-
-    /// Ends an attempt whose worker is gone: the run is `lost`, or, when its retry policy asks
-    /// for it (`retry.lost`) and attempts are left, queued again as a new attempt. A run being
-    /// cancelled is never run again.
-    pub(crate) async fn mark_lost(&self, mut run: Run, reason: &str) -> ServiceResult<()> {
+/// After a restart of the embedded mode: runs this data directory's previous process was
+/// executing are lost (their processes went with it), and queued runs are sent again (the
+/// in-process bus went with it too). The caller holds the data directory lock, so no other
+/// live process owns embedded runs.
+pub async fn recover_embedded_runs(app: &App) -> ServiceResult<()> {
+    let stuck = app
+        .store
+        .runs_in_status(
+            &[RunStatus::Running, RunStatus::Cancelling, RunStatus::Queued],
+            None,
+        )
+        .await?;
+    for mut run in stuck {
         let (status, attempt) = (run.status, run.attempt);
-        let retry = run.settings.retry;
-        if retry.lost && status == RunStatus::Running && attempt <= retry.count {
-            let delay = run.requeue_as_next_attempt();
-            run.error = Some(reason.to_owned());
-            // Recorded under the attempt that was lost.
-            let event = NewRunEvent {
-                attempt,
-                ..control_event(
-                    &run,
-                    json!({ "step": "lost", "reason": reason, "retry": { "next_attempt": attempt + 1, "delay_secs": delay.as_secs() } }),
-                )
-            };
-            if self
-                .store
-                .update_run(&run, status, attempt, &[event])
-                .await?
-            {
-                tracing::warn!(run.id = %run.id, reason, next_attempt = attempt + 1, "run lost; running it again");
-                self.notify_run(run.id);
-                self.dispatcher_wake.notify_one();
+        if status == RunStatus::Queued {
+            if run.dispatched_at.is_some() {
+                run.dispatched_at = None;
+                app.store.update_run(&run, status, attempt, &[]).await?;
             }
-            return Ok(());
+            continue;
         }
-        run.status = RunStatus::Lost;
-        run.finished_at = Some(Utc::now());
-        run.is_error = true;
+        if !run
+            .worker_id
+            .as_deref()
+            .is_some_and(|id| id.starts_with(EMBEDDED_WORKER_PREFIX))
+        {
+            continue;
+        }
+        let reason = "autopilot stopped while this run was executing; its process ended with it. \
+                      Events recorded up to then are kept";
+        mark_lost(app, run, reason).await?;
+    }
+    dispatch_pending(app).await?;
+    Ok(())
+}
+
+/// Marks running runs whose worker stopped sending heartbeats as lost.
+pub async fn reap_lost_runs(app: &App) -> ServiceResult<usize> {
+    let deadline =
+        Utc::now() - chrono::Duration::from_std(app.config.lost_after).unwrap_or_default();
+    let running = app
+        .store
+        .runs_in_status(&[RunStatus::Running, RunStatus::Cancelling], None)
+        .await?;
+    let mut reaped = 0;
+    for run in running {
+        if run
+            .heartbeat_at
+            .or(run.started_at)
+            .is_some_and(|beat| beat < deadline)
+        {
+            let reason = format!(
+                "no heartbeat from worker `{}` for {}s; the worker probably died",
+                run.worker_id.as_deref().unwrap_or("?"),
+                app.config.lost_after.as_secs()
+            );
+            mark_lost(app, run, &reason).await?;
+            reaped += 1;
+        }
+    }
+    Ok(reaped)
+}
+
+/// Ends an attempt whose worker is gone: the run is `lost`, or, when its retry policy asks
+/// for it (`retry.lost`) and attempts are left, queued again as a new attempt. A run being
+/// cancelled is never run again.
+pub(crate) async fn mark_lost(app: &App, mut run: Run, reason: &str) -> ServiceResult<()> {
+    let (status, attempt) = (run.status, run.attempt);
+    let retry = run.settings.retry;
+    if retry.lost && status == RunStatus::Running && attempt <= retry.count {
+        let delay = run.requeue_as_next_attempt();
         run.error = Some(reason.to_owned());
-        let event = control_event(&run, json!({ "step": "lost", "reason": reason }));
-        if self
+        // Recorded under the attempt that was lost.
+        let event = NewRunEvent {
+            attempt,
+            ..run.control_event(
+                json!({ "step": "lost", "reason": reason, "retry": { "next_attempt": attempt + 1, "delay_secs": delay.as_secs() } }),
+            )
+        };
+        if app
             .store
             .update_run(&run, status, attempt, &[event])
             .await?
         {
-            tracing::warn!(run.id = %run.id, reason, "run lost");
-            self.notify_run(run.id);
-            self.dispatcher_wake.notify_one();
+            tracing::warn!(run.id = %run.id, reason, next_attempt = attempt + 1, "run lost; running it again");
+            app.notify_run(run.id);
+            app.dispatcher_wake.notify_one();
         }
-        Ok(())
+        return Ok(());
     }
+    run.status = RunStatus::Lost;
+    run.finished_at = Some(Utc::now());
+    run.is_error = true;
+    run.error = Some(reason.to_owned());
+    let event = run.control_event(json!({ "step": "lost", "reason": reason }));
+    if app
+        .store
+        .update_run(&run, status, attempt, &[event])
+        .await?
+    {
+        tracing::warn!(run.id = %run.id, reason, "run lost");
+        app.notify_run(run.id);
+        app.dispatcher_wake.notify_one();
+    }
+    Ok(())
 }
 
 /// How long the dispatcher waits after the bus refused a request.
@@ -272,7 +277,7 @@ const PUBLISH_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 /// behind an earlier run of their job.
 pub async fn run_dispatcher(app: Arc<App>, cancel: CancellationToken) -> anyhow::Result<()> {
     loop {
-        let next_due = match app.dispatch_pending().await {
+        let next_due = match dispatch_pending(&app).await {
             Ok(next_due) => next_due,
             Err(err) => {
                 tracing::warn!(error = %err, "dispatching queued runs failed; retrying");
@@ -312,11 +317,11 @@ pub async fn run_reaper(app: Arc<App>, cancel: CancellationToken) -> anyhow::Res
             _ = cancel.cancelled() => return Ok(()),
             _ = tokio::time::sleep(period) => {}
         }
-        if let Err(err) = app.reap_lost_runs().await {
+        if let Err(err) = reap_lost_runs(&app).await {
             tracing::warn!(error = %err, "reaping lost runs failed");
         }
         if app.config.nats_url.is_some() {
-            if let Err(err) = app.republish_stale_dispatches().await {
+            if let Err(err) = republish_stale_dispatches(&app).await {
                 tracing::warn!(error = %err, "republishing stale run requests failed");
             }
         }

@@ -1,7 +1,11 @@
-//! Services: the one place that changes jobs and runs. The HTTP API, the scheduler, the worker
-//! request handler MCP tools and webhooks all call these.
+//! Services: the only code that creates or changes jobs, runs and webhooks, as functions over
+//! the bottom context ([`App`](crate::app::App)). The HTTP API, the MCP tools, the webhook intake,
+//! the scheduler and the event ingester all call these; none of them writes to the store itself.
 
 pub mod dispatch;
+pub mod fires;
+pub mod follow;
+pub mod health;
 pub mod jobs;
 pub mod runs;
 pub mod webhooks;

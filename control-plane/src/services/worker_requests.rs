@@ -14,9 +14,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::error::ServiceResult;
-use crate::model::Run;
-use crate::services::runs::control_event;
+use crate::domain::{OverlapPolicy, Run, ServiceResult};
+use crate::services::dispatch;
+use crate::services::follow::RunWatch;
 
 /// How long a completion waits for the attempt's events to be stored before it records the
 /// final state anyway.
@@ -28,280 +28,266 @@ fn rejected(reason: impl Into<String>) -> WorkerReply {
     }
 }
 
-impl App {
-    pub async fn handle_worker_request(
-        &self,
-        request: WorkerRequest,
-    ) -> ServiceResult<WorkerReply> {
-        match request {
-            WorkerRequest::Claim { worker_id, runs } => self.claim(runs, worker_id).await,
-            WorkerRequest::Heartbeat {
-                run_id,
-                attempt,
-                worker_id,
-            } => self.heartbeat(run_id, attempt, worker_id).await,
-            WorkerRequest::Announce { status } => {
-                self.announce_worker(status).await?;
-                Ok(WorkerReply::Ok)
-            }
-            WorkerRequest::Complete { worker_id, ended } => self.complete(ended, worker_id).await,
-        }
-    }
-
-    /// `queued → running` for this worker of each run whose attempt is still the current one,
-    /// in one statement: the claim is on the path from due time to process start. The worker's
-    /// `started` event follows at once and names the worker.
-    async fn claim(
-        &self,
-        runs: Vec<RunAttempt>,
-        worker_id: WorkerId,
-    ) -> ServiceResult<WorkerReply> {
-        let mut claimed: HashMap<(RunId, u32), Run> = self
-            .store
-            .claim_runs(&runs, worker_id.as_str(), Utc::now())
-            .await?
-            .into_iter()
-            .map(|run| ((run.id, run.attempt), run))
-            .collect();
-        // Why the others were refused (a duplicate delivery, a run cancelled while queued).
-        let refused: Vec<RunId> = runs
-            .iter()
-            .filter(|run| !claimed.contains_key(&(run.run_id, run.attempt)))
-            .map(|run| run.run_id)
-            .collect();
-        let current = self.runs_by_id(&refused).await?;
-        let mut replies = Vec::with_capacity(runs.len());
-        let mut taken = HashSet::new();
-        for RunAttempt { run_id, attempt } in runs {
-            let reply = if let Some(run) = claimed.remove(&(run_id, attempt)) {
-                taken.insert((run_id, attempt));
-                self.notify_run(run_id);
-                let spec = RunSpec {
-                    run_id,
-                    attempt,
-                    job_id: run.job_id,
-                    workspace: run.settings.workspace.clone(),
-                    kind: run.settings.kind.clone(),
-                    timeout_secs: run.settings.timeout_secs,
-                    sandbox: run.settings.sandbox(),
-                };
-                WorkerReply::Claimed {
-                    spec: Box::new(spec),
-                }
-            } else if taken.contains(&(run_id, attempt)) {
-                rejected("the run was claimed twice in one request")
-            } else {
-                rejected(match current.get(&run_id) {
-                    None => "unknown run".to_owned(),
-                    Some(run) if run.attempt != attempt => format!(
-                        "attempt {attempt} was superseded by attempt {}",
-                        run.attempt
-                    ),
-                    Some(run) => format!("run is {}", run.status),
-                })
-            };
-            replies.push(reply);
-        }
-        Ok(WorkerReply::Each { replies })
-    }
-
-    /// The runs of `ids` that exist, by id, in one read.
-    async fn runs_by_id(&self, ids: &[RunId]) -> ServiceResult<HashMap<RunId, Run>> {
-        let runs = self.store.get_runs(ids).await?;
-        Ok(runs.into_iter().map(|run| (run.id, run)).collect())
-    }
-
-    async fn heartbeat(
-        &self,
-        run_id: RunId,
-        attempt: u32,
-        worker_id: WorkerId,
-    ) -> ServiceResult<WorkerReply> {
-        let status = self
-            .store
-            .heartbeat_run(run_id, attempt, worker_id.as_str(), Utc::now())
-            .await?;
-        Ok(match status {
-            Some(RunStatus::Cancelling) => WorkerReply::Cancel,
-            Some(_) => WorkerReply::Ok,
-            None => rejected("the run is no longer held by this worker"),
-        })
-    }
-
-    /// Records how each attempt ended, reading their runs in one statement once their events
-    /// are stored.
-    async fn complete(
-        &self,
-        ended: Vec<AttemptEnd>,
-        worker_id: WorkerId,
-    ) -> ServiceResult<WorkerReply> {
-        futures::future::join_all(
-            ended
-                .iter()
-                .map(|end| self.wait_for_events(end.run_id, end.attempt, end.events_published)),
-        )
-        .await;
-        let ids: Vec<RunId> = ended.iter().map(|end| end.run_id).collect();
-        let mut runs = self.runs_by_id(&ids).await?;
-        let finishing = ended.into_iter().map(|end| {
-            let run = runs.remove(&end.run_id);
-            self.finish(run, end, &worker_id)
-        });
-        let replies = futures::future::try_join_all(finishing).await?;
-        Ok(WorkerReply::Each { replies })
-    }
-
-    /// Records how an attempt of `run` ended: its final state, or a delayed retry for a
-    /// transient API failure when the job's retry policy allows one.
-    async fn finish(
-        &self,
-        run: Option<Run>,
-        end: AttemptEnd,
-        worker_id: &WorkerId,
-    ) -> ServiceResult<WorkerReply> {
-        let AttemptEnd {
+pub async fn handle_worker_request(
+    app: &App,
+    request: WorkerRequest,
+) -> ServiceResult<WorkerReply> {
+    match request {
+        WorkerRequest::Claim { worker_id, runs } => claim(app, runs, worker_id).await,
+        WorkerRequest::Heartbeat {
             run_id,
             attempt,
-            outcome,
-            last_events,
-            ..
-        } = end;
-        // Only this attempt's own events ride along.
-        let mut last_events: Vec<NewRunEvent> = last_events
-            .into_iter()
-            .filter(|event| {
-                event.run_id == run_id
-                    && event.attempt == attempt
-                    && event.origin == EventOrigin::Worker
-            })
-            .collect();
-        let Some(mut run) = run else {
-            return Ok(rejected("unknown run (or named twice in one request)"));
-        };
-        if !owns(&run, attempt, worker_id) {
-            return Ok(rejected(format!(
-                "run is {} and not held by this worker",
-                run.status
-            )));
+            worker_id,
+        } => heartbeat(app, run_id, attempt, worker_id).await,
+        WorkerRequest::Announce { status } => {
+            super::workers::announce(app, status).await?;
+            Ok(WorkerReply::Ok)
         }
-        let expected = run.status;
-        run.usage.add(&outcome.usage);
-        run.cost_usd = match (run.cost_usd, outcome.cost_usd) {
-            (Some(before), Some(now)) => Some(before + now),
-            (before, now) => before.or(now),
-        };
-        run.permission_denials += outcome.permission_denials;
-        for model in &outcome.models {
-            if !run.models.contains(model) {
-                run.models.push(model.clone());
-            }
-        }
-        run.exit_code = outcome.exit_code;
-        run.num_turns = outcome.num_turns;
-        run.result = outcome.result.clone();
-        run.is_error = outcome.is_error;
-        run.error = outcome.error.clone();
+        WorkerRequest::Complete { worker_id, ended } => complete(app, ended, worker_id).await,
+    }
+}
 
-        let retry = outcome.transient
-            && expected == RunStatus::Running
-            && attempt <= run.settings.retry.count;
-        if retry {
-            let delay = run.requeue_as_next_attempt();
-            let data = json!({ "step": "retry_scheduled", "next_attempt": attempt + 1, "delay_secs": delay.as_secs(), "error": outcome.error });
-            // Recorded under the attempt that failed.
-            let event = NewRunEvent {
+/// `queued → running` for this worker of each run whose attempt is still the current one,
+/// in one statement: the claim is on the path from due time to process start. The worker's
+/// `started` event follows at once and names the worker.
+async fn claim(
+    app: &App,
+    runs: Vec<RunAttempt>,
+    worker_id: WorkerId,
+) -> ServiceResult<WorkerReply> {
+    let mut claimed: HashMap<(RunId, u32), Run> = app
+        .store
+        .claim_runs(&runs, worker_id.as_str(), Utc::now())
+        .await?
+        .into_iter()
+        .map(|run| ((run.id, run.attempt), run))
+        .collect();
+    // Why the others were refused (a duplicate delivery, a run cancelled while queued).
+    let refused: Vec<RunId> = runs
+        .iter()
+        .filter(|run| !claimed.contains_key(&(run.run_id, run.attempt)))
+        .map(|run| run.run_id)
+        .collect();
+    let current = runs_by_id(app, &refused).await?;
+    let mut replies = Vec::with_capacity(runs.len());
+    let mut taken = HashSet::new();
+    for RunAttempt { run_id, attempt } in runs {
+        let reply = if let Some(run) = claimed.remove(&(run_id, attempt)) {
+            taken.insert((run_id, attempt));
+            app.notify_run(run_id);
+            let spec = RunSpec {
+                run_id,
                 attempt,
-                ..control_event(&run, data)
+                job_id: run.job_id,
+                workspace: run.settings.workspace.clone(),
+                kind: run.settings.kind.clone(),
+                timeout_secs: run.settings.timeout_secs,
+                sandbox: run.settings.sandbox(),
             };
-            last_events.push(event);
-            if !self
-                .store
-                .update_run(&run, expected, attempt, &last_events)
-                .await?
-            {
-                return Ok(rejected("run changed while completing"));
+            WorkerReply::Claimed {
+                spec: Box::new(spec),
             }
-            self.notify_run(run_id);
-            tracing::info!(run.id = %run_id, attempt = attempt + 1, delay_secs = delay.as_secs(), "transient failure; retry scheduled");
-            self.dispatcher_wake.notify_one();
-            return Ok(WorkerReply::Ok);
-        }
+        } else if taken.contains(&(run_id, attempt)) {
+            rejected("the run was claimed twice in one request")
+        } else {
+            rejected(match current.get(&run_id) {
+                None => "unknown run".to_owned(),
+                Some(run) if run.attempt != attempt => format!(
+                    "attempt {attempt} was superseded by attempt {}",
+                    run.attempt
+                ),
+                Some(run) => format!("run is {}", run.status),
+            })
+        };
+        replies.push(reply);
+    }
+    Ok(WorkerReply::Each { replies })
+}
 
-        if outcome.stopped == Some(StopReason::WorkerShutdown) && expected == RunStatus::Running {
-            // Handed back by a worker that shut down: lost, or run again by the job's policy.
-            if !last_events.is_empty() {
-                self.store.append_events(&last_events).await?;
-            }
-            self.mark_lost(
-                run,
-                "the worker shut down while the run was executing, and stopped it after its grace period",
-            )
-            .await?;
-            return Ok(WorkerReply::Ok);
+/// The runs of `ids` that exist, by id, in one read.
+async fn runs_by_id(app: &App, ids: &[RunId]) -> ServiceResult<HashMap<RunId, Run>> {
+    let runs = app.store.get_runs(ids).await?;
+    Ok(runs.into_iter().map(|run| (run.id, run)).collect())
+}
+
+async fn heartbeat(
+    app: &App,
+    run_id: RunId,
+    attempt: u32,
+    worker_id: WorkerId,
+) -> ServiceResult<WorkerReply> {
+    let status = app
+        .store
+        .heartbeat_run(run_id, attempt, worker_id.as_str(), Utc::now())
+        .await?;
+    Ok(match status {
+        Some(RunStatus::Cancelling) => WorkerReply::Cancel,
+        Some(_) => WorkerReply::Ok,
+        None => rejected("the run is no longer held by this worker"),
+    })
+}
+
+/// Records how each attempt ended, reading their runs in one statement once their events
+/// are stored.
+async fn complete(
+    app: &App,
+    ended: Vec<AttemptEnd>,
+    worker_id: WorkerId,
+) -> ServiceResult<WorkerReply> {
+    futures::future::join_all(
+        ended
+            .iter()
+            .map(|end| wait_for_events(app, end.run_id, end.attempt, end.events_published)),
+    )
+    .await;
+    let ids: Vec<RunId> = ended.iter().map(|end| end.run_id).collect();
+    let mut runs = runs_by_id(app, &ids).await?;
+    let finishing = ended.into_iter().map(|end| {
+        let run = runs.remove(&end.run_id);
+        finish(app, run, end, &worker_id)
+    });
+    let replies = futures::future::try_join_all(finishing).await?;
+    Ok(WorkerReply::Each { replies })
+}
+
+/// Records how an attempt of `run` ended: its final state, or a delayed retry for a
+/// transient API failure when the job's retry policy allows one.
+async fn finish(
+    app: &App,
+    run: Option<Run>,
+    end: AttemptEnd,
+    worker_id: &WorkerId,
+) -> ServiceResult<WorkerReply> {
+    let AttemptEnd {
+        run_id,
+        attempt,
+        outcome,
+        last_events,
+        ..
+    } = end;
+    // Only this attempt's own events ride along.
+    let mut last_events: Vec<NewRunEvent> = last_events
+        .into_iter()
+        .filter(|event| {
+            event.run_id == run_id
+                && event.attempt == attempt
+                && event.origin == EventOrigin::Worker
+        })
+        .collect();
+    let Some(mut run) = run else {
+        return Ok(rejected("unknown run (or named twice in one request)"));
+    };
+    if !owns(&run, attempt, worker_id) {
+        return Ok(rejected(format!(
+            "run is {} and not held by this worker",
+            run.status
+        )));
+    }
+    let expected = run.status;
+    run.usage.add(&outcome.usage);
+    run.cost_usd = match (run.cost_usd, outcome.cost_usd) {
+        (Some(before), Some(now)) => Some(before + now),
+        (before, now) => before.or(now),
+    };
+    run.permission_denials += outcome.permission_denials;
+    for model in &outcome.models {
+        if !run.models.contains(model) {
+            run.models.push(model.clone());
         }
-        let mut status = outcome.final_status();
-        if expected == RunStatus::Cancelling
-            && status == RunStatus::Failed
-            && outcome.stopped.is_none()
-        {
-            // Killed before the stop signal reached it, or it failed on its own: the user asked
-            // for a stop, so say cancelled.
-            status = RunStatus::Cancelled;
-        }
-        run.status = status;
-        run.finished_at = Some(outcome.finished_at.unwrap_or_else(Utc::now));
-        let finished = control_event(
-            &run,
-            json!({ "step": "finished", "status": status, "error": run.error }),
-        );
-        last_events.push(finished);
-        if !self
+    }
+    run.exit_code = outcome.exit_code;
+    run.num_turns = outcome.num_turns;
+    run.result = outcome.result.clone();
+    run.is_error = outcome.is_error;
+    run.error = outcome.error.clone();
+
+    let retry =
+        outcome.transient && expected == RunStatus::Running && attempt <= run.settings.retry.count;
+    if retry {
+        let delay = run.requeue_as_next_attempt();
+        let data = json!({ "step": "retry_scheduled", "next_attempt": attempt + 1, "delay_secs": delay.as_secs(), "error": outcome.error });
+        // Recorded under the attempt that failed.
+        let event = NewRunEvent {
+            attempt,
+            ..run.control_event(data)
+        };
+        last_events.push(event);
+        if !app
             .store
             .update_run(&run, expected, attempt, &last_events)
             .await?
         {
             return Ok(rejected("run changed while completing"));
         }
-        self.notify_run(run_id);
-        tracing::info!(run.id = %run_id, status = %status, cost_usd = ?run.cost_usd, "run finished");
-        if run.settings.overlap == crate::model::OverlapPolicy::Queue {
-            // The next run of the job may be waiting for this one.
-            self.dispatcher_wake.notify_one();
-        }
-        Ok(WorkerReply::Ok)
+        app.notify_run(run_id);
+        tracing::info!(run.id = %run_id, attempt = attempt + 1, delay_secs = delay.as_secs(), "transient failure; retry scheduled");
+        app.dispatcher_wake.notify_one();
+        return Ok(WorkerReply::Ok);
     }
 
-    /// Waits until `expected` worker events of the attempt are stored (or a timeout), so that
-    /// anyone who sees the final state also sees every event.
-    async fn wait_for_events(&self, run_id: RunId, attempt: u32, expected: u64) {
-        if expected == 0 {
-            // Every event rode with the completion (a short run): nothing to wait for.
-            return;
+    if outcome.stopped == Some(StopReason::WorkerShutdown) && expected == RunStatus::Running {
+        // Handed back by a worker that shut down: lost, or run again by the job's policy.
+        if !last_events.is_empty() {
+            app.store.append_events(&last_events).await?;
         }
-        let mut updates = self.run_updates.subscribe();
-        let deadline = tokio::time::Instant::now() + EVENTS_LANDING_TIMEOUT;
-        loop {
-            match self.store.count_worker_events(run_id, attempt).await {
-                Ok(stored) if stored >= expected => return,
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::warn!(run.id = %run_id, error = %err, "counting events failed")
-                }
+        dispatch::mark_lost(app,
+            run,
+            "the worker shut down while the run was executing, and stopped it after its grace period",
+        )
+        .await?;
+        return Ok(WorkerReply::Ok);
+    }
+    let mut status = outcome.final_status();
+    if expected == RunStatus::Cancelling && status == RunStatus::Failed && outcome.stopped.is_none()
+    {
+        // Killed before the stop signal reached it, or it failed on its own: the user asked
+        // for a stop, so say cancelled.
+        status = RunStatus::Cancelled;
+    }
+    run.status = status;
+    run.finished_at = Some(outcome.finished_at.unwrap_or_else(Utc::now));
+    let finished =
+        run.control_event(json!({ "step": "finished", "status": status, "error": run.error }));
+    last_events.push(finished);
+    if !app
+        .store
+        .update_run(&run, expected, attempt, &last_events)
+        .await?
+    {
+        return Ok(rejected("run changed while completing"));
+    }
+    app.notify_run(run_id);
+    tracing::info!(run.id = %run_id, status = %status, cost_usd = ?run.cost_usd, "run finished");
+    if run.settings.overlap == OverlapPolicy::Queue {
+        // The next run of the job may be waiting for this one.
+        app.dispatcher_wake.notify_one();
+    }
+    Ok(WorkerReply::Ok)
+}
+
+/// Waits until `expected` worker events of the attempt are stored (or a timeout), so that
+/// anyone who sees the final state also sees every event.
+async fn wait_for_events(app: &App, run_id: RunId, attempt: u32, expected: u64) {
+    if expected == 0 {
+        // Every event rode with the completion (a short run): nothing to wait for.
+        return;
+    }
+    let mut watch = RunWatch::new(app, run_id);
+    let deadline = tokio::time::Instant::now() + EVENTS_LANDING_TIMEOUT;
+    loop {
+        match app.store.count_worker_events(run_id, attempt).await {
+            Ok(stored) if stored >= expected => return,
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(run.id = %run_id, error = %err, "counting events failed")
             }
-            let woke = tokio::time::timeout_at(deadline, async {
-                loop {
-                    match updates.recv().await {
-                        Ok(id) if id == run_id => return,
-                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                    }
-                }
-            })
-            .await;
-            if woke.is_err() {
-                tracing::warn!(run.id = %run_id, expected, "not every event arrived before completion");
-                return;
-            }
+        }
+        if tokio::time::timeout_at(deadline, watch.changed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(run.id = %run_id, expected, "not every event arrived before completion");
+            return;
         }
     }
 }
@@ -327,7 +313,7 @@ pub async fn serve_worker_requests(app: Arc<App>, cancel: CancellationToken) -> 
         };
         let app = Arc::clone(&app);
         tokio::spawn(async move {
-            match app.handle_worker_request(incoming.request).await {
+            match handle_worker_request(&app, incoming.request).await {
                 // The worker may have given up waiting; it will retry.
                 Ok(reply) => drop(incoming.reply.send(reply)),
                 // Dropping the reply tells the worker to try again later: a store hiccup must

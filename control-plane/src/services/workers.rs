@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::app::App;
-use crate::error::ServiceResult;
+use crate::domain::ServiceResult;
 
 /// Announcements missed before a worker is no longer listed.
 const MISSED_BEATS: u32 = 3;
@@ -30,37 +30,35 @@ pub struct WorkerView {
     pub last_seen_at: DateTime<Utc>,
 }
 
-impl App {
-    pub async fn announce_worker(&self, status: WorkerStatus) -> ServiceResult<()> {
-        self.store.upsert_worker(&status, Utc::now()).await?;
-        Ok(())
-    }
+pub async fn announce(app: &App, status: WorkerStatus) -> ServiceResult<()> {
+    app.store.upsert_worker(&status, Utc::now()).await?;
+    Ok(())
+}
 
-    /// Workers that announced themselves within the last few heartbeat intervals.
-    pub async fn live_workers(&self) -> ServiceResult<Vec<WorkerView>> {
-        let window = chrono::Duration::from_std(self.config.heartbeat_interval * MISSED_BEATS)
-            .unwrap_or_else(|_| chrono::Duration::seconds(15));
-        let now = Utc::now();
-        if let Err(err) = self.store.forget_workers(now - FORGET_AFTER).await {
-            tracing::debug!(error = %err, "forgetting silent workers failed");
-        }
-        let workers = self.store.list_workers(now - window).await?;
-        Ok(workers
-            .into_iter()
-            .map(|(status, seen_at)| WorkerView {
-                free: status
-                    .capacity
-                    .saturating_sub(u32::try_from(status.running.len()).unwrap_or(u32::MAX)),
-                worker_id: status.worker_id,
-                pools: status.pools,
-                capacity: status.capacity,
-                running: status.running,
-                executor: status.executor,
-                version: status.version,
-                draining: status.draining,
-                started_at: status.started_at,
-                last_seen_at: seen_at,
-            })
-            .collect())
+/// Workers that announced themselves within the last few heartbeat intervals.
+pub async fn live(app: &App) -> ServiceResult<Vec<WorkerView>> {
+    let window = chrono::Duration::from_std(app.config.heartbeat_interval * MISSED_BEATS)
+        .unwrap_or_else(|_| chrono::Duration::seconds(15));
+    let now = Utc::now();
+    if let Err(err) = app.store.forget_workers(now - FORGET_AFTER).await {
+        tracing::debug!(error = %err, "forgetting silent workers failed");
     }
+    let workers = app.store.list_workers(now - window).await?;
+    Ok(workers
+        .into_iter()
+        .map(|(status, seen_at)| WorkerView {
+            free: status
+                .capacity
+                .saturating_sub(u32::try_from(status.running.len()).unwrap_or(u32::MAX)),
+            worker_id: status.worker_id,
+            pools: status.pools,
+            capacity: status.capacity,
+            running: status.running,
+            executor: status.executor,
+            version: status.version,
+            draining: status.draining,
+            started_at: status.started_at,
+            last_seen_at: seen_at,
+        })
+        .collect())
 }

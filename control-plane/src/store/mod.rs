@@ -12,9 +12,9 @@ use autopilot_proto::{
 };
 use chrono::{DateTime, Utc};
 
-use crate::model::{FireRecord, Job, Run, RunFilter};
-use crate::oauth::types::{AuthCode, OAuthClient, RefreshToken, RefreshUse};
-use crate::webhooks::model::{DeliveryOutcome, NewDelivery, StoredPayload, Webhook};
+use crate::domain::oauth::{AuthCode, OAuthClient, RefreshToken, RefreshUse};
+use crate::domain::webhook::{DeliveryOutcome, NewDelivery, StoredPayload, Webhook};
+use crate::domain::{FireRecord, Job, Run, RunFilter, ServiceError};
 
 pub use sql::SqlStore;
 
@@ -37,6 +37,20 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+impl From<StoreError> for ServiceError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Conflict(what) => ServiceError::Conflict(what),
+            StoreError::Retryable(why) => ServiceError::Unavailable(why),
+            StoreError::NotFound => ServiceError::NotFound {
+                what: "record",
+                id: String::new(),
+            },
+            other => ServiceError::Internal(anyhow::Error::new(other)),
+        }
+    }
+}
 
 #[async_trait]
 pub trait Store: WebhookStore + Send + Sync {

@@ -5,8 +5,8 @@ use autopilot_proto::{EventKind, RunEvent, RunId, TokenUsage};
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::StoreError;
-use crate::model::{Job, JobKind, RetryPolicy, Run, Schedule};
-use crate::oauth::types::{AuthCode, OAuthClient, RefreshToken};
+use crate::domain::oauth::{AuthCode, OAuthClient, RefreshToken};
+use crate::domain::{Job, JobKind, RetryPolicy, Run, RunSettings, Schedule};
 
 pub fn to_ms(time: DateTime<Utc>) -> i64 {
     time.timestamp_millis()
@@ -117,26 +117,28 @@ impl TryFrom<JobRow> for Job {
             name: row.name,
             description: row.description,
             kind,
-            sandbox,
             prompt: row.prompt,
             schedule,
             timezone: row.timezone,
             enabled: row.enabled,
-            model: row.model,
-            allowed_tools: json("allowed_tools", &row.allowed_tools)?,
-            disallowed_tools: json("disallowed_tools", &row.disallowed_tools)?,
-            max_turns: row.max_turns.map(|n| to_u32("max_turns", n)).transpose()?,
-            timeout_secs: to_u64("timeout_secs", row.timeout_secs)?,
-            max_cost_usd: row.max_cost_usd,
+            settings: RunSettings {
+                model: row.model,
+                allowed_tools: json("allowed_tools", &row.allowed_tools)?,
+                disallowed_tools: json("disallowed_tools", &row.disallowed_tools)?,
+                max_turns: row.max_turns.map(|n| to_u32("max_turns", n)).transpose()?,
+                timeout_secs: to_u64("timeout_secs", row.timeout_secs)?,
+                max_cost_usd: row.max_cost_usd,
+                pool: row.pool,
+                retry: RetryPolicy {
+                    count: to_u32("retry_count", row.retry_count)?,
+                    backoff_secs: to_u64("retry_backoff_secs", row.retry_backoff_secs)?,
+                    lost: row.retry_lost,
+                },
+                sandbox,
+            },
             misfire_policy: parse("misfire policy", &row.misfire_policy)?,
             misfire_cap: to_u32("misfire_cap", row.misfire_cap)?,
             overlap_policy: parse("overlap policy", &row.overlap_policy)?,
-            retry: RetryPolicy {
-                count: to_u32("retry_count", row.retry_count)?,
-                backoff_secs: to_u64("retry_backoff_secs", row.retry_backoff_secs)?,
-                lost: row.retry_lost,
-            },
-            pool: row.pool,
             fire_cursor: from_ms(row.fire_cursor_ms)?,
             missed_fires: to_u64("missed_fires", row.missed_fires)?,
             overlap_skipped: to_u64("overlap_skipped", row.overlap_skipped)?,

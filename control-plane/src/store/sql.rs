@@ -20,8 +20,8 @@ use super::rows::{
     RunRow,
 };
 use super::{Store, StoreError, StoreResult};
-use crate::model::{FireRecord, Job, Run, RunFilter};
-use crate::oauth::types::{AuthCode, OAuthClient, RefreshToken, RefreshUse};
+use crate::domain::oauth::{AuthCode, OAuthClient, RefreshToken, RefreshUse};
+use crate::domain::{FireRecord, Job, Run, RunFilter};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -281,6 +281,7 @@ macro_rules! bind_run {
 macro_rules! bind_job {
     ($query:expr, $job:expr) => {{
         let job: &Job = $job;
+        let settings = &job.settings;
         let (schedule_kind, schedule_expr) = schedule_columns(&job.schedule);
         $query
             .bind(job.id.to_string())
@@ -292,23 +293,23 @@ macro_rules! bind_job {
             .bind(schedule_expr)
             .bind(job.timezone.clone())
             .bind(job.enabled)
-            .bind(job.model.clone())
-            .bind(to_json(&job.allowed_tools))
-            .bind(to_json(&job.disallowed_tools))
-            .bind(job.max_turns.map(i64::from))
-            .bind(clamp_i64(job.timeout_secs))
-            .bind(job.max_cost_usd)
+            .bind(settings.model.clone())
+            .bind(to_json(&settings.allowed_tools))
+            .bind(to_json(&settings.disallowed_tools))
+            .bind(settings.max_turns.map(i64::from))
+            .bind(clamp_i64(settings.timeout_secs))
+            .bind(settings.max_cost_usd)
             .bind(job.misfire_policy.as_str())
             .bind(i64::from(job.misfire_cap))
             .bind(job.overlap_policy.as_str())
-            .bind(i64::from(job.retry.count))
-            .bind(clamp_i64(job.retry.backoff_secs))
-            .bind(job.pool.clone())
+            .bind(i64::from(settings.retry.count))
+            .bind(clamp_i64(settings.retry.backoff_secs))
+            .bind(settings.pool.clone())
             .bind(to_ms(job.fire_cursor))
             .bind(to_ms(job.created_at))
             .bind(to_ms(job.updated_at))
-            .bind(job.retry.lost)
-            .bind(to_json(&job.sandbox))
+            .bind(settings.retry.lost)
+            .bind(to_json(&settings.sandbox))
     }};
 }
 

@@ -25,12 +25,11 @@ const TOOLS: [&str; 19] = [
     "update_job",
     "delete_job",
     "trigger_job",
+    "preview_schedule",
     "list_runs",
     "get_run",
     "kill_run",
-    "preview_schedule",
     "quick_run",
-    "get_server_info",
     "create_webhook",
     "list_webhooks",
     "get_webhook",
@@ -38,6 +37,7 @@ const TOOLS: [&str; 19] = [
     "delete_webhook",
     "rotate_webhook_secret",
     "replay_delivery",
+    "get_server_info",
 ];
 
 fn client_script() -> PathBuf {

@@ -112,7 +112,7 @@ async fn the_first_start_prints_an_admin_token_once_and_it_keeps_working() {
     let output = drain(&first);
     let token = output
         .split_whitespace()
-        .find(|word| word.starts_with("ap_") && word.len() == 67)
+        .find(|word| word.starts_with("ap_") && word.len() == "ap_".len() + 43)
         .unwrap_or_else(|| panic!("no token printed: {output}"))
         .to_owned();
     assert!(output.contains("mode=\"embedded\""), "{output}");

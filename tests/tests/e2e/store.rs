@@ -3,10 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use autopilot_control_plane::model::{
-    FireRecord, Job, JobKind, MisfirePolicy, OverlapPolicy, RetryPolicy, Run, RunFilter, Schedule,
+use autopilot_control_plane::domain::settings::DEFAULT_POOL;
+use autopilot_control_plane::domain::{
+    FireRecord, Job, JobKind, MisfirePolicy, OverlapPolicy, RetryPolicy, Run, RunFilter,
+    RunSettings, Schedule,
 };
-use autopilot_control_plane::services::jobs::DEFAULT_POOL;
 use autopilot_control_plane::store::{connect, Store, StoreError};
 use autopilot_proto::{
     EventKind, EventOrigin, JobId, NewRunEvent, RunAttempt, RunId, RunStatus, Trigger,
@@ -26,27 +27,29 @@ fn job(name: &str) -> Job {
         schedule: Schedule::Cron("*/5 * * * * *".into()),
         timezone: "Europe/Paris".into(),
         enabled: true,
-        model: Some("claude-sonnet-4-5".into()),
-        allowed_tools: vec!["Bash".into(), "mcp__github__create_issue".into()],
-        disallowed_tools: vec![],
-        max_turns: Some(4),
-        timeout_secs: 60,
-        max_cost_usd: Some(0.25),
+        settings: RunSettings {
+            model: Some("claude-sonnet-4-5".into()),
+            allowed_tools: vec!["Bash".into(), "mcp__github__create_issue".into()],
+            disallowed_tools: vec![],
+            max_turns: Some(4),
+            timeout_secs: 60,
+            max_cost_usd: Some(0.25),
+            retry: RetryPolicy {
+                count: 1,
+                backoff_secs: 5,
+                lost: true,
+            },
+            pool: DEFAULT_POOL.into(),
+            sandbox: autopilot_proto::Sandbox {
+                network: autopilot_proto::NetworkMode::Open,
+                memory_mb: 512,
+                cpus: 0.5,
+                pids: 64,
+            },
+        },
         misfire_policy: MisfirePolicy::RunAll,
         misfire_cap: 3,
         overlap_policy: OverlapPolicy::Queue,
-        retry: RetryPolicy {
-            count: 1,
-            backoff_secs: 5,
-            lost: true,
-        },
-        pool: DEFAULT_POOL.into(),
-        sandbox: autopilot_proto::Sandbox {
-            network: autopilot_proto::NetworkMode::Open,
-            memory_mb: 512,
-            cpus: 0.5,
-            pids: 64,
-        },
         fire_cursor: Utc.timestamp_millis_opt(now.timestamp_millis()).unwrap(),
         missed_fires: 0,
         overlap_skipped: 0,
@@ -117,7 +120,7 @@ async fn conformance(store: Arc<dyn Store>) {
     // Fires: one run per (job, scheduled_for), cursor and counters advance atomically.
     let at = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap();
     let fire = |job: &Job| {
-        let run = Run::queued(Trigger::Schedule, Some(job), job.run_settings(), Some(at));
+        let run = Run::queued(Trigger::Schedule, Some(job), job.run_snapshot(), Some(at));
         let queued = NewRunEvent {
             origin: EventOrigin::Control,
             data: json!({ "step": "queued" }),
@@ -164,7 +167,7 @@ async fn conformance(store: Arc<dyn Store>) {
     // Runs: compare-and-set on (status, attempt).
     let run = store.get_run(created[0]).await.unwrap().expect("fired run");
     assert_eq!(run.status, RunStatus::Queued);
-    assert_eq!(run.settings, first.run_settings());
+    assert_eq!(run.settings, first.run_snapshot());
     let now = Utc::now();
     let at = |attempt| RunAttempt {
         run_id: run.id,
@@ -299,7 +302,7 @@ async fn conformance(store: Arc<dyn Store>) {
     // Listing: newest first, filters, paging.
     let mut manual_ids = Vec::new();
     for _ in 0..5 {
-        let manual = Run::queued(Trigger::Manual, Some(&first), first.run_settings(), None);
+        let manual = Run::queued(Trigger::Manual, Some(&first), first.run_snapshot(), None);
         store
             .insert_run(&manual, &[event(&manual, 1, EventKind::Lifecycle)])
             .await
@@ -431,7 +434,7 @@ async fn conformance(store: Arc<dyn Store>) {
         2
     );
     assert_eq!(store.count_worker_events(run.id, 1).await.unwrap(), 5);
-    let unknown = Run::queued(Trigger::Quick, None, first.run_settings(), None);
+    let unknown = Run::queued(Trigger::Quick, None, first.run_snapshot(), None);
     assert_eq!(
         store
             .append_events(&[event(&unknown, 1, EventKind::Output)])
@@ -555,7 +558,7 @@ async fn concurrent_fires_of_two_leaders_create_one_run_each() {
                         runs: vec![Run::queued(
                             Trigger::Schedule,
                             Some(&job),
-                            job.run_settings(),
+                            job.run_snapshot(),
                             Some(*at),
                         )],
                         events: vec![],

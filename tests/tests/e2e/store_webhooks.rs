@@ -3,13 +3,12 @@
 
 use std::sync::Arc;
 
-use autopilot_control_plane::model::{OverlapPolicy, RetryPolicy, Run, RunSettings};
-use autopilot_control_plane::services::runs::control_event;
-use autopilot_control_plane::store::{connect, Store, StoreError};
-use autopilot_control_plane::webhooks::model::{
+use autopilot_control_plane::domain::webhook::{
     DeliveryOutcome, NewDelivery, PreviousToken, RateLimit, SignatureConfig, SignatureSchemeName,
-    StoredPayload, Webhook, WebhookConfig, WebhookRunSettings,
+    StoredPayload, Webhook, WebhookConfig,
 };
+use autopilot_control_plane::domain::{OverlapPolicy, RetryPolicy, Run, RunSettings, RunSnapshot};
+use autopilot_control_plane::store::{connect, Store, StoreError};
 use autopilot_proto::{
     ClaudeSpec, EventKind, EventOrigin, NewRunEvent, RunKind, RunStatus, Trigger, WebhookId,
 };
@@ -33,7 +32,7 @@ fn webhook(name: &str, token_hash: &str) -> Webhook {
         config: WebhookConfig {
             description: Some("für Tests ✓".into()),
             prompt_template: Some("{{payload.title}}".into()),
-            run: WebhookRunSettings {
+            run: RunSettings {
                 model: None,
                 allowed_tools: vec!["Read".into()],
                 disallowed_tools: vec![],
@@ -42,6 +41,7 @@ fn webhook(name: &str, token_hash: &str) -> Webhook {
                 max_cost_usd: None,
                 pool: "nowhere".into(),
                 retry: RetryPolicy::default(),
+                sandbox: autopilot_proto::Sandbox::defaults(true),
             },
             signature: SignatureConfig {
                 scheme: SignatureSchemeName::Github,
@@ -70,7 +70,7 @@ fn delivery(
     dedup_until: Option<chrono::DateTime<Utc>>,
     body: &[u8],
 ) -> NewDelivery {
-    let settings = RunSettings {
+    let settings = RunSnapshot {
         kind: RunKind::Claude(ClaudeSpec {
             prompt: "Triage <webhook-data source=\"payload.title\">x</webhook-data>".into(),
             model: None,
@@ -90,7 +90,7 @@ fn delivery(
     run.created_at = now_ms();
     run.webhook_id = Some(webhook.id);
     run.delivery_id = delivery_id.map(str::to_owned);
-    let queued_event = control_event(&run, json!({ "step": "queued" }));
+    let queued_event = run.control_event(json!({ "step": "queued" }));
     NewDelivery {
         payload: StoredPayload {
             run_id: run.id,

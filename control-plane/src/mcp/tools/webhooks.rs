@@ -1,6 +1,8 @@
 //! The webhook tools: create, list, read, change, delete, rotate a webhook's secret URL, and
 //! replay a delivery. Like every tool, they only call the services.
 
+use std::sync::Arc;
+
 use rmcp::model::JsonObject;
 use rmcp::service::RequestContext;
 use rmcp::RoleServer;
@@ -8,130 +10,26 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::runs::{finish_run_call, waited_run_schema};
 use super::{
-    finish_run_call, input, object, parse, parse_run_id, run_schema, success, to_value, Failure,
-    NoArgs, Outcome, RetryArg, Spec,
+    input, object, parse, parse_run_id, run_schema, success, take_string, to_value, Failure,
+    NoArgs, Outcome, Spec,
 };
 use crate::app::App;
-use crate::model::RunFilter;
-use crate::services::webhooks::{RotateInput, WebhookInput, WebhookPatch, WebhookSecrets};
+use crate::domain::RunFilter;
+use crate::services::follow::Updates;
+use crate::services::runs;
+use crate::services::webhooks::{self, RotateInput, WebhookInput, WebhookPatch, WebhookSecrets};
 
-/// The names of the tools in this module.
-pub(super) const NAMES: [&str; 7] = [
-    "create_webhook",
-    "list_webhooks",
-    "get_webhook",
-    "update_webhook",
-    "delete_webhook",
-    "rotate_webhook_secret",
-    "replay_delivery",
-];
-
-#[derive(Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-#[allow(dead_code)]
-enum SchemeArg {
-    None,
-    Github,
-    Stripe,
-    Slack,
-    HmacSha256,
-}
-
-#[derive(Deserialize, JsonSchema)]
-#[allow(dead_code)]
-struct SignatureArg {
-    /// `github` (X-Hub-Signature-256), `stripe` (Stripe-Signature), `slack`
-    /// (X-Slack-Signature), `hmac_sha256` (a header of your choice) or `none`.
-    scheme: SchemeArg,
-    /// The signing secret. Stripe and Slack issue it (copy it from there); for github and
-    /// hmac_sha256 one is generated and shown once when left out.
-    secret: Option<String>,
-    /// The header that carries the signature, for `hmac_sha256` (default X-Signature-256).
-    header: Option<String>,
-    /// Largest accepted clock difference for stripe and slack, in seconds (default 300).
-    tolerance_secs: Option<u64>,
-}
-
-#[derive(Deserialize, JsonSchema)]
-#[allow(dead_code)]
-struct RateLimitArg {
-    /// Deliveries per second (default 100).
-    per_second: f64,
-    /// Deliveries accepted at once (default twice the rate).
-    burst: Option<u32>,
-}
-
-/// Schema of `create_webhook`; the call is read straight into the service's `WebhookInput`.
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct CreateWebhookArgs {
-    /// Unique name; webhooks can be addressed by it.
-    name: String,
-    description: Option<String>,
-    /// Default true. A disabled webhook answers 404, like an unknown URL.
-    enabled: Option<bool>,
-    /// What each run is asked. `{{payload.a.b}}`, `{{payload.items.0.name}}`,
-    /// `{{headers.x-github-event}}`, `{{query.name}}` and `{{payload}}` (the whole body) are
-    /// filled in from the delivery, marked as untrusted data; a `!` before the closing braces
-    /// makes a value required (`{{payload.ref!}}`). Needed unless `job` is given.
-    prompt_template: Option<String>,
-    /// A job (id or name) whose settings the runs take, its prompt followed by the rendered
-    /// template (or the whole payload). A shell job gets the body on standard input.
-    job: Option<String>,
-    /// Claude model of the runs (when there is no `job`).
-    model: Option<String>,
-    /// Tools the runs may use, e.g. `["Read", "Bash(gh issue comment:*)"]`.
-    allowed_tools: Option<Vec<String>>,
-    disallowed_tools: Option<Vec<String>>,
-    max_turns: Option<u32>,
-    /// Each run is stopped after this many seconds. Default 1800.
-    timeout_secs: Option<u64>,
-    /// Each run is stopped when its cost passes this many US dollars.
-    max_cost_usd: Option<f64>,
-    pool: Option<String>,
-    retry: Option<RetryArg>,
-    /// How deliveries prove they come from the sender.
-    signature: Option<SignatureArg>,
-    /// Header carrying a delivery id, tried before X-GitHub-Delivery and Idempotency-Key: a
-    /// delivery id seen again within the window starts nothing new.
-    idempotency_header: Option<String>,
-    /// How long a delivery id is remembered, in seconds (default 86400).
-    dedup_window_secs: Option<u64>,
-    /// Largest accepted body in bytes (default 1048576).
-    max_body_bytes: Option<u64>,
-    rate_limit: Option<RateLimitArg>,
-}
-
-/// Schema of `update_webhook`: `webhook` plus the fields to change.
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+/// Schema of `update_webhook`: `webhook`, then the fields to change (read into the service's
+/// `WebhookPatch`).
+#[derive(JsonSchema)]
 #[allow(dead_code)]
 struct UpdateWebhookArgs {
     /// The webhook's id (UUID) or its unique name.
     webhook: String,
-    name: Option<String>,
-    /// `null` clears it.
-    description: Option<String>,
-    /// `false` pauses the webhook (its URL answers 404), `true` resumes it.
-    enabled: Option<bool>,
-    prompt_template: Option<String>,
-    /// A job id or name; `null` gives the webhook settings of its own again.
-    job: Option<String>,
-    model: Option<String>,
-    allowed_tools: Option<Vec<String>>,
-    disallowed_tools: Option<Vec<String>>,
-    max_turns: Option<u32>,
-    timeout_secs: Option<u64>,
-    max_cost_usd: Option<f64>,
-    pool: Option<String>,
-    retry: Option<RetryArg>,
-    signature: Option<SignatureArg>,
-    idempotency_header: Option<String>,
-    dedup_window_secs: Option<u64>,
-    max_body_bytes: Option<u64>,
-    rate_limit: Option<RateLimitArg>,
+    #[serde(flatten)]
+    patch: WebhookPatch,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -141,17 +39,14 @@ struct WebhookRef {
     webhook: String,
 }
 
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+/// Schema of `rotate_webhook_secret`: `webhook`, then the service's `RotateInput`.
+#[derive(JsonSchema)]
 #[allow(dead_code)]
 struct RotateArgs {
     /// The webhook's id (UUID) or its unique name.
     webhook: String,
-    /// The old URL keeps working this many seconds (default 0: it stops at once).
-    grace_secs: Option<u64>,
-    /// Also replace the signing secret: `true` generates one (github, hmac_sha256), a string
-    /// sets it (stripe, slack).
-    signing_secret: Option<Value>,
+    #[serde(flatten)]
+    rotation: RotateInput,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -191,7 +86,7 @@ pub(super) fn specs() -> Vec<Spec> {
                 issues\", \"prompt_template\": \"Triage GitHub issue #{{payload.issue.number}}: \
                 {{payload.issue.title}}\\n\\n{{payload.issue.body}}\", \"allowed_tools\": \
                 [\"Read\"], \"signature\": {\"scheme\": \"github\"}}",
-            input: input::<CreateWebhookArgs>(),
+            input: input::<WebhookInput>(),
             output: secrets(),
             read_only: false,
             destructive: false,
@@ -280,7 +175,7 @@ pub(super) fn specs() -> Vec<Spec> {
                 after fixing a template or a failed run. With wait: true the call returns the \
                 result. Example: {\"run_id\": \"0190…\", \"wait\": true}",
             input: input::<ReplayArgs>(),
-            output: super::waited_run_schema(),
+            output: waited_run_schema(),
             read_only: false,
             destructive: false,
             idempotent: false,
@@ -290,7 +185,7 @@ pub(super) fn specs() -> Vec<Spec> {
 }
 
 pub(super) async fn call(
-    app: &App,
+    app: &Arc<App>,
     name: &str,
     args: JsonObject,
     context: &RequestContext<RoleServer>,
@@ -326,29 +221,14 @@ fn secrets_result(verb: &str, secrets: WebhookSecrets) -> Outcome {
     success(summary, value)
 }
 
-/// Takes the webhook reference out of the arguments of a tool that also has other fields.
-fn take_webhook(args: &mut JsonObject) -> Result<String, Failure> {
-    match args.remove("webhook") {
-        Some(Value::String(webhook)) => Ok(webhook),
-        Some(_) => Err(Failure::invalid(
-            "webhook",
-            "must be the webhook's id or name",
-        )),
-        None => Err(Failure::invalid(
-            "webhook",
-            "missing: give the webhook's id or name",
-        )),
-    }
-}
-
 async fn create(app: &App, args: JsonObject) -> Outcome {
     let input: WebhookInput = parse(args)?;
-    secrets_result("Created", app.create_webhook(input).await?)
+    secrets_result("Created", webhooks::create(app, input).await?)
 }
 
 async fn list(app: &App, args: JsonObject) -> Outcome {
     let NoArgs {} = parse(args)?;
-    let webhooks = app.list_webhooks().await?;
+    let webhooks = webhooks::list(app).await?;
     let summary = match webhooks.len() {
         0 => "No webhooks yet; create_webhook makes one.".to_owned(),
         count => {
@@ -374,15 +254,17 @@ async fn list(app: &App, args: JsonObject) -> Outcome {
 
 async fn get(app: &App, args: JsonObject) -> Outcome {
     let WebhookRef { webhook } = parse(args)?;
-    let found = app.find_webhook(&webhook).await?;
-    let recent = app
-        .list_runs(RunFilter {
+    let found = webhooks::find(app, &webhook).await?;
+    let recent = runs::list(
+        app,
+        RunFilter {
             webhook_id: Some(found.id),
             limit: 5,
             ..Default::default()
-        })
-        .await?;
-    let view = app.webhook_view(&found);
+        },
+    )
+    .await?;
+    let view = webhooks::view(app, &found);
     let summary = format!(
         "Webhook `{}` ({}), {}, {} recent run(s).",
         view.name,
@@ -397,9 +279,9 @@ async fn get(app: &App, args: JsonObject) -> Outcome {
 }
 
 async fn update(app: &App, mut args: JsonObject) -> Outcome {
-    let webhook = take_webhook(&mut args)?;
+    let webhook = take_string(&mut args, "webhook", "the webhook's id or name")?;
     let patch: WebhookPatch = parse(args)?;
-    let (view, signing_secret) = app.update_webhook(&webhook, patch).await?;
+    let (view, signing_secret) = webhooks::update(app, &webhook, patch).await?;
     let mut summary = format!("Updated webhook `{}` ({}).", view.name, view.id);
     let mut value = json!({ "webhook": to_value(&view)? });
     if let Some(secret) = signing_secret {
@@ -413,7 +295,7 @@ async fn update(app: &App, mut args: JsonObject) -> Outcome {
 
 async fn delete(app: &App, args: JsonObject) -> Outcome {
     let WebhookRef { webhook } = parse(args)?;
-    let deleted = app.delete_webhook(&webhook).await?;
+    let deleted = webhooks::delete(app, &webhook).await?;
     success(
         format!(
             "Deleted webhook `{}` ({}); its URL no longer works, its runs stay.",
@@ -424,15 +306,15 @@ async fn delete(app: &App, args: JsonObject) -> Outcome {
 }
 
 async fn rotate(app: &App, mut args: JsonObject) -> Outcome {
-    let webhook = take_webhook(&mut args)?;
+    let webhook = take_string(&mut args, "webhook", "the webhook's id or name")?;
     let input: RotateInput = parse(args)?;
-    secrets_result("Rotated", app.rotate_webhook(&webhook, input).await?)
+    secrets_result("Rotated", webhooks::rotate(app, &webhook, input).await?)
 }
 
-async fn replay(app: &App, args: JsonObject, context: &RequestContext<RoleServer>) -> Outcome {
+async fn replay(app: &Arc<App>, args: JsonObject, context: &RequestContext<RoleServer>) -> Outcome {
     let ReplayArgs { run_id, wait } = parse(args)?;
     let run_id = parse_run_id("run_id", &run_id)?;
-    let updates = app.run_updates.subscribe();
-    let run = app.replay_delivery(run_id).await?;
+    let updates = Updates::subscribe(app);
+    let run = webhooks::replay(app, run_id).await?;
     finish_run_call(app, run, wait, updates, context).await
 }

@@ -7,10 +7,10 @@ use autopilot_proto::{JobId, RunId, WebhookId};
 use chrono::{DateTime, Utc};
 
 use super::{classify, Pools, SqlStore, RUN_COLUMNS};
-use crate::model::Run;
+use crate::domain::webhook::{DeliveryOutcome, NewDelivery, PreviousToken, StoredPayload, Webhook};
+use crate::domain::Run;
 use crate::store::rows::{clamp_i64, from_ms, to_json, to_ms};
 use crate::store::{StoreError, StoreResult, WebhookStore};
-use crate::webhooks::model::{DeliveryOutcome, NewDelivery, PreviousToken, StoredPayload, Webhook};
 
 const WEBHOOK_COLUMNS: &str =
     "id, name, enabled, token_hash, previous_token_hash, previous_token_expires_at_ms, \

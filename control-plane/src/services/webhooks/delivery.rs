@@ -1,32 +1,21 @@
-//! The delivery path: from an HTTP request on `/hooks/{token}` to a durable queued run.
-//!
-//! Webhooks are looked up by the digest of their URL token through a small cache; a delivery is
-//! checked (size, content type, signature, rate limit, the bound on queued work), rendered into a
-//! run and handed to the delivery writer (`super::writer`), which stores deliveries in batches:
-//! one transaction for every delivery that arrived while the previous batch was being written.
-//! The answer waits for that commit, so a `202` is never given for a run that could be lost.
-
-use std::sync::Arc;
+//! From a delivery to the run it starts: a webhook made ready for deliveries ([`LiveWebhook`]:
+//! its template parsed, its secret opened, its job read), and a delivery's body checked and
+//! rendered into a run with its payload ([`build_delivery`]). The webhook intake
+//! (`crate::hooks`) adds what belongs to HTTP (caching, rate limits, batched writes); replays
+//! come through here too.
 
 use autopilot_proto::{ClaudeSpec, RunId, RunKind, Trigger};
-use axum::body::Bytes;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot};
 
 use crate::app::App;
-use crate::error::{ServiceError, ServiceResult};
-use crate::model::{Job, OverlapPolicy, Run, RunSettings};
-use crate::services::runs::control_event;
-use crate::webhooks::model::{NewDelivery, SignatureSchemeName, StoredPayload, Webhook};
-use crate::webhooks::signature::{self, Scheme, SignatureError};
-use crate::webhooks::template::{RenderError, RenderInput, Template};
-use crate::webhooks::writer::{Pending, Submitted};
-
-/// Bodies up to this size are stored with the run; longer ones only in part.
-pub const MAX_STORED_BODY_BYTES: usize = 256 * 1024;
-/// Longest rendered prompt.
-const MAX_PROMPT_BYTES: usize = 256 * 1024;
+use crate::domain::limits::{MAX_PROMPT_BYTES, MAX_STORED_BODY_BYTES};
+use crate::domain::signature::{self, Scheme, SignatureError};
+use crate::domain::template::{RenderError, RenderInput, Template};
+use crate::domain::webhook::{NewDelivery, SignatureSchemeName, StoredPayload, Webhook};
+use crate::domain::{Job, OverlapPolicy, Run, RunSnapshot, ServiceError, ServiceResult};
+use crate::services::jobs;
 /// Headers never stored nor offered to templates: they carry credentials.
 const SECRET_HEADERS: [&str; 6] = [
     "authorization",
@@ -50,6 +39,26 @@ pub struct LiveWebhook {
 impl LiveWebhook {
     pub fn max_body_bytes(&self) -> u64 {
         self.webhook.config.max_body_bytes
+    }
+
+    /// Checks a delivery's signature, when the webhook asks for one.
+    pub fn verify_signature(
+        &self,
+        headers: &http::HeaderMap,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<(), SignatureError> {
+        let Some((scheme, secret)) = &self.signature else {
+            return Ok(());
+        };
+        signature::verify(
+            scheme,
+            secret,
+            headers,
+            body,
+            now.timestamp(),
+            self.webhook.config.signature.tolerance_secs,
+        )
     }
 }
 
@@ -92,7 +101,7 @@ pub enum DeliveryError {
 }
 
 /// The headers a delivery is kept and rendered with: lower-case names, no credentials.
-pub fn kept_headers(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
+pub fn kept_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
         .filter(|(name, _)| !SECRET_HEADERS.contains(&name.as_str()))
@@ -108,7 +117,7 @@ pub fn kept_headers(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
 /// The delivery id the sender gave, if any: the webhook's own header first, then the usual ones.
 pub fn delivery_id(
     webhook: &Webhook,
-    headers: &axum::http::HeaderMap,
+    headers: &http::HeaderMap,
 ) -> Result<Option<String>, DeliveryError> {
     let configured = webhook.config.idempotency_header.as_deref();
     for name in configured.into_iter().chain(DELIVERY_ID_HEADERS) {
@@ -225,7 +234,7 @@ pub fn build_delivery(
     let header = notice(webhook, received.delivery_id.as_deref());
     let mut settings = match &live.job {
         Some(job) => {
-            let mut settings = job.run_settings();
+            let mut settings = job.run_snapshot();
             match &mut settings.kind {
                 RunKind::Claude(claude) => {
                     let data = match &live.template {
@@ -251,7 +260,7 @@ pub fn build_delivery(
                 )
             })?;
             let run = &webhook.config.run;
-            RunSettings {
+            RunSnapshot {
                 kind: RunKind::Claude(ClaudeSpec {
                     prompt: format!("{header}{}", rendered(template)?),
                     model: run.model.clone(),
@@ -265,7 +274,7 @@ pub fn build_delivery(
                 retry: run.retry,
                 pool: run.pool.clone(),
                 overlap: OverlapPolicy::Allow,
-                sandbox: None,
+                sandbox: Some(run.sandbox),
             }
         }
     };
@@ -299,7 +308,7 @@ pub fn build_delivery(
     if let Some(original) = replay_of {
         queued["replay_of"] = json!(original);
     }
-    let queued_event = control_event(&run, queued);
+    let queued_event = run.control_event(queued);
     let body_bytes = received.body.len();
     let stored = received.body.len().min(MAX_STORED_BODY_BYTES);
     let payload = StoredPayload {
@@ -331,162 +340,77 @@ fn default_template() -> Template {
     Template::parse("{{payload}}").expect("the default template is valid")
 }
 
-impl App {
-    /// The webhook behind a URL token, if there is one and it is enabled.
-    pub async fn webhook_for_token(&self, token: &str) -> ServiceResult<Option<Arc<LiveWebhook>>> {
-        if !token.starts_with(crate::services::webhooks::TOKEN_PREFIX) || token.len() > 100 {
-            return Ok(None);
-        }
-        let token_hash = crate::services::webhooks::hash_token(token);
-        if let Some(cached) = self.deliveries.cached(&token_hash) {
-            return Ok(cached);
-        }
-        let live = match self.store.webhook_by_token(&token_hash, Utc::now()).await? {
-            Some(webhook) if webhook.enabled => Some(Arc::new(self.live_webhook(webhook).await?)),
-            _ => None,
-        };
-        self.deliveries.remember(token_hash, live.clone());
-        Ok(live)
+/// The webhook whose URL token has this digest, ready for deliveries, if there is one and it is
+/// enabled.
+pub async fn live_by_token_digest(
+    app: &App,
+    token_digest: &str,
+) -> ServiceResult<Option<LiveWebhook>> {
+    match app.store.webhook_by_token(token_digest, Utc::now()).await? {
+        Some(webhook) if webhook.enabled => Ok(Some(live(app, webhook).await?)),
+        _ => Ok(None),
     }
+}
 
-    /// Prepares a stored webhook for deliveries.
-    pub async fn live_webhook(&self, webhook: Webhook) -> ServiceResult<LiveWebhook> {
-        let template = webhook
-            .config
-            .prompt_template
-            .as_deref()
-            .map(Template::parse)
-            .transpose()
-            .map_err(|err| {
+/// Prepares a stored webhook for deliveries.
+pub async fn live(app: &App, webhook: Webhook) -> ServiceResult<LiveWebhook> {
+    let template = webhook
+        .config
+        .prompt_template
+        .as_deref()
+        .map(Template::parse)
+        .transpose()
+        .map_err(|err| {
+            ServiceError::Internal(anyhow::anyhow!(
+                "stored template of webhook {} does not parse: {err}",
+                webhook.id
+            ))
+        })?;
+    let scheme = match webhook.config.signature.scheme {
+        SignatureSchemeName::None => None,
+        SignatureSchemeName::Github => Some(Scheme::Github),
+        SignatureSchemeName::Stripe => Some(Scheme::Stripe),
+        SignatureSchemeName::Slack => Some(Scheme::Slack),
+        SignatureSchemeName::HmacSha256 => Some(Scheme::Hmac {
+            header: webhook
+                .config
+                .signature
+                .header
+                .clone()
+                .unwrap_or_else(|| signature::DEFAULT_HMAC_HEADER.to_owned()),
+        }),
+    };
+    let signature = match scheme {
+        None => None,
+        Some(scheme) => {
+            let sealed = webhook.signing_secret.as_deref().ok_or_else(|| {
                 ServiceError::Internal(anyhow::anyhow!(
-                    "stored template of webhook {} does not parse: {err}",
+                    "webhook {} checks signatures but has no secret",
                     webhook.id
                 ))
             })?;
-        let scheme = match webhook.config.signature.scheme {
-            SignatureSchemeName::None => None,
-            SignatureSchemeName::Github => Some(Scheme::Github),
-            SignatureSchemeName::Stripe => Some(Scheme::Stripe),
-            SignatureSchemeName::Slack => Some(Scheme::Slack),
-            SignatureSchemeName::HmacSha256 => Some(Scheme::Hmac {
-                header: webhook
-                    .config
-                    .signature
-                    .header
-                    .clone()
-                    .unwrap_or_else(|| signature::DEFAULT_HMAC_HEADER.to_owned()),
-            }),
-        };
-        let signature = match scheme {
-            None => None,
-            Some(scheme) => {
-                let sealed = webhook.signing_secret.as_deref().ok_or_else(|| {
+            let secret = app
+                .sealer
+                .open(&Webhook::secret_context(webhook.id), sealed)
+                .map_err(|err| {
                     ServiceError::Internal(anyhow::anyhow!(
-                        "webhook {} checks signatures but has no secret",
+                        "signing secret of webhook {}: {err}",
                         webhook.id
                     ))
                 })?;
-                let secret = self
-                    .sealer
-                    .open(&Webhook::secret_context(webhook.id), sealed)
-                    .map_err(|err| {
-                        ServiceError::Internal(anyhow::anyhow!(
-                            "signing secret of webhook {}: {err}",
-                            webhook.id
-                        ))
-                    })?;
-                Some((scheme, secret))
-            }
-        };
-        let job = match webhook.job_id {
-            Some(job_id) => Some(self.job(job_id).await?),
-            None => None,
-        };
-        Ok(LiveWebhook {
-            webhook,
-            template,
-            signature,
-            job,
-        })
-    }
-
-    /// Checks a delivery to `live` and stores the run it starts. Returns once the run is
-    /// durable.
-    pub async fn accept_delivery(
-        &self,
-        live: &LiveWebhook,
-        headers: &axum::http::HeaderMap,
-        query: Vec<(String, String)>,
-        body: Bytes,
-    ) -> Result<Submitted, DeliveryError> {
-        let webhook = &live.webhook;
-        if let Some((scheme, secret)) = &live.signature {
-            signature::verify(
-                scheme,
-                secret,
-                headers,
-                &body,
-                Utc::now().timestamp(),
-                webhook.config.signature.tolerance_secs,
-            )?;
+            Some((scheme, secret))
         }
-        self.deliveries.take_token(webhook)?;
-        let received = Received {
-            content_type: headers
-                .get(axum::http::header::CONTENT_TYPE)
-                .and_then(|value| value.to_str().ok())
-                .map(str::to_owned),
-            headers: kept_headers(headers),
-            query,
-            delivery_id: delivery_id(webhook, headers)?,
-            body,
-        };
-        let delivery = build_delivery(live, received, None, Utc::now())?;
-        self.submit_delivery(delivery).await
-    }
-
-    /// Hands a delivery to the writer and waits until it is stored.
-    pub async fn submit_delivery(&self, delivery: NewDelivery) -> Result<Submitted, DeliveryError> {
-        if self.deliveries.queue_is_full() {
-            return Err(DeliveryError::QueueFull {
-                retry_after_secs: 5,
-            });
-        }
-        let (reply, answer) = oneshot::channel();
-        self.deliveries
-            .queue
-            .try_send(Pending { delivery, reply })
-            .map_err(|err| match err {
-                mpsc::error::TrySendError::Full(_) => DeliveryError::QueueFull {
-                    retry_after_secs: 1,
-                },
-                mpsc::error::TrySendError::Closed(_) => DeliveryError::Service(
-                    ServiceError::Unavailable("Autopilot is shutting down".to_owned()),
-                ),
-            })?;
-        match answer.await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(DeliveryError::Service(ServiceError::Unavailable(
-                "the delivery writer stopped before storing the delivery".to_owned(),
-            ))),
-        }
-    }
-
-    /// [`App::submit_delivery`] for the services, whose callers want a [`ServiceError`].
-    pub async fn submit_delivery_for_service(
-        &self,
-        delivery: NewDelivery,
-    ) -> ServiceResult<Submitted> {
-        self.submit_delivery(delivery)
-            .await
-            .map_err(|err| match err {
-                DeliveryError::Service(err) => err,
-                DeliveryError::QueueFull { .. } => {
-                    ServiceError::Unavailable("too much queued work; try again shortly".to_owned())
-                }
-                other => ServiceError::Conflict(other.to_string()),
-            })
-    }
+    };
+    let job = match webhook.job_id {
+        Some(job_id) => Some(jobs::get(app, job_id).await?),
+        None => None,
+    };
+    Ok(LiveWebhook {
+        webhook,
+        template,
+        signature,
+        job,
+    })
 }
 
 #[cfg(test)]

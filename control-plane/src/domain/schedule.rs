@@ -6,7 +6,7 @@ use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 
-use crate::model::Schedule;
+use super::job::Schedule;
 
 const FIELD_NAMES: [&str; 6] = [
     "second",

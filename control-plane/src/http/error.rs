@@ -8,7 +8,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::error::ServiceError;
+use crate::domain::input::InputError;
+use crate::domain::ServiceError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -77,6 +78,18 @@ impl From<ServiceError> for ApiError {
                     "internal",
                     "internal error; the server log has the details",
                 )
+            }
+        }
+    }
+}
+
+impl From<InputError> for ApiError {
+    fn from(err: InputError) -> Self {
+        match err {
+            InputError::Syntax(message) => ApiError::bad_request(message),
+            InputError::Invalid { field, message } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
+                    .field(field)
             }
         }
     }

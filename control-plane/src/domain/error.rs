@@ -1,8 +1,6 @@
-//! Errors of the services, shared by every edge (HTTP API, scheduler, later MCP). Each edge maps
-//! them to its own shape; a 4xx-kind error always says what was wrong and, where it applies,
-//! which field.
-
-use crate::store::StoreError;
+//! Errors of validation and of the services, shared by every edge (HTTP API, MCP, webhooks, the
+//! scheduler). Each edge maps them to its own shape; a 4xx-kind error always says what was wrong
+//! and, where it applies, which field. (The store's errors become these in `crate::store`.)
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -26,20 +24,6 @@ impl ServiceError {
         ServiceError::Invalid {
             field: field.into(),
             message: message.into(),
-        }
-    }
-}
-
-impl From<StoreError> for ServiceError {
-    fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::Conflict(what) => ServiceError::Conflict(what),
-            StoreError::Retryable(why) => ServiceError::Unavailable(why),
-            StoreError::NotFound => ServiceError::NotFound {
-                what: "record",
-                id: String::new(),
-            },
-            other => ServiceError::Internal(anyhow::Error::new(other)),
         }
     }
 }

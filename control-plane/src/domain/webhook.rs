@@ -4,7 +4,8 @@ use autopilot_proto::{JobId, NewRunEvent, RunId, WebhookId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{RetryPolicy, Run};
+use super::run::Run;
+use super::settings::RunSettings;
 
 /// A secret URL that turns HTTP deliveries into runs.
 #[derive(Clone, PartialEq, Debug)]
@@ -49,7 +50,7 @@ pub struct WebhookConfig {
     pub description: Option<String>,
     pub prompt_template: Option<String>,
     /// Settings of runs when the webhook does not point at a job.
-    pub run: WebhookRunSettings,
+    pub run: RunSettings,
     pub signature: SignatureConfig,
     /// Header that carries the delivery id, tried before `X-GitHub-Delivery` and
     /// `Idempotency-Key`.
@@ -61,19 +62,7 @@ pub struct WebhookConfig {
     pub token_hint: String,
 }
 
-#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
-pub struct WebhookRunSettings {
-    pub model: Option<String>,
-    pub allowed_tools: Vec<String>,
-    pub disallowed_tools: Vec<String>,
-    pub max_turns: Option<u32>,
-    pub timeout_secs: u64,
-    pub max_cost_usd: Option<f64>,
-    pub pool: String,
-    pub retry: RetryPolicy,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SignatureSchemeName {
     None,

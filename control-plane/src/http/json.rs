@@ -3,16 +3,18 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, StatusCode};
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use crate::domain::input;
 
 pub struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
     S: Send + Sync,
-    T: DeserializeOwned,
+    T: DeserializeOwned + JsonSchema,
 {
     type Rejection = ApiError;
 
@@ -46,34 +48,9 @@ where
     }
 }
 
-/// Parses JSON, turning serde's message into an error that names the field.
-pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            return ApiError::bad_request(format!("the body is not valid JSON: {inner}"));
-        }
-        let message = inner.to_string();
-        let unknown = message
-            .strip_prefix("unknown field `")
-            .and_then(|rest| rest.split_once('`'))
-            .map(|(name, _)| name);
-        // The path already ends at the unknown field; at the top level it is just `.`.
-        let field = match (unknown, path.as_str()) {
-            (Some(name), ".") => name.to_owned(),
-            (_, path) => path.to_owned(),
-        };
-        let message = match unknown {
-            Some(_) => format!(
-                "{field}: {}",
-                message.replace("unknown field", "unknown field; remove it. Found")
-            ),
-            None => format!("{field}: {message}"),
-        };
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).field(field)
-    })
+/// Parses a JSON body into a service input; errors name the field.
+pub fn parse<T: DeserializeOwned + JsonSchema>(bytes: &[u8]) -> Result<T, ApiError> {
+    input::from_slice(bytes).map_err(ApiError::from)
 }
 
 /// A query-string extractor whose errors use the API's JSON error shape.
@@ -120,6 +97,7 @@ where
 mod tests {
     use super::*;
     use crate::services::jobs::JobInput;
+    use crate::services::webhooks::WebhookPatch;
 
     #[test]
     fn unknown_and_mistyped_fields_are_named() {
@@ -134,5 +112,11 @@ mod tests {
         assert_eq!(err.field.as_deref(), Some("retry.bogus"));
         let err = parse::<JobInput>(b"{not json").unwrap_err();
         assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        let err = parse::<JobInput>(br#"{"prompt":"p"}"#).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("name"));
+        let err = parse::<WebhookPatch>(br#"{"max_turns":0.5}"#).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("max_turns"));
+        let err = parse::<WebhookPatch>(br#"{"sandbox":{"cpus":"x"}}"#).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("sandbox.cpus"));
     }
 }

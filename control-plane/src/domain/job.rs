@@ -1,0 +1,138 @@
+//! Jobs: what runs, when, and the policies for fires that are missed or overlap.
+
+use std::fmt;
+use std::str::FromStr;
+
+use autopilot_proto::{ClaudeSpec, JobId, RunKind, Sandbox};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::run::RunSnapshot;
+use super::settings::RunSettings;
+
+macro_rules! string_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const NAMES: &'static [&'static str] = &[$($text),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!("`{other}` is not one of {}", Self::NAMES.join(", "))),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// What a job runs.
+    JobKind { Claude => "claude", Shell => "shell" }
+);
+impl JobKind {
+    /// The sandbox of a job that names none: a claude job reaches the model API only, a shell
+    /// job no network at all.
+    pub fn default_sandbox(self) -> Sandbox {
+        Sandbox::defaults(self == JobKind::Claude)
+    }
+}
+
+string_enum!(
+    /// What to do with fires that were missed (the process was down, or the job was due long ago).
+    MisfirePolicy { Skip => "skip", RunOnce => "run_once", RunAll => "run_all" }
+);
+string_enum!(
+    /// What to do when a fire comes while an earlier run of the job is still going.
+    OverlapPolicy { Skip => "skip", Queue => "queue", Allow => "allow" }
+);
+
+/// When a job fires.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Schedule {
+    /// A 5-field (minutes) or 6-field (seconds) cron expression, in the job's time zone.
+    Cron(String),
+    /// Once, at this time; the job is disabled after it fires.
+    At(DateTime<Utc>),
+    /// Manual or webhook runs only.
+    None,
+}
+
+#[derive(Clone, PartialEq, Debug)]
+pub struct Job {
+    pub id: JobId,
+    pub name: String,
+    pub description: Option<String>,
+    pub kind: JobKind,
+    /// The prompt of a `claude` job, or the command of a `shell` job.
+    pub prompt: String,
+    pub schedule: Schedule,
+    /// IANA time zone name the schedule is read in.
+    pub timezone: String,
+    pub enabled: bool,
+    /// How its runs execute (model and tools apply to claude jobs only).
+    pub settings: RunSettings,
+    pub misfire_policy: MisfirePolicy,
+    /// Most missed fires run under `run_all`.
+    pub misfire_cap: u32,
+    pub overlap_policy: OverlapPolicy,
+    /// Every fire at or before this time has been handled (run or counted as skipped).
+    pub fire_cursor: DateTime<Utc>,
+    pub missed_fires: u64,
+    pub overlap_skipped: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Job {
+    /// Name of the job's workspace directory. From the id, so a rename keeps the files.
+    pub fn workspace(&self) -> String {
+        format!("job-{}", self.id)
+    }
+
+    /// What a run of this job executes, as of now.
+    pub fn run_snapshot(&self) -> RunSnapshot {
+        let settings = &self.settings;
+        let kind = match self.kind {
+            JobKind::Claude => RunKind::Claude(ClaudeSpec {
+                prompt: self.prompt.clone(),
+                model: settings.model.clone(),
+                allowed_tools: settings.allowed_tools.clone(),
+                disallowed_tools: settings.disallowed_tools.clone(),
+                max_turns: settings.max_turns,
+                max_cost_usd: settings.max_cost_usd,
+            }),
+            JobKind::Shell => RunKind::Shell {
+                command: self.prompt.clone(),
+                stdin: None,
+            },
+        };
+        RunSnapshot {
+            kind,
+            timeout_secs: settings.timeout_secs,
+            workspace: self.workspace(),
+            retry: settings.retry,
+            pool: settings.pool.clone(),
+            overlap: self.overlap_policy,
+            sandbox: Some(settings.sandbox),
+        }
+    }
+}

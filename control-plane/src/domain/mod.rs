@@ -1,0 +1,24 @@
+//! The domain: what Autopilot is about, as types and pure functions with no I/O. Jobs and their
+//! schedules, runs, the run settings every kind of record shares, webhooks with their prompt
+//! templates and signature schemes, OAuth records, who is calling, and the errors of validation.
+//! Everything above (the store, the services, the edges) speaks in these types.
+
+pub mod auth;
+pub mod error;
+pub mod input;
+pub mod job;
+pub mod limits;
+pub mod oauth;
+pub mod run;
+pub mod schedule;
+pub mod settings;
+pub mod signature;
+pub mod template;
+pub mod webhook;
+
+pub use error::{ServiceError, ServiceResult};
+pub use job::{Job, JobKind, MisfirePolicy, OverlapPolicy, Schedule};
+pub use run::{FireRecord, Run, RunFilter, RunSnapshot};
+pub use settings::{
+    RetryInput, RetryPolicy, RunSettings, RunSettingsInput, RunSettingsPatch, SandboxInput,
+};

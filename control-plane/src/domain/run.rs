@@ -1,0 +1,162 @@
+//! Runs: the snapshot of what a run executes, the run as the store keeps it, and the records the
+//! scheduler writes.
+
+use autopilot_proto::{
+    EventKind, EventOrigin, JobId, NewRunEvent, RunId, RunKind, RunStatus, Sandbox, TokenUsage,
+    Trigger, WebhookId,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::job::{Job, OverlapPolicy};
+use super::settings::RetryPolicy;
+
+/// Snapshot of what a run executes, taken when the run is created.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct RunSnapshot {
+    #[serde(flatten)]
+    pub kind: RunKind,
+    pub timeout_secs: u64,
+    pub workspace: String,
+    pub retry: RetryPolicy,
+    pub pool: String,
+    pub overlap: OverlapPolicy,
+    /// Absent in runs stored before sandboxes existed: the defaults of the run's kind apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<Sandbox>,
+}
+
+impl RunSnapshot {
+    pub fn sandbox(&self) -> Sandbox {
+        self.sandbox
+            .unwrap_or_else(|| Sandbox::default_for(&self.kind))
+    }
+}
+
+#[derive(Clone, PartialEq, Debug, Serialize)]
+pub struct Run {
+    pub id: RunId,
+    pub job_id: Option<JobId>,
+    pub job_name: Option<String>,
+    pub trigger: Trigger,
+    pub status: RunStatus,
+    pub attempt: u32,
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub settings: RunSnapshot,
+    pub created_at: DateTime<Utc>,
+    pub dispatched_at: Option<DateTime<Utc>>,
+    /// A retry waits until this time.
+    pub not_before: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub heartbeat_at: Option<DateTime<Utc>>,
+    pub worker_id: Option<String>,
+    pub exit_code: Option<i32>,
+    pub is_error: bool,
+    pub error: Option<String>,
+    pub result: Option<String>,
+    #[serde(flatten)]
+    pub usage: TokenUsage,
+    pub cost_usd: Option<f64>,
+    pub num_turns: Option<u32>,
+    pub models: Vec<String>,
+    pub permission_denials: u32,
+    /// The webhook whose delivery started the run.
+    pub webhook_id: Option<WebhookId>,
+    /// The delivery id the sender gave (`X-GitHub-Delivery`, `Idempotency-Key`, …).
+    pub delivery_id: Option<String>,
+}
+
+impl Run {
+    /// A new queued run, not yet dispatched.
+    pub fn queued(
+        trigger: Trigger,
+        job: Option<&Job>,
+        settings: RunSnapshot,
+        scheduled_for: Option<DateTime<Utc>>,
+    ) -> Self {
+        Run {
+            id: RunId::new(),
+            job_id: job.map(|job| job.id),
+            job_name: job.map(|job| job.name.clone()),
+            trigger,
+            status: RunStatus::Queued,
+            attempt: 1,
+            scheduled_for,
+            settings,
+            created_at: Utc::now(),
+            dispatched_at: None,
+            not_before: None,
+            started_at: None,
+            finished_at: None,
+            heartbeat_at: None,
+            worker_id: None,
+            exit_code: None,
+            is_error: false,
+            error: None,
+            result: None,
+            usage: TokenUsage::default(),
+            cost_usd: None,
+            num_turns: None,
+            models: Vec::new(),
+            permission_denials: 0,
+            webhook_id: None,
+            delivery_id: None,
+        }
+    }
+
+    /// A lifecycle event from the control plane about this run's current attempt.
+    pub fn control_event(&self, data: Value) -> NewRunEvent {
+        NewRunEvent {
+            run_id: self.id,
+            attempt: self.attempt,
+            origin: EventOrigin::Control,
+            // Unique per event without coordination; only used to spot redeliveries.
+            origin_seq: rand::random::<u64>() >> 1,
+            at: Utc::now(),
+            kind: EventKind::Lifecycle,
+            data,
+        }
+    }
+
+    /// Queues the run again as its next attempt, after the retry policy's delay for it, with
+    /// no worker; returns that delay.
+    pub fn requeue_as_next_attempt(&mut self) -> std::time::Duration {
+        self.attempt += 1;
+        let delay = self.settings.retry.delay_before_attempt(self.attempt);
+        self.status = RunStatus::Queued;
+        self.not_before = Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
+        self.dispatched_at = None;
+        self.worker_id = None;
+        self.heartbeat_at = None;
+        delay
+    }
+}
+
+/// Which runs to list, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    pub job_id: Option<JobId>,
+    pub webhook_id: Option<WebhookId>,
+    pub statuses: Vec<RunStatus>,
+    /// Only runs older than this one (the previous page's last id).
+    pub before: Option<RunId>,
+    pub limit: u32,
+}
+
+/// One scheduler step for one job, written atomically with the others of its batch.
+#[derive(Clone, Debug)]
+pub struct FireRecord {
+    pub job_id: JobId,
+    /// The job's new fire cursor.
+    pub cursor: DateTime<Utc>,
+    /// Runs to create; a run whose `(job_id, scheduled_for)` exists already is left out.
+    pub runs: Vec<Run>,
+    /// First events of those runs (stored only for the runs actually created).
+    pub events: Vec<autopilot_proto::NewRunEvent>,
+    pub missed: u64,
+    pub overlap_skipped: u64,
+    /// A one-shot job is disabled once it fired.
+    pub disable: bool,
+}

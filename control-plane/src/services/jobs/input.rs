@@ -1,0 +1,408 @@
+//! A job as clients describe it ([`JobInput`]) or change it ([`JobPatch`]), and the check that
+//! turns a description into a [`Job`]. A patch is applied to the stored job's description first,
+//! then checked like a new one.
+
+use autopilot_proto::JobId;
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::domain::input::{flattened, nullable, validate_name};
+use crate::domain::limits::MAX_PROMPT_BYTES;
+use crate::domain::schedule::{parse_cron, parse_timezone};
+use crate::domain::{
+    Job, JobKind, MisfirePolicy, OverlapPolicy, RetryPolicy, RunSettingsInput, RunSettingsPatch,
+    Schedule, ServiceError, ServiceResult,
+};
+
+pub const DEFAULT_MISFIRE_CAP: u32 = 10;
+
+/// A job as clients create it. Unknown fields are refused by name.
+#[derive(Deserialize, Debug, Default, Clone, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobInput {
+    /// Unique name; jobs can be addressed by it.
+    pub name: String,
+    /// What the job is for, for people reading the list.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// `claude` (default) runs `prompt` with Claude Code; `shell` runs `command` with `sh -c`. A
+    /// `command` without a `kind` means `shell`.
+    #[serde(default)]
+    pub kind: Option<JobKind>,
+    /// What Claude should do on each run (claude jobs).
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// The shell command (shell jobs), run in the job's workspace.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// 5-field (minute hour day-of-month month day-of-week) or 6-field (seconds first) cron
+    /// expression, or an alias such as `@hourly`; leave out for a manual-only job.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// One time to fire, RFC 3339 (e.g. `2026-12-24T18:00:00Z`), instead of `schedule`; the job
+    /// is disabled after it fires.
+    #[serde(default)]
+    pub at: Option<DateTime<Utc>>,
+    /// IANA time zone the schedule is read in, e.g. `Europe/Paris`. Default `UTC`.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Default true.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Fires missed while Autopilot was down: `run_once` (default), `skip` or `run_all`.
+    #[serde(default)]
+    pub misfire_policy: Option<MisfirePolicy>,
+    /// Most missed fires run under `run_all` (1 to 1000; default 10).
+    #[serde(default)]
+    pub misfire_cap: Option<u32>,
+    /// A fire while a run is still going: `skip` (default), `queue` or `allow`.
+    #[serde(default)]
+    pub overlap_policy: Option<OverlapPolicy>,
+    #[serde(flatten, deserialize_with = "flattened")]
+    pub run: RunSettingsInput,
+}
+
+/// A partial update of a job. A field left out keeps its value; `null` clears an optional one.
+#[derive(Deserialize, Debug, Default, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobPatch {
+    /// New unique name.
+    pub name: Option<String>,
+    /// `null` clears it.
+    #[serde(default, deserialize_with = "nullable")]
+    pub description: Option<Option<String>>,
+    /// New prompt (claude jobs).
+    pub prompt: Option<String>,
+    /// New command (shell jobs).
+    pub command: Option<String>,
+    /// New cron expression; `null` makes the job manual-only.
+    #[serde(default, deserialize_with = "nullable")]
+    pub schedule: Option<Option<String>>,
+    /// One time to fire (RFC 3339); `null` clears it.
+    #[serde(default, deserialize_with = "nullable")]
+    pub at: Option<Option<DateTime<Utc>>>,
+    /// IANA time zone the schedule is read in.
+    pub timezone: Option<String>,
+    /// `false` pauses the job, `true` resumes it.
+    pub enabled: Option<bool>,
+    /// `run_once`, `skip` or `run_all`.
+    pub misfire_policy: Option<MisfirePolicy>,
+    /// Most missed fires run under `run_all` (1 to 1000).
+    pub misfire_cap: Option<u32>,
+    /// `skip`, `queue` or `allow`.
+    pub overlap_policy: Option<OverlapPolicy>,
+    #[serde(flatten, deserialize_with = "flattened")]
+    pub run: RunSettingsPatch,
+}
+
+/// Checks a whole job description and builds the job. `existing` supplies the id, counters and
+/// creation time on update.
+pub(super) fn validate(
+    input: JobInput,
+    existing: Option<&Job>,
+    now: DateTime<Utc>,
+) -> ServiceResult<Job> {
+    let name = validate_name(&input.name)?;
+    let kind = match (input.kind, &input.prompt, &input.command) {
+        (_, Some(_), Some(_)) => {
+            return Err(ServiceError::invalid(
+                "command",
+                "give either `prompt` (a claude job) or `command` (a shell job), not both",
+            ))
+        }
+        (Some(kind), _, _) => kind,
+        (None, _, Some(_)) => JobKind::Shell,
+        (None, _, None) => JobKind::Claude,
+    };
+    let (text_field, text) = match kind {
+        JobKind::Claude => ("prompt", input.prompt),
+        JobKind::Shell => ("command", input.command),
+    };
+    let text = text.filter(|t| !t.trim().is_empty()).ok_or_else(|| {
+        ServiceError::invalid(
+            text_field,
+            format!("a {kind} job needs a non-empty `{text_field}`"),
+        )
+    })?;
+    if text.len() > MAX_PROMPT_BYTES {
+        return Err(ServiceError::invalid(
+            text_field,
+            format!("is {} bytes; the limit is {MAX_PROMPT_BYTES}", text.len()),
+        ));
+    }
+    let timezone = input.timezone.unwrap_or_else(|| "UTC".to_owned());
+    parse_timezone(&timezone).map_err(|message| ServiceError::invalid("timezone", message))?;
+    let schedule = match (input.schedule.filter(|s| !s.trim().is_empty()), input.at) {
+        (Some(_), Some(_)) => {
+            return Err(ServiceError::invalid(
+                "at",
+                "give either `schedule` (cron) or `at` (one time), not both",
+            ))
+        }
+        (Some(expr), None) => {
+            parse_cron(&expr).map_err(|err| ServiceError::invalid("schedule", err.message))?;
+            Schedule::Cron(expr.trim().to_owned())
+        }
+        (None, Some(at)) => {
+            let unchanged = existing.is_some_and(|job| job.schedule == Schedule::At(at));
+            if at <= now && !unchanged {
+                return Err(ServiceError::invalid("at", format!("{at} is in the past; give a future time (RFC 3339, e.g. 2030-01-01T09:00:00Z)")));
+            }
+            Schedule::At(at)
+        }
+        (None, None) => Schedule::None,
+    };
+    let settings = input.run.resolve(kind, RetryPolicy::default())?;
+    let misfire_cap = input.misfire_cap.unwrap_or(DEFAULT_MISFIRE_CAP);
+    if !(1..=1000).contains(&misfire_cap) {
+        return Err(ServiceError::invalid(
+            "misfire_cap",
+            "must be between 1 and 1000",
+        ));
+    }
+    let enabled = input.enabled.unwrap_or(true);
+    // Fires are counted from now whenever the timing changes, so an edit never backfills.
+    let fire_cursor = match existing {
+        Some(job)
+            if job.schedule == schedule
+                && job.timezone == timezone
+                && (job.enabled || !enabled) =>
+        {
+            job.fire_cursor
+        }
+        _ => now,
+    };
+    Ok(Job {
+        id: existing.map_or_else(JobId::new, |job| job.id),
+        name,
+        description: input.description.filter(|d| !d.trim().is_empty()),
+        kind,
+        prompt: text,
+        schedule,
+        timezone,
+        enabled,
+        settings,
+        misfire_policy: input.misfire_policy.unwrap_or(MisfirePolicy::RunOnce),
+        misfire_cap,
+        overlap_policy: input.overlap_policy.unwrap_or(OverlapPolicy::Skip),
+        fire_cursor,
+        missed_fires: existing.map_or(0, |job| job.missed_fires),
+        overlap_skipped: existing.map_or(0, |job| job.overlap_skipped),
+        created_at: existing.map_or(now, |job| job.created_at),
+        updated_at: now,
+    })
+}
+
+/// The input that describes `job` with `patch` applied, so it can be checked as a whole.
+pub(super) fn apply(job: &Job, patch: JobPatch) -> JobInput {
+    let (schedule, at) = match &job.schedule {
+        Schedule::Cron(expr) => (Some(expr.clone()), None),
+        Schedule::At(at) => (None, Some(*at)),
+        Schedule::None => (None, None),
+    };
+    let (prompt, command) = match job.kind {
+        JobKind::Claude => (Some(job.prompt.clone()), None),
+        JobKind::Shell => (None, Some(job.prompt.clone())),
+    };
+    let mut input = JobInput {
+        name: job.name.clone(),
+        description: job.description.clone(),
+        kind: Some(job.kind),
+        prompt,
+        command,
+        schedule,
+        at,
+        timezone: Some(job.timezone.clone()),
+        enabled: Some(job.enabled),
+        misfire_policy: Some(job.misfire_policy),
+        misfire_cap: Some(job.misfire_cap),
+        overlap_policy: Some(job.overlap_policy),
+        run: RunSettingsInput::from(&job.settings),
+    };
+    macro_rules! set {
+        ($($field:ident),+) => { $(if let Some(value) = patch.$field { input.$field = value.into(); })+ };
+    }
+    set!(
+        name,
+        timezone,
+        enabled,
+        misfire_policy,
+        misfire_cap,
+        overlap_policy,
+        description,
+        prompt,
+        command
+    );
+    input.run.apply(patch.run);
+    // Setting one kind of schedule replaces the other.
+    match (patch.schedule, patch.at) {
+        (Some(schedule), Some(at)) => (input.schedule, input.at) = (schedule, at),
+        (Some(schedule), None) => (input.schedule, input.at) = (schedule, None),
+        (None, Some(at)) => (input.schedule, input.at) = (None, at),
+        (None, None) => {}
+    }
+    input
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input() -> JobInput {
+        JobInput {
+            name: "digest".into(),
+            prompt: Some("summarise".into()),
+            schedule: Some("0 9 * * 1-5".into()),
+            ..Default::default()
+        }
+    }
+
+    fn with_run(run: RunSettingsInput) -> JobInput {
+        JobInput { run, ..input() }
+    }
+
+    #[test]
+    fn defaults_follow_the_issue() {
+        let job = validate(input(), None, Utc::now()).unwrap();
+        assert_eq!(job.kind, JobKind::Claude);
+        assert_eq!(job.timezone, "UTC");
+        assert_eq!(job.settings.timeout_secs, 1800);
+        assert_eq!(job.misfire_policy, MisfirePolicy::RunOnce);
+        assert_eq!(job.overlap_policy, OverlapPolicy::Skip);
+        assert!(job.enabled);
+    }
+
+    #[test]
+    fn invalid_fields_are_named() {
+        let cases: Vec<(JobInput, &str)> = vec![
+            (
+                JobInput {
+                    schedule: Some("0 99 * * *".into()),
+                    ..input()
+                },
+                "schedule",
+            ),
+            (
+                JobInput {
+                    timezone: Some("Mars/Base".into()),
+                    ..input()
+                },
+                "timezone",
+            ),
+            (
+                JobInput {
+                    prompt: None,
+                    ..input()
+                },
+                "prompt",
+            ),
+            (
+                JobInput {
+                    at: Some(Utc::now()),
+                    ..input()
+                },
+                "at",
+            ),
+            (
+                with_run(RunSettingsInput {
+                    max_cost_usd: Some(-1.0),
+                    ..Default::default()
+                }),
+                "max_cost_usd",
+            ),
+            (
+                with_run(RunSettingsInput {
+                    allowed_tools: Some(vec!["mcp__*".into()]),
+                    ..Default::default()
+                }),
+                "allowed_tools.0",
+            ),
+            (
+                JobInput {
+                    kind: Some(JobKind::Shell),
+                    prompt: None,
+                    command: Some("ls".into()),
+                    run: RunSettingsInput {
+                        model: Some("x".into()),
+                        ..Default::default()
+                    },
+                    ..input()
+                },
+                "model",
+            ),
+        ];
+        for (case, field) in cases {
+            match validate(case, None, Utc::now()) {
+                Err(ServiceError::Invalid { field: got, .. }) => assert_eq!(got, field),
+                other => panic!("expected an error on {field}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn tools_are_normalised_and_deduplicated() {
+        let job = validate(
+            with_run(RunSettingsInput {
+                allowed_tools: Some(vec![
+                    "github:create_issue".into(),
+                    "Bash".into(),
+                    "Bash".into(),
+                ]),
+                ..Default::default()
+            }),
+            None,
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(
+            job.settings.allowed_tools,
+            ["mcp__github__create_issue", "Bash"]
+        );
+    }
+
+    #[test]
+    fn patch_keeps_what_it_does_not_name_and_clears_nulls() {
+        let job = validate(
+            with_run(RunSettingsInput {
+                model: Some("claude-sonnet-4-5".into()),
+                ..Default::default()
+            }),
+            None,
+            Utc::now(),
+        )
+        .unwrap();
+        let patch: JobPatch =
+            serde_json::from_str(r#"{"model": null, "timeout_secs": 60}"#).unwrap();
+        let updated = validate(apply(&job, patch), Some(&job), Utc::now()).unwrap();
+        assert_eq!(updated.settings.model, None);
+        assert_eq!(updated.settings.timeout_secs, 60);
+        assert_eq!(updated.schedule, job.schedule);
+        assert_eq!(
+            updated.fire_cursor, job.fire_cursor,
+            "an unchanged schedule keeps its cursor"
+        );
+    }
+
+    #[test]
+    fn a_patch_of_a_shell_job_is_checked_as_a_shell_job() {
+        let job = validate(
+            JobInput {
+                prompt: None,
+                command: Some("true".into()),
+                ..input()
+            },
+            None,
+            Utc::now(),
+        )
+        .unwrap();
+        let patch: JobPatch = serde_json::from_str(r#"{"timeout_secs": 5}"#).unwrap();
+        let updated = validate(apply(&job, patch), Some(&job), Utc::now()).unwrap();
+        assert_eq!(updated.settings.timeout_secs, 5);
+        let patch: JobPatch = serde_json::from_str(r#"{"max_turns": 3}"#).unwrap();
+        let refused = validate(apply(&job, patch), Some(&job), Utc::now());
+        assert!(
+            matches!(refused, Err(ServiceError::Invalid { field, .. }) if field == "max_turns")
+        );
+    }
+}

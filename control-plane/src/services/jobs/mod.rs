@@ -1,0 +1,151 @@
+//! Jobs: create, change, delete, look up, preview their schedule, run them now.
+
+mod input;
+mod view;
+
+pub use input::{JobInput, JobPatch, DEFAULT_MISFIRE_CAP};
+pub use view::JobView;
+
+use autopilot_proto::{JobId, Trigger};
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::app::App;
+use crate::domain::schedule::{parse_cron, parse_timezone, Compiled};
+use crate::domain::{Job, OverlapPolicy, Run, Schedule, ServiceError, ServiceResult};
+use crate::services::{runs, webhooks};
+use crate::store::StoreError;
+
+pub async fn create(app: &App, input: JobInput) -> ServiceResult<JobView> {
+    let job = input::validate(input, None, Utc::now())?;
+    app.store.insert_job(&job).await?;
+    tracing::info!(job.id = %job.id, job.name = %job.name, "job created");
+    app.notify_jobs_changed();
+    Ok(JobView::from(&job))
+}
+
+pub async fn update(app: &App, id: JobId, patch: JobPatch) -> ServiceResult<JobView> {
+    let existing = get(app, id).await?;
+    let job = input::validate(input::apply(&existing, patch), Some(&existing), Utc::now())?;
+    match app.store.update_job(&job).await {
+        Err(StoreError::NotFound) => return Err(not_found(id)),
+        other => other?,
+    }
+    tracing::info!(job.id = %job.id, "job updated");
+    // The scheduler looks again, and webhooks pointing at the job take its new settings.
+    app.notify_jobs_changed();
+    Ok(JobView::from(&job))
+}
+
+pub async fn delete(app: &App, id: JobId) -> ServiceResult<()> {
+    let job = get(app, id).await?;
+    webhooks::ensure_none_target(app, id, &job.name).await?;
+    if !app.store.delete_job(id).await? {
+        return Err(not_found(id));
+    }
+    tracing::info!(job.id = %id, "job deleted");
+    app.notify_jobs_changed();
+    if let Some(saved) = &app.saved_workspaces {
+        // No run can use it again. The job is deleted either way: a blob left behind takes
+        // room, nothing else.
+        let blob = autopilot_worker::workspaces::SharedWorkspaces::blob_name(&job.workspace());
+        if let Err(err) = saved.delete(&blob).await {
+            tracing::warn!(job.id = %id, error = %err, "could not delete the job's saved workspace");
+        }
+    }
+    Ok(())
+}
+
+/// Looks a job up by id or, failing that, by name.
+pub async fn find(app: &App, id_or_name: &str) -> ServiceResult<Job> {
+    if let Ok(id) = id_or_name.parse::<JobId>() {
+        return get(app, id).await;
+    }
+    app.store
+        .get_job_by_name(id_or_name)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound {
+            what: "job",
+            id: id_or_name.to_owned(),
+        })
+}
+
+pub async fn get(app: &App, id: JobId) -> ServiceResult<Job> {
+    app.store.get_job(id).await?.ok_or_else(|| not_found(id))
+}
+
+/// Every job as stored (for the scheduler).
+pub async fn all(app: &App) -> ServiceResult<Vec<Job>> {
+    Ok(app.store.list_jobs().await?)
+}
+
+pub async fn list(app: &App) -> ServiceResult<Vec<JobView>> {
+    Ok(app
+        .store
+        .list_jobs()
+        .await?
+        .iter()
+        .map(JobView::from)
+        .collect())
+}
+
+/// The next `count` fire times of a job.
+pub async fn next_fires(app: &App, id: JobId, count: usize) -> ServiceResult<Vec<DateTime<Utc>>> {
+    upcoming_fires(&get(app, id).await?, count)
+}
+
+/// Runs a job now (as just read by [`find`]). Under `overlap_policy: skip`, a job that is still
+/// running is refused.
+pub async fn trigger(app: &App, job: Job) -> ServiceResult<Run> {
+    if job.overlap_policy == OverlapPolicy::Skip && !runs::active(app, job.id).await?.is_empty() {
+        return Err(ServiceError::Conflict(format!(
+            "job `{}` has a run in progress and its overlap_policy is `skip`; wait for it, kill it, or set overlap_policy to `queue` or `allow`",
+            job.name
+        )));
+    }
+    let run = Run::queued(Trigger::Manual, Some(&job), job.run_snapshot(), None);
+    runs::submit(app, run).await
+}
+
+/// The next `count` fire times of a job already read (none while it is disabled).
+pub fn upcoming_fires(job: &Job, count: usize) -> ServiceResult<Vec<DateTime<Utc>>> {
+    if !job.enabled {
+        return Ok(Vec::new());
+    }
+    let compiled = Compiled::new(&job.schedule, &job.timezone)
+        .map_err(|message| ServiceError::invalid("schedule", message))?;
+    Ok(compiled.next_fires(Utc::now().max(job.fire_cursor), count))
+}
+
+/// A schedule to preview before it is saved.
+#[derive(Deserialize, Debug, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewInput {
+    /// Cron expression: 5 fields (minute hour day-of-month month day-of-week), 6 with seconds
+    /// first, or an alias such as `@daily`.
+    pub schedule: String,
+    /// IANA time zone, e.g. `America/New_York`. Default `UTC`.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// How many fire times (1 to 100; default 5).
+    #[serde(default)]
+    pub count: Option<usize>,
+}
+
+/// The next fire times of a schedule that is not saved yet.
+pub fn preview_schedule(input: &PreviewInput) -> ServiceResult<Vec<DateTime<Utc>>> {
+    let timezone = input.timezone.as_deref().unwrap_or("UTC");
+    parse_timezone(timezone).map_err(|message| ServiceError::invalid("timezone", message))?;
+    parse_cron(&input.schedule).map_err(|err| ServiceError::invalid("schedule", err.message))?;
+    let compiled = Compiled::new(&Schedule::Cron(input.schedule.clone()), timezone)
+        .map_err(|m| ServiceError::invalid("schedule", m))?;
+    Ok(compiled.next_fires(Utc::now(), input.count.unwrap_or(5).clamp(1, 100)))
+}
+
+fn not_found(id: JobId) -> ServiceError {
+    ServiceError::NotFound {
+        what: "job",
+        id: id.to_string(),
+    }
+}

@@ -1,0 +1,76 @@
+//! A job as clients see it.
+
+use autopilot_proto::JobId;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::domain::schedule::Compiled;
+use crate::domain::{Job, JobKind, MisfirePolicy, OverlapPolicy, RunSettings, Schedule};
+
+#[derive(Serialize, Debug, Clone)]
+pub struct JobView {
+    pub id: JobId,
+    pub name: String,
+    pub description: Option<String>,
+    pub kind: JobKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    pub schedule: Option<String>,
+    pub at: Option<DateTime<Utc>>,
+    pub timezone: String,
+    pub enabled: bool,
+    #[serde(flatten)]
+    pub settings: RunSettings,
+    pub misfire_policy: MisfirePolicy,
+    pub misfire_cap: u32,
+    pub overlap_policy: OverlapPolicy,
+    pub next_fire_at: Option<DateTime<Utc>>,
+    pub missed_fires: u64,
+    pub overlap_skipped: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&Job> for JobView {
+    fn from(job: &Job) -> Self {
+        let (schedule, at) = match &job.schedule {
+            Schedule::Cron(expr) => (Some(expr.clone()), None),
+            Schedule::At(at) => (None, Some(*at)),
+            Schedule::None => (None, None),
+        };
+        let next_fire_at = if job.enabled {
+            Compiled::new(&job.schedule, &job.timezone)
+                .ok()
+                .and_then(|c| c.next_after(job.fire_cursor))
+        } else {
+            None
+        };
+        let (prompt, command) = match job.kind {
+            JobKind::Claude => (Some(job.prompt.clone()), None),
+            JobKind::Shell => (None, Some(job.prompt.clone())),
+        };
+        JobView {
+            id: job.id,
+            name: job.name.clone(),
+            description: job.description.clone(),
+            kind: job.kind,
+            prompt,
+            command,
+            schedule,
+            at,
+            timezone: job.timezone.clone(),
+            enabled: job.enabled,
+            settings: job.settings.clone(),
+            misfire_policy: job.misfire_policy,
+            misfire_cap: job.misfire_cap,
+            overlap_policy: job.overlap_policy,
+            next_fire_at,
+            missed_fires: job.missed_fires,
+            overlap_skipped: job.overlap_skipped,
+            created_at: job.created_at,
+            updated_at: job.updated_at,
+        }
+    }
+}

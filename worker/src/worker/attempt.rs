@@ -1,0 +1,425 @@
+//! One attempt at a delivered run, from claim to completion: claim the run through the run
+//! loop's claim batcher, check out its workspace, execute its command through the
+//! [`Executor`], turn the output into events for the attempt's event sink
+//! ([`super::events`]), keep the run alive with heartbeats while it goes, and report its end.
+//!
+//! The run loop ([`super`]) starts one [`Attempt`] per delivery and keeps each running
+//! attempt's [`Stopper`] in its table of active runs, through which a cancel request or the
+//! worker's shutdown stops it.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use autopilot_proto::{
+    Acker, AttemptEnd, Bus, EventKind, RunAttempt, RunDelivery, RunId, RunKind, RunOutcome,
+    RunRequest, RunSpec, StopReason, WorkerId, WorkerReply, WorkerRequest,
+};
+use chrono::Utc;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::events::{EventSender, EventSink, EventsLeft};
+use super::{send_completions, ActiveRuns, Reports, WorkerConfig};
+use crate::command::build_command;
+use crate::executor::{ExecError, Executor, OutputLine, OutputStream};
+use crate::stream_json::{self, StreamParser};
+use crate::workspaces::{WorkspaceError, Workspaces};
+
+/// Stops a running attempt, remembering the first reason given.
+#[derive(Clone, Default)]
+pub(super) struct Stopper {
+    token: CancellationToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+}
+
+impl Stopper {
+    /// Asks the attempt to stop; only the first call's `reason` is kept.
+    pub(super) fn stop(&self, reason: StopReason) {
+        let mut current = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        if current.is_none() {
+            *current = Some(reason);
+        }
+        self.token.cancel();
+    }
+
+    /// The reason given first, if the attempt was asked to stop.
+    fn reason(&self) -> Option<StopReason> {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Everything one delivery needs: the worker's settings and services, the table of active
+/// runs its stopper goes in while it runs, and the batchers its claim and completion go
+/// through.
+pub(super) struct Attempt {
+    pub(super) config: Arc<WorkerConfig>,
+    pub(super) bus: Arc<dyn Bus>,
+    pub(super) executor: Arc<dyn Executor>,
+    pub(super) workspaces: Arc<dyn Workspaces>,
+    pub(super) active: ActiveRuns,
+    pub(super) reports: Arc<Reports>,
+}
+
+impl Attempt {
+    /// Claims, executes and reports the delivered run; its slot is free again at the end.
+    pub(super) async fn handle(self, delivery: RunDelivery) {
+        let RunDelivery {
+            delivery,
+            slot: _slot,
+        } = delivery;
+        let RunRequest {
+            run_id, attempt, ..
+        } = delivery.message.clone();
+        let claim = RunAttempt { run_id, attempt };
+        let spec = match self.reports.claims.call(claim, 0).await {
+            Ok(WorkerReply::Claimed { spec }) => *spec,
+            Ok(reply) => {
+                tracing::debug!(run.id = %run_id, ?reply, "claim refused; dropping the delivery");
+                let _ = delivery.acker.ack().await;
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(run.id = %run_id, error = %err, "claim failed; asking for redelivery");
+                let _ = delivery.acker.nak(Duration::from_secs(1)).await;
+                return;
+            }
+        };
+        let span = tracing::info_span!("run", run.id = %run_id, run.attempt = attempt);
+        let acker: Arc<dyn Acker> = Arc::from(delivery.acker);
+        let stopper = Stopper::default();
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(run_id, stopper.clone());
+
+        let (events, events_done) = EventSink::start(
+            Arc::clone(&self.bus),
+            run_id,
+            attempt,
+            self.config.event_batch_max,
+            self.config.event_linger,
+        );
+        let heartbeat = tokio::spawn(heartbeat(
+            Arc::clone(&self.bus),
+            self.config.worker_id.clone(),
+            run_id,
+            attempt,
+            self.config.heartbeat_interval,
+            Arc::clone(&acker),
+            stopper.clone(),
+        ));
+        let outcome = self
+            .execute(&spec, &events, &stopper)
+            .instrument(span)
+            .await;
+        let left = events.finish(events_done).await;
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&run_id);
+        self.complete(run_id, attempt, outcome, left).await;
+        // The attempt stays alive (run heartbeat, delivery kept in progress) until its end is
+        // reported: flushing events and reporting may take a while when NATS is reconnecting,
+        // and the reaper must not take the run for lost meanwhile.
+        heartbeat.abort();
+        if let Err(err) = acker.ack().await {
+            tracing::warn!(run.id = %run_id, error = %err, "could not acknowledge the delivery");
+        }
+    }
+
+    /// Executes the claimed run and returns its outcome, stamped with when it started and ended.
+    async fn execute(&self, spec: &RunSpec, events: &EventSender, stopper: &Stopper) -> RunOutcome {
+        let started_at = Utc::now();
+        let mut outcome = self.execute_inner(spec, events, stopper).await;
+        outcome.started_at = Some(started_at);
+        outcome.finished_at = Some(Utc::now());
+        outcome
+    }
+
+    /// Checks what can be checked before anything runs (the workspace name, model credentials
+    /// for a Claude run), then executes the run in its checked-out workspace and checks the
+    /// workspace back in; a workspace that could not be saved turns the outcome into an error.
+    async fn execute_inner(
+        &self,
+        spec: &RunSpec,
+        events: &EventSender,
+        stopper: &Stopper,
+    ) -> RunOutcome {
+        if spec.workspace.is_empty()
+            || spec.workspace.contains(['/', '\\'])
+            || spec.workspace.starts_with('.')
+        {
+            return failed(format!("invalid workspace name `{}`", spec.workspace));
+        }
+        let is_claude = matches!(spec.kind, RunKind::Claude(_));
+        if is_claude && !self.config.command_env.has_model_credentials() {
+            let error = "no model API credentials: set ANTHROPIC_API_KEY in the environment of `autopilot serve` \
+                         (or of the worker) and restart it"
+                .to_owned();
+            events
+                .lifecycle("failed_to_start", json!({ "error": error }))
+                .await;
+            return failed(error);
+        }
+        let run = (spec.run_id, spec.attempt);
+        let workspace = match self.workspaces.check_out(&spec.workspace, run).await {
+            Ok(checked_out) => checked_out,
+            Err(err) => {
+                let error = format!("could not prepare the workspace: {err}");
+                events
+                    .lifecycle("failed_to_start", json!({ "error": error }))
+                    .await;
+                return RunOutcome {
+                    transient: matches!(err, WorkspaceError::Unavailable(_)),
+                    ..failed(error)
+                };
+            }
+        };
+        if let Some(bytes) = workspace.restored_bytes {
+            events
+                .lifecycle("workspace_restored", json!({ "bytes": bytes }))
+                .await;
+        }
+        let mut outcome = self
+            .execute_in(spec, workspace.dir.clone(), events, stopper)
+            .await;
+        match self.workspaces.check_in(&spec.workspace, &workspace).await {
+            Ok(Some(bytes)) => {
+                events
+                    .lifecycle("workspace_saved", json!({ "bytes": bytes }))
+                    .await
+            }
+            Ok(None) => {}
+            Err(err) => {
+                let error = err.to_string();
+                events
+                    .lifecycle("workspace_not_saved", json!({ "error": error }))
+                    .await;
+                outcome.is_error = true;
+                outcome.error = Some(match outcome.error.take() {
+                    Some(earlier) => format!("{earlier}; {error}"),
+                    None => error,
+                });
+            }
+        }
+        outcome
+    }
+
+    /// Runs the attempt in its workspace directory `workspace`.
+    async fn execute_in(
+        &self,
+        spec: &RunSpec,
+        workspace: PathBuf,
+        events: &EventSender,
+        stopper: &Stopper,
+    ) -> RunOutcome {
+        let is_claude = matches!(spec.kind, RunKind::Claude(_));
+        let command = build_command(spec, workspace, &self.config.command_env);
+        let (lines_tx, mut lines_rx) = mpsc::channel::<OutputLine>(256);
+        let timeout = Duration::from_secs(spec.timeout_secs.max(1));
+        let max_cost = match &spec.kind {
+            RunKind::Claude(claude) => claude.max_cost_usd,
+            RunKind::Shell { .. } => None,
+        };
+        events
+            .lifecycle("started", json!({ "worker_id": self.config.worker_id, "executor": self.executor.name(), "timeout_secs": timeout.as_secs() }))
+            .await;
+
+        let execution = self.executor.execute(
+            command,
+            lines_tx,
+            stopper.token.clone(),
+            self.config.kill_grace,
+        );
+        tokio::pin!(execution);
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut parser = StreamParser::new();
+        let mut lines_open = true;
+        let exit = loop {
+            tokio::select! {
+                line = lines_rx.recv(), if lines_open => match line {
+                    Some(line) => {
+                        for (kind, data) in parse_line(&mut parser, is_claude, &line) {
+                            events.send(kind, data).await;
+                        }
+                        if max_cost.is_some_and(|max| parser.estimated_cost_usd() > max) {
+                            stopper.stop(StopReason::BudgetExceeded);
+                        }
+                    }
+                    None => lines_open = false,
+                },
+                _ = &mut deadline, if !stopper.token.is_cancelled() => stopper.stop(StopReason::Timeout),
+                exit = &mut execution => break exit,
+            }
+        };
+        // Lines still buffered after the process ended.
+        while let Ok(line) = lines_rx.try_recv() {
+            for (kind, data) in parse_line(&mut parser, is_claude, &line) {
+                events.send(kind, data).await;
+            }
+        }
+        let exit = match exit {
+            Ok(exit) => exit,
+            Err(err) => {
+                let error = match err {
+                    ExecError::ProgramNotFound(detail) if is_claude => format!(
+                        "the Claude Code CLI was not found: {detail}. Install it (the `claude-agent-sdk` Python wheel \
+                         bundles it; npm's `@anthropic-ai/claude-code` also works) and put `claude` on PATH, \
+                         or set AUTOPILOT_CLAUDE_BIN to its full path"
+                    ),
+                    other => other.to_string(),
+                };
+                events
+                    .lifecycle("failed_to_start", json!({ "error": error }))
+                    .await;
+                return failed(error);
+            }
+        };
+        let stop_reason = stopper.reason();
+        events
+            .lifecycle(
+                "exited",
+                json!({ "exit_code": exit.code, "signal": exit.signal, "stopped": stop_reason, "killed": exit.killed, "out_of_memory": exit.out_of_memory }),
+            )
+            .await;
+        let mut outcome = if is_claude {
+            parser.outcome()
+        } else {
+            RunOutcome::default()
+        };
+        outcome.exit_code = exit.code;
+        outcome.stopped = stop_reason;
+        if let Some(reason) = stop_reason {
+            outcome.is_error = true;
+            outcome.transient = false;
+            outcome.error = Some(match reason {
+                StopReason::Timeout => format!("timed out after {}s", timeout.as_secs()),
+                StopReason::Cancelled => "cancelled".to_owned(),
+                StopReason::BudgetExceeded => format!(
+                    "stopped: the estimated cost ${:.4} passed the job's max_cost_usd ${:.4}",
+                    parser.estimated_cost_usd(),
+                    max_cost.unwrap_or_default()
+                ),
+                StopReason::WorkerShutdown => {
+                    "the worker shut down while the run was executing".to_owned()
+                }
+            });
+        } else if exit.out_of_memory {
+            outcome.is_error = true;
+            outcome.error = Some("killed: out of memory".to_owned());
+        } else if exit.code != Some(0) && outcome.error.is_none() {
+            outcome.is_error = true;
+            outcome.error = Some(match (exit.code, exit.signal) {
+                (Some(code), _) => format!("exited with code {code}"),
+                (None, Some(signal)) => format!("killed by signal {signal}"),
+                (None, None) => "exited abnormally".to_owned(),
+            });
+        }
+        outcome
+    }
+
+    /// Reports the attempt's end with the events its sink left, trying again a few times while
+    /// the bus fails; a run whose end never gets through is left to the control plane's reaper.
+    async fn complete(&self, run_id: RunId, attempt: u32, outcome: RunOutcome, left: EventsLeft) {
+        let end = AttemptEnd {
+            run_id,
+            attempt,
+            outcome,
+            events_published: left.published,
+            last_events: left.last,
+        };
+        let mut backoff = Duration::from_millis(200);
+        for _ in 0..8 {
+            // An attempt whose events went on the event stream is answered once they are stored,
+            // which may take a while: it goes alone, so it holds up no other completion.
+            let reply = if end.events_published > 0 {
+                let worker_id = self.config.worker_id.clone();
+                send_completions(self.bus.as_ref(), worker_id, vec![end.clone()])
+                    .await
+                    .map(|mut replies| replies.remove(0))
+            } else {
+                self.reports
+                    .completions
+                    .call(end.clone(), left.last_bytes)
+                    .await
+            };
+            match reply {
+                Ok(WorkerReply::Rejected { reason }) => {
+                    tracing::warn!(run.id = %run_id, %reason, "completion refused");
+                    return;
+                }
+                Ok(_) => return,
+                Err(err) => {
+                    tracing::warn!(run.id = %run_id, error = %err, "reporting completion failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        tracing::error!(run.id = %run_id, "completion could not be reported; the reaper will mark the run lost");
+    }
+}
+
+/// The outcome of an attempt that could not run.
+fn failed(error: String) -> RunOutcome {
+    RunOutcome {
+        is_error: true,
+        error: Some(error),
+        ..Default::default()
+    }
+}
+
+/// The events one output line makes: stderr as it is, a Claude run's stdout through the
+/// stream-json parser, a shell run's stdout as plain output.
+fn parse_line(
+    parser: &mut StreamParser,
+    is_claude: bool,
+    line: &OutputLine,
+) -> Vec<(EventKind, Value)> {
+    match (line.stream, is_claude) {
+        (OutputStream::Stderr, _) => vec![stream_json::stderr_event(&line.text)],
+        (OutputStream::Stdout, true) => parser.parse_stdout(&line.text),
+        (OutputStream::Stdout, false) => vec![(EventKind::Output, json!({ "text": line.text }))],
+    }
+}
+
+/// Every `interval`, keeps the delivery from being redelivered and tells the control plane the
+/// attempt is alive; stops the attempt when the control plane answers that the run was
+/// cancelled or is no longer this worker's. Runs until aborted.
+async fn heartbeat(
+    bus: Arc<dyn Bus>,
+    worker_id: WorkerId,
+    run_id: RunId,
+    attempt: u32,
+    interval: Duration,
+    acker: Arc<dyn Acker>,
+    stopper: Stopper,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        if let Err(err) = acker.in_progress().await {
+            tracing::warn!(run.id = %run_id, error = %err, "could not extend the delivery");
+        }
+        let request = WorkerRequest::Heartbeat {
+            run_id,
+            attempt,
+            worker_id: worker_id.clone(),
+        };
+        match bus.request(request).await {
+            Ok(WorkerReply::Cancel) => stopper.stop(StopReason::Cancelled),
+            Ok(WorkerReply::Rejected { reason }) => {
+                tracing::warn!(run.id = %run_id, %reason, "this worker no longer owns the run; stopping it");
+                stopper.stop(StopReason::WorkerShutdown);
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(run.id = %run_id, error = %err, "heartbeat failed"),
+        }
+    }
+}

@@ -13,7 +13,8 @@ use crate::config::Config;
 use crate::store::Store;
 use crate::tokens;
 
-const ADMIN_TOKEN_SETTING: &str = "admin_token_sha256";
+/// The setting that holds the admin token's digest (hex).
+pub const ADMIN_TOKEN_SETTING: &str = "admin_token_sha256";
 const SIGNING_KEY_SETTING: &str = "oauth_signing_key";
 const OPERATOR_PASSWORD_SETTING: &str = "operator_password_argon2";
 

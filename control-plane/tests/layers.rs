@@ -190,3 +190,43 @@ fn names_are_found_in_paths_groups_and_full_paths_only() {
         "let a = crate::app::App; "
     );
 }
+
+/// Edges and tasks change and read state through the services only: they never name the store
+/// (its backend's name, for health and info, excepted).
+#[test]
+fn edges_and_tasks_reach_the_store_through_the_services_only() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.sort();
+    let mut violations = Vec::new();
+    for file in &files {
+        let Some(module) = module_of(&src, file) else {
+            continue;
+        };
+        if layer_of(&module) != Some(EDGES) {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).expect("read a source file");
+        for (number, line) in text.lines().enumerate() {
+            let code = code_of(line);
+            let names_store = named_modules(code).iter().any(|name| name == "store");
+            let uses_store = code
+                .match_indices(".store.")
+                .any(|(at, _)| !code[at..].starts_with(".store.backend()"));
+            if names_store || uses_store {
+                violations.push(format!(
+                    "{}:{}: `{}`",
+                    file.strip_prefix(&src).unwrap_or(file).display(),
+                    number + 1,
+                    line.trim()
+                ));
+            }
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "an edge or a task uses the store itself; call a service (src/services) instead:\n{}",
+        violations.join("\n")
+    );
+}

@@ -6,6 +6,7 @@ use crate::app::App;
 use crate::domain::auth::Scopes;
 use crate::domain::oauth::AuthCode;
 use crate::http::oauth::no_store;
+use crate::services::oauth;
 use crate::tokens;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -212,7 +213,7 @@ async fn approve(app: &App, params: &AuthorizeParams, valid: &Valid) -> Response
         scope: valid.scope.clone(),
         expires_at: Utc::now() + chrono::Duration::seconds(CODE_TTL_SECS),
     };
-    if let Err(err) = app.store.insert_auth_code(&stored).await {
+    if let Err(err) = oauth::save_code(app, &stored).await {
         tracing::error!(error = %err, "storing an authorization code failed");
         return refuse(
             app,

@@ -123,10 +123,12 @@ pub(crate) async fn find_client(app: &App, client_id: &str) -> Result<Option<OAu
     if cimd::is_metadata_url(client_id) {
         return cimd::resolve(app, client_id).await.map(Some);
     }
-    app.store.get_oauth_client(client_id).await.map_err(|err| {
-        tracing::error!(error = %err, "reading a client failed");
-        "the store is unavailable; try again shortly".to_owned()
-    })
+    crate::services::oauth::client(app, client_id)
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "reading a client failed");
+            "the store is unavailable; try again shortly".to_owned()
+        })
 }
 
 #[cfg(test)]

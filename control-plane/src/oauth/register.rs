@@ -16,6 +16,7 @@ use crate::app::App;
 use crate::domain::auth::{SCOPE_READ, SCOPE_WRITE};
 use crate::domain::oauth::OAuthClient;
 use crate::http::oauth::{no_store, oauth_error};
+use crate::services::oauth;
 use crate::tokens;
 
 /// Registrations allowed in a burst, and refilled per minute.
@@ -158,7 +159,7 @@ pub async fn register(
         scope,
         created_at: Utc::now(),
     };
-    if let Err(err) = app.store.insert_oauth_client(&client).await {
+    if let Err(err) = oauth::register_client(&app, &client).await {
         tracing::error!(error = %err, "storing a client registration failed");
         return oauth_error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::app::App;
 use crate::domain::oauth::{OAuthClient, RefreshToken, RefreshUse};
 use crate::http::oauth::{no_store, oauth_error};
+use crate::services::oauth;
 use crate::tokens::{self, digest_hex as digest, AccessClaims};
 
 /// Refresh tokens live this long (each use replaces the token).
@@ -155,7 +156,7 @@ async fn exchange_code(
         .code
         .as_deref()
         .ok_or_else(|| invalid("code is missing"))?;
-    let stored = match app.store.take_auth_code(&digest(code)).await {
+    let stored = match oauth::redeem_code(app, code).await {
         Ok(Some(stored)) => stored,
         Ok(None) => return Err(invalid("the code is unknown or was already used")),
         Err(err) => {
@@ -201,7 +202,7 @@ async fn rotate_refresh(
         .refresh_token
         .as_deref()
         .ok_or_else(|| invalid("refresh_token is missing"))?;
-    match app.store.use_refresh_token(&digest(presented)).await {
+    match oauth::use_refresh_token(app, presented).await {
         Ok(RefreshUse::Fresh(token)) if token.client_id != client.client_id => {
             Err(invalid("the refresh token belongs to another client"))
         }
@@ -258,7 +259,7 @@ async fn issue(app: &App, client: &OAuthClient, scope: &str, family_id: &str) ->
         scope: scope.to_owned(),
         expires_at: now + chrono::Duration::days(REFRESH_TTL_DAYS),
     };
-    if let Err(err) = app.store.insert_refresh_token(&stored).await {
+    if let Err(err) = oauth::save_refresh_token(app, &stored).await {
         tracing::error!(error = %err, "storing a refresh token failed");
         return oauth_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -308,16 +309,10 @@ pub async fn revoke(
         Ok(client) => client,
         Err(response) => return response,
     };
-    let hash = digest(&request.token);
-    let owned = app
-        .store
-        .refresh_family_of(&hash)
-        .await
-        .ok()
-        .flatten()
-        .filter(|(_, owner)| *owner == client.client_id);
-    if let Some((family, _)) = owned {
-        if let Err(err) = app.store.revoke_refresh_family(&family).await {
+    match oauth::revoke_grant(&app, &request.token, &client.client_id).await {
+        Ok(true) => tracing::info!(client.id = %client.client_id, "grant revoked"),
+        Ok(false) => {}
+        Err(err) => {
             tracing::error!(error = %err, "revoking a grant failed");
             return oauth_error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -325,7 +320,6 @@ pub async fn revoke(
                 "try again shortly",
             );
         }
-        tracing::info!(client.id = %client.client_id, "grant revoked");
     }
     no_store(StatusCode::OK.into_response())
 }

@@ -4,10 +4,11 @@ use autopilot_proto::RunStatus;
 
 use crate::app::App;
 use crate::domain::ServiceResult;
+use crate::keys::ADMIN_TOKEN_SETTING;
 
-/// Whether this replica can serve: its store answers.
+/// Whether this replica can serve: its store answers (a read of one small setting).
 pub async fn ready(app: &App) -> ServiceResult<()> {
-    app.store.get_setting("admin_token_sha256").await?;
+    app.store.get_setting(ADMIN_TOKEN_SETTING).await?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@ pub mod fires;
 pub mod follow;
 pub mod health;
 pub mod jobs;
+pub mod oauth;
 pub mod runs;
 pub mod webhooks;
 pub mod worker_requests;

@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use autopilot_proto::{RunEvent, RunId, RunStatus};
+use autopilot_proto::{RunEvent, RunId};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -15,11 +15,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::AppState;
-use crate::domain::{Run, RunFilter};
+use crate::domain::Run;
 use crate::http::{ApiError, ApiJson, ApiQuery, ApiResult};
 use crate::services::follow::{self, Followed};
-use crate::services::runs::{self, QuickRunInput};
-use crate::services::{jobs, webhooks};
+use crate::services::runs::{self, QuickRunInput, RunPage, RunQuery};
+use crate::services::webhooks;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,51 +48,22 @@ pub async fn list(
     State(AppState(app)): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    let job_id = match query.job_id.as_deref() {
-        Some(job) => Some(jobs::find(&app, job).await?.id),
-        None => None,
-    };
-    let webhook_id = match query.webhook.as_deref() {
-        Some(webhook) => Some(webhooks::find(&app, webhook).await?.id),
-        None => None,
-    };
-    let statuses = match query.status.as_deref() {
-        Some(list) => list
-            .split(',')
-            .map(|status| status.trim().parse::<RunStatus>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|message| {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
-                    .field("status")
-            })?,
-        None => Vec::new(),
-    };
-    let before = match query.before.as_deref() {
-        Some(before) => Some(before.parse().map_err(|_| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_field",
-                "before: must be a run id",
-            )
-            .field("before")
-        })?),
-        None => None,
-    };
-    let limit = query.limit.unwrap_or(50);
-    let runs = runs::list(
+    let statuses = query
+        .status
+        .as_deref()
+        .map(|list| list.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let RunPage { runs, next_before } = runs::page(
         &app,
-        RunFilter {
-            job_id,
-            webhook_id,
+        RunQuery {
+            job: query.job_id,
+            webhook: query.webhook,
             statuses,
-            before,
-            limit,
+            before: query.before,
+            limit: query.limit.unwrap_or(50),
         },
     )
     .await?;
-    let next_before = (runs.len() as u32 == limit.clamp(1, runs::MAX_PAGE))
-        .then(|| runs.last().map(|r| r.id))
-        .flatten();
     Ok(Json(json!({ "runs": runs, "next_before": next_before })))
 }
 

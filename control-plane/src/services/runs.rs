@@ -18,7 +18,7 @@ use crate::domain::{
     JobKind, OverlapPolicy, RetryPolicy, Run, RunFilter, RunSettingsInput, RunSnapshot,
     ServiceError, ServiceResult,
 };
-use crate::services::dispatch;
+use crate::services::{dispatch, jobs, webhooks};
 
 pub const MAX_PAGE: u32 = 500;
 /// Most events in one page.
@@ -117,6 +117,67 @@ pub async fn get(app: &App, id: RunId) -> ServiceResult<Run> {
 pub async fn list(app: &App, mut filter: RunFilter) -> ServiceResult<Vec<Run>> {
     filter.limit = filter.limit.clamp(1, MAX_PAGE);
     Ok(app.store.list_runs(&filter).await?)
+}
+
+/// Which runs to list, as clients name them: a job and a webhook by id or name, states by name,
+/// `before` the previous page's `next_before`.
+#[derive(Debug, Default)]
+pub struct RunQuery {
+    pub job: Option<String>,
+    pub webhook: Option<String>,
+    pub statuses: Vec<String>,
+    pub before: Option<String>,
+    pub limit: u32,
+}
+
+/// One page of runs, newest first, and where the next page starts (`None`: this is the last).
+#[derive(Debug)]
+pub struct RunPage {
+    pub runs: Vec<Run>,
+    pub next_before: Option<RunId>,
+}
+
+/// The runs a query names, a page at a time (at most [`MAX_PAGE`]).
+pub async fn page(app: &App, query: RunQuery) -> ServiceResult<RunPage> {
+    let job_id = match query.job.as_deref() {
+        Some(job) => Some(jobs::find(app, job).await?.id),
+        None => None,
+    };
+    let webhook_id = match query.webhook.as_deref() {
+        Some(webhook) => Some(webhooks::find(app, webhook).await?.id),
+        None => None,
+    };
+    let statuses = query
+        .statuses
+        .iter()
+        .map(|status| status.trim().parse::<RunStatus>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|message| ServiceError::invalid("status", message))?;
+    let before = match query.before.as_deref() {
+        Some(before) => Some(before.trim().parse::<RunId>().map_err(|_| {
+            ServiceError::invalid(
+                "before",
+                format!("`{before}` is not a run id (run ids are UUIDs; give the previous page's next_before)"),
+            )
+        })?),
+        None => None,
+    };
+    let limit = query.limit.clamp(1, MAX_PAGE);
+    let runs = list(
+        app,
+        RunFilter {
+            job_id,
+            webhook_id,
+            statuses,
+            before,
+            limit,
+        },
+    )
+    .await?;
+    let next_before = (runs.len() == limit as usize)
+        .then(|| runs.last().map(|run| run.id))
+        .flatten();
+    Ok(RunPage { runs, next_before })
 }
 
 /// Events of a run after `after_seq`, at most `limit` (clamped to [`MAX_EVENTS_PAGE`]).

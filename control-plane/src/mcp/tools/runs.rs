@@ -18,10 +18,9 @@ use super::{
     Spec,
 };
 use crate::app::App;
-use crate::domain::{Run, RunFilter};
+use crate::domain::Run;
 use crate::services::follow::{self, Updates};
-use crate::services::runs::{self, QuickRunInput, MAX_PAGE};
-use crate::services::{jobs, webhooks};
+use crate::services::runs::{self, QuickRunInput, RunPage, RunQuery};
 
 /// Extra time a waiting call gives a run beyond its own timeout (queueing, start-up, the kill
 /// grace).
@@ -191,39 +190,17 @@ pub(super) async fn call(
 
 async fn list(app: &App, args: JsonObject) -> Outcome {
     let args: ListRunsArgs = parse(args)?;
-    let job_id = match args.job.as_deref() {
-        Some(job) => Some(jobs::find(app, job).await?.id),
-        None => None,
-    };
-    let statuses = args
-        .status
-        .iter()
-        .map(|status| status.trim().parse::<RunStatus>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|message| Failure::invalid("status", message))?;
-    let before = match args.before.as_deref() {
-        Some(before) => Some(parse_run_id("before", before)?),
-        None => None,
-    };
-    let webhook_id = match args.webhook.as_deref() {
-        Some(webhook) => Some(webhooks::find(app, webhook).await?.id),
-        None => None,
-    };
-    let limit = args.limit.clamp(1, MAX_PAGE);
-    let runs = runs::list(
+    let RunPage { runs, next_before } = runs::page(
         app,
-        RunFilter {
-            job_id,
-            webhook_id,
-            statuses,
-            before,
-            limit,
+        RunQuery {
+            job: args.job,
+            webhook: args.webhook,
+            statuses: args.status,
+            before: args.before,
+            limit: args.limit,
         },
     )
     .await?;
-    let next_before = (runs.len() == limit as usize)
-        .then(|| runs.last().map(|run| run.id))
-        .flatten();
     let summary = match runs.first() {
         None => "No runs match.".to_owned(),
         Some(newest) => format!(

@@ -140,3 +140,60 @@ pub fn validate_name(name: &str) -> super::ServiceResult<String> {
     }
     Ok(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::settings::RunSettingsInput;
+    use serde_json::json;
+
+    /// An input with its own fields and the run settings flattened in, like a job's.
+    #[derive(Deserialize, Debug, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct Sample {
+        #[allow(dead_code)]
+        name: String,
+        #[serde(flatten, deserialize_with = "flattened")]
+        #[allow(dead_code)]
+        run: RunSettingsInput,
+    }
+
+    fn invalid(value: serde_json::Value) -> (String, String) {
+        match from_value::<Sample>(value) {
+            Err(InputError::Invalid { field, message }) => (field, message),
+            other => panic!("expected an invalid field, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_wrong_field_is_named_inside_and_outside_the_flattened_settings() {
+        let (field, message) = invalid(json!({ "name": "a", "max_turns": "many" }));
+        assert_eq!(field, "max_turns");
+        assert!(message.starts_with("max_turns: invalid type"), "{message}");
+        let (field, _) = invalid(json!({ "name": "a", "retry": { "count": 1, "bogus": 2 } }));
+        assert_eq!(field, "retry.bogus");
+        let (field, _) = invalid(json!({ "name": 5 }));
+        assert_eq!(field, "name");
+        let (field, message) = invalid(json!({ "run": "x" }));
+        assert_eq!(field, "name", "{message}");
+        assert!(message.contains("missing field"), "{message}");
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_with_every_field_there_is() {
+        let (field, message) = invalid(json!({ "name": "a", "shedule": "x" }));
+        assert_eq!(field, "shedule");
+        assert!(message.contains("remove it"), "{message}");
+        for known in ["`name`", "`max_turns`", "`sandbox`"] {
+            assert!(message.contains(known), "{known} in {message}");
+        }
+    }
+
+    #[test]
+    fn text_that_is_not_json_is_a_syntax_error() {
+        assert!(matches!(
+            from_slice::<Sample>(b"{not json"),
+            Err(InputError::Syntax(_))
+        ));
+    }
+}

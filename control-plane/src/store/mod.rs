@@ -1,5 +1,18 @@
-//! The `Store`: where jobs, runs, events and leases live. One narrow trait with domain types
-//! only; SQLite and PostgreSQL implementations behind it, chosen by the URL scheme.
+//! The `Store`: where jobs, runs, events, leases, settings, OAuth grants, workers and webhooks
+//! live, in domain types only; SQLite and PostgreSQL implementations behind it, chosen by the URL
+//! scheme.
+//!
+//! The contract is one narrow trait per aggregate ([`JobStore`], [`RunStore`], [`EventStore`],
+//! [`LeaseStore`], [`SettingsStore`], [`OAuthStore`], [`WorkerStore`], [`WebhookStore`]), and
+//! [`Store`] is all of them at once: the app holds an `Arc<dyn Store>`, and a trait object
+//! answers its supertraits' methods without them being imported. The traits stay together in
+//! this file, not one file each: each is a handful of signatures, and read in one place they give
+//! the whole surface of the store, which the SQL implementation then follows with one file per
+//! trait.
+//!
+//! - `rows`: the row shapes both SQL dialects read, and their conversion to and from domain
+//!   types.
+//! - `sql`: [`SqlStore`], the implementation for both dialects.
 
 mod rows;
 mod sql;
@@ -52,11 +65,27 @@ impl From<StoreError> for ServiceError {
     }
 }
 
-#[async_trait]
-pub trait Store: WebhookStore + Send + Sync {
+/// Everything the control plane keeps, as one trait object: every aggregate's trait, plus which
+/// database holds them.
+pub trait Store:
+    JobStore
+    + RunStore
+    + EventStore
+    + LeaseStore
+    + SettingsStore
+    + OAuthStore
+    + WorkerStore
+    + WebhookStore
+    + Send
+    + Sync
+{
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
+}
 
+/// Jobs and their fire cursors (part of every [`Store`]).
+#[async_trait]
+pub trait JobStore: Send + Sync {
     async fn insert_job(&self, job: &Job) -> StoreResult<()>;
     /// Replaces a job's settings (not its fire cursor's counters). `NotFound` if it is gone.
     async fn update_job(&self, job: &Job) -> StoreResult<()>;
@@ -65,7 +94,12 @@ pub trait Store: WebhookStore + Send + Sync {
     async fn list_jobs(&self) -> StoreResult<Vec<Job>>;
     /// Returns whether a job was deleted. Its runs stay, detached from it.
     async fn delete_job(&self, id: JobId) -> StoreResult<bool>;
+}
 
+/// Runs: created by scheduler fires or directly, claimed and heartbeaten by workers, updated by
+/// compare-and-set (part of every [`Store`]).
+#[async_trait]
+pub trait RunStore: Send + Sync {
     /// Applies a batch of scheduler steps in one transaction: creates the fires' runs (skipping
     /// any `(job_id, scheduled_for)` that exists) with their first events, and advances each
     /// job's cursor and counters. Returns the runs actually created.
@@ -117,7 +151,14 @@ pub trait Store: WebhookStore + Send + Sync {
         statuses: &[RunStatus],
         job_id: Option<JobId>,
     ) -> StoreResult<Vec<Run>>;
+    async fn count_queued_runs(&self) -> StoreResult<u64>;
+}
 
+/// The numbered events of runs (part of every [`Store`]). Runs written with their events
+/// ([`RunStore::insert_run`], [`RunStore::update_run`], [`RunStore::record_fires`]) number
+/// them the same way.
+#[async_trait]
+pub trait EventStore: Send + Sync {
     /// Stores events, giving each the next sequence number of its run. Events already stored
     /// (same run, attempt, origin and origin_seq) are skipped; so are events of unknown runs.
     /// Returns how many were stored.
@@ -129,7 +170,12 @@ pub trait Store: WebhookStore + Send + Sync {
         limit: u32,
     ) -> StoreResult<Vec<RunEvent>>;
     async fn count_worker_events(&self, run_id: RunId, attempt: u32) -> StoreResult<u64>;
+}
 
+/// Named leases with fencing tokens, for one-at-a-time background tasks (part of every
+/// [`Store`]).
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
     /// Takes or renews the lease `name` for `holder`. Returns the fencing token (raised each time
     /// the holder changes) when `holder` holds it afterwards, `None` when someone else does.
     async fn acquire_lease(
@@ -140,7 +186,21 @@ pub trait Store: WebhookStore + Send + Sync {
         now: DateTime<Utc>,
     ) -> StoreResult<Option<i64>>;
     async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()>;
+}
 
+/// Key-value settings the control plane keeps for itself (part of every [`Store`]).
+#[async_trait]
+pub trait SettingsStore: Send + Sync {
+    async fn get_setting(&self, key: &str) -> StoreResult<Option<String>>;
+    /// Sets `key` only if it has no value. Returns whether it was set.
+    async fn put_setting_if_absent(&self, key: &str, value: &str) -> StoreResult<bool>;
+    async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()>;
+}
+
+/// The OAuth authorization server's clients, authorization codes and refresh tokens (part of
+/// every [`Store`]).
+#[async_trait]
+pub trait OAuthStore: Send + Sync {
     async fn insert_oauth_client(&self, client: &OAuthClient) -> StoreResult<()>;
     async fn get_oauth_client(&self, client_id: &str) -> StoreResult<Option<OAuthClient>>;
     async fn insert_auth_code(&self, code: &AuthCode) -> StoreResult<()>;
@@ -153,7 +213,11 @@ pub trait Store: WebhookStore + Send + Sync {
     async fn revoke_refresh_family(&self, family_id: &str) -> StoreResult<()>;
     /// The family and client of a refresh token, if it exists.
     async fn refresh_family_of(&self, token_hash: &str) -> StoreResult<Option<(String, String)>>;
+}
 
+/// What workers last announced about themselves (part of every [`Store`]).
+#[async_trait]
+pub trait WorkerStore: Send + Sync {
     /// Records what a worker announced, and when.
     async fn upsert_worker(&self, status: &WorkerStatus, seen_at: DateTime<Utc>)
         -> StoreResult<()>;
@@ -164,11 +228,6 @@ pub trait Store: WebhookStore + Send + Sync {
     ) -> StoreResult<Vec<(WorkerStatus, DateTime<Utc>)>>;
     /// Forgets workers silent since before `seen_before`. Returns how many.
     async fn forget_workers(&self, seen_before: DateTime<Utc>) -> StoreResult<u64>;
-
-    async fn get_setting(&self, key: &str) -> StoreResult<Option<String>>;
-    /// Sets `key` only if it has no value. Returns whether it was set.
-    async fn put_setting_if_absent(&self, key: &str, value: &str) -> StoreResult<bool>;
-    async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()>;
 }
 
 /// Webhooks and their deliveries (part of every [`Store`]).
@@ -200,7 +259,6 @@ pub trait WebhookStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<DeliveryOutcome>>;
     async fn get_payload(&self, run_id: RunId) -> StoreResult<Option<StoredPayload>>;
-    async fn count_queued_runs(&self) -> StoreResult<u64>;
     /// Forgets delivery ids whose window ended. Returns how many.
     async fn purge_expired_deliveries(&self, now: DateTime<Utc>) -> StoreResult<u64>;
 }

@@ -1,11 +1,12 @@
 //! Row shapes shared by both SQL dialects, and their conversion to and from domain types.
 //! Times are stored as milliseconds since the epoch, ids as text, lists as JSON text.
 
-use autopilot_proto::{EventKind, RunEvent, RunId, TokenUsage};
+use autopilot_proto::{EventKind, JobId, RunEvent, RunId, TokenUsage};
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::StoreError;
 use crate::domain::oauth::{AuthCode, OAuthClient, RefreshToken};
+use crate::domain::webhook::{PreviousToken, StoredPayload, Webhook};
 use crate::domain::{Job, JobKind, RetryPolicy, Run, RunSettings, Schedule};
 
 pub fn to_ms(time: DateTime<Utc>) -> i64 {
@@ -331,6 +332,92 @@ impl TryFrom<RefreshRow> for RefreshToken {
             resource: row.resource,
             scope: row.scope,
             expires_at: from_ms(row.expires_at_ms)?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub struct WebhookRow {
+    id: String,
+    name: String,
+    enabled: bool,
+    token_hash: String,
+    previous_token_hash: Option<String>,
+    previous_token_expires_at_ms: Option<i64>,
+    job_id: Option<String>,
+    config: String,
+    signing_secret: Option<String>,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+}
+
+impl TryFrom<WebhookRow> for Webhook {
+    type Error = StoreError;
+
+    fn try_from(row: WebhookRow) -> Result<Self, Self::Error> {
+        let corrupt = |what: &str, err: &dyn std::fmt::Display| {
+            StoreError::Corrupt(format!("webhook {}: {what}: {err}", row.id))
+        };
+        let previous_token = match (
+            row.previous_token_hash.clone(),
+            row.previous_token_expires_at_ms,
+        ) {
+            (Some(token_hash), Some(ms)) => Some(PreviousToken {
+                token_hash,
+                expires_at: from_ms(ms)?,
+            }),
+            _ => None,
+        };
+        Ok(Webhook {
+            id: row.id.parse().map_err(|err| corrupt("id", &err))?,
+            name: row.name.clone(),
+            enabled: row.enabled,
+            token_hash: row.token_hash.clone(),
+            previous_token,
+            job_id: row
+                .job_id
+                .as_deref()
+                .map(str::parse::<JobId>)
+                .transpose()
+                .map_err(|err| corrupt("job id", &err))?,
+            config: serde_json::from_str(&row.config).map_err(|err| corrupt("config", &err))?,
+            signing_secret: row.signing_secret.clone(),
+            created_at: from_ms(row.created_at_ms)?,
+            updated_at: from_ms(row.updated_at_ms)?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub struct PayloadRow {
+    run_id: String,
+    content_type: String,
+    headers: String,
+    query: String,
+    body: Vec<u8>,
+    body_bytes: i64,
+    truncated: bool,
+}
+
+impl TryFrom<PayloadRow> for StoredPayload {
+    type Error = StoreError;
+
+    fn try_from(row: PayloadRow) -> Result<Self, Self::Error> {
+        let json = |what: &str, text: &str| {
+            serde_json::from_str::<Vec<(String, String)>>(text)
+                .map_err(|err| StoreError::Corrupt(format!("payload {what}: {err}")))
+        };
+        Ok(StoredPayload {
+            run_id: row
+                .run_id
+                .parse()
+                .map_err(|err| StoreError::Corrupt(format!("payload run id: {err}")))?,
+            content_type: row.content_type,
+            headers: json("headers", &row.headers)?,
+            query: json("query", &row.query)?,
+            body: row.body,
+            body_bytes: u64::try_from(row.body_bytes).unwrap_or(0),
+            truncated: row.truncated,
         })
     }
 }

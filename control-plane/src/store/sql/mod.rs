@@ -1,0 +1,267 @@
+//! The SQL store: one implementation for SQLite and PostgreSQL. Both dialects accept `$n`
+//! placeholders, `ON CONFLICT` and `RETURNING`, and the schema keeps to types both share, so each
+//! query is written once and run on whichever pool the URL chose. Each dialect has its own
+//! migrations.
+//!
+//! This file holds what every aggregate shares: the pools and how they are opened, the SQLite
+//! WAL checkpointer, the macros that pick a pool or open a write transaction, and driver error
+//! classification. Each aggregate's trait is implemented for [`SqlStore`] in a file of its own,
+//! declared below the macros so that they are in scope there (a `macro_rules!` macro is seen by
+//! the modules declared after it). Row-binding macros that one aggregate owns and others reuse
+//! (`bind_run!` of runs, `bind_events_from!` and `append_events_in!` of events) are imported by
+//! path instead, from the file that defines them.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use super::{Store, StoreError, StoreResult};
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+enum Pools {
+    /// SQLite allows one writer at a time: writes queue on a one-connection pool instead of
+    /// spinning in SQLite's busy handler, while reads use their own connections (WAL mode).
+    Sqlite {
+        read: SqlitePool,
+        write: SqlitePool,
+    },
+    Postgres(PgPool),
+}
+
+pub struct SqlStore {
+    pools: Pools,
+}
+
+/// Runs `$body` with `$pool` bound to the pool for reads.
+macro_rules! on_read {
+    ($self:ident, $pool:ident => $body:expr) => {
+        match &$self.pools {
+            Pools::Sqlite { read: $pool, .. } => $body,
+            Pools::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs `$body` with `$pool` bound to the pool for single-statement writes.
+macro_rules! on_write {
+    ($self:ident, $pool:ident => $body:expr) => {
+        match &$self.pools {
+            Pools::Sqlite { write: $pool, .. } => $body,
+            Pools::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs `$body` inside a write transaction on the SQLite writer pool `$write`, bound to `$tx`,
+/// committing when it succeeds. It takes the write lock at `BEGIN`, so another process's writer
+/// makes us wait, not fail.
+macro_rules! in_sqlite_tx {
+    ($write:expr, $tx:ident => $body:block) => {{
+        let mut $tx = $write
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(classify)?;
+        let out = $body;
+        $tx.commit().await.map_err(classify)?;
+        out
+    }};
+}
+
+/// Runs `$body` inside a write transaction bound to `$tx`, committing when it succeeds.
+macro_rules! in_write_tx {
+    ($self:ident, $tx:ident => $body:block) => {
+        match &$self.pools {
+            Pools::Sqlite { write, .. } => in_sqlite_tx!(write, $tx => $body),
+            Pools::Postgres(pool) => {
+                let mut $tx = pool.begin().await.map_err(classify)?;
+                let out = $body;
+                $tx.commit().await.map_err(classify)?;
+                out
+            }
+        }
+    };
+}
+
+// One file per aggregate's trait implementation, and `deliveries`, the webhook batch write that
+// `webhooks` hands over to. Declared after the macros above, which they use without importing
+// them; what the macros expand to names `Pools` and `classify`, which each file imports.
+mod deliveries;
+mod events;
+mod jobs;
+mod leases;
+mod oauth;
+mod runs;
+mod settings;
+mod webhooks;
+mod workers;
+
+/// `rows` rows of `columns` parameters each, numbered from `$first`: `($1, $2), ($3, $4)`.
+fn value_rows(first: usize, rows: usize, columns: usize) -> String {
+    let mut sql = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", first + row * columns + column));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// Classifies a driver error.
+fn classify(err: sqlx::Error) -> StoreError {
+    match &err {
+        sqlx::Error::RowNotFound => StoreError::NotFound,
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            StoreError::Retryable(err.to_string())
+        }
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+            StoreError::Corrupt(err.to_string())
+        }
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(db.message().to_owned())
+        }
+        // SQLITE_BUSY / SQLITE_LOCKED, and PostgreSQL serialization failures and deadlocks.
+        sqlx::Error::Database(db)
+            if matches!(
+                db.code().as_deref(),
+                Some("5" | "6" | "517" | "40001" | "40P01")
+            ) =>
+        {
+            StoreError::Retryable(db.message().to_owned())
+        }
+        _ => StoreError::Other(err.to_string()),
+    }
+}
+
+fn rows_into<R, T>(rows: Vec<R>) -> StoreResult<Vec<T>>
+where
+    T: TryFrom<R, Error = StoreError>,
+{
+    rows.into_iter().map(T::try_from).collect()
+}
+
+impl SqlStore {
+    /// Connects and migrates. `sqlite:` URLs create the file (and its directory) if needed.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        Self::connect_with(url, super::DEFAULT_PG_CONNECTIONS).await
+    }
+
+    /// [`SqlStore::connect`] with at most `pg_connections` PostgreSQL connections.
+    pub async fn connect_with(url: &str, pg_connections: u32) -> anyhow::Result<Self> {
+        let pools = if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(|err| anyhow::anyhow!("invalid SQLite URL `{url}`: {err}"))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // With WAL, NORMAL keeps every commit across a process crash; only a power loss
+                // can take back the last transactions.
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true)
+                // Statement journals and sorts stay in memory, not in temporary files.
+                .pragma("temp_store", "memory");
+            if let Some(parent) = options.get_filename().parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|err| anyhow::anyhow!("cannot create {}: {err}", parent.display()))?;
+            }
+            // No commit checkpoints by itself: one that happened to would wait for the copy into
+            // the database file (tens of milliseconds at the tail). `checkpoint_wal` does it
+            // beside the writer instead. A connection to a local file cannot go stale: no ping
+            // before each use.
+            let write = SqlitePoolOptions::new()
+                .max_connections(1)
+                .test_before_acquire(false)
+                .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
+                .await?;
+            SQLITE_MIGRATIONS.run(&write).await?;
+            let read = SqlitePoolOptions::new()
+                .max_connections(4)
+                .test_before_acquire(false)
+                .connect_with(options.clone().read_only(false))
+                .await?;
+            tokio::spawn(checkpoint_wal(read.clone(), write.clone()));
+            Pools::Sqlite { read, write }
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let pool = PgPoolOptions::new()
+                .max_connections(pg_connections.max(1))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await
+                .map_err(|err| anyhow::anyhow!("cannot connect to PostgreSQL: {err}"))?;
+            POSTGRES_MIGRATIONS.run(&pool).await?;
+            Pools::Postgres(pool)
+        } else {
+            anyhow::bail!(
+                "unsupported database URL `{}`: use `sqlite://PATH` or `postgres://USER@HOST/DB` (AUTOPILOT_DATABASE_URL)",
+                url.split_once("://").map_or(url, |(scheme, _)| scheme)
+            );
+        };
+        Ok(Self { pools })
+    }
+}
+
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// WAL content (frames since it last started over) from which the writer's connection finishes
+/// a checkpoint so the WAL starts over.
+const WAL_RESTART_BYTES: i64 = 64 * 1024 * 1024;
+
+/// Keeps the WAL bounded without making the writer wait for copies. A read connection copies
+/// what is in the WAL while the writer goes on (`PASSIVE` never waits for it). When the writer
+/// pauses long enough for that copy to catch up, its next transaction starts the WAL over by
+/// itself. Under a load that never pauses the WAL only grows, so once its content passes
+/// `WAL_RESTART_BYTES` the writer's own connection copies the last frames, between two of its
+/// transactions, and the WAL starts over. The measure is the WAL's content as the checkpoint
+/// reports it, not the file, which keeps its largest size: a writer checkpoint costs two
+/// `fsync`s on the writer's path. Runs until the pools close; a failed checkpoint is retried at
+/// the next tick.
+async fn checkpoint_wal(read: SqlitePool, write: SqlitePool) {
+    // `wal_checkpoint` answers (busy, frames in the WAL, frames copied).
+    let checkpoint = |pool: SqlitePool| async move {
+        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&pool)
+            .await
+        {
+            Ok((_, frames, _)) => Some(frames),
+            Err(err) => {
+                if !pool.is_closed() {
+                    tracing::debug!(error = %err, "WAL checkpoint failed; retrying");
+                }
+                None
+            }
+        }
+    };
+    let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(&read)
+        .await
+        .unwrap_or(4096);
+    while !read.is_closed() && !write.is_closed() {
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        let frames = checkpoint(read.clone()).await.unwrap_or(0);
+        if frames * page_size > WAL_RESTART_BYTES {
+            checkpoint(write.clone()).await;
+        }
+    }
+}
+
+impl Store for SqlStore {
+    fn backend(&self) -> &'static str {
+        match self.pools {
+            Pools::Sqlite { .. } => "sqlite",
+            Pools::Postgres(_) => "postgres",
+        }
+    }
+}

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::events::bind_events_from;
 use super::runs::{bind_run, RUN_COLUMNS};
-use super::{classify, Pools, SqlStore};
+use super::{classify, parameter, placeholders, Placeholders, Pools, SqlStore};
 use crate::domain::webhook::{DeliveryOutcome, NewDelivery};
 use crate::store::rows::{clamp_i64, to_json, to_ms};
 use crate::store::{StoreError, StoreResult};
@@ -20,49 +20,6 @@ use crate::domain::Run;
 
 /// Rows per multi-row insert: well under SQLite's 32766 bound parameters at 30 columns.
 const ROWS_PER_INSERT: usize = 500;
-
-/// How bound values are written in a statement.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) enum Placeholders {
-    /// `$1, $2, …` (PostgreSQL).
-    Numbered,
-    /// `?, ?, …`, bound in order. SQLite looks numbered parameters up by name one by one (a
-    /// linear search each), which makes a statement with thousands of them quadratic.
-    Anonymous,
-}
-
-/// The `index`th bound value (from 1).
-fn parameter(style: Placeholders, index: usize) -> String {
-    match style {
-        Placeholders::Anonymous => "?".to_owned(),
-        Placeholders::Numbered => format!("${index}"),
-    }
-}
-
-/// `($1, $2, …), ($n, …)` (or `(?, ?, …), …`) for `rows` rows of `columns` values, numbered
-/// from `$first`.
-pub(super) fn placeholders(
-    style: Placeholders,
-    rows: usize,
-    columns: usize,
-    first: usize,
-) -> String {
-    let mut out = String::with_capacity(rows * columns * 5);
-    for row in 0..rows {
-        if row > 0 {
-            out.push_str(", ");
-        }
-        out.push('(');
-        for column in 0..columns {
-            if column > 0 {
-                out.push_str(", ");
-            }
-            out.push_str(&parameter(style, first + row * columns + column));
-        }
-        out.push(')');
-    }
-    out
-}
 
 /// Binds the runs of `$chunk` (deliveries) for `INSERT INTO runs (RUN_COLUMNS, event_seq)`.
 macro_rules! bind_runs {

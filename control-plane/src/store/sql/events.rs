@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use autopilot_proto::{NewRunEvent, RunEvent, RunId};
 
-use super::{classify, rows_into, value_rows, Pools, SqlStore};
+use super::{classify, placeholders, rows_into, Placeholders, Pools, SqlStore};
 use crate::store::rows::{clamp_i64, to_ms, EventRow};
 use crate::store::{EventStore, StoreResult};
 
@@ -69,7 +69,7 @@ pub(super) const EVENTS_PER_INSERT: usize = 64;
 pub(super) fn insert_events_sql(first: usize, rows: usize) -> String {
     format!(
         "INSERT INTO run_events {EVENT_COLUMNS} VALUES {} {EVENT_REDELIVERED}",
-        value_rows(first, rows, 8)
+        placeholders(Placeholders::Numbered, rows, 8, first)
     )
 }
 

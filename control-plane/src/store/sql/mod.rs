@@ -101,23 +101,47 @@ mod settings;
 mod webhooks;
 mod workers;
 
-/// `rows` rows of `columns` parameters each, numbered from `$first`: `($1, $2), ($3, $4)`.
-fn value_rows(first: usize, rows: usize, columns: usize) -> String {
-    let mut sql = String::with_capacity(rows * columns * 5);
+/// How bound values are written in a statement.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Placeholders {
+    /// `$1, $2, …` (PostgreSQL).
+    Numbered,
+    /// `?, ?, …`, bound in order. SQLite looks numbered parameters up by name one by one (a
+    /// linear search each), which makes a statement with thousands of them quadratic.
+    Anonymous,
+}
+
+/// The `index`th bound value (from 1).
+pub(super) fn parameter(style: Placeholders, index: usize) -> String {
+    match style {
+        Placeholders::Anonymous => "?".to_owned(),
+        Placeholders::Numbered => format!("${index}"),
+    }
+}
+
+/// `($1, $2, …), ($n, …)` (or `(?, ?, …), …`) for `rows` rows of `columns` values, numbered
+/// from `$first`.
+pub(super) fn placeholders(
+    style: Placeholders,
+    rows: usize,
+    columns: usize,
+    first: usize,
+) -> String {
+    let mut out = String::with_capacity(rows * columns * 5);
     for row in 0..rows {
         if row > 0 {
-            sql.push_str(", ");
+            out.push_str(", ");
         }
-        sql.push('(');
+        out.push('(');
         for column in 0..columns {
             if column > 0 {
-                sql.push_str(", ");
+                out.push_str(", ");
             }
-            sql.push_str(&format!("${}", first + row * columns + column));
+            out.push_str(&parameter(style, first + row * columns + column));
         }
-        sql.push(')');
+        out.push(')');
     }
-    sql
+    out
 }
 
 /// Classifies a driver error.

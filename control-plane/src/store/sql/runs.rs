@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use super::events::{
     append_events_in, bind_events_from, insert_events_sql, EVENT_COLUMNS, EVENT_REDELIVERED,
 };
-use super::{classify, rows_into, value_rows, Pools, SqlStore};
+use super::{classify, placeholders, rows_into, Placeholders, Pools, SqlStore};
 use crate::domain::{FireRecord, Run, RunFilter};
 use crate::store::rows::{clamp_i64, to_json, to_ms, RunRow};
 use crate::store::{RunStore, StoreError, StoreResult};
@@ -45,7 +45,7 @@ const INSERT_RUN: &str = "INSERT INTO runs (id, job_id, job_name, trigger, statu
 fn insert_run_with_events_sql() -> String {
     format!(
         "INSERT INTO runs ({RUN_COLUMNS}, event_seq) VALUES {}",
-        value_rows(1, 1, 30)
+        placeholders(Placeholders::Numbered, 1, 30, 1)
     )
 }
 
@@ -315,7 +315,7 @@ impl RunStore for SqlStore {
                      e.kind, e.data FROM updated CROSS JOIN (VALUES {}) \
                      AS e (run_id, n, attempt, origin, origin_seq, at_ms, kind, data) {EVENT_REDELIVERED}) \
                      SELECT event_seq FROM updated",
-                    value_rows(33, events.len(), 8)
+                    placeholders(Placeholders::Numbered, events.len(), 8, 33)
                 );
                 let query = bind_run!(sqlx::query_as::<_, (i64,)>(&sql), run)
                     .bind(expected_status.as_str())
@@ -340,7 +340,7 @@ impl RunStore for SqlStore {
         let sql = format!(
             "UPDATE runs SET status = 'running', worker_id = $1, started_at_ms = $2, heartbeat_at_ms = $2 \
              WHERE status = 'queued' AND (id, attempt) IN (VALUES {}) RETURNING {RUN_COLUMNS}",
-            value_rows(3, runs.len(), 2)
+            placeholders(Placeholders::Numbered, runs.len(), 2, 3)
         );
         let rows = on_write!(self, pool => {
             let mut query = sqlx::query_as::<_, RunRow>(&sql).bind(worker_id).bind(to_ms(now));

@@ -5,8 +5,7 @@ use async_trait::async_trait;
 use autopilot_proto::{JobId, RunId, WebhookId};
 use chrono::{DateTime, Utc};
 
-use super::deliveries::{placeholders, Placeholders};
-use super::{classify, Pools, SqlStore};
+use super::{classify, placeholders, Placeholders, Pools, SqlStore};
 use crate::domain::webhook::{DeliveryOutcome, NewDelivery, StoredPayload, Webhook};
 use crate::store::rows::{to_json, to_ms, PayloadRow, WebhookRow};
 use crate::store::{StoreError, StoreResult, WebhookStore};

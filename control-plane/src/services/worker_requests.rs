@@ -212,14 +212,9 @@ async fn finish(
             ..run.control_event(data)
         };
         last_events.push(event);
-        if !app
-            .store
-            .update_run(&run, expected, attempt, &last_events)
-            .await?
-        {
+        if !write_end(app, &run, expected, attempt, &last_events).await? {
             return Ok(rejected("run changed while completing"));
         }
-        app.notify_run(run_id);
         tracing::info!(run.id = %run_id, attempt = attempt + 1, delay_secs = delay.as_secs(), "transient failure; retry scheduled");
         app.dispatcher_wake.notify_one();
         return Ok(WorkerReply::Ok);
@@ -230,11 +225,9 @@ async fn finish(
         if !last_events.is_empty() {
             app.store.append_events(&last_events).await?;
         }
-        dispatch::mark_lost(app,
-            run,
-            "the worker shut down while the run was executing, and stopped it after its grace period",
-        )
-        .await?;
+        let reason = "the worker shut down while the run was executing, and stopped it after \
+                      its grace period";
+        dispatch::mark_lost(app, run, reason).await?;
         return Ok(WorkerReply::Ok);
     }
     let mut status = outcome.final_status();
@@ -249,20 +242,31 @@ async fn finish(
     let finished =
         run.control_event(json!({ "step": "finished", "status": status, "error": run.error }));
     last_events.push(finished);
-    if !app
-        .store
-        .update_run(&run, expected, attempt, &last_events)
-        .await?
-    {
+    if !write_end(app, &run, expected, attempt, &last_events).await? {
         return Ok(rejected("run changed while completing"));
     }
-    app.notify_run(run_id);
     tracing::info!(run.id = %run_id, status = %status, cost_usd = ?run.cost_usd, "run finished");
     if run.settings.overlap == OverlapPolicy::Queue {
         // The next run of the job may be waiting for this one.
         app.dispatcher_wake.notify_one();
     }
     Ok(WorkerReply::Ok)
+}
+
+/// Writes how an attempt ended, with its last events, if the run is still `expected` at
+/// `attempt` (compare-and-set), and tells its followers. Returns whether it was written.
+async fn write_end(
+    app: &App,
+    run: &Run,
+    expected: RunStatus,
+    attempt: u32,
+    events: &[NewRunEvent],
+) -> ServiceResult<bool> {
+    let written = app.store.update_run(run, expected, attempt, events).await?;
+    if written {
+        app.notify_run(run.id);
+    }
+    Ok(written)
 }
 
 /// Waits until `expected` worker events of the attempt are stored (or a timeout), so that

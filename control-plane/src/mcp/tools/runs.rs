@@ -270,6 +270,15 @@ async fn quick_run(
     finish_run_call(app, run, wait, updates, context).await
 }
 
+/// ` (attempt N)` for a run past its first attempt, else nothing.
+fn attempt_note(run: &Run) -> String {
+    if run.attempt > 1 {
+        format!(" (attempt {})", run.attempt)
+    } else {
+        String::new()
+    }
+}
+
 /// Answers a call that started a run: at once, or when the run ends if the caller waits.
 /// `updates` were subscribed to before the run was created.
 pub(super) async fn finish_run_call(
@@ -290,11 +299,7 @@ pub(super) async fn finish_run_call(
             "Run {} ended {}{}. Tokens: {} in, {} out; cost {}.{}",
             run.id,
             run.status,
-            if run.attempt > 1 {
-                format!(" (attempt {})", run.attempt)
-            } else {
-                String::new()
-            },
+            attempt_note(&run),
             run.usage.input_tokens,
             run.usage.output_tokens,
             run.cost_usd
@@ -372,11 +377,7 @@ async fn wait_for_run(
                     "run {}: {}{}, {} tokens, cost {}",
                     run.id,
                     run.status,
-                    if run.attempt > 1 {
-                        format!(" (attempt {})", run.attempt)
-                    } else {
-                        String::new()
-                    },
+                    attempt_note(&run),
                     run.usage.input_tokens + run.usage.output_tokens,
                     run.cost_usd
                         .map(|cost| format!("${cost:.4}"))

@@ -2,7 +2,8 @@
 # Runs the whole test suite on a fresh machine: installs what the tests need (the Claude Code
 # CLI, the Python MCP SDK, the MCP conformance suite with Node 22, PostgreSQL, nats-server,
 # Docker Engine), starts a throwaway PostgreSQL and a throwaway nats-server with JetStream,
-# builds the run image, then runs fmt, clippy and every test.
+# builds the run image, then runs fmt, clippy and every test (the end-to-end servers on
+# PostgreSQL), then the API, MCP, OAuth and webhook end-to-end tests again on SQLite.
 # Caches live under /var/cache/autopilot (CARGO_TARGET_DIR, the CLI, the conformance suite,
 # nats-server) so reruns are fast.
 set -euo pipefail
@@ -151,4 +152,20 @@ bash "$repo/docker/build-images.sh" runtime
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --bin autopilot
-cargo test --workspace
+# Two passes over the store: every test with the in-process Autopilots (`TestServer`) on
+# PostgreSQL, then the API, MCP, OAuth and webhook end-to-end tests again on SQLite (the
+# embedded default). Tests about one store pin it themselves.
+pass_start=$SECONDS
+echo "=== pass 1 of 2: every test; in-process Autopilot servers on PostgreSQL ==="
+AUTOPILOT_TEST_STORE=postgres cargo test --workspace
+echo "=== pass 1 (PostgreSQL) took $((SECONDS - pass_start)) s ==="
+pass_start=$SECONDS
+echo "=== pass 2 of 2: API, MCP (with the conformance suite), OAuth and webhook end-to-end tests on SQLite ==="
+# Selected as in pass 1 (`--workspace`) so the test binaries built for it are reused: with
+# `-p autopilot-tests` cargo builds the control plane a second time, with other features. The
+# filters also pick a few unit tests of the control plane's modules of the same names, which
+# take milliseconds. Names match by substring: `webhooks::` would also take the store's own
+# webhook tests (`store_webhooks::`), which start no server.
+AUTOPILOT_TEST_STORE=sqlite cargo test --workspace -- \
+  api:: mcp:: mcp_clients:: conformance:: webhooks:: oauth:: --skip store_webhooks::
+echo "=== pass 2 (SQLite) took $((SECONDS - pass_start)) s ==="

@@ -1,8 +1,16 @@
 //! `TestServer`: Autopilot started in-process on port 0 with its own data directory, and
 //! `ApiClient`, a small client for the HTTP API of any Autopilot (in-process or not).
+//!
+//! The store a `TestServer` runs on: the database URL a test gives; else SQLite or PostgreSQL
+//! as the test pins it (`.sqlite()`, `.postgres()`); else `AUTOPILOT_TEST_STORE` (`sqlite` or
+//! `postgres`); else PostgreSQL when `TEST_DATABASE_URL` names a server, SQLite otherwise. On
+//! PostgreSQL each installation gets a fresh database of its own, and a server started again on
+//! the same data directory (`.data_dir(dir)`) finds the same database, as a restarted
+//! installation would.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use autopilot_control_plane::config::{Config, ConfigArgs};
@@ -12,13 +20,164 @@ use tempfile::TempDir;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::components;
+
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const OPERATOR_PASSWORD: &str = "operator-test-password";
+
+/// Connections each PostgreSQL-backed `TestServer` may open. The product's default is twice the
+/// cores (up to 16); with one test per core running at once and up to two servers per test,
+/// that would pass the test PostgreSQL's `max_connections` (300) on a machine of 16 cores or
+/// more. Four is what a 2-core machine gets by default anyway.
+const POSTGRES_CONNECTIONS_PER_SERVER: u32 = 4;
+
+/// The store behind a [`TestServer`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Store {
+    Sqlite,
+    Postgres,
+}
+
+impl Store {
+    /// The name Autopilot reports for it (`/readyz`, `get_server_info`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Store::Sqlite => "sqlite",
+            Store::Postgres => "postgres",
+        }
+    }
+
+    fn of_url(url: &str) -> Store {
+        if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Store::Postgres
+        } else {
+            Store::Sqlite
+        }
+    }
+
+    /// The store of tests that do not pin one: `AUTOPILOT_TEST_STORE` (`sqlite` or `postgres`),
+    /// else PostgreSQL when `TEST_DATABASE_URL` is set, else SQLite.
+    pub fn from_env() -> Store {
+        match std::env::var("AUTOPILOT_TEST_STORE")
+            .as_deref()
+            .map(str::trim)
+        {
+            Ok("sqlite") => Store::Sqlite,
+            Ok("postgres") => Store::Postgres,
+            Ok("") | Err(_) => {
+                if std::env::var("TEST_DATABASE_URL").is_ok_and(|url| !url.is_empty()) {
+                    Store::Postgres
+                } else {
+                    Store::Sqlite
+                }
+            }
+            Ok(other) => {
+                panic!("AUTOPILOT_TEST_STORE must be `sqlite` or `postgres`, got `{other}`")
+            }
+        }
+    }
+
+    /// A database URL for a new installation on this store with its data in `data_dir`: a fresh
+    /// PostgreSQL database, or the SQLite file Autopilot makes there by default. `None` (a failure
+    /// in CI) when PostgreSQL is asked for and `TEST_DATABASE_URL` is not set.
+    pub async fn new_database(self, data_dir: &Path) -> Option<String> {
+        match self {
+            Store::Sqlite => Some(format!(
+                "sqlite://{}",
+                data_dir.join("autopilot.db").display()
+            )),
+            Store::Postgres => components::fresh_postgres_database().await,
+        }
+    }
+}
+
+impl fmt::Display for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The database of each data directory a `TestServer` used, while that directory exists: a
+/// server started again on it uses the same database.
+struct Installation {
+    dir: Weak<TempDir>,
+    path: PathBuf,
+    database_url: String,
+    /// Made by the harness for this installation (not given by the test), so dropped with it.
+    made_here: bool,
+}
+
+static INSTALLATIONS: Mutex<Vec<Installation>> = Mutex::new(Vec::new());
+
+/// The database recorded for `dir`, if a server used it before.
+fn recorded_database(dir: &Arc<TempDir>) -> Option<String> {
+    let installations = INSTALLATIONS.lock().unwrap_or_else(|p| p.into_inner());
+    installations
+        .iter()
+        .find(|i| i.path == dir.path() && i.dir.upgrade().is_some())
+        .map(|i| i.database_url.clone())
+}
+
+fn record_database(dir: &Arc<TempDir>, database_url: &str, made_here: bool) {
+    let mut installations = INSTALLATIONS.lock().unwrap_or_else(|p| p.into_inner());
+    if !installations
+        .iter()
+        .any(|i| i.path == dir.path() && i.dir.upgrade().is_some())
+    {
+        installations.push(Installation {
+            dir: Arc::downgrade(dir),
+            path: dir.path().to_path_buf(),
+            database_url: database_url.to_owned(),
+            made_here,
+        });
+    }
+}
+
+/// Forgets the installations whose data directory is gone and drops the PostgreSQL databases the
+/// harness made for them, so a run of the suite does not leave one database per test behind.
+/// Best effort: a database that cannot be dropped stays (the test server is thrown away with it).
+async fn drop_abandoned_databases() {
+    let abandoned: Vec<String> = {
+        let mut installations = INSTALLATIONS.lock().unwrap_or_else(|p| p.into_inner());
+        let (gone, kept) = std::mem::take(&mut *installations)
+            .into_iter()
+            .partition::<Vec<_>, _>(|i| i.dir.upgrade().is_none());
+        *installations = kept;
+        gone.into_iter()
+            .filter(|i| i.made_here && Store::of_url(&i.database_url) == Store::Postgres)
+            .map(|i| i.database_url)
+            .collect()
+    };
+    if abandoned.is_empty() {
+        return;
+    }
+    let Ok(admin_url) = std::env::var("TEST_DATABASE_URL") else {
+        return;
+    };
+    use sqlx::Connection;
+    let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await else {
+        return;
+    };
+    for url in abandoned {
+        let Some((_, name)) = url.rsplit_once('/') else {
+            continue;
+        };
+        // A server of a finished test may still be closing its connections: FORCE ends them.
+        let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+        if let Err(err) = dropped {
+            eprintln!("could not drop the test database {name}: {err}");
+        }
+    }
+    let _ = admin.close().await;
+}
 
 /// Builds a [`TestServer`].
 pub struct TestServerBuilder {
     data_dir: Option<Arc<TempDir>>,
     database_url: Option<String>,
+    store: Option<Store>,
     claude_bin: Option<PathBuf>,
     run_env: Vec<(String, String)>,
     misfire_grace: Duration,
@@ -62,14 +221,30 @@ impl TestServerBuilder {
         self
     }
 
-    /// Reuse a data directory (to restart "the same" installation).
+    /// Reuse a data directory (to restart "the same" installation): on PostgreSQL, with the
+    /// database the earlier server used.
     pub fn data_dir(mut self, dir: Arc<TempDir>) -> Self {
         self.data_dir = Some(dir);
         self
     }
 
+    /// Run on this database, whatever the environment says.
     pub fn database_url(mut self, url: impl Into<String>) -> Self {
         self.database_url = Some(url.into());
+        self
+    }
+
+    /// Run on SQLite in the data directory whatever the environment says, for tests of what
+    /// only SQLite has (its file, its WAL).
+    pub fn sqlite(mut self) -> Self {
+        self.store = Some(Store::Sqlite);
+        self
+    }
+
+    /// Run on a fresh PostgreSQL database whatever `AUTOPILOT_TEST_STORE` says (`TEST_DATABASE_URL`
+    /// is needed; see [`TestServerBuilder::try_start`]).
+    pub fn postgres(mut self) -> Self {
+        self.store = Some(Store::Postgres);
         self
     }
 
@@ -106,13 +281,58 @@ impl TestServerBuilder {
         self
     }
 
+    /// Starts the server. Panics when its store is not available: PostgreSQL asked for (by
+    /// `.postgres()` or `AUTOPILOT_TEST_STORE=postgres`) without `TEST_DATABASE_URL`.
     pub async fn start(self) -> TestServer {
+        let postgres_without_server = self.database_url.is_none()
+            && self.store.unwrap_or_else(Store::from_env) == Store::Postgres
+            && std::env::var("TEST_DATABASE_URL").map_or(true, |url| url.is_empty());
+        if postgres_without_server && !components::in_ci() {
+            // In CI `try_start` fails the test the way every missing component does.
+            panic!(
+                "PostgreSQL was asked for ({}) but TEST_DATABASE_URL is not set",
+                if self.store.is_some() {
+                    "by the test"
+                } else {
+                    "AUTOPILOT_TEST_STORE=postgres"
+                }
+            );
+        }
+        self.try_start()
+            .await
+            .expect("the store is available (checked above)")
+    }
+
+    /// Starts the server, or returns `None` (after saying the test is skipped; a failure in CI)
+    /// when its store is PostgreSQL and `TEST_DATABASE_URL` is not set.
+    pub async fn try_start(self) -> Option<TestServer> {
+        drop_abandoned_databases().await;
         let data_dir = self
             .data_dir
             .unwrap_or_else(|| Arc::new(tempfile::tempdir().expect("temp dir")));
+        let made_here = self.database_url.is_none();
+        let database_url = match (self.database_url, recorded_database(&data_dir)) {
+            (Some(url), _) => url,
+            (None, Some(recorded)) => {
+                if let Some(store) = self.store {
+                    assert_eq!(
+                        Store::of_url(&recorded),
+                        store,
+                        "the data directory was used with another store before"
+                    );
+                }
+                recorded
+            }
+            (None, None) => {
+                let store = self.store.unwrap_or_else(Store::from_env);
+                store.new_database(data_dir.path()).await?
+            }
+        };
+        record_database(&data_dir, &database_url, made_here);
         let mut config = Config::load(ConfigArgs {
             data_dir: Some(data_dir.path().to_path_buf()),
-            database_url: self.database_url.clone(),
+            database_url: Some(database_url.clone()),
+            database_max_connections: Some(POSTGRES_CONNECTIONS_PER_SERVER),
             admin_token: Some(ADMIN_TOKEN.to_owned()),
             claude_bin: self.claude_bin.clone(),
             worker_concurrency: Some(self.concurrency),
@@ -150,12 +370,13 @@ impl TestServerBuilder {
         let server = TestServer {
             api: ApiClient::new(base_url),
             data_dir,
-            database_url: self.database_url,
+            store: Store::of_url(&database_url),
+            database_url,
             cancel,
             handle: Some(handle),
         };
         server.wait_ready().await;
-        server
+        Some(server)
     }
 }
 
@@ -163,7 +384,9 @@ impl TestServerBuilder {
 pub struct TestServer {
     pub api: ApiClient,
     pub data_dir: Arc<TempDir>,
-    pub database_url: Option<String>,
+    /// The database it runs on (`sqlite://…` or `postgres://…`).
+    pub database_url: String,
+    store: Store,
     cancel: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -173,6 +396,7 @@ impl TestServer {
         TestServerBuilder {
             data_dir: None,
             database_url: None,
+            store: None,
             claude_bin: None,
             run_env: Vec::new(),
             misfire_grace: Duration::from_secs(60),
@@ -204,6 +428,60 @@ impl TestServer {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("autopilot did not become ready");
+    }
+
+    /// The store it runs on.
+    pub fn store(&self) -> Store {
+        self.store
+    }
+
+    /// Whether `needle` appears anywhere in what the store keeps: the bytes of the SQLite file
+    /// and its WAL, or every row of every PostgreSQL table as text (where a `bytea` shows as
+    /// hex, so the hex form of `needle` is looked for too). For checking that secrets are kept
+    /// only as digests or sealed.
+    pub async fn store_contains(&self, needle: &str) -> bool {
+        match self.store {
+            Store::Sqlite => {
+                let file = self
+                    .database_url
+                    .strip_prefix("sqlite://")
+                    .expect("a sqlite:// URL");
+                let mut bytes = std::fs::read(file).expect("read the SQLite file");
+                // Recent commits may be only in the WAL until a checkpoint copies them.
+                if let Ok(wal) = std::fs::read(format!("{file}-wal")) {
+                    bytes.extend_from_slice(&wal);
+                }
+                bytes
+                    .windows(needle.len())
+                    .any(|window| window == needle.as_bytes())
+            }
+            Store::Postgres => {
+                use sqlx::Connection;
+                let mut db = sqlx::PgConnection::connect(&self.database_url)
+                    .await
+                    .expect("connect to the test database");
+                let tables: Vec<String> = sqlx::query_scalar(
+                    "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'",
+                )
+                .fetch_all(&mut db)
+                .await
+                .expect("list tables");
+                assert!(!tables.is_empty(), "the database has tables");
+                let mut text = String::new();
+                for table in tables {
+                    let rows: Option<String> = sqlx::query_scalar(&format!(
+                        "SELECT string_agg(t::text, E'\\n') FROM \"{table}\" AS t"
+                    ))
+                    .fetch_one(&mut db)
+                    .await
+                    .expect("read a table");
+                    text.push_str(&rows.unwrap_or_default());
+                    text.push('\n');
+                }
+                let _ = db.close().await;
+                text.contains(needle) || text.contains(&hex::encode(needle.as_bytes()))
+            }
+        }
     }
 
     pub fn workspaces(&self) -> PathBuf {

@@ -18,7 +18,7 @@ async fn health_needs_no_token_and_the_api_needs_the_right_one() {
         .await;
     assert_eq!(
         (status, body["store"].as_str()),
-        (StatusCode::OK, Some("sqlite"))
+        (StatusCode::OK, Some(server.store().name()))
     );
 
     let (status, body) = server

@@ -1,7 +1,12 @@
 //! The end-to-end suite: one test binary, real components (SQLite, PostgreSQL, the real Claude
 //! Code CLI against the fake Anthropic API, the `autopilot` binary itself).
+//!
+//! Tests that start a `TestServer` run on PostgreSQL when `TEST_DATABASE_URL` is set and on
+//! SQLite otherwise; `AUTOPILOT_TEST_STORE=sqlite|postgres` picks one (`tests/run.sh` runs the
+//! whole suite on PostgreSQL, then the API, MCP, OAuth and webhook tests again on SQLite).
 
 mod api;
+mod blobs;
 mod bus;
 mod bus_jetstream;
 mod claude;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use autopilot_tests::clients::{assert_tool_ok, tool_text};
 use autopilot_tests::components;
 use autopilot_tests::fake_anthropic::{expected_cost_usd, FakeAnthropic, Reply, Usage};
-use autopilot_tests::harness::{kinds, TestServer, ADMIN_TOKEN};
+use autopilot_tests::harness::{kinds, Store, TestServer, ADMIN_TOKEN};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::process::Command;
@@ -152,7 +152,7 @@ async fn mcp_lists_every_tool_with_annotations_and_needs_the_token() {
     let info = &out["steps"][1];
     assert_tool_ok(info);
     assert_eq!(info["structuredContent"]["mode"], "embedded");
-    assert_eq!(info["structuredContent"]["store"], "sqlite");
+    assert_eq!(info["structuredContent"]["store"], server.store().name());
     assert_eq!(info["structuredContent"]["jobs"], 0);
     server.stop().await.unwrap();
 }
@@ -334,6 +334,11 @@ async fn mcp_over_stdio_lists_and_creates_jobs() {
         return;
     };
     let data_dir = tempfile::tempdir().unwrap();
+    // `autopilot mcp` runs Autopilot in its own process, on the store the suite runs on.
+    let store = Store::from_env();
+    let Some(database_url) = store.new_database(data_dir.path()).await else {
+        return;
+    };
     let out = run_client(
         &python,
         &[
@@ -343,11 +348,13 @@ async fn mcp_over_stdio_lists_and_creates_jobs() {
                 { "tool": "list_jobs" },
                 { "tool": "create_job", "args": { "name": "from desktop", "command": "date" } },
                 { "tool": "list_jobs" },
+                { "tool": "get_server_info" },
             ])
             .to_string(),
         ],
         &[
             ("AUTOPILOT_DATA_DIR", data_dir.path().display().to_string()),
+            ("AUTOPILOT_DATABASE_URL", database_url),
             ("AUTOPILOT_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
         ],
     )
@@ -363,6 +370,8 @@ async fn mcp_over_stdio_lists_and_creates_jobs() {
         steps[2]["structuredContent"]["jobs"][0]["name"],
         "from desktop"
     );
+    assert_tool_ok(&steps[3]);
+    assert_eq!(steps[3]["structuredContent"]["store"], store.name());
 }
 
 #[tokio::test]

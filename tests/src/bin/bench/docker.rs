@@ -43,12 +43,15 @@ pub async fn start_overhead(runs: usize) -> anyhow::Result<Vec<Row>> {
         .context("a Docker Engine with the runtime image is needed")?;
     let fake = FakeAnthropic::start().await?;
     fake.set_default(Reply::text("hello"));
+    // Both on the embedded default (SQLite), so only the executor differs.
     let local = TestServer::builder()
+        .sqlite()
         .claude_bin(&claude)
         .model_api(&fake.base_url())
         .start()
         .await;
     let docker = TestServer::builder()
+        .sqlite()
         .docker()
         .model_api(&fake.base_url())
         .start()

@@ -190,8 +190,10 @@ pub type FireRow = (i64, i64, Option<i64>, String);
 
 /// N per-second shell jobs (`true`) for S seconds on the embedded default.
 async fn cron(jobs: usize, seconds: u64) -> anyhow::Result<Vec<Row>> {
-    // Enough worker slots that no fire waits for one: this measures dispatch, not queueing.
+    // Enough worker slots that no fire waits for one: this measures dispatch, not queueing. On
+    // SQLite whatever TEST_DATABASE_URL says: the embedded default is measured, and its file read.
     let server = TestServer::builder()
+        .sqlite()
         .concurrency(jobs.max(4) + 8)
         .start()
         .await;
@@ -330,7 +332,9 @@ async fn overhead(runs: usize) -> anyhow::Result<Vec<Row>> {
     let claude = components::claude_bin().context("the Claude Code CLI is needed")?;
     let fake = FakeAnthropic::start().await?;
     fake.set_default(Reply::text("hello"));
+    // The embedded default (SQLite), as the published numbers were measured.
     let server = TestServer::builder()
+        .sqlite()
         .claude_bin(&claude)
         .model_api(&fake.base_url())
         .start()

@@ -27,7 +27,7 @@ async fn server(fake: Option<&FakeAnthropic>) -> Option<TestServer> {
     Some(builder.start().await)
 }
 
-/// Containers of `run_id` that still exist.
+/// The host's address on a Docker network, as containers on it see it.
 async fn gateway(docker: &bollard::Docker, network: &str) -> String {
     autopilot_worker::docker::gateway(docker, network)
         .await

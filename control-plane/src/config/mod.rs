@@ -150,11 +150,13 @@ pub fn redact_url(url: &str) -> String {
 impl Config {
     /// Builds the configuration from the layers. Errors name the key and the variable to fix.
     pub fn load(args: ConfigArgs) -> anyhow::Result<Config> {
-        let file = match &args.config {
-            Some(path) => read_file(path)?,
-            None => ConfigArgs::default(),
+        let args = match &args.config {
+            Some(path) => {
+                let file = read_file(path)?;
+                args.over(file)?
+            }
+            None => args,
         };
-        let args = args.over(file)?;
         let bind = args
             .bind
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));

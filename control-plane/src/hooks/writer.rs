@@ -119,11 +119,19 @@ async fn write_batch(app: &Arc<App>, intake: &Intake, batch: Vec<Pending>) {
         }
     };
     let mut created = 0u64;
+    let (mut dispatched, mut waiting) = (Vec::new(), false);
     for ((delivery, reply), outcome) in deliveries.into_iter().zip(replies).zip(outcomes) {
         let answer = match outcome {
             DeliveryOutcome::Created => {
+                let run = delivery.run;
                 created += 1;
-                Submitted::Created(Box::new(delivery.run))
+                tracing::debug!(run.id = %run.id, webhook.id = ?run.webhook_id, "webhook run queued");
+                if run.dispatched_at.is_some() {
+                    dispatched.push(run.clone());
+                } else {
+                    waiting = true;
+                }
+                Submitted::Created(Box::new(run))
             }
             DeliveryOutcome::Duplicate(run_id) => Submitted::Duplicate(run_id),
         };
@@ -131,4 +139,6 @@ async fn write_batch(app: &Arc<App>, intake: &Intake, batch: Vec<Pending>) {
         let _ = reply.send(Ok(answer));
     }
     intake.queued_runs.fetch_add(created, Ordering::Relaxed);
+    // Answered first: the runs go to the workers after.
+    webhooks::send_created(app, dispatched, waiting);
 }

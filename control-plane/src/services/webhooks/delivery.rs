@@ -4,7 +4,7 @@
 //! (`crate::hooks`) adds what belongs to HTTP (caching, rate limits, batched writes); replays
 //! come through here too.
 
-use autopilot_proto::{ClaudeSpec, RunId, RunKind, Trigger};
+use autopilot_proto::{ClaudeSpec, RunId, RunKind, Sandbox, Trigger};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -274,7 +274,9 @@ pub fn build_delivery(
                 retry: run.retry,
                 pool: run.pool.clone(),
                 overlap: OverlapPolicy::Allow,
-                sandbox: Some(run.sandbox),
+                // Kept only when it is not a claude run's default (which an absent sandbox
+                // means): every delivery's run row stays as small as it can be.
+                sandbox: Some(run.sandbox).filter(|sandbox| *sandbox != Sandbox::defaults(true)),
             }
         }
     };

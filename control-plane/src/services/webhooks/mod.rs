@@ -203,32 +203,24 @@ pub fn view(app: &App, webhook: &Webhook) -> WebhookView {
     WebhookView::new(webhook, &app.config.public_url)
 }
 
-/// Stores deliveries in one durable transaction (see `Store::record_deliveries`), then sends the
-/// runs that may start now to the workers and wakes the dispatcher for those that wait.
+/// Stores deliveries in one durable transaction (see `Store::record_deliveries`); returns one
+/// outcome per delivery. The runs created are not sent yet: answer first, then hand them to
+/// [`send_created`].
 pub async fn record_deliveries(
-    app: &Arc<App>,
+    app: &App,
     deliveries: &[NewDelivery],
 ) -> ServiceResult<Vec<DeliveryOutcome>> {
-    let outcomes = app.store.record_deliveries(deliveries, Utc::now()).await?;
-    let mut to_publish = Vec::new();
-    let mut wake_dispatcher = false;
-    for (delivery, outcome) in deliveries.iter().zip(&outcomes) {
-        if *outcome != DeliveryOutcome::Created {
-            continue;
-        }
-        let run = &delivery.run;
-        tracing::debug!(run.id = %run.id, webhook.id = ?run.webhook_id, "webhook run queued");
-        if run.dispatched_at.is_some() {
-            to_publish.push(run.clone());
-        } else {
-            wake_dispatcher = true;
-        }
-    }
-    if wake_dispatcher {
+    Ok(app.store.record_deliveries(deliveries, Utc::now()).await?)
+}
+
+/// Sends the runs [`record_deliveries`] created that may start now (marked dispatched), on a
+/// task of its own so the caller goes on, and wakes the dispatcher when others (`waiting`) wait
+/// for an earlier run of their job.
+pub fn send_created(app: &Arc<App>, dispatched: Vec<Run>, waiting: bool) {
+    if waiting {
         app.dispatcher_wake.notify_one();
     }
-    dispatch::publish_all_dispatched(app, to_publish);
-    Ok(outcomes)
+    dispatch::publish_all_dispatched(app, dispatched);
 }
 
 /// Starts a new run from the payload a webhook run came from, through the webhook's current
@@ -273,7 +265,12 @@ pub async fn replay(app: &Arc<App>, run_id: RunId) -> ServiceResult<Run> {
     // A replay has no delivery id window, so it always creates its run.
     match record_deliveries(app, std::slice::from_ref(&new)).await?[..] {
         [DeliveryOutcome::Duplicate(id)] => runs::get(app, id).await,
-        _ => Ok(new.run),
+        _ => {
+            let waiting = new.run.dispatched_at.is_none();
+            let dispatched = (!waiting).then(|| new.run.clone());
+            send_created(app, dispatched.into_iter().collect(), waiting);
+            Ok(new.run)
+        }
     }
 }
 

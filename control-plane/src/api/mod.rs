@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::app::App;
 use crate::domain::auth::Caller;
-use crate::http::{ApiError, ApiResult};
+use crate::http::{closing, ApiError, ApiResult};
 use crate::services;
 use crate::tokens;
 
@@ -69,13 +69,15 @@ async fn require_admin_token(
     next: Next,
 ) -> Response {
     let Some(token) = tokens::bearer(request.headers()) else {
-        return ApiError::unauthorized(
-            "missing bearer token: send `Authorization: Bearer <admin token>`",
-        )
-        .into_response();
+        return closing(
+            ApiError::unauthorized(
+                "missing bearer token: send `Authorization: Bearer <admin token>`",
+            )
+            .into_response(),
+        );
     };
     if !app.keys.is_admin_token(token) {
-        return ApiError::unauthorized("invalid token").into_response();
+        return closing(ApiError::unauthorized("invalid token").into_response());
     }
     request.extensions_mut().insert(Caller::admin());
     next.run(request).await

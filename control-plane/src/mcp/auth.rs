@@ -13,6 +13,7 @@ use axum::response::Response;
 use crate::app::App;
 use crate::domain::auth::{Caller, Scopes, SCOPE_READ, SCOPE_WRITE};
 use crate::domain::limits::MAX_REQUEST_BODY_BYTES;
+use crate::http::closing;
 use crate::http::oauth::oauth_error;
 use crate::tokens;
 
@@ -90,7 +91,7 @@ fn insufficient_scope(app: &App, scope: &str, description: String) -> Response {
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, value);
     }
-    response
+    closing(response)
 }
 
 /// The name of a state-changing tool the JSON-RPC message (or batch) calls, if any.
@@ -125,5 +126,5 @@ fn unauthorized(app: &App, error: Option<&str>, description: &str) -> Response {
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, value);
     }
-    response
+    closing(response)
 }

@@ -398,3 +398,51 @@ async fn workers_lists_the_live_workers_with_their_pools_capacity_and_runs() {
     assert!(seen, "the worker reported the run it executes");
     server.stop().await.unwrap();
 }
+
+/// A request refused for its credentials before its body was read: the server cannot go on with
+/// that connection (the rest of the body may still be coming), so the answer says
+/// `Connection: close` and the client opens a new one, instead of sending its next request into
+/// a connection that is being closed (which clients see as "server disconnected").
+#[tokio::test]
+async fn a_refused_credential_ends_its_connection_and_says_so() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = TestServer::builder().start().await;
+    let address = server.base_url.trim_start_matches("http://").to_owned();
+    for (path, token) in [
+        ("/mcp", None),
+        ("/mcp", Some("not-a-token")),
+        ("/api/v1/jobs", None),
+        ("/api/v1/jobs", Some("not-a-token")),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let body_bytes = 1_000_000;
+        let authorization = token
+            .map(|token| format!("Authorization: Bearer {token}\r\n"))
+            .unwrap_or_default();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+             Accept: application/json, text/event-stream\r\n{authorization}\
+             Content-Length: {body_bytes}\r\n\r\n"
+        );
+        // The headers and only the start of the body: the rest is "still on its way".
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&[b' '; 1024]).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !answer.windows(4).any(|window| window == b"\r\n\r\n") {
+            let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+                .await
+                .expect("an answer")
+                .unwrap();
+            assert!(read > 0, "{path}: closed without an answer");
+            answer.extend_from_slice(&buffer[..read]);
+        }
+        let head = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 401"), "{path} {token:?}: {head}");
+        assert!(
+            head.contains("\r\nconnection: close\r\n"),
+            "{path} {token:?}: the refusal must say the connection ends: {head}"
+        );
+    }
+}

@@ -93,7 +93,16 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// Ready to take new work: not shutting down (so a load balancer stops sending traffic while
+/// the process drains) and the store answers.
 async fn readyz(State(AppState(app)): State<AppState>) -> Response {
+    if app.shutdown.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "reason": "shutting down" })),
+        )
+            .into_response();
+    }
     match services::health::ready(&app).await {
         Ok(()) => Json(json!({
             "status": "ready",

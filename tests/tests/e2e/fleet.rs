@@ -712,3 +712,41 @@ async fn a_deleted_job_takes_its_saved_workspace_with_it() {
         "the deleted job's saved workspace is gone"
     );
 }
+
+/// A rolling update stops workers with SIGTERM: one that runs nothing exits at once, without
+/// waiting out its grace (5 s here) and without claiming it still has runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_stops_at_once_on_sigterm() {
+    let Some(mut cluster) = Cluster::start(ClusterOptions {
+        control_planes: 1,
+        workers: 1,
+        ..ClusterOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let api = cluster.api(0).clone();
+    let job_id = shell_job(&api, "quick", "true").await;
+    for _ in 0..3 {
+        let run = api.trigger(&job_id).await;
+        let run_id = run["id"].as_str().unwrap().to_owned();
+        let done = api
+            .wait_until_finished(&run_id, Duration::from_secs(30))
+            .await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+    }
+    let asked = Instant::now();
+    let stopped_by_itself = cluster.workers[0].terminate(Duration::from_secs(20)).await;
+    let took = asked.elapsed();
+    let log = cluster.workers[0].log();
+    assert!(stopped_by_itself, "{log}");
+    assert!(
+        took < Duration::from_secs(2),
+        "stopped after {took:?}: {log}"
+    );
+    assert!(
+        !log.contains("waiting for running runs"),
+        "an idle worker said it waits for runs: {log}"
+    );
+}

@@ -571,3 +571,77 @@ async fn a_lost_run_runs_again_when_its_job_asks_for_it() {
     assert_eq!(lost["attempt"], 1);
     assert_eq!(lost["data"]["retry"]["next_attempt"], 2);
 }
+
+/// SIGTERM while a run is going: the process stops taking new work and says so on `/readyz`
+/// (503, so a load balancer sends traffic elsewhere) while it still answers the API and lets the
+/// run finish, then exits by itself.
+#[tokio::test]
+async fn a_process_that_drains_is_not_ready_but_still_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "drain-test-admin-token-0123456789";
+    let Some(mut process) = spawn(
+        dir.path(),
+        &[
+            ("AUTOPILOT_ADMIN_TOKEN", token),
+            ("AUTOPILOT_KILL_GRACE_SECS", "30"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let (status, job) = api(
+        &process,
+        token,
+        reqwest::Method::POST,
+        "/api/v1/jobs",
+        Some(json!({ "name": "slow", "command": "sleep 2" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{job}");
+    let path = format!("/api/v1/jobs/{}/trigger", job["id"].as_str().unwrap());
+    let (status, run) = api(&process, token, reqwest::Method::POST, &path, None).await;
+    assert_eq!(status, 202, "{run}");
+    let run_path = format!("/api/v1/runs/{}", run["id"].as_str().unwrap());
+    for _ in 0..200 {
+        let (_, run) = api(&process, token, reqwest::Method::GET, &run_path, None).await;
+        if run["status"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(process.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ready = reqwest::get(format!("{}/readyz", process.base_url))
+        .await
+        .expect("still answering while it drains");
+    assert_eq!(ready.status().as_u16(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["reason"], "shutting down", "{body}");
+    let (status, during) = api(&process, token, reqwest::Method::GET, &run_path, None).await;
+    assert_eq!(status, 200, "{during}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = process.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running: {}",
+            drain(&process)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit:?}: {}", drain(&process));
+    // The run finished during the drain: the next start finds it succeeded, not lost.
+    drop(process);
+    let Some(again) = spawn(dir.path(), &[("AUTOPILOT_ADMIN_TOKEN", token)]).await else {
+        return;
+    };
+    let (_, after) = api(&again, token, reqwest::Method::GET, &run_path, None).await;
+    assert_eq!(after["status"], "succeeded", "{after}");
+}

@@ -214,7 +214,9 @@ impl Worker {
         }
         // No more pulling: slots kept for a waiting pull request go back.
         drop(deliveries);
-        // Let what runs finish within the grace period, then stop the rest.
+        // Let what runs finish within the grace period, then stop the rest. Attempts that
+        // already ended are still in the set until reaped: they are not waited for.
+        while tasks.try_join_next().is_some() {}
         let grace = self.config.shutdown_grace;
         if !tasks.is_empty() {
             tracing::info!(

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::keys::Keys;
+use crate::metrics::Metrics;
 use crate::seal::Sealer;
 use crate::store::Store;
 
@@ -59,6 +60,8 @@ pub struct App {
     pub sealer: Sealer,
     pub saved_workspaces: Option<Arc<dyn BlobStore>>,
     pub shutdown: CancellationToken,
+    /// What this process counts and measures (`/metrics`).
+    pub metrics: Metrics,
     /// Names this process among the control-plane replicas (notices, the scheduler lease).
     pub replica_id: String,
     /// Told whenever a run gained events or changed state, so live followers can look.
@@ -100,6 +103,7 @@ impl App {
             sealer,
             saved_workspaces,
             shutdown,
+            metrics: Metrics::new(),
             replica_id: format!("cp-{}", uuid::Uuid::now_v7().simple()),
             run_updates,
             scheduler_wake: Notify::new(),

@@ -2,12 +2,12 @@
 //! services, store, scheduler, and the `autopilot` binary.
 //!
 //! Layers, each naming only those before it:
-//! domain and config → store, seal, tokens, keys → app → services → http → edges (api, mcp,
-//! oauth, hooks) and tasks (scheduler, ingest, notices) → serve.
+//! domain and config → store, seal, tokens, keys, metrics → app → services → http → edges (api,
+//! mcp, oauth, hooks) and tasks (scheduler, ingest, notices) → serve.
 //!
 //! - **domain** ([`domain`], [`config`]): types and pure functions, no I/O.
-//! - **store, seal, tokens, keys** ([`store`], [`lease`], [`seal`], [`tokens`], [`keys`]): where
-//!   state lives and how secrets are kept.
+//! - **store, seal, tokens, keys, metrics** ([`store`], [`lease`], [`seal`], [`tokens`],
+//!   [`keys`], [`metrics`]): where state lives, how secrets are kept, what is counted.
 //! - **app** ([`app`]): `App`, the bottom context, built once from everything above.
 //! - **services** ([`services`]): the only code that creates or changes jobs, runs and webhooks.
 //! - **http** ([`http`]): what the HTTP edges share (the JSON error shape, extractors).
@@ -20,9 +20,10 @@
 // Domain and config.
 pub mod config;
 pub mod domain;
-// Store, seal, tokens, keys.
+// Store, seal, tokens, keys, metrics.
 pub mod keys;
 pub mod lease;
+pub mod metrics;
 pub mod seal;
 pub mod store;
 pub mod tokens;

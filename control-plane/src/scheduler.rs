@@ -154,6 +154,7 @@ pub async fn run_scheduler(app: Arc<App>, cancel: CancellationToken) -> anyhow::
             };
             app.is_leader
                 .store(leader, std::sync::atomic::Ordering::Relaxed);
+            app.metrics.scheduler_leader(leader);
             match (was_leader, leader) {
                 (false, true) => {
                     tracing::info!(holder = %holder, lease = lease.backend(), "scheduler lease acquired; this process fires jobs");
@@ -209,6 +210,7 @@ pub async fn run_scheduler(app: Arc<App>, cancel: CancellationToken) -> anyhow::
             _ = cancel.cancelled() => {
                 app.is_leader
                     .store(false, std::sync::atomic::Ordering::Relaxed);
+                app.metrics.scheduler_leader(false);
                 if let Err(err) = lease.release(&holder).await {
                     tracing::warn!(error = %err, "could not give the scheduler lease up; it expires by itself");
                 }

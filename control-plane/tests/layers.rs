@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 const LAYERS: [(&str, &[&str]); 7] = [
     ("domain and config", &["domain", "config"]),
     (
-        "store, seal, tokens, keys",
-        &["store", "lease", "seal", "tokens", "keys"],
+        "store, seal, tokens, keys, metrics",
+        &["store", "lease", "seal", "tokens", "keys", "metrics"],
     ),
     ("the app context", &["app"]),
     ("services", &["services"]),

@@ -59,6 +59,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .nest("/api/v1", api)
         .with_state(state)
 }
@@ -87,6 +88,19 @@ async fn workers(State(AppState(app)): State<AppState>) -> ApiResult<Json<serde_
     Ok(Json(
         json!({ "workers": services::workers::live(&app).await? }),
     ))
+}
+
+/// The process's metrics in the Prometheus text format. Like the health checks it needs no
+/// token: it shows counts by job and webhook name, no secret and no run's content.
+async fn metrics(State(AppState(app)): State<AppState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -47,10 +47,19 @@ async fn deliver(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match deliver_inner(&state, &token, raw_query, &headers, body).await {
-        Ok(response) => response,
-        Err(err) => delivery_error(err),
-    }
+    let mut webhook = String::new();
+    let response =
+        match deliver_inner(&state, &token, raw_query, &headers, body, &mut webhook).await {
+            Ok(response) => response,
+            Err(err) => delivery_error(err),
+        };
+    let outcome = match response.status() {
+        StatusCode::ACCEPTED => "accepted".to_owned(),
+        StatusCode::OK => "duplicate".to_owned(),
+        refused => refused.as_u16().to_string(),
+    };
+    state.app.metrics.webhook_delivery(&webhook, &outcome);
+    response
 }
 
 async fn deliver_inner(
@@ -59,12 +68,14 @@ async fn deliver_inner(
     raw_query: Option<String>,
     headers: &HeaderMap,
     body: Body,
+    webhook_name: &mut String,
 ) -> Result<Response, DeliveryError> {
     let live = state
         .intake
         .webhook(&state.app, token)
         .await?
         .ok_or(DeliveryError::NotFound)?;
+    webhook_name.clone_from(&live.webhook.name);
     let limit = live.max_body_bytes();
     let declared = headers
         .get(header::CONTENT_LENGTH)

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::domain::{OverlapPolicy, Run, ServiceResult};
-use crate::services::runs;
+use crate::services::{metrics, runs};
 
 /// Most queued runs the dispatcher looks at in one go.
 const DISPATCH_BATCH: u32 = 1000;
@@ -73,6 +73,7 @@ pub(crate) async fn publish_dispatched(app: &App, run: Run) -> Run {
         return run;
     };
     tracing::warn!(run.id = %run.id, error = %err, "publishing the run request failed; will retry");
+    app.metrics.publish_error();
     app.publish_failed
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let mut undone = run.clone();
@@ -266,6 +267,7 @@ pub(crate) async fn mark_lost(app: &App, mut run: Run, reason: &str) -> ServiceR
         tracing::warn!(run.id = %run.id, reason, "run lost");
         app.notify_run(run.id);
         app.dispatcher_wake.notify_one();
+        metrics::run_ended(app, &run);
     }
     Ok(())
 }

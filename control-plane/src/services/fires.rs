@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use autopilot_proto::{JobId, RunId, RunStatus};
+use autopilot_proto::{JobId, RunId, RunStatus, Trigger};
 
 use crate::app::App;
 use crate::domain::{FireRecord, ServiceResult};
@@ -36,13 +36,17 @@ pub async fn record(
         .await?
         .into_iter()
         .collect();
+    app.metrics
+        .run_created(Trigger::Schedule, created.len() as u64);
     for run in records.into_iter().flat_map(|record| record.runs) {
         if !created.contains(&run.id) {
             continue; // another leader created this fire's run
         }
-        let lateness_ms = run
-            .scheduled_for
-            .map(|at| (run.created_at - at).num_milliseconds());
+        let lateness = run.scheduled_for.map(|at| run.created_at - at);
+        if let Some(lateness) = lateness.and_then(|late| late.to_std().ok()) {
+            app.metrics.fire_lateness(lateness);
+        }
+        let lateness_ms = lateness.map(|late| late.num_milliseconds());
         tracing::debug!(run.id = %run.id, job.id = ?run.job_id, lateness_ms, "fired");
         if dispatch_now.contains(&run.id) {
             dispatch::publish_dispatched(app, run).await;

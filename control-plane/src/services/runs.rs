@@ -18,7 +18,7 @@ use crate::domain::{
     JobKind, OverlapPolicy, RetryPolicy, Run, RunFilter, RunSettingsInput, RunSnapshot,
     ServiceError, ServiceResult,
 };
-use crate::services::{dispatch, jobs, webhooks};
+use crate::services::{dispatch, jobs, metrics, webhooks};
 
 pub const MAX_PAGE: u32 = 500;
 /// Most events in one page.
@@ -49,6 +49,7 @@ pub async fn submit(app: &App, mut run: Run) -> ServiceResult<Run> {
     }
     let queued = run.control_event(json!({ "step": "queued", "trigger": run.trigger }));
     app.store.insert_run(&run, &[queued]).await?;
+    app.metrics.run_created(run.trigger, 1);
     tracing::info!(run.id = %run.id, job.id = ?run.job_id, trigger = run.trigger.as_str(), "run queued");
     match queued_behind {
         None => Ok(dispatch::publish_dispatched(app, run).await),
@@ -225,6 +226,7 @@ pub async fn kill(app: &App, id: RunId) -> ServiceResult<Run> {
                 {
                     app.notify_run(id);
                     app.dispatcher_wake.notify_one();
+                    metrics::run_ended(app, &run);
                     return Ok(run);
                 }
             }

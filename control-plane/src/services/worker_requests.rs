@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::domain::{OverlapPolicy, Run, ServiceResult};
-use crate::services::dispatch;
 use crate::services::follow::RunWatch;
+use crate::services::{dispatch, metrics};
 
 /// How long a completion waits for the attempt's events to be stored before it records the
 /// final state anyway.
@@ -55,9 +55,10 @@ async fn claim(
     runs: Vec<RunAttempt>,
     worker_id: WorkerId,
 ) -> ServiceResult<WorkerReply> {
+    let now = Utc::now();
     let mut claimed: HashMap<(RunId, u32), Run> = app
         .store
-        .claim_runs(&runs, worker_id.as_str(), Utc::now())
+        .claim_runs(&runs, worker_id.as_str(), now)
         .await?
         .into_iter()
         .map(|run| ((run.id, run.attempt), run))
@@ -75,6 +76,7 @@ async fn claim(
         let reply = if let Some(run) = claimed.remove(&(run_id, attempt)) {
             taken.insert((run_id, attempt));
             app.notify_run(run_id);
+            metrics::claimed(app, &run, now);
             let spec = RunSpec {
                 run_id,
                 attempt,
@@ -195,6 +197,7 @@ async fn finish(
             run.models.push(model.clone());
         }
     }
+    metrics::attempt_usage(app, &run, &outcome.usage, outcome.cost_usd);
     run.exit_code = outcome.exit_code;
     run.num_turns = outcome.num_turns;
     run.result = outcome.result.clone();
@@ -246,6 +249,7 @@ async fn finish(
         return Ok(rejected("run changed while completing"));
     }
     tracing::info!(run.id = %run_id, status = %status, cost_usd = ?run.cost_usd, "run finished");
+    metrics::run_ended(app, &run);
     if run.settings.overlap == OverlapPolicy::Queue {
         // The next run of the job may be waiting for this one.
         app.dispatcher_wake.notify_one();

@@ -18,6 +18,7 @@ mod fleet_docker;
 mod lease;
 mod mcp;
 mod mcp_clients;
+mod metrics;
 mod oauth;
 mod process;
 mod scheduler;

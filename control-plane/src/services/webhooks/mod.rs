@@ -19,7 +19,7 @@ pub use view::{SignatureView, WebhookSecrets, WebhookView};
 
 use std::sync::Arc;
 
-use autopilot_proto::{JobId, RunId, WebhookId};
+use autopilot_proto::{JobId, RunId, Trigger, WebhookId};
 use chrono::Utc;
 
 use crate::app::App;
@@ -210,7 +210,13 @@ pub async fn record_deliveries(
     app: &App,
     deliveries: &[NewDelivery],
 ) -> ServiceResult<Vec<DeliveryOutcome>> {
-    Ok(app.store.record_deliveries(deliveries, Utc::now()).await?)
+    let outcomes = app.store.record_deliveries(deliveries, Utc::now()).await?;
+    let created = outcomes
+        .iter()
+        .filter(|outcome| **outcome == DeliveryOutcome::Created)
+        .count();
+    app.metrics.run_created(Trigger::Webhook, created as u64);
+    Ok(outcomes)
 }
 
 /// Sends the runs [`record_deliveries`] created that may start now (marked dispatched), on a

@@ -1,0 +1,312 @@
+//! What a control plane counts and measures, read out in the Prometheus text format at
+//! `/metrics`. Instruments are made through the OpenTelemetry metrics API on a meter provider of
+//! this process's own (no global), so two Autopilots in one process (the tests) never mix.
+//!
+//! Labels are bounded: a job's or a webhook's name (as many as there are jobs and webhooks), a
+//! trigger, a status, a model, an outcome; never a run id or free text.
+
+use std::time::Duration;
+
+use autopilot_proto::{RunStatus, TokenUsage, Trigger};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, MeterProvider};
+use opentelemetry::KeyValue;
+use opentelemetry_prometheus_text_exporter::PrometheusExporter;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+
+/// Bucket bounds, in seconds, of the latency histograms: milliseconds to a minute.
+const LATENCY_BOUNDS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+];
+/// Bucket bounds, in seconds, of run durations: a second to a day.
+const DURATION_BOUNDS: [f64; 12] = [
+    1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 14_400.0, 86_400.0,
+];
+
+/// The label value of a run without a job (quick runs, webhooks with their own settings).
+pub const NO_JOB: &str = "";
+
+pub struct Metrics {
+    exporter: PrometheusExporter,
+    /// Keeps the instruments' pipeline alive.
+    _provider: SdkMeterProvider,
+    runs_created: Counter<u64>,
+    runs_finished: Counter<u64>,
+    run_duration: Histogram<f64>,
+    fire_lateness: Histogram<f64>,
+    dispatch_latency: Histogram<f64>,
+    tokens: Counter<u64>,
+    cost: Counter<f64>,
+    webhook_deliveries: Counter<u64>,
+    scheduler_leader: Gauge<u64>,
+    publish_errors: Counter<u64>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let exporter = PrometheusExporter::builder()
+            .without_scope_info()
+            .without_target_info()
+            .build();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(exporter.clone())
+            .build();
+        let meter = provider.meter("autopilot");
+        let latency = |name: &'static str, description: &'static str| {
+            meter
+                .f64_histogram(name)
+                .with_unit("s")
+                .with_description(description)
+                .with_boundaries(LATENCY_BOUNDS.to_vec())
+                .build()
+        };
+        Metrics {
+            runs_created: meter
+                .u64_counter("autopilot.runs.created")
+                .with_description("Runs created, by what started them.")
+                .build(),
+            runs_finished: meter
+                .u64_counter("autopilot.runs.finished")
+                .with_description("Runs that reached a final state, by job, trigger and status.")
+                .build(),
+            run_duration: meter
+                .f64_histogram("autopilot.run.duration")
+                .with_unit("s")
+                .with_description("From a run's start to its end, by final status.")
+                .with_boundaries(DURATION_BOUNDS.to_vec())
+                .build(),
+            fire_lateness: latency(
+                "autopilot.fire.lateness",
+                "How late the scheduler fired a job: from the fire's time to the run's creation.",
+            ),
+            dispatch_latency: latency(
+                "autopilot.dispatch.latency",
+                "From the moment a run was due to its claim by a worker.",
+            ),
+            tokens: meter
+                .u64_counter("autopilot.tokens")
+                .with_description("Model tokens of ended runs, by job, model and kind.")
+                .build(),
+            cost: meter
+                .f64_counter("autopilot.cost.usd")
+                .with_description("Cost of ended runs in US dollars, by job and model.")
+                .build(),
+            webhook_deliveries: meter
+                .u64_counter("autopilot.webhook.deliveries")
+                .with_description("Webhook deliveries, by webhook and outcome.")
+                .build(),
+            scheduler_leader: meter
+                .u64_gauge("autopilot.scheduler.leader")
+                .with_description("1 while this control plane holds the scheduler lease.")
+                .build(),
+            publish_errors: meter
+                .u64_counter("autopilot.bus.publish.errors")
+                .with_description("Run requests the bus refused (they are sent again).")
+                .build(),
+            exporter,
+            _provider: provider,
+        }
+    }
+
+    /// Everything, in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut text = Vec::with_capacity(16 * 1024);
+        if let Err(err) = self.exporter.export(&mut text) {
+            tracing::warn!(error = %err, "reading the metrics out failed");
+        }
+        String::from_utf8(text).unwrap_or_default()
+    }
+
+    pub fn run_created(&self, trigger: Trigger, count: u64) {
+        self.runs_created
+            .add(count, &[KeyValue::new("trigger", trigger.as_str())]);
+    }
+
+    /// A run reached its final state.
+    pub fn run_finished(
+        &self,
+        job: &str,
+        trigger: Trigger,
+        status: RunStatus,
+        duration: Option<Duration>,
+    ) {
+        self.runs_finished.add(
+            1,
+            &[
+                KeyValue::new("job", job.to_owned()),
+                KeyValue::new("trigger", trigger.as_str()),
+                KeyValue::new("status", status.as_str()),
+            ],
+        );
+        if let Some(duration) = duration {
+            self.run_duration.record(
+                duration.as_secs_f64(),
+                &[KeyValue::new("status", status.as_str())],
+            );
+        }
+    }
+
+    /// What an attempt used of the model.
+    pub fn usage(&self, job: &str, model: &str, usage: &TokenUsage, cost_usd: Option<f64>) {
+        let labels = |kind: &'static str| {
+            [
+                KeyValue::new("job", job.to_owned()),
+                KeyValue::new("model", model.to_owned()),
+                KeyValue::new("kind", kind),
+            ]
+        };
+        for (kind, count) in [
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cache_read", usage.cache_read_tokens),
+            ("cache_write", usage.cache_write_tokens),
+        ] {
+            if count > 0 {
+                self.tokens.add(count, &labels(kind));
+            }
+        }
+        if let Some(cost) = cost_usd.filter(|cost| *cost > 0.0) {
+            self.cost.add(
+                cost,
+                &[
+                    KeyValue::new("job", job.to_owned()),
+                    KeyValue::new("model", model.to_owned()),
+                ],
+            );
+        }
+    }
+
+    pub fn fire_lateness(&self, lateness: Duration) {
+        self.fire_lateness.record(lateness.as_secs_f64(), &[]);
+    }
+
+    pub fn dispatch_latency(&self, latency: Duration) {
+        self.dispatch_latency.record(latency.as_secs_f64(), &[]);
+    }
+
+    /// A delivery to `webhook` (empty when the URL named none) and what became of it:
+    /// `accepted`, `duplicate`, or the HTTP status of a refusal.
+    pub fn webhook_delivery(&self, webhook: &str, outcome: &str) {
+        self.webhook_deliveries.add(
+            1,
+            &[
+                KeyValue::new("webhook", webhook.to_owned()),
+                KeyValue::new("outcome", outcome.to_owned()),
+            ],
+        );
+    }
+
+    pub fn scheduler_leader(&self, leading: bool) {
+        self.scheduler_leader.record(u64::from(leading), &[]);
+    }
+
+    pub fn publish_error(&self) {
+        self.publish_errors.add(1, &[]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_recorded_is_read_out_with_its_labels() {
+        let metrics = Metrics::new();
+        metrics.run_created(Trigger::Webhook, 3);
+        metrics.run_finished(
+            "digest",
+            Trigger::Schedule,
+            RunStatus::Succeeded,
+            Some(Duration::from_secs(2)),
+        );
+        metrics.usage(
+            "digest",
+            "claude-sonnet-4-5",
+            &TokenUsage {
+                input_tokens: 900,
+                output_tokens: 21,
+                ..Default::default()
+            },
+            Some(0.25),
+        );
+        metrics.webhook_delivery("issues", "429");
+        metrics.scheduler_leader(true);
+        metrics.fire_lateness(Duration::from_millis(2));
+        let text = metrics.render();
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
+        let cases: [Case; 7] = [
+            (
+                "autopilot_runs_created_total",
+                &[("trigger", "webhook")],
+                3.0,
+            ),
+            (
+                "autopilot_runs_finished_total",
+                &[
+                    ("job", "digest"),
+                    ("trigger", "schedule"),
+                    ("status", "succeeded"),
+                ],
+                1.0,
+            ),
+            (
+                "autopilot_tokens_total",
+                &[
+                    ("job", "digest"),
+                    ("model", "claude-sonnet-4-5"),
+                    ("kind", "input"),
+                ],
+                900.0,
+            ),
+            (
+                "autopilot_cost_usd_total",
+                &[("job", "digest"), ("model", "claude-sonnet-4-5")],
+                0.25,
+            ),
+            (
+                "autopilot_webhook_deliveries_total",
+                &[("webhook", "issues"), ("outcome", "429")],
+                1.0,
+            ),
+            ("autopilot_scheduler_leader", &[], 1.0),
+            (
+                "autopilot_fire_lateness_seconds_bucket",
+                &[("le", "0.0025")],
+                1.0,
+            ),
+        ];
+        for (name, labels, value) in cases {
+            assert_eq!(
+                sample(&text, name, labels),
+                Some(value),
+                "{name} {labels:?} in:\n{text}"
+            );
+        }
+    }
+
+    /// The value of the sample of `name` whose labels include `labels`.
+    fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        text.lines().find_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (label_text, value) = match rest.strip_prefix('{') {
+                Some(rest) => rest.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            let all = labels
+                .iter()
+                .all(|(key, val)| label_text.contains(&format!("{key}=\"{val}\"")));
+            all.then(|| value.trim().parse().ok()).flatten()
+        })
+    }
+}

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigArgs};
 use crate::domain::settings::{validate_pool, DEFAULT_POOL};
+use crate::metrics::Metrics;
 
 /// Settings of `autopilot worker`, beside the shared ones (`AUTOPILOT_NATS_URL`, `_NATS_PREFIX`,
 /// `_DATA_DIR` for workspaces, `_CLAUDE_BIN`, `_WORKER_CONCURRENCY`, `_KILL_GRACE_SECS`,
@@ -34,6 +35,10 @@ pub struct WorkerArgs {
     /// back [default: 60].
     #[arg(long, env = "AUTOPILOT_SHUTDOWN_GRACE_SECS", value_name = "SECS")]
     pub shutdown_grace_secs: Option<u64>,
+    /// Address to serve this worker's metrics on (`/metrics`, Prometheus text) and `/healthz`
+    /// [default: none; no listener].
+    #[arg(long, env = "AUTOPILOT_METRICS_BIND", value_name = "ADDR")]
+    pub metrics_bind: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub config: ConfigArgs,
 }
@@ -45,6 +50,8 @@ pub struct WorkerSettings {
     pub worker_id: WorkerId,
     pub pools: Vec<String>,
     pub shutdown_grace: Duration,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_bind: Option<std::net::SocketAddr>,
 }
 
 impl WorkerSettings {
@@ -96,6 +103,7 @@ impl WorkerSettings {
             worker_id,
             pools,
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs.unwrap_or(60)),
+            metrics_bind: args.metrics_bind,
         })
     }
 }
@@ -139,7 +147,66 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
     );
     let worker =
         Worker::new(worker_config, Arc::new(bus), executor).with_workspaces(Arc::new(workspaces));
-    worker.run(shutdown).await?;
+    let metrics_server = match settings.metrics_bind {
+        Some(address) => Some(serve_metrics(address, &worker).await?),
+        None => None,
+    };
+    let ran = worker.run(shutdown).await;
+    if let Some((stop, server)) = metrics_server {
+        stop.cancel();
+        let _ = server.await;
+    }
+    ran?;
     tracing::info!("autopilot worker stopped");
     Ok(())
+}
+
+/// Serves `/metrics` (the worker's slots) and `/healthz` on `address` until the returned token
+/// is cancelled.
+async fn serve_metrics(
+    address: std::net::SocketAddr,
+    worker: &Worker,
+) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
+    use axum::response::IntoResponse;
+
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|err| {
+            anyhow::anyhow!("cannot listen on {address} (AUTOPILOT_METRICS_BIND): {err}")
+        })?;
+    let metrics = Arc::new(Metrics::new());
+    metrics.observe_worker_slots(worker.slots());
+    let router = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = Arc::clone(&metrics);
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        metrics.render(),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .route(
+            "/healthz",
+            axum::routing::get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
+        );
+    tracing::info!(%address, "worker metrics served at /metrics");
+    let stop = CancellationToken::new();
+    let until = stop.clone();
+    let server = tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(until.cancelled_owned())
+            .await;
+        if let Err(err) = served {
+            tracing::warn!(error = %err, "the metrics listener stopped");
+        }
+    });
+    Ok((stop, server))
 }

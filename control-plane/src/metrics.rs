@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use autopilot_proto::{RunStatus, TokenUsage, Trigger};
-use opentelemetry::metrics::{Counter, Gauge, Histogram, MeterProvider};
+use autopilot_worker::Slots;
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider};
 use opentelemetry::KeyValue;
 use opentelemetry_prometheus_text_exporter::PrometheusExporter;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
@@ -29,6 +30,8 @@ pub struct Metrics {
     exporter: PrometheusExporter,
     /// Keeps the instruments' pipeline alive.
     _provider: SdkMeterProvider,
+    /// Makes the instruments that are observed when read out (a worker's slots).
+    meter: Meter,
     runs_created: Counter<u64>,
     runs_finished: Counter<u64>,
     run_duration: Histogram<f64>,
@@ -116,7 +119,20 @@ impl Metrics {
                 .build(),
             exporter,
             _provider: provider,
+            meter: meter.clone(),
         }
+    }
+
+    /// Reads a worker's slots at every read-out: `autopilot_worker_slots{state="total"|"busy"}`.
+    pub fn observe_worker_slots(&self, slots: Slots) {
+        self.meter
+            .u64_observable_gauge("autopilot.worker.slots")
+            .with_description("Runs a worker executes at once (total) and executes now (busy).")
+            .with_callback(move |observer| {
+                observer.observe(slots.total() as u64, &[KeyValue::new("state", "total")]);
+                observer.observe(slots.busy() as u64, &[KeyValue::new("state", "busy")]);
+            })
+            .build();
     }
 
     /// Everything, in the Prometheus text exposition format.

@@ -162,7 +162,9 @@ pub async fn run_with(
     } else {
         let worker_config = embedded_worker_config(&config);
         let executor = crate::executors::build(&config, &worker_config.worker_id).await?;
-        Some(Worker::new(worker_config, Arc::clone(&bus), executor))
+        let worker = Worker::new(worker_config, Arc::clone(&bus), executor);
+        app.metrics.observe_worker_slots(worker.slots());
+        Some(worker)
     };
     let address = listener.local_addr()?;
     tracing::info!(

@@ -16,4 +16,4 @@ pub use command::{CommandEnv, CommandSpec};
 pub use docker::{DockerConfig, DockerExecutor, DockerSetupError};
 pub use executor::{ExecError, Executor, ExitInfo, OutputLine, OutputStream};
 pub use local::LocalExecutor;
-pub use worker::{Worker, WorkerConfig};
+pub use worker::{Slots, Worker, WorkerConfig};

@@ -750,3 +750,53 @@ async fn an_idle_worker_stops_at_once_on_sigterm() {
         "an idle worker said it waits for runs: {log}"
     );
 }
+
+/// A fleet worker serves its slots at `AUTOPILOT_METRICS_BIND`: how many runs it takes at once,
+/// and how many it runs now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_serves_its_slots_as_metrics() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let Some(cluster) = Cluster::start(ClusterOptions {
+        control_planes: 1,
+        workers: 1,
+        worker_concurrency: 3,
+        worker_env: vec![("AUTOPILOT_METRICS_BIND".into(), format!("127.0.0.1:{port}"))],
+        ..ClusterOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let scrape = || async move {
+        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .expect("the worker's metrics listener")
+            .text()
+            .await
+            .unwrap();
+        let slots =
+            |state| crate::metrics::sample(&text, "autopilot_worker_slots", &[("state", state)]);
+        (slots("total"), slots("busy"))
+    };
+    assert_eq!(scrape().await, (Some(3.0), Some(0.0)));
+    let api = cluster.api(0).clone();
+    let job_id = shell_job(&api, "slow", "sleep 3").await;
+    let run = api.trigger(&job_id).await;
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    api.wait_for_run(&run_id, Duration::from_secs(30), |run| {
+        run["status"] == "running"
+    })
+    .await;
+    assert_eq!(scrape().await, (Some(3.0), Some(1.0)));
+    api.wait_until_finished(&run_id, Duration::from_secs(30))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while scrape().await.1 != Some(0.0) {
+        assert!(Instant::now() < deadline, "the slot stayed busy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -12,7 +12,7 @@ const MODEL: &str = "claude-opus-5-5";
 const WAIT: Duration = Duration::from_secs(60);
 
 /// The samples of `name` whose labels include all of `labels`, summed (`None`: no such sample).
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let values: Vec<f64> = text
         .lines()
         .filter_map(|line| {
@@ -169,6 +169,12 @@ async fn a_workload_is_counted_by_job_trigger_status_model_and_outcome() {
         );
     }
     assert_eq!(value("autopilot_scheduler_leader", &[]), Some(1.0));
+    // The embedded worker's slots: the default concurrency, and no more busy than that.
+    assert_eq!(
+        value("autopilot_worker_slots", &[("state", "total")]),
+        Some(4.0)
+    );
+    assert!(value("autopilot_worker_slots", &[("state", "busy")]) <= Some(4.0));
     assert!(value("autopilot_fire_lateness_seconds_count", &[]) >= Some(1.0));
     assert!(value("autopilot_dispatch_latency_seconds_count", &[]) >= Some(4.0));
     assert!(

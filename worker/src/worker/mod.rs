@@ -56,6 +56,24 @@ pub struct WorkerConfig {
 /// The runs this worker executes now, each with the stopper of its attempt.
 type ActiveRuns = Arc<Mutex<HashMap<RunId, Stopper>>>;
 
+/// How many runs a worker executes at once, and how many it executes now.
+#[derive(Clone)]
+pub struct Slots {
+    total: usize,
+    active: ActiveRuns,
+}
+
+impl Slots {
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Runs executing now (claimed and not yet reported ended).
+    pub fn busy(&self) -> usize {
+        self.active.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
 /// Most runs in one claim or completion request.
 const MAX_RUNS_PER_REQUEST: usize = 64;
 /// Most bytes of events in one completion request, well under a bus message's size limit.
@@ -146,6 +164,14 @@ impl Worker {
     pub fn with_workspaces(mut self, workspaces: Arc<dyn Workspaces>) -> Self {
         self.workspaces = workspaces;
         self
+    }
+
+    /// A view of how many of this worker's slots are taken, readable while it runs (metrics).
+    pub fn slots(&self) -> Slots {
+        Slots {
+            total: self.config.concurrency,
+            active: Arc::clone(&self.active),
+        }
     }
 
     /// Serves run requests until `cancel` fires; then stops the runs still going and waits for

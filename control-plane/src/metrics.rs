@@ -5,14 +5,19 @@
 //! Labels are bounded: a job's or a webhook's name (as many as there are jobs and webhooks), a
 //! trigger, a status, a model, an outcome; never a run id or free text.
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use autopilot_proto::{RunStatus, TokenUsage, Trigger};
 use autopilot_worker::Slots;
+use chrono::{DateTime, Utc};
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider};
 use opentelemetry::KeyValue;
 use opentelemetry_prometheus_text_exporter::PrometheusExporter;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
+
+use crate::domain::PoolQueue;
 
 /// Bucket bounds, in seconds, of the latency histograms: milliseconds to a minute.
 const LATENCY_BOUNDS: [f64; 14] = [
@@ -42,6 +47,10 @@ pub struct Metrics {
     webhook_deliveries: Counter<u64>,
     scheduler_leader: Gauge<u64>,
     publish_errors: Counter<u64>,
+    queued_runs: Gauge<u64>,
+    oldest_queued_age: Gauge<f64>,
+    /// Pools seen queued at an earlier read-out: an emptied one reads 0, not its last depth.
+    queued_pools: Mutex<BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -117,6 +126,16 @@ impl Metrics {
                 .u64_counter("autopilot.bus.publish.errors")
                 .with_description("Run requests the bus refused (they are sent again).")
                 .build(),
+            queued_runs: meter
+                .u64_gauge("autopilot.queue.runs")
+                .with_description("Runs waiting in the queue, by worker pool.")
+                .build(),
+            oldest_queued_age: meter
+                .f64_gauge("autopilot.queue.oldest.age")
+                .with_unit("s")
+                .with_description("Age of the oldest run waiting in the queue, by worker pool.")
+                .build(),
+            queued_pools: Mutex::new(BTreeSet::new()),
             exporter,
             _provider: provider,
             meter: meter.clone(),
@@ -229,6 +248,28 @@ impl Metrics {
 
     pub fn publish_error(&self) {
         self.publish_errors.add(1, &[]);
+    }
+
+    /// The queue as just read: depth and oldest age by pool (pools no longer queued read 0).
+    pub fn queue(&self, pools: &[PoolQueue], now: DateTime<Utc>) {
+        let mut known = self
+            .queued_pools
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for pool in known.iter() {
+            if !pools.iter().any(|queue| queue.pool == *pool) {
+                let label = [KeyValue::new("pool", pool.clone())];
+                self.queued_runs.record(0, &label);
+                self.oldest_queued_age.record(0.0, &label);
+            }
+        }
+        for queue in pools {
+            let label = [KeyValue::new("pool", queue.pool.clone())];
+            self.queued_runs.record(queue.queued, &label);
+            let age = (now - queue.oldest_created_at).to_std().unwrap_or_default();
+            self.oldest_queued_age.record(age.as_secs_f64(), &label);
+            known.insert(queue.pool.clone());
+        }
     }
 }
 

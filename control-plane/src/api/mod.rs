@@ -98,7 +98,7 @@ async fn metrics(State(AppState(app)): State<AppState>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        app.metrics.render(),
+        services::health::metrics(&app).await,
     )
         .into_response()
 }

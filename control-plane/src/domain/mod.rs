@@ -18,7 +18,7 @@ pub mod webhook;
 
 pub use error::{ServiceError, ServiceResult};
 pub use job::{Job, JobKind, MisfirePolicy, OverlapPolicy, Schedule};
-pub use run::{FireRecord, Run, RunFilter, RunSnapshot};
+pub use run::{FireRecord, PoolQueue, Run, RunFilter, RunSnapshot};
 pub use settings::{
     RetryInput, RetryPolicy, RunSettings, RunSettingsInput, RunSettingsPatch, SandboxInput,
 };

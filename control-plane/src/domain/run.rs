@@ -134,6 +134,15 @@ impl Run {
     }
 }
 
+/// The queued runs of one worker pool.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolQueue {
+    pub pool: String,
+    pub queued: u64,
+    /// When the oldest of them was created.
+    pub oldest_created_at: DateTime<Utc>,
+}
+
 /// Which runs to list, newest first.
 #[derive(Clone, Debug, Default)]
 pub struct RunFilter {

@@ -12,6 +12,16 @@ pub async fn ready(app: &App) -> ServiceResult<()> {
     Ok(())
 }
 
+/// Reads what the metrics show at each read-out (the queue by pool) and returns them as text.
+/// A store that does not answer leaves the last values in place.
+pub async fn metrics(app: &App) -> String {
+    match app.store.queue_by_pool().await {
+        Ok(pools) => app.metrics.queue(&pools, chrono::Utc::now()),
+        Err(err) => tracing::warn!(error = %err, "reading the queue for the metrics failed"),
+    }
+    app.metrics.render()
+}
+
 /// How many jobs there are, and runs queued, running or being cancelled (at most 500 counted).
 pub async fn counts(app: &App) -> ServiceResult<(usize, usize)> {
     let jobs = app.store.list_jobs().await?.len();

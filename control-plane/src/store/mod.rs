@@ -27,7 +27,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::oauth::{AuthCode, OAuthClient, RefreshToken, RefreshUse};
 use crate::domain::webhook::{DeliveryOutcome, NewDelivery, StoredPayload, Webhook};
-use crate::domain::{FireRecord, Job, Run, RunFilter, ServiceError};
+use crate::domain::{FireRecord, Job, PoolQueue, Run, RunFilter, ServiceError};
 
 pub use sql::SqlStore;
 
@@ -151,6 +151,8 @@ pub trait RunStore: Send + Sync {
         statuses: &[RunStatus],
         job_id: Option<JobId>,
     ) -> StoreResult<Vec<Run>>;
+    /// Queued runs by worker pool: how many, and the oldest's creation time.
+    async fn queue_by_pool(&self) -> StoreResult<Vec<PoolQueue>>;
     async fn count_queued_runs(&self) -> StoreResult<u64>;
 }
 

@@ -189,3 +189,64 @@ async fn a_workload_is_counted_by_job_trigger_status_model_and_outcome() {
         "a run id in the labels: {text}"
     );
 }
+
+/// The queue by worker pool, read at each scrape: depth and the oldest run's age; a pool that
+/// empties reads 0 rather than its last depth.
+#[tokio::test]
+async fn the_queue_is_shown_by_pool_and_an_emptied_pool_reads_zero() {
+    let server = TestServer::builder().start().await;
+    let job = server
+        .create_job(json!({ "name": "stuck", "command": "true", "pool": "nowhere", "overlap_policy": "allow" }))
+        .await;
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let run = server.trigger(job["id"].as_str().unwrap()).await;
+        runs.push(run["id"].as_str().unwrap().to_owned());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let scrape = || async {
+        reqwest::get(format!("{}/metrics", server.base_url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let text = scrape().await;
+    assert_eq!(
+        sample(&text, "autopilot_queue_runs", &[("pool", "nowhere")]),
+        Some(2.0),
+        "{text}"
+    );
+    let age = sample(
+        &text,
+        "autopilot_queue_oldest_age_seconds",
+        &[("pool", "nowhere")],
+    )
+    .expect("the oldest age");
+    assert!((0.2..60.0).contains(&age), "{age}");
+    for run in &runs {
+        let (status, body) = server
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/v1/runs/{run}/kill"),
+                None,
+            )
+            .await;
+        assert!(status.is_success(), "{body}");
+    }
+    let text = scrape().await;
+    assert_eq!(
+        sample(&text, "autopilot_queue_runs", &[("pool", "nowhere")]),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "autopilot_runs_finished_total",
+            &[("job", "stuck"), ("status", "cancelled")]
+        ),
+        Some(2.0)
+    );
+}

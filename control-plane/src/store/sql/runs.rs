@@ -9,8 +9,8 @@ use super::events::{
     append_events_in, bind_events_from, insert_events_sql, EVENT_COLUMNS, EVENT_REDELIVERED,
 };
 use super::{classify, placeholders, rows_into, Placeholders, Pools, SqlStore};
-use crate::domain::{FireRecord, Run, RunFilter};
-use crate::store::rows::{clamp_i64, to_json, to_ms, RunRow};
+use crate::domain::{FireRecord, PoolQueue, Run, RunFilter};
+use crate::store::rows::{clamp_i64, from_ms, to_json, to_ms, RunRow};
 use crate::store::{RunStore, StoreError, StoreResult};
 
 // Named only by the code `append_events_in!` expands to: a `macro_rules!` body finds its names
@@ -429,6 +429,39 @@ impl RunStore for SqlStore {
         })
         .map_err(classify)?;
         rows_into(rows)
+    }
+
+    async fn queue_by_pool(&self) -> StoreResult<Vec<PoolQueue>> {
+        // The pool is in each run's settings snapshot (JSON text); queued runs are few enough,
+        // and found through the status index, to read it there.
+        let rows: Vec<(Option<String>, i64, i64)> = match &self.pools {
+            Pools::Sqlite { read, .. } => {
+                sqlx::query_as(
+                    "SELECT json_extract(settings, '$.pool'), COUNT(*), MIN(created_at_ms) \
+                     FROM runs WHERE status = 'queued' GROUP BY 1",
+                )
+                .fetch_all(read)
+                .await
+            }
+            Pools::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT settings::jsonb ->> 'pool', COUNT(*), MIN(created_at_ms) \
+                     FROM runs WHERE status = 'queued' GROUP BY 1",
+                )
+                .fetch_all(pool)
+                .await
+            }
+        }
+        .map_err(classify)?;
+        rows.into_iter()
+            .map(|(pool, queued, oldest)| {
+                Ok(PoolQueue {
+                    pool: pool.unwrap_or_default(),
+                    queued: u64::try_from(queued).unwrap_or(0),
+                    oldest_created_at: from_ms(oldest)?,
+                })
+            })
+            .collect()
     }
 
     async fn count_queued_runs(&self) -> StoreResult<u64> {

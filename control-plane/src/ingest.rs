@@ -43,6 +43,7 @@ pub async fn run_ingester(app: Arc<App>, cancel: CancellationToken) -> anyhow::R
             }
             Err(err) => {
                 tracing::warn!(error = %err, events = events.len(), "storing events failed; they will be redelivered");
+                app.metrics.error("event_ingester");
                 for delivery in &deliveries {
                     let _ = delivery.acker.nak(Duration::from_millis(500)).await;
                 }

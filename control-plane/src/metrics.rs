@@ -47,6 +47,7 @@ pub struct Metrics {
     webhook_deliveries: Counter<u64>,
     scheduler_leader: Gauge<u64>,
     publish_errors: Counter<u64>,
+    errors: Counter<u64>,
     queued_runs: Gauge<u64>,
     oldest_queued_age: Gauge<f64>,
     /// Pools seen queued at an earlier read-out: an emptied one reads 0, not its last depth.
@@ -125,6 +126,12 @@ impl Metrics {
             publish_errors: meter
                 .u64_counter("autopilot.bus.publish.errors")
                 .with_description("Run requests the bus refused (they are sent again).")
+                .build(),
+            errors: meter
+                .u64_counter("autopilot.errors")
+                .with_description(
+                    "Failures of the store or the bus that a background task met and retries, by task.",
+                )
                 .build(),
             queued_runs: meter
                 .u64_gauge("autopilot.queue.runs")
@@ -248,6 +255,12 @@ impl Metrics {
 
     pub fn publish_error(&self) {
         self.publish_errors.add(1, &[]);
+    }
+
+    /// A background task met a failure of the store or the bus (and will try again). `task` is
+    /// one of a fixed few names.
+    pub fn error(&self, task: &'static str) {
+        self.errors.add(1, &[KeyValue::new("task", task)]);
     }
 
     /// The queue as just read: depth and oldest age by pool (pools no longer queued read 0).

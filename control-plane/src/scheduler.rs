@@ -149,6 +149,7 @@ pub async fn run_scheduler(app: Arc<App>, cancel: CancellationToken) -> anyhow::
                 Ok(token) => token.is_some(),
                 Err(err) => {
                     tracing::warn!(error = %err, "scheduler lease renewal failed");
+                    app.metrics.error("scheduler");
                     false
                 }
             };
@@ -182,7 +183,10 @@ pub async fn run_scheduler(app: Arc<App>, cancel: CancellationToken) -> anyhow::
                     planned = jobs.into_iter().filter_map(Planned::new).collect();
                     reload = false;
                 }
-                Err(err) => tracing::warn!(error = %err, "loading jobs failed; retrying"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "loading jobs failed; retrying");
+                    app.metrics.error("scheduler");
+                }
             }
         }
         let now = Utc::now();
@@ -193,6 +197,7 @@ pub async fn run_scheduler(app: Arc<App>, cancel: CancellationToken) -> anyhow::
             if let Err(err) = fire_due(&app, &mut planned, now).await {
                 // Never disable a schedule for a transient error: try again shortly.
                 tracing::warn!(error = %err, "firing due jobs failed; retrying");
+                app.metrics.error("scheduler");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 reload = true;
             }

@@ -110,6 +110,7 @@ async fn write_batch(app: &Arc<App>, intake: &Intake, batch: Vec<Pending>) {
         Ok(outcomes) => outcomes,
         Err(err) => {
             tracing::warn!(error = %err, deliveries = deliveries.len(), "storing webhook deliveries failed; they were refused");
+            app.metrics.error("webhook_writer");
             for reply in replies {
                 let _ = reply.send(Err(ServiceError::Unavailable(format!(
                     "could not store the delivery ({err}); nothing was started, send it again"

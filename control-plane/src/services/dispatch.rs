@@ -283,6 +283,7 @@ pub async fn run_dispatcher(app: Arc<App>, cancel: CancellationToken) -> anyhow:
             Ok(next_due) => next_due,
             Err(err) => {
                 tracing::warn!(error = %err, "dispatching queued runs failed; retrying");
+                app.metrics.error("dispatcher");
                 Some(Utc::now() + chrono::Duration::seconds(1))
             }
         };
@@ -321,10 +322,12 @@ pub async fn run_reaper(app: Arc<App>, cancel: CancellationToken) -> anyhow::Res
         }
         if let Err(err) = reap_lost_runs(&app).await {
             tracing::warn!(error = %err, "reaping lost runs failed");
+            app.metrics.error("reaper");
         }
         if app.config.nats_url.is_some() {
             if let Err(err) = republish_stale_dispatches(&app).await {
                 tracing::warn!(error = %err, "republishing stale run requests failed");
+                app.metrics.error("reaper");
             }
         }
         if let Err(err) = app.store.purge_expired_deliveries(Utc::now()).await {

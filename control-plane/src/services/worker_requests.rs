@@ -326,7 +326,10 @@ pub async fn serve_worker_requests(app: Arc<App>, cancel: CancellationToken) -> 
                 Ok(reply) => drop(incoming.reply.send(reply)),
                 // Dropping the reply tells the worker to try again later: a store hiccup must
                 // not turn into a refused claim or completion.
-                Err(err) => tracing::error!(error = %err, "worker request failed"),
+                Err(err) => {
+                    tracing::error!(error = %err, "worker request failed");
+                    app.metrics.error("worker_requests");
+                }
             }
         });
     }

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider};
 use opentelemetry::KeyValue;
 use opentelemetry_prometheus_text_exporter::PrometheusExporter;
-use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::metrics::{Instrument, SdkMeterProvider, Stream};
 
 use crate::domain::PoolQueue;
 
@@ -26,6 +26,18 @@ const LATENCY_BOUNDS: [f64; 14] = [
 /// Bucket bounds, in seconds, of run durations: a second to a day.
 const DURATION_BOUNDS: [f64; 12] = [
     1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 14_400.0, 86_400.0,
+];
+
+/// Series an instrument labelled by job or webhook name keeps apart; past it, new ones are
+/// added up in one series marked `otel_metric_overflow="true"`. The SDK's default (2,000) is
+/// below what an installation with thousands of jobs needs.
+const NAMED_SERIES_LIMIT: usize = 50_000;
+/// The instruments labelled by job or webhook name.
+const NAMED_INSTRUMENTS: [&str; 4] = [
+    "autopilot.runs.finished",
+    "autopilot.tokens",
+    "autopilot.cost.usd",
+    "autopilot.webhook.deliveries",
 ];
 
 /// The label value of a run without a job (quick runs, webhooks with their own settings).
@@ -74,6 +86,17 @@ impl Metrics {
             .build();
         let provider = SdkMeterProvider::builder()
             .with_reader(exporter.clone())
+            .with_view(|instrument: &Instrument| {
+                NAMED_INSTRUMENTS
+                    .contains(&instrument.name())
+                    .then(|| {
+                        Stream::builder()
+                            .with_cardinality_limit(NAMED_SERIES_LIMIT)
+                            .build()
+                            .ok()
+                    })
+                    .flatten()
+            })
             .build();
         let meter = provider.meter("autopilot");
         let latency = |name: &'static str, description: &'static str| {
@@ -363,6 +386,27 @@ mod tests {
                 "{name} {labels:?} in:\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn thousands_of_jobs_keep_a_series_each() {
+        let metrics = Metrics::new();
+        for job in 0..2_500 {
+            metrics.run_finished(
+                &format!("job-{job}"),
+                Trigger::Manual,
+                RunStatus::Succeeded,
+                None,
+            );
+        }
+        let text = metrics.render();
+        assert!(!text.contains("overflow"), "series were folded together");
+        assert_eq!(
+            text.lines()
+                .filter(|line| line.starts_with("autopilot_runs_finished_total{"))
+                .count(),
+            2_500
+        );
     }
 
     /// The value of the sample of `name` whose labels include `labels`.

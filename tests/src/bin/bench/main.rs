@@ -8,6 +8,7 @@
 //! - `webhooks`: accepted deliveries per second on the embedded default (wrk on loopback), and
 //!   latency at a fixed 1,000 deliveries per second (see `webhooks.rs`).
 //!
+//! - `metrics-scrape`: a `/metrics` scrape with many jobs and webhooks (see `scrape.rs`);
 //! - `docker-start`: run start overhead of the Docker executor against the local one, due time
 //!   to the CLI's first output line (see `docker.rs`);
 //! - `fleet`: pipeline throughput, dispatch latency, leader failover and worker memory on a
@@ -29,6 +30,7 @@ use sqlx::Connection;
 
 mod docker;
 mod fleet;
+mod scrape;
 mod webhooks;
 
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -479,6 +481,9 @@ async fn main() -> anyhow::Result<()> {
     if matches!(which, "webhooks" | "all") {
         rows.extend(webhooks::webhooks(number(1, 10), number(2, 10)).await?);
     }
+    if matches!(which, "metrics-scrape" | "all") {
+        rows.extend(scrape::scrape(number(1, 10_000) as usize, number(2, 100) as usize).await?);
+    }
     if matches!(which, "docker-start" | "all") {
         rows.extend(docker::start_overhead(number(1, 30) as usize).await?);
     }
@@ -497,7 +502,7 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(
         !rows.is_empty(),
         "usage: bench [cron [JOBS SECONDS] | dispatch [SECONDS] | overhead [RUNS] | memory | \
-         webhooks [LOAD_SECONDS FIXED_RATE_SECONDS] | docker-start [RUNS] | fleet-pipeline [RATE SECONDS] | \
+         webhooks [LOAD_SECONDS FIXED_RATE_SECONDS] | metrics-scrape [JOBS WEBHOOKS] | docker-start [RUNS] | fleet-pipeline [RATE SECONDS] | \
          fleet-dispatch [JOBS SECONDS] | fleet-failover [KILLS] | fleet-memory | fleet | all]"
     );
     print_table(&rows);

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Builds Autopilot's container images from local material only (no image registry needed).
 #
-#   docker/build-images.sh [runtime|control-plane|worker|all] [--force] [--cargo] [--no-verify]
+#   docker/build-images.sh [runtime|control-plane|worker|postgres|nats|all] [--force] [--cargo] [--no-verify]
 #
 #   runtime        autopilot-runtime:latest        (default) the image runs execute in
 #   control-plane  autopilot-control-plane:latest  autopilot serve
 #   worker         autopilot-worker:latest         autopilot worker
-#   all            the three
+#   postgres       autopilot-postgres:latest       PostgreSQL 15 from Debian (docker/compose.yaml)
+#   nats           autopilot-nats:latest           nats-server with JetStream (docker/compose.yaml)
+#   all            the five
 #
 #   --force      rebuild even when an image's inputs did not change (also re-bootstraps the base
 #                root filesystem, picking up Debian updates)
 #   --cargo      run `cargo build --release --bin autopilot` even when the binary exists
-#                (default: only when it is missing)
+#                (default: only when it is missing; never with AUTOPILOT_IMAGE_BIN)
 #   --no-verify  skip the smoke test run after each build
 #
 # Every image is FROM autopilot-base:<hash>, a Debian bookworm minbase root filesystem made with
@@ -25,6 +27,10 @@
 #   AUTOPILOT_TEST_CLAUDE_BIN      Claude Code CLI binary to put in the runtime image [the cached
 #                                  claude-agent-sdk venv's, else downloaded from PyPI]
 #   CARGO_TARGET_DIR               where the release binary is [/var/cache/autopilot/target]
+#   AUTOPILOT_IMAGE_BIN            an `autopilot` binary to put in the control-plane and worker
+#                                  images instead of the release one, e.g. a debug build (its
+#                                  debug info is stripped from the copy)
+#   AUTOPILOT_IMAGE_TAG            tag of the control-plane and worker images [latest]
 #   AUTOPILOT_DEBIAN_MIRROR        Debian mirror for mmdebstrap [mmdebstrap's default]
 #   AUTOPILOT_CONTROL_PLANE_FROM   base | runtime  [base]
 #   AUTOPILOT_WORKER_FROM          base | runtime  [runtime]
@@ -47,8 +53,11 @@ RUN_UID=10001
 
 BASE_REPO=autopilot-base
 RUNTIME_IMAGE=autopilot-runtime:latest
-CONTROL_PLANE_IMAGE=autopilot-control-plane:latest
-WORKER_IMAGE=autopilot-worker:latest
+IMAGE_TAG=${AUTOPILOT_IMAGE_TAG:-latest}
+CONTROL_PLANE_IMAGE=autopilot-control-plane:$IMAGE_TAG
+WORKER_IMAGE=autopilot-worker:$IMAGE_TAG
+POSTGRES_IMAGE=autopilot-postgres:latest
+NATS_IMAGE=autopilot-nats:latest
 
 CACHE_DIR=${AUTOPILOT_CACHE_DIR:-/var/cache/autopilot}
 IMG_CACHE=$CACHE_DIR/images
@@ -69,7 +78,7 @@ CARGO_ALWAYS=0
 VERIFY=1
 for arg in "$@"; do
     case $arg in
-        runtime | control-plane | worker | all)
+        runtime | control-plane | worker | postgres | nats | all)
             [[ -z $TARGET ]] || die "only one target, got \`$TARGET\` and \`$arg\`"
             TARGET=$arg
             ;;
@@ -87,6 +96,7 @@ TARGET=${TARGET:-runtime}
 for v in CONTROL_PLANE_FROM WORKER_FROM; do
     [[ ${!v} == base || ${!v} == runtime ]] || die "AUTOPILOT_${v} must be \`base\` or \`runtime\`, got \`${!v}\`"
 done
+[[ $IMAGE_TAG =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || die "AUTOPILOT_IMAGE_TAG is not a valid image tag: \`$IMAGE_TAG\`"
 
 # shellcheck source=docker/lib.sh
 source "$SCRIPT_DIR/lib.sh"
@@ -388,6 +398,10 @@ build_runtime() {
 AUTOPILOT_BIN=
 autopilot_bin() {
     [[ -n $AUTOPILOT_BIN ]] && return
+    if [[ -n ${AUTOPILOT_IMAGE_BIN:-} ]]; then
+        AUTOPILOT_BIN=$(stripped_copy "$AUTOPILOT_IMAGE_BIN")
+        return
+    fi
     AUTOPILOT_BIN=$CARGO_TARGET_DIR/release/autopilot
     if [[ $CARGO_ALWAYS -eq 1 || ! -x $AUTOPILOT_BIN ]]; then
         command -v cargo >/dev/null 2>&1 || die "$AUTOPILOT_BIN is missing and cargo is not installed"
@@ -396,6 +410,30 @@ autopilot_bin() {
             || die "cargo build --release --bin autopilot failed"
         [[ -x $AUTOPILOT_BIN ]] || die "cargo build succeeded but $AUTOPILOT_BIN is missing"
     fi
+}
+
+# A copy of binary $1 without its debug info (a debug build shrinks from ~350 MB to ~85 MB),
+# made once per (inode, size, mtime) of the original and kept in the cache.
+stripped_copy() {
+    local src=$1 key dir copy
+    [[ -x $src ]] || die "AUTOPILOT_IMAGE_BIN=$src is not an executable file"
+    src=$(readlink -f "$src")
+    key=$(printf '%s %s\n' "$src" "$(stat -c '%d:%i:%s:%.9Y' "$src")" | sha | cut -c1-16)
+    dir=$IMG_CACHE/bin
+    copy=$dir/autopilot-$key
+    if [[ ! -x $copy ]]; then
+        mkdir -p "$dir"
+        if command -v strip >/dev/null 2>&1; then
+            strip --strip-debug -o "$copy.tmp" "$src" || die "strip --strip-debug $src failed"
+        else
+            cp "$src" "$copy.tmp"
+        fi
+        chmod 0755 "$copy.tmp"
+        mv "$copy.tmp" "$copy"
+        # Copies of older builds are of no more use.
+        find "$dir" -maxdepth 1 -name 'autopilot-*' ! -name "autopilot-$key" -delete
+    fi
+    printf '%s\n' "$copy"
 }
 
 # build_binary_image IMAGE DOCKERFILE FROM(base|runtime)
@@ -434,14 +472,24 @@ build_binary_image() {
         'autopilot --version && id && if command -v claude >/dev/null; then claude --version; fi'
 }
 
+# ---------------------------------------------------------------------------------------------
+# The fleet's PostgreSQL and NATS (docker/compose.yaml).
+
+# shellcheck source=docker/service-images.sh
+source "$SCRIPT_DIR/service-images.sh"
+
 case $TARGET in
     runtime) build_runtime ;;
     control-plane) build_binary_image "$CONTROL_PLANE_IMAGE" "$SCRIPT_DIR/control-plane.Dockerfile" "$CONTROL_PLANE_FROM" ;;
     worker) build_binary_image "$WORKER_IMAGE" "$SCRIPT_DIR/worker.Dockerfile" "$WORKER_FROM" ;;
+    postgres) build_postgres ;;
+    nats) build_nats ;;
     all)
         build_runtime
         build_binary_image "$CONTROL_PLANE_IMAGE" "$SCRIPT_DIR/control-plane.Dockerfile" "$CONTROL_PLANE_FROM"
         build_binary_image "$WORKER_IMAGE" "$SCRIPT_DIR/worker.Dockerfile" "$WORKER_FROM"
+        build_postgres
+        build_nats
         ;;
 esac
 

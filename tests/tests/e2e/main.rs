@@ -10,6 +10,7 @@ mod blobs;
 mod bus;
 mod bus_jetstream;
 mod claude;
+mod compose;
 mod conformance;
 mod docker;
 mod executor;

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # The two services a fleet needs beside Autopilot, as images on the same base (sourced by
 # build-images.sh, which defines build_base, docker_build, verify, up_to_date and the variables
 # used here):
@@ -9,7 +10,7 @@
 # nats-server binary another, so a host holding the Autopilot images pays only for those.
 
 POSTGRES_MAJOR=15
-POSTGRES_PACKAGES=(postgresql-$POSTGRES_MAJOR)
+POSTGRES_PACKAGES=("postgresql-$POSTGRES_MAJOR")
 # Fixed so volumes made by one build stay usable by the next (a system uid: the package's
 # maintainer script accepts an existing system user `postgres`).
 POSTGRES_UID=999
@@ -119,7 +120,7 @@ build_postgres() {
     stage_file "$entrypoint" "$ctx/postgres-entrypoint.sh" 755
     version=$(docker run --rm --network none --entrypoint \
         "/usr/lib/postgresql/$POSTGRES_MAJOR/bin/postgres" "$POSTGRES_PACKAGES_IMAGE" --version \
-        | awk '{print $NF; exit}') || true
+        | awk '{print $3; exit}') || true
     docker_build "$POSTGRES_IMAGE" "$dockerfile" "$ctx" "$POSTGRES_PACKAGES_IMAGE" "$hash" \
         --build-arg "PG_MAJOR=$POSTGRES_MAJOR" --build-arg "PG_UID=$POSTGRES_UID" \
         --label "org.opencontainers.image.version=${version:-unknown}"

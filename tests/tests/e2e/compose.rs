@@ -9,6 +9,7 @@
 //! `CI=true` a missing one fails the test. Images whose inputs did not change are reused, so
 //! only the first run pays for building them.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use autopilot_tests::components;
 use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply, Usage};
 use autopilot_tests::harness::{ApiClient, ADMIN_TOKEN};
+use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
 use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -196,6 +198,52 @@ async fn wait_until_ok(fleet: &ComposeFleet, api: &ApiClient, path: &str) -> Val
     }
 }
 
+/// Every container of the project runs as a non-root user with a read-only root, no
+/// capabilities and `no-new-privileges`, as `docker/compose.yaml` promises.
+async fn assert_hardened(docker: &bollard::Docker, project: &str) {
+    let filters = HashMap::from([(
+        "label".to_owned(),
+        vec![format!("com.docker.compose.project={project}")],
+    )]);
+    let containers = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .expect("list the project's containers");
+    assert_eq!(containers.len(), 6, "{containers:#?}");
+    for summary in containers {
+        let id = summary.id.expect("a container id");
+        let container = docker
+            .inspect_container(&id, None::<InspectContainerOptions>)
+            .await
+            .expect("inspect a container");
+        let name = container.name.clone().unwrap_or_default();
+        let config = container.config.expect("config");
+        let host = container.host_config.expect("host config");
+        let user = config.user.unwrap_or_default();
+        assert!(
+            !user.is_empty() && !user.starts_with("0:") && user != "0" && user != "root",
+            "{name} runs as `{user}`"
+        );
+        assert_eq!(host.readonly_rootfs, Some(true), "{name}: read-only root");
+        assert_eq!(
+            host.cap_drop,
+            Some(vec!["ALL".to_owned()]),
+            "{name}: cap_drop"
+        );
+        assert!(
+            host.security_opt
+                .unwrap_or_default()
+                .iter()
+                .any(|option| option.starts_with("no-new-privileges")),
+            "{name}: no-new-privileges"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compose_fleet_runs_a_webhook_delivery_on_a_worker_container() {
     let Some(docker) = components::docker_engine().await else {
@@ -276,6 +324,7 @@ async fn a_compose_fleet_runs_a_webhook_delivery_on_a_worker_container() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     eprintln!("fleet up in {:.1} s", started.elapsed().as_secs_f64());
+    assert_hardened(&docker, &fleet.project).await;
 
     let webhook = first
         .create_webhook(json!({

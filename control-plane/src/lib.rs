@@ -13,7 +13,8 @@
 //! - **http** ([`http`]): what the HTTP edges share (the JSON error shape, extractors).
 //! - **edges and tasks**: [`api`], [`mcp`], [`oauth`], [`hooks`] answer clients; [`scheduler`],
 //!   [`ingest`] and [`notices`] run in the background. None of them names another.
-//! - **serve** ([`serve`], [`executors`], [`fleet_worker`]): wires everything into a process.
+//! - **serve** ([`serve`], [`executors`], [`fleet_worker`], [`telemetry`]): wires everything into
+//!   a process, with its logs and traces.
 //!
 //! `tests/layers.rs` reads these sources and fails on a name that points up or across.
 
@@ -45,3 +46,4 @@ pub mod scheduler;
 pub mod executors;
 pub mod fleet_worker;
 pub mod serve;
+pub mod telemetry;

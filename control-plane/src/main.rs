@@ -2,10 +2,10 @@
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 use autopilot_control_plane::config::{Config, ConfigArgs, LogFormat};
 use autopilot_control_plane::fleet_worker::{self, WorkerArgs, WorkerSettings};
+use autopilot_control_plane::telemetry::{self, Telemetry};
 use autopilot_control_plane::{keys, mcp, serve};
 
 /// Autopilot runs Claude Code on a schedule and on events.
@@ -49,18 +49,9 @@ enum AdminTokenAction {
     Rotate(ConfigArgs),
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("AUTOPILOT_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+/// Sets up logs and, when configured, traces; a broken trace setting stops the start.
+fn init_telemetry(format: LogFormat, service: &'static str) -> anyhow::Result<Telemetry> {
+    telemetry::init(format, service)
 }
 
 #[tokio::main]
@@ -88,19 +79,23 @@ async fn main() -> std::process::ExitCode {
 
 async fn run_serve(args: ConfigArgs) -> anyhow::Result<()> {
     let config = Config::load(args)?;
-    init_logging(config.log_format);
+    let telemetry = init_telemetry(config.log_format, "autopilot")?;
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|err| {
             anyhow::anyhow!("cannot listen on {} (AUTOPILOT_BIND): {err}", config.bind)
         })?;
-    serve::run(config, listener, shutdown_on_signal()).await
+    let served = serve::run(config, listener, shutdown_on_signal()).await;
+    telemetry.shutdown();
+    served
 }
 
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let settings = WorkerSettings::load(args)?;
-    init_logging(settings.config.log_format);
-    fleet_worker::run(settings, shutdown_on_signal()).await
+    let telemetry = init_telemetry(settings.config.log_format, "autopilot-worker")?;
+    let ran = fleet_worker::run(settings, shutdown_on_signal()).await;
+    telemetry.shutdown();
+    ran
 }
 
 /// A token cancelled at the first SIGINT or SIGTERM.
@@ -118,14 +113,14 @@ fn shutdown_on_signal() -> CancellationToken {
 /// `autopilot mcp`: stdout is the protocol channel, so nothing else may write to it.
 async fn run_mcp(args: McpArgs) -> anyhow::Result<()> {
     if let Some(api_url) = args.api_url.as_deref().filter(|url| !url.trim().is_empty()) {
-        init_logging(LogFormat::Text);
+        let _telemetry = init_telemetry(LogFormat::Text, "autopilot")?;
         if args.config.admin_token.is_none() {
             tracing::warn!("AUTOPILOT_API_URL is set without AUTOPILOT_ADMIN_TOKEN: the running Autopilot will refuse the requests");
         }
         return mcp::stdio::forward(api_url, args.config.admin_token.as_deref()).await;
     }
     let config = Config::load(args.config)?;
-    init_logging(config.log_format);
+    let _telemetry = init_telemetry(config.log_format, "autopilot")?;
     // The embedded HTTP server only listens on loopback, on a free port.
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await

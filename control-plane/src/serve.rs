@@ -236,11 +236,18 @@ pub async fn run_with(
 /// The whole HTTP server: the API and health checks, `/mcp`, the OAuth authorization server and
 /// the webhook intake, each an edge of its own, with a JSON 404 for anything else.
 pub fn router(app: &Arc<App>, intake: Arc<Intake>) -> axum::Router {
-    axum::Router::new()
+    let router = axum::Router::new()
         .merge(api::router(Arc::clone(app)))
         .merge(hooks::router(Arc::clone(app), intake))
         .merge(oauth::router(Arc::clone(app)))
-        .nest_service("/mcp", mcp::router(Arc::clone(app)))
+        .nest_service("/mcp", mcp::router(Arc::clone(app)));
+    // Only when spans are exported: otherwise a request costs no span.
+    let router = if autopilot_worker::trace::enabled() {
+        router.layer(axum::middleware::from_fn(crate::http::trace::traced))
+    } else {
+        router
+    };
+    router
         .fallback(api::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())

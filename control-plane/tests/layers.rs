@@ -27,7 +27,10 @@ const LAYERS: [(&str, &[&str]); 7] = [
             "notices",
         ],
     ),
-    ("serve", &["serve", "executors", "fleet_worker", "main"]),
+    (
+        "serve",
+        &["serve", "executors", "fleet_worker", "telemetry", "main"],
+    ),
 ];
 
 /// The layer that may name any module of its own layer only if it is that module.

@@ -47,7 +47,14 @@ pub struct RunRequest {
     /// Publishing the same dedup id again within the window delivers nothing new. A cron fire
     /// uses `(job_id, scheduled_for)`; other runs use `(run_id, attempt)`.
     pub dedup_id: String,
+    /// The W3C `traceparent` of the span that published it, so the worker's spans join the
+    /// run's trace. On NATS it travels in the message's `traceparent` header, not the body.
+    #[serde(skip)]
+    pub trace_parent: Option<String>,
 }
+
+/// Name of the message header that carries a run request's trace context (W3C Trace Context).
+pub const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// A batch of events from one producer, in order.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]

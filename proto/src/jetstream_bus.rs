@@ -433,9 +433,12 @@ impl Bus for JetStreamBus {
         }
         let payload = serde_json::to_vec(&request)
             .map_err(|err| BusError::Malformed(format!("run request: {err}")))?;
-        let publish = PublishMessage::build()
+        let mut publish = PublishMessage::build()
             .payload(payload.into())
             .message_id(&request.dedup_id);
+        if let Some(trace_parent) = &request.trace_parent {
+            publish = publish.header(crate::bus::TRACEPARENT_HEADER, trace_parent.as_str());
+        }
         let subject = self.inner.names.runs_subject(&request.pool);
         let ack = self
             .publish_to_stream("a run request", Names::runs_stream_config, subject, publish)

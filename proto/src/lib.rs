@@ -19,7 +19,7 @@ pub use blobs::{BlobStore, InMemoryBlobs};
 pub use bus::{
     Acker, AttemptEnd, Bus, BusError, ControlMessage, Delivery, EventBatch, IncomingRequest,
     Notice, NoticeKind, RunAttempt, RunDelivery, RunRequest, WorkerReply, WorkerRequest,
-    WorkerStatus,
+    WorkerStatus, TRACEPARENT_HEADER,
 };
 pub use event::{EventKind, EventOrigin, NewRunEvent, RunEvent};
 pub use ids::{JobId, RunId, WebhookId, WorkerId};

@@ -7,3 +7,4 @@ pub mod components;
 pub mod fake_anthropic;
 pub mod harness;
 pub mod nats;
+pub mod otlp;

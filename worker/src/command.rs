@@ -142,6 +142,9 @@ pub fn claude_args(spec: &ClaudeSpec) -> Vec<String> {
         "dontAsk",
         "--strict-mcp-config",
         "--no-session-persistence",
+        // Raw stream events carry each model message's final usage and stop reason
+        // (`message_delta`), which the message's own lines only have in part.
+        "--include-partial-messages",
     ]
     .into_iter()
     .map(String::from)

@@ -9,6 +9,7 @@ pub mod local;
 pub mod model_proxy;
 pub mod pricing;
 pub mod stream_json;
+pub mod trace;
 pub mod worker;
 pub mod workspaces;
 

@@ -1,7 +1,7 @@
 //! Parsing the CLI's `--output-format stream-json` lines into run events, while keeping the
 //! running totals a worker needs: token usage, an estimated cost, models, the final result.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use autopilot_proto::{EventKind, RunOutcome, TokenUsage};
 use serde_json::{json, Map, Value};
@@ -15,6 +15,11 @@ pub const MAX_EVENT_STRING_BYTES: usize = 64 * 1024;
 #[derive(Debug, Default)]
 pub struct StreamParser {
     seen_message_ids: HashSet<String>,
+    /// Whether the CLI sends raw stream events (`--include-partial-messages`): then a message's
+    /// usage is taken from its `message_delta`, complete, instead of its first line.
+    streaming: bool,
+    /// Messages being streamed: model and usage as of their `message_start`.
+    streamed: HashMap<String, (String, TokenUsage)>,
     usage: TokenUsage,
     estimated_cost_usd: f64,
     models: BTreeSet<String>,
@@ -56,6 +61,9 @@ impl StreamParser {
             ("system", "permission_denied") => {
                 vec![(EventKind::PermissionDenied, capped(Value::Object(object)))]
             }
+            // "requesting" and the like: nothing a transcript needs.
+            ("system", "status") => Vec::new(),
+            ("stream_event", _) => self.stream_event(&object),
             ("assistant", _) => self.assistant_events(&object),
             ("user", _) => user_events(&object),
             ("result", _) => self.result_events(object),
@@ -120,18 +128,104 @@ impl StreamParser {
             }
         }
         // The CLI repeats a message's usage on every line of that message: count it once.
-        if let Some(usage) = message.get("usage").filter(|_| !message_id.is_empty()) {
-            if self.seen_message_ids.insert(message_id.clone()) {
-                let usage = read_usage(usage);
-                self.usage.add(&usage);
-                if !model.is_empty() && model != "<synthetic>" {
-                    self.models.insert(model.clone());
-                    self.estimated_cost_usd += pricing::cost_usd(&model, &usage);
-                }
-                events.push((EventKind::Usage, json!({ "message_id": message_id, "model": model, "usage": usage_json(&usage) })));
-            }
+        // Streamed messages count theirs at their `message_delta`, where it is complete.
+        let usage = message
+            .get("usage")
+            .filter(|_| !message_id.is_empty() && !self.streaming);
+        if let Some(usage) = usage {
+            let usage = read_usage(usage);
+            let stop_reason = message.get("stop_reason").and_then(Value::as_str);
+            events.extend(self.count_usage(message_id, model, usage, stop_reason));
         }
         events
+    }
+
+    /// A raw stream event: `message_start` notes the message's model and input usage,
+    /// `message_delta` completes its usage and gives its stop reason (one `usage` event). The
+    /// deltas themselves reach the transcript through the message's own lines.
+    fn stream_event(&mut self, object: &Map<String, Value>) -> Vec<(EventKind, Value)> {
+        self.streaming = true;
+        let Some(event) = object.get("event") else {
+            return Vec::new();
+        };
+        match event.get("type").and_then(Value::as_str) {
+            Some("message_start") => {
+                let message = event.get("message");
+                let field = |key: &str| {
+                    message
+                        .and_then(|m| m.get(key))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let usage = message
+                    .and_then(|m| m.get("usage"))
+                    .map(read_usage)
+                    .unwrap_or_default();
+                let id = field("id");
+                if !id.is_empty() {
+                    self.streamed.insert(id, (field("model"), usage));
+                }
+                Vec::new()
+            }
+            Some("message_delta") => {
+                let message_id = object
+                    .get("api_message_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let Some((model, mut usage)) = self.streamed.remove(&message_id) else {
+                    return Vec::new();
+                };
+                if let Some(delta_usage) = event.get("usage") {
+                    // The delta's counts are totals for the message, where it gives them.
+                    let count = |key: &str| delta_usage.get(key).and_then(Value::as_u64);
+                    let usage = &mut usage;
+                    if let Some(n) = count("output_tokens") {
+                        usage.output_tokens = n;
+                    }
+                    if let Some(n) = count("input_tokens") {
+                        usage.input_tokens = n;
+                    }
+                    if let Some(n) = count("cache_read_input_tokens") {
+                        usage.cache_read_tokens = n;
+                    }
+                    if let Some(n) = count("cache_creation_input_tokens") {
+                        usage.cache_write_tokens = n;
+                    }
+                }
+                let stop_reason = event
+                    .get("delta")
+                    .and_then(|delta| delta.get("stop_reason"))
+                    .and_then(Value::as_str);
+                self.count_usage(message_id, model, usage, stop_reason)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Adds one model message's usage to the totals, once per message; its `usage` event.
+    fn count_usage(
+        &mut self,
+        message_id: String,
+        model: String,
+        usage: TokenUsage,
+        stop_reason: Option<&str>,
+    ) -> Vec<(EventKind, Value)> {
+        if !self.seen_message_ids.insert(message_id.clone()) {
+            return Vec::new();
+        }
+        self.usage.add(&usage);
+        if !model.is_empty() && model != "<synthetic>" {
+            self.models.insert(model.clone());
+            self.estimated_cost_usd += pricing::cost_usd(&model, &usage);
+        }
+        let mut data =
+            json!({ "message_id": message_id, "model": model, "usage": usage_json(&usage) });
+        if let Some(reason) = stop_reason {
+            data["stop_reason"] = json!(reason);
+        }
+        vec![(EventKind::Usage, data)]
     }
 
     fn result_events(&mut self, object: Map<String, Value>) -> Vec<(EventKind, Value)> {
@@ -388,12 +482,48 @@ mod tests {
         assert!((parser.estimated_cost_usd() - expected).abs() < 1e-12);
     }
 
+    /// With `--include-partial-messages` a message's first line reports 1 output token; its
+    /// `message_delta` has the final count and the stop reason (lines as CLI 2.1 prints them).
+    #[test]
+    fn a_streamed_message_counts_its_final_usage_once() {
+        let mut parser = StreamParser::new();
+        let lines = [
+            r#"{"type":"system","subtype":"status","status":"requesting"}"#,
+            r#"{"type":"stream_event","event":{"message":{"content":[],"id":"msg_1","model":"claude-sonnet-4-5","usage":{"cache_creation_input_tokens":3,"cache_read_input_tokens":4,"input_tokens":100,"output_tokens":1}},"type":"message_start"}}"#,
+            r#"{"type":"stream_event","event":{"delta":{"text":"ok","type":"text_delta"},"index":0,"type":"content_block_delta"},"api_message_id":"msg_1"}"#,
+            r#"{"type":"assistant","message":{"content":[{"text":"ok","type":"text"}],"id":"msg_1","model":"claude-sonnet-4-5","stop_reason":null,"usage":{"input_tokens":100,"output_tokens":1}}}"#,
+            r#"{"type":"stream_event","event":{"delta":{"stop_reason":"end_turn"},"type":"message_delta","usage":{"output_tokens":42}},"api_message_id":"msg_1"}"#,
+            r#"{"type":"stream_event","event":{"type":"message_stop"},"api_message_id":"msg_1"}"#,
+        ];
+        let events: Vec<(EventKind, Value)> = lines
+            .iter()
+            .flat_map(|line| parser.parse_stdout(line))
+            .collect();
+        let kinds: Vec<EventKind> = events.iter().map(|(kind, _)| *kind).collect();
+        assert_eq!(kinds, [EventKind::AssistantText, EventKind::Usage]);
+        let usage = &events[1].1;
+        assert_eq!(usage["message_id"], "msg_1");
+        assert_eq!(usage["stop_reason"], "end_turn");
+        assert_eq!(usage["usage"]["output_tokens"], 42);
+        assert_eq!(usage["usage"]["input_tokens"], 100);
+        assert_eq!(usage["usage"]["cache_write_tokens"], 3);
+        let expected = TokenUsage {
+            input_tokens: 100,
+            output_tokens: 42,
+            cache_read_tokens: 4,
+            cache_write_tokens: 3,
+        };
+        assert_eq!(parser.outcome().usage, expected);
+        let cost = pricing::cost_usd("claude-sonnet-4-5", &expected);
+        assert!((parser.estimated_cost_usd() - cost).abs() < 1e-12);
+    }
+
     #[test]
     fn plain_text_and_unknown_lines_are_kept_as_output() {
         let mut parser = StreamParser::new();
         assert_eq!(parser.parse_stdout("hello")[0].0, EventKind::Output);
         assert_eq!(
-            parser.parse_stdout(r#"{"type":"stream_event"}"#)[0].0,
+            parser.parse_stdout(r#"{"type":"some_future_line"}"#)[0].0,
             EventKind::Output
         );
         assert_eq!(parser.parse_stdout("[1,2]")[0].0, EventKind::Output);
@@ -498,8 +628,11 @@ mod tests {
             }
             let mut parser = StreamParser::new();
             for line in std::fs::read_to_string(&path).unwrap().lines() {
+                // Raw stream events and status lines are read for their usage, not kept.
+                let kept_apart = line.contains(r#""type":"stream_event""#)
+                    || line.contains(r#""subtype":"status""#);
                 assert!(
-                    !parser.parse_stdout(line).is_empty(),
+                    kept_apart || !parser.parse_stdout(line).is_empty(),
                     "{name}: a line produced no event"
                 );
             }

@@ -66,6 +66,22 @@ pub struct Run {
     pub webhook_id: Option<WebhookId>,
     /// The delivery id the sender gave (`X-GitHub-Delivery`, `Idempotency-Key`, …).
     pub delivery_id: Option<String>,
+    /// The W3C `traceparent` of the span that created the run (a webhook request, a fire, an
+    /// API call): every later step of the run, on any process, joins that trace. `None` when
+    /// tracing is off. Shown as the trace's id (`trace_id`), to find the run's trace.
+    #[serde(rename = "trace_id", serialize_with = "trace_id_of")]
+    pub trace_parent: Option<String>,
+}
+
+/// The trace id inside a `traceparent` (`00-<trace id>-<span id>-<flags>`).
+fn trace_id_of<S: serde::Serializer>(
+    trace_parent: &Option<String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let trace_id = trace_parent
+        .as_deref()
+        .and_then(|parent| parent.split('-').nth(1));
+    serializer.serialize_some(&trace_id)
 }
 
 impl Run {
@@ -103,6 +119,7 @@ impl Run {
             permission_denials: 0,
             webhook_id: None,
             delivery_id: None,
+            trace_parent: None,
         }
     }
 

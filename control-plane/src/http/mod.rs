@@ -5,6 +5,7 @@
 mod error;
 mod json;
 pub mod oauth;
+pub mod trace;
 
 pub use error::{ApiError, ApiResult};
 pub use json::{parse, ApiJson, ApiQuery};

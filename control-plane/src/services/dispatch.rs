@@ -5,7 +5,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use autopilot_proto::{JobId, NewRunEvent, RunRequest, RunStatus};
+use autopilot_worker::trace::OpenSpan;
 use chrono::{DateTime, Utc};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -63,13 +66,33 @@ async fn publish(app: &App, mut run: Run) -> ServiceResult<Run> {
 /// Publishes the request of a run already marked dispatched in the store. A failed publish
 /// is undone so the dispatcher tries again.
 pub(crate) async fn publish_dispatched(app: &App, run: Run) -> Run {
+    let span = OpenSpan::start(
+        format!("publish {}", run.settings.pool),
+        SpanKind::Producer,
+        run.trace_parent.as_deref(),
+        vec![
+            KeyValue::new("messaging.operation.type", "publish"),
+            KeyValue::new("messaging.destination.name", run.settings.pool.clone()),
+            KeyValue::new("autopilot.run.id", run.id.to_string()),
+            KeyValue::new("autopilot.run.attempt", i64::from(run.attempt)),
+        ],
+    );
     let request = RunRequest {
         run_id: run.id,
         attempt: run.attempt,
         pool: run.settings.pool.clone(),
         dedup_id: dedup_id(&run),
+        // The worker's spans are children of this publish.
+        trace_parent: span
+            .as_ref()
+            .and_then(OpenSpan::traceparent)
+            .map(str::to_owned),
     };
-    let Err(err) = app.bus.publish_run(request).await else {
+    let published = app.bus.publish_run(request).await;
+    if let Some(span) = span {
+        span.end(published.as_ref().err().map(ToString::to_string));
+    }
+    let Err(err) = published else {
         return run;
     };
     tracing::warn!(run.id = %run.id, error = %err, "publishing the run request failed; will retry");

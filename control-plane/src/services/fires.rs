@@ -7,7 +7,7 @@ use autopilot_proto::{JobId, RunId, RunStatus, Trigger};
 
 use crate::app::App;
 use crate::domain::{FireRecord, ServiceResult};
-use crate::services::dispatch;
+use crate::services::{dispatch, traces};
 
 /// Jobs with a run that is running, being cancelled, or queued and sent: what the overlap
 /// policies look at.
@@ -30,12 +30,24 @@ pub async fn record(
     records: Vec<FireRecord>,
     dispatch_now: &HashSet<RunId>,
 ) -> ServiceResult<usize> {
+    let mut records = records;
+    for run in records.iter_mut().flat_map(|record| record.runs.iter_mut()) {
+        traces::created(run);
+    }
+    let storing = std::time::SystemTime::now();
     let created: HashSet<RunId> = app
         .store
         .record_fires(&records)
         .await?
         .into_iter()
         .collect();
+    traces::stored(
+        records
+            .iter()
+            .flat_map(|record| &record.runs)
+            .filter(|run| created.contains(&run.id)),
+        storing,
+    );
     app.metrics
         .run_created(Trigger::Schedule, created.len() as u64);
     for run in records.into_iter().flat_map(|record| record.runs) {

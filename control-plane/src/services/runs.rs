@@ -18,7 +18,7 @@ use crate::domain::{
     JobKind, OverlapPolicy, RetryPolicy, Run, RunFilter, RunSettingsInput, RunSnapshot,
     ServiceError, ServiceResult,
 };
-use crate::services::{dispatch, jobs, metrics, webhooks};
+use crate::services::{dispatch, jobs, metrics, traces, webhooks};
 
 pub const MAX_PAGE: u32 = 500;
 /// Most events in one page.
@@ -48,7 +48,10 @@ pub async fn submit(app: &App, mut run: Run) -> ServiceResult<Run> {
         run.dispatched_at = Some(Utc::now());
     }
     let queued = run.control_event(json!({ "step": "queued", "trigger": run.trigger }));
+    traces::created(&mut run);
+    let storing = std::time::SystemTime::now();
     app.store.insert_run(&run, &[queued]).await?;
+    traces::stored([&run], storing);
     app.metrics.run_created(run.trigger, 1);
     tracing::info!(run.id = %run.id, job.id = ?run.job_id, trigger = run.trigger.as_str(), "run queued");
     match queued_behind {

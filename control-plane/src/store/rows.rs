@@ -180,6 +180,7 @@ pub struct RunRow {
     pub permission_denials: i64,
     pub webhook_id: Option<String>,
     pub delivery_id: Option<String>,
+    pub trace_parent: Option<String>,
 }
 
 impl TryFrom<RunRow> for Run {
@@ -228,6 +229,7 @@ impl TryFrom<RunRow> for Run {
                 .map(|id| parse("webhook id", id))
                 .transpose()?,
             delivery_id: row.delivery_id,
+            trace_parent: row.trace_parent,
         })
     }
 }

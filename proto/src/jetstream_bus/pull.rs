@@ -202,6 +202,22 @@ async fn take_slot(
     }
 }
 
+/// A message type delivered by a pull: decoded from the payload, then given the headers it
+/// reads something from.
+pub(super) trait BusMessage: DeserializeOwned {
+    fn read_headers(&mut self, _headers: &async_nats::HeaderMap) {}
+}
+
+impl BusMessage for crate::bus::EventBatch {}
+
+impl BusMessage for crate::bus::RunRequest {
+    fn read_headers(&mut self, headers: &async_nats::HeaderMap) {
+        self.trace_parent = headers
+            .get(crate::bus::TRACEPARENT_HEADER)
+            .map(|value| value.as_str().to_owned());
+    }
+}
+
 /// Deliveries of `source`, decoded as `T`, each with its slot when pulled into slots. Setting
 /// up the consumer the first time is the caller's error; later trouble is retried (see the
 /// module comment).
@@ -212,7 +228,7 @@ pub(super) async fn deliveries<T>(
     BusError,
 >
 where
-    T: DeserializeOwned + Send + 'static,
+    T: BusMessage + Send + 'static,
 {
     source.reconnections.mark_unchanged();
     let pull = source.open(false).await?;
@@ -236,7 +252,7 @@ struct PullState<T> {
     decoded: PhantomData<fn() -> T>,
 }
 
-impl<T: DeserializeOwned> PullState<T> {
+impl<T: BusMessage> PullState<T> {
     async fn next_delivery(&mut self) -> (Delivery<T>, Option<OwnedSemaphorePermit>) {
         let what = self.source.what;
         loop {
@@ -286,10 +302,7 @@ impl<T: DeserializeOwned> PullState<T> {
 
 /// The delivery of one message, or `None` for a message that is not ours to deliver: a payload
 /// that does not decode is terminated (redelivering it would only fail again) and logged.
-async fn decode<T: DeserializeOwned>(
-    message: js::Message,
-    what: &'static str,
-) -> Option<Delivery<T>> {
+async fn decode<T: BusMessage>(message: js::Message, what: &'static str) -> Option<Delivery<T>> {
     let (delivery_count, stream_seq) = match message.info() {
         Ok(info) => (
             u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1),
@@ -302,8 +315,13 @@ async fn decode<T: DeserializeOwned>(
     };
     let (message, acker) = message.split();
     match serde_json::from_slice::<T>(&message.payload) {
-        Ok(decoded) => Some(Delivery {
-            message: decoded,
+        Ok(mut decoded) => Some(Delivery {
+            message: {
+                if let Some(headers) = &message.headers {
+                    decoded.read_headers(headers);
+                }
+                decoded
+            },
             delivery_count,
             acker: Box::new(JetStreamAcker { acker }),
         }),

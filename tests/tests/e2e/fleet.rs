@@ -463,6 +463,7 @@ async fn duplicate_deliveries_never_run_twice() {
                 attempt: 1,
                 pool: "default".into(),
                 dedup_id: format!("duplicate:{run_id}:{copy}"),
+                trace_parent: None,
             };
             assert!(bus.publish_run(request).await.unwrap());
         }

@@ -25,4 +25,5 @@ mod process;
 mod scheduler;
 mod store;
 mod store_webhooks;
+mod traces;
 mod webhooks;

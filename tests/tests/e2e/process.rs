@@ -8,9 +8,9 @@ use autopilot_tests::components;
 use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply};
 use serde_json::{json, Value};
 
-struct Process {
+pub(crate) struct Process {
     child: Child,
-    base_url: String,
+    pub(crate) base_url: String,
     stderr_lines: std::sync::mpsc::Receiver<String>,
 }
 
@@ -30,7 +30,7 @@ fn free_port() -> u16 {
 }
 
 /// Starts `autopilot serve` and waits until it answers.
-async fn spawn(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Option<Process> {
+pub(crate) async fn spawn(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Option<Process> {
     let bin = components::autopilot_bin()?;
     let port = free_port();
     let mut command = Command::new(bin);
@@ -73,7 +73,7 @@ async fn spawn(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Option<Proce
     panic!("autopilot did not start");
 }
 
-fn drain(process: &Process) -> String {
+pub(crate) fn drain(process: &Process) -> String {
     let mut text = String::new();
     while let Ok(line) = process
         .stderr_lines
@@ -85,7 +85,7 @@ fn drain(process: &Process) -> String {
     text
 }
 
-async fn api(
+pub(crate) async fn api(
     process: &Process,
     token: &str,
     method: reqwest::Method,

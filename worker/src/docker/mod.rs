@@ -267,6 +267,7 @@ impl Executor for DockerExecutor {
         let env = spec::container_env(&command, access);
         let body = spec::container_body(&command, env, &self.container_settings());
         let name = spec::container_name(command.run);
+        let starting = std::time::SystemTime::now();
         let id = self.create(&name, body).await?;
         // From here on the container goes away however this call ends.
         let mut cleanup = Cleanup::new(self.api.clone(), id.clone());
@@ -298,6 +299,13 @@ impl Executor for DockerExecutor {
                 },
             );
         }
+        crate::trace::PastSpan::new("container.start", starting, std::time::SystemTime::now())
+            .attribute(opentelemetry::KeyValue::new("container.name", name.clone()))
+            .attribute(opentelemetry::KeyValue::new(
+                "container.image.name",
+                self.config.image.clone(),
+            ))
+            .record_in_current();
         // Asked after the start: `not-running` answers at once for a container that already
         // exited.
         let mut wait = Box::pin(self.streams.wait_container(

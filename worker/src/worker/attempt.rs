@@ -26,7 +26,9 @@ use super::{send_completions, ActiveRuns, Reports, WorkerConfig};
 use crate::command::build_command;
 use crate::executor::{ExecError, Executor, OutputLine, OutputStream};
 use crate::stream_json::{self, StreamParser};
+use crate::trace::{self, genai::AgentSpans};
 use crate::workspaces::{WorkspaceError, Workspaces};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Stops a running attempt, remembering the first reason given.
 #[derive(Clone, Default)]
@@ -71,10 +73,28 @@ impl Attempt {
             slot: _slot,
         } = delivery;
         let RunRequest {
-            run_id, attempt, ..
+            run_id,
+            attempt,
+            trace_parent,
+            ..
         } = delivery.message.clone();
+        // The run's span on this worker, a child of the publish that sent the request.
+        let span = tracing::info_span!(
+            "run",
+            otel.name = "autopilot.run",
+            otel.kind = "consumer",
+            run.id = %run_id,
+            run.attempt = attempt,
+            autopilot.run.id = %run_id,
+            worker.id = %self.config.worker_id,
+        );
+        trace::set_parent(&span, trace_parent.as_deref());
         let claim = RunAttempt { run_id, attempt };
-        let spec = match self.reports.claims.call(claim, 0).await {
+        let claimed =
+            self.reports.claims.call(claim, 0).instrument(
+                tracing::info_span!(parent: &span, "claim", otel.name = "autopilot.claim"),
+            );
+        let spec = match claimed.await {
             Ok(WorkerReply::Claimed { spec }) => *spec,
             Ok(reply) => {
                 tracing::debug!(run.id = %run_id, ?reply, "claim refused; dropping the delivery");
@@ -87,7 +107,6 @@ impl Attempt {
                 return;
             }
         };
-        let span = tracing::info_span!("run", run.id = %run_id, run.attempt = attempt);
         let acker: Arc<dyn Acker> = Arc::from(delivery.acker);
         let stopper = Stopper::default();
         self.active
@@ -113,8 +132,13 @@ impl Attempt {
         ));
         let outcome = self
             .execute(&spec, &events, &stopper)
-            .instrument(span)
+            .instrument(span.clone())
             .await;
+        if outcome.is_error {
+            span.set_status(opentelemetry::trace::Status::error(
+                outcome.error.clone().unwrap_or_default(),
+            ));
+        }
         let left = events.finish(events_done).await;
         self.active
             .lock()
@@ -217,7 +241,30 @@ impl Attempt {
         stopper: &Stopper,
     ) -> RunOutcome {
         let is_claude = matches!(spec.kind, RunKind::Claude(_));
-        let command = build_command(spec, workspace, &self.config.command_env);
+        let mut command = build_command(spec, workspace, &self.config.command_env);
+        // A Claude run's steps are spans under `invoke_agent`; the CLI gets that span as its
+        // `TRACEPARENT`, so its own spans (when a job turns its telemetry on) join the trace.
+        let agent_span = if is_claude && trace::enabled() {
+            tracing::info_span!(
+                "invoke_agent",
+                otel.name = "invoke_agent claude-code",
+                otel.kind = "internal",
+                gen_ai.operation.name = "invoke_agent",
+                gen_ai.agent.name = "claude-code",
+                gen_ai.provider.name = "anthropic",
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let mut agent = None;
+        if !agent_span.is_none() {
+            let context = agent_span.context();
+            if let Some(traceparent) = trace::traceparent(&context) {
+                command.env.retain(|(name, _)| name != "TRACEPARENT");
+                command.env.push(("TRACEPARENT".into(), traceparent));
+            }
+            agent = Some(AgentSpans::new(context, std::time::SystemTime::now()));
+        }
         let (lines_tx, mut lines_rx) = mpsc::channel::<OutputLine>(256);
         let timeout = Duration::from_secs(spec.timeout_secs.max(1));
         let max_cost = match &spec.kind {
@@ -228,12 +275,15 @@ impl Attempt {
             .lifecycle("started", json!({ "worker_id": self.config.worker_id, "executor": self.executor.name(), "timeout_secs": timeout.as_secs() }))
             .await;
 
-        let execution = self.executor.execute(
-            command,
-            lines_tx,
-            stopper.token.clone(),
-            self.config.kill_grace,
-        );
+        let execution = self
+            .executor
+            .execute(
+                command,
+                lines_tx,
+                stopper.token.clone(),
+                self.config.kill_grace,
+            )
+            .instrument(agent_span.clone());
         tokio::pin!(execution);
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
@@ -244,6 +294,9 @@ impl Attempt {
                 line = lines_rx.recv(), if lines_open => match line {
                     Some(line) => {
                         for (kind, data) in parse_line(&mut parser, is_claude, &line) {
+                            if let Some(agent) = &mut agent {
+                                agent.event(kind, &data, std::time::SystemTime::now());
+                            }
                             events.send(kind, data).await;
                         }
                         if max_cost.is_some_and(|max| parser.estimated_cost_usd() > max) {
@@ -259,8 +312,14 @@ impl Attempt {
         // Lines still buffered after the process ended.
         while let Ok(line) = lines_rx.try_recv() {
             for (kind, data) in parse_line(&mut parser, is_claude, &line) {
+                if let Some(agent) = &mut agent {
+                    agent.event(kind, &data, std::time::SystemTime::now());
+                }
                 events.send(kind, data).await;
             }
+        }
+        if let Some(agent) = &mut agent {
+            agent.finish(std::time::SystemTime::now());
         }
         let exit = match exit {
             Ok(exit) => exit,
@@ -291,6 +350,29 @@ impl Attempt {
         } else {
             RunOutcome::default()
         };
+        if !agent_span.is_none() {
+            for attribute in trace::genai::usage_attributes(&outcome.usage) {
+                agent_span.set_attribute(attribute.key, attribute.value);
+            }
+            if let Some(cost) = outcome.cost_usd {
+                agent_span.set_attribute("autopilot.cost_usd", cost);
+            }
+            if let Some(model) = outcome.models.first() {
+                agent_span.set_attribute("gen_ai.request.model", model.clone());
+            }
+            let turns = outcome
+                .num_turns
+                .unwrap_or_else(|| agent.as_ref().map_or(0, AgentSpans::turns));
+            agent_span.set_attribute("autopilot.turns", i64::from(turns));
+            if outcome.is_error {
+                agent_span.set_status(opentelemetry::trace::Status::error(
+                    outcome
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| "the run failed".to_owned()),
+                ));
+            }
+        }
         outcome.exit_code = exit.code;
         outcome.stopped = stop_reason;
         if let Some(reason) = stop_reason {

@@ -15,7 +15,7 @@ use crate::domain::signature::{self, Scheme, SignatureError};
 use crate::domain::template::{RenderError, RenderInput, Template};
 use crate::domain::webhook::{NewDelivery, SignatureSchemeName, StoredPayload, Webhook};
 use crate::domain::{Job, OverlapPolicy, Run, RunSnapshot, ServiceError, ServiceResult};
-use crate::services::jobs;
+use crate::services::{jobs, traces};
 /// Headers never stored nor offered to templates: they carry credentials.
 const SECRET_HEADERS: [&str; 6] = [
     "authorization",
@@ -294,6 +294,7 @@ pub fn build_delivery(
     run.created_at = now;
     run.webhook_id = Some(webhook.id);
     run.delivery_id = received.delivery_id.clone();
+    traces::created(&mut run);
     // Runs that need not wait for an earlier one are sent by the writer right after the commit.
     if overlap != OverlapPolicy::Queue {
         run.dispatched_at = Some(now);

@@ -27,7 +27,7 @@ use crate::domain::webhook::{
     DeliveryOutcome, NewDelivery, PreviousToken, SignatureSchemeName, StoredPayload, Webhook,
 };
 use crate::domain::{Run, ServiceError, ServiceResult};
-use crate::services::{dispatch, runs};
+use crate::services::{dispatch, runs, traces};
 use crate::store::StoreError;
 use crate::tokens;
 use validate::Validated;
@@ -210,11 +210,20 @@ pub async fn record_deliveries(
     app: &App,
     deliveries: &[NewDelivery],
 ) -> ServiceResult<Vec<DeliveryOutcome>> {
+    let storing = std::time::SystemTime::now();
     let outcomes = app.store.record_deliveries(deliveries, Utc::now()).await?;
     let created = outcomes
         .iter()
         .filter(|outcome| **outcome == DeliveryOutcome::Created)
         .count();
+    traces::stored(
+        deliveries
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| **outcome == DeliveryOutcome::Created)
+            .map(|(delivery, _)| &delivery.run),
+        storing,
+    );
     app.metrics.run_created(Trigger::Webhook, created as u64);
     Ok(outcomes)
 }

@@ -342,7 +342,7 @@ impl SqlStore {
 }
 
 /// Columns in `RUN_COLUMNS`.
-const RUN_COLUMN_COUNT: usize = 29;
+const RUN_COLUMN_COUNT: usize = 30;
 
 #[cfg(test)]
 mod tests {

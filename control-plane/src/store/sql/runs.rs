@@ -32,32 +32,32 @@ fn events_ride_with(run: &Run, events: &[NewRunEvent]) -> bool {
 pub(super) const RUN_COLUMNS: &str = "id, job_id, job_name, trigger, status, attempt, scheduled_for_ms, settings, created_at_ms, \
     dispatched_at_ms, not_before_ms, started_at_ms, finished_at_ms, heartbeat_at_ms, worker_id, exit_code, is_error, \
     error, result, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, num_turns, models, \
-    permission_denials, webhook_id, delivery_id";
+    permission_denials, webhook_id, delivery_id, trace_parent";
 
 const INSERT_RUN: &str = "INSERT INTO runs (id, job_id, job_name, trigger, status, attempt, scheduled_for_ms, settings, \
     created_at_ms, dispatched_at_ms, not_before_ms, started_at_ms, finished_at_ms, heartbeat_at_ms, worker_id, exit_code, \
     is_error, error, result, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, num_turns, \
-    models, permission_denials, webhook_id, delivery_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-    $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)";
+    models, permission_denials, webhook_id, delivery_id, trace_parent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+    $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)";
 
-/// `INSERT_RUN` with the run's last event sequence number as `$30`: a new run's first events
+/// `INSERT_RUN` with the run's last event sequence number as `$31`: a new run's first events
 /// are numbered 1..n in the same write, without reserving them on the row afterwards.
 fn insert_run_with_events_sql() -> String {
     format!(
         "INSERT INTO runs ({RUN_COLUMNS}, event_seq) VALUES {}",
-        placeholders(Placeholders::Numbered, 1, 30, 1)
+        placeholders(Placeholders::Numbered, 1, 31, 1)
     )
 }
 
-/// Every column of a run, set from `$1`..`$29` in `INSERT_RUN` order.
+/// Every column of a run, set from `$1`..`$30` in `INSERT_RUN` order.
 const SET_RUN: &str = "id = $1, job_id = $2, job_name = $3, trigger = $4, status = $5, attempt = $6, \
     scheduled_for_ms = $7, settings = $8, created_at_ms = $9, dispatched_at_ms = $10, not_before_ms = $11, \
     started_at_ms = $12, finished_at_ms = $13, heartbeat_at_ms = $14, worker_id = $15, exit_code = $16, \
     is_error = $17, error = $18, result = $19, input_tokens = $20, output_tokens = $21, \
     cache_read_tokens = $22, cache_write_tokens = $23, cost_usd = $24, num_turns = $25, models = $26, \
-    permission_denials = $27, webhook_id = $28, delivery_id = $29";
-/// Which row version an update expects: `$30` status, `$31` attempt.
-const RUN_EXPECTED: &str = "WHERE id = $1 AND status = $30 AND attempt = $31";
+    permission_denials = $27, webhook_id = $28, delivery_id = $29, trace_parent = $30";
+/// Which row version an update expects: `$31` status, `$32` attempt.
+const RUN_EXPECTED: &str = "WHERE id = $1 AND status = $31 AND attempt = $32";
 
 /// Binds every column of a run, in `INSERT_RUN` order.
 macro_rules! bind_run {
@@ -93,6 +93,7 @@ macro_rules! bind_run {
             .bind(i64::from(run.permission_denials))
             .bind(run.webhook_id.map(|id| id.to_string()))
             .bind(run.delivery_id.clone())
+            .bind(run.trace_parent.clone())
     }};
 }
 
@@ -166,7 +167,7 @@ impl RunStore for SqlStore {
                 let sql = format!(
                     "WITH run AS ({}) {}",
                     insert_run_with_events_sql(),
-                    insert_events_sql(31, first_events.len())
+                    insert_events_sql(32, first_events.len())
                 );
                 bind_events_from!(
                     bind_run!(sqlx::query(&sql), run).bind(count),
@@ -281,11 +282,11 @@ impl RunStore for SqlStore {
             });
             return Ok(updated == 1);
         }
-        // The events' sequence numbers are reserved by the update of the row itself ($32 of
+        // The events' sequence numbers are reserved by the update of the row itself ($33 of
         // them), so the row is written once.
         let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
         let update = format!(
-            "UPDATE runs SET {SET_RUN}, event_seq = event_seq + $32 {RUN_EXPECTED} RETURNING event_seq"
+            "UPDATE runs SET {SET_RUN}, event_seq = event_seq + $33 {RUN_EXPECTED} RETURNING event_seq"
         );
         match &self.pools {
             Pools::Sqlite { write, .. } => in_sqlite_tx!(write, tx => {
@@ -311,11 +312,11 @@ impl RunStore for SqlStore {
                 // 1..count, and `n` in the statement.
                 let sql = format!(
                     "WITH updated AS ({update}), stored AS (INSERT INTO run_events {EVENT_COLUMNS} \
-                     SELECT e.run_id, updated.event_seq - $32 + e.n, e.attempt, e.origin, e.origin_seq, e.at_ms, \
+                     SELECT e.run_id, updated.event_seq - $33 + e.n, e.attempt, e.origin, e.origin_seq, e.at_ms, \
                      e.kind, e.data FROM updated CROSS JOIN (VALUES {}) \
                      AS e (run_id, n, attempt, origin, origin_seq, at_ms, kind, data) {EVENT_REDELIVERED}) \
                      SELECT event_seq FROM updated",
-                    placeholders(Placeholders::Numbered, events.len(), 8, 33)
+                    placeholders(Placeholders::Numbered, events.len(), 8, 34)
                 );
                 let query = bind_run!(sqlx::query_as::<_, (i64,)>(&sql), run)
                     .bind(expected_status.as_str())

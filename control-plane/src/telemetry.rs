@@ -1,0 +1,288 @@
+//! Logs and traces of the process: the `tracing` subscriber with its log format and, when an
+//! OTLP endpoint is configured, an OpenTelemetry exporter for spans.
+//!
+//! Traces follow the standard OpenTelemetry variables: `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) turns them on; `OTEL_EXPORTER_OTLP_PROTOCOL`
+//! (`http/protobuf`, the default, or `grpc`), `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_SERVICE_NAME`,
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` and
+//! `OTEL_SDK_DISABLED` / `OTEL_TRACES_EXPORTER=none` work as everywhere else. Without an
+//! endpoint nothing is set up: no span reaches an exporter and run requests carry no trace
+//! context. JSON log lines carry `trace_id` and `span_id` when tracing is on, so a log line
+//! leads to its trace.
+
+use std::fmt;
+
+use anyhow::Context as _;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing::Subscriber;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::fmt::format::{Format, Json, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::LogFormat;
+
+/// What was set up; dropping it (or [`Telemetry::shutdown`]) sends the spans still buffered.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Sends the spans still buffered, waiting at most the exporter's timeout.
+    pub fn shutdown(mut self) {
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(err) = provider.shutdown() {
+                eprintln!("warning: sending the last spans failed: {err}");
+            }
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Where spans go, read from the standard variables.
+#[derive(Debug, PartialEq)]
+pub struct TraceExport {
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, PartialEq, Clone, Copy)]
+pub enum Protocol {
+    HttpProtobuf,
+    Grpc,
+}
+
+/// The trace export `var` (an environment lookup) asks for; `None` when tracing is off.
+pub fn trace_export(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<TraceExport>> {
+    let set = |name: &str| var(name).filter(|value| !value.trim().is_empty());
+    if set("OTEL_SDK_DISABLED").is_some_and(|value| value.trim().eq_ignore_ascii_case("true")) {
+        return Ok(None);
+    }
+    match set("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
+        None | Some("otlp") => {}
+        Some("none") => return Ok(None),
+        Some(other) => anyhow::bail!(
+            "OTEL_TRACES_EXPORTER={other} is not supported: use `otlp` (with OTEL_EXPORTER_OTLP_ENDPOINT) or `none`"
+        ),
+    }
+    if set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none()
+        && set("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
+    {
+        return Ok(None);
+    }
+    let protocol =
+        set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| set("OTEL_EXPORTER_OTLP_PROTOCOL"));
+    let protocol = match protocol.as_deref().map(str::trim) {
+        None | Some("http/protobuf") => Protocol::HttpProtobuf,
+        Some("grpc") => Protocol::Grpc,
+        Some(other) => anyhow::bail!(
+            "OTEL_EXPORTER_OTLP_PROTOCOL={other} is not supported: use `http/protobuf` (the default) or `grpc`"
+        ),
+    };
+    Ok(Some(TraceExport { protocol }))
+}
+
+/// Sets up logging in `format` and, when configured, trace export for a process whose service
+/// name is `service` unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` say otherwise.
+pub fn init(format: LogFormat, service: &'static str) -> anyhow::Result<Telemetry> {
+    let export = trace_export(|name| std::env::var(name).ok())?;
+    let provider = export
+        .map(|export| tracer_provider(&export, service))
+        .transpose()?;
+    let filter = EnvFilter::try_from_env("AUTOPILOT_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let logs = match format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs
+            .json()
+            .event_format(WithTraceIds(Format::default().json()))
+            .boxed(),
+    }
+    .with_filter(filter);
+    // Spans are exported whatever the log filter says: Autopilot's own, at info and above.
+    let spans = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(autopilot_worker::trace::TRACER_NAME))
+            .with_level(false)
+            .with_filter(
+                Targets::new()
+                    .with_target("autopilot", LevelFilter::INFO)
+                    .with_target("autopilot_control_plane", LevelFilter::INFO)
+                    .with_target("autopilot_worker", LevelFilter::INFO)
+                    .with_target("autopilot_proto", LevelFilter::INFO),
+            )
+    });
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
+        .try_init()
+        .context("setting up logging")?;
+    if let Some(provider) = &provider {
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        autopilot_worker::trace::set_enabled(true);
+    }
+    Ok(Telemetry { provider })
+}
+
+fn tracer_provider(
+    export: &TraceExport,
+    service: &'static str,
+) -> anyhow::Result<SdkTracerProvider> {
+    let exporter = match export.protocol {
+        Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build(),
+        Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build(),
+    }
+    .context("setting up the OTLP trace exporter (OTEL_EXPORTER_OTLP_*)")?;
+    let named_in_env = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|name| !name.is_empty())
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES")
+            .is_ok_and(|attrs| attrs.contains("service.name="));
+    let mut resource = Resource::builder()
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    if !named_in_env {
+        resource = resource.with_service_name(service);
+    }
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build())
+}
+
+/// The JSON log format with the ids of the current span's trace beside the fields.
+struct WithTraceIds(Format<Json>);
+
+impl<S, N> FormatEvent<S, N> for WithTraceIds
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> fmt::Result {
+        let ids = autopilot_worker::trace::enabled()
+            .then(|| {
+                let context = tracing::Span::current().context();
+                let span = context.span();
+                let span_context = span.span_context();
+                span_context
+                    .is_valid()
+                    .then(|| (span_context.trace_id(), span_context.span_id()))
+            })
+            .flatten();
+        let Some((trace_id, span_id)) = ids else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        // The line is one JSON object and a newline: the ids go in before its closing brace.
+        match line.trim_end().strip_suffix('}') {
+            Some(object) => writeln!(
+                writer,
+                "{object},\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\"}}"
+            ),
+            None => writer.write_str(&line),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn export(vars: &[(&str, &str)]) -> anyhow::Result<Option<TraceExport>> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        trace_export(|name| {
+            vars.iter()
+                .find(|(var, _)| var == name)
+                .map(|(_, value)| value.clone())
+        })
+    }
+
+    #[test]
+    fn traces_are_off_without_an_endpoint() {
+        assert_eq!(export(&[]).unwrap(), None);
+        assert_eq!(
+            export(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")]).unwrap(),
+            None
+        );
+        assert_eq!(export(&[("OTEL_SERVICE_NAME", "x")]).unwrap(), None);
+    }
+
+    #[test]
+    fn an_endpoint_turns_them_on_over_http_unless_grpc_is_asked_for() {
+        let http = TraceExport {
+            protocol: Protocol::HttpProtobuf,
+        };
+        assert_eq!(
+            export(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")]).unwrap(),
+            Some(http)
+        );
+        let grpc = export(&[
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://collector:4317",
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ])
+        .unwrap();
+        assert_eq!(grpc.map(|export| export.protocol), Some(Protocol::Grpc));
+    }
+
+    #[test]
+    fn disabled_or_none_wins_over_an_endpoint() {
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318");
+        assert_eq!(
+            export(&[endpoint, ("OTEL_SDK_DISABLED", "true")]).unwrap(),
+            None
+        );
+        assert_eq!(
+            export(&[endpoint, ("OTEL_TRACES_EXPORTER", "none")]).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn unsupported_settings_are_named() {
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318");
+        let err = export(&[endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("OTEL_EXPORTER_OTLP_PROTOCOL=http/json"),
+            "{err}"
+        );
+        let err = export(&[endpoint, ("OTEL_TRACES_EXPORTER", "zipkin")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("OTEL_TRACES_EXPORTER=zipkin"), "{err}");
+    }
+}

@@ -1,0 +1,277 @@
+//! An OTLP trace receiver in the test process, speaking the real protocol on both transports:
+//! OTLP/HTTP (`POST /v1/traces`, protobuf) and OTLP/gRPC (`TraceService/Export`). It keeps every
+//! span it is sent, flattened, for the tests to look at.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use axum::routing::post;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use prost::Message;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// One span as received.
+#[derive(Clone, Debug)]
+pub struct ReceivedSpan {
+    /// Lower-case hex, as in a `traceparent`.
+    pub trace_id: String,
+    pub span_id: String,
+    /// Empty for a root span.
+    pub parent_span_id: String,
+    pub name: String,
+    /// `service.name` of the resource that sent it.
+    pub service: String,
+    /// The instrumentation scope's name.
+    pub scope: String,
+    pub attributes: HashMap<String, Value>,
+    /// 2 = server, 3 = client, 4 = producer, 5 = consumer, 1 = internal.
+    pub kind: i32,
+    /// 2 = error.
+    pub status_code: i32,
+    pub start_unix_nanos: u64,
+    pub end_unix_nanos: u64,
+}
+
+impl ReceivedSpan {
+    pub fn attribute(&self, key: &str) -> Option<&Value> {
+        self.attributes.get(key)
+    }
+
+    pub fn str_attribute(&self, key: &str) -> Option<&str> {
+        self.attribute(key).and_then(Value::as_str)
+    }
+}
+
+type Spans = Arc<Mutex<Vec<ReceivedSpan>>>;
+
+/// The receiver; it stops when dropped.
+pub struct OtlpReceiver {
+    spans: Spans,
+    http_port: u16,
+    grpc_port: u16,
+    stop: CancellationToken,
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl OtlpReceiver {
+    pub async fn start() -> OtlpReceiver {
+        let spans: Spans = Arc::default();
+        let stop = CancellationToken::new();
+
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_port = http.local_addr().unwrap().port();
+        let kept = Arc::clone(&spans);
+        let router = axum::Router::new().route(
+            "/v1/traces",
+            post(move |body: Bytes| {
+                let kept = Arc::clone(&kept);
+                async move {
+                    match ExportTraceServiceRequest::decode(body) {
+                        Ok(request) => {
+                            keep(&kept, request);
+                            let answer = ExportTraceServiceResponse::default().encode_to_vec();
+                            (
+                                StatusCode::OK,
+                                [("content-type", "application/x-protobuf")],
+                                answer,
+                            )
+                        }
+                        Err(_) => (
+                            StatusCode::BAD_REQUEST,
+                            [("content-type", "text/plain")],
+                            b"not an ExportTraceServiceRequest".to_vec(),
+                        ),
+                    }
+                }
+            }),
+        );
+        let until = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(http, router)
+                .with_graceful_shutdown(until.cancelled_owned())
+                .await;
+        });
+
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc_port = grpc.local_addr().unwrap().port();
+        let service = TraceServiceServer::new(GrpcReceiver {
+            spans: Arc::clone(&spans),
+        });
+        let until = stop.clone();
+        tokio::spawn(async move {
+            let incoming = tokio_stream_of(grpc);
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, until.cancelled_owned())
+                .await;
+        });
+        OtlpReceiver {
+            spans,
+            http_port,
+            grpc_port,
+            stop,
+        }
+    }
+
+    /// The base URL for `OTEL_EXPORTER_OTLP_ENDPOINT` with `http/protobuf`.
+    pub fn http_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// The URL for `OTEL_EXPORTER_OTLP_ENDPOINT` with `grpc`.
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.spans.lock().unwrap().clone()
+    }
+
+    /// The spans of trace `trace_id`.
+    pub fn trace(&self, trace_id: &str) -> Vec<ReceivedSpan> {
+        self.spans()
+            .into_iter()
+            .filter(|span| span.trace_id == trace_id)
+            .collect()
+    }
+
+    /// Waits until `done` holds for the spans received, and returns them; panics with what
+    /// arrived after `timeout`.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[ReceivedSpan]) -> bool,
+    ) -> Vec<ReceivedSpan> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let spans = self.spans();
+            if done(&spans) {
+                return spans;
+            }
+            if Instant::now() > deadline {
+                let names: Vec<String> = spans
+                    .iter()
+                    .map(|span| {
+                        format!("{} ({}, trace {})", span.name, span.service, span.trace_id)
+                    })
+                    .collect();
+                panic!(
+                    "the spans expected did not arrive within {timeout:?}; received: {names:#?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn tokio_stream_of(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(stream, _)| stream);
+        Some((accepted, listener))
+    })
+}
+
+struct GrpcReceiver {
+    spans: Spans,
+}
+
+#[tonic::async_trait]
+impl TraceService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        keep(&self.spans, request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn keep(spans: &Spans, request: ExportTraceServiceRequest) {
+    let mut kept = spans.lock().unwrap();
+    for resource_spans in request.resource_spans {
+        let resource = resource_spans
+            .resource
+            .map(|resource| attributes(&resource.attributes))
+            .unwrap_or_default();
+        let service = resource
+            .get("service.name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        for scope_spans in resource_spans.scope_spans {
+            let scope = scope_spans
+                .scope
+                .map(|scope| scope.name)
+                .unwrap_or_default();
+            for span in scope_spans.spans {
+                kept.push(ReceivedSpan {
+                    trace_id: hex::encode(&span.trace_id),
+                    span_id: hex::encode(&span.span_id),
+                    parent_span_id: hex::encode(&span.parent_span_id),
+                    name: span.name,
+                    service: service.clone(),
+                    scope: scope.clone(),
+                    attributes: attributes(&span.attributes),
+                    kind: span.kind,
+                    status_code: span.status.map_or(0, |status| status.code),
+                    start_unix_nanos: span.start_time_unix_nano,
+                    end_unix_nanos: span.end_time_unix_nano,
+                });
+            }
+        }
+    }
+}
+
+fn attributes(list: &[KeyValue]) -> HashMap<String, Value> {
+    list.iter()
+        .map(|kv| {
+            let value = kv
+                .value
+                .as_ref()
+                .and_then(|value| value.value.as_ref())
+                .map_or(Value::Null, any_value);
+            (kv.key.clone(), value)
+        })
+        .collect()
+}
+
+fn any_value(value: &AnyValue) -> Value {
+    match value {
+        AnyValue::StringValue(text) => Value::from(text.as_str()),
+        AnyValue::BoolValue(flag) => Value::from(*flag),
+        AnyValue::IntValue(number) => Value::from(*number),
+        AnyValue::DoubleValue(number) => Value::from(*number),
+        AnyValue::ArrayValue(array) => Value::Array(
+            array
+                .values
+                .iter()
+                .filter_map(|item| item.value.as_ref())
+                .map(any_value)
+                .collect(),
+        ),
+        AnyValue::KvlistValue(list) => {
+            Value::Object(attributes(&list.values).into_iter().collect())
+        }
+        AnyValue::BytesValue(bytes) => Value::from(hex::encode(bytes)),
+        #[allow(unreachable_patterns)]
+        _ => Value::Null,
+    }
+}

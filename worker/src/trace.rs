@@ -1,0 +1,247 @@
+//! Trace context across processes, and spans recorded after the fact.
+//!
+//! A run's trace crosses the control plane, the bus and a worker: each hop carries a W3C
+//! `traceparent` (`00-<trace id>-<span id>-<flags>`), in a message header or the run's row, and
+//! the next hop's spans become its children. Spans whose times are only known afterwards (a
+//! model turn, a tool call, a batched store write) are recorded with their own start and end
+//! through the OpenTelemetry API.
+//!
+//! Tracing is on only when the process installed an exporter ([`set_enabled`]); otherwise
+//! every function here returns at once and nothing is recorded.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
+    TraceState, Tracer as _,
+};
+use opentelemetry::{global, Context, KeyValue};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+pub mod genai;
+
+/// Name of the instrumentation scope of Autopilot's spans.
+pub const TRACER_NAME: &str = "autopilot";
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Called once by the process that installed a trace exporter.
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether spans are exported.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// The `traceparent` of the span in `cx`, if it has a valid one.
+pub fn traceparent(cx: &Context) -> Option<String> {
+    let span = cx.span();
+    let context = span.span_context();
+    context.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            context.trace_id(),
+            context.span_id(),
+            context.trace_flags().to_u8()
+        )
+    })
+}
+
+/// The `traceparent` of the current `tracing` span, when tracing is on.
+pub fn current_traceparent() -> Option<String> {
+    if !enabled() {
+        return None;
+    }
+    traceparent(&tracing::Span::current().context())
+}
+
+/// The context a `traceparent` names, as a remote parent. `None` for a malformed one (the
+/// spans that would have been its children start a trace of their own).
+pub fn parent_context(traceparent: &str) -> Option<Context> {
+    let mut parts = traceparent.trim().split('-');
+    let (Some(version), Some(trace_id), Some(span_id), Some(flags)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    if version.len() != 2 || version == "ff" || trace_id.len() != 32 || span_id.len() != 16 {
+        return None;
+    }
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    let trace_id = TraceId::from_hex(trace_id).ok()?;
+    let span_id = SpanId::from_hex(span_id).ok()?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    let context = SpanContext::new(
+        trace_id,
+        span_id,
+        TraceFlags::new(flags) & TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    context
+        .is_valid()
+        .then(|| Context::new().with_remote_span_context(context))
+}
+
+/// Makes `span` a child of the span `traceparent` names (a no-op when tracing is off or it is
+/// absent or malformed).
+pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>) {
+    if !enabled() {
+        return;
+    }
+    if let Some(parent) = traceparent.and_then(parent_context) {
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// A span that already happened: its times are known, so it is recorded whole.
+pub struct PastSpan {
+    pub name: Cow<'static, str>,
+    pub kind: SpanKind,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub attributes: Vec<KeyValue>,
+    /// Marks the span failed, with this description.
+    pub error: Option<String>,
+}
+
+impl PastSpan {
+    pub fn new(name: impl Into<Cow<'static, str>>, start: SystemTime, end: SystemTime) -> Self {
+        Self {
+            name: name.into(),
+            kind: SpanKind::Internal,
+            start,
+            end: end.max(start),
+            attributes: Vec::new(),
+            error: None,
+        }
+    }
+
+    pub fn kind(mut self, kind: SpanKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    pub fn attribute(mut self, attribute: KeyValue) -> Self {
+        self.attributes.push(attribute);
+        self
+    }
+
+    /// Records the span as a child of `parent`; returns the context its own children need.
+    pub fn record(self, parent: &Context) -> Context {
+        let tracer = global::tracer(TRACER_NAME);
+        let mut span = tracer
+            .span_builder(self.name)
+            .with_kind(self.kind)
+            .with_start_time(self.start)
+            .with_attributes(self.attributes)
+            .start_with_context(&tracer, parent);
+        if let Some(error) = self.error {
+            span.set_status(Status::error(error));
+        }
+        let context = span.span_context().clone();
+        span.end_with_timestamp(self.end);
+        parent.with_remote_span_context(context)
+    }
+
+    /// Records the span as a child of the current `tracing` span, when tracing is on.
+    pub fn record_in_current(self) {
+        if enabled() {
+            self.record(&tracing::Span::current().context());
+        }
+    }
+
+    /// Records the span as a child of the span `traceparent` names; returns its own
+    /// `traceparent`. Nothing is recorded when tracing is off or the parent is unknown.
+    pub fn record_under(self, traceparent: Option<&str>) -> Option<String> {
+        if !enabled() {
+            return None;
+        }
+        let parent = traceparent.and_then(parent_context)?;
+        crate::trace::traceparent(&self.record(&parent))
+    }
+}
+
+/// A span started now and ended later, under a parent named by its `traceparent` (for steps
+/// that run outside the `tracing` span of their cause, such as a publish by the dispatcher).
+pub struct OpenSpan {
+    span: global::BoxedSpan,
+    traceparent: Option<String>,
+}
+
+impl OpenSpan {
+    /// Starts a span under `traceparent`; `None` when tracing is off or there is no parent.
+    pub fn start(
+        name: impl Into<Cow<'static, str>>,
+        kind: SpanKind,
+        traceparent: Option<&str>,
+        attributes: Vec<KeyValue>,
+    ) -> Option<Self> {
+        if !enabled() {
+            return None;
+        }
+        let parent = traceparent.and_then(parent_context)?;
+        let tracer = global::tracer(TRACER_NAME);
+        let span = tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .with_attributes(attributes)
+            .start_with_context(&tracer, &parent);
+        let traceparent = crate::trace::traceparent(
+            &parent.with_remote_span_context(span.span_context().clone()),
+        );
+        Some(Self { span, traceparent })
+    }
+
+    /// Its own `traceparent`, for the steps it causes.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_deref()
+    }
+
+    /// Ends it now, failed with `error` if one is given.
+    pub fn end(mut self, error: Option<String>) {
+        if let Some(error) = error {
+            self.span.set_status(Status::error(error));
+        }
+        self.span.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_reads_back_as_it_was_written() {
+        let written = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let context = parent_context(written).expect("valid");
+        assert_eq!(traceparent(&context).as_deref(), Some(written));
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        assert_eq!(
+            traceparent(&parent_context(unsampled).unwrap()).as_deref(),
+            Some(unsampled)
+        );
+    }
+
+    #[test]
+    fn malformed_traceparents_are_refused() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-xyz92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert!(parent_context(bad).is_none(), "{bad:?} was taken");
+        }
+    }
+}

@@ -420,7 +420,10 @@ def check_queries(source: str, expr: str) -> None:
         fail(f"{source}: names {sorted(unknown)}, which Autopilot does not export: {expr}")
 
 
-def check_alerts(objects: list[dict[str, Any]], promtool: str) -> None:
+def check_alerts(promtool: str) -> None:
+    """The PrometheusRule rendered with the default values: promtool's syntax check, then the
+    cases of charts/alerts.test.yaml (`promtool test rules`)."""
+    objects = render({"prometheusRule": {"enabled": True}})
     rule = find(objects, "PrometheusRule", lambda _: True)
     if rule is None:
         fail("no PrometheusRule rendered with prometheusRule.enabled true")
@@ -429,15 +432,28 @@ def check_alerts(objects: list[dict[str, Any]], promtool: str) -> None:
     for group in groups:
         for alert in group["rules"]:
             check_queries(f"alert {alert['alert']}", alert["expr"])
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as rules:
-        yaml.safe_dump({"groups": groups}, rules)
-        rules.flush()
-        result = subprocess.run([promtool, "check", "rules", rules.name], capture_output=True, text=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        rules = pathlib.Path(tmp) / "rules.yaml"
+        rules.write_text(yaml.safe_dump({"groups": groups}))
+        result = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True)
         if result.returncode != 0:
             fail(f"promtool check rules on the rendered PrometheusRule:\n{result.stdout}{result.stderr}")
         else:
             count = sum(len(g["rules"]) for g in groups)
             ok(f"promtool check rules: {count} rules in {len(groups)} groups")
+        cases = yaml.safe_load((CHARTS / "alerts.test.yaml").read_text())
+        cases["rule_files"] = [str(rules)]
+        tested = {t["alertname"] for case in cases["tests"] for t in case["alert_rule_test"]}
+        untested = {r["alert"] for g in groups for r in g["rules"]} - tested
+        if untested:
+            fail(f"alerts.test.yaml has no case for {sorted(untested)}")
+        test_file = pathlib.Path(tmp) / "alerts.test.yaml"
+        test_file.write_text(yaml.safe_dump(cases))
+        result = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True)
+        if result.returncode != 0:
+            fail(f"promtool test rules (charts/alerts.test.yaml):\n{result.stdout}{result.stderr}")
+        else:
+            ok(f"promtool test rules: {len(cases['tests'])} cases of charts/alerts.test.yaml")
     # Thresholds come from values: a changed value shows in the rendered rule.
     values = load_values(CHART / "ci" / "production.yaml")
     spend = values["alerts"]["spendPerHourUsd"]
@@ -517,7 +533,6 @@ def main() -> int:
         fail(f"no values files in {CHART / 'ci'}")
     check_metric_scanner()
     check_values_schema()
-    monitoring_objects: list[dict[str, Any]] = []
     for values_file in CI_VALUES:
         values = load_values(values_file)
         check_lint(values_file)
@@ -532,9 +547,7 @@ def main() -> int:
         check_policies(values_file, values, objects)
         check_network_policies(values_file.name, values, objects)
         ok(f"{values_file.name}: {len(objects)} objects ({', '.join(kinds)}) checked against Kubernetes {' and '.join(KUBE_VERSIONS)}")
-        if find(objects, "PrometheusRule", lambda _: True) and not monitoring_objects:
-            monitoring_objects = objects
-    check_alerts(monitoring_objects, promtool)
+    check_alerts(promtool)
     check_dashboards()
     if failures:
         print(f"\n{len(failures)} chart check(s) failed:", file=sys.stderr)

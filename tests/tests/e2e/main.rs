@@ -22,6 +22,7 @@ mod mcp_clients;
 mod metrics;
 mod oauth;
 mod process;
+mod prometheus;
 mod scheduler;
 mod store;
 mod store_webhooks;

@@ -49,6 +49,8 @@ pub struct Parts {
     pub changes: Option<mpsc::Sender<Change>>,
     /// Fired when the process shuts down; long-lived responses (live event streams) end on it.
     pub shutdown: CancellationToken,
+    /// What this process counts and measures (`Metrics::from_env` also pushes it over OTLP).
+    pub metrics: Metrics,
 }
 
 pub struct App {
@@ -92,6 +94,7 @@ impl App {
             saved_workspaces,
             changes,
             shutdown,
+            metrics,
         } = parts;
         let (run_updates, _) = broadcast::channel(4096);
         Arc::new(App {
@@ -103,7 +106,7 @@ impl App {
             sealer,
             saved_workspaces,
             shutdown,
-            metrics: Metrics::new(),
+            metrics,
             replica_id: format!("cp-{}", uuid::Uuid::now_v7().simple()),
             run_updates,
             scheduler_wake: Notify::new(),

@@ -147,8 +147,12 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
     );
     let worker =
         Worker::new(worker_config, Arc::new(bus), executor).with_workspaces(Arc::new(workspaces));
+    // The worker's slots, read out at its metrics address and pushed over OTLP when the
+    // OTEL_* variables ask for it.
+    let metrics = Arc::new(Metrics::from_env("autopilot-worker")?);
+    metrics.observe_worker_slots(worker.slots());
     let metrics_server = match settings.metrics_bind {
-        Some(address) => Some(serve_metrics(address, &worker).await?),
+        Some(address) => Some(serve_metrics(address, Arc::clone(&metrics)).await?),
         None => None,
     };
     let ran = worker.run(shutdown).await;
@@ -161,11 +165,11 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
     Ok(())
 }
 
-/// Serves `/metrics` (the worker's slots) and `/healthz` on `address` until the returned token
+/// Serves `/metrics` (`metrics`: the worker's slots) and `/healthz` on `address` until the returned token
 /// is cancelled.
 async fn serve_metrics(
     address: std::net::SocketAddr,
-    worker: &Worker,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
     use axum::response::IntoResponse;
 
@@ -174,8 +178,6 @@ async fn serve_metrics(
         .map_err(|err| {
             anyhow::anyhow!("cannot listen on {address} (AUTOPILOT_METRICS_BIND): {err}")
         })?;
-    let metrics = Arc::new(Metrics::new());
-    metrics.observe_worker_slots(worker.slots());
     let router = axum::Router::new()
         .route(
             "/metrics",

@@ -7,7 +7,8 @@
 //!
 //! - **domain** ([`domain`], [`config`]): types and pure functions, no I/O.
 //! - **store, seal, tokens, keys, metrics** ([`store`], [`lease`], [`seal`], [`tokens`],
-//!   [`keys`], [`metrics`]): where state lives, how secrets are kept, what is counted.
+//!   [`keys`], [`metrics`], [`otlp`]): where state lives, how secrets are kept, what is counted
+//!   and where it is sent.
 //! - **app** ([`app`]): `App`, the bottom context, built once from everything above.
 //! - **services** ([`services`]): the only code that creates or changes jobs, runs and webhooks.
 //! - **http** ([`http`]): what the HTTP edges share (the JSON error shape, extractors).
@@ -25,6 +26,7 @@ pub mod domain;
 pub mod keys;
 pub mod lease;
 pub mod metrics;
+pub mod otlp;
 pub mod seal;
 pub mod store;
 pub mod tokens;

@@ -9,13 +9,19 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use autopilot_proto::{RunStatus, TokenUsage, Trigger};
 use autopilot_worker::Slots;
 use chrono::{DateTime, Utc};
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider};
 use opentelemetry::KeyValue;
 use opentelemetry_prometheus_text_exporter::PrometheusExporter;
-use opentelemetry_sdk::metrics::{Instrument, SdkMeterProvider, Stream};
+use opentelemetry_sdk::metrics::{
+    Instrument, MeterProviderBuilder, PeriodicReader, SdkMeterProvider, Stream,
+};
+use opentelemetry_sdk::Resource;
+
+use crate::otlp::{self, Protocol, Signal};
 
 use crate::domain::PoolQueue;
 
@@ -33,8 +39,9 @@ const DURATION_BOUNDS: [f64; 12] = [
 /// below what an installation with thousands of jobs needs.
 const NAMED_SERIES_LIMIT: usize = 50_000;
 /// The instruments labelled by job or webhook name.
-const NAMED_INSTRUMENTS: [&str; 4] = [
+const NAMED_INSTRUMENTS: [&str; 5] = [
     "autopilot.runs.finished",
+    "autopilot.fires.missed",
     "autopilot.tokens",
     "autopilot.cost.usd",
     "autopilot.webhook.deliveries",
@@ -53,6 +60,7 @@ pub struct Metrics {
     runs_finished: Counter<u64>,
     run_duration: Histogram<f64>,
     fire_lateness: Histogram<f64>,
+    fires_missed: Counter<u64>,
     dispatch_latency: Histogram<f64>,
     tokens: Counter<u64>,
     cost: Counter<f64>,
@@ -78,13 +86,56 @@ impl Default for Metrics {
     }
 }
 
+/// What a process's telemetry says about where it comes from: its service name (unless
+/// `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` name it) and version, and the other
+/// `OTEL_RESOURCE_ATTRIBUTES`.
+pub fn resource(service: &'static str) -> Resource {
+    let named_in_env = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|name| !name.is_empty())
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES")
+            .is_ok_and(|attributes| attributes.contains("service.name="));
+    let mut resource = Resource::builder()
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    if !named_in_env {
+        resource = resource.with_service_name(service);
+    }
+    resource.build()
+}
+
 impl Metrics {
+    /// Metrics read out at `/metrics` only.
     pub fn new() -> Self {
+        Self::with_readers(SdkMeterProvider::builder())
+    }
+
+    /// Metrics read out at `/metrics` and, when the OTEL_* variables ask for it, also pushed
+    /// over OTLP (every `OTEL_METRIC_EXPORT_INTERVAL`, 60 s by default) as `service`.
+    pub fn from_env(service: &'static str) -> anyhow::Result<Self> {
+        let Some(protocol) = otlp::export_from_env(Signal::Metrics)? else {
+            return Ok(Self::new());
+        };
+        let exporter = match protocol {
+            Protocol::HttpProtobuf => opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .build(),
+            Protocol::Grpc => opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .build(),
+        }
+        .context("setting up the OTLP metric exporter (OTEL_EXPORTER_OTLP_*)")?;
+        let pushed = PeriodicReader::builder(exporter).build();
+        Ok(Self::with_readers(
+            SdkMeterProvider::builder()
+                .with_reader(pushed)
+                .with_resource(resource(service)),
+        ))
+    }
+
+    fn with_readers(builder: MeterProviderBuilder) -> Self {
         let exporter = PrometheusExporter::builder()
             .without_scope_info()
             .without_target_info()
             .build();
-        let provider = SdkMeterProvider::builder()
+        let provider = builder
             .with_reader(exporter.clone())
             .with_view(|instrument: &Instrument| {
                 NAMED_INSTRUMENTS
@@ -126,6 +177,13 @@ impl Metrics {
                 "autopilot.fire.lateness",
                 "How late the scheduler fired a job: from the fire's time to the run's creation.",
             ),
+            fires_missed: meter
+                .u64_counter("autopilot.fires.missed")
+                .with_description(
+                    "Fires later than the misfire grace (AUTOPILOT_MISFIRE_GRACE_SECS), by job; the \
+                     job's misfire policy decided whether they ran.",
+                )
+                .build(),
             dispatch_latency: latency(
                 "autopilot.dispatch.latency",
                 "From the moment a run was due to its claim by a worker.",
@@ -254,6 +312,12 @@ impl Metrics {
 
     pub fn fire_lateness(&self, lateness: Duration) {
         self.fire_lateness.record(lateness.as_secs_f64(), &[]);
+    }
+
+    /// `count` fires of `job` came later than the misfire grace.
+    pub fn fires_missed(&self, job: &str, count: u64) {
+        self.fires_missed
+            .add(count, &[KeyValue::new("job", job.to_owned())]);
     }
 
     pub fn dispatch_latency(&self, latency: Duration) {

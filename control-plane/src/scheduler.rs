@@ -306,6 +306,7 @@ async fn fire_due(app: &App, planned: &mut [Planned], now: DateTime<Utc>) -> any
         let disable = matches!(job.schedule, Schedule::At(_));
         records.push(FireRecord {
             job_id: job.id,
+            job_name: job.name.clone(),
             cursor,
             runs,
             events,

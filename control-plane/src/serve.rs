@@ -142,6 +142,7 @@ pub async fn run_with(
         saved_workspaces,
         changes,
         shutdown: shutdown.clone(),
+        metrics: crate::metrics::Metrics::from_env("autopilot")?,
     });
     if config.oauth_auto_approve {
         tracing::warn!("AUTOPILOT_TEST_AUTO_APPROVE is set: every OAuth authorization is approved without the operator (tests only)");

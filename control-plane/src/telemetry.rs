@@ -14,9 +14,7 @@ use std::fmt;
 
 use anyhow::Context as _;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use opentelemetry_sdk::Resource;
 use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{LevelFilter, Targets};
@@ -28,6 +26,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
+use crate::otlp::{self, Protocol, Signal};
 
 /// What was set up; dropping it (or [`Telemetry::shutdown`]) sends the spans still buffered.
 pub struct Telemetry {
@@ -55,54 +54,11 @@ impl Drop for Telemetry {
     }
 }
 
-/// Where spans go, read from the standard variables.
-#[derive(Debug, PartialEq)]
-pub struct TraceExport {
-    pub protocol: Protocol,
-}
-
-#[derive(Debug, PartialEq, Clone, Copy)]
-pub enum Protocol {
-    HttpProtobuf,
-    Grpc,
-}
-
-/// The trace export `var` (an environment lookup) asks for; `None` when tracing is off.
-pub fn trace_export(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<TraceExport>> {
-    let set = |name: &str| var(name).filter(|value| !value.trim().is_empty());
-    if set("OTEL_SDK_DISABLED").is_some_and(|value| value.trim().eq_ignore_ascii_case("true")) {
-        return Ok(None);
-    }
-    match set("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
-        None | Some("otlp") => {}
-        Some("none") => return Ok(None),
-        Some(other) => anyhow::bail!(
-            "OTEL_TRACES_EXPORTER={other} is not supported: use `otlp` (with OTEL_EXPORTER_OTLP_ENDPOINT) or `none`"
-        ),
-    }
-    if set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none()
-        && set("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
-    {
-        return Ok(None);
-    }
-    let protocol =
-        set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| set("OTEL_EXPORTER_OTLP_PROTOCOL"));
-    let protocol = match protocol.as_deref().map(str::trim) {
-        None | Some("http/protobuf") => Protocol::HttpProtobuf,
-        Some("grpc") => Protocol::Grpc,
-        Some(other) => anyhow::bail!(
-            "OTEL_EXPORTER_OTLP_PROTOCOL={other} is not supported: use `http/protobuf` (the default) or `grpc`"
-        ),
-    };
-    Ok(Some(TraceExport { protocol }))
-}
-
 /// Sets up logging in `format` and, when configured, trace export for a process whose service
 /// name is `service` unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` say otherwise.
 pub fn init(format: LogFormat, service: &'static str) -> anyhow::Result<Telemetry> {
-    let export = trace_export(|name| std::env::var(name).ok())?;
-    let provider = export
-        .map(|export| tracer_provider(&export, service))
+    let provider = otlp::export_from_env(Signal::Traces)?
+        .map(|protocol| tracer_provider(protocol, service))
         .transpose()?;
     let filter = EnvFilter::try_from_env("AUTOPILOT_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
@@ -144,11 +100,8 @@ pub fn init(format: LogFormat, service: &'static str) -> anyhow::Result<Telemetr
     Ok(Telemetry { provider })
 }
 
-fn tracer_provider(
-    export: &TraceExport,
-    service: &'static str,
-) -> anyhow::Result<SdkTracerProvider> {
-    let exporter = match export.protocol {
+fn tracer_provider(protocol: Protocol, service: &'static str) -> anyhow::Result<SdkTracerProvider> {
+    let exporter = match protocol {
         Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build(),
@@ -157,17 +110,9 @@ fn tracer_provider(
             .build(),
     }
     .context("setting up the OTLP trace exporter (OTEL_EXPORTER_OTLP_*)")?;
-    let named_in_env = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|name| !name.is_empty())
-        || std::env::var("OTEL_RESOURCE_ATTRIBUTES")
-            .is_ok_and(|attrs| attrs.contains("service.name="));
-    let mut resource = Resource::builder()
-        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
-    if !named_in_env {
-        resource = resource.with_service_name(service);
-    }
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_resource(resource.build())
+        .with_resource(crate::metrics::resource(service))
         .build())
 }
 
@@ -208,81 +153,5 @@ where
             ),
             None => writer.write_str(&line),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn export(vars: &[(&str, &str)]) -> anyhow::Result<Option<TraceExport>> {
-        let vars: Vec<(String, String)> = vars
-            .iter()
-            .map(|(name, value)| (name.to_string(), value.to_string()))
-            .collect();
-        trace_export(|name| {
-            vars.iter()
-                .find(|(var, _)| var == name)
-                .map(|(_, value)| value.clone())
-        })
-    }
-
-    #[test]
-    fn traces_are_off_without_an_endpoint() {
-        assert_eq!(export(&[]).unwrap(), None);
-        assert_eq!(
-            export(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")]).unwrap(),
-            None
-        );
-        assert_eq!(export(&[("OTEL_SERVICE_NAME", "x")]).unwrap(), None);
-    }
-
-    #[test]
-    fn an_endpoint_turns_them_on_over_http_unless_grpc_is_asked_for() {
-        let http = TraceExport {
-            protocol: Protocol::HttpProtobuf,
-        };
-        assert_eq!(
-            export(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")]).unwrap(),
-            Some(http)
-        );
-        let grpc = export(&[
-            (
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                "http://collector:4317",
-            ),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-        ])
-        .unwrap();
-        assert_eq!(grpc.map(|export| export.protocol), Some(Protocol::Grpc));
-    }
-
-    #[test]
-    fn disabled_or_none_wins_over_an_endpoint() {
-        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318");
-        assert_eq!(
-            export(&[endpoint, ("OTEL_SDK_DISABLED", "true")]).unwrap(),
-            None
-        );
-        assert_eq!(
-            export(&[endpoint, ("OTEL_TRACES_EXPORTER", "none")]).unwrap(),
-            None
-        );
-    }
-
-    #[test]
-    fn unsupported_settings_are_named() {
-        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318");
-        let err = export(&[endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("OTEL_EXPORTER_OTLP_PROTOCOL=http/json"),
-            "{err}"
-        );
-        let err = export(&[endpoint, ("OTEL_TRACES_EXPORTER", "zipkin")])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("OTEL_TRACES_EXPORTER=zipkin"), "{err}");
     }
 }

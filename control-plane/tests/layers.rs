@@ -10,7 +10,9 @@ const LAYERS: [(&str, &[&str]); 7] = [
     ("domain and config", &["domain", "config"]),
     (
         "store, seal, tokens, keys, metrics",
-        &["store", "lease", "seal", "tokens", "keys", "metrics"],
+        &[
+            "store", "lease", "seal", "tokens", "keys", "metrics", "otlp",
+        ],
     ),
     ("the app context", &["app"]),
     ("services", &["services"]),

@@ -1,6 +1,7 @@
-//! An OTLP trace receiver in the test process, speaking the real protocol on both transports:
-//! OTLP/HTTP (`POST /v1/traces`, protobuf) and OTLP/gRPC (`TraceService/Export`). It keeps every
-//! span it is sent, flattened, for the tests to look at.
+//! An OTLP receiver in the test process, speaking the real protocol on both transports:
+//! OTLP/HTTP (`POST /v1/traces` and `/v1/metrics`, protobuf) and OTLP/gRPC (`TraceService` and
+//! `MetricsService`). It keeps every span it is sent, flattened, and the names of the metrics
+//! (with the service that sent them), for the tests to look at.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,6 +10,12 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::routing::post;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -54,10 +61,13 @@ impl ReceivedSpan {
 }
 
 type Spans = Arc<Mutex<Vec<ReceivedSpan>>>;
+/// `(service, metric name)` of every metric received.
+type MetricNames = Arc<Mutex<Vec<(String, String)>>>;
 
 /// The receiver; it stops when dropped.
 pub struct OtlpReceiver {
     spans: Spans,
+    metrics: MetricNames,
     http_port: u16,
     grpc_port: u16,
     stop: CancellationToken,
@@ -72,6 +82,7 @@ impl Drop for OtlpReceiver {
 impl OtlpReceiver {
     pub async fn start() -> OtlpReceiver {
         let spans: Spans = Arc::default();
+        let metrics: MetricNames = Arc::default();
         let stop = CancellationToken::new();
 
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -101,6 +112,23 @@ impl OtlpReceiver {
                 }
             }),
         );
+        let kept = Arc::clone(&metrics);
+        let router = router.route(
+            "/v1/metrics",
+            post(move |body: Bytes| {
+                let kept = Arc::clone(&kept);
+                async move {
+                    match ExportMetricsServiceRequest::decode(body) {
+                        Ok(request) => {
+                            keep_metrics(&kept, request);
+                            let answer = ExportMetricsServiceResponse::default().encode_to_vec();
+                            (StatusCode::OK, answer)
+                        }
+                        Err(_) => (StatusCode::BAD_REQUEST, Vec::new()),
+                    }
+                }
+            }),
+        );
         let until = stop.clone();
         tokio::spawn(async move {
             let _ = axum::serve(http, router)
@@ -110,19 +138,24 @@ impl OtlpReceiver {
 
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc_port = grpc.local_addr().unwrap().port();
-        let service = TraceServiceServer::new(GrpcReceiver {
+        let receiver = GrpcReceiver {
             spans: Arc::clone(&spans),
-        });
+            metrics: Arc::clone(&metrics),
+        };
+        let traces = TraceServiceServer::new(receiver.clone());
+        let metric_service = MetricsServiceServer::new(receiver);
         let until = stop.clone();
         tokio::spawn(async move {
             let incoming = tokio_stream_of(grpc);
             let _ = tonic::transport::Server::builder()
-                .add_service(service)
+                .add_service(traces)
+                .add_service(metric_service)
                 .serve_with_incoming_shutdown(incoming, until.cancelled_owned())
                 .await;
         });
         OtlpReceiver {
             spans,
+            metrics,
             http_port,
             grpc_port,
             stop,
@@ -141,6 +174,11 @@ impl OtlpReceiver {
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.spans.lock().unwrap().clone()
+    }
+
+    /// `(service, metric name)` of every metric data set received.
+    pub fn metric_names(&self) -> Vec<(String, String)> {
+        self.metrics.lock().unwrap().clone()
     }
 
     /// The spans of trace `trace_id`.
@@ -189,8 +227,42 @@ fn tokio_stream_of(
     })
 }
 
+#[derive(Clone)]
 struct GrpcReceiver {
     spans: Spans,
+    metrics: MetricNames,
+}
+
+#[tonic::async_trait]
+impl MetricsService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        keep_metrics(&self.metrics, request.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+fn keep_metrics(kept: &MetricNames, request: ExportMetricsServiceRequest) {
+    let mut kept = kept.lock().unwrap();
+    for resource_metrics in request.resource_metrics {
+        let service = resource_metrics
+            .resource
+            .map(|resource| attributes(&resource.attributes))
+            .and_then(|resource| {
+                resource
+                    .get("service.name")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        for scope in resource_metrics.scope_metrics {
+            for metric in scope.metrics {
+                kept.push((service.clone(), metric.name));
+            }
+        }
+    }
 }
 
 #[tonic::async_trait]

@@ -32,6 +32,9 @@ pub struct ExitInfo {
     /// It needed SIGKILL after the grace period.
     pub killed: bool,
     pub out_of_memory: bool,
+    /// What the run's model requests used, as the model proxy metered them (runs that reach
+    /// the model API through it: the Docker executor's).
+    pub metered: Option<crate::model_proxy::Metered>,
 }
 
 #[derive(Debug, thiserror::Error)]

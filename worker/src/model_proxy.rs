@@ -16,8 +16,14 @@ use axum::response::{IntoResponse, Response};
 use rand::RngCore;
 use std::path::Path;
 
+use futures::StreamExt;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
+
+mod metering;
+
+pub use metering::Metered;
+use metering::RunMeter;
 
 /// Largest request body forwarded (a long conversation with images stays well under it).
 const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
@@ -43,7 +49,16 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-type Registry = Arc<Mutex<HashMap<String, Upstream>>>;
+/// What the proxy knows of a run executing now.
+#[derive(Clone)]
+struct RunEntry {
+    upstream: Upstream,
+    /// The run's span (`invoke_agent`): each upstream request is a child of it.
+    trace_parent: Option<String>,
+    meter: RunMeter,
+}
+
+type Registry = Arc<Mutex<HashMap<String, RunEntry>>>;
 
 /// A running proxy. Cloning shares it.
 #[derive(Clone)]
@@ -56,11 +71,17 @@ pub struct ModelProxy {
 pub struct RunToken {
     token: String,
     runs: Registry,
+    meter: RunMeter,
 }
 
 impl RunToken {
     pub fn as_str(&self) -> &str {
         &self.token
+    }
+
+    /// What the run's requests used so far, as the answers reported it.
+    pub fn metered(&self) -> Metered {
+        self.meter.metered()
     }
 }
 
@@ -85,19 +106,27 @@ impl ModelProxy {
         }
     }
 
-    /// Issues a token for one run: requests carrying it go to `upstream`.
-    pub fn register(&self, upstream: Upstream) -> RunToken {
+    /// Issues a token for one run: requests carrying it go to `upstream`, each traced under
+    /// `trace_parent` (the run's span) and metered.
+    pub fn register(&self, upstream: Upstream, trace_parent: Option<String>) -> RunToken {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
         let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let token = format!("autopilot-run-{token}");
+        let meter = RunMeter::default();
+        let entry = RunEntry {
+            upstream,
+            trace_parent,
+            meter: meter.clone(),
+        };
         self.runs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(token.clone(), upstream);
+            .insert(token.clone(), entry);
         RunToken {
             token,
             runs: Arc::clone(&self.runs),
+            meter,
         }
     }
 
@@ -138,8 +167,8 @@ impl ModelProxy {
         });
     }
 
-    /// The upstream of the run whose token the request carries.
-    fn upstream_for(&self, headers: &HeaderMap) -> Option<Upstream> {
+    /// The run whose token the request carries.
+    fn run_for(&self, headers: &HeaderMap) -> Option<RunEntry> {
         let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
         let api_key = headers
             .get("x-api-key")
@@ -188,7 +217,7 @@ fn api_error(status: StatusCode, kind: &str, message: &str) -> Response {
 }
 
 async fn forward(State(proxy): State<ModelProxy>, request: Request) -> Response {
-    let Some(upstream) = proxy.upstream_for(request.headers()) else {
+    let Some(run) = proxy.run_for(request.headers()) else {
         return api_error(
             StatusCode::UNAUTHORIZED,
             "authentication_error",
@@ -211,12 +240,20 @@ async fn forward(State(proxy): State<ModelProxy>, request: Request) -> Response 
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
+    let upstream = &run.upstream;
     let url = format!("{}{path}", upstream.base_url.trim_end_matches('/'));
+    let mut meter = run
+        .meter
+        .request(parts.method.as_str(), &path, run.trace_parent.as_deref());
     let mut outgoing = proxy.client.request(parts.method, url).body(body);
     for (name, value) in &parts.headers {
-        if !is_hop_or_credential(name) {
+        if !is_hop_or_credential(name) && name.as_str() != autopilot_proto::TRACEPARENT_HEADER {
             outgoing = outgoing.header(name, value);
         }
+    }
+    // The model API sees the request as a child of the proxy's span.
+    if let Some(traceparent) = meter.traceparent() {
+        outgoing = outgoing.header(autopilot_proto::TRACEPARENT_HEADER, traceparent);
     }
     if let Some(key) = &upstream.api_key {
         outgoing = outgoing.header("x-api-key", key);
@@ -235,6 +272,7 @@ async fn forward(State(proxy): State<ModelProxy>, request: Request) -> Response 
             );
         }
     };
+    meter.status(answer.status().as_u16());
     let mut response = Response::builder().status(answer.status().as_u16());
     if let Some(headers) = response.headers_mut() {
         for (name, value) in answer.headers() {
@@ -248,13 +286,18 @@ async fn forward(State(proxy): State<ModelProxy>, request: Request) -> Response 
             }
         }
     }
-    response
-        .body(Body::from_stream(answer.bytes_stream()))
-        .unwrap_or_else(|_| {
-            api_error(
-                StatusCode::BAD_GATEWAY,
-                "api_error",
-                "the model API answered with headers the proxy cannot pass on",
-            )
-        })
+    // The answer streams through unchanged; the meter reads its usage on the way and ends the
+    // request's span when the stream ends or the client goes away.
+    let body = answer.bytes_stream().inspect(move |chunk| {
+        if let Ok(chunk) = chunk {
+            meter.observe(chunk);
+        }
+    });
+    response.body(Body::from_stream(body)).unwrap_or_else(|_| {
+        api_error(
+            StatusCode::BAD_GATEWAY,
+            "api_error",
+            "the model API answered with headers the proxy cannot pass on",
+        )
+    })
 }

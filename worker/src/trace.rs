@@ -204,6 +204,12 @@ impl OpenSpan {
         self.traceparent.as_deref()
     }
 
+    /// Ends it now with these attributes added, failed with `error` if one is given.
+    pub fn end_with(mut self, attributes: Vec<KeyValue>, error: Option<String>) {
+        self.span.set_attributes(attributes);
+        self.end(error);
+    }
+
     /// Ends it now, failed with `error` if one is given.
     pub fn end(mut self, error: Option<String>) {
         if let Some(error) = error {

@@ -175,6 +175,7 @@ pub struct RunFilter {
 #[derive(Clone, Debug)]
 pub struct FireRecord {
     pub job_id: JobId,
+    pub job_name: String,
     /// The job's new fire cursor.
     pub cursor: DateTime<Utc>,
     /// Runs to create; a run whose `(job_id, scheduled_for)` exists already is left out.

@@ -50,6 +50,9 @@ pub async fn record(
     );
     app.metrics
         .run_created(Trigger::Schedule, created.len() as u64);
+    for record in records.iter().filter(|record| record.missed > 0) {
+        app.metrics.fires_missed(&record.job_name, record.missed);
+    }
     for run in records.into_iter().flat_map(|record| record.runs) {
         if !created.contains(&run.id) {
             continue; // another leader created this fire's run

@@ -165,6 +165,23 @@ async fn claude_runs_in_a_container_without_ever_seeing_the_api_key() {
         .map(|u| expected_cost_usd(DEFAULT_MODEL, u).unwrap())
         .sum();
     assert!((cost - expected).abs() < 1e-6, "{cost} vs {expected}");
+    // The model proxy metered the same tokens from the answers it passed on.
+    let exited = events
+        .iter()
+        .find(|e| e["kind"] == "lifecycle" && e["data"]["step"] == "exited")
+        .expect("exited");
+    let metered = &exited["data"]["model_proxy"];
+    assert_eq!(metered["requests"], fake.requests().len(), "{exited}");
+    assert_eq!(metered["input_tokens"], run["input_tokens"], "{exited}");
+    assert_eq!(metered["output_tokens"], run["output_tokens"], "{exited}");
+    assert_eq!(
+        metered["cache_read_tokens"], run["cache_read_tokens"],
+        "{exited}"
+    );
+    assert_eq!(
+        metered["cache_write_tokens"], run["cache_write_tokens"],
+        "{exited}"
+    );
     assert!(
         events.iter().any(|e| e["kind"] == "tool_use"),
         "{:?}",

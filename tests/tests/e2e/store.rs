@@ -128,6 +128,7 @@ async fn conformance(store: Arc<dyn Store>) {
         };
         FireRecord {
             job_id: job.id,
+            job_name: "job".into(),
             cursor: at,
             events: vec![queued],
             runs: vec![run],
@@ -554,6 +555,7 @@ async fn concurrent_fires_of_two_leaders_create_one_run_each() {
                     .iter()
                     .map(|at| FireRecord {
                         job_id: job.id,
+                        job_name: "job".into(),
                         cursor: *at,
                         runs: vec![Run::queued(
                             Trigger::Schedule,

@@ -157,6 +157,10 @@ async fn a_webhook_delivery_is_one_trace_from_the_request_to_each_tool_call_in_t
             "OTEL_BSP_SCHEDULE_DELAY".to_owned(),
             BATCH_DELAY_MS.to_owned(),
         ),
+        (
+            "OTEL_METRIC_EXPORT_INTERVAL".to_owned(),
+            BATCH_DELAY_MS.to_owned(),
+        ),
     ];
     let mut worker_env = otel.clone();
     worker_env.extend([
@@ -264,27 +268,47 @@ async fn a_webhook_delivery_is_one_trace_from_the_request_to_each_tool_call_in_t
         ]
     );
     check_agent_spans(&trace, &run, "zebracorn");
+
+    // The same endpoint gets the metrics, pushed over OTLP by the control plane and the worker.
+    let deadline = std::time::Instant::now() + SPAN_WAIT;
+    loop {
+        let names = receiver.metric_names();
+        let has = |service: &str, metric: &str| {
+            names
+                .iter()
+                .any(|(from, name)| from == service && name == metric)
+        };
+        if has("autopilot", "autopilot.runs.finished")
+            && has("autopilot", "autopilot.webhook.deliveries")
+            && has("autopilot-worker", "autopilot.worker.slots")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "metrics received: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
-/// Embedded (one `autopilot serve`): an API-triggered run is one trace sent over OTLP/gRPC; a
-/// job that turns the CLI's own telemetry on gets its `claude_code.*` spans in the same trace
-/// (through `TRACEPARENT`); JSON log lines name the trace.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_runs_are_traced_over_grpc_and_claude_code_s_own_spans_join_the_trace() {
-    let Some(claude) = components::claude_bin() else {
-        return;
-    };
-    let receiver = OtlpReceiver::start().await;
-    let fake = FakeAnthropic::start().await.expect("fake API");
-    let dir = tempfile::tempdir().unwrap();
-    // The CLI's own exporter (enabled for its runs only) sends to the same receiver over HTTP.
-    let config = dir.path().join("autopilot.toml");
+/// An embedded `autopilot serve` exporting to `receiver` (its own spans over `protocol`), whose
+/// Claude runs talk to `fake` and export the CLI's own spans over HTTP; `env` adds settings.
+async fn embedded(
+    dir: &std::path::Path,
+    receiver: &OtlpReceiver,
+    fake: &FakeAnthropic,
+    protocol: &str,
+    env: &[(&str, &str)],
+) -> Option<process::Process> {
+    let claude = components::claude_bin()?;
+    let config = dir.join("autopilot.toml");
     std::fs::write(
         &config,
         format!(
             "[run_env]\nCLAUDE_CODE_ENABLE_TELEMETRY = \"1\"\nCLAUDE_CODE_ENHANCED_TELEMETRY_BETA = \"1\"\n\
              OTEL_TRACES_EXPORTER = \"otlp\"\nOTEL_EXPORTER_OTLP_PROTOCOL = \"http/protobuf\"\n\
-             OTEL_EXPORTER_OTLP_ENDPOINT = \"{}\"\nOTEL_TRACES_EXPORT_INTERVAL = \"200\"\n\
+             OTEL_EXPORTER_OTLP_ENDPOINT = \"{}\"\n\
              ANTHROPIC_BASE_URL = \"{}\"\nANTHROPIC_API_KEY = \"sk-ant-test-not-a-real-key\"\n\
              CLAUDE_CODE_MAX_RETRIES = \"0\"\n",
             receiver.http_endpoint(),
@@ -292,40 +316,41 @@ async fn embedded_runs_are_traced_over_grpc_and_claude_code_s_own_spans_join_the
         ),
     )
     .unwrap();
-    let token = "embedded-traces-admin-token-0123456789";
-    let claude_bin = claude.display().to_string();
-    let grpc = receiver.grpc_endpoint();
-    let config_path = config.display().to_string();
-    let Some(process) = process::spawn(
-        dir.path(),
-        &[
-            ("AUTOPILOT_CONFIG", &config_path),
-            ("AUTOPILOT_ADMIN_TOKEN", token),
-            ("AUTOPILOT_CLAUDE_BIN", &claude_bin),
-            ("AUTOPILOT_LOG_FORMAT", "json"),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &grpc),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_SERVICE_NAME", "autopilot-embedded"),
-            ("OTEL_BSP_SCHEDULE_DELAY", BATCH_DELAY_MS),
-        ],
-    )
-    .await
-    else {
-        return;
+    let endpoint = match protocol {
+        "grpc" => receiver.grpc_endpoint(),
+        _ => receiver.http_endpoint(),
     };
-    script_bash_then_answer(&fake);
+    let claude_bin = claude.display().to_string();
+    let config_path = config.display().to_string();
+    let mut all: Vec<(&str, &str)> = vec![
+        ("AUTOPILOT_CONFIG", &config_path),
+        ("AUTOPILOT_ADMIN_TOKEN", TOKEN),
+        ("AUTOPILOT_CLAUDE_BIN", &claude_bin),
+        ("AUTOPILOT_LOG_FORMAT", "json"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+        ("OTEL_BSP_SCHEDULE_DELAY", BATCH_DELAY_MS),
+    ];
+    all.extend_from_slice(env);
+    process::spawn(dir, &all).await
+}
+
+const TOKEN: &str = "embedded-traces-admin-token-0123456789";
+
+/// Creates a job, runs it through the API and waits for its end.
+async fn run_job(process: &process::Process, job: Value) -> Value {
     let (status, job) = process::api(
-        &process,
-        token,
+        process,
+        TOKEN,
         reqwest::Method::POST,
         "/api/v1/jobs",
-        Some(json!({ "name": "traced", "prompt": "Say quokkafish", "allowed_tools": ["Bash"] })),
+        Some(job),
     )
     .await;
     assert_eq!(status, 201, "{job}");
     let (status, run) = process::api(
-        &process,
-        token,
+        process,
+        TOKEN,
         reqwest::Method::POST,
         &format!("/api/v1/jobs/{}/trigger", job["id"].as_str().unwrap()),
         None,
@@ -333,12 +358,10 @@ async fn embedded_runs_are_traced_over_grpc_and_claude_code_s_own_spans_join_the
     .await;
     assert_eq!(status, 202, "{run}");
     let run_id = run["id"].as_str().unwrap().to_owned();
-    let trace_id = run["trace_id"].as_str().expect("trace id").to_owned();
-    let mut finished = Value::Null;
-    for _ in 0..600 {
+    for _ in 0..900 {
         let (_, current) = process::api(
-            &process,
-            token,
+            process,
+            TOKEN,
             reqwest::Method::GET,
             &format!("/api/v1/runs/{run_id}"),
             None,
@@ -346,27 +369,66 @@ async fn embedded_runs_are_traced_over_grpc_and_claude_code_s_own_spans_join_the
         .await;
         if !["queued", "running", "cancelling"].contains(&current["status"].as_str().unwrap_or(""))
         {
-            finished = current;
-            break;
+            return current;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(finished["status"], "succeeded", "{finished}");
+    panic!("run {run_id} did not finish");
+}
 
-    let spans = receiver
+/// The spans of the run's trace, once `done` holds for them.
+async fn trace_of(
+    receiver: &OtlpReceiver,
+    run: &Value,
+    done: impl Fn(&[&ReceivedSpan]) -> bool,
+) -> Vec<ReceivedSpan> {
+    let trace_id = run["trace_id"]
+        .as_str()
+        .expect("the run names its trace")
+        .to_owned();
+    receiver
         .wait_for(SPAN_WAIT, |spans| {
             let trace: Vec<&ReceivedSpan> =
                 spans.iter().filter(|s| s.trace_id == trace_id).collect();
-            trace.iter().any(|s| s.name == "execute_tool Bash")
-                && trace.iter().filter(|s| s.name.starts_with("chat ")).count() == 2
-                && trace.iter().any(|s| s.name.starts_with("claude_code."))
-                && trace.iter().any(|s| s.name == "autopilot.run")
+            done(&trace)
         })
         .await;
-    let trace: Vec<ReceivedSpan> = spans
-        .into_iter()
-        .filter(|s| s.trace_id == trace_id)
-        .collect();
+    receiver.trace(&trace_id)
+}
+
+/// Embedded (one `autopilot serve`): an API-triggered run is one trace sent over OTLP/gRPC; a
+/// job that turns the CLI's own telemetry on gets its `claude_code.*` spans in the same trace
+/// (through `TRACEPARENT`); JSON log lines name the trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_runs_are_traced_over_grpc_and_claude_code_s_own_spans_join_the_trace() {
+    let receiver = OtlpReceiver::start().await;
+    let fake = FakeAnthropic::start().await.expect("fake API");
+    let dir = tempfile::tempdir().unwrap();
+    let Some(process) = embedded(
+        dir.path(),
+        &receiver,
+        &fake,
+        "grpc",
+        &[("OTEL_SERVICE_NAME", "autopilot-embedded")],
+    )
+    .await
+    else {
+        return;
+    };
+    script_bash_then_answer(&fake);
+    let finished = run_job(
+        &process,
+        json!({ "name": "traced", "prompt": "Say quokkafish", "allowed_tools": ["Bash"] }),
+    )
+    .await;
+    assert_eq!(finished["status"], "succeeded", "{finished}");
+    let trace = trace_of(&receiver, &finished, |trace| {
+        trace.iter().any(|s| s.name == "execute_tool Bash")
+            && trace.iter().filter(|s| s.name.starts_with("chat ")).count() == 2
+            && trace.iter().any(|s| s.name.starts_with("claude_code."))
+            && trace.iter().any(|s| s.name == "autopilot.run")
+    })
+    .await;
     let request = one(&trace, "POST /api/v1/jobs/{id}/trigger");
     assert_eq!(
         request.service, "autopilot-embedded",
@@ -399,10 +461,106 @@ async fn embedded_runs_are_traced_over_grpc_and_claude_code_s_own_spans_join_the
     );
 
     // A log line written inside the request names the trace.
+    let trace_id = finished["trace_id"].as_str().unwrap();
     let logs = process::drain(&process);
     let joined = logs
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .any(|line| line["trace_id"] == trace_id.as_str() && line["span_id"].is_string());
+        .any(|line| line["trace_id"] == trace_id && line["span_id"].is_string());
     assert!(joined, "no JSON log line carries trace {trace_id}:\n{logs}");
+}
+
+/// With the Docker executor: the container's start is a span of the run, and each model request
+/// through the model proxy is one too (status, usage), passed upstream as the parent of the
+/// model API's own work (`traceparent`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_run_traces_its_container_start_and_each_model_request_through_the_proxy() {
+    if components::docker_executor("traces-probe").await.is_none() {
+        return;
+    }
+    let receiver = OtlpReceiver::start().await;
+    let fake = FakeAnthropic::start().await.expect("fake API");
+    let dir = tempfile::tempdir().unwrap();
+    let Some(process) = embedded(
+        dir.path(),
+        &receiver,
+        &fake,
+        "http/protobuf",
+        &[
+            ("AUTOPILOT_EXECUTOR", "docker"),
+            ("AUTOPILOT_KILL_GRACE_SECS", "1"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    script_bash_then_answer(&fake);
+    let finished = run_job(
+        &process,
+        json!({ "name": "contained", "prompt": "Say narwhalnut", "allowed_tools": ["Bash"] }),
+    )
+    .await;
+    assert_eq!(finished["status"], "succeeded", "{finished}");
+    let trace = trace_of(&receiver, &finished, |trace| {
+        trace.iter().any(|s| s.name == "execute_tool Bash")
+            && trace
+                .iter()
+                .filter(|s| s.name.starts_with("POST /v1/messages"))
+                .count()
+                >= 2
+            && trace.iter().any(|s| s.name == "autopilot.run")
+    })
+    .await;
+    let executed = one(&trace, "autopilot.run");
+    let container = one(&trace, "container.start");
+    assert_eq!(
+        ancestors(&trace, container)[..2],
+        ["invoke_agent claude-code", "autopilot.run"]
+    );
+    assert_eq!(
+        container.str_attribute("container.image.name"),
+        Some("autopilot-runtime:latest")
+    );
+    assert!(executed.start_unix_nanos <= container.start_unix_nanos);
+    let agent = one(&trace, "invoke_agent claude-code");
+    let proxied: Vec<&ReceivedSpan> = trace
+        .iter()
+        .filter(|s| s.name == "POST /v1/messages")
+        .collect();
+    assert_eq!(
+        proxied.len(),
+        fake.requests().len(),
+        "one span per model request"
+    );
+    let mut input_tokens = 0;
+    for request in &proxied {
+        assert_eq!(request.parent_span_id, agent.span_id);
+        assert_eq!(request.kind, 3, "a proxied request is a client span");
+        assert_eq!(
+            request.attribute("http.response.status_code"),
+            Some(&json!(200))
+        );
+        assert_eq!(
+            request.attribute("http.request.resend_count"),
+            Some(&json!(0))
+        );
+        input_tokens += request
+            .attribute("gen_ai.usage.input_tokens")
+            .and_then(Value::as_i64)
+            .unwrap();
+    }
+    assert_eq!(input_tokens, finished["input_tokens"].as_i64().unwrap());
+    // The model API was told each request's span as its parent.
+    for recorded in fake.requests() {
+        let traceparent = recorded
+            .header("traceparent")
+            .expect("a traceparent upstream");
+        let span_id = traceparent.split('-').nth(2).unwrap();
+        assert!(
+            proxied.iter().any(|span| span.span_id == span_id),
+            "{traceparent} names no proxy span"
+        );
+    }
+    check_agent_spans(&trace, &finished, "narwhalnut");
 }

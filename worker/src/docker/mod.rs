@@ -234,7 +234,16 @@ impl DockerExecutor {
             self.open_url.as_deref(),
             self.config.model_api.as_deref(),
         )?;
-        Some((route.endpoint, self.proxy.register(route.upstream)))
+        // The run's requests are spans under its `invoke_agent` span, given as TRACEPARENT.
+        let trace_parent = command
+            .env
+            .iter()
+            .find(|(name, _)| name == "TRACEPARENT")
+            .map(|(_, value)| value.clone());
+        Some((
+            route.endpoint,
+            self.proxy.register(route.upstream, trace_parent),
+        ))
     }
 }
 
@@ -387,6 +396,7 @@ impl Executor for DockerExecutor {
         if exec_failed && info.code == Some(127) {
             return Err(self.missing_program(&command));
         }
+        info.metered = model_access.as_ref().map(|(_, token)| token.metered());
         Ok(info)
     }
 }

@@ -142,6 +142,8 @@ password's Secret (Kubernetes expands $(PGPASSWORD)), so no URL with a password 
 {{- with $otel.endpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ . | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ $otel.protocol | quote }}
 {{- end }}
 {{- if $otel.headers.existingSecret }}
 - name: OTEL_EXPORTER_OTLP_HEADERS

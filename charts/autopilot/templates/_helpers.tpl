@@ -144,6 +144,8 @@ password's Secret (Kubernetes expands $(PGPASSWORD)), so no URL with a password 
   value: {{ . | quote }}
 - name: OTEL_EXPORTER_OTLP_PROTOCOL
   value: {{ $otel.protocol | quote }}
+- name: OTEL_METRICS_EXPORTER
+  value: {{ ternary "otlp" "none" $otel.pushMetrics | quote }}
 {{- end }}
 {{- if $otel.headers.existingSecret }}
 - name: OTEL_EXPORTER_OTLP_HEADERS

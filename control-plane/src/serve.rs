@@ -5,6 +5,7 @@
 //! JetStream, the scheduler lease is in NATS KV, and runs go to `autopilot worker` processes.
 
 use std::fs::File;
+use std::future::IntoFuture;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -55,6 +56,9 @@ const PASSTHROUGH_VARS: [&str; 18] = [
     "SSL_CERT_DIR",
     "NODE_EXTRA_CA_CERTS",
 ];
+
+/// How long requests still in progress when the HTTP server stops may take to finish.
+pub const HTTP_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs Autopilot until `shutdown` fires or a component fails.
 pub async fn run(
@@ -191,9 +195,23 @@ pub async fn run_with(
     let router = router(&app, Arc::clone(&intake));
     let http_shutdown = control.clone();
     tasks.spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(http_shutdown.cancelled_owned())
-            .await;
+        let server = axum::serve(listener, router)
+            .with_graceful_shutdown(http_shutdown.clone().cancelled_owned())
+            .into_future();
+        tokio::pin!(server);
+        // Live streams (run events, MCP sessions) end at the first step of the shutdown; what
+        // is still open when the HTTP server stops (a stalled upload, a slow client) gets
+        // `HTTP_DRAIN` to finish, then its connection is closed.
+        let served = tokio::select! {
+            served = &mut server => served,
+            () = async {
+                http_shutdown.cancelled().await;
+                tokio::time::sleep(HTTP_DRAIN).await;
+            } => {
+                tracing::warn!(drain_secs = HTTP_DRAIN.as_secs(), "connections still open after the drain; closing them");
+                Ok(())
+            }
+        };
         ("http server", served.map_err(anyhow::Error::from))
     });
     macro_rules! spawn_task {

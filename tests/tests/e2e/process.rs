@@ -645,3 +645,92 @@ async fn a_process_that_drains_is_not_ready_but_still_answers() {
     let (_, after) = api(&again, token, reqwest::Method::GET, &run_path, None).await;
     assert_eq!(after["status"], "succeeded", "{after}");
 }
+
+/// SIGTERM with clients still connected: a live event stream ends at once (the client reads
+/// the end of the stream), and a connection stalled mid-request does not keep the process:
+/// it is closed after the drain and the process exits.
+#[tokio::test]
+async fn a_stopping_process_ends_live_streams_and_does_not_wait_for_stalled_clients() {
+    use tokio::io::AsyncWriteExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let token = "drain-streams-admin-token-0123456789";
+    let Some(mut process) = spawn(dir.path(), &[("AUTOPILOT_ADMIN_TOKEN", token)]).await else {
+        return;
+    };
+    let (status, job) = api(
+        &process,
+        token,
+        reqwest::Method::POST,
+        "/api/v1/jobs",
+        Some(json!({ "name": "quick", "command": "true" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{job}");
+    let path = format!("/api/v1/jobs/{}/trigger", job["id"].as_str().unwrap());
+    let (_, run) = api(&process, token, reqwest::Method::POST, &path, None).await;
+    // A follower of the run's events, reading as they come.
+    let mut stream = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/runs/{}/events",
+            process.base_url,
+            run["id"].as_str().unwrap()
+        ))
+        .bearer_auth(token)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    // A client that sent half a request and stalls.
+    let address = process.base_url.trim_start_matches("http://").to_owned();
+    let mut stalled = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stalled
+        .write_all(
+            format!(
+                "POST /api/v1/jobs HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {token}\r\n\
+                 content-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"name\":"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let stopping = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(process.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // The live stream ends cleanly.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(chunk) = stream.chunk().await.transpose() {
+            if chunk.is_err() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert_eq!(ended, Ok(true), "the event stream did not end cleanly");
+    // The process exits within the drain, stalled client or not.
+    let limit = Duration::from_secs(5 + 5);
+    let exit = loop {
+        if let Some(exit) = process.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            stopping.elapsed() < limit,
+            "still running {:?} after SIGTERM: {}",
+            stopping.elapsed(),
+            drain(&process)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit:?}: {}", drain(&process));
+    assert!(
+        drain(&process).contains("connections still open after the drain"),
+        "the stalled connection was not what the drain closed"
+    );
+}

@@ -247,6 +247,26 @@ def check_values_schema() -> None:
                 fail(f"values.schema.json accepts {what} (check-jsonschema refused: {refused}, helm refused: {helm_refused})")
 
 
+def check_render_refusals() -> None:
+    """Values the schema cannot judge alone, which the templates refuse with a message saying
+    what to set."""
+    cases = [
+        ({"postgresql": {"enabled": False}}, "externalDatabase"),
+        ({"nats": {"enabled": False}}, "externalNats"),
+        ({"nats": {"enabled": False}, "externalNats": {"url": "nats://n:4222"}, "keda": {"enabled": True}},
+         "externalNats.monitoringEndpoint"),
+    ]
+    for values, expected in cases:
+        try:
+            render(values)
+            fail(f"the chart renders {values}, which it must refuse naming {expected}")
+        except helm.HelmError as err:
+            if expected in str(err):
+                ok(f"the chart refuses {values}, naming {expected}")
+            else:
+                fail(f"the chart refuses {values} without naming {expected}: {err}")
+
+
 # --- policies -----------------------------------------------------------------------------
 
 
@@ -533,6 +553,7 @@ def main() -> int:
         fail(f"no values files in {CHART / 'ci'}")
     check_metric_scanner()
     check_values_schema()
+    check_render_refusals()
     for values_file in CI_VALUES:
         values = load_values(values_file)
         check_lint(values_file)

@@ -58,6 +58,7 @@ COUNTERS_AND_GAUGES = {
 }
 HISTOGRAMS = {
     "autopilot_run_duration_seconds",
+    "autopilot_job_run_duration_seconds",
     "autopilot_fire_lateness_seconds",
     "autopilot_dispatch_latency_seconds",
 }

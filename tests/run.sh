@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need (the Claude Code
 # CLI, the Python MCP SDK, the MCP conformance suite with Node 22, PostgreSQL, nats-server,
-# Docker Engine), starts a throwaway PostgreSQL and a throwaway nats-server with JetStream,
-# builds the run image, then runs fmt, clippy and every test (the end-to-end servers on
-# PostgreSQL), then the API, MCP, OAuth and webhook end-to-end tests again on SQLite.
+# Prometheus, Docker Engine with docker-compose, Helm and the Kubernetes schemas for the chart's
+# checks), starts a throwaway PostgreSQL and a throwaway nats-server with JetStream, builds the
+# images, then runs fmt, clippy, the chart's offline checks and every test (the end-to-end
+# servers on PostgreSQL), then the API, MCP, OAuth and webhook end-to-end tests again on SQLite.
 # Caches live under /var/cache/autopilot (CARGO_TARGET_DIR, the CLI, the conformance suite,
 # nats-server) so reruns are fast.
 set -euo pipefail
@@ -141,16 +142,30 @@ export TEST_NATS_URL="nats://127.0.0.1:$nats_port"
 export AUTOPILOT_TEST_NATS_SERVER=$nats_bin
 echo "nats-server (JetStream) on port $nats_port"
 
+# --- Prometheus: promtool for the chart's checks, the server for the e2e prometheus:: test ----
+{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } \
+  || apt_install --no-install-recommends prometheus
+promtool --version 2>&1 | head -n 1
+
 # --- Docker Engine and the run image (the Docker executor's tests) --------------------------
 # Installs Debian's docker.io and starts dockerd when no engine answers, then builds the runtime
 # image from local material (mmdebstrap + docker import; no registry) when it is missing or its
 # inputs changed.
 bash "$repo/docker/start-engine.sh"
 bash "$repo/docker/build-images.sh" runtime
+# The Compose fleet (compose:: test): Debian's docker-compose (1.29) and the fleet's PostgreSQL
+# and NATS images; the test builds the control-plane and worker images from this build's binary.
+command -v docker-compose >/dev/null || apt_install docker-compose
+docker-compose version --short
+bash "$repo/docker/build-images.sh" postgres
+bash "$repo/docker/build-images.sh" nats
 
 # --- Checks and tests ------------------------------------------------------------------------
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The Helm chart, offline: lint, render, Kubernetes schemas, values schema, policies, alert rules
+# (promtool) and dashboard queries.
+bash "$repo/charts/test.sh"
 cargo build --bin autopilot
 # Two passes over the store: every test with the in-process Autopilots (`TestServer`) on
 # PostgreSQL, then the API, MCP, OAuth and webhook end-to-end tests again on SQLite (the

@@ -39,8 +39,9 @@ const DURATION_BOUNDS: [f64; 12] = [
 /// below what an installation with thousands of jobs needs.
 const NAMED_SERIES_LIMIT: usize = 50_000;
 /// The instruments labelled by job or webhook name.
-const NAMED_INSTRUMENTS: [&str; 5] = [
+const NAMED_INSTRUMENTS: [&str; 6] = [
     "autopilot.runs.finished",
+    "autopilot.job.run.duration",
     "autopilot.fires.missed",
     "autopilot.tokens",
     "autopilot.cost.usd",
@@ -59,6 +60,7 @@ pub struct Metrics {
     runs_created: Counter<u64>,
     runs_finished: Counter<u64>,
     run_duration: Histogram<f64>,
+    job_run_duration: Histogram<f64>,
     fire_lateness: Histogram<f64>,
     fires_missed: Counter<u64>,
     dispatch_latency: Histogram<f64>,
@@ -173,6 +175,15 @@ impl Metrics {
                 .with_description("From a run's start to its end, by final status.")
                 .with_boundaries(DURATION_BOUNDS.to_vec())
                 .build(),
+            job_run_duration: meter
+                .f64_histogram("autopilot.job.run.duration")
+                .with_unit("s")
+                .with_description(
+                    "From a run's start to its end, by job: only its sum and count (a job's mean \
+                     duration), so each job adds three series.",
+                )
+                .with_boundaries(Vec::new())
+                .build(),
             fire_lateness: latency(
                 "autopilot.fire.lateness",
                 "How late the scheduler fired a job: from the fire's time to the run's creation.",
@@ -276,6 +287,10 @@ impl Metrics {
             self.run_duration.record(
                 duration.as_secs_f64(),
                 &[KeyValue::new("status", status.as_str())],
+            );
+            self.job_run_duration.record(
+                duration.as_secs_f64(),
+                &[KeyValue::new("job", job.to_owned())],
             );
         }
     }

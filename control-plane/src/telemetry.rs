@@ -17,7 +17,7 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::filter::{filter_fn, FilterExt, LevelFilter, Targets};
 use tracing_subscriber::fmt::format::{Format, Json, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
@@ -74,14 +74,24 @@ pub fn init(format: LogFormat, service: &'static str) -> anyhow::Result<Telemetr
             .event_format(WithTraceIds(Format::default().json()))
             .boxed(),
     }
-    .with_filter(filter);
+    // Spans made for traces only are no business of the logs (formatting their fields would be
+    // work for nothing).
+    .with_filter(filter.and(filter_fn(|metadata| {
+        metadata.target() != autopilot_worker::trace::SPAN_TARGET
+    })));
     // Spans are exported whatever the log filter says: Autopilot's own, at info and above.
     let spans = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer(autopilot_worker::trace::TRACER_NAME))
             .with_level(false)
+            // Each of these costs allocations or clock reads on every span or every poll.
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
             .with_filter(
                 Targets::new()
+                    .with_target(autopilot_worker::trace::SPAN_TARGET, LevelFilter::INFO)
                     .with_target("autopilot", LevelFilter::INFO)
                     .with_target("autopilot_control_plane", LevelFilter::INFO)
                     .with_target("autopilot_worker", LevelFilter::INFO)

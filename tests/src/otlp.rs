@@ -48,6 +48,8 @@ pub struct ReceivedSpan {
     pub status_code: i32,
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,
+    /// Names of the span's events.
+    pub events: Vec<String>,
 }
 
 impl ReceivedSpan {
@@ -60,7 +62,15 @@ impl ReceivedSpan {
     }
 }
 
-type Spans = Arc<Mutex<Vec<ReceivedSpan>>>;
+/// What the receiver keeps: every span, or (for benchmarks) only how many arrived.
+#[derive(Default)]
+struct Kept {
+    spans: Mutex<Vec<ReceivedSpan>>,
+    count: std::sync::atomic::AtomicUsize,
+    count_only: bool,
+}
+
+type Spans = Arc<Kept>;
 /// `(service, metric name)` of every metric received.
 type MetricNames = Arc<Mutex<Vec<(String, String)>>>;
 
@@ -81,7 +91,21 @@ impl Drop for OtlpReceiver {
 
 impl OtlpReceiver {
     pub async fn start() -> OtlpReceiver {
-        let spans: Spans = Arc::default();
+        Self::start_keeping(Kept::default()).await
+    }
+
+    /// A receiver that decodes what it is sent but keeps only the number of spans (so that a
+    /// benchmark measures the sender, not the receiver's bookkeeping).
+    pub async fn start_counting() -> OtlpReceiver {
+        Self::start_keeping(Kept {
+            count_only: true,
+            ..Kept::default()
+        })
+        .await
+    }
+
+    async fn start_keeping(kept: Kept) -> OtlpReceiver {
+        let spans: Spans = Arc::new(kept);
         let metrics: MetricNames = Arc::default();
         let stop = CancellationToken::new();
 
@@ -173,7 +197,12 @@ impl OtlpReceiver {
     }
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.spans.lock().unwrap().clone()
+        self.spans.spans.lock().unwrap().clone()
+    }
+
+    /// How many spans arrived.
+    pub fn span_count(&self) -> usize {
+        self.spans.count.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `(service, metric name)` of every metric data set received.
@@ -277,7 +306,19 @@ impl TraceService for GrpcReceiver {
 }
 
 fn keep(spans: &Spans, request: ExportTraceServiceRequest) {
-    let mut kept = spans.lock().unwrap();
+    let count: usize = request
+        .resource_spans
+        .iter()
+        .flat_map(|resource| &resource.scope_spans)
+        .map(|scope| scope.spans.len())
+        .sum();
+    spans
+        .count
+        .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+    if spans.count_only {
+        return;
+    }
+    let mut kept = spans.spans.lock().unwrap();
     for resource_spans in request.resource_spans {
         let resource = resource_spans
             .resource
@@ -306,6 +347,7 @@ fn keep(spans: &Spans, request: ExportTraceServiceRequest) {
                     status_code: span.status.map_or(0, |status| status.code),
                     start_unix_nanos: span.start_time_unix_nano,
                     end_unix_nanos: span.end_time_unix_nano,
+                    events: span.events.into_iter().map(|event| event.name).collect(),
                 });
             }
         }

@@ -25,6 +25,10 @@ pub mod genai;
 /// Name of the instrumentation scope of Autopilot's spans.
 pub const TRACER_NAME: &str = "autopilot";
 
+/// Target of the `tracing` spans made for traces only (not for log context): the log layer
+/// leaves them out. The macros need it as a literal: `target: "autopilot_trace"`.
+pub const SPAN_TARGET: &str = "autopilot_trace";
+
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// Called once by the process that installed a trace exporter.

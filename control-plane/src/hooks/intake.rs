@@ -17,6 +17,7 @@ use super::writer::{Pending, Submitted, WRITER_QUEUE};
 use crate::app::App;
 use crate::domain::webhook::{NewDelivery, Webhook};
 use crate::domain::ServiceError;
+use crate::services::traces;
 use crate::services::webhooks::delivery::{
     self, build_delivery, kept_headers, DeliveryError, LiveWebhook, Received,
 };
@@ -156,8 +157,15 @@ impl Intake {
                     ServiceError::Unavailable("Autopilot is shutting down".to_owned()),
                 ),
             })?;
+        let storing = std::time::SystemTime::now();
         match answer.await {
-            Ok(result) => Ok(result?),
+            Ok(result) => {
+                let submitted = result?;
+                if let Submitted::Created(run) = &submitted {
+                    traces::stored([&**run], storing);
+                }
+                Ok(submitted)
+            }
             Err(_) => Err(DeliveryError::Service(ServiceError::Unavailable(
                 "the delivery writer stopped before storing the delivery".to_owned(),
             ))),

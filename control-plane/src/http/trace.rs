@@ -21,6 +21,7 @@ pub async fn traced(request: Request, next: Next) -> Response {
     };
     let method = request.method().clone();
     let span = tracing::info_span!(
+        target: "autopilot_trace",
         "http request",
         otel.name = %format!("{method} {route}"),
         otel.kind = "server",

@@ -71,9 +71,7 @@ pub(crate) async fn publish_dispatched(app: &App, run: Run) -> Run {
         SpanKind::Producer,
         run.trace_parent.as_deref(),
         vec![
-            KeyValue::new("messaging.operation.type", "publish"),
             KeyValue::new("messaging.destination.name", run.settings.pool.clone()),
-            KeyValue::new("autopilot.run.id", run.id.to_string()),
             KeyValue::new("autopilot.run.attempt", i64::from(run.attempt)),
         ],
     );

@@ -34,52 +34,63 @@ pub(crate) fn run_attributes(run: &Run) -> Vec<KeyValue> {
     attributes
 }
 
-/// Starts the run's trace: a `create run` span under the current span (the HTTP request of a
-/// webhook delivery or an API call), or the root of a new trace when there is none. A fire is
-/// the root of its own trace, from the time it was due to now, so its lateness shows.
+/// Starts the run's trace. Under a span (the HTTP request of a webhook delivery or an API
+/// call) the run joins it: the span gets the run's attributes and becomes the parent of the
+/// run's later steps. Without one, a `create run` span starts a trace of its own; a fire is
+/// always the root of its own trace, from the time it was due to now, so its lateness shows.
 pub(crate) fn created(run: &mut Run) {
     if !trace::enabled() || run.trace_parent.is_some() {
         return;
     }
     let now = SystemTime::now();
-    let (name, start, parent) = match (run.trigger, run.scheduled_for) {
-        (Trigger::Schedule, Some(due)) => {
-            let due = SystemTime::from(due).min(now);
-            (
-                format!("fire {}", run.job_name.as_deref().unwrap_or("job")),
-                due,
-                Context::new(),
-            )
-        }
-        _ => (
-            format!("create run ({})", run.trigger.as_str()),
-            now,
-            tracing::Span::current().context(),
-        ),
-    };
-    let mut span = PastSpan::new(name, start, now);
-    if parent_is_empty(&parent) {
-        span = span.kind(SpanKind::Producer);
+    if let (Trigger::Schedule, Some(due)) = (run.trigger, run.scheduled_for) {
+        let due = SystemTime::from(due).min(now);
+        let name = format!("fire {}", run.job_name.as_deref().unwrap_or("job"));
+        let mut span = PastSpan::new(name, due, now).kind(SpanKind::Producer);
+        span.attributes.extend(run_attributes(run));
+        run.trace_parent = trace::traceparent(&span.record(&Context::new()));
+        return;
     }
+    let current = tracing::Span::current();
+    let parent = current.context();
+    if let Some(traceparent) = trace::traceparent(&parent) {
+        for attribute in run_attributes(run) {
+            current.set_attribute(attribute.key, attribute.value);
+        }
+        run.trace_parent = Some(traceparent);
+        return;
+    }
+    let name = format!("create run ({})", run.trigger.as_str());
+    let mut span = PastSpan::new(name, now, now).kind(SpanKind::Producer);
     span.attributes.extend(run_attributes(run));
     run.trace_parent = trace::traceparent(&span.record(&parent));
 }
 
-/// The run's row was written, from `started` to now (one transaction may hold many runs).
+/// The run's row was written, from `started` to now (one transaction may hold many runs). When
+/// the run joined the current span (the request that created it waits for the write), this is
+/// an event on that span: cheaper than a span of its own for every delivery of a busy webhook.
+/// Otherwise (a fire, a run without a request) it is a `store run` span.
 pub(crate) fn stored<'a>(runs: impl IntoIterator<Item = &'a Run>, started: SystemTime) {
     if !trace::enabled() {
         return;
     }
     let now = SystemTime::now();
+    let current = tracing::Span::current();
+    let current_parent = trace::traceparent(&current.context());
     for run in runs {
+        if run.trace_parent.is_some() && run.trace_parent == current_parent {
+            let waited = now.duration_since(started).unwrap_or_default();
+            current.add_event(
+                "run stored",
+                vec![KeyValue::new(
+                    "autopilot.store.duration_ms",
+                    waited.as_secs_f64() * 1000.0,
+                )],
+            );
+            continue;
+        }
         let span = PastSpan::new("store run", started, now)
-            .attribute(KeyValue::new("db.operation.name", "INSERT"))
-            .attribute(KeyValue::new("db.collection.name", "runs"))
-            .attribute(KeyValue::new("autopilot.run.id", run.id.to_string()));
+            .attribute(KeyValue::new("db.operation.name", "INSERT"));
         span.record_under(run.trace_parent.as_deref());
     }
-}
-
-fn parent_is_empty(parent: &Context) -> bool {
-    trace::traceparent(parent).is_none()
 }

@@ -231,17 +231,25 @@ async fn a_webhook_delivery_is_one_trace_from_the_request_to_each_tool_call_in_t
         request.attribute("http.response.status_code"),
         Some(&json!(202))
     );
-    let created = one(&trace, "create run (webhook)");
-    assert_eq!(created.parent_span_id, request.span_id);
+    // The run joined the request's span: the request names it, and its steps are children.
     assert_eq!(
-        created.str_attribute("autopilot.run.id"),
+        request.str_attribute("autopilot.run.id"),
         Some(run_id.as_str())
     );
-    assert_eq!(created.str_attribute("autopilot.trigger"), Some("webhook"));
-    let stored = one(&trace, "store run");
-    assert_eq!(stored.parent_span_id, created.span_id);
+    assert_eq!(request.str_attribute("autopilot.trigger"), Some("webhook"));
+    assert_eq!(
+        request.str_attribute("autopilot.webhook.id"),
+        webhook["id"].as_str()
+    );
+    // The request waited for the run's store write: an event on its span.
+    assert!(
+        request.events.iter().any(|event| event == "run stored"),
+        "{:?}",
+        request.events
+    );
+    assert!(named(&trace, "store run").is_empty());
     let published = one(&trace, "publish default");
-    assert_eq!(published.parent_span_id, created.span_id);
+    assert_eq!(published.parent_span_id, request.span_id);
     assert_eq!(published.kind, 4, "the publish is a producer span");
 
     let executed = one(&trace, "autopilot.run");
@@ -260,12 +268,7 @@ async fn a_webhook_delivery_is_one_trace_from_the_request_to_each_tool_call_in_t
     let agent = one(&trace, "invoke_agent claude-code");
     assert_eq!(
         ancestors(&trace, agent),
-        [
-            "autopilot.run",
-            "publish default",
-            "create run (webhook)",
-            "POST /hooks/{token}"
-        ]
+        ["autopilot.run", "publish default", "POST /hooks/{token}"]
     );
     check_agent_spans(&trace, &run, "zebracorn");
 
@@ -434,16 +437,13 @@ async fn embedded_runs_are_traced_over_grpc_and_claude_code_s_own_spans_join_the
         request.service, "autopilot-embedded",
         "OTEL_SERVICE_NAME names the service"
     );
-    let created = one(&trace, "create run (manual)");
-    assert_eq!(created.parent_span_id, request.span_id);
+    assert_eq!(request.str_attribute("autopilot.trigger"), Some("manual"));
+    assert!(request.events.iter().any(|event| event == "run stored"));
+    assert_eq!(request.str_attribute("autopilot.job.name"), Some("traced"));
     let executed = one(&trace, "autopilot.run");
     assert_eq!(
         ancestors(&trace, executed),
-        [
-            "publish default",
-            "create run (manual)",
-            "POST /api/v1/jobs/{id}/trigger"
-        ]
+        ["publish default", "POST /api/v1/jobs/{id}/trigger"]
     );
     check_agent_spans(&trace, &finished, "quokkafish");
 
@@ -458,6 +458,49 @@ async fn embedded_runs_are_traced_over_grpc_and_claude_code_s_own_spans_join_the
             .iter()
             .any(|span| span.parent_span_id == agent.span_id),
         "a claude_code span is a child of invoke_agent: {cli_spans:#?}"
+    );
+
+    // A scheduled fire is the root of its own trace: from when it was due, with the store write
+    // and the publish under it.
+    let (status, ticking) = process::api(
+        &process,
+        TOKEN,
+        reqwest::Method::POST,
+        "/api/v1/jobs",
+        Some(json!({ "name": "ticking", "command": "true", "schedule": "* * * * * *" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{ticking}");
+    let fired = loop {
+        let (_, page) = process::api(
+            &process,
+            TOKEN,
+            reqwest::Method::GET,
+            &format!("/api/v1/runs?job_id={}", ticking["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+        if let Some(run) = page["runs"]
+            .as_array()
+            .and_then(|runs| runs.iter().find(|run| run["trace_id"].is_string()))
+        {
+            break run.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let fire_trace = trace_of(&receiver, &fired, |trace| {
+        trace.iter().any(|s| s.name == "autopilot.run")
+            && trace.iter().any(|s| s.name == "publish default")
+            && trace.iter().any(|s| s.name == "store run")
+    })
+    .await;
+    let fire = one(&fire_trace, "fire ticking");
+    assert_eq!(fire.parent_span_id, "", "a fire starts its trace");
+    assert_eq!(fire.str_attribute("autopilot.trigger"), Some("schedule"));
+    assert_eq!(one(&fire_trace, "store run").parent_span_id, fire.span_id);
+    assert_eq!(
+        one(&fire_trace, "publish default").parent_span_id,
+        fire.span_id
     );
 
     // A log line written inside the request names the trace.

@@ -246,6 +246,7 @@ impl Attempt {
         // `TRACEPARENT`, so its own spans (when a job turns its telemetry on) join the trace.
         let agent_span = if is_claude && trace::enabled() {
             tracing::info_span!(
+                target: "autopilot_trace",
                 "invoke_agent",
                 otel.name = "invoke_agent claude-code",
                 otel.kind = "internal",

@@ -203,27 +203,19 @@ pub fn view(app: &App, webhook: &Webhook) -> WebhookView {
     WebhookView::new(webhook, &app.config.public_url)
 }
 
-/// Stores deliveries in one durable transaction (see `Store::record_deliveries`); returns one
+/// Stores deliveries in one durable transaction (see `Store::record_deliveries`; the caller
+/// records it in the runs' traces, `traces::stored`); returns one
 /// outcome per delivery. The runs created are not sent yet: answer first, then hand them to
 /// [`send_created`].
 pub async fn record_deliveries(
     app: &App,
     deliveries: &[NewDelivery],
 ) -> ServiceResult<Vec<DeliveryOutcome>> {
-    let storing = std::time::SystemTime::now();
     let outcomes = app.store.record_deliveries(deliveries, Utc::now()).await?;
     let created = outcomes
         .iter()
         .filter(|outcome| **outcome == DeliveryOutcome::Created)
         .count();
-    traces::stored(
-        deliveries
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, outcome)| **outcome == DeliveryOutcome::Created)
-            .map(|(delivery, _)| &delivery.run),
-        storing,
-    );
     app.metrics.run_created(Trigger::Webhook, created as u64);
     Ok(outcomes)
 }
@@ -278,9 +270,11 @@ pub async fn replay(app: &Arc<App>, run_id: RunId) -> ServiceResult<Run> {
     let new = delivery::build_delivery(&live, received, Some(run_id), Utc::now())
         .map_err(|err| ServiceError::Conflict(err.to_string()))?;
     // A replay has no delivery id window, so it always creates its run.
+    let storing = std::time::SystemTime::now();
     match record_deliveries(app, std::slice::from_ref(&new)).await?[..] {
         [DeliveryOutcome::Duplicate(id)] => runs::get(app, id).await,
         _ => {
+            traces::stored([&new.run], storing);
             let waiting = new.run.dispatched_at.is_none();
             let dispatched = (!waiting).then(|| new.run.clone());
             send_created(app, dispatched.into_iter().collect(), waiting);

@@ -51,6 +51,25 @@ async fn settle(db: &mut sqlx::PgConnection, timeout: Duration) -> anyhow::Resul
 
 /// Shell runs offered at `rate` per second for `seconds`, spread over the three replicas.
 pub async fn pipeline(rate: u64, seconds: u64) -> anyhow::Result<Vec<Row>> {
+    Ok(pipeline_with(rate, seconds, &[]).await?.rows)
+}
+
+/// What one pipeline run measured.
+pub struct Pipeline {
+    pub rows: Vec<Row>,
+    /// Runs completed a second.
+    pub runs_per_second: f64,
+    /// CPU time of the `autopilot` processes (control planes and workers, with the runs'
+    /// processes they reaped) per run, in milliseconds.
+    pub autopilot_cpu_ms_per_run: f64,
+}
+
+/// The pipeline with `env` added to every control plane's and worker's environment.
+pub async fn pipeline_with(
+    rate: u64,
+    seconds: u64,
+    env: &[(String, String)],
+) -> anyhow::Result<Pipeline> {
     let concurrency: usize = std::env::var("BENCH_WORKER_CONCURRENCY")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -62,6 +81,8 @@ pub async fn pipeline(rate: u64, seconds: u64) -> anyhow::Result<Vec<Row>> {
     let cluster = start(ClusterOptions {
         control_planes,
         worker_concurrency: concurrency,
+        worker_env: env.to_vec(),
+        control_plane_env: env.to_vec(),
         ..ClusterOptions::default()
     })
     .await?;
@@ -157,7 +178,12 @@ pub async fn pipeline(rate: u64, seconds: u64) -> anyhow::Result<Vec<Row>> {
     );
     let accepted = accepted.load(Ordering::Relaxed);
     let finish_span = (last_ms.unwrap_or(0) - first_ms.unwrap_or(0)).max(1) as f64 / 1000.0;
-    Ok(vec![Row {
+    let autopilot_ms: f64 = by_program
+        .iter()
+        .filter(|(program, _)| program.starts_with("autopilot"))
+        .map(|(_, ms)| ms)
+        .sum();
+    let rows = vec![Row {
         name: format!(
             "pipeline: shell `true` runs offered at {rate}/s for {seconds}s through {control_planes} control plane(s), \
              PostgreSQL, JetStream, 3 workers × {concurrency} slots (accepted {accepted}, refused {}; final states {counts:?}; \
@@ -173,7 +199,13 @@ pub async fn pipeline(rate: u64, seconds: u64) -> anyhow::Result<Vec<Row>> {
             busy_ms.unwrap_or(f64::NAN) / succeeded.max(1) as f64
         ),
         target: "≥ 500 runs/s sustained for 60 s, every run's state correct".into(),
-    }])
+    }];
+    let measured = Pipeline {
+        rows,
+        runs_per_second: succeeded as f64 / finish_span,
+        autopilot_cpu_ms_per_run: autopilot_ms / succeeded.max(1) as f64,
+    };
+    Ok(measured)
 }
 
 /// `jobs` per-second jobs for `seconds`: due time to the worker's `started` event.

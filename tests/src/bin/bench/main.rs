@@ -9,6 +9,8 @@
 //!   latency at a fixed 1,000 deliveries per second (see `webhooks.rs`).
 //!
 //! - `metrics-scrape`: a `/metrics` scrape with many jobs and webhooks (see `scrape.rs`);
+//! - `tracing-cost`: webhook throughput and the fleet pipeline with traces off and on (see
+//!   `tracing.rs`);
 //! - `docker-start`: run start overhead of the Docker executor against the local one, due time
 //!   to the CLI's first output line (see `docker.rs`);
 //! - `fleet`: pipeline throughput, dispatch latency, leader failover and worker memory on a
@@ -31,6 +33,7 @@ use sqlx::Connection;
 mod docker;
 mod fleet;
 mod scrape;
+mod tracing;
 mod webhooks;
 
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -384,6 +387,20 @@ pub struct Serve {
     pub bin: std::path::PathBuf,
 }
 
+impl Serve {
+    /// CPU time the server process has used so far (user and system, its threads included), in
+    /// milliseconds.
+    pub fn cpu_ms(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the command name (which is in parentheses and may hold spaces).
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some((utime + stime) as f64 * 1000.0 / clock_ticks())
+    }
+}
+
 impl Drop for Serve {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -484,6 +501,9 @@ async fn main() -> anyhow::Result<()> {
     if matches!(which, "metrics-scrape" | "all") {
         rows.extend(scrape::scrape(number(1, 10_000) as usize, number(2, 100) as usize).await?);
     }
+    if matches!(which, "tracing-cost" | "all") {
+        rows.extend(tracing::cost(number(1, 10), number(2, 20)).await?);
+    }
     if matches!(which, "docker-start" | "all") {
         rows.extend(docker::start_overhead(number(1, 30) as usize).await?);
     }
@@ -502,7 +522,8 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(
         !rows.is_empty(),
         "usage: bench [cron [JOBS SECONDS] | dispatch [SECONDS] | overhead [RUNS] | memory | \
-         webhooks [LOAD_SECONDS FIXED_RATE_SECONDS] | metrics-scrape [JOBS WEBHOOKS] | docker-start [RUNS] | fleet-pipeline [RATE SECONDS] | \
+         webhooks [LOAD_SECONDS FIXED_RATE_SECONDS] | metrics-scrape [JOBS WEBHOOKS] | \
+         tracing-cost [WEBHOOK_SECONDS PIPELINE_SECONDS] | docker-start [RUNS] | fleet-pipeline [RATE SECONDS] | \
          fleet-dispatch [JOBS SECONDS] | fleet-failover [KILLS] | fleet-memory | fleet | all]"
     );
     print_table(&rows);

@@ -103,6 +103,20 @@ async fn runs_in_database(serve: &Serve) -> anyhow::Result<i64> {
 }
 
 async fn throughput(seconds: u64) -> anyhow::Result<Vec<Row>> {
+    Ok(throughput_with(seconds, &[]).await?.rows)
+}
+
+/// What one throughput run measured.
+pub struct Throughput {
+    pub rows: Vec<Row>,
+    /// Deliveries accepted a second.
+    pub per_second: f64,
+    /// CPU time of the server per accepted delivery, in microseconds.
+    pub server_cpu_us: f64,
+}
+
+/// The throughput run with `env` added to the server's.
+pub async fn throughput_with(seconds: u64, env: &[(&str, &str)]) -> anyhow::Result<Throughput> {
     anyhow::ensure!(
         std::process::Command::new("wrk")
             .arg("--version")
@@ -110,16 +124,19 @@ async fn throughput(seconds: u64) -> anyhow::Result<Vec<Row>> {
             .is_ok(),
         "the webhook benchmark needs wrk: apt-get install wrk"
     );
-    let mut serve = spawn_serve(&[
+    let log = log_filter();
+    let mut server_env = vec![
         ("AUTOPILOT_MAX_QUEUED_RUNS", "100000000"),
-        ("AUTOPILOT_LOG", &log_filter()),
-    ])
-    .await?;
+        ("AUTOPILOT_LOG", log.as_str()),
+    ];
+    server_env.extend_from_slice(env);
+    let mut serve = spawn_serve(&server_env).await?;
     let url = create_webhook(&serve).await?;
     let script = serve.dir.path().join("deliveries.lua");
     std::fs::write(&script, wrk_script())?;
     eprintln!("wrk: 2 threads, 64 connections, {seconds}s against {url}…");
     let cpu = CpuTimes::now();
+    let server_cpu = serve.cpu_ms();
     let output = tokio::process::Command::new("wrk")
         .args(["-t2", "-c64", &format!("-d{seconds}s"), "-s"])
         .arg(&script)
@@ -127,6 +144,10 @@ async fn throughput(seconds: u64) -> anyhow::Result<Vec<Row>> {
         .output()
         .await?;
     let steal = CpuTimes::steal_since(cpu);
+    let server_cpu_ms = serve
+        .cpu_ms()
+        .zip(server_cpu)
+        .map_or(f64::NAN, |(after, before)| after - before);
     // Killed at once: what was answered must already be on disk.
     serve.child.kill()?;
     serve.child.wait()?;
@@ -145,7 +166,7 @@ async fn throughput(seconds: u64) -> anyhow::Result<Vec<Row>> {
         stored >= accepted,
         "only {stored} runs were stored for {accepted} accepted deliveries"
     );
-    Ok(vec![
+    let rows = vec![
         Row {
             name: format!(
                 "webhook deliveries accepted per second, durable, embedded SQLite (wrk -t2 -c64 \
@@ -163,7 +184,12 @@ async fn throughput(seconds: u64) -> anyhow::Result<Vec<Row>> {
             value: format!("{stored} for {accepted} answered `202` (none lost)"),
             target: "every accepted delivery".into(),
         },
-    ])
+    ];
+    Ok(Throughput {
+        rows,
+        per_second,
+        server_cpu_us: server_cpu_ms * 1000.0 / accepted.max(1) as f64,
+    })
 }
 
 async fn fixed_rate(seconds: u64) -> anyhow::Result<Vec<Row>> {

@@ -99,7 +99,7 @@ pub async fn cost(webhook_seconds: u64, pipeline_seconds: u64) -> anyhow::Result
         rows.push(Row {
             name: format!(
                 "fleet pipeline, shell runs offered at 600/s for {pipeline_seconds}s, traces off → on \
-                 (median of {ROUNDS} alternating rounds; 5 spans a run)"
+                 (median of {ROUNDS} alternating rounds; 4 spans a run)"
             ),
             value: format!(
                 "{runs_off:.0} → {runs_on:.0} runs/s (**{}**); autopilot CPU {cpu_off:.2} → \

@@ -16,7 +16,6 @@ use anyhow::Context as _;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Subscriber;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{filter_fn, FilterExt, LevelFilter, Targets};
 use tracing_subscriber::fmt::format::{Format, Json, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -142,7 +141,7 @@ where
     ) -> fmt::Result {
         let ids = autopilot_worker::trace::enabled()
             .then(|| {
-                let context = tracing::Span::current().context();
+                let context = autopilot_worker::trace::current_context();
                 let span = context.span();
                 let span_context = span.span_context();
                 span_context

@@ -7,9 +7,8 @@ use std::time::SystemTime;
 
 use autopilot_proto::Trigger;
 use autopilot_worker::trace::{self, PastSpan};
-use opentelemetry::trace::SpanKind;
+use opentelemetry::trace::{SpanKind, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::domain::Run;
 
@@ -51,12 +50,9 @@ pub(crate) fn created(run: &mut Run) {
         run.trace_parent = trace::traceparent(&span.record(&Context::new()));
         return;
     }
-    let current = tracing::Span::current();
-    let parent = current.context();
+    let parent = trace::current_context();
     if let Some(traceparent) = trace::traceparent(&parent) {
-        for attribute in run_attributes(run) {
-            current.set_attribute(attribute.key, attribute.value);
-        }
+        parent.span().set_attributes(run_attributes(run));
         run.trace_parent = Some(traceparent);
         return;
     }
@@ -75,12 +71,12 @@ pub(crate) fn stored<'a>(runs: impl IntoIterator<Item = &'a Run>, started: Syste
         return;
     }
     let now = SystemTime::now();
-    let current = tracing::Span::current();
-    let current_parent = trace::traceparent(&current.context());
+    let current = trace::current_context();
+    let current_parent = trace::traceparent(&current);
     for run in runs {
         if run.trace_parent.is_some() && run.trace_parent == current_parent {
             let waited = now.duration_since(started).unwrap_or_default();
-            current.add_event(
+            current.span().add_event(
                 "run stored",
                 vec![KeyValue::new(
                     "autopilot.store.duration_ms",

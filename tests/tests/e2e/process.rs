@@ -103,6 +103,23 @@ pub(crate) async fn api(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Creates `job` and triggers it once; the run as the trigger answered.
+async fn create_and_trigger(process: &Process, token: &str, job: Value) -> Value {
+    let (status, job) = api(
+        process,
+        token,
+        reqwest::Method::POST,
+        "/api/v1/jobs",
+        Some(job),
+    )
+    .await;
+    assert_eq!(status, 201, "{job}");
+    let path = format!("/api/v1/jobs/{}/trigger", job["id"].as_str().unwrap());
+    let (status, run) = api(process, token, reqwest::Method::POST, &path, None).await;
+    assert_eq!(status, 202, "{run}");
+    run
+}
+
 #[tokio::test]
 async fn the_first_start_prints_an_admin_token_once_and_it_keeps_working() {
     let dir = tempfile::tempdir().unwrap();
@@ -590,18 +607,12 @@ async fn a_process_that_drains_is_not_ready_but_still_answers() {
     else {
         return;
     };
-    let (status, job) = api(
+    let run = create_and_trigger(
         &process,
         token,
-        reqwest::Method::POST,
-        "/api/v1/jobs",
-        Some(json!({ "name": "slow", "command": "sleep 2" })),
+        json!({ "name": "slow", "command": "sleep 2" }),
     )
     .await;
-    assert_eq!(status, 201, "{job}");
-    let path = format!("/api/v1/jobs/{}/trigger", job["id"].as_str().unwrap());
-    let (status, run) = api(&process, token, reqwest::Method::POST, &path, None).await;
-    assert_eq!(status, 202, "{run}");
     let run_path = format!("/api/v1/runs/{}", run["id"].as_str().unwrap());
     for _ in 0..200 {
         let (_, run) = api(&process, token, reqwest::Method::GET, &run_path, None).await;
@@ -658,17 +669,12 @@ async fn a_stopping_process_ends_live_streams_and_does_not_wait_for_stalled_clie
     let Some(mut process) = spawn(dir.path(), &[("AUTOPILOT_ADMIN_TOKEN", token)]).await else {
         return;
     };
-    let (status, job) = api(
+    let run = create_and_trigger(
         &process,
         token,
-        reqwest::Method::POST,
-        "/api/v1/jobs",
-        Some(json!({ "name": "quick", "command": "true" })),
+        json!({ "name": "quick", "command": "true" }),
     )
     .await;
-    assert_eq!(status, 201, "{job}");
-    let path = format!("/api/v1/jobs/{}/trigger", job["id"].as_str().unwrap());
-    let (_, run) = api(&process, token, reqwest::Method::POST, &path, None).await;
     // A follower of the run's events, reading as they come.
     let mut stream = reqwest::Client::new()
         .get(format!(

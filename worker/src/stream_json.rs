@@ -178,21 +178,7 @@ impl StreamParser {
                     return Vec::new();
                 };
                 if let Some(delta_usage) = event.get("usage") {
-                    // The delta's counts are totals for the message, where it gives them.
-                    let count = |key: &str| delta_usage.get(key).and_then(Value::as_u64);
-                    let usage = &mut usage;
-                    if let Some(n) = count("output_tokens") {
-                        usage.output_tokens = n;
-                    }
-                    if let Some(n) = count("input_tokens") {
-                        usage.input_tokens = n;
-                    }
-                    if let Some(n) = count("cache_read_input_tokens") {
-                        usage.cache_read_tokens = n;
-                    }
-                    if let Some(n) = count("cache_creation_input_tokens") {
-                        usage.cache_write_tokens = n;
-                    }
+                    update_usage(&mut usage, delta_usage);
                 }
                 let stop_reason = event
                     .get("delta")
@@ -374,23 +360,50 @@ pub fn is_transient_api_error(text: &str) -> bool {
     .any(|needle| text.contains(needle))
 }
 
+/// A `usage` object of the Messages API (as the CLI and the API write it); absent counts are 0.
 fn read_usage(usage: &Value) -> TokenUsage {
-    let count = |key: &str| usage.get(key).and_then(Value::as_u64).unwrap_or(0);
-    TokenUsage {
-        input_tokens: count("input_tokens"),
-        output_tokens: count("output_tokens"),
-        cache_read_tokens: count("cache_read_input_tokens"),
-        cache_write_tokens: count("cache_creation_input_tokens"),
+    let mut read = TokenUsage::default();
+    update_usage(&mut read, usage);
+    read
+}
+
+/// Replaces the counts a Messages API `usage` object gives (`message_start` and
+/// `message_delta` give a message's totals so far), keeping those it leaves out.
+pub fn update_usage(usage: &mut TokenUsage, api_usage: &Value) {
+    let count = |key: &str| api_usage.get(key).and_then(Value::as_u64);
+    if let Some(n) = count("input_tokens") {
+        usage.input_tokens = n;
+    }
+    if let Some(n) = count("output_tokens") {
+        usage.output_tokens = n;
+    }
+    if let Some(n) = count("cache_read_input_tokens") {
+        usage.cache_read_tokens = n;
+    }
+    if let Some(n) = count("cache_creation_input_tokens") {
+        usage.cache_write_tokens = n;
     }
 }
 
-fn usage_json(usage: &TokenUsage) -> Value {
+/// Token usage as run events and lifecycle steps carry it.
+pub fn usage_json(usage: &TokenUsage) -> Value {
     json!({
         "input_tokens": usage.input_tokens,
         "output_tokens": usage.output_tokens,
         "cache_read_tokens": usage.cache_read_tokens,
         "cache_write_tokens": usage.cache_write_tokens,
     })
+}
+
+/// The usage [`usage_json`] wrote; absent counts are 0.
+pub fn usage_from_json(usage: &Value) -> TokenUsage {
+    let count = |key: &str| usage.get(key).and_then(Value::as_u64).unwrap_or(0);
+    TokenUsage {
+        input_tokens: count("input_tokens"),
+        output_tokens: count("output_tokens"),
+        cache_read_tokens: count("cache_read_tokens"),
+        cache_write_tokens: count("cache_write_tokens"),
+    }
 }
 
 fn cap_string(text: &str) -> String {

@@ -74,14 +74,6 @@ pub fn current_context() -> Context {
         .unwrap_or_else(|_| tracing::Span::current().context())
 }
 
-/// The `traceparent` of the current trace context, when tracing is on.
-pub fn current_traceparent() -> Option<String> {
-    if !enabled() {
-        return None;
-    }
-    traceparent(&current_context())
-}
-
 /// The context a `traceparent` names, as a remote parent. `None` for a malformed one (the
 /// spans that would have been its children start a trace of their own).
 pub fn parent_context(traceparent: &str) -> Option<Context> {
@@ -180,14 +172,12 @@ impl PastSpan {
         }
     }
 
-    /// Records the span as a child of the span `traceparent` names; returns its own
-    /// `traceparent`. Nothing is recorded when tracing is off or the parent is unknown.
-    pub fn record_under(self, traceparent: Option<&str>) -> Option<String> {
-        if !enabled() {
-            return None;
+    /// Records the span as a child of the span `traceparent` names. Nothing is recorded when
+    /// tracing is off or the parent is unknown.
+    pub fn record_under(self, traceparent: Option<&str>) {
+        if let Some(parent) = traceparent.filter(|_| enabled()).and_then(parent_context) {
+            self.record(&parent);
         }
-        let parent = traceparent.and_then(parent_context)?;
-        crate::trace::traceparent(&self.record(&parent))
     }
 }
 

@@ -42,22 +42,27 @@ pub(crate) fn created(run: &mut Run) {
         return;
     }
     let now = SystemTime::now();
-    if let (Trigger::Schedule, Some(due)) = (run.trigger, run.scheduled_for) {
-        let due = SystemTime::from(due).min(now);
-        let name = format!("fire {}", run.job_name.as_deref().unwrap_or("job"));
-        let mut span = PastSpan::new(name, due, now).kind(SpanKind::Producer);
-        span.attributes.extend(run_attributes(run));
-        run.trace_parent = trace::traceparent(&span.record(&Context::new()));
-        return;
-    }
-    let parent = trace::current_context();
-    if let Some(traceparent) = trace::traceparent(&parent) {
-        parent.span().set_attributes(run_attributes(run));
-        run.trace_parent = Some(traceparent);
-        return;
-    }
-    let name = format!("create run ({})", run.trigger.as_str());
-    let mut span = PastSpan::new(name, now, now).kind(SpanKind::Producer);
+    let (name, start, parent) = match (run.trigger, run.scheduled_for) {
+        (Trigger::Schedule, Some(due)) => (
+            format!("fire {}", run.job_name.as_deref().unwrap_or("job")),
+            SystemTime::from(due).min(now),
+            Context::new(),
+        ),
+        _ => {
+            let parent = trace::current_context();
+            if let Some(traceparent) = trace::traceparent(&parent) {
+                parent.span().set_attributes(run_attributes(run));
+                run.trace_parent = Some(traceparent);
+                return;
+            }
+            (
+                format!("create run ({})", run.trigger.as_str()),
+                now,
+                parent,
+            )
+        }
+    };
+    let mut span = PastSpan::new(name, start, now).kind(SpanKind::Producer);
     span.attributes.extend(run_attributes(run));
     run.trace_parent = trace::traceparent(&span.record(&parent));
 }

@@ -10,6 +10,7 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 use serde_json::Value;
 
+use crate::stream_json::update_usage;
 use crate::trace::{genai::usage_attributes, OpenSpan};
 
 /// What the proxy metered for one run.
@@ -156,19 +157,7 @@ impl RequestMeter {
 
     /// Counts in `usage` are the message's totals so far; later ones replace earlier ones.
     fn take_usage(&mut self, usage: &Value) {
-        let count = |key: &str| usage.get(key).and_then(Value::as_u64);
-        if let Some(n) = count("input_tokens") {
-            self.usage.input_tokens = n;
-        }
-        if let Some(n) = count("output_tokens") {
-            self.usage.output_tokens = n;
-        }
-        if let Some(n) = count("cache_read_input_tokens") {
-            self.usage.cache_read_tokens = n;
-        }
-        if let Some(n) = count("cache_creation_input_tokens") {
-            self.usage.cache_write_tokens = n;
-        }
+        update_usage(&mut self.usage, usage);
         self.seen_usage = true;
     }
 

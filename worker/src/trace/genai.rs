@@ -16,7 +16,7 @@ use opentelemetry::{Context, KeyValue, StringValue, Value as OtelValue};
 use serde_json::Value;
 
 use super::PastSpan;
-use crate::pricing;
+use crate::{pricing, stream_json};
 
 /// The model provider every Claude Code run talks to.
 const PROVIDER: &str = "anthropic";
@@ -72,7 +72,7 @@ impl AgentSpans {
             EventKind::Usage => {
                 let turn = self.in_turn(text("message_id"), Some(text("model")), at);
                 if turn.usage.is_none() {
-                    turn.usage = data.get("usage").map(read_usage);
+                    turn.usage = data.get("usage").map(stream_json::usage_from_json);
                 }
                 if let Some(reason) = data.get("stop_reason").and_then(Value::as_str) {
                     turn.stop_reason = Some(reason.to_owned());
@@ -245,16 +245,4 @@ pub fn usage_attributes(usage: &TokenUsage) -> Vec<KeyValue> {
             count(usage.cache_write_tokens),
         ),
     ]
-}
-
-/// The usage of a `usage` event (`{ "input_tokens", "output_tokens", "cache_read_tokens",
-/// "cache_write_tokens" }`).
-fn read_usage(usage: &Value) -> TokenUsage {
-    let count = |key: &str| usage.get(key).and_then(Value::as_u64).unwrap_or(0);
-    TokenUsage {
-        input_tokens: count("input_tokens"),
-        output_tokens: count("output_tokens"),
-        cache_read_tokens: count("cache_read_tokens"),
-        cache_write_tokens: count("cache_write_tokens"),
-    }
 }

@@ -342,13 +342,9 @@ impl Attempt {
         let stop_reason = stopper.reason();
         let mut exited = json!({ "exit_code": exit.code, "signal": exit.signal, "stopped": stop_reason, "killed": exit.killed, "out_of_memory": exit.out_of_memory });
         if let Some(metered) = exit.metered {
-            exited["model_proxy"] = json!({
-                "requests": metered.requests,
-                "input_tokens": metered.usage.input_tokens,
-                "output_tokens": metered.usage.output_tokens,
-                "cache_read_tokens": metered.usage.cache_read_tokens,
-                "cache_write_tokens": metered.usage.cache_write_tokens,
-            });
+            let mut proxy = stream_json::usage_json(&metered.usage);
+            proxy["requests"] = json!(metered.requests);
+            exited["model_proxy"] = proxy;
         }
         events.lifecycle("exited", exited).await;
         let mut outcome = if is_claude {

@@ -17,6 +17,20 @@ use crate::nats::NatsServer;
 /// The key every control plane of a test fleet seals secrets with.
 const SECRET_KEY: &str = "5c1d0f3e9a7b2c4d6e8f0a1b3c5d7e9f1a2b3c4d5e6f708192a3b4c5d6e7f809";
 
+/// What a worker needs to run Claude runs with the CLI at `claude` against the fake model API at
+/// `model_api` (no retries, so a failure shows at once).
+pub fn claude_worker_env(claude: &Path, model_api: &str) -> Vec<(String, String)> {
+    vec![
+        ("AUTOPILOT_CLAUDE_BIN".into(), claude.display().to_string()),
+        ("ANTHROPIC_BASE_URL".into(), model_api.to_owned()),
+        (
+            "ANTHROPIC_API_KEY".into(),
+            "sk-ant-test-not-a-real-key".into(),
+        ),
+        ("CLAUDE_CODE_MAX_RETRIES".into(), "0".into()),
+    ]
+}
+
 #[derive(Clone, Debug)]
 pub struct ClusterOptions {
     pub control_planes: usize,

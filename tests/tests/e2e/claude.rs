@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 const DEFAULT_MODEL: &str = "claude-opus-5-5";
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
-async fn start() -> Option<(TestServer, FakeAnthropic)> {
+/// An in-process Autopilot whose Claude runs use the real CLI against a fresh fake model API.
+pub(crate) async fn start() -> Option<(TestServer, FakeAnthropic)> {
     let claude = components::claude_bin()?;
     let fake = FakeAnthropic::start().await.expect("fake API");
     let server = TestServer::builder()

@@ -9,7 +9,7 @@ use autopilot_proto::{
     AttemptEnd, BlobStore, Bus, JetStreamBus, JetStreamConfig, RunAttempt, RunId, RunKind,
     RunOutcome, RunRequest, WorkerId, WorkerReply, WorkerRequest,
 };
-use autopilot_tests::cluster::{Cluster, ClusterOptions};
+use autopilot_tests::cluster::{claude_worker_env, Cluster, ClusterOptions};
 use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply};
 use autopilot_tests::harness::{event_ids, is_terminal, steps, ApiClient};
 use chrono::{DateTime, Utc};
@@ -256,15 +256,7 @@ async fn a_killed_worker_s_run_is_lost_in_time_and_runs_again_where_its_job_allo
     };
     let fake = FakeAnthropic::start().await.expect("fake API");
     let options = ClusterOptions {
-        worker_env: vec![
-            ("AUTOPILOT_CLAUDE_BIN".into(), claude.display().to_string()),
-            ("ANTHROPIC_BASE_URL".into(), fake.base_url()),
-            (
-                "ANTHROPIC_API_KEY".into(),
-                "sk-ant-test-not-a-real-key".into(),
-            ),
-            ("CLAUDE_CODE_MAX_RETRIES".into(), "0".into()),
-        ],
+        worker_env: claude_worker_env(&claude, &fake.base_url()),
         ..ClusterOptions::default()
     };
     let Some(mut cluster) = Cluster::start(options).await else {

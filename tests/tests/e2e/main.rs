@@ -24,6 +24,7 @@ mod oauth;
 mod process;
 mod prometheus;
 mod scheduler;
+mod shutdown;
 mod store;
 mod store_webhooks;
 mod traces;

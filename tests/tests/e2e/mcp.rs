@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use autopilot_tests::clients::{assert_tool_ok, tool_text};
 use autopilot_tests::components;
-use autopilot_tests::fake_anthropic::{expected_cost_usd, FakeAnthropic, Reply, Usage};
+use autopilot_tests::fake_anthropic::{expected_cost_usd, Reply, Usage};
 use autopilot_tests::harness::{kinds, Store, TestServer, ADMIN_TOKEN};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -226,15 +226,9 @@ async fn mcp_trigger_job_waits_for_a_claude_run_with_progress() {
     let Some(python) = components::mcp_python() else {
         return;
     };
-    let Some(claude) = components::claude_bin() else {
+    let Some((server, fake)) = crate::claude::start().await else {
         return;
     };
-    let fake = FakeAnthropic::start().await.expect("fake API");
-    let server = TestServer::builder()
-        .claude_bin(claude)
-        .model_api(&fake.base_url())
-        .start()
-        .await;
     let usage = Usage::new(1500, 42);
     fake.push(Reply::text("All checks passed.").usage(usage));
 

@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use autopilot_tests::components;
-use autopilot_tests::fake_anthropic::{expected_cost_usd, FakeAnthropic, Reply, Usage};
+use autopilot_tests::fake_anthropic::{expected_cost_usd, Reply, Usage};
 use autopilot_tests::harness::TestServer;
 use serde_json::json;
 
@@ -33,15 +32,9 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 #[tokio::test]
 async fn a_workload_is_counted_by_job_trigger_status_model_and_outcome() {
-    let Some(claude) = components::claude_bin() else {
+    let Some((server, fake)) = crate::claude::start().await else {
         return;
     };
-    let fake = FakeAnthropic::start().await.expect("fake API");
-    let server = TestServer::builder()
-        .claude_bin(claude)
-        .model_api(&fake.base_url())
-        .start()
-        .await;
 
     // Manual runs of shell jobs, one that succeeds and one that fails.
     for (name, command, status) in [("ok", "true", "succeeded"), ("bad", "false", "failed")] {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use autopilot_tests::cluster::{Cluster, ClusterOptions};
+use autopilot_tests::cluster::{claude_worker_env, Cluster, ClusterOptions};
 use autopilot_tests::components;
 use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply, Usage};
 use reqwest::Method;
@@ -470,19 +470,13 @@ async fn every_dashboard_query_and_alert_rule_reads_series_a_real_prometheus_scr
         lease_ttl_secs: 3,
         lost_after_secs: 15,
         control_plane_env: vec![("AUTOPILOT_MISFIRE_GRACE_SECS".into(), "0".into())],
-        worker_env: vec![
-            (
-                "AUTOPILOT_METRICS_BIND".into(),
-                format!("127.0.0.1:{metrics_port}"),
-            ),
-            ("AUTOPILOT_CLAUDE_BIN".into(), claude.display().to_string()),
-            ("ANTHROPIC_BASE_URL".into(), fake.base_url()),
-            (
-                "ANTHROPIC_API_KEY".into(),
-                "sk-ant-test-not-a-real-key".into(),
-            ),
-            ("CLAUDE_CODE_MAX_RETRIES".into(), "0".into()),
-        ],
+        worker_env: [(
+            "AUTOPILOT_METRICS_BIND".into(),
+            format!("127.0.0.1:{metrics_port}"),
+        )]
+        .into_iter()
+        .chain(claude_worker_env(&claude, &fake.base_url()))
+        .collect(),
         ..ClusterOptions::default()
     };
     let Some(mut cluster) = Cluster::start(options).await else {

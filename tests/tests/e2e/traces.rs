@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use autopilot_tests::cluster::{Cluster, ClusterOptions};
+use autopilot_tests::cluster::{claude_worker_env, Cluster, ClusterOptions};
 use autopilot_tests::components;
 use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply};
 use autopilot_tests::otlp::{OtlpReceiver, ReceivedSpan};
@@ -163,18 +163,7 @@ async fn a_webhook_delivery_is_one_trace_from_the_request_to_each_tool_call_in_t
         ),
     ];
     let mut worker_env = otel.clone();
-    worker_env.extend([
-        (
-            "AUTOPILOT_CLAUDE_BIN".to_owned(),
-            claude.display().to_string(),
-        ),
-        ("ANTHROPIC_BASE_URL".to_owned(), fake.base_url()),
-        (
-            "ANTHROPIC_API_KEY".to_owned(),
-            "sk-ant-test-not-a-real-key".to_owned(),
-        ),
-        ("CLAUDE_CODE_MAX_RETRIES".to_owned(), "0".to_owned()),
-    ]);
+    worker_env.extend(claude_worker_env(&claude, &fake.base_url()));
     let Some(cluster) = Cluster::start(ClusterOptions {
         control_planes: 1,
         workers: 1,

@@ -6,8 +6,7 @@
 
 use std::time::Duration;
 
-use autopilot_tests::components;
-use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply};
+use autopilot_tests::fake_anthropic::Reply;
 use autopilot_tests::harness::{steps, TestServer};
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -1052,15 +1051,9 @@ async fn a_webhook_pointing_at_a_shell_job_hands_it_the_body_and_keeps_the_job()
 
 #[tokio::test]
 async fn a_delivery_runs_the_real_claude_code_cli_with_the_payload_in_its_prompt() {
-    let Some(claude) = components::claude_bin() else {
+    let Some((server, fake)) = crate::claude::start().await else {
         return;
     };
-    let fake = FakeAnthropic::start().await.expect("fake API");
-    let server = TestServer::builder()
-        .claude_bin(claude)
-        .model_api(&fake.base_url())
-        .start()
-        .await;
     let created = server
         .create_webhook(json!({
             "name": "triage",

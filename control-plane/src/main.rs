@@ -8,6 +8,9 @@ use autopilot_control_plane::fleet_worker::{self, WorkerArgs, WorkerSettings};
 use autopilot_control_plane::telemetry::{self, Telemetry};
 use autopilot_control_plane::{keys, mcp, serve};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Autopilot runs Claude Code on a schedule and on events.
 #[derive(Parser)]
 #[command(name = "autopilot", version, about)]

@@ -6,6 +6,7 @@
 //! trigger, a status, a model, an outcome; never a run id or free text.
 
 use std::collections::BTreeSet;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -15,10 +16,12 @@ use autopilot_worker::Slots;
 use chrono::{DateTime, Utc};
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider};
 use opentelemetry::KeyValue;
+use opentelemetry_otlp::MetricExporter;
 use opentelemetry_prometheus_text_exporter::PrometheusExporter;
-use opentelemetry_sdk::metrics::{
-    Instrument, MeterProviderBuilder, PeriodicReader, SdkMeterProvider, Stream,
-};
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::metrics::reader::MetricReader;
+use opentelemetry_sdk::metrics::{Instrument, MeterProviderBuilder, SdkMeterProvider, Stream};
 use opentelemetry_sdk::Resource;
 
 use crate::otlp::{self, Protocol, Signal};
@@ -53,6 +56,9 @@ pub const NO_JOB: &str = "";
 
 pub struct Metrics {
     exporter: PrometheusExporter,
+    /// Pushes the same figures over OTLP, when configured. Declared (so dropped, with a last
+    /// push) before the provider.
+    pusher: Option<Pusher>,
     /// Keeps the instruments' pipeline alive.
     _provider: SdkMeterProvider,
     /// Makes the instruments that are observed when read out (a worker's slots).
@@ -74,6 +80,81 @@ pub struct Metrics {
     oldest_queued_age: Gauge<f64>,
     /// Pools seen queued at an earlier read-out: an emptied one reads 0, not its last depth.
     queued_pools: Mutex<BTreeSet<String>>,
+}
+
+/// `OTEL_METRIC_EXPORT_INTERVAL`, in milliseconds; 60 s when unset.
+fn export_interval() -> anyhow::Result<Duration> {
+    parse_export_interval(std::env::var("OTEL_METRIC_EXPORT_INTERVAL").ok().as_deref())
+}
+
+fn parse_export_interval(value: Option<&str>) -> anyhow::Result<Duration> {
+    let Some(value) = value.map(str::trim).filter(|value| !value.is_empty()) else {
+        return Ok(Duration::from_secs(60));
+    };
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+        .with_context(|| {
+            format!(
+                "OTEL_METRIC_EXPORT_INTERVAL is {value:?}: give the time between pushes in \
+                 milliseconds, for example 60000"
+            )
+        })
+}
+
+/// Sends what the `/metrics` reader holds over OTLP, every interval and once more when
+/// dropped, from a thread of its own (the OTLP exporters block). The figures come out of the
+/// one pipeline `/metrics` reads: a second reader in the SDK would record every measurement
+/// twice, a cost on every webhook delivery. Pushed cumulative, as Prometheus reads them.
+struct Pusher {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pusher {
+    fn start(
+        reader: PrometheusExporter,
+        exporter: MetricExporter,
+        interval: Duration,
+    ) -> anyhow::Result<Self> {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let push = move || {
+            let mut figures = ResourceMetrics::default();
+            let result = reader
+                .collect(&mut figures)
+                .and_then(|()| futures::executor::block_on(exporter.export(&figures)));
+            if let Err(err) = result {
+                tracing::warn!(error = %err, "pushing the metrics over OTLP failed");
+            }
+        };
+        let thread = std::thread::Builder::new()
+            .name("otlp-metrics".into())
+            .spawn(move || loop {
+                match stopped.recv_timeout(interval) {
+                    Err(RecvTimeoutError::Timeout) => push(),
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                        push();
+                        break;
+                    }
+                }
+            })
+            .context("starting the thread that pushes metrics over OTLP")?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Pusher {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -106,7 +187,7 @@ pub fn resource(service: &'static str) -> Resource {
 impl Metrics {
     /// Metrics read out at `/metrics` only.
     pub fn new() -> Self {
-        Self::with_readers(SdkMeterProvider::builder())
+        Self::with_provider(SdkMeterProvider::builder())
     }
 
     /// Metrics read out at `/metrics` and, when the OTEL_* variables ask for it, also pushed
@@ -124,15 +205,17 @@ impl Metrics {
                 .build(),
         }
         .context("setting up the OTLP metric exporter (OTEL_EXPORTER_OTLP_*)")?;
-        let pushed = PeriodicReader::builder(exporter).build();
-        Ok(Self::with_readers(
-            SdkMeterProvider::builder()
-                .with_reader(pushed)
-                .with_resource(resource(service)),
-        ))
+        let mut metrics =
+            Self::with_provider(SdkMeterProvider::builder().with_resource(resource(service)));
+        metrics.pusher = Some(Pusher::start(
+            metrics.exporter.clone(),
+            exporter,
+            export_interval()?,
+        )?);
+        Ok(metrics)
     }
 
-    fn with_readers(builder: MeterProviderBuilder) -> Self {
+    fn with_provider(builder: MeterProviderBuilder) -> Self {
         let exporter = PrometheusExporter::builder()
             .without_scope_info()
             .without_target_info()
@@ -237,6 +320,7 @@ impl Metrics {
             queued_pools: Mutex::new(BTreeSet::new()),
             exporter,
             _provider: provider,
+            pusher: None,
             meter: meter.clone(),
         }
     }
@@ -391,6 +475,29 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_push_interval_is_read_in_milliseconds_and_a_bad_one_is_named() {
+        assert_eq!(
+            parse_export_interval(None).unwrap(),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            parse_export_interval(Some(" ")).unwrap(),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            parse_export_interval(Some("1500")).unwrap(),
+            Duration::from_millis(1500)
+        );
+        for bad in ["0", "-1", "60s", "1.5"] {
+            let err = parse_export_interval(Some(bad)).unwrap_err().to_string();
+            assert!(
+                err.contains("OTEL_METRIC_EXPORT_INTERVAL") && err.contains("milliseconds"),
+                "{bad}: {err}"
+            );
+        }
+    }
 
     #[test]
     fn what_is_recorded_is_read_out_with_its_labels() {

@@ -262,7 +262,7 @@ pub fn router(app: &Arc<App>, intake: Arc<Intake>) -> axum::Router {
         .nest_service("/mcp", mcp::router(Arc::clone(app)));
     // Only when spans are exported: otherwise a request costs no span.
     let router = if autopilot_worker::trace::enabled() {
-        router.layer(axum::middleware::from_fn(crate::http::trace::traced))
+        router.layer(crate::http::trace::RequestSpans)
     } else {
         router
     };

@@ -226,6 +226,13 @@ pub struct IncomingRequest {
 
 #[async_trait]
 pub trait Bus: Send + Sync {
+    /// Whether a run request published here leaves the process (and its publish is a step
+    /// worth a span of its own in the run's trace). `false` for the in-process bus, where a
+    /// publish is a push onto a queue.
+    fn crosses_processes(&self) -> bool {
+        true
+    }
+
     /// Publish a run request to its pool's work queue. Returns `false` when the dedup id was
     /// already seen within the window (nothing was published).
     async fn publish_run(&self, request: RunRequest) -> Result<bool, BusError>;

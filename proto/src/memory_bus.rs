@@ -272,6 +272,10 @@ impl Acker for EventAcker {
 
 #[async_trait]
 impl Bus for InMemoryBus {
+    fn crosses_processes(&self) -> bool {
+        false
+    }
+
     async fn publish_run(&self, request: RunRequest) -> Result<bool, BusError> {
         {
             let mut state = self.inner.lock();

@@ -11,6 +11,7 @@
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use opentelemetry::trace::{
@@ -41,18 +42,53 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
+/// Autopilot's tracer from the global provider, made once (asking the provider for it on
+/// every span costs a lock and allocations). Only asked for once tracing is on, which is after
+/// the provider was installed.
+pub fn tracer() -> &'static global::BoxedTracer {
+    static TRACER: OnceLock<global::BoxedTracer> = OnceLock::new();
+    TRACER.get_or_init(|| global::tracer(TRACER_NAME))
+}
+
 /// The `traceparent` of the span in `cx`, if it has a valid one.
 pub fn traceparent(cx: &Context) -> Option<String> {
     let span = cx.span();
     let context = span.span_context();
-    context.is_valid().then(|| {
-        format!(
-            "00-{}-{}-{:02x}",
-            context.trace_id(),
-            context.span_id(),
-            context.trace_flags().to_u8()
-        )
-    })
+    if !context.is_valid() {
+        return None;
+    }
+    // Written by hand: every webhook delivery makes one, and `fmt` is slow at it.
+    let mut traceparent = String::with_capacity(55);
+    traceparent.push_str("00-");
+    push_hex(&mut traceparent, &context.trace_id().to_bytes());
+    traceparent.push('-');
+    push_hex(&mut traceparent, &context.span_id().to_bytes());
+    traceparent.push('-');
+    push_hex(&mut traceparent, &[context.trace_flags().to_u8()]);
+    Some(traceparent)
+}
+
+fn push_hex(text: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+}
+
+/// Whether `traceparent` names the span current in `cx` (without writing that span's out).
+pub fn names_span(traceparent: &str, cx: &Context) -> bool {
+    let span = cx.span();
+    let context = span.span_context();
+    context.is_valid()
+        && traceparent
+            .get(36..52)
+            .and_then(|id| SpanId::from_hex(id).ok())
+            == Some(context.span_id())
+        && traceparent
+            .get(3..35)
+            .and_then(|id| TraceId::from_hex(id).ok())
+            == Some(context.trace_id())
 }
 
 tokio::task_local! {
@@ -64,6 +100,12 @@ tokio::task_local! {
 /// hand for requests, cheaper than `tracing` spans on a hot path, are found this way.
 pub async fn in_request<F: std::future::Future>(cx: Context, work: F) -> F::Output {
     REQUEST.scope(cx, work).await
+}
+
+/// Calls `work` (the synchronous start of a request's handling) with `cx` as its current trace
+/// context.
+pub fn in_request_sync<R>(cx: Context, work: impl FnOnce() -> R) -> R {
+    REQUEST.sync_scope(cx, work)
 }
 
 /// The current trace context: the request's (see [`in_request`]), else the current
@@ -150,13 +192,13 @@ impl PastSpan {
 
     /// Records the span as a child of `parent`; returns the context its own children need.
     pub fn record(self, parent: &Context) -> Context {
-        let tracer = global::tracer(TRACER_NAME);
+        let tracer = tracer();
         let mut span = tracer
             .span_builder(self.name)
             .with_kind(self.kind)
             .with_start_time(self.start)
             .with_attributes(self.attributes)
-            .start_with_context(&tracer, parent);
+            .start_with_context(tracer, parent);
         if let Some(error) = self.error {
             span.set_status(Status::error(error));
         }
@@ -200,12 +242,12 @@ impl OpenSpan {
             return None;
         }
         let parent = traceparent.and_then(parent_context)?;
-        let tracer = global::tracer(TRACER_NAME);
+        let tracer = tracer();
         let span = tracer
             .span_builder(name)
             .with_kind(kind)
             .with_attributes(attributes)
-            .start_with_context(&tracer, &parent);
+            .start_with_context(tracer, &parent);
         let traceparent = crate::trace::traceparent(
             &parent.with_remote_span_context(span.span_context().clone()),
         );
@@ -241,6 +283,12 @@ mod tests {
         let written = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let context = parent_context(written).expect("valid");
         assert_eq!(traceparent(&context).as_deref(), Some(written));
+        assert!(names_span(written, &context));
+        let other_span = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b8-01";
+        assert!(!names_span(other_span, &context));
+        let other_trace = "00-4bf92f3577b34da6a3ce929d0e0e4737-00f067aa0ba902b7-01";
+        assert!(!names_span(other_trace, &context));
+        assert!(!names_span(written, &Context::new()));
         let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
         assert_eq!(
             traceparent(&parent_context(unsampled).unwrap()).as_deref(),

@@ -66,25 +66,33 @@ async fn publish(app: &App, mut run: Run) -> ServiceResult<Run> {
 /// Publishes the request of a run already marked dispatched in the store. A failed publish
 /// is undone so the dispatcher tries again.
 pub(crate) async fn publish_dispatched(app: &App, run: Run) -> Run {
-    let span = OpenSpan::start(
-        format!("publish {}", run.settings.pool),
-        SpanKind::Producer,
-        run.trace_parent.as_deref(),
-        vec![
-            KeyValue::new("messaging.destination.name", run.settings.pool.clone()),
-            KeyValue::new("autopilot.run.attempt", i64::from(run.attempt)),
-        ],
-    );
+    // Over NATS the publish is a span of the run's trace; in-process it is a push onto a
+    // queue, not worth one.
+    let span = app
+        .bus
+        .crosses_processes()
+        .then(|| {
+            OpenSpan::start(
+                format!("publish {}", run.settings.pool),
+                SpanKind::Producer,
+                run.trace_parent.as_deref(),
+                vec![
+                    KeyValue::new("messaging.destination.name", run.settings.pool.clone()),
+                    KeyValue::new("autopilot.run.attempt", i64::from(run.attempt)),
+                ],
+            )
+        })
+        .flatten();
     let request = RunRequest {
         run_id: run.id,
         attempt: run.attempt,
         pool: run.settings.pool.clone(),
         dedup_id: dedup_id(&run),
-        // The worker's spans are children of this publish.
-        trace_parent: span
-            .as_ref()
-            .and_then(OpenSpan::traceparent)
-            .map(str::to_owned),
+        // The worker's spans are children of the publish, or of the run's creation.
+        trace_parent: match &span {
+            Some(span) => span.traceparent().map(str::to_owned),
+            None => run.trace_parent.clone(),
+        },
     };
     let published = app.bus.publish_run(request).await;
     if let Some(span) = span {

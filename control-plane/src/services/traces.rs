@@ -68,26 +68,26 @@ pub(crate) fn created(run: &mut Run) {
 }
 
 /// The run's row was written, from `started` to now (one transaction may hold many runs). When
-/// the run joined the current span (the request that created it waits for the write), this is
-/// an event on that span: cheaper than a span of its own for every delivery of a busy webhook.
-/// Otherwise (a fire, a run without a request) it is a `store run` span.
+/// the run joined the current span (the request that created it waits for the write), the
+/// wait is an attribute of that span: cheaper than a span or an event for every delivery of a
+/// busy webhook. Otherwise (a fire, a run without a request) it is a `store run` span.
 pub(crate) fn stored<'a>(runs: impl IntoIterator<Item = &'a Run>, started: SystemTime) {
     if !trace::enabled() {
         return;
     }
     let now = SystemTime::now();
     let current = trace::current_context();
-    let current_parent = trace::traceparent(&current);
     for run in runs {
-        if run.trace_parent.is_some() && run.trace_parent == current_parent {
+        let joined = run
+            .trace_parent
+            .as_deref()
+            .is_some_and(|traceparent| trace::names_span(traceparent, &current));
+        if joined {
             let waited = now.duration_since(started).unwrap_or_default();
-            current.span().add_event(
-                "run stored",
-                vec![KeyValue::new(
-                    "autopilot.store.duration_ms",
-                    waited.as_secs_f64() * 1000.0,
-                )],
-            );
+            current.span().set_attribute(KeyValue::new(
+                "autopilot.store.duration_ms",
+                waited.as_secs_f64() * 1000.0,
+            ));
             continue;
         }
         let span = PastSpan::new("store run", started, now)

@@ -190,9 +190,10 @@ impl SqlStore {
                 .map_err(|err| anyhow::anyhow!("invalid SQLite URL `{url}`: {err}"))?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
-                // With WAL, NORMAL keeps every commit across a process crash; only a power loss
-                // can take back the last transactions.
-                .synchronous(SqliteSynchronous::Normal)
+                // FULL: a commit returns once the WAL is on disk, so an acknowledged delivery
+                // or fire survives a power loss too, not only a crash of the process (NORMAL's
+                // guarantee). Writes that arrive together share one commit, so one sync.
+                .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
                 // Statement journals and sorts stay in memory, not in temporary files.
@@ -286,6 +287,35 @@ impl Store for SqlStore {
         match self.pools {
             Pools::Sqlite { .. } => "sqlite",
             Pools::Postgres(_) => "postgres",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The durability promise of a `202`: every SQLite connection commits with
+    /// `synchronous=FULL` (2) in WAL mode.
+    #[tokio::test]
+    async fn sqlite_commits_are_synced_to_disk_before_they_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("autopilot.db").display());
+        let store = SqlStore::connect(&url).await.unwrap();
+        let Pools::Sqlite { read, write } = &store.pools else {
+            panic!("a sqlite: URL opens SQLite");
+        };
+        for pool in [write, read] {
+            let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(synchronous, 2, "synchronous=FULL");
+            let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(journal, "wal");
         }
     }
 }

@@ -42,7 +42,9 @@ impl Executor for LocalExecutor {
                 command.cwd.display()
             ))
         })?;
-        let mut child = Command::new(&command.program)
+        let mut child = Command::new(&command.program);
+        die_with_this_process(&mut child);
+        let mut child = child
             .args(&command.args)
             .env_clear()
             .envs(command.env.iter().map(|(k, v)| (k, v)))
@@ -113,6 +115,26 @@ impl Executor for LocalExecutor {
         info.code = status.code();
         info.signal = std::os::unix::process::ExitStatusExt::signal(&status);
         Ok(info)
+    }
+}
+
+/// Has the child killed when this process dies, even by `kill -9`, which leaves no chance to
+/// stop it (Linux's parent-death signal). The "parent" is the thread that spawns the child: here
+/// a runtime worker thread, which lives as long as the process's runtime.
+#[allow(unsafe_code)]
+fn die_with_this_process(command: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: the hook runs in the forked child before exec and makes only async-signal-safe
+    // system calls (prctl, getppid); it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The parent may have died between the fork and the prctl: then nothing would fire.
+            if u32::try_from(nix::unistd::getppid().as_raw()) != Ok(parent) {
+                return Err(std::io::Error::other("the process that started it is gone"));
+            }
+            Ok(())
+        });
     }
 }
 

@@ -50,6 +50,32 @@ impl Drop for Process {
     }
 }
 
+/// The processes whose parent is `pid` (from `/proc`).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            stat_fields(*child).is_some_and(|fields| fields.get(1) == Some(&pid.to_string()))
+        })
+        .collect()
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name: state, parent, …
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Whether `pid` runs (a zombie waiting to be reaped does not).
+fn alive(pid: u32) -> bool {
+    stat_fields(pid).is_some_and(|fields| fields.first().map(String::as_str) != Some("Z"))
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -227,8 +253,22 @@ async fn runs_left_running_by_a_crashed_process_are_marked_lost_at_start() {
     assert_eq!(status, 202, "{run}");
     let run_id = run["id"].as_str().unwrap().to_owned();
     assert!(fake.wait_for_requests(1, Duration::from_secs(30)).await);
+    let started = children_of(first.child.id());
+    assert!(
+        !started.is_empty(),
+        "the run's CLI is a child of autopilot serve"
+    );
     first.child.kill().unwrap(); // SIGKILL: no chance to clean up
     first.child.wait().unwrap();
+    // The CLI it started dies with it instead of running on.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while started.iter().any(|pid| alive(*pid)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after autopilot was killed: {started:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let second = spawn(dir.path(), &env).await.unwrap();
     let (_, run) = api(

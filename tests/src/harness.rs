@@ -188,12 +188,19 @@ pub struct TestServerBuilder {
     access_token_ttl: Option<Duration>,
     max_queued_runs: Option<u64>,
     docker: bool,
+    mcp_allowed_origins: Vec<String>,
 }
 
 impl TestServerBuilder {
     /// Runs execute in Docker containers (the runtime image) instead of local processes.
     pub fn docker(mut self) -> Self {
         self.docker = true;
+        self
+    }
+
+    /// Browser origins `/mcp` accepts besides its own (`AUTOPILOT_MCP_ALLOWED_ORIGINS`).
+    pub fn mcp_allowed_origins(mut self, origins: &[&str]) -> Self {
+        self.mcp_allowed_origins = origins.iter().map(|origin| origin.to_string()).collect();
         self
     }
 
@@ -336,6 +343,7 @@ impl TestServerBuilder {
             admin_token: Some(ADMIN_TOKEN.to_owned()),
             claude_bin: self.claude_bin.clone(),
             worker_concurrency: Some(self.concurrency),
+            mcp_allowed_origins: Some(self.mcp_allowed_origins.clone()),
             ..Default::default()
         })
         .expect("test config");
@@ -407,6 +415,7 @@ impl TestServer {
             access_token_ttl: None,
             max_queued_runs: None,
             docker: false,
+            mcp_allowed_origins: Vec::new(),
         }
     }
 

@@ -89,6 +89,16 @@ pub struct ConfigArgs {
         value_delimiter = ','
     )]
     pub oauth_redirect_uris: Option<Vec<String>>,
+    /// Browser origins allowed to call `/mcp` besides the public URL's and loopback,
+    /// comma-separated, each `scheme://host`, `scheme://host:port` or `scheme://host:*` (any
+    /// port), e.g. a browser-based MCP client's page [default: none].
+    #[arg(
+        long,
+        env = "AUTOPILOT_MCP_ALLOWED_ORIGINS",
+        value_name = "ORIGINS",
+        value_delimiter = ','
+    )]
+    pub mcp_allowed_origins: Option<Vec<String>>,
     /// Key that seals secrets kept in the store (webhook signing secrets), 64 hex digits
     /// [default: a key made on first start in DATA_DIR/secret.key].
     #[arg(

@@ -71,6 +71,9 @@ pub struct Config {
     pub oauth_allow_private_metadata: bool,
     /// Redirect URIs OAuth clients may register (see `AUTOPILOT_OAUTH_REDIRECT_URIS`).
     pub oauth_redirect_allowlist: Vec<String>,
+    /// Origins allowed to call `/mcp` besides the public URL's and loopback, each with its
+    /// port or `*` (see `AUTOPILOT_MCP_ALLOWED_ORIGINS`).
+    pub mcp_allowed_origins: Vec<String>,
     /// Seals secrets at rest (see `crate::seal`); `None` uses the data directory's key file.
     pub secret_key: Option<String>,
     /// Bound on queued runs; webhook deliveries beyond it are refused with 503.
@@ -187,6 +190,14 @@ impl Config {
         if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
             anyhow::bail!("public_url must be an http:// or https:// URL (AUTOPILOT_PUBLIC_URL), got `{public_url}`");
         }
+        let mcp_allowed_origins = args
+            .mcp_allowed_origins
+            .unwrap_or_default()
+            .iter()
+            .map(|origin| origin.trim())
+            .filter(|origin| !origin.is_empty())
+            .map(allowed_origin)
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let worker_concurrency = args.worker_concurrency.unwrap_or(4);
         if worker_concurrency == 0 || worker_concurrency > 1024 {
             anyhow::bail!(
@@ -276,6 +287,7 @@ impl Config {
                 .is_ok_and(|v| v == "1"),
             oauth_allow_private_metadata: std::env::var("AUTOPILOT_TEST_ALLOW_PRIVATE_METADATA")
                 .is_ok_and(|v| v == "1"),
+            mcp_allowed_origins,
             oauth_redirect_allowlist: args
                 .oauth_redirect_uris
                 .map(|uris| {
@@ -332,6 +344,60 @@ impl Config {
             self.public_url
         )
     }
+}
+
+/// One entry of `AUTOPILOT_MCP_ALLOWED_ORIGINS`, checked and with its port made explicit (the
+/// scheme's default when none is given; `*` stays any port).
+fn allowed_origin(origin: &str) -> anyhow::Result<String> {
+    let refuse = |why: &str| {
+        anyhow::anyhow!(
+            "mcp_allowed_origins: `{origin}` {why}; give an origin such as https://app.example.com, \
+             https://app.example.com:8443 or http://localhost:* (AUTOPILOT_MCP_ALLOWED_ORIGINS)"
+        )
+    };
+    let (scheme, rest) = origin
+        .split_once("://")
+        .ok_or_else(|| refuse("has no scheme"))?;
+    let default_port = match scheme {
+        "https" => 443,
+        "http" => 80,
+        _ => return Err(refuse("is not an http:// or https:// origin")),
+    };
+    if rest.contains(['/', '?', '#', '@']) {
+        return Err(refuse("is more than an origin (no path, query or user)"));
+    }
+    // `[v6]:port` keeps its brackets; otherwise the port follows the last colon.
+    let (host, port) = match rest.strip_prefix('[').and_then(|v6| v6.split_once(']')) {
+        Some((v6, after)) => (
+            &rest[..v6.len() + 2],
+            match after {
+                "" => None,
+                after => Some(
+                    after
+                        .strip_prefix(':')
+                        .ok_or_else(|| refuse("has text after its host"))?,
+                ),
+            },
+        ),
+        None => match rest.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        },
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(refuse("has no host"));
+    }
+    let port = match port {
+        None => default_port.to_string(),
+        Some("*") => "*".to_owned(),
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .filter(|port| *port > 0)
+            .ok_or_else(|| refuse("has a port that is not a number from 1 to 65535"))?
+            .to_string(),
+    };
+    Ok(format!("{scheme}://{}:{port}", host.to_ascii_lowercase()))
 }
 
 fn read_file(path: &Path) -> anyhow::Result<ConfigArgs> {

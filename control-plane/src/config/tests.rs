@@ -123,3 +123,44 @@ fn every_setting_has_its_flag_variable_and_file_key_named_alike() {
     );
     assert!(flags.len() >= 22, "{flags:?}");
 }
+
+#[test]
+fn allowed_mcp_origins_get_an_explicit_port_and_bad_ones_are_named() {
+    for (given, kept) in [
+        ("https://App.Example.com", "https://app.example.com:443"),
+        ("http://localhost", "http://localhost:80"),
+        (
+            "https://app.example.com:8443",
+            "https://app.example.com:8443",
+        ),
+        ("http://localhost:*", "http://localhost:*"),
+        ("https://[::1]", "https://[::1]:443"),
+        ("https://[::1]:9000", "https://[::1]:9000"),
+    ] {
+        assert_eq!(allowed_origin(given).unwrap(), kept, "{given}");
+    }
+    for bad in [
+        "app.example.com",
+        "ftp://app.example.com",
+        "https://app.example.com/path",
+        "https://user@app.example.com",
+        "https://app.example.com:0",
+        "https://app.example.com:http",
+        "https://",
+        "https://[::1]x",
+    ] {
+        let err = allowed_origin(bad).unwrap_err().to_string();
+        assert!(
+            err.contains("AUTOPILOT_MCP_ALLOWED_ORIGINS") && err.contains(bad),
+            "{bad}: {err}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::load(ConfigArgs {
+        data_dir: Some(dir.path().into()),
+        mcp_allowed_origins: Some(vec![" https://mcp.example.com ".into(), String::new()]),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(config.mcp_allowed_origins, ["https://mcp.example.com:443"]);
+}

@@ -108,9 +108,12 @@ fn state_changing_call(body: &[u8]) -> Option<String> {
     })
 }
 
+/// 401 with the challenge that starts a client's authorization: where the resource's metadata
+/// is and which scopes to ask for (MCP authorization 2025-11-25 §Protected Resource Metadata
+/// Discovery; RFC 6750 §3).
 fn unauthorized(app: &App, error: Option<&str>, description: &str) -> Response {
     let mut challenge = format!(
-        "Bearer resource_metadata=\"{}\"",
+        "Bearer resource_metadata=\"{}\", scope=\"{SCOPE_READ} {SCOPE_WRITE}\"",
         app.config.mcp_resource_metadata_url()
     );
     if let Some(error) = error {

@@ -143,7 +143,8 @@ pub fn router(app: Arc<App>) -> Router {
 /// Stateless, JSON where possible, and Host / Origin checks that accept the public URL as well
 /// as loopback (rmcp accepts loopback only by default).
 fn http_config(app: &App) -> StreamableHttpServerConfig {
-    let (hosts, origins) = allowed_hosts_and_origins(&app.config.public_url);
+    let (hosts, mut origins) = allowed_hosts_and_origins(&app.config.public_url);
+    origins.extend(app.config.mcp_allowed_origins.iter().cloned());
     StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)

@@ -133,6 +133,17 @@ async fn validate(app: &App, params: &AuthorizeParams) -> Result<Valid, Refusal>
     })
 }
 
+/// The consent form's CSRF cookie: `Secure` (sent over HTTPS only) when Autopilot is reached
+/// over HTTPS.
+fn csrf_cookie(csrf: &str, public_url: &str) -> String {
+    let secure = if public_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    format!("{CSRF_COOKIE}={csrf}; Path=/authorize; HttpOnly; SameSite=Strict; Max-Age=600{secure}")
+}
+
 pub async fn show(State(app): State<Arc<App>>, Query(params): Query<AuthorizeParams>) -> Response {
     match validate(&app, &params).await {
         Ok(valid) => {
@@ -141,9 +152,7 @@ pub async fn show(State(app): State<Arc<App>>, Query(params): Query<AuthorizePar
             }
             let csrf = tokens::mint(tokens::OAUTH_PREFIX);
             let mut response = page(&params, &valid, &csrf, None, StatusCode::OK);
-            let cookie = format!(
-                "{CSRF_COOKIE}={csrf}; Path=/authorize; HttpOnly; SameSite=Strict; Max-Age=600"
-            );
+            let cookie = csrf_cookie(&csrf, &app.config.public_url);
             if let Ok(value) = HeaderValue::from_str(&cookie) {
                 response.headers_mut().insert(header::SET_COOKIE, value);
             }
@@ -345,4 +354,18 @@ fn url_encode(text: &str) -> String {
             other => format!("%{other:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_csrf_cookie_is_secure_when_autopilot_is_reached_over_https() {
+        let cookie = csrf_cookie("ap_oauth_x", "https://autopilot.example.com");
+        assert!(cookie.ends_with("; Secure"), "{cookie}");
+        assert!(cookie.contains("HttpOnly; SameSite=Strict"), "{cookie}");
+        let cookie = csrf_cookie("ap_oauth_x", "http://127.0.0.1:8080");
+        assert!(!cookie.contains("Secure"), "{cookie}");
+    }
 }

@@ -47,13 +47,12 @@ async fn authorize(
         .unwrap();
     assert_eq!(page.status(), StatusCode::OK);
     assert_eq!(page.headers()["cache-control"], "no-store");
-    let cookie = page.headers()[SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let set_cookie = page.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    assert!(
+        set_cookie.contains("HttpOnly") && !set_cookie.contains("Secure"),
+        "over plain HTTP the cookie cannot be Secure: {set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
     let csrf = cookie.split_once('=').unwrap().1.to_owned();
     let html = page.text().await.unwrap();
     assert!(
@@ -114,7 +113,9 @@ async fn discovery_documents_point_at_each_other() {
     );
     assert_eq!(
         challenge,
-        format!("Bearer resource_metadata=\"{metadata_url}\"")
+        format!(
+            "Bearer resource_metadata=\"{metadata_url}\", scope=\"autopilot:read autopilot:write\""
+        )
     );
 
     let oversized = no_redirects()
@@ -621,7 +622,10 @@ async fn registration_is_rate_limited() {
 
 #[tokio::test]
 async fn mcp_refuses_foreign_origins_and_hosts() {
-    let server = TestServer::builder().start().await;
+    let server = TestServer::builder()
+        .mcp_allowed_origins(&["https://mcp-client.example", "http://tools.example:*"])
+        .start()
+        .await;
     let initialize = json!({
         "jsonrpc": "2.0", "id": 1, "method": "initialize",
         "params": { "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "t", "version": "1" } }
@@ -646,12 +650,28 @@ async fn mcp_refuses_foreign_origins_and_hosts() {
         StatusCode::OK,
         "its own origin is fine"
     );
-    let foreign_origin = send(Some("https://evil.example"), None).await.unwrap();
-    assert_eq!(
-        foreign_origin.status(),
-        StatusCode::FORBIDDEN,
-        "DNS rebinding: a foreign Origin is refused"
-    );
+    for allowed in [
+        "https://mcp-client.example",
+        "http://tools.example:8080",
+        "http://tools.example",
+    ] {
+        assert_eq!(
+            send(Some(allowed), None).await.unwrap().status(),
+            StatusCode::OK,
+            "{allowed} is in AUTOPILOT_MCP_ALLOWED_ORIGINS"
+        );
+    }
+    for foreign in [
+        "https://evil.example",
+        "https://mcp-client.example:8443",
+        "http://mcp-client.example",
+    ] {
+        assert_eq!(
+            send(Some(foreign), None).await.unwrap().status(),
+            StatusCode::FORBIDDEN,
+            "DNS rebinding: a foreign Origin ({foreign}) is refused"
+        );
+    }
     let foreign_host = send(None, Some("evil.example")).await.unwrap();
     assert!(
         foreign_host.status().is_client_error(),

@@ -14,6 +14,10 @@ chroot "$root" useradd --uid 10001 --gid 10001 --home-dir /home/autopilot --no-c
 install -d -m 0750 -o 10001 -g 10001 "$root/home/autopilot"
 install -d -m 0755 -o 10001 -g 10001 "$root/workspace"
 
+# No set-user-id or set-group-id programs: containers run with no-new-privileges anyway, so
+# they could not use them; without them there is nothing to exploit if that ever failed.
+find "$root" -xdev -type f -perm /6000 -exec chmod ug-s {} +
+
 # Apt lists and caches are already cleaned by mmdebstrap; these are left over.
 rm -rf "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* \
     "$root"/var/cache/debconf/*-old "$root"/var/lib/dpkg/*-old \

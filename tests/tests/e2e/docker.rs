@@ -238,6 +238,35 @@ async fn writing_outside_the_workspace_and_reading_host_files_fail() {
     server.stop().await.unwrap();
 }
 
+/// Defence in depth: what a run would need to escalate or look around is not there.
+#[tokio::test]
+async fn a_run_finds_no_setuid_programs_a_private_cgroup_namespace_and_a_bounded_shm() {
+    let Some(docker) = components::docker_engine().await else {
+        return;
+    };
+    let Some(server) = server(None).await else {
+        return;
+    };
+    let script = "echo setuid: $(find / -xdev -type f -perm /6000 2>/dev/null | wc -l); \
+                  echo shm: $(df -k /dev/shm | tail -n 1 | tr -s ' ' | cut -d ' ' -f 2); \
+                  sed 's/^/cgroup /' /proc/self/cgroup";
+    let (run, events) = run_shell(&server, &docker, "depth", json!({ "command": script })).await;
+    let text = output_text(&events);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert!(text.contains("setuid: 0"), "{text}");
+    assert!(text.contains(&format!("shm: {}", 64 * 1024)), "{text}");
+    let cgroups: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("cgroup "))
+        .collect();
+    assert!(!cgroups.is_empty(), "{text}");
+    assert!(
+        cgroups.iter().all(|line| line.ends_with(":/")),
+        "the run's cgroups are the root of its own namespace: {cgroups:?}"
+    );
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_fork_bomb_hits_the_process_limit() {
     let Some(docker) = components::docker_engine().await else {

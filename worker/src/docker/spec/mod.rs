@@ -3,7 +3,8 @@
 //!
 //! Everything the sandbox guarantees is decided here: a non-root user, every capability
 //! dropped, `no-new-privileges`, a read-only root file system with tmpfs for `/tmp` and the
-//! home directory, memory (swap included), CPU and process limits from the run's [`Sandbox`],
+//! home directory, a bounded `/dev/shm`, a cgroup namespace of its own, memory (swap
+//! included), CPU and process limits from the run's [`Sandbox`],
 //! the workspace as the only writable mount, the network the sandbox names, and the run's
 //! token, never a real credential, in the environment of a Claude run. The executor in
 //! [`super`] only gathers the inputs (its settings, the model proxy's addresses, the token it
@@ -15,7 +16,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use autopilot_proto::{NetworkMode, RunId};
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigCgroupnsModeEnum};
 
 use crate::command::{CommandSpec, CREDENTIAL_VARS};
 use crate::model_proxy::Upstream;
@@ -37,6 +38,9 @@ const CLAUDE_IN_CONTAINER: &str = "claude";
 const HOSTNAME_IN_CONTAINER: &str = "autopilot-run";
 /// Size and options of the `/tmp` tmpfs; the home tmpfs adds its owner and mode.
 const TMPFS_OPTIONS: &str = "rw,nosuid,nodev,size=256m";
+/// Size of `/dev/shm`, which counts against the run's memory only when written: bounded so
+/// that it cannot hold more than a run's scratch needs.
+const SHM_BYTES: i64 = 64 * 1024 * 1024;
 
 /// `true` on every container this executor makes: what the sweep lists.
 pub(super) const LABEL_MANAGED: &str = "io.autopilot.managed";
@@ -225,6 +229,10 @@ pub(super) fn container_body(
         nano_cpus: Some((sandbox.cpus * 1e9) as i64),
         pids_limit: Some(i64::from(sandbox.pids)),
         network_mode: Some(network_mode.to_owned()),
+        shm_size: Some(SHM_BYTES),
+        // Its own cgroup namespace: the run sees its cgroup as the root, not the host's tree
+        // (the default on cgroup v2 hosts; asked for so that v1 hosts do the same).
+        cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
         ..Default::default()
     };
     let labels = HashMap::from([

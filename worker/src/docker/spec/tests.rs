@@ -213,6 +213,16 @@ fn tmp_and_home_are_private_tmpfs_of_the_runs_user() {
 }
 
 #[test]
+fn shm_is_bounded_and_the_cgroup_namespace_is_private() {
+    let host = host_config(&shell(NetworkMode::None));
+    assert_eq!(host.shm_size, Some(64 * 1024 * 1024));
+    assert_eq!(
+        host.cgroupns_mode,
+        Some(bollard::models::HostConfigCgroupnsModeEnum::PRIVATE)
+    );
+}
+
+#[test]
 fn a_model_only_run_starts_behind_the_relay() {
     let command = claude(NetworkMode::ModelOnly);
     let cmd = body(&command).cmd.expect("a command");

@@ -1,7 +1,7 @@
 //! The installation's keys, loaded once at start and then read-only: the admin token's digest,
-//! the key that signs OAuth access tokens, and the hash of the operator's password. Each comes
-//! from the configuration, or from the store, or is made on first start (a made admin token or
-//! operator password is printed once).
+//! the key that signs OAuth access tokens (sealed in the store, like every secret there), and
+//! the hash of the operator's password. Each comes from the configuration, or from the store,
+//! or is made on first start (a made admin token or operator password is printed once).
 
 use std::fmt;
 
@@ -10,12 +10,16 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 
 use crate::config::Config;
+use crate::seal::Sealer;
 use crate::store::Store;
 use crate::tokens;
 
 /// The setting that holds the admin token's digest (hex).
 pub const ADMIN_TOKEN_SETTING: &str = "admin_token_sha256";
-const SIGNING_KEY_SETTING: &str = "oauth_signing_key";
+/// The access-token signing key, sealed (see `crate::seal`).
+const SIGNING_KEY_SETTING: &str = "oauth_signing_key_sealed";
+/// Where versions before sealing kept the key in plain hex; moved and blanked at start.
+const PLAIN_SIGNING_KEY_SETTING: &str = "oauth_signing_key";
 const OPERATOR_PASSWORD_SETTING: &str = "operator_password_argon2";
 
 pub struct Keys {
@@ -32,10 +36,10 @@ impl fmt::Debug for Keys {
 
 impl Keys {
     /// Loads the keys, making and storing those that do not exist yet.
-    pub async fn load(config: &Config, store: &dyn Store) -> anyhow::Result<Keys> {
+    pub async fn load(config: &Config, store: &dyn Store, sealer: &Sealer) -> anyhow::Result<Keys> {
         Ok(Keys {
             admin_token_digest: admin_token_digest(config, store).await?,
-            signing_key: signing_key(store).await?,
+            signing_key: signing_key(store, sealer).await?,
             operator_password_hash: operator_password_hash(config, store).await?,
         })
     }
@@ -118,19 +122,38 @@ fn decode_digest(stored: &str) -> anyhow::Result<[u8; 32]> {
         .map_err(|_| anyhow::anyhow!("stored admin token hash has the wrong length"))
 }
 
-/// The access-token signing key, made on first start and shared by every replica through the store.
-async fn signing_key(store: &dyn Store) -> anyhow::Result<Vec<u8>> {
-    let generated_key = hex::encode(rand::random::<[u8; 32]>());
+/// The access-token signing key, shared by every replica through the store, where it is
+/// sealed: a copy of the database alone cannot mint tokens. Made on first start; one left in
+/// plain hex by an earlier version is sealed and its plain copy blanked, so the tokens it
+/// signed stay valid.
+async fn signing_key(store: &dyn Store, sealer: &Sealer) -> anyhow::Result<Vec<u8>> {
+    let plain = store
+        .get_setting(PLAIN_SIGNING_KEY_SETTING)
+        .await?
+        .filter(|plain| !plain.is_empty());
+    let candidate = match &plain {
+        Some(plain) => hex::decode(plain).context("the stored plain signing key is not hex")?,
+        None => rand::random::<[u8; 32]>().to_vec(),
+    };
     store
-        .put_setting_if_absent(SIGNING_KEY_SETTING, &generated_key)
+        .put_setting_if_absent(
+            SIGNING_KEY_SETTING,
+            &sealer.seal(SIGNING_KEY_SETTING, &candidate),
+        )
         .await?;
-    hex::decode(
-        store
-            .get_setting(SIGNING_KEY_SETTING)
-            .await?
-            .context("signing key vanished")?,
-    )
-    .context("stored signing key is not hex")
+    let sealed = store
+        .get_setting(SIGNING_KEY_SETTING)
+        .await?
+        .context("signing key vanished")?;
+    let key = sealer.open(SIGNING_KEY_SETTING, &sealed).with_context(|| {
+        "the OAuth signing key in the store does not open with this secret key \
+         (AUTOPILOT_SECRET_KEY or DATA_DIR/secret.key): give every replica the key the store \
+         was made with"
+    })?;
+    if plain.is_some() {
+        store.put_setting(PLAIN_SIGNING_KEY_SETTING, "").await?;
+    }
+    Ok(key)
 }
 
 /// The operator's password hash: from config (a password or an argon2 hash), or from the store,
@@ -177,4 +200,59 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
         .hash_password(password.as_bytes(), &salt)
         .map(|hash| hash.to_string())
         .map_err(|err| anyhow::anyhow!("hashing the operator password: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn sqlite_store(dir: &std::path::Path) -> std::sync::Arc<dyn Store> {
+        let url = format!("sqlite://{}", dir.join("autopilot.db").display());
+        crate::store::connect_with(&url, 1).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_signing_key_is_sealed_in_the_store_and_the_same_at_every_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite_store(dir.path()).await;
+        let sealer = Sealer::from_key(&[3; 32]);
+        let key = signing_key(store.as_ref(), &sealer).await.unwrap();
+        assert_eq!(key.len(), 32);
+        let stored = store
+            .get_setting(SIGNING_KEY_SETTING)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!stored.contains(&hex::encode(&key)), "stored in plain");
+        assert_eq!(signing_key(store.as_ref(), &sealer).await.unwrap(), key);
+
+        let err = signing_key(store.as_ref(), &Sealer::from_key(&[4; 32]))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("AUTOPILOT_SECRET_KEY"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_plain_signing_key_from_an_earlier_version_is_sealed_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite_store(dir.path()).await;
+        let old = [9u8; 32];
+        store
+            .put_setting(PLAIN_SIGNING_KEY_SETTING, &hex::encode(old))
+            .await
+            .unwrap();
+        let sealer = Sealer::from_key(&[3; 32]);
+        assert_eq!(signing_key(store.as_ref(), &sealer).await.unwrap(), old);
+        assert_eq!(
+            store
+                .get_setting(PLAIN_SIGNING_KEY_SETTING)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(""),
+            "the plain copy is blanked"
+        );
+        assert_eq!(signing_key(store.as_ref(), &sealer).await.unwrap(), old);
+    }
 }

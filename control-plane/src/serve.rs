@@ -102,7 +102,8 @@ pub async fn run_with(
                 crate::config::redact_url(&config.database_url)
             )
         })?;
-    let keys = Keys::load(&config, store.as_ref()).await?;
+    let sealer = crate::seal::Sealer::load(config.secret_key.as_deref(), &config.data_dir)?;
+    let keys = Keys::load(&config, store.as_ref(), &sealer).await?;
     type Saved = Option<Arc<dyn BlobStore>>;
     let (bus, lease, saved_workspaces): (Arc<dyn Bus>, Arc<dyn Lease>, Saved) =
         match &config.nats_url {
@@ -128,7 +129,6 @@ pub async fn run_with(
                 None,
             ),
         };
-    let sealer = crate::seal::Sealer::load(config.secret_key.as_deref(), &config.data_dir)?;
     // In the fleet, changes made here are told to the other replicas by the notice relay.
     let (changes, notices) = if fleet {
         let (changes, notices) = crate::app::changes_channel();

@@ -185,4 +185,36 @@ mod tests {
         assert!(verify(&forged).unwrap_err().contains("not valid"));
         assert!(verify("not.a.jwt").is_err());
     }
+
+    mod fuzz {
+        use super::*;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use proptest::prelude::*;
+
+        /// Three dot-separated parts, each either random text or base64 of random JSON-ish bytes.
+        fn arb_token() -> impl Strategy<Value = String> {
+            let part = prop_oneof![
+                "\\PC{0,40}",
+                proptest::collection::vec(any::<u8>(), 0..60)
+                    .prop_map(|bytes| URL_SAFE_NO_PAD.encode(bytes)),
+                "\\{\"(alg|typ|iss|aud|exp|sub)\":(\"[A-Za-z0-9]{0,8}\"|[0-9]{1,12}|null)\\}"
+                    .prop_map(|json| URL_SAFE_NO_PAD.encode(json)),
+            ];
+            proptest::collection::vec(part, 0..5).prop_map(|parts| parts.join("."))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(500))]
+            /// Bad input: any bearer token is refused with a reason, never a panic, and only
+            /// a token signed with the key passes.
+            #[test]
+            fn forged_and_garbled_tokens_are_refused(token in arb_token()) {
+                let result = verify_access_token(b"k3y-k3y-k3y-k3y-k3y-k3y-k3y-k3y!", "iss", "aud", &token);
+                match result {
+                    Ok(claims) => prop_assert!(false, "accepted {token}: {claims:?}"),
+                    Err(reason) => prop_assert!(!reason.is_empty()),
+                }
+            }
+        }
+    }
 }

@@ -651,4 +651,93 @@ mod tests {
             }
         }
     }
+
+    /// Bad input: whatever the CLI prints (lines of any text, JSON of any shape with the keys the
+    /// parser looks at), parsing and the outcome never panic, and the totals stay finite.
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn arb_json() -> impl Strategy<Value = Value> {
+            let key = prop_oneof![
+                Just("type"),
+                Just("subtype"),
+                Just("message"),
+                Just("content"),
+                Just("usage"),
+                Just("input_tokens"),
+                Just("output_tokens"),
+                Just("cache_read_input_tokens"),
+                Just("id"),
+                Just("model"),
+                Just("name"),
+                Just("input"),
+                Just("text"),
+                Just("tool_use_id"),
+                Just("is_error"),
+                Just("result"),
+                Just("total_cost_usd"),
+                Just("num_turns"),
+                Just("permission_denials"),
+                Just("event"),
+                Just("delta"),
+                Just("stop_reason"),
+                Just("modelUsage"),
+                Just("mcp_servers"),
+                Just("tools"),
+            ];
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(
+                    |f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+                ),
+                prop_oneof![
+                    Just("assistant"),
+                    Just("user"),
+                    Just("result"),
+                    Just("system"),
+                    Just("init"),
+                    Just("stream_event"),
+                    Just("message_delta"),
+                    Just("tool_use"),
+                    Just("tool_result"),
+                    Just("text"),
+                    Just("success"),
+                    Just("error_max_turns"),
+                ]
+                .prop_map(Value::from),
+                "\\PC{0,12}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 48, 6, move |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    proptest::collection::vec((key.clone(), inner), 0..6).prop_map(|pairs| {
+                        Value::Object(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+                    }),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+            #[test]
+            fn the_parser_never_panics_on_what_the_cli_prints(
+                lines in proptest::collection::vec(
+                    prop_oneof![arb_json().prop_map(|value| value.to_string()), "\\PC{0,40}"],
+                    0..12,
+                ),
+            ) {
+                let mut parser = StreamParser::new();
+                for line in &lines {
+                    let _ = parser.parse_stdout(line);
+                    let _ = stderr_event(line);
+                    let _ = is_transient_api_error(line);
+                }
+                let _ = parser.outcome();
+                prop_assert!(!parser.estimated_cost_usd().is_nan());
+            }
+        }
+    }
 }

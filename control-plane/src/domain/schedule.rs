@@ -290,4 +290,54 @@ mod tests {
             .unwrap_err()
             .contains("IANA"));
     }
+
+    /// Bad input: any expression built from cron's alphabet either parses or is refused with a
+    /// message, and a parsed one yields fires strictly after the cursor and increasing, in
+    /// zones with daylight-saving jumps too. Bounded to a few hundred cases in the test command.
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn arb_expression() -> impl Strategy<Value = String> {
+            let field = prop_oneof![
+                Just("*".to_owned()),
+                Just("?".to_owned()),
+                "[0-9]{1,3}",
+                "[0-9]{1,2}-[0-9]{1,2}",
+                "\\*/[0-9]{1,3}",
+                "[0-9]{1,2}(,[0-9]{1,2}){1,3}",
+                "(MON|TUE|JAN|DEC|SUN|L|W|[0-9]L|[0-9]#[0-9])",
+                "[-*/,0-9A-Z#?@ ]{0,6}",
+            ];
+            prop_oneof![
+                proptest::collection::vec(field, 0..8).prop_map(|fields| fields.join(" ")),
+                "@[a-z]{0,9}",
+                "\\PC{0,30}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(400))]
+            #[test]
+            fn cron_parsing_never_panics_and_fires_move_forward(
+                expression in arb_expression(),
+                zone in prop_oneof![Just("UTC"), Just("Europe/Paris"), Just("America/New_York"), Just("Australia/Lord_Howe")],
+                start in 0i64..4_102_444_800,
+            ) {
+                let schedule = Schedule::Cron(expression.clone());
+                match Compiled::new(&schedule, zone) {
+                    Err(message) => prop_assert!(!message.is_empty()),
+                    Ok(compiled) => {
+                        let after = DateTime::<Utc>::from_timestamp(start, 0).unwrap();
+                        let fires = compiled.next_fires(after, 5);
+                        let mut cursor = after;
+                        for fire in fires {
+                            prop_assert!(fire > cursor, "{expression} in {zone}: {fire} after {cursor}");
+                            cursor = fire;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

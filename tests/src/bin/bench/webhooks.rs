@@ -7,8 +7,11 @@
 //! - latency: an open-loop generator sends 1,000 deliveries a second, each at its due time
 //!   whether or not earlier ones were answered, and measures due time → answer.
 //!
-//! The webhook's runs go to a worker pool nobody serves, so what is measured is ingestion (the
-//! run stored, durable, and queued), not Claude Code runs.
+//! Each is measured twice ([`Runs`]): with the webhook's runs going to a worker pool nobody
+//! serves, so that what is measured is ingestion alone (the run stored, durable, and queued),
+//! and with them executing meanwhile as the shortest runs there are (a shell job `true`, run by
+//! the embedded worker), whose run-state writes share the one SQLite writer with the
+//! deliveries.
 
 use std::time::{Duration, Instant};
 
@@ -30,18 +33,56 @@ fn signature(body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// What happens to the runs the deliveries make while the load goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runs {
+    /// Queued for a pool nobody serves: ingestion alone.
+    Queued,
+    /// Executed at once by the embedded worker: a shell job `true`, ending as fast as a run can.
+    Executing,
+}
+
+impl Runs {
+    fn describe(self) -> &'static str {
+        match self {
+            Runs::Queued => "runs queued, none executing",
+            Runs::Executing => "each run executing meanwhile (shell `true`, 4 at a time)",
+        }
+    }
+}
+
 /// Creates the benchmark's webhook; returns its URL.
-async fn create_webhook(serve: &Serve) -> anyhow::Result<String> {
-    let response = reqwest::Client::new()
+async fn create_webhook(serve: &Serve, runs: Runs) -> anyhow::Result<String> {
+    let client = reqwest::Client::new();
+    let mut webhook = json!({
+        "name": "bench",
+        "signature": { "scheme": "github", "secret": SECRET },
+        "rate_limit": { "per_second": 1_000_000, "burst": 1_000_000 },
+    });
+    match runs {
+        Runs::Queued => {
+            webhook["prompt_template"] = json!("Triage GitHub issue #{{payload.issue.number}} ({{headers.x-github-event}}): {{payload.issue.title}} by {{payload.issue.user.login}}");
+            webhook["pool"] = json!("bench-unserved");
+        }
+        Runs::Executing => {
+            let job = client
+                .post(format!("{}/api/v1/jobs", serve.base_url))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&json!({ "name": "bench-fast", "command": "true", "overlap_policy": "allow" }))
+                .send()
+                .await?;
+            anyhow::ensure!(
+                job.status() == reqwest::StatusCode::CREATED,
+                "creating the job: {}",
+                job.text().await?
+            );
+            webhook["job"] = json!("bench-fast");
+        }
+    }
+    let response = client
         .post(format!("{}/api/v1/webhooks", serve.base_url))
         .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({
-            "name": "bench",
-            "prompt_template": "Triage GitHub issue #{{payload.issue.number}} ({{headers.x-github-event}}): {{payload.issue.title}} by {{payload.issue.user.login}}",
-            "pool": "bench-unserved",
-            "signature": { "scheme": "github", "secret": SECRET },
-            "rate_limit": { "per_second": 1_000_000, "burst": 1_000_000 },
-        }))
+        .json(&webhook)
         .send()
         .await?;
     anyhow::ensure!(
@@ -102,8 +143,8 @@ async fn runs_in_database(serve: &Serve) -> anyhow::Result<i64> {
     Ok(count)
 }
 
-async fn throughput(seconds: u64) -> anyhow::Result<Vec<Row>> {
-    Ok(throughput_with(seconds, &[]).await?.rows)
+async fn throughput(seconds: u64, runs: Runs) -> anyhow::Result<Vec<Row>> {
+    Ok(throughput_of(seconds, &[], runs).await?.rows)
 }
 
 /// What one throughput run measured.
@@ -115,8 +156,17 @@ pub struct Throughput {
     pub server_cpu_us: f64,
 }
 
-/// The throughput run with `env` added to the server's.
+/// The throughput run with `env` added to the server's, runs queued.
 pub async fn throughput_with(seconds: u64, env: &[(&str, &str)]) -> anyhow::Result<Throughput> {
+    throughput_of(seconds, env, Runs::Queued).await
+}
+
+/// The throughput run with `env` added to the server's and its runs as `runs` says.
+pub async fn throughput_of(
+    seconds: u64,
+    env: &[(&str, &str)],
+    runs: Runs,
+) -> anyhow::Result<Throughput> {
     anyhow::ensure!(
         std::process::Command::new("wrk")
             .arg("--version")
@@ -131,7 +181,7 @@ pub async fn throughput_with(seconds: u64, env: &[(&str, &str)]) -> anyhow::Resu
     ];
     server_env.extend_from_slice(env);
     let mut serve = spawn_serve(&server_env).await?;
-    let url = create_webhook(&serve).await?;
+    let url = create_webhook(&serve, runs).await?;
     let script = serve.dir.path().join("deliveries.lua");
     std::fs::write(&script, wrk_script())?;
     eprintln!("wrk: 2 threads, 64 connections, {seconds}s against {url}…");
@@ -169,8 +219,10 @@ pub async fn throughput_with(seconds: u64, env: &[(&str, &str)]) -> anyhow::Resu
     let rows = vec![
         Row {
             name: format!(
-                "webhook deliveries accepted per second, durable, embedded SQLite (wrk -t2 -c64 \
-                 {seconds}s, signed, unique delivery ids; {accepted} accepted, {refused} refused)"
+                "webhook deliveries accepted per second, durable, embedded SQLite, {} (wrk -t2 \
+                 -c64 {seconds}s, signed, unique delivery ids; {accepted} accepted, {refused} \
+                 refused)",
+                runs.describe()
             ),
             value: format!(
                 "**{per_second:.0}/s** (wrk latency p50 {:.1} ms, p99 {:.1} ms; {steal})",
@@ -192,14 +244,14 @@ pub async fn throughput_with(seconds: u64, env: &[(&str, &str)]) -> anyhow::Resu
     })
 }
 
-async fn fixed_rate(seconds: u64) -> anyhow::Result<Vec<Row>> {
+async fn fixed_rate(seconds: u64, runs: Runs) -> anyhow::Result<Vec<Row>> {
     const RATE: u64 = 1000;
     let serve = spawn_serve(&[
         ("AUTOPILOT_MAX_QUEUED_RUNS", "100000000"),
         ("AUTOPILOT_LOG", &log_filter()),
     ])
     .await?;
-    let url = create_webhook(&serve).await?;
+    let url = create_webhook(&serve, runs).await?;
     let total = RATE * seconds;
     // Bodies and signatures are made before the clock starts; the generator runs on a thread of
     // its own so its scheduling does not mix with anything else in this process.
@@ -227,8 +279,9 @@ async fn fixed_rate(seconds: u64) -> anyhow::Result<Vec<Row>> {
     let latencies = sorted(latencies);
     Ok(vec![Row {
         name: format!(
-            "webhook latency at a fixed {RATE} deliveries/s for {seconds}s, due time → answer \
-             (open loop; {accepted} of {total} accepted)"
+            "webhook latency at a fixed {RATE} deliveries/s for {seconds}s, {}, due time → \
+             answer (open loop; {accepted} of {total} accepted)",
+            runs.describe()
         ),
         value: format!(
             "p50 {:.2} ms, **p99 {:.2} ms**, max {:.1} ms ({steal})",
@@ -299,11 +352,12 @@ async fn open_loop(
 
 pub async fn webhooks(load_seconds: u64, fixed_seconds: u64) -> anyhow::Result<Vec<Row>> {
     // Zero seconds of load skips the throughput half.
-    let mut rows = if load_seconds == 0 {
-        Vec::new()
-    } else {
-        throughput(load_seconds).await?
-    };
-    rows.extend(fixed_rate(fixed_seconds).await?);
+    let mut rows = Vec::new();
+    for runs in [Runs::Queued, Runs::Executing] {
+        if load_seconds > 0 {
+            rows.extend(throughput(load_seconds, runs).await?);
+        }
+        rows.extend(fixed_rate(fixed_seconds, runs).await?);
+    }
     Ok(rows)
 }

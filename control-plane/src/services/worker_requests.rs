@@ -17,6 +17,7 @@ use crate::app::App;
 use crate::domain::{OverlapPolicy, Run, ServiceResult};
 use crate::services::follow::RunWatch;
 use crate::services::{dispatch, metrics};
+use crate::store::RunUpdate;
 
 /// How long a completion waits for the attempt's events to be stored before it records the
 /// final state anyway.
@@ -144,22 +145,87 @@ async fn complete(
     .await;
     let ids: Vec<RunId> = ended.iter().map(|end| end.run_id).collect();
     let mut runs = runs_by_id(app, &ids).await?;
-    let finishing = ended.into_iter().map(|end| {
+    let endings = ended.into_iter().map(|end| {
         let run = runs.remove(&end.run_id);
-        finish(app, run, end, &worker_id)
+        ending(app, run, end, &worker_id)
     });
-    let replies = futures::future::try_join_all(finishing).await?;
+    let endings = futures::future::try_join_all(endings).await?;
+    // Every final state and retry of the request in one write: a burst of runs ending at once
+    // costs the store one commit, not one each.
+    let updates: Vec<RunUpdate<'_>> = endings
+        .iter()
+        .filter_map(|ending| match ending {
+            Ending::Write(write) => Some(RunUpdate {
+                run: &write.run,
+                expected_status: write.expected,
+                expected_attempt: write.attempt,
+                events: &write.events,
+            }),
+            Ending::Reply(_) => None,
+        })
+        .collect();
+    let mut written = app.store.update_runs(&updates).await?.into_iter();
+    let replies = endings
+        .into_iter()
+        .map(|ending| match ending {
+            Ending::Reply(reply) => reply,
+            Ending::Write(write) => {
+                if written.next() == Some(true) {
+                    write.written(app)
+                } else {
+                    rejected("run changed while completing")
+                }
+            }
+        })
+        .collect();
     Ok(WorkerReply::Each { replies })
 }
 
-/// Records how an attempt of `run` ended: its final state, or a delayed retry for a
-/// transient API failure when the job's retry policy allows one.
-async fn finish(
+/// What to do about one ended attempt: answer at once, or write its end first.
+enum Ending {
+    Reply(WorkerReply),
+    Write(EndWrite),
+}
+
+/// How an attempt ended, to write if the run is still `expected` at `attempt` (compare-and-set).
+struct EndWrite {
+    run: Run,
+    expected: RunStatus,
+    attempt: u32,
+    events: Vec<NewRunEvent>,
+    /// A retry was scheduled (else the run reached its final state).
+    retry_delay: Option<Duration>,
+}
+
+impl EndWrite {
+    /// What follows once it is written: followers told, the log, metrics, the dispatcher.
+    fn written(self, app: &App) -> WorkerReply {
+        let run = &self.run;
+        app.notify_run(run.id);
+        if let Some(delay) = self.retry_delay {
+            tracing::info!(run.id = %run.id, attempt = run.attempt, delay_secs = delay.as_secs(), "transient failure; retry scheduled");
+            app.dispatcher_wake.notify_one();
+            return WorkerReply::Ok;
+        }
+        tracing::info!(run.id = %run.id, status = %run.status, cost_usd = ?run.cost_usd, "run finished");
+        metrics::run_ended(app, run);
+        if run.settings.overlap == OverlapPolicy::Queue {
+            // The next run of the job may be waiting for this one.
+            app.dispatcher_wake.notify_one();
+        }
+        WorkerReply::Ok
+    }
+}
+
+/// How an attempt of `run` ended: its final state, or a delayed retry for a transient API
+/// failure when the job's retry policy allows one (written by the caller, with the others of
+/// its request); a run handed back by a worker that shut down is dealt with here.
+async fn ending(
     app: &App,
     run: Option<Run>,
     end: AttemptEnd,
     worker_id: &WorkerId,
-) -> ServiceResult<WorkerReply> {
+) -> ServiceResult<Ending> {
     let AttemptEnd {
         run_id,
         attempt,
@@ -177,13 +243,15 @@ async fn finish(
         })
         .collect();
     let Some(mut run) = run else {
-        return Ok(rejected("unknown run (or named twice in one request)"));
+        return Ok(Ending::Reply(rejected(
+            "unknown run (or named twice in one request)",
+        )));
     };
     if !owns(&run, attempt, worker_id) {
-        return Ok(rejected(format!(
+        return Ok(Ending::Reply(rejected(format!(
             "run is {} and not held by this worker",
             run.status
-        )));
+        ))));
     }
     let expected = run.status;
     run.usage.add(&outcome.usage);
@@ -215,12 +283,13 @@ async fn finish(
             ..run.control_event(data)
         };
         last_events.push(event);
-        if !write_end(app, &run, expected, attempt, &last_events).await? {
-            return Ok(rejected("run changed while completing"));
-        }
-        tracing::info!(run.id = %run_id, attempt = attempt + 1, delay_secs = delay.as_secs(), "transient failure; retry scheduled");
-        app.dispatcher_wake.notify_one();
-        return Ok(WorkerReply::Ok);
+        return Ok(Ending::Write(EndWrite {
+            run,
+            expected,
+            attempt,
+            events: last_events,
+            retry_delay: Some(delay),
+        }));
     }
 
     if outcome.stopped == Some(StopReason::WorkerShutdown) && expected == RunStatus::Running {
@@ -231,7 +300,7 @@ async fn finish(
         let reason = "the worker shut down while the run was executing, and stopped it after \
                       its grace period";
         dispatch::mark_lost(app, run, reason).await?;
-        return Ok(WorkerReply::Ok);
+        return Ok(Ending::Reply(WorkerReply::Ok));
     }
     let mut status = outcome.final_status();
     if expected == RunStatus::Cancelling && status == RunStatus::Failed && outcome.stopped.is_none()
@@ -245,32 +314,13 @@ async fn finish(
     let finished =
         run.control_event(json!({ "step": "finished", "status": status, "error": run.error }));
     last_events.push(finished);
-    if !write_end(app, &run, expected, attempt, &last_events).await? {
-        return Ok(rejected("run changed while completing"));
-    }
-    tracing::info!(run.id = %run_id, status = %status, cost_usd = ?run.cost_usd, "run finished");
-    metrics::run_ended(app, &run);
-    if run.settings.overlap == OverlapPolicy::Queue {
-        // The next run of the job may be waiting for this one.
-        app.dispatcher_wake.notify_one();
-    }
-    Ok(WorkerReply::Ok)
-}
-
-/// Writes how an attempt ended, with its last events, if the run is still `expected` at
-/// `attempt` (compare-and-set), and tells its followers. Returns whether it was written.
-async fn write_end(
-    app: &App,
-    run: &Run,
-    expected: RunStatus,
-    attempt: u32,
-    events: &[NewRunEvent],
-) -> ServiceResult<bool> {
-    let written = app.store.update_run(run, expected, attempt, events).await?;
-    if written {
-        app.notify_run(run.id);
-    }
-    Ok(written)
+    Ok(Ending::Write(EndWrite {
+        run,
+        expected,
+        attempt,
+        events: last_events,
+        retry_delay: None,
+    }))
 }
 
 /// Waits until `expected` worker events of the attempt are stored (or a timeout), so that

@@ -98,6 +98,15 @@ pub trait JobStore: Send + Sync {
 
 /// Runs: created by scheduler fires or directly, claimed and heartbeaten by workers, updated by
 /// compare-and-set (part of every [`Store`]).
+/// One compare-and-set write of [`RunStore::update_runs`].
+#[derive(Clone, Copy, Debug)]
+pub struct RunUpdate<'a> {
+    pub run: &'a Run,
+    pub expected_status: RunStatus,
+    pub expected_attempt: u32,
+    pub events: &'a [NewRunEvent],
+}
+
 #[async_trait]
 pub trait RunStore: Send + Sync {
     /// Applies a batch of scheduler steps in one transaction: creates the fires' runs (skipping
@@ -121,6 +130,24 @@ pub trait RunStore: Send + Sync {
         expected_attempt: u32,
         events: &[NewRunEvent],
     ) -> StoreResult<bool>;
+    /// Several [`RunStore::update_run`]s, each with its own expectation, returning whether each
+    /// was written, in order. SQLite writes them in one transaction (one sync to disk for all,
+    /// so a burst of ending runs does not crowd out other writes); if one fails, none is written.
+    async fn update_runs(&self, updates: &[RunUpdate<'_>]) -> StoreResult<Vec<bool>> {
+        let mut written = Vec::with_capacity(updates.len());
+        for update in updates {
+            written.push(
+                self.update_run(
+                    update.run,
+                    update.expected_status,
+                    update.expected_attempt,
+                    update.events,
+                )
+                .await?,
+            );
+        }
+        Ok(written)
+    }
     /// `queued → running` for `worker_id` of each run queued at its attempt, in one statement.
     /// Returns the claimed runs, in no particular order.
     async fn claim_runs(

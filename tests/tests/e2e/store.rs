@@ -8,7 +8,7 @@ use autopilot_control_plane::domain::{
     FireRecord, Job, JobKind, MisfirePolicy, OverlapPolicy, RetryPolicy, Run, RunFilter,
     RunSettings, Schedule,
 };
-use autopilot_control_plane::store::{connect, Store, StoreError};
+use autopilot_control_plane::store::{connect, RunUpdate, Store, StoreError};
 use autopilot_proto::{
     EventKind, EventOrigin, JobId, NewRunEvent, RunAttempt, RunId, RunStatus, Trigger,
 };
@@ -512,6 +512,76 @@ async fn conformance(store: Arc<dyn Store>) {
         (kept.job_id, kept.job_name.as_deref()),
         (None, Some("first"))
     );
+
+    // Several ends in one write, each checked on its own: the stale one is refused, the others
+    // are written with their events.
+    let snapshot = second.run_snapshot();
+    let mut batch = Vec::new();
+    for _ in 0..3 {
+        let queued = Run::queued(Trigger::Manual, None, snapshot.clone(), None);
+        store.insert_run(&queued, &[]).await.unwrap();
+        batch.push(queued);
+    }
+    let attempts: Vec<RunAttempt> = batch
+        .iter()
+        .map(|run| RunAttempt {
+            run_id: run.id,
+            attempt: 1,
+        })
+        .collect();
+    let mut claimed = store.claim_runs(&attempts, "w9", Utc::now()).await.unwrap();
+    claimed.sort_by_key(|run| batch.iter().position(|queued| queued.id == run.id));
+    assert_eq!(claimed.len(), 3);
+    for run in &mut claimed {
+        run.status = RunStatus::Succeeded;
+        run.finished_at = Some(Utc::now());
+    }
+    let ends: Vec<Vec<NewRunEvent>> = claimed
+        .iter()
+        .map(|run| {
+            vec![NewRunEvent {
+                origin: EventOrigin::Control,
+                data: json!({ "step": "finished" }),
+                ..event(run, 1, EventKind::Lifecycle)
+            }]
+        })
+        .collect();
+    let updates: Vec<RunUpdate<'_>> = claimed
+        .iter()
+        .zip(&ends)
+        .enumerate()
+        .map(|(i, (run, events))| RunUpdate {
+            run,
+            // The middle one expects a state the run is not in.
+            expected_status: if i == 1 {
+                RunStatus::Queued
+            } else {
+                RunStatus::Running
+            },
+            expected_attempt: 1,
+            events,
+        })
+        .collect();
+    assert_eq!(
+        store.update_runs(&updates).await.unwrap(),
+        [true, false, true]
+    );
+    for (i, run) in claimed.iter().enumerate() {
+        let stored = store.get_run(run.id).await.unwrap().unwrap();
+        let events = store.list_events(run.id, 0, 10).await.unwrap();
+        if i == 1 {
+            assert_eq!(
+                stored.status,
+                RunStatus::Running,
+                "the stale end is refused"
+            );
+            assert!(events.is_empty(), "{events:?}");
+        } else {
+            assert_eq!(stored.status, RunStatus::Succeeded);
+            assert_eq!(events.len(), 1, "{events:?}");
+        }
+    }
+    assert!(store.update_runs(&[]).await.unwrap().is_empty());
 }
 
 #[tokio::test]

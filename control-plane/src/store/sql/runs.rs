@@ -11,7 +11,7 @@ use super::events::{
 use super::{classify, placeholders, rows_into, Placeholders, Pools, SqlStore};
 use crate::domain::{FireRecord, PoolQueue, Run, RunFilter};
 use crate::store::rows::{clamp_i64, from_ms, to_json, to_ms, RunRow};
-use crate::store::{RunStore, StoreError, StoreResult};
+use crate::store::{RunStore, RunUpdate, StoreError, StoreResult};
 
 // Named only by the code `append_events_in!` expands to: a `macro_rules!` body finds its names
 // where it is used, not where it is defined.
@@ -95,6 +95,54 @@ macro_rules! bind_run {
             .bind(run.delivery_id.clone())
             .bind(run.trace_parent.clone())
     }};
+}
+
+/// `update_run` on SQLite, inside the caller's write transaction `tx`.
+async fn update_run_sqlite(
+    tx: &mut sqlx::SqliteConnection,
+    update: &RunUpdate<'_>,
+) -> StoreResult<bool> {
+    let RunUpdate {
+        run,
+        expected_status,
+        expected_attempt,
+        events,
+    } = *update;
+    if !events_ride_with(run, events) {
+        let sql = format!("UPDATE runs SET {SET_RUN} {RUN_EXPECTED}");
+        let updated = bind_run!(sqlx::query(&sql), run)
+            .bind(expected_status.as_str())
+            .bind(i64::from(expected_attempt))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?
+            .rows_affected();
+        if updated == 1 && !events.is_empty() {
+            append_events_in!(tx, events);
+        }
+        return Ok(updated == 1);
+    }
+    // The events' sequence numbers are reserved by the update of the row itself ($33 of them),
+    // so the row is written once.
+    let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+    let sql = format!(
+        "UPDATE runs SET {SET_RUN}, event_seq = event_seq + $33 {RUN_EXPECTED} RETURNING event_seq"
+    );
+    let last: Option<(i64,)> = bind_run!(sqlx::query_as(&sql), run)
+        .bind(expected_status.as_str())
+        .bind(i64::from(expected_attempt))
+        .bind(count)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify)?;
+    if let Some((last,)) = last {
+        let sql = insert_events_sql(1, events.len());
+        bind_events_from!(sqlx::query(&sql), events, last - count + 1)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+    }
+    Ok(last.is_some())
 }
 
 pub(super) use bind_run;
@@ -251,80 +299,109 @@ impl RunStore for SqlStore {
         expected_attempt: u32,
         events: &[NewRunEvent],
     ) -> StoreResult<bool> {
+        let pool = match &self.pools {
+            Pools::Sqlite { write, .. } => {
+                if events.is_empty() {
+                    // One statement needs no transaction of its own.
+                    let sql = format!("UPDATE runs SET {SET_RUN} {RUN_EXPECTED}");
+                    let updated = bind_run!(sqlx::query(&sql), run)
+                        .bind(expected_status.as_str())
+                        .bind(i64::from(expected_attempt))
+                        .execute(write)
+                        .await
+                        .map_err(classify)?
+                        .rows_affected();
+                    return Ok(updated == 1);
+                }
+                let update = RunUpdate {
+                    run,
+                    expected_status,
+                    expected_attempt,
+                    events,
+                };
+                return Ok(
+                    in_sqlite_tx!(write, tx => { update_run_sqlite(&mut tx, &update).await? }),
+                );
+            }
+            Pools::Postgres(pool) => pool,
+        };
         let plain_update = || format!("UPDATE runs SET {SET_RUN} {RUN_EXPECTED}");
         if events.is_empty() {
             let sql = plain_update();
-            let updated = on_write!(self, pool => {
-                bind_run!(sqlx::query(&sql), run)
-                    .bind(expected_status.as_str())
-                    .bind(i64::from(expected_attempt))
-                    .execute(pool)
-                    .await
-                    .map(|done| done.rows_affected())
-            })
-            .map_err(classify)?;
+            let updated = bind_run!(sqlx::query(&sql), run)
+                .bind(expected_status.as_str())
+                .bind(i64::from(expected_attempt))
+                .execute(pool)
+                .await
+                .map_err(classify)?
+                .rows_affected();
             return Ok(updated == 1);
         }
         if !events_ride_with(run, events) {
             let sql = plain_update();
-            let updated = in_write_tx!(self, tx => {
-                let updated = bind_run!(sqlx::query(&sql), run)
-                    .bind(expected_status.as_str())
-                    .bind(i64::from(expected_attempt))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?
-                    .rows_affected();
-                if updated == 1 {
-                    append_events_in!(tx, events);
-                }
-                updated
-            });
+            let mut tx = pool.begin().await.map_err(classify)?;
+            let updated = bind_run!(sqlx::query(&sql), run)
+                .bind(expected_status.as_str())
+                .bind(i64::from(expected_attempt))
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?
+                .rows_affected();
+            if updated == 1 {
+                append_events_in!(tx, events);
+            }
+            tx.commit().await.map_err(classify)?;
             return Ok(updated == 1);
         }
-        // The events' sequence numbers are reserved by the update of the row itself ($33 of
-        // them), so the row is written once.
+        // One statement: the events take their numbers from the updated row (which reserves
+        // `$33` of them), and are stored only if the row matched. Each event's `seq` parameter
+        // is its place, 1..count, and `n` in the statement.
         let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
         let update = format!(
             "UPDATE runs SET {SET_RUN}, event_seq = event_seq + $33 {RUN_EXPECTED} RETURNING event_seq"
         );
+        let sql = format!(
+            "WITH updated AS ({update}), stored AS (INSERT INTO run_events {EVENT_COLUMNS} \
+             SELECT e.run_id, updated.event_seq - $33 + e.n, e.attempt, e.origin, e.origin_seq, e.at_ms, \
+             e.kind, e.data FROM updated CROSS JOIN (VALUES {}) \
+             AS e (run_id, n, attempt, origin, origin_seq, at_ms, kind, data) {EVENT_REDELIVERED}) \
+             SELECT event_seq FROM updated",
+            placeholders(Placeholders::Numbered, events.len(), 8, 34)
+        );
+        let query = bind_run!(sqlx::query_as::<_, (i64,)>(&sql), run)
+            .bind(expected_status.as_str())
+            .bind(i64::from(expected_attempt))
+            .bind(count);
+        let query = bind_events_from!(query, events, 1);
+        let updated = query.fetch_optional(pool).await.map_err(classify)?;
+        Ok(updated.is_some())
+    }
+
+    async fn update_runs(&self, updates: &[RunUpdate<'_>]) -> StoreResult<Vec<bool>> {
         match &self.pools {
-            Pools::Sqlite { write, .. } => in_sqlite_tx!(write, tx => {
-                let last: Option<(i64,)> = bind_run!(sqlx::query_as(&update), run)
-                    .bind(expected_status.as_str())
-                    .bind(i64::from(expected_attempt))
-                    .bind(count)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-                if let Some((last,)) = last {
-                    let sql = insert_events_sql(1, events.len());
-                    bind_events_from!(sqlx::query(&sql), events, last - count + 1)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(classify)?;
+            Pools::Sqlite { write, .. } => {
+                if updates.is_empty() {
+                    return Ok(Vec::new());
                 }
-                Ok(last.is_some())
-            }),
-            Pools::Postgres(pool) => {
-                // One statement: the events take their numbers from the updated row, and are
-                // stored only if the row matched. Each event's `seq` parameter is its place,
-                // 1..count, and `n` in the statement.
-                let sql = format!(
-                    "WITH updated AS ({update}), stored AS (INSERT INTO run_events {EVENT_COLUMNS} \
-                     SELECT e.run_id, updated.event_seq - $33 + e.n, e.attempt, e.origin, e.origin_seq, e.at_ms, \
-                     e.kind, e.data FROM updated CROSS JOIN (VALUES {}) \
-                     AS e (run_id, n, attempt, origin, origin_seq, at_ms, kind, data) {EVENT_REDELIVERED}) \
-                     SELECT event_seq FROM updated",
-                    placeholders(Placeholders::Numbered, events.len(), 8, 34)
-                );
-                let query = bind_run!(sqlx::query_as::<_, (i64,)>(&sql), run)
-                    .bind(expected_status.as_str())
-                    .bind(i64::from(expected_attempt))
-                    .bind(count);
-                let query = bind_events_from!(query, events, 1);
-                let updated = query.fetch_optional(pool).await.map_err(classify)?;
-                Ok(updated.is_some())
+                Ok(in_sqlite_tx!(write, tx => {
+                    let mut written = Vec::with_capacity(updates.len());
+                    for update in updates {
+                        written.push(update_run_sqlite(&mut tx, update).await?);
+                    }
+                    written
+                }))
+            }
+            // Each on a connection of its own, at once: PostgreSQL commits them side by side.
+            Pools::Postgres(_) => {
+                futures::future::try_join_all(updates.iter().map(|update| {
+                    self.update_run(
+                        update.run,
+                        update.expected_status,
+                        update.expected_attempt,
+                        update.events,
+                    )
+                }))
+                .await
             }
         }
     }
@@ -338,9 +415,16 @@ impl RunStore for SqlStore {
         if runs.is_empty() {
             return Ok(Vec::new());
         }
+        // `id IN (…)` besides the (id, attempt) pairs, naming the same parameters: it lets
+        // SQLite find the rows by their key instead of going through every queued run (which
+        // made each claim cost milliseconds with a long queue).
+        let ids = (0..runs.len())
+            .map(|i| format!("${}", 3 + 2 * i))
+            .collect::<Vec<_>>()
+            .join(", ");
         let sql = format!(
             "UPDATE runs SET status = 'running', worker_id = $1, started_at_ms = $2, heartbeat_at_ms = $2 \
-             WHERE status = 'queued' AND (id, attempt) IN (VALUES {}) RETURNING {RUN_COLUMNS}",
+             WHERE id IN ({ids}) AND status = 'queued' AND (id, attempt) IN (VALUES {}) RETURNING {RUN_COLUMNS}",
             placeholders(Placeholders::Numbered, runs.len(), 2, 3)
         );
         let rows = on_write!(self, pool => {

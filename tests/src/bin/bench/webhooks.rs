@@ -68,7 +68,9 @@ async fn create_webhook(serve: &Serve, runs: Runs) -> anyhow::Result<String> {
             let job = client
                 .post(format!("{}/api/v1/jobs", serve.base_url))
                 .bearer_auth(ADMIN_TOKEN)
-                .json(&json!({ "name": "bench-fast", "command": "true", "overlap_policy": "allow" }))
+                .json(
+                    &json!({ "name": "bench-fast", "command": "true", "overlap_policy": "allow" }),
+                )
                 .send()
                 .await?;
             anyhow::ensure!(
@@ -357,7 +359,9 @@ pub async fn webhooks(load_seconds: u64, fixed_seconds: u64) -> anyhow::Result<V
         if load_seconds > 0 {
             rows.extend(throughput(load_seconds, runs).await?);
         }
-        rows.extend(fixed_rate(fixed_seconds, runs).await?);
+        if fixed_seconds > 0 {
+            rows.extend(fixed_rate(fixed_seconds, runs).await?);
+        }
     }
     Ok(rows)
 }

@@ -184,7 +184,7 @@ async fn complete(
 /// What to do about one ended attempt: answer at once, or write its end first.
 enum Ending {
     Reply(WorkerReply),
-    Write(EndWrite),
+    Write(Box<EndWrite>),
 }
 
 /// How an attempt ended, to write if the run is still `expected` at `attempt` (compare-and-set).
@@ -283,13 +283,13 @@ async fn ending(
             ..run.control_event(data)
         };
         last_events.push(event);
-        return Ok(Ending::Write(EndWrite {
+        return Ok(Ending::Write(Box::new(EndWrite {
             run,
             expected,
             attempt,
             events: last_events,
             retry_delay: Some(delay),
-        }));
+        })));
     }
 
     if outcome.stopped == Some(StopReason::WorkerShutdown) && expected == RunStatus::Running {
@@ -314,13 +314,13 @@ async fn ending(
     let finished =
         run.control_event(json!({ "step": "finished", "status": status, "error": run.error }));
     last_events.push(finished);
-    Ok(Ending::Write(EndWrite {
+    Ok(Ending::Write(Box::new(EndWrite {
         run,
         expected,
         attempt,
         events: last_events,
         retry_delay: None,
-    }))
+    })))
 }
 
 /// Waits until `expected` worker events of the attempt are stored (or a timeout), so that

@@ -253,6 +253,29 @@ async fn runs_left_running_by_a_crashed_process_are_marked_lost_at_start() {
     assert_eq!(status, 202, "{run}");
     let run_id = run["id"].as_str().unwrap().to_owned();
     assert!(fake.wait_for_requests(1, Duration::from_secs(30)).await);
+    // The CLI's first line is stored before the crash (it is checked for afterwards).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, events) = api(
+            &first,
+            token,
+            reqwest::Method::GET,
+            &format!("/api/v1/runs/{run_id}/events"),
+            None,
+        )
+        .await;
+        let stored = events["events"]
+            .as_array()
+            .is_some_and(|events| events.iter().any(|e| e["kind"] == "system_init"));
+        if stored {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no system_init event: {events}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let started = children_of(first.child.id());
     assert!(
         !started.is_empty(),

@@ -299,20 +299,23 @@ impl RunStore for SqlStore {
         expected_attempt: u32,
         events: &[NewRunEvent],
     ) -> StoreResult<bool> {
+        let plain_update = || format!("UPDATE runs SET {SET_RUN} {RUN_EXPECTED}");
+        if events.is_empty() {
+            // One statement needs no transaction of its own.
+            let sql = plain_update();
+            let updated = on_write!(self, pool => {
+                bind_run!(sqlx::query(&sql), run)
+                    .bind(expected_status.as_str())
+                    .bind(i64::from(expected_attempt))
+                    .execute(pool)
+                    .await
+                    .map(|done| done.rows_affected())
+            })
+            .map_err(classify)?;
+            return Ok(updated == 1);
+        }
         let pool = match &self.pools {
             Pools::Sqlite { write, .. } => {
-                if events.is_empty() {
-                    // One statement needs no transaction of its own.
-                    let sql = format!("UPDATE runs SET {SET_RUN} {RUN_EXPECTED}");
-                    let updated = bind_run!(sqlx::query(&sql), run)
-                        .bind(expected_status.as_str())
-                        .bind(i64::from(expected_attempt))
-                        .execute(write)
-                        .await
-                        .map_err(classify)?
-                        .rows_affected();
-                    return Ok(updated == 1);
-                }
                 let update = RunUpdate {
                     run,
                     expected_status,
@@ -325,18 +328,6 @@ impl RunStore for SqlStore {
             }
             Pools::Postgres(pool) => pool,
         };
-        let plain_update = || format!("UPDATE runs SET {SET_RUN} {RUN_EXPECTED}");
-        if events.is_empty() {
-            let sql = plain_update();
-            let updated = bind_run!(sqlx::query(&sql), run)
-                .bind(expected_status.as_str())
-                .bind(i64::from(expected_attempt))
-                .execute(pool)
-                .await
-                .map_err(classify)?
-                .rows_affected();
-            return Ok(updated == 1);
-        }
         if !events_ride_with(run, events) {
             let sql = plain_update();
             let mut tx = pool.begin().await.map_err(classify)?;

@@ -97,6 +97,26 @@ macro_rules! bind_run {
     }};
 }
 
+/// The compare-and-set update of a run's row and, if it matched, the append of `$events` in
+/// their own statements, inside the transaction `$tx` (SQLite or PostgreSQL); whether it
+/// matched.
+macro_rules! update_then_append {
+    ($tx:ident, $run:expr, $expected_status:expr, $expected_attempt:expr, $events:expr) => {{
+        let sql = format!("UPDATE runs SET {SET_RUN} {RUN_EXPECTED}");
+        let updated = bind_run!(sqlx::query(&sql), $run)
+            .bind($expected_status.as_str())
+            .bind(i64::from($expected_attempt))
+            .execute(&mut *$tx)
+            .await
+            .map_err(classify)?
+            .rows_affected();
+        if updated == 1 && !$events.is_empty() {
+            append_events_in!($tx, $events);
+        }
+        updated == 1
+    }};
+}
+
 /// `update_run` on SQLite, inside the caller's write transaction `tx`.
 async fn update_run_sqlite(
     tx: &mut sqlx::SqliteConnection,
@@ -109,18 +129,13 @@ async fn update_run_sqlite(
         events,
     } = *update;
     if !events_ride_with(run, events) {
-        let sql = format!("UPDATE runs SET {SET_RUN} {RUN_EXPECTED}");
-        let updated = bind_run!(sqlx::query(&sql), run)
-            .bind(expected_status.as_str())
-            .bind(i64::from(expected_attempt))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?
-            .rows_affected();
-        if updated == 1 && !events.is_empty() {
-            append_events_in!(tx, events);
-        }
-        return Ok(updated == 1);
+        return Ok(update_then_append!(
+            tx,
+            run,
+            expected_status,
+            expected_attempt,
+            events
+        ));
     }
     // The events' sequence numbers are reserved by the update of the row itself ($33 of them),
     // so the row is written once.
@@ -329,20 +344,10 @@ impl RunStore for SqlStore {
             Pools::Postgres(pool) => pool,
         };
         if !events_ride_with(run, events) {
-            let sql = plain_update();
             let mut tx = pool.begin().await.map_err(classify)?;
-            let updated = bind_run!(sqlx::query(&sql), run)
-                .bind(expected_status.as_str())
-                .bind(i64::from(expected_attempt))
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?
-                .rows_affected();
-            if updated == 1 {
-                append_events_in!(tx, events);
-            }
+            let written = update_then_append!(tx, run, expected_status, expected_attempt, events);
             tx.commit().await.map_err(classify)?;
-            return Ok(updated == 1);
+            return Ok(written);
         }
         // One statement: the events take their numbers from the updated row (which reserves
         // `$33` of them), and are stored only if the row matched. Each event's `seq` parameter

@@ -129,6 +129,27 @@ async fn any_replica_serves_and_follows_runs_that_workers_execute() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_fires_every_second_exactly_once_after_the_leader_is_killed() {
+    leader_failover(LeaderFault::Kill).await;
+}
+
+/// A leader paused (SIGSTOP) for longer than its lease loses it; when it wakes up it must not
+/// fire what the new leader already fired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_paused_past_its_lease_does_not_fire_when_it_wakes() {
+    leader_failover(LeaderFault::Pause).await;
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum LeaderFault {
+    /// `kill -9`, then started again as a follower.
+    Kill,
+    /// SIGSTOP for the lease's time and more, then SIGCONT.
+    Pause,
+}
+
+/// Per-second jobs on a 3-replica fleet; the leader meets `fault`; every (job, second) from the
+/// first fire to the last has exactly one run or a recorded misfire.
+async fn leader_failover(fault: LeaderFault) {
     let options = ClusterOptions {
         worker_concurrency: 8,
         ..ClusterOptions::default()
@@ -150,7 +171,16 @@ async fn a_new_leader_fires_every_second_exactly_once_after_the_leader_is_killed
     tokio::time::sleep(Duration::from_secs(4)).await;
 
     let killed_at = Utc::now();
-    cluster.control_planes[leader].kill();
+    let paused = cluster.control_planes[leader]
+        .pid()
+        .map(|pid| nix::unistd::Pid::from_raw(pid as i32));
+    match fault {
+        LeaderFault::Kill => cluster.control_planes[leader].kill(),
+        LeaderFault::Pause => {
+            nix::sys::signal::kill(paused.expect("running"), nix::sys::signal::Signal::SIGSTOP)
+                .expect("SIGSTOP")
+        }
+    }
     let kill_instant = Instant::now();
     let new_leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
     assert_ne!(new_leader, leader);
@@ -179,8 +209,21 @@ async fn a_new_leader_fires_every_second_exactly_once_after_the_leader_is_killed
         failover < Duration::from_secs(15),
         "the new leader fired {failover:?} after the kill"
     );
-    // The killed replica comes back as a follower.
-    cluster.start_control_plane(leader).await;
+    match fault {
+        // The killed replica comes back as a follower.
+        LeaderFault::Kill => cluster.start_control_plane(leader).await,
+        // The paused one wakes up well past its lease, believing it still leads until it
+        // checks.
+        LeaderFault::Pause => {
+            let ttl = Duration::from_secs(ClusterOptions::default().lease_ttl_secs);
+            let asleep = ttl + Duration::from_secs(5);
+            if let Some(left) = asleep.checked_sub(kill_instant.elapsed()) {
+                tokio::time::sleep(left).await;
+            }
+            nix::sys::signal::kill(paused.expect("running"), nix::sys::signal::Signal::SIGCONT)
+                .expect("SIGCONT");
+        }
+    }
     tokio::time::sleep(Duration::from_secs(4)).await;
 
     // Stop the schedules, let the last runs finish, then look at every (job, second).

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use autopilot_proto::{
-    Acker, AttemptEnd, Bus, EventKind, RunAttempt, RunDelivery, RunId, RunKind, RunOutcome,
-    RunRequest, RunSpec, StopReason, WorkerId, WorkerReply, WorkerRequest,
+    Acker, AttemptEnd, Bus, BusError, EventKind, RunAttempt, RunDelivery, RunId, RunKind,
+    RunOutcome, RunRequest, RunSpec, StopReason, WorkerId, WorkerReply, WorkerRequest,
 };
 use chrono::Utc;
 use serde_json::{json, Value};
@@ -496,7 +496,13 @@ async fn heartbeat(
             attempt,
             worker_id: worker_id.clone(),
         };
-        match bus.request(request).await {
+        // No longer than until the next beat: a reply that does not come (the control plane
+        // that took the request is paused, say) must not hold up the beats that follow, which
+        // go to whichever control plane answers.
+        let reply = tokio::time::timeout(interval, bus.request(request))
+            .await
+            .unwrap_or(Err(BusError::Timeout(interval)));
+        match reply {
             Ok(WorkerReply::Cancel) => stopper.stop(StopReason::Cancelled),
             Ok(WorkerReply::Rejected { reason }) => {
                 tracing::warn!(run.id = %run_id, %reason, "this worker no longer owns the run; stopping it");

@@ -14,7 +14,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -220,10 +220,21 @@ impl SqlStore {
             tokio::spawn(checkpoint_wal(read.clone(), write.clone()));
             Pools::Sqlite { read, write }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            // A process that stops between two statements of a transaction (paused, swapped
+            // out, cut off) keeps that transaction's row locks until its connection ends; the
+            // server ends such a session after `IDLE_IN_TRANSACTION`, so a paused replica cannot
+            // hold up the others, a new scheduler leader above all, for longer than that.
+            let options = url
+                .parse::<PgConnectOptions>()
+                .map_err(|err| anyhow::anyhow!("invalid PostgreSQL URL: {err}"))?
+                .options([(
+                    "idle_in_transaction_session_timeout",
+                    format!("{}ms", IDLE_IN_TRANSACTION.as_millis()),
+                )]);
             let pool = PgPoolOptions::new()
                 .max_connections(pg_connections.max(1))
                 .acquire_timeout(Duration::from_secs(10))
-                .connect(url)
+                .connect_with(options)
                 .await
                 .map_err(|err| anyhow::anyhow!("cannot connect to PostgreSQL: {err}"))?;
             POSTGRES_MIGRATIONS.run(&pool).await?;
@@ -237,6 +248,11 @@ impl SqlStore {
         Ok(Self { pools })
     }
 }
+
+/// Longest a PostgreSQL session may sit inside a transaction waiting for its client; every
+/// transaction here is a few statements sent back to back. Shorter than the scheduler lease's
+/// default TTL (10 s), so the locks of a paused leader are gone when its successor takes over.
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(5);
 
 /// How often the WAL is copied back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
@@ -294,6 +310,7 @@ impl Store for SqlStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::LeaseStore;
 
     /// The durability promise of a `202`: every SQLite connection commits with
     /// `synchronous=FULL` (2) in WAL mode.
@@ -317,5 +334,69 @@ mod tests {
                 .unwrap();
             assert_eq!(journal, "wal");
         }
+    }
+
+    /// A transaction whose process stopped mid-way (SIGSTOP of a scheduler leader) must not
+    /// hold its locks past `IDLE_IN_TRANSACTION`: the server ends that session, and a writer
+    /// waiting on the same row goes on.
+    #[tokio::test]
+    async fn postgres_ends_a_transaction_left_idle_so_its_locks_free_up() {
+        use sqlx::Connection;
+        let admin_url = match std::env::var("TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
+                panic!("CI=true and TEST_DATABASE_URL is not set: run `bash tests/run.sh`")
+            }
+            _ => {
+                eprintln!("skipped: no TEST_DATABASE_URL (set it to a PostgreSQL server)");
+                return;
+            }
+        };
+        let name = format!("autopilot_unit_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(base, _)| base);
+        let store = SqlStore::connect(&format!("{base}/{name}")).await.unwrap();
+        let Pools::Postgres(pool) = &store.pools else {
+            panic!("a postgres: URL opens PostgreSQL");
+        };
+
+        // A transaction takes the row and then its client goes silent.
+        let mut stalled = pool.begin().await.unwrap();
+        sqlx::query(
+            "INSERT INTO leases (name, holder, token, expires_at_ms) VALUES ('l', 'a', 1, 0)",
+        )
+        .execute(&mut *stalled)
+        .await
+        .unwrap();
+        let started = std::time::Instant::now();
+        let token = store
+            .acquire_lease("l", "b", Duration::from_secs(10), chrono::Utc::now())
+            .await
+            .unwrap();
+        let waited = started.elapsed();
+        assert_eq!(
+            token,
+            Some(1),
+            "the stalled insert never committed; `b` takes the lease"
+        );
+        assert!(
+            waited >= IDLE_IN_TRANSACTION - Duration::from_millis(500)
+                && waited < IDLE_IN_TRANSACTION + Duration::from_secs(5),
+            "the writer waited {waited:?} for the stalled transaction"
+        );
+        let ended = sqlx::query("SELECT 1").execute(&mut *stalled).await;
+        assert!(ended.is_err(), "the server ended the stalled session");
+        drop(stalled);
+        pool.close().await;
+        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
     }
 }

@@ -167,7 +167,9 @@ impl RunStore for SqlStore {
     async fn record_fires(&self, fires: &[FireRecord]) -> StoreResult<Vec<RunId>> {
         let insert =
             format!("{INSERT_RUN} ON CONFLICT (job_id, scheduled_for_ms) WHERE scheduled_for_ms IS NOT NULL DO NOTHING RETURNING id");
-        let advance = "UPDATE jobs SET fire_cursor_ms = $2, missed_fires = missed_fires + $3, \
+        // The cursor only moves forward: a leader that wakes from a pause with an older plan
+        // cannot move it back under its successor.
+        let advance = "UPDATE jobs SET fire_cursor_ms = CASE WHEN fire_cursor_ms > $2 THEN fire_cursor_ms ELSE $2 END, missed_fires = missed_fires + $3, \
                        overlap_skipped = overlap_skipped + $4, enabled = (enabled AND NOT $5) WHERE id = $1";
         let created = in_write_tx!(self, tx => {
             let mut created = Vec::new();

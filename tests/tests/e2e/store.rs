@@ -117,8 +117,11 @@ async fn conformance(store: Arc<dyn Store>) {
         .collect();
     assert_eq!(names, ["first", "second"]);
 
-    // Fires: one run per (job, scheduled_for), cursor and counters advance atomically.
-    let at = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap();
+    // Fires: one run per (job, scheduled_for), cursor and counters advance atomically. The
+    // fire is after the job's cursor (its creation time), as the scheduler's always are.
+    let at = Utc
+        .timestamp_millis_opt(Utc::now().timestamp_millis() + 86_400_000)
+        .unwrap();
     let fire = |job: &Job| {
         let run = Run::queued(Trigger::Schedule, Some(job), job.run_snapshot(), Some(at));
         let queued = NewRunEvent {
@@ -149,6 +152,18 @@ async fn conformance(store: Arc<dyn Store>) {
         (after.fire_cursor, after.missed_fires, after.overlap_skipped),
         (at, 4, 2)
     );
+    // A leader acting on an older plan (woken from a pause) cannot move the cursor back.
+    let stale = FireRecord {
+        cursor: at - chrono::Duration::hours(1),
+        runs: Vec::new(),
+        events: Vec::new(),
+        missed: 0,
+        overlap_skipped: 0,
+        ..fire(&first)
+    };
+    store.record_fires(&[stale]).await.unwrap();
+    let after = store.get_job(first.id).await.unwrap().unwrap();
+    assert_eq!(after.fire_cursor, at, "the cursor only moves forward");
     let one_shot = FireRecord {
         disable: true,
         runs: vec![],

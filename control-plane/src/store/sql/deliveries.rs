@@ -228,12 +228,12 @@ impl SqlStore {
     /// id was seen) has its run deleted again before the commit, and the runs that remain say
     /// which claims won.
     async fn record_deliveries_sqlite(
-        write: &sqlx::SqlitePool,
+        write: &super::group_commit::Writer,
         plan: &Plan<'_>,
         now_ms: i64,
     ) -> StoreResult<Vec<DeliveryOutcome>> {
         let style = Placeholders::Anonymous;
-        let mut sql = String::from("BEGIN IMMEDIATE; ");
+        let mut sql = String::new();
         for chunk in plan.claims.chunks(ROWS_PER_INSERT) {
             sql.push_str(&claims_sql(style, chunk.len(), false));
             sql.push_str("; ");
@@ -258,7 +258,6 @@ impl SqlStore {
                 vec!["?"; chunk.len()].join(", ")
             ));
         }
-        sql.push_str("COMMIT");
         let mut query = sqlx::query_as::<_, (String,)>(&sql);
         for chunk in plan.claims.chunks(ROWS_PER_INSERT) {
             query = bind_claims!(query, chunk, now_ms);
@@ -271,25 +270,24 @@ impl SqlStore {
                 query = query.bind(delivery.run.id.to_string());
             }
         }
-        let mut conn = write.acquire().await.map_err(classify)?;
-        let kept = match query.fetch_all(&mut *conn).await {
-            Ok(kept) => kept,
-            Err(err) => {
-                // The statements stop at the failing one, inside the open transaction.
-                if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
-                    tracing::debug!(error = %rollback, "rollback after a failed delivery batch");
+        // One write of the shared transaction: a failing statement stops the rest, and the
+        // write's savepoint is rolled back.
+        let mut write = write.begin().await.map_err(classify)?;
+        let result = async {
+            let conn = write.connection();
+            let kept = query.fetch_all(&mut *conn).await.map_err(classify)?;
+            let kept: std::collections::HashSet<String> =
+                kept.into_iter().map(|(id,)| id).collect();
+            let mut lost = HashMap::new();
+            for delivery in &plan.claims {
+                if !kept.contains(&delivery.run.id.to_string()) {
+                    lost.insert(delivery.run.id, earlier_run!(&mut *conn, delivery));
                 }
-                return Err(classify(err));
             }
-        };
-        let kept: std::collections::HashSet<String> = kept.into_iter().map(|(id,)| id).collect();
-        let mut lost = HashMap::new();
-        for delivery in &plan.claims {
-            if !kept.contains(&delivery.run.id.to_string()) {
-                lost.insert(delivery.run.id, earlier_run!(&mut *conn, delivery));
-            }
+            Ok(plan.outcomes(&lost))
         }
-        Ok(plan.outcomes(&lost))
+        .await;
+        write.finish(result).await
     }
 
     /// PostgreSQL: claims first (they say which deliveries are new), then the new runs.

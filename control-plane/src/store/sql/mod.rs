@@ -12,6 +12,7 @@
 //! path instead, from the file that defines them.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -25,11 +26,12 @@ static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migration
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 enum Pools {
-    /// SQLite allows one writer at a time: writes queue on a one-connection pool instead of
-    /// spinning in SQLite's busy handler, while reads use their own connections (WAL mode).
+    /// SQLite allows one writer at a time: writes queue for one connection, and those queued
+    /// together share a commit ([`group_commit::Writer`]), instead of spinning in SQLite's busy
+    /// handler; reads use their own connections (WAL mode).
     Sqlite {
         read: SqlitePool,
-        write: SqlitePool,
+        write: Arc<group_commit::Writer>,
     },
     Postgres(PgPool),
 }
@@ -48,28 +50,41 @@ macro_rules! on_read {
     };
 }
 
-/// Runs `$body` with `$pool` bound to the pool for single-statement writes.
+/// Runs `$body` with `$pool` bound to where single-statement writes go: the PostgreSQL pool, or
+/// SQLite's writer connection inside its shared transaction ([`group_commit`]). `$body` gives a
+/// `Result<_, sqlx::Error>`, `Ok` only once the write is committed.
 macro_rules! on_write {
     ($self:ident, $pool:ident => $body:expr) => {
         match &$self.pools {
-            Pools::Sqlite { write: $pool, .. } => $body,
+            Pools::Sqlite { write, .. } => {
+                async {
+                    let mut write = write.begin().await?;
+                    let result = {
+                        let $pool = write.connection();
+                        $body
+                    };
+                    write.finish(result).await
+                }
+                .await
+            }
             Pools::Postgres($pool) => $body,
         }
     };
 }
 
-/// Runs `$body` inside a write transaction on the SQLite writer pool `$write`, bound to `$tx`,
-/// committing when it succeeds. It takes the write lock at `BEGIN`, so another process's writer
-/// makes us wait, not fail.
+/// Runs `$body` as one write of SQLite's writer `$write`, bound to `$tx` (a
+/// `&mut SqliteConnection`), in a savepoint of the transaction that writes arriving together
+/// share; `?` in `$body` rolls the write back. Returns once the write is committed.
 macro_rules! in_sqlite_tx {
     ($write:expr, $tx:ident => $body:block) => {{
-        let mut $tx = $write
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(classify)?;
-        let out = $body;
-        $tx.commit().await.map_err(classify)?;
-        out
+        let mut write = $write.begin().await.map_err(classify)?;
+        let result: StoreResult<_> = async {
+            #[allow(unused_mut)]
+            let mut $tx = write.connection();
+            Ok($body)
+        }
+        .await;
+        write.finish(result).await?
     }};
 }
 
@@ -93,6 +108,7 @@ macro_rules! in_write_tx {
 // them; what the macros expand to names `Pools` and `classify`, which each file imports.
 mod deliveries;
 mod events;
+mod group_commit;
 mod jobs;
 mod leases;
 mod oauth;
@@ -142,6 +158,12 @@ pub(super) fn placeholders(
         out.push(')');
     }
     out
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        classify(err)
+    }
 }
 
 /// Classifies a driver error.
@@ -204,20 +226,24 @@ impl SqlStore {
             }
             // No commit checkpoints by itself: one that happened to would wait for the copy into
             // the database file (tens of milliseconds at the tail). `checkpoint_wal` does it
-            // beside the writer instead. A connection to a local file cannot go stale: no ping
-            // before each use.
-            let write = SqlitePoolOptions::new()
+            // beside the writer instead. The writer is one connection held for good (see
+            // `group_commit`); the migrations run before it on a pool of their own.
+            let writer_options = options.clone().pragma("wal_autocheckpoint", "0");
+            let migrate = SqlitePoolOptions::new()
                 .max_connections(1)
-                .test_before_acquire(false)
-                .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
+                .connect_with(writer_options.clone())
                 .await?;
-            SQLITE_MIGRATIONS.run(&write).await?;
+            SQLITE_MIGRATIONS.run(&migrate).await?;
+            migrate.close().await;
+            let write = Arc::new(group_commit::Writer::new(
+                group_commit::connect(&writer_options).await?,
+            ));
             let read = SqlitePoolOptions::new()
                 .max_connections(4)
                 .test_before_acquire(false)
                 .connect_with(options.clone().read_only(false))
                 .await?;
-            tokio::spawn(checkpoint_wal(read.clone(), write.clone()));
+            tokio::spawn(checkpoint_wal(read.clone(), Arc::clone(&write)));
             Pools::Sqlite { read, write }
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             // A process that stops between two statements of a transaction (paused, swapped
@@ -269,31 +295,36 @@ const WAL_RESTART_BYTES: i64 = 64 * 1024 * 1024;
 /// reports it, not the file, which keeps its largest size: a writer checkpoint costs two
 /// `fsync`s on the writer's path. Runs until the pools close; a failed checkpoint is retried at
 /// the next tick.
-async fn checkpoint_wal(read: SqlitePool, write: SqlitePool) {
+async fn checkpoint_wal(read: SqlitePool, write: Arc<group_commit::Writer>) {
     // `wal_checkpoint` answers (busy, frames in the WAL, frames copied).
-    let checkpoint = |pool: SqlitePool| async move {
-        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
-            .fetch_one(&pool)
+    async fn checkpoint(conn: &mut sqlx::SqliteConnection) -> Result<(i64, i64, i64), sqlx::Error> {
+        sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(conn)
             .await
-        {
-            Ok((_, frames, _)) => Some(frames),
-            Err(err) => {
-                if !pool.is_closed() {
-                    tracing::debug!(error = %err, "WAL checkpoint failed; retrying");
-                }
-                None
-            }
-        }
-    };
+    }
     let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
         .fetch_one(&read)
         .await
         .unwrap_or(4096);
-    while !read.is_closed() && !write.is_closed() {
+    while !read.is_closed() {
         tokio::time::sleep(CHECKPOINT_EVERY).await;
-        let frames = checkpoint(read.clone()).await.unwrap_or(0);
+        let frames = match read.acquire().await {
+            Ok(mut conn) => checkpoint(&mut conn).await.map(|(_, frames, _)| frames),
+            Err(err) => Err(err),
+        };
+        let frames = frames.unwrap_or_else(|err| {
+            if !read.is_closed() {
+                tracing::debug!(error = %err, "WAL checkpoint failed; retrying");
+            }
+            0
+        });
         if frames * page_size > WAL_RESTART_BYTES {
-            checkpoint(write.clone()).await;
+            if let Err(err) = write
+                .outside_transaction(async |conn| checkpoint(conn).await)
+                .await
+            {
+                tracing::debug!(error = %err, "WAL checkpoint by the writer failed; retrying");
+            }
         }
     }
 }
@@ -322,16 +353,22 @@ mod tests {
         let Pools::Sqlite { read, write } = &store.pools else {
             panic!("a sqlite: URL opens SQLite");
         };
-        for pool in [write, read] {
-            let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
-                .fetch_one(pool)
-                .await
-                .unwrap();
+        async fn pragmas(conn: &mut sqlx::SqliteConnection) -> Result<(i64, String), sqlx::Error> {
+            let synchronous = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&mut *conn)
+                .await?;
+            let journal = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok((synchronous, journal))
+        }
+        let writer = write
+            .outside_transaction(async |conn| pragmas(conn).await)
+            .await
+            .unwrap();
+        let reader = pragmas(&mut read.acquire().await.unwrap()).await.unwrap();
+        for (synchronous, journal) in [writer, reader] {
             assert_eq!(synchronous, 2, "synchronous=FULL");
-            let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
-                .fetch_one(pool)
-                .await
-                .unwrap();
             assert_eq!(journal, "wal");
         }
     }

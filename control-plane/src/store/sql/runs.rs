@@ -340,7 +340,7 @@ impl RunStore for SqlStore {
                     events,
                 };
                 return Ok(
-                    in_sqlite_tx!(write, tx => { update_run_sqlite(&mut tx, &update).await? }),
+                    in_sqlite_tx!(write, tx => { update_run_sqlite(tx, &update).await? }),
                 );
             }
             Pools::Postgres(pool) => pool,
@@ -384,7 +384,7 @@ impl RunStore for SqlStore {
                 Ok(in_sqlite_tx!(write, tx => {
                     let mut written = Vec::with_capacity(updates.len());
                     for update in updates {
-                        written.push(update_run_sqlite(&mut tx, update).await?);
+                        written.push(update_run_sqlite(tx, update).await?);
                     }
                     written
                 }))

@@ -1,0 +1,408 @@
+//! SQLite's writer with group commit: writes that arrive together share one transaction and so
+//! one sync to disk.
+//!
+//! With `synchronous=FULL` every commit waits for the WAL to reach the disk (about 2 ms here),
+//! and SQLite has one writer. Committing each write on its own would cap the store at a few
+//! hundred writes a second, and a burst of short runs (a claim and an end each) would crowd the
+//! webhook deliveries out. So the writer keeps one transaction open while writers are queued:
+//! each write runs in a savepoint of it (a write that fails is rolled back alone), and the last
+//! writer of the queue commits for everyone. A write is answered only once the commit that holds
+//! it has returned, so "written" still means "on disk".
+//!
+//! A write's future may be dropped at any point (a client that went away); the next writer
+//! finds the connection as it was left and puts it right: it rolls back the savepoint of a write
+//! dropped mid-way, and settles a commit dropped mid-way by asking SQLite whether a transaction
+//! is still open.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{Connection, SqliteConnection};
+use tokio::sync::{watch, Mutex, MutexGuard};
+use tokio::time::Instant;
+
+/// Most writes in one transaction.
+const MAX_WRITES: usize = 512;
+/// Longest a transaction stays open for writers still arriving.
+const MAX_OPEN: Duration = Duration::from_millis(8);
+/// How long a write waits for its commit before it commits itself (the writers that were
+/// queued behind it went away without committing).
+const COMMIT_FALLBACK: Duration = Duration::from_millis(20);
+
+/// The one connection that writes, and the transaction its writers share.
+pub(super) struct Writer {
+    slot: Mutex<Slot>,
+    /// Writers queued for the connection or holding it.
+    queued: AtomicUsize,
+    /// The last transaction that ended: its number, and the error if it did not commit.
+    ended: watch::Sender<Ended>,
+}
+
+#[derive(Default)]
+struct Ended {
+    number: u64,
+    /// The latest transactions that failed to commit, with why (a writer may look only after
+    /// later ones ended).
+    failed: std::collections::VecDeque<(u64, Arc<str>)>,
+}
+
+/// Failed transactions remembered for writers that look late.
+const FAILED_KEPT: usize = 64;
+
+impl Ended {
+    fn record(&mut self, number: u64, error: Option<Arc<str>>) {
+        self.number = number;
+        if let Some(error) = error {
+            if self.failed.len() == FAILED_KEPT {
+                self.failed.pop_front();
+            }
+            self.failed.push_back((number, error));
+        }
+    }
+}
+
+struct Slot {
+    conn: SqliteConnection,
+    /// The open transaction's number (the next one's when none is open).
+    number: u64,
+    open: Option<Open>,
+    /// A write was dropped inside its savepoint.
+    savepoint_left: bool,
+    /// A commit was dropped before it returned.
+    commit_unsettled: bool,
+}
+
+struct Open {
+    since: Instant,
+    writes: usize,
+}
+
+const SAVEPOINT: &str = "SAVEPOINT write";
+const RELEASE: &str = "RELEASE write";
+const ROLL_BACK_WRITE: &str = "ROLLBACK TO write";
+
+impl Writer {
+    pub(super) fn new(conn: SqliteConnection) -> Self {
+        Self {
+            slot: Mutex::new(Slot {
+                conn,
+                number: 1,
+                open: None,
+                savepoint_left: false,
+                commit_unsettled: false,
+            }),
+            queued: AtomicUsize::new(0),
+            ended: watch::Sender::new(Ended::default()),
+        }
+    }
+
+    /// Takes the connection and opens a savepoint for one write, in the shared transaction
+    /// (begun here when none is open). Hand the write's result to [`Write::finish`].
+    pub(super) async fn begin(&self) -> Result<Write<'_>, sqlx::Error> {
+        let queued = Queued::new(&self.queued);
+        let mut slot = self.slot.lock().await;
+        self.settle(&mut slot).await?;
+        if slot.open.is_none() {
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut slot.conn)
+                .await?;
+            slot.open = Some(Open {
+                since: Instant::now(),
+                writes: 0,
+            });
+        }
+        sqlx::query(SAVEPOINT).execute(&mut slot.conn).await?;
+        slot.savepoint_left = true;
+        Ok(Write {
+            writer: self,
+            slot,
+            queued,
+        })
+    }
+
+    /// Runs `work` on the connection outside any transaction (a checkpoint), committing the
+    /// open one first.
+    pub(super) async fn outside_transaction<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, sqlx::Error> {
+        let mut slot = self.slot.lock().await;
+        self.settle(&mut slot).await?;
+        if slot.open.is_some() {
+            self.commit(&mut slot).await?;
+        }
+        work(&mut slot.conn).await
+    }
+
+    /// Puts right what a dropped write left behind.
+    async fn settle(&self, slot: &mut MutexGuard<'_, Slot>) -> Result<(), sqlx::Error> {
+        if slot.commit_unsettled {
+            // The commit went to SQLite; whether it was carried out shows in whether a
+            // transaction is still open: ROLLBACK fails when none is.
+            let number = slot.number;
+            let rolled_back = sqlx::query("ROLLBACK")
+                .execute(&mut slot.conn)
+                .await
+                .is_ok();
+            let error = rolled_back.then(|| Arc::from("the commit was interrupted; try again"));
+            slot.commit_unsettled = false;
+            slot.savepoint_left = false;
+            slot.open = None;
+            slot.number += 1;
+            self.ended.send_modify(|ended| ended.record(number, error));
+        }
+        if slot.savepoint_left {
+            // Errors are expected here: the write may have been dropped after its release.
+            let _ = sqlx::query(ROLL_BACK_WRITE).execute(&mut slot.conn).await;
+            let _ = sqlx::query(RELEASE).execute(&mut slot.conn).await;
+            slot.savepoint_left = false;
+        }
+        Ok(())
+    }
+
+    /// Commits the open transaction and tells the writers waiting for it.
+    async fn commit(&self, slot: &mut MutexGuard<'_, Slot>) -> Result<(), sqlx::Error> {
+        let number = slot.number;
+        slot.commit_unsettled = true;
+        let committed = sqlx::query("COMMIT").execute(&mut slot.conn).await;
+        slot.commit_unsettled = false;
+        let error = match &committed {
+            Ok(_) => None,
+            Err(err) => {
+                // A failed COMMIT may leave the transaction open (SQLITE_BUSY, a full disk):
+                // end it, so the next writer starts afresh.
+                let _ = sqlx::query("ROLLBACK").execute(&mut slot.conn).await;
+                Some(Arc::from(err.to_string()))
+            }
+        };
+        slot.open = None;
+        slot.number += 1;
+        self.ended.send_modify(|ended| ended.record(number, error));
+        committed.map(|_| ())
+    }
+
+    /// Waits until transaction `number` has ended; commits it if nobody else does in time.
+    async fn wait_for(&self, number: u64) -> Result<(), sqlx::Error> {
+        let mut ended = self.ended.subscribe();
+        loop {
+            {
+                let last = ended.borrow_and_update();
+                if last.number >= number {
+                    // Numbers only grow, one per transaction: this one has ended, and
+                    // committed unless it is among the failed.
+                    return match last.failed.iter().find(|(failed, _)| *failed == number) {
+                        Some((_, error)) => Err(sqlx::Error::Protocol(format!(
+                            "the commit of this write failed: {error}"
+                        ))),
+                        None => Ok(()),
+                    };
+                }
+            }
+            if tokio::time::timeout(COMMIT_FALLBACK, ended.changed())
+                .await
+                .is_err()
+            {
+                let mut slot = self.slot.lock().await;
+                self.settle(&mut slot).await?;
+                if slot.open.is_some() && slot.number == number {
+                    return self.commit(&mut slot).await;
+                }
+            }
+        }
+    }
+}
+
+/// One write holding the connection, inside its savepoint.
+pub(super) struct Write<'w> {
+    writer: &'w Writer,
+    slot: MutexGuard<'w, Slot>,
+    queued: Queued<'w>,
+}
+
+impl Write<'_> {
+    pub(super) fn connection(&mut self) -> &mut SqliteConnection {
+        &mut self.slot.conn
+    }
+
+    /// Ends the write: keeps its changes if `result` is `Ok`, rolls them back otherwise, then
+    /// commits if no other writer is queued (or the transaction is full or old enough), else
+    /// waits for the writer that does. `Ok` only once the changes are on disk.
+    pub(super) async fn finish<T, E: From<sqlx::Error>>(
+        mut self,
+        result: Result<T, E>,
+    ) -> Result<T, E> {
+        let slot = &mut self.slot;
+        if result.is_err() {
+            sqlx::query(ROLL_BACK_WRITE).execute(&mut slot.conn).await?;
+        }
+        sqlx::query(RELEASE).execute(&mut slot.conn).await?;
+        slot.savepoint_left = false;
+        let value = result?;
+        let open = slot
+            .open
+            .as_mut()
+            .expect("a write runs in an open transaction");
+        open.writes += 1;
+        let full = open.writes >= MAX_WRITES || open.since.elapsed() >= MAX_OPEN;
+        // This writer is done with the connection: any other still counted is queued for it.
+        self.queued.leave();
+        let others = self.writer.queued.load(Ordering::Acquire);
+        if others == 0 || full {
+            self.writer.commit(slot).await?;
+            return Ok(value);
+        }
+        let number = slot.number;
+        let writer = self.writer;
+        drop(self);
+        writer.wait_for(number).await?;
+        Ok(value)
+    }
+}
+
+/// Counts a writer as queued from its arrival until it is done with the connection.
+struct Queued<'w> {
+    count: &'w AtomicUsize,
+    counted: bool,
+}
+
+impl<'w> Queued<'w> {
+    fn new(count: &'w AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self {
+            count,
+            counted: true,
+        }
+    }
+
+    fn leave(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+/// Opens the writer's connection (outside any pool: it is held for good).
+pub(super) async fn connect(
+    options: &sqlx::sqlite::SqliteConnectOptions,
+) -> Result<SqliteConnection, sqlx::Error> {
+    SqliteConnection::connect_with(options).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::sqlite::SqliteConnectOptions;
+
+    async fn writer(dir: &tempfile::TempDir) -> (Arc<Writer>, SqliteConnectOptions) {
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("w.db"))
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Full);
+        let mut conn = connect(&options).await.unwrap();
+        sqlx::query("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        (Arc::new(Writer::new(conn)), options)
+    }
+
+    async fn insert(writer: &Writer, n: i64) -> Result<(), sqlx::Error> {
+        let mut write = writer.begin().await?;
+        let result = sqlx::query("INSERT INTO t (n) VALUES ($1)")
+            .bind(n)
+            .execute(write.connection())
+            .await
+            .map(|_| ());
+        write.finish(result).await
+    }
+
+    /// What another connection sees: only committed rows.
+    async fn committed(options: &SqliteConnectOptions) -> Vec<i64> {
+        let mut conn = connect(options).await.unwrap();
+        sqlx::query_scalar("SELECT n FROM t ORDER BY n")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_arriving_together_share_commits_and_each_is_on_disk_when_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, options) = writer(&dir).await;
+        let tasks: Vec<_> = (0..200)
+            .map(|n| {
+                let writer = Arc::clone(&writer);
+                let options = options.clone();
+                tokio::spawn(async move {
+                    insert(&writer, n).await.unwrap();
+                    // Answered means committed: a connection of its own sees the row.
+                    assert!(committed(&options).await.contains(&n), "row {n} committed");
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(committed(&options).await, (0..200).collect::<Vec<_>>());
+        let transactions = writer.slot.lock().await.number - 1;
+        assert!(
+            transactions < 200,
+            "200 concurrent writes took {transactions} commits"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_is_rolled_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, options) = writer(&dir).await;
+        insert(&writer, 7).await.unwrap();
+        // Each value once, except 7 again: that write breaks the key and fails alone, whatever
+        // transaction it shares.
+        let tasks: Vec<_> = (0..50)
+            .map(|n| {
+                let writer = Arc::clone(&writer);
+                tokio::spawn(async move {
+                    (n, insert(&writer, if n == 20 { 7 } else { 100 + n }).await)
+                })
+            })
+            .collect();
+        for task in tasks {
+            let (n, result) = task.await.unwrap();
+            assert_eq!(result.is_err(), n == 20, "write {n}: {result:?}");
+        }
+        let rows = committed(&options).await;
+        assert_eq!(rows.len(), 50, "{rows:?}");
+    }
+
+    #[tokio::test]
+    async fn a_write_dropped_mid_way_is_undone_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, options) = writer(&dir).await;
+        {
+            let mut write = writer.begin().await.unwrap();
+            sqlx::query("INSERT INTO t (n) VALUES (1)")
+                .execute(write.connection())
+                .await
+                .unwrap();
+            // Dropped without `finish`, as a cancelled request would.
+        }
+        insert(&writer, 2).await.unwrap();
+        assert_eq!(committed(&options).await, [2]);
+        let checkpoint = writer
+            .outside_transaction(async |conn| {
+                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(conn)
+                    .await
+            })
+            .await;
+        assert!(checkpoint.is_ok(), "{checkpoint:?}");
+    }
+}

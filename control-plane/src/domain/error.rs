@@ -15,6 +15,10 @@ pub enum ServiceError {
     /// Try again later.
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
+    /// The disk that holds the store is full: nothing was written; try again once space is
+    /// freed.
+    #[error("the disk holding Autopilot's database is full")]
+    StorageFull,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }

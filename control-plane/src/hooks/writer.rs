@@ -112,9 +112,12 @@ async fn write_batch(app: &Arc<App>, intake: &Intake, batch: Vec<Pending>) {
             tracing::warn!(error = %err, deliveries = deliveries.len(), "storing webhook deliveries failed; they were refused");
             app.metrics.error("webhook_writer");
             for reply in replies {
-                let _ = reply.send(Err(ServiceError::Unavailable(format!(
-                    "could not store the delivery ({err}); nothing was started, send it again"
-                ))));
+                let _ = reply.send(Err(match &err {
+                    ServiceError::StorageFull => ServiceError::StorageFull,
+                    err => ServiceError::Unavailable(format!(
+                        "could not store the delivery ({err}); nothing was started, send it again"
+                    )),
+                }));
             }
             return;
         }

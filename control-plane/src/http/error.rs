@@ -70,6 +70,15 @@ impl From<ServiceError> for ApiError {
                     "temporarily unavailable; try again shortly",
                 )
             }
+            ServiceError::StorageFull => {
+                tracing::error!("a write was refused: the disk holding the database is full");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_full",
+                    "the disk holding Autopilot's database is full, so nothing was stored; \
+                     send again once the operator has freed space",
+                )
+            }
             ServiceError::Internal(err) => {
                 // Logged once here, never sent to the client.
                 tracing::error!(error = ?err, "request failed");

@@ -45,6 +45,9 @@ pub enum StoreError {
     /// Stored data could not be read back (a bug or a hand-edited database).
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// The disk (SQLite) or the server's disk (PostgreSQL) has no space left.
+    #[error("the disk holding the database is full")]
+    DiskFull,
     #[error("store error: {0}")]
     Other(String),
 }
@@ -56,6 +59,7 @@ impl From<StoreError> for ServiceError {
         match err {
             StoreError::Conflict(what) => ServiceError::Conflict(what),
             StoreError::Retryable(why) => ServiceError::Unavailable(why),
+            StoreError::DiskFull => ServiceError::StorageFull,
             StoreError::NotFound => ServiceError::NotFound {
                 what: "record",
                 id: String::new(),

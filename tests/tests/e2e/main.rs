@@ -12,6 +12,7 @@ mod bus_jetstream;
 mod claude;
 mod compose;
 mod conformance;
+mod disk_full;
 mod docker;
 mod executor;
 mod fleet;

@@ -207,6 +207,9 @@ impl Failure {
             Failure::Service(ServiceError::Unavailable(message)) => {
                 format!("Autopilot is temporarily unavailable ({message}); try again shortly.")
             }
+            Failure::Service(err @ ServiceError::StorageFull) => {
+                format!("{err}: nothing was stored. Try again once the operator has freed space.")
+            }
             Failure::Service(ServiceError::Internal(err)) => {
                 tracing::error!(tool, error = ?err, "MCP tool failed");
                 "Autopilot hit an internal error (it is in the server's log); try again, and \

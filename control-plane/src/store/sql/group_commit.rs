@@ -44,14 +44,48 @@ struct Ended {
     number: u64,
     /// The latest transactions that failed to commit, with why (a writer may look only after
     /// later ones ended).
-    failed: std::collections::VecDeque<(u64, Arc<str>)>,
+    failed: std::collections::VecDeque<(u64, Failure)>,
+}
+
+/// Why a transaction did not commit, kept for every writer of it.
+#[derive(Clone)]
+struct Failure {
+    message: Arc<str>,
+    disk_full: bool,
+}
+
+impl Failure {
+    fn of(err: &sqlx::Error) -> Self {
+        let disk_full = match err {
+            sqlx::Error::Database(db) => db.code().as_deref() == Some("13"),
+            sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        };
+        Failure {
+            message: Arc::from(err.to_string()),
+            disk_full,
+        }
+    }
+
+    /// The error each writer of the transaction gets, classified as the original was.
+    fn error(&self) -> sqlx::Error {
+        let kind = if self.disk_full {
+            std::io::ErrorKind::StorageFull
+        } else {
+            std::io::ErrorKind::Other
+        };
+        sqlx::Error::Io(std::io::Error::new(
+            kind,
+            format!("the commit of this write failed: {}", self.message),
+        ))
+    }
 }
 
 /// Failed transactions remembered for writers that look late.
 const FAILED_KEPT: usize = 64;
 
 impl Ended {
-    fn record(&mut self, number: u64, error: Option<Arc<str>>) {
+    fn record(&mut self, number: u64, error: Option<Failure>) {
         self.number = number;
         if let Some(error) = error {
             if self.failed.len() == FAILED_KEPT {
@@ -145,7 +179,10 @@ impl Writer {
                 .execute(&mut slot.conn)
                 .await
                 .is_ok();
-            let error = rolled_back.then(|| Arc::from("the commit was interrupted; try again"));
+            let error = rolled_back.then(|| Failure {
+                message: Arc::from("the commit was interrupted; try again"),
+                disk_full: false,
+            });
             slot.commit_unsettled = false;
             slot.savepoint_left = false;
             slot.open = None;
@@ -173,7 +210,7 @@ impl Writer {
                 // A failed COMMIT may leave the transaction open (SQLITE_BUSY, a full disk):
                 // end it, so the next writer starts afresh.
                 let _ = sqlx::query("ROLLBACK").execute(&mut slot.conn).await;
-                Some(Arc::from(err.to_string()))
+                Some(Failure::of(err))
             }
         };
         slot.open = None;
@@ -192,9 +229,7 @@ impl Writer {
                     // Numbers only grow, one per transaction: this one has ended, and
                     // committed unless it is among the failed.
                     return match last.failed.iter().find(|(failed, _)| *failed == number) {
-                        Some((_, error)) => Err(sqlx::Error::Protocol(format!(
-                            "the commit of this write failed: {error}"
-                        ))),
+                        Some((_, failure)) => Err(failure.error()),
                         None => Ok(()),
                     };
                 }

@@ -170,6 +170,12 @@ impl From<sqlx::Error> for StoreError {
 fn classify(err: sqlx::Error) -> StoreError {
     match &err {
         sqlx::Error::RowNotFound => StoreError::NotFound,
+        // SQLITE_FULL, PostgreSQL's `disk_full`, and the group commit's report of a commit that
+        // failed for it.
+        sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("13" | "53100")) => {
+            StoreError::DiskFull
+        }
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => StoreError::DiskFull,
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
             StoreError::Retryable(err.to_string())
         }

@@ -339,9 +339,7 @@ impl RunStore for SqlStore {
                     expected_attempt,
                     events,
                 };
-                return Ok(
-                    in_sqlite_tx!(write, tx => { update_run_sqlite(tx, &update).await? }),
-                );
+                return Ok(in_sqlite_tx!(write, tx => { update_run_sqlite(tx, &update).await? }));
             }
             Pools::Postgres(pool) => pool,
         };

@@ -8,3 +8,4 @@ pub mod fake_anthropic;
 pub mod harness;
 pub mod nats;
 pub mod otlp;
+pub mod postgres;

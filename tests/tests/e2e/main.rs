@@ -22,6 +22,7 @@ mod mcp;
 mod mcp_clients;
 mod metrics;
 mod oauth;
+mod postgres_outage;
 mod process;
 mod prometheus;
 mod scheduler;

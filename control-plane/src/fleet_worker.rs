@@ -140,11 +140,24 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
         .blobs(autopilot_worker::workspaces::WORKSPACE_BUCKET, None)
         .await
         .map_err(|err| anyhow::anyhow!("opening the workspace store on NATS: {err}"))?;
-    let workspaces = SharedWorkspaces::new(
-        config.workspaces_dir(),
-        Arc::new(blobs),
-        config.workspace_max_bytes,
-    );
+    let blobs = Arc::new(blobs);
+    // What a worker that died in the middle of a save left in the store goes, in the background.
+    let sweeping = Arc::clone(&blobs);
+    tokio::spawn(async move {
+        match sweeping
+            .sweep_orphaned_chunks(autopilot_worker::workspaces::ORPHANED_CHUNKS_AGE)
+            .await
+        {
+            Ok(0) => {}
+            Ok(swept) => tracing::info!(
+                saves = swept,
+                "purged the chunks of workspace saves that never finished"
+            ),
+            Err(err) => tracing::warn!(error = %err, "sweeping unfinished workspace saves failed"),
+        }
+    });
+    let workspaces =
+        SharedWorkspaces::new(config.workspaces_dir(), blobs, config.workspace_max_bytes);
     let worker =
         Worker::new(worker_config, Arc::new(bus), executor).with_workspaces(Arc::new(workspaces));
     // The worker's slots, read out at its metrics address and pushed over OTLP when the

@@ -34,6 +34,11 @@ enum Command {
         #[command(subcommand)]
         action: AdminTokenAction,
     },
+    /// Manage the keys that sign OAuth access tokens.
+    SigningKey {
+        #[command(subcommand)]
+        action: SigningKeyAction,
+    },
 }
 
 #[derive(clap::Args)]
@@ -52,6 +57,24 @@ enum AdminTokenAction {
     Rotate(ConfigArgs),
 }
 
+#[derive(Subcommand)]
+enum SigningKeyAction {
+    /// Sign access tokens with a new key from now on. The replaced key keeps verifying the
+    /// tokens it signed for their lifetime (plus a minute), so no client is logged out; every
+    /// replica sharing the database picks the new key up by itself.
+    Rotate(RotateSigningKeyArgs),
+}
+
+#[derive(clap::Args)]
+struct RotateSigningKeyArgs {
+    /// Drop every earlier key at once, for a key that may have leaked: access tokens signed
+    /// before are refused and clients must refresh them (refresh tokens stay valid).
+    #[arg(long)]
+    revoke_previous: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
 /// Sets up logs and, when configured, traces; a broken trace setting stops the start.
 fn init_telemetry(format: LogFormat, service: &'static str) -> anyhow::Result<Telemetry> {
     telemetry::init(format, service)
@@ -68,6 +91,12 @@ async fn main() -> std::process::ExitCode {
             action: AdminTokenAction::Rotate(args),
         } => match Config::load(args) {
             Ok(config) => keys::rotate_admin_token(&config).await,
+            Err(err) => Err(err),
+        },
+        Command::SigningKey {
+            action: SigningKeyAction::Rotate(args),
+        } => match Config::load(args.config) {
+            Ok(config) => keys::rotate_signing_key(&config, args.revoke_previous).await,
             Err(err) => Err(err),
         },
     };

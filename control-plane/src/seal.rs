@@ -81,6 +81,19 @@ impl Sealer {
         }
     }
 
+    /// The configured key or the data directory's key file, which must exist: for commands that
+    /// work on an existing installation and must not make a key of their own.
+    pub fn load_existing(configured: Option<&str>, data_dir: &Path) -> anyhow::Result<Sealer> {
+        let path = data_dir.join("secret.key");
+        if configured.is_none() && !path.exists() {
+            anyhow::bail!(
+                "no secret key: {} does not exist; set AUTOPILOT_DATA_DIR to the installation's                  data directory, or AUTOPILOT_SECRET_KEY to its key",
+                path.display()
+            );
+        }
+        Sealer::load(configured, data_dir)
+    }
+
     /// Seals `plaintext` for the record and field named by `context`.
     pub fn seal(&self, context: &str, plaintext: &[u8]) -> String {
         let nonce_bytes: [u8; NONCE_BYTES] = rand::random();
@@ -190,6 +203,15 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        let elsewhere = tempfile::tempdir().unwrap();
+        let err = Sealer::load_existing(None, elsewhere.path()).unwrap_err();
+        assert!(format!("{err:#}").contains("AUTOPILOT_DATA_DIR"), "{err:#}");
+        assert!(
+            !elsewhere.path().join("secret.key").exists(),
+            "no key is made"
+        );
+        let existing = Sealer::load_existing(None, dir.path()).unwrap();
+        assert_eq!(existing.open("c", &sealed).unwrap(), b"secret");
         let err = Sealer::load(Some("abc"), dir.path()).unwrap_err();
         assert!(
             format!("{err:#}").contains("AUTOPILOT_SECRET_KEY"),

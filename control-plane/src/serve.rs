@@ -103,7 +103,7 @@ pub async fn run_with(
             )
         })?;
     let sealer = crate::seal::Sealer::load(config.secret_key.as_deref(), &config.data_dir)?;
-    let keys = Keys::load(&config, store.as_ref(), &sealer).await?;
+    let keys = Keys::load(&config, &store, &sealer).await?;
     type Saved = Option<Arc<dyn BlobStore>>;
     let (bus, lease, saved_workspaces): (Arc<dyn Bus>, Arc<dyn Lease>, Saved) =
         match &config.nats_url {

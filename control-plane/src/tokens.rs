@@ -56,7 +56,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Claims of an OAuth access token.
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct AccessClaims {
     pub iss: String,
     pub sub: String,
@@ -68,24 +68,52 @@ pub struct AccessClaims {
     pub client_id: String,
 }
 
-/// Signs an access token (HS256).
-pub fn sign_access_token(key: &[u8], claims: &AccessClaims) -> Result<String, String> {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(key),
-    )
-    .map_err(|err| format!("signing an access token failed: {err}"))
+/// Why an access token was refused. The text is what the client is told (in the 401's body and
+/// its `WWW-Authenticate` challenge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRefusal {
+    #[error("the access token expired; refresh it")]
+    Expired,
+    #[error("the access token is for another resource")]
+    OtherResource,
+    #[error("the access token is from another issuer")]
+    OtherIssuer,
+    #[error(
+        "the access token was signed with a key that has been retired; refresh it or authorize again"
+    )]
+    RetiredKey,
+    #[error("the access token is not valid")]
+    Invalid,
 }
 
-/// Checks an access token's signature, issuer, audience and expiry; the error says which failed,
-/// for the client.
+/// Signs an access token (HS256) with `key`, naming the key by `key_id` (the header's `kid`).
+pub fn sign_access_token(
+    key: &[u8],
+    key_id: &str,
+    claims: &AccessClaims,
+) -> Result<String, String> {
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(key_id.to_owned());
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(key))
+        .map_err(|err| format!("signing an access token failed: {err}"))
+}
+
+/// The id of the key an access token says it was signed with (its header's `kid`; tokens of
+/// versions before key rotation have none). Read before the signature is checked, only to pick
+/// the key to check it with.
+pub fn access_token_key_id(token: &str) -> Result<Option<String>, TokenRefusal> {
+    jsonwebtoken::decode_header(token)
+        .map(|header| header.kid)
+        .map_err(|_| TokenRefusal::Invalid)
+}
+
+/// Checks an access token's signature with `key`, then its issuer, audience and expiry.
 pub fn verify_access_token(
     key: &[u8],
     issuer: &str,
     audience: &str,
     token: &str,
-) -> Result<AccessClaims, String> {
+) -> Result<AccessClaims, TokenRefusal> {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.set_issuer(&[issuer]);
     validation.set_audience(&[audience]);
@@ -93,16 +121,10 @@ pub fn verify_access_token(
     jsonwebtoken::decode::<AccessClaims>(token, &DecodingKey::from_secret(key), &validation)
         .map(|data| data.claims)
         .map_err(|err| match err.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                "the access token expired; refresh it".to_owned()
-            }
-            jsonwebtoken::errors::ErrorKind::InvalidAudience => {
-                "the access token is for another resource".to_owned()
-            }
-            jsonwebtoken::errors::ErrorKind::InvalidIssuer => {
-                "the access token is from another issuer".to_owned()
-            }
-            _ => "the access token is not valid".to_owned(),
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenRefusal::Expired,
+            jsonwebtoken::errors::ErrorKind::InvalidAudience => TokenRefusal::OtherResource,
+            jsonwebtoken::errors::ErrorKind::InvalidIssuer => TokenRefusal::OtherIssuer,
+            _ => TokenRefusal::Invalid,
         })
 }
 
@@ -130,7 +152,7 @@ mod tests {
     }
 
     fn verify(token: &str) -> Result<AccessClaims, String> {
-        verify_access_token(KEY, ISSUER, AUDIENCE, token)
+        verify_access_token(KEY, ISSUER, AUDIENCE, token).map_err(|refusal| refusal.to_string())
     }
 
     #[test]
@@ -155,13 +177,27 @@ mod tests {
 
     #[test]
     fn a_valid_access_token_passes() {
-        let token = sign_access_token(KEY, &claims()).unwrap();
+        let token = sign_access_token(KEY, "k1", &claims()).unwrap();
         assert_eq!(verify(&token).unwrap().scope, "autopilot:read");
+        assert_eq!(access_token_key_id(&token), Ok(Some("k1".to_owned())));
+    }
+
+    #[test]
+    fn the_key_id_of_a_token_without_one_or_of_garbage() {
+        let without_kid = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims(),
+            &EncodingKey::from_secret(KEY),
+        )
+        .unwrap();
+        assert_eq!(access_token_key_id(&without_kid), Ok(None));
+        assert_eq!(verify(&without_kid).unwrap().sub, "client");
+        assert_eq!(access_token_key_id("not.a.jwt"), Err(TokenRefusal::Invalid));
     }
 
     #[test]
     fn expired_foreign_and_forged_access_tokens_are_refused_with_the_reason() {
-        let signed = |claims: &AccessClaims| sign_access_token(KEY, claims).unwrap();
+        let signed = |claims: &AccessClaims| sign_access_token(KEY, "k1", claims).unwrap();
         let expired = AccessClaims {
             exp: Utc::now().timestamp() - 60,
             ..claims()
@@ -181,7 +217,8 @@ mod tests {
         assert!(verify(&signed(&other_issuer))
             .unwrap_err()
             .contains("another issuer"));
-        let forged = sign_access_token(b"another key, another key, another", &claims()).unwrap();
+        let forged =
+            sign_access_token(b"another key, another key, another", "k1", &claims()).unwrap();
         assert!(verify(&forged).unwrap_err().contains("not valid"));
         assert!(verify("not.a.jwt").is_err());
     }
@@ -212,7 +249,7 @@ mod tests {
                 let result = verify_access_token(b"k3y-k3y-k3y-k3y-k3y-k3y-k3y-k3y!", "iss", "aud", &token);
                 match result {
                     Ok(claims) => prop_assert!(false, "accepted {token}: {claims:?}"),
-                    Err(reason) => prop_assert!(!reason.is_empty()),
+                    Err(reason) => prop_assert!(!reason.to_string().is_empty()),
                 }
             }
         }

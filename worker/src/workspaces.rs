@@ -131,6 +131,10 @@ impl SharedWorkspaces {
 
 /// The bus's blob bucket that holds saved workspaces (under the NATS prefix).
 pub const WORKSPACE_BUCKET: &str = "workspaces";
+/// Chunks in the workspace store that no saved workspace is made of are purged once this old:
+/// left by a save whose worker died half-way. Far longer than any save takes (each attempt is
+/// given up after `BLOB_ATTEMPT_TIMEOUT`), so a save under way is never taken for one.
+pub const ORPHANED_CHUNKS_AGE: Duration = Duration::from_secs(60 * 60);
 
 fn io(what: &str) -> impl Fn(std::io::Error) -> WorkspaceError + '_ {
     move |err| WorkspaceError::Io(format!("{what}: {err}"))

@@ -34,17 +34,17 @@ pub async fn require_caller(
         Caller::admin()
     } else {
         let config = &app.config;
-        match tokens::verify_access_token(
-            app.keys.signing_key(),
-            &config.oauth_issuer(),
-            &config.mcp_resource(),
-            token,
-        ) {
+        let verified = app
+            .keys
+            .signing()
+            .verify(&config.oauth_issuer(), &config.mcp_resource(), token)
+            .await;
+        match verified {
             Ok(claims) => Caller {
                 subject: claims.client_id,
                 scopes: Scopes::parse(&claims.scope),
             },
-            Err(reason) => return unauthorized(&app, Some("invalid_token"), &reason),
+            Err(refusal) => return unauthorized(&app, Some("invalid_token"), &refusal.to_string()),
         }
     };
     if !caller.scopes.read {
@@ -110,14 +110,22 @@ fn state_changing_call(body: &[u8]) -> Option<String> {
 
 /// 401 with the challenge that starts a client's authorization: where the resource's metadata
 /// is and which scopes to ask for (MCP authorization 2025-11-25 §Protected Resource Metadata
-/// Discovery; RFC 6750 §3).
+/// Discovery; RFC 6750 §3). A token that was refused is named with `error` and why with
+/// `error_description` (RFC 6750 §3.1), kept to the printable ASCII
+/// the RFC allows there, without quotes or backslashes.
 fn unauthorized(app: &App, error: Option<&str>, description: &str) -> Response {
     let mut challenge = format!(
         "Bearer resource_metadata=\"{}\", scope=\"{SCOPE_READ} {SCOPE_WRITE}\"",
         app.config.mcp_resource_metadata_url()
     );
     if let Some(error) = error {
-        challenge.push_str(&format!(", error=\"{error}\""));
+        let description: String = description
+            .chars()
+            .filter(|c| c.is_ascii() && !c.is_ascii_control() && !matches!(c, '"' | '\\'))
+            .collect();
+        challenge.push_str(&format!(
+            ", error=\"{error}\", error_description=\"{description}\""
+        ));
     }
     let mut response = oauth_error(
         StatusCode::UNAUTHORIZED,

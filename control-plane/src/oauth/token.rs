@@ -239,14 +239,14 @@ async fn issue(app: &App, client: &OAuthClient, scope: &str, family_id: &str) ->
         scope: scope.to_owned(),
         client_id: client.client_id.clone(),
     };
-    let access_token = match tokens::sign_access_token(app.keys.signing_key(), &claims) {
+    let access_token = match app.keys.signing().sign(&claims).await {
         Ok(token) => token,
         Err(err) => {
-            tracing::error!(error = %err, "signing an access token failed");
+            tracing::error!(error = format!("{err:#}"), "signing an access token failed");
             return oauth_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "could not issue a token",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "try again shortly",
             );
         }
     };

@@ -228,6 +228,9 @@ pub trait SettingsStore: Send + Sync {
     /// Sets `key` only if it has no value. Returns whether it was set.
     async fn put_setting_if_absent(&self, key: &str, value: &str) -> StoreResult<bool>;
     async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()>;
+    /// Sets `key` to `value` only if it holds `expected` now (compare-and-set). Returns whether
+    /// it was set; `false` when someone changed it since it was read, or it has no value.
+    async fn replace_setting(&self, key: &str, expected: &str, value: &str) -> StoreResult<bool>;
 }
 
 /// The OAuth authorization server's clients, authorization codes and refresh tokens (part of

@@ -12,9 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use autopilot_proto::{BlobStore, InMemoryBlobs, JetStreamBus, JetStreamConfig, JobId, WebhookId};
+use autopilot_proto::{
+    BlobStore, InMemoryBlobs, JetStreamBus, JetStreamConfig, JobId, ObjectBlobs, WebhookId,
+};
 use autopilot_tests::components;
-use autopilot_worker::workspaces::SharedWorkspaces;
+use autopilot_worker::workspaces::{SharedWorkspaces, Workspaces};
 use futures::StreamExt;
 use tempfile::TempDir;
 
@@ -101,6 +103,51 @@ impl Blobs {
             .unwrap_or_else(|err| panic!("delete {name}: {err}"));
     }
 
+    /// Chunks the store keeps that no stored blob is made of (`subject: messages`): what a save
+    /// that lost a race, or failed half-way, would leave behind. The in-memory store keeps each
+    /// blob as one value that a `put` replaces whole, so it has none to find.
+    async fn orphaned_chunks(&self) -> Vec<String> {
+        let Some((url, prefix)) = &self.nats else {
+            return Vec::new();
+        };
+        let bucket = format!("{prefix}-{BUCKET}");
+        let client = async_nats::connect(url).await.expect("connect to NATS");
+        let stream = async_nats::jetstream::new(client)
+            .get_stream(format!("OBJ_{bucket}"))
+            .await
+            .expect("the bucket's stream");
+        let mut subjects = stream
+            .info_with_subjects(format!("$O.{bucket}.>"))
+            .await
+            .expect("the bucket's subjects");
+        let (mut chunks, mut metas) = (Vec::new(), Vec::new());
+        while let Some(entry) = subjects.next().await {
+            let (subject, count) = entry.expect("a subject of the bucket");
+            if let Some(nuid) = subject.strip_prefix(&format!("$O.{bucket}.C.")) {
+                chunks.push((nuid.to_owned(), subject.clone(), count));
+            } else {
+                metas.push(subject);
+            }
+        }
+        let mut live = Vec::new();
+        for meta in metas {
+            let message = stream
+                .get_last_raw_message_by_subject(&meta)
+                .await
+                .expect("a blob's description");
+            let info: serde_json::Value =
+                serde_json::from_slice(&message.payload).expect("a blob's description is JSON");
+            if info["deleted"] != true {
+                live.push(info["nuid"].as_str().expect("nuid").to_owned());
+            }
+        }
+        chunks
+            .into_iter()
+            .filter(|(nuid, _, _)| !live.contains(nuid))
+            .map(|(_, subject, count)| format!("{subject}: {count}"))
+            .collect()
+    }
+
     /// Removes the JetStream streams the case made (the bucket and the bus's own streams), so
     /// the shared server does not keep them.
     async fn clean_up(self) {
@@ -127,7 +174,7 @@ impl Blobs {
 }
 
 /// The bucket `<prefix>-blobs` through a JetStream bus of its own.
-async fn open_bucket(url: &str, prefix: &str, max_bytes: Option<u64>) -> impl BlobStore {
+async fn open_bucket(url: &str, prefix: &str, max_bytes: Option<u64>) -> ObjectBlobs {
     let config = JetStreamConfig {
         prefix: prefix.to_owned(),
         request_timeout: Duration::from_secs(10),
@@ -486,6 +533,90 @@ async fn unreadable_sources_and_unwritable_targets_are_errors(blobs: &Blobs) {
     assert!(!unwritable.exists());
 }
 
+/// Writers replacing one blob at once: the blob ends as one of their versions, whole, and the
+/// store keeps the chunks of that version only. Every writer reads what it replaces before
+/// the others replace it, the race that left the losers' chunks behind.
+async fn puts_at_once_leave_one_whole_blob_and_no_orphaned_chunks(blobs: &Blobs) {
+    const WRITERS: usize = 3;
+    let name = workspace_blob_of_job();
+    let versions: Vec<Vec<u8>> = (0..WRITERS)
+        .map(|i| noise(300 * KIB + i, 50 + i as u64))
+        .collect();
+    for round in 0..3 {
+        let puts = versions.iter().enumerate().map(|(i, bytes)| {
+            let source = blobs.file(&format!("writer-{round}-{i}"), bytes);
+            let store = Arc::clone(&blobs.store);
+            let name = name.clone();
+            async move { timed(store.put(&name, &source)).await }
+        });
+        for result in futures::future::join_all(puts).await {
+            result.expect("a put at the same time as others");
+        }
+        let stored = blobs.get(&name).await.expect("the blob");
+        assert!(
+            versions.contains(&stored),
+            "round {round}: {} bytes that are no writer's",
+            stored.len()
+        );
+        assert_eq!(
+            blobs.orphaned_chunks().await,
+            Vec::<String>::new(),
+            "round {round}"
+        );
+    }
+    // A delete racing a put: whichever comes last wins, and nothing is left over either way.
+    let source = blobs.file("last-put", &versions[0]);
+    let (put, ()) = tokio::join!(timed(blobs.store.put(&name, &source)), blobs.delete(&name));
+    put.expect("a put racing a delete");
+    if let Some(stored) = blobs.get(&name).await {
+        assert_bytes(Some(&stored), &versions[0], "the put that won");
+    }
+    assert_eq!(blobs.orphaned_chunks().await, Vec::<String>::new());
+}
+
+/// Two overlapping runs of one job saving their workspaces at the same moment: the next run
+/// finds one of the two whole, and the store keeps nothing of the other.
+async fn saves_of_one_workspace_at_once_leave_no_orphaned_chunks(blobs: &Blobs) {
+    let root = tempfile::tempdir().expect("workspaces root");
+    let workspaces = SharedWorkspaces::new(
+        root.path().to_path_buf(),
+        Arc::clone(&blobs.store),
+        64 * MIB as u64,
+    );
+    let job = format!("job-{}", JobId::new());
+    let attempt = || (autopilot_proto::RunId::new(), 1);
+    for round in 0..3u64 {
+        let (a, b) = tokio::join!(
+            workspaces.check_out(&job, attempt()),
+            workspaces.check_out(&job, attempt())
+        );
+        let (a, b) = (a.expect("check out a"), b.expect("check out b"));
+        // Noise does not compress: each archive takes several chunks.
+        let contents = [noise(400 * KIB, 60 + round), noise(500 * KIB, 70 + round)];
+        std::fs::write(a.dir.join("data"), &contents[0]).unwrap();
+        std::fs::write(b.dir.join("data"), &contents[1]).unwrap();
+        let (saved_a, saved_b) =
+            tokio::join!(workspaces.check_in(&job, &a), workspaces.check_in(&job, &b));
+        assert!(saved_a.expect("save a").is_some() && saved_b.expect("save b").is_some());
+
+        let next = workspaces
+            .check_out(&job, attempt())
+            .await
+            .expect("check out the next");
+        let found = std::fs::read(next.dir.join("data")).expect("the saved file");
+        assert!(
+            contents.contains(&found),
+            "round {round}: a mix of the two saves"
+        );
+        workspaces.check_in(&job, &next).await.expect("check in");
+        assert_eq!(
+            blobs.orphaned_chunks().await,
+            Vec::<String>::new(),
+            "round {round}"
+        );
+    }
+}
+
 /// Runs each case on both stores: `blobs::in_memory::<case>` and `blobs::jetstream::<case>`.
 macro_rules! on_both_stores {
     ($($case:ident),* $(,)?) => {
@@ -522,6 +653,8 @@ on_both_stores!(
     delete_forgets_a_blob_and_absent_is_fine,
     blobs_under_different_names_are_independent,
     unreadable_sources_and_unwritable_targets_are_errors,
+    puts_at_once_leave_one_whole_blob_and_no_orphaned_chunks,
+    saves_of_one_workspace_at_once_leave_no_orphaned_chunks,
 );
 
 // --- What only one of them has ---------------------------------------------------------------
@@ -530,9 +663,8 @@ on_both_stores!(
 /// are stored, a `put` past the limit is an error, and the blob it would have replaced is still
 /// there whole. The in-memory store has no limit: the same puts all succeed there.
 ///
-/// Not checked, because the contract says nothing of it: a refused `put` leaves the chunks it
-/// had sent in the bucket (the client does not purge them), so they count against the limit
-/// until the bucket is removed; after the refusal below even a 100 KiB blob no longer fits.
+/// A refused `put` takes the chunks it had sent away with it: nothing of it is left to count
+/// against the limit, and a blob that fits is stored after it.
 #[tokio::test]
 async fn the_jetstream_bucket_refuses_blobs_past_its_size_limit() {
     const LIMIT: usize = MIB;
@@ -563,6 +695,14 @@ async fn the_jetstream_bucket_refuses_blobs_past_its_size_limit() {
         blobs.get("first").await.as_deref(),
         &first,
         "the blob the refused put would have replaced",
+    );
+    assert_eq!(blobs.orphaned_chunks().await, Vec::<String>::new());
+    let fits = noise(500 * KIB, 34);
+    blobs.put("after", &fits).await;
+    assert_bytes(
+        blobs.get("after").await.as_deref(),
+        &fits,
+        "after a refusal",
     );
     blobs.clean_up().await;
 
@@ -615,5 +755,52 @@ async fn jetstream_blobs_are_shared_by_every_bus_that_opens_the_bucket() {
     }
     timed(two.delete(&name)).await.unwrap();
     assert_eq!(blobs.get(&name).await, None, "deleted through another bus");
+    blobs.clean_up().await;
+}
+
+/// Chunks nothing describes, as a put cut short by the death of its process leaves them, are
+/// purged by the sweep once older than the age it is given; fresh ones (a put may still be
+/// sending them) and the chunks of stored blobs stay. The in-memory store has no chunks.
+#[tokio::test]
+async fn the_jetstream_sweep_purges_chunks_nothing_describes() {
+    let Some(url) = components::nats_url() else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let store = Arc::new(open_bucket(&url, &prefix, None).await);
+    let blobs = Blobs {
+        store: Arc::clone(&store) as Arc<dyn BlobStore>,
+        files: tempfile::tempdir().unwrap(),
+        nats: Some((url.clone(), prefix.clone())),
+    };
+    let name = workspace_blob_of_job();
+    let kept = noise(300 * KIB, 80);
+    blobs.put(&name, &kept).await;
+    // A put that never got as far as its description.
+    let jetstream = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let abandoned = format!("$O.{prefix}-{BUCKET}.C.abandoned-upload");
+    for chunk in 0..3u64 {
+        jetstream
+            .publish(abandoned.clone(), noise(1000, 90 + chunk).into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    assert_eq!(blobs.orphaned_chunks().await, [format!("{abandoned}: 3")]);
+
+    let hour = Duration::from_secs(3600);
+    assert_eq!(timed(store.sweep_orphaned_chunks(hour)).await.unwrap(), 0);
+    assert_eq!(
+        blobs.orphaned_chunks().await.len(),
+        1,
+        "fresh chunks may be a put under way"
+    );
+    // The second mark of the chunks' time stamp must pass for an age of one second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = Duration::from_secs(1);
+    assert_eq!(timed(store.sweep_orphaned_chunks(second)).await.unwrap(), 1);
+    assert_eq!(blobs.orphaned_chunks().await, Vec::<String>::new());
+    assert_bytes(blobs.get(&name).await.as_deref(), &kept, "a stored blob");
     blobs.clean_up().await;
 }

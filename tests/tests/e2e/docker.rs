@@ -267,6 +267,89 @@ async fn a_run_finds_no_setuid_programs_a_private_cgroup_namespace_and_a_bounded
     server.stop().await.unwrap();
 }
 
+/// The one thing a run learns of the host's layout: the workspace mount's root in
+/// `/proc/self/mountinfo` is the workspace's path within the filesystem that holds it. A bind
+/// mount cannot hide it (SECURITY.md, "The workspace's host path", says why); this pins that it
+/// is all: no other mount comes from the data directory, whose secret key and database stay out.
+#[tokio::test]
+async fn the_only_host_path_a_run_sees_is_its_workspace_within_its_filesystem() {
+    let Some(docker) = components::docker_engine().await else {
+        return;
+    };
+    let Some(server) = server(None).await else {
+        return;
+    };
+    let (run, events) = run_shell(
+        &server,
+        &docker,
+        "mounts",
+        json!({ "command": "sed 's/^/mount /' /proc/self/mountinfo" }),
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let text = output_text(&events);
+    // Fields: id, parent, device, root, mount point, options, …
+    let mounts: Vec<Vec<&str>> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("mount "))
+        .map(|line| line.split(' ').collect())
+        .collect();
+    let workspace = std::fs::canonicalize(
+        server
+            .workspaces()
+            .join(format!("job-{}", run["job_id"].as_str().unwrap())),
+    )
+    .unwrap();
+    let expected_root = path_within_its_filesystem(&workspace);
+    let workspace_mount = mounts
+        .iter()
+        .find(|fields| fields.get(4) == Some(&"/workspace"))
+        .unwrap_or_else(|| panic!("no /workspace mount: {text}"));
+    assert_eq!(workspace_mount[3], expected_root, "{text}");
+
+    let data_dir =
+        path_within_its_filesystem(&std::fs::canonicalize(server.data_dir.path()).unwrap());
+    let from_data_dir: Vec<&str> = mounts
+        .iter()
+        .filter(|fields| {
+            fields
+                .get(3)
+                .is_some_and(|root| root.starts_with(&data_dir))
+        })
+        .map(|fields| fields[4])
+        .collect();
+    assert_eq!(from_data_dir, ["/workspace"], "{text}");
+    for kept_out in ["secret.key", "autopilot.db"] {
+        assert!(!text.contains(kept_out), "{kept_out} shows: {text}");
+    }
+    server.stop().await.unwrap();
+}
+
+/// How the kernel names `path` as a mount's root: its path within the filesystem holding it,
+/// from this process's own mount table (the engine here shares the host's mount namespace).
+fn path_within_its_filesystem(path: &std::path::Path) -> String {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let path = path.to_str().unwrap();
+    // The deepest mount point holding `path`.
+    let (root, mount_point) = table
+        .lines()
+        .map(|line| line.split(' ').collect::<Vec<_>>())
+        .map(|fields| (fields[3].to_owned(), fields[4].to_owned()))
+        .filter(|(_, mount_point)| {
+            mount_point == "/"
+                || path == mount_point
+                || path.starts_with(&format!("{mount_point}/"))
+        })
+        .max_by_key(|(_, mount_point)| mount_point.len())
+        .expect("a mount holds every path");
+    let within = path
+        .strip_prefix(mount_point.as_str())
+        .unwrap()
+        .trim_start_matches('/');
+    let root = root.trim_end_matches('/');
+    format!("{root}/{within}")
+}
+
 #[tokio::test]
 async fn a_fork_bomb_hits_the_process_limit() {
     let Some(docker) = components::docker_engine().await else {

@@ -10,6 +10,8 @@ use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+mod signing_keys;
+
 const REDIRECT: &str = "http://127.0.0.1:45678/callback";
 
 async fn register(server: &TestServer, body: Value) -> (StatusCode, Value) {

@@ -514,6 +514,14 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(store.get_setting("k").await.unwrap().as_deref(), Some("v1"));
     store.put_setting("k", "v3").await.unwrap();
     assert_eq!(store.get_setting("k").await.unwrap().as_deref(), Some("v3"));
+    assert!(
+        !store.replace_setting("k", "v1", "v4").await.unwrap(),
+        "a stale expected value changes nothing"
+    );
+    assert!(!store.replace_setting("absent", "", "v").await.unwrap());
+    assert_eq!(store.get_setting("absent").await.unwrap(), None);
+    assert!(store.replace_setting("k", "v3", "v4").await.unwrap());
+    assert_eq!(store.get_setting("k").await.unwrap().as_deref(), Some("v4"));
 
     // Deleting a job keeps its runs.
     assert!(store.delete_job(first.id).await.unwrap());

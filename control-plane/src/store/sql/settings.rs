@@ -40,4 +40,18 @@ impl SettingsStore for SqlStore {
         .map_err(classify)?;
         Ok(())
     }
+
+    async fn replace_setting(&self, key: &str, expected: &str, value: &str) -> StoreResult<bool> {
+        let replaced = on_write!(self, pool => {
+            sqlx::query("UPDATE settings SET value = $3 WHERE key = $1 AND value = $2")
+                .bind(key)
+                .bind(expected)
+                .bind(value)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(classify)?;
+        Ok(replaced == 1)
+    }
 }

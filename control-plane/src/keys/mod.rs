@@ -1,9 +1,13 @@
-//! The installation's keys, loaded once at start and then read-only: the admin token's digest,
-//! the key that signs OAuth access tokens (sealed in the store, like every secret there), and
-//! the hash of the operator's password. Each comes from the configuration, or from the store,
-//! or is made on first start (a made admin token or operator password is printed once).
+//! The installation's keys: the admin token's digest, the keys that sign OAuth access tokens
+//! (sealed in the store like every secret there, and rotated without logging clients out; see
+//! [`signing`]), and the hash of the operator's password. Each comes from the configuration, or
+//! from the store, or is made on first start (a made admin token or operator password is
+//! printed once). All but the signing keys are read once at start.
+
+pub mod signing;
 
 use std::fmt;
+use std::sync::Arc;
 
 use anyhow::Context;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -13,18 +17,15 @@ use crate::config::Config;
 use crate::seal::Sealer;
 use crate::store::Store;
 use crate::tokens;
+use signing::{Rotation, SigningKeys, ROTATION_MARGIN};
 
 /// The setting that holds the admin token's digest (hex).
 pub const ADMIN_TOKEN_SETTING: &str = "admin_token_sha256";
-/// The access-token signing key, sealed (see `crate::seal`).
-const SIGNING_KEY_SETTING: &str = "oauth_signing_key_sealed";
-/// Where versions before sealing kept the key in plain hex; moved and blanked at start.
-const PLAIN_SIGNING_KEY_SETTING: &str = "oauth_signing_key";
 const OPERATOR_PASSWORD_SETTING: &str = "operator_password_argon2";
 
 pub struct Keys {
     admin_token_digest: [u8; 32],
-    signing_key: Vec<u8>,
+    signing: SigningKeys,
     operator_password_hash: String,
 }
 
@@ -36,11 +37,15 @@ impl fmt::Debug for Keys {
 
 impl Keys {
     /// Loads the keys, making and storing those that do not exist yet.
-    pub async fn load(config: &Config, store: &dyn Store, sealer: &Sealer) -> anyhow::Result<Keys> {
+    pub async fn load(
+        config: &Config,
+        store: &Arc<dyn Store>,
+        sealer: &Sealer,
+    ) -> anyhow::Result<Keys> {
         Ok(Keys {
-            admin_token_digest: admin_token_digest(config, store).await?,
-            signing_key: signing_key(store, sealer).await?,
-            operator_password_hash: operator_password_hash(config, store).await?,
+            admin_token_digest: admin_token_digest(config, store.as_ref()).await?,
+            signing: SigningKeys::load(Arc::clone(store), sealer.clone()).await?,
+            operator_password_hash: operator_password_hash(config, store.as_ref()).await?,
         })
     }
 
@@ -49,9 +54,9 @@ impl Keys {
         tokens::same(&tokens::digest(token.trim()), &self.admin_token_digest)
     }
 
-    /// The key that signs and checks OAuth access tokens.
-    pub fn signing_key(&self) -> &[u8] {
-        &self.signing_key
+    /// The keys that sign and check OAuth access tokens.
+    pub fn signing(&self) -> &SigningKeys {
+        &self.signing
     }
 
     /// Checks the operator's password (argon2 compares in constant time).
@@ -107,6 +112,46 @@ pub async fn rotate_admin_token(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Rotates the keys that sign OAuth access tokens (`autopilot signing-key rotate`): a new key
+/// signs from now on; the one it replaces keeps verifying for the access-token lifetime and a
+/// margin, or, with `revoke_previous`, stops at once (every access token then has to be
+/// refreshed; refresh tokens are not signed with it and stay valid).
+pub async fn rotate_signing_key(config: &Config, revoke_previous: bool) -> anyhow::Result<()> {
+    let store =
+        crate::store::connect_with(&config.database_url, config.database_max_connections).await?;
+    // The installation's own key: a new one made here would seal a ring no replica can open.
+    let sealer = Sealer::load_existing(config.secret_key.as_deref(), &config.data_dir)?;
+    let rotation = if revoke_previous {
+        Rotation::RevokePrevious
+    } else {
+        Rotation::Graceful {
+            grace: config.access_token_ttl + ROTATION_MARGIN,
+        }
+    };
+    let ring = signing::rotate(store.as_ref(), &sealer, rotation).await?;
+    // Key ids are not secret; the keys are never shown.
+    eprintln!(
+        "OAuth signing key rotated: access tokens are signed with key {} from now on.",
+        ring.current().kid()
+    );
+    for retired in ring.retired() {
+        eprintln!(
+            "Key {} still verifies the tokens it signed until {}.",
+            retired.key.kid(),
+            retired
+                .verify_until
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
+    if revoke_previous {
+        eprintln!(
+            "Every earlier key was dropped: access tokens signed before are refused (by every              replica within {} s) and clients refresh them.",
+            signing::RING_MAX_AGE.as_secs()
+        );
+    }
+    Ok(())
+}
+
 fn announce_token(token: &str, how: &str) {
     // Straight to the terminal, not through the logs: this is the only time it is shown.
     eprintln!(
@@ -120,40 +165,6 @@ fn decode_digest(stored: &str) -> anyhow::Result<[u8; 32]> {
     bytes
         .try_into()
         .map_err(|_| anyhow::anyhow!("stored admin token hash has the wrong length"))
-}
-
-/// The access-token signing key, shared by every replica through the store, where it is
-/// sealed: a copy of the database alone cannot mint tokens. Made on first start; one left in
-/// plain hex by an earlier version is sealed and its plain copy blanked, so the tokens it
-/// signed stay valid.
-async fn signing_key(store: &dyn Store, sealer: &Sealer) -> anyhow::Result<Vec<u8>> {
-    let plain = store
-        .get_setting(PLAIN_SIGNING_KEY_SETTING)
-        .await?
-        .filter(|plain| !plain.is_empty());
-    let candidate = match &plain {
-        Some(plain) => hex::decode(plain).context("the stored plain signing key is not hex")?,
-        None => rand::random::<[u8; 32]>().to_vec(),
-    };
-    store
-        .put_setting_if_absent(
-            SIGNING_KEY_SETTING,
-            &sealer.seal(SIGNING_KEY_SETTING, &candidate),
-        )
-        .await?;
-    let sealed = store
-        .get_setting(SIGNING_KEY_SETTING)
-        .await?
-        .context("signing key vanished")?;
-    let key = sealer.open(SIGNING_KEY_SETTING, &sealed).with_context(|| {
-        "the OAuth signing key in the store does not open with this secret key \
-         (AUTOPILOT_SECRET_KEY or DATA_DIR/secret.key): give every replica the key the store \
-         was made with"
-    })?;
-    if plain.is_some() {
-        store.put_setting(PLAIN_SIGNING_KEY_SETTING, "").await?;
-    }
-    Ok(key)
 }
 
 /// The operator's password hash: from config (a password or an argon2 hash), or from the store,
@@ -200,59 +211,4 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
         .hash_password(password.as_bytes(), &salt)
         .map(|hash| hash.to_string())
         .map_err(|err| anyhow::anyhow!("hashing the operator password: {err}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn sqlite_store(dir: &std::path::Path) -> std::sync::Arc<dyn Store> {
-        let url = format!("sqlite://{}", dir.join("autopilot.db").display());
-        crate::store::connect_with(&url, 1).await.unwrap()
-    }
-
-    #[tokio::test]
-    async fn the_signing_key_is_sealed_in_the_store_and_the_same_at_every_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = sqlite_store(dir.path()).await;
-        let sealer = Sealer::from_key(&[3; 32]);
-        let key = signing_key(store.as_ref(), &sealer).await.unwrap();
-        assert_eq!(key.len(), 32);
-        let stored = store
-            .get_setting(SIGNING_KEY_SETTING)
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(!stored.contains(&hex::encode(&key)), "stored in plain");
-        assert_eq!(signing_key(store.as_ref(), &sealer).await.unwrap(), key);
-
-        let err = signing_key(store.as_ref(), &Sealer::from_key(&[4; 32]))
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("AUTOPILOT_SECRET_KEY"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn a_plain_signing_key_from_an_earlier_version_is_sealed_and_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = sqlite_store(dir.path()).await;
-        let old = [9u8; 32];
-        store
-            .put_setting(PLAIN_SIGNING_KEY_SETTING, &hex::encode(old))
-            .await
-            .unwrap();
-        let sealer = Sealer::from_key(&[3; 32]);
-        assert_eq!(signing_key(store.as_ref(), &sealer).await.unwrap(), old);
-        assert_eq!(
-            store
-                .get_setting(PLAIN_SIGNING_KEY_SETTING)
-                .await
-                .unwrap()
-                .as_deref(),
-            Some(""),
-            "the plain copy is blanked"
-        );
-        assert_eq!(signing_key(store.as_ref(), &sealer).await.unwrap(), old);
-    }
 }

@@ -24,8 +24,9 @@ use tokio::time::Instant;
 
 /// Most writes in one transaction.
 const MAX_WRITES: usize = 512;
-/// Longest a transaction stays open for writers still arriving.
-const MAX_OPEN: Duration = Duration::from_millis(8);
+/// Longest a transaction stays open for writers still arriving: about one sync to disk, so a
+/// write waits at most about two for its commit however busy the writer is.
+const MAX_OPEN: Duration = Duration::from_millis(2);
 /// How long a write waits for its commit before it commits itself (the writers that were
 /// queued behind it went away without committing).
 const COMMIT_FALLBACK: Duration = Duration::from_millis(20);

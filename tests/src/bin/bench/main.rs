@@ -17,7 +17,10 @@
 //!   cluster of real processes (see `fleet.rs`; each also alone: `fleet-pipeline [RATE SECONDS]`,
 //!   `fleet-dispatch [JOBS SECONDS]`, `fleet-failover [KILLS]`, `fleet-memory`).
 //!
-//! `cargo run --release -p autopilot-tests --bin bench -- all` runs everything.
+//! - `chaos`: failures injected under load, the table of RELIABILITY.md (see `chaos.rs`; not
+//!   part of `all`).
+//!
+//! `cargo run --release -p autopilot-tests --bin bench -- all` runs everything but `chaos`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -30,6 +33,7 @@ use autopilot_tests::harness::{is_terminal, TestServer, ADMIN_TOKEN};
 use serde_json::json;
 use sqlx::Connection;
 
+mod chaos;
 mod docker;
 mod fleet;
 mod scrape;
@@ -481,6 +485,9 @@ async fn main() -> anyhow::Result<()> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
+    if which == "chaos" {
+        return chaos::run(number(1, 30), args.iter().any(|arg| arg == "--write")).await;
+    }
     let mut rows = Vec::new();
     if matches!(which, "cron" | "all") {
         rows.extend(cron(number(1, 100) as usize, number(2, 30)).await?);
@@ -524,7 +531,8 @@ async fn main() -> anyhow::Result<()> {
         "usage: bench [cron [JOBS SECONDS] | dispatch [SECONDS] | overhead [RUNS] | memory | \
          webhooks [LOAD_SECONDS FIXED_RATE_SECONDS] | metrics-scrape [JOBS WEBHOOKS] | \
          tracing-cost [WEBHOOK_SECONDS PIPELINE_SECONDS] | docker-start [RUNS] | fleet-pipeline [RATE SECONDS] | \
-         fleet-dispatch [JOBS SECONDS] | fleet-failover [KILLS] | fleet-memory | fleet | all]"
+         fleet-dispatch [JOBS SECONDS] | fleet-failover [KILLS] | fleet-memory | fleet | all | \
+         chaos [SECONDS] [--write]]"
     );
     print_table(&rows);
     Ok(())

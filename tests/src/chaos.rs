@@ -1,0 +1,570 @@
+//! Failures injected into real processes under a steady load, each scenario measuring what the
+//! promises are about: acknowledged work lost, fires run twice or missed, runs stuck, and how
+//! long recovery took. The end-to-end tests run each in a short form and assert the counts are
+//! zero; `bench chaos` runs them longer and writes the table of RELIABILITY.md from the
+//! findings.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{Cluster, ClusterOptions};
+use crate::harness::{is_terminal, ApiClient, TestServer};
+use crate::postgres::PrivatePostgres;
+
+/// What one scenario showed.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub promise: &'static str,
+    pub fault: String,
+    pub load: String,
+    /// Acknowledged work that is gone (deliveries answered 202, runs accepted).
+    pub lost: u64,
+    /// Fires or deliveries that ran twice.
+    pub duplicated: u64,
+    /// Fires neither run nor recorded as missed.
+    pub missing: u64,
+    /// Runs that did not end as they should have (stuck, `lost`, failed).
+    pub stuck: u64,
+    pub recovery: String,
+    /// The test that runs this scenario in its short form.
+    pub shown_by: &'static str,
+}
+
+impl Finding {
+    /// Whether every promise held.
+    pub fn held(&self) -> bool {
+        self.lost == 0 && self.duplicated == 0 && self.missing == 0 && self.stuck == 0
+    }
+
+    /// A row of RELIABILITY.md's table.
+    pub fn row(&self) -> String {
+        format!(
+            "| {} | {} | {} | {} lost, {} duplicated, {} missing, {} stuck | {} | `{}` |",
+            self.promise,
+            self.fault,
+            self.load,
+            self.lost,
+            self.duplicated,
+            self.missing,
+            self.stuck,
+            self.recovery,
+            self.shown_by
+        )
+    }
+}
+
+/// The table's heading, matching [`Finding::row`].
+pub const TABLE_HEADING: &str = "| promise | fault injected | load held | lost / duplicated / missing / stuck | recovery | short form |\n| --- | --- | --- | --- | --- | --- |";
+
+async fn all_runs_of(api: &ApiClient, job_id: &str) -> Vec<Value> {
+    let body = api
+        .get(&format!("/api/v1/runs?job_id={job_id}&limit=1000"))
+        .await;
+    body["runs"].as_array().cloned().unwrap_or_default()
+}
+
+fn time_of(run: &Value, field: &str) -> Option<DateTime<Utc>> {
+    run[field].as_str().and_then(|t| t.parse().ok())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LeaderFault {
+    /// `kill -9`, then started again as a follower.
+    Kill,
+    /// SIGSTOP for the lease's time and more, then SIGCONT.
+    Pause,
+}
+
+/// `jobs` per-second jobs on a 3-replica fleet; the scheduler's leader meets `fault`, and the
+/// fleet runs on for `after` more. Every (job, second) from the first fire to the last must
+/// have exactly one run or a recorded misfire, and every run must succeed. `None` where the
+/// components are missing.
+pub async fn leader_failover(fault: LeaderFault, jobs: usize, after: Duration) -> Option<Finding> {
+    let options = ClusterOptions {
+        worker_concurrency: 8,
+        ..ClusterOptions::default()
+    };
+    let mut cluster = Cluster::start(options).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let mut job_ids = Vec::new();
+    for index in 0..jobs {
+        let api = cluster.api(index % 3).clone();
+        // `allow`: a run held up by the faulty replica (its completion is retried on another
+        // one) must not make later fires skip; every second has its run.
+        let job = api
+            .create_job(json!({ "name": format!("tick-{index}"), "command": "true", "schedule": "* * * * * *", "overlap_policy": "allow" }))
+            .await;
+        job_ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let faulted_at = Utc::now();
+    let pid = cluster.control_planes[leader]
+        .pid()
+        .map(|pid| nix::unistd::Pid::from_raw(pid as i32));
+    match fault {
+        LeaderFault::Kill => cluster.control_planes[leader].kill(),
+        LeaderFault::Pause => {
+            nix::sys::signal::kill(pid.expect("running"), nix::sys::signal::Signal::SIGSTOP)
+                .expect("SIGSTOP")
+        }
+    }
+    let fault_instant = Instant::now();
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    assert_ne!(new_leader, leader);
+    // The first fire by the new leader: a run created after the fault.
+    let api = cluster.api(new_leader).clone();
+    let first_fire = loop {
+        let runs = all_runs_of(&api, &job_ids[0]).await;
+        if let Some(created) = runs
+            .iter()
+            .filter_map(|run| time_of(run, "created_at"))
+            .filter(|created| *created > faulted_at)
+            .min()
+        {
+            break created;
+        }
+        assert!(
+            fault_instant.elapsed() < Duration::from_secs(30),
+            "no fire after the leader's fault\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let failover = (first_fire - faulted_at).to_std().unwrap_or_default();
+    match fault {
+        // The killed replica comes back as a follower.
+        LeaderFault::Kill => cluster.start_control_plane(leader).await,
+        // The paused one wakes up well past its lease, believing it still leads until it
+        // checks.
+        LeaderFault::Pause => {
+            let ttl = Duration::from_secs(ClusterOptions::default().lease_ttl_secs);
+            let asleep = ttl + Duration::from_secs(5);
+            if let Some(left) = asleep.checked_sub(fault_instant.elapsed()) {
+                tokio::time::sleep(left).await;
+            }
+            nix::sys::signal::kill(pid.expect("running"), nix::sys::signal::Signal::SIGCONT)
+                .expect("SIGCONT");
+        }
+    }
+    tokio::time::sleep(after).await;
+
+    // Stop the schedules, let the last runs finish, then look at every (job, second).
+    for job_id in &job_ids {
+        let (status, body) = api
+            .call(
+                Method::PATCH,
+                &format!("/api/v1/jobs/{job_id}"),
+                Some(json!({ "enabled": false })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    'settle: loop {
+        for job_id in &job_ids {
+            if !all_runs_of(&api, job_id).await.iter().all(is_terminal) {
+                if Instant::now() > deadline {
+                    break 'settle;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue 'settle;
+            }
+        }
+        break;
+    }
+    let (mut fires, mut duplicated, mut missing, mut stuck) = (0u64, 0u64, 0u64, 0u64);
+    for job_id in &job_ids {
+        let job = api.get(&format!("/api/v1/jobs/{job_id}")).await;
+        let runs = all_runs_of(&api, job_id).await;
+        let seconds: Vec<i64> = runs
+            .iter()
+            .map(|run| {
+                time_of(run, "scheduled_for")
+                    .expect("a fire has its time")
+                    .timestamp()
+            })
+            .collect();
+        let distinct: BTreeSet<i64> = seconds.iter().copied().collect();
+        duplicated += (seconds.len() - distinct.len()) as u64;
+        let (Some(first), Some(last)) = (distinct.first(), distinct.last()) else {
+            continue;
+        };
+        assert!(
+            *last > faulted_at.timestamp() + 3,
+            "fires went on after the failover: {seconds:?}"
+        );
+        // Fires missed while nobody led are within the misfire grace, so the policy runs them:
+        // every second from the first fire to the last has its run, unless counted as missed.
+        let recorded = job["missed_fires"].as_u64().expect("missed_fires")
+            + job["overlap_skipped"].as_u64().expect("overlap_skipped");
+        let expected = (last - first + 1) as u64;
+        missing += expected.saturating_sub(distinct.len() as u64 + recorded);
+        fires += distinct.len() as u64;
+        for run in runs.iter().filter(|run| run["status"] != "succeeded") {
+            stuck += 1;
+            if stuck <= 3 {
+                eprintln!("a run that did not succeed: {run}");
+            }
+        }
+    }
+    let (what, shown_by) = match fault {
+        LeaderFault::Kill => (
+            "`kill -9` of the scheduler's leader (fleet of 3), started again as a follower",
+            "fleet::a_new_leader_fires_every_second_exactly_once_after_the_leader_is_killed",
+        ),
+        LeaderFault::Pause => (
+            "the scheduler's leader paused (`SIGSTOP`) for its lease TTL + 5 s, then woken (fleet of 3)",
+            "fleet::a_leader_paused_past_its_lease_does_not_fire_when_it_wakes",
+        ),
+    };
+    Some(Finding {
+        promise: "every fire exactly once",
+        fault: what.to_owned(),
+        load: format!("{jobs} per-second jobs, {fires} fires checked"),
+        lost: 0,
+        duplicated,
+        missing,
+        stuck,
+        recovery: format!(
+            "the new leader's first fire {:.1} s after the fault (lease TTL {} s)",
+            failover.as_secs_f64(),
+            ClusterOptions::default().lease_ttl_secs
+        ),
+        shown_by,
+    })
+}
+
+#[derive(Default)]
+struct Tally {
+    accepted: Vec<(Instant, String)>,
+    /// When, and the answer's error code.
+    refused: Vec<(Instant, String)>,
+    other: Vec<String>,
+}
+
+/// Four senders deliver to `url` one at a time each until `stop`, counting every answer.
+fn deliver_steadily(
+    server: &Arc<TestServer>,
+    url: &str,
+    stop: &CancellationToken,
+) -> (Arc<Mutex<Tally>>, Vec<tokio::task::JoinHandle<()>>) {
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let senders = (0..4)
+        .map(|sender| {
+            let (server, url, tally, stop) = (
+                Arc::clone(server),
+                url.to_owned(),
+                Arc::clone(&tally),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.is_cancelled() {
+                    n += 1;
+                    let id = format!("{sender}-{n}");
+                    let body = json!({ "n": id }).to_string();
+                    let (status, _, answer) = server
+                        .deliver(
+                            &url,
+                            &[
+                                ("content-type", "application/json"),
+                                ("idempotency-key", &id),
+                            ],
+                            body,
+                        )
+                        .await;
+                    {
+                        let mut tally = tally.lock().unwrap();
+                        match status {
+                            StatusCode::ACCEPTED => tally.accepted.push((
+                                Instant::now(),
+                                answer["run_id"].as_str().unwrap().to_owned(),
+                            )),
+                            StatusCode::SERVICE_UNAVAILABLE => tally.refused.push((
+                                Instant::now(),
+                                answer["error"]["code"].as_str().unwrap_or("").to_owned(),
+                            )),
+                            other => tally.other.push(format!("{other}: {answer}")),
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        })
+        .collect();
+    (tally, senders)
+}
+
+/// How many acknowledged runs the server cannot show.
+async fn lost_of(server: &TestServer, accepted: &[(Instant, String)]) -> u64 {
+    let mut lost = 0;
+    for (_, run_id) in accepted {
+        let (status, _) = server
+            .call(Method::GET, &format!("/api/v1/runs/{run_id}"), None)
+            .await;
+        if status != StatusCode::OK {
+            lost += 1;
+        }
+    }
+    lost
+}
+
+async fn webhook_url(server: &TestServer, name: &str) -> String {
+    let webhook = server
+        .create_webhook(json!({
+            "name": name,
+            "prompt_template": "Look at {{payload.n}}",
+            "pool": "nowhere",
+            "rate_limit": { "per_second": 1_000_000, "burst": 1_000_000 },
+        }))
+        .await;
+    webhook["url"].as_str().unwrap().to_owned()
+}
+
+/// Waits until a delivery after `since` was accepted; how long that took.
+async fn intake_back(tally: &Mutex<Tally>, since: Instant) -> Duration {
+    let deadline = since + Duration::from_secs(30);
+    loop {
+        if tally
+            .lock()
+            .unwrap()
+            .accepted
+            .iter()
+            .any(|(when, _)| *when > since)
+        {
+            return since.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "intake did not come back within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A webhook load on one server over a PostgreSQL of its own, which is stopped as a crash
+/// would (down for `down`), started again, and later has every connection dropped at once.
+/// Deliveries wait or are refused with 503 meanwhile; any other answer is a failure.
+pub async fn postgres_outage(down: Duration) -> Option<Finding> {
+    let postgres = PrivatePostgres::start()?;
+    let server = Arc::new(
+        TestServer::builder()
+            .database_url(postgres.fresh_database().await)
+            .start()
+            .await,
+    );
+    let url = webhook_url(&server, "steady").await;
+    let stop = CancellationToken::new();
+    let (tally, senders) = deliver_steadily(&server, &url, &stop);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    postgres.stop_immediately();
+    tokio::time::sleep(down).await;
+    let up_at = Instant::now();
+    postgres.start_again();
+    let after_restart = intake_back(&tally, up_at).await;
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let dropped_at = Instant::now();
+    let dropped = postgres.drop_connections().await;
+    let after_drop = intake_back(&tally, dropped_at).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.cancel();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
+    assert!(
+        tally.other.is_empty(),
+        "only 202 or 503, got {} others, the first: {:?}",
+        tally.other.len(),
+        tally.other.first()
+    );
+    Some(Finding {
+        promise: "no acknowledged delivery lost",
+        fault: format!(
+            "PostgreSQL stopped as in a crash for {} s and started again; then its {dropped} client connections dropped at once",
+            down.as_secs()
+        ),
+        load: format!(
+            "webhook deliveries from 4 senders: {} answered 202, {} answered 503 (none otherwise)",
+            tally.accepted.len(),
+            tally.refused.len()
+        ),
+        lost: lost_of(&server, &tally.accepted).await,
+        duplicated: 0,
+        missing: 0,
+        stuck: 0,
+        recovery: format!(
+            "intake back {:.1} s after the restart, {:.2} s after the drop, without restarting Autopilot",
+            after_restart.as_secs_f64(),
+            after_drop.as_secs_f64()
+        ),
+        shown_by: "postgres_outage::deliveries_are_refused_not_lost_while_postgres_restarts_or_drops_connections",
+    })
+}
+
+/// A small tmpfs of the scenario's own, so "the disk is full" touches nothing else.
+struct SmallDisk {
+    mount: PathBuf,
+}
+
+impl SmallDisk {
+    /// Mounts `size` of tmpfs (needs root, as CI runs).
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let mount = std::env::temp_dir().join(format!("autopilot-disk-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&mount).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&mount)
+            .status();
+        match status {
+            Ok(status) if status.success() => Some(SmallDisk { mount }),
+            other => {
+                let _ = std::fs::remove_dir(&mount);
+                crate::components::missing(
+                    "a tmpfs mount (root)",
+                    &format!("run the tests as root to mount a small filesystem ({other:?})"),
+                )
+            }
+        }
+    }
+
+    /// Writes a file until the filesystem has no space left.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.mount.join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while file.write_all(&block).and_then(|_| file.sync_all()).is_ok() {}
+        while file.write_all(&[0u8; 512]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.mount)
+            .status();
+        let _ = std::fs::remove_dir(&self.mount);
+    }
+}
+
+/// `PRAGMA integrity_check` and the count of runs, read by Python's own SQLite.
+fn integrity(db: &Path) -> (String, u64) {
+    let output = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print(c.execute('PRAGMA integrity_check').fetchone()[0]); print(c.execute('SELECT COUNT(*) FROM runs').fetchone()[0])")
+        .arg(db)
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut lines = text.lines();
+    let check = lines.next().unwrap_or("no answer").to_owned();
+    let runs = lines.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    (check, runs)
+}
+
+/// The embedded SQLite store's disk fills up under a webhook load, then space returns.
+/// Deliveries must be refused with 503 naming the full disk (never half-written), and be
+/// accepted again once there is space, with every acknowledged run in an intact database.
+pub async fn disk_full(full_for: Duration) -> Option<Finding> {
+    let disk = SmallDisk::mount("24m")?;
+    let data = Arc::new(tempfile::tempdir_in(&disk.mount).unwrap());
+    let server = Arc::new(
+        TestServer::builder()
+            .sqlite()
+            .data_dir(Arc::clone(&data))
+            .start()
+            .await,
+    );
+    let url = webhook_url(&server, "full").await;
+    let stop = CancellationToken::new();
+    let (tally, senders) = deliver_steadily(&server, &url, &stop);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let filler = disk.fill();
+    let filled_at = Instant::now();
+    // The WAL may have room left from earlier writes: wait for the disk to say no.
+    let first_refusal = loop {
+        let refusal = tally
+            .lock()
+            .unwrap()
+            .refused
+            .iter()
+            .find(|(at, _)| *at > filled_at)
+            .cloned();
+        if let Some((at, code)) = refusal {
+            // The refusal names the reason. (Not every write is refused while the disk is full:
+            // one that fits in space the WAL already has goes through, and is kept.)
+            assert_eq!(code, "storage_full");
+            break at;
+        }
+        assert!(
+            filled_at.elapsed() < Duration::from_secs(30),
+            "deliveries were still accepted 30 s after the disk filled up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (health, _) = server.call(Method::GET, "/healthz", None).await;
+    assert_eq!(health, StatusCode::OK);
+    tokio::time::sleep(full_for.saturating_sub(first_refusal - filled_at)).await;
+
+    std::fs::remove_file(&filler).unwrap();
+    let freed_at = Instant::now();
+    let recovered = intake_back(&tally, freed_at).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.cancel();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
+    assert!(
+        tally.other.is_empty(),
+        "only 202 or 503, got {} others, the first: {:?}",
+        tally.other.len(),
+        tally.other.first()
+    );
+    let lost = lost_of(&server, &tally.accepted).await;
+    let server = Arc::try_unwrap(server).ok().expect("the senders are done");
+    server.stop().await.unwrap();
+    let (check, runs) = integrity(&data.path().join("autopilot.db"));
+    assert_eq!(check, "ok", "PRAGMA integrity_check");
+    // Each run stored answered 202: a refused delivery left nothing behind.
+    assert_eq!(
+        runs,
+        tally.accepted.len() as u64,
+        "runs stored against 202s"
+    );
+    Some(Finding {
+        promise: "no acknowledged delivery lost",
+        fault: format!(
+            "the disk under the embedded SQLite store full for {} s, then space freed",
+            full_for.as_secs()
+        ),
+        load: format!(
+            "webhook deliveries from 4 senders: {} answered 202, {} answered 503 `storage_full`",
+            tally.accepted.len(),
+            tally.refused.len()
+        ),
+        lost,
+        duplicated: 0,
+        missing: 0,
+        stuck: 0,
+        recovery: format!(
+            "intake back {:.2} s after space returned; `PRAGMA integrity_check` ok, no run of a refused delivery",
+            recovered.as_secs_f64()
+        ),
+        shown_by: "disk_full::a_full_disk_refuses_deliveries_with_503_loses_nothing_and_recovers",
+    })
+}

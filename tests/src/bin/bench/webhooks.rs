@@ -145,6 +145,18 @@ async fn runs_in_database(serve: &Serve) -> anyhow::Result<i64> {
     Ok(count)
 }
 
+/// Webhook runs that ran to their end (the embedded pipeline's output while the load ran).
+async fn runs_ended(serve: &Serve) -> anyhow::Result<i64> {
+    let path = serve.dir.path().join("autopilot.db");
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await?;
+    let (count,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM runs WHERE webhook_id IS NOT NULL AND status IN ('succeeded', 'failed')",
+    )
+    .fetch_one(&mut db)
+    .await?;
+    Ok(count)
+}
+
 async fn throughput(seconds: u64, runs: Runs) -> anyhow::Result<Vec<Row>> {
     Ok(throughput_of(seconds, &[], runs).await?.rows)
 }
@@ -218,7 +230,7 @@ pub async fn throughput_of(
         stored >= accepted,
         "only {stored} runs were stored for {accepted} accepted deliveries"
     );
-    let rows = vec![
+    let mut rows = vec![
         Row {
             name: format!(
                 "webhook deliveries accepted per second, durable, embedded SQLite, {} (wrk -t2 \
@@ -239,6 +251,19 @@ pub async fn throughput_of(
             target: "every accepted delivery".into(),
         },
     ];
+    if runs == Runs::Executing {
+        let ended = runs_ended(&serve).await?;
+        rows.push(Row {
+            name: "embedded pipeline: webhook runs (shell `true`) that ran to their end during \
+                   that load"
+                .into(),
+            value: format!(
+                "{ended} runs, **{:.0} runs/s**",
+                ended as f64 / summary["seconds"].as_f64().unwrap_or(1.0)
+            ),
+            target: "(reported)".into(),
+        });
+    }
     Ok(Throughput {
         rows,
         per_second,

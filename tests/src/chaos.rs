@@ -242,6 +242,105 @@ pub async fn leader_failover(fault: LeaderFault, jobs: usize, after: Duration) -
     })
 }
 
+/// Runs triggered steadily through the 3 replicas of a fleet while its NATS server is killed
+/// and, `down` later, started again on its store. Every run accepted (202) must end
+/// `succeeded`, and every process must ride it out without restarting.
+pub async fn nats_outage(down: Duration) -> Option<Finding> {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    let pids: Vec<Option<u32>> = cluster
+        .control_planes
+        .iter()
+        .chain(&cluster.workers)
+        .map(|node| node.pid())
+        .collect();
+    let apis: Vec<ApiClient> = (0..3).map(|index| cluster.api(index).clone()).collect();
+    let job = apis[0]
+        .create_job(json!({ "name": "light", "command": "true", "overlap_policy": "allow" }))
+        .await;
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    let load_for = Duration::from_secs(3) + down + Duration::from_secs(6);
+    let load = tokio::spawn(async move {
+        let (mut accepted, mut refused) = (Vec::new(), 0usize);
+        let started = Instant::now();
+        let mut index = 0usize;
+        while started.elapsed() < load_for {
+            let api = &apis[index % apis.len()];
+            index += 1;
+            let (status, body) = api
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/jobs/{job_id}/trigger"),
+                    None,
+                )
+                .await;
+            if status == StatusCode::ACCEPTED {
+                accepted.push(body["id"].as_str().unwrap().to_owned());
+            } else {
+                refused += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (accepted, refused)
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.nats.kill();
+    tokio::time::sleep(down).await;
+    cluster.nats.restart().await.expect("nats-server back");
+    let back_at = Utc::now();
+    let (accepted, refused) = load.await.unwrap();
+    assert!(accepted.len() > 100, "{} accepted", accepted.len());
+
+    let api = cluster.api(0).clone();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut stuck, mut last_end) = (0u64, back_at);
+    for run_id in &accepted {
+        let run = loop {
+            let run = api.run(run_id).await;
+            if is_terminal(&run) || Instant::now() > deadline {
+                break run;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if run["status"] != "succeeded" {
+            stuck += 1;
+            if stuck <= 3 {
+                eprintln!("an acknowledged run did not succeed: {run}");
+            }
+        }
+        if let Some(ended) = time_of(&run, "finished_at") {
+            last_end = last_end.max(ended);
+        }
+    }
+    // Rode it out: the same processes, still running.
+    let now: Vec<Option<u32>> = cluster
+        .control_planes
+        .iter_mut()
+        .chain(cluster.workers.iter_mut())
+        .map(|node| node.is_running().then(|| node.pid()).flatten())
+        .collect();
+    assert_eq!(now, pids, "no process restarted or died");
+    Some(Finding {
+        promise: "no acknowledged run lost",
+        fault: format!(
+            "NATS killed for {} s, then started again on its store (fleet of 3 control planes, 3 workers)",
+            down.as_secs()
+        ),
+        load: format!(
+            "manual runs through the 3 replicas, one per 20 ms: {} answered 202, {refused} refused",
+            accepted.len()
+        ),
+        lost: 0,
+        duplicated: 0,
+        missing: 0,
+        stuck,
+        recovery: format!(
+            "every acknowledged run `succeeded`, the last {:.1} s after NATS was back; no process restarted",
+            (last_end - back_at).to_std().unwrap_or_default().as_secs_f64()
+        ),
+        shown_by: "fleet::nothing_acknowledged_is_lost_when_nats_restarts_under_load",
+    })
+}
+
 #[derive(Default)]
 struct Tally {
     accepted: Vec<(Instant, String)>,

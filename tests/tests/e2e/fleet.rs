@@ -33,7 +33,6 @@ async fn trigger(api: &ApiClient, job_id: &str) -> (StatusCode, Value) {
     .await
 }
 
-/// Every run of the job, however many.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_replica_serves_and_follows_runs_that_workers_execute() {
     let Some(mut cluster) = Cluster::start(ClusterOptions::default()).await else {
@@ -238,88 +237,14 @@ async fn a_killed_worker_s_run_is_lost_in_time_and_runs_again_where_its_job_allo
     }
 }
 
+/// The scenario is `autopilot_tests::chaos::nats_outage`; `bench chaos` holds NATS down longer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_acknowledged_is_lost_when_nats_restarts_under_load() {
-    let Some(mut cluster) = Cluster::start(ClusterOptions::default()).await else {
+    let Some(finding) = chaos::nats_outage(Duration::from_secs(3)).await else {
         return;
     };
-    let pids: Vec<Option<u32>> = cluster
-        .control_planes
-        .iter()
-        .chain(&cluster.workers)
-        .map(|node| node.pid())
-        .collect();
-    let apis: Vec<ApiClient> = (0..3).map(|index| cluster.api(index).clone()).collect();
-    let job_id = shell_job(&apis[0], "light", "true").await;
-    let load = tokio::spawn(async move {
-        let mut accepted = Vec::new();
-        let mut refused = 0usize;
-        let started = Instant::now();
-        let mut index = 0usize;
-        while started.elapsed() < Duration::from_secs(12) {
-            let api = &apis[index % apis.len()];
-            index += 1;
-            let (status, body) = trigger(api, &job_id).await;
-            if status == StatusCode::ACCEPTED {
-                accepted.push(body["id"].as_str().unwrap().to_owned());
-            } else {
-                refused += 1;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        (accepted, refused)
-    });
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    cluster.nats.kill();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    cluster.nats.restart().await.expect("nats-server back");
-    let (accepted, refused) = load.await.unwrap();
-    assert!(accepted.len() > 100, "{} accepted", accepted.len());
-    eprintln!(
-        "{} runs accepted, {refused} refused during the NATS restart",
-        accepted.len()
-    );
-
-    let api = cluster.api(0).clone();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for run_id in &accepted {
-        let run = loop {
-            let run = api.run(run_id).await;
-            if is_terminal(&run) || Instant::now() > deadline {
-                break run;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        assert_eq!(
-            run["status"],
-            "succeeded",
-            "an acknowledged run did not complete: {run}\n{}",
-            cluster.logs()
-        );
-    }
-    // Recovered by itself: the same processes, still running.
-    let now: Vec<Option<u32>> = cluster
-        .control_planes
-        .iter_mut()
-        .chain(cluster.workers.iter_mut())
-        .map(|node| node.is_running().then(|| node.pid()).flatten())
-        .collect();
-    assert_eq!(now, pids, "no process restarted or died");
-    // How the outage shows in the metrics: requests the bus refused while it was away. Not
-    // asserted: a publish made just as NATS went away can wait in the client and go through
-    // once it is back, so under load the outage may be absorbed with nothing refused.
-    let mut refused_by_the_bus = 0.0;
-    for index in 0..cluster.control_planes.len() {
-        let text = reqwest::get(format!("{}/metrics", cluster.api(index).base_url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        refused_by_the_bus +=
-            crate::metrics::sample(&text, "autopilot_bus_publish_errors_total", &[]).unwrap_or(0.0);
-    }
-    eprintln!("{refused_by_the_bus} publishes refused by the bus during the outage");
+    eprintln!("{}", finding.row());
+    assert!(finding.held(), "{finding:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,8 @@ pub async fn run(seconds: u64, write: bool) -> anyhow::Result<()> {
     for fault in [LeaderFault::Kill, LeaderFault::Pause] {
         findings.extend(chaos::leader_failover(fault, 50, long).await);
     }
+    eprintln!("chaos: NATS down for {seconds} s under a run load…");
+    findings.extend(chaos::nats_outage(long).await);
     eprintln!("chaos: PostgreSQL down for {seconds} s under webhook load…");
     findings.extend(chaos::postgres_outage(long).await);
     eprintln!("chaos: the SQLite disk full for {seconds} s under webhook load…");

@@ -25,8 +25,8 @@
 # nightly compiler. The coverage instrumentation works on stable Rust.
 set -euo pipefail
 
-repo=$(cd "$(dirname "$0")/.." && pwd)
-fuzz_dir="$repo/fuzz"
+# The fuzz crate is where this script is.
+fuzz_dir=$(cd "$(dirname "$0")" && pwd)
 seconds=${1:-60}
 shift || true
 if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -lt 1 ]; then

@@ -266,11 +266,17 @@ pub struct TokenUsage {
 }
 
 impl TokenUsage {
+    /// Adds `other`'s counts, saturating: the counts come from outside (the CLI's output, the
+    /// model API's stream, a worker's report), and absurd ones must not overflow.
     pub fn add(&mut self, other: &TokenUsage) {
-        self.input_tokens += other.input_tokens;
-        self.output_tokens += other.output_tokens;
-        self.cache_read_tokens += other.cache_read_tokens;
-        self.cache_write_tokens += other.cache_write_tokens;
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+        self.cache_read_tokens = self
+            .cache_read_tokens
+            .saturating_add(other.cache_read_tokens);
+        self.cache_write_tokens = self
+            .cache_write_tokens
+            .saturating_add(other.cache_write_tokens);
     }
 }
 
@@ -321,6 +327,26 @@ impl RunOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found with the fuzz target `stream_json` (`fuzz/`): two messages of the CLI's output
+    /// reporting `u64::MAX` and 1 input tokens overflowed the run's total (a panic with overflow
+    /// checks, a wrapped count without).
+    #[test]
+    fn usage_totals_saturate() {
+        let mut total = TokenUsage {
+            input_tokens: u64::MAX,
+            ..TokenUsage::default()
+        };
+        let one = TokenUsage {
+            input_tokens: 1,
+            output_tokens: 1,
+            cache_read_tokens: 1,
+            cache_write_tokens: 1,
+        };
+        total.add(&one);
+        assert_eq!(total.input_tokens, u64::MAX);
+        assert_eq!(total.output_tokens, 1);
+    }
 
     #[test]
     fn terminal_states_cannot_move() {

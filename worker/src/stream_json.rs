@@ -103,7 +103,7 @@ impl StreamParser {
                     }
                     events.push((
                         EventKind::AssistantText,
-                        json!({ "message_id": message_id, "text": cap_string(text) }),
+                        capped(json!({ "message_id": message_id, "text": text })),
                     ));
                 }
                 Some("thinking") => {
@@ -113,7 +113,7 @@ impl StreamParser {
                         .unwrap_or_default();
                     events.push((
                         EventKind::Thinking,
-                        json!({ "message_id": message_id, "text": cap_string(thinking) }),
+                        capped(json!({ "message_id": message_id, "text": thinking })),
                     ));
                 }
                 Some("tool_use") => events.push((
@@ -211,7 +211,7 @@ impl StreamParser {
         if let Some(reason) = stop_reason {
             data["stop_reason"] = json!(reason);
         }
-        vec![(EventKind::Usage, data)]
+        vec![(EventKind::Usage, capped(data))]
     }
 
     fn result_events(&mut self, object: Map<String, Value>) -> Vec<(EventKind, Value)> {
@@ -558,6 +558,40 @@ mod tests {
         let long = "é".repeat(MAX_EVENT_STRING_BYTES);
         let cut = cap_string(&long);
         assert!(cut.len() < long.len() && cut.contains("more bytes not kept"));
+    }
+
+    /// Found by fuzzing (`fuzz/`, target `stream_json`): a message id of 80 KB was kept whole in
+    /// the message's text and usage events; the model and stop reason were not cut either.
+    #[test]
+    fn ids_and_models_are_cut_like_every_other_string() {
+        let long = "x".repeat(2 * MAX_EVENT_STRING_BYTES);
+        let line = json!({
+            "type": "assistant",
+            "message": {
+                "id": long,
+                "model": long,
+                "stop_reason": long,
+                "content": [{ "type": "text", "text": "hi" }, { "type": "thinking", "thinking": "hm" }],
+                "usage": { "input_tokens": 1 },
+            },
+        });
+        let events = StreamParser::new().parse_stdout(&line.to_string());
+        let kinds: Vec<EventKind> = events.iter().map(|(kind, _)| *kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                EventKind::AssistantText,
+                EventKind::Thinking,
+                EventKind::Usage
+            ]
+        );
+        for (_, data) in &events {
+            for key in ["message_id", "model", "stop_reason"] {
+                if let Some(text) = data.get(key).and_then(Value::as_str) {
+                    assert!(text.len() < MAX_EVENT_STRING_BYTES + 64, "{key} kept whole");
+                }
+            }
+        }
     }
 
     fn fixture(name: &str) -> String {

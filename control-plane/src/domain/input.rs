@@ -78,9 +78,12 @@ fn invalid<T: JsonSchema>(path: String, message: String) -> InputError {
     }
 }
 
-/// The text between `prefix` and the next backtick.
+/// The name quoted after `prefix`: up to serde's "`, expected …" (or "`, there are no fields"),
+/// else to the last backtick, since a client's field name may hold backticks itself.
 fn quoted_after<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {
-    message.strip_prefix(prefix)?.split('`').next()
+    let rest = message.strip_prefix(prefix)?;
+    let end = rest.find("`, ").or_else(|| rest.rfind('`'))?;
+    rest.get(..end)
 }
 
 fn is_path(text: &str) -> bool {
@@ -187,6 +190,16 @@ mod tests {
         for known in ["`name`", "`max_turns`", "`sandbox`"] {
             assert!(message.contains(known), "{known} in {message}");
         }
+    }
+
+    /// Found by fuzzing (`fuzz/`, target `mcp_tool_args`): an unknown field named `` `pool ``
+    /// was blamed as `` (the name was cut at its own backtick).
+    #[test]
+    fn an_unknown_field_with_a_backtick_in_its_name_is_named_whole() {
+        let (field, _) = invalid(json!({ "name": "a", "`pool": "gpu" }));
+        assert_eq!(field, "`pool");
+        let (field, _) = invalid(json!({ "name": "a", "a`b`": 1 }));
+        assert_eq!(field, "a`b`");
     }
 
     #[test]

@@ -45,56 +45,79 @@ fn parser() -> CronParser {
 pub fn parse_cron(expr: &str) -> Result<Cron, CronSyntaxError> {
     let trimmed = expr.trim();
     let fields: Vec<&str> = trimmed.split_whitespace().collect();
-    let example =
-        "examples: `0 9 * * 1-5` (09:00 on weekdays), `*/10 * * * * *` (every 10 seconds)";
     if trimmed.is_empty() {
         return Err(CronSyntaxError {
-            message: format!("the cron expression is empty; {example}"),
+            message: format!("the cron expression is empty; {EXAMPLES}"),
         });
     }
-    if !trimmed.starts_with('@') && !(5..=6).contains(&fields.len()) {
+    let is_alias = trimmed.starts_with('@');
+    if !is_alias && !(5..=6).contains(&fields.len()) {
         return Err(CronSyntaxError {
             message: format!(
                 "`{trimmed}` has {} field(s); a cron expression has 5 (minute hour day-of-month month day-of-week) \
-                 or 6 (with seconds first); {example}",
+                 or 6 (with seconds first); {EXAMPLES}",
                 fields.len()
             ),
         });
+    }
+    // croner skips the empty items of a list, so a field such as `,` or `5,` would parse and
+    // allow no value at all: the expression would never fire, and every search for its next fire
+    // would run to croner's last year (seconds of CPU, in the scheduler's loop too).
+    let empty_item = fields
+        .iter()
+        .position(|field| field.split(',').any(str::is_empty));
+    if let Some(index) = empty_item.filter(|_| !is_alias) {
+        return Err(field_error(
+            trimmed,
+            &fields,
+            index,
+            "a list has an empty item",
+        ));
     }
     let whole_error = match parser().parse(trimmed) {
         Ok(cron) => return Ok(cron),
         Err(err) => err.to_string(),
     };
-    if trimmed.starts_with('@') {
+    if is_alias {
         return Err(CronSyntaxError {
             message: format!("`{trimmed}` is not a known alias (@yearly, @monthly, @weekly, @daily, @hourly): {whole_error}"),
         });
     }
     // Find the culprit: test each field alone, with every other field a wildcard.
-    let offset = 6 - fields.len();
-    for (index, field) in fields.iter().enumerate() {
+    for index in 0..fields.len() {
         let probe: Vec<&str> = fields
             .iter()
             .enumerate()
             .map(|(i, f)| if i == index { *f } else { "*" })
             .collect();
         if let Err(err) = parser().parse(&probe.join(" ")) {
-            let name = FIELD_NAMES[index + offset];
-            let range = FIELD_RANGES[index + offset];
-            let column = fields[..index].iter().map(|f| f.len() + 1).sum::<usize>();
-            return Err(CronSyntaxError {
-                message: format!(
-                    "invalid cron expression: field {} ({name}) `{field}` is not valid ({err}); {name} takes {range}, \
-                     `*`, lists `a,b`, ranges `a-b` and steps `*/n`\n  {trimmed}\n  {}^\n{example}",
-                    index + 1,
-                    " ".repeat(column)
-                ),
-            });
+            return Err(field_error(trimmed, &fields, index, &err.to_string()));
         }
     }
     Err(CronSyntaxError {
-        message: format!("invalid cron expression `{trimmed}`: {whole_error}; {example}"),
+        message: format!("invalid cron expression `{trimmed}`: {whole_error}; {EXAMPLES}"),
     })
+}
+
+const EXAMPLES: &str =
+    "examples: `0 9 * * 1-5` (09:00 on weekdays), `*/10 * * * * *` (every 10 seconds)";
+
+/// The error for field `index` of a 5- or 6-field expression: its name, what it takes, and a
+/// caret under it.
+fn field_error(trimmed: &str, fields: &[&str], index: usize, why: &str) -> CronSyntaxError {
+    let offset = 6 - fields.len();
+    let name = FIELD_NAMES[index + offset];
+    let range = FIELD_RANGES[index + offset];
+    let column = fields[..index].iter().map(|f| f.len() + 1).sum::<usize>();
+    CronSyntaxError {
+        message: format!(
+            "invalid cron expression: field {} ({name}) `{}` is not valid ({why}); {name} takes {range}, \
+             `*`, lists `a,b`, ranges `a-b` and steps `*/n`\n  {trimmed}\n  {}^\n{EXAMPLES}",
+            index + 1,
+            fields[index],
+            " ".repeat(column)
+        ),
+    }
 }
 
 /// Parses an IANA time zone name.
@@ -185,6 +208,23 @@ mod tests {
         assert!(err.contains("3 field(s)"), "{err}");
         let err = parse_cron("0 0 9 * * MON-XYZ").unwrap_err().message;
         assert!(err.contains("day of week"), "{err}");
+    }
+
+    /// Found by fuzzing (`fuzz/`, target `schedule`): `* , * * * 0` parsed (croner skips empty
+    /// list items, so the minute allowed no value) and each search for its next fire took 11 s.
+    #[test]
+    fn a_list_with_an_empty_item_is_refused_at_once() {
+        for (expression, field) in [
+            ("* , * * * 0", "field 2 (minute) `,`"),
+            ("0 , * * *", "field 2 (hour) `,`"),
+            ("0 9 1,,15 * *", "field 3 (day of month) `1,,15`"),
+            ("0 9 * * 1,", "field 5 (day of week) `1,`"),
+        ] {
+            let err = parse_cron(expression).unwrap_err().message;
+            assert!(err.contains(field), "{expression}: {err}");
+            assert!(err.contains("empty item"), "{expression}: {err}");
+        }
+        assert!(parse_cron("0 9 1,15 * MON,FRI").is_ok());
     }
 
     #[test]

@@ -404,6 +404,15 @@ fn tools(field: &str, names: Vec<String>) -> ServiceResult<Vec<String>> {
             ));
         }
         let tool = autopilot_worker::command::normalise_tool_name(name);
+        // The stored name is checked again whenever the record is updated: it must pass too
+        // (`server:tool` grows by 6 bytes as `mcp__server__tool`).
+        if tool.len() > 200 {
+            return Err(ServiceError::invalid(
+                format!("{field}.{index}"),
+                "a tool name must be 1 to 200 characters, as Claude Code names it \
+                 (`server:tool` counts as `mcp__server__tool`)",
+            ));
+        }
         if !normalised.contains(&tool) {
             normalised.push(tool);
         }
@@ -441,6 +450,33 @@ mod tests {
             Err(ServiceError::Invalid { field, .. }) => field,
             other => panic!("expected an invalid field, got {other:?}"),
         }
+    }
+
+    /// Found by fuzzing (`fuzz/`, target `mcp_tool_args`): `github:…` of 196 characters passed,
+    /// was stored as `mcp__github__…` of 202, and every later update of the record was refused
+    /// for a tool name it did not change.
+    #[test]
+    fn tool_names_are_checked_as_they_are_stored() {
+        let name = format!("github:{}", "x".repeat(190));
+        let input = || RunSettingsInput {
+            allowed_tools: Some(vec!["Read".into(), name.clone()]),
+            ..Default::default()
+        };
+        assert_eq!(
+            field_of(resolve(input(), JobKind::Claude)),
+            "allowed_tools.1"
+        );
+        let short = format!("github:{}", "x".repeat(180));
+        let stored = resolve(
+            RunSettingsInput {
+                allowed_tools: Some(vec![short]),
+                ..Default::default()
+            },
+            JobKind::Claude,
+        )
+        .unwrap();
+        let again = resolve(RunSettingsInput::from(&stored), JobKind::Claude).unwrap();
+        assert_eq!(again.allowed_tools, stored.allowed_tools);
     }
 
     #[test]

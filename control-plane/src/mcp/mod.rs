@@ -9,6 +9,10 @@ mod auth;
 pub mod stdio;
 mod tools;
 
+/// For the fuzz targets (`fuzz/`): a tool call's arguments read and checked like the tools do.
+#[doc(hidden)]
+pub use tools::fuzzing;
+
 use std::borrow::Cow;
 use std::sync::Arc;
 

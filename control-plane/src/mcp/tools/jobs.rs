@@ -19,7 +19,7 @@ use crate::services::jobs::{
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct JobRef {
+pub(super) struct JobRef {
     /// The job's id (UUID) or its unique name.
     job: String,
 }
@@ -37,7 +37,7 @@ struct UpdateJobArgs {
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct TriggerArgs {
+pub(super) struct TriggerArgs {
     /// The job's id (UUID) or its unique name.
     job: String,
     /// Wait for the run to end and return its result, status, tokens and cost (bounded by

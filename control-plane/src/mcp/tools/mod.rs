@@ -6,6 +6,8 @@
 //! This module holds what the groups share: the definitions, the dispatch, scope checks, and
 //! how results and failures are written for the model.
 
+#[doc(hidden)]
+pub mod fuzzing;
 mod jobs;
 mod runs;
 mod server;

@@ -29,7 +29,7 @@ const MAX_EVENTS_PAGE: u32 = 1000;
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ListRunsArgs {
+pub(super) struct ListRunsArgs {
     /// Only runs of this job (id or name).
     #[serde(default)]
     job: Option<String>,
@@ -54,9 +54,9 @@ fn default_runs_limit() -> u32 {
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct GetRunArgs {
+pub(super) struct GetRunArgs {
     /// The run id (UUID).
-    run_id: String,
+    pub(super) run_id: String,
     /// Only events after this sequence number; pass the previous page's `next_after_seq`.
     #[serde(default)]
     after_seq: i64,
@@ -71,9 +71,9 @@ fn default_events_limit() -> u32 {
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RunRef {
+pub(super) struct RunRef {
     /// The run id (UUID).
-    run_id: String,
+    pub(super) run_id: String,
 }
 
 /// Schema of `quick_run`: the service's `QuickRunInput`, and `wait`.

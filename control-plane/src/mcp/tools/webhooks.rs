@@ -34,7 +34,7 @@ struct UpdateWebhookArgs {
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct WebhookRef {
+pub(super) struct WebhookRef {
     /// The webhook's id (UUID) or its unique name.
     webhook: String,
 }
@@ -51,10 +51,10 @@ struct RotateArgs {
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ReplayArgs {
+pub(super) struct ReplayArgs {
     /// A run started by a webhook delivery: its stored payload starts a new run through the
     /// webhook's current settings.
-    run_id: String,
+    pub(super) run_id: String,
     /// Wait for the new run to end and return its result. Default false.
     #[serde(default)]
     wait: bool,

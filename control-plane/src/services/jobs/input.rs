@@ -98,7 +98,7 @@ pub struct JobPatch {
 
 /// Checks a whole job description and builds the job. `existing` supplies the id, counters and
 /// creation time on update.
-pub(super) fn validate(
+pub(crate) fn validate(
     input: JobInput,
     existing: Option<&Job>,
     now: DateTime<Utc>,
@@ -195,7 +195,7 @@ pub(super) fn validate(
 }
 
 /// The input that describes `job` with `patch` applied, so it can be checked as a whole.
-pub(super) fn apply(job: &Job, patch: JobPatch) -> JobInput {
+pub(crate) fn apply(job: &Job, patch: JobPatch) -> JobInput {
     let (schedule, at) = match &job.schedule {
         Schedule::Cron(expr) => (Some(expr.clone()), None),
         Schedule::At(at) => (None, Some(*at)),

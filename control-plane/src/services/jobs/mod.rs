@@ -4,6 +4,8 @@ mod input;
 mod view;
 
 pub use input::{JobInput, JobPatch, DEFAULT_MISFIRE_CAP};
+// The MCP tools' fuzz entry point checks arguments as a create or an update would.
+pub(crate) use input::{apply, validate};
 pub use view::JobView;
 
 use autopilot_proto::{JobId, Trigger};

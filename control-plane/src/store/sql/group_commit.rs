@@ -4,9 +4,10 @@
 //! With `synchronous=FULL` every commit waits for the WAL to reach the disk (about 2 ms here),
 //! and SQLite has one writer. Committing each write on its own would cap the store at a few
 //! hundred writes a second, and a burst of short runs (a claim and an end each) would crowd the
-//! webhook deliveries out. So the writer keeps one transaction open while writers are queued:
+//! webhook deliveries out. So a transaction takes the writers that were queued when it began:
 //! each write runs in a savepoint of it (a write that fails is rolled back alone), and the last
-//! writer of the queue commits for everyone. A write is answered only once the commit that holds
+//! of them commits for all (or the last one queued, if fewer came; at most `MAX_OPEN` after it
+//! began). Writers arriving meanwhile go in the next transaction. A write is answered only once the commit that holds
 //! it has returned, so "written" still means "on disk".
 //!
 //! A write's future may be dropped at any point (a client that went away); the next writer
@@ -24,8 +25,7 @@ use tokio::time::Instant;
 
 /// Most writes in one transaction.
 const MAX_WRITES: usize = 512;
-/// Longest a transaction stays open for writers still arriving: about one sync to disk, so a
-/// write waits at most about two for its commit however busy the writer is.
+/// Longest a transaction stays open, whatever else: about one sync to disk.
 const MAX_OPEN: Duration = Duration::from_millis(2);
 /// How long a write waits for its commit before it commits itself (the writers that were
 /// queued behind it went away without committing).
@@ -111,6 +111,10 @@ struct Slot {
 struct Open {
     since: Instant,
     writes: usize,
+    /// Writers queued when the transaction began (this one among them): it commits once they
+    /// have all written, so a writer arriving later waits for the next, not for this one to
+    /// fill up.
+    expected: usize,
 }
 
 const SAVEPOINT: &str = "SAVEPOINT write";
@@ -145,6 +149,7 @@ impl Writer {
             slot.open = Some(Open {
                 since: Instant::now(),
                 writes: 0,
+                expected: self.queued.load(Ordering::Acquire).max(1),
             });
         }
         sqlx::query(SAVEPOINT).execute(&mut slot.conn).await?;
@@ -280,7 +285,7 @@ impl Write<'_> {
             .as_mut()
             .expect("a write runs in an open transaction");
         open.writes += 1;
-        let full = open.writes >= MAX_WRITES || open.since.elapsed() >= MAX_OPEN;
+        let full = open.writes >= open.expected.min(MAX_WRITES) || open.since.elapsed() >= MAX_OPEN;
         // This writer is done with the connection: any other still counted is queued for it.
         self.queued.leave();
         let others = self.writer.queued.load(Ordering::Acquire);

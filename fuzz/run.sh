@@ -15,10 +15,12 @@
 #   fuzz/artifacts/TARGET/crash-…   replay it: "$CARGO_TARGET_DIR"/x86_64-unknown-linux-gnu/release/TARGET FILE
 #
 # Corpora: fuzz/corpus/TARGET holds the committed seeds (small, written by hand, meaningful);
-# they are only read. What a run discovers goes to the cache (CORPUS_DIR below), so it grows
-# from run to run on one machine without churning the repository. To keep a find, minimise it
-# into the seeds: cargo fuzz cmin --fuzz-dir fuzz -s none TARGET fuzz/corpus/TARGET (after
-# copying it there), and commit the few files that remain.
+# they are only read. Runs of a minute or more per target also read and grow a corpus kept in
+# the cache ($AUTOPILOT_CACHE_DIR/fuzz-corpus/TARGET), so long runs build on each other on one
+# machine without churning the repository. Shorter runs (the test suite's) start from the seeds
+# alone: libFuzzer first replays every input it is given, and a grown corpus would make a 5 s
+# run take minutes. To keep a find, copy it into the seeds and minimise them:
+# cargo fuzz cmin --fuzz-dir fuzz -s none TARGET fuzz/corpus/TARGET, then commit what remains.
 #
 # Built without a sanitizer (`-s none`): the project's own code has no `unsafe` (the workspace
 # denies it), what is sought is panics, hangs and broken properties, and AddressSanitizer needs a
@@ -87,13 +89,17 @@ bin_dir="$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release"
 failed=()
 rows=()
 for target in "${targets[@]}"; do
-  work="$corpus_dir/$target"
+  if [ "$seconds" -ge 60 ]; then
+    work="$corpus_dir/$target"
+  else
+    work=$(mktemp -d "${TMPDIR:-/tmp}/autopilot-fuzz-$target.XXXXXX")
+  fi
   seeds="$fuzz_dir/corpus/$target"
   artifacts="$fuzz_dir/artifacts/$target"
   log="$log_dir/$target.log"
   mkdir -p "$work" "$artifacts"
-  # What runs find only grows; past a few thousand inputs, keep only those that add coverage, so
-  # short runs do not spend their seconds re-reading it.
+  # What long runs find only grows; past a few thousand inputs, keep only those that add
+  # coverage, so a run does not spend its first minutes re-reading it.
   if [ "$(find "$work" -type f | wc -l)" -gt "$max_work_corpus" ]; then
     echo "minimising $work"
     rm -rf "$work.min" && mkdir -p "$work.min"
@@ -106,6 +112,7 @@ for target in "${targets[@]}"; do
   before=$(mktemp)
   echo "=== $target: ${seconds} s ==="
   status=0
+  started=$SECONDS
   # The outer limit only guards against libFuzzer itself never returning.
   RUST_BACKTRACE=1 timeout --kill-after=10 $((seconds + per_input_timeout_secs + 60)) \
     "$bin_dir/$target" "$work" "$seeds" "${dict[@]}" \
@@ -121,6 +128,7 @@ for target in "${targets[@]}"; do
   corpus=$(sed -E -n 's/.*corp: ([0-9]+)\/.*/\1/p' <<<"$last")
   found=$(find "$artifacts" -type f -newer "$before" | sort)
   rm -f "$before"
+  if [ "$seconds" -lt 60 ]; then rm -rf "$work"; fi
   if [ "$status" -eq 0 ] && [ -z "$found" ]; then
     result="no crash, no timeout"
   else
@@ -134,8 +142,9 @@ for target in "${targets[@]}"; do
       echo "  replay: $bin_dir/$target $file"
     done
   fi
-  echo "$target: ${execs:-?} executions in ${seconds} s (${rate:-?}/s), corpus ${corpus:-?} inputs" \
-    "($(find "$seeds" -type f | wc -l) committed seeds), $result; log: $log"
+  echo "$target: ${execs:-?} executions in ${seconds} s (${rate:-?}/s; $((SECONDS - started)) s" \
+    "with start-up), corpus ${corpus:-?} inputs ($(find "$seeds" -type f | wc -l) committed" \
+    "seeds), $result; log: $log"
   rows+=("| $target | $seconds | ${execs:-?} | ${rate:-?} | ${corpus:-?} | $result |")
 done
 

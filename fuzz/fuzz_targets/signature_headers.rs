@@ -49,7 +49,10 @@ fuzz_target!(|data: &[u8]| {
     let result = verify(&scheme, secret, &header_map(&sent), body, now, tolerance);
     let expected = sign(&scheme, secret, body, now);
     if let Err(error) = &result {
-        let text = error.to_string();
+        // Messages name the configured header, which is the webhook owner's text, not the MAC.
+        let text = error
+            .to_string()
+            .replace(&scheme.signature_header(), "HEADER");
         assert!(!text.is_empty());
         let mac = expected_mac_hex(&scheme, &expected);
         assert!(!text.contains(&mac), "a refusal shows the MAC: {text}");

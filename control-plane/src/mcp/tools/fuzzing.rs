@@ -1,10 +1,10 @@
 //! The entry point of the fuzz target `mcp_tool_args` (`fuzz/`), not an API: a tool call's
-//! arguments read the way the tool reads them (the same argument types, [`parse`],
-//! [`take_string`], [`take_wait`], [`parse_run_id`]), then put through every check the call
-//! makes before it needs the store. A job described by `create_job` or `update_job` is checked
-//! whole, as the service checks it; a webhook's description is only read here, because its
-//! checks look its job up in the store (the template and signature parsers it relies on have
-//! fuzz targets of their own).
+//! arguments read the way the tool reads them (the same argument types, `parse`, `take_string`,
+//! `take_wait`, `parse_run_id`), then put through the checks of the services they reach that
+//! need no store: a job described by `create_job` or `update_job` is checked whole, as the
+//! service checks it; `preview_schedule` computes its fires; `quick_run` resolves its run
+//! settings. A webhook's description is only read, because its checks look its job up in the
+//! store (the template and signature parsers it relies on have fuzz targets of their own).
 
 use chrono::Utc;
 use rmcp::model::{CallToolResult, JsonObject};

@@ -5,7 +5,7 @@
 # checks), starts a throwaway PostgreSQL and a throwaway nats-server with JetStream, builds the
 # images, then runs fmt, clippy, the chart's offline checks and every test (the end-to-end
 # servers on PostgreSQL), then the API, MCP, OAuth and webhook end-to-end tests again on SQLite,
-# then every fuzz target for a few seconds (fuzz/run.sh).
+# then every fuzz target for a few seconds (tests/fuzz/run.sh).
 # Caches live under /var/cache/autopilot (CARGO_TARGET_DIR, the CLI, the conformance suite,
 # nats-server, cargo-fuzz with its own target directory and corpora) so reruns are fast.
 set -euo pipefail
@@ -187,13 +187,13 @@ AUTOPILOT_TEST_STORE=sqlite cargo test --workspace -- \
 echo "=== pass 2 (SQLite) took $((SECONDS - pass_start)) s ==="
 
 # --- Fuzzing, short form -----------------------------------------------------------------------
-# The fuzz crate (fuzz/, a workspace of its own, built by cargo-fuzz into its own target
+# The fuzz crate (tests/fuzz/, a workspace of its own, built by cargo-fuzz into its own target
 # directory) is formatted and linted like the rest; then every fuzz target runs for a few seconds
 # over its committed seeds and what earlier runs on this machine found. A crash, a hang or a
-# failed build fails the suite. `bash fuzz/run.sh 300` fuzzes longer.
+# failed build fails the suite. `bash tests/fuzz/run.sh 300` fuzzes longer.
 fuzz_target_dir=${AUTOPILOT_FUZZ_TARGET_DIR:-$cache/target-fuzz}
-cargo fmt --manifest-path fuzz/Cargo.toml -- --check
-CARGO_TARGET_DIR=$fuzz_target_dir cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
+cargo fmt --manifest-path tests/fuzz/Cargo.toml -- --check
+CARGO_TARGET_DIR=$fuzz_target_dir cargo clippy --manifest-path tests/fuzz/Cargo.toml --all-targets -- -D warnings
 pass_start=$SECONDS
-AUTOPILOT_FUZZ_TARGET_DIR=$fuzz_target_dir bash "$repo/fuzz/run.sh" 5
+AUTOPILOT_FUZZ_TARGET_DIR=$fuzz_target_dir bash "$repo/tests/fuzz/run.sh" 5
 echo "=== fuzzing (every target, 5 s each) took $((SECONDS - pass_start)) s ==="

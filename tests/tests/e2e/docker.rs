@@ -373,7 +373,13 @@ async fn a_fork_bomb_hits_the_process_limit() {
     )
     .await;
     let text = output_text(&events);
-    assert_eq!(run["status"], "timed_out", "{run}");
+    // Usually the timeout ends it; but when the box is full at the moment the script's own shell
+    // forks, that shell stops with code 2 ("Cannot fork") and the run fails first. Either way
+    // the run ended and the limit is what stopped the bomb.
+    assert!(
+        run["status"] == "timed_out" || (run["status"] == "failed" && run["exit_code"] == 2),
+        "{run}"
+    );
     assert!(
         text.contains("Cannot fork") || text.contains("Resource temporarily unavailable"),
         "the limit never bit: {text}"

@@ -4,7 +4,7 @@
 # OAuth requests, access tokens and the worker protocol's messages (one target each, in
 # fuzz/fuzz_targets/; each file says what its input is and which properties it checks).
 #
-#   bash fuzz/run.sh [SECONDS-PER-TARGET] [TARGET ...]     (default: 60 s, every target)
+#   bash tests/fuzz/run.sh [SECONDS-PER-TARGET] [TARGET ...]     (default: 60 s, every target)
 #
 # Installs cargo-fuzz if missing (pinned, under the cache), builds every target, runs each for
 # the given time and prints, per target, its executions, executions per second, corpus size and
@@ -12,15 +12,15 @@
 # than its limit: a hang) or an out-of-memory, then one Markdown table row per target. Exits
 # non-zero if any target found one, printing the reproducer's path:
 #
-#   fuzz/artifacts/TARGET/crash-…   replay it: "$CARGO_TARGET_DIR"/x86_64-unknown-linux-gnu/release/TARGET FILE
+#   tests/fuzz/artifacts/TARGET/crash-…   replay it: "$CARGO_TARGET_DIR"/x86_64-unknown-linux-gnu/release/TARGET FILE
 #
-# Corpora: fuzz/corpus/TARGET holds the committed seeds (small, written by hand, meaningful);
+# Corpora: tests/fuzz/corpus/TARGET holds the committed seeds (small, written by hand, meaningful);
 # they are only read. Runs of a minute or more per target also read and grow a corpus kept in
 # the cache ($AUTOPILOT_CACHE_DIR/fuzz-corpus/TARGET), so long runs build on each other on one
 # machine without churning the repository. Shorter runs (the test suite's) start from the seeds
 # alone: libFuzzer first replays every input it is given, and a grown corpus would make a 5 s
 # run take minutes. To keep a find, copy it into the seeds and minimise them:
-# cargo fuzz cmin --fuzz-dir fuzz -s none TARGET fuzz/corpus/TARGET, then commit what remains.
+# cargo fuzz cmin --fuzz-dir tests/fuzz -s none TARGET tests/fuzz/corpus/TARGET, then commit what remains.
 #
 # Built without a sanitizer (`-s none`): the project's own code has no `unsafe` (the workspace
 # denies it), what is sought is panics, hangs and broken properties, and AddressSanitizer needs a
@@ -32,7 +32,7 @@ fuzz_dir=$(cd "$(dirname "$0")" && pwd)
 seconds=${1:-60}
 shift || true
 if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -lt 1 ]; then
-  echo "usage: bash fuzz/run.sh [SECONDS-PER-TARGET] [TARGET ...]" >&2
+  echo "usage: bash tests/fuzz/run.sh [SECONDS-PER-TARGET] [TARGET ...]" >&2
   exit 2
 fi
 
@@ -79,7 +79,7 @@ export PATH="$cargo_fuzz_root/bin:$PATH"
 # --- Build every target ----------------------------------------------------------------------
 build_start=$SECONDS
 # 16 codegen units instead of cargo-fuzz's 1: the large crates build on every core, for a few
-# percent fewer executions per second. (fuzz/Cargo.toml sets how much the project's crates are
+# percent fewer executions per second. (tests/fuzz/Cargo.toml sets how much the project's crates are
 # optimised.) Changing these flags rebuilds every dependency.
 cargo fuzz build --fuzz-dir "$fuzz_dir" --sanitizer none --codegen-units 16
 echo "fuzz targets built in $((SECONDS - build_start)) s"

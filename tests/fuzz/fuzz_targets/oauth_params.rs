@@ -33,7 +33,7 @@ use autopilot_control_plane::oauth::{redirect_uri_allowed, router};
 use autopilot_control_plane::seal::Sealer;
 use autopilot_control_plane::services::oauth as grants;
 use autopilot_control_plane::store;
-use autopilot_control_plane::tokens::{self, verify_access_token};
+use autopilot_control_plane::tokens;
 use autopilot_fuzz::{header_lines, header_map};
 use autopilot_proto::InMemoryBus;
 use axum::body::Body;
@@ -76,10 +76,14 @@ fn server() -> &'static Server {
 }
 
 async fn start() -> anyhow::Result<Arc<App>> {
+    // A fresh SQLite file of this process's own (an in-memory database would be a different
+    // one for each of the store's connections, and the store reads and writes on several).
+    let dir = std::env::temp_dir().join(format!("autopilot-fuzz-oauth-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
     let config = Config::load(ConfigArgs {
-        // Nothing is written there: the store is in memory and the keys are given.
-        data_dir: Some(std::env::temp_dir().join("autopilot-fuzz-unused")),
-        database_url: Some("sqlite::memory:".to_owned()),
+        data_dir: Some(dir.clone()),
+        database_url: Some(format!("sqlite://{}", dir.join("fuzz.db").display())),
         admin_token: Some("fuzz-admin-token-0123456789".to_owned()),
         public_url: Some(PUBLIC_URL.to_owned()),
         operator_password: Some(cheap_password_hash("fuzz-operator")),
@@ -88,7 +92,7 @@ async fn start() -> anyhow::Result<Arc<App>> {
     })?;
     let store = store::connect_with(&config.database_url, 1).await?;
     let sealer = Sealer::load(config.secret_key.as_deref(), &config.data_dir)?;
-    let keys = Keys::load(&config, store.as_ref(), &sealer).await?;
+    let keys = Keys::load(&config, &store, &sealer).await?;
     let app = App::new(Parts {
         config: Arc::new(config),
         store: Arc::clone(&store),
@@ -273,7 +277,7 @@ impl Session {
             self.registered = Some((client_id, secret));
         }
         if path == "/token" && status == StatusCode::OK {
-            check_tokens(app, &body);
+            check_tokens(app, &body).await;
             let grant = param("grant_type");
             if grant == Some("authorization_code") && param("code") == self.code.as_deref() {
                 assert!(!self.code_redeemed, "a code was redeemed twice");
@@ -373,16 +377,19 @@ fn build_request(text: &str) -> Option<Sent> {
 }
 
 /// A token endpoint success: an access token this server accepts, with the scope it says.
-fn check_tokens(app: &App, body: &[u8]) {
+async fn check_tokens(app: &App, body: &[u8]) {
     let answer: serde_json::Value = serde_json::from_slice(body).expect("a JSON answer");
     let token = answer["access_token"].as_str().expect("an access token");
-    let claims = verify_access_token(
-        app.keys.signing_key(),
-        &app.config.oauth_issuer(),
-        &app.config.mcp_resource(),
-        token,
-    )
-    .expect("the access token is this server's");
+    let claims = app
+        .keys
+        .signing()
+        .verify(
+            &app.config.oauth_issuer(),
+            &app.config.mcp_resource(),
+            token,
+        )
+        .await
+        .expect("the access token is this server's");
     let granted = Scopes::parse(&claims.scope);
     assert!(granted.read || granted.write, "no scope in {claims:?}");
     assert_eq!(claims.scope, answer["scope"].as_str().unwrap_or_default());

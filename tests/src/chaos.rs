@@ -402,6 +402,27 @@ fn deliver_steadily(
     (tally, senders)
 }
 
+/// Stops the senders of [`deliver_steadily`] and returns what they counted; any answer but 202
+/// or 503 fails the scenario.
+async fn stop_senders(
+    stop: &CancellationToken,
+    senders: Vec<tokio::task::JoinHandle<()>>,
+    tally: &Mutex<Tally>,
+) -> Tally {
+    stop.cancel();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
+    assert!(
+        tally.other.is_empty(),
+        "only 202 or 503, got {} others, the first: {:?}",
+        tally.other.len(),
+        tally.other.first()
+    );
+    tally
+}
+
 /// How many acknowledged runs the server cannot show.
 async fn lost_of(server: &TestServer, accepted: &[(Instant, String)]) -> u64 {
     let mut lost = 0;
@@ -476,17 +497,7 @@ pub async fn postgres_outage(down: Duration) -> Option<Finding> {
     let dropped = postgres.drop_connections().await;
     let after_drop = intake_back(&tally, dropped_at).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.cancel();
-    for sender in senders {
-        sender.await.unwrap();
-    }
-    let tally = std::mem::take(&mut *tally.lock().unwrap());
-    assert!(
-        tally.other.is_empty(),
-        "only 202 or 503, got {} others, the first: {:?}",
-        tally.other.len(),
-        tally.other.first()
-    );
+    let tally = stop_senders(&stop, senders, &tally).await;
     Some(Finding {
         promise: "no acknowledged delivery lost",
         fault: format!(
@@ -623,17 +634,7 @@ pub async fn disk_full(full_for: Duration) -> Option<Finding> {
     let freed_at = Instant::now();
     let recovered = intake_back(&tally, freed_at).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.cancel();
-    for sender in senders {
-        sender.await.unwrap();
-    }
-    let tally = std::mem::take(&mut *tally.lock().unwrap());
-    assert!(
-        tally.other.is_empty(),
-        "only 202 or 503, got {} others, the first: {:?}",
-        tally.other.len(),
-        tally.other.first()
-    );
+    let tally = stop_senders(&stop, senders, &tally).await;
     let lost = lost_of(&server, &tally.accepted).await;
     let server = Arc::try_unwrap(server).ok().expect("the senders are done");
     server.stop().await.unwrap();

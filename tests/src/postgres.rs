@@ -119,16 +119,24 @@ impl PrivatePostgres {
         self.run("pg_ctl", &all);
     }
 
-    fn run(&self, program: &str, args: &[&str]) {
+    /// `program` of the server's binaries, as the `postgres` user when the tests run as root.
+    fn command(&self, program: &str) -> Command {
         let binary = self.bin.join(program);
-        let mut command = if self.as_root {
+        if self.as_root {
             let mut command = Command::new("runuser");
             command.args(["-u", "postgres", "--"]).arg(&binary);
             command
         } else {
             Command::new(&binary)
-        };
-        let output = command.args(args).output().expect("PostgreSQL tool runs");
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let output = self
+            .command(program)
+            .args(args)
+            .output()
+            .expect("PostgreSQL tool runs");
         assert!(
             output.status.success(),
             "{program} {args:?}: {}{}",
@@ -141,15 +149,8 @@ impl PrivatePostgres {
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         let data = self.data();
-        let binary = self.bin.join("pg_ctl");
-        let mut command = if self.as_root {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(&binary);
-            command
-        } else {
-            Command::new(&binary)
-        };
-        let _ = command
+        let _ = self
+            .command("pg_ctl")
             .args(["-D", &data, "stop", "-m", "immediate"])
             .output();
     }

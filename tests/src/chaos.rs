@@ -63,13 +63,6 @@ impl Finding {
 /// The table's heading, matching [`Finding::row`].
 pub const TABLE_HEADING: &str = "| promise | fault injected | load held | lost / duplicated / missing / stuck | recovery | short form |\n| --- | --- | --- | --- | --- | --- |";
 
-async fn all_runs_of(api: &ApiClient, job_id: &str) -> Vec<Value> {
-    let body = api
-        .get(&format!("/api/v1/runs?job_id={job_id}&limit=1000"))
-        .await;
-    body["runs"].as_array().cloned().unwrap_or_default()
-}
-
 fn time_of(run: &Value, field: &str) -> Option<DateTime<Utc>> {
     run[field].as_str().and_then(|t| t.parse().ok())
 }
@@ -122,7 +115,7 @@ pub async fn leader_failover(fault: LeaderFault, jobs: usize, after: Duration) -
     // The first fire by the new leader: a run created after the fault.
     let api = cluster.api(new_leader).clone();
     let first_fire = loop {
-        let runs = all_runs_of(&api, &job_ids[0]).await;
+        let runs = api.runs_of(&job_ids[0]).await;
         if let Some(created) = runs
             .iter()
             .filter_map(|run| time_of(run, "created_at"))
@@ -170,7 +163,7 @@ pub async fn leader_failover(fault: LeaderFault, jobs: usize, after: Duration) -
     let deadline = Instant::now() + Duration::from_secs(60);
     'settle: loop {
         for job_id in &job_ids {
-            if !all_runs_of(&api, job_id).await.iter().all(is_terminal) {
+            if !api.runs_of(job_id).await.iter().all(is_terminal) {
                 if Instant::now() > deadline {
                     break 'settle;
                 }
@@ -183,7 +176,7 @@ pub async fn leader_failover(fault: LeaderFault, jobs: usize, after: Duration) -
     let (mut fires, mut duplicated, mut missing, mut stuck) = (0u64, 0u64, 0u64, 0u64);
     for job_id in &job_ids {
         let job = api.get(&format!("/api/v1/jobs/{job_id}")).await;
-        let runs = all_runs_of(&api, job_id).await;
+        let runs = api.runs_of(job_id).await;
         let seconds: Vec<i64> = runs
             .iter()
             .map(|run| {

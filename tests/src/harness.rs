@@ -651,9 +651,10 @@ impl ApiClient {
         self.get(&format!("/api/v1/runs/{run_id}")).await
     }
 
+    /// The job's runs, newest first (up to 1,000).
     pub async fn runs_of(&self, job_id: &str) -> Vec<Value> {
         let body = self
-            .get(&format!("/api/v1/runs?job_id={job_id}&limit=500"))
+            .get(&format!("/api/v1/runs?job_id={job_id}&limit=1000"))
             .await;
         body["runs"].as_array().cloned().unwrap_or_default()
     }

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{Connection, SqliteConnection};
+use sqlx::SqliteConnection;
 use tokio::sync::{watch, Mutex, MutexGuard};
 use tokio::time::Instant;
 
@@ -329,17 +329,11 @@ impl Drop for Queued<'_> {
     }
 }
 
-/// Opens the writer's connection (outside any pool: it is held for good).
-pub(super) async fn connect(
-    options: &sqlx::sqlite::SqliteConnectOptions,
-) -> Result<SqliteConnection, sqlx::Error> {
-    SqliteConnection::connect_with(options).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::Connection;
 
     async fn writer(dir: &tempfile::TempDir) -> (Arc<Writer>, SqliteConnectOptions) {
         let options = SqliteConnectOptions::new()
@@ -347,7 +341,7 @@ mod tests {
             .create_if_missing(true)
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
             .synchronous(sqlx::sqlite::SqliteSynchronous::Full);
-        let mut conn = connect(&options).await.unwrap();
+        let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
         sqlx::query("CREATE TABLE t (n INTEGER PRIMARY KEY)")
             .execute(&mut conn)
             .await
@@ -367,7 +361,7 @@ mod tests {
 
     /// What another connection sees: only committed rows.
     async fn committed(options: &SqliteConnectOptions) -> Vec<i64> {
-        let mut conn = connect(options).await.unwrap();
+        let mut conn = SqliteConnection::connect_with(options).await.unwrap();
         sqlx::query_scalar("SELECT n FROM t ORDER BY n")
             .fetch_all(&mut conn)
             .await

@@ -233,17 +233,17 @@ impl SqlStore {
             // No commit checkpoints by itself: one that happened to would wait for the copy into
             // the database file (tens of milliseconds at the tail). `checkpoint_wal` does it
             // beside the writer instead. The writer is one connection held for good (see
-            // `group_commit`); the migrations run before it on a pool of their own.
-            let writer_options = options.clone().pragma("wal_autocheckpoint", "0");
+            // `group_commit`).
+            // Migrated through a pool of one (the migrator's future is not `Send` over a bare
+            // connection), whose connection then becomes the writer's.
             let migrate = SqlitePoolOptions::new()
                 .max_connections(1)
-                .connect_with(writer_options.clone())
+                .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
                 .await?;
             SQLITE_MIGRATIONS.run(&migrate).await?;
+            let conn = migrate.acquire().await?.detach();
             migrate.close().await;
-            let write = Arc::new(group_commit::Writer::new(
-                group_commit::connect(&writer_options).await?,
-            ));
+            let write = Arc::new(group_commit::Writer::new(conn));
             let read = SqlitePoolOptions::new()
                 .max_connections(4)
                 .test_before_acquire(false)

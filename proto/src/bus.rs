@@ -98,6 +98,12 @@ pub enum WorkerRequest {
     Claim {
         worker_id: WorkerId,
         runs: Vec<RunAttempt>,
+        /// A token the worker process draws at start. A run this process already claimed at
+        /// the same attempt is answered `Claimed` again, so a claim whose reply was lost (NATS
+        /// restarting, a paused control plane) can be repeated; without it only queued runs
+        /// are claimed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        claim_token: Option<String>,
     },
     /// The run is still alive on this worker.
     Heartbeat {

@@ -34,7 +34,11 @@ pub async fn handle_worker_request(
     request: WorkerRequest,
 ) -> ServiceResult<WorkerReply> {
     match request {
-        WorkerRequest::Claim { worker_id, runs } => claim(app, runs, worker_id).await,
+        WorkerRequest::Claim {
+            worker_id,
+            runs,
+            claim_token,
+        } => claim(app, runs, worker_id, claim_token.as_deref()).await,
         WorkerRequest::Heartbeat {
             run_id,
             attempt,
@@ -50,16 +54,18 @@ pub async fn handle_worker_request(
 
 /// `queued → running` for this worker of each run whose attempt is still the current one,
 /// in one statement: the claim is on the path from due time to process start. The worker's
-/// `started` event follows at once and names the worker.
+/// `started` event follows at once and names the worker. A run the same worker process
+/// (`claim_token`) already claimed at that attempt is claimed again: its first reply was lost.
 async fn claim(
     app: &App,
     runs: Vec<RunAttempt>,
     worker_id: WorkerId,
+    claim_token: Option<&str>,
 ) -> ServiceResult<WorkerReply> {
     let now = Utc::now();
     let mut claimed: HashMap<(RunId, u32), Run> = app
         .store
-        .claim_runs(&runs, worker_id.as_str(), now)
+        .claim_runs(&runs, worker_id.as_str(), claim_token, now)
         .await?
         .into_iter()
         .map(|run| ((run.id, run.attempt), run))
@@ -77,7 +83,10 @@ async fn claim(
         let reply = if let Some(run) = claimed.remove(&(run_id, attempt)) {
             taken.insert((run_id, attempt));
             app.notify_run(run_id);
-            metrics::claimed(app, &run, now);
+            // A repeated claim kept the run's first start: its latency was counted then.
+            if run.started_at == run.heartbeat_at {
+                metrics::claimed(app, &run, now);
+            }
             let spec = RunSpec {
                 run_id,
                 attempt,

@@ -153,11 +153,14 @@ pub trait RunStore: Send + Sync {
         Ok(written)
     }
     /// `queued → running` for `worker_id` of each run queued at its attempt, in one statement.
-    /// Returns the claimed runs, in no particular order.
+    /// A run already running at that attempt for the same `worker_id` and `claim_token` is
+    /// claimed again (its heartbeat renewed, its start kept): the claim's repeat by the process
+    /// that made it. Returns the claimed runs, in no particular order.
     async fn claim_runs(
         &self,
         runs: &[RunAttempt],
         worker_id: &str,
+        claim_token: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<Run>>;
     /// Records a heartbeat if `worker_id` still holds the run at `attempt`; returns the run's

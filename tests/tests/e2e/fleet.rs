@@ -346,6 +346,7 @@ async fn claims_and_completions_of_many_runs_are_answered_run_by_run() {
             at(RunId::new(), 1),
             at(runs[1], 1),
         ],
+        claim_token: Some("process-1".to_owned()),
     };
     let replies = bus.request(claim).await.unwrap().into_each(5).unwrap();
     let reason = |reply: &WorkerReply| match reply {
@@ -369,6 +370,30 @@ async fn claims_and_completions_of_many_runs_are_answered_run_by_run() {
         (run["status"].as_str(), run["worker_id"].as_str()),
         (Some("running"), Some("by-hand"))
     );
+    // The claim repeated by the same process (as when its reply was lost) is answered again;
+    // the same worker name from another process, or with no token, is refused.
+    let again = |claim_token: Option<&str>| WorkerRequest::Claim {
+        worker_id: worker_id.clone(),
+        runs: vec![at(runs[1], 1)],
+        claim_token: claim_token.map(str::to_owned),
+    };
+    let reply = bus.request(again(Some("process-1"))).await.unwrap();
+    assert!(
+        matches!(&reply.into_each(1).unwrap()[0], WorkerReply::Claimed { spec } if spec.run_id == runs[1]),
+        "a repeated claim is answered Claimed"
+    );
+    for token in [Some("process-2"), None] {
+        let replies = bus
+            .request(again(token))
+            .await
+            .unwrap()
+            .into_each(1)
+            .unwrap();
+        assert!(
+            reason(&replies[0]).contains("run is running"),
+            "{replies:?}"
+        );
+    }
 
     let ended = |run_id, exit_code| AttemptEnd {
         run_id,

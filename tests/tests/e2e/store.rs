@@ -191,7 +191,7 @@ async fn conformance(store: Arc<dyn Store>) {
     };
     assert!(
         store
-            .claim_runs(&[at(2)], "w1", now)
+            .claim_runs(&[at(2)], "w1", Some("t1"), now)
             .await
             .unwrap()
             .is_empty(),
@@ -203,7 +203,7 @@ async fn conformance(store: Arc<dyn Store>) {
         attempt: 1,
     };
     let claimed = store
-        .claim_runs(&[unknown, at(1)], "w1", now)
+        .claim_runs(&[unknown, at(1)], "w1", Some("t1"), now)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1, "{claimed:?}");
@@ -212,14 +212,34 @@ async fn conformance(store: Arc<dyn Store>) {
         (run.id, run.status, run.worker_id.as_deref()),
         (at(1).run_id, RunStatus::Running, Some("w1"))
     );
-    assert!(
-        store
-            .claim_runs(&[at(1)], "w2", now)
-            .await
-            .unwrap()
-            .is_empty(),
-        "second claim must fail"
+    // Claimed again only by the process that claimed it (its reply was lost): not by another
+    // worker, not by another process of the same worker, not without a token.
+    for (worker, token) in [("w2", Some("t1")), ("w1", Some("t2")), ("w1", None)] {
+        assert!(
+            store
+                .claim_runs(&[at(1)], worker, token, now)
+                .await
+                .unwrap()
+                .is_empty(),
+            "a claim by {worker} with {token:?} must fail"
+        );
+    }
+    let later = now + chrono::Duration::seconds(3);
+    let again = store
+        .claim_runs(&[at(1), at(2)], "w1", Some("t1"), later)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(
+        (again[0].status, again[0].started_at, again[0].heartbeat_at),
+        (
+            RunStatus::Running,
+            run.started_at,
+            Utc.timestamp_millis_opt(later.timestamp_millis()).single()
+        ),
+        "a repeated claim keeps the start and renews the heartbeat"
     );
+    run.heartbeat_at = again[0].heartbeat_at;
     let read = store.get_runs(&[run.id, unknown.run_id]).await.unwrap();
     assert_eq!(
         read,
@@ -552,7 +572,10 @@ async fn conformance(store: Arc<dyn Store>) {
             attempt: 1,
         })
         .collect();
-    let mut claimed = store.claim_runs(&attempts, "w9", Utc::now()).await.unwrap();
+    let mut claimed = store
+        .claim_runs(&attempts, "w9", None, Utc::now())
+        .await
+        .unwrap();
     claimed.sort_by_key(|run| batch.iter().position(|queued| queued.id == run.id));
     assert_eq!(claimed.len(), 3);
     for run in &mut claimed {

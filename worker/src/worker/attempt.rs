@@ -31,13 +31,23 @@ use crate::workspaces::{WorkspaceError, Workspaces};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Stops a running attempt, remembering the first reason given.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(super) struct Stopper {
+    /// The attempt it stops.
+    attempt: u32,
     token: CancellationToken,
     reason: Arc<Mutex<Option<StopReason>>>,
 }
 
 impl Stopper {
+    fn new(attempt: u32) -> Self {
+        Self {
+            attempt,
+            token: CancellationToken::new(),
+            reason: Arc::default(),
+        }
+    }
+
     /// Asks the attempt to stop; only the first call's `reason` is kept.
     pub(super) fn stop(&self, reason: StopReason) {
         let mut current = self.reason.lock().unwrap_or_else(|p| p.into_inner());
@@ -89,30 +99,42 @@ impl Attempt {
             worker.id = %self.config.worker_id,
         );
         trace::set_parent(&span, trace_parent.as_deref());
-        let claim = RunAttempt { run_id, attempt };
-        let claimed =
-            self.reports.claims.call(claim, 0).instrument(
-                tracing::info_span!(parent: &span, "claim", otel.name = "autopilot.claim"),
-            );
-        let spec = match claimed.await {
-            Ok(WorkerReply::Claimed { spec }) => *spec,
-            Ok(reply) => {
-                tracing::debug!(run.id = %run_id, ?reply, "claim refused; dropping the delivery");
+        // The run is held from here until its end is reported, so that a second delivery of
+        // it meanwhile (a redelivery while NATS could not extend this one, a request published
+        // again) is never executed beside this one.
+        let stopper = Stopper::new(attempt);
+        let _held = match Held::take(&self.active, run_id, stopper.clone()) {
+            Ok(held) => held,
+            Err(held_attempt) if held_attempt == attempt => {
+                tracing::debug!(run.id = %run_id, attempt, "this worker already holds the run; dropping the duplicate delivery");
                 let _ = delivery.acker.ack().await;
                 return;
             }
-            Err(err) => {
-                tracing::warn!(run.id = %run_id, error = %err, "claim failed; asking for redelivery");
-                let _ = delivery.acker.nak(Duration::from_secs(1)).await;
+            Err(held_attempt) => {
+                // A later attempt, queued after this worker's was given up for lost: it waits
+                // until the attempt held here has ended.
+                tracing::info!(run.id = %run_id, attempt, held_attempt, "attempt delivered while another attempt of the run is held here; asking for redelivery");
+                let _ = delivery.acker.nak(HELD_REDELIVERY).await;
                 return;
             }
         };
         let acker: Arc<dyn Acker> = Arc::from(delivery.acker);
-        let stopper = Stopper::default();
-        self.active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(run_id, stopper.clone());
+        let claimed = self
+            .claim(RunAttempt { run_id, attempt }, acker.as_ref())
+            .instrument(tracing::info_span!(parent: &span, "claim", otel.name = "autopilot.claim"));
+        let spec = match claimed.await {
+            Ok(WorkerReply::Claimed { spec }) => *spec,
+            Ok(reply) => {
+                tracing::debug!(run.id = %run_id, ?reply, "claim refused; dropping the delivery");
+                let _ = acker.ack().await;
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(run.id = %run_id, error = %err, "claim failed; asking for redelivery");
+                let _ = acker.nak(Duration::from_secs(1)).await;
+                return;
+            }
+        };
 
         let (events, events_done) = EventSink::start(
             Arc::clone(&self.bus),
@@ -140,10 +162,6 @@ impl Attempt {
             ));
         }
         let left = events.finish(events_done).await;
-        self.active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&run_id);
         self.complete(run_id, attempt, outcome, left).await;
         // The attempt stays alive (run heartbeat, delivery kept in progress) until its end is
         // reported: flushing events and reporting may take a while when NATS is reconnecting,
@@ -151,6 +169,25 @@ impl Attempt {
         heartbeat.abort();
         if let Err(err) = acker.ack().await {
             tracing::warn!(run.id = %run_id, error = %err, "could not acknowledge the delivery");
+        }
+    }
+
+    /// Claims the run, repeating the claim while the bus fails for up to [`CLAIM_PATIENCE`]
+    /// and keeping the delivery from being redelivered meanwhile. Repeating is safe: a claim
+    /// whose reply was lost is answered `Claimed` again to this process.
+    async fn claim(&self, run: RunAttempt, acker: &dyn Acker) -> Result<WorkerReply, BusError> {
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.reports.claims.call(run, 0).await {
+                Err(err) if started.elapsed() + backoff < CLAIM_PATIENCE => {
+                    tracing::warn!(run.id = %run.run_id, error = %err, "claim failed; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    let _ = acker.in_progress().await;
+                }
+                reply => return reply,
+            }
         }
     }
 
@@ -445,6 +482,38 @@ impl Attempt {
             }
         }
         tracing::error!(run.id = %run_id, "completion could not be reported; the reaper will mark the run lost");
+    }
+}
+
+/// How long an attempt tries to claim its run before it gives the delivery back.
+const CLAIM_PATIENCE: Duration = Duration::from_secs(20);
+/// When a delivery of a run held here at another attempt comes again.
+const HELD_REDELIVERY: Duration = Duration::from_secs(5);
+
+/// A run's place in the table of held runs, given up when dropped.
+struct Held<'a> {
+    active: &'a ActiveRuns,
+    run_id: RunId,
+}
+
+impl<'a> Held<'a> {
+    /// Holds `run_id` with `stopper`, or returns the attempt that already holds it.
+    fn take(active: &'a ActiveRuns, run_id: RunId, stopper: Stopper) -> Result<Self, u32> {
+        let mut runs = active.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = runs.get(&run_id) {
+            return Err(held.attempt);
+        }
+        runs.insert(run_id, stopper);
+        Ok(Self { active, run_id })
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.run_id);
     }
 }
 

@@ -53,7 +53,8 @@ pub struct WorkerConfig {
     pub event_linger: Duration,
 }
 
-/// The runs this worker executes now, each with the stopper of its attempt.
+/// The runs this worker holds now (claiming, executing or reporting), each with the stopper
+/// of its attempt. A second delivery of a run held here is a duplicate and is dropped.
 type ActiveRuns = Arc<Mutex<HashMap<RunId, Stopper>>>;
 
 /// How many runs a worker executes at once, and how many it executes now.
@@ -68,7 +69,7 @@ impl Slots {
         self.total
     }
 
-    /// Runs executing now (claimed and not yet reported ended).
+    /// Runs held now (being claimed, executing, or not yet reported ended).
     pub fn busy(&self) -> usize {
         self.active.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
@@ -78,6 +79,10 @@ impl Slots {
 const MAX_RUNS_PER_REQUEST: usize = 64;
 /// Most bytes of events in one completion request, well under a bus message's size limit.
 const MAX_COMPLETION_BYTES: usize = 512 * 1024;
+/// How long one claim request waits for its reply. A claim is repeated when it times out (the
+/// control plane that took it may be paused, NATS restarting), and repeating it is safe: the
+/// control plane answers `Claimed` again to the process that claimed the run before.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves run requests from the bus with an executor until told to stop (see [`Worker::run`]).
 pub struct Worker {
@@ -99,17 +104,25 @@ impl Reports {
     fn start(bus: &Arc<dyn Bus>, worker_id: &WorkerId) -> Self {
         let claims = {
             let (bus, worker_id) = (Arc::clone(bus), worker_id.clone());
+            // Drawn once per process: a restarted worker of the same name is another claimant.
+            let claim_token = uuid::Uuid::now_v7().simple().to_string();
             let limits = Limits {
                 items: MAX_RUNS_PER_REQUEST,
                 bytes: usize::MAX,
             };
             Batcher::start(limits, move |runs: Vec<RunAttempt>| {
                 let (bus, worker_id) = (Arc::clone(&bus), worker_id.clone());
+                let claim_token = Some(claim_token.clone());
                 async move {
                     let count = runs.len();
-                    let reply = bus
-                        .request(WorkerRequest::Claim { worker_id, runs })
-                        .await?;
+                    let request = WorkerRequest::Claim {
+                        worker_id,
+                        runs,
+                        claim_token,
+                    };
+                    let reply = tokio::time::timeout(CLAIM_TIMEOUT, bus.request(request))
+                        .await
+                        .unwrap_or(Err(BusError::Timeout(CLAIM_TIMEOUT)))?;
                     reply.into_each(count)
                 }
             })
@@ -365,3 +378,6 @@ async fn follow_control(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -406,6 +406,7 @@ impl RunStore for SqlStore {
         &self,
         runs: &[RunAttempt],
         worker_id: &str,
+        claim_token: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<Run>> {
         if runs.is_empty() {
@@ -414,17 +415,25 @@ impl RunStore for SqlStore {
         // `id IN (…)` besides the (id, attempt) pairs, naming the same parameters: it lets
         // SQLite find the rows by their key instead of going through every queued run (which
         // made each claim cost milliseconds with a long queue).
+        // A repeated claim (same worker, same token: `claim_token = NULL` matches nothing)
+        // keeps the run's start; the SET expressions see the row as it was.
         let ids = (0..runs.len())
-            .map(|i| format!("${}", 3 + 2 * i))
+            .map(|i| format!("${}", 4 + 2 * i))
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!(
-            "UPDATE runs SET status = 'running', worker_id = $1, started_at_ms = $2, heartbeat_at_ms = $2 \
-             WHERE id IN ({ids}) AND status = 'queued' AND (id, attempt) IN (VALUES {}) RETURNING {RUN_COLUMNS}",
-            placeholders(Placeholders::Numbered, runs.len(), 2, 3)
+            "UPDATE runs SET status = 'running', worker_id = $1, claim_token = $3, heartbeat_at_ms = $2, \
+             started_at_ms = CASE WHEN status = 'queued' THEN $2 ELSE started_at_ms END \
+             WHERE id IN ({ids}) AND (id, attempt) IN (VALUES {}) \
+             AND (status = 'queued' OR (status = 'running' AND worker_id = $1 AND claim_token = $3)) \
+             RETURNING {RUN_COLUMNS}",
+            placeholders(Placeholders::Numbered, runs.len(), 2, 4)
         );
         let rows = on_write!(self, pool => {
-            let mut query = sqlx::query_as::<_, RunRow>(&sql).bind(worker_id).bind(to_ms(now));
+            let mut query = sqlx::query_as::<_, RunRow>(&sql)
+                .bind(worker_id)
+                .bind(to_ms(now))
+                .bind(claim_token);
             for run in runs {
                 query = query.bind(run.run_id.to_string()).bind(i64::from(run.attempt));
             }

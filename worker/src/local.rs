@@ -22,8 +22,21 @@ use crate::executor::{ExecError, Executor, ExitInfo, OutputLine, OutputStream};
 /// the pipes is killed with the group, but its last bytes may still be in flight).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
+/// Runs each command as a child process. With a run guard (the `autopilot` binary, see
+/// [`crate::guard`]), nothing the command starts outlives this process; without one, the
+/// command itself dies with this process but what it started may not.
 #[derive(Clone, Debug, Default)]
-pub struct LocalExecutor;
+pub struct LocalExecutor {
+    guard: Option<PathBuf>,
+}
+
+impl LocalExecutor {
+    /// Starts every command under `guard`, a binary that acts as the run guard when given
+    /// [`GUARD_ARG`](crate::guard::GUARD_ARG) first (the `autopilot` binary).
+    pub fn guarded_by(guard: PathBuf) -> Self {
+        Self { guard: Some(guard) }
+    }
+}
 
 #[async_trait]
 impl Executor for LocalExecutor {
@@ -44,7 +57,7 @@ impl Executor for LocalExecutor {
                 command.cwd.display()
             ))
         })?;
-        let mut child = command_dying_with_this_process(&command)?;
+        let mut child = command_dying_with_this_process(&command, self.guard.as_deref())?;
         let mut child = child
             .env_clear()
             .envs(command.env.iter().map(|(k, v)| (k, v)))
@@ -123,18 +136,36 @@ impl Executor for LocalExecutor {
 /// "parent" is the thread that spawns the child: a runtime worker thread, which lives as long
 /// as the process's runtime).
 ///
-/// Through `setpriv --pdeathsig KILL` (util-linux), which sets the signal and execs the
-/// program in the same process: the child is started with `posix_spawn`. Without `setpriv`, a
-/// pre-exec hook sets it, which makes the standard library fork the whole server instead: a
-/// cost that shows at hundreds of short runs a second (page tables copied, copy-on-write faults
-/// after). With `setpriv`, a missing program is found before spawning, so it is reported as
-/// such rather than as `setpriv`'s exit code.
-fn command_dying_with_this_process(spec: &CommandSpec) -> Result<Command, ExecError> {
-    let Some(setpriv) = setpriv() else {
-        let mut command = Command::new(&spec.program);
-        command.args(&spec.args);
-        die_with_this_process(&mut command);
-        return Ok(command);
+/// Under the run `guard` when there is one, which also takes what the command starts with it.
+/// Else through `setpriv --pdeathsig KILL` (util-linux), which sets the signal and execs the
+/// program in the same process. Both start with `posix_spawn`. Without either, a pre-exec hook
+/// sets the signal, which makes the standard library fork the whole server instead: a cost
+/// that shows at hundreds of short runs a second (page tables copied, copy-on-write faults
+/// after). A missing program is found before spawning, so it is reported as such rather than
+/// as the guard's or `setpriv`'s exit code.
+fn command_dying_with_this_process(
+    spec: &CommandSpec,
+    guard: Option<&Path>,
+) -> Result<Command, ExecError> {
+    let mut command = match (guard, setpriv()) {
+        (Some(guard), _) => {
+            let mut command = Command::new(guard);
+            command
+                .arg(crate::guard::GUARD_ARG)
+                .arg(std::process::id().to_string());
+            command
+        }
+        (None, Some(setpriv)) => {
+            let mut command = Command::new(setpriv);
+            command.args(["--pdeathsig", "KILL", "--"]);
+            command
+        }
+        (None, None) => {
+            let mut command = Command::new(&spec.program);
+            command.args(&spec.args);
+            die_with_this_process(&mut command);
+            return Ok(command);
+        }
     };
     // The run's own PATH, else this process's (as the standard library would look it up).
     let inherited = std::env::var("PATH").ok();
@@ -150,11 +181,7 @@ fn command_dying_with_this_process(spec: &CommandSpec) -> Result<Command, ExecEr
             spec.program.display()
         ))
     })?;
-    let mut command = Command::new(setpriv);
-    command
-        .args(["--pdeathsig", "KILL", "--"])
-        .arg(program)
-        .args(&spec.args);
+    command.arg(program).args(&spec.args);
     Ok(command)
 }
 

@@ -209,13 +209,89 @@ async fn a_missing_program_is_reported_as_such(executor: &dyn Executor) {
     assert!(err.to_string().contains("/nonexistent/claude"), "{err}");
 }
 
+/// The local executor under the `autopilot` binary's run guard.
+fn guarded() -> Option<LocalExecutor> {
+    components::autopilot_bin().map(LocalExecutor::guarded_by)
+}
+
+/// A run killed by a signal is reported so, through the guard as without it.
+#[tokio::test]
+async fn a_run_killed_by_a_signal_reports_the_signal_with_and_without_the_guard() {
+    let Some(guarded) = guarded() else {
+        return;
+    };
+    for executor in [LocalExecutor::default(), guarded] {
+        let dir = tempfile::tempdir().unwrap();
+        let (info, _) = run(
+            &executor,
+            shell("kill -9 $$", dir.path()),
+            CancellationToken::new(),
+        )
+        .await;
+        let info = info.unwrap();
+        assert_eq!((info.code, info.signal), (None, Some(9)), "{executor:?}");
+    }
+}
+
+/// What a run started and detached from itself (a new session, outside its process group)
+/// ends with the run under the guard, which adopted it.
+#[tokio::test]
+async fn a_guarded_run_takes_what_it_detached_with_it() {
+    let Some(executor) = guarded() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("detached.pid");
+    let script = format!(
+        "setsid sh -c 'echo $$ > {}; exec sleep 300' >/dev/null 2>&1 & sleep 0.3; echo done",
+        pid_file.display()
+    );
+    let (info, lines) = run(
+        &executor,
+        shell(&script, dir.path()),
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(info.unwrap().code, Some(0));
+    assert_eq!(stdout(&lines), ["done"]);
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if state.contains(") Z ") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the detached process {pid} lives on: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 macro_rules! conformance {
     ($($case:ident),+ $(,)?) => {
         mod local {
             $(
                 #[tokio::test]
                 async fn $case() {
-                    super::$case(&super::LocalExecutor).await;
+                    super::$case(&super::LocalExecutor::default()).await;
+                }
+            )+
+        }
+        /// The local executor as `autopilot` runs it: each command under the run guard.
+        mod guarded {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let Some(executor) = super::guarded() else {
+                        return;
+                    };
+                    super::$case(&executor).await;
                 }
             )+
         }

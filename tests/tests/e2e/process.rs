@@ -341,6 +341,55 @@ async fn runs_left_running_by_a_crashed_process_are_marked_lost_at_start() {
     drop(fake); // the orphaned CLI's request fails and, without retries, it exits
 }
 
+/// `kill -9` of `autopilot serve` leaves nothing its runs started: not the run's process, not
+/// what that started in its process group, not what it detached into a session of its own.
+#[tokio::test]
+async fn nothing_a_run_started_outlives_a_kill_9_of_autopilot() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "process-test-token-0123456789";
+    let env = [("AUTOPILOT_ADMIN_TOKEN", token)];
+    let Some(mut serve) = spawn(dir.path(), &env).await else {
+        return;
+    };
+    let pids = dir.path().join("pids");
+    let command = format!(
+        "echo $$ >> {p}; sleep 300 & echo $! >> {p}; \
+         setsid sh -c 'echo $$ >> {p}; exec sleep 300' >/dev/null 2>&1 & wait",
+        p = pids.display()
+    );
+    create_and_trigger(
+        &serve,
+        token,
+        json!({ "name": "leaves-things-running", "command": command }),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let started: Vec<u32> = loop {
+        let listed = std::fs::read_to_string(&pids).unwrap_or_default();
+        let started: Vec<u32> = listed.lines().filter_map(|pid| pid.parse().ok()).collect();
+        if started.len() == 3 {
+            break started;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not start: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(started.iter().all(|pid| alive(*pid)), "{started:?}");
+    serve.child.kill().unwrap(); // SIGKILL: no chance to clean up
+    serve.child.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while started.iter().any(|pid| alive(*pid)) {
+        let living: Vec<_> = started.iter().filter(|pid| alive(**pid)).collect();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after autopilot was killed: {living:?} of {started:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_second_process_on_the_same_data_directory_is_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();

@@ -61,7 +61,11 @@ async fn a_claim_whose_reply_was_lost_is_repeated_and_the_run_executes_once() {
     };
     let mut requests = bus.serve_requests().await.unwrap();
     bus.publish_run(request("first")).await.unwrap();
-    let worker = Worker::new(config(dir.path()), bus.clone(), Arc::new(LocalExecutor));
+    let worker = Worker::new(
+        config(dir.path()),
+        bus.clone(),
+        Arc::new(LocalExecutor::default()),
+    );
     let cancel = CancellationToken::new();
     let running = tokio::spawn(worker.run(cancel.clone()));
 

@@ -43,6 +43,14 @@ impl Finding {
         self.lost == 0 && self.duplicated == 0 && self.missing == 0 && self.stuck == 0
     }
 
+    /// This finding, after printing what `cluster`'s processes warned of when a promise broke.
+    fn explained_by(self, cluster: &Cluster) -> Self {
+        if !self.held() {
+            eprintln!("{}", cluster.warnings(40));
+        }
+        self
+    }
+
     /// A row of RELIABILITY.md's table.
     pub fn row(&self) -> String {
         format!(
@@ -218,21 +226,24 @@ pub async fn leader_failover(fault: LeaderFault, jobs: usize, after: Duration) -
             "fleet::a_leader_paused_past_its_lease_does_not_fire_when_it_wakes",
         ),
     };
-    Some(Finding {
-        promise: "every fire exactly once",
-        fault: what.to_owned(),
-        load: format!("{jobs} per-second jobs, {fires} fires checked"),
-        lost: 0,
-        duplicated,
-        missing,
-        stuck,
-        recovery: format!(
-            "the new leader's first fire {:.1} s after the fault (lease TTL {} s)",
-            failover.as_secs_f64(),
-            ClusterOptions::default().lease_ttl_secs
-        ),
-        shown_by,
-    })
+    Some(
+        Finding {
+            promise: "every fire exactly once",
+            fault: what.to_owned(),
+            load: format!("{jobs} per-second jobs, {fires} fires checked"),
+            lost: 0,
+            duplicated,
+            missing,
+            stuck,
+            recovery: format!(
+                "the new leader's first fire {:.1} s after the fault (lease TTL {} s)",
+                failover.as_secs_f64(),
+                ClusterOptions::default().lease_ttl_secs
+            ),
+            shown_by,
+        }
+        .explained_by(&cluster),
+    )
 }
 
 /// Runs triggered steadily through the 3 replicas of a fleet while its NATS server is killed
@@ -331,7 +342,8 @@ pub async fn nats_outage(down: Duration) -> Option<Finding> {
             (last_end - back_at).to_std().unwrap_or_default().as_secs_f64()
         ),
         shown_by: "fleet::nothing_acknowledged_is_lost_when_nats_restarts_under_load",
-    })
+    }
+    .explained_by(&cluster))
 }
 
 #[derive(Default)]

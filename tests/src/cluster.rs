@@ -367,6 +367,29 @@ impl Cluster {
         text
     }
 
+    /// The warnings and errors every node logged, the last `limit` of each node's, for the
+    /// message of a broken promise (where the end of a log may not hold the cause).
+    pub fn warnings(&self, limit: usize) -> String {
+        let mut text = String::new();
+        for node in self.control_planes.iter().chain(&self.workers) {
+            let log = node.log();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+                .collect();
+            text.push_str(&format!(
+                "--- {}: {} warnings and errors\n",
+                node.name,
+                lines.len()
+            ));
+            for line in &lines[lines.len().saturating_sub(limit)..] {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        text
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

@@ -1,7 +1,7 @@
 //! Cron expressions and one-shot times: parsing with errors that point at the wrong field, and
 //! the fire times of a schedule in its time zone.
 
-use chrono::{DateTime, Timelike, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
@@ -75,7 +75,15 @@ pub fn parse_cron(expr: &str) -> Result<Cron, CronSyntaxError> {
         ));
     }
     let whole_error = match parser().parse(trimmed) {
-        Ok(cron) => return Ok(cron),
+        Ok(cron) if is_alias || has_a_day(&fields) => return Ok(cron),
+        Ok(_) => {
+            return Err(CronSyntaxError {
+                message: format!(
+                    "`{trimmed}` never fires: no date has that day of the month in those months{}; {EXAMPLES}",
+                    if fields[fields.len() - 1] == "*" { "" } else { " on that day of the week" }
+                ),
+            })
+        }
         Err(err) => err.to_string(),
     };
     if is_alias {
@@ -97,6 +105,27 @@ pub fn parse_cron(expr: &str) -> Result<Cron, CronSyntaxError> {
     Err(CronSyntaxError {
         message: format!("invalid cron expression `{trimmed}`: {whole_error}; {EXAMPLES}"),
     })
+}
+
+/// Whether the date fields (day of month, month, day of week; the last three) of a parsed
+/// expression match any day. Only they can make a valid expression impossible (`0 0 31 2 *`,
+/// the 31st of February): each time field allows some value. Looks at every day of 28 years,
+/// 2001 to 2028, which hold every calendar a year of 1901–2099 can have (seven weekdays to
+/// start on, leap or not): a few milliseconds, where croner's own search for a next fire would
+/// go on to its last year (most of a second, at every look at the schedule).
+fn has_a_day(fields: &[&str]) -> bool {
+    let [dom, month, dow] = fields[fields.len() - 3..] else {
+        return true;
+    };
+    let Ok(days) = parser().parse(&format!("0 0 0 {dom} {month} {dow}")) else {
+        return true;
+    };
+    let first = chrono::NaiveDate::from_ymd_opt(2001, 1, 1).expect("a date");
+    first
+        .iter_days()
+        .take_while(|day| day.year() < 2029)
+        .filter_map(|day| day.and_hms_opt(0, 0, 0))
+        .any(|midnight| days.is_time_matching(&midnight.and_utc()).unwrap_or(true))
 }
 
 const EXAMPLES: &str =
@@ -212,6 +241,33 @@ mod tests {
 
     /// Found by fuzzing (`fuzz/`, target `schedule`): `* , * * * 0` parsed (croner skips empty
     /// list items, so the minute allowed no value) and each search for its next fire took 11 s.
+    #[test]
+    fn an_expression_that_can_never_fire_is_refused() {
+        for never in [
+            "0 0 31 2 *",
+            "* * * 31 4,6,9,11 *",
+            "0 0 30,31 FEB *",
+            "0 0 30 2 *",
+        ] {
+            let err = parse_cron(never).unwrap_err().message;
+            assert!(err.contains("never fires"), "{never}: {err}");
+        }
+        // Rare is not never: the 29th of February, the fifth Friday of a February, the 31st
+        // of any month with 31 days, a weekday with the day of the month as well.
+        for rare in [
+            "0 0 29 2 *",
+            "0 0 * 2 5#5",
+            "0 0 31 * *",
+            "0 0 L 2 *",
+            "0 0 31 2 1",
+            "@yearly",
+        ] {
+            let cron = parse_cron(rare).unwrap_or_else(|err| panic!("{rare}: {err}"));
+            let next = cron.find_next_occurrence(&utc(2026, 1, 1, 0, 0, 0), false);
+            assert!(next.is_ok(), "{rare} fires: {next:?}");
+        }
+    }
+
     #[test]
     fn a_list_with_an_empty_item_is_refused_at_once() {
         for (expression, field) in [

@@ -19,9 +19,6 @@ use crate::services::{metrics, runs};
 /// Most queued runs the dispatcher looks at in one go.
 const DISPATCH_BATCH: u32 = 1000;
 
-/// A run dispatched this long ago and still queued has its request published again (fleet).
-const REPUBLISH_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// Prefix of the ids of workers embedded in `autopilot serve`.
 pub const EMBEDDED_WORKER_PREFIX: &str = "embedded";
 
@@ -66,6 +63,12 @@ async fn publish(app: &App, mut run: Run) -> ServiceResult<Run> {
 /// Publishes the request of a run already marked dispatched in the store. A failed publish
 /// is undone so the dispatcher tries again.
 pub(crate) async fn publish_dispatched(app: &App, run: Run) -> Run {
+    let dedup_id = dedup_id(&run);
+    publish_request(app, run, dedup_id).await
+}
+
+/// [`publish_dispatched`] under `dedup_id`.
+async fn publish_request(app: &App, run: Run, dedup_id: String) -> Run {
     // Over NATS the publish is a span of the run's trace; in-process it is a push onto a
     // queue, not worth one.
     let span = app
@@ -87,7 +90,7 @@ pub(crate) async fn publish_dispatched(app: &App, run: Run) -> Run {
         run_id: run.id,
         attempt: run.attempt,
         pool: run.settings.pool.clone(),
-        dedup_id: dedup_id(&run),
+        dedup_id,
         // The worker's spans are children of the publish, or of the run's creation.
         trace_parent: match &span {
             Some(span) => span.traceparent().map(str::to_owned),
@@ -169,10 +172,15 @@ pub async fn dispatch_pending(app: &App) -> ServiceResult<Option<DateTime<Utc>>>
 /// In the fleet: runs marked dispatched long ago and still not claimed get their request
 /// published again, in case the bus lost it (a NATS server that came back without its store,
 /// a request given up after its last delivery, a control plane killed between marking and
-/// publishing). The dedup id is the same, so a request still on the queue is not doubled
-/// within the dedup window, and a duplicate delivery is refused at the claim.
+/// publishing). Under a dedup id of its own (the run's, and when it was marked again): the
+/// first one is still in the bus's dedup window when it was given up, and the bus would drop
+/// the new request as its duplicate. A request that was only slow is then delivered twice; the
+/// second delivery's claim is refused.
 pub async fn republish_stale_dispatches(app: &App) -> ServiceResult<usize> {
-    let stale_before = Utc::now() - chrono::Duration::from_std(REPUBLISH_AFTER).unwrap_or_default();
+    // Twice the time after which a silent worker's run is lost (60 s by default): a request
+    // is taken by a free worker within moments, or waits for a slot, which frees up by then.
+    let republish_after = app.config.lost_after * 2;
+    let stale_before = Utc::now() - chrono::Duration::from_std(republish_after).unwrap_or_default();
     let stale = app
         .store
         .queued_runs(Some(stale_before), DISPATCH_BATCH)
@@ -186,7 +194,9 @@ pub async fn republish_stale_dispatches(app: &App) -> ServiceResult<usize> {
             .await?
         {
             tracing::info!(run.id = %run.id, "run still unclaimed long after dispatch; publishing its request again");
-            publish_dispatched(app, run).await;
+            let marked = run.dispatched_at.unwrap_or_default().timestamp_millis();
+            let dedup_id = format!("{}:again:{marked}", dedup_id(&run));
+            publish_request(app, run, dedup_id).await;
             republished += 1;
         }
     }

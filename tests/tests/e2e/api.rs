@@ -76,6 +76,11 @@ async fn bad_input_is_answered_with_the_field_that_was_wrong() {
             "3 field(s)",
         ),
         (
+            json!({ "name": "a", "prompt": "p", "schedule": "0 9 31 4,6,9,11 *" }),
+            "schedule",
+            "never fires",
+        ),
+        (
             json!({ "name": "a", "prompt": "p", "timezone": "Moon/Base" }),
             "timezone",
             "IANA",

@@ -33,6 +33,50 @@ async fn trigger(api: &ApiClient, job_id: &str) -> (StatusCode, Value) {
     .await
 }
 
+/// A run request the bus lost (here purged from its stream before any worker took it) is
+/// published again once the run has waited twice the lost-after time, under a dedup id of its
+/// own: the bus still remembers the first one and would drop a copy of it as a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_request_the_bus_lost_is_published_again_and_runs() {
+    let options = ClusterOptions {
+        control_planes: 1,
+        workers: 1,
+        // The least allowed: the request is published again after 30 s.
+        lost_after_secs: 15,
+        ..ClusterOptions::default()
+    };
+    let Some(mut cluster) = Cluster::start(options).await else {
+        return;
+    };
+    cluster.workers[0].kill();
+    let api = cluster.api(0).clone();
+    let job_id = shell_job(&api, "lost-request", "echo ran").await;
+    let (status, run) = trigger(&api, &job_id).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{run}");
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    let client = async_nats::connect(cluster.nats.url()).await.unwrap();
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream("autopilot-runs")
+        .await
+        .expect("the run stream");
+    assert_eq!(stream.info().await.unwrap().state.messages, 1);
+    stream.purge().await.expect("purge the run stream");
+    cluster.start_worker(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let run = api.run(&run_id).await;
+        if run["status"] == "succeeded" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lost request was not published again: {run}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_replica_serves_and_follows_runs_that_workers_execute() {
     let Some(mut cluster) = Cluster::start(ClusterOptions::default()).await else {

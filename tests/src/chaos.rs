@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::harness::{is_terminal, ApiClient, TestServer};
 use crate::postgres::PrivatePostgres;
+use crate::proxy::TcpProxy;
 
 /// What one scenario showed.
 #[derive(Debug, Clone)]
@@ -94,16 +95,7 @@ pub async fn leader_failover(fault: LeaderFault, jobs: usize, after: Duration) -
     };
     let mut cluster = Cluster::start(options).await?;
     let leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
-    let mut job_ids = Vec::new();
-    for index in 0..jobs {
-        let api = cluster.api(index % 3).clone();
-        // `allow`: a run held up by the faulty replica (its completion is retried on another
-        // one) must not make later fires skip; every second has its run.
-        let job = api
-            .create_job(json!({ "name": format!("tick-{index}"), "command": "true", "schedule": "* * * * * *", "overlap_policy": "allow" }))
-            .await;
-        job_ids.push(job["id"].as_str().unwrap().to_owned());
-    }
+    let job_ids = tick_jobs(&cluster, jobs).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
 
     let faulted_at = Utc::now();
@@ -157,65 +149,12 @@ pub async fn leader_failover(fault: LeaderFault, jobs: usize, after: Duration) -
     }
     tokio::time::sleep(after).await;
 
-    // Stop the schedules, let the last runs finish, then look at every (job, second).
-    for job_id in &job_ids {
-        let (status, body) = api
-            .call(
-                Method::PATCH,
-                &format!("/api/v1/jobs/{job_id}"),
-                Some(json!({ "enabled": false })),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    'settle: loop {
-        for job_id in &job_ids {
-            if !api.runs_of(job_id).await.iter().all(is_terminal) {
-                if Instant::now() > deadline {
-                    break 'settle;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue 'settle;
-            }
-        }
-        break;
-    }
-    let (mut fires, mut duplicated, mut missing, mut stuck) = (0u64, 0u64, 0u64, 0u64);
-    for job_id in &job_ids {
-        let job = api.get(&format!("/api/v1/jobs/{job_id}")).await;
-        let runs = api.runs_of(job_id).await;
-        let seconds: Vec<i64> = runs
-            .iter()
-            .map(|run| {
-                time_of(run, "scheduled_for")
-                    .expect("a fire has its time")
-                    .timestamp()
-            })
-            .collect();
-        let distinct: BTreeSet<i64> = seconds.iter().copied().collect();
-        duplicated += (seconds.len() - distinct.len()) as u64;
-        let (Some(first), Some(last)) = (distinct.first(), distinct.last()) else {
-            continue;
-        };
-        assert!(
-            *last > faulted_at.timestamp() + 3,
-            "fires went on after the failover: {seconds:?}"
-        );
-        // Fires missed while nobody led are within the misfire grace, so the policy runs them:
-        // every second from the first fire to the last has its run, unless counted as missed.
-        let recorded = job["missed_fires"].as_u64().expect("missed_fires")
-            + job["overlap_skipped"].as_u64().expect("overlap_skipped");
-        let expected = (last - first + 1) as u64;
-        missing += expected.saturating_sub(distinct.len() as u64 + recorded);
-        fires += distinct.len() as u64;
-        for run in runs.iter().filter(|run| run["status"] != "succeeded") {
-            stuck += 1;
-            if stuck <= 3 {
-                eprintln!("a run that did not succeed: {run}");
-            }
-        }
-    }
+    let FireCount {
+        fires,
+        duplicated,
+        missing,
+        stuck,
+    } = count_fires(&api, &job_ids, faulted_at).await;
     let (what, shown_by) = match fault {
         LeaderFault::Kill => (
             "`kill -9` of the scheduler's leader (fleet of 3), started again as a follower",
@@ -246,6 +185,399 @@ pub async fn leader_failover(fault: LeaderFault, jobs: usize, after: Duration) -
     )
 }
 
+/// What the runs of per-second jobs show once their schedules are stopped.
+struct FireCount {
+    /// Distinct (job, second) fires.
+    fires: u64,
+    duplicated: u64,
+    missing: u64,
+    /// Runs that did not succeed.
+    stuck: u64,
+}
+
+/// Stops the schedules of `job_ids`, lets their last runs finish (a minute at most), then looks
+/// at every (job, second): from a job's first fire to its last, each second must have exactly
+/// one run or a recorded misfire, and fires must have gone on well after `faulted_at`.
+async fn count_fires(api: &ApiClient, job_ids: &[String], faulted_at: DateTime<Utc>) -> FireCount {
+    for job_id in job_ids {
+        let (status, body) = api
+            .call(
+                Method::PATCH,
+                &format!("/api/v1/jobs/{job_id}"),
+                Some(json!({ "enabled": false })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    'settle: loop {
+        for job_id in job_ids {
+            if !api.runs_of(job_id).await.iter().all(is_terminal) {
+                if Instant::now() > deadline {
+                    break 'settle;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue 'settle;
+            }
+        }
+        break;
+    }
+    let mut count = FireCount {
+        fires: 0,
+        duplicated: 0,
+        missing: 0,
+        stuck: 0,
+    };
+    for job_id in job_ids {
+        let job = api.get(&format!("/api/v1/jobs/{job_id}")).await;
+        let runs = api.runs_of(job_id).await;
+        let seconds: Vec<i64> = runs
+            .iter()
+            .map(|run| {
+                time_of(run, "scheduled_for")
+                    .expect("a fire has its time")
+                    .timestamp()
+            })
+            .collect();
+        let distinct: BTreeSet<i64> = seconds.iter().copied().collect();
+        count.duplicated += (seconds.len() - distinct.len()) as u64;
+        let (Some(first), Some(last)) = (distinct.first(), distinct.last()) else {
+            continue;
+        };
+        assert!(
+            *last > faulted_at.timestamp() + 3,
+            "fires went on after the fault: {seconds:?}"
+        );
+        // Fires missed while nobody led are within the misfire grace, so the policy runs them:
+        // every second from the first fire to the last has its run, unless counted as missed.
+        let recorded = job["missed_fires"].as_u64().expect("missed_fires")
+            + job["overlap_skipped"].as_u64().expect("overlap_skipped");
+        let expected = (last - first + 1) as u64;
+        count.missing += expected.saturating_sub(distinct.len() as u64 + recorded);
+        count.fires += distinct.len() as u64;
+        for run in runs.iter().filter(|run| run["status"] != "succeeded") {
+            count.stuck += 1;
+            if count.stuck <= 3 {
+                eprintln!("a run that did not succeed: {run}");
+            }
+        }
+    }
+    count
+}
+
+/// Creates `jobs` per-second jobs of `true`, spread over the control planes.
+async fn tick_jobs(cluster: &Cluster, jobs: usize) -> Vec<String> {
+    let mut job_ids = Vec::new();
+    for index in 0..jobs {
+        let api = cluster.api(index % cluster.control_planes.len()).clone();
+        // `allow`: a run held up by the faulty replica (its completion is retried on another
+        // one) must not make later fires skip; every second has its run.
+        let job = api
+            .create_job(json!({ "name": format!("tick-{index}"), "command": "true", "schedule": "* * * * * *", "overlap_policy": "allow" }))
+            .await;
+        job_ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    job_ids
+}
+
+/// Triggers `job_id` through `apis` in turn, one every 20 ms, until `stop`: the runs answered
+/// `202`, and how many requests were refused or unanswered (a replica going down).
+fn trigger_load(
+    apis: Vec<ApiClient>,
+    job_id: String,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<(Vec<String>, usize)> {
+    tokio::spawn(async move {
+        let (mut accepted, mut refused) = (Vec::new(), 0usize);
+        let mut index = 0usize;
+        while !stop.is_cancelled() {
+            let api = &apis[index % apis.len()];
+            index += 1;
+            let path = format!("/api/v1/jobs/{job_id}/trigger");
+            match api.try_call(Method::POST, &path, None).await {
+                Some((StatusCode::ACCEPTED, body)) => {
+                    accepted.push(body["id"].as_str().unwrap().to_owned())
+                }
+                _ => refused += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (accepted, refused)
+    })
+}
+
+/// How many of the runs `run_ids` did not succeed (waiting up to `patience` for them to end),
+/// and when the last of them ended.
+async fn unsucceeded(
+    api: &ApiClient,
+    run_ids: &[String],
+    patience: Duration,
+) -> (u64, Option<DateTime<Utc>>) {
+    let deadline = Instant::now() + patience;
+    let (mut stuck, mut last_end) = (0u64, None);
+    for run_id in run_ids {
+        let run = loop {
+            let run = api.run(run_id).await;
+            if is_terminal(&run) || Instant::now() > deadline {
+                break run;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if run["status"] != "succeeded" {
+            stuck += 1;
+            if stuck <= 3 {
+                eprintln!("an acknowledged run did not succeed: {run}");
+            }
+        }
+        last_end = last_end.max(time_of(&run, "finished_at"));
+    }
+    (stuck, last_end)
+}
+
+/// Every control plane of a 3-replica fleet, leader included, stopped (`SIGTERM`) and started
+/// again in turn, `between` apart, under `jobs` per-second jobs and manual runs through the
+/// replicas: every fire exactly once, every acknowledged run succeeds.
+pub async fn rolling_restart(jobs: usize, between: Duration) -> Option<Finding> {
+    let options = ClusterOptions {
+        worker_concurrency: 8,
+        ..ClusterOptions::default()
+    };
+    let mut cluster = Cluster::start(options).await?;
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let job_ids = tick_jobs(&cluster, jobs).await;
+    let light = cluster
+        .api(0)
+        .create_job(json!({ "name": "light", "command": "true", "overlap_policy": "allow" }))
+        .await;
+    let apis: Vec<ApiClient> = (0..3).map(|index| cluster.api(index).clone()).collect();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let faulted_at = Utc::now();
+    let stop_load = CancellationToken::new();
+    let load = trigger_load(
+        apis,
+        light["id"].as_str().unwrap().to_owned(),
+        stop_load.clone(),
+    );
+    let (mut slowest, mut graceful) = (Duration::ZERO, 0);
+    for index in 0..3 {
+        let stopping = Instant::now();
+        if cluster.control_planes[index]
+            .terminate(Duration::from_secs(30))
+            .await
+        {
+            graceful += 1;
+        }
+        cluster.start_control_plane(index).await;
+        slowest = slowest.max(stopping.elapsed());
+        tokio::time::sleep(between).await;
+    }
+    stop_load.cancel();
+    let (accepted, refused) = load.await.unwrap();
+    assert!(accepted.len() > 100, "{} accepted", accepted.len());
+    let api = cluster.api(0).clone();
+    let (unfinished, _) = unsucceeded(&api, &accepted, Duration::from_secs(120)).await;
+    let FireCount {
+        fires,
+        duplicated,
+        missing,
+        stuck,
+    } = count_fires(&api, &job_ids, faulted_at).await;
+    Some(
+        Finding {
+            promise: "every fire exactly once; no acknowledged run lost",
+            fault: format!(
+                "a rolling restart: each of 3 control planes stopped (`SIGTERM`) and started again in turn, {} s apart",
+                between.as_secs()
+            ),
+            load: format!(
+                "{jobs} per-second jobs ({fires} fires), and manual runs through the replicas, one per 20 ms: {} answered 202, {refused} refused or unanswered",
+                accepted.len()
+            ),
+            lost: unfinished,
+            duplicated,
+            missing,
+            stuck,
+            recovery: format!(
+                "each control plane ready again within {:.1} s of its SIGTERM ({graceful} of 3 stopped within their grace); every acknowledged run `succeeded`",
+                slowest.as_secs_f64()
+            ),
+            shown_by: "fleet::a_rolling_restart_of_every_control_plane_loses_and_repeats_nothing",
+        }
+        .explained_by(&cluster),
+    )
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum WorkerFault {
+    /// SIGSTOP of the worker process (its runs' processes go on), then SIGCONT.
+    Pause,
+    /// Its NATS connections reset and refused by a proxy in between, then let through again.
+    Partition,
+}
+
+/// Runs of a 20 s command on a fleet of 2 control planes and 2 workers (4 slots each,
+/// `retry.lost`); one worker, holding runs, is cut off by `fault` for `isolated_for` (past the
+/// lost-after time, 15 s), then comes back while its runs' replacements go on elsewhere. Every
+/// run must succeed, each decided once: the attempt that lost its lease is refused when it
+/// reports, and a run read again later has not changed.
+pub async fn worker_isolated(fault: WorkerFault, isolated_for: Duration) -> Option<Finding> {
+    let options = ClusterOptions {
+        control_planes: 2,
+        workers: 2,
+        worker_concurrency: 4,
+        lost_after_secs: 15,
+        ..ClusterOptions::default()
+    };
+    let mut cluster = Cluster::start(options).await?;
+    let proxy = match fault {
+        WorkerFault::Pause => None,
+        WorkerFault::Partition => {
+            let nats = cluster.nats.url();
+            let target = nats
+                .trim_start_matches("nats://")
+                .parse()
+                .expect("NATS address");
+            let proxy = TcpProxy::start(target).await.expect("proxy");
+            cluster.workers[0].env = vec![(
+                "AUTOPILOT_NATS_URL".to_owned(),
+                format!("nats://{}", proxy.addr()),
+            )];
+            cluster.workers[0].kill();
+            cluster.start_worker(0);
+            Some(proxy)
+        }
+    };
+    let api = cluster.api(0).clone();
+    let job = api
+        .create_job(json!({
+            "name": "long",
+            "command": "sleep 20",
+            "overlap_policy": "allow",
+            "retry": { "count": 1, "backoff_secs": 1, "lost": true },
+        }))
+        .await;
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    let mut run_ids = Vec::new();
+    for _ in 0..8 {
+        let (status, body) = api
+            .call(
+                Method::POST,
+                &format!("/api/v1/jobs/{job_id}/trigger"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        run_ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    // Both workers' slots fill: four runs each.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let on_isolated: Vec<String> = loop {
+        let runs = api.runs_of(&job_id).await;
+        let held: Vec<String> = runs
+            .iter()
+            .filter(|run| run["status"] == "running" && run["worker_id"] == "worker0")
+            .map(|run| run["id"].as_str().unwrap().to_owned())
+            .collect();
+        if held.len() == 4 {
+            break held;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker0 did not take its runs: {runs:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let pid = nix::unistd::Pid::from_raw(cluster.workers[0].pid().expect("worker0") as i32);
+    match &proxy {
+        None => nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP"),
+        Some(proxy) => proxy.cut(),
+    }
+    tokio::time::sleep(isolated_for).await;
+    match &proxy {
+        None => nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT"),
+        Some(proxy) => proxy.restore(),
+    }
+    let back = Instant::now();
+
+    let settled = Instant::now() + Duration::from_secs(120);
+    let mut first_read = Vec::new();
+    for run_id in &run_ids {
+        let run = loop {
+            let run = api.run(run_id).await;
+            if is_terminal(&run) || Instant::now() > settled {
+                break run;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        first_read.push(run);
+    }
+    let settled_after = back.elapsed();
+    // The isolated worker reports what it did meanwhile; nothing it says may change a run.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (mut stuck, mut duplicated, mut replaced) = (0u64, 0u64, 0u64);
+    for (run_id, first) in run_ids.iter().zip(&first_read) {
+        let run = api.run(run_id).await;
+        let events = api.events(run_id).await;
+        let finished = crate::harness::steps(&events)
+            .iter()
+            .filter(|step| *step == "finished")
+            .count();
+        if run != *first || finished > 1 {
+            duplicated += 1;
+            eprintln!("a run decided twice ({finished} finished): {first} then {run}");
+        }
+        if run["status"] != "succeeded" {
+            stuck += 1;
+            eprintln!("a run that did not succeed: {run}");
+        }
+        if on_isolated.contains(run_id) && run["attempt"].as_u64() == Some(2) {
+            replaced += 1;
+        }
+    }
+    // The isolated worker did report (else nothing was tried): refused, each of them.
+    let log = cluster.workers[0].log();
+    let refused = log.matches("completion refused").count();
+    assert!(
+        refused > 0 || duplicated > 0,
+        "the isolated worker reported none of its runs' ends:\n{}",
+        cluster.warnings(40)
+    );
+    let what = match fault {
+        WorkerFault::Pause => format!(
+            "a worker holding 4 runs paused (`SIGSTOP`) for {} s, past the lost-after time (15 s), then woken",
+            isolated_for.as_secs()
+        ),
+        WorkerFault::Partition => format!(
+            "a worker holding 4 runs cut off from NATS for {} s (its connections reset by a proxy; its runs' processes go on), then let through again",
+            isolated_for.as_secs()
+        ),
+    };
+    Some(
+        Finding {
+            promise: "every run decided once",
+            fault: what,
+            load: "8 runs of `sleep 20` (`retry.lost`) on 2 workers × 4 slots, 2 control planes".to_owned(),
+            lost: 0,
+            duplicated,
+            missing: 0,
+            stuck,
+            recovery: format!(
+                "{replaced} of the isolated worker's 4 runs ran again as attempt 2; its {refused} late reports of attempt 1 refused; every run `succeeded` {:.1} s after it was back",
+                settled_after.as_secs_f64()
+            ),
+            shown_by: match fault {
+                WorkerFault::Pause => "fleet::a_paused_worker_s_runs_are_decided_once_when_it_wakes",
+                WorkerFault::Partition => {
+                    "fleet::a_worker_cut_off_from_nats_cannot_overwrite_the_attempt_that_replaced_it"
+                }
+            },
+        }
+        .explained_by(&cluster),
+    )
+}
+
 /// Runs triggered steadily through the 3 replicas of a fleet while its NATS server is killed
 /// and, `down` later, started again on its store. Every run accepted (202) must end
 /// `succeeded`, and every process must ride it out without restarting.
@@ -262,59 +594,21 @@ pub async fn nats_outage(down: Duration) -> Option<Finding> {
         .create_job(json!({ "name": "light", "command": "true", "overlap_policy": "allow" }))
         .await;
     let job_id = job["id"].as_str().unwrap().to_owned();
-    let load_for = Duration::from_secs(3) + down + Duration::from_secs(6);
-    let load = tokio::spawn(async move {
-        let (mut accepted, mut refused) = (Vec::new(), 0usize);
-        let started = Instant::now();
-        let mut index = 0usize;
-        while started.elapsed() < load_for {
-            let api = &apis[index % apis.len()];
-            index += 1;
-            let (status, body) = api
-                .call(
-                    Method::POST,
-                    &format!("/api/v1/jobs/{job_id}/trigger"),
-                    None,
-                )
-                .await;
-            if status == StatusCode::ACCEPTED {
-                accepted.push(body["id"].as_str().unwrap().to_owned());
-            } else {
-                refused += 1;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        (accepted, refused)
-    });
+    let stop_load = CancellationToken::new();
+    let load = trigger_load(apis, job_id, stop_load.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.nats.kill();
     tokio::time::sleep(down).await;
     cluster.nats.restart().await.expect("nats-server back");
     let back_at = Utc::now();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop_load.cancel();
     let (accepted, refused) = load.await.unwrap();
     assert!(accepted.len() > 100, "{} accepted", accepted.len());
 
     let api = cluster.api(0).clone();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let (mut stuck, mut last_end) = (0u64, back_at);
-    for run_id in &accepted {
-        let run = loop {
-            let run = api.run(run_id).await;
-            if is_terminal(&run) || Instant::now() > deadline {
-                break run;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        if run["status"] != "succeeded" {
-            stuck += 1;
-            if stuck <= 3 {
-                eprintln!("an acknowledged run did not succeed: {run}");
-            }
-        }
-        if let Some(ended) = time_of(&run, "finished_at") {
-            last_end = last_end.max(ended);
-        }
-    }
+    let (stuck, last_end) = unsucceeded(&api, &accepted, Duration::from_secs(120)).await;
+    let last_end = last_end.unwrap_or(back_at).max(back_at);
     // Rode it out: the same processes, still running.
     let now: Vec<Option<u32>> = cluster
         .control_planes

@@ -67,6 +67,9 @@ pub struct Node {
     port: u16,
     log: PathBuf,
     child: Option<Child>,
+    /// Environment of this node alone, set after everything else at its next start (another
+    /// NATS address, say).
+    pub env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -179,6 +182,7 @@ impl Cluster {
             name,
             port,
             child: None,
+            env: Vec::new(),
         }
     }
 
@@ -206,6 +210,13 @@ impl Cluster {
         command
     }
 
+    /// Applies `node`'s own environment, last.
+    fn node_env(command: &mut Command, node: &Node) {
+        for (name, value) in &node.env {
+            command.env(name, value);
+        }
+    }
+
     /// Starts (or starts again, on the same port) control plane `index` and waits until it is
     /// ready.
     pub async fn start_control_plane(&mut self, index: usize) {
@@ -231,6 +242,7 @@ impl Cluster {
         for (name, value) in &self.options.control_plane_env {
             command.env(name, value);
         }
+        Self::node_env(&mut command, node);
         let child = command.spawn().expect("spawn autopilot serve");
         let node = &mut self.control_planes[index];
         node.child = Some(child);
@@ -272,6 +284,7 @@ impl Cluster {
         for (name, value) in &self.options.worker_env {
             command.env(name, value);
         }
+        Self::node_env(&mut command, node);
         let child = command.spawn().expect("spawn autopilot worker");
         self.workers[index].child = Some(child);
     }

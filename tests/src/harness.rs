@@ -545,6 +545,28 @@ impl ApiClient {
         body: Option<Value>,
         token: Option<&str>,
     ) -> (StatusCode, Value) {
+        self.send(method, path, body, token)
+            .await
+            .expect("a request and its answer")
+    }
+
+    /// [`Self::call`], or `None` when no answer came (the server is down or went down).
+    pub async fn try_call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Option<(StatusCode, Value)> {
+        self.send(method, path, body, Some(ADMIN_TOKEN)).await.ok()
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> reqwest::Result<(StatusCode, Value)> {
         let mut request = self
             .client
             .request(method, format!("{}{path}", self.base_url));
@@ -554,15 +576,15 @@ impl ApiClient {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.expect("request");
+        let response = request.send().await?;
         let status = response.status();
-        let text = response.text().await.expect("body");
+        let text = response.text().await?;
         let value = if text.is_empty() {
             Value::Null
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
-        (status, value)
+        Ok((status, value))
     }
 
     pub async fn get(&self, path: &str) -> Value {

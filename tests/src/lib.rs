@@ -10,3 +10,4 @@ pub mod harness;
 pub mod nats;
 pub mod otlp;
 pub mod postgres;
+pub mod proxy;

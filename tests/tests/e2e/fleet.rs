@@ -9,7 +9,7 @@ use autopilot_proto::{
     AttemptEnd, BlobStore, Bus, JetStreamBus, JetStreamConfig, RunAttempt, RunId, RunKind,
     RunOutcome, RunRequest, WorkerId, WorkerReply, WorkerRequest,
 };
-use autopilot_tests::chaos::{self, LeaderFault};
+use autopilot_tests::chaos::{self, LeaderFault, WorkerFault};
 use autopilot_tests::cluster::{claude_worker_env, Cluster, ClusterOptions};
 use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply};
 use autopilot_tests::harness::{event_ids, is_terminal, steps, ApiClient};
@@ -75,6 +75,39 @@ async fn a_run_request_the_bus_lost_is_published_again_and_runs() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The scenario is `autopilot_tests::chaos::rolling_restart`; `bench chaos` spaces the restarts
+/// further apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_control_plane_loses_and_repeats_nothing() {
+    let Some(finding) = chaos::rolling_restart(20, Duration::from_secs(2)).await else {
+        return;
+    };
+    println!("{}", finding.row());
+    assert!(finding.held(), "{finding:?}");
+}
+
+/// The scenarios of this one and the next are `autopilot_tests::chaos::worker_isolated`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_worker_s_runs_are_decided_once_when_it_wakes() {
+    let Some(finding) = chaos::worker_isolated(WorkerFault::Pause, Duration::from_secs(25)).await
+    else {
+        return;
+    };
+    println!("{}", finding.row());
+    assert!(finding.held(), "{finding:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_nats_cannot_overwrite_the_attempt_that_replaced_it() {
+    let Some(finding) =
+        chaos::worker_isolated(WorkerFault::Partition, Duration::from_secs(25)).await
+    else {
+        return;
+    };
+    println!("{}", finding.row());
+    assert!(finding.held(), "{finding:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

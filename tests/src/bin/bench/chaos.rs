@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use autopilot_tests::chaos::{self, Finding, LeaderFault, TABLE_HEADING};
+use autopilot_tests::chaos::{self, Finding, LeaderFault, WorkerFault, TABLE_HEADING};
 
 const BEGIN: &str = "<!-- chaos:begin (written by `bench chaos --write`) -->";
 const END: &str = "<!-- chaos:end -->";
@@ -17,6 +17,20 @@ pub async fn run(seconds: u64, write: bool) -> anyhow::Result<()> {
     eprintln!("chaos: the scheduler's leader killed, then paused, under 50 per-second jobs…");
     for fault in [LeaderFault::Kill, LeaderFault::Pause] {
         findings.extend(chaos::leader_failover(fault, 50, long).await);
+    }
+    let between = (long / 3).max(Duration::from_secs(2));
+    eprintln!(
+        "chaos: a rolling restart of the control planes, {} s apart…",
+        between.as_secs()
+    );
+    findings.extend(chaos::rolling_restart(50, between).await);
+    let isolated = long.max(Duration::from_secs(25));
+    eprintln!(
+        "chaos: a worker paused, then cut off from NATS, for {} s mid-run…",
+        isolated.as_secs()
+    );
+    for fault in [WorkerFault::Pause, WorkerFault::Partition] {
+        findings.extend(chaos::worker_isolated(fault, isolated).await);
     }
     eprintln!("chaos: NATS down for {seconds} s under a run load…");
     findings.extend(chaos::nats_outage(long).await);

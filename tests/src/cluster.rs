@@ -43,6 +43,8 @@ pub struct ClusterOptions {
     pub worker_env: Vec<(String, String)>,
     /// Environment given to every control plane.
     pub control_plane_env: Vec<(String, String)>,
+    /// The database of the fleet; a fresh one on `TEST_DATABASE_URL`'s server when `None`.
+    pub database_url: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -55,6 +57,7 @@ impl Default for ClusterOptions {
             lost_after_secs: 30,
             worker_env: Vec::new(),
             control_plane_env: Vec::new(),
+            database_url: None,
         }
     }
 }
@@ -147,7 +150,10 @@ impl Cluster {
     pub async fn start(options: ClusterOptions) -> Option<Cluster> {
         let bin = components::autopilot_bin()?;
         let nats = NatsServer::start().await?;
-        let database_url = components::fresh_postgres_database().await?;
+        let database_url = match options.database_url.clone() {
+            Some(url) => url,
+            None => components::fresh_postgres_database().await?,
+        };
         let dir = tempfile::tempdir().expect("cluster dir");
         let mut cluster = Cluster {
             nats,

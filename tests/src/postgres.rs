@@ -13,12 +13,20 @@ pub struct PrivatePostgres {
     dir: tempfile::TempDir,
     port: u16,
     as_root: bool,
+    /// `fsync` on, as production runs it (tests keep it off for speed).
+    durable: bool,
 }
 
 impl PrivatePostgres {
-    /// Creates a cluster in a fresh directory and starts it; `None` where PostgreSQL's server
-    /// binaries are missing (and components may be skipped).
+    /// Creates a cluster in a fresh directory and starts it with `fsync=off`; `None` where
+    /// PostgreSQL's server binaries are missing (and components may be skipped).
     pub fn start() -> Option<PrivatePostgres> {
+        Self::start_with(false)
+    }
+
+    /// [`Self::start`], with `fsync` (and `synchronous_commit`, the default) on when `durable`,
+    /// as production runs PostgreSQL.
+    pub fn start_with(durable: bool) -> Option<PrivatePostgres> {
         let Some(bin) = server_bin() else {
             return components::missing(
                 "PostgreSQL's server binaries (initdb, pg_ctl)",
@@ -40,6 +48,7 @@ impl PrivatePostgres {
             dir,
             port: free_port(),
             as_root,
+            durable,
         };
         server.run(
             "initdb",
@@ -110,9 +119,10 @@ impl PrivatePostgres {
         let data = self.data();
         let log = self.dir.path().join("log").display().to_string();
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=100",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            if self.durable { "on" } else { "off" }
         );
         let mut all = vec!["-D", &data, "-l", &log, "-o", &options];
         all.extend_from_slice(args);

@@ -36,6 +36,7 @@ use sqlx::Connection;
 mod chaos;
 mod docker;
 mod fleet;
+mod fleet_webhooks;
 mod scrape;
 mod tracing;
 mod webhooks;
@@ -526,12 +527,16 @@ async fn main() -> anyhow::Result<()> {
     if matches!(which, "fleet-memory" | "fleet" | "all") {
         rows.extend(fleet::worker_memory().await?);
     }
+    if matches!(which, "fleet-webhooks" | "fleet" | "all") {
+        rows.extend(fleet_webhooks::fleet_webhooks(number(1, 10)).await?);
+    }
     anyhow::ensure!(
         !rows.is_empty(),
         "usage: bench [cron [JOBS SECONDS] | dispatch [SECONDS] | overhead [RUNS] | memory | \
          webhooks [LOAD_SECONDS FIXED_RATE_SECONDS] | metrics-scrape [JOBS WEBHOOKS] | \
          tracing-cost [WEBHOOK_SECONDS PIPELINE_SECONDS] | docker-start [RUNS] | fleet-pipeline [RATE SECONDS] | \
-         fleet-dispatch [JOBS SECONDS] | fleet-failover [KILLS] | fleet-memory | fleet | all | \
+         fleet-dispatch [JOBS SECONDS] | fleet-failover [KILLS] | fleet-memory | fleet-webhooks [SECONDS] | \
+         fleet | all | \
          chaos [SECONDS] [--write]]"
     );
     print_table(&rows);

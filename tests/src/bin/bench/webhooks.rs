@@ -24,7 +24,7 @@ use sqlx::Connection;
 
 use super::{percentile, sorted, spawn_serve, CpuTimes, Row, Serve};
 
-const SECRET: &str = "bench-signing-secret-0123456789";
+pub(crate) const SECRET: &str = "bench-signing-secret-0123456789";
 const PAYLOAD: &str = r#"{"action":"opened","issue":{"number":1347,"title":"Found a bug","user":{"login":"octocat"},"labels":[{"name":"bug"}]}}"#;
 
 fn signature(body: &[u8]) -> String {
@@ -101,6 +101,11 @@ async fn create_webhook(serve: &Serve, runs: Runs) -> anyhow::Result<String> {
 
 /// wrk's script: the same signed body, a new delivery id each request, and the counts as JSON.
 fn wrk_script() -> String {
+    wrk_script_for("")
+}
+
+/// [`wrk_script`] with delivery ids starting with `prefix`, for several wrk processes at once.
+pub(crate) fn wrk_script_for(prefix: &str) -> String {
     format!(
         r#"
 -- `thread_id` is set in each thread's own state by setup(); it must stay a global there.
@@ -116,7 +121,7 @@ function request()
     ["Content-Type"] = "application/json",
     ["X-GitHub-Event"] = "issues",
     ["X-Hub-Signature-256"] = "{signature}",
-    ["X-GitHub-Delivery"] = thread_id .. "-" .. counter,
+    ["X-GitHub-Delivery"] = "{prefix}" .. thread_id .. "-" .. counter,
   }}, '{payload}')
 end
 function done(summary, latency, requests)

@@ -239,6 +239,13 @@ pub trait Bus: Send + Sync {
         true
     }
 
+    /// How long this process has been connected to the bus without a break (`None` while it
+    /// is not): a worker silent for longer than that may have been talking to a bus this
+    /// process could not hear. The in-process bus is always connected.
+    fn connected_for(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::MAX)
+    }
+
     /// Publish a run request to its pool's work queue. Returns `false` when the dedup id was
     /// already seen within the window (nothing was published).
     async fn publish_run(&self, request: RunRequest) -> Result<bool, BusError>;

@@ -40,8 +40,8 @@ mod setup;
 pub use blobs::ObjectBlobs;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use async_nats::jetstream::context::PublishErrorKind;
@@ -178,6 +178,8 @@ struct Inner {
     jetstream: jetstream::Context,
     /// Changes on every reconnection (see `pull`).
     reconnections: watch::Receiver<u64>,
+    /// When the connection was last made; `None` while it is down.
+    connected_at: Arc<Mutex<Option<Instant>>>,
     /// Gives up run requests after their last delivery; stopped with the bus.
     max_deliveries_watch: tokio::task::JoinHandle<()>,
 }
@@ -201,13 +203,20 @@ impl JetStreamBus {
         // Counts reconnections, so pulls into slots know to send their pull request again.
         let (reconnected, reconnections) = watch::channel(0u64);
         let disconnected = AtomicBool::new(false);
+        let connected_at = Arc::new(Mutex::new(Some(Instant::now())));
+        let connection = Arc::clone(&connected_at);
         let client = async_nats::ConnectOptions::new()
             .name("autopilot")
             .request_timeout(Some(config.request_timeout))
             .event_callback(move |event| {
                 match event {
-                    async_nats::Event::Disconnected => disconnected.store(true, Ordering::SeqCst),
+                    async_nats::Event::Disconnected => {
+                        disconnected.store(true, Ordering::SeqCst);
+                        *connection.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    }
                     async_nats::Event::Connected if disconnected.swap(false, Ordering::SeqCst) => {
+                        *connection.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(Instant::now());
                         reconnected.send_modify(|count| *count += 1)
                     }
                     _ => {}
@@ -245,6 +254,7 @@ impl JetStreamBus {
                 client,
                 jetstream,
                 reconnections,
+                connected_at,
                 max_deliveries_watch,
             }),
         })
@@ -420,6 +430,17 @@ fn validate_pool(pool: &str) -> Result<(), BusError> {
 
 #[async_trait]
 impl Bus for JetStreamBus {
+    fn connected_for(&self) -> Option<Duration> {
+        let connected_at = *self
+            .inner
+            .connected_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        connected_at
+            .filter(|_| self.connected())
+            .map(|at| at.elapsed())
+    }
+
     async fn publish_run(&self, request: RunRequest) -> Result<bool, BusError> {
         validate_pool(&request.pool)?;
         validate_dedup_id(&request.dedup_id)?;

@@ -239,8 +239,18 @@ pub async fn recover_embedded_runs(app: &App) -> ServiceResult<()> {
     Ok(())
 }
 
-/// Marks running runs whose worker stopped sending heartbeats as lost.
+/// Marks running runs whose worker stopped sending heartbeats as lost. Only once this process
+/// has been connected to the bus for the whole lost-after time: a silence it could not have
+/// heard through (NATS down or unreachable from here) says nothing about the workers, which
+/// go on with their runs and report them when the bus is back.
 pub async fn reap_lost_runs(app: &App) -> ServiceResult<usize> {
+    if app
+        .bus
+        .connected_for()
+        .is_none_or(|connected| connected < app.config.lost_after)
+    {
+        return Ok(0);
+    }
     let deadline =
         Utc::now() - chrono::Duration::from_std(app.config.lost_after).unwrap_or_default();
     let running = app

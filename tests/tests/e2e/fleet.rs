@@ -324,6 +324,58 @@ async fn nothing_acknowledged_is_lost_when_nats_restarts_under_load() {
     assert!(finding.held(), "{finding:?}");
 }
 
+/// NATS down for longer than the lost-after time while runs execute: the control planes hear
+/// no heartbeat, but not because the workers died. They do not mark the runs lost; the runs
+/// finish and are recorded once NATS is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_outage_longer_than_the_lost_after_time_loses_no_running_run() {
+    let options = ClusterOptions {
+        control_planes: 2,
+        workers: 1,
+        lost_after_secs: 15,
+        ..ClusterOptions::default()
+    };
+    let Some(mut cluster) = Cluster::start(options).await else {
+        return;
+    };
+    let api = cluster.api(0).clone();
+    let job_id = shell_job(&api, "outlasts-nats", "sleep 25").await;
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let (status, run) = trigger(&api, &job_id).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{run}");
+        runs.push(run["id"].as_str().unwrap().to_owned());
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for run_id in &runs {
+        while api.run(run_id).await["status"] != "running" {
+            assert!(Instant::now() < deadline, "{}", cluster.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    cluster.nats.kill();
+    // Past the lost-after time, and the reaper's period (a third of it) on top.
+    tokio::time::sleep(Duration::from_secs(22)).await;
+    cluster.nats.restart().await.expect("nats-server back");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for run_id in &runs {
+        let run = loop {
+            let run = api.run(run_id).await;
+            if is_terminal(&run) {
+                break run;
+            }
+            assert!(Instant::now() < deadline, "{run}\n{}", cluster.warnings(20));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(
+            (run["status"].as_str(), run["attempt"].as_u64()),
+            (Some("succeeded"), Some(1)),
+            "{run}\n{}",
+            cluster.warnings(20)
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_deliveries_never_run_twice() {
     let options = ClusterOptions {

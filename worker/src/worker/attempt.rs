@@ -443,8 +443,10 @@ impl Attempt {
         outcome
     }
 
-    /// Reports the attempt's end with the events its sink left, trying again a few times while
-    /// the bus fails; a run whose end never gets through is left to the control plane's reaper.
+    /// Reports the attempt's end with the events its sink left, trying again for as long as the
+    /// bus fails (NATS may be down for minutes: the run's end is worth the wait, and the
+    /// attempt's heartbeats go on meanwhile). Ends when a control plane answered, or when the
+    /// worker gives up on its attempts at shutdown.
     async fn complete(&self, run_id: RunId, attempt: u32, outcome: RunOutcome, left: EventsLeft) {
         let end = AttemptEnd {
             run_id,
@@ -454,7 +456,7 @@ impl Attempt {
             last_events: left.last,
         };
         let mut backoff = Duration::from_millis(200);
-        for _ in 0..8 {
+        loop {
             // An attempt whose events went on the event stream is answered once they are stored,
             // which may take a while: it goes alone, so it holds up no other completion.
             let reply = if end.events_published > 0 {
@@ -481,7 +483,6 @@ impl Attempt {
                 }
             }
         }
-        tracing::error!(run.id = %run_id, "completion could not be reported; the reaper will mark the run lost");
     }
 }
 

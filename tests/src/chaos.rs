@@ -564,8 +564,12 @@ pub async fn worker_isolated(fault: WorkerFault, isolated_for: Duration) -> Opti
             missing: 0,
             stuck,
             recovery: format!(
-                "{replaced} of the isolated worker's 4 runs ran again as attempt 2; its {refused} late reports of attempt 1 refused; every run `succeeded` {:.1} s after it was back",
-                settled_after.as_secs_f64()
+                "{replaced} of the isolated worker's 4 runs ran again as attempt 2; its {refused} late reports of attempt 1 refused; {}",
+                if settled_after < Duration::from_millis(500) {
+                    "every run had `succeeded` by the time it was back".to_owned()
+                } else {
+                    format!("every run `succeeded` {:.1} s after it was back", settled_after.as_secs_f64())
+                }
             ),
             shown_by: match fault {
                 WorkerFault::Pause => "fleet::a_paused_worker_s_runs_are_decided_once_when_it_wakes",

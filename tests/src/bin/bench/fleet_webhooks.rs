@@ -9,10 +9,10 @@ use anyhow::Context;
 use autopilot_tests::cluster::{Cluster, ClusterOptions};
 use autopilot_tests::postgres::PrivatePostgres;
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::Connection;
 
-use super::webhooks::{wrk_script_for, SECRET};
+use super::webhooks::{wrk_script_for, wrk_summary, WrkSummary, SECRET};
 use super::{CpuTimes, Row};
 
 pub async fn fleet_webhooks(seconds: u64) -> anyhow::Result<Vec<Row>> {
@@ -21,15 +21,6 @@ pub async fn fleet_webhooks(seconds: u64) -> anyhow::Result<Vec<Row>> {
         rows.push(through_the_fleet(seconds, durable).await?);
     }
     Ok(rows)
-}
-
-/// What wrk said.
-struct Summary {
-    accepted: i64,
-    refused: i64,
-    seconds: f64,
-    p50_ms: f64,
-    p99_ms: f64,
 }
 
 async fn through_the_fleet(seconds: u64, durable: bool) -> anyhow::Result<Row> {
@@ -101,7 +92,7 @@ async fn through_the_fleet(seconds: u64, durable: bool) -> anyhow::Result<Row> {
         .await
         .context("the fleet webhook benchmark needs wrk: apt-get install wrk")?;
     let steal = CpuTimes::steal_since(cpu);
-    let mut total = Summary {
+    let mut total = WrkSummary {
         accepted: 0,
         refused: 0,
         seconds: 0.0,
@@ -109,7 +100,7 @@ async fn through_the_fleet(seconds: u64, durable: bool) -> anyhow::Result<Row> {
         p99_ms: 0.0,
     };
     for output in &outputs {
-        let summary = summary(&String::from_utf8_lossy(&output.stdout))?;
+        let summary = wrk_summary(&String::from_utf8_lossy(&output.stdout))?;
         total.accepted += summary.accepted;
         total.refused += summary.refused;
         total.seconds = total.seconds.max(summary.seconds);
@@ -147,23 +138,5 @@ async fn through_the_fleet(seconds: u64, durable: bool) -> anyhow::Result<Row> {
             total.p50_ms, total.p99_ms
         ),
         target: "≥ 5,000/s".into(),
-    })
-}
-
-/// The `WRK {…}` line of wrk's output.
-fn summary(text: &str) -> anyhow::Result<Summary> {
-    let line = text
-        .lines()
-        .find_map(|line| line.strip_prefix("WRK "))
-        .with_context(|| format!("no summary from wrk: {text}"))?;
-    let summary: Value = serde_json::from_str(line)?;
-    let requests = summary["requests"].as_i64().unwrap_or(0);
-    let refused = summary["non2xx"].as_i64().unwrap_or(0);
-    Ok(Summary {
-        accepted: requests - refused,
-        refused,
-        seconds: summary["seconds"].as_f64().unwrap_or(1.0),
-        p50_ms: summary["p50_us"].as_f64().unwrap_or(f64::NAN) / 1000.0,
-        p99_ms: summary["p99_us"].as_f64().unwrap_or(f64::NAN) / 1000.0,
     })
 }

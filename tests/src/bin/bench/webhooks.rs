@@ -136,6 +136,34 @@ end
     )
 }
 
+/// What wrk said, from the `WRK {…}` line of [`wrk_script`]'s `done`.
+pub(crate) struct WrkSummary {
+    /// Answered 2xx.
+    pub accepted: i64,
+    /// Answered otherwise.
+    pub refused: i64,
+    pub seconds: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+pub(crate) fn wrk_summary(text: &str) -> anyhow::Result<WrkSummary> {
+    let line = text
+        .lines()
+        .find_map(|line| line.strip_prefix("WRK "))
+        .with_context(|| format!("no summary from wrk: {text}"))?;
+    let summary: Value = serde_json::from_str(line)?;
+    let requests = summary["requests"].as_i64().unwrap_or(0);
+    let refused = summary["non2xx"].as_i64().unwrap_or(0);
+    Ok(WrkSummary {
+        accepted: requests - refused,
+        refused,
+        seconds: summary["seconds"].as_f64().unwrap_or(1.0).max(0.001),
+        p50_ms: summary["p50_us"].as_f64().unwrap_or(f64::NAN) / 1000.0,
+        p99_ms: summary["p99_us"].as_f64().unwrap_or(f64::NAN) / 1000.0,
+    })
+}
+
 /// The server's log filter: warnings only, unless `AUTOPILOT_LOG` says otherwise.
 fn log_filter() -> String {
     std::env::var("AUTOPILOT_LOG").unwrap_or_else(|_| "warn".to_owned())
@@ -220,16 +248,9 @@ pub async fn throughput_of(
     // Killed at once: what was answered must already be on disk.
     serve.child.kill()?;
     serve.child.wait()?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let line = text
-        .lines()
-        .find_map(|line| line.strip_prefix("WRK "))
-        .with_context(|| format!("no summary from wrk: {text}"))?;
-    let summary: Value = serde_json::from_str(line)?;
-    let requests = summary["requests"].as_i64().unwrap_or(0);
-    let refused = summary["non2xx"].as_i64().unwrap_or(0);
-    let accepted = requests - refused;
-    let per_second = accepted as f64 / summary["seconds"].as_f64().unwrap_or(1.0);
+    let summary = wrk_summary(&String::from_utf8_lossy(&output.stdout))?;
+    let (accepted, refused) = (summary.accepted, summary.refused);
+    let per_second = accepted as f64 / summary.seconds;
     let stored = runs_in_database(&serve).await?;
     anyhow::ensure!(
         stored >= accepted,
@@ -245,8 +266,7 @@ pub async fn throughput_of(
             ),
             value: format!(
                 "**{per_second:.0}/s** (wrk latency p50 {:.1} ms, p99 {:.1} ms; {steal})",
-                summary["p50_us"].as_f64().unwrap_or(f64::NAN) / 1000.0,
-                summary["p99_us"].as_f64().unwrap_or(f64::NAN) / 1000.0
+                summary.p50_ms, summary.p99_ms
             ),
             target: "≥ 10,000/s".into(),
         },
@@ -264,7 +284,7 @@ pub async fn throughput_of(
                 .into(),
             value: format!(
                 "{ended} runs, **{:.0} runs/s**",
-                ended as f64 / summary["seconds"].as_f64().unwrap_or(1.0)
+                ended as f64 / summary.seconds
             ),
             target: "(reported)".into(),
         });

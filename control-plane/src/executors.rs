@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use autopilot_proto::WorkerId;
-use autopilot_worker::{guard, DockerConfig, DockerExecutor, Executor, LocalExecutor};
+use autopilot_worker::{DockerConfig, DockerExecutor, Executor, LocalExecutor};
 
 use crate::config::{Config, ExecutorKind};
 
@@ -12,10 +12,7 @@ use crate::config::{Config, ExecutorKind};
 /// the run image is an error that says what to start or build.
 pub async fn build(config: &Config, worker_id: &WorkerId) -> anyhow::Result<Arc<dyn Executor>> {
     match config.executor {
-        ExecutorKind::Local => Ok(Arc::new(match guard::this_binary() {
-            Some(guard) => LocalExecutor::guarded_by(guard),
-            None => LocalExecutor::default(),
-        })),
+        ExecutorKind::Local => Ok(Arc::new(LocalExecutor::default())),
         ExecutorKind::Docker => {
             let mut docker = DockerConfig::new(worker_id.as_str());
             docker.image = config.docker.image.clone();

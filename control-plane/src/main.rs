@@ -80,20 +80,9 @@ fn init_telemetry(format: LogFormat, service: &'static str) -> anyhow::Result<Te
     telemetry::init(format, service)
 }
 
-fn main() -> std::process::ExitCode {
-    // Started as a run guard by a local run of this binary's own worker: that, and nothing else
-    // (no runtime, no threads: the guard waits for signals with them blocked).
-    autopilot_worker::guard::take_over_if_asked();
-    match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime.block_on(run(Cli::parse())),
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run(cli: Cli) -> std::process::ExitCode {
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => run_serve(args).await,
         Command::Worker(args) => run_worker(args).await,

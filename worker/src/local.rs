@@ -22,19 +22,24 @@ use crate::executor::{ExecError, Executor, ExitInfo, OutputLine, OutputStream};
 /// the pipes is killed with the group, but its last bytes may still be in flight).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
-/// Runs each command as a child process. With a run guard (the `autopilot` binary, see
-/// [`crate::guard`]), nothing the command starts outlives this process; without one, the
-/// command itself dies with this process but what it started may not.
-#[derive(Clone, Debug, Default)]
+/// Runs each command as a child process, under the run guard ([`crate::guard`]): nothing the
+/// command starts outlives this process.
+#[derive(Clone, Debug)]
 pub struct LocalExecutor {
-    guard: Option<PathBuf>,
+    guarded: bool,
+}
+
+impl Default for LocalExecutor {
+    fn default() -> Self {
+        Self { guarded: true }
+    }
 }
 
 impl LocalExecutor {
-    /// Starts every command under `guard`, a binary that acts as the run guard when given
-    /// [`GUARD_ARG`](crate::guard::GUARD_ARG) first (the `autopilot` binary).
-    pub fn guarded_by(guard: PathBuf) -> Self {
-        Self { guard: Some(guard) }
+    /// Without the run guard: the command itself still dies with this process, what it starts
+    /// may not (for comparison in tests and benchmarks).
+    pub fn unguarded() -> Self {
+        Self { guarded: false }
     }
 }
 
@@ -57,7 +62,8 @@ impl Executor for LocalExecutor {
                 command.cwd.display()
             ))
         })?;
-        let mut child = command_dying_with_this_process(&command, self.guard.as_deref())?;
+        let guard = self.guarded.then(crate::guard::program).flatten();
+        let mut child = command_dying_with_this_process(&command, guard.as_deref())?;
         let mut child = child
             .env_clear()
             .envs(command.env.iter().map(|(k, v)| (k, v)))
@@ -150,9 +156,7 @@ fn command_dying_with_this_process(
     let mut command = match (guard, setpriv()) {
         (Some(guard), _) => {
             let mut command = Command::new(guard);
-            command
-                .arg(crate::guard::GUARD_ARG)
-                .arg(std::process::id().to_string());
+            command.arg(std::process::id().to_string());
             command
         }
         (None, Some(setpriv)) => {

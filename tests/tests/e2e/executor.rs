@@ -209,18 +209,10 @@ async fn a_missing_program_is_reported_as_such(executor: &dyn Executor) {
     assert!(err.to_string().contains("/nonexistent/claude"), "{err}");
 }
 
-/// The local executor under the `autopilot` binary's run guard.
-fn guarded() -> Option<LocalExecutor> {
-    components::autopilot_bin().map(LocalExecutor::guarded_by)
-}
-
 /// A run killed by a signal is reported so, through the guard as without it.
 #[tokio::test]
 async fn a_run_killed_by_a_signal_reports_the_signal_with_and_without_the_guard() {
-    let Some(guarded) = guarded() else {
-        return;
-    };
-    for executor in [LocalExecutor::default(), guarded] {
+    for executor in [LocalExecutor::default(), LocalExecutor::unguarded()] {
         let dir = tempfile::tempdir().unwrap();
         let (info, _) = run(
             &executor,
@@ -237,9 +229,7 @@ async fn a_run_killed_by_a_signal_reports_the_signal_with_and_without_the_guard(
 /// ends with the run under the guard, which adopted it.
 #[tokio::test]
 async fn a_guarded_run_takes_what_it_detached_with_it() {
-    let Some(executor) = guarded() else {
-        return;
-    };
+    let executor = LocalExecutor::default();
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("detached.pid");
     let script = format!(
@@ -283,15 +273,12 @@ macro_rules! conformance {
                 }
             )+
         }
-        /// The local executor as `autopilot` runs it: each command under the run guard.
-        mod guarded {
+        /// The local executor without its run guard.
+        mod unguarded {
             $(
                 #[tokio::test]
                 async fn $case() {
-                    let Some(executor) = super::guarded() else {
-                        return;
-                    };
-                    super::$case(&executor).await;
+                    super::$case(&super::LocalExecutor::unguarded()).await;
                 }
             )+
         }

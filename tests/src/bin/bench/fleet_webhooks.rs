@@ -1,7 +1,8 @@
 //! `bench fleet-webhooks [SECONDS]`: webhook deliveries accepted through the 3 control planes
-//! of a fleet on PostgreSQL while their runs execute (a shell job `true` on 3 workers × 64
-//! slots), measured twice in one go: on a PostgreSQL with `fsync=off` (as the tests run it) and
-//! on one as production runs it (`fsync` and `synchronous_commit` on). Three wrk processes, one
+//! of a fleet on PostgreSQL, with their runs queued for a pool nobody serves (ingestion alone)
+//! and with them executing meanwhile (a shell job `true` on 3 workers × 64 slots), each on a
+//! PostgreSQL with `fsync=off` (as the tests run it) and on one as production runs it (`fsync`
+//! and `synchronous_commit` on): four figures in one go. Three wrk processes, one
 //! per control plane, send GitHub-style signed deliveries with their own delivery ids; every
 //! delivery answered `202` must have its run in the database afterwards.
 
@@ -12,18 +13,20 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sqlx::Connection;
 
-use super::webhooks::{wrk_script_for, wrk_summary, WrkSummary, SECRET};
+use super::webhooks::{wrk_script_for, wrk_summary, Runs, WrkSummary, SECRET};
 use super::{CpuTimes, Row};
 
 pub async fn fleet_webhooks(seconds: u64) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
-    for durable in [false, true] {
-        rows.push(through_the_fleet(seconds, durable).await?);
+    for runs in [Runs::Queued, Runs::Executing] {
+        for durable in [false, true] {
+            rows.push(through_the_fleet(seconds, durable, runs).await?);
+        }
     }
     Ok(rows)
 }
 
-async fn through_the_fleet(seconds: u64, durable: bool) -> anyhow::Result<Row> {
+async fn through_the_fleet(seconds: u64, durable: bool, runs: Runs) -> anyhow::Result<Row> {
     let postgres = PrivatePostgres::start_with(durable)
         .context("the fleet benchmark needs PostgreSQL's server binaries (tests/run.sh)")?;
     let database_url = postgres.fresh_database().await;
@@ -49,17 +52,23 @@ async fn through_the_fleet(seconds: u64, durable: bool) -> anyhow::Result<Row> {
         )
         .await;
     anyhow::ensure!(status == StatusCode::CREATED, "creating the job: {job}");
+    let mut webhook = json!({
+        "name": "bench",
+        "job": "bench-fast",
+        "signature": { "scheme": "github", "secret": SECRET },
+        "rate_limit": { "per_second": 1_000_000, "burst": 1_000_000 },
+    });
+    if runs == Runs::Queued {
+        let settings = webhook.as_object_mut().expect("an object");
+        settings.remove("job");
+        settings.insert("pool".into(), json!("bench-unserved"));
+        settings.insert(
+            "prompt_template".into(),
+            json!("Triage issue #{{payload.issue.number}}: {{payload.issue.title}}"),
+        );
+    }
     let (status, webhook) = api
-        .call(
-            Method::POST,
-            "/api/v1/webhooks",
-            Some(json!({
-                "name": "bench",
-                "job": "bench-fast",
-                "signature": { "scheme": "github", "secret": SECRET },
-                "rate_limit": { "per_second": 1_000_000, "burst": 1_000_000 },
-            })),
-        )
+        .call(Method::POST, "/api/v1/webhooks", Some(webhook))
         .await;
     anyhow::ensure!(
         status == StatusCode::CREATED,
@@ -128,10 +137,14 @@ async fn through_the_fleet(seconds: u64, durable: bool) -> anyhow::Result<Row> {
     Ok(Row {
         name: format!(
             "fleet: webhook deliveries accepted per second through 3 control planes, PostgreSQL \
-             with {setting}, runs executing meanwhile (shell `true`, 3 workers × 64 slots); wrk \
-             ×3, one per control plane, 16 connections each, {seconds}s ({} accepted, {} refused; \
-             {stored} runs stored, {ended} ended by the end of the load)",
-            total.accepted, total.refused
+             with {setting}, {}; wrk ×3, one per control plane, 16 connections each, {seconds}s \
+             ({} accepted, {} refused; {stored} runs stored, {ended} ended by the end of the load)",
+            match runs {
+                Runs::Queued => "runs queued for a pool no worker serves (ingestion alone)",
+                Runs::Executing => "runs executing meanwhile (shell `true`, 3 workers × 64 slots)",
+            },
+            total.accepted,
+            total.refused
         ),
         value: format!(
             "**{per_second:.0}/s** (wrk latency p50 up to {:.1} ms, p99 up to {:.1} ms; {steal})",

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use autopilot_tests::cluster::{Cluster, ClusterOptions};
 use autopilot_tests::harness::ApiClient;
+use autopilot_tests::postgres::PrivatePostgres;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sqlx::Connection;
@@ -78,11 +79,26 @@ pub async fn pipeline_with(
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
+    // BENCH_DURABLE_POSTGRES=1: a PostgreSQL of the benchmark's own with `fsync` on, as
+    // production runs it, instead of the test server (`fsync=off`).
+    let durable = std::env::var("BENCH_DURABLE_POSTGRES").is_ok_and(|v| v == "1");
+    let postgres = match durable {
+        true => Some(
+            PrivatePostgres::start_with(true)
+                .context("BENCH_DURABLE_POSTGRES needs PostgreSQL's server binaries")?,
+        ),
+        false => None,
+    };
+    let database_url = match &postgres {
+        Some(postgres) => Some(postgres.fresh_database().await),
+        None => None,
+    };
     let cluster = start(ClusterOptions {
         control_planes,
         worker_concurrency: concurrency,
         worker_env: env.to_vec(),
         control_plane_env: env.to_vec(),
+        database_url,
         ..ClusterOptions::default()
     })
     .await?;
@@ -186,8 +202,9 @@ pub async fn pipeline_with(
     let rows = vec![Row {
         name: format!(
             "pipeline: shell `true` runs offered at {rate}/s for {seconds}s through {control_planes} control plane(s), \
-             PostgreSQL, JetStream, 3 workers × {concurrency} slots (accepted {accepted}, refused {}; final states {counts:?}; \
+             PostgreSQL ({}), JetStream, 3 workers × {concurrency} slots (accepted {accepted}, refused {}; final states {counts:?}; \
              {left} still active after {:.0}s)",
+            if durable { "`fsync` on" } else { "`fsync=off`" },
             refused.load(Ordering::Relaxed),
             drained_for.as_secs_f64()
         ),

@@ -31,13 +31,21 @@ pub fn program() -> Option<PathBuf> {
         .map(|(_, path)| path.clone())
 }
 
-/// The guard in a sealed-by-use in-memory file, kept open for the life of this process (closed
-/// on exec, so no run inherits it).
+/// `MFD_EXEC` (Linux 6.3): the in-memory file may be executed even where `vm.memfd_noexec`
+/// makes that the exception. Older kernels do not know the flag, and allow it anyway.
+const MFD_EXEC: std::os::raw::c_uint = 0x0010;
+
+/// The guard in an in-memory file, kept open for the life of this process (closed on exec, so
+/// no run inherits it), and tried once: a system that forbids executing it is found here, not
+/// at every run.
 fn load() -> std::io::Result<(OwnedFd, PathBuf)> {
-    let fd = nix::sys::memfd::memfd_create(
-        c"autopilot-run-guard",
-        nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
-    )?;
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let name = c"autopilot-run-guard";
+    let executable = MFdFlags::MFD_CLOEXEC | MFdFlags::from_bits_retain(MFD_EXEC);
+    let fd = match memfd_create(name, executable) {
+        Err(nix::errno::Errno::EINVAL) => memfd_create(name, MFdFlags::MFD_CLOEXEC)?,
+        fd => fd?,
+    };
     let mut file = std::fs::File::from(fd);
     file.write_all(GUARD)?;
     let path = PathBuf::from(format!(
@@ -45,6 +53,17 @@ fn load() -> std::io::Result<(OwnedFd, PathBuf)> {
         std::process::id(),
         file.as_raw_fd()
     ));
+    // Without arguments it says how to use it and ends with 127.
+    let tried = std::process::Command::new(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    if tried.code() != Some(127) {
+        return Err(std::io::Error::other(format!(
+            "the guard answered {tried} to a trial run"
+        )));
+    }
     Ok((OwnedFd::from(file), path))
 }
 

@@ -129,15 +129,16 @@ pub fn verify_access_token(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use chrono::Utc;
 
     const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
-    const ISSUER: &str = "https://autopilot.example";
-    const AUDIENCE: &str = "https://autopilot.example/mcp";
+    pub(crate) const ISSUER: &str = "https://autopilot.example";
+    pub(crate) const AUDIENCE: &str = "https://autopilot.example/mcp";
 
-    fn claims() -> AccessClaims {
+    /// Claims of a read-scoped token issued now for a minute (also used by the key ring's tests).
+    pub(crate) fn claims() -> AccessClaims {
         let now = Utc::now().timestamp();
         AccessClaims {
             iss: ISSUER.into(),

@@ -1,26 +1,11 @@
 use super::*;
+use crate::tokens::tests::{claims, AUDIENCE, ISSUER};
 
-const ISSUER: &str = "https://autopilot.example";
-const AUDIENCE: &str = "https://autopilot.example/mcp";
 const GRACE: Duration = Duration::from_secs(16 * 60);
 
 async fn sqlite_store(dir: &std::path::Path) -> Arc<dyn Store> {
     let url = format!("sqlite://{}", dir.join("autopilot.db").display());
     crate::store::connect_with(&url, 2).await.unwrap()
-}
-
-fn claims() -> AccessClaims {
-    let now = Utc::now().timestamp();
-    AccessClaims {
-        iss: ISSUER.into(),
-        sub: "client".into(),
-        aud: AUDIENCE.into(),
-        exp: now + 60,
-        iat: now,
-        jti: "j".into(),
-        scope: "autopilot:read".into(),
-        client_id: "client".into(),
-    }
 }
 
 fn kid_of(token: &str) -> String {
@@ -158,6 +143,16 @@ async fn a_plain_key_from_an_earlier_version_is_sealed_into_the_ring_and_blanked
     );
 }
 
+/// A store of its own in `dir`, the sealer, and the signing keys loaded from them.
+async fn loaded_keys(dir: &std::path::Path) -> (Arc<dyn Store>, Sealer, SigningKeys) {
+    let store = sqlite_store(dir).await;
+    let sealer = Sealer::from_key(&[3; 32]);
+    let keys = SigningKeys::load(Arc::clone(&store), sealer.clone())
+        .await
+        .unwrap();
+    (store, sealer, keys)
+}
+
 async fn keys_rotate(store: &Arc<dyn Store>, sealer: &Sealer, rotation: Rotation) -> KeyRing {
     rotate(store.as_ref(), sealer, rotation).await.unwrap()
 }
@@ -165,11 +160,7 @@ async fn keys_rotate(store: &Arc<dyn Store>, sealer: &Sealer, rotation: Rotation
 #[tokio::test]
 async fn after_a_rotation_old_tokens_verify_and_new_ones_name_the_new_key() {
     let dir = tempfile::tempdir().unwrap();
-    let store = sqlite_store(dir.path()).await;
-    let sealer = Sealer::from_key(&[3; 32]);
-    let keys = SigningKeys::load(Arc::clone(&store), sealer.clone())
-        .await
-        .unwrap();
+    let (store, sealer, keys) = loaded_keys(dir.path()).await;
     let before = keys.sign(&claims()).await.unwrap();
     let first_kid = kid_of(&before);
 
@@ -202,11 +193,7 @@ async fn after_a_rotation_old_tokens_verify_and_new_ones_name_the_new_key() {
 #[tokio::test]
 async fn revoking_the_previous_keys_refuses_their_tokens_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let store = sqlite_store(dir.path()).await;
-    let sealer = Sealer::from_key(&[3; 32]);
-    let keys = SigningKeys::load(Arc::clone(&store), sealer.clone())
-        .await
-        .unwrap();
+    let (store, sealer, keys) = loaded_keys(dir.path()).await;
     let before = keys.sign(&claims()).await.unwrap();
     let ring = keys_rotate(&store, &sealer, Rotation::RevokePrevious).await;
     assert!(ring.retired().is_empty());

@@ -15,7 +15,9 @@ const DEFAULT_MODEL: &str = "claude-opus-5-5";
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 const FAKE_KEY: &str = "sk-ant-test-not-a-real-key";
 
-async fn server(fake: Option<&FakeAnthropic>) -> Option<TestServer> {
+/// The Docker Engine, and a server whose runs execute in it (through `fake` when given).
+async fn server(fake: Option<&FakeAnthropic>) -> Option<(bollard::Docker, TestServer)> {
+    let docker = components::docker_engine().await?;
     // Also checks that the runtime image is there.
     components::docker_executor("docker-e2e-probe").await?;
     let mut builder = TestServer::builder()
@@ -24,7 +26,7 @@ async fn server(fake: Option<&FakeAnthropic>) -> Option<TestServer> {
     if let Some(fake) = fake {
         builder = builder.model_api(&fake.base_url());
     }
-    Some(builder.start().await)
+    Some((docker, builder.start().await))
 }
 
 /// The host's address on a Docker network, as containers on it see it.
@@ -71,11 +73,8 @@ async fn run_shell(
 
 #[tokio::test]
 async fn claude_runs_in_a_container_without_ever_seeing_the_api_key() {
-    let Some(docker) = components::docker_engine().await else {
-        return;
-    };
     let fake = FakeAnthropic::start().await.expect("fake API");
-    let Some(server) = server(Some(&fake)).await else {
+    let Some((docker, server)) = server(Some(&fake)).await else {
         return;
     };
     let job = server
@@ -200,10 +199,7 @@ async fn claude_runs_in_a_container_without_ever_seeing_the_api_key() {
 
 #[tokio::test]
 async fn writing_outside_the_workspace_and_reading_host_files_fail() {
-    let Some(docker) = components::docker_engine().await else {
-        return;
-    };
-    let Some(server) = server(None).await else {
+    let Some((docker, server)) = server(None).await else {
         return;
     };
     let secret = server.data_dir.path().join("host-secret.txt");
@@ -241,10 +237,7 @@ async fn writing_outside_the_workspace_and_reading_host_files_fail() {
 /// Defence in depth: what a run would need to escalate or look around is not there.
 #[tokio::test]
 async fn a_run_finds_no_setuid_programs_a_private_cgroup_namespace_and_a_bounded_shm() {
-    let Some(docker) = components::docker_engine().await else {
-        return;
-    };
-    let Some(server) = server(None).await else {
+    let Some((docker, server)) = server(None).await else {
         return;
     };
     let script = "echo setuid: $(find / -xdev -type f -perm /6000 2>/dev/null | wc -l); \
@@ -273,10 +266,7 @@ async fn a_run_finds_no_setuid_programs_a_private_cgroup_namespace_and_a_bounded
 /// is all: no other mount comes from the data directory, whose secret key and database stay out.
 #[tokio::test]
 async fn the_only_host_path_a_run_sees_is_its_workspace_within_its_filesystem() {
-    let Some(docker) = components::docker_engine().await else {
-        return;
-    };
-    let Some(server) = server(None).await else {
+    let Some((docker, server)) = server(None).await else {
         return;
     };
     let (run, events) = run_shell(
@@ -352,10 +342,7 @@ fn path_within_its_filesystem(path: &std::path::Path) -> String {
 
 #[tokio::test]
 async fn a_fork_bomb_hits_the_process_limit() {
-    let Some(docker) = components::docker_engine().await else {
-        return;
-    };
-    let Some(server) = server(None).await else {
+    let Some((docker, server)) = server(None).await else {
         return;
     };
     // A classic fork bomb, stopped by the job's timeout; the pids limit keeps it in its box.
@@ -389,10 +376,7 @@ async fn a_fork_bomb_hits_the_process_limit() {
 
 #[tokio::test]
 async fn a_memory_hog_is_killed_and_reported_out_of_memory() {
-    let Some(docker) = components::docker_engine().await else {
-        return;
-    };
-    let Some(server) = server(None).await else {
+    let Some((docker, server)) = server(None).await else {
         return;
     };
     let (run, events) = run_shell(
@@ -438,11 +422,8 @@ async fn host_listener() -> (u16, Arc<AtomicUsize>) {
 
 #[tokio::test]
 async fn networks_none_and_model_only_reach_nothing_but_open_does() {
-    let Some(docker) = components::docker_engine().await else {
-        return;
-    };
     let fake = FakeAnthropic::start().await.expect("fake API");
-    let Some(server) = server(Some(&fake)).await else {
+    let Some((docker, server)) = server(Some(&fake)).await else {
         return;
     };
     let (port, connections) = host_listener().await;
@@ -505,10 +486,7 @@ async fn networks_none_and_model_only_reach_nothing_but_open_does() {
 
 #[tokio::test]
 async fn kill_and_timeout_leave_no_container() {
-    let Some(docker) = components::docker_engine().await else {
-        return;
-    };
-    let Some(server) = server(None).await else {
+    let Some((docker, server)) = server(None).await else {
         return;
     };
     let job = server

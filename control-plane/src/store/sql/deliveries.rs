@@ -258,6 +258,8 @@ impl SqlStore {
                 vec!["?"; chunk.len()].join(", ")
             ));
         }
+        // One call to SQLite's thread for the whole write, its savepoint included.
+        let sql = super::group_commit::enclose(&sql);
         let mut query = sqlx::query_as::<_, (String,)>(&sql);
         for chunk in plan.claims.chunks(ROWS_PER_INSERT) {
             query = bind_claims!(query, chunk, now_ms);
@@ -272,7 +274,7 @@ impl SqlStore {
         }
         // One write of the shared transaction: a failing statement stops the rest, and the
         // write's savepoint is rolled back.
-        let mut write = write.begin().await.map_err(classify)?;
+        let mut write = write.begin_enclosed().await.map_err(classify)?;
         let result = async {
             let conn = write.connection();
             let kept = query.fetch_all(&mut *conn).await.map_err(classify)?;

@@ -4,16 +4,21 @@
 //! With `synchronous=FULL` every commit waits for the WAL to reach the disk (about 2 ms here),
 //! and SQLite has one writer. Committing each write on its own would cap the store at a few
 //! hundred writes a second, and a burst of short runs (a claim and an end each) would crowd the
-//! webhook deliveries out. So a transaction takes the writers that were queued when it began:
-//! each write runs in a savepoint of it (a write that fails is rolled back alone), and the last
-//! of them commits for all (or the last one queued, if fewer came; at most `MAX_OPEN` after it
-//! began). Writers arriving meanwhile go in the next transaction. A write is answered only once the commit that holds
-//! it has returned, so "written" still means "on disk".
+//! webhook deliveries out. So a transaction takes the writers that were queued when it began,
+//! and the last of them commits for all (or the last one queued, if fewer came; at most
+//! `MAX_OPEN` after it began). Writers arriving meanwhile go in the next transaction. A write is
+//! answered only once the commit that holds it has returned, so "written" still means "on disk".
+//!
+//! A write that fails is undone alone: one statement by SQLite itself, several through a
+//! savepoint of their own ([`Scope`]). Every call to SQLite's thread costs two thread wake-ups,
+//! the writer's scarcest resource under load, so what opens a write is sent in one call
+//! (`BEGIN IMMEDIATE; SAVEPOINT write`), and so is what ends it (`RELEASE write; COMMIT`).
 //!
 //! A write's future may be dropped at any point (a client that went away); the next writer
 //! finds the connection as it was left and puts it right: it rolls back the savepoint of a write
 //! dropped mid-way, and settles a commit dropped mid-way by asking SQLite whether a transaction
-//! is still open.
+//! is still open. A write of one statement dropped mid-way may be committed with the others, as
+//! a request whose answer was lost may have taken effect.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -119,7 +124,26 @@ struct Open {
 
 const SAVEPOINT: &str = "SAVEPOINT write";
 const RELEASE: &str = "RELEASE write";
-const ROLL_BACK_WRITE: &str = "ROLLBACK TO write";
+const UNDO_WRITE: &str = "ROLLBACK TO write; RELEASE write";
+
+/// The SQL of a write of several statements sent in one call ([`Writer::begin_enclosed`]),
+/// wrapped in its savepoint.
+pub(super) fn enclose(sql: &str) -> String {
+    format!("{SAVEPOINT}; {sql}; {RELEASE}")
+}
+
+/// How one write keeps its changes apart from the others' in the shared transaction, so that a
+/// write that fails is undone alone.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// One statement: SQLite undoes a failed statement by itself.
+    Statement,
+    /// Several statements, in a savepoint opened before them and released after.
+    Savepoint,
+    /// Several statements sent in one call, their SQL opening and releasing the savepoint
+    /// ([`enclose`]).
+    Enclosed,
+}
 
 impl Writer {
     pub(super) fn new(conn: SqliteConnection) -> Self {
@@ -136,28 +160,53 @@ impl Writer {
         }
     }
 
-    /// Takes the connection and opens a savepoint for one write, in the shared transaction
-    /// (begun here when none is open). Hand the write's result to [`Write::finish`].
+    /// Takes the connection for one write of several statements, in a savepoint of the shared
+    /// transaction (begun here when none is open). Hand the write's result to [`Write::finish`].
     pub(super) async fn begin(&self) -> Result<Write<'_>, sqlx::Error> {
+        self.begin_as(Scope::Savepoint).await
+    }
+
+    /// Takes the connection for a write of one statement: SQLite undoes a statement that fails
+    /// by itself, so it needs no savepoint (two calls to SQLite's thread fewer).
+    pub(super) async fn begin_statement(&self) -> Result<Write<'_>, sqlx::Error> {
+        self.begin_as(Scope::Statement).await
+    }
+
+    /// Takes the connection for a write of several statements sent in one call, whose SQL
+    /// opens and releases its savepoint itself: made with [`enclose`].
+    pub(super) async fn begin_enclosed(&self) -> Result<Write<'_>, sqlx::Error> {
+        self.begin_as(Scope::Enclosed).await
+    }
+
+    async fn begin_as(&self, scope: Scope) -> Result<Write<'_>, sqlx::Error> {
         let queued = Queued::new(&self.queued);
         let mut slot = self.slot.lock().await;
         self.settle(&mut slot).await?;
-        if slot.open.is_none() {
-            sqlx::query("BEGIN IMMEDIATE")
-                .execute(&mut slot.conn)
-                .await?;
-            slot.open = Some(Open {
-                since: Instant::now(),
-                writes: 0,
-                expected: self.queued.load(Ordering::Acquire).max(1),
-            });
+        // One call to SQLite's thread for whatever opens.
+        let opening = match (slot.open.is_none(), scope == Scope::Savepoint) {
+            (true, true) => Some("BEGIN IMMEDIATE; SAVEPOINT write"),
+            (true, false) => Some("BEGIN IMMEDIATE"),
+            (false, true) => Some(SAVEPOINT),
+            (false, false) => None,
+        };
+        if let Some(sql) = opening {
+            let began = slot.open.is_none();
+            sqlx::query(sql).execute(&mut slot.conn).await?;
+            if began {
+                slot.open = Some(Open {
+                    since: Instant::now(),
+                    writes: 0,
+                    expected: self.queued.load(Ordering::Acquire).max(1),
+                });
+            }
         }
-        sqlx::query(SAVEPOINT).execute(&mut slot.conn).await?;
-        slot.savepoint_left = true;
+        // An enclosed write's savepoint is open from its first statement on.
+        slot.savepoint_left = scope != Scope::Statement;
         Ok(Write {
             writer: self,
             slot,
             queued,
+            scope,
         })
     }
 
@@ -196,19 +245,61 @@ impl Writer {
             self.ended.send_modify(|ended| ended.record(number, error));
         }
         if slot.savepoint_left {
-            // Errors are expected here: the write may have been dropped after its release.
-            let _ = sqlx::query(ROLL_BACK_WRITE).execute(&mut slot.conn).await;
-            let _ = sqlx::query(RELEASE).execute(&mut slot.conn).await;
+            // An error is expected here: the write may have been dropped after its release.
+            let _ = sqlx::query(UNDO_WRITE).execute(&mut slot.conn).await;
             slot.savepoint_left = false;
         }
         Ok(())
     }
 
+    /// Undoes a write that failed. On some errors (a full disk, an I/O error) SQLite rolls the
+    /// whole transaction back, not only the statement: then every write of it is lost, and its
+    /// writers are told so.
+    async fn undo(&self, slot: &mut MutexGuard<'_, Slot>, scope: Scope, err: &impl WriteError) {
+        if scope != Scope::Statement {
+            let undone = sqlx::query(UNDO_WRITE)
+                .execute(&mut slot.conn)
+                .await
+                .is_ok();
+            slot.savepoint_left = false;
+            if undone {
+                return;
+            }
+        }
+        // Whether a transaction is still open: BEGIN fails inside one.
+        if slot.open.is_none() || sqlx::query("BEGIN").execute(&mut slot.conn).await.is_err() {
+            return;
+        }
+        let _ = sqlx::query("ROLLBACK").execute(&mut slot.conn).await;
+        let number = slot.number;
+        slot.open = None;
+        slot.number += 1;
+        let failure = Failure {
+            message: Arc::from(format!(
+                "SQLite ended the transaction when a write in it failed ({err})"
+            )),
+            disk_full: err.disk_full(),
+        };
+        self.ended
+            .send_modify(|ended| ended.record(number, Some(failure)));
+    }
+
     /// Commits the open transaction and tells the writers waiting for it.
     async fn commit(&self, slot: &mut MutexGuard<'_, Slot>) -> Result<(), sqlx::Error> {
+        self.commit_with(slot, "COMMIT").await
+    }
+
+    /// Commits the open transaction through `sql` (`COMMIT`, after whatever ends the last write
+    /// in the same call).
+    async fn commit_with(
+        &self,
+        slot: &mut MutexGuard<'_, Slot>,
+        sql: &'static str,
+    ) -> Result<(), sqlx::Error> {
         let number = slot.number;
         slot.commit_unsettled = true;
-        let committed = sqlx::query("COMMIT").execute(&mut slot.conn).await;
+        let committed = sqlx::query(sql).execute(&mut slot.conn).await;
+        slot.savepoint_left = false;
         slot.commit_unsettled = false;
         let error = match &committed {
             Ok(_) => None,
@@ -259,6 +350,7 @@ pub(super) struct Write<'w> {
     writer: &'w Writer,
     slot: MutexGuard<'w, Slot>,
     queued: Queued<'w>,
+    scope: Scope,
 }
 
 impl Write<'_> {
@@ -266,38 +358,72 @@ impl Write<'_> {
         &mut self.slot.conn
     }
 
-    /// Ends the write: keeps its changes if `result` is `Ok`, rolls them back otherwise, then
+    /// Ends the write: keeps its changes if `result` is `Ok`, undoes them otherwise, then
     /// commits if no other writer is queued (or the transaction is full or old enough), else
     /// waits for the writer that does. `Ok` only once the changes are on disk.
-    pub(super) async fn finish<T, E: From<sqlx::Error>>(
+    pub(super) async fn finish<T, E: From<sqlx::Error> + WriteError>(
         mut self,
         result: Result<T, E>,
     ) -> Result<T, E> {
+        let writer = self.writer;
         let slot = &mut self.slot;
-        if result.is_err() {
-            sqlx::query(ROLL_BACK_WRITE).execute(&mut slot.conn).await?;
+        // Released in the same call as the commit when this write commits.
+        let mut release = self.scope == Scope::Savepoint;
+        if let Err(err) = &result {
+            writer.undo(slot, self.scope, err).await;
+            release = false;
+        } else if self.scope == Scope::Enclosed {
+            // Its own SQL released the savepoint.
+            slot.savepoint_left = false;
         }
-        sqlx::query(RELEASE).execute(&mut slot.conn).await?;
-        slot.savepoint_left = false;
-        let value = result?;
-        let open = slot
-            .open
-            .as_mut()
-            .expect("a write runs in an open transaction");
+        let Some(open) = slot.open.as_mut() else {
+            // SQLite ended the transaction when this write failed; its writers were told.
+            return result;
+        };
         open.writes += 1;
         let full = open.writes >= open.expected.min(MAX_WRITES) || open.since.elapsed() >= MAX_OPEN;
         // This writer is done with the connection: any other still counted is queued for it.
         self.queued.leave();
-        let others = self.writer.queued.load(Ordering::Acquire);
+        let others = writer.queued.load(Ordering::Acquire);
         if others == 0 || full {
-            self.writer.commit(slot).await?;
+            // A failed write commits too: the writes before it in the transaction wait for it.
+            let sql = if release {
+                "RELEASE write; COMMIT"
+            } else {
+                "COMMIT"
+            };
+            let committed = writer.commit_with(slot, sql).await;
+            let value = result?;
+            committed?;
             return Ok(value);
         }
+        if release {
+            sqlx::query(RELEASE).execute(&mut slot.conn).await?;
+            slot.savepoint_left = false;
+        }
+        let value = result?;
         let number = slot.number;
-        let writer = self.writer;
         drop(self);
         writer.wait_for(number).await?;
         Ok(value)
+    }
+}
+
+/// What a failed write tells the writer: whether the disk was full, and the message for the
+/// other writes of a transaction SQLite gave up.
+pub(super) trait WriteError: std::fmt::Display {
+    fn disk_full(&self) -> bool;
+}
+
+impl WriteError for sqlx::Error {
+    fn disk_full(&self) -> bool {
+        Failure::of(self).disk_full
+    }
+}
+
+impl WriteError for crate::store::StoreError {
+    fn disk_full(&self) -> bool {
+        matches!(self, crate::store::StoreError::DiskFull)
     }
 }
 
@@ -357,6 +483,50 @@ mod tests {
             .await
             .map(|_| ());
         write.finish(result).await
+    }
+
+    /// Inserts `first` and then `second` as one write of the given scope (one statement when
+    /// `second` is `None`).
+    async fn insert_as(
+        writer: &Writer,
+        scope: Scope,
+        first: i64,
+        second: Option<i64>,
+    ) -> Result<(), sqlx::Error> {
+        let mut write = writer.begin_as(scope).await?;
+        let conn = write.connection();
+        let result = match (scope, second) {
+            (Scope::Enclosed, Some(second)) => {
+                let sql = enclose("INSERT INTO t (n) VALUES (?); INSERT INTO t (n) VALUES (?)");
+                sqlx::query(&sql)
+                    .bind(first)
+                    .bind(second)
+                    .execute(conn)
+                    .await
+            }
+            (_, Some(second)) => {
+                let done = sqlx::query("INSERT INTO t (n) VALUES ($1)")
+                    .bind(first)
+                    .execute(&mut *conn)
+                    .await;
+                match done {
+                    Ok(_) => {
+                        sqlx::query("INSERT INTO t (n) VALUES ($1)")
+                            .bind(second)
+                            .execute(conn)
+                            .await
+                    }
+                    Err(err) => Err(err),
+                }
+            }
+            (_, None) => {
+                sqlx::query("INSERT INTO t (n) VALUES ($1)")
+                    .bind(first)
+                    .execute(conn)
+                    .await
+            }
+        };
+        write.finish(result.map(|_| ())).await
     }
 
     /// What another connection sees: only committed rows.
@@ -439,5 +609,89 @@ mod tests {
             })
             .await;
         assert!(checkpoint.is_ok(), "{checkpoint:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_of_any_scope_is_undone_alone() {
+        for (scope, two) in [
+            (Scope::Statement, false),
+            (Scope::Savepoint, true),
+            (Scope::Enclosed, true),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (writer, options) = writer(&dir).await;
+            insert(&writer, 7).await.unwrap();
+            // Write 20 breaks the key: with two statements its first one (1020) must go too.
+            let tasks: Vec<_> = (0..50)
+                .map(|n| {
+                    let writer = Arc::clone(&writer);
+                    tokio::spawn(async move {
+                        let (first, second) = match (n, two) {
+                            (20, true) => (1000 + n, Some(7)),
+                            (20, false) => (7, None),
+                            (_, true) => (100 + n, Some(1000 + n)),
+                            (_, false) => (100 + n, None),
+                        };
+                        (n, insert_as(&writer, scope, first, second).await)
+                    })
+                })
+                .collect();
+            for task in tasks {
+                let (n, result) = task.await.unwrap();
+                assert_eq!(result.is_err(), n == 20, "write {n}: {result:?}");
+            }
+            let rows = committed(&options).await;
+            let expected = 1 + 49 * if two { 2 } else { 1 };
+            assert_eq!(rows.len(), expected, "{rows:?}");
+            assert!(
+                !rows.contains(&1020),
+                "the failed write's first statement stayed"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_write_is_answered_ok_when_sqlite_gave_up_its_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, options) = writer(&dir).await;
+        // Write 20 fails after ending the shared transaction, as SQLite does by itself on some
+        // errors: the writes before it in that transaction are lost, and must not say `Ok`.
+        let tasks: Vec<_> = (0..60)
+            .map(|n| {
+                let writer = Arc::clone(&writer);
+                tokio::spawn(async move {
+                    if n != 20 {
+                        return (n, insert_as(&writer, Scope::Statement, n, None).await);
+                    }
+                    let mut write = writer.begin_statement().await.unwrap();
+                    sqlx::query("ROLLBACK")
+                        .execute(write.connection())
+                        .await
+                        .unwrap();
+                    let failed: Result<(), sqlx::Error> = Err(sqlx::Error::Protocol(
+                        "a write that ended the transaction".into(),
+                    ));
+                    (n, write.finish(failed).await)
+                })
+            })
+            .collect();
+        let mut answered = Vec::new();
+        for task in tasks {
+            let (n, result) = task.await.unwrap();
+            if result.is_ok() {
+                answered.push(n);
+            }
+        }
+        let rows = committed(&options).await;
+        for n in &answered {
+            assert!(
+                rows.contains(n),
+                "write {n} was answered Ok but is not on disk"
+            );
+        }
+        assert!(!answered.contains(&20));
+        // The writer goes on.
+        insert(&writer, 1000).await.unwrap();
+        assert!(committed(&options).await.contains(&1000));
     }
 }

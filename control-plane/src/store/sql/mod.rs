@@ -50,15 +50,16 @@ macro_rules! on_read {
     };
 }
 
-/// Runs `$body` with `$pool` bound to where single-statement writes go: the PostgreSQL pool, or
-/// SQLite's writer connection inside its shared transaction ([`group_commit`]). `$body` gives a
-/// `Result<_, sqlx::Error>`, `Ok` only once the write is committed.
+/// Runs `$body`, one statement, with `$pool` bound to where single-statement writes go: the
+/// PostgreSQL pool, or SQLite's writer connection inside its shared transaction
+/// ([`group_commit`]; with no savepoint, since SQLite undoes a failed statement by itself).
+/// `$body` gives a `Result<_, sqlx::Error>`, `Ok` only once the write is committed.
 macro_rules! on_write {
     ($self:ident, $pool:ident => $body:expr) => {
         match &$self.pools {
             Pools::Sqlite { write, .. } => {
                 async {
-                    let mut write = write.begin().await?;
+                    let mut write = write.begin_statement().await?;
                     let result = {
                         let $pool = write.connection();
                         $body

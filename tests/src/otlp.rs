@@ -117,6 +117,26 @@ impl OtlpReceiver {
             post(move |body: Bytes| {
                 let kept = Arc::clone(&kept);
                 async move {
+                    if kept.count_only {
+                        // Counted on the wire: a benchmark's receiver shares the cores with the
+                        // server it measures, and decoding every span would be charged to it.
+                        return match count_spans(&body) {
+                            Some(count) => {
+                                kept.count
+                                    .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+                                (
+                                    StatusCode::OK,
+                                    [("content-type", "application/x-protobuf")],
+                                    Vec::new(),
+                                )
+                            }
+                            None => (
+                                StatusCode::BAD_REQUEST,
+                                [("content-type", "text/plain")],
+                                b"not an ExportTraceServiceRequest".to_vec(),
+                            ),
+                        };
+                    }
                     match ExportTraceServiceRequest::decode(body) {
                         Ok(request) => {
                             keep(&kept, request);
@@ -305,6 +325,63 @@ impl TraceService for GrpcReceiver {
     }
 }
 
+/// The spans in an encoded `ExportTraceServiceRequest`, counted by walking the protobuf wire
+/// format (`resource_spans` = 1 → `scope_spans` = 2 → `spans` = 2) without decoding them;
+/// `None` when the body is not well-formed protobuf.
+fn count_spans(body: &[u8]) -> Option<usize> {
+    /// Calls `each` with the content of every length-delimited field `number` of `message`.
+    fn fields<'a>(
+        mut message: &'a [u8],
+        number: u64,
+        mut each: impl FnMut(&'a [u8]) -> Option<()>,
+    ) -> Option<()> {
+        fn varint(bytes: &mut &[u8]) -> Option<u64> {
+            let mut value = 0u64;
+            for shift in (0..64).step_by(7) {
+                let (&byte, rest) = bytes.split_first()?;
+                *bytes = rest;
+                value |= u64::from(byte & 0x7f) << shift;
+                if byte & 0x80 == 0 {
+                    return Some(value);
+                }
+            }
+            None
+        }
+        while !message.is_empty() {
+            let key = varint(&mut message)?;
+            let skip = match key & 7 {
+                0 => {
+                    varint(&mut message)?;
+                    0
+                }
+                1 => 8,
+                5 => 4,
+                2 => {
+                    let len = usize::try_from(varint(&mut message)?).ok()?;
+                    let content = message.get(..len)?;
+                    if key >> 3 == number {
+                        each(content)?;
+                    }
+                    len
+                }
+                _ => return None,
+            };
+            message = message.get(skip..)?;
+        }
+        Some(())
+    }
+    let mut count = 0;
+    fields(body, 1, |resource| {
+        fields(resource, 2, |scope| {
+            fields(scope, 2, |_span| {
+                count += 1;
+                Some(())
+            })
+        })
+    })?;
+    Some(count)
+}
+
 fn keep(spans: &Spans, request: ExportTraceServiceRequest) {
     let count: usize = request
         .resource_spans
@@ -387,5 +464,76 @@ fn any_value(value: &AnyValue) -> Value {
         AnyValue::BytesValue(bytes) => Value::from(hex::encode(bytes)),
         #[allow(unreachable_patterns)]
         _ => Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::AnyValue as Any;
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::span::Event;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    fn span(name: &str) -> Span {
+        Span {
+            trace_id: vec![7; 16],
+            span_id: vec![9; 8],
+            name: name.into(),
+            kind: 2,
+            start_time_unix_nano: 1_700_000_000_000_000_000,
+            end_time_unix_nano: 1_700_000_000_000_000_001,
+            attributes: vec![KeyValue {
+                key: "http.route".into(),
+                value: Some(Any {
+                    value: Some(AnyValue::IntValue(-3)),
+                }),
+                ..KeyValue::default()
+            }],
+            events: vec![Event {
+                name: "an event".into(),
+                ..Event::default()
+            }],
+            ..Span::default()
+        }
+    }
+
+    #[test]
+    fn spans_counted_on_the_wire_are_the_spans_decoded() {
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![
+                ResourceSpans {
+                    resource: Some(Resource::default()),
+                    scope_spans: vec![
+                        ScopeSpans {
+                            spans: vec![span("a"), span("b")],
+                            schema_url: "https://example.com/schema".into(),
+                            ..ScopeSpans::default()
+                        },
+                        ScopeSpans {
+                            spans: vec![span("c")],
+                            ..ScopeSpans::default()
+                        },
+                    ],
+                    ..ResourceSpans::default()
+                },
+                ResourceSpans {
+                    scope_spans: vec![ScopeSpans {
+                        spans: (0..40).map(|n| span(&n.to_string())).collect(),
+                        ..ScopeSpans::default()
+                    }],
+                    ..ResourceSpans::default()
+                },
+            ],
+        };
+        let body = request.encode_to_vec();
+        assert_eq!(count_spans(&body), Some(43));
+        assert_eq!(count_spans(&[]), Some(0));
+        // Cut short, or not protobuf at all.
+        assert_eq!(count_spans(&body[..body.len() - 3]), None);
+        assert_eq!(
+            count_spans(b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"),
+            None
+        );
     }
 }

@@ -148,6 +148,9 @@ pub struct ClaudeSpec {
     pub disallowed_tools: Vec<String>,
     pub max_turns: Option<u32>,
     pub max_cost_usd: Option<f64>,
+    /// Put the run's content (prompt, assistant text, tool inputs and results) on its spans.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trace_content: bool,
 }
 
 /// What a run executes.

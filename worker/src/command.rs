@@ -221,6 +221,7 @@ mod tests {
             disallowed_tools: vec![],
             max_turns: Some(3),
             max_cost_usd: Some(0.5),
+            trace_content: false,
         }
     }
 

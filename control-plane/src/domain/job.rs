@@ -119,6 +119,7 @@ impl Job {
                 disallowed_tools: settings.disallowed_tools.clone(),
                 max_turns: settings.max_turns,
                 max_cost_usd: settings.max_cost_usd,
+                trace_content: settings.trace_content,
             }),
             JobKind::Shell => RunKind::Shell {
                 command: self.prompt.clone(),

@@ -30,6 +30,10 @@ pub struct RunSettings {
     /// Webhook settings stored before webhooks had a sandbox hold none: a claude run's default.
     #[serde(default)]
     pub sandbox: Sandbox,
+    /// Claude runs put their prompt, the assistant's text and tool inputs and results on their
+    /// trace spans (capped, secrets redacted). Off unless asked for.
+    #[serde(default)]
+    pub trace_content: bool,
 }
 
 /// Retries of runs that failed for a transient API reason (overloaded, rate limited, 5xx).
@@ -101,6 +105,11 @@ pub struct RunSettingsInput {
     /// The run's container: `network` (`none`, `model-only`, `open`), `memory_mb`, `cpus`, `pids`.
     #[serde(default)]
     pub sandbox: Option<SandboxInput>,
+    /// Put the prompt, the assistant's text and each tool's input and result on the run's trace
+    /// spans (each capped at 4 KiB; values of secret-named environment variables redacted).
+    /// Default false: spans carry no run content. Claude runs only.
+    #[serde(default)]
+    pub trace_content: Option<bool>,
 }
 
 /// Changes to run settings: a field left out keeps its value, `null` clears an optional one.
@@ -127,6 +136,8 @@ pub struct RunSettingsPatch {
     pub retry: Option<RetryInput>,
     /// Fields given replace those of the current sandbox; the others keep their values.
     pub sandbox: Option<SandboxInput>,
+    /// Whether runs put their content on their trace spans.
+    pub trace_content: Option<bool>,
 }
 
 #[derive(Deserialize, Serialize, Debug, Clone, Copy, JsonSchema)]
@@ -182,6 +193,7 @@ impl From<&RunSettings> for RunSettingsInput {
                 lost: Some(settings.retry.lost),
             }),
             sandbox: Some(settings.sandbox.into()),
+            trace_content: Some(settings.trace_content),
         }
     }
 }
@@ -211,7 +223,8 @@ impl RunSettingsInput {
             timeout_secs,
             max_cost_usd,
             pool,
-            retry
+            retry,
+            trace_content
         );
         if let Some(patch) = patch.sandbox {
             let current = self.sandbox.unwrap_or_default();
@@ -233,12 +246,13 @@ impl RunSettingsInput {
 
     /// The first field given that only a claude run can use.
     fn first_claude_only(&self) -> Option<&'static str> {
-        const CLAUDE_ONLY: [&str; 5] = [
+        const CLAUDE_ONLY: [&str; 6] = [
             "model",
             "allowed_tools",
             "disallowed_tools",
             "max_turns",
             "max_cost_usd",
+            "trace_content",
         ];
         self.given()
             .into_iter()
@@ -246,7 +260,7 @@ impl RunSettingsInput {
     }
 
     /// Each field, and whether it was given (an empty tool list counts as not given).
-    fn given(&self) -> [(&'static str, bool); 9] {
+    fn given(&self) -> [(&'static str, bool); 10] {
         let listed = |tools: &Option<Vec<String>>| tools.as_ref().is_some_and(|t| !t.is_empty());
         [
             ("model", self.model.is_some()),
@@ -258,6 +272,8 @@ impl RunSettingsInput {
             ("pool", self.pool.is_some()),
             ("retry", self.retry.is_some()),
             ("sandbox", self.sandbox.is_some()),
+            // `false` asks for nothing a shell job lacks.
+            ("trace_content", self.trace_content == Some(true)),
         ]
     }
 
@@ -322,6 +338,7 @@ impl RunSettingsInput {
                 .sandbox
                 .unwrap_or_default()
                 .resolve(kind.default_sandbox(), kind)?,
+            trace_content: self.trace_content.unwrap_or(false),
         })
     }
 }

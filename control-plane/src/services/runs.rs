@@ -83,6 +83,7 @@ pub async fn quick_run(app: &App, input: QuickRunInput) -> ServiceResult<Run> {
             disallowed_tools: settings.disallowed_tools,
             max_turns: settings.max_turns,
             max_cost_usd: settings.max_cost_usd,
+            trace_content: settings.trace_content,
         }),
         timeout_secs: settings.timeout_secs,
         workspace: format!("quick-{run_id}"),

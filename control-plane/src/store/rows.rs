@@ -82,6 +82,7 @@ pub struct JobRow {
     pub retry_lost: bool,
     /// JSON; empty (`{}`) for jobs stored before sandboxes existed.
     pub sandbox: String,
+    pub trace_content: bool,
 }
 
 /// The schedule as stored: (`schedule_kind`, `schedule_expr`).
@@ -136,6 +137,7 @@ impl TryFrom<JobRow> for Job {
                     lost: row.retry_lost,
                 },
                 sandbox,
+                trace_content: row.trace_content,
             },
             misfire_policy: parse("misfire policy", &row.misfire_policy)?,
             misfire_cap: to_u32("misfire_cap", row.misfire_cap)?,

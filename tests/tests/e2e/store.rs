@@ -46,6 +46,8 @@ fn job(name: &str) -> Job {
                 cpus: 0.5,
                 pids: 64,
             },
+            // Stored and read back (a column of its own for jobs).
+            trace_content: true,
         },
         misfire_policy: MisfirePolicy::RunAll,
         misfire_cap: 3,

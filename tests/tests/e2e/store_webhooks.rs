@@ -42,6 +42,8 @@ fn webhook(name: &str, token_hash: &str) -> Webhook {
                 pool: "nowhere".into(),
                 retry: RetryPolicy::default(),
                 sandbox: autopilot_proto::Sandbox::defaults(true),
+                // Stored and read back in the webhook's settings.
+                trace_content: true,
             },
             signature: SignatureConfig {
                 scheme: SignatureSchemeName::Github,
@@ -78,6 +80,7 @@ fn delivery(
             disallowed_tools: vec![],
             max_turns: None,
             max_cost_usd: None,
+            trace_content: false,
         }),
         timeout_secs: 60,
         workspace: webhook.workspace(),

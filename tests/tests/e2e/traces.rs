@@ -600,3 +600,99 @@ async fn a_docker_run_traces_its_container_start_and_each_model_request_through_
     }
     check_agent_spans(&trace, &finished, "narwhalnut");
 }
+
+/// A job that sets `trace_content` has its prompt, the assistant's text and its tool's input
+/// and result on its spans; the model API key its run could print is redacted everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_asks_for_it_has_its_content_on_its_spans_with_secrets_redacted() {
+    const KEY: &str = "sk-ant-test-not-a-real-key";
+    let receiver = OtlpReceiver::start().await;
+    let fake = FakeAnthropic::start().await.expect("fake API");
+    let dir = tempfile::tempdir().unwrap();
+    let Some(process) = embedded(dir.path(), &receiver, &fake, "http/protobuf", &[]).await else {
+        return;
+    };
+    fake.push(Reply::tool_use(
+        "Bash",
+        json!({ "command": "echo printed-$ANTHROPIC_API_KEY" }),
+    ));
+    fake.push(Reply::text("all done, wombatberry"));
+    let finished = run_job(
+        &process,
+        json!({
+            "name": "open-book",
+            "prompt": "Say platypie",
+            "allowed_tools": ["Bash"],
+            "trace_content": true,
+        }),
+    )
+    .await;
+    assert_eq!(finished["status"], "succeeded", "{finished}");
+    let trace = trace_of(&receiver, &finished, |trace| {
+        trace.iter().any(|s| s.name == "execute_tool Bash")
+            && trace.iter().filter(|s| s.name.starts_with("chat ")).count() == 2
+            && trace.iter().any(|s| s.name == "invoke_agent claude-code")
+    })
+    .await;
+    let agent = one(&trace, "invoke_agent claude-code");
+    let input = agent.str_attribute("gen_ai.input.messages").unwrap_or("");
+    let input: Value = serde_json::from_str(input).expect("input messages are JSON");
+    assert_eq!(input[0]["role"], "user");
+    assert!(
+        input[0]["parts"][0]["content"]
+            .as_str()
+            .is_some_and(|prompt| prompt.contains("Say platypie")),
+        "{input}"
+    );
+    let tool = one(&trace, "execute_tool Bash");
+    assert!(
+        tool.str_attribute("gen_ai.tool.call.arguments")
+            .is_some_and(|input| input.contains("echo printed-$ANTHROPIC_API_KEY")),
+        "{:?}",
+        tool.attributes
+    );
+    assert!(
+        tool.str_attribute("gen_ai.tool.call.result")
+            .is_some_and(|result| result.contains("printed-[redacted]")),
+        "the tool printed the key; its result on the span must not hold it: {:?}",
+        tool.attributes
+    );
+    let said = trace
+        .iter()
+        .filter_map(|span| span.str_attribute("gen_ai.output.messages"))
+        .any(|messages| messages.contains("all done, wombatberry"));
+    assert!(said, "a turn span holds the assistant's text");
+    for span in &trace {
+        for (key, value) in &span.attributes {
+            assert!(
+                !value.to_string().contains(KEY),
+                "span `{}` attribute `{key}` holds the model API key",
+                span.name
+            );
+        }
+    }
+    // The setting is part of the job, and claude jobs only take it.
+    let (status, job) = process::api(
+        &process,
+        TOKEN,
+        reqwest::Method::GET,
+        "/api/v1/jobs/open-book",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &job["trace_content"]),
+        (200, &json!(true)),
+        "{job}"
+    );
+    let (status, refused) = process::api(
+        &process,
+        TOKEN,
+        reqwest::Method::POST,
+        "/api/v1/jobs",
+        Some(json!({ "name": "shell-book", "command": "true", "trace_content": true })),
+    )
+    .await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(refused.to_string().contains("trace_content"), "{refused}");
+}

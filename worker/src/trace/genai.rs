@@ -5,7 +5,11 @@
 //!
 //! The CLI prints a line when a content block is complete, not when a request starts: a turn
 //! is taken to start when the previous one's tool results came back (or the process started)
-//! and to end at its last line. Prompts, tool inputs and outputs are never put on spans.
+//! and to end at its last line.
+//!
+//! Prompts, the assistant's text, tool inputs and results are not put on spans, unless the run's
+//! job asks for it (`trace_content`, see [`Content`]): then they are, each capped at
+//! `CONTENT_BYTES`, with the values of the run's secret-named environment variables replaced.
 
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -21,6 +25,72 @@ use crate::{pricing, stream_json};
 /// The model provider every Claude Code run talks to.
 const PROVIDER: &str = "anthropic";
 
+/// Most bytes of one piece of run content on a span.
+const CONTENT_BYTES: usize = 4096;
+/// Environment variables whose names contain one of these (in any case) hold secrets.
+const SECRET_NAMES: [&str; 6] = ["KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "AUTH"];
+/// Shorter values are not taken for secrets (they would match ordinary text).
+const SECRET_MIN_BYTES: usize = 8;
+const REDACTED: &str = "[redacted]";
+
+/// How a run's content goes on its spans, for a job that asked for it: redacted, then capped.
+pub struct Content {
+    /// Values to replace, longest first (so one that contains another goes whole).
+    secrets: Vec<String>,
+}
+
+impl Content {
+    /// Content redacting the values of the secret-named variables of `env` (the run's).
+    pub fn redacting(env: &[(String, String)]) -> Self {
+        let mut secrets: Vec<String> = env
+            .iter()
+            .filter(|(name, value)| {
+                let name = name.to_ascii_uppercase();
+                value.len() >= SECRET_MIN_BYTES && SECRET_NAMES.iter().any(|s| name.contains(s))
+            })
+            .map(|(_, value)| value.clone())
+            .collect();
+        secrets.sort_by_key(|value| std::cmp::Reverse(value.len()));
+        secrets.dedup();
+        Self { secrets }
+    }
+
+    /// `text` as it may go on a span.
+    pub fn text(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for secret in &self.secrets {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), REDACTED);
+            }
+        }
+        if text.len() > CONTENT_BYTES {
+            let mut end = CONTENT_BYTES;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push('…');
+        }
+        text
+    }
+
+    /// One message as the GenAI conventions write `gen_ai.input.messages` and
+    /// `gen_ai.output.messages`: a JSON array holding `role` and one text part.
+    pub fn messages(&self, role: &str, text: &str) -> String {
+        serde_json::json!([{ "role": role, "parts": [{ "type": "text", "content": self.text(text) }] }])
+            .to_string()
+    }
+
+    /// A tool's input or result: a string as it is, anything else as JSON.
+    fn value(&self, value: Option<&Value>) -> Option<String> {
+        match value? {
+            Value::Null => None,
+            Value::String(text) => Some(self.text(text)),
+            other => Some(self.text(&other.to_string())),
+        }
+    }
+}
+
 struct Turn {
     message_id: String,
     model: String,
@@ -28,12 +98,16 @@ struct Turn {
     last_at: SystemTime,
     usage: Option<TokenUsage>,
     stop_reason: Option<String>,
+    /// The assistant's text in it (kept only with [`Content`]).
+    text: String,
 }
 
 struct ToolCall {
     name: String,
     start: SystemTime,
     denied: bool,
+    /// Its input, as it may go on the span (only with [`Content`]).
+    input: Option<String>,
 }
 
 /// Turns a run's events into GenAI spans under `parent` (the run's `invoke_agent` span).
@@ -43,6 +117,7 @@ pub struct AgentSpans {
     turn: Option<Turn>,
     tools: HashMap<String, ToolCall>,
     turns: u32,
+    content: Option<Content>,
 }
 
 impl AgentSpans {
@@ -54,7 +129,14 @@ impl AgentSpans {
             turn: None,
             tools: HashMap::new(),
             turns: 0,
+            content: None,
         }
+    }
+
+    /// Puts the run's content on the spans too (the job asked for it).
+    pub fn with_content(mut self, content: Content) -> Self {
+        self.content = Some(content);
+        self
     }
 
     /// Model turns recorded so far.
@@ -66,7 +148,14 @@ impl AgentSpans {
     pub fn event(&mut self, kind: EventKind, data: &Value, at: SystemTime) {
         let text = |key: &str| data.get(key).and_then(Value::as_str).unwrap_or_default();
         match kind {
-            EventKind::AssistantText | EventKind::Thinking => {
+            EventKind::AssistantText => {
+                let keep = self.content.is_some();
+                let turn = self.in_turn(text("message_id"), None, at);
+                if keep && turn.text.len() <= CONTENT_BYTES {
+                    turn.text.push_str(text("text"));
+                }
+            }
+            EventKind::Thinking => {
                 self.in_turn(text("message_id"), None, at);
             }
             EventKind::Usage => {
@@ -84,10 +173,15 @@ impl AgentSpans {
                 }
                 let id = text("id");
                 if !id.is_empty() {
+                    let input = self
+                        .content
+                        .as_ref()
+                        .and_then(|content| content.value(data.get("input")));
                     let call = ToolCall {
                         name: text("name").to_owned(),
                         start: at,
                         denied: false,
+                        input,
                     };
                     self.tools.insert(id.to_owned(), call);
                 }
@@ -105,7 +199,11 @@ impl AgentSpans {
                         .get("is_error")
                         .and_then(Value::as_bool)
                         .unwrap_or(false);
-                    self.record_tool(text("tool_use_id"), call, at, is_error);
+                    let result = self
+                        .content
+                        .as_ref()
+                        .and_then(|content| content.value(data.get("content")));
+                    self.record_tool(text("tool_use_id"), call, at, is_error, result);
                 }
                 self.next_turn_start = at;
             }
@@ -141,6 +239,7 @@ impl AgentSpans {
             last_at: at,
             usage: None,
             stop_reason: None,
+            text: String::new(),
         });
         turn.last_at = at;
         if let Some(model) = model.filter(|model| !model.is_empty()) {
@@ -190,11 +289,27 @@ impl AgentSpans {
                 OtelValue::Array(vec![StringValue::from(reason)].into()),
             ));
         }
+        if let Some(content) = self.content.as_ref().filter(|_| !turn.text.is_empty()) {
+            span = span.attribute(KeyValue::new(
+                "gen_ai.output.messages",
+                content.messages("assistant", &turn.text),
+            ));
+        }
         span.record(&self.parent);
     }
 
-    fn record_tool(&self, id: &str, call: ToolCall, end: SystemTime, is_error: bool) {
+    fn record_tool(
+        &self,
+        id: &str,
+        call: ToolCall,
+        end: SystemTime,
+        is_error: bool,
+        result: Option<String>,
+    ) {
         let mut span = tool_span(id, &call, end);
+        if let Some(result) = result {
+            span = span.attribute(KeyValue::new("gen_ai.tool.call.result", result));
+        }
         if call.denied {
             span.error = Some("the run's permissions denied this tool".to_owned());
             span = span.attribute(KeyValue::new("error.type", "permission_denied"));
@@ -227,6 +342,9 @@ fn tool_span(id: &str, call: &ToolCall, end: SystemTime) -> PastSpan {
     if let Some(server) = server {
         span = span.attribute(KeyValue::new("autopilot.mcp.server", server));
     }
+    if let Some(input) = &call.input {
+        span = span.attribute(KeyValue::new("gen_ai.tool.call.arguments", input.clone()));
+    }
     span
 }
 
@@ -245,4 +363,60 @@ pub fn usage_attributes(usage: &TokenUsage) -> Vec<KeyValue> {
             count(usage.cache_write_tokens),
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn content_redacts_secret_named_variables_and_nothing_else() {
+        let content = Content::redacting(&env(&[
+            ("ANTHROPIC_API_KEY", "sk-ant-0123456789"),
+            ("github_token", "ghp_abcdefgh"),
+            ("DB_PASSWORD", "hunter2"), // too short to be taken for a secret
+            ("HOME", "/home/run-workspace"),
+            ("SLACK_BOT_TOKEN_LONG", "ghp_abcdefgh-and-more"),
+        ]));
+        let text = content.text(
+            "key sk-ant-0123456789, token ghp_abcdefgh, long ghp_abcdefgh-and-more, home \
+             /home/run-workspace, hunter2",
+        );
+        assert_eq!(
+            text,
+            "key [redacted], token [redacted], long [redacted], home /home/run-workspace, hunter2"
+        );
+    }
+
+    #[test]
+    fn content_is_capped_on_a_character_boundary_and_messages_stay_json() {
+        let content = Content::redacting(&[]);
+        let long = "é".repeat(CONTENT_BYTES);
+        let capped = content.text(&long);
+        assert!(
+            capped.len() <= CONTENT_BYTES + '…'.len_utf8(),
+            "{}",
+            capped.len()
+        );
+        assert!(capped.ends_with('…'));
+        let messages: Value = serde_json::from_str(&content.messages("user", &long)).unwrap();
+        assert_eq!(messages[0]["role"], "user");
+        assert_eq!(messages[0]["parts"][0]["type"], "text");
+        assert!(messages[0]["parts"][0]["content"]
+            .as_str()
+            .unwrap()
+            .ends_with('…'));
+        assert_eq!(
+            content.value(Some(&serde_json::json!({ "command": "ls" }))),
+            Some(r#"{"command":"ls"}"#.to_owned())
+        );
+        assert_eq!(content.value(Some(&Value::Null)), None);
+    }
 }

@@ -26,7 +26,10 @@ use super::{send_completions, ActiveRuns, Reports, WorkerConfig};
 use crate::command::build_command;
 use crate::executor::{ExecError, Executor, OutputLine, OutputStream};
 use crate::stream_json::{self, StreamParser};
-use crate::trace::{self, genai::AgentSpans};
+use crate::trace::{
+    self,
+    genai::{AgentSpans, Content},
+};
 use crate::workspaces::{WorkspaceError, Workspaces};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -301,7 +304,18 @@ impl Attempt {
                 command.env.retain(|(name, _)| name != "TRACEPARENT");
                 command.env.push(("TRACEPARENT".into(), traceparent));
             }
-            agent = Some(AgentSpans::new(context, std::time::SystemTime::now()));
+            let mut spans = AgentSpans::new(context, std::time::SystemTime::now());
+            if let RunKind::Claude(claude) = &spec.kind {
+                if claude.trace_content {
+                    let content = Content::redacting(&command.env);
+                    agent_span.set_attribute(
+                        "gen_ai.input.messages",
+                        content.messages("user", &claude.prompt),
+                    );
+                    spans = spans.with_content(content);
+                }
+            }
+            agent = Some(spans);
         }
         let (lines_tx, mut lines_rx) = mpsc::channel::<OutputLine>(256);
         let timeout = Duration::from_secs(spec.timeout_secs.max(1));

@@ -268,6 +268,7 @@ pub fn build_delivery(
                     disallowed_tools: run.disallowed_tools.clone(),
                     max_turns: run.max_turns,
                     max_cost_usd: run.max_cost_usd,
+                    trace_content: run.trace_content,
                 }),
                 timeout_secs: run.timeout_secs,
                 workspace: webhook.workspace(),

@@ -476,13 +476,7 @@ mod tests {
     }
 
     async fn insert(writer: &Writer, n: i64) -> Result<(), sqlx::Error> {
-        let mut write = writer.begin().await?;
-        let result = sqlx::query("INSERT INTO t (n) VALUES ($1)")
-            .bind(n)
-            .execute(write.connection())
-            .await
-            .map(|_| ());
-        write.finish(result).await
+        insert_as(writer, Scope::Savepoint, n, None).await
     }
 
     /// Inserts `first` and then `second` as one write of the given scope (one statement when
@@ -562,29 +556,6 @@ mod tests {
             transactions < 200,
             "200 concurrent writes took {transactions} commits"
         );
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failing_write_is_rolled_back_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let (writer, options) = writer(&dir).await;
-        insert(&writer, 7).await.unwrap();
-        // Each value once, except 7 again: that write breaks the key and fails alone, whatever
-        // transaction it shares.
-        let tasks: Vec<_> = (0..50)
-            .map(|n| {
-                let writer = Arc::clone(&writer);
-                tokio::spawn(async move {
-                    (n, insert(&writer, if n == 20 { 7 } else { 100 + n }).await)
-                })
-            })
-            .collect();
-        for task in tasks {
-            let (n, result) = task.await.unwrap();
-            assert_eq!(result.is_err(), n == 20, "write {n}: {result:?}");
-        }
-        let rows = committed(&options).await;
-        assert_eq!(rows.len(), 50, "{rows:?}");
     }
 
     #[tokio::test]

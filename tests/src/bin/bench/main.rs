@@ -297,6 +297,7 @@ fn direct_run(
         disallowed_tools: Vec::new(),
         max_turns: None,
         max_cost_usd: None,
+        trace_content: false,
     });
     let mut child = Command::new(claude)
         .args(args)

@@ -57,6 +57,7 @@ fn claude(network: NetworkMode) -> CommandSpec {
         disallowed_tools: vec![],
         max_turns: None,
         max_cost_usd: None,
+        trace_content: false,
     };
     command(RunKind::Claude(claude), network)
 }

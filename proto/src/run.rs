@@ -329,6 +329,18 @@ impl RunOutcome {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn numbers_in_json_read_back_as_they_were_written() {
+        // Found by fuzzing the worker protocol: without serde_json's `float_roundtrip`, this
+        // number read back one unit off in its last digit, so an event's data changed on the
+        // bus.
+        for number in [3.5000000000000004e-28, 0.1 + 0.2, f64::MAX, 5e-324] {
+            let written = serde_json::json!({ "n": number }).to_string();
+            let read: serde_json::Value = serde_json::from_str(&written).unwrap();
+            assert_eq!(read["n"].as_f64(), Some(number), "{written}");
+        }
+    }
+
     use super::*;
 
     /// Found with the fuzz target `stream_json` (`fuzz/`): two messages of the CLI's output

@@ -17,13 +17,14 @@ mkdir -p "$cache"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
 # No incremental compilation: each clone of the repository is a new path to cargo, so its
 # incremental data (gigabytes) is never reused and only piles up. For the same reason stale
-# test binaries accumulate in the debug directory: when the disk runs low, start it afresh
+# test binaries accumulate in the debug and fuzz build directories: when the disk runs low, start
+# them afresh
 # (one cold build, minutes) rather than fail a link halfway for want of space.
 export CARGO_INCREMENTAL=0
 free_kib=$(df -Pk "$cache" | awk 'NR == 2 { print $4 }')
-if [ "${free_kib:-0}" -lt $((20 * 1024 * 1024)) ] && [ -d "$CARGO_TARGET_DIR/debug" ]; then
-  echo "less than 20 GiB free under $cache: removing $CARGO_TARGET_DIR/debug (a cold build follows)"
-  rm -rf "$CARGO_TARGET_DIR/debug"
+if [ "${free_kib:-0}" -lt $((20 * 1024 * 1024)) ]; then
+  echo "less than 20 GiB free under $cache: removing the debug and fuzz builds (cold builds follow)"
+  rm -rf "$CARGO_TARGET_DIR/debug" "${AUTOPILOT_FUZZ_TARGET_DIR:-$cache/target-fuzz}"
 fi
 
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -17,9 +17,8 @@ mkdir -p "$cache"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$cache/target}
 # No incremental compilation: each clone of the repository is a new path to cargo, so its
 # incremental data (gigabytes) is never reused and only piles up. For the same reason stale
-# test binaries accumulate in the debug and fuzz build directories: when the disk runs low, start
-# them afresh
-# (one cold build, minutes) rather than fail a link halfway for want of space.
+# test binaries accumulate in the debug and fuzz build directories: when the disk runs low,
+# they start afresh (cold builds, minutes) rather than a link failing for want of space.
 export CARGO_INCREMENTAL=0
 free_kib=$(df -Pk "$cache" | awk 'NR == 2 { print $4 }')
 if [ "${free_kib:-0}" -lt $((20 * 1024 * 1024)) ]; then

@@ -62,14 +62,9 @@ struct Failure {
 
 impl Failure {
     fn of(err: &sqlx::Error) -> Self {
-        let disk_full = match err {
-            sqlx::Error::Database(db) => db.code().as_deref() == Some("13"),
-            sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::StorageFull,
-            _ => false,
-        };
         Failure {
             message: Arc::from(err.to_string()),
-            disk_full,
+            disk_full: err.disk_full(),
         }
     }
 
@@ -417,7 +412,11 @@ pub(super) trait WriteError: std::fmt::Display {
 
 impl WriteError for sqlx::Error {
     fn disk_full(&self) -> bool {
-        Failure::of(self).disk_full
+        match self {
+            sqlx::Error::Database(db) => db.code().as_deref() == Some("13"),
+            sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
     }
 }
 

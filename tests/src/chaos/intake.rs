@@ -22,18 +22,25 @@ struct Tally {
     other: Vec<String>,
 }
 
-/// Four senders deliver to `url` one at a time each until `stop`, counting every answer.
-fn deliver_steadily(
-    server: &Arc<TestServer>,
-    url: &str,
-    stop: &CancellationToken,
-) -> (Arc<Mutex<Tally>>, Vec<tokio::task::JoinHandle<()>>) {
+/// Senders delivering to a webhook of their own: see [`deliver_steadily`].
+type Senders = (
+    CancellationToken,
+    Arc<Mutex<Tally>>,
+    Vec<tokio::task::JoinHandle<()>>,
+);
+
+/// Makes a webhook named `name` and starts four senders delivering to it one at a time each,
+/// counting every answer, until the token returned is cancelled; returns once they have sent
+/// for a second.
+async fn deliver_steadily(server: &Arc<TestServer>, name: &str) -> Senders {
+    let url = webhook_url(server, name).await;
+    let stop = CancellationToken::new();
     let tally = Arc::new(Mutex::new(Tally::default()));
     let senders = (0..4)
         .map(|sender| {
             let (server, url, tally, stop) = (
                 Arc::clone(server),
-                url.to_owned(),
+                url.clone(),
                 Arc::clone(&tally),
                 stop.clone(),
             );
@@ -72,7 +79,8 @@ fn deliver_steadily(
             })
         })
         .collect();
-    (tally, senders)
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    (stop, tally, senders)
 }
 
 /// Stops the senders of [`deliver_steadily`] and returns what they counted; any answer but 202
@@ -154,10 +162,7 @@ pub async fn postgres_outage(down: Duration) -> Option<Finding> {
             .start()
             .await,
     );
-    let url = webhook_url(&server, "steady").await;
-    let stop = CancellationToken::new();
-    let (tally, senders) = deliver_steadily(&server, &url, &stop);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (stop, tally, senders) = deliver_steadily(&server, "steady").await;
 
     postgres.stop_immediately();
     tokio::time::sleep(down).await;
@@ -271,10 +276,7 @@ pub async fn disk_full(full_for: Duration) -> Option<Finding> {
             .start()
             .await,
     );
-    let url = webhook_url(&server, "full").await;
-    let stop = CancellationToken::new();
-    let (tally, senders) = deliver_steadily(&server, &url, &stop);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (stop, tally, senders) = deliver_steadily(&server, "full").await;
 
     let filler = disk.fill();
     let filled_at = Instant::now();

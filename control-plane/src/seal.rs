@@ -36,6 +36,8 @@ pub enum SealError {
 #[derive(Clone)]
 pub struct Sealer {
     cipher: XChaCha20Poly1305,
+    /// Keys the fingerprints of secrets (derived from the key, never the key itself).
+    fingerprint_key: [u8; 32],
 }
 
 impl fmt::Debug for Sealer {
@@ -46,8 +48,13 @@ impl fmt::Debug for Sealer {
 
 impl Sealer {
     pub fn from_key(key: &[u8; 32]) -> Self {
+        use sha2::Digest;
+        let mut digest = sha2::Sha256::new();
+        digest.update(b"autopilot fingerprint key v1");
+        digest.update(key);
         Self {
             cipher: XChaCha20Poly1305::new(key.into()),
+            fingerprint_key: digest.finalize().into(),
         }
     }
 
@@ -112,6 +119,42 @@ impl Sealer {
         bytes.extend_from_slice(&nonce_bytes);
         bytes.extend_from_slice(&sealed);
         format!("{FORMAT}{}", URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// A short keyed digest of `secret` (HMAC-SHA256 under a key derived from the sealing key):
+    /// the same value gives the same fingerprint, and without the key it says nothing of the
+    /// value, not even to someone guessing short values.
+    pub fn fingerprint(&self, secret: &[u8]) -> String {
+        use hmac::Mac;
+        let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.fingerprint_key)
+            .expect("HMAC takes a key of any length");
+        mac.update(secret);
+        let digest = mac.finalize().into_bytes();
+        format!("hmac-sha256:{}", hex::encode(&digest[..8]))
+    }
+
+    /// Seals `secret` under a key of its own, which is sealed under this key: returns (the
+    /// wrapped key, the sealed value), both bound to `context`. Changing the master key then
+    /// means sealing the small keys again, not every value.
+    pub fn seal_enveloped(&self, context: &str, secret: &[u8]) -> (String, String) {
+        let own_key: [u8; 32] = rand::random();
+        let sealed_value = Sealer::from_key(&own_key).seal(context, secret);
+        let wrapped_key = self.seal(&format!("{context}:key"), &own_key);
+        (wrapped_key, sealed_value)
+    }
+
+    /// Opens a value sealed by [`Sealer::seal_enveloped`].
+    pub fn open_enveloped(
+        &self,
+        context: &str,
+        wrapped_key: &str,
+        sealed_value: &str,
+    ) -> Result<Vec<u8>, SealError> {
+        let own_key: [u8; 32] = self
+            .open(&format!("{context}:key"), wrapped_key)?
+            .try_into()
+            .map_err(|_| SealError::Format)?;
+        Sealer::from_key(&own_key).open(context, sealed_value)
     }
 
     /// Opens a value sealed for `context`.
@@ -188,6 +231,34 @@ mod tests {
             sealed,
             sealer.seal("webhook:1:signing_secret", b"whsec_abc")
         );
+    }
+
+    #[test]
+    fn enveloped_values_open_only_for_their_record_and_fingerprints_are_keyed() {
+        let sealer = Sealer::from_key(&[7; 32]);
+        let (key, value) = sealer.seal_enveloped("credential:A", b"s3cret-value");
+        assert!(!value.contains("s3cret") && !key.contains("s3cret"));
+        assert_eq!(
+            sealer.open_enveloped("credential:A", &key, &value).unwrap(),
+            b"s3cret-value"
+        );
+        // Moved to another row, or its key swapped for another value's: it does not open.
+        assert!(sealer.open_enveloped("credential:B", &key, &value).is_err());
+        let (other_key, _) = sealer.seal_enveloped("credential:A", b"other");
+        assert!(sealer
+            .open_enveloped("credential:A", &other_key, &value)
+            .is_err());
+        assert!(Sealer::from_key(&[8; 32])
+            .open_enveloped("credential:A", &key, &value)
+            .is_err());
+        let print = sealer.fingerprint(b"s3cret-value");
+        assert_eq!(print, sealer.fingerprint(b"s3cret-value"));
+        assert_ne!(print, sealer.fingerprint(b"s3cret-valuf"));
+        assert_ne!(
+            print,
+            Sealer::from_key(&[8; 32]).fingerprint(b"s3cret-value")
+        );
+        assert_eq!(print.len(), "hmac-sha256:".len() + 16);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::event::NewRunEvent;
 use crate::ids::{RunId, WorkerId};
 use crate::run::{RunOutcome, RunSpec};
+use crate::sealed::SealedSecrets;
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum BusError {
@@ -104,6 +105,10 @@ pub enum WorkerRequest {
         /// are claimed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         claim_token: Option<String>,
+        /// The public half of the worker process's [`crate::WorkerKey`]: secrets of the runs
+        /// it claims are sealed to it. A worker without one is given no run that needs secrets.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sealing_key: Option<String>,
     },
     /// The run is still alive on this worker.
     Heartbeat {
@@ -166,20 +171,23 @@ pub struct WorkerStatus {
 pub enum WorkerReply {
     Claimed {
         spec: Box<RunSpec>,
+        /// The credentials the run's MCP servers use, sealed to the claiming process.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secrets: Option<SealedSecrets>,
+        /// Why the run cannot start although it was claimed (a granted server or credential
+        /// that does not exist): the worker fails it with this message.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cannot_start: Option<String>,
     },
     /// The claim, heartbeat or completion is refused (already taken, cancelled, superseded).
-    Rejected {
-        reason: String,
-    },
+    Rejected { reason: String },
     /// Keep going.
     Ok,
     /// The run was asked to stop.
     Cancel,
     /// One reply per item of a [`WorkerRequest::Claim`] or [`WorkerRequest::Complete`], in
     /// order.
-    Each {
-        replies: Vec<WorkerReply>,
-    },
+    Each { replies: Vec<WorkerReply> },
 }
 
 impl WorkerReply {

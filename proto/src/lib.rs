@@ -14,6 +14,7 @@ pub mod jetstream_bus;
 pub mod lease;
 pub mod memory_bus;
 pub mod run;
+pub mod sealed;
 
 pub use blobs::{BlobStore, InMemoryBlobs};
 pub use bus::{
@@ -28,6 +29,7 @@ pub use jetstream_bus::{JetStreamBus, JetStreamConfig, KvLease, ObjectBlobs};
 pub use lease::{Lease, LeaseError};
 pub use memory_bus::{InMemoryBus, InMemoryBusConfig};
 pub use run::{
-    ClaudeSpec, NetworkMode, RunKind, RunOutcome, RunSpec, RunStatus, Sandbox, StopReason,
-    TokenUsage, Trigger,
+    ClaudeSpec, McpServerSpec, McpTransport, NetworkMode, RunKind, RunOutcome, RunSpec, RunStatus,
+    Sandbox, StopReason, TokenUsage, Trigger,
 };
+pub use sealed::{SealedError, SealedSecrets, Secrets, WorkerKey};

@@ -151,6 +151,41 @@ pub struct ClaudeSpec {
     /// Put the run's content (prompt, assistant text, tool inputs and results) on its spans.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub trace_content: bool,
+    /// The MCP servers granted to the run (the CLI loads these and no others). Their `${NAME}`
+    /// placeholders are filled in on the worker from the secrets sealed to it in the claim.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp_servers: Vec<McpServerSpec>,
+}
+
+/// One MCP server a run may use.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct McpServerSpec {
+    pub name: String,
+    pub transport: McpTransport,
+}
+
+/// How the CLI reaches an MCP server. Values may hold `${NAME}` placeholders for credentials.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum McpTransport {
+    /// A program the run starts (it must exist where runs execute: the worker's machine or the
+    /// run image), speaking MCP on its standard input and output.
+    Stdio {
+        command: String,
+        #[serde(default)]
+        args: Vec<String>,
+        /// The server's whole environment (it inherits nothing from the run), e.g.
+        /// `{"API_TOKEN": "${GITHUB_TOKEN}"}`.
+        #[serde(default)]
+        env: std::collections::BTreeMap<String, String>,
+    },
+    /// A remote server over streamable HTTP.
+    Http {
+        url: String,
+        /// e.g. `{"Authorization": "Bearer ${LINEAR_TOKEN}"}`.
+        #[serde(default)]
+        headers: std::collections::BTreeMap<String, String>,
+    },
 }
 
 /// What a run executes.
@@ -291,6 +326,8 @@ pub enum StopReason {
     Cancelled,
     BudgetExceeded,
     WorkerShutdown,
+    /// An MCP server granted to the run did not connect.
+    McpServerFailed,
 }
 
 /// What a worker reports when an attempt ends.
@@ -320,7 +357,7 @@ impl RunOutcome {
             Some(StopReason::Timeout) => RunStatus::TimedOut,
             Some(StopReason::Cancelled) => RunStatus::Cancelled,
             Some(StopReason::WorkerShutdown) => RunStatus::Lost,
-            Some(StopReason::BudgetExceeded) => RunStatus::Failed,
+            Some(StopReason::BudgetExceeded | StopReason::McpServerFailed) => RunStatus::Failed,
             None if self.is_error || self.exit_code != Some(0) => RunStatus::Failed,
             None => RunStatus::Succeeded,
         }

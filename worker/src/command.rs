@@ -222,6 +222,7 @@ mod tests {
             max_turns: Some(3),
             max_cost_usd: Some(0.5),
             trace_content: false,
+            mcp_servers: Vec::new(),
         }
     }
 

@@ -7,6 +7,7 @@ pub mod docker;
 pub mod executor;
 pub mod guard;
 pub mod local;
+pub mod mcp;
 pub mod model_proxy;
 pub mod pricing;
 pub mod stream_json;

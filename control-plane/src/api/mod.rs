@@ -3,6 +3,7 @@
 
 mod jobs;
 mod runs;
+mod tools;
 mod webhooks;
 
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -50,6 +51,21 @@ pub fn router(app: Arc<App>) -> Router {
                 .delete(webhooks::delete),
         )
         .route("/webhooks/{id}/rotate", post(webhooks::rotate))
+        .route(
+            "/servers",
+            get(tools::list_servers).post(tools::register_server),
+        )
+        .route(
+            "/servers/{name}",
+            get(tools::get_server)
+                .put(tools::replace_server)
+                .delete(tools::delete_server),
+        )
+        .route("/credentials", get(tools::list_credentials))
+        .route(
+            "/credentials/{name}",
+            put(tools::set_credential).delete(tools::delete_credential),
+        )
         .route("/workers", get(workers))
         .route("/quick-run", post(runs::quick_run))
         .route_layer(middleware::from_fn_with_state(

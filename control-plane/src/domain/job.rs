@@ -120,6 +120,7 @@ impl Job {
                 max_turns: settings.max_turns,
                 max_cost_usd: settings.max_cost_usd,
                 trace_content: settings.trace_content,
+                mcp_servers: Vec::new(),
             }),
             JobKind::Shell => RunKind::Shell {
                 command: self.prompt.clone(),
@@ -134,6 +135,7 @@ impl Job {
             pool: settings.pool.clone(),
             overlap: self.overlap_policy,
             sandbox: Some(settings.sandbox),
+            grants: settings.servers.clone(),
         }
     }
 }

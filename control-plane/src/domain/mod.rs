@@ -14,6 +14,7 @@ pub mod schedule;
 pub mod settings;
 pub mod signature;
 pub mod template;
+pub mod tools;
 pub mod webhook;
 
 pub use error::{ServiceError, ServiceResult};

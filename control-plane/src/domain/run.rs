@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::job::{Job, OverlapPolicy};
 use super::settings::RetryPolicy;
+use super::tools::ToolGrant;
 
 /// Snapshot of what a run executes, taken when the run is created.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
@@ -25,6 +26,10 @@ pub struct RunSnapshot {
     /// Absent in runs stored before sandboxes existed: the defaults of the run's kind apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<Sandbox>,
+    /// The MCP servers granted, resolved against the registry when a worker claims the run (the
+    /// worker records what that gave in the run's `tools_granted` event).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<ToolGrant>,
 }
 
 impl RunSnapshot {

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{ServiceError, ServiceResult};
 use super::input::nullable;
 use super::job::JobKind;
+use super::tools::ToolGrant;
 
 pub const DEFAULT_TIMEOUT_SECS: u64 = 30 * 60;
 pub const DEFAULT_POOL: &str = "default";
@@ -34,6 +35,9 @@ pub struct RunSettings {
     /// trace spans (capped, secrets redacted). Off unless asked for.
     #[serde(default)]
     pub trace_content: bool,
+    /// MCP servers from the registry whose tools the runs may use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<ToolGrant>,
 }
 
 /// Retries of runs that failed for a transient API reason (overloaded, rate limited, 5xx).
@@ -110,6 +114,12 @@ pub struct RunSettingsInput {
     /// Default false: spans carry no run content. Claude runs only.
     #[serde(default)]
     pub trace_content: Option<bool>,
+    /// MCP servers from the registry the runs may use, each up to an access level (`read`,
+    /// `write`, `admin`; a `dangerous` tool only when `allow` names it), e.g.
+    /// `[{"server": "email", "access": "write"}]`. Their tools are added to `allowed_tools`
+    /// and the server's other tools to `disallowed_tools`. Claude runs only.
+    #[serde(default)]
+    pub servers: Option<Vec<ToolGrant>>,
 }
 
 /// Changes to run settings: a field left out keeps its value, `null` clears an optional one.
@@ -138,6 +148,8 @@ pub struct RunSettingsPatch {
     pub sandbox: Option<SandboxInput>,
     /// Whether runs put their content on their trace spans.
     pub trace_content: Option<bool>,
+    /// Replaces the MCP servers the runs may use.
+    pub servers: Option<Vec<ToolGrant>>,
 }
 
 #[derive(Deserialize, Serialize, Debug, Clone, Copy, JsonSchema)]
@@ -194,6 +206,7 @@ impl From<&RunSettings> for RunSettingsInput {
             }),
             sandbox: Some(settings.sandbox.into()),
             trace_content: Some(settings.trace_content),
+            servers: Some(settings.servers.clone()),
         }
     }
 }
@@ -224,7 +237,8 @@ impl RunSettingsInput {
             max_cost_usd,
             pool,
             retry,
-            trace_content
+            trace_content,
+            servers
         );
         if let Some(patch) = patch.sandbox {
             let current = self.sandbox.unwrap_or_default();
@@ -246,13 +260,14 @@ impl RunSettingsInput {
 
     /// The first field given that only a claude run can use.
     fn first_claude_only(&self) -> Option<&'static str> {
-        const CLAUDE_ONLY: [&str; 6] = [
+        const CLAUDE_ONLY: [&str; 7] = [
             "model",
             "allowed_tools",
             "disallowed_tools",
             "max_turns",
             "max_cost_usd",
             "trace_content",
+            "servers",
         ];
         self.given()
             .into_iter()
@@ -260,7 +275,7 @@ impl RunSettingsInput {
     }
 
     /// Each field, and whether it was given (an empty tool list counts as not given).
-    fn given(&self) -> [(&'static str, bool); 10] {
+    fn given(&self) -> [(&'static str, bool); 11] {
         let listed = |tools: &Option<Vec<String>>| tools.as_ref().is_some_and(|t| !t.is_empty());
         [
             ("model", self.model.is_some()),
@@ -274,6 +289,10 @@ impl RunSettingsInput {
             ("sandbox", self.sandbox.is_some()),
             // `false` asks for nothing a shell job lacks.
             ("trace_content", self.trace_content == Some(true)),
+            (
+                "servers",
+                self.servers.as_ref().is_some_and(|s| !s.is_empty()),
+            ),
         ]
     }
 
@@ -339,6 +358,7 @@ impl RunSettingsInput {
                 .unwrap_or_default()
                 .resolve(kind.default_sandbox(), kind)?,
             trace_content: self.trace_content.unwrap_or(false),
+            servers: grants(self.servers.unwrap_or_default())?,
         })
     }
 }
@@ -438,6 +458,24 @@ fn tools(field: &str, names: Vec<String>) -> ServiceResult<Vec<String>> {
 }
 
 /// A worker pool name as given, or the default pool.
+/// Checks the grants' own fields: each server named once, with a valid name.
+fn grants(grants: Vec<ToolGrant>) -> ServiceResult<Vec<ToolGrant>> {
+    if grants.len() > 32 {
+        return Err(ServiceError::invalid("servers", "at most 32 servers"));
+    }
+    for (index, grant) in grants.iter().enumerate() {
+        let field = format!("servers[{index}]");
+        grant.validate(&field)?;
+        if grants[..index].iter().any(|g| g.server == grant.server) {
+            return Err(ServiceError::invalid(
+                format!("{field}.server"),
+                format!("`{}` is granted twice; merge the two grants", grant.server),
+            ));
+        }
+    }
+    Ok(grants)
+}
+
 pub fn validate_pool(input: Option<String>) -> ServiceResult<String> {
     let pool = input.unwrap_or_else(|| DEFAULT_POOL.to_owned());
     if pool.is_empty()

@@ -10,6 +10,7 @@ pub mod jobs;
 pub(crate) mod metrics;
 pub mod oauth;
 pub mod runs;
+pub mod tools;
 pub(crate) mod traces;
 pub mod webhooks;
 pub mod worker_requests;

@@ -74,6 +74,7 @@ pub async fn quick_run(app: &App, input: QuickRunInput) -> ServiceResult<Run> {
         ));
     }
     let settings = input.run.resolve(JobKind::Claude, RetryPolicy::NONE)?;
+    super::tools::check_grants(app, &settings.servers).await?;
     let run_id = RunId::new();
     let snapshot = RunSnapshot {
         kind: RunKind::Claude(autopilot_proto::ClaudeSpec {
@@ -84,6 +85,7 @@ pub async fn quick_run(app: &App, input: QuickRunInput) -> ServiceResult<Run> {
             max_turns: settings.max_turns,
             max_cost_usd: settings.max_cost_usd,
             trace_content: settings.trace_content,
+            mcp_servers: Vec::new(),
         }),
         timeout_secs: settings.timeout_secs,
         workspace: format!("quick-{run_id}"),
@@ -91,6 +93,7 @@ pub async fn quick_run(app: &App, input: QuickRunInput) -> ServiceResult<Run> {
         pool: settings.pool,
         overlap: OverlapPolicy::Allow,
         sandbox: Some(settings.sandbox),
+        grants: settings.servers,
     };
     let mut run = Run::queued(Trigger::Quick, None, snapshot, None);
     run.id = run_id;

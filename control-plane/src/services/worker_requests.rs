@@ -1,6 +1,6 @@
 //! The control plane's side of the worker protocol: claim, heartbeat, complete.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::domain::{OverlapPolicy, Run, ServiceResult};
 use crate::services::follow::RunWatch;
-use crate::services::{dispatch, metrics};
+use crate::services::{dispatch, metrics, tools};
 use crate::store::RunUpdate;
 
 /// How long a completion waits for the attempt's events to be stored before it records the
@@ -38,7 +38,17 @@ pub async fn handle_worker_request(
             worker_id,
             runs,
             claim_token,
-        } => claim(app, runs, worker_id, claim_token.as_deref()).await,
+            sealing_key,
+        } => {
+            claim(
+                app,
+                runs,
+                worker_id,
+                claim_token.as_deref(),
+                sealing_key.as_deref(),
+            )
+            .await
+        }
         WorkerRequest::Heartbeat {
             run_id,
             attempt,
@@ -61,6 +71,7 @@ async fn claim(
     runs: Vec<RunAttempt>,
     worker_id: WorkerId,
     claim_token: Option<&str>,
+    sealing_key: Option<&str>,
 ) -> ServiceResult<WorkerReply> {
     let now = Utc::now();
     let mut claimed: HashMap<(RunId, u32), Run> = app
@@ -77,6 +88,13 @@ async fn claim(
         .map(|run| run.run_id)
         .collect();
     let current = runs_by_id(app, &refused).await?;
+    // Runs granted MCP servers are resolved against the registry as it is now.
+    let registry = if claimed.values().any(|run| !run.settings.grants.is_empty()) {
+        Some(tools::Registry::load(app).await?)
+    } else {
+        None
+    };
+    let mut handed_credentials = BTreeSet::new();
     let mut replies = Vec::with_capacity(runs.len());
     let mut taken = HashSet::new();
     for RunAttempt { run_id, attempt } in runs {
@@ -87,7 +105,7 @@ async fn claim(
             if run.started_at == run.heartbeat_at {
                 metrics::claimed(app, &run, now);
             }
-            let spec = RunSpec {
+            let mut spec = RunSpec {
                 run_id,
                 attempt,
                 job_id: run.job_id,
@@ -96,8 +114,19 @@ async fn claim(
                 timeout_secs: run.settings.timeout_secs,
                 sandbox: run.settings.sandbox(),
             };
+            let handed = match &registry {
+                Some(registry) if !run.settings.grants.is_empty() => {
+                    let (handed, credentials) =
+                        registry.hand_out(app, &run, &mut spec, sealing_key);
+                    handed_credentials.extend(credentials);
+                    handed
+                }
+                _ => tools::Handed::default(),
+            };
             WorkerReply::Claimed {
                 spec: Box::new(spec),
+                secrets: handed.secrets,
+                cannot_start: handed.cannot_start,
             }
         } else if taken.contains(&(run_id, attempt)) {
             rejected("the run was claimed twice in one request")
@@ -112,6 +141,14 @@ async fn claim(
             })
         };
         replies.push(reply);
+    }
+    if !handed_credentials.is_empty() {
+        let names: Vec<String> = handed_credentials.into_iter().collect();
+        // When a credential was last used is for the operator's eyes: a failure to note it
+        // must not cost the runs their start.
+        if let Err(err) = app.store.mark_credentials_used(&names, now).await {
+            tracing::warn!(error = %err, "could not note when credentials were last used");
+        }
     }
     Ok(WorkerReply::Each { replies })
 }

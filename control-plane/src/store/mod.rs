@@ -3,7 +3,8 @@
 //! scheme.
 //!
 //! The contract is one narrow trait per aggregate ([`JobStore`], [`RunStore`], [`EventStore`],
-//! [`LeaseStore`], [`SettingsStore`], [`OAuthStore`], [`WorkerStore`], [`WebhookStore`]), and
+//! [`LeaseStore`], [`SettingsStore`], [`OAuthStore`], [`WorkerStore`], [`WebhookStore`],
+//! [`ToolStore`]), and
 //! [`Store`] is all of them at once: the app holds an `Arc<dyn Store>`, and a trait object
 //! answers its supertraits' methods without them being imported. The traits stay together in
 //! this file, not one file each: each is a handful of signatures, and read in one place they give
@@ -26,6 +27,7 @@ use autopilot_proto::{
 use chrono::{DateTime, Utc};
 
 use crate::domain::oauth::{AuthCode, OAuthClient, RefreshToken, RefreshUse};
+use crate::domain::tools::{Credential, McpServer};
 use crate::domain::webhook::{DeliveryOutcome, NewDelivery, StoredPayload, Webhook};
 use crate::domain::{FireRecord, Job, PoolQueue, Run, RunFilter, ServiceError};
 
@@ -80,6 +82,7 @@ pub trait Store:
     + OAuthStore
     + WorkerStore
     + WebhookStore
+    + ToolStore
     + Send
     + Sync
 {
@@ -300,6 +303,27 @@ pub trait WebhookStore: Send + Sync {
     async fn get_payload(&self, run_id: RunId) -> StoreResult<Option<StoredPayload>>;
     /// Forgets delivery ids whose window ended. Returns how many.
     async fn purge_expired_deliveries(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+}
+
+/// MCP servers and the sealed credentials they use (part of every [`Store`]). Both are small
+/// (tens of rows), so lookups by name read the table.
+#[async_trait]
+pub trait ToolStore: Send + Sync {
+    /// Adds the server; a conflict when its name is taken.
+    async fn insert_server(&self, server: &McpServer) -> StoreResult<()>;
+    /// Replaces the server of that name; `NotFound` when there is none.
+    async fn update_server(&self, server: &McpServer) -> StoreResult<()>;
+    async fn list_servers(&self) -> StoreResult<Vec<McpServer>>;
+    /// Whether it existed.
+    async fn delete_server(&self, name: &str) -> StoreResult<bool>;
+    /// Adds the credential or replaces the value of the one of that name (keeping when it was
+    /// made).
+    async fn put_credential(&self, credential: &Credential) -> StoreResult<()>;
+    async fn list_credentials(&self) -> StoreResult<Vec<Credential>>;
+    /// Whether it existed.
+    async fn delete_credential(&self, name: &str) -> StoreResult<bool>;
+    /// Records that a run was given these credentials at `at`.
+    async fn mark_credentials_used(&self, names: &[String], at: DateTime<Utc>) -> StoreResult<()>;
 }
 
 /// Opens the store named by `url`: `sqlite://path` (created if missing) or `postgres://…`.

@@ -83,6 +83,7 @@ pub struct JobRow {
     /// JSON; empty (`{}`) for jobs stored before sandboxes existed.
     pub sandbox: String,
     pub trace_content: bool,
+    pub tool_grants: String,
 }
 
 /// The schedule as stored: (`schedule_kind`, `schedule_expr`).
@@ -138,6 +139,7 @@ impl TryFrom<JobRow> for Job {
                 },
                 sandbox,
                 trace_content: row.trace_content,
+                servers: json("tool_grants", &row.tool_grants)?,
             },
             misfire_policy: parse("misfire policy", &row.misfire_policy)?,
             misfire_cap: to_u32("misfire_cap", row.misfire_cap)?,

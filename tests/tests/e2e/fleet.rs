@@ -476,6 +476,7 @@ async fn claims_and_completions_of_many_runs_are_answered_run_by_run() {
             at(runs[1], 1),
         ],
         claim_token: Some("process-1".to_owned()),
+        sealing_key: None,
     };
     let replies = bus.request(claim).await.unwrap().into_each(5).unwrap();
     let reason = |reply: &WorkerReply| match reply {
@@ -484,7 +485,7 @@ async fn claims_and_completions_of_many_runs_are_answered_run_by_run() {
     };
     for (index, run_id) in [(0, runs[0]), (4, runs[1])] {
         match &replies[index] {
-            WorkerReply::Claimed { spec } => {
+            WorkerReply::Claimed { spec, .. } => {
                 assert_eq!((spec.run_id, spec.attempt), (run_id, 1));
                 assert!(matches!(spec.kind, RunKind::Shell { .. }), "{spec:?}");
             }
@@ -505,10 +506,11 @@ async fn claims_and_completions_of_many_runs_are_answered_run_by_run() {
         worker_id: worker_id.clone(),
         runs: vec![at(runs[1], 1)],
         claim_token: claim_token.map(str::to_owned),
+        sealing_key: None,
     };
     let reply = bus.request(again(Some("process-1"))).await.unwrap();
     assert!(
-        matches!(&reply.into_each(1).unwrap()[0], WorkerReply::Claimed { spec } if spec.run_id == runs[1]),
+        matches!(&reply.into_each(1).unwrap()[0], WorkerReply::Claimed { spec, .. } if spec.run_id == runs[1]),
         "a repeated claim is answered Claimed"
     );
     for token in [Some("process-2"), None] {

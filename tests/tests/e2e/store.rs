@@ -48,6 +48,12 @@ fn job(name: &str) -> Job {
             },
             // Stored and read back (a column of its own for jobs).
             trace_content: true,
+            servers: vec![autopilot_control_plane::domain::tools::ToolGrant {
+                server: "email".into(),
+                access: autopilot_control_plane::domain::tools::AccessLevel::Write,
+                allow: vec!["send*".into()],
+                deny: vec![],
+            }],
         },
         misfire_policy: MisfirePolicy::RunAll,
         misfire_cap: 3,

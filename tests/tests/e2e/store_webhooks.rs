@@ -44,6 +44,12 @@ fn webhook(name: &str, token_hash: &str) -> Webhook {
                 sandbox: autopilot_proto::Sandbox::defaults(true),
                 // Stored and read back in the webhook's settings.
                 trace_content: true,
+                servers: vec![autopilot_control_plane::domain::tools::ToolGrant {
+                    server: "crm".into(),
+                    access: autopilot_control_plane::domain::tools::AccessLevel::Write,
+                    allow: vec![],
+                    deny: vec!["delete_*".into()],
+                }],
             },
             signature: SignatureConfig {
                 scheme: SignatureSchemeName::Github,
@@ -81,6 +87,7 @@ fn delivery(
             max_turns: None,
             max_cost_usd: None,
             trace_content: false,
+            mcp_servers: Vec::new(),
         }),
         timeout_secs: 60,
         workspace: webhook.workspace(),
@@ -88,6 +95,7 @@ fn delivery(
         pool: "nowhere".into(),
         overlap: OverlapPolicy::Allow,
         sandbox: None,
+        grants: Vec::new(),
     };
     let mut run = Run::queued(Trigger::Webhook, None, settings, None);
     run.created_at = now_ms();

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use autopilot_proto::{
     Acker, AttemptEnd, Bus, BusError, EventKind, RunAttempt, RunDelivery, RunId, RunKind,
-    RunOutcome, RunRequest, RunSpec, StopReason, WorkerId, WorkerReply, WorkerRequest,
+    RunOutcome, RunRequest, RunSpec, Secrets, StopReason, WorkerId, WorkerReply, WorkerRequest,
 };
 use chrono::Utc;
 use serde_json::{json, Value};
@@ -25,6 +25,7 @@ use super::events::{EventSender, EventSink, EventsLeft};
 use super::{send_completions, ActiveRuns, Reports, WorkerConfig};
 use crate::command::build_command;
 use crate::executor::{ExecError, Executor, OutputLine, OutputStream};
+use crate::mcp::{self, ConfigFile, Redactor};
 use crate::stream_json::{self, StreamParser};
 use crate::trace::{
     self,
@@ -125,8 +126,15 @@ impl Attempt {
         let claimed = self
             .claim(RunAttempt { run_id, attempt }, acker.as_ref())
             .instrument(tracing::info_span!(parent: &span, "claim", otel.name = "autopilot.claim"));
-        let spec = match claimed.await {
-            Ok(WorkerReply::Claimed { spec }) => *spec,
+        let (spec, granted) = match claimed.await {
+            Ok(WorkerReply::Claimed {
+                spec,
+                secrets,
+                cannot_start,
+            }) => {
+                let granted = Granted::open(&self.reports.key, &spec, secrets, cannot_start);
+                (*spec, granted)
+            }
             Ok(reply) => {
                 tracing::debug!(run.id = %run_id, ?reply, "claim refused; dropping the delivery");
                 let _ = acker.ack().await;
@@ -156,7 +164,7 @@ impl Attempt {
             stopper.clone(),
         ));
         let outcome = self
-            .execute(&spec, &events, &stopper)
+            .execute(&spec, &granted, &events, &stopper)
             .instrument(span.clone())
             .await;
         if outcome.is_error {
@@ -195,9 +203,15 @@ impl Attempt {
     }
 
     /// Executes the claimed run and returns its outcome, stamped with when it started and ended.
-    async fn execute(&self, spec: &RunSpec, events: &EventSender, stopper: &Stopper) -> RunOutcome {
+    async fn execute(
+        &self,
+        spec: &RunSpec,
+        granted: &Granted,
+        events: &EventSender,
+        stopper: &Stopper,
+    ) -> RunOutcome {
         let started_at = Utc::now();
-        let mut outcome = self.execute_inner(spec, events, stopper).await;
+        let mut outcome = self.execute_inner(spec, granted, events, stopper).await;
         outcome.started_at = Some(started_at);
         outcome.finished_at = Some(Utc::now());
         outcome
@@ -209,9 +223,13 @@ impl Attempt {
     async fn execute_inner(
         &self,
         spec: &RunSpec,
+        granted: &Granted,
         events: &EventSender,
         stopper: &Stopper,
     ) -> RunOutcome {
+        if let Some(error) = &granted.cannot_start {
+            return failed_to_start(events, error.clone()).await;
+        }
         if spec.workspace.is_empty()
             || spec.workspace.contains(['/', '\\'])
             || spec.workspace.starts_with('.')
@@ -248,7 +266,7 @@ impl Attempt {
                 .await;
         }
         let mut outcome = self
-            .execute_in(spec, workspace.dir.clone(), events, stopper)
+            .execute_in(spec, granted, workspace.dir.clone(), events, stopper)
             .await;
         match self.workspaces.check_in(&spec.workspace, &workspace).await {
             Ok(Some(bytes)) => {
@@ -276,12 +294,32 @@ impl Attempt {
     async fn execute_in(
         &self,
         spec: &RunSpec,
+        granted: &Granted,
         workspace: PathBuf,
         events: &EventSender,
         stopper: &Stopper,
     ) -> RunOutcome {
         let is_claude = matches!(spec.kind, RunKind::Claude(_));
         let mut command = build_command(spec, workspace, &self.config.command_env);
+        let servers = match &spec.kind {
+            RunKind::Claude(claude) => claude.mcp_servers.as_slice(),
+            RunKind::Shell { .. } => &[],
+        };
+        // Kept until the run has ended: the CLI reads it when it starts its servers.
+        let _mcp_config = if servers.is_empty() {
+            None
+        } else {
+            match self.mcp_config(spec, granted, events).await {
+                Ok(file) => {
+                    command.args.push("--mcp-config".into());
+                    command.args.push(file.path().display().to_string());
+                    Some(file)
+                }
+                Err(error) => return failed_to_start(events, error).await,
+            }
+        };
+        let redactor = &granted.redactor;
+        let mut mcp_failure: Option<String> = None;
         // A Claude run's steps are spans under `invoke_agent`; the CLI gets that span as its
         // `TRACEPARENT`, so its own spans (when a job turns its telemetry on) join the trace.
         let agent_span = if is_claude && trace::enabled() {
@@ -346,6 +384,7 @@ impl Attempt {
                 line = lines_rx.recv(), if lines_open => match line {
                     Some(line) => {
                         for (kind, data) in parse_line(&mut parser, is_claude, &line) {
+                            let data = screen(kind, data, redactor, servers, &mut mcp_failure, stopper);
                             if let Some(agent) = &mut agent {
                                 agent.event(kind, &data, std::time::SystemTime::now());
                             }
@@ -364,6 +403,7 @@ impl Attempt {
         // Lines still buffered after the process ended.
         while let Ok(line) = lines_rx.try_recv() {
             for (kind, data) in parse_line(&mut parser, is_claude, &line) {
+                let data = screen(kind, data, redactor, servers, &mut mcp_failure, stopper);
                 if let Some(agent) = &mut agent {
                     agent.event(kind, &data, std::time::SystemTime::now());
                 }
@@ -442,6 +482,11 @@ impl Attempt {
                 StopReason::WorkerShutdown => {
                     "the worker shut down while the run was executing".to_owned()
                 }
+                StopReason::McpServerFailed => format!(
+                    "MCP servers granted to the run did not connect: {}; the run's stderr \
+                     events may say why",
+                    mcp_failure.as_deref().unwrap_or("unknown")
+                ),
             });
         } else if exit.out_of_memory {
             outcome.is_error = true;
@@ -543,6 +588,103 @@ fn failed(error: String) -> RunOutcome {
 
 /// The events one output line makes: stderr as it is, a Claude run's stdout through the
 /// stream-json parser, a shell run's stdout as plain output.
+/// What the claim reply gave beside the spec: the run's credentials, opened, and a reason the
+/// run cannot start, if there is one.
+pub(super) struct Granted {
+    secrets: Secrets,
+    redactor: Redactor,
+    cannot_start: Option<String>,
+}
+
+impl Granted {
+    fn open(
+        key: &autopilot_proto::WorkerKey,
+        spec: &RunSpec,
+        sealed: Option<autopilot_proto::SealedSecrets>,
+        cannot_start: Option<String>,
+    ) -> Self {
+        let (secrets, cannot_start) = match sealed {
+            None => (Secrets::new(), cannot_start),
+            Some(sealed) => match key.open(&sealed, spec.run_id, spec.attempt) {
+                Ok(secrets) => (secrets, cannot_start),
+                Err(err) => (
+                    Secrets::new(),
+                    Some(format!("could not open the run's credentials: {err}")),
+                ),
+            },
+        };
+        Self {
+            redactor: Redactor::new(&secrets),
+            secrets,
+            cannot_start,
+        }
+    }
+}
+
+impl Attempt {
+    /// Writes the run's `--mcp-config` file and records what the run was granted (names only).
+    async fn mcp_config(
+        &self,
+        spec: &RunSpec,
+        granted: &Granted,
+        events: &EventSender,
+    ) -> Result<ConfigFile, String> {
+        let RunKind::Claude(claude) = &spec.kind else {
+            return Err("only Claude runs use MCP servers".to_owned());
+        };
+        if self.executor.name() == "docker" {
+            return Err(
+                "MCP servers cannot be given to runs on the Docker executor yet; run \
+                        this job in a pool of workers with the local executor"
+                    .to_owned(),
+            );
+        }
+        let document = mcp::config(&claude.mcp_servers, &granted.secrets)?;
+        let file = ConfigFile::write(&document)
+            .map_err(|err| format!("could not write the run's MCP configuration: {err}"))?;
+        let names: Vec<&str> = claude.mcp_servers.iter().map(|s| s.name.as_str()).collect();
+        events
+            .lifecycle(
+                "tools_granted",
+                json!({
+                    "servers": names,
+                    "allowed_tools": claude.allowed_tools,
+                    "disallowed_tools": claude.disallowed_tools,
+                }),
+            )
+            .await;
+        Ok(file)
+    }
+}
+
+async fn failed_to_start(events: &EventSender, error: String) -> RunOutcome {
+    events
+        .lifecycle("failed_to_start", json!({ "error": error }))
+        .await;
+    failed(error)
+}
+
+/// Redacts the run's credentials from an event, and stops the run when its `system/init` line
+/// shows a granted MCP server that did not connect.
+fn screen(
+    kind: EventKind,
+    data: Value,
+    redactor: &Redactor,
+    servers: &[autopilot_proto::McpServerSpec],
+    mcp_failure: &mut Option<String>,
+    stopper: &Stopper,
+) -> Value {
+    let data = redactor.value(data);
+    if kind == EventKind::SystemInit && !servers.is_empty() {
+        let missing = mcp::not_connected(&data, servers);
+        if !missing.is_empty() {
+            mcp_failure.get_or_insert(missing.join(", "));
+            stopper.stop(StopReason::McpServerFailed);
+        }
+    }
+    data
+}
+
 fn parse_line(
     parser: &mut StreamParser,
     is_claude: bool,

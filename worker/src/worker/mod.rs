@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use autopilot_proto::{
-    AttemptEnd, Bus, BusError, ControlMessage, RunAttempt, RunId, StopReason, WorkerId,
+    AttemptEnd, Bus, BusError, ControlMessage, RunAttempt, RunId, StopReason, WorkerId, WorkerKey,
     WorkerReply, WorkerRequest, WorkerStatus,
 };
 use chrono::Utc;
@@ -95,6 +95,8 @@ pub struct Worker {
 
 /// Claims and completions of this worker's runs, each sent many to a request.
 struct Reports {
+    /// This process's key: the secrets of the runs it claims are sealed to it.
+    key: Arc<WorkerKey>,
     claims: Batcher<RunAttempt, WorkerReply>,
     completions: Batcher<AttemptEnd, WorkerReply>,
 }
@@ -102,7 +104,9 @@ struct Reports {
 impl Reports {
     /// Starts both batchers; each sends one request at a time on `bus`, as `worker_id`.
     fn start(bus: &Arc<dyn Bus>, worker_id: &WorkerId) -> Self {
+        let key = Arc::new(WorkerKey::generate());
         let claims = {
+            let sealing_key = key.public_key();
             let (bus, worker_id) = (Arc::clone(bus), worker_id.clone());
             // Drawn once per process: a restarted worker of the same name is another claimant.
             let claim_token = uuid::Uuid::now_v7().simple().to_string();
@@ -113,12 +117,14 @@ impl Reports {
             Batcher::start(limits, move |runs: Vec<RunAttempt>| {
                 let (bus, worker_id) = (Arc::clone(&bus), worker_id.clone());
                 let claim_token = Some(claim_token.clone());
+                let sealing_key = Some(sealing_key.clone());
                 async move {
                     let count = runs.len();
                     let request = WorkerRequest::Claim {
                         worker_id,
                         runs,
                         claim_token,
+                        sealing_key,
                     };
                     let reply = tokio::time::timeout(CLAIM_TIMEOUT, bus.request(request))
                         .await
@@ -139,6 +145,7 @@ impl Reports {
             })
         };
         Self {
+            key,
             claims,
             completions,
         }

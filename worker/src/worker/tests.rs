@@ -94,6 +94,8 @@ async fn a_claim_whose_reply_was_lost_is_repeated_and_the_run_executes_once() {
                 WorkerReply::Each {
                     replies: vec![WorkerReply::Claimed {
                         spec: Box::new(spec.clone()),
+                        secrets: None,
+                        cannot_start: None,
                     }],
                 }
             }

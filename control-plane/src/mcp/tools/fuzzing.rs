@@ -93,7 +93,11 @@ fn check(name: &str, mut args: JsonObject) -> Result<Option<Job>, Failure> {
             let ReplayArgs { run_id, .. } = parse(args)?;
             parse_run_id("run_id", &run_id)?;
         }
-        other => return Err(Failure::Message(format!("unknown tool `{other}`"))),
+        other => {
+            if !super::registry::check_arguments(other, args)? {
+                return Err(Failure::Message(format!("unknown tool `{other}`")));
+            }
+        }
     }
     Ok(None)
 }

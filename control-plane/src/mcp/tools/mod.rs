@@ -1,4 +1,4 @@
-//! The tools, in groups ([`jobs`], [`runs`], [`webhooks`], [`server`]); each group owns its
+//! The tools, in groups ([`jobs`], [`runs`], [`webhooks`], [`registry`], [`server`]); each group owns its
 //! tools' descriptions, argument types and functions. Arguments are read into the services' own
 //! input types, and the input schemas the model sees derive from those same types, so the two
 //! cannot drift. Tools only call the services, never the store.
@@ -9,6 +9,7 @@
 #[doc(hidden)]
 pub mod fuzzing;
 mod jobs;
+mod registry;
 mod runs;
 mod server;
 mod webhooks;
@@ -50,6 +51,7 @@ enum Group {
     Jobs,
     Runs,
     Webhooks,
+    Registry,
     Server,
 }
 
@@ -58,6 +60,7 @@ static DEFINITIONS: LazyLock<Vec<(Tool, Group)>> = LazyLock::new(|| {
         (Group::Jobs, jobs::specs()),
         (Group::Runs, runs::specs()),
         (Group::Webhooks, webhooks::specs()),
+        (Group::Registry, registry::specs()),
         (Group::Server, server::specs()),
     ];
     groups
@@ -133,6 +136,7 @@ pub async fn call(
         Group::Jobs => jobs::call(app, name, args, &context).await,
         Group::Runs => runs::call(app, name, args, &context).await,
         Group::Webhooks => webhooks::call(app, name, args, &context).await,
+        Group::Registry => registry::call(app, name, args).await,
         Group::Server => server::call(app, name, args).await,
     };
     Ok(match outcome {
@@ -353,7 +357,7 @@ mod tests {
     #[test]
     fn every_tool_is_defined_once_with_a_title_and_annotations() {
         let names: Vec<&str> = definitions().map(|tool| tool.name.as_ref()).collect();
-        assert_eq!(names.len(), 19);
+        assert_eq!(names.len(), 26);
         let mut unique = names.clone();
         unique.sort_unstable();
         unique.dedup();

@@ -16,11 +16,12 @@ use serde::Deserialize;
 use crate::app::App;
 use crate::domain::schedule::{parse_cron, parse_timezone, Compiled};
 use crate::domain::{Job, OverlapPolicy, Run, Schedule, ServiceError, ServiceResult};
-use crate::services::{runs, webhooks};
+use crate::services::{runs, tools, webhooks};
 use crate::store::StoreError;
 
 pub async fn create(app: &App, input: JobInput) -> ServiceResult<JobView> {
     let job = input::validate(input, None, Utc::now())?;
+    tools::check_grants(app, &job.settings.servers).await?;
     app.store.insert_job(&job).await?;
     tracing::info!(job.id = %job.id, job.name = %job.name, "job created");
     app.notify_jobs_changed();
@@ -30,6 +31,7 @@ pub async fn create(app: &App, input: JobInput) -> ServiceResult<JobView> {
 pub async fn update(app: &App, id: JobId, patch: JobPatch) -> ServiceResult<JobView> {
     let existing = get(app, id).await?;
     let job = input::validate(input::apply(&existing, patch), Some(&existing), Utc::now())?;
+    tools::check_grants(app, &job.settings.servers).await?;
     match app.store.update_job(&job).await {
         Err(StoreError::NotFound) => return Err(not_found(id)),
         other => other?,

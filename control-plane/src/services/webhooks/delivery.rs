@@ -269,6 +269,7 @@ pub fn build_delivery(
                     max_turns: run.max_turns,
                     max_cost_usd: run.max_cost_usd,
                     trace_content: run.trace_content,
+                    mcp_servers: Vec::new(),
                 }),
                 timeout_secs: run.timeout_secs,
                 workspace: webhook.workspace(),
@@ -278,6 +279,7 @@ pub fn build_delivery(
                 // Kept only when it is not a claude run's default (which an absent sandbox
                 // means): every delivery's run row stays as small as it can be.
                 sandbox: Some(run.sandbox).filter(|sandbox| *sandbox != Sandbox::defaults(true)),
+                grants: run.servers.clone(),
             }
         }
     };

@@ -135,6 +135,7 @@ pub(super) async fn validate(
         JobKind::Claude,
         existing.map_or_else(RetryPolicy::default, |webhook| webhook.config.run.retry),
     )?;
+    crate::services::tools::check_grants(app, &run.servers).await?;
 
     let SignatureChoice {
         config: signature,

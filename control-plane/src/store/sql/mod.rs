@@ -115,6 +115,7 @@ mod leases;
 mod oauth;
 mod runs;
 mod settings;
+mod tools;
 mod webhooks;
 mod workers;
 

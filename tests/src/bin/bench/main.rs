@@ -298,6 +298,7 @@ fn direct_run(
         max_turns: None,
         max_cost_usd: None,
         trace_content: false,
+        mcp_servers: Vec::new(),
     });
     let mut child = Command::new(claude)
         .args(args)

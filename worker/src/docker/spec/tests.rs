@@ -58,6 +58,7 @@ fn claude(network: NetworkMode) -> CommandSpec {
         max_turns: None,
         max_cost_usd: None,
         trace_content: false,
+        mcp_servers: Vec::new(),
     };
     command(RunKind::Claude(claude), network)
 }

@@ -1,0 +1,266 @@
+//! The registry tools: MCP servers that runs can be granted, and the credentials they use.
+//! A credential's value goes in once and never comes out (only a fingerprint).
+
+use rmcp::model::JsonObject;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{input, object, parse, success, to_value, NoArgs, Outcome, Spec};
+use crate::app::App;
+use crate::services::tools::{self, ServerInput};
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct ServerRef {
+    /// The server's name.
+    server: String,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct SetCredentialArgs {
+    /// `GITHUB_TOKEN`-style: uppercase letters, digits and `_`. Servers write it `${NAME}`.
+    name: String,
+    /// The secret. Stored sealed; never shown again, not even to you.
+    value: String,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct CredentialRef {
+    /// The credential's name.
+    name: String,
+}
+
+fn server_schema() -> serde_json::Value {
+    json!({ "type": "object", "description": "An MCP server: name, description, transport (with ${NAME} placeholders, never secrets), tools with access levels, credentials it needs and those missing" })
+}
+
+fn credential_schema() -> serde_json::Value {
+    json!({ "type": "object", "description": "A credential: name, fingerprint, created_at, updated_at, last_used_at (never its value)" })
+}
+
+fn spec(
+    name: &'static str,
+    title: &'static str,
+    description: &'static str,
+    input: std::sync::Arc<JsonObject>,
+    output: serde_json::Value,
+    read_only: bool,
+    destructive: bool,
+) -> Spec {
+    Spec {
+        name,
+        title,
+        description,
+        input,
+        output,
+        read_only,
+        destructive,
+        idempotent: read_only || destructive,
+        open_world: false,
+    }
+}
+
+pub(super) fn specs() -> Vec<Spec> {
+    let servers = || {
+        object(
+            json!({ "servers": { "type": "array", "items": server_schema() } }),
+            &["servers"],
+        )
+    };
+    let credentials = || {
+        object(
+            json!({ "credentials": { "type": "array", "items": credential_schema() } }),
+            &["credentials"],
+        )
+    };
+    vec![
+        spec(
+            "register_server",
+            "Register an MCP server",
+            "Adds an MCP server that jobs can then be granted (a job's `servers` setting: \
+             [{\"server\": \"crm\", \"access\": \"write\"}]). Secrets never go here: store each \
+             with set_credential and write `${NAME}` where it goes. Each tool's access level \
+             (read, write, admin, dangerous) is derived from its name unless given. Example: \
+             {\"name\": \"crm\", \"transport\": {\"type\": \"http\", \"url\": \
+             \"https://crm.example/mcp\", \"headers\": {\"Authorization\": \"Bearer \
+             ${CRM_TOKEN}\"}}, \"tools\": [{\"name\": \"list_contacts\"}, {\"name\": \
+             \"create_contact\", \"access\": \"write\"}]}",
+            input::<ServerInput>(),
+            object(json!({ "server": server_schema() }), &["server"]),
+            false,
+            false,
+        ),
+        spec(
+            "list_servers",
+            "List MCP servers",
+            "Lists the registered MCP servers with their tools, access levels and the \
+             credentials each needs (and which of those are not set). Example: {}",
+            input::<NoArgs>(),
+            servers(),
+            true,
+            false,
+        ),
+        spec(
+            "get_server",
+            "Get an MCP server",
+            "Shows one registered MCP server. Example: {\"server\": \"crm\"}",
+            input::<ServerRef>(),
+            object(json!({ "server": server_schema() }), &["server"]),
+            true,
+            false,
+        ),
+        spec(
+            "delete_server",
+            "Delete an MCP server",
+            "Removes an MCP server from the registry. Runs of jobs still granted it fail to \
+             start with a message naming it. Example: {\"server\": \"crm\"}",
+            input::<ServerRef>(),
+            object(json!({ "deleted": { "type": "string" } }), &["deleted"]),
+            false,
+            true,
+        ),
+        spec(
+            "set_credential",
+            "Set a credential",
+            "Stores a secret (API token, password) sealed, for MCP servers to use as `${NAME}`. \
+             Setting an existing name replaces its value. The value is never shown again: only \
+             a fingerprint. Ask the user for the value; never invent one. Example: {\"name\": \
+             \"CRM_TOKEN\", \"value\": \"…\"}",
+            input::<SetCredentialArgs>(),
+            object(
+                json!({ "credential": credential_schema() }),
+                &["credential"],
+            ),
+            false,
+            false,
+        ),
+        spec(
+            "list_credentials",
+            "List credentials",
+            "Lists the stored credentials: names, fingerprints and when each was last given \
+             to a run; never a value. Example: {}",
+            input::<NoArgs>(),
+            credentials(),
+            true,
+            false,
+        ),
+        spec(
+            "delete_credential",
+            "Delete a credential",
+            "Deletes a stored credential. Runs whose servers use it then fail to start with a \
+             message naming it. Example: {\"name\": \"CRM_TOKEN\"}",
+            input::<CredentialRef>(),
+            object(json!({ "deleted": { "type": "string" } }), &["deleted"]),
+            false,
+            true,
+        ),
+    ]
+}
+
+pub(super) async fn call(app: &App, name: &str, args: JsonObject) -> Outcome {
+    match name {
+        "register_server" => {
+            let server = tools::register_server(app, parse(args)?).await?;
+            let summary = format!(
+                "Registered MCP server `{}` with {} tools{}.",
+                server.server.name,
+                server.server.tools.len(),
+                missing_note(&server.missing_credentials)
+            );
+            success(summary, json!({ "server": to_value(&server)? }))
+        }
+        "list_servers" => {
+            let NoArgs {} = parse(args)?;
+            let servers = tools::list_servers(app).await?;
+            success(
+                format!("{} MCP servers registered.", servers.len()),
+                json!({ "servers": to_value(&servers)? }),
+            )
+        }
+        "get_server" => {
+            let ServerRef { server } = parse(args)?;
+            let server = tools::get_server(app, &server).await?;
+            let summary = format!(
+                "MCP server `{}`{}.",
+                server.server.name,
+                missing_note(&server.missing_credentials)
+            );
+            success(summary, json!({ "server": to_value(&server)? }))
+        }
+        "delete_server" => {
+            let ServerRef { server } = parse(args)?;
+            tools::delete_server(app, &server).await?;
+            success(
+                format!("Deleted MCP server `{server}`."),
+                json!({ "deleted": server }),
+            )
+        }
+        "set_credential" => {
+            let SetCredentialArgs { name, value } = parse(args)?;
+            let credential = tools::set_credential(app, &name, &value).await?;
+            success(
+                format!(
+                    "Stored credential `{}` (fingerprint {}); its value will not be shown again.",
+                    credential.name, credential.fingerprint
+                ),
+                json!({ "credential": to_value(&credential)? }),
+            )
+        }
+        "list_credentials" => {
+            let NoArgs {} = parse(args)?;
+            let credentials = tools::list_credentials(app).await?;
+            success(
+                format!("{} credentials stored.", credentials.len()),
+                json!({ "credentials": to_value(&credentials)? }),
+            )
+        }
+        "delete_credential" => {
+            let CredentialRef { name } = parse(args)?;
+            tools::delete_credential(app, &name).await?;
+            success(
+                format!("Deleted credential `{name}`."),
+                json!({ "deleted": name }),
+            )
+        }
+        other => Err(super::Failure::Message(format!(
+            "unknown registry tool `{other}`"
+        ))),
+    }
+}
+
+/// Reads the arguments of registry tool `name` as a call would, without the store (fuzzing).
+pub(super) fn check_arguments(name: &str, args: JsonObject) -> Result<bool, super::Failure> {
+    match name {
+        "register_server" => {
+            tools::validate_server(parse(args)?, None)?;
+        }
+        "list_servers" | "list_credentials" => {
+            let NoArgs {} = parse(args)?;
+        }
+        "get_server" | "delete_server" => {
+            let ServerRef { .. } = parse(args)?;
+        }
+        "set_credential" => {
+            let SetCredentialArgs { .. } = parse(args)?;
+        }
+        "delete_credential" => {
+            let CredentialRef { .. } = parse(args)?;
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+fn missing_note(missing: &[String]) -> String {
+    if missing.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; it needs credentials that are not set yet: {} (set each with set_credential)",
+            missing.join(", ")
+        )
+    }
+}

@@ -1,0 +1,189 @@
+//! MCP servers and credentials in the SQL store: the [`ToolStore`] reads and writes.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{classify, Pools, SqlStore};
+use crate::domain::tools::{Credential, McpServer, ServerTool, Transport};
+use crate::store::rows::{from_ms, to_json, to_ms};
+use crate::store::{StoreError, StoreResult, ToolStore};
+
+/// What of a server is kept in its `config` column.
+#[derive(Serialize, Deserialize)]
+struct ServerConfig {
+    description: Option<String>,
+    transport: Transport,
+    tools: Vec<ServerTool>,
+    tools_listed_at_ms: Option<i64>,
+}
+
+type ServerRow = (String, String, i64, i64);
+
+fn server_from_row((name, config, created, updated): ServerRow) -> StoreResult<McpServer> {
+    let config: ServerConfig = serde_json::from_str(&config)
+        .map_err(|err| StoreError::Corrupt(format!("server {name}: {err}")))?;
+    Ok(McpServer {
+        name,
+        description: config.description,
+        transport: config.transport,
+        tools: config.tools,
+        tools_listed_at: config.tools_listed_at_ms.map(from_ms).transpose()?,
+        created_at: from_ms(created)?,
+        updated_at: from_ms(updated)?,
+    })
+}
+
+fn config_of(server: &McpServer) -> String {
+    to_json(&ServerConfig {
+        description: server.description.clone(),
+        transport: server.transport.clone(),
+        tools: server.tools.clone(),
+        tools_listed_at_ms: server.tools_listed_at.map(to_ms),
+    })
+}
+
+type CredentialRow = (String, String, String, String, i64, i64, Option<i64>);
+
+fn credential_from_row(row: CredentialRow) -> StoreResult<Credential> {
+    let (name, wrapped_key, sealed_value, fingerprint, created, updated, used) = row;
+    Ok(Credential {
+        name,
+        wrapped_key,
+        sealed_value,
+        fingerprint,
+        created_at: from_ms(created)?,
+        updated_at: from_ms(updated)?,
+        last_used_at: used.map(from_ms).transpose()?,
+    })
+}
+
+#[async_trait]
+impl ToolStore for SqlStore {
+    async fn insert_server(&self, server: &McpServer) -> StoreResult<()> {
+        on_write!(self, pool => {
+            sqlx::query("INSERT INTO mcp_servers (name, config, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4)")
+                .bind(&server.name)
+                .bind(config_of(server))
+                .bind(to_ms(server.created_at))
+                .bind(to_ms(server.updated_at))
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(|err| match classify(err) {
+            StoreError::Conflict(_) => {
+                StoreError::Conflict(format!("a server named `{}` already exists", server.name))
+            }
+            other => other,
+        })?;
+        Ok(())
+    }
+
+    async fn update_server(&self, server: &McpServer) -> StoreResult<()> {
+        let updated = on_write!(self, pool => {
+            sqlx::query("UPDATE mcp_servers SET config = $2, updated_at_ms = $3 WHERE name = $1")
+                .bind(&server.name)
+                .bind(config_of(server))
+                .bind(to_ms(server.updated_at))
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(classify)?;
+        if updated == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn list_servers(&self) -> StoreResult<Vec<McpServer>> {
+        let rows: Vec<ServerRow> = on_read!(self, pool => {
+            sqlx::query_as("SELECT name, config, created_at_ms, updated_at_ms FROM mcp_servers ORDER BY name")
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(classify)?;
+        rows.into_iter().map(server_from_row).collect()
+    }
+
+    async fn delete_server(&self, name: &str) -> StoreResult<bool> {
+        let deleted = on_write!(self, pool => {
+            sqlx::query("DELETE FROM mcp_servers WHERE name = $1")
+                .bind(name)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(classify)?;
+        Ok(deleted == 1)
+    }
+
+    async fn put_credential(&self, credential: &Credential) -> StoreResult<()> {
+        on_write!(self, pool => {
+            sqlx::query(
+                "INSERT INTO credentials (name, wrapped_key, sealed_value, fingerprint, created_at_ms, updated_at_ms, last_used_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO UPDATE SET \
+                 wrapped_key = excluded.wrapped_key, sealed_value = excluded.sealed_value, \
+                 fingerprint = excluded.fingerprint, updated_at_ms = excluded.updated_at_ms",
+            )
+            .bind(&credential.name)
+            .bind(&credential.wrapped_key)
+            .bind(&credential.sealed_value)
+            .bind(&credential.fingerprint)
+            .bind(to_ms(credential.created_at))
+            .bind(to_ms(credential.updated_at))
+            .bind(credential.last_used_at.map(to_ms))
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn list_credentials(&self) -> StoreResult<Vec<Credential>> {
+        let rows: Vec<CredentialRow> = on_read!(self, pool => {
+            sqlx::query_as(
+                "SELECT name, wrapped_key, sealed_value, fingerprint, created_at_ms, updated_at_ms, last_used_at_ms \
+                 FROM credentials ORDER BY name",
+            )
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(classify)?;
+        rows.into_iter().map(credential_from_row).collect()
+    }
+
+    async fn delete_credential(&self, name: &str) -> StoreResult<bool> {
+        let deleted = on_write!(self, pool => {
+            sqlx::query("DELETE FROM credentials WHERE name = $1")
+                .bind(name)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(classify)?;
+        Ok(deleted == 1)
+    }
+
+    async fn mark_credentials_used(&self, names: &[String], at: DateTime<Utc>) -> StoreResult<()> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = (0..names.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "UPDATE credentials SET last_used_at_ms = $1 WHERE name IN ({})",
+            list.join(", ")
+        );
+        on_write!(self, pool => {
+            let mut query = sqlx::query(&sql).bind(to_ms(at));
+            for name in names {
+                query = query.bind(name);
+            }
+            query.execute(pool).await.map(|done| done.rows_affected())
+        })
+        .map_err(classify)?;
+        Ok(())
+    }
+}

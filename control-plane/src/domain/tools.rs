@@ -43,8 +43,20 @@ impl AccessLevel {
             return AccessLevel::Read;
         }
         if has(&[
-            "delete", "drop", "destroy", "remove", "purge", "exec", "execute", "eval", "shell",
-            "truncate", "wipe",
+            "delete",
+            "drop",
+            "destroy",
+            "remove",
+            "purge",
+            "exec",
+            "execute",
+            "eval",
+            "shell",
+            "truncate",
+            "wipe",
+            "erase",
+            "kill",
+            "terminate",
         ]) {
             return AccessLevel::Dangerous;
         }
@@ -296,6 +308,10 @@ mod tests {
         );
         assert_eq!(
             AccessLevel::derive("run-shell", None, None),
+            AccessLevel::Dangerous
+        );
+        assert_eq!(
+            AccessLevel::derive("erase_notes", None, None),
             AccessLevel::Dangerous
         );
         assert_eq!(

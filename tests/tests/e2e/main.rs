@@ -29,5 +29,6 @@ mod scheduler;
 mod shutdown;
 mod store;
 mod store_webhooks;
+mod tools;
 mod traces;
 mod webhooks;

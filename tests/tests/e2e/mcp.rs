@@ -18,7 +18,7 @@ use tokio::process::Command;
 const DEFAULT_MODEL: &str = "claude-opus-5-5";
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
 
-const TOOLS: [&str; 19] = [
+const TOOLS: [&str; 26] = [
     "list_jobs",
     "get_job",
     "create_job",
@@ -37,6 +37,13 @@ const TOOLS: [&str; 19] = [
     "delete_webhook",
     "rotate_webhook_secret",
     "replay_delivery",
+    "register_server",
+    "list_servers",
+    "get_server",
+    "delete_server",
+    "set_credential",
+    "list_credentials",
+    "delete_credential",
     "get_server_info",
 ];
 

@@ -443,6 +443,8 @@ impl Attempt {
         } else {
             RunOutcome::default()
         };
+        outcome.result = outcome.result.map(|text| redactor.text(&text).into_owned());
+        outcome.error = outcome.error.map(|text| redactor.text(&text).into_owned());
         if !agent_span.is_none() {
             for attribute in trace::genai::usage_attributes(&outcome.usage) {
                 agent_span.set_attribute(attribute.key, attribute.value);

@@ -1,0 +1,406 @@
+//! Tools for jobs: MCP servers from the registry granted to runs, with their credentials from
+//! the vault. The real CLI, driven by the fake model, starts a real Python MCP server (the `mcp`
+//! SDK 2, `MCPServer`) and calls its tools.
+
+use std::path::Path;
+use std::time::Duration;
+
+use autopilot_tests::components;
+use autopilot_tests::fake_anthropic::Reply;
+use autopilot_tests::harness::TestServer;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+const SECRET: &str = "s3cret-notes-token-42";
+
+/// A stdio MCP server with a tool that reads (and answers with) its credential, and one that
+/// would erase notes by writing a marker file.
+const NOTES_SERVER: &str = r#"
+import os, sys
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("notes")
+
+@server.tool()
+def lookup_note(topic: str) -> str:
+    """Looks a note up."""
+    return f"note on {topic}; called with token {os.environ.get('NOTES_TOKEN', '<none>')}"
+
+@server.tool()
+def erase_notes() -> str:
+    """Erases every note."""
+    open(sys.argv[1], "w").write("erased")
+    return "erased"
+
+server.run()
+"#;
+
+async fn start() -> Option<(
+    TestServer,
+    autopilot_tests::fake_anthropic::FakeAnthropic,
+    std::path::PathBuf,
+)> {
+    let python = components::mcp_python()?;
+    let (server, fake) = super::claude::start().await?;
+    Some((server, fake, python))
+}
+
+async fn register_notes(server: &TestServer, python: &Path, dir: &Path) -> Value {
+    let script = dir.join("notes_server.py");
+    std::fs::write(&script, NOTES_SERVER).unwrap();
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/servers",
+            Some(json!({
+                "name": "notes",
+                "description": "the team's notes",
+                "transport": {
+                    "type": "stdio",
+                    "command": python.display().to_string(),
+                    "args": [script.display().to_string(), dir.join("erased").display().to_string()],
+                    "env": { "NOTES_TOKEN": "${NOTES_TOKEN}" },
+                },
+                "tools": [{ "name": "lookup_note" }, { "name": "erase_notes" }],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body
+}
+
+async fn set_credential(server: &TestServer, name: &str, value: &str) -> Value {
+    let (status, body) = server
+        .call(
+            Method::PUT,
+            &format!("/api/v1/credentials/{name}"),
+            Some(json!({ "value": value })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn a_granted_server_gets_its_credential_and_the_value_is_redacted_from_the_run() {
+    let Some((server, fake, python)) = start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let registered = register_notes(&server, &python, dir.path()).await;
+    assert_eq!(registered["missing_credentials"], json!(["NOTES_TOKEN"]));
+    let levels: Vec<(&str, &str)> = registered["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["access"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        levels,
+        [("lookup_note", "read"), ("erase_notes", "dangerous")]
+    );
+
+    // Write-only: the answer and the list carry a fingerprint, never the value.
+    let stored = set_credential(&server, "NOTES_TOKEN", SECRET).await;
+    assert!(stored["fingerprint"]
+        .as_str()
+        .unwrap()
+        .starts_with("hmac-sha256:"));
+    let listed = server.get("/api/v1/credentials").await;
+    assert!(!listed.to_string().contains(SECRET), "{listed}");
+    assert_eq!(listed["credentials"][0]["last_used_at"], Value::Null);
+    assert!(
+        !server.store_contains(SECRET).await,
+        "the store holds the value in plain text"
+    );
+
+    fake.push(Reply::tool_use(
+        "mcp__notes__lookup_note",
+        json!({ "topic": "release" }),
+    ));
+    fake.push(Reply::tool_use("mcp__notes__erase_notes", json!({})));
+    fake.push(Reply::text(format!("Done; the token was {SECRET}.")));
+    let job = server
+        .create_job(json!({
+            "name": "notes reader",
+            "prompt": "Look the release note up.",
+            "servers": [{ "server": "notes", "access": "admin" }],
+        }))
+        .await;
+    assert_eq!(job["servers"][0]["access"], "admin", "{job:#}");
+    let run = server.trigger(job["id"].as_str().unwrap()).await;
+    let run_id = run["id"].as_str().unwrap();
+    let run = server.wait_until_finished(run_id, RUN_TIMEOUT).await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+
+    let events = server.events(run_id).await;
+    let everything = format!("{run} {}", Value::Array(events.clone()));
+    assert!(
+        !everything.contains(SECRET),
+        "the credential leaked: {everything}"
+    );
+    // The server ran with its credential: its answer came back, redacted.
+    let result = events
+        .iter()
+        .find(|e| e["kind"] == "tool_result" && e["data"].to_string().contains("note on release"))
+        .unwrap_or_else(|| panic!("no result of lookup_note in {events:#?}"));
+    assert!(
+        result["data"]
+            .to_string()
+            .contains("[redacted NOTES_TOKEN]"),
+        "{result}"
+    );
+    assert!(run["result"]
+        .as_str()
+        .unwrap()
+        .contains("[redacted NOTES_TOKEN]"));
+    // What the run was granted is on record; the dangerous tool was not granted and did not run.
+    let granted = events
+        .iter()
+        .find(|e| e["kind"] == "lifecycle" && e["data"]["step"] == "tools_granted")
+        .expect("tools_granted event");
+    assert_eq!(granted["data"]["servers"], json!(["notes"]));
+    assert_eq!(
+        granted["data"]["allowed_tools"],
+        json!(["mcp__notes__lookup_note"])
+    );
+    assert_eq!(
+        granted["data"]["disallowed_tools"],
+        json!(["mcp__notes__erase_notes"])
+    );
+    assert!(
+        !dir.path().join("erased").exists(),
+        "a tool outside the grant ran"
+    );
+    let init = events.iter().find(|e| e["kind"] == "system_init").unwrap();
+    assert!(
+        init["data"]["mcp_servers"]
+            .to_string()
+            .contains("connected"),
+        "{init}"
+    );
+
+    // The vault notes that a run was given it.
+    let listed = server.get("/api/v1/credentials").await;
+    assert!(
+        listed["credentials"][0]["last_used_at"].is_string(),
+        "{listed}"
+    );
+}
+
+#[tokio::test]
+async fn a_run_fails_clearly_when_its_server_cannot_start_or_its_credential_is_gone() {
+    let Some((server, fake, python)) = start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    register_notes(&server, &python, dir.path()).await;
+    fake.set_default(Reply::text("nothing to do"));
+
+    // No credential: the run fails before anything starts, naming it.
+    let job = server
+        .create_job(json!({
+            "name": "needs a token",
+            "prompt": "Look a note up.",
+            "servers": [{ "server": "notes" }],
+        }))
+        .await;
+    let run = server.trigger(job["id"].as_str().unwrap()).await;
+    let run = server
+        .wait_until_finished(run["id"].as_str().unwrap(), RUN_TIMEOUT)
+        .await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let error = run["error"].as_str().unwrap();
+    assert!(
+        error.contains("`NOTES_TOKEN`") && error.contains("set_credential"),
+        "{error}"
+    );
+
+    // A server whose program does not speak MCP: the CLI reports it failed, and so does the run.
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/servers",
+            Some(json!({
+                "name": "broken",
+                "transport": { "type": "stdio", "command": "/bin/false" },
+                "tools": [{ "name": "anything" }],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let job = server
+        .create_job(json!({
+            "name": "broken server",
+            "prompt": "Use the broken server.",
+            "servers": [{ "server": "broken" }],
+        }))
+        .await;
+    let run = server.trigger(job["id"].as_str().unwrap()).await;
+    let run = server
+        .wait_until_finished(run["id"].as_str().unwrap(), RUN_TIMEOUT)
+        .await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let error = run["error"].as_str().unwrap();
+    assert!(error.contains("`broken` (failed)"), "{error}");
+
+    // A server deleted after the job was saved: the run names it.
+    let (status, _) = server
+        .call(Method::DELETE, "/api/v1/servers/broken", None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let run = server.trigger(job["id"].as_str().unwrap()).await;
+    let run = server
+        .wait_until_finished(run["id"].as_str().unwrap(), RUN_TIMEOUT)
+        .await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    assert!(
+        run["error"].as_str().unwrap().contains("`broken`"),
+        "{run:#}"
+    );
+}
+
+/// The registry and the vault refuse what is wrong with a message naming the field, on the API
+/// and through MCP, and keep values out of every answer.
+#[tokio::test]
+async fn tools_api_names_what_is_wrong() {
+    let server = TestServer::builder().start().await;
+    let expect_invalid = |status: StatusCode, body: &Value, field: &str| {
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["error"]["field"], field, "{body}");
+    };
+    let server_with = |transport: Value| json!({ "name": "crm", "transport": transport, "tools": [{ "name": "list_contacts" }] });
+    // A secret in plain text is refused.
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/servers",
+            Some(server_with(json!({ "type": "http", "url": "https://crm.example/mcp", "headers": { "Authorization": "Bearer abc" } }))),
+        )
+        .await;
+    expect_invalid(status, &body, "transport.headers.Authorization");
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/servers",
+            Some(json!({ "name": "CRM", "transport": { "type": "http", "url": "https://x" }, "tools": [{ "name": "a" }] })),
+        )
+        .await;
+    expect_invalid(status, &body, "name");
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/servers",
+            Some(server_with(json!({ "type": "ftp", "url": "x" }))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/servers",
+            Some(server_with(json!({ "type": "http", "url": "https://crm.example/mcp", "headers": { "Authorization": "Bearer ${CRM_TOKEN}" } }))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/servers",
+            Some(server_with(
+                json!({ "type": "http", "url": "https://crm.example/mcp" }),
+            )),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    // Grants name registered servers, and only claude runs take them.
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({ "name": "j", "prompt": "p", "servers": [{ "server": "nope" }] })),
+        )
+        .await;
+    expect_invalid(status, &body, "servers[0].server");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("crm"),
+        "{body}"
+    );
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({ "name": "j", "kind": "shell", "command": "true", "servers": [{ "server": "crm" }] })),
+        )
+        .await;
+    expect_invalid(status, &body, "servers");
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({ "name": "j", "prompt": "p", "servers": [{ "server": "crm", "access": "root" }] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+
+    // Credentials: names are checked; values never come back.
+    let (status, body) = server
+        .call(
+            Method::PUT,
+            "/api/v1/credentials/crm-token",
+            Some(json!({ "value": "x" })),
+        )
+        .await;
+    expect_invalid(status, &body, "name");
+    let stored = set_credential(&server, "CRM_TOKEN", "first-value-123").await;
+    let again = set_credential(&server, "CRM_TOKEN", "first-value-123").await;
+    assert_eq!(stored["fingerprint"], again["fingerprint"]);
+    let changed = set_credential(&server, "CRM_TOKEN", "second-value-456").await;
+    assert_ne!(stored["fingerprint"], changed["fingerprint"]);
+    let crm = server.get("/api/v1/servers/crm").await;
+    assert_eq!(crm["missing_credentials"], json!([]), "{crm}");
+
+    // Through MCP the same, with the value nowhere in the answer.
+    let call_tool = |name: &str, arguments: Value| {
+        let body = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": { "name": name, "arguments": arguments } });
+        server
+            .client
+            .post(format!("{}/mcp", server.base_url))
+            .bearer_auth(autopilot_tests::harness::ADMIN_TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&body)
+            .send()
+    };
+    let response = call_tool(
+        "set_credential",
+        json!({ "name": "MCP_SET", "value": "value-from-mcp-789" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("hmac-sha256:") && !text.contains("value-from-mcp-789"),
+        "{text}"
+    );
+    let text = call_tool("list_servers", json!({}))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("list_contacts"), "{text}");
+    assert!(!server.store_contains("value-from-mcp-789").await);
+
+    let (status, _) = server
+        .call(Method::DELETE, "/api/v1/credentials/CRM_TOKEN", None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = server
+        .call(Method::DELETE, "/api/v1/credentials/CRM_TOKEN", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -21,6 +21,10 @@ pub struct CommandSpec {
     /// The run and attempt it belongs to (container names and labels).
     pub run: (RunId, u32),
     pub sandbox: Sandbox,
+    /// The run's `--mcp-config` file on the worker, which `args` name by this path. It holds
+    /// credentials: the Docker executor mounts its directory read-only into the container (and
+    /// names it there), and hands it to the run's user.
+    pub mcp_config: Option<PathBuf>,
 }
 
 impl fmt::Debug for CommandSpec {
@@ -35,6 +39,7 @@ impl fmt::Debug for CommandSpec {
             .field("claude", &self.claude)
             .field("run", &self.run)
             .field("sandbox", &self.sandbox)
+            .field("mcp_config", &self.mcp_config)
             .finish()
     }
 }
@@ -106,6 +111,7 @@ pub fn build_command(spec: &RunSpec, workspace: PathBuf, env: &CommandEnv) -> Co
             claude: false,
             run: (spec.run_id, spec.attempt),
             sandbox: spec.sandbox,
+            mcp_config: None,
         },
         RunKind::Claude(claude) => {
             vars.extend(env.model_api.iter().cloned());
@@ -124,6 +130,7 @@ pub fn build_command(spec: &RunSpec, workspace: PathBuf, env: &CommandEnv) -> Co
                 claude: true,
                 run: (spec.run_id, spec.attempt),
                 sandbox: spec.sandbox,
+                mcp_config: None,
             }
         }
     }

@@ -31,6 +31,7 @@ pub fn shell(script: &str, cwd: &Path) -> CommandSpec {
             cpus: 1.0,
             pids: 128,
         },
+        mcp_config: None,
     }
 }
 

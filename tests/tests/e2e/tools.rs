@@ -404,3 +404,94 @@ async fn tools_api_names_what_is_wrong() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// On the Docker executor the server starts inside the run's container (from the run image's
+/// Python), its configuration mounted read-only, with the same grant and redaction.
+#[tokio::test]
+async fn a_granted_server_runs_in_the_run_container_with_its_credential() {
+    let Some(_docker) = components::docker_engine().await else {
+        return;
+    };
+    if components::docker_executor("tools-e2e-probe")
+        .await
+        .is_none()
+    {
+        return;
+    }
+    let fake = autopilot_tests::fake_anthropic::FakeAnthropic::start()
+        .await
+        .expect("fake API");
+    let server = TestServer::builder()
+        .docker()
+        .model_api(&fake.base_url())
+        .kill_grace(Duration::from_secs(1))
+        .start()
+        .await;
+    set_credential(&server, "NOTES_TOKEN", SECRET).await;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/servers",
+            Some(json!({
+                "name": "notes",
+                "transport": {
+                    "type": "stdio",
+                    "command": "python3",
+                    "args": ["/workspace/notes_server.py", "/workspace/erased"],
+                    "env": { "NOTES_TOKEN": "${NOTES_TOKEN}" },
+                },
+                "tools": [{ "name": "lookup_note" }, { "name": "erase_notes" }],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let job = server
+        .create_job(json!({
+            "name": "notes in a container",
+            "prompt": "Look the release note up.",
+            "servers": [{ "server": "notes", "access": "write" }],
+        }))
+        .await;
+    let workspace = server.workspace_of(&job);
+    std::fs::create_dir_all(&workspace).unwrap();
+    std::fs::write(workspace.join("notes_server.py"), NOTES_SERVER).unwrap();
+    fake.push(Reply::tool_use(
+        "mcp__notes__lookup_note",
+        json!({ "topic": "containers" }),
+    ));
+    fake.push(Reply::tool_use("mcp__notes__erase_notes", json!({})));
+    fake.push(Reply::text("Done."));
+    let run = server.trigger(job["id"].as_str().unwrap()).await;
+    let run_id = run["id"].as_str().unwrap();
+    let run = server.wait_until_finished(run_id, RUN_TIMEOUT).await;
+    let events = server.events(run_id).await;
+    assert_eq!(run["status"], "succeeded", "{run:#} {events:#?}");
+    let everything = format!("{run} {}", Value::Array(events.clone()));
+    assert!(
+        !everything.contains(SECRET),
+        "the credential leaked: {everything}"
+    );
+    let result = events
+        .iter()
+        .find(|e| {
+            e["kind"] == "tool_result" && e["data"].to_string().contains("note on containers")
+        })
+        .unwrap_or_else(|| panic!("no result of lookup_note in {events:#?}"));
+    assert!(
+        result["data"]
+            .to_string()
+            .contains("[redacted NOTES_TOKEN]"),
+        "{result}"
+    );
+    assert!(
+        !workspace.join("erased").exists(),
+        "a tool outside the grant ran"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .find(|e| e["data"]["step"] == "started")
+            .unwrap()["data"]["executor"],
+        "docker"
+    );
+}

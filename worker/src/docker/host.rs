@@ -37,6 +37,23 @@ pub(super) async fn prepare_workspace(dir: &Path, uid: u32, gid: u32) -> Result<
     .map_err(|err| ExecError::Setup(format!("preparing the workspace: {err}")))?
 }
 
+/// Hands a run's private directory (its MCP configuration) to the run's user, who alone may
+/// read it.
+pub(super) async fn hand_to_run_user(dir: &Path, uid: u32, gid: u32) -> Result<(), ExecError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || chown_tree(&dir, uid, gid))
+        .await
+        .map_err(|err| ExecError::Setup(format!("handing over the MCP configuration: {err}")))?
+        .map_err(|err| {
+            ExecError::Setup(format!(
+                "cannot hand the MCP configuration to uid {uid}: {err}"
+            ))
+        })
+}
+
 /// Hands `path`, and everything under it, to `uid:gid`.
 fn chown_tree(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;

@@ -26,6 +26,7 @@ mod output;
 mod spec;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -267,6 +268,9 @@ impl Executor for DockerExecutor {
             )));
         }
         prepare_workspace(&command.cwd, self.config.uid, self.config.gid).await?;
+        if let Some(dir) = command.mcp_config.as_deref().and_then(Path::parent) {
+            host::hand_to_run_user(dir, self.config.uid, self.config.gid).await?;
+        }
         // The run's token is valid until this call returns.
         let model_access = self.register_model_access(&command);
         let access = model_access.as_ref().map(|(endpoint, token)| ModelAccess {

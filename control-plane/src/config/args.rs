@@ -57,6 +57,10 @@ pub struct ConfigArgs {
     /// The Claude Code CLI to run [default: `claude` on PATH].
     #[arg(long, env = "AUTOPILOT_CLAUDE_BIN", value_name = "PATH")]
     pub claude_bin: Option<PathBuf>,
+    /// The program of Autopilot's fixed MCP servers, for runs on the local executor [default:
+    /// `autopilot-servers` beside this binary, else on PATH].
+    #[arg(long, env = "AUTOPILOT_FIXED_SERVERS_BIN", value_name = "PATH")]
+    pub fixed_servers_bin: Option<PathBuf>,
     /// URL users and clients reach Autopilot at [default: http://BIND].
     #[arg(long, env = "AUTOPILOT_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,

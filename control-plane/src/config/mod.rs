@@ -46,6 +46,8 @@ pub struct Config {
     pub database_url: String,
     pub admin_token: Option<String>,
     pub claude_bin: PathBuf,
+    /// `autopilot-servers`, which runs the fixed MCP servers of local runs.
+    pub fixed_servers_bin: PathBuf,
     pub public_url: String,
     pub worker_concurrency: usize,
     pub kill_grace: Duration,
@@ -117,6 +119,7 @@ impl fmt::Debug for Config {
             .field("lease_ttl", &self.lease_ttl)
             .field("lost_after", &self.lost_after)
             .field("claude_bin", &self.claude_bin)
+            .field("fixed_servers_bin", &self.fixed_servers_bin)
             .field("public_url", &self.public_url)
             .field("worker_concurrency", &self.worker_concurrency)
             .field("kill_grace", &self.kill_grace)
@@ -272,6 +275,9 @@ impl Config {
             database_url,
             admin_token,
             claude_bin: args.claude_bin.unwrap_or_else(|| PathBuf::from("claude")),
+            fixed_servers_bin: args
+                .fixed_servers_bin
+                .unwrap_or_else(default_fixed_servers_bin),
             public_url: public_url.trim_end_matches('/').to_owned(),
             worker_concurrency,
             kill_grace: Duration::from_secs(args.kill_grace_secs.unwrap_or(10)),
@@ -422,3 +428,14 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
 
 #[cfg(test)]
 mod tests;
+
+/// `autopilot-servers` beside the running binary (how releases and the worker image install
+/// it), else the bare name, looked up on PATH when a run starts it.
+fn default_fixed_servers_bin() -> PathBuf {
+    let program = autopilot_fixed_servers::catalog::PROGRAM;
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(program)))
+        .filter(|path| path.exists())
+        .unwrap_or_else(|| PathBuf::from(program))
+}

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 
+use autopilot_fixed_servers::catalog::{self, FixedServer};
 use autopilot_proto::{McpServerSpec, RunKind, RunSpec, SealedSecrets, Secrets};
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -37,7 +38,9 @@ pub struct ServerInput {
     /// `{"type": "stdio", "command": …, "args": […], "env": {…}}` or `{"type": "http", "url": …,
     /// "headers": {…}}`. Secrets go in credentials and are written `${NAME}` here.
     pub transport: Transport,
-    /// The server's tools; each one's `access` is derived from its name when left out.
+    /// The server's tools; each one's `access` is derived from its name when left out. A
+    /// fixed server lists its own (given here, they only set access levels).
+    #[serde(default)]
     pub tools: Vec<ToolInput>,
 }
 
@@ -97,7 +100,7 @@ fn check_secret_values<'a>(
 
 /// Checks a server as given, without looking at the store.
 pub fn validate_server(
-    input: ServerInput,
+    mut input: ServerInput,
     existing: Option<&McpServer>,
 ) -> ServiceResult<McpServer> {
     validate_server_name("name", &input.name)?;
@@ -119,6 +122,32 @@ pub fn validate_server(
                 ));
             }
             check_secret_values("transport.headers", headers.iter())?;
+        }
+        Transport::Fixed { server, env } => {
+            let fixed = check_fixed(server, env)?;
+            if input.tools.is_empty() {
+                input.tools = fixed
+                    .tools
+                    .iter()
+                    .map(|tool| ToolInput {
+                        name: tool.name.to_owned(),
+                        description: Some(tool.description.to_owned()),
+                        access: tool.read_only.then_some(AccessLevel::Read),
+                    })
+                    .collect();
+            }
+            for (index, tool) in input.tools.iter().enumerate() {
+                if !fixed.tools.iter().any(|known| known.name == tool.name) {
+                    return Err(ServiceError::invalid(
+                        format!("tools[{index}].name"),
+                        format!(
+                            "the `{}` server has no tool `{}`; leave `tools` out to take its own \
+                             list",
+                            fixed.name, tool.name
+                        ),
+                    ));
+                }
+            }
         }
     }
     for name in credentials_of(&input.transport) {
@@ -170,6 +199,45 @@ pub fn validate_server(
         created_at: existing.map_or(now, |s| s.created_at),
         updated_at: now,
     })
+}
+
+/// Checks a fixed server's name and settings against the catalog.
+fn check_fixed(
+    server: &str,
+    env: &std::collections::BTreeMap<String, String>,
+) -> ServiceResult<&'static FixedServer> {
+    let Some(fixed) = catalog::find(server) else {
+        let known: Vec<&str> = catalog::SERVERS.iter().map(|s| s.name).collect();
+        return Err(ServiceError::invalid(
+            "transport.server",
+            format!(
+                "no fixed server `{server}`; the fixed servers are: {}",
+                known.join(", ")
+            ),
+        ));
+    };
+    let settings: Vec<&str> = fixed.settings.iter().map(|s| s.name).collect();
+    if let Some(unknown) = env.keys().find(|name| !settings.contains(&name.as_str())) {
+        return Err(ServiceError::invalid(
+            format!("transport.env.{unknown}"),
+            format!(
+                "the `{server}` server has no setting `{unknown}`; its settings are: {}",
+                settings.join(", ")
+            ),
+        ));
+    }
+    if let Some(missing) = fixed
+        .settings
+        .iter()
+        .find(|setting| setting.required && !env.contains_key(setting.name))
+    {
+        return Err(ServiceError::invalid(
+            format!("transport.env.{}", missing.name),
+            format!("is required: {}", missing.description),
+        ));
+    }
+    check_secret_values("transport.env", env.iter())?;
+    Ok(fixed)
 }
 
 async fn view(app: &App, server: McpServer) -> ServiceResult<ServerView> {

@@ -635,7 +635,17 @@ impl Attempt {
         let RunKind::Claude(claude) = &spec.kind else {
             return Err("only Claude runs use MCP servers".to_owned());
         };
-        let document = mcp::config(&claude.mcp_servers, &granted.secrets)?;
+        // A container runs the image's copy, on its PATH.
+        let fixed_program = if self.executor.name() == "docker" {
+            autopilot_fixed_servers::catalog::PROGRAM.to_owned()
+        } else {
+            self.config
+                .command_env
+                .fixed_servers_bin
+                .display()
+                .to_string()
+        };
+        let document = mcp::config(&claude.mcp_servers, &granted.secrets, &fixed_program)?;
         let file = ConfigFile::write(&document)
             .map_err(|err| format!("could not write the run's MCP configuration: {err}"))?;
         let names: Vec<&str> = claude.mcp_servers.iter().map(|s| s.name.as_str()).collect();

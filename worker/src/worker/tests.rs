@@ -18,6 +18,7 @@ fn config(root: &std::path::Path) -> WorkerConfig {
         workspaces_root: root.join("workspaces"),
         command_env: CommandEnv {
             claude_bin: "claude".into(),
+            fixed_servers_bin: "autopilot-servers".into(),
             home: root.join("home"),
             base: vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())],
             model_api: Vec::new(),

@@ -18,6 +18,7 @@ const RELAY_DIR_ON_HOST: &str = "/tmp/autopilot-relay-test";
 fn command_env() -> CommandEnv {
     CommandEnv {
         claude_bin: "/opt/claude/bin/claude".into(),
+        fixed_servers_bin: "autopilot-servers".into(),
         home: "/var/lib/autopilot/home".into(),
         base: vec![
             ("PATH".into(), "/opt/worker/bin:/usr/bin".into()),

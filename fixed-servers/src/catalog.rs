@@ -1,0 +1,88 @@
+//! What each fixed server is, its settings and its tools: the one description the servers
+//! answer `tools/list` from and the control plane registers them with.
+
+/// The program that runs the fixed servers, named by its subcommand.
+pub const PROGRAM: &str = "autopilot-servers";
+
+/// One tool of a fixed server.
+#[derive(Debug)]
+pub struct FixedTool {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// Only reads (MCP `readOnlyHint`).
+    pub read_only: bool,
+}
+
+/// One environment variable a fixed server reads.
+#[derive(Debug)]
+pub struct Setting {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub required: bool,
+}
+
+#[derive(Debug)]
+pub struct FixedServer {
+    /// Its subcommand, and the name it is registered under by default.
+    pub name: &'static str,
+    pub description: &'static str,
+    pub settings: &'static [Setting],
+    pub tools: &'static [FixedTool],
+}
+
+pub const EMAIL: FixedServer = FixedServer {
+    name: "email",
+    description: "Sends email through SMTP, only to allowed recipients, a bounded number of \
+                  messages per run.",
+    settings: &[
+        Setting {
+            name: "EMAIL_SMTP_URL",
+            description: "the SMTP server, e.g. `smtps://bot%40example.com:${SMTP_PASSWORD}@smtp.example.com` \
+                          or `smtp://smtp.example.com:587?tls=required` (one account, named `default`)",
+            required: false,
+        },
+        Setting {
+            name: "EMAIL_FROM",
+            description: "the sender of the `default` account, e.g. `Autopilot <bot@example.com>`",
+            required: false,
+        },
+        Setting {
+            name: "EMAIL_ACCOUNTS",
+            description: "instead of the two above, named accounts as JSON: \
+                          {\"team\": {\"smtp_url\": \"…\", \"from\": \"…\"}}",
+            required: false,
+        },
+        Setting {
+            name: "EMAIL_ALLOWED_RECIPIENTS",
+            description: "who may receive mail, comma-separated: addresses or `*@domain`",
+            required: true,
+        },
+        Setting {
+            name: "EMAIL_MAX_PER_RUN",
+            description: "most messages one run may send (default 10)",
+            required: false,
+        },
+    ],
+    tools: &[
+        FixedTool {
+            name: "send_email",
+            description: "Sends an email (text and/or HTML, with attachments from the \
+                          workspace) to allowed recipients. Each call counts against the run's \
+                          quota.",
+            read_only: false,
+        },
+        FixedTool {
+            name: "list_email_accounts",
+            description: "Lists the accounts mail can be sent from, who may receive it, and how \
+                          many messages this run may still send.",
+            read_only: true,
+        },
+    ],
+};
+
+/// Every fixed server.
+pub const SERVERS: &[FixedServer] = &[EMAIL];
+
+pub fn find(name: &str) -> Option<&'static FixedServer> {
+    SERVERS.iter().find(|server| server.name == name)
+}

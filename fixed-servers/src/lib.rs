@@ -1,0 +1,14 @@
+//! Autopilot's built-in MCP servers. Each is a subcommand of the `autopilot-servers` program
+//! (`autopilot-servers email`), installed in the run image and beside the worker, and spoken to
+//! over stdio by the Claude Code CLI of a run that is granted it. Their settings come from their
+//! environment, where the worker has filled in the credentials the registry names.
+//!
+//! - [`catalog`]: what each server is and the tools it has (always built: the control plane
+//!   reads it to register the fixed servers).
+//! - `email` (feature `servers`): send mail through SMTP.
+
+pub mod catalog;
+#[cfg(feature = "servers")]
+pub mod email;
+#[cfg(feature = "servers")]
+pub mod serve;

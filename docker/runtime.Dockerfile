@@ -3,6 +3,7 @@
 #   claude   the Claude Code CLI (mode 0755), from the claude-agent-sdk wheel's _bundled/claude
 #   python/  the `mcp` package and its dependencies (pip install --target, CPython 3.11)
 #   autopilot-relay  the model relay of `model-only` runs (worker/relay)
+#   autopilot-servers  Autopilot's fixed MCP servers (fixed-servers/), mode 0711: execute-only
 # Run it with a read-only root, --cap-drop ALL, --security-opt no-new-privileges, the run's
 # workspace mounted at /workspace and tmpfs at /home/autopilot and /tmp (see docker/README.md).
 ARG BASE=autopilot-base:latest
@@ -16,6 +17,7 @@ LABEL org.opencontainers.image.title="autopilot-runtime" \
 # Owned by root and not writable by the run user.
 COPY claude /usr/local/bin/claude
 COPY autopilot-relay /usr/local/bin/autopilot-relay
+COPY autopilot-servers /usr/local/bin/autopilot-servers
 COPY python/ /opt/autopilot/python/
 
 # The root is read-only at run time: no byte-code writes, no self-update of the CLI.

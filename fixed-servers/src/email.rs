@@ -166,8 +166,9 @@ impl Email {
         })
     }
 
-    pub fn from_env() -> Result<Self, String> {
-        let settings = Settings::read(|name| std::env::var(name).ok())?;
+    /// The server as its settings (see [`crate::serve::settings`]) describe it.
+    pub fn from_settings() -> Result<Self, String> {
+        let settings = Settings::read(crate::serve::settings()?)?;
         let workspace = std::env::current_dir()
             .map_err(|err| format!("cannot tell the workspace (current directory): {err}"))?;
         Self::new(settings, workspace)

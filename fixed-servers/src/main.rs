@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match name.as_str() {
             "email" => {
-                let server = email::Email::from_env().map_err(anyhow::Error::msg)?;
+                let server = email::Email::from_settings().map_err(anyhow::Error::msg)?;
                 serve::run(Arc::new(server)).await
             }
             other => anyhow::bail!("unknown server `{other}`; {}", usage()),

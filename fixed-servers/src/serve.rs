@@ -26,6 +26,47 @@ pub trait Tools: Send + Sync + 'static {
     fn call(&self, tool: &str, args: JsonObject) -> impl Future<Output = CallToolResult> + Send;
 }
 
+/// Names the variable through which the worker gives a fixed server its settings file.
+pub const SETTINGS_FILE_VAR: &str = "AUTOPILOT_SETTINGS_FILE";
+
+/// The server's settings: from the file `AUTOPILOT_SETTINGS_FILE` names (a JSON object of
+/// strings, deleted once read, so that nothing else the run starts can read it afterwards), else
+/// from the environment. The settings (credentials among them) never enter this process's
+/// environment, which other processes of the same user could read.
+pub fn settings() -> Result<impl Fn(&str) -> Option<String>, String> {
+    let from_file = match std::env::var_os(SETTINGS_FILE_VAR) {
+        None => None,
+        Some(path) => {
+            let path = std::path::PathBuf::from(path);
+            let text = std::fs::read(&path).map_err(|err| {
+                format!(
+                    "cannot read the settings file {} ({SETTINGS_FILE_VAR}): {err}; a server \
+                     restarted within one run finds it gone",
+                    path.display()
+                )
+            })?;
+            if let Err(err) = std::fs::remove_file(&path) {
+                return Err(format!(
+                    "cannot delete the settings file {} once read: {err}",
+                    path.display()
+                ));
+            }
+            let map: std::collections::BTreeMap<String, String> = serde_json::from_slice(&text)
+                .map_err(|err| {
+                    format!(
+                        "the settings file {} is not a JSON object of strings: {err}",
+                        path.display()
+                    )
+                })?;
+            Some(map)
+        }
+    };
+    Ok(move |name: &str| match &from_file {
+        Some(map) => map.get(name).cloned(),
+        None => std::env::var(name).ok(),
+    })
+}
+
 /// The schema of arguments of type `T`.
 pub fn schema<T: JsonSchema + 'static>() -> Arc<JsonObject> {
     schema_for_input::<T>().unwrap_or_else(|err| panic!("tool input schema: {err}"))
@@ -113,4 +154,27 @@ pub async fn run<T: Tools>(tools: T) -> anyhow::Result<()> {
         .await?;
     service.waiting().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_come_from_the_file_which_is_deleted_once_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("email.settings.json");
+        std::fs::write(&file, r#"{"EMAIL_FROM": "bot@example.com"}"#).unwrap();
+        // The only test that sets this variable.
+        std::env::set_var(SETTINGS_FILE_VAR, &file);
+        let read = settings().unwrap();
+        std::env::remove_var(SETTINGS_FILE_VAR);
+        assert_eq!(read("EMAIL_FROM").as_deref(), Some("bot@example.com"));
+        assert_eq!(read("PATH"), None, "the file replaces the environment");
+        assert!(!file.exists(), "the file is deleted once read");
+        std::env::set_var(SETTINGS_FILE_VAR, &file);
+        let error = settings().err().unwrap();
+        std::env::remove_var(SETTINGS_FILE_VAR);
+        assert!(error.contains("restarted"), "{error}");
+    }
 }

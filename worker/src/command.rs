@@ -21,9 +21,10 @@ pub struct CommandSpec {
     /// The run and attempt it belongs to (container names and labels).
     pub run: (RunId, u32),
     pub sandbox: Sandbox,
-    /// The run's `--mcp-config` file on the worker, which `args` name by this path. It holds
-    /// credentials: the Docker executor mounts its directory read-only into the container (and
-    /// names it there), and hands it to the run's user.
+    /// The run's `--mcp-config` file on the worker, which `args` name by this path. It and the
+    /// fixed servers' settings files beside it hold credentials: the Docker executor mounts
+    /// their directory into the container (and names the file there), and hands it to the
+    /// run's user.
     pub mcp_config: Option<PathBuf>,
 }
 

@@ -32,15 +32,31 @@ fn fill(text: &str, secrets: &Secrets) -> Result<String, String> {
     Ok(out)
 }
 
-/// The CLI's `--mcp-config` document for `servers`, credentials filled in, fixed servers run by
-/// `fixed_program`. A credential the control plane did not send is an error naming it and its
-/// server.
+/// Names the variable through which a fixed server finds its settings file.
+pub const SETTINGS_FILE_VAR: &str = "AUTOPILOT_SETTINGS_FILE";
+
+/// A run's MCP configuration: the CLI's `--mcp-config` document and, for each fixed server, a
+/// settings file (its name in the configuration's directory, and its JSON), which the server
+/// reads once and deletes. A fixed server's settings (and the credentials in them) are so never
+/// in the document nor in any process's environment.
+#[derive(Debug)]
+pub struct McpFiles {
+    pub document: Value,
+    pub settings: Vec<(String, Vec<u8>)>,
+}
+
+/// The MCP configuration of `servers`, credentials filled in, fixed servers run by
+/// `fixed_program` and finding their settings files in `dir_in_run` (the configuration's
+/// directory as the run sees it). A credential the control plane did not send is an error
+/// naming it and its server.
 pub fn config(
     servers: &[McpServerSpec],
     secrets: &Secrets,
     fixed_program: &str,
-) -> Result<Value, String> {
+    dir_in_run: &str,
+) -> Result<McpFiles, String> {
     let mut entries = Map::new();
+    let mut settings = Vec::new();
     for server in servers {
         let fill = |text: &str| {
             fill(text, secrets).map_err(|name| {
@@ -68,37 +84,53 @@ pub fn config(
                 json!({ "type": "http", "url": fill(url)?, "headers": headers })
             }
             McpTransport::Fixed { server: fixed, env } => {
-                let env: Map<String, Value> = env
+                let values: Map<String, Value> = env
                     .iter()
                     .map(|(name, value)| Ok((name.clone(), Value::String(fill(value)?))))
                     .collect::<Result<_, String>>()?;
+                let file = format!("{}.settings.json", server.name);
+                settings.push((file.clone(), Value::Object(values).to_string().into_bytes()));
+                let env = json!({ SETTINGS_FILE_VAR: format!("{dir_in_run}/{file}") });
                 json!({ "type": "stdio", "command": fixed_program, "args": [fixed], "env": env })
             }
         };
         entries.insert(server.name.clone(), entry);
     }
-    Ok(json!({ "mcpServers": entries }))
+    Ok(McpFiles {
+        document: json!({ "mcpServers": entries }),
+        settings,
+    })
 }
 
-/// The `--mcp-config` file of one attempt, in a directory only this process's user can read,
-/// removed when dropped.
+/// The directory of one attempt's MCP configuration (`mcp.json` and the fixed servers' settings
+/// files), which only this process's user can read (the Docker executor hands it to the run's
+/// user), removed when dropped.
 pub struct ConfigFile {
     dir: tempfile::TempDir,
 }
 
 impl ConfigFile {
-    pub fn write(document: &Value) -> std::io::Result<Self> {
-        use std::os::unix::fs::OpenOptionsExt;
+    pub fn create() -> std::io::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("autopilot-mcp-")
             .tempdir()?;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(dir.path().join("mcp.json"))?;
-        file.write_all(document.to_string().as_bytes())?;
         Ok(Self { dir })
+    }
+
+    pub fn write(&self, files: &McpFiles) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let write = |name: &str, bytes: &[u8]| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(self.dir.path().join(name))?
+                .write_all(bytes)
+        };
+        for (name, bytes) in &files.settings {
+            write(name, bytes)?;
+        }
+        write("mcp.json", files.document.to_string().as_bytes())
     }
 
     pub fn path(&self) -> PathBuf {
@@ -233,7 +265,9 @@ mod tests {
 
     #[test]
     fn the_config_has_the_credentials_filled_in_and_names_a_missing_one() {
-        let document = config(&servers(), &secrets(), "autopilot-servers").unwrap();
+        let document = config(&servers(), &secrets(), "autopilot-servers", "/run/x")
+            .unwrap()
+            .document;
         assert_eq!(
             document["mcpServers"]["crm"]["headers"]["Authorization"],
             "Bearer tok/en+secret?1"
@@ -243,10 +277,43 @@ mod tests {
             "tok/en+secret?1"
         );
         assert_eq!(document["mcpServers"]["notes"]["type"], "stdio");
-        let error = config(&servers(), &Secrets::new(), "autopilot-servers").unwrap_err();
+        let error = config(&servers(), &Secrets::new(), "autopilot-servers", "/run/x").unwrap_err();
         assert!(
             error.contains("`CRM_TOKEN`") && error.contains("`crm`"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn a_fixed_servers_settings_go_in_a_file_of_their_own_not_the_document() {
+        let mut servers = servers();
+        servers.push(McpServerSpec {
+            name: "mail".into(),
+            transport: McpTransport::Fixed {
+                server: "email".into(),
+                env: [(
+                    "EMAIL_SMTP_URL".into(),
+                    "smtp://bot:${CRM_TOKEN}@mail.example".into(),
+                )]
+                .into(),
+            },
+        });
+        let files = config(&servers, &secrets(), "/opt/autopilot-servers", "/run/x").unwrap();
+        let mail = &files.document["mcpServers"]["mail"];
+        assert_eq!(mail["command"], "/opt/autopilot-servers");
+        assert_eq!(mail["args"], json!(["email"]));
+        assert_eq!(
+            mail["env"],
+            json!({ SETTINGS_FILE_VAR: "/run/x/mail.settings.json" })
+        );
+        assert!(!mail.to_string().contains("tok/en"), "{mail}");
+        assert_eq!(files.settings.len(), 1);
+        let (name, bytes) = &files.settings[0];
+        assert_eq!(name, "mail.settings.json");
+        let settings: Value = serde_json::from_slice(bytes).unwrap();
+        assert_eq!(
+            settings["EMAIL_SMTP_URL"],
+            "smtp://bot:tok/en+secret?1@mail.example"
         );
     }
 

@@ -20,6 +20,9 @@
 //! workspace's owner, the proxy's socket directory, the bridge's address, live processes) is
 //! `host.rs`.
 
+/// Where the directory of a run's MCP configuration is mounted in its container.
+pub const MCP_CONFIG_MOUNT: &str = "/run/autopilot-mcp";
+
 mod cleanup;
 mod host;
 mod output;

@@ -645,9 +645,21 @@ impl Attempt {
                 .display()
                 .to_string()
         };
-        let document = mcp::config(&claude.mcp_servers, &granted.secrets, &fixed_program)?;
-        let file = ConfigFile::write(&document)
-            .map_err(|err| format!("could not write the run's MCP configuration: {err}"))?;
+        let written =
+            |err: std::io::Error| format!("could not write the run's MCP configuration: {err}");
+        let file = ConfigFile::create().map_err(written)?;
+        let dir_in_run = if self.executor.name() == "docker" {
+            crate::docker::MCP_CONFIG_MOUNT.to_owned()
+        } else {
+            file.dir().display().to_string()
+        };
+        let files = mcp::config(
+            &claude.mcp_servers,
+            &granted.secrets,
+            &fixed_program,
+            &dir_in_run,
+        )?;
+        file.write(&files).map_err(written)?;
         let names: Vec<&str> = claude.mcp_servers.iter().map(|s| s.name.as_str()).collect();
         events
             .lifecycle(

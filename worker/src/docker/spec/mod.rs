@@ -37,8 +37,7 @@ const CLAUDE_IN_CONTAINER: &str = "claude";
 /// The host name every run's container has.
 const HOSTNAME_IN_CONTAINER: &str = "autopilot-run";
 /// Size and options of the `/tmp` tmpfs; the home tmpfs adds its owner and mode.
-/// Where the directory of a run's `--mcp-config` file is mounted (read-only).
-pub(super) const MCP_CONFIG_MOUNT: &str = "/run/autopilot-mcp";
+use super::MCP_CONFIG_MOUNT;
 const TMPFS_OPTIONS: &str = "rw,nosuid,nodev,size=256m";
 /// Size of `/dev/shm`, which counts against the run's memory only when written: bounded so
 /// that it cannot hold more than a run's scratch needs.
@@ -208,11 +207,11 @@ pub(super) fn container_body(
     }
     cmd.push(program_of(command));
     match &command.mcp_config {
-        // Its directory is mounted read-only, and the arguments name the file as the container
-        // sees it.
+        // Its directory is mounted (writable: each fixed server deletes its settings file once
+        // read), and the arguments name the file as the container sees it.
         Some(file) => {
             if let Some(dir) = file.parent() {
-                binds.push(format!("{}:{MCP_CONFIG_MOUNT}:ro", dir.display()));
+                binds.push(format!("{}:{MCP_CONFIG_MOUNT}:rw", dir.display()));
             }
             let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
             let inside = format!("{MCP_CONFIG_MOUNT}/{}", name.unwrap_or_default());

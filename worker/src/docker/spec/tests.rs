@@ -449,7 +449,7 @@ fn the_upstream_carries_the_commands_own_api_and_credentials() {
 }
 
 #[test]
-fn the_mcp_configuration_is_mounted_read_only_and_named_as_the_container_sees_it() {
+fn the_mcp_configuration_is_mounted_and_named_as_the_container_sees_it() {
     let mut command = claude(NetworkMode::ModelOnly);
     let file = PathBuf::from("/tmp/autopilot-mcp-x1/mcp.json");
     command
@@ -459,7 +459,7 @@ fn the_mcp_configuration_is_mounted_read_only_and_named_as_the_container_sees_it
     let body = body(&command);
     let binds = body.host_config.unwrap().binds.unwrap();
     assert!(
-        binds.contains(&"/tmp/autopilot-mcp-x1:/run/autopilot-mcp:ro".to_owned()),
+        binds.contains(&"/tmp/autopilot-mcp-x1:/run/autopilot-mcp:rw".to_owned()),
         "{binds:?}"
     );
     let cmd = body.cmd.unwrap();

@@ -363,13 +363,15 @@ relay_bin() {
     echo "$bin"
 }
 
-# Autopilot's fixed MCP servers (fixed-servers/), which runs granted one start in the container.
-fixed_servers_bin() {
-    local bin=$CARGO_TARGET_DIR/release/autopilot-servers
-    (cd "$REPO_DIR" && cargo build --quiet --release -p autopilot-fixed-servers --features servers --bin autopilot-servers) \
+# Autopilot's fixed MCP servers and the guard every other server runs under (fixed-servers/):
+# prints the directory that holds both.
+fixed_servers_dir() {
+    local dir=$CARGO_TARGET_DIR/release
+    (cd "$REPO_DIR" && cargo build --quiet --release -p autopilot-fixed-servers --features servers --bins) \
         || die "cargo build --release -p autopilot-fixed-servers failed"
-    [[ -x $bin ]] || die "cargo build succeeded but $bin is missing"
-    echo "$bin"
+    [[ -x $dir/autopilot-servers && -x $dir/autopilot-mcp-guard ]] \
+        || die "cargo build succeeded but autopilot-servers or autopilot-mcp-guard is missing in $dir"
+    echo "$dir"
 }
 
 build_runtime() {
@@ -379,13 +381,14 @@ build_runtime() {
     claude=$(claude_bin)
     python=$(python_deps)
     relay=$(relay_bin)
-    servers=$(fixed_servers_bin)
+    servers=$(fixed_servers_dir)
     RUNTIME_HASH=$(
         {
             echo "recipe=$RECIPE_VERSION base=$BASE_HASH mcp=$MCP_VERSION"
             echo "claude=$(file_sha "$claude")"
             echo "relay=$(sha256sum "$relay" | cut -c1-64)"
-            echo "servers=$(sha256sum "$servers" | cut -c1-64)"
+            echo "servers=$(sha256sum "$servers/autopilot-servers" | cut -c1-64)"
+            echo "guard=$(sha256sum "$servers/autopilot-mcp-guard" | cut -c1-64)"
             sha256sum "$dockerfile" | cut -c1-64
             (cd "$python" && find . -maxdepth 1 -name '*.dist-info' | LC_ALL=C sort)
         } | sha | cut -c1-16
@@ -399,8 +402,9 @@ build_runtime() {
     stage_file "$claude" "$ctx/claude" 755
     stage_file "$relay" "$ctx/autopilot-relay" 755
     # Execute-only: a process started from a file its user cannot read is not dumpable, so the
-    # run's other processes (its Bash) cannot read a fixed server's environment or memory.
-    stage_file "$servers" "$ctx/autopilot-servers" 711
+    # run's other processes (its Bash) cannot read a fixed server's or the guard's memory.
+    stage_file "$servers/autopilot-servers" "$ctx/autopilot-servers" 711
+    stage_file "$servers/autopilot-mcp-guard" "$ctx/autopilot-mcp-guard" 711
     cp -al "$python" "$ctx/python" 2>/dev/null || cp -a "$python" "$ctx/python"
     rm -f "$ctx/python/.autopilot-complete"
     claude_version=$("$claude" --version 2>/dev/null | awk '{print $1; exit}') || true
@@ -409,7 +413,7 @@ build_runtime() {
         --label "autopilot.claude-code.version=${claude_version:-unknown}" \
         --label "autopilot.mcp.version=$MCP_VERSION"
     rm -rf "$ctx"
-    verify "$RUNTIME_IMAGE" "$RUNTIME_IMAGE" sh -c 'claude --version && python3 -c "import mcp; print(mcp.__name__)" && autopilot-relay 127.0.0.1:8375 /nonexistent.sock -- true && { autopilot-servers; [ $? -eq 2 ]; } && id'
+    verify "$RUNTIME_IMAGE" "$RUNTIME_IMAGE" sh -c 'claude --version && python3 -c "import mcp; print(mcp.__name__)" && autopilot-relay 127.0.0.1:8375 /nonexistent.sock -- true && { autopilot-servers; [ $? -eq 2 ]; } && { autopilot-mcp-guard; [ $? -eq 2 ]; } && ! cat /usr/local/bin/autopilot-mcp-guard >/dev/null 2>&1 && id'
 }
 
 # ---------------------------------------------------------------------------------------------

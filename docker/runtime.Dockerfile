@@ -4,6 +4,7 @@
 #   python/  the `mcp` package and its dependencies (pip install --target, CPython 3.11)
 #   autopilot-relay  the model relay of `model-only` runs (worker/relay)
 #   autopilot-servers  Autopilot's fixed MCP servers (fixed-servers/), mode 0711: execute-only
+#   autopilot-mcp-guard  the guard every other stdio MCP server runs under, mode 0711
 # Run it with a read-only root, --cap-drop ALL, --security-opt no-new-privileges, the run's
 # workspace mounted at /workspace and tmpfs at /home/autopilot and /tmp (see docker/README.md).
 ARG BASE=autopilot-base:latest
@@ -18,6 +19,12 @@ LABEL org.opencontainers.image.title="autopilot-runtime" \
 COPY claude /usr/local/bin/claude
 COPY autopilot-relay /usr/local/bin/autopilot-relay
 COPY autopilot-servers /usr/local/bin/autopilot-servers
+COPY autopilot-mcp-guard /usr/local/bin/autopilot-mcp-guard
+# The interpreter execute-only too: a Python process (an MCP server the guard started) is then
+# not dumpable, and the run's other processes cannot read its environment, which holds that
+# server's credentials, or its memory. Scripts still run: only the interpreter's file is closed.
+USER root
+RUN chmod 0711 "$(readlink -f /usr/bin/python3)"
 COPY python/ /opt/autopilot/python/
 
 # The root is read-only at run time: no byte-code writes, no self-update of the CLI.

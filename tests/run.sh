@@ -182,8 +182,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 # (promtool) and dashboard queries.
 bash "$repo/charts/test.sh"
 cargo build --bin autopilot
-# The fixed MCP servers, which local runs granted `email` start.
-cargo build -p autopilot-fixed-servers --features servers --bin autopilot-servers
+# The fixed MCP servers and the guard other servers run under, which local runs start.
+cargo build -p autopilot-fixed-servers --features servers --bins
 # Two passes over the store: every test with the in-process Autopilots (`TestServer`) on
 # PostgreSQL, then the API, MCP, OAuth and webhook end-to-end tests again on SQLite (the
 # embedded default). Tests about one store pin it themselves.

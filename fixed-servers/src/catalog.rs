@@ -4,6 +4,12 @@
 /// The program that runs the fixed servers, named by its subcommand.
 pub const PROGRAM: &str = "autopilot-servers";
 
+/// Names the variable through which a fixed server, or the guard, finds its settings file.
+pub const SETTINGS_FILE_VAR: &str = "AUTOPILOT_SETTINGS_FILE";
+
+/// The program every other stdio server of a run is started under (see `guard`).
+pub const GUARD_PROGRAM: &str = "autopilot-mcp-guard";
+
 /// One tool of a fixed server.
 #[derive(Debug)]
 pub struct FixedTool {

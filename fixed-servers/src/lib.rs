@@ -5,10 +5,16 @@
 //!
 //! - [`catalog`]: what each server is and the tools it has (always built: the control plane
 //!   reads it to register the fixed servers).
+//! - [`redact`]: removing credential values from text (the worker's and the guard's).
 //! - `email` (feature `servers`): send mail through SMTP.
+//! - `guard` (feature `servers`): `autopilot-mcp-guard`, which runs any other stdio server for a
+//!   run: its settings from a file, only the granted tools, credentials kept from the model.
 
 pub mod catalog;
 #[cfg(feature = "servers")]
 pub mod email;
+#[cfg(feature = "servers")]
+pub mod guard;
+pub mod redact;
 #[cfg(feature = "servers")]
 pub mod serve;

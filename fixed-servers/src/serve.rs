@@ -26,45 +26,53 @@ pub trait Tools: Send + Sync + 'static {
     fn call(&self, tool: &str, args: JsonObject) -> impl Future<Output = CallToolResult> + Send;
 }
 
-/// Names the variable through which the worker gives a fixed server its settings file.
-pub const SETTINGS_FILE_VAR: &str = "AUTOPILOT_SETTINGS_FILE";
+pub use crate::catalog::SETTINGS_FILE_VAR;
 
 /// The server's settings: from the file `AUTOPILOT_SETTINGS_FILE` names (a JSON object of
 /// strings, deleted once read, so that nothing else the run starts can read it afterwards), else
 /// from the environment. The settings (credentials among them) never enter this process's
 /// environment, which other processes of the same user could read.
 pub fn settings() -> Result<impl Fn(&str) -> Option<String>, String> {
-    let from_file = match std::env::var_os(SETTINGS_FILE_VAR) {
+    let from_file = match take_settings_file()? {
         None => None,
-        Some(path) => {
-            let path = std::path::PathBuf::from(path);
-            let text = std::fs::read(&path).map_err(|err| {
-                format!(
-                    "cannot read the settings file {} ({SETTINGS_FILE_VAR}): {err}; a server \
-                     restarted within one run finds it gone",
-                    path.display()
-                )
-            })?;
-            if let Err(err) = std::fs::remove_file(&path) {
-                return Err(format!(
-                    "cannot delete the settings file {} once read: {err}",
-                    path.display()
-                ));
-            }
-            let map: std::collections::BTreeMap<String, String> = serde_json::from_slice(&text)
-                .map_err(|err| {
+        Some((path, text)) => Some(
+            serde_json::from_slice::<std::collections::BTreeMap<String, String>>(&text).map_err(
+                |err| {
                     format!(
                         "the settings file {} is not a JSON object of strings: {err}",
                         path.display()
                     )
-                })?;
-            Some(map)
-        }
+                },
+            )?,
+        ),
     };
     Ok(move |name: &str| match &from_file {
         Some(map) => map.get(name).cloned(),
         None => std::env::var(name).ok(),
     })
+}
+
+/// The contents of the file `AUTOPILOT_SETTINGS_FILE` names, which is deleted once read (and its
+/// path); `None` without the variable.
+pub fn take_settings_file() -> Result<Option<(std::path::PathBuf, Vec<u8>)>, String> {
+    let Some(path) = std::env::var_os(SETTINGS_FILE_VAR) else {
+        return Ok(None);
+    };
+    let path = std::path::PathBuf::from(path);
+    let text = std::fs::read(&path).map_err(|err| {
+        format!(
+            "cannot read the settings file {} ({SETTINGS_FILE_VAR}): {err}; a server restarted \
+             within one run finds it gone",
+            path.display()
+        )
+    })?;
+    std::fs::remove_file(&path).map_err(|err| {
+        format!(
+            "cannot delete the settings file {} once read: {err}",
+            path.display()
+        )
+    })?;
+    Ok(Some((path, text)))
 }
 
 /// The schema of arguments of type `T`.

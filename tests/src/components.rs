@@ -91,13 +91,7 @@ pub fn autopilot_bin() -> Option<PathBuf> {
 /// `autopilot-servers`, the fixed MCP servers: `AUTOPILOT_TEST_FIXED_SERVERS_BIN`, else the one
 /// beside this executable, built by `cargo build -p autopilot-fixed-servers --features servers`.
 pub fn fixed_servers_bin() -> Option<PathBuf> {
-    let explicit = std::env::var_os("AUTOPILOT_TEST_FIXED_SERVERS_BIN").map(PathBuf::from);
-    let exe = std::env::current_exe().ok();
-    let beside = exe
-        .iter()
-        .flat_map(|exe| exe.ancestors().skip(1).take(2))
-        .map(|dir| dir.join("autopilot-servers"));
-    let candidates: Vec<PathBuf> = explicit.into_iter().chain(beside).collect();
+    let candidates = fixed_servers_candidates();
     match candidates.iter().find(|path| path.is_file()) {
         Some(path) => Some(path.clone()),
         None => missing(
@@ -108,6 +102,17 @@ pub fn fixed_servers_bin() -> Option<PathBuf> {
             ),
         ),
     }
+}
+
+/// Where `autopilot-servers` may be, in order (the guard, `autopilot-mcp-guard`, is beside it).
+pub fn fixed_servers_candidates() -> Vec<PathBuf> {
+    let explicit = std::env::var_os("AUTOPILOT_TEST_FIXED_SERVERS_BIN").map(PathBuf::from);
+    let exe = std::env::current_exe().ok();
+    let beside = exe
+        .iter()
+        .flat_map(|exe| exe.ancestors().skip(1).take(2))
+        .map(|dir| dir.join("autopilot-servers"));
+    explicit.into_iter().chain(beside).collect()
 }
 
 /// Where the test script installs the Python `mcp` SDK, the independent MCP client.

@@ -349,7 +349,13 @@ impl TestServerBuilder {
             database_max_connections: Some(POSTGRES_CONNECTIONS_PER_SERVER),
             admin_token: Some(ADMIN_TOKEN.to_owned()),
             claude_bin: self.claude_bin.clone(),
-            fixed_servers_bin: self.fixed_servers_bin.clone(),
+            // Built beside the tests (`cargo build -p autopilot-fixed-servers --features servers
+            // --bins`), where the server would not look: a test binary lives one level down.
+            fixed_servers_bin: self.fixed_servers_bin.clone().or_else(|| {
+                components::fixed_servers_candidates()
+                    .into_iter()
+                    .find(|path| path.is_file())
+            }),
             worker_concurrency: Some(self.concurrency),
             mcp_allowed_origins: Some(self.mcp_allowed_origins.clone()),
             ..Default::default()

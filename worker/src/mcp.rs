@@ -1,22 +1,18 @@
 //! The MCP servers of a Claude run on the worker: the `--mcp-config` file made from the servers
-//! granted to the run with their credentials filled in, the check that each of them connected,
-//! and the redaction of those credentials from everything the run reports.
+//! granted to the run with their credentials filled in, and the check that each of them
+//! connected. (The redaction of credentials is `autopilot_fixed_servers::redact`'s, shared with
+//! the guard.)
 
-use std::borrow::Cow;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use autopilot_fixed_servers::catalog::SETTINGS_FILE_VAR;
 use autopilot_proto::{McpServerSpec, McpTransport, Secrets};
-use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
-use base64::Engine;
 use serde_json::{json, Map, Value};
 
-/// Values shorter than this are not redacted: they would match ordinary text everywhere, and a
-/// credential that short is no secret.
-const MIN_REDACTED_BYTES: usize = 6;
-
-/// Fills `${NAME}` placeholders of `text` from `secrets`; the first name missing is the error.
-fn fill(text: &str, secrets: &Secrets) -> Result<String, String> {
+/// Fills `${NAME}` placeholders of `text` from `secrets`, noting each name used in `used`; the
+/// first name missing is the error.
+fn fill(text: &str, secrets: &Secrets, used: &mut Secrets) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -24,6 +20,7 @@ fn fill(text: &str, secrets: &Secrets) -> Result<String, String> {
         let Some(end) = after.find('}') else { break };
         let name = &after[..end];
         let value = secrets.get(name).ok_or_else(|| name.to_owned())?;
+        used.insert(name.to_owned(), value.clone());
         out.push_str(&rest[..start]);
         out.push_str(value);
         rest = &after[end + 1..];
@@ -32,34 +29,43 @@ fn fill(text: &str, secrets: &Secrets) -> Result<String, String> {
     Ok(out)
 }
 
-/// Names the variable through which a fixed server finds its settings file.
-pub const SETTINGS_FILE_VAR: &str = "AUTOPILOT_SETTINGS_FILE";
-
-/// A run's MCP configuration: the CLI's `--mcp-config` document and, for each fixed server, a
-/// settings file (its name in the configuration's directory, and its JSON), which the server
-/// reads once and deletes. A fixed server's settings (and the credentials in them) are so never
-/// in the document nor in any process's environment.
+/// A run's MCP configuration: the CLI's `--mcp-config` document and the settings file of each
+/// server the run starts (its name in the configuration's directory, and its JSON), which that
+/// server (a fixed one) or its guard reads once and deletes. So the settings of the servers a
+/// run starts, credentials among them, are never in the document nor in the environment of the
+/// CLI or the guard.
 #[derive(Debug)]
 pub struct McpFiles {
     pub document: Value,
     pub settings: Vec<(String, Vec<u8>)>,
 }
 
-/// The MCP configuration of `servers`, credentials filled in, fixed servers run by
-/// `fixed_program` and finding their settings files in `dir_in_run` (the configuration's
-/// directory as the run sees it). A credential the control plane did not send is an error
-/// naming it and its server.
+/// Where a run finds what its MCP configuration names, as the run sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct RunPaths<'a> {
+    /// `autopilot-servers`, which runs the fixed servers.
+    pub fixed_servers: &'a str,
+    /// `autopilot-mcp-guard`, under which every other stdio server runs.
+    pub guard: &'a str,
+    /// The configuration's directory.
+    pub dir: &'a str,
+}
+
+/// The MCP configuration of `servers`, credentials filled in, each stdio server granted the
+/// tools of `allowed_tools` (the CLI's names) that are its own. A credential the control plane
+/// did not send is an error naming it and its server.
 pub fn config(
     servers: &[McpServerSpec],
     secrets: &Secrets,
-    fixed_program: &str,
-    dir_in_run: &str,
+    allowed_tools: &[String],
+    paths: RunPaths<'_>,
 ) -> Result<McpFiles, String> {
     let mut entries = Map::new();
     let mut settings = Vec::new();
     for server in servers {
-        let fill = |text: &str| {
-            fill(text, secrets).map_err(|name| {
+        let mut used = Secrets::new();
+        let mut fill = |text: &str| {
+            fill(text, secrets, &mut used).map_err(|name| {
                 format!(
                     "the credential `{name}` used by MCP server `{}` is not set; set it with \
                      set_credential (or PUT /api/v1/credentials/{name})",
@@ -67,31 +73,44 @@ pub fn config(
                 )
             })
         };
+        let mut fill_map = |map: &std::collections::BTreeMap<String, String>| {
+            map.iter()
+                .map(|(name, value)| Ok((name.clone(), Value::String(fill(value)?))))
+                .collect::<Result<Map<String, Value>, String>>()
+        };
+        let mut settings_file = |kind: &str, content: Value| {
+            let file = format!("{}.{kind}.json", server.name);
+            settings.push((file.clone(), content.to_string().into_bytes()));
+            json!({ SETTINGS_FILE_VAR: format!("{}/{file}", paths.dir) })
+        };
         let entry = match &server.transport {
             McpTransport::Stdio { command, args, env } => {
-                let env: Map<String, Value> = env
+                let env = fill_map(env)?;
+                let prefix = format!("mcp__{}__", server.name);
+                let whole = format!("mcp__{}", server.name);
+                let allow: Vec<String> = allowed_tools
                     .iter()
-                    .map(|(name, value)| Ok((name.clone(), Value::String(fill(value)?))))
-                    .collect::<Result<_, String>>()?;
-                let args: Vec<String> = args.iter().map(|a| fill(a)).collect::<Result<_, _>>()?;
-                json!({ "type": "stdio", "command": fill(command)?, "args": args, "env": env })
+                    .filter_map(|tool| match tool.strip_prefix(&prefix) {
+                        Some(own) => Some(own.to_owned()),
+                        None => (*tool == whole).then(|| "*".to_owned()),
+                    })
+                    .collect();
+                let guard_env = settings_file(
+                    "guard",
+                    json!({ "env": env, "allow": allow, "secrets": used }),
+                );
+                let mut guard_args = vec!["--".to_owned(), command.clone()];
+                guard_args.extend(args.iter().cloned());
+                json!({ "type": "stdio", "command": paths.guard, "args": guard_args, "env": guard_env })
             }
             McpTransport::Http { url, headers } => {
-                let headers: Map<String, Value> = headers
-                    .iter()
-                    .map(|(name, value)| Ok((name.clone(), Value::String(fill(value)?))))
-                    .collect::<Result<_, String>>()?;
+                let headers = fill_map(headers)?;
                 json!({ "type": "http", "url": fill(url)?, "headers": headers })
             }
             McpTransport::Fixed { server: fixed, env } => {
-                let values: Map<String, Value> = env
-                    .iter()
-                    .map(|(name, value)| Ok((name.clone(), Value::String(fill(value)?))))
-                    .collect::<Result<_, String>>()?;
-                let file = format!("{}.settings.json", server.name);
-                settings.push((file.clone(), Value::Object(values).to_string().into_bytes()));
-                let env = json!({ SETTINGS_FILE_VAR: format!("{dir_in_run}/{file}") });
-                json!({ "type": "stdio", "command": fixed_program, "args": [fixed], "env": env })
+                let values = fill_map(env)?;
+                let env = settings_file("settings", Value::Object(values));
+                json!({ "type": "stdio", "command": paths.fixed_servers, "args": [fixed], "env": env })
             }
         };
         entries.insert(server.name.clone(), entry);
@@ -163,78 +182,6 @@ pub fn not_connected(init: &Value, servers: &[McpServerSpec]) -> Vec<String> {
         .collect()
 }
 
-/// Replaces a run's credential values, and their base64 and URL-encoded forms, with
-/// `[redacted NAME]` in the text of events and results.
-#[derive(Default)]
-pub struct Redactor {
-    /// (form of a value, what replaces it), longest first so that no form is cut by a shorter.
-    needles: Vec<(String, String)>,
-}
-
-impl Redactor {
-    pub fn new(secrets: &Secrets) -> Self {
-        let mut needles = Vec::new();
-        for (name, value) in secrets {
-            if value.len() < MIN_REDACTED_BYTES {
-                continue;
-            }
-            let label = format!("[redacted {name}]");
-            let url_encoded: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
-            let forms = [
-                value.clone(),
-                STANDARD.encode(value),
-                URL_SAFE.encode(value),
-                URL_SAFE_NO_PAD.encode(value),
-                // Padding may be cut off where the encoded value is embedded in longer text.
-                STANDARD.encode(value).trim_end_matches('=').to_owned(),
-                url_encoded,
-            ];
-            for form in forms {
-                if !needles.iter().any(|(known, _)| known == &form) {
-                    needles.push((form, label.clone()));
-                }
-            }
-        }
-        needles.sort_by_key(|(form, _)| std::cmp::Reverse(form.len()));
-        Self { needles }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.needles.is_empty()
-    }
-
-    pub fn text<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        let mut text = Cow::Borrowed(text);
-        for (form, label) in &self.needles {
-            if text.contains(form.as_str()) {
-                text = Cow::Owned(text.replace(form.as_str(), label));
-            }
-        }
-        text
-    }
-
-    /// Redacts every string in `value`, keys included.
-    pub fn value(&self, value: Value) -> Value {
-        if self.is_empty() {
-            return value;
-        }
-        match value {
-            Value::String(text) => match self.text(&text) {
-                Cow::Borrowed(_) => Value::String(text),
-                Cow::Owned(redacted) => Value::String(redacted),
-            },
-            Value::Array(items) => Value::Array(items.into_iter().map(|v| self.value(v)).collect()),
-            Value::Object(object) => Value::Object(
-                object
-                    .into_iter()
-                    .map(|(key, v)| (self.text(&key).into_owned(), self.value(v)))
-                    .collect(),
-            ),
-            other => other,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,25 +210,63 @@ mod tests {
         ]
     }
 
+    const PATHS: RunPaths<'static> = RunPaths {
+        fixed_servers: "/opt/autopilot-servers",
+        guard: "/opt/autopilot-mcp-guard",
+        dir: "/run/x",
+    };
+
+    fn allowed() -> Vec<String> {
+        vec![
+            "Bash".into(),
+            "mcp__notes__lookup".into(),
+            "mcp__crm__list".into(),
+        ]
+    }
+
+    /// The settings file of `name`, read back.
+    fn settings_of(files: &McpFiles, name: &str) -> Value {
+        let (_, bytes) = files
+            .settings
+            .iter()
+            .find(|(file, _)| file == name)
+            .unwrap_or_else(|| panic!("no {name} in {:?}", files.settings));
+        serde_json::from_slice(bytes).unwrap()
+    }
+
     #[test]
-    fn the_config_has_the_credentials_filled_in_and_names_a_missing_one() {
-        let document = config(&servers(), &secrets(), "autopilot-servers", "/run/x")
-            .unwrap()
-            .document;
+    fn http_credentials_are_filled_in_and_a_missing_one_is_named() {
+        let files = config(&servers(), &secrets(), &allowed(), PATHS).unwrap();
         assert_eq!(
-            document["mcpServers"]["crm"]["headers"]["Authorization"],
+            files.document["mcpServers"]["crm"]["headers"]["Authorization"],
             "Bearer tok/en+secret?1"
         );
-        assert_eq!(
-            document["mcpServers"]["notes"]["env"]["TOKEN"],
-            "tok/en+secret?1"
-        );
-        assert_eq!(document["mcpServers"]["notes"]["type"], "stdio");
-        let error = config(&servers(), &Secrets::new(), "autopilot-servers", "/run/x").unwrap_err();
+        let error = config(&servers(), &Secrets::new(), &allowed(), PATHS).unwrap_err();
         assert!(
             error.contains("`CRM_TOKEN`") && error.contains("`crm`"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_stdio_server_runs_under_the_guard_with_its_settings_in_a_file() {
+        let files = config(&servers(), &secrets(), &allowed(), PATHS).unwrap();
+        let notes = &files.document["mcpServers"]["notes"];
+        assert_eq!(notes["command"], "/opt/autopilot-mcp-guard");
+        assert_eq!(notes["args"], json!(["--", "python3", "server.py"]));
+        assert_eq!(
+            notes["env"],
+            json!({ SETTINGS_FILE_VAR: "/run/x/notes.guard.json" })
+        );
+        assert!(!notes.to_string().contains("tok/en"), "{notes}");
+        let guard = settings_of(&files, "notes.guard.json");
+        assert_eq!(guard["env"]["TOKEN"], "tok/en+secret?1");
+        assert_eq!(
+            guard["allow"],
+            json!(["lookup"]),
+            "only its own granted tools"
+        );
+        assert_eq!(guard["secrets"], json!({ "CRM_TOKEN": "tok/en+secret?1" }));
     }
 
     #[test]
@@ -298,7 +283,7 @@ mod tests {
                 .into(),
             },
         });
-        let files = config(&servers, &secrets(), "/opt/autopilot-servers", "/run/x").unwrap();
+        let files = config(&servers, &secrets(), &allowed(), PATHS).unwrap();
         let mail = &files.document["mcpServers"]["mail"];
         assert_eq!(mail["command"], "/opt/autopilot-servers");
         assert_eq!(mail["args"], json!(["email"]));
@@ -307,12 +292,8 @@ mod tests {
             json!({ SETTINGS_FILE_VAR: "/run/x/mail.settings.json" })
         );
         assert!(!mail.to_string().contains("tok/en"), "{mail}");
-        assert_eq!(files.settings.len(), 1);
-        let (name, bytes) = &files.settings[0];
-        assert_eq!(name, "mail.settings.json");
-        let settings: Value = serde_json::from_slice(bytes).unwrap();
         assert_eq!(
-            settings["EMAIL_SMTP_URL"],
+            settings_of(&files, "mail.settings.json")["EMAIL_SMTP_URL"],
             "smtp://bot:tok/en+secret?1@mail.example"
         );
     }
@@ -328,29 +309,5 @@ mod tests {
             not_connected(&json!({}), &servers()),
             ["`crm` (missing)", "`notes` (missing)"]
         );
-    }
-
-    #[test]
-    fn every_form_of_a_credential_is_redacted() {
-        let redactor = Redactor::new(&secrets());
-        let value = "tok/en+secret?1";
-        let encoded: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
-        let event = json!({
-            "plain": format!("the token is {value}."),
-            "nested": [{ "b64": STANDARD.encode(value), "url": format!("?t={encoded}") }],
-            value: URL_SAFE_NO_PAD.encode(value),
-        });
-        let redacted = redactor.value(event).to_string();
-        assert!(!redacted.contains("secret"), "{redacted}");
-        assert!(!redacted.contains(&STANDARD.encode(value)), "{redacted}");
-        assert!(!redacted.contains(&encoded), "{redacted}");
-        assert_eq!(
-            redacted.matches("[redacted CRM_TOKEN]").count(),
-            5,
-            "{redacted}"
-        );
-        // Short values are left alone.
-        let short = Redactor::new(&Secrets::from([("PIN".to_owned(), "1234".to_owned())]));
-        assert!(short.is_empty());
     }
 }

@@ -105,11 +105,22 @@ pub fn validate_server(
 ) -> ServiceResult<McpServer> {
     validate_server_name("name", &input.name)?;
     match &input.transport {
-        Transport::Stdio { command, env, .. } => {
+        Transport::Stdio { command, args, env } => {
             if command.trim().is_empty() {
                 return Err(ServiceError::invalid(
                     "transport.command",
                     "must name the program to start, e.g. `python3`",
+                ));
+            }
+            // A command line is visible to every process of the run.
+            if std::iter::once(command)
+                .chain(args)
+                .any(|text| !placeholders(text).is_empty())
+            {
+                return Err(ServiceError::invalid(
+                    "transport.args",
+                    "credentials go in `env`, never on the command line (every process of the \
+                     run can read it)",
                 ));
             }
             check_secret_values("transport.env", env.iter())?;

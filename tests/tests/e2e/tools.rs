@@ -181,6 +181,25 @@ async fn a_granted_server_gets_its_credential_and_the_value_is_redacted_from_the
         "{init}"
     );
 
+    // Under the guard the server's answer reached the model already redacted, and the tool
+    // outside the grant was not even listed.
+    let to_model = serde_json::to_string(
+        &fake
+            .requests()
+            .iter()
+            .flat_map(|request| request.tool_results())
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    assert!(to_model.contains("[redacted NOTES_TOKEN]"), "{to_model}");
+    assert!(
+        !to_model.contains(SECRET),
+        "the model read the credential: {to_model}"
+    );
+    let offered = init["data"]["tools"].to_string();
+    assert!(offered.contains("mcp__notes__lookup_note"), "{offered}");
+    assert!(!offered.contains("erase_notes"), "{offered}");
+
     // The vault notes that a run was given it.
     let listed = server.get("/api/v1/credentials").await;
     assert!(
@@ -449,6 +468,7 @@ async fn a_granted_server_runs_in_the_run_container_with_its_credential() {
         .create_job(json!({
             "name": "notes in a container",
             "prompt": "Look the release note up.",
+            "allowed_tools": ["Bash"],
             "servers": [{ "server": "notes", "access": "write" }],
         }))
         .await;
@@ -460,6 +480,16 @@ async fn a_granted_server_runs_in_the_run_container_with_its_credential() {
         json!({ "topic": "containers" }),
     ));
     fake.push(Reply::tool_use("mcp__notes__erase_notes", json!({})));
+    // The run's Bash looks for the credential in the configuration's directory and in every
+    // process's environment (the Python server's among them), printing what it finds reversed,
+    // which the worker's redaction does not recognise.
+    let snoop = "{ cat /run/autopilot-mcp/* 2>&1; for f in /proc/[0-9]*/environ; do \
+                 echo \"== $f\"; tr '\\0' '\\n' < \"$f\" 2>&1; done; } | rev; \
+                 echo left: $(ls /run/autopilot-mcp)";
+    fake.push(Reply::tool_use(
+        "Bash",
+        json!({ "command": snoop, "description": "look for the token" }),
+    ));
     fake.push(Reply::text("Done."));
     let run = server.trigger(job["id"].as_str().unwrap()).await;
     let run_id = run["id"].as_str().unwrap();
@@ -483,6 +513,23 @@ async fn a_granted_server_runs_in_the_run_container_with_its_credential() {
             .contains("[redacted NOTES_TOKEN]"),
         "{result}"
     );
+    let found = events
+        .iter()
+        .filter(|e| e["kind"] == "tool_result")
+        .map(|e| e["data"]["content"].to_string())
+        .next_back()
+        .unwrap();
+    let reversed: String = SECRET.chars().rev().collect();
+    assert!(
+        !found.contains(&reversed),
+        "Bash found the credential: {found}"
+    );
+    assert!(
+        found.contains("=EMOH"),
+        "the probe read other environments: {found}"
+    );
+    assert!(found.contains("Permission denied"), "{found}");
+    assert!(found.contains("left: mcp.json"), "{found}");
     assert!(
         !workspace.join("erased").exists(),
         "a tool outside the grant ran"

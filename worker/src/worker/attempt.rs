@@ -25,7 +25,10 @@ use super::events::{EventSender, EventSink, EventsLeft};
 use super::{send_completions, ActiveRuns, Reports, WorkerConfig};
 use crate::command::build_command;
 use crate::executor::{ExecError, Executor, OutputLine, OutputStream};
-use crate::mcp::{self, ConfigFile, Redactor};
+use autopilot_fixed_servers::catalog;
+use autopilot_fixed_servers::redact::Redactor;
+
+use crate::mcp::{self, ConfigFile};
 use crate::stream_json::{self, StreamParser};
 use crate::trace::{
     self,
@@ -635,29 +638,38 @@ impl Attempt {
         let RunKind::Claude(claude) = &spec.kind else {
             return Err("only Claude runs use MCP servers".to_owned());
         };
-        // A container runs the image's copy, on its PATH.
-        let fixed_program = if self.executor.name() == "docker" {
-            autopilot_fixed_servers::catalog::PROGRAM.to_owned()
-        } else {
-            self.config
-                .command_env
-                .fixed_servers_bin
-                .display()
-                .to_string()
-        };
         let written =
             |err: std::io::Error| format!("could not write the run's MCP configuration: {err}");
         let file = ConfigFile::create().map_err(written)?;
-        let dir_in_run = if self.executor.name() == "docker" {
-            crate::docker::MCP_CONFIG_MOUNT.to_owned()
+        // A container runs the image's copies, on its PATH; a local run those beside the worker.
+        let (fixed_servers, guard, dir) = if self.executor.name() == "docker" {
+            (
+                catalog::PROGRAM.to_owned(),
+                catalog::GUARD_PROGRAM.to_owned(),
+                crate::docker::MCP_CONFIG_MOUNT.to_owned(),
+            )
         } else {
-            file.dir().display().to_string()
+            let fixed = &self.config.command_env.fixed_servers_bin;
+            let guard = match fixed.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir.join(catalog::GUARD_PROGRAM),
+                _ => catalog::GUARD_PROGRAM.into(),
+            };
+            (
+                fixed.display().to_string(),
+                guard.display().to_string(),
+                file.dir().display().to_string(),
+            )
+        };
+        let paths = mcp::RunPaths {
+            fixed_servers: &fixed_servers,
+            guard: &guard,
+            dir: &dir,
         };
         let files = mcp::config(
             &claude.mcp_servers,
             &granted.secrets,
-            &fixed_program,
-            &dir_in_run,
+            &claude.allowed_tools,
+            paths,
         )?;
         file.write(&files).map_err(written)?;
         let names: Vec<&str> = claude.mcp_servers.iter().map(|s| s.name.as_str()).collect();

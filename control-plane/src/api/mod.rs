@@ -61,6 +61,17 @@ pub fn router(app: Arc<App>) -> Router {
                 .put(tools::replace_server)
                 .delete(tools::delete_server),
         )
+        .route(
+            "/bundles",
+            get(tools::list_bundles).post(tools::create_bundle),
+        )
+        .route(
+            "/bundles/{name}",
+            get(tools::get_bundle)
+                .put(tools::replace_bundle)
+                .delete(tools::delete_bundle),
+        )
+        .route("/bundles/{name}/assign", post(tools::assign_bundle))
         .route("/credentials", get(tools::list_credentials))
         .route(
             "/credentials/{name}",

@@ -1,5 +1,5 @@
-//! `/api/v1/servers` and `/api/v1/credentials`: the MCP server registry and the credentials
-//! vault. A credential's value goes in and never comes out.
+//! `/api/v1/servers`, `/api/v1/credentials` and `/api/v1/bundles`: the MCP server registry, the
+//! credentials vault (a value goes in and never comes out) and tool bundles.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -8,8 +8,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::AppState;
+use crate::domain::tools::ToolBundle;
 use crate::http::{ApiJson, ApiResult};
-use crate::services::tools::{self, CredentialView, ServerInput, ServerView};
+use crate::services::tools::{
+    self, AssignInput, BundleInput, CredentialView, ServerInput, ServerView,
+};
 
 pub async fn list_servers(State(AppState(app)): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "servers": tools::list_servers(&app).await? })))
@@ -77,4 +80,71 @@ pub async fn delete_credential(
 ) -> ApiResult<StatusCode> {
     tools::delete_credential(&app, &name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn list_bundles(State(AppState(app)): State<AppState>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({ "bundles": tools::list_bundles(&app).await? })))
+}
+
+pub async fn create_bundle(
+    State(AppState(app)): State<AppState>,
+    ApiJson(input): ApiJson<BundleInput>,
+) -> ApiResult<(StatusCode, Json<ToolBundle>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(tools::create_bundle(&app, input).await?),
+    ))
+}
+
+pub async fn get_bundle(
+    State(AppState(app)): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ToolBundle>> {
+    Ok(Json(tools::get_bundle(&app, &name).await?))
+}
+
+pub async fn replace_bundle(
+    State(AppState(app)): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(input): ApiJson<BundleInput>,
+) -> ApiResult<Json<ToolBundle>> {
+    Ok(Json(tools::replace_bundle(&app, &name, input).await?))
+}
+
+pub async fn delete_bundle(
+    State(AppState(app)): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    tools::delete_bundle(&app, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/bundles/{name}/assign` with `{"job": …}` or `{"webhook": …}` (and
+/// `"remove": true` to take it away).
+pub async fn assign_bundle(
+    State(AppState(app)): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(target): ApiJson<AssignTarget>,
+) -> ApiResult<Json<Value>> {
+    let input = AssignInput {
+        bundle: name,
+        job: target.job,
+        webhook: target.webhook,
+        remove: target.remove,
+    };
+    Ok(Json(tools::assign_bundle(&app, input).await?))
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssignTarget {
+    /// A job's id or name.
+    #[serde(default)]
+    job: Option<String>,
+    /// A webhook's id or name.
+    #[serde(default)]
+    webhook: Option<String>,
+    /// Take the bundle away instead.
+    #[serde(default)]
+    remove: bool,
 }

@@ -136,6 +136,7 @@ impl Job {
             overlap: self.overlap_policy,
             sandbox: Some(settings.sandbox),
             grants: settings.servers.clone(),
+            bundles: settings.bundles.clone(),
         }
     }
 }

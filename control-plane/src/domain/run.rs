@@ -30,6 +30,9 @@ pub struct RunSnapshot {
     /// worker records what that gave in the run's `tools_granted` event).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grants: Vec<ToolGrant>,
+    /// The tool bundles named, expanded likewise when the run is claimed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bundles: Vec<String>,
 }
 
 impl RunSnapshot {

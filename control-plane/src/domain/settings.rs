@@ -38,6 +38,9 @@ pub struct RunSettings {
     /// MCP servers from the registry whose tools the runs may use.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub servers: Vec<ToolGrant>,
+    /// Tool bundles whose grants and tools the runs also get.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bundles: Vec<String>,
 }
 
 /// Retries of runs that failed for a transient API reason (overloaded, rate limited, 5xx).
@@ -120,6 +123,10 @@ pub struct RunSettingsInput {
     /// and the server's other tools to `disallowed_tools`. Claude runs only.
     #[serde(default)]
     pub servers: Option<Vec<ToolGrant>>,
+    /// Tool bundles (named sets of server grants and tools, see `create_bundle`) the runs also
+    /// get, e.g. `["reporting"]`. Claude runs only.
+    #[serde(default)]
+    pub bundles: Option<Vec<String>>,
 }
 
 /// Changes to run settings: a field left out keeps its value, `null` clears an optional one.
@@ -150,6 +157,8 @@ pub struct RunSettingsPatch {
     pub trace_content: Option<bool>,
     /// Replaces the MCP servers the runs may use.
     pub servers: Option<Vec<ToolGrant>>,
+    /// Replaces the tool bundles the runs get.
+    pub bundles: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Serialize, Debug, Clone, Copy, JsonSchema)]
@@ -207,6 +216,7 @@ impl From<&RunSettings> for RunSettingsInput {
             sandbox: Some(settings.sandbox.into()),
             trace_content: Some(settings.trace_content),
             servers: Some(settings.servers.clone()),
+            bundles: Some(settings.bundles.clone()),
         }
     }
 }
@@ -238,7 +248,8 @@ impl RunSettingsInput {
             pool,
             retry,
             trace_content,
-            servers
+            servers,
+            bundles
         );
         if let Some(patch) = patch.sandbox {
             let current = self.sandbox.unwrap_or_default();
@@ -260,7 +271,7 @@ impl RunSettingsInput {
 
     /// The first field given that only a claude run can use.
     fn first_claude_only(&self) -> Option<&'static str> {
-        const CLAUDE_ONLY: [&str; 7] = [
+        const CLAUDE_ONLY: [&str; 8] = [
             "model",
             "allowed_tools",
             "disallowed_tools",
@@ -268,6 +279,7 @@ impl RunSettingsInput {
             "max_cost_usd",
             "trace_content",
             "servers",
+            "bundles",
         ];
         self.given()
             .into_iter()
@@ -275,7 +287,7 @@ impl RunSettingsInput {
     }
 
     /// Each field, and whether it was given (an empty tool list counts as not given).
-    fn given(&self) -> [(&'static str, bool); 11] {
+    fn given(&self) -> [(&'static str, bool); 12] {
         let listed = |tools: &Option<Vec<String>>| tools.as_ref().is_some_and(|t| !t.is_empty());
         [
             ("model", self.model.is_some()),
@@ -293,6 +305,7 @@ impl RunSettingsInput {
                 "servers",
                 self.servers.as_ref().is_some_and(|s| !s.is_empty()),
             ),
+            ("bundles", listed(&self.bundles)),
         ]
     }
 
@@ -359,6 +372,7 @@ impl RunSettingsInput {
                 .resolve(kind.default_sandbox(), kind)?,
             trace_content: self.trace_content.unwrap_or(false),
             servers: grants(self.servers.unwrap_or_default())?,
+            bundles: bundles(self.bundles.unwrap_or_default())?,
         })
     }
 }
@@ -425,7 +439,7 @@ impl SandboxInput {
     }
 }
 
-fn tools(field: &str, names: Vec<String>) -> ServiceResult<Vec<String>> {
+pub(crate) fn tools(field: &str, names: Vec<String>) -> ServiceResult<Vec<String>> {
     let mut normalised = Vec::with_capacity(names.len());
     for (index, name) in names.iter().enumerate() {
         if name.trim().is_empty() || name.len() > 200 {
@@ -459,7 +473,7 @@ fn tools(field: &str, names: Vec<String>) -> ServiceResult<Vec<String>> {
 
 /// A worker pool name as given, or the default pool.
 /// Checks the grants' own fields: each server named once, with a valid name.
-fn grants(grants: Vec<ToolGrant>) -> ServiceResult<Vec<ToolGrant>> {
+pub(crate) fn grants(grants: Vec<ToolGrant>) -> ServiceResult<Vec<ToolGrant>> {
     if grants.len() > 32 {
         return Err(ServiceError::invalid("servers", "at most 32 servers"));
     }
@@ -474,6 +488,24 @@ fn grants(grants: Vec<ToolGrant>) -> ServiceResult<Vec<ToolGrant>> {
         }
     }
     Ok(grants)
+}
+
+/// Checks bundle names: each a valid name, named once.
+fn bundles(names: Vec<String>) -> ServiceResult<Vec<String>> {
+    if names.len() > 16 {
+        return Err(ServiceError::invalid("bundles", "at most 16 bundles"));
+    }
+    for (index, name) in names.iter().enumerate() {
+        let field = format!("bundles[{index}]");
+        super::tools::validate_server_name(&field, name)?;
+        if names[..index].contains(name) {
+            return Err(ServiceError::invalid(
+                field,
+                format!("`{name}` is named twice"),
+            ));
+        }
+    }
+    Ok(names)
 }
 
 pub fn validate_pool(input: Option<String>) -> ServiceResult<String> {

@@ -239,6 +239,41 @@ impl ToolGrant {
     }
 }
 
+/// A named set of grants and built-in tools (the first seed called them workspaces), which jobs,
+/// webhooks and quick runs name in `bundles` instead of repeating the grants.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct ToolBundle {
+    pub name: String,
+    pub description: Option<String>,
+    pub servers: Vec<ToolGrant>,
+    /// Built-in tools it allows (`Read`, `Bash(git log:*)`), in the CLI's names.
+    pub tools: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Splits `server`'s tools between those any of `grants` gives and the rest.
+pub fn resolve_all(grants: &[&ToolGrant], server: &McpServer) -> ResolvedGrant {
+    let mut allowed: Vec<String> = Vec::new();
+    for grant in grants {
+        for tool in grant.resolve(server).allowed {
+            if !allowed.contains(&tool) {
+                allowed.push(tool);
+            }
+        }
+    }
+    let disallowed = server
+        .tools
+        .iter()
+        .map(|tool| format!("mcp__{}__{}", server.name, tool.name))
+        .filter(|name| !allowed.contains(name))
+        .collect();
+    ResolvedGrant {
+        allowed,
+        disallowed,
+    }
+}
+
 /// A secret in the vault, sealed under its own key, which is itself sealed under the master
 /// key (`AUTOPILOT_SECRET_KEY`): rotating the master key rewraps the keys, not the values.
 #[derive(Clone, PartialEq, Debug)]
@@ -369,6 +404,34 @@ mod tests {
             resolved.disallowed,
             ["mcp__crm__set_roles", "mcp__crm__delete_contact"]
         );
+    }
+
+    #[test]
+    fn two_grants_of_one_server_give_what_either_gives() {
+        use AccessLevel::*;
+        let crm = server(&[
+            ("list_contacts", Read),
+            ("create_contact", Write),
+            ("drop_all", Dangerous),
+        ]);
+        let read = ToolGrant {
+            server: "crm".into(),
+            access: Read,
+            allow: vec![],
+            deny: vec![],
+        };
+        let drop = ToolGrant {
+            server: "crm".into(),
+            access: Read,
+            allow: vec!["drop_all".into()],
+            deny: vec![],
+        };
+        let resolved = resolve_all(&[&read, &drop], &crm);
+        assert_eq!(
+            resolved.allowed,
+            ["mcp__crm__list_contacts", "mcp__crm__drop_all"]
+        );
+        assert_eq!(resolved.disallowed, ["mcp__crm__create_contact"]);
     }
 
     #[test]

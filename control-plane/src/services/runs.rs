@@ -74,7 +74,7 @@ pub async fn quick_run(app: &App, input: QuickRunInput) -> ServiceResult<Run> {
         ));
     }
     let settings = input.run.resolve(JobKind::Claude, RetryPolicy::NONE)?;
-    super::tools::check_grants(app, &settings.servers).await?;
+    super::tools::check_tools(app, &settings).await?;
     let run_id = RunId::new();
     let snapshot = RunSnapshot {
         kind: RunKind::Claude(autopilot_proto::ClaudeSpec {
@@ -94,6 +94,7 @@ pub async fn quick_run(app: &App, input: QuickRunInput) -> ServiceResult<Run> {
         overlap: OverlapPolicy::Allow,
         sandbox: Some(settings.sandbox),
         grants: settings.servers,
+        bundles: settings.bundles,
     };
     let mut run = Run::queued(Trigger::Quick, None, snapshot, None);
     run.id = run_id;

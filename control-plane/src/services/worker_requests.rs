@@ -89,7 +89,10 @@ async fn claim(
         .collect();
     let current = runs_by_id(app, &refused).await?;
     // Runs granted MCP servers are resolved against the registry as it is now.
-    let registry = if claimed.values().any(|run| !run.settings.grants.is_empty()) {
+    let registry = if claimed
+        .values()
+        .any(|run| !run.settings.grants.is_empty() || !run.settings.bundles.is_empty())
+    {
         Some(tools::Registry::load(app).await?)
     } else {
         None
@@ -115,7 +118,9 @@ async fn claim(
                 sandbox: run.settings.sandbox(),
             };
             let handed = match &registry {
-                Some(registry) if !run.settings.grants.is_empty() => {
+                Some(registry)
+                    if !run.settings.grants.is_empty() || !run.settings.bundles.is_empty() =>
+                {
                     let (handed, credentials) =
                         registry.hand_out(app, &run, &mut spec, sealing_key);
                     handed_credentials.extend(credentials);

@@ -27,7 +27,7 @@ use autopilot_proto::{
 use chrono::{DateTime, Utc};
 
 use crate::domain::oauth::{AuthCode, OAuthClient, RefreshToken, RefreshUse};
-use crate::domain::tools::{Credential, McpServer};
+use crate::domain::tools::{Credential, McpServer, ToolBundle};
 use crate::domain::webhook::{DeliveryOutcome, NewDelivery, StoredPayload, Webhook};
 use crate::domain::{FireRecord, Job, PoolQueue, Run, RunFilter, ServiceError};
 
@@ -305,7 +305,8 @@ pub trait WebhookStore: Send + Sync {
     async fn purge_expired_deliveries(&self, now: DateTime<Utc>) -> StoreResult<u64>;
 }
 
-/// MCP servers and the sealed credentials they use (part of every [`Store`]). Both are small
+/// MCP servers, the sealed credentials they use and the bundles that grant them (part of every
+/// [`Store`]). Both are small
 /// (tens of rows), so lookups by name read the table.
 #[async_trait]
 pub trait ToolStore: Send + Sync {
@@ -324,6 +325,13 @@ pub trait ToolStore: Send + Sync {
     async fn delete_credential(&self, name: &str) -> StoreResult<bool>;
     /// Records that a run was given these credentials at `at`.
     async fn mark_credentials_used(&self, names: &[String], at: DateTime<Utc>) -> StoreResult<()>;
+    /// Adds the bundle; a conflict when its name is taken.
+    async fn insert_bundle(&self, bundle: &ToolBundle) -> StoreResult<()>;
+    /// Replaces the bundle of that name; `NotFound` when there is none.
+    async fn update_bundle(&self, bundle: &ToolBundle) -> StoreResult<()>;
+    async fn list_bundles(&self) -> StoreResult<Vec<ToolBundle>>;
+    /// Whether it existed.
+    async fn delete_bundle(&self, name: &str) -> StoreResult<bool>;
 }
 
 /// Opens the store named by `url`: `sqlite://path` (created if missing) or `postgres://…`.

@@ -84,6 +84,7 @@ pub struct JobRow {
     pub sandbox: String,
     pub trace_content: bool,
     pub tool_grants: String,
+    pub tool_bundles: String,
 }
 
 /// The schedule as stored: (`schedule_kind`, `schedule_expr`).
@@ -140,6 +141,7 @@ impl TryFrom<JobRow> for Job {
                 sandbox,
                 trace_content: row.trace_content,
                 servers: json("tool_grants", &row.tool_grants)?,
+                bundles: json("tool_bundles", &row.tool_bundles)?,
             },
             misfire_policy: parse("misfire policy", &row.misfire_policy)?,
             misfire_cap: to_u32("misfire_cap", row.misfire_cap)?,

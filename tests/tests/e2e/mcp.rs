@@ -18,7 +18,7 @@ use tokio::process::Command;
 const DEFAULT_MODEL: &str = "claude-opus-5-5";
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
 
-const TOOLS: [&str; 26] = [
+const TOOLS: [&str; 31] = [
     "list_jobs",
     "get_job",
     "create_job",
@@ -41,6 +41,11 @@ const TOOLS: [&str; 26] = [
     "list_servers",
     "get_server",
     "delete_server",
+    "create_bundle",
+    "update_bundle",
+    "list_bundles",
+    "delete_bundle",
+    "assign_bundle",
     "set_credential",
     "list_credentials",
     "delete_credential",

@@ -54,6 +54,7 @@ fn job(name: &str) -> Job {
                 allow: vec!["send*".into()],
                 deny: vec![],
             }],
+            bundles: vec!["reporting".into()],
         },
         misfire_policy: MisfirePolicy::RunAll,
         misfire_cap: 3,

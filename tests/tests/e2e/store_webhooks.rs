@@ -50,6 +50,7 @@ fn webhook(name: &str, token_hash: &str) -> Webhook {
                     allow: vec![],
                     deny: vec!["delete_*".into()],
                 }],
+                bundles: vec!["triage".into()],
             },
             signature: SignatureConfig {
                 scheme: SignatureSchemeName::Github,
@@ -96,6 +97,7 @@ fn delivery(
         overlap: OverlapPolicy::Allow,
         sandbox: None,
         grants: Vec::new(),
+        bundles: Vec::new(),
     };
     let mut run = Run::queued(Trigger::Webhook, None, settings, None);
     run.created_at = now_ms();

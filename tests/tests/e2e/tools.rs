@@ -804,3 +804,113 @@ async fn the_runs_bash_cannot_read_a_fixed_servers_credential_in_a_container() {
         "the settings file was deleted once read: {found}"
     );
 }
+
+/// A tool bundle carries grants and built-in tools to the jobs given it; it cannot be deleted
+/// while a job names it.
+#[tokio::test]
+async fn a_bundle_gives_its_grants_and_tools_to_the_jobs_given_it() {
+    let Some((server, fake, python)) = start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    register_notes(&server, &python, dir.path()).await;
+    set_credential(&server, "NOTES_TOKEN", SECRET).await;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/bundles",
+            Some(json!({ "name": "note-taking", "servers": [{ "server": "nope" }] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "servers[0].server", "{body}");
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/bundles",
+            Some(json!({
+                "name": "note-taking",
+                "description": "read the team's notes",
+                "servers": [{ "server": "notes" }],
+                "tools": ["Bash(echo:*)"],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({ "name": "j", "prompt": "p", "bundles": ["missing"] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "bundles[0]", "{body}");
+
+    let job = server
+        .create_job(json!({ "name": "bundled", "prompt": "Look the release note up." }))
+        .await;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/bundles/note-taking/assign",
+            Some(json!({ "job": "bundled" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["bundles"], json!(["note-taking"]), "{body}");
+
+    fake.push(Reply::tool_use(
+        "mcp__notes__lookup_note",
+        json!({ "topic": "bundles" }),
+    ));
+    fake.push(Reply::tool_use(
+        "Bash",
+        json!({ "command": "echo from-bundle", "description": "echo" }),
+    ));
+    fake.push(Reply::text("Done."));
+    let run = server.trigger(job["id"].as_str().unwrap()).await;
+    let run_id = run["id"].as_str().unwrap();
+    let run = server.wait_until_finished(run_id, RUN_TIMEOUT).await;
+    let events = server.events(run_id).await;
+    assert_eq!(run["status"], "succeeded", "{run:#} {events:#?}");
+    let granted = events
+        .iter()
+        .find(|e| e["data"]["step"] == "tools_granted")
+        .expect("tools_granted");
+    assert_eq!(
+        granted["data"]["allowed_tools"],
+        json!(["Bash(echo:*)", "mcp__notes__lookup_note"]),
+        "{granted}"
+    );
+    let results: Vec<String> = events
+        .iter()
+        .filter(|e| e["kind"] == "tool_result")
+        .map(|e| e["data"].to_string())
+        .collect();
+    assert!(results[0].contains("note on bundles"), "{results:?}");
+    assert!(results[1].contains("from-bundle"), "{results:?}");
+
+    // Still given to the job: not deleted.
+    let (status, body) = server
+        .call(Method::DELETE, "/api/v1/bundles/note-taking", None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body.to_string().contains("job `bundled`"), "{body}");
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/bundles/note-taking/assign",
+            Some(json!({ "job": "bundled", "remove": true })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.get("bundles").is_none() || body["bundles"] == json!([]),
+        "{body}"
+    );
+    let (status, _) = server
+        .call(Method::DELETE, "/api/v1/bundles/note-taking", None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}

@@ -1,5 +1,5 @@
-//! The registry tools: MCP servers that runs can be granted, and the credentials they use.
-//! A credential's value goes in once and never comes out (only a fingerprint).
+//! The registry tools: MCP servers that runs can be granted, the credentials they use (a value
+//! goes in once and never comes out, only a fingerprint), and tool bundles.
 
 use rmcp::model::JsonObject;
 use schemars::JsonSchema;
@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{input, object, parse, success, to_value, NoArgs, Outcome, Spec};
 use crate::app::App;
-use crate::services::tools::{self, ServerInput};
+use crate::services::tools::{self, AssignInput, BundleInput, ServerInput};
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +31,17 @@ struct SetCredentialArgs {
 struct CredentialRef {
     /// The credential's name.
     name: String,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct BundleRef {
+    /// The bundle's name.
+    bundle: String,
+}
+
+fn bundle_schema() -> serde_json::Value {
+    json!({ "type": "object", "description": "A tool bundle: name, description, servers (grants), tools (built-in tools)" })
 }
 
 fn server_schema() -> serde_json::Value {
@@ -121,6 +132,62 @@ pub(super) fn specs() -> Vec<Spec> {
             object(json!({ "deleted": { "type": "string" } }), &["deleted"]),
             false,
             true,
+        ),
+        spec(
+            "create_bundle",
+            "Create a tool bundle",
+            "Creates a named set of MCP server grants and built-in tools that jobs, webhooks \
+             and quick runs can then name in `bundles` (or get with assign_bundle). Example: \
+             {\"name\": \"reporting\", \"servers\": [{\"server\": \"email\", \"access\": \
+             \"write\"}], \"tools\": [\"Read\"]}",
+            input::<BundleInput>(),
+            object(json!({ "bundle": bundle_schema() }), &["bundle"]),
+            false,
+            false,
+        ),
+        spec(
+            "update_bundle",
+            "Update a tool bundle",
+            "Replaces a bundle's description, servers and tools (the name stays). Runs \
+             claimed afterwards get the new contents. Example: {\"name\": \"reporting\", \
+             \"servers\": [{\"server\": \"email\", \"access\": \"read\"}]}",
+            input::<BundleInput>(),
+            object(json!({ "bundle": bundle_schema() }), &["bundle"]),
+            false,
+            false,
+        ),
+        spec(
+            "list_bundles",
+            "List tool bundles",
+            "Lists the tool bundles with their grants and tools. Example: {}",
+            input::<NoArgs>(),
+            object(
+                json!({ "bundles": { "type": "array", "items": bundle_schema() } }),
+                &["bundles"],
+            ),
+            true,
+            false,
+        ),
+        spec(
+            "delete_bundle",
+            "Delete a tool bundle",
+            "Deletes a bundle that no job or webhook names any more. Example: {\"bundle\": \
+             \"reporting\"}",
+            input::<BundleRef>(),
+            object(json!({ "deleted": { "type": "string" } }), &["deleted"]),
+            false,
+            true,
+        ),
+        spec(
+            "assign_bundle",
+            "Give a bundle to a job or webhook",
+            "Adds a tool bundle to a job's (or a webhook's own) run settings, or takes it away \
+             with remove: true. Example: {\"bundle\": \"reporting\", \"job\": \"sprint \
+             summary\"}",
+            input::<AssignInput>(),
+            object(json!({ "updated": { "type": "object" } }), &["updated"]),
+            false,
+            false,
         ),
         spec(
             "set_credential",
@@ -225,6 +292,55 @@ pub(super) async fn call(app: &App, name: &str, args: JsonObject) -> Outcome {
                 json!({ "deleted": name }),
             )
         }
+        "create_bundle" => {
+            let bundle = tools::create_bundle(app, parse(args)?).await?;
+            success(
+                format!("Created tool bundle `{}`.", bundle.name),
+                json!({ "bundle": to_value(&bundle)? }),
+            )
+        }
+        "update_bundle" => {
+            let input: BundleInput = parse(args)?;
+            let name = input.name.clone();
+            let bundle = tools::replace_bundle(app, &name, input).await?;
+            success(
+                format!("Updated tool bundle `{}`.", bundle.name),
+                json!({ "bundle": to_value(&bundle)? }),
+            )
+        }
+        "list_bundles" => {
+            let NoArgs {} = parse(args)?;
+            let bundles = tools::list_bundles(app).await?;
+            success(
+                format!("{} tool bundles.", bundles.len()),
+                json!({ "bundles": to_value(&bundles)? }),
+            )
+        }
+        "delete_bundle" => {
+            let BundleRef { bundle } = parse(args)?;
+            tools::delete_bundle(app, &bundle).await?;
+            success(
+                format!("Deleted tool bundle `{bundle}`."),
+                json!({ "deleted": bundle }),
+            )
+        }
+        "assign_bundle" => {
+            let input: AssignInput = parse(args)?;
+            let summary = format!(
+                "{} tool bundle `{}` {} {}.",
+                if input.remove { "Took" } else { "Gave" },
+                input.bundle,
+                if input.remove { "from" } else { "to" },
+                input
+                    .job
+                    .as_deref()
+                    .map(|job| format!("job `{job}`"))
+                    .or_else(|| input.webhook.as_deref().map(|w| format!("webhook `{w}`")))
+                    .unwrap_or_default()
+            );
+            let updated = tools::assign_bundle(app, input).await?;
+            success(summary, json!({ "updated": updated }))
+        }
         other => Err(super::Failure::Message(format!(
             "unknown registry tool `{other}`"
         ))),
@@ -245,6 +361,18 @@ pub(super) fn check_arguments(name: &str, args: JsonObject) -> Result<bool, supe
         }
         "set_credential" => {
             let SetCredentialArgs { .. } = parse(args)?;
+        }
+        "create_bundle" | "update_bundle" => {
+            let _: BundleInput = parse(args)?;
+        }
+        "list_bundles" => {
+            let NoArgs {} = parse(args)?;
+        }
+        "delete_bundle" => {
+            let BundleRef { .. } = parse(args)?;
+        }
+        "assign_bundle" => {
+            let _: AssignInput = parse(args)?;
         }
         "delete_credential" => {
             let CredentialRef { .. } = parse(args)?;

@@ -21,7 +21,7 @@ use crate::store::StoreError;
 
 pub async fn create(app: &App, input: JobInput) -> ServiceResult<JobView> {
     let job = input::validate(input, None, Utc::now())?;
-    tools::check_grants(app, &job.settings.servers).await?;
+    tools::check_tools(app, &job.settings).await?;
     app.store.insert_job(&job).await?;
     tracing::info!(job.id = %job.id, job.name = %job.name, "job created");
     app.notify_jobs_changed();
@@ -31,7 +31,7 @@ pub async fn create(app: &App, input: JobInput) -> ServiceResult<JobView> {
 pub async fn update(app: &App, id: JobId, patch: JobPatch) -> ServiceResult<JobView> {
     let existing = get(app, id).await?;
     let job = input::validate(input::apply(&existing, patch), Some(&existing), Utc::now())?;
-    tools::check_grants(app, &job.settings.servers).await?;
+    tools::check_tools(app, &job.settings).await?;
     match app.store.update_job(&job).await {
         Err(StoreError::NotFound) => return Err(not_found(id)),
         other => other?,

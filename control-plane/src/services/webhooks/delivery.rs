@@ -280,6 +280,7 @@ pub fn build_delivery(
                 // means): every delivery's run row stays as small as it can be.
                 sandbox: Some(run.sandbox).filter(|sandbox| *sandbox != Sandbox::defaults(true)),
                 grants: run.servers.clone(),
+                bundles: run.bundles.clone(),
             }
         }
     };

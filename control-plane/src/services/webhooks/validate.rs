@@ -135,7 +135,7 @@ pub(super) async fn validate(
         JobKind::Claude,
         existing.map_or_else(RetryPolicy::default, |webhook| webhook.config.run.retry),
     )?;
-    crate::services::tools::check_grants(app, &run.servers).await?;
+    crate::services::tools::check_tools(app, &run).await?;
 
     let SignatureChoice {
         config: signature,

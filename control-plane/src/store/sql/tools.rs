@@ -1,11 +1,12 @@
-//! MCP servers and credentials in the SQL store: the [`ToolStore`] reads and writes.
+//! MCP servers, credentials and tool bundles in the SQL store: the [`ToolStore`] reads and
+//! writes.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{classify, Pools, SqlStore};
-use crate::domain::tools::{Credential, McpServer, ServerTool, Transport};
+use crate::domain::tools::{Credential, McpServer, ServerTool, ToolBundle, ToolGrant, Transport};
 use crate::store::rows::{from_ms, to_json, to_ms};
 use crate::store::{StoreError, StoreResult, ToolStore};
 
@@ -40,6 +41,35 @@ fn config_of(server: &McpServer) -> String {
         transport: server.transport.clone(),
         tools: server.tools.clone(),
         tools_listed_at_ms: server.tools_listed_at.map(to_ms),
+    })
+}
+
+/// What of a bundle is kept in its `config` column.
+#[derive(Serialize, Deserialize)]
+struct BundleConfig {
+    description: Option<String>,
+    servers: Vec<ToolGrant>,
+    tools: Vec<String>,
+}
+
+fn bundle_from_row((name, config, created, updated): ServerRow) -> StoreResult<ToolBundle> {
+    let config: BundleConfig = serde_json::from_str(&config)
+        .map_err(|err| StoreError::Corrupt(format!("bundle {name}: {err}")))?;
+    Ok(ToolBundle {
+        name,
+        description: config.description,
+        servers: config.servers,
+        tools: config.tools,
+        created_at: from_ms(created)?,
+        updated_at: from_ms(updated)?,
+    })
+}
+
+fn bundle_config(bundle: &ToolBundle) -> String {
+    to_json(&BundleConfig {
+        description: bundle.description.clone(),
+        servers: bundle.servers.clone(),
+        tools: bundle.tools.clone(),
     })
 }
 
@@ -185,5 +215,64 @@ impl ToolStore for SqlStore {
         })
         .map_err(classify)?;
         Ok(())
+    }
+
+    async fn insert_bundle(&self, bundle: &ToolBundle) -> StoreResult<()> {
+        on_write!(self, pool => {
+            sqlx::query("INSERT INTO tool_bundles (name, config, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4)")
+                .bind(&bundle.name)
+                .bind(bundle_config(bundle))
+                .bind(to_ms(bundle.created_at))
+                .bind(to_ms(bundle.updated_at))
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(|err| match classify(err) {
+            StoreError::Conflict(_) => {
+                StoreError::Conflict(format!("a bundle named `{}` already exists", bundle.name))
+            }
+            other => other,
+        })?;
+        Ok(())
+    }
+
+    async fn update_bundle(&self, bundle: &ToolBundle) -> StoreResult<()> {
+        let updated = on_write!(self, pool => {
+            sqlx::query("UPDATE tool_bundles SET config = $2, updated_at_ms = $3 WHERE name = $1")
+                .bind(&bundle.name)
+                .bind(bundle_config(bundle))
+                .bind(to_ms(bundle.updated_at))
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(classify)?;
+        if updated == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn list_bundles(&self) -> StoreResult<Vec<ToolBundle>> {
+        let rows: Vec<ServerRow> = on_read!(self, pool => {
+            sqlx::query_as("SELECT name, config, created_at_ms, updated_at_ms FROM tool_bundles ORDER BY name")
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(classify)?;
+        rows.into_iter().map(bundle_from_row).collect()
+    }
+
+    async fn delete_bundle(&self, name: &str) -> StoreResult<bool> {
+        let deleted = on_write!(self, pool => {
+            sqlx::query("DELETE FROM tool_bundles WHERE name = $1")
+                .bind(name)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(classify)?;
+        Ok(deleted == 1)
     }
 }

@@ -1,29 +1,22 @@
-//! What runs can reach beside the CLI's own tools: the registry of MCP servers, the credentials
-//! vault (write-only: a value is never shown again once set), and, when a worker claims a run,
-//! the resolution of the run's grants into the servers, tool lists and sealed credentials it
-//! hands that worker.
+//! The registry of MCP servers: register, replace, look up, delete; a server's view names the
+//! credentials it needs and those not set yet.
 
 use std::collections::BTreeSet;
 
 use autopilot_fixed_servers::catalog::{self, FixedServer};
-use autopilot_proto::{McpServerSpec, RunKind, RunSpec, SealedSecrets, Secrets};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::domain::tools::{
     credentials_of, placeholders, validate_credential_name, validate_server_name, AccessLevel,
-    Credential, McpServer, ServerTool, ToolGrant, Transport,
+    McpServer, ServerTool, Transport,
 };
-use crate::domain::{Run, ServiceError, ServiceResult};
+use crate::domain::{ServiceError, ServiceResult};
 
-/// Longest credential value accepted (a private key in PEM fits).
-const MAX_CREDENTIAL_BYTES: usize = 16 * 1024;
 /// Most tools a server may list.
 const MAX_TOOLS: usize = 500;
-
-// --- Servers ---------------------------------------------------------------------------------
 
 /// A server as clients register it.
 #[derive(Deserialize, Serialize, Debug, Clone, JsonSchema)]
@@ -346,230 +339,4 @@ pub async fn delete_server(app: &App, name: &str) -> ServiceResult<()> {
     }
     tracing::info!(server.name = %name, "MCP server deleted");
     Ok(())
-}
-
-/// Checks that every server `grants` name is registered (for a job, webhook or quick run being
-/// saved), naming the first that is not.
-pub async fn check_grants(app: &App, grants: &[ToolGrant]) -> ServiceResult<()> {
-    if grants.is_empty() {
-        return Ok(());
-    }
-    let servers = app.store.list_servers().await?;
-    for (index, grant) in grants.iter().enumerate() {
-        if !servers.iter().any(|server| server.name == grant.server) {
-            let known: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
-            return Err(ServiceError::invalid(
-                format!("servers[{index}].server"),
-                format!(
-                    "no MCP server `{}` is registered (registered: {}); register it first",
-                    grant.server,
-                    if known.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-// --- Credentials -----------------------------------------------------------------------------
-
-/// A credential as shown: never its value.
-#[derive(Serialize, Debug)]
-pub struct CredentialView {
-    pub name: String,
-    /// A keyed digest: equal for equal values, revealing nothing of the value.
-    pub fingerprint: String,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub last_used_at: Option<DateTime<Utc>>,
-}
-
-impl From<Credential> for CredentialView {
-    fn from(c: Credential) -> Self {
-        Self {
-            name: c.name,
-            fingerprint: c.fingerprint,
-            created_at: c.created_at,
-            updated_at: c.updated_at,
-            last_used_at: c.last_used_at,
-        }
-    }
-}
-
-pub async fn set_credential(app: &App, name: &str, value: &str) -> ServiceResult<CredentialView> {
-    validate_credential_name("name", name)?;
-    if value.is_empty() || value.len() > MAX_CREDENTIAL_BYTES {
-        return Err(ServiceError::invalid(
-            "value",
-            format!("must be 1 to {MAX_CREDENTIAL_BYTES} bytes"),
-        ));
-    }
-    let existing = app
-        .store
-        .list_credentials()
-        .await?
-        .into_iter()
-        .find(|c| c.name == name);
-    let now = Utc::now();
-    let (wrapped_key, sealed_value) = app
-        .sealer
-        .seal_enveloped(&Credential::context(name), value.as_bytes());
-    let credential = Credential {
-        name: name.to_owned(),
-        wrapped_key,
-        sealed_value,
-        fingerprint: app.sealer.fingerprint(value.as_bytes()),
-        created_at: existing.as_ref().map_or(now, |c| c.created_at),
-        updated_at: now,
-        last_used_at: existing.and_then(|c| c.last_used_at),
-    };
-    app.store.put_credential(&credential).await?;
-    tracing::info!(credential.name = %name, "credential set");
-    Ok(credential.into())
-}
-
-pub async fn list_credentials(app: &App) -> ServiceResult<Vec<CredentialView>> {
-    Ok(app
-        .store
-        .list_credentials()
-        .await?
-        .into_iter()
-        .map(CredentialView::from)
-        .collect())
-}
-
-pub async fn delete_credential(app: &App, name: &str) -> ServiceResult<()> {
-    if !app.store.delete_credential(name).await? {
-        return Err(ServiceError::NotFound {
-            what: "credential",
-            id: name.to_owned(),
-        });
-    }
-    tracing::info!(credential.name = %name, "credential deleted");
-    Ok(())
-}
-
-// --- Grants at claim -------------------------------------------------------------------------
-
-/// The registry and vault as one claim request reads them (once, however many runs it claims).
-pub struct Registry {
-    servers: Vec<McpServer>,
-    credentials: Vec<Credential>,
-}
-
-/// What a claimed run is handed beside its spec.
-#[derive(Default)]
-pub struct Handed {
-    pub secrets: Option<SealedSecrets>,
-    pub cannot_start: Option<String>,
-}
-
-impl Registry {
-    pub async fn load(app: &App) -> ServiceResult<Self> {
-        Ok(Self {
-            servers: app.store.list_servers().await?,
-            credentials: app.store.list_credentials().await?,
-        })
-    }
-
-    /// Resolves `run`'s grants into `spec` (its MCP servers and the tools allowed and denied)
-    /// and seals the credentials they use to the claiming worker's `sealing_key`. Also returns
-    /// the names of the credentials handed out.
-    pub fn hand_out(
-        &self,
-        app: &App,
-        run: &Run,
-        spec: &mut RunSpec,
-        sealing_key: Option<&str>,
-    ) -> (Handed, Vec<String>) {
-        match self.resolve(app, &run.settings.grants, spec, sealing_key) {
-            Ok(handed) => handed,
-            Err(reason) => (
-                Handed {
-                    secrets: None,
-                    cannot_start: Some(reason),
-                },
-                Vec::new(),
-            ),
-        }
-    }
-
-    fn resolve(
-        &self,
-        app: &App,
-        grants: &[ToolGrant],
-        spec: &mut RunSpec,
-        sealing_key: Option<&str>,
-    ) -> Result<(Handed, Vec<String>), String> {
-        let RunKind::Claude(claude) = &mut spec.kind else {
-            return Err("MCP servers are granted to Claude runs only".to_owned());
-        };
-        let mut needed = BTreeSet::new();
-        for grant in grants {
-            let server = self
-                .servers
-                .iter()
-                .find(|server| server.name == grant.server)
-                .ok_or_else(|| {
-                    format!(
-                        "the MCP server `{}` granted to this run is no longer registered; \
-                         register it again or remove it from the run's settings",
-                        grant.server
-                    )
-                })?;
-            let resolved = grant.resolve(server);
-            claude.allowed_tools.extend(resolved.allowed);
-            claude.disallowed_tools.extend(resolved.disallowed);
-            needed.extend(credentials_of(&server.transport));
-            claude.mcp_servers.push(McpServerSpec {
-                name: server.name.clone(),
-                transport: server.transport.clone(),
-            });
-        }
-        if needed.is_empty() {
-            return Ok((Handed::default(), Vec::new()));
-        }
-        let mut secrets = Secrets::new();
-        for name in &needed {
-            let credential = self
-                .credentials
-                .iter()
-                .find(|c| &c.name == name)
-                .ok_or_else(|| {
-                    format!(
-                        "the credential `{name}` that a granted MCP server uses is not set; set \
-                         it with set_credential"
-                    )
-                })?;
-            let value = app
-                .sealer
-                .open_enveloped(
-                    &Credential::context(name),
-                    &credential.wrapped_key,
-                    &credential.sealed_value,
-                )
-                .map_err(|err| format!("the credential `{name}` could not be opened: {err}"))?;
-            let value = String::from_utf8(value)
-                .map_err(|_| format!("the credential `{name}` is not text"))?;
-            secrets.insert(name.clone(), value);
-        }
-        let key = sealing_key.ok_or_else(|| {
-            "the worker that claimed this run cannot receive credentials (it sent no sealing \
-             key); upgrade it"
-                .to_owned()
-        })?;
-        let sealed = SealedSecrets::seal(key, spec.run_id, spec.attempt, &secrets)
-            .map_err(|err| format!("could not seal the run's credentials: {err}"))?;
-        Ok((
-            Handed {
-                secrets: Some(sealed),
-                cannot_start: None,
-            },
-            needed.into_iter().collect(),
-        ))
-    }
 }

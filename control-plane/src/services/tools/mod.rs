@@ -1,0 +1,21 @@
+//! What runs can reach beside the CLI's own tools: the registry of MCP servers ([`servers`]),
+//! the credentials vault ([`credentials`]; write-only: a value is never shown again once set),
+//! tool bundles ([`bundles`]: named sets of grants), and, when a worker claims a run, the
+//! resolution of the run's grants into the servers, tool lists and sealed credentials it hands
+//! that worker ([`grants`]).
+
+mod bundles;
+mod credentials;
+mod grants;
+mod servers;
+
+pub use bundles::{
+    assign_bundle, create_bundle, delete_bundle, get_bundle, list_bundles, replace_bundle,
+    AssignInput, BundleInput,
+};
+pub use credentials::{delete_credential, list_credentials, set_credential, CredentialView};
+pub use grants::{check_tools, Handed, Registry};
+pub use servers::{
+    delete_server, find_server, get_server, list_servers, register_server, replace_server,
+    validate_server, ServerInput, ServerView, ToolInput,
+};

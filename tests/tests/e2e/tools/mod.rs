@@ -1,6 +1,11 @@
 //! Tools for jobs: MCP servers from the registry granted to runs, with their credentials from
 //! the vault. The real CLI, driven by the fake model, starts a real Python MCP server (the `mcp`
-//! SDK 2, `MCPServer`) and calls its tools.
+//! SDK 2, `MCPServer`) and calls its tools. Here: local runs and the API; the Docker executor in
+//! `docker`, the email server in `email`, the fleet's bus in `fleet`.
+
+mod docker;
+mod email;
+mod fleet;
 
 use std::path::Path;
 use std::time::Duration;
@@ -11,12 +16,12 @@ use autopilot_tests::harness::TestServer;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-const RUN_TIMEOUT: Duration = Duration::from_secs(90);
-const SECRET: &str = "s3cret-notes-token-42";
+pub(super) const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+pub(super) const SECRET: &str = "s3cret-notes-token-42";
 
 /// A stdio MCP server with a tool that reads (and answers with) its credential, and one that
 /// would erase notes by writing a marker file.
-const NOTES_SERVER: &str = r#"
+pub(super) const NOTES_SERVER: &str = r#"
 import os, sys
 from mcp.server.mcpserver import MCPServer
 
@@ -36,7 +41,7 @@ def erase_notes() -> str:
 server.run()
 "#;
 
-async fn start() -> Option<(
+pub(super) async fn start() -> Option<(
     TestServer,
     autopilot_tests::fake_anthropic::FakeAnthropic,
     std::path::PathBuf,
@@ -46,7 +51,7 @@ async fn start() -> Option<(
     Some((server, fake, python))
 }
 
-async fn register_notes(server: &TestServer, python: &Path, dir: &Path) -> Value {
+pub(super) async fn register_notes(server: &TestServer, python: &Path, dir: &Path) -> Value {
     let script = dir.join("notes_server.py");
     std::fs::write(&script, NOTES_SERVER).unwrap();
     let (status, body) = server
@@ -70,7 +75,7 @@ async fn register_notes(server: &TestServer, python: &Path, dir: &Path) -> Value
     body
 }
 
-async fn set_credential(server: &TestServer, name: &str, value: &str) -> Value {
+pub(super) async fn set_credential(server: &TestServer, name: &str, value: &str) -> Value {
     let (status, body) = server
         .call(
             Method::PUT,
@@ -422,387 +427,6 @@ async fn tools_api_names_what_is_wrong() {
         .call(Method::DELETE, "/api/v1/credentials/CRM_TOKEN", None)
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-}
-
-/// On the Docker executor the server starts inside the run's container (from the run image's
-/// Python), its configuration mounted read-only, with the same grant and redaction.
-#[tokio::test]
-async fn a_granted_server_runs_in_the_run_container_with_its_credential() {
-    let Some(_docker) = components::docker_engine().await else {
-        return;
-    };
-    if components::docker_executor("tools-e2e-probe")
-        .await
-        .is_none()
-    {
-        return;
-    }
-    let fake = autopilot_tests::fake_anthropic::FakeAnthropic::start()
-        .await
-        .expect("fake API");
-    let server = TestServer::builder()
-        .docker()
-        .model_api(&fake.base_url())
-        .kill_grace(Duration::from_secs(1))
-        .start()
-        .await;
-    set_credential(&server, "NOTES_TOKEN", SECRET).await;
-    let (status, body) = server
-        .call(
-            Method::POST,
-            "/api/v1/servers",
-            Some(json!({
-                "name": "notes",
-                "transport": {
-                    "type": "stdio",
-                    "command": "python3",
-                    "args": ["/workspace/notes_server.py", "/workspace/erased"],
-                    "env": { "NOTES_TOKEN": "${NOTES_TOKEN}" },
-                },
-                "tools": [{ "name": "lookup_note" }, { "name": "erase_notes" }],
-            })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let job = server
-        .create_job(json!({
-            "name": "notes in a container",
-            "prompt": "Look the release note up.",
-            "allowed_tools": ["Bash"],
-            "servers": [{ "server": "notes", "access": "write" }],
-        }))
-        .await;
-    let workspace = server.workspace_of(&job);
-    std::fs::create_dir_all(&workspace).unwrap();
-    std::fs::write(workspace.join("notes_server.py"), NOTES_SERVER).unwrap();
-    fake.push(Reply::tool_use(
-        "mcp__notes__lookup_note",
-        json!({ "topic": "containers" }),
-    ));
-    fake.push(Reply::tool_use("mcp__notes__erase_notes", json!({})));
-    // The run's Bash looks for the credential in the configuration's directory and in every
-    // process's environment (the Python server's among them), printing what it finds reversed,
-    // which the worker's redaction does not recognise.
-    let snoop = "{ cat /run/autopilot-mcp/* 2>&1; for f in /proc/[0-9]*/environ; do \
-                 echo \"== $f\"; tr '\\0' '\\n' < \"$f\" 2>&1; done; } | rev; \
-                 echo left: $(ls /run/autopilot-mcp)";
-    fake.push(Reply::tool_use(
-        "Bash",
-        json!({ "command": snoop, "description": "look for the token" }),
-    ));
-    fake.push(Reply::text("Done."));
-    let run = server.trigger(job["id"].as_str().unwrap()).await;
-    let run_id = run["id"].as_str().unwrap();
-    let run = server.wait_until_finished(run_id, RUN_TIMEOUT).await;
-    let events = server.events(run_id).await;
-    assert_eq!(run["status"], "succeeded", "{run:#} {events:#?}");
-    let everything = format!("{run} {}", Value::Array(events.clone()));
-    assert!(
-        !everything.contains(SECRET),
-        "the credential leaked: {everything}"
-    );
-    let result = events
-        .iter()
-        .find(|e| {
-            e["kind"] == "tool_result" && e["data"].to_string().contains("note on containers")
-        })
-        .unwrap_or_else(|| panic!("no result of lookup_note in {events:#?}"));
-    assert!(
-        result["data"]
-            .to_string()
-            .contains("[redacted NOTES_TOKEN]"),
-        "{result}"
-    );
-    let found = events
-        .iter()
-        .filter(|e| e["kind"] == "tool_result")
-        .map(|e| e["data"]["content"].to_string())
-        .next_back()
-        .unwrap();
-    let reversed: String = SECRET.chars().rev().collect();
-    assert!(
-        !found.contains(&reversed),
-        "Bash found the credential: {found}"
-    );
-    assert!(
-        found.contains("=EMOH"),
-        "the probe read other environments: {found}"
-    );
-    assert!(found.contains("Permission denied"), "{found}");
-    assert!(found.contains("left: mcp.json"), "{found}");
-    assert!(
-        !workspace.join("erased").exists(),
-        "a tool outside the grant ran"
-    );
-    assert_eq!(
-        events
-            .iter()
-            .find(|e| e["data"]["step"] == "started")
-            .unwrap()["data"]["executor"],
-        "docker"
-    );
-}
-
-/// A real SMTP server (aiosmtpd) on loopback that keeps what it receives in a Maildir.
-struct SmtpServer {
-    port: u16,
-    maildir: tempfile::TempDir,
-    _process: tokio::process::Child,
-}
-
-impl SmtpServer {
-    async fn start(python: &Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let maildir = tempfile::tempdir().unwrap();
-        let process = tokio::process::Command::new(python)
-            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(maildir.path().join("mail"))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start aiosmtpd");
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Self {
-                    port,
-                    maildir,
-                    _process: process,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("aiosmtpd did not listen on port {port}");
-    }
-
-    /// Every message received, as text.
-    fn messages(&self) -> Vec<String> {
-        let new = self.maildir.path().join("mail/new");
-        let Ok(entries) = std::fs::read_dir(new) else {
-            return Vec::new();
-        };
-        entries
-            .map(|entry| std::fs::read_to_string(entry.unwrap().path()).unwrap())
-            .collect()
-    }
-}
-
-/// The fixed `email` server: the real CLI sends a summary with an attachment to an allowed
-/// recipient through a real SMTP server; a recipient outside the allowlist gets nothing.
-#[tokio::test]
-async fn the_email_server_sends_to_allowed_recipients_only() {
-    let Some(python) = components::mcp_python() else {
-        return;
-    };
-    let Some(fixed_servers) = components::fixed_servers_bin() else {
-        return;
-    };
-    let Some(claude) = components::claude_bin() else {
-        return;
-    };
-    let fake = autopilot_tests::fake_anthropic::FakeAnthropic::start()
-        .await
-        .expect("fake API");
-    let server = TestServer::builder()
-        .claude_bin(claude)
-        .fixed_servers_bin(fixed_servers)
-        .model_api(&fake.base_url())
-        .start()
-        .await;
-    let smtp = SmtpServer::start(&python).await;
-    let (status, body) = server
-        .call(
-            Method::POST,
-            "/api/v1/servers",
-            Some(json!({
-                "name": "email",
-                "transport": {
-                    "type": "fixed",
-                    "server": "email",
-                    "env": {
-                        "EMAIL_SMTP_URL": format!("smtp://127.0.0.1:{}", smtp.port),
-                        "EMAIL_FROM": "Autopilot <bot@example.com>",
-                        "EMAIL_ALLOWED_RECIPIENTS": "ana@example.com",
-                    },
-                },
-            })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let tools: Vec<(&str, &str)> = body["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["name"].as_str().unwrap(), t["access"].as_str().unwrap()))
-        .collect();
-    assert_eq!(
-        tools,
-        [("send_email", "write"), ("list_email_accounts", "read")]
-    );
-
-    let job = server
-        .create_job(json!({
-            "name": "sprint summary",
-            "prompt": "Summarise the sprint and email it to Ana.",
-            "servers": [{ "server": "email", "access": "write" }],
-        }))
-        .await;
-    let workspace = server.workspace_of(&job);
-    std::fs::create_dir_all(&workspace).unwrap();
-    std::fs::write(workspace.join("summary.md"), "# Sprint 42\nAll green.\n").unwrap();
-    fake.push(Reply::tool_use(
-        "mcp__email__send_email",
-        json!({
-            "to": ["Ana <ana@example.com>"],
-            "subject": "Sprint 42 summary",
-            "text": "All green; the summary is attached.",
-            "attachments": ["summary.md"],
-        }),
-    ));
-    fake.push(Reply::tool_use(
-        "mcp__email__send_email",
-        json!({ "to": ["eve@evil.example"], "subject": "Leak", "text": "psst" }),
-    ));
-    fake.push(Reply::text("Sent the summary to Ana."));
-    let run = server.trigger(job["id"].as_str().unwrap()).await;
-    let run_id = run["id"].as_str().unwrap();
-    let run = server.wait_until_finished(run_id, RUN_TIMEOUT).await;
-    let events = server.events(run_id).await;
-    assert_eq!(run["status"], "succeeded", "{run:#} {events:#?}");
-
-    let messages = smtp.messages();
-    assert_eq!(messages.len(), 1, "{messages:#?}");
-    let message = &messages[0];
-    assert!(message.contains("Subject: Sprint 42 summary"), "{message}");
-    assert!(message.contains("ana@example.com"), "{message}");
-    assert!(message.contains("filename=\"summary.md\""), "{message}");
-    assert!(!message.contains("evil"), "{message}");
-    let results: Vec<&Value> = events
-        .iter()
-        .filter(|e| e["kind"] == "tool_result")
-        .collect();
-    assert_eq!(results.len(), 2, "{events:#?}");
-    assert_eq!(results[0]["data"]["is_error"], false, "{:#}", results[0]);
-    assert!(
-        results[0]["data"].to_string().contains("message 1 of 10"),
-        "{:#}",
-        results[0]
-    );
-    assert_eq!(results[1]["data"]["is_error"], true, "{:#}", results[1]);
-    assert!(
-        results[1]["data"]
-            .to_string()
-            .contains("may not receive mail"),
-        "{:#}",
-        results[1]
-    );
-}
-
-/// On the Docker executor a fixed server's settings reach it in a file it deletes once read,
-/// and it runs from an execute-only program: the run's Bash finds the credential neither in the
-/// configuration's directory nor in any process's environment.
-#[tokio::test]
-async fn the_runs_bash_cannot_read_a_fixed_servers_credential_in_a_container() {
-    let Some(_docker) = components::docker_engine().await else {
-        return;
-    };
-    if components::docker_executor("tools-e2e-probe")
-        .await
-        .is_none()
-    {
-        return;
-    }
-    let fake = autopilot_tests::fake_anthropic::FakeAnthropic::start()
-        .await
-        .expect("fake API");
-    let server = TestServer::builder()
-        .docker()
-        .model_api(&fake.base_url())
-        .kill_grace(Duration::from_secs(1))
-        .start()
-        .await;
-    let password = "smtp-pass-4e6f1b9d";
-    set_credential(&server, "SMTP_PASSWORD", password).await;
-    let (status, body) = server
-        .call(
-            Method::POST,
-            "/api/v1/servers",
-            Some(json!({
-                "name": "email",
-                "transport": {
-                    "type": "fixed",
-                    "server": "email",
-                    "env": {
-                        // Never connected to: the run only lists the accounts.
-                        "EMAIL_SMTP_URL": "smtp://bot:${SMTP_PASSWORD}@192.0.2.1:25",
-                        "EMAIL_FROM": "Autopilot <bot@example.com>",
-                        "EMAIL_ALLOWED_RECIPIENTS": "*@example.com",
-                    },
-                },
-            })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let job = server
-        .create_job(json!({
-            "name": "snooper",
-            "prompt": "Find the SMTP password.",
-            "allowed_tools": ["Bash"],
-            "servers": [{ "server": "email", "access": "write" }],
-        }))
-        .await;
-    // Everything found is printed reversed, which the worker's redaction does not recognise:
-    // a credential that was found would show here.
-    let snoop = "{ ls -la /run/autopilot-mcp; cat /run/autopilot-mcp/* 2>&1; \
-                 for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do \
-                 echo \"== $f\"; tr '\\0' '\\n' < \"$f\" 2>&1; done; } | rev; \
-                 echo left: $(ls /run/autopilot-mcp)";
-    fake.push(Reply::tool_use(
-        "mcp__email__list_email_accounts",
-        json!({}),
-    ));
-    fake.push(Reply::tool_use(
-        "Bash",
-        json!({ "command": snoop, "description": "look for the password" }),
-    ));
-    fake.push(Reply::text("Found nothing."));
-    let run = server.trigger(job["id"].as_str().unwrap()).await;
-    let run_id = run["id"].as_str().unwrap();
-    let run = server.wait_until_finished(run_id, RUN_TIMEOUT).await;
-    let events = server.events(run_id).await;
-    assert_eq!(run["status"], "succeeded", "{run:#} {events:#?}");
-    let results: Vec<String> = events
-        .iter()
-        .filter(|e| e["kind"] == "tool_result")
-        .map(|e| e["data"]["content"].to_string())
-        .collect();
-    assert_eq!(results.len(), 2, "{events:#?}");
-    assert!(
-        results[0].contains("bot@example.com"),
-        "the server got its settings: {}",
-        results[0]
-    );
-    let found = &results[1];
-    // The probe works: it read the environment of the run's other processes (`HOME=`, reversed),
-    // but not the server's.
-    assert!(found.contains("=EMOH"), "{found}");
-    assert!(found.contains("Permission denied"), "{found}");
-    let reversed: String = password.chars().rev().collect();
-    assert!(
-        !found.contains(&reversed),
-        "Bash found the credential: {found}"
-    );
-    assert!(!found.contains(password), "{found}");
-    assert!(
-        found.contains("left: mcp.json"),
-        "the settings file was deleted once read: {found}"
-    );
 }
 
 /// A tool bundle carries grants and built-in tools to the jobs given it; it cannot be deleted

@@ -1,0 +1,228 @@
+//! Servers granted to runs on the Docker executor: inside the run's container, with the run's
+//! Bash unable to find their credentials.
+
+use std::time::Duration;
+
+use autopilot_tests::components;
+use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply};
+use autopilot_tests::harness::TestServer;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use super::{set_credential, NOTES_SERVER, RUN_TIMEOUT, SECRET};
+
+/// On the Docker executor the server starts inside the run's container (from the run image's
+/// Python), its configuration mounted read-only, with the same grant and redaction.
+#[tokio::test]
+async fn a_granted_server_runs_in_the_run_container_with_its_credential() {
+    let Some(_docker) = components::docker_engine().await else {
+        return;
+    };
+    if components::docker_executor("tools-e2e-probe")
+        .await
+        .is_none()
+    {
+        return;
+    }
+    let fake = FakeAnthropic::start().await.expect("fake API");
+    let server = TestServer::builder()
+        .docker()
+        .model_api(&fake.base_url())
+        .kill_grace(Duration::from_secs(1))
+        .start()
+        .await;
+    set_credential(&server, "NOTES_TOKEN", SECRET).await;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/servers",
+            Some(json!({
+                "name": "notes",
+                "transport": {
+                    "type": "stdio",
+                    "command": "python3",
+                    "args": ["/workspace/notes_server.py", "/workspace/erased"],
+                    "env": { "NOTES_TOKEN": "${NOTES_TOKEN}" },
+                },
+                "tools": [{ "name": "lookup_note" }, { "name": "erase_notes" }],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let job = server
+        .create_job(json!({
+            "name": "notes in a container",
+            "prompt": "Look the release note up.",
+            "allowed_tools": ["Bash"],
+            "servers": [{ "server": "notes", "access": "write" }],
+        }))
+        .await;
+    let workspace = server.workspace_of(&job);
+    std::fs::create_dir_all(&workspace).unwrap();
+    std::fs::write(workspace.join("notes_server.py"), NOTES_SERVER).unwrap();
+    fake.push(Reply::tool_use(
+        "mcp__notes__lookup_note",
+        json!({ "topic": "containers" }),
+    ));
+    fake.push(Reply::tool_use("mcp__notes__erase_notes", json!({})));
+    // The run's Bash looks for the credential in the configuration's directory and in every
+    // process's environment (the Python server's among them), printing what it finds reversed,
+    // which the worker's redaction does not recognise.
+    let snoop = "{ cat /run/autopilot-mcp/* 2>&1; for f in /proc/[0-9]*/environ; do \
+                 echo \"== $f\"; tr '\\0' '\\n' < \"$f\" 2>&1; done; } | rev; \
+                 echo left: $(ls /run/autopilot-mcp)";
+    fake.push(Reply::tool_use(
+        "Bash",
+        json!({ "command": snoop, "description": "look for the token" }),
+    ));
+    fake.push(Reply::text("Done."));
+    let run = server.trigger(job["id"].as_str().unwrap()).await;
+    let run_id = run["id"].as_str().unwrap();
+    let run = server.wait_until_finished(run_id, RUN_TIMEOUT).await;
+    let events = server.events(run_id).await;
+    assert_eq!(run["status"], "succeeded", "{run:#} {events:#?}");
+    let everything = format!("{run} {}", Value::Array(events.clone()));
+    assert!(
+        !everything.contains(SECRET),
+        "the credential leaked: {everything}"
+    );
+    let result = events
+        .iter()
+        .find(|e| {
+            e["kind"] == "tool_result" && e["data"].to_string().contains("note on containers")
+        })
+        .unwrap_or_else(|| panic!("no result of lookup_note in {events:#?}"));
+    assert!(
+        result["data"]
+            .to_string()
+            .contains("[redacted NOTES_TOKEN]"),
+        "{result}"
+    );
+    let found = events
+        .iter()
+        .filter(|e| e["kind"] == "tool_result")
+        .map(|e| e["data"]["content"].to_string())
+        .next_back()
+        .unwrap();
+    let reversed: String = SECRET.chars().rev().collect();
+    assert!(
+        !found.contains(&reversed),
+        "Bash found the credential: {found}"
+    );
+    assert!(
+        found.contains("=EMOH"),
+        "the probe read other environments: {found}"
+    );
+    assert!(found.contains("Permission denied"), "{found}");
+    assert!(found.contains("left: mcp.json"), "{found}");
+    assert!(
+        !workspace.join("erased").exists(),
+        "a tool outside the grant ran"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .find(|e| e["data"]["step"] == "started")
+            .unwrap()["data"]["executor"],
+        "docker"
+    );
+}
+
+/// On the Docker executor a fixed server's settings reach it in a file it deletes once read,
+/// and it runs from an execute-only program: the run's Bash finds the credential neither in the
+/// configuration's directory nor in any process's environment.
+#[tokio::test]
+async fn the_runs_bash_cannot_read_a_fixed_servers_credential_in_a_container() {
+    let Some(_docker) = components::docker_engine().await else {
+        return;
+    };
+    if components::docker_executor("tools-e2e-probe")
+        .await
+        .is_none()
+    {
+        return;
+    }
+    let fake = FakeAnthropic::start().await.expect("fake API");
+    let server = TestServer::builder()
+        .docker()
+        .model_api(&fake.base_url())
+        .kill_grace(Duration::from_secs(1))
+        .start()
+        .await;
+    let password = "smtp-pass-4e6f1b9d";
+    set_credential(&server, "SMTP_PASSWORD", password).await;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/servers",
+            Some(json!({
+                "name": "email",
+                "transport": {
+                    "type": "fixed",
+                    "server": "email",
+                    "env": {
+                        // Never connected to: the run only lists the accounts.
+                        "EMAIL_SMTP_URL": "smtp://bot:${SMTP_PASSWORD}@192.0.2.1:25",
+                        "EMAIL_FROM": "Autopilot <bot@example.com>",
+                        "EMAIL_ALLOWED_RECIPIENTS": "*@example.com",
+                    },
+                },
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let job = server
+        .create_job(json!({
+            "name": "snooper",
+            "prompt": "Find the SMTP password.",
+            "allowed_tools": ["Bash"],
+            "servers": [{ "server": "email", "access": "write" }],
+        }))
+        .await;
+    // Everything found is printed reversed, which the worker's redaction does not recognise:
+    // a credential that was found would show here.
+    let snoop = "{ ls -la /run/autopilot-mcp; cat /run/autopilot-mcp/* 2>&1; \
+                 for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do \
+                 echo \"== $f\"; tr '\\0' '\\n' < \"$f\" 2>&1; done; } | rev; \
+                 echo left: $(ls /run/autopilot-mcp)";
+    fake.push(Reply::tool_use(
+        "mcp__email__list_email_accounts",
+        json!({}),
+    ));
+    fake.push(Reply::tool_use(
+        "Bash",
+        json!({ "command": snoop, "description": "look for the password" }),
+    ));
+    fake.push(Reply::text("Found nothing."));
+    let run = server.trigger(job["id"].as_str().unwrap()).await;
+    let run_id = run["id"].as_str().unwrap();
+    let run = server.wait_until_finished(run_id, RUN_TIMEOUT).await;
+    let events = server.events(run_id).await;
+    assert_eq!(run["status"], "succeeded", "{run:#} {events:#?}");
+    let results: Vec<String> = events
+        .iter()
+        .filter(|e| e["kind"] == "tool_result")
+        .map(|e| e["data"]["content"].to_string())
+        .collect();
+    assert_eq!(results.len(), 2, "{events:#?}");
+    assert!(
+        results[0].contains("bot@example.com"),
+        "the server got its settings: {}",
+        results[0]
+    );
+    let found = &results[1];
+    // The probe works: it read the environment of the run's other processes (`HOME=`, reversed),
+    // but not the server's.
+    assert!(found.contains("=EMOH"), "{found}");
+    assert!(found.contains("Permission denied"), "{found}");
+    let reversed: String = password.chars().rev().collect();
+    assert!(
+        !found.contains(&reversed),
+        "Bash found the credential: {found}"
+    );
+    assert!(!found.contains(password), "{found}");
+    assert!(
+        found.contains("left: mcp.json"),
+        "the settings file was deleted once read: {found}"
+    );
+}

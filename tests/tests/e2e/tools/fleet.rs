@@ -1,0 +1,141 @@
+//! Credentials in the fleet: a claim reply carries a run's credentials sealed to the claiming
+//! worker process, only for a run that is granted a server using them, and nothing on NATS ever
+//! holds a credential in plaintext.
+
+use std::time::Duration;
+
+use autopilot_proto::{
+    Bus, JetStreamBus, JetStreamConfig, RunAttempt, RunId, RunKind, WorkerId, WorkerKey,
+    WorkerReply, WorkerRequest,
+};
+use autopilot_tests::cluster::{Cluster, ClusterOptions};
+use base64::Engine;
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use super::SECRET;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_cross_the_bus_sealed_and_only_for_runs_granted_them() {
+    let options = ClusterOptions {
+        control_planes: 1,
+        workers: 0,
+        ..ClusterOptions::default()
+    };
+    let Some(cluster) = Cluster::start(options).await else {
+        return;
+    };
+    let api = cluster.api(0).clone();
+    // Everything published on NATS from here on, whatever the subject.
+    let nats = async_nats::connect(cluster.nats.url())
+        .await
+        .expect("connect to NATS");
+    let mut everything = nats.subscribe(">").await.expect("subscribe to everything");
+    let bus = JetStreamBus::connect(&cluster.nats.url(), JetStreamConfig::default())
+        .await
+        .expect("the fleet's bus");
+
+    let (status, body) = api
+        .call(
+            Method::PUT,
+            "/api/v1/credentials/NOTES_TOKEN",
+            Some(json!({ "value": SECRET })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/servers",
+            Some(json!({
+                "name": "notes",
+                "transport": { "type": "stdio", "command": "notes-server", "env": { "NOTES_TOKEN": "${NOTES_TOKEN}" } },
+                "tools": [{ "name": "lookup_note" }],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let mut runs = Vec::new();
+    for (name, servers) in [
+        ("granted", json!([{ "server": "notes" }])),
+        ("plain", json!([])),
+    ] {
+        let job = api
+            .create_job(json!({ "name": name, "prompt": "Look a note up.", "servers": servers }))
+            .await;
+        let (status, run) = api
+            .call(
+                Method::POST,
+                &format!("/api/v1/jobs/{}/trigger", job["id"].as_str().unwrap()),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{run}");
+        runs.push(run["id"].as_str().unwrap().parse::<RunId>().unwrap());
+    }
+
+    // Claimed as a worker would, with this process's key.
+    let key = WorkerKey::generate();
+    let claim = WorkerRequest::Claim {
+        worker_id: WorkerId::new("by-hand"),
+        runs: runs
+            .iter()
+            .map(|&run_id| RunAttempt { run_id, attempt: 1 })
+            .collect(),
+        claim_token: Some("process-1".to_owned()),
+        sealing_key: Some(key.public_key()),
+    };
+    let replies = bus.request(claim).await.unwrap().into_each(2).unwrap();
+    let WorkerReply::Claimed {
+        spec,
+        secrets: Some(sealed),
+        cannot_start: None,
+    } = &replies[0]
+    else {
+        panic!(
+            "the granted run comes with its credential: {:?}",
+            replies[0]
+        );
+    };
+    let opened = key.open(sealed, spec.run_id, spec.attempt).unwrap();
+    assert_eq!(opened.get("NOTES_TOKEN").map(String::as_str), Some(SECRET));
+    assert!(
+        WorkerKey::generate()
+            .open(sealed, spec.run_id, spec.attempt)
+            .is_err(),
+        "another worker process cannot open it"
+    );
+    let RunKind::Claude(claude) = &spec.kind else {
+        panic!("{spec:?}");
+    };
+    assert_eq!(claude.mcp_servers[0].name, "notes");
+    assert!(claude
+        .allowed_tools
+        .contains(&"mcp__notes__lookup_note".to_owned()));
+    match &replies[1] {
+        WorkerReply::Claimed { secrets: None, .. } => {}
+        other => panic!("a run granted nothing gets no credential: {other:?}"),
+    }
+
+    // Nothing that crossed NATS, requests and replies included, held the value or its base64.
+    let forms = [
+        SECRET.to_owned(),
+        base64::engine::general_purpose::STANDARD.encode(SECRET),
+    ];
+    let mut seen = 0;
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(500), everything.next()).await
+    {
+        seen += 1;
+        let payload = String::from_utf8_lossy(&message.payload);
+        for form in &forms {
+            assert!(
+                !payload.contains(form.as_str()),
+                "{} carried the credential: {payload}",
+                message.subject
+            );
+        }
+    }
+    assert!(seen > 0, "the subscription saw the claim's traffic");
+}

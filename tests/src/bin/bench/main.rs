@@ -13,6 +13,8 @@
 //!   `tracing.rs`);
 //! - `docker-start`: run start overhead of the Docker executor against the local one, due time
 //!   to the CLI's first output line (see `docker.rs`);
+//! - `tools`: time to the CLI's init line with 0, 1 and 5 granted MCP servers (Python under the
+//!   guard, fixed), local and Docker; the guard's added latency per tool call (see `tools.rs`);
 //! - `fleet`: pipeline throughput, dispatch latency, leader failover and worker memory on a
 //!   cluster of real processes (see `fleet.rs`; each also alone: `fleet-pipeline [RATE SECONDS]`,
 //!   `fleet-dispatch [JOBS SECONDS]`, `fleet-failover [KILLS]`, `fleet-memory`).
@@ -38,6 +40,7 @@ mod docker;
 mod fleet;
 mod fleet_webhooks;
 mod scrape;
+mod tools;
 mod tracing;
 mod webhooks;
 
@@ -517,6 +520,9 @@ async fn main() -> anyhow::Result<()> {
     if matches!(which, "docker-start" | "all") {
         rows.extend(docker::start_overhead(number(1, 30) as usize).await?);
     }
+    if matches!(which, "tools" | "all") {
+        rows.extend(tools::tools(number(1, 5) as usize).await?);
+    }
     if matches!(which, "fleet-pipeline" | "fleet" | "all") {
         rows.extend(fleet::pipeline(number(1, 600), number(2, 60)).await?);
     }
@@ -536,7 +542,7 @@ async fn main() -> anyhow::Result<()> {
         !rows.is_empty(),
         "usage: bench [cron [JOBS SECONDS] | dispatch [SECONDS] | overhead [RUNS] | memory | \
          webhooks [LOAD_SECONDS FIXED_RATE_SECONDS] | metrics-scrape [JOBS WEBHOOKS] | \
-         tracing-cost [WEBHOOK_SECONDS PIPELINE_SECONDS] | docker-start [RUNS] | fleet-pipeline [RATE SECONDS] | \
+         tracing-cost [WEBHOOK_SECONDS PIPELINE_SECONDS] | docker-start [RUNS] | tools [RUNS] | fleet-pipeline [RATE SECONDS] | \
          fleet-dispatch [JOBS SECONDS] | fleet-failover [KILLS] | fleet-memory | fleet-webhooks [SECONDS] | \
          fleet | all | \
          chaos [SECONDS] [--write]]"

@@ -43,7 +43,10 @@ REPO_DIR=$(cd "$SCRIPT_DIR/.." && pwd)
 # Bump to invalidate every image's input hash (e.g. after changing how the script builds).
 RECIPE_VERSION=1
 DEBIAN_SUITE=bookworm
-BASE_PACKAGES=ca-certificates,python3,bash,coreutils
+# What runs commonly use (the README's first job runs `git log`), beside the CLI: a compiler-free
+# Python with pip and venv, git, curl, jq, ripgrep, ps, unzip. Also in the control-plane, worker,
+# PostgreSQL and NATS images, which share this base (one bootstrap, one cached root filesystem).
+BASE_PACKAGES=ca-certificates,python3,python3-pip,python3-venv,bash,coreutils,git,curl,jq,ripgrep,procps,unzip,less
 CLAUDE_SDK_VERSION=0.2.187
 MCP_VERSION=2.3.0
 # The image's python3 (bookworm: CPython 3.11, glibc 2.36): pip picks wheels for it, not the host.

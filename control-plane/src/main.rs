@@ -39,6 +39,33 @@ enum Command {
         #[command(subcommand)]
         action: SigningKeyAction,
     },
+    /// Manage the secret key that seals secrets in the store.
+    SecretKey {
+        #[command(subcommand)]
+        action: SecretKeyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretKeyAction {
+    /// Seal every secret in the store (OAuth signing keys, webhook signing secrets, the keys of
+    /// credentials) again under a new secret key. Stop Autopilot first, or restart every
+    /// control plane right after: until then they hold the old key.
+    Rotate(RotateSecretKeyArgs),
+}
+
+#[derive(clap::Args)]
+struct RotateSecretKeyArgs {
+    /// The new key, 64 hex digits [default: one made now].
+    #[arg(
+        long,
+        env = "AUTOPILOT_NEW_SECRET_KEY",
+        value_name = "HEX",
+        hide_env_values = true
+    )]
+    new_key: Option<String>,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(clap::Args)]
@@ -97,6 +124,12 @@ async fn main() -> std::process::ExitCode {
             action: SigningKeyAction::Rotate(args),
         } => match Config::load(args.config) {
             Ok(config) => keys::rotate_signing_key(&config, args.revoke_previous).await,
+            Err(err) => Err(err),
+        },
+        Command::SecretKey {
+            action: SecretKeyAction::Rotate(args),
+        } => match Config::load(args.config) {
+            Ok(config) => keys::rotate_secret_key(&config, args.new_key.as_deref()).await,
             Err(err) => Err(err),
         },
     };

@@ -101,6 +101,11 @@ impl Sealer {
         Sealer::load(configured, data_dir)
     }
 
+    /// Writes `hex_key` as a new key file at `path` (mode 0600; it must not exist yet).
+    pub fn write_key_file(path: &Path, hex_key: &str) -> anyhow::Result<()> {
+        write_key_file(path, &parse_key(hex_key)?)
+    }
+
     /// Seals `plaintext` for the record and field named by `context`.
     pub fn seal(&self, context: &str, plaintext: &[u8]) -> String {
         let nonce_bytes: [u8; NONCE_BYTES] = rand::random();

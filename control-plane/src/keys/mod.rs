@@ -4,6 +4,7 @@
 //! from the store, or is made on first start (a made admin token or operator password is
 //! printed once). All but the signing keys are read once at start.
 
+pub mod secret;
 pub mod signing;
 
 use std::fmt;
@@ -147,6 +148,50 @@ pub async fn rotate_signing_key(config: &Config, revoke_previous: bool) -> anyho
         eprintln!(
             "Every earlier key was dropped: access tokens signed before are refused (by every              replica within {} s) and clients refresh them.",
             signing::RING_MAX_AGE.as_secs()
+        );
+    }
+    Ok(())
+}
+
+/// `autopilot secret-key rotate`: seals every secret in the store again under a new secret key
+/// (`new_key`, 64 hex digits, or one made now), then keeps it where the current one is kept: a
+/// key file is replaced (the old one kept beside it as `secret.key.old`); a key given by
+/// `AUTOPILOT_SECRET_KEY` is printed once, for the operator to set everywhere. Every control
+/// plane must be restarted after it: until then they hold the old key.
+pub async fn rotate_secret_key(config: &Config, new_key: Option<&str>) -> anyhow::Result<()> {
+    let store =
+        crate::store::connect_with(&config.database_url, config.database_max_connections).await?;
+    let old = Sealer::load_existing(config.secret_key.as_deref(), &config.data_dir)?;
+    let new_hex = match new_key {
+        Some(hex_key) => hex_key.trim().to_owned(),
+        None => hex::encode(rand::random::<[u8; 32]>()),
+    };
+    let new = Sealer::load(Some(&new_hex), &config.data_dir)
+        .context("the new key (--new-key or AUTOPILOT_NEW_SECRET_KEY)")?;
+    let done = secret::reseal_all(store.as_ref(), &old, &new).await?;
+    eprintln!(
+        "Sealed again under the new key: {} settings, {} webhook signing secrets, {} credential \
+         keys ({} values were already under it).",
+        done.settings, done.webhooks, done.credentials, done.already
+    );
+    if config.secret_key.is_some() {
+        // Straight to the terminal, not the logs: the only time it is shown.
+        eprintln!(
+            "\n  The new secret key (shown once; keep it safe):\n\n    {new_hex}\n\n  Set \
+             AUTOPILOT_SECRET_KEY to it on every control plane, then restart them: until then \
+             they hold the old key and cannot open what was sealed again.\n"
+        );
+    } else {
+        let path = config.data_dir.join("secret.key");
+        let kept = config.data_dir.join("secret.key.old");
+        std::fs::rename(&path, &kept)
+            .with_context(|| format!("cannot keep the old key as {}", kept.display()))?;
+        Sealer::write_key_file(&path, &new_hex)?;
+        eprintln!(
+            "The new key is in {}; the old one is kept as {} (delete it once Autopilot runs \
+             with the new key). Restart Autopilot now.",
+            path.display(),
+            kept.display()
         );
     }
     Ok(())

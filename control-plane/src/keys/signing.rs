@@ -38,7 +38,7 @@ use crate::tokens::{self, AccessClaims, TokenRefusal};
 pub const SIGNING_KEYS_SETTING: &str = "oauth_signing_keys_sealed";
 /// Where versions before key rotation kept their one key, sealed. It stays while the ring still
 /// holds that key, for replicas of such a version during an upgrade, and is blanked after.
-const LEGACY_SEALED_SETTING: &str = "oauth_signing_key_sealed";
+pub(crate) const LEGACY_SEALED_SETTING: &str = "oauth_signing_key_sealed";
 /// Where versions before sealing kept their one key in plain hex; blanked once the ring holds it.
 const LEGACY_PLAIN_SETTING: &str = "oauth_signing_key";
 

@@ -28,6 +28,7 @@ mod prometheus;
 mod scheduler;
 mod shutdown;
 mod store;
+mod store_tools;
 mod store_webhooks;
 mod tools;
 mod traces;

@@ -21,7 +21,7 @@ fn now_ms() -> chrono::DateTime<Utc> {
         .unwrap()
 }
 
-fn webhook(name: &str, token_hash: &str) -> Webhook {
+pub(crate) fn webhook(name: &str, token_hash: &str) -> Webhook {
     Webhook {
         id: WebhookId::new(),
         name: name.to_owned(),

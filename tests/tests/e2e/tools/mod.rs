@@ -538,3 +538,46 @@ async fn a_bundle_gives_its_grants_and_tools_to_the_jobs_given_it() {
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 }
+
+/// `autopilot secret-key rotate` on a stopped installation: the key file is replaced (the old one
+/// kept beside it), and Autopilot started again opens everything: its OAuth signing keys (or it
+/// would not start), and the credentials, whose fingerprints follow the new key.
+#[tokio::test]
+async fn the_secret_key_command_rotates_and_autopilot_starts_again_with_everything() {
+    let Some(binary) = components::autopilot_bin() else {
+        return;
+    };
+    let server = TestServer::builder().start().await;
+    let stored = set_credential(&server, "NOTES_TOKEN", SECRET).await;
+    let (data_dir, database_url) = (server.data_dir.clone(), server.database_url.clone());
+    let old_key = std::fs::read_to_string(data_dir.path().join("secret.key")).unwrap();
+    server.stop().await.unwrap();
+
+    let output = tokio::process::Command::new(&binary)
+        .args(["secret-key", "rotate"])
+        .env_remove("AUTOPILOT_SECRET_KEY")
+        .env("AUTOPILOT_DATA_DIR", data_dir.path())
+        .env("AUTOPILOT_DATABASE_URL", &database_url)
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{said}");
+    assert!(said.contains("1 credential keys"), "{said}");
+    let new_key = std::fs::read_to_string(data_dir.path().join("secret.key")).unwrap();
+    assert_ne!(new_key, old_key);
+    assert_eq!(
+        std::fs::read_to_string(data_dir.path().join("secret.key.old")).unwrap(),
+        old_key
+    );
+
+    let again = TestServer::builder()
+        .data_dir(data_dir)
+        .database_url(database_url)
+        .start()
+        .await;
+    let listed = again.get("/api/v1/credentials").await;
+    let fingerprint = &listed["credentials"][0]["fingerprint"];
+    assert!(fingerprint.as_str().unwrap().starts_with("hmac-sha256:"));
+    assert_ne!(fingerprint, &stored["fingerprint"], "keyed by the new key");
+}

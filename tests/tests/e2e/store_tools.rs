@@ -1,0 +1,214 @@
+//! The tools half of the `Store` conformance suite (MCP servers, credentials, tool bundles), and
+//! the secret key's rotation over a store, on SQLite and on a real PostgreSQL.
+
+use std::sync::Arc;
+
+use autopilot_control_plane::domain::tools::{
+    AccessLevel, Credential, McpServer, ServerTool, ToolBundle, ToolGrant, Transport,
+};
+use autopilot_control_plane::domain::webhook::Webhook;
+use autopilot_control_plane::keys::secret::{reseal_all, Resealed};
+use autopilot_control_plane::keys::signing::SigningKeys;
+use autopilot_control_plane::seal::Sealer;
+use autopilot_control_plane::store::{connect, Store, StoreError};
+use autopilot_tests::components;
+use chrono::{TimeZone, Utc};
+
+fn at(ms: i64) -> chrono::DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).unwrap()
+}
+
+fn server(name: &str) -> McpServer {
+    McpServer {
+        name: name.into(),
+        description: Some("notes".into()),
+        transport: Transport::Stdio {
+            command: "python3".into(),
+            args: vec!["notes.py".into()],
+            env: [("TOKEN".into(), "${NOTES_TOKEN}".into())].into(),
+        },
+        tools: vec![ServerTool {
+            name: "lookup".into(),
+            description: None,
+            access: AccessLevel::Read,
+        }],
+        tools_listed_at: None,
+        created_at: at(1_000),
+        updated_at: at(1_000),
+    }
+}
+
+fn credential(sealer: &Sealer, name: &str, value: &str, ms: i64) -> Credential {
+    let (wrapped_key, sealed_value) =
+        sealer.seal_enveloped(&Credential::context(name), value.as_bytes());
+    Credential {
+        name: name.into(),
+        wrapped_key,
+        sealed_value,
+        fingerprint: sealer.fingerprint(value.as_bytes()),
+        created_at: at(ms),
+        updated_at: at(ms),
+        last_used_at: None,
+    }
+}
+
+async fn conformance(store: Arc<dyn Store>) {
+    // Servers: round trip, unique names, replace, delete.
+    let mut notes = server("notes");
+    store.insert_server(&notes).await.unwrap();
+    assert!(matches!(
+        store.insert_server(&notes).await,
+        Err(StoreError::Conflict(message)) if message.contains("notes")
+    ));
+    notes.description = None;
+    notes.updated_at = at(2_000);
+    store.update_server(&notes).await.unwrap();
+    assert_eq!(store.list_servers().await.unwrap(), vec![notes.clone()]);
+    assert!(matches!(
+        store.update_server(&server("other")).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(store.delete_server("notes").await.unwrap());
+    assert!(!store.delete_server("notes").await.unwrap());
+
+    // Credentials: a second put replaces the value and keeps the first creation time.
+    let sealer = Sealer::from_key(&[3; 32]);
+    store
+        .put_credential(&credential(&sealer, "NOTES_TOKEN", "first", 1_000))
+        .await
+        .unwrap();
+    let second = credential(&sealer, "NOTES_TOKEN", "second", 5_000);
+    store.put_credential(&second).await.unwrap();
+    let stored = store.list_credentials().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].created_at, at(1_000));
+    assert_eq!(stored[0].updated_at, at(5_000));
+    assert_eq!(stored[0].sealed_value, second.sealed_value);
+    store
+        .mark_credentials_used(&["NOTES_TOKEN".into(), "ABSENT".into()], at(9_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_credentials().await.unwrap()[0].last_used_at,
+        Some(at(9_000))
+    );
+    store.mark_credentials_used(&[], at(9_500)).await.unwrap();
+    assert!(store.delete_credential("NOTES_TOKEN").await.unwrap());
+    assert!(store.list_credentials().await.unwrap().is_empty());
+
+    // Bundles.
+    let mut bundle = ToolBundle {
+        name: "reporting".into(),
+        description: None,
+        servers: vec![ToolGrant {
+            server: "email".into(),
+            access: AccessLevel::Write,
+            allow: vec![],
+            deny: vec!["send_bulk".into()],
+        }],
+        tools: vec!["Read".into()],
+        created_at: at(1_000),
+        updated_at: at(1_000),
+    };
+    store.insert_bundle(&bundle).await.unwrap();
+    assert!(matches!(
+        store.insert_bundle(&bundle).await,
+        Err(StoreError::Conflict(_))
+    ));
+    bundle.tools.push("Write".into());
+    bundle.updated_at = at(3_000);
+    store.update_bundle(&bundle).await.unwrap();
+    assert_eq!(store.list_bundles().await.unwrap(), vec![bundle.clone()]);
+    assert!(store.delete_bundle("reporting").await.unwrap());
+    assert!(store.list_bundles().await.unwrap().is_empty());
+}
+
+/// Every sealed value follows the secret key to its new value, and a second run (as after an
+/// interrupted one) finds everything done.
+async fn rotation(store: Arc<dyn Store>) {
+    let (old, new) = (Sealer::from_key(&[1; 32]), Sealer::from_key(&[2; 32]));
+    SigningKeys::load(Arc::clone(&store), old.clone())
+        .await
+        .unwrap();
+    let mut webhook = super::store_webhooks::webhook("signed", "token-digest");
+    webhook.signing_secret = Some(old.seal(&Webhook::secret_context(webhook.id), b"whsec_1"));
+    store.insert_webhook(&webhook).await.unwrap();
+    store
+        .put_credential(&credential(&old, "SMTP_PASSWORD", "hunter2-long", 1_000))
+        .await
+        .unwrap();
+
+    let done = reseal_all(store.as_ref(), &old, &new).await.unwrap();
+    assert_eq!(
+        done,
+        Resealed {
+            settings: 1,
+            webhooks: 1,
+            credentials: 1,
+            already: 0
+        }
+    );
+    let webhook = store.get_webhook(webhook.id).await.unwrap().unwrap();
+    let sealed = webhook.signing_secret.unwrap();
+    let context = Webhook::secret_context(webhook.id);
+    assert_eq!(new.open(&context, &sealed).unwrap(), b"whsec_1");
+    assert!(old.open(&context, &sealed).is_err());
+    let stored = store.list_credentials().await.unwrap().remove(0);
+    let context = Credential::context("SMTP_PASSWORD");
+    assert_eq!(
+        new.open_enveloped(&context, &stored.wrapped_key, &stored.sealed_value)
+            .unwrap(),
+        b"hunter2-long"
+    );
+    assert!(old
+        .open_enveloped(&context, &stored.wrapped_key, &stored.sealed_value)
+        .is_err());
+    assert_eq!(stored.fingerprint, new.fingerprint(b"hunter2-long"));
+    SigningKeys::load(Arc::clone(&store), new.clone())
+        .await
+        .expect("the signing keys open with the new key");
+
+    let again = reseal_all(store.as_ref(), &old, &new).await.unwrap();
+    assert_eq!(
+        again,
+        Resealed {
+            already: 3,
+            ..Resealed::default()
+        }
+    );
+}
+
+async fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/autopilot.db", dir.path().display());
+    let store = connect(&url).await.unwrap();
+    (dir, store)
+}
+
+#[tokio::test]
+async fn tools_store_conformance_sqlite() {
+    let (_dir, store) = sqlite().await;
+    conformance(store).await;
+}
+
+#[tokio::test]
+async fn tools_store_conformance_postgres() {
+    let Some(url) = components::fresh_postgres_database().await else {
+        return;
+    };
+    conformance(connect(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn the_secret_key_rotation_seals_every_value_again_sqlite() {
+    let (_dir, store) = sqlite().await;
+    rotation(store).await;
+}
+
+#[tokio::test]
+async fn the_secret_key_rotation_seals_every_value_again_postgres() {
+    let Some(url) = components::fresh_postgres_database().await else {
+        return;
+    };
+    rotation(connect(&url).await.unwrap()).await;
+}

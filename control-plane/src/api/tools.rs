@@ -11,7 +11,7 @@ use super::AppState;
 use crate::domain::tools::ToolBundle;
 use crate::http::{ApiJson, ApiResult};
 use crate::services::tools::{
-    self, AssignInput, BundleInput, CredentialView, ServerInput, ServerView,
+    self, AssignInput, BundleInput, CredentialView, ServerInput, ServerView, TestedServer,
 };
 
 pub async fn list_servers(State(AppState(app)): State<AppState>) -> ApiResult<Json<Value>> {
@@ -41,6 +41,14 @@ pub async fn replace_server(
     ApiJson(input): ApiJson<ServerInput>,
 ) -> ApiResult<Json<ServerView>> {
     Ok(Json(tools::replace_server(&app, &name, input).await?))
+}
+
+/// `POST /api/v1/servers/{name}/test`: asks the server for its tools and updates the list.
+pub async fn test_server(
+    State(AppState(app)): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<TestedServer>> {
+    Ok(Json(tools::test_server(&app, &name).await?))
 }
 
 pub async fn delete_server(

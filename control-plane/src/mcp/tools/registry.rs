@@ -94,7 +94,8 @@ pub(super) fn specs() -> Vec<Spec> {
             "Adds an MCP server that jobs can then be granted (a job's `servers` setting: \
              [{\"server\": \"crm\", \"access\": \"write\"}]). Secrets never go here: store each \
              with set_credential and write `${NAME}` where it goes. Each tool's access level \
-             (read, write, admin, dangerous) is derived from its name unless given. Example: \
+             (read, write, admin, dangerous) is derived from its name unless given; leave \
+             `tools` out and Autopilot asks the server for them. Example: \
              {\"name\": \"crm\", \"transport\": {\"type\": \"http\", \"url\": \
              \"https://crm.example/mcp\", \"headers\": {\"Authorization\": \"Bearer \
              ${CRM_TOKEN}\"}}, \"tools\": [{\"name\": \"list_contacts\"}, {\"name\": \
@@ -121,6 +122,21 @@ pub(super) fn specs() -> Vec<Spec> {
             input::<ServerRef>(),
             object(json!({ "server": server_schema() }), &["server"]),
             true,
+            false,
+        ),
+        spec(
+            "test_server",
+            "Test an MCP server",
+            "Starts (or calls) a registered server once with its credentials and brings its \
+             tool list up to date: new tools are added with access levels derived from their \
+             annotations and names, gone ones removed, other levels kept. Example: \
+             {\"server\": \"crm\"}",
+            input::<ServerRef>(),
+            object(
+                json!({ "server": server_schema(), "added": { "type": "array" }, "removed": { "type": "array" } }),
+                &["server", "added", "removed"],
+            ),
+            false,
             false,
         ),
         spec(
@@ -257,6 +273,20 @@ pub(super) async fn call(app: &App, name: &str, args: JsonObject) -> Outcome {
             );
             success(summary, json!({ "server": to_value(&server)? }))
         }
+        "test_server" => {
+            let ServerRef { server } = parse(args)?;
+            let tested = tools::test_server(app, &server).await?;
+            let summary = format!(
+                "MCP server `{server}` answered: {} tools ({} new, {} gone).",
+                tested.view.server.tools.len(),
+                tested.added.len(),
+                tested.removed.len()
+            );
+            success(
+                summary,
+                json!({ "server": to_value(&tested.view)?, "added": tested.added, "removed": tested.removed }),
+            )
+        }
         "delete_server" => {
             let ServerRef { server } = parse(args)?;
             tools::delete_server(app, &server).await?;
@@ -356,7 +386,7 @@ pub(super) fn check_arguments(name: &str, args: JsonObject) -> Result<bool, supe
         "list_servers" | "list_credentials" => {
             let NoArgs {} = parse(args)?;
         }
-        "get_server" | "delete_server" => {
+        "get_server" | "delete_server" | "test_server" => {
             let ServerRef { .. } = parse(args)?;
         }
         "set_credential" => {

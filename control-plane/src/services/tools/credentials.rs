@@ -1,6 +1,7 @@
 //! The credentials vault: set, list, delete. A value is sealed under a key of its own, which is
 //! sealed under the master key; only a fingerprint and when it was last used are ever shown.
 
+use autopilot_proto::Secrets;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -85,4 +86,30 @@ pub async fn delete_credential(app: &App, name: &str) -> ServiceResult<()> {
     }
     tracing::info!(credential.name = %name, "credential deleted");
     Ok(())
+}
+
+/// The values of the credentials `names`, opened from `stored` (the vault as read).
+pub(super) fn open_credentials(
+    app: &App,
+    stored: &[Credential],
+    names: &[String],
+) -> Result<Secrets, String> {
+    let mut secrets = Secrets::new();
+    for name in names {
+        let credential = stored.iter().find(|c| &c.name == name).ok_or_else(|| {
+            format!("the credential `{name}` is not set; set it with set_credential")
+        })?;
+        let value = app
+            .sealer
+            .open_enveloped(
+                &Credential::context(name),
+                &credential.wrapped_key,
+                &credential.sealed_value,
+            )
+            .map_err(|err| format!("the credential `{name}` could not be opened: {err}"))?;
+        let value =
+            String::from_utf8(value).map_err(|_| format!("the credential `{name}` is not text"))?;
+        secrets.insert(name.clone(), value);
+    }
+    Ok(secrets)
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use autopilot_proto::{McpServerSpec, RunKind, RunSpec, SealedSecrets, Secrets};
+use autopilot_proto::{McpServerSpec, RunKind, RunSpec, SealedSecrets};
 
 use crate::app::App;
 use crate::domain::tools::{
@@ -184,7 +184,8 @@ impl Registry {
         if needed.is_empty() {
             return Ok((Handed::default(), Vec::new()));
         }
-        let secrets = self.open(app, &needed)?;
+        let needed: Vec<String> = needed.into_iter().collect();
+        let secrets = super::credentials::open_credentials(app, &self.credentials, &needed)?;
         let key = sealing_key.ok_or_else(|| {
             "the worker that claimed this run cannot receive credentials (it sent no sealing \
              key); upgrade it"
@@ -197,36 +198,7 @@ impl Registry {
                 secrets: Some(sealed),
                 cannot_start: None,
             },
-            needed.into_iter().collect(),
+            needed,
         ))
-    }
-
-    /// The values of the credentials `names`, opened.
-    fn open(&self, app: &App, names: &BTreeSet<String>) -> Result<Secrets, String> {
-        let mut secrets = Secrets::new();
-        for name in names {
-            let credential = self
-                .credentials
-                .iter()
-                .find(|c| &c.name == name)
-                .ok_or_else(|| {
-                    format!(
-                        "the credential `{name}` that a granted MCP server uses is not set; set \
-                         it with set_credential"
-                    )
-                })?;
-            let value = app
-                .sealer
-                .open_enveloped(
-                    &Credential::context(name),
-                    &credential.wrapped_key,
-                    &credential.sealed_value,
-                )
-                .map_err(|err| format!("the credential `{name}` could not be opened: {err}"))?;
-            let value = String::from_utf8(value)
-                .map_err(|_| format!("the credential `{name}` is not text"))?;
-            secrets.insert(name.clone(), value);
-        }
-        Ok(secrets)
     }
 }

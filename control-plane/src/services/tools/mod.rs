@@ -7,6 +7,7 @@
 mod bundles;
 mod credentials;
 mod grants;
+mod probe;
 mod servers;
 
 pub use bundles::{
@@ -17,5 +18,5 @@ pub use credentials::{delete_credential, list_credentials, set_credential, Crede
 pub use grants::{check_tools, Handed, Registry};
 pub use servers::{
     delete_server, find_server, get_server, list_servers, register_server, replace_server,
-    validate_server, ServerInput, ServerView, ToolInput,
+    test_server, validate_server, ServerInput, ServerView, TestedServer, ToolInput,
 };

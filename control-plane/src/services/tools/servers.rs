@@ -161,7 +161,8 @@ pub fn validate_server(
         return Err(ServiceError::invalid(
             "tools",
             format!(
-                "list the server's tools (1 to {MAX_TOOLS}), e.g. [{{\"name\": \"send_email\"}}]"
+                "list the server's tools (1 to {MAX_TOOLS}), e.g. [{{\"name\": \"send_email\"}}], or leave \
+                 `tools` out for Autopilot to ask the server"
             ),
         ));
     }
@@ -269,8 +270,51 @@ fn view_with(server: McpServer, stored: &BTreeSet<String>) -> ServerView {
     }
 }
 
-pub async fn register_server(app: &App, input: ServerInput) -> ServiceResult<ServerView> {
-    let server = validate_server(input, None)?;
+/// Fills in `input.tools` by asking the server when they were left out (stdio and HTTP servers;
+/// a fixed server's come from its catalog). Returns whether it did.
+async fn list_when_left_out(app: &App, input: &mut ServerInput) -> ServiceResult<bool> {
+    if !input.tools.is_empty() || matches!(input.transport, Transport::Fixed { .. }) {
+        return Ok(false);
+    }
+    let tools = ask_for_tools(app, &input.transport)
+        .await
+        .map_err(|reason| {
+            ServiceError::invalid(
+                "tools",
+                format!(
+                    "could not list the server's tools ({reason}); fix that, or give `tools` \
+                     explicitly"
+                ),
+            )
+        })?;
+    input.tools = tools
+        .into_iter()
+        .map(|tool| ToolInput {
+            name: tool.name,
+            description: tool.description,
+            access: Some(tool.access),
+        })
+        .collect();
+    Ok(true)
+}
+
+/// The tools the server at `transport` lists, asked with its credentials.
+async fn ask_for_tools(app: &App, transport: &Transport) -> Result<Vec<ServerTool>, String> {
+    let stored = app
+        .store
+        .list_credentials()
+        .await
+        .map_err(|err| err.to_string())?;
+    let secrets = super::credentials::open_credentials(app, &stored, &credentials_of(transport))?;
+    super::probe::list_tools(transport, &secrets).await
+}
+
+pub async fn register_server(app: &App, mut input: ServerInput) -> ServiceResult<ServerView> {
+    let listed = list_when_left_out(app, &mut input).await?;
+    let mut server = validate_server(input, None)?;
+    if listed {
+        server.tools_listed_at = Some(server.updated_at);
+    }
     app.store.insert_server(&server).await?;
     tracing::info!(server.name = %server.name, tools = server.tools.len(), "MCP server registered");
     view(app, server).await
@@ -280,7 +324,7 @@ pub async fn register_server(app: &App, input: ServerInput) -> ServiceResult<Ser
 pub async fn replace_server(
     app: &App,
     name: &str,
-    input: ServerInput,
+    mut input: ServerInput,
 ) -> ServiceResult<ServerView> {
     let existing = find_server(app, name).await?;
     if input.name != existing.name {
@@ -289,10 +333,80 @@ pub async fn replace_server(
             "a server cannot be renamed (grants name it); register a new one instead",
         ));
     }
-    let server = validate_server(input, Some(&existing))?;
+    let listed = list_when_left_out(app, &mut input).await?;
+    let mut server = validate_server(input, Some(&existing))?;
+    if listed {
+        server.tools_listed_at = Some(server.updated_at);
+    }
     app.store.update_server(&server).await?;
     tracing::info!(server.name = %server.name, "MCP server updated");
     view(app, server).await
+}
+
+/// What asking a registered server for its tools found.
+#[derive(Serialize, Debug)]
+pub struct TestedServer {
+    #[serde(flatten)]
+    pub view: ServerView,
+    /// Tools it lists that the registry did not have (added, with derived access levels).
+    pub added: Vec<String>,
+    /// Tools the registry had that it no longer lists (removed).
+    pub removed: Vec<String>,
+}
+
+/// Starts (or calls) a registered server once and brings its tool list up to date: new tools are
+/// added with derived access levels, gone ones removed, and the levels of the others kept (the
+/// operator may have set them).
+pub async fn test_server(app: &App, name: &str) -> ServiceResult<TestedServer> {
+    let mut server = find_server(app, name).await?;
+    if matches!(server.transport, Transport::Fixed { .. }) {
+        return Err(ServiceError::invalid(
+            "server",
+            "a fixed server's tools come from Autopilot itself; there is nothing to test",
+        ));
+    }
+    let listed = ask_for_tools(app, &server.transport)
+        .await
+        .map_err(|reason| {
+            ServiceError::invalid(
+                "server",
+                format!("the server `{name}` could not be asked for its tools: {reason}"),
+            )
+        })?;
+    let added: Vec<String> = listed
+        .iter()
+        .filter(|tool| !server.tools.iter().any(|known| known.name == tool.name))
+        .map(|tool| tool.name.clone())
+        .collect();
+    let removed: Vec<String> = server
+        .tools
+        .iter()
+        .filter(|known| !listed.iter().any(|tool| tool.name == known.name))
+        .map(|tool| tool.name.clone())
+        .collect();
+    server.tools = listed
+        .into_iter()
+        .map(
+            |tool| match server.tools.iter().find(|known| known.name == tool.name) {
+                Some(known) => ServerTool {
+                    access: known.access,
+                    ..tool
+                },
+                None => tool,
+            },
+        )
+        .take(MAX_TOOLS)
+        .collect();
+    let now = Utc::now();
+    server.tools_listed_at = Some(now);
+    server.updated_at = now;
+    app.store.update_server(&server).await?;
+    tracing::info!(server.name = %name, added = added.len(), removed = removed.len(), "MCP server tested");
+    Ok(TestedServer {
+        view: view(app, server).await?,
+        added,
+        removed,
+    })
 }
 
 pub async fn find_server(app: &App, name: &str) -> ServiceResult<McpServer> {

@@ -581,3 +581,104 @@ async fn the_secret_key_command_rotates_and_autopilot_starts_again_with_everythi
     assert!(fingerprint.as_str().unwrap().starts_with("hmac-sha256:"));
     assert_ne!(fingerprint, &stored["fingerprint"], "keyed by the new key");
 }
+
+/// A server registered without `tools` is asked for them (with its credentials), and testing it
+/// later brings the list up to date while keeping the levels the operator set.
+#[tokio::test]
+async fn a_server_registered_without_tools_is_asked_for_them() {
+    let Some(python) = components::mcp_python() else {
+        return;
+    };
+    let server = TestServer::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("notes_server.py");
+    std::fs::write(&script, NOTES_SERVER).unwrap();
+    let notes = |tools: Option<Value>| {
+        let mut body = json!({
+            "name": "notes",
+            "transport": {
+                "type": "stdio",
+                "command": python.display().to_string(),
+                "args": [script.display().to_string(), dir.path().join("erased").display().to_string()],
+                "env": { "NOTES_TOKEN": "${NOTES_TOKEN}" },
+            },
+        });
+        if let Some(tools) = tools {
+            body["tools"] = tools;
+        }
+        body
+    };
+    // Its credential first: the server is started with it.
+    let (status, body) = server
+        .call(Method::POST, "/api/v1/servers", Some(notes(None)))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "tools", "{body}");
+    assert!(body.to_string().contains("`NOTES_TOKEN`"), "{body}");
+    set_credential(&server, "NOTES_TOKEN", SECRET).await;
+    let (status, body) = server
+        .call(Method::POST, "/api/v1/servers", Some(notes(None)))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let levels = |body: &Value| -> Vec<(String, String)> {
+        body["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["name"].as_str().unwrap().into(),
+                    t["access"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        levels(&body),
+        [
+            ("lookup_note".to_owned(), "read".to_owned()),
+            ("erase_notes".to_owned(), "dangerous".to_owned())
+        ]
+    );
+    assert!(body["tools_listed_at"].is_string(), "{body}");
+    assert_eq!(body["tools"][0]["description"], "Looks a note up.");
+
+    // The operator narrows the list and raises a level; a test adds back what the server has.
+    let (status, body) = server
+        .call(
+            Method::PUT,
+            "/api/v1/servers/notes",
+            Some(notes(Some(
+                json!([{ "name": "lookup_note", "access": "write" }]),
+            ))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = server
+        .call(Method::POST, "/api/v1/servers/notes/test", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["added"], json!(["erase_notes"]), "{body}");
+    assert_eq!(body["removed"], json!([]), "{body}");
+    assert_eq!(
+        levels(&body),
+        [
+            ("lookup_note".to_owned(), "write".to_owned()),
+            ("erase_notes".to_owned(), "dangerous".to_owned())
+        ]
+    );
+
+    // A program that does not speak MCP is named with what went wrong.
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/servers",
+            Some(json!({ "name": "broken", "transport": { "type": "stdio", "command": "/bin/false" } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body.to_string().contains("the server exited"),
+        "{body}"
+    );
+}

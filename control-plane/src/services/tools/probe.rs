@@ -1,0 +1,339 @@
+//! Listing a server's tools by asking it: started once (stdio) or called (HTTP) with its
+//! credentials, `initialize` then `tools/list` (every page), within a time limit. Each tool's
+//! access level is derived from its MCP annotations and its name.
+//!
+//! This runs in the control plane, so a stdio server's program must exist there as well as where
+//! runs execute (true on one machine; in a fleet whose control planes lack it, give `tools`).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use autopilot_proto::Secrets;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use crate::domain::tools::{AccessLevel, ServerTool, Transport};
+
+/// How long listing a server's tools may take, start included.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Most pages of `tools/list` followed.
+const MAX_PAGES: usize = 20;
+const PROTOCOL_VERSION: &str = "2025-06-18";
+
+/// Variables of the control plane's environment a probed stdio server also gets (none secret).
+const PASSED_ON: [&str; 6] = ["PATH", "HOME", "LANG", "TZ", "TMPDIR", "PYTHONPATH"];
+
+/// Fills `${NAME}` placeholders from `secrets`; a name missing is the error.
+fn fill(text: &str, secrets: &Secrets) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else { break };
+        let name = &after[..end];
+        let value = secrets.get(name).ok_or_else(|| {
+            format!("the credential `{name}` is not set; set it with set_credential")
+        })?;
+        out.push_str(&rest[..start]);
+        out.push_str(value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn initialize() -> Value {
+    json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": PROTOCOL_VERSION, "capabilities": {},
+        "clientInfo": { "name": "autopilot-probe", "version": env!("CARGO_PKG_VERSION") } } })
+}
+
+fn list_request(id: u64, cursor: Option<&str>) -> Value {
+    let params = match cursor {
+        Some(cursor) => json!({ "cursor": cursor }),
+        None => json!({}),
+    };
+    json!({ "jsonrpc": "2.0", "id": id, "method": "tools/list", "params": params })
+}
+
+/// The tools of one `tools/list` answer, and the cursor of the next page.
+fn tools_of(answer: &Value) -> Result<(Vec<ServerTool>, Option<String>), String> {
+    if let Some(error) = answer.get("error") {
+        return Err(format!(
+            "the server answered tools/list with an error: {error}"
+        ));
+    }
+    let listed = answer
+        .pointer("/result/tools")
+        .and_then(Value::as_array)
+        .ok_or("the server's tools/list answer holds no `tools` array")?;
+    let tools = listed
+        .iter()
+        .filter_map(|tool| {
+            let name = tool.get("name")?.as_str()?.to_owned();
+            let hint = |key: &str| {
+                tool.pointer(&format!("/annotations/{key}"))
+                    .and_then(Value::as_bool)
+            };
+            Some(ServerTool {
+                access: AccessLevel::derive(&name, hint("readOnlyHint"), hint("destructiveHint")),
+                description: tool
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .map(|d| d.chars().take(500).collect()),
+                name,
+            })
+        })
+        .collect();
+    let next = answer
+        .pointer("/result/nextCursor")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Ok((tools, next))
+}
+
+/// Lists the tools of a server reached by `transport`, its placeholders filled from `secrets`.
+pub async fn list_tools(
+    transport: &Transport,
+    secrets: &Secrets,
+) -> Result<Vec<ServerTool>, String> {
+    let listing = async {
+        match transport {
+            Transport::Stdio { command, args, env } => {
+                let mut filled = Vec::with_capacity(env.len());
+                for (name, value) in env {
+                    filled.push((name.clone(), fill(value, secrets)?));
+                }
+                stdio(command, args, &filled).await
+            }
+            Transport::Http { url, headers } => {
+                let mut filled = Vec::with_capacity(headers.len());
+                for (name, value) in headers {
+                    filled.push((name.clone(), fill(value, secrets)?));
+                }
+                http(&fill(url, secrets)?, &filled).await
+            }
+            Transport::Fixed { .. } => Err("a fixed server lists its own tools".to_owned()),
+        }
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, listing)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "the server did not list its tools within {} s",
+                PROBE_TIMEOUT.as_secs()
+            ))
+        })
+}
+
+type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
+
+async fn write_line(input: &mut tokio::process::ChildStdin, message: &Value) -> Result<(), String> {
+    let line = format!("{message}\n");
+    input
+        .write_all(line.as_bytes())
+        .await
+        .map_err(|err| format!("the server exited or stopped reading its input ({err})"))
+}
+
+/// The message answering `id`, skipping notifications and anything that is not JSON.
+async fn read_answer(output: &mut Lines, id: u64) -> Result<Value, String> {
+    loop {
+        let Some(line) = output.next_line().await.map_err(|e| e.to_string())? else {
+            return Err("the server exited before answering".to_owned());
+        };
+        if let Ok(message) = serde_json::from_str::<Value>(&line) {
+            if message.get("id") == Some(&json!(id)) {
+                return Ok(message);
+            }
+        }
+    }
+}
+
+async fn stdio(
+    command: &str,
+    args: &[String],
+    env: &[(String, String)],
+) -> Result<Vec<ServerTool>, String> {
+    let mut process = tokio::process::Command::new(command);
+    process
+        .args(args)
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for name in PASSED_ON {
+        if let Some(value) = std::env::var_os(name) {
+            process.env(name, value);
+        }
+    }
+    process.envs(env.iter().map(|(k, v)| (k, v)));
+    let mut child = process
+        .spawn()
+        .map_err(|err| format!("cannot start `{command}` here: {err}"))?;
+    let mut input = child.stdin.take().ok_or("no stdin")?;
+    let mut output: Lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+    let mut stderr = child.stderr.take().ok_or("no stderr")?;
+    let result = async {
+        write_line(&mut input, &initialize()).await?;
+        read_answer(&mut output, 0).await?;
+        write_line(
+            &mut input,
+            &json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }),
+        )
+        .await?;
+        let mut tools = Vec::new();
+        let mut cursor: Option<String> = None;
+        for page in 1..=MAX_PAGES as u64 {
+            write_line(&mut input, &list_request(page, cursor.as_deref())).await?;
+            let (more, next) = tools_of(&read_answer(&mut output, page).await?)?;
+            tools.extend(more);
+            match next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        Ok::<_, String>(tools)
+    }
+    .await;
+    drop(input);
+    let _ = child.kill().await;
+    result.map_err(|err| {
+        // What the server said on its way out, to say why.
+        let mut said = Vec::new();
+        let _ = futures::FutureExt::now_or_never(stderr.read_to_end(&mut said));
+        let said = String::from_utf8_lossy(&said);
+        let said = said.trim();
+        if said.is_empty() {
+            return err;
+        }
+        let skip = said.chars().count().saturating_sub(300);
+        format!(
+            "{err}; it said: {}",
+            said.chars().skip(skip).collect::<String>()
+        )
+    })
+}
+
+/// The JSON-RPC message answering `id` in a response body, plain JSON or server-sent events.
+fn answer_in(body: &str, id: u64) -> Option<Value> {
+    let candidates: Vec<&str> = if body.trim_start().starts_with('{') {
+        vec![body]
+    } else {
+        body.lines()
+            .filter_map(|line| line.strip_prefix("data:"))
+            .map(str::trim)
+            .collect()
+    };
+    candidates
+        .into_iter()
+        .filter_map(|text| serde_json::from_str::<Value>(text).ok())
+        .find(|message| message.get("id") == Some(&json!(id)))
+}
+
+async fn http(url: &str, headers: &[(String, String)]) -> Result<Vec<ServerTool>, String> {
+    let client = reqwest::Client::builder()
+        .timeout(PROBE_TIMEOUT)
+        .build()
+        .map_err(|err| err.to_string())?;
+    let mut session: Option<String> = None;
+    let post = |body: Value, session: Option<String>| {
+        let mut request = client
+            .post(url)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", PROTOCOL_VERSION)
+            .json(&body);
+        for (name, value) in headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        request.send()
+    };
+    let call = |response: reqwest::Response, id: u64| async move {
+        let status = response.status();
+        let session = response
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response.text().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            let start: String = body.chars().take(200).collect();
+            return Err(format!("the server answered HTTP {status}: {start}"));
+        }
+        let answer = answer_in(&body, id).ok_or("the server's answer holds no JSON-RPC reply")?;
+        Ok::<_, String>((answer, session))
+    };
+    let response = post(initialize(), None)
+        .await
+        .map_err(|err| format!("cannot reach {url}: {err}"))?;
+    let (_, started) = call(response, 0).await?;
+    session = started.or(session);
+    let _ = post(
+        json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }),
+        session.clone(),
+    )
+    .await;
+    let mut tools = Vec::new();
+    let mut cursor: Option<String> = None;
+    for page in 1..=MAX_PAGES as u64 {
+        let response = post(list_request(page, cursor.as_deref()), session.clone())
+            .await
+            .map_err(|err| err.to_string())?;
+        let (answer, _) = call(response, page).await?;
+        let (more, next) = tools_of(&answer)?;
+        tools.extend(more);
+        match next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    Ok(tools)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tools_and_their_levels_come_from_the_listing() {
+        let answer = json!({ "jsonrpc": "2.0", "id": 1, "result": { "tools": [
+            { "name": "list_issues", "description": "Lists issues" },
+            { "name": "close_issue", "annotations": { "destructiveHint": true } },
+            { "name": "delete_repo" },
+            { "name": "search", "annotations": { "readOnlyHint": true } },
+        ], "nextCursor": "p2" } });
+        let (tools, next) = tools_of(&answer).unwrap();
+        let levels: Vec<(&str, AccessLevel)> =
+            tools.iter().map(|t| (t.name.as_str(), t.access)).collect();
+        assert_eq!(
+            levels,
+            [
+                ("list_issues", AccessLevel::Read),
+                ("close_issue", AccessLevel::Admin),
+                ("delete_repo", AccessLevel::Dangerous),
+                ("search", AccessLevel::Read),
+            ]
+        );
+        assert_eq!(next.as_deref(), Some("p2"));
+        assert!(tools_of(&json!({ "id": 1, "error": { "code": -1 } })).is_err());
+    }
+
+    #[test]
+    fn answers_are_found_in_json_and_in_event_streams() {
+        let sse = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{}}\n\n";
+        assert_eq!(answer_in(sse, 3).unwrap()["id"], 3);
+        assert!(answer_in(sse, 4).is_none());
+        assert_eq!(answer_in("{\"id\":2,\"result\":{}}", 2).unwrap()["id"], 2);
+        assert_eq!(
+            fill("Bearer ${T}", &Secrets::from([("T".into(), "x".into())])).unwrap(),
+            "Bearer x"
+        );
+        assert!(fill("${MISSING}", &Secrets::new())
+            .unwrap_err()
+            .contains("`MISSING`"));
+    }
+}

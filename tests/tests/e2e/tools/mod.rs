@@ -677,8 +677,112 @@ async fn a_server_registered_without_tools_is_asked_for_them() {
         )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("the server exited"), "{body}");
+}
+
+/// A streamable-HTTP MCP server (the Python SDK under uvicorn) that answers only with the right
+/// bearer token, from `CRM_TOKEN`.
+const CRM_SERVER: &str = r#"
+import os, sys
+import uvicorn
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("crm")
+
+@server.tool(annotations={"readOnlyHint": True})
+def count_contacts() -> str:
+    """Counts the contacts."""
+    return "42 contacts"
+
+app = server.streamable_http_app(stateless_http=True, json_response=True)
+expected = "Bearer " + os.environ["CRM_TOKEN"]
+
+async def guarded(scope, receive, send):
+    if scope["type"] == "http":
+        headers = dict(scope["headers"])
+        if headers.get(b"authorization", b"").decode() != expected:
+            await send({"type": "http.response.start", "status": 401, "headers": []})
+            await send({"type": "http.response.body", "body": b"unauthorized"})
+            return
+    await app(scope, receive, send)
+
+uvicorn.run(guarded, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"#;
+
+/// A remote (HTTP) server: its tools are asked for over HTTP with the credential in a header,
+/// and the real CLI calls one in a run.
+#[tokio::test]
+async fn an_http_server_is_asked_for_its_tools_and_called_with_its_credential() {
+    let Some((server, fake, python)) = start().await else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("crm.py"), CRM_SERVER).unwrap();
+    let _crm = tokio::process::Command::new(&python)
+        .arg(dir.path().join("crm.py"))
+        .arg(port.to_string())
+        .env("CRM_TOKEN", SECRET)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let crm = json!({
+        "name": "crm",
+        "transport": {
+            "type": "http",
+            "url": format!("http://127.0.0.1:{port}/mcp"),
+            "headers": { "Authorization": "Bearer ${CRM_TOKEN}" },
+        },
+    });
+    // A wrong credential: the server refuses, and the registration says so.
+    set_credential(&server, "CRM_TOKEN", "not-the-token").await;
+    let (status, body) = server
+        .call(Method::POST, "/api/v1/servers", Some(crm.clone()))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("401"), "{body}");
+    set_credential(&server, "CRM_TOKEN", SECRET).await;
+    let (status, body) = server
+        .call(Method::POST, "/api/v1/servers", Some(crm))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["tools"][0]["name"], "count_contacts", "{body}");
+    assert_eq!(body["tools"][0]["access"], "read", "{body}");
+
+    fake.push(Reply::tool_use("mcp__crm__count_contacts", json!({})));
+    fake.push(Reply::text("There are 42 contacts."));
+    let job = server
+        .create_job(json!({
+            "name": "crm counter",
+            "prompt": "Count the contacts.",
+            "servers": [{ "server": "crm" }],
+        }))
+        .await;
+    let run = server.trigger(job["id"].as_str().unwrap()).await;
+    let run_id = run["id"].as_str().unwrap();
+    let run = server.wait_until_finished(run_id, RUN_TIMEOUT).await;
+    let events = server.events(run_id).await;
+    assert_eq!(run["status"], "succeeded", "{run:#} {events:#?}");
+    let result = events
+        .iter()
+        .find(|e| e["kind"] == "tool_result")
+        .expect("a tool result");
     assert!(
-        body.to_string().contains("the server exited"),
-        "{body}"
+        result["data"].to_string().contains("42 contacts"),
+        "{result}"
     );
+    assert!(!Value::Array(events).to_string().contains(SECRET));
 }

@@ -86,8 +86,62 @@ pub const EMAIL: FixedServer = FixedServer {
     ],
 };
 
+pub const WEB: FixedServer = FixedServer {
+    name: "web",
+    description: "Fetches web pages as readable markdown, a page of text at a time, and searches \
+                  the web when a search provider is configured. Private and loopback addresses \
+                  are refused unless allowed.",
+    settings: &[
+        Setting {
+            name: "WEB_ALLOW_PRIVATE",
+            description: "`true` lets fetch_url reach private, loopback, link-local and other \
+                          non-public addresses (default `false`)",
+            required: false,
+        },
+        Setting {
+            name: "WEB_ALLOWED_HOSTS",
+            description: "if set, the only hosts fetch_url may reach, comma-separated: names or \
+                          `*.domain` (its subdomains)",
+            required: false,
+        },
+        Setting {
+            name: "WEB_USER_AGENT",
+            description: "the User-Agent header of fetches (default `autopilot-web/<version>`)",
+            required: false,
+        },
+        Setting {
+            name: "WEB_SEARCH_URL",
+            description: "enables web_search: a URL answering JSON, with `{query}` (and \
+                          optionally `{count}`) filled in, e.g. \
+                          `https://api.search.brave.com/res/v1/web/search?q={query}&count={count}`",
+            required: false,
+        },
+        Setting {
+            name: "WEB_SEARCH_HEADERS",
+            description: "headers of search requests as a JSON object, e.g. \
+                          {\"X-Subscription-Token\": \"${BRAVE_API_KEY}\"}",
+            required: false,
+        },
+    ],
+    tools: &[
+        FixedTool {
+            name: "fetch_url",
+            description: "Fetches an http(s) URL and returns its title, final URL and text as \
+                          markdown (HTML converted; plain text and JSON as they are), one page \
+                          of about 20,000 characters at a time: pass `page` for the next.",
+            read_only: true,
+        },
+        FixedTool {
+            name: "web_search",
+            description: "Searches the web through the configured provider and returns a \
+                          numbered list of results (title, URL, snippet).",
+            read_only: true,
+        },
+    ],
+};
+
 /// Every fixed server.
-pub const SERVERS: &[FixedServer] = &[EMAIL];
+pub const SERVERS: &[FixedServer] = &[EMAIL, WEB];
 
 pub fn find(name: &str) -> Option<&'static FixedServer> {
     SERVERS.iter().find(|server| server.name == name)

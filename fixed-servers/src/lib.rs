@@ -7,6 +7,8 @@
 //!   reads it to register the fixed servers).
 //! - [`redact`]: removing credential values from text (the worker's and the guard's).
 //! - `email` (feature `servers`): send mail through SMTP.
+//! - `web` (feature `servers`): fetch a URL as readable markdown, a page at a time, and search
+//!   through a configured provider; private and loopback addresses refused unless allowed.
 //! - `guard` (feature `servers`): `autopilot-mcp-guard`, which runs any other stdio server for a
 //!   run: its settings from a file, only the granted tools, credentials kept from the model.
 
@@ -18,3 +20,5 @@ pub mod guard;
 pub mod redact;
 #[cfg(feature = "servers")]
 pub mod serve;
+#[cfg(feature = "servers")]
+pub mod web;

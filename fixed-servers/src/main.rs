@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use autopilot_fixed_servers::catalog::{self, SERVERS};
-use autopilot_fixed_servers::{email, serve};
+use autopilot_fixed_servers::{email, serve, web};
 
 fn usage() -> String {
     let names: Vec<&str> = SERVERS.iter().map(|server| server.name).collect();
@@ -36,6 +36,10 @@ fn main() -> ExitCode {
         match name.as_str() {
             "email" => {
                 let server = email::Email::from_settings().map_err(anyhow::Error::msg)?;
+                serve::run(Arc::new(server)).await
+            }
+            "web" => {
+                let server = web::Web::from_settings().map_err(anyhow::Error::msg)?;
                 serve::run(Arc::new(server)).await
             }
             other => anyhow::bail!("unknown server `{other}`; {}", usage()),

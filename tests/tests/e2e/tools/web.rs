@@ -1,0 +1,89 @@
+//! The fixed `web` server: the real CLI fetches a page through it as markdown; a private address
+//! is refused unless the server's settings allow it.
+
+use autopilot_tests::components;
+use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply};
+use autopilot_tests::harness::TestServer;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use super::RUN_TIMEOUT;
+
+const PAGE: &str = "<html><head><title>Release notes</title></head><body>\
+    <h1>Release 4.2</h1><p>The <a href=\"/changes\">changes</a> are <b>ready</b>.</p>\
+    <script>steal()</script></body></html>";
+
+#[tokio::test]
+async fn the_web_server_fetches_pages_as_markdown_and_refuses_private_addresses() {
+    let (Some(claude), Some(fixed_servers)) =
+        (components::claude_bin(), components::fixed_servers_bin())
+    else {
+        return;
+    };
+    // The page, on loopback.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/notes",
+        axum::routing::get(|| async { axum::response::Html(PAGE) }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let fake = FakeAnthropic::start().await.expect("fake API");
+    let server = TestServer::builder()
+        .claude_bin(claude)
+        .fixed_servers_bin(fixed_servers)
+        .model_api(&fake.base_url())
+        .start()
+        .await;
+    for (name, allow_private) in [("web", "true"), ("web-public", "false")] {
+        let (status, body) = server
+            .call(
+                Method::POST,
+                "/api/v1/servers",
+                Some(json!({
+                    "name": name,
+                    "transport": { "type": "fixed", "server": "web", "env": { "WEB_ALLOW_PRIVATE": allow_private } },
+                })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    fake.push(Reply::tool_use(
+        "mcp__web__fetch_url",
+        json!({ "url": format!("{site}/notes") }),
+    ));
+    fake.push(Reply::tool_use(
+        "mcp__web-public__fetch_url",
+        json!({ "url": format!("{site}/notes") }),
+    ));
+    fake.push(Reply::text("Read the notes."));
+    let job = server
+        .create_job(json!({
+            "name": "reader",
+            "prompt": "Read the release notes.",
+            "servers": [{ "server": "web" }, { "server": "web-public" }],
+        }))
+        .await;
+    let run = server.trigger(job["id"].as_str().unwrap()).await;
+    let run_id = run["id"].as_str().unwrap();
+    let run = server.wait_until_finished(run_id, RUN_TIMEOUT).await;
+    let events = server.events(run_id).await;
+    assert_eq!(run["status"], "succeeded", "{run:#} {events:#?}");
+    let results: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "tool_result")
+        .collect();
+    assert_eq!(results.len(), 2, "{events:#?}");
+    let page = results[0]["data"].to_string();
+    assert!(page.contains("Release 4.2"), "{page}");
+    assert!(page.contains("**ready**"), "markdown: {page}");
+    assert!(
+        page.contains(&format!("{site}/changes")),
+        "absolute links: {page}"
+    );
+    assert!(!page.contains("steal()"), "no scripts: {page}");
+    assert_eq!(results[1]["data"]["is_error"], true, "{}", results[1]);
+    let refused = results[1]["data"].to_string();
+    assert!(refused.contains("WEB_ALLOW_PRIVATE"), "{refused}");
+}

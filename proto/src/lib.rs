@@ -13,6 +13,7 @@ pub mod ids;
 pub mod jetstream_bus;
 pub mod lease;
 pub mod memory_bus;
+pub mod placeholders;
 pub mod run;
 pub mod sealed;
 

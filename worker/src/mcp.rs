@@ -7,27 +7,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use autopilot_fixed_servers::catalog::SETTINGS_FILE_VAR;
+use autopilot_proto::placeholders::fill;
 use autopilot_proto::{McpServerSpec, McpTransport, Secrets};
 use serde_json::{json, Map, Value};
-
-/// Fills `${NAME}` placeholders of `text` from `secrets`, noting each name used in `used`; the
-/// first name missing is the error.
-fn fill(text: &str, secrets: &Secrets, used: &mut Secrets) -> Result<String, String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else { break };
-        let name = &after[..end];
-        let value = secrets.get(name).ok_or_else(|| name.to_owned())?;
-        used.insert(name.to_owned(), value.clone());
-        out.push_str(&rest[..start]);
-        out.push_str(value);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
 
 /// A run's MCP configuration: the CLI's `--mcp-config` document and the settings file of each
 /// server the run starts (its name in the configuration's directory, and its JSON), which that

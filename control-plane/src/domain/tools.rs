@@ -93,18 +93,7 @@ pub fn credentials_of(transport: &Transport) -> Vec<String> {
     names
 }
 
-/// The credential names in `${NAME}` placeholders of `text`.
-pub fn placeholders(text: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else { break };
-        names.push(after[..end].to_owned());
-        rest = &after[end + 1..];
-    }
-    names
-}
+pub use autopilot_proto::placeholders::names as placeholders;
 
 /// One tool of a server.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize, JsonSchema)]

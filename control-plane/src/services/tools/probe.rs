@@ -25,21 +25,8 @@ const PASSED_ON: [&str; 6] = ["PATH", "HOME", "LANG", "TZ", "TMPDIR", "PYTHONPAT
 
 /// Fills `${NAME}` placeholders from `secrets`; a name missing is the error.
 fn fill(text: &str, secrets: &Secrets) -> Result<String, String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else { break };
-        let name = &after[..end];
-        let value = secrets.get(name).ok_or_else(|| {
-            format!("the credential `{name}` is not set; set it with set_credential")
-        })?;
-        out.push_str(&rest[..start]);
-        out.push_str(value);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
+    autopilot_proto::placeholders::fill(text, secrets, &mut Secrets::new())
+        .map_err(|name| format!("the credential `{name}` is not set; set it with set_credential"))
 }
 
 fn initialize() -> Value {

@@ -225,6 +225,9 @@ pub struct RunSpec {
     /// Isolation of the run when the worker executes it in a container.
     #[serde(default)]
     pub sandbox: Sandbox,
+    /// The image of the run's container, when the job names one (else the worker's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// What a run's container may reach.

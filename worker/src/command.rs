@@ -26,6 +26,8 @@ pub struct CommandSpec {
     /// their directory into the container (and names the file there), and hands it to the
     /// run's user.
     pub mcp_config: Option<PathBuf>,
+    /// The image the job asks for (only the Docker executor can give one).
+    pub image: Option<String>,
 }
 
 impl fmt::Debug for CommandSpec {
@@ -41,6 +43,7 @@ impl fmt::Debug for CommandSpec {
             .field("run", &self.run)
             .field("sandbox", &self.sandbox)
             .field("mcp_config", &self.mcp_config)
+            .field("image", &self.image)
             .finish()
     }
 }
@@ -116,6 +119,7 @@ pub fn build_command(spec: &RunSpec, workspace: PathBuf, env: &CommandEnv) -> Co
             run: (spec.run_id, spec.attempt),
             sandbox: spec.sandbox,
             mcp_config: None,
+            image: spec.image.clone(),
         },
         RunKind::Claude(claude) => {
             vars.extend(env.model_api.iter().cloned());
@@ -135,6 +139,7 @@ pub fn build_command(spec: &RunSpec, workspace: PathBuf, env: &CommandEnv) -> Co
                 run: (spec.run_id, spec.attempt),
                 sandbox: spec.sandbox,
                 mcp_config: None,
+                image: spec.image.clone(),
             }
         }
     }
@@ -247,6 +252,7 @@ mod tests {
             kind: RunKind::Claude(claude_spec()),
             timeout_secs: 60,
             sandbox: Default::default(),
+            image: None,
         };
         let env = CommandEnv {
             claude_bin: "/opt/claude".into(),
@@ -287,6 +293,7 @@ mod tests {
             },
             timeout_secs: 60,
             sandbox: Default::default(),
+            image: None,
         };
         let env = CommandEnv {
             claude_bin: "claude".into(),

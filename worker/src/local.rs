@@ -56,6 +56,12 @@ impl Executor for LocalExecutor {
         stop: CancellationToken,
         grace: Duration,
     ) -> Result<ExitInfo, ExecError> {
+        if let Some(image) = &command.image {
+            return Err(ExecError::Setup(format!(
+                "this job asks for the image `{image}`, which only the Docker executor can give: \
+                 run it in a pool of workers with AUTOPILOT_EXECUTOR=docker, or remove its `image`"
+            )));
+        }
         std::fs::create_dir_all(&command.cwd).map_err(|err| {
             ExecError::Setup(format!(
                 "cannot create workspace {}: {err}",

@@ -137,6 +137,7 @@ impl Job {
             sandbox: Some(settings.sandbox),
             grants: settings.servers.clone(),
             bundles: settings.bundles.clone(),
+            image: settings.image.clone(),
         }
     }
 }

@@ -33,6 +33,9 @@ pub struct RunSnapshot {
     /// The tool bundles named, expanded likewise when the run is claimed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bundles: Vec<String>,
+    /// The image of the run's container, when not the worker's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 impl RunSnapshot {

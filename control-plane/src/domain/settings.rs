@@ -41,6 +41,9 @@ pub struct RunSettings {
     /// Tool bundles whose grants and tools the runs also get.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bundles: Vec<String>,
+    /// The image of the runs' containers (Docker executor), instead of the worker's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// Retries of runs that failed for a transient API reason (overloaded, rate limited, 5xx).
@@ -127,6 +130,10 @@ pub struct RunSettingsInput {
     /// get, e.g. `["reporting"]`. Claude runs only.
     #[serde(default)]
     pub bundles: Option<Vec<String>>,
+    /// The image the runs' containers start from (Docker executor), e.g. a team's own built
+    /// `FROM autopilot-runtime`; it must be on the pool's workers. Default: the worker's image.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// Changes to run settings: a field left out keeps its value, `null` clears an optional one.
@@ -159,6 +166,9 @@ pub struct RunSettingsPatch {
     pub servers: Option<Vec<ToolGrant>>,
     /// Replaces the tool bundles the runs get.
     pub bundles: Option<Vec<String>>,
+    /// `null` goes back to the worker's image.
+    #[serde(default, deserialize_with = "nullable")]
+    pub image: Option<Option<String>>,
 }
 
 #[derive(Deserialize, Serialize, Debug, Clone, Copy, JsonSchema)]
@@ -217,6 +227,7 @@ impl From<&RunSettings> for RunSettingsInput {
             trace_content: Some(settings.trace_content),
             servers: Some(settings.servers.clone()),
             bundles: Some(settings.bundles.clone()),
+            image: settings.image.clone(),
         }
     }
 }
@@ -249,7 +260,8 @@ impl RunSettingsInput {
             retry,
             trace_content,
             servers,
-            bundles
+            bundles,
+            image
         );
         if let Some(patch) = patch.sandbox {
             let current = self.sandbox.unwrap_or_default();
@@ -287,7 +299,7 @@ impl RunSettingsInput {
     }
 
     /// Each field, and whether it was given (an empty tool list counts as not given).
-    fn given(&self) -> [(&'static str, bool); 12] {
+    fn given(&self) -> [(&'static str, bool); 13] {
         let listed = |tools: &Option<Vec<String>>| tools.as_ref().is_some_and(|t| !t.is_empty());
         [
             ("model", self.model.is_some()),
@@ -306,6 +318,7 @@ impl RunSettingsInput {
                 self.servers.as_ref().is_some_and(|s| !s.is_empty()),
             ),
             ("bundles", listed(&self.bundles)),
+            ("image", self.image.is_some()),
         ]
     }
 
@@ -373,6 +386,7 @@ impl RunSettingsInput {
             trace_content: self.trace_content.unwrap_or(false),
             servers: grants(self.servers.unwrap_or_default())?,
             bundles: bundles(self.bundles.unwrap_or_default())?,
+            image: self.image.map(image).transpose()?,
         })
     }
 }
@@ -488,6 +502,25 @@ pub(crate) fn grants(grants: Vec<ToolGrant>) -> ServiceResult<Vec<ToolGrant>> {
         }
     }
     Ok(grants)
+}
+
+/// Checks an image reference (`name[:tag][@digest]`, with a registry host if any).
+fn image(reference: String) -> ServiceResult<String> {
+    let reference = reference.trim().to_owned();
+    let valid = (1..=255).contains(&reference.len())
+        && reference.as_bytes()[0].is_ascii_alphanumeric()
+        && reference
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '@'));
+    if !valid {
+        return Err(ServiceError::invalid(
+            "image",
+            format!(
+                "`{reference}` is not an image reference, e.g. `autopilot-runtime-team:latest`"
+            ),
+        ));
+    }
+    Ok(reference)
 }
 
 /// Checks bundle names: each a valid name, named once.

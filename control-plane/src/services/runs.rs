@@ -95,6 +95,7 @@ pub async fn quick_run(app: &App, input: QuickRunInput) -> ServiceResult<Run> {
         sandbox: Some(settings.sandbox),
         grants: settings.servers,
         bundles: settings.bundles,
+        image: settings.image,
     };
     let mut run = Run::queued(Trigger::Quick, None, snapshot, None);
     run.id = run_id;

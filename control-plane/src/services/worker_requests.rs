@@ -116,6 +116,7 @@ async fn claim(
                 kind: run.settings.kind.clone(),
                 timeout_secs: run.settings.timeout_secs,
                 sandbox: run.settings.sandbox(),
+                image: run.settings.image.clone(),
             };
             let handed = match &registry {
                 Some(registry)

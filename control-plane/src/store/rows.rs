@@ -85,6 +85,7 @@ pub struct JobRow {
     pub trace_content: bool,
     pub tool_grants: String,
     pub tool_bundles: String,
+    pub image: Option<String>,
 }
 
 /// The schedule as stored: (`schedule_kind`, `schedule_expr`).
@@ -142,6 +143,7 @@ impl TryFrom<JobRow> for Job {
                 trace_content: row.trace_content,
                 servers: json("tool_grants", &row.tool_grants)?,
                 bundles: json("tool_bundles", &row.tool_bundles)?,
+                image: row.image,
             },
             misfire_policy: parse("misfire policy", &row.misfire_policy)?,
             misfire_cap: to_u32("misfire_cap", row.misfire_cap)?,

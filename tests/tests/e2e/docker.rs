@@ -534,3 +534,62 @@ async fn kill_and_timeout_leave_no_container() {
     assert_eq!(run["status"], "timed_out", "{run}");
     server.stop().await.unwrap();
 }
+
+/// A job may name the image its runs start from (a team's own, built FROM the runtime image); one
+/// the worker does not have fails the run with what to build, and the local executor, which has
+/// no images, says so instead of ignoring it.
+#[tokio::test]
+async fn a_job_names_its_image_and_a_missing_one_fails_with_what_to_build() {
+    let Some((docker, server)) = server(None).await else {
+        return;
+    };
+    // The base image (git in it) stands in for a team's image.
+    let (run, events) = run_shell(
+        &server,
+        &docker,
+        "own image",
+        json!({ "command": "git --version", "image": "autopilot-base:latest" }),
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert!(output_text(&events).contains("git version"), "{events:#?}");
+    let (run, _) = run_shell(
+        &server,
+        &docker,
+        "missing image",
+        json!({ "command": "true", "image": "autopilot-runtime-nope:latest" }),
+    )
+    .await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    let error = run["error"].as_str().unwrap();
+    assert!(
+        error.contains("autopilot-runtime-nope:latest") && error.contains("FROM autopilot-runtime"),
+        "{error}"
+    );
+    let (status, body) = server
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/jobs",
+            Some(json!({ "name": "bad", "command": "true", "image": "-rm" })),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "image", "{body}");
+
+    let local = TestServer::builder().start().await;
+    let job = local
+        .create_job(json!({ "name": "local", "command": "true", "image": "autopilot-base:latest" }))
+        .await;
+    let run = local.trigger(job["id"].as_str().unwrap()).await;
+    let run = local
+        .wait_until_finished(run["id"].as_str().unwrap(), RUN_TIMEOUT)
+        .await;
+    assert_eq!(run["status"], "failed", "{run:#}");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("only the Docker executor"),
+        "{run:#}"
+    );
+}

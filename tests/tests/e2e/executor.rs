@@ -32,6 +32,7 @@ pub fn shell(script: &str, cwd: &Path) -> CommandSpec {
             pids: 128,
         },
         mcp_config: None,
+        image: None,
     }
 }
 

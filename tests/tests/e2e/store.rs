@@ -55,6 +55,7 @@ fn job(name: &str) -> Job {
                 deny: vec![],
             }],
             bundles: vec!["reporting".into()],
+            image: Some("autopilot-runtime-team:1".into()),
         },
         misfire_policy: MisfirePolicy::RunAll,
         misfire_cap: 3,

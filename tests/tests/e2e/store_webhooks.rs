@@ -51,6 +51,7 @@ pub(crate) fn webhook(name: &str, token_hash: &str) -> Webhook {
                     deny: vec!["delete_*".into()],
                 }],
                 bundles: vec!["triage".into()],
+                image: None,
             },
             signature: SignatureConfig {
                 scheme: SignatureSchemeName::Github,
@@ -98,6 +99,7 @@ fn delivery(
         sandbox: None,
         grants: Vec::new(),
         bundles: Vec::new(),
+        image: None,
     };
     let mut run = Run::queued(Trigger::Webhook, None, settings, None);
     run.created_at = now_ms();

@@ -217,9 +217,27 @@ impl DockerExecutor {
     }
 
     /// What every container of this executor shares.
-    fn container_settings(&self) -> ContainerSettings<'_> {
+    /// Whether the image a job names is in this worker's engine; the error says what to do.
+    async fn check_job_image(&self, image: &str) -> Result<(), ExecError> {
+        match self.api.inspect_image(image).await {
+            Ok(_) => Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Err(ExecError::Setup(format!(
+                "the image `{image}` this job asks for is not on worker {}: build it on every \
+                 worker of the job's pool (FROM autopilot-runtime, see docker/README.md), or \
+                 remove the job's `image` to use the worker's own ({})",
+                self.config.worker_id, self.config.image
+            ))),
+            Err(err) => Err(ExecError::Setup(format!(
+                "cannot check the image `{image}`: {err}"
+            ))),
+        }
+    }
+
+    fn container_settings<'a>(&'a self, command: &'a CommandSpec) -> ContainerSettings<'a> {
         ContainerSettings {
-            image: &self.config.image,
+            image: self.image_of(command),
             uid: self.config.uid,
             gid: self.config.gid,
             worker_id: &self.config.worker_id,
@@ -270,6 +288,9 @@ impl Executor for DockerExecutor {
                 command.cwd.display()
             )));
         }
+        if let Some(image) = command.image.as_deref().filter(|i| *i != self.config.image) {
+            self.check_job_image(image).await?;
+        }
         prepare_workspace(&command.cwd, self.config.uid, self.config.gid).await?;
         if let Some(dir) = command.mcp_config.as_deref().and_then(Path::parent) {
             host::hand_to_run_user(dir, self.config.uid, self.config.gid).await?;
@@ -281,7 +302,7 @@ impl Executor for DockerExecutor {
             token: token.as_str(),
         });
         let env = spec::container_env(&command, access);
-        let body = spec::container_body(&command, env, &self.container_settings());
+        let body = spec::container_body(&command, env, &self.container_settings(&command));
         let name = spec::container_name(command.run);
         let starting = std::time::SystemTime::now();
         let id = self.create(&name, body).await?;
@@ -319,7 +340,7 @@ impl Executor for DockerExecutor {
             .attribute(opentelemetry::KeyValue::new("container.name", name.clone()))
             .attribute(opentelemetry::KeyValue::new(
                 "container.image.name",
-                self.config.image.clone(),
+                self.image_of(&command).to_owned(),
             ))
             .record_in_current();
         // Asked after the start: `not-running` answers at once for a container that already
@@ -409,11 +430,16 @@ impl Executor for DockerExecutor {
 }
 
 impl DockerExecutor {
+    /// The image of `command`'s container: the job's, else the worker's.
+    fn image_of<'a>(&'a self, command: &'a CommandSpec) -> &'a str {
+        command.image.as_deref().unwrap_or(&self.config.image)
+    }
+
     fn missing_program(&self, command: &CommandSpec) -> ExecError {
         ExecError::ProgramNotFound(format!(
             "`{}` was not found or is not executable in the image `{}`",
             spec::program_of(command),
-            self.config.image
+            self.image_of(command)
         ))
     }
 

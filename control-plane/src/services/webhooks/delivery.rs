@@ -281,6 +281,7 @@ pub fn build_delivery(
                 sandbox: Some(run.sandbox).filter(|sandbox| *sandbox != Sandbox::defaults(true)),
                 grants: run.servers.clone(),
                 bundles: run.bundles.clone(),
+                image: run.image.clone(),
             }
         }
     };

@@ -46,6 +46,7 @@ fn command(kind: RunKind, network: NetworkMode) -> CommandSpec {
         kind,
         timeout_secs: 60,
         sandbox: sandbox(network),
+        image: None,
     };
     build_command(&spec, PathBuf::from(WORKSPACE_ON_HOST), &command_env())
 }

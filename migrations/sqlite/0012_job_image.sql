@@ -1,0 +1,2 @@
+-- The image a job's runs start from (Docker executor), when not the worker's own.
+ALTER TABLE jobs ADD COLUMN image TEXT;

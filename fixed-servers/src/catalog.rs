@@ -140,8 +140,103 @@ pub const WEB: FixedServer = FixedServer {
     ],
 };
 
+pub const NOTIFY: FixedServer = FixedServer {
+    name: "notify",
+    description: "Posts messages to named Slack, Discord, Teams or webhook channels, a bounded \
+                  number per run. The channels' URLs and headers are secrets and never shown.",
+    settings: &[
+        Setting {
+            name: "NOTIFY_CHANNELS",
+            description: "the channels as JSON, each with `kind` (slack, discord, teams or \
+                          webhook), `url` and optional `headers`, e.g. {\"team\": {\"kind\": \
+                          \"slack\", \"url\": \"${SLACK_WEBHOOK_URL}\"}, \"ci\": {\"kind\": \
+                          \"webhook\", \"url\": \"https://ci.example/hook\", \"headers\": \
+                          {\"Authorization\": \"Bearer ${CI_TOKEN}\"}}}",
+            required: true,
+        },
+        Setting {
+            name: "NOTIFY_MAX_PER_RUN",
+            description: "most notifications one run may send (default 20)",
+            required: false,
+        },
+        Setting {
+            name: "NOTIFY_ALLOW_PRIVATE",
+            description: "`true` lets channels reach private, loopback and link-local addresses, \
+                          and use plain http (default `false`: https to public addresses only)",
+            required: false,
+        },
+    ],
+    tools: &[
+        FixedTool {
+            name: "send_notification",
+            description: "Posts a message (`text`, optional `title`) to one of the configured \
+                          channels, by name. Each call counts against the run's quota; a \
+                          Discord message is at most 2,000 characters.",
+            read_only: false,
+        },
+        FixedTool {
+            name: "list_channels",
+            description: "Lists the channels notifications can be sent to (names and kinds) and \
+                          how many this run may still send.",
+            read_only: true,
+        },
+    ],
+};
+
+pub const HTTP: FixedServer = FixedServer {
+    name: "http",
+    description: "Calls the REST APIs of configured hosts, with each host's credentials added by \
+                  the server and never shown. Private and loopback addresses are refused unless \
+                  allowed.",
+    settings: &[
+        Setting {
+            name: "HTTP_HOSTS",
+            description: "the hosts as JSON, each with `base_url`, optional `headers` (the \
+                          credentials: the base URL holds none) and `allow_methods` (default \
+                          [\"GET\"]), e.g. {\"github\": {\"base_url\": \
+                          \"https://api.github.com\", \"headers\": {\"Authorization\": \
+                          \"Bearer ${GITHUB_TOKEN}\"}, \"allow_methods\": [\"GET\", \"POST\"]}}",
+            required: true,
+        },
+        Setting {
+            name: "HTTP_ALLOW_PRIVATE",
+            description: "`true` lets hosts be private, loopback and link-local addresses, and \
+                          use plain http (default `false`: https to public addresses only)",
+            required: false,
+        },
+        Setting {
+            name: "HTTP_MAX_RESPONSE_BYTES",
+            description: "most bytes of an answer's body read; a longer one is cut (default \
+                          1048576, 1 MiB)",
+            required: false,
+        },
+        Setting {
+            name: "HTTP_MAX_CALLS_PER_RUN",
+            description: "most requests one run may make (default 100)",
+            required: false,
+        },
+    ],
+    tools: &[
+        FixedTool {
+            name: "http_request",
+            description: "Calls a configured host: `host` (its name), `method`, `path` from the \
+                          host's base URL, optional `query`, JSON `body` and `headers`; the \
+                          host's credentials are added. Returns the status, useful headers and \
+                          the body (JSON pretty-printed). Redirects are reported, not followed. \
+                          A host allowed only GET and HEAD can only be read.",
+            read_only: false,
+        },
+        FixedTool {
+            name: "list_hosts",
+            description: "Lists the hosts http_request can call: names, base URLs, allowed \
+                          methods, and how many calls this run may still make.",
+            read_only: true,
+        },
+    ],
+};
+
 /// Every fixed server.
-pub const SERVERS: &[FixedServer] = &[EMAIL, WEB];
+pub const SERVERS: &[FixedServer] = &[EMAIL, WEB, NOTIFY, HTTP];
 
 pub fn find(name: &str) -> Option<&'static FixedServer> {
     SERVERS.iter().find(|server| server.name == name)

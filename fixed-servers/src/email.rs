@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::catalog::{FixedServer, EMAIL};
-use crate::serve::{arguments, failure, schema, success, Tools};
+use crate::serve::{arguments, failure, schema, success, Quota, Tools};
 
 const DEFAULT_MAX_PER_RUN: u32 = 10;
 const MAX_ATTACHMENT_BYTES: u64 = 10 * 1024 * 1024;
@@ -113,7 +112,7 @@ struct Account {
 pub struct Email {
     settings: Settings,
     accounts: BTreeMap<String, Account>,
-    sent: AtomicU32,
+    quota: Quota,
     workspace: PathBuf,
 }
 
@@ -159,9 +158,9 @@ impl Email {
             accounts.insert(name.clone(), Account { transport, from });
         }
         Ok(Self {
+            quota: Quota::new(settings.max_per_run),
             settings,
             accounts,
-            sent: AtomicU32::new(0),
             workspace,
         })
     }
@@ -278,15 +277,12 @@ impl Email {
     async fn send(&self, request: SendEmail) -> Result<String, String> {
         let account = self.account(request.account.as_deref())?;
         let message = self.message(&request, account)?;
-        let max = self.settings.max_per_run;
-        // Counted before sending: two calls at once cannot both take the last message.
-        let number = self.sent.fetch_add(1, Ordering::SeqCst) + 1;
-        if number > max {
-            self.sent.fetch_sub(1, Ordering::SeqCst);
+        let max = self.quota.max;
+        let Some(number) = self.quota.take() else {
             return Err(format!(
                 "this run has sent its {max} messages (EMAIL_MAX_PER_RUN); nothing was sent"
             ));
-        }
+        };
         match account.transport.send(message).await {
             Ok(response) => Ok(format!(
                 "Sent \"{}\" to {} ({}; message {number} of {max} this run).",
@@ -295,7 +291,7 @@ impl Email {
                 response.message().collect::<Vec<_>>().join(" ").trim()
             )),
             Err(err) => {
-                self.sent.fetch_sub(1, Ordering::SeqCst);
+                self.quota.give_back();
                 Err(format!("the SMTP server did not take the message: {err}"))
             }
         }
@@ -307,10 +303,7 @@ impl Email {
             .iter()
             .map(|(name, account)| format!("{name}: {}", account.from))
             .collect();
-        let left = self
-            .settings
-            .max_per_run
-            .saturating_sub(self.sent.load(Ordering::SeqCst));
+        let left = self.quota.left();
         format!(
             "Accounts: {}. Allowed recipients: {}. Messages this run may still send: {left}.",
             accounts.join("; "),

@@ -9,6 +9,12 @@
 //! - `email` (feature `servers`): send mail through SMTP.
 //! - `web` (feature `servers`): fetch a URL as readable markdown, a page at a time, and search
 //!   through a configured provider; private and loopback addresses refused unless allowed.
+//! - `notify` (feature `servers`): post messages to named Slack, Discord, Teams or webhook
+//!   channels, whose URLs and headers are secrets never shown.
+//! - `http` (feature `servers`): REST calls to configured hosts, each host's credentials added by
+//!   the server and redacted from what comes back; private addresses refused unless allowed.
+//! - `outbound` (feature `servers`): what `notify` and `http` share (JSON settings read without
+//!   echoing values, header checks, credential parts to redact, checked and pinned connections).
 //! - `guard` (feature `servers`): `autopilot-mcp-guard`, which runs any other stdio server for a
 //!   run: its settings from a file, only the granted tools, credentials kept from the model.
 
@@ -17,6 +23,12 @@ pub mod catalog;
 pub mod email;
 #[cfg(feature = "servers")]
 pub mod guard;
+#[cfg(feature = "servers")]
+pub mod http;
+#[cfg(feature = "servers")]
+pub mod notify;
+#[cfg(feature = "servers")]
+mod outbound;
 pub mod redact;
 #[cfg(feature = "servers")]
 pub mod serve;

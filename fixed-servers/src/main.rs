@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use autopilot_fixed_servers::catalog::{self, SERVERS};
-use autopilot_fixed_servers::{email, serve, web};
+use autopilot_fixed_servers::{email, http, notify, serve, web};
 
 fn usage() -> String {
     let names: Vec<&str> = SERVERS.iter().map(|server| server.name).collect();
@@ -40,6 +40,14 @@ fn main() -> ExitCode {
             }
             "web" => {
                 let server = web::Web::from_settings().map_err(anyhow::Error::msg)?;
+                serve::run(Arc::new(server)).await
+            }
+            "notify" => {
+                let server = notify::Notify::from_settings().map_err(anyhow::Error::msg)?;
+                serve::run(Arc::new(server)).await
+            }
+            "http" => {
+                let server = http::Http::from_settings().map_err(anyhow::Error::msg)?;
                 serve::run(Arc::new(server)).await
             }
             other => anyhow::bail!("unknown server `{other}`; {}", usage()),

@@ -2,6 +2,7 @@
 //! each call handed to the server's own code.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use rmcp::handler::server::common::schema_for_input;
@@ -73,6 +74,72 @@ pub fn take_settings_file() -> Result<Option<(std::path::PathBuf, Vec<u8>)>, Str
         )
     })?;
     Ok(Some((path, text)))
+}
+
+/// A `true` / `false` setting, `false` when unset; the error names it.
+pub fn flag(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<bool, String> {
+    match var(name).as_deref().map(str::trim) {
+        None | Some("") => Ok(false),
+        Some(text) => match text.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            _ => Err(format!("{name} must be `true` or `false`, not `{text}`")),
+        },
+    }
+}
+
+/// A whole-number setting of at least `min`, `default` when unset; the error names it.
+pub fn whole_number(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    default: u64,
+    min: u64,
+) -> Result<u64, String> {
+    let Some(text) = var(name).filter(|text| !text.trim().is_empty()) else {
+        return Ok(default);
+    };
+    match text.trim().parse::<u64>() {
+        Ok(number) if number >= min => Ok(number),
+        _ => Err(format!(
+            "{name} must be a whole number of at least {min}, not `{}`",
+            text.trim()
+        )),
+    }
+}
+
+/// How many of something (messages, calls) one run may use: a server process lives for one run.
+pub struct Quota {
+    used: AtomicU32,
+    pub max: u32,
+}
+
+impl Quota {
+    pub fn new(max: u32) -> Self {
+        Self {
+            used: AtomicU32::new(0),
+            max,
+        }
+    }
+
+    /// Takes one, and tells its number (from 1); `None` when all are used. Taken before the
+    /// work, so that two calls at once cannot both have the last one.
+    pub fn take(&self) -> Option<u32> {
+        let number = self.used.fetch_add(1, Ordering::SeqCst).saturating_add(1);
+        if number > self.max {
+            self.used.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(number)
+    }
+
+    /// Gives back one taken for work that was not done.
+    pub fn give_back(&self) {
+        self.used.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    pub fn left(&self) -> u32 {
+        self.max.saturating_sub(self.used.load(Ordering::SeqCst))
+    }
 }
 
 /// The schema of arguments of type `T`.
@@ -184,5 +251,41 @@ mod tests {
         let error = settings().err().unwrap();
         std::env::remove_var(SETTINGS_FILE_VAR);
         assert!(error.contains("restarted"), "{error}");
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: std::collections::BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn flags_and_numbers_name_their_setting() {
+        assert_eq!(flag(&vars(&[]), "A"), Ok(false));
+        assert_eq!(flag(&vars(&[("A", " TRUE ")]), "A"), Ok(true));
+        assert!(flag(&vars(&[("A", "maybe")]), "A")
+            .unwrap_err()
+            .contains("A must"));
+        assert_eq!(whole_number(&vars(&[]), "N", 7, 0), Ok(7));
+        assert_eq!(whole_number(&vars(&[("N", "0")]), "N", 7, 0), Ok(0));
+        assert!(whole_number(&vars(&[("N", "0")]), "N", 7, 1)
+            .unwrap_err()
+            .contains("N must be a whole number of at least 1"));
+        assert!(whole_number(&vars(&[("N", "-1")]), "N", 7, 0).is_err());
+    }
+
+    #[test]
+    fn the_quota_is_taken_and_given_back() {
+        let quota = Quota::new(2);
+        assert_eq!(quota.take(), Some(1));
+        assert_eq!(quota.take(), Some(2));
+        assert_eq!(quota.take(), None);
+        assert_eq!(quota.left(), 0);
+        quota.give_back();
+        assert_eq!(quota.left(), 1);
+        assert_eq!(quota.take(), Some(2));
+        assert_eq!(Quota::new(0).take(), None);
     }
 }

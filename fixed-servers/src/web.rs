@@ -13,8 +13,8 @@
 //! - `html`: HTML to markdown, bounded against hostile pages.
 //! - `search`: the search provider.
 
-mod address;
-mod document;
+pub(crate) mod address;
+pub(crate) mod document;
 mod html;
 mod search;
 #[cfg(test)]
@@ -76,18 +76,7 @@ pub struct Settings {
 impl Settings {
     /// Reads the settings through `var`; an error names the variable and what to write.
     pub fn read(var: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
-        let allow_private = match var("WEB_ALLOW_PRIVATE").as_deref().map(str::trim) {
-            None | Some("") => false,
-            Some(text) => match text.to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" => true,
-                "false" | "0" | "no" => false,
-                _ => {
-                    return Err(format!(
-                        "WEB_ALLOW_PRIVATE must be `true` or `false`, not `{text}`"
-                    ))
-                }
-            },
-        };
+        let allow_private = crate::serve::flag(&var, "WEB_ALLOW_PRIVATE")?;
         let allowed_hosts = match var("WEB_ALLOWED_HOSTS") {
             None => None,
             Some(list) => {
@@ -357,17 +346,11 @@ impl Web {
         ))
     }
 
-    /// A client that connects to `addresses` for `url`'s host and nowhere else: it does not ask
-    /// DNS itself, follows no redirect and uses no proxy. One per hop, as each hop has its own.
+    /// A client that connects to `addresses` for `url`'s host and nowhere else (see
+    /// [`address::pinned_client`]). One per hop, as each hop has its own.
     fn client_for(&self, url: &Url, addresses: &[SocketAddr]) -> Result<reqwest::Client, String> {
-        let mut client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .user_agent(self.user_agent.clone());
-        if let Some(domain) = url.domain() {
-            client = client.resolve_to_addrs(domain, addresses);
-        }
-        client
+        address::pinned_client(url, addresses)
+            .user_agent(self.user_agent.clone())
             .build()
             .map_err(|err| format!("cannot make the HTTP client: {err}"))
     }
@@ -429,7 +412,10 @@ fn size(bytes: usize) -> String {
 }
 
 /// Reads at most `max` bytes of a response's body; true with them when there was more.
-async fn read_body(mut response: reqwest::Response, max: usize) -> Result<(Vec<u8>, bool), String> {
+pub(crate) async fn read_body(
+    mut response: reqwest::Response,
+    max: usize,
+) -> Result<(Vec<u8>, bool), String> {
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
@@ -448,7 +434,7 @@ async fn read_body(mut response: reqwest::Response, max: usize) -> Result<(Vec<u
 
 /// An error and its causes, which for a connection hold the useful part (refused, timed out,
 /// certificate not valid, …).
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

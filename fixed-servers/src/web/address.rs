@@ -1,7 +1,8 @@
 //! Which addresses and hosts `fetch_url` may reach. A fetch is refused when its host resolves to
 //! any address that is not on the public internet (loopback, private, link-local, …), unless the
 //! job allows private addresses; the connection then goes to exactly the addresses checked, so a
-//! second DNS answer cannot swap in another.
+//! second DNS answer cannot swap in another. The `notify` and `http` servers check and pin their
+//! connections with the same functions ([`resolve`], [`first_non_public`], [`pinned_client`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -112,32 +113,67 @@ impl Policy {
                 allowed.join(", ")
             ));
         }
-        let port = url.port_or_known_default().unwrap_or(80);
-        // The URL parser writes an IP host in its normal form (`http://0x7f.1/` has the host
-        // `127.0.0.1`), so a literal address is read here rather than given to the resolver.
-        let addresses: Vec<SocketAddr> = match normal_host(host).parse::<IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => tokio::net::lookup_host((host, port))
-                .await
-                .map_err(|err| format!("cannot resolve {host}: {err}"))?
-                .collect(),
-        };
-        if addresses.is_empty() {
-            return Err(format!("cannot resolve {host}: no address"));
-        }
+        let addresses = resolve(url)
+            .await
+            .map_err(|reason| format!("cannot resolve {host}: {reason}"))?;
         if !self.allow_private {
-            // Any one address refused refuses the host: the connection could go to any of them.
-            for address in &addresses {
-                if let Some(kind) = (self.classify)(address.ip()) {
-                    return Err(format!(
-                        "refused: {host} is {}, a {kind} address; fetch_url reaches only public \
-                         addresses unless the job's WEB_ALLOW_PRIVATE setting is true",
-                        address.ip()
-                    ));
-                }
+            if let Some((ip, kind)) = first_non_public(&addresses, self.classify) {
+                return Err(format!(
+                    "refused: {host} is {ip}, a {kind} address; fetch_url reaches only public \
+                     addresses unless the job's WEB_ALLOW_PRIVATE setting is true"
+                ));
             }
         }
         Ok(addresses)
+    }
+}
+
+/// The addresses `url`'s host resolves to (or its literal address), with the URL's port; no
+/// policy applied. The error is the reason alone, without the host: the `notify` server's URLs
+/// are secrets, so its callers say which host (or channel) themselves.
+pub(crate) async fn resolve(url: &Url) -> Result<Vec<SocketAddr>, String> {
+    let host = url.host_str().unwrap_or_default();
+    if host.is_empty() {
+        return Err("the URL has no host".to_owned());
+    }
+    let port = url.port_or_known_default().unwrap_or(80);
+    // The URL parser writes an IP host in its normal form (`http://0x7f.1/` has the host
+    // `127.0.0.1`), so a literal address is read here rather than given to the resolver.
+    let addresses: Vec<SocketAddr> = match normal_host(host).parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|err| err.to_string())?
+            .collect(),
+    };
+    if addresses.is_empty() {
+        return Err("no address".to_owned());
+    }
+    Ok(addresses)
+}
+
+/// The first of `addresses` that `classify` finds not public, with its kind. Any one such
+/// address refuses the host: the connection could go to any of them.
+pub(crate) fn first_non_public(
+    addresses: &[SocketAddr],
+    classify: fn(IpAddr) -> Option<&'static str>,
+) -> Option<(IpAddr, &'static str)> {
+    addresses
+        .iter()
+        .find_map(|address| classify(address.ip()).map(|kind| (address.ip(), kind)))
+}
+
+/// A client builder that connects to `addresses` for `url`'s host and nowhere else: it does
+/// not ask DNS itself, follows no redirect and uses no proxy (a proxy would connect wherever
+/// it resolves the name, and so unmake the check).
+pub(crate) fn pinned_client(url: &Url, addresses: &[SocketAddr]) -> reqwest::ClientBuilder {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy();
+    match url.domain() {
+        Some(domain) => client.resolve_to_addrs(domain, addresses),
+        // A literal address is connected to as it is.
+        None => client,
     }
 }
 

@@ -19,9 +19,9 @@ struct ServerConfig {
     tools_listed_at_ms: Option<i64>,
 }
 
-type ServerRow = (String, String, i64, i64);
+type DocumentRow = (String, String, i64, i64);
 
-fn server_from_row((name, config, created, updated): ServerRow) -> StoreResult<McpServer> {
+fn server_from_row((name, config, created, updated): DocumentRow) -> StoreResult<McpServer> {
     let config: ServerConfig = serde_json::from_str(&config)
         .map_err(|err| StoreError::Corrupt(format!("server {name}: {err}")))?;
     Ok(McpServer {
@@ -52,7 +52,7 @@ struct BundleConfig {
     tools: Vec<String>,
 }
 
-fn bundle_from_row((name, config, created, updated): ServerRow) -> StoreResult<ToolBundle> {
+fn bundle_from_row((name, config, created, updated): DocumentRow) -> StoreResult<ToolBundle> {
     let config: BundleConfig = serde_json::from_str(&config)
         .map_err(|err| StoreError::Corrupt(format!("bundle {name}: {err}")))?;
     Ok(ToolBundle {
@@ -88,34 +88,76 @@ fn credential_from_row(row: CredentialRow) -> StoreResult<Credential> {
     })
 }
 
-#[async_trait]
-impl ToolStore for SqlStore {
-    async fn insert_server(&self, server: &McpServer) -> StoreResult<()> {
+/// The two tables of named JSON documents (`name`, `config`, `created_at_ms`,
+/// `updated_at_ms`), and what a row of each is called in a conflict.
+#[derive(Clone, Copy)]
+enum Documents {
+    Servers,
+    Bundles,
+}
+
+impl Documents {
+    fn table(self) -> &'static str {
+        match self {
+            Documents::Servers => "mcp_servers",
+            Documents::Bundles => "tool_bundles",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Documents::Servers => "server",
+            Documents::Bundles => "bundle",
+        }
+    }
+}
+
+/// One named document as written.
+struct Document<'a> {
+    name: &'a str,
+    config: String,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+}
+
+impl SqlStore {
+    async fn insert_document(&self, kind: Documents, doc: Document<'_>) -> StoreResult<()> {
+        let sql = format!(
+            "INSERT INTO {} (name, config, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4)",
+            kind.table()
+        );
         on_write!(self, pool => {
-            sqlx::query("INSERT INTO mcp_servers (name, config, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4)")
-                .bind(&server.name)
-                .bind(config_of(server))
-                .bind(to_ms(server.created_at))
-                .bind(to_ms(server.updated_at))
+            sqlx::query(&sql)
+                .bind(doc.name)
+                .bind(&doc.config)
+                .bind(doc.created_at_ms)
+                .bind(doc.updated_at_ms)
                 .execute(pool)
                 .await
                 .map(|done| done.rows_affected())
         })
         .map_err(|err| match classify(err) {
-            StoreError::Conflict(_) => {
-                StoreError::Conflict(format!("a server named `{}` already exists", server.name))
-            }
+            StoreError::Conflict(_) => StoreError::Conflict(format!(
+                "a {} named `{}` already exists",
+                kind.what(),
+                doc.name
+            )),
             other => other,
         })?;
         Ok(())
     }
 
-    async fn update_server(&self, server: &McpServer) -> StoreResult<()> {
+    /// Replaces the document of that name; `NotFound` when there is none.
+    async fn update_document(&self, kind: Documents, doc: Document<'_>) -> StoreResult<()> {
+        let sql = format!(
+            "UPDATE {} SET config = $2, updated_at_ms = $3 WHERE name = $1",
+            kind.table()
+        );
         let updated = on_write!(self, pool => {
-            sqlx::query("UPDATE mcp_servers SET config = $2, updated_at_ms = $3 WHERE name = $1")
-                .bind(&server.name)
-                .bind(config_of(server))
-                .bind(to_ms(server.updated_at))
+            sqlx::query(&sql)
+                .bind(doc.name)
+                .bind(&doc.config)
+                .bind(doc.updated_at_ms)
                 .execute(pool)
                 .await
                 .map(|done| done.rows_affected())
@@ -127,19 +169,19 @@ impl ToolStore for SqlStore {
         Ok(())
     }
 
-    async fn list_servers(&self) -> StoreResult<Vec<McpServer>> {
-        let rows: Vec<ServerRow> = on_read!(self, pool => {
-            sqlx::query_as("SELECT name, config, created_at_ms, updated_at_ms FROM mcp_servers ORDER BY name")
-                .fetch_all(pool)
-                .await
-        })
-        .map_err(classify)?;
-        rows.into_iter().map(server_from_row).collect()
+    async fn list_documents(&self, kind: Documents) -> StoreResult<Vec<DocumentRow>> {
+        let sql = format!(
+            "SELECT name, config, created_at_ms, updated_at_ms FROM {} ORDER BY name",
+            kind.table()
+        );
+        on_read!(self, pool => sqlx::query_as(&sql).fetch_all(pool).await).map_err(classify)
     }
 
-    async fn delete_server(&self, name: &str) -> StoreResult<bool> {
+    /// Whether it existed.
+    async fn delete_document(&self, kind: Documents, name: &str) -> StoreResult<bool> {
+        let sql = format!("DELETE FROM {} WHERE name = $1", kind.table());
         let deleted = on_write!(self, pool => {
-            sqlx::query("DELETE FROM mcp_servers WHERE name = $1")
+            sqlx::query(&sql)
                 .bind(name)
                 .execute(pool)
                 .await
@@ -147,6 +189,46 @@ impl ToolStore for SqlStore {
         })
         .map_err(classify)?;
         Ok(deleted == 1)
+    }
+}
+
+fn server_document(server: &McpServer) -> Document<'_> {
+    Document {
+        name: &server.name,
+        config: config_of(server),
+        created_at_ms: to_ms(server.created_at),
+        updated_at_ms: to_ms(server.updated_at),
+    }
+}
+
+fn bundle_document(bundle: &ToolBundle) -> Document<'_> {
+    Document {
+        name: &bundle.name,
+        config: bundle_config(bundle),
+        created_at_ms: to_ms(bundle.created_at),
+        updated_at_ms: to_ms(bundle.updated_at),
+    }
+}
+
+#[async_trait]
+impl ToolStore for SqlStore {
+    async fn insert_server(&self, server: &McpServer) -> StoreResult<()> {
+        self.insert_document(Documents::Servers, server_document(server))
+            .await
+    }
+
+    async fn update_server(&self, server: &McpServer) -> StoreResult<()> {
+        self.update_document(Documents::Servers, server_document(server))
+            .await
+    }
+
+    async fn list_servers(&self) -> StoreResult<Vec<McpServer>> {
+        let rows = self.list_documents(Documents::Servers).await?;
+        rows.into_iter().map(server_from_row).collect()
+    }
+
+    async fn delete_server(&self, name: &str) -> StoreResult<bool> {
+        self.delete_document(Documents::Servers, name).await
     }
 
     async fn put_credential(&self, credential: &Credential) -> StoreResult<()> {
@@ -218,61 +300,21 @@ impl ToolStore for SqlStore {
     }
 
     async fn insert_bundle(&self, bundle: &ToolBundle) -> StoreResult<()> {
-        on_write!(self, pool => {
-            sqlx::query("INSERT INTO tool_bundles (name, config, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4)")
-                .bind(&bundle.name)
-                .bind(bundle_config(bundle))
-                .bind(to_ms(bundle.created_at))
-                .bind(to_ms(bundle.updated_at))
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected())
-        })
-        .map_err(|err| match classify(err) {
-            StoreError::Conflict(_) => {
-                StoreError::Conflict(format!("a bundle named `{}` already exists", bundle.name))
-            }
-            other => other,
-        })?;
-        Ok(())
+        self.insert_document(Documents::Bundles, bundle_document(bundle))
+            .await
     }
 
     async fn update_bundle(&self, bundle: &ToolBundle) -> StoreResult<()> {
-        let updated = on_write!(self, pool => {
-            sqlx::query("UPDATE tool_bundles SET config = $2, updated_at_ms = $3 WHERE name = $1")
-                .bind(&bundle.name)
-                .bind(bundle_config(bundle))
-                .bind(to_ms(bundle.updated_at))
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected())
-        })
-        .map_err(classify)?;
-        if updated == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        self.update_document(Documents::Bundles, bundle_document(bundle))
+            .await
     }
 
     async fn list_bundles(&self) -> StoreResult<Vec<ToolBundle>> {
-        let rows: Vec<ServerRow> = on_read!(self, pool => {
-            sqlx::query_as("SELECT name, config, created_at_ms, updated_at_ms FROM tool_bundles ORDER BY name")
-                .fetch_all(pool)
-                .await
-        })
-        .map_err(classify)?;
+        let rows = self.list_documents(Documents::Bundles).await?;
         rows.into_iter().map(bundle_from_row).collect()
     }
 
     async fn delete_bundle(&self, name: &str) -> StoreResult<bool> {
-        let deleted = on_write!(self, pool => {
-            sqlx::query("DELETE FROM tool_bundles WHERE name = $1")
-                .bind(name)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected())
-        })
-        .map_err(classify)?;
-        Ok(deleted == 1)
+        self.delete_document(Documents::Bundles, name).await
     }
 }

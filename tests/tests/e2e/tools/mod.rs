@@ -1,11 +1,13 @@
 //! Tools for jobs: MCP servers from the registry granted to runs, with their credentials from
 //! the vault. The real CLI, driven by the fake model, starts a real Python MCP server (the `mcp`
 //! SDK 2, `MCPServer`) and calls its tools. Here: local runs and the API; the Docker executor in
-//! `docker`, the email server in `email`, the web server in `web`, the fleet's bus in `fleet`.
+//! `docker`, the email server in `email`, the web server in `web`, notify and http in `outbound`,
+//! the fleet's bus in `fleet`.
 
 mod docker;
 mod email;
 mod fleet;
+mod outbound;
 mod web;
 
 use std::path::Path;

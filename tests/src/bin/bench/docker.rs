@@ -19,8 +19,9 @@ fn at(value: &Value) -> anyhow::Result<DateTime<Utc>> {
     Ok(DateTime::parse_from_rfc3339(text)?.with_timezone(&Utc))
 }
 
-/// Milliseconds from the run's creation to its first CLI output line.
-async fn first_output_ms(server: &TestServer, job_id: &str) -> anyhow::Result<f64> {
+/// Milliseconds from the run's creation to its first CLI output line (its `system/init`, which
+/// the CLI prints once every granted MCP server is connected).
+pub(crate) async fn first_output_ms(server: &TestServer, job_id: &str) -> anyhow::Result<f64> {
     let run = server.trigger(job_id).await;
     let run_id = run["id"].as_str().context("run id")?.to_owned();
     let run = server

@@ -10,13 +10,12 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use autopilot_tests::components;
 use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply};
 use autopilot_tests::harness::TestServer;
-use chrono::{DateTime, Utc};
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -39,27 +38,7 @@ server.run()
 
 const TOKEN: &str = "bench-token-0123456789";
 
-fn at(value: &Value) -> anyhow::Result<DateTime<Utc>> {
-    let text = value.as_str().context("a timestamp")?;
-    Ok(DateTime::parse_from_rfc3339(text)?.with_timezone(&Utc))
-}
-
-/// Milliseconds from a run's creation to its `system/init` line.
-async fn init_ms(server: &TestServer, job_id: &str) -> anyhow::Result<f64> {
-    let run = server.trigger(job_id).await;
-    let run_id = run["id"].as_str().context("run id")?.to_owned();
-    let run = server
-        .wait_until_finished(&run_id, Duration::from_secs(90))
-        .await;
-    anyhow::ensure!(run["status"] == "succeeded", "run failed: {run}");
-    let events = server.events(&run_id).await;
-    let init = events
-        .iter()
-        .find(|e| e["kind"] == "system_init")
-        .context("no system/init line")?;
-    let elapsed = at(&init["at"])? - at(&run["created_at"])?;
-    Ok(elapsed.num_microseconds().unwrap_or_default() as f64 / 1000.0)
-}
+use crate::docker::first_output_ms as init_ms;
 
 async fn post(server: &TestServer, path: &str, body: Value) -> anyhow::Result<Value> {
     let (status, body) = server.call(Method::POST, path, Some(body)).await;

@@ -9,6 +9,9 @@
 //!   the server;
 //! - every credential value the server was given (and its base64 and URL-encoded forms) is
 //!   removed from what the server answers, so the model never reads one.
+//!
+//! In front of a remote server ([`remote`]) it relays stdio to HTTP the same way, adding the
+//! server's headers (its `env` here) itself.
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
@@ -20,11 +23,13 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::redact::Redactor;
 
+pub mod remote;
+
 /// What the worker gives the guard in its settings file.
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 pub struct GuardSettings {
-    /// The server's environment (credentials filled in).
+    /// The server's environment (credentials filled in); for a remote server, its HTTP headers.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// The tools granted to the run (the server's own names, not the CLI's); one ending in `*`
@@ -34,6 +39,9 @@ pub struct GuardSettings {
     /// The credential values among `env`'s, by name, to remove from answers.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    /// A remote server's URL (credentials filled in), when the guard stands in front of one.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 /// Variables of the guard's own environment the server also gets: none of them is a secret
@@ -221,6 +229,7 @@ mod tests {
             env: BTreeMap::new(),
             allow: vec!["lookup_note".into()],
             secrets: BTreeMap::from([("NOTES_TOKEN".into(), "s3cret-notes".into())]),
+            url: None,
         })
     }
 

@@ -1,6 +1,7 @@
 //! `autopilot-mcp-guard -- <command> [args…]`: runs an MCP server for one run under the guard
 //! (see `autopilot_fixed_servers::guard`), with the settings from the file
-//! `AUTOPILOT_SETTINGS_FILE` names.
+//! `AUTOPILOT_SETTINGS_FILE` names. `autopilot-mcp-guard --remote`: stands in front of the remote
+//! (streamable HTTP) server whose URL and headers that file holds instead.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -11,10 +12,15 @@ use autopilot_fixed_servers::serve::take_settings_file;
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
-    if args.next().as_deref() != Some(std::ffi::OsStr::new("--")) {
-        eprintln!("usage: {GUARD_PROGRAM} -- <server command> [args…]");
-        return ExitCode::from(2);
-    }
+    let first = args.next();
+    let remote = match first.as_deref().and_then(|a| a.to_str()) {
+        Some("--") => false,
+        Some("--remote") => true,
+        _ => {
+            eprintln!("usage: {GUARD_PROGRAM} -- <server command> [args…] | --remote");
+            return ExitCode::from(2);
+        }
+    };
     let command: Vec<OsString> = args.collect();
     let settings = match take_settings_file() {
         Ok(Some((path, text))) => match serde_json::from_slice::<GuardSettings>(&text) {
@@ -43,7 +49,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(guard::run(settings, command)) {
+    let relayed = match (remote, settings.url.clone()) {
+        (true, Some(url)) => runtime.block_on(guard::remote::run(settings, url)),
+        (true, None) => {
+            eprintln!("{GUARD_PROGRAM}: --remote, but the settings file names no `url`");
+            return ExitCode::FAILURE;
+        }
+        (false, _) => runtime.block_on(guard::run(settings, command)),
+    };
+    match relayed {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(err) => {
             eprintln!("{GUARD_PROGRAM}: {err:#}");

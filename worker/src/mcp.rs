@@ -22,6 +22,20 @@ pub struct McpFiles {
     pub settings: Vec<(String, Vec<u8>)>,
 }
 
+/// The tools of `allowed_tools` (the CLI's names) that are `server`'s own, by its own names
+/// (`*` for the whole server).
+fn own_tools(server: &str, allowed_tools: &[String]) -> Vec<String> {
+    let prefix = format!("mcp__{server}__");
+    let whole = format!("mcp__{server}");
+    allowed_tools
+        .iter()
+        .filter_map(|tool| match tool.strip_prefix(&prefix) {
+            Some(own) => Some(own.to_owned()),
+            None => (*tool == whole).then(|| "*".to_owned()),
+        })
+        .collect()
+}
+
 /// Where a run finds what its MCP configuration names, as the run sees it.
 #[derive(Clone, Copy, Debug)]
 pub struct RunPaths<'a> {
@@ -68,15 +82,7 @@ pub fn config(
         let entry = match &server.transport {
             McpTransport::Stdio { command, args, env } => {
                 let env = fill_map(env)?;
-                let prefix = format!("mcp__{}__", server.name);
-                let whole = format!("mcp__{}", server.name);
-                let allow: Vec<String> = allowed_tools
-                    .iter()
-                    .filter_map(|tool| match tool.strip_prefix(&prefix) {
-                        Some(own) => Some(own.to_owned()),
-                        None => (*tool == whole).then(|| "*".to_owned()),
-                    })
-                    .collect();
+                let allow = own_tools(&server.name, allowed_tools);
                 let guard_env = settings_file(
                     "guard",
                     json!({ "env": env, "allow": allow, "secrets": used }),
@@ -86,8 +92,16 @@ pub fn config(
                 json!({ "type": "stdio", "command": paths.guard, "args": guard_args, "env": guard_env })
             }
             McpTransport::Http { url, headers } => {
+                // Through the guard too: the URL and headers (credentials filled in) stay in a
+                // file it deletes, and answers are filtered and redacted before the model.
                 let headers = fill_map(headers)?;
-                json!({ "type": "http", "url": fill(url)?, "headers": headers })
+                let url = fill(url)?;
+                let allow = own_tools(&server.name, allowed_tools);
+                let guard_env = settings_file(
+                    "guard",
+                    json!({ "url": url, "env": headers, "allow": allow, "secrets": used }),
+                );
+                json!({ "type": "stdio", "command": paths.guard, "args": ["--remote"], "env": guard_env })
             }
             McpTransport::Fixed { server: fixed, env } => {
                 let values = fill_map(env)?;
@@ -217,12 +231,16 @@ mod tests {
     }
 
     #[test]
-    fn http_credentials_are_filled_in_and_a_missing_one_is_named() {
+    fn a_remote_server_runs_behind_the_guard_with_its_headers_in_a_file() {
         let files = config(&servers(), &secrets(), &allowed(), PATHS).unwrap();
-        assert_eq!(
-            files.document["mcpServers"]["crm"]["headers"]["Authorization"],
-            "Bearer tok/en+secret?1"
-        );
+        let crm = &files.document["mcpServers"]["crm"];
+        assert_eq!(crm["command"], "/opt/autopilot-mcp-guard");
+        assert_eq!(crm["args"], json!(["--remote"]));
+        assert!(!crm.to_string().contains("tok/en"), "{crm}");
+        let guard = settings_of(&files, "crm.guard.json");
+        assert_eq!(guard["url"], "https://crm.example/mcp");
+        assert_eq!(guard["env"]["Authorization"], "Bearer tok/en+secret?1");
+        assert_eq!(guard["allow"], json!(["list"]));
         let error = config(&servers(), &Secrets::new(), &allowed(), PATHS).unwrap_err();
         assert!(
             error.contains("`CRM_TOKEN`") && error.contains("`crm`"),

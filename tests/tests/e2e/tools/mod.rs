@@ -695,7 +695,8 @@ server = MCPServer("crm")
 @server.tool(annotations={"readOnlyHint": True})
 def count_contacts() -> str:
     """Counts the contacts."""
-    return "42 contacts"
+    # Echoes the key it was called with, as a careless server might.
+    return "42 contacts (key " + os.environ["CRM_TOKEN"] + ")"
 
 app = server.streamable_http_app(stateless_http=True, json_response=True)
 expected = "Bearer " + os.environ["CRM_TOKEN"]
@@ -713,7 +714,8 @@ uvicorn.run(guarded, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning
 "#;
 
 /// A remote (HTTP) server: its tools are asked for over HTTP with the credential in a header,
-/// and the real CLI calls one in a run.
+/// and the real CLI calls one in a run, through the guard, which adds the header and keeps the
+/// credential from the model.
 #[tokio::test]
 async fn an_http_server_is_asked_for_its_tools_and_called_with_its_credential() {
     let Some((server, fake, python)) = start().await else {
@@ -788,4 +790,18 @@ async fn an_http_server_is_asked_for_its_tools_and_called_with_its_credential() 
         "{result}"
     );
     assert!(!Value::Array(events).to_string().contains(SECRET));
+    // Behind the guard, the echoed key reached the model redacted.
+    let to_model = serde_json::to_string(
+        &fake
+            .requests()
+            .iter()
+            .flat_map(|request| request.tool_results())
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    assert!(
+        to_model.contains("42 contacts (key [redacted CRM_TOKEN])"),
+        "{to_model}"
+    );
+    assert!(!to_model.contains(SECRET), "{to_model}");
 }

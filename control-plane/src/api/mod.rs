@@ -72,6 +72,7 @@ pub fn router(app: Arc<App>) -> Router {
                 .delete(tools::delete_bundle),
         )
         .route("/bundles/{name}/assign", post(tools::assign_bundle))
+        .route("/servers/import", post(tools::import_servers))
         .route("/servers/{name}/test", post(tools::test_server))
         .route("/credentials", get(tools::list_credentials))
         .route(

@@ -11,7 +11,8 @@ use super::AppState;
 use crate::domain::tools::ToolBundle;
 use crate::http::{ApiJson, ApiResult};
 use crate::services::tools::{
-    self, AssignInput, BundleInput, CredentialView, ServerInput, ServerView, TestedServer,
+    self, AssignInput, BundleInput, CredentialView, ImportInput, ServerInput, ServerView,
+    TestedServer,
 };
 
 pub async fn list_servers(State(AppState(app)): State<AppState>) -> ApiResult<Json<Value>> {
@@ -41,6 +42,16 @@ pub async fn replace_server(
     ApiJson(input): ApiJson<ServerInput>,
 ) -> ApiResult<Json<ServerView>> {
     Ok(Json(tools::replace_server(&app, &name, input).await?))
+}
+
+/// `POST /api/v1/servers/import`: registers the servers of a `.mcp.json` document.
+pub async fn import_servers(
+    State(AppState(app)): State<AppState>,
+    ApiJson(input): ApiJson<ImportInput>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({ "imported": tools::import(&app, input).await? }),
+    ))
 }
 
 /// `POST /api/v1/servers/{name}/test`: asks the server for its tools and updates the list.

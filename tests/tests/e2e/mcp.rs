@@ -18,7 +18,7 @@ use tokio::process::Command;
 const DEFAULT_MODEL: &str = "claude-opus-5-5";
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
 
-const TOOLS: [&str; 32] = [
+const TOOLS: [&str; 33] = [
     "list_jobs",
     "get_job",
     "create_job",
@@ -40,6 +40,7 @@ const TOOLS: [&str; 32] = [
     "register_server",
     "list_servers",
     "get_server",
+    "import_mcp_json",
     "test_server",
     "delete_server",
     "create_bundle",

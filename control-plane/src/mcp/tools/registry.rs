@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{input, object, parse, success, to_value, NoArgs, Outcome, Spec};
 use crate::app::App;
-use crate::services::tools::{self, AssignInput, BundleInput, ServerInput};
+use crate::services::tools::{self, AssignInput, BundleInput, ImportInput, ServerInput};
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -122,6 +122,20 @@ pub(super) fn specs() -> Vec<Spec> {
             input::<ServerRef>(),
             object(json!({ "server": server_schema() }), &["server"]),
             true,
+            false,
+        ),
+        spec(
+            "import_mcp_json",
+            "Import a .mcp.json",
+            "Registers every server of a .mcp.json document (Claude Code's format). \
+             Credentials written in it in plain text (a variable or header whose name says \
+             token, key, secret, password…) are moved into the vault and replaced by \
+             placeholders (or, with store_credentials false, listed as missing). Each server's \
+             tools are asked for. Example: {\"document\": {\"mcpServers\": {\"github\": \
+             {\"command\": \"github-mcp\", \"env\": {\"GITHUB_TOKEN\": \"…\"}}}}}",
+            input::<ImportInput>(),
+            object(json!({ "imported": { "type": "array" } }), &["imported"]),
+            false,
             false,
         ),
         spec(
@@ -273,6 +287,18 @@ pub(super) async fn call(app: &App, name: &str, args: JsonObject) -> Outcome {
             );
             success(summary, json!({ "server": to_value(&server)? }))
         }
+        "import_mcp_json" => {
+            let imported = tools::import(app, parse(args)?).await?;
+            let registered = imported.iter().filter(|i| i.server.is_some()).count();
+            let detected: usize = imported.iter().map(|i| i.detected_credentials.len()).sum();
+            success(
+                format!(
+                    "Registered {registered} of {} servers; {detected} credentials found in plain text.",
+                    imported.len()
+                ),
+                json!({ "imported": to_value(&imported)? }),
+            )
+        }
         "test_server" => {
             let ServerRef { server } = parse(args)?;
             let tested = tools::test_server(app, &server).await?;
@@ -391,6 +417,9 @@ pub(super) fn check_arguments(name: &str, args: JsonObject) -> Result<bool, supe
         }
         "set_credential" => {
             let SetCredentialArgs { .. } = parse(args)?;
+        }
+        "import_mcp_json" => {
+            let _: ImportInput = parse(args)?;
         }
         "create_bundle" | "update_bundle" => {
             let _: BundleInput = parse(args)?;

@@ -7,6 +7,7 @@
 mod bundles;
 mod credentials;
 mod grants;
+mod import;
 mod probe;
 mod servers;
 
@@ -16,6 +17,7 @@ pub use bundles::{
 };
 pub use credentials::{delete_credential, list_credentials, set_credential, CredentialView};
 pub use grants::{check_tools, Handed, Registry};
+pub use import::{import, ImportInput, Imported};
 pub use servers::{
     delete_server, find_server, get_server, list_servers, register_server, replace_server,
     test_server, validate_server, ServerInput, ServerView, TestedServer, ToolInput,

@@ -71,6 +71,12 @@ const SECRET_WORDS: [&str; 7] = [
     "COOKIE",
 ];
 
+/// Whether a header or variable of this name holds a secret.
+pub(super) fn names_a_secret(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    SECRET_WORDS.iter().any(|word| upper.contains(word))
+}
+
 fn check_secret_values<'a>(
     field: &str,
     entries: impl Iterator<Item = (&'a String, &'a String)>,

@@ -805,3 +805,59 @@ async fn an_http_server_is_asked_for_its_tools_and_called_with_its_credential() 
     );
     assert!(!to_model.contains(SECRET), "{to_model}");
 }
+
+/// A `.mcp.json` is imported: a credential written in it in plain text goes to the vault (the
+/// server keeps a placeholder), each server's tools are asked for, and one that cannot be
+/// registered is named with why.
+#[tokio::test]
+async fn a_mcp_json_is_imported_with_its_plain_credentials_moved_to_the_vault() {
+    let Some(python) = components::mcp_python() else {
+        return;
+    };
+    let server = TestServer::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("notes_server.py");
+    std::fs::write(&script, NOTES_SERVER).unwrap();
+    let document = json!({ "mcpServers": {
+        "notes": {
+            "command": python.display().to_string(),
+            "args": [script.display().to_string(), dir.path().join("erased").display().to_string()],
+            "env": { "NOTES_TOKEN": SECRET, "LOG_LEVEL": "info" },
+        },
+        "broken": { "command": "/bin/false" },
+    }});
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/servers/import",
+            Some(json!({ "document": document })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!body.to_string().contains(SECRET), "{body}");
+    let imported = body["imported"].as_array().unwrap();
+    let notes = imported.iter().find(|i| i["name"] == "notes").unwrap();
+    assert_eq!(
+        notes["detected_credentials"],
+        json!(["NOTES_TOKEN"]),
+        "{notes}"
+    );
+    assert_eq!(
+        notes["server"]["transport"]["env"]["NOTES_TOKEN"], "${NOTES_TOKEN}",
+        "{notes}"
+    );
+    assert_eq!(notes["server"]["missing_credentials"], json!([]), "{notes}");
+    assert_eq!(
+        notes["server"]["tools"].as_array().unwrap().len(),
+        2,
+        "{notes}"
+    );
+    let broken = imported.iter().find(|i| i["name"] == "broken").unwrap();
+    assert!(
+        broken["error"].as_str().unwrap().contains("tools"),
+        "{broken}"
+    );
+    let listed = server.get("/api/v1/credentials").await;
+    assert_eq!(listed["credentials"][0]["name"], "NOTES_TOKEN", "{listed}");
+    assert!(!server.store_contains(SECRET).await);
+}

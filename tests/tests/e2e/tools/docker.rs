@@ -9,7 +9,7 @@ use autopilot_tests::harness::TestServer;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::{set_credential, NOTES_SERVER, RUN_TIMEOUT, SECRET};
+use super::{set_credential, NOTES_SERVER, SECRET};
 
 /// On the Docker executor the server starts inside the run's container (from the run image's
 /// Python), its configuration mounted read-only, with the same grant and redaction.
@@ -76,10 +76,7 @@ async fn a_granted_server_runs_in_the_run_container_with_its_credential() {
         json!({ "command": snoop, "description": "look for the token" }),
     ));
     fake.push(Reply::text("Done."));
-    let run = server.trigger(job["id"].as_str().unwrap()).await;
-    let run_id = run["id"].as_str().unwrap();
-    let run = server.wait_until_finished(run_id, RUN_TIMEOUT).await;
-    let events = server.events(run_id).await;
+    let (run, events) = super::run_once(&server, &job).await;
     assert_eq!(run["status"], "succeeded", "{run:#} {events:#?}");
     let everything = format!("{run} {}", Value::Array(events.clone()));
     assert!(
@@ -194,10 +191,7 @@ async fn the_runs_bash_cannot_read_a_fixed_servers_credential_in_a_container() {
         json!({ "command": snoop, "description": "look for the password" }),
     ));
     fake.push(Reply::text("Found nothing."));
-    let run = server.trigger(job["id"].as_str().unwrap()).await;
-    let run_id = run["id"].as_str().unwrap();
-    let run = server.wait_until_finished(run_id, RUN_TIMEOUT).await;
-    let events = server.events(run_id).await;
+    let (run, events) = super::run_once(&server, &job).await;
     assert_eq!(run["status"], "succeeded", "{run:#} {events:#?}");
     let results: Vec<String> = events
         .iter()

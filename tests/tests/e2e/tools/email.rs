@@ -9,8 +9,6 @@ use autopilot_tests::harness::TestServer;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::RUN_TIMEOUT;
-
 /// A real SMTP server (aiosmtpd) on loopback that keeps what it receives in a Maildir.
 struct SmtpServer {
     port: u16,
@@ -136,10 +134,7 @@ async fn the_email_server_sends_to_allowed_recipients_only() {
         json!({ "to": ["eve@evil.example"], "subject": "Leak", "text": "psst" }),
     ));
     fake.push(Reply::text("Sent the summary to Ana."));
-    let run = server.trigger(job["id"].as_str().unwrap()).await;
-    let run_id = run["id"].as_str().unwrap();
-    let run = server.wait_until_finished(run_id, RUN_TIMEOUT).await;
-    let events = server.events(run_id).await;
+    let (run, events) = super::run_once(&server, &job).await;
     assert_eq!(run["status"], "succeeded", "{run:#} {events:#?}");
 
     let messages = smtp.messages();

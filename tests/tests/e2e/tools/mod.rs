@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use autopilot_tests::components;
-use autopilot_tests::fake_anthropic::Reply;
+use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply};
 use autopilot_tests::harness::TestServer;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -90,6 +90,25 @@ pub(super) async fn set_credential(server: &TestServer, name: &str, value: &str)
     body
 }
 
+/// Runs `job` once and returns the finished run and its events.
+pub(super) async fn run_once(server: &TestServer, job: &Value) -> (Value, Vec<Value>) {
+    let run = server.trigger(job["id"].as_str().unwrap()).await;
+    let run_id = run["id"].as_str().unwrap();
+    let run = server.wait_until_finished(run_id, RUN_TIMEOUT).await;
+    let events = server.events(run_id).await;
+    (run, events)
+}
+
+/// Every tool result the model was sent, as one JSON text.
+pub(super) fn read_by_model(fake: &FakeAnthropic) -> String {
+    let results: Vec<Value> = fake
+        .requests()
+        .iter()
+        .flat_map(|request| request.tool_results())
+        .collect();
+    serde_json::to_string(&results).unwrap()
+}
+
 #[tokio::test]
 async fn a_granted_server_gets_its_credential_and_the_value_is_redacted_from_the_run() {
     let Some((server, fake, python)) = start().await else {
@@ -137,12 +156,8 @@ async fn a_granted_server_gets_its_credential_and_the_value_is_redacted_from_the
         }))
         .await;
     assert_eq!(job["servers"][0]["access"], "admin", "{job:#}");
-    let run = server.trigger(job["id"].as_str().unwrap()).await;
-    let run_id = run["id"].as_str().unwrap();
-    let run = server.wait_until_finished(run_id, RUN_TIMEOUT).await;
+    let (run, events) = run_once(&server, &job).await;
     assert_eq!(run["status"], "succeeded", "{run:#}");
-
-    let events = server.events(run_id).await;
     let everything = format!("{run} {}", Value::Array(events.clone()));
     assert!(
         !everything.contains(SECRET),
@@ -191,14 +206,7 @@ async fn a_granted_server_gets_its_credential_and_the_value_is_redacted_from_the
 
     // Under the guard the server's answer reached the model already redacted, and the tool
     // outside the grant was not even listed.
-    let to_model = serde_json::to_string(
-        &fake
-            .requests()
-            .iter()
-            .flat_map(|request| request.tool_results())
-            .collect::<Vec<_>>(),
-    )
-    .unwrap();
+    let to_model = read_by_model(&fake);
     assert!(to_model.contains("[redacted NOTES_TOKEN]"), "{to_model}");
     assert!(
         !to_model.contains(SECRET),
@@ -233,10 +241,7 @@ async fn a_run_fails_clearly_when_its_server_cannot_start_or_its_credential_is_g
             "servers": [{ "server": "notes" }],
         }))
         .await;
-    let run = server.trigger(job["id"].as_str().unwrap()).await;
-    let run = server
-        .wait_until_finished(run["id"].as_str().unwrap(), RUN_TIMEOUT)
-        .await;
+    let (run, _) = run_once(&server, &job).await;
     assert_eq!(run["status"], "failed", "{run:#}");
     let error = run["error"].as_str().unwrap();
     assert!(
@@ -264,10 +269,7 @@ async fn a_run_fails_clearly_when_its_server_cannot_start_or_its_credential_is_g
             "servers": [{ "server": "broken" }],
         }))
         .await;
-    let run = server.trigger(job["id"].as_str().unwrap()).await;
-    let run = server
-        .wait_until_finished(run["id"].as_str().unwrap(), RUN_TIMEOUT)
-        .await;
+    let (run, _) = run_once(&server, &job).await;
     assert_eq!(run["status"], "failed", "{run:#}");
     let error = run["error"].as_str().unwrap();
     assert!(error.contains("`broken` (failed)"), "{error}");
@@ -277,10 +279,7 @@ async fn a_run_fails_clearly_when_its_server_cannot_start_or_its_credential_is_g
         .call(Method::DELETE, "/api/v1/servers/broken", None)
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let run = server.trigger(job["id"].as_str().unwrap()).await;
-    let run = server
-        .wait_until_finished(run["id"].as_str().unwrap(), RUN_TIMEOUT)
-        .await;
+    let (run, _) = run_once(&server, &job).await;
     assert_eq!(run["status"], "failed", "{run:#}");
     assert!(
         run["error"].as_str().unwrap().contains("`broken`"),
@@ -496,10 +495,7 @@ async fn a_bundle_gives_its_grants_and_tools_to_the_jobs_given_it() {
         json!({ "command": "echo from-bundle", "description": "echo" }),
     ));
     fake.push(Reply::text("Done."));
-    let run = server.trigger(job["id"].as_str().unwrap()).await;
-    let run_id = run["id"].as_str().unwrap();
-    let run = server.wait_until_finished(run_id, RUN_TIMEOUT).await;
-    let events = server.events(run_id).await;
+    let (run, events) = run_once(&server, &job).await;
     assert_eq!(run["status"], "succeeded", "{run:#} {events:#?}");
     let granted = events
         .iter()
@@ -776,10 +772,7 @@ async fn an_http_server_is_asked_for_its_tools_and_called_with_its_credential() 
             "servers": [{ "server": "crm" }],
         }))
         .await;
-    let run = server.trigger(job["id"].as_str().unwrap()).await;
-    let run_id = run["id"].as_str().unwrap();
-    let run = server.wait_until_finished(run_id, RUN_TIMEOUT).await;
-    let events = server.events(run_id).await;
+    let (run, events) = run_once(&server, &job).await;
     assert_eq!(run["status"], "succeeded", "{run:#} {events:#?}");
     let result = events
         .iter()
@@ -791,14 +784,7 @@ async fn an_http_server_is_asked_for_its_tools_and_called_with_its_credential() 
     );
     assert!(!Value::Array(events).to_string().contains(SECRET));
     // Behind the guard, the echoed key reached the model redacted.
-    let to_model = serde_json::to_string(
-        &fake
-            .requests()
-            .iter()
-            .flat_map(|request| request.tool_results())
-            .collect::<Vec<_>>(),
-    )
-    .unwrap();
+    let to_model = read_by_model(&fake);
     assert!(
         to_model.contains("42 contacts (key [redacted CRM_TOKEN])"),
         "{to_model}"

@@ -13,7 +13,7 @@ use axum::Json;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::{set_credential, RUN_TIMEOUT};
+use super::set_credential;
 
 const HOOK_TOKEN: &str = "hook-token-7f3a9c1e5b";
 const API_TOKEN: &str = "api-token-2d8e4f6a0c";
@@ -109,10 +109,7 @@ async fn notify_and_http_reach_their_endpoints_with_credentials_the_model_never_
             "servers": [{ "server": "http", "access": "write" }, { "server": "notify", "access": "write" }],
         }))
         .await;
-    let run = server.trigger(job["id"].as_str().unwrap()).await;
-    let run_id = run["id"].as_str().unwrap();
-    let run = server.wait_until_finished(run_id, RUN_TIMEOUT).await;
-    let events = server.events(run_id).await;
+    let (run, events) = super::run_once(&server, &job).await;
     assert_eq!(run["status"], "succeeded", "{run:#} {events:#?}");
 
     let seen = seen.lock().unwrap().clone();
@@ -131,14 +128,7 @@ async fn notify_and_http_reach_their_endpoints_with_credentials_the_model_never_
     );
 
     // What the model read (the echo included) and what the run recorded hold neither credential.
-    let to_model = serde_json::to_string(
-        &fake
-            .requests()
-            .iter()
-            .flat_map(|request| request.tool_results())
-            .collect::<Vec<_>>(),
-    )
-    .unwrap();
+    let to_model = super::read_by_model(&fake);
     assert!(
         to_model.contains("open"),
         "the API's answer reached the model: {to_model}"

@@ -7,8 +7,6 @@ use autopilot_tests::harness::TestServer;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::RUN_TIMEOUT;
-
 const PAGE: &str = "<html><head><title>Release notes</title></head><body>\
     <h1>Release 4.2</h1><p>The <a href=\"/changes\">changes</a> are <b>ready</b>.</p>\
     <script>steal()</script></body></html>";
@@ -65,10 +63,7 @@ async fn the_web_server_fetches_pages_as_markdown_and_refuses_private_addresses(
             "servers": [{ "server": "web" }, { "server": "web-public" }],
         }))
         .await;
-    let run = server.trigger(job["id"].as_str().unwrap()).await;
-    let run_id = run["id"].as_str().unwrap();
-    let run = server.wait_until_finished(run_id, RUN_TIMEOUT).await;
-    let events = server.events(run_id).await;
+    let (run, events) = super::run_once(&server, &job).await;
     assert_eq!(run["status"], "succeeded", "{run:#} {events:#?}");
     let results: Vec<&Value> = events
         .iter()

@@ -42,7 +42,12 @@ trigger_job or quick_run to run now (pass wait: true to get the result), list_ru
 read what happened, preview_schedule to check a cron expression before saving it. Webhooks \
 (create_webhook, list_webhooks, get_webhook, update_webhook, delete_webhook, \
 rotate_webhook_secret, replay_delivery) turn HTTP requests from other services into runs, with \
-values from the request in the prompt.";
+values from the request in the prompt. What a run can reach beside Claude Code's own tools comes \
+from MCP servers in the registry (list_servers; register_server, import_mcp_json; the built-in \
+email, web, notify and http servers), granted to a job in its `servers` setting up to an access \
+level, or through tool bundles (create_bundle, assign_bundle). Secrets go in credentials \
+(set_credential) and are written ${NAME} in a server's settings; a value given to set_credential \
+passes through this conversation, so prefer asking the user to set it with the HTTP API.";
 
 /// One MCP server instance; cheap to make (one per HTTP request in stateless mode).
 #[derive(Clone)]

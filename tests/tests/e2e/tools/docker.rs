@@ -11,19 +11,11 @@ use serde_json::{json, Value};
 
 use super::{set_credential, NOTES_SERVER, SECRET};
 
-/// On the Docker executor the server starts inside the run's container (from the run image's
-/// Python), its configuration mounted read-only, with the same grant and redaction.
-#[tokio::test]
-async fn a_granted_server_runs_in_the_run_container_with_its_credential() {
-    let Some(_docker) = components::docker_engine().await else {
-        return;
-    };
-    if components::docker_executor("tools-e2e-probe")
-        .await
-        .is_none()
-    {
-        return;
-    }
+/// A server whose runs execute on the Docker executor against a fresh fake model API; `None`
+/// without an engine and the run image.
+async fn docker_server() -> Option<(TestServer, FakeAnthropic)> {
+    components::docker_engine().await?;
+    components::docker_executor("tools-e2e-probe").await?;
     let fake = FakeAnthropic::start().await.expect("fake API");
     let server = TestServer::builder()
         .docker()
@@ -31,6 +23,16 @@ async fn a_granted_server_runs_in_the_run_container_with_its_credential() {
         .kill_grace(Duration::from_secs(1))
         .start()
         .await;
+    Some((server, fake))
+}
+
+/// On the Docker executor the server starts inside the run's container (from the run image's
+/// Python), its configuration mounted read-only, with the same grant and redaction.
+#[tokio::test]
+async fn a_granted_server_runs_in_the_run_container_with_its_credential() {
+    let Some((server, fake)) = docker_server().await else {
+        return;
+    };
     set_credential(&server, "NOTES_TOKEN", SECRET).await;
     let (status, body) = server
         .call(
@@ -130,22 +132,9 @@ async fn a_granted_server_runs_in_the_run_container_with_its_credential() {
 /// configuration's directory nor in any process's environment.
 #[tokio::test]
 async fn the_runs_bash_cannot_read_a_fixed_servers_credential_in_a_container() {
-    let Some(_docker) = components::docker_engine().await else {
+    let Some((server, fake)) = docker_server().await else {
         return;
     };
-    if components::docker_executor("tools-e2e-probe")
-        .await
-        .is_none()
-    {
-        return;
-    }
-    let fake = FakeAnthropic::start().await.expect("fake API");
-    let server = TestServer::builder()
-        .docker()
-        .model_api(&fake.base_url())
-        .kill_grace(Duration::from_secs(1))
-        .start()
-        .await;
     let password = "smtp-pass-4e6f1b9d";
     set_credential(&server, "SMTP_PASSWORD", password).await;
     let (status, body) = server

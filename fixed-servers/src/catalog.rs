@@ -235,8 +235,51 @@ pub const HTTP: FixedServer = FixedServer {
     ],
 };
 
+pub const MEMORY: FixedServer = FixedServer {
+    name: crate::memory_wire::SERVER,
+    description: "A small document store kept for the job (or webhook) across its runs and \
+                  across the fleet: what one run puts, the next can get, list and search. \
+                  Quick runs, which belong to neither, have none.",
+    settings: &[Setting {
+        name: "MEMORY_MAX_WRITES_PER_RUN",
+        description: "most puts and deletes one run may make (default 50)",
+        required: false,
+    }],
+    tools: &[
+        FixedTool {
+            name: "memory_get",
+            description: "Reads the entry stored under `key`, with when it was written.",
+            read_only: true,
+        },
+        FixedTool {
+            name: "memory_put",
+            description: "Stores `value` (text, at most 64 KiB; JSON is fine) under `key` (at \
+                          most 200 characters, e.g. `reports/last-sent`), replacing what was \
+                          there. The job keeps at most 1,000 entries.",
+            read_only: false,
+        },
+        FixedTool {
+            name: "memory_delete",
+            description: "Removes the entry stored under `key`.",
+            read_only: false,
+        },
+        FixedTool {
+            name: "memory_list",
+            description: "Lists the keys (with sizes and when each was written), most recent \
+                          first, optionally only those starting with `prefix`.",
+            read_only: true,
+        },
+        FixedTool {
+            name: "memory_search",
+            description: "Finds the entries whose key or value contains `query` (ignoring \
+                          case), most recent first, with their values.",
+            read_only: true,
+        },
+    ],
+};
+
 /// Every fixed server.
-pub const SERVERS: &[FixedServer] = &[EMAIL, WEB, NOTIFY, HTTP];
+pub const SERVERS: &[FixedServer] = &[EMAIL, WEB, NOTIFY, HTTP, MEMORY];
 
 pub fn find(name: &str) -> Option<&'static FixedServer> {
     SERVERS.iter().find(|server| server.name == name)

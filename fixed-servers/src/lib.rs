@@ -13,6 +13,9 @@
 //!   channels, whose URLs and headers are secrets never shown.
 //! - `http` (feature `servers`): REST calls to configured hosts, each host's credentials added by
 //!   the server and redacted from what comes back; private addresses refused unless allowed.
+//! - `memory` (feature `servers`): a job's small document store, reached through a socket the
+//!   worker serves for the run; [`memory_wire`] is what is said on it (always built: the
+//!   control plane reads it too).
 //! - `outbound` (feature `servers`): what `notify` and `http` share (JSON settings read without
 //!   echoing values, header checks, credential parts to redact, checked and pinned connections).
 //! - `guard` (feature `servers`): `autopilot-mcp-guard`, which runs any other stdio server for a
@@ -25,6 +28,9 @@ pub mod email;
 pub mod guard;
 #[cfg(feature = "servers")]
 pub mod http;
+#[cfg(feature = "servers")]
+pub mod memory;
+pub mod memory_wire;
 #[cfg(feature = "servers")]
 pub mod notify;
 #[cfg(feature = "servers")]

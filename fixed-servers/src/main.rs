@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use autopilot_fixed_servers::catalog::{self, SERVERS};
-use autopilot_fixed_servers::{email, http, notify, serve, web};
+use autopilot_fixed_servers::{email, http, memory, notify, serve, web};
 
 fn usage() -> String {
     let names: Vec<&str> = SERVERS.iter().map(|server| server.name).collect();
@@ -48,6 +48,10 @@ fn main() -> ExitCode {
             }
             "http" => {
                 let server = http::Http::from_settings().map_err(anyhow::Error::msg)?;
+                serve::run(Arc::new(server)).await
+            }
+            "memory" => {
+                let server = memory::Memory::from_settings().map_err(anyhow::Error::msg)?;
                 serve::run(Arc::new(server)).await
             }
             other => anyhow::bail!("unknown server `{other}`; {}", usage()),

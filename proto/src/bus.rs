@@ -125,6 +125,15 @@ pub enum WorkerRequest {
         worker_id: WorkerId,
         ended: Vec<AttemptEnd>,
     },
+    /// An operation of the run's `memory` server on its job's memory, relayed as the server
+    /// wrote it (JSON; the control plane reads it). Answered by [`WorkerReply::Memory`], or
+    /// `Rejected` when the attempt is not this worker's running one.
+    Memory {
+        run_id: RunId,
+        attempt: u32,
+        worker_id: WorkerId,
+        op: serde_json::Value,
+    },
 }
 
 /// One attempt of a run.
@@ -188,6 +197,8 @@ pub enum WorkerReply {
     /// One reply per item of a [`WorkerRequest::Claim`] or [`WorkerRequest::Complete`], in
     /// order.
     Each { replies: Vec<WorkerReply> },
+    /// The answer to a [`WorkerRequest::Memory`], for the run's memory server (JSON).
+    Memory { answer: serde_json::Value },
 }
 
 impl WorkerReply {

@@ -8,6 +8,7 @@ pub mod executor;
 pub mod guard;
 pub mod local;
 pub mod mcp;
+pub mod memory_relay;
 pub mod model_proxy;
 pub mod pricing;
 pub mod stream_json;

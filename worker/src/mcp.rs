@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use autopilot_fixed_servers::catalog::SETTINGS_FILE_VAR;
+use autopilot_fixed_servers::memory_wire;
 use autopilot_proto::placeholders::fill;
 use autopilot_proto::{McpServerSpec, McpTransport, Secrets};
 use serde_json::{json, Map, Value};
@@ -45,6 +46,8 @@ pub struct RunPaths<'a> {
     pub guard: &'a str,
     /// The configuration's directory.
     pub dir: &'a str,
+    /// The token the run's `memory` server presents on its socket (in that directory).
+    pub memory_token: &'a str,
 }
 
 /// The MCP configuration of `servers`, credentials filled in, each stdio server granted the
@@ -104,7 +107,15 @@ pub fn config(
                 json!({ "type": "stdio", "command": paths.guard, "args": ["--remote"], "env": guard_env })
             }
             McpTransport::Fixed { server: fixed, env } => {
-                let values = fill_map(env)?;
+                let mut values = fill_map(env)?;
+                if fixed == memory_wire::SERVER {
+                    let socket = format!("{}/{}", paths.dir, memory_wire::SOCKET_FILE);
+                    values.insert(memory_wire::SOCKET_SETTING.to_owned(), socket.into());
+                    values.insert(
+                        memory_wire::TOKEN_SETTING.to_owned(),
+                        paths.memory_token.into(),
+                    );
+                }
                 let env = settings_file("settings", Value::Object(values));
                 json!({ "type": "stdio", "command": paths.fixed_servers, "args": [fixed], "env": env })
             }
@@ -121,6 +132,8 @@ pub fn config(
 /// files), which only this process's user can read (the Docker executor hands it to the run's
 /// user), removed when dropped.
 pub struct ConfigFile {
+    /// Declared first, so dropped first: the socket stops before its directory goes.
+    relay: Option<crate::memory_relay::MemoryRelay>,
     dir: tempfile::TempDir,
 }
 
@@ -129,7 +142,21 @@ impl ConfigFile {
         let dir = tempfile::Builder::new()
             .prefix("autopilot-mcp-")
             .tempdir()?;
-        Ok(Self { dir })
+        Ok(Self { relay: None, dir })
+    }
+
+    /// Serves the run's memory socket in this directory for as long as the file is kept.
+    pub fn serve_memory(
+        &mut self,
+        token: String,
+        run: crate::memory_relay::RunIdentity,
+        bus: std::sync::Arc<dyn autopilot_proto::Bus>,
+    ) -> Result<(), String> {
+        let socket = self.dir.path().join(memory_wire::SOCKET_FILE);
+        self.relay = Some(crate::memory_relay::MemoryRelay::start(
+            &socket, token, run, bus,
+        )?);
+        Ok(())
     }
 
     pub fn write(&self, files: &McpFiles) -> std::io::Result<()> {
@@ -155,6 +182,13 @@ impl ConfigFile {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// Whether one of `servers` is the `memory` server, which needs the run's memory socket.
+pub fn uses_memory(servers: &[McpServerSpec]) -> bool {
+    servers.iter().any(|server| {
+        matches!(&server.transport, McpTransport::Fixed { server, .. } if server == memory_wire::SERVER)
+    })
 }
 
 /// The servers of `servers` that the CLI's `system/init` line does not list as `connected`,
@@ -210,6 +244,7 @@ mod tests {
         fixed_servers: "/opt/autopilot-servers",
         guard: "/opt/autopilot-mcp-guard",
         dir: "/run/x",
+        memory_token: "memory-token",
     };
 
     fn allowed() -> Vec<String> {

@@ -2,6 +2,7 @@
 //! handlers that call the services.
 
 mod jobs;
+mod memory;
 mod runs;
 mod tools;
 mod webhooks;
@@ -36,6 +37,11 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/jobs/{id}/trigger", post(jobs::trigger))
         .route("/jobs/{id}/next-fires", get(jobs::next_fires))
+        .route("/jobs/{id}/memory", get(memory::list))
+        .route(
+            "/jobs/{id}/memory/{*key}",
+            get(memory::get).put(memory::put).delete(memory::delete),
+        )
         .route("/schedule/preview", post(jobs::preview))
         .route("/runs", get(runs::list))
         .route("/runs/{id}", get(runs::get))
@@ -51,6 +57,11 @@ pub fn router(app: Arc<App>) -> Router {
                 .delete(webhooks::delete),
         )
         .route("/webhooks/{id}/rotate", post(webhooks::rotate))
+        .route("/webhooks/{id}/memory", get(memory::list))
+        .route(
+            "/webhooks/{id}/memory/{*key}",
+            get(memory::get).put(memory::put).delete(memory::delete),
+        )
         .route(
             "/servers",
             get(tools::list_servers).post(tools::register_server),

@@ -8,6 +8,7 @@ pub mod error;
 pub mod input;
 pub mod job;
 pub mod limits;
+pub mod memory;
 pub mod oauth;
 pub mod run;
 pub mod schedule;

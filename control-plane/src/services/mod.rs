@@ -7,6 +7,7 @@ pub mod fires;
 pub mod follow;
 pub mod health;
 pub mod jobs;
+pub mod memory;
 pub(crate) mod metrics;
 pub mod oauth;
 pub mod runs;

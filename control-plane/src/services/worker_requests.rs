@@ -59,6 +59,12 @@ pub async fn handle_worker_request(
             Ok(WorkerReply::Ok)
         }
         WorkerRequest::Complete { worker_id, ended } => complete(app, ended, worker_id).await,
+        WorkerRequest::Memory {
+            run_id,
+            attempt,
+            worker_id,
+            op,
+        } => super::memory::from_run(app, run_id, attempt, &worker_id, op).await,
     }
 }
 

@@ -26,6 +26,7 @@ use autopilot_proto::{
 };
 use chrono::{DateTime, Utc};
 
+use crate::domain::memory::{MemoryFilter, MemoryItem, MemoryScope};
 use crate::domain::oauth::{AuthCode, OAuthClient, RefreshToken, RefreshUse};
 use crate::domain::tools::{Credential, McpServer, ToolBundle};
 use crate::domain::webhook::{DeliveryOutcome, NewDelivery, StoredPayload, Webhook};
@@ -83,6 +84,7 @@ pub trait Store:
     + WorkerStore
     + WebhookStore
     + ToolStore
+    + MemoryStore
     + Send
     + Sync
 {
@@ -332,6 +334,32 @@ pub trait ToolStore: Send + Sync {
     async fn list_bundles(&self) -> StoreResult<Vec<ToolBundle>>;
     /// Whether it existed.
     async fn delete_bundle(&self, name: &str) -> StoreResult<bool>;
+}
+
+/// Jobs' (and webhooks') memory, kept for the `memory` server (part of every [`Store`]).
+#[async_trait]
+pub trait MemoryStore: Send + Sync {
+    async fn get_memory(&self, scope: &MemoryScope, key: &str) -> StoreResult<Option<MemoryItem>>;
+    /// Creates or replaces the entry, unless it is new and the scope already holds
+    /// `max_entries`: `false` then, and nothing is written.
+    async fn put_memory(
+        &self,
+        scope: &MemoryScope,
+        item: &MemoryItem,
+        max_entries: u32,
+    ) -> StoreResult<bool>;
+    /// Whether it existed.
+    async fn delete_memory(&self, scope: &MemoryScope, key: &str) -> StoreResult<bool>;
+    /// Up to `limit` entries, most recently written first.
+    async fn list_memory(
+        &self,
+        scope: &MemoryScope,
+        filter: &MemoryFilter,
+        limit: u32,
+    ) -> StoreResult<Vec<MemoryItem>>;
+    async fn count_memory(&self, scope: &MemoryScope) -> StoreResult<u64>;
+    /// Forgets the whole scope (its job or webhook is deleted); how many entries it held.
+    async fn clear_memory(&self, scope: &MemoryScope) -> StoreResult<u64>;
 }
 
 /// Opens the store named by `url`: `sqlite://path` (created if missing) or `postgres://…`.

@@ -23,7 +23,7 @@ fn opt_from_ms(ms: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
     ms.map(from_ms).transpose()
 }
 
-fn parse<T: std::str::FromStr>(what: &str, text: &str) -> Result<T, StoreError>
+pub fn parse<T: std::str::FromStr>(what: &str, text: &str) -> Result<T, StoreError>
 where
     T::Err: std::fmt::Display,
 {

@@ -1,8 +1,9 @@
 //! The tools half of the `Store` conformance suite (MCP servers, credentials, tool bundles), and
-//! the secret key's rotation over a store, on SQLite and on a real PostgreSQL.
+//! the secret key's rotation over a store, and jobs' memory, on SQLite and on a real PostgreSQL.
 
 use std::sync::Arc;
 
+use autopilot_control_plane::domain::memory::{MemoryFilter, MemoryItem, MemoryScope};
 use autopilot_control_plane::domain::tools::{
     AccessLevel, Credential, McpServer, ServerTool, ToolBundle, ToolGrant, Transport,
 };
@@ -11,6 +12,7 @@ use autopilot_control_plane::keys::secret::{reseal_all, Resealed};
 use autopilot_control_plane::keys::signing::SigningKeys;
 use autopilot_control_plane::seal::Sealer;
 use autopilot_control_plane::store::{connect, Store, StoreError};
+use autopilot_proto::JobId;
 use autopilot_tests::components;
 use chrono::{TimeZone, Utc};
 
@@ -211,4 +213,116 @@ async fn the_secret_key_rotation_seals_every_value_again_postgres() {
         return;
     };
     rotation(connect(&url).await.unwrap()).await;
+}
+
+fn item(key: &str, value: &str, ms: i64) -> MemoryItem {
+    MemoryItem {
+        key: key.into(),
+        value: Some(value.into()),
+        bytes: value.len() as u64,
+        updated_at: at(ms),
+        run_id: None,
+    }
+}
+
+/// Jobs' memory: scopes kept apart, the limit on entries held in one statement (a full scope
+/// still replaces), prefixes matched with their case, searches ignoring ASCII case with `%` and
+/// `_` taken literally, most recent first.
+async fn memory(store: Arc<dyn Store>) {
+    let job = MemoryScope::Job(JobId::new());
+    let other = MemoryScope::Job(JobId::new());
+    assert!(store
+        .put_memory(&job, &item("Reports/a", "to Ada", 1_000), 2)
+        .await
+        .unwrap());
+    assert!(store
+        .put_memory(&job, &item("reports/b", "50%_done", 2_000), 2)
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .put_memory(&job, &item("c", "full", 3_000), 2)
+            .await
+            .unwrap(),
+        "a third key in a scope of two"
+    );
+    assert!(
+        store
+            .put_memory(&job, &item("Reports/a", "to Ada, again", 4_000), 2)
+            .await
+            .unwrap(),
+        "a full scope still replaces"
+    );
+    assert!(store
+        .put_memory(&other, &item("c", "elsewhere", 5_000), 2)
+        .await
+        .unwrap());
+    assert_eq!(store.count_memory(&job).await.unwrap(), 2);
+
+    let got = store.get_memory(&job, "Reports/a").await.unwrap().unwrap();
+    assert_eq!(got.value.as_deref(), Some("to Ada, again"));
+    assert_eq!((got.bytes, got.updated_at), (13, at(4_000)));
+    assert_eq!(store.get_memory(&other, "Reports/a").await.unwrap(), None);
+
+    let keys =
+        |items: Vec<MemoryItem>| -> Vec<String> { items.into_iter().map(|i| i.key).collect() };
+    let all = store
+        .list_memory(&job, &MemoryFilter::Prefix(String::new()), 10)
+        .await
+        .unwrap();
+    assert!(
+        all.iter().all(|i| i.value.is_none()),
+        "a list leaves values out"
+    );
+    assert_eq!(keys(all), ["Reports/a", "reports/b"], "most recent first");
+    let prefixed = store
+        .list_memory(&job, &MemoryFilter::Prefix("reports/".into()), 10)
+        .await
+        .unwrap();
+    assert_eq!(keys(prefixed), ["reports/b"], "a prefix keeps its case");
+    let found = store
+        .list_memory(&job, &MemoryFilter::Containing("ADA".into()), 10)
+        .await
+        .unwrap();
+    assert_eq!(found[0].value.as_deref(), Some("to Ada, again"));
+    assert_eq!(keys(found), ["Reports/a"]);
+    let literal = store
+        .list_memory(&job, &MemoryFilter::Containing("0%_".into()), 10)
+        .await
+        .unwrap();
+    assert_eq!(keys(literal), ["reports/b"]);
+    let wildcard = store
+        .list_memory(&job, &MemoryFilter::Containing("a%a".into()), 10)
+        .await
+        .unwrap();
+    assert!(wildcard.is_empty(), "`%` is not a wildcard: {wildcard:?}");
+    let one = store
+        .list_memory(&job, &MemoryFilter::Prefix(String::new()), 1)
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+
+    assert!(store.delete_memory(&job, "reports/b").await.unwrap());
+    assert!(!store.delete_memory(&job, "reports/b").await.unwrap());
+    assert_eq!(store.clear_memory(&job).await.unwrap(), 1);
+    assert_eq!(store.count_memory(&job).await.unwrap(), 0);
+    assert_eq!(
+        store.count_memory(&other).await.unwrap(),
+        1,
+        "other scopes stay"
+    );
+}
+
+#[tokio::test]
+async fn memory_store_conformance_sqlite() {
+    let (_dir, store) = sqlite().await;
+    memory(store).await;
+}
+
+#[tokio::test]
+async fn memory_store_conformance_postgres() {
+    let Some(url) = components::fresh_postgres_database().await else {
+        return;
+    };
+    memory(connect(&url).await.unwrap()).await;
 }

@@ -640,7 +640,8 @@ impl Attempt {
         };
         let written =
             |err: std::io::Error| format!("could not write the run's MCP configuration: {err}");
-        let file = ConfigFile::create().map_err(written)?;
+        let mut file = ConfigFile::create().map_err(written)?;
+        let memory_token = crate::memory_relay::new_token();
         // A container runs the image's copies, on its PATH; a local run those beside the worker.
         let (fixed_servers, guard, dir) = if self.executor.name() == "docker" {
             (
@@ -664,6 +665,7 @@ impl Attempt {
             fixed_servers: &fixed_servers,
             guard: &guard,
             dir: &dir,
+            memory_token: &memory_token,
         };
         let files = mcp::config(
             &claude.mcp_servers,
@@ -672,6 +674,14 @@ impl Attempt {
             paths,
         )?;
         file.write(&files).map_err(written)?;
+        if mcp::uses_memory(&claude.mcp_servers) {
+            let run = crate::memory_relay::RunIdentity {
+                run_id: spec.run_id,
+                attempt: spec.attempt,
+                worker_id: self.config.worker_id.clone(),
+            };
+            file.serve_memory(memory_token, run, Arc::clone(&self.bus))?;
+        }
         let names: Vec<&str> = claude.mcp_servers.iter().map(|s| s.name.as_str()).collect();
         events
             .lifecycle(

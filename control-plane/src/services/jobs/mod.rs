@@ -14,6 +14,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::app::App;
+use crate::domain::memory::MemoryScope;
 use crate::domain::schedule::{parse_cron, parse_timezone, Compiled};
 use crate::domain::{Job, OverlapPolicy, Run, Schedule, ServiceError, ServiceResult};
 use crate::services::{runs, tools, webhooks};
@@ -50,6 +51,7 @@ pub async fn delete(app: &App, id: JobId) -> ServiceResult<()> {
     }
     tracing::info!(job.id = %id, "job deleted");
     app.notify_jobs_changed();
+    super::memory::forget(app, &MemoryScope::Job(id)).await;
     if let Some(saved) = &app.saved_workspaces {
         // No run can use it again. The job is deleted either way: a blob left behind takes
         // room, nothing else.

@@ -142,7 +142,12 @@ pub fn validate_server(
                     .map(|tool| ToolInput {
                         name: tool.name.to_owned(),
                         description: Some(tool.description.to_owned()),
-                        access: tool.read_only.then_some(AccessLevel::Read),
+                        // Ours are at most `write`: none is an admin's or dangerous, whatever
+                        // its name (`memory_delete` removes only what runs wrote).
+                        access: Some(match tool.read_only {
+                            true => AccessLevel::Read,
+                            false => AccessLevel::Write,
+                        }),
                     })
                     .collect();
             }

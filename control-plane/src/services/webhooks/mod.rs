@@ -79,6 +79,11 @@ pub async fn delete(app: &App, id_or_name: &str) -> ServiceResult<Webhook> {
     }
     app.notify_webhooks_changed();
     tracing::info!(webhook.id = %webhook.id, "webhook deleted");
+    crate::services::memory::forget(
+        app,
+        &crate::domain::memory::MemoryScope::Webhook(webhook.id),
+    )
+    .await;
     Ok(webhook)
 }
 

@@ -112,6 +112,7 @@ mod events;
 mod group_commit;
 mod jobs;
 mod leases;
+mod memory;
 mod oauth;
 mod runs;
 mod settings;

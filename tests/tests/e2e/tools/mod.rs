@@ -7,6 +7,7 @@
 mod docker;
 mod email;
 mod fleet;
+mod memory;
 mod outbound;
 mod web;
 

@@ -1,6 +1,7 @@
 //! Credentials in the fleet: a claim reply carries a run's credentials sealed to the claiming
 //! worker process, only for a run that is granted a server using them, and nothing on NATS ever
-//! holds a credential in plaintext.
+//! holds a credential in plaintext; a run's memory is answered over the bus only for the worker
+//! running it.
 
 use std::time::Duration;
 
@@ -138,4 +139,89 @@ async fn credentials_cross_the_bus_sealed_and_only_for_runs_granted_them() {
         }
     }
     assert!(seen > 0, "the subscription saw the claim's traffic");
+}
+
+/// A run's memory operations cross NATS from its worker, and are answered only for the attempt
+/// running on that worker: another worker, or an attempt that is over, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_is_answered_over_the_bus_only_for_the_worker_running_the_run() {
+    let options = ClusterOptions {
+        control_planes: 1,
+        workers: 0,
+        ..ClusterOptions::default()
+    };
+    let Some(cluster) = Cluster::start(options).await else {
+        return;
+    };
+    let api = cluster.api(0).clone();
+    let bus = JetStreamBus::connect(&cluster.nats.url(), JetStreamConfig::default())
+        .await
+        .expect("the fleet's bus");
+    let job = api
+        .create_job(json!({ "name": "remembers", "prompt": "Remember." }))
+        .await;
+    let (status, run) = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/jobs/{}/trigger", job["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{run}");
+    let run_id: RunId = run["id"].as_str().unwrap().parse().unwrap();
+    let worker_id = WorkerId::new("by-hand");
+    let claim = WorkerRequest::Claim {
+        worker_id: worker_id.clone(),
+        runs: vec![RunAttempt { run_id, attempt: 1 }],
+        claim_token: None,
+        sealing_key: None,
+    };
+    let replies = bus.request(claim).await.unwrap().into_each(1).unwrap();
+    assert!(
+        matches!(replies[0], WorkerReply::Claimed { .. }),
+        "{replies:?}"
+    );
+
+    let memory = |worker: &WorkerId, attempt: u32, op: serde_json::Value| WorkerRequest::Memory {
+        run_id,
+        attempt,
+        worker_id: worker.clone(),
+        op,
+    };
+    let put = json!({ "op": "put", "key": "seen", "value": "the fleet" });
+    match bus.request(memory(&worker_id, 1, put)).await.unwrap() {
+        WorkerReply::Memory { answer } => {
+            assert_eq!(answer["answer"], "stored", "{answer}");
+            assert_eq!(answer["created"], true, "{answer}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let get = json!({ "op": "get", "key": "seen" });
+    match bus
+        .request(memory(&worker_id, 1, get.clone()))
+        .await
+        .unwrap()
+    {
+        WorkerReply::Memory { answer } => {
+            assert_eq!(answer["entry"]["value"], "the fleet", "{answer}")
+        }
+        other => panic!("{other:?}"),
+    }
+    for (worker, attempt) in [(WorkerId::new("another"), 1), (worker_id.clone(), 2)] {
+        let reply = bus
+            .request(memory(&worker, attempt, get.clone()))
+            .await
+            .unwrap();
+        assert!(
+            matches!(&reply, WorkerReply::Rejected { reason } if reason.contains("not running on this worker")),
+            "{worker:?} attempt {attempt}: {reply:?}"
+        );
+    }
+    let entry = api
+        .get(&format!(
+            "/api/v1/jobs/{}/memory/seen",
+            job["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(entry["run_id"], run["id"], "{entry:#}");
 }

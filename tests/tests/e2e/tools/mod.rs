@@ -9,6 +9,7 @@ mod email;
 mod fleet;
 mod memory;
 mod outbound;
+mod planted;
 mod web;
 
 use std::path::Path;

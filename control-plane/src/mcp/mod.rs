@@ -44,8 +44,9 @@ read what happened, preview_schedule to check a cron expression before saving it
 rotate_webhook_secret, replay_delivery) turn HTTP requests from other services into runs, with \
 values from the request in the prompt. What a run can reach beside Claude Code's own tools comes \
 from MCP servers in the registry (list_servers; register_server, import_mcp_json; the built-in \
-email, web, notify and http servers), granted to a job in its `servers` setting up to an access \
-level, or through tool bundles (create_bundle, assign_bundle). Secrets go in credentials \
+email, web, notify, http and memory servers), granted to a job in its `servers` setting up to an access \
+level, or through tool bundles (create_bundle, assign_bundle). A job granted the memory server \
+keeps notes across its runs; get_job_memory and set_job_memory read and change them. Secrets go in credentials \
 (set_credential) and are written ${NAME} in a server's settings; a value given to set_credential \
 passes through this conversation, so prefer asking the user to set it with the HTTP API.";
 

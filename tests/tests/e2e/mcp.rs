@@ -18,13 +18,15 @@ use tokio::process::Command;
 const DEFAULT_MODEL: &str = "claude-opus-5-5";
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
 
-const TOOLS: [&str; 33] = [
+const TOOLS: [&str; 35] = [
     "list_jobs",
     "get_job",
     "create_job",
     "update_job",
     "delete_job",
     "trigger_job",
+    "get_job_memory",
+    "set_job_memory",
     "preview_schedule",
     "list_runs",
     "get_run",

@@ -1,4 +1,5 @@
-//! The job tools: list, read, create, change, delete and run jobs, and preview a schedule.
+//! The job tools: list, read, create, change, delete and run jobs, preview a schedule, and read
+//! and change a job's memory.
 
 use std::sync::Arc;
 
@@ -12,10 +13,13 @@ use serde_json::{json, Value};
 use super::runs::{finish_run_call, waited_run_schema};
 use super::{input, object, parse, success, take_string, to_value, Failure, NoArgs, Outcome, Spec};
 use crate::app::App;
+use crate::domain::memory::MemoryScope;
 use crate::services::follow::Updates;
 use crate::services::jobs::{
     self, preview_schedule, upcoming_fires, JobInput, JobPatch, JobView, PreviewInput,
 };
+use crate::services::memory;
+use autopilot_fixed_servers::memory_wire::MemoryAnswer;
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -44,6 +48,33 @@ pub(super) struct TriggerArgs {
     /// the run's timeout). Default false: return at once with the queued run.
     #[serde(default)]
     wait: bool,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MemoryArgs {
+    /// The job's id (UUID) or its unique name.
+    job: String,
+    /// One entry's key: its value is shown.
+    #[serde(default)]
+    key: Option<String>,
+    /// Only the keys starting with this.
+    #[serde(default)]
+    prefix: Option<String>,
+    /// The entries whose key or value contains this (values shown).
+    #[serde(default)]
+    search: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SetMemoryArgs {
+    /// The job's id (UUID) or its unique name.
+    job: String,
+    /// The entry's key (at most 200 characters).
+    key: String,
+    /// The text to keep (at most 64 KiB); null deletes the entry.
+    value: Option<String>,
 }
 
 fn job_schema() -> Value {
@@ -145,6 +176,40 @@ pub(super) fn specs() -> Vec<Spec> {
             open_world: true,
         },
         Spec {
+            name: "get_job_memory",
+            title: "Read a job's memory",
+            description: "Shows what a job's runs keep in their memory (the `memory` server): \
+                the keys, most recent first (optionally those starting with `prefix`), the \
+                entries containing `search`, or one entry's value by `key`. Example: {\"job\": \
+                \"sprint digest\", \"search\": \"ada\"}",
+            input: input::<MemoryArgs>(),
+            output: object(
+                json!({ "entries": { "type": "array", "items": { "type": "object" } }, "count": { "type": "integer" } }),
+                &["entries", "count"],
+            ),
+            read_only: true,
+            destructive: false,
+            idempotent: true,
+            open_world: false,
+        },
+        Spec {
+            name: "set_job_memory",
+            title: "Change a job's memory",
+            description: "Stores a value under a key in a job's memory, which its next runs read \
+                through the `memory` server, or deletes the entry (value null). Example: \
+                {\"job\": \"sprint digest\", \"key\": \"recipients\", \"value\": \
+                \"ada@example.com\"}",
+            input: input::<SetMemoryArgs>(),
+            output: object(
+                json!({ "key": { "type": "string" }, "stored": { "type": "boolean" }, "created": { "type": "boolean" } }),
+                &["key", "stored"],
+            ),
+            read_only: false,
+            destructive: true,
+            idempotent: true,
+            open_world: false,
+        },
+        Spec {
             name: "preview_schedule",
             title: "Preview a schedule",
             description: "Shows the next fire times (UTC) of a cron expression in a time zone \
@@ -178,6 +243,8 @@ pub(super) async fn call(
         "delete_job" => delete(app, args).await,
         "trigger_job" => trigger(app, args, context).await,
         "preview_schedule" => preview(args),
+        "get_job_memory" => get_memory(app, args).await,
+        "set_job_memory" => set_memory(app, args).await,
         other => Err(Failure::Message(format!("unknown job tool `{other}`"))),
     }
 }
@@ -270,6 +337,77 @@ async fn trigger(
     let updates = Updates::subscribe(app);
     let run = jobs::trigger(app, job).await?;
     finish_run_call(app, run, wait, updates, context).await
+}
+
+async fn get_memory(app: &App, args: JsonObject) -> Outcome {
+    let MemoryArgs {
+        job,
+        key,
+        prefix,
+        search,
+    } = parse(args)?;
+    let job = jobs::find(app, &job).await?;
+    let scope = MemoryScope::Job(job.id);
+    let count = app
+        .store
+        .count_memory(&scope)
+        .await
+        .map_err(crate::domain::ServiceError::from)?;
+    let (entries, summary) = match key {
+        Some(key) => {
+            let item = memory::get(app, &scope, &key).await?;
+            let summary = format!(
+                "`{}` (written {}): {}",
+                item.key,
+                item.updated_at.to_rfc3339(),
+                item.value.as_deref().unwrap_or_default()
+            );
+            (vec![to_value(&item)?], summary)
+        }
+        None => match memory::list(app, &scope, prefix, search).await? {
+            MemoryAnswer::Entries { entries, more } => {
+                let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+                let summary = format!(
+                    "Job `{}` keeps {count} entries; these match: {}{}",
+                    job.name,
+                    if keys.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        keys.join(", ")
+                    },
+                    if more { " (and more)" } else { "" }
+                );
+                (
+                    entries.iter().map(to_value).collect::<Result<_, _>>()?,
+                    summary,
+                )
+            }
+            other => return Err(Failure::Message(format!("unexpected answer {other:?}"))),
+        },
+    };
+    success(summary, json!({ "entries": entries, "count": count }))
+}
+
+async fn set_memory(app: &App, args: JsonObject) -> Outcome {
+    let SetMemoryArgs { job, key, value } = parse(args)?;
+    let job = jobs::find(app, &job).await?;
+    let scope = MemoryScope::Job(job.id);
+    match value {
+        Some(value) => {
+            let created = memory::put(app, &scope, key.clone(), value).await?;
+            success(
+                format!("Stored `{key}` in job `{}`'s memory.", job.name),
+                json!({ "key": key, "stored": true, "created": created }),
+            )
+        }
+        None => {
+            memory::delete(app, &scope, &key).await?;
+            success(
+                format!("Deleted `{key}` from job `{}`'s memory.", job.name),
+                json!({ "key": key, "stored": false }),
+            )
+        }
+    }
 }
 
 fn preview(args: JsonObject) -> Outcome {

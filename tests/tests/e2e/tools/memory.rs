@@ -204,6 +204,57 @@ async fn a_jobs_runs_keep_memory_that_other_jobs_and_quick_runs_do_not_see() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 
+    // Through MCP: an entry set, searched, read and deleted.
+    let call_tool = |name: &str, arguments: Value| {
+        let body = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                           "params": { "name": name, "arguments": arguments } });
+        let request = server
+            .client
+            .post(format!("{}/mcp", server.base_url))
+            .bearer_auth(autopilot_tests::harness::ADMIN_TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&body)
+            .send();
+        async move { request.await.unwrap().text().await.unwrap() }
+    };
+    let set = call_tool(
+        "set_job_memory",
+        json!({ "job": "reporter", "key": "recipients", "value": "ada@example.com" }),
+    )
+    .await;
+    assert!(set.contains("\"created\":true"), "{set}");
+    let found = call_tool(
+        "get_job_memory",
+        json!({ "job": "reporter", "search": "ADA@" }),
+    )
+    .await;
+    assert!(
+        found.contains("ada@example.com") && found.contains("\"count\":2"),
+        "{found}"
+    );
+    let one = call_tool(
+        "get_job_memory",
+        json!({ "job": "reporter", "key": "recipients" }),
+    )
+    .await;
+    assert!(one.contains("ada@example.com"), "{one}");
+    let deleted = call_tool(
+        "set_job_memory",
+        json!({ "job": "reporter", "key": "recipients", "value": null }),
+    )
+    .await;
+    assert!(deleted.contains("\"stored\":false"), "{deleted}");
+    let missing = call_tool(
+        "get_job_memory",
+        json!({ "job": "reporter", "key": "recipients" }),
+    )
+    .await;
+    assert!(
+        missing.contains("isError\":true") && missing.contains("recipients"),
+        "{missing}"
+    );
+
     // A deleted job's memory goes with it.
     let (status, _) = server
         .call(Method::DELETE, "/api/v1/jobs/reporter", None)

@@ -273,15 +273,8 @@ impl Tools for Arc<Memory> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::serve::vars;
     use tokio::net::UnixListener;
-
-    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: std::collections::BTreeMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |name| map.get(name).cloned()
-    }
 
     #[test]
     fn the_socket_and_token_are_required_and_the_token_is_never_shown() {

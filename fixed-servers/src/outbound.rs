@@ -261,14 +261,7 @@ pub fn excerpt(body: &[u8], chars: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: BTreeMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |name| map.get(name).cloned()
-    }
+    use crate::serve::vars;
 
     #[test]
     fn json_errors_say_where_never_what() {

@@ -231,6 +231,16 @@ pub async fn run<T: Tools>(tools: T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Settings given as pairs, read as a server reads its settings (for tests).
+#[cfg(test)]
+pub(crate) fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: std::collections::BTreeMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |name| map.get(name).cloned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,14 +261,6 @@ mod tests {
         let error = settings().err().unwrap();
         std::env::remove_var(SETTINGS_FILE_VAR);
         assert!(error.contains("restarted"), "{error}");
-    }
-
-    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: std::collections::BTreeMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |name| map.get(name).cloned()
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! and never shown (an echo of them comes back redacted), methods, queries and bodies,
 //! refusals, redirects, the quota, private addresses.
 
+use crate::serve::vars;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
@@ -83,14 +84,6 @@ async fn echo(
         "body": serde_json::from_str::<Value>(&body_text).ok(),
     }))
     .into_response()
-}
-
-fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-    let map: BTreeMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    move |name| map.get(name).cloned()
 }
 
 fn hosts_json(base: &str) -> String {

@@ -1,6 +1,7 @@
 //! The settings, and the server posting to a real HTTP server on loopback: each kind's body
 //! arriving, a refusal shown without the channel's secrets, the quota, private addresses.
 
+use crate::serve::vars;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
@@ -61,14 +62,6 @@ async fn receive(
         "teams" => "1".into_response(),
         _ => "ok".into_response(),
     }
-}
-
-fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-    let map: BTreeMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    move |name| map.get(name).cloned()
 }
 
 fn channels_json(site: SocketAddr, scheme: &str) -> String {

@@ -13,7 +13,7 @@ use super::{set_credential, NOTES_SERVER, SECRET};
 
 /// A server whose runs execute on the Docker executor against a fresh fake model API; `None`
 /// without an engine and the run image.
-async fn docker_server() -> Option<(TestServer, FakeAnthropic)> {
+pub(super) async fn docker_server() -> Option<(TestServer, FakeAnthropic)> {
     components::docker_engine().await?;
     components::docker_executor("tools-e2e-probe").await?;
     let fake = FakeAnthropic::start().await.expect("fake API");

@@ -4,8 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use autopilot_tests::components;
-use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply};
-use autopilot_tests::harness::TestServer;
+use autopilot_tests::fake_anthropic::Reply;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -66,19 +65,9 @@ async fn the_email_server_sends_to_allowed_recipients_only() {
     let Some(python) = components::mcp_python() else {
         return;
     };
-    let Some(fixed_servers) = components::fixed_servers_bin() else {
+    let Some((server, fake)) = super::fixed_server().await else {
         return;
     };
-    let Some(claude) = components::claude_bin() else {
-        return;
-    };
-    let fake = FakeAnthropic::start().await.expect("fake API");
-    let server = TestServer::builder()
-        .claude_bin(claude)
-        .fixed_servers_bin(fixed_servers)
-        .model_api(&fake.base_url())
-        .start()
-        .await;
     let smtp = SmtpServer::start(&python).await;
     let (status, body) = server
         .call(

@@ -17,14 +17,23 @@ use serde_json::json;
 
 use super::SECRET;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credentials_cross_the_bus_sealed_and_only_for_runs_granted_them() {
+/// A fleet of one control plane and no worker, and the bus a test speaks on as a worker.
+async fn control_plane_only() -> Option<(Cluster, JetStreamBus)> {
     let options = ClusterOptions {
         control_planes: 1,
         workers: 0,
         ..ClusterOptions::default()
     };
-    let Some(cluster) = Cluster::start(options).await else {
+    let cluster = Cluster::start(options).await?;
+    let bus = JetStreamBus::connect(&cluster.nats.url(), JetStreamConfig::default())
+        .await
+        .expect("the fleet's bus");
+    Some((cluster, bus))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_cross_the_bus_sealed_and_only_for_runs_granted_them() {
+    let Some((cluster, bus)) = control_plane_only().await else {
         return;
     };
     let api = cluster.api(0).clone();
@@ -33,9 +42,6 @@ async fn credentials_cross_the_bus_sealed_and_only_for_runs_granted_them() {
         .await
         .expect("connect to NATS");
     let mut everything = nats.subscribe(">").await.expect("subscribe to everything");
-    let bus = JetStreamBus::connect(&cluster.nats.url(), JetStreamConfig::default())
-        .await
-        .expect("the fleet's bus");
 
     let (status, body) = api
         .call(
@@ -145,18 +151,10 @@ async fn credentials_cross_the_bus_sealed_and_only_for_runs_granted_them() {
 /// running on that worker: another worker, or an attempt that is over, is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_is_answered_over_the_bus_only_for_the_worker_running_the_run() {
-    let options = ClusterOptions {
-        control_planes: 1,
-        workers: 0,
-        ..ClusterOptions::default()
-    };
-    let Some(cluster) = Cluster::start(options).await else {
+    let Some((cluster, bus)) = control_plane_only().await else {
         return;
     };
     let api = cluster.api(0).clone();
-    let bus = JetStreamBus::connect(&cluster.nats.url(), JetStreamConfig::default())
-        .await
-        .expect("the fleet's bus");
     let job = api
         .create_job(json!({ "name": "remembers", "prompt": "Remember." }))
         .await;

@@ -2,9 +2,6 @@
 //! the local and the Docker executor; another job and a quick run do not see it; an operator
 //! reads and changes it through the API; the run's Bash cannot use the memory socket.
 
-use std::time::Duration;
-
-use autopilot_tests::components;
 use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply};
 use autopilot_tests::harness::TestServer;
 use reqwest::{Method, StatusCode};
@@ -88,18 +85,9 @@ async fn put_then_get(server: &TestServer, fake: &FakeAnthropic, job: &Value) ->
 
 #[tokio::test]
 async fn a_jobs_runs_keep_memory_that_other_jobs_and_quick_runs_do_not_see() {
-    let (Some(claude), Some(fixed_servers)) =
-        (components::claude_bin(), components::fixed_servers_bin())
-    else {
+    let Some((server, fake)) = super::fixed_server().await else {
         return;
     };
-    let fake = FakeAnthropic::start().await.expect("fake API");
-    let server = TestServer::builder()
-        .claude_bin(claude)
-        .fixed_servers_bin(fixed_servers)
-        .model_api(&fake.base_url())
-        .start()
-        .await;
     register_memory(&server).await;
     let job = server
         .create_job(json!({
@@ -277,20 +265,9 @@ async fn a_jobs_runs_keep_memory_that_other_jobs_and_quick_runs_do_not_see() {
 /// but, without the token (in a settings file the server deleted), is refused.
 #[tokio::test]
 async fn memory_works_in_a_container_and_the_runs_bash_cannot_use_the_socket() {
-    if components::docker_engine().await.is_none()
-        || components::docker_executor("memory-e2e-probe")
-            .await
-            .is_none()
-    {
+    let Some((server, fake)) = super::docker::docker_server().await else {
         return;
-    }
-    let fake = FakeAnthropic::start().await.expect("fake API");
-    let server = TestServer::builder()
-        .docker()
-        .model_api(&fake.base_url())
-        .kill_grace(Duration::from_secs(1))
-        .start()
-        .await;
+    };
     register_memory(&server).await;
     let job = server
         .create_job(json!({

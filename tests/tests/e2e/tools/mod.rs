@@ -56,6 +56,21 @@ pub(super) async fn start() -> Option<(
     Some((server, fake, python))
 }
 
+/// An Autopilot whose local runs start the fixed servers, against a fresh fake model API;
+/// `None` without the CLI or the servers' program.
+pub(super) async fn fixed_server() -> Option<(TestServer, FakeAnthropic)> {
+    let claude = components::claude_bin()?;
+    let fixed_servers = components::fixed_servers_bin()?;
+    let fake = FakeAnthropic::start().await.expect("fake API");
+    let server = TestServer::builder()
+        .claude_bin(claude)
+        .fixed_servers_bin(fixed_servers)
+        .model_api(&fake.base_url())
+        .start()
+        .await;
+    Some((server, fake))
+}
+
 pub(super) async fn register_notes(server: &TestServer, python: &Path, dir: &Path) -> Value {
     let script = dir.join("notes_server.py");
     std::fs::write(&script, NOTES_SERVER).unwrap();

@@ -4,9 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use autopilot_tests::components;
-use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply};
-use autopilot_tests::harness::TestServer;
+use autopilot_tests::fake_anthropic::Reply;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
@@ -22,11 +20,6 @@ type Seen = Arc<Mutex<Vec<(String, Value)>>>;
 
 #[tokio::test]
 async fn notify_and_http_reach_their_endpoints_with_credentials_the_model_never_reads() {
-    let (Some(claude), Some(fixed_servers)) =
-        (components::claude_bin(), components::fixed_servers_bin())
-    else {
-        return;
-    };
     // One local service playing both the chat webhook and the REST API; it echoes the
     // Authorization header back, as a careless API might.
     let seen: Seen = Arc::default();
@@ -59,13 +52,9 @@ async fn notify_and_http_reach_their_endpoints_with_credentials_the_model_never_
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let fake = FakeAnthropic::start().await.expect("fake API");
-    let server = TestServer::builder()
-        .claude_bin(claude)
-        .fixed_servers_bin(fixed_servers)
-        .model_api(&fake.base_url())
-        .start()
-        .await;
+    let Some((server, fake)) = super::fixed_server().await else {
+        return;
+    };
     set_credential(&server, "TEAM_HOOK", HOOK_TOKEN).await;
     set_credential(&server, "TRACKER_TOKEN", API_TOKEN).await;
     for (name, env) in [

@@ -1,9 +1,7 @@
 //! The fixed `web` server: the real CLI fetches a page through it as markdown; a private address
 //! is refused unless the server's settings allow it.
 
-use autopilot_tests::components;
-use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply};
-use autopilot_tests::harness::TestServer;
+use autopilot_tests::fake_anthropic::Reply;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -13,11 +11,6 @@ const PAGE: &str = "<html><head><title>Release notes</title></head><body>\
 
 #[tokio::test]
 async fn the_web_server_fetches_pages_as_markdown_and_refuses_private_addresses() {
-    let (Some(claude), Some(fixed_servers)) =
-        (components::claude_bin(), components::fixed_servers_bin())
-    else {
-        return;
-    };
     // The page, on loopback.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let site = format!("http://{}", listener.local_addr().unwrap());
@@ -27,13 +20,9 @@ async fn the_web_server_fetches_pages_as_markdown_and_refuses_private_addresses(
     );
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let fake = FakeAnthropic::start().await.expect("fake API");
-    let server = TestServer::builder()
-        .claude_bin(claude)
-        .fixed_servers_bin(fixed_servers)
-        .model_api(&fake.base_url())
-        .start()
-        .await;
+    let Some((server, fake)) = super::fixed_server().await else {
+        return;
+    };
     for (name, allow_private) in [("web", "true"), ("web-public", "false")] {
         let (status, body) = server
             .call(

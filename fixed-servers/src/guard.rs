@@ -23,6 +23,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::redact::Redactor;
 
+pub mod list;
 pub mod remote;
 
 /// What the worker gives the guard in its settings file.
@@ -46,7 +47,7 @@ pub struct GuardSettings {
 
 /// Variables of the guard's own environment the server also gets: none of them is a secret
 /// (the CLI's environment, which holds the model proxy's token, is not passed on).
-const PASSED_ON: [&str; 9] = [
+pub(crate) const PASSED_ON: [&str; 9] = [
     "PATH",
     "HOME",
     "LANG",

@@ -2,6 +2,8 @@
 //! (see `autopilot_fixed_servers::guard`), with the settings from the file
 //! `AUTOPILOT_SETTINGS_FILE` names. `autopilot-mcp-guard --remote`: stands in front of the remote
 //! (streamable HTTP) server whose URL and headers that file holds instead.
+//! `autopilot-mcp-guard --list-tools -- <command> [args…]`: starts the server once and prints its
+//! tools as one JSON line (see `autopilot_fixed_servers::guard::list`).
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -10,14 +12,29 @@ use autopilot_fixed_servers::catalog::GUARD_PROGRAM;
 use autopilot_fixed_servers::guard::{self, GuardSettings};
 use autopilot_fixed_servers::serve::take_settings_file;
 
+enum Mode {
+    /// Relay a stdio server for a run.
+    Relay,
+    /// Stand in front of a remote server.
+    Remote,
+    /// Start a stdio server once and print its tools.
+    ListTools,
+}
+
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     let first = args.next();
-    let remote = match first.as_deref().and_then(|a| a.to_str()) {
-        Some("--") => false,
-        Some("--remote") => true,
+    let mode = match first.as_deref().and_then(|a| a.to_str()) {
+        Some("--") => Mode::Relay,
+        Some("--remote") => Mode::Remote,
+        Some("--list-tools") if args.next().as_deref() == Some(std::ffi::OsStr::new("--")) => {
+            Mode::ListTools
+        }
         _ => {
-            eprintln!("usage: {GUARD_PROGRAM} -- <server command> [args…] | --remote");
+            eprintln!(
+                "usage: {GUARD_PROGRAM} -- <server command> [args…] | --remote | --list-tools -- \
+                 <server command> [args…]"
+            );
             return ExitCode::from(2);
         }
     };
@@ -49,13 +66,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let relayed = match (remote, settings.url.clone()) {
-        (true, Some(url)) => runtime.block_on(guard::remote::run(settings, url)),
-        (true, None) => {
+    let relayed = match (mode, settings.url.clone()) {
+        (Mode::Remote, Some(url)) => runtime.block_on(guard::remote::run(settings, url)),
+        (Mode::Remote, None) => {
             eprintln!("{GUARD_PROGRAM}: --remote, but the settings file names no `url`");
             return ExitCode::FAILURE;
         }
-        (false, _) => runtime.block_on(guard::run(settings, command)),
+        (Mode::Relay, _) => runtime.block_on(guard::run(settings, command)),
+        (Mode::ListTools, _) => {
+            return match runtime.block_on(guard::list::list(settings, command)) {
+                Ok(tools) => {
+                    println!("{}", serde_json::json!({ "tools": tools }));
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("{GUARD_PROGRAM}: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     };
     match relayed {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

@@ -243,11 +243,17 @@ pub struct RunDelivery {
     pub slot: OwnedSemaphorePermit,
 }
 
-/// A worker request waiting for its reply.
-pub struct IncomingRequest {
-    pub request: WorkerRequest,
-    pub reply: tokio::sync::oneshot::Sender<WorkerReply>,
+/// A request waiting for its reply: a worker's to the control plane, or a task a control plane
+/// gave a worker.
+pub struct Incoming<Q, A> {
+    pub request: Q,
+    pub reply: tokio::sync::oneshot::Sender<A>,
 }
+
+/// A worker request waiting for its reply.
+pub type IncomingRequest = Incoming<WorkerRequest, WorkerReply>;
+/// A task waiting for its worker's reply.
+pub type IncomingTask = Incoming<crate::WorkerTask, crate::TaskReply>;
 
 #[async_trait]
 pub trait Bus: Send + Sync {
@@ -296,4 +302,16 @@ pub trait Bus: Send + Sync {
     async fn request(&self, request: WorkerRequest) -> Result<WorkerReply, BusError>;
     /// The control plane's side of [`Bus::request`].
     async fn serve_requests(&self) -> Result<BoxStream<'static, IncomingRequest>, BusError>;
+
+    /// Hand `task` to one worker serving `pool` and wait up to `timeout` for its reply;
+    /// `Unavailable` at once when no worker serves the pool.
+    async fn request_task(
+        &self,
+        pool: &str,
+        task: crate::WorkerTask,
+        timeout: std::time::Duration,
+    ) -> Result<crate::TaskReply, BusError>;
+    /// A worker's side of [`Bus::request_task`]: the tasks for `pool`, each to one of the
+    /// workers serving it.
+    async fn serve_tasks(&self, pool: &str) -> Result<BoxStream<'static, IncomingTask>, BusError>;
 }

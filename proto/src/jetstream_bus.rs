@@ -52,10 +52,11 @@ use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
 
 use crate::bus::{
-    Bus, BusError, ControlMessage, Delivery, EventBatch, IncomingRequest, Notice, RunDelivery,
-    RunRequest, WorkerReply, WorkerRequest,
+    Bus, BusError, ControlMessage, Delivery, EventBatch, IncomingRequest, IncomingTask, Notice,
+    RunDelivery, RunRequest, WorkerReply, WorkerRequest,
 };
 use crate::event::NewRunEvent;
+use crate::{TaskReply, WorkerTask};
 
 pub use lease::KvLease;
 use setup::Names;
@@ -543,6 +544,7 @@ impl Bus for JetStreamBus {
 
     async fn request(&self, request: WorkerRequest) -> Result<WorkerReply, BusError> {
         requests::request(
+            &requests::WORKER_REQUESTS,
             &self.inner.client,
             &self.inner.names.worker_requests,
             self.inner.config.request_timeout,
@@ -554,8 +556,40 @@ impl Bus for JetStreamBus {
 
     async fn serve_requests(&self) -> Result<BoxStream<'static, IncomingRequest>, BusError> {
         requests::serve(
+            &requests::WORKER_REQUESTS,
             &self.inner.client,
             &self.inner.names.worker_requests,
+            &self.inner.url,
+        )
+        .await
+    }
+
+    async fn request_task(
+        &self,
+        pool: &str,
+        task: WorkerTask,
+        timeout: Duration,
+    ) -> Result<TaskReply, BusError> {
+        validate_pool(pool)?;
+        let subject = self.inner.names.tasks_subject(pool);
+        requests::request(
+            &requests::TASKS,
+            &self.inner.client,
+            &subject,
+            timeout,
+            &self.inner.url,
+            &task,
+        )
+        .await
+    }
+
+    async fn serve_tasks(&self, pool: &str) -> Result<BoxStream<'static, IncomingTask>, BusError> {
+        validate_pool(pool)?;
+        let subject = self.inner.names.tasks_subject(pool);
+        requests::serve(
+            &requests::TASKS,
+            &self.inner.client,
+            &subject,
             &self.inner.url,
         )
         .await

@@ -16,12 +16,13 @@ pub mod memory_bus;
 pub mod placeholders;
 pub mod run;
 pub mod sealed;
+pub mod task;
 
 pub use blobs::{BlobStore, InMemoryBlobs};
 pub use bus::{
-    Acker, AttemptEnd, Bus, BusError, ControlMessage, Delivery, EventBatch, IncomingRequest,
-    Notice, NoticeKind, RunAttempt, RunDelivery, RunRequest, WorkerReply, WorkerRequest,
-    WorkerStatus, TRACEPARENT_HEADER,
+    Acker, AttemptEnd, Bus, BusError, ControlMessage, Delivery, EventBatch, Incoming,
+    IncomingRequest, IncomingTask, Notice, NoticeKind, RunAttempt, RunDelivery, RunRequest,
+    WorkerReply, WorkerRequest, WorkerStatus, TRACEPARENT_HEADER,
 };
 pub use event::{EventKind, EventOrigin, NewRunEvent, RunEvent};
 pub use ids::{JobId, RunId, WebhookId, WorkerId};
@@ -34,3 +35,4 @@ pub use run::{
     Sandbox, StopReason, TokenUsage, Trigger,
 };
 pub use sealed::{SealedError, SealedSecrets, Secrets, WorkerKey};
+pub use task::{TaskReply, WorkerTask};

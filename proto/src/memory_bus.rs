@@ -12,9 +12,16 @@ use tokio::sync::{broadcast, mpsc, oneshot, Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::bus::{
-    Acker, Bus, BusError, ControlMessage, Delivery, EventBatch, IncomingRequest, Notice,
-    RunDelivery, RunRequest, WorkerReply, WorkerRequest,
+    Acker, Bus, BusError, ControlMessage, Delivery, EventBatch, IncomingRequest, IncomingTask,
+    Notice, RunDelivery, RunRequest, WorkerReply, WorkerRequest,
 };
+use crate::{TaskReply, WorkerTask};
+
+/// One pool's tasks: the workers serving it share the receiver (each task goes to one).
+type TaskQueue = (
+    mpsc::Sender<IncomingTask>,
+    Arc<tokio::sync::Mutex<mpsc::Receiver<IncomingTask>>>,
+);
 
 /// Tuning of the in-memory bus. The defaults suit production; tests shorten the timers.
 #[derive(Clone, Debug)]
@@ -58,6 +65,7 @@ struct Inner {
     notices: broadcast::Sender<Notice>,
     requests_tx: mpsc::Sender<IncomingRequest>,
     requests_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<IncomingRequest>>>,
+    tasks: Mutex<HashMap<String, TaskQueue>>,
 }
 
 #[derive(Default)]
@@ -98,6 +106,7 @@ impl InMemoryBus {
                 notices,
                 requests_tx,
                 requests_rx: Arc::new(tokio::sync::Mutex::new(requests_rx)),
+                tasks: Mutex::default(),
             }),
         }
     }
@@ -405,6 +414,58 @@ impl Bus for InMemoryBus {
             Some((request, rx))
         });
         Ok(requests.boxed())
+    }
+
+    async fn request_task(
+        &self,
+        pool: &str,
+        task: WorkerTask,
+        timeout: Duration,
+    ) -> Result<TaskReply, BusError> {
+        // Served while a worker's stream holds the receiver beside the map's own handle.
+        let sender = {
+            let tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            tasks
+                .get(pool)
+                .filter(|(_, rx)| Arc::strong_count(rx) > 1)
+                .map(|(tx, _)| tx.clone())
+        };
+        let Some(sender) = sender else {
+            return Err(BusError::Unavailable(format!(
+                "no worker serves pool `{pool}`; start one (or use a pool that has workers)"
+            )));
+        };
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(IncomingTask {
+                request: task,
+                reply,
+            })
+            .await
+            .map_err(|_| BusError::Closed)?;
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(BusError::Unavailable(
+                "the worker dropped the task without answering".into(),
+            )),
+            Err(_) => Err(BusError::Timeout(timeout)),
+        }
+    }
+
+    async fn serve_tasks(&self, pool: &str) -> Result<BoxStream<'static, IncomingTask>, BusError> {
+        let rx = {
+            let mut tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            let (_, rx) = tasks.entry(pool.to_owned()).or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(64);
+                (tx, Arc::new(tokio::sync::Mutex::new(rx)))
+            });
+            Arc::clone(rx)
+        };
+        let tasks = stream::unfold(rx, |rx| async move {
+            let task = rx.lock().await.recv().await?;
+            Some((task, rx))
+        });
+        Ok(tasks.boxed())
     }
 }
 

@@ -169,18 +169,23 @@ pub async fn put(
     value: String,
 ) -> ServiceResult<bool> {
     let op = MemoryOp::Put { key, value };
+    check(&op)?;
+    match apply(app, scope, op, None).await? {
+        MemoryAnswer::Stored { created, .. } => Ok(created),
+        MemoryAnswer::Refused { reason } => Err(ServiceError::Conflict(reason)),
+        other => Err(anyhow::anyhow!("a put answered {other:?}").into()),
+    }
+}
+
+/// Checks an operator's operation against the limits, naming the field at fault.
+pub fn check(op: &MemoryOp) -> ServiceResult<()> {
     op.check().map_err(|reason| {
         let field = match reason.contains("value") {
             true => "value",
             false => "key",
         };
         ServiceError::invalid(field, reason)
-    })?;
-    match apply(app, scope, op, None).await? {
-        MemoryAnswer::Stored { created, .. } => Ok(created),
-        MemoryAnswer::Refused { reason } => Err(ServiceError::Conflict(reason)),
-        other => Err(anyhow::anyhow!("a put answered {other:?}").into()),
-    }
+    })
 }
 
 pub async fn delete(app: &App, scope: &MemoryScope, key: &str) -> ServiceResult<()> {

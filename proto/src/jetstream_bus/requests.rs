@@ -1,21 +1,44 @@
-//! Worker requests over core NATS request / reply, JSON both ways.
+//! Requests over core NATS request / reply, JSON both ways: worker requests to the control
+//! planes, and tasks from a control plane to the workers of a pool. Each goes to one member of
+//! the serving queue group.
 //!
-//! A control plane that cannot answer (its handler dropped the reply, or the request did not
-//! decode) answers with an error instead of staying silent, so the worker learns at once rather
-//! than at its timeout. The error travels the way NATS services report errors: an empty body with
-//! the `Nats-Service-Error` and `Nats-Service-Error-Code` headers.
+//! A side that cannot answer (its handler dropped the reply, or the request did not decode)
+//! answers with an error instead of staying silent, so the asker learns at once rather than at
+//! its timeout. The error travels the way NATS services report errors: an empty body with the
+//! `Nats-Service-Error` and `Nats-Service-Error-Code` headers.
 
 use std::time::Duration;
 
 use async_nats::{HeaderMap, RequestErrorKind};
 use futures::stream::{BoxStream, StreamExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::setup;
-use crate::bus::{BusError, IncomingRequest, WorkerReply, WorkerRequest};
+use crate::bus::{BusError, Incoming};
 
-/// The queue group of the serving side: each request goes to one control plane.
-const SERVING_QUEUE_GROUP: &str = "control-planes";
+/// Who asks whom, for the queue group and the words of errors.
+pub(super) struct Channel {
+    /// `worker request`, `task`.
+    pub what: &'static str,
+    /// The serving side: `control plane`, `worker`.
+    pub server: &'static str,
+    /// Its queue group: each request goes to one of its members.
+    pub queue_group: &'static str,
+}
+
+pub(super) const WORKER_REQUESTS: Channel = Channel {
+    what: "worker request",
+    server: "control plane",
+    queue_group: "control-planes",
+};
+
+pub(super) const TASKS: Channel = Channel {
+    what: "task",
+    server: "worker",
+    queue_group: "workers",
+};
 const ERROR_HEADER: &str = "Nats-Service-Error";
 const ERROR_CODE_HEADER: &str = "Nats-Service-Error-Code";
 /// The request did not decode.
@@ -23,15 +46,17 @@ const CODE_MALFORMED: &str = "400";
 /// The control plane took the request but gave no answer (a store failure, say): retry later.
 const CODE_UNANSWERED: &str = "503";
 
-pub(super) async fn request(
+pub(super) async fn request<Q: Serialize, A: DeserializeOwned>(
+    channel: &Channel,
     client: &async_nats::Client,
     subject: &str,
     timeout: Duration,
     url: &str,
-    request: &WorkerRequest,
-) -> Result<WorkerReply, BusError> {
-    let payload = serde_json::to_vec(request)
-        .map_err(|err| BusError::Malformed(format!("worker request: {err}")))?;
+    request: &Q,
+) -> Result<A, BusError> {
+    let Channel { what, server, .. } = channel;
+    let payload =
+        serde_json::to_vec(request).map_err(|err| BusError::Malformed(format!("{what}: {err}")))?;
     let sent = async_nats::Request::new()
         .payload(payload.into())
         .timeout(Some(timeout));
@@ -42,15 +67,15 @@ pub(super) async fn request(
             return Err(match err.kind() {
                 RequestErrorKind::TimedOut if !connected => setup::unavailable(
                     url,
-                    "sending a worker request",
+                    &format!("sending a {what}"),
                     "not connected to NATS (reconnecting)",
                 ),
                 RequestErrorKind::TimedOut => BusError::Timeout(timeout),
                 RequestErrorKind::NoResponders => BusError::Unavailable(format!(
-                    "no control plane serves worker requests on {subject} at {url}; start a \
-                     control plane connected to the same NATS server and prefix"
+                    "no {server} serves {what}s on {subject} at {url}; start a {server} \
+                     connected to the same NATS server and prefix"
                 )),
-                _ => setup::unavailable(url, "sending a worker request", err),
+                _ => setup::unavailable(url, &format!("sending a {what}"), err),
             });
         }
     };
@@ -65,69 +90,79 @@ pub(super) async fn request(
         }
     }
     serde_json::from_slice(&reply.payload)
-        .map_err(|err| BusError::Malformed(format!("reply to a worker request: {err}")))
+        .map_err(|err| BusError::Malformed(format!("reply to a {what}: {err}")))
 }
 
-pub(super) async fn serve(
+pub(super) async fn serve<Q, A>(
+    channel: &'static Channel,
     client: &async_nats::Client,
     subject: &str,
     url: &str,
-) -> Result<BoxStream<'static, IncomingRequest>, BusError> {
+) -> Result<BoxStream<'static, Incoming<Q, A>>, BusError>
+where
+    Q: DeserializeOwned + Send + 'static,
+    A: Serialize + Send + 'static,
+{
     let subscriber = client
-        .queue_subscribe(subject.to_owned(), SERVING_QUEUE_GROUP.to_owned())
+        .queue_subscribe(subject.to_owned(), channel.queue_group.to_owned())
         .await
-        .map_err(|err| setup::unavailable(url, "serving worker requests", err))?;
+        .map_err(|err| setup::unavailable(url, &format!("serving {}s", channel.what), err))?;
     setup::round_trip(client, url).await?;
     let client = client.clone();
-    let requests =
-        subscriber.filter_map(move |message| futures::future::ready(incoming(&client, message)));
+    let requests = subscriber
+        .filter_map(move |message| futures::future::ready(incoming(channel, &client, message)));
     Ok(requests.boxed())
 }
 
 /// Turns one message into a request whose reply is sent back when the handler answers, or an
-/// error reply at once when the message is not a worker request.
-fn incoming(client: &async_nats::Client, message: async_nats::Message) -> Option<IncomingRequest> {
+/// error reply at once when the message does not decode.
+fn incoming<Q, A>(
+    channel: &'static Channel,
+    client: &async_nats::Client,
+    message: async_nats::Message,
+) -> Option<Incoming<Q, A>>
+where
+    Q: DeserializeOwned,
+    A: Serialize + Send + 'static,
+{
+    let Channel { what, server, .. } = channel;
     let Some(reply_to) = message.reply else {
-        tracing::warn!(subject = %message.subject, "worker request without a reply subject ignored");
+        tracing::warn!(subject = %message.subject, "{what} without a reply subject ignored");
         return None;
     };
-    let request = match serde_json::from_slice::<WorkerRequest>(&message.payload) {
+    let request = match serde_json::from_slice::<Q>(&message.payload) {
         Ok(request) => request,
         Err(err) => {
-            tracing::warn!(error = %err, "malformed worker request refused");
+            tracing::warn!(error = %err, "malformed {what} refused");
             let client = client.clone();
-            let error = format!("malformed worker request: {err}");
+            let error = format!("malformed {what}: {err}");
             tokio::spawn(async move {
                 send_error(&client, reply_to, CODE_MALFORMED, &error).await;
             });
             return None;
         }
     };
-    let (reply, answer) = oneshot::channel::<WorkerReply>();
+    let (reply, answer) = oneshot::channel::<A>();
     let client = client.clone();
     tokio::spawn(async move {
         let Ok(answer) = answer.await else {
-            send_error(
-                &client,
-                reply_to,
-                CODE_UNANSWERED,
-                "the control plane dropped the request without answering; try again later",
-            )
-            .await;
+            let error =
+                format!("the {server} dropped the {what} without answering; try again later");
+            send_error(&client, reply_to, CODE_UNANSWERED, &error).await;
             return;
         };
         let payload = match serde_json::to_vec(&answer) {
             Ok(payload) => payload,
             Err(err) => {
-                tracing::error!(error = %err, "could not encode a worker reply");
+                tracing::error!(error = %err, "could not encode the reply to a {what}");
                 return;
             }
         };
         if let Err(err) = client.publish(reply_to, payload.into()).await {
-            tracing::warn!(error = %err, "could not send a worker reply; the worker will retry");
+            tracing::warn!(error = %err, "could not send the reply to a {what}; it will be asked again");
         }
     });
-    Some(IncomingRequest { request, reply })
+    Some(Incoming { request, reply })
 }
 
 async fn send_error(
@@ -143,6 +178,6 @@ async fn send_error(
         .publish_with_headers(reply_to, headers, bytes::Bytes::new())
         .await
     {
-        tracing::warn!(error = %err, "could not send an error reply to a worker request");
+        tracing::warn!(error = %err, "could not send an error reply");
     }
 }

@@ -44,6 +44,11 @@ impl Names {
         format!("{}.runs.{pool}", self.prefix)
     }
 
+    /// Where the workers of `pool` take tasks (core NATS, not a stream).
+    pub fn tasks_subject(&self, pool: &str) -> String {
+        format!("{}.tasks.{pool}", self.prefix)
+    }
+
     pub fn events_subject(&self, run_id: &str) -> String {
         format!("{}.events.{run_id}", self.prefix)
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use autopilot_proto::{
     Bus, BusError, ControlMessage, Delivery, EventBatch, EventKind, EventOrigin, InMemoryBus,
     InMemoryBusConfig, JetStreamBus, JetStreamConfig, NewRunEvent, Notice, NoticeKind, RunId,
-    RunRequest, WorkerId, WorkerReply, WorkerRequest,
+    RunRequest, TaskReply, WorkerId, WorkerReply, WorkerRequest, WorkerTask,
 };
 use autopilot_tests::components;
 use futures::stream::BoxStream;
@@ -353,6 +353,60 @@ async fn conformance(bus: Arc<dyn Bus>) {
         })
         .await;
     assert!(unanswered.is_err());
+
+    tasks(bus.as_ref()).await;
+}
+
+/// Tasks: to one worker of the pool named, refused at once for a pool nobody serves, an error
+/// when the worker drops one.
+async fn tasks(bus: &dyn Bus) {
+    let list = |command: &str| WorkerTask::ListTools {
+        command: command.into(),
+        args: vec![],
+        env: Default::default(),
+    };
+    let wait = Duration::from_secs(5);
+    let nobody = bus.request_task("tasks-nobody", list("x"), wait).await;
+    assert!(
+        matches!(&nobody, Err(BusError::Unavailable(reason)) if reason.contains("worker")),
+        "{nobody:?}"
+    );
+    let mut served = bus.serve_tasks("tasks-a").await.unwrap();
+    let worker = tokio::spawn(async move {
+        for _ in 0..2 {
+            let incoming = served.next().await.unwrap();
+            let WorkerTask::ListTools { command, .. } = incoming.request;
+            if command == "drop" {
+                drop(incoming.reply);
+                continue;
+            }
+            let reply = TaskReply::Tools {
+                worker_id: WorkerId::new("w-a"),
+                tools: vec![serde_json::json!({ "name": command })],
+            };
+            incoming.reply.send(reply).unwrap();
+        }
+        served
+    });
+    let reply = bus.request_task("tasks-a", list("lookup"), wait).await;
+    assert_eq!(
+        reply.unwrap(),
+        TaskReply::Tools {
+            worker_id: WorkerId::new("w-a"),
+            tools: vec![serde_json::json!({ "name": "lookup" })],
+        }
+    );
+    let dropped = bus.request_task("tasks-a", list("drop"), wait).await;
+    assert!(
+        matches!(dropped, Err(BusError::Unavailable(_))),
+        "{dropped:?}"
+    );
+    let other = bus.request_task("tasks-b", list("x"), wait).await;
+    assert!(
+        other.is_err(),
+        "another pool's tasks do not reach it: {other:?}"
+    );
+    drop(worker.await.unwrap());
 }
 
 #[tokio::test]

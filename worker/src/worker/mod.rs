@@ -9,6 +9,7 @@
 
 mod attempt;
 mod events;
+mod tasks;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -235,6 +236,17 @@ impl Worker {
             Arc::clone(&self.active),
             stop_following.clone(),
         ));
+        // Tasks (listing a server's tools) are served beside the runs, until the runs stop.
+        let stop_serving_tasks = CancellationToken::new();
+        let serving_tasks = {
+            let (config, bus) = (Arc::clone(&self.config), Arc::clone(&self.bus));
+            let (executor, stop) = (Arc::clone(&self.executor), stop_serving_tasks.clone());
+            tokio::spawn(async move {
+                if let Err(err) = tasks::serve(config, bus, executor, stop).await {
+                    tracing::error!(error = %err, "this worker cannot serve tasks");
+                }
+            })
+        };
         let reports = Arc::new(Reports::start(&self.bus, &self.config.worker_id));
         let mut tasks = JoinSet::new();
         loop {
@@ -297,6 +309,8 @@ impl Worker {
                 tracing::warn!("runs did not report within {report:?} of being stopped");
             }
         }
+        stop_serving_tasks.cancel();
+        let _ = serving_tasks.await;
         stop_following.cancel();
         let _ = following.await;
         stop_announcing.cancel();

@@ -6,10 +6,11 @@
 //! settings. A webhook's description is only read, because its checks look its job up in the
 //! store (the template and signature parsers it relies on have fuzz targets of their own).
 
+use autopilot_fixed_servers::memory_wire::MemoryOp;
 use chrono::Utc;
 use rmcp::model::{CallToolResult, JsonObject};
 
-use super::jobs::{JobRef, TriggerArgs};
+use super::jobs::{JobRef, MemoryArgs, SetMemoryArgs, TriggerArgs};
 use super::runs::{GetRunArgs, ListRunsArgs, RunRef};
 use super::webhooks::{ReplayArgs, WebhookRef};
 use super::{parse, parse_run_id, take_string, take_wait, Failure, NoArgs};
@@ -54,6 +55,17 @@ fn check(name: &str, mut args: JsonObject) -> Result<Option<Job>, Failure> {
         }
         "trigger_job" => {
             let TriggerArgs { .. } = parse(args)?;
+        }
+        "get_job_memory" => {
+            let MemoryArgs { .. } = parse(args)?;
+        }
+        "set_job_memory" => {
+            let SetMemoryArgs { key, value, .. } = parse(args)?;
+            let op = match value {
+                Some(value) => MemoryOp::Put { key, value },
+                None => MemoryOp::Delete { key },
+            };
+            crate::services::memory::check(&op)?;
         }
         "preview_schedule" => {
             let input: PreviewInput = parse(args)?;

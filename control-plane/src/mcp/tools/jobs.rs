@@ -72,9 +72,9 @@ pub(super) struct SetMemoryArgs {
     /// The job's id (UUID) or its unique name.
     job: String,
     /// The entry's key (at most 200 characters).
-    key: String,
+    pub(super) key: String,
     /// The text to keep (at most 64 KiB); null deletes the entry.
-    value: Option<String>,
+    pub(super) value: Option<String>,
 }
 
 fn job_schema() -> Value {

@@ -141,8 +141,9 @@ pub(super) fn specs() -> Vec<Spec> {
         spec(
             "test_server",
             "Test an MCP server",
-            "Starts (or calls) a registered server once with its credentials and brings its \
-             tool list up to date: new tools are added with access levels derived from their \
+            "Asks a registered server for its tools again (a stdio server is started once on a \
+             worker, with placeholder credentials; a remote one is called with its credentials) \
+             and brings its tool list up to date: new tools are added with access levels derived from their \
              annotations and names, gone ones removed, other levels kept. Example: \
              {\"server\": \"crm\"}",
             input::<ServerRef>(),

@@ -1,17 +1,19 @@
-//! Listing a server's tools by asking it: started once (stdio) or called (HTTP) with its
-//! credentials, `initialize` then `tools/list` (every page), within a time limit. Each tool's
-//! access level is derived from its MCP annotations and its name.
+//! Listing a server's tools by asking it, `initialize` then `tools/list` (every page), within a
+//! time limit. Each tool's access level is derived from its MCP annotations and its name.
 //!
-//! This runs in the control plane, so a stdio server's program must exist there as well as where
-//! runs execute (true on one machine; in a fleet whose control planes lack it, give `tools`).
+//! A stdio server is code an operator registered, which never starts in the control plane: a
+//! worker of the default pool starts it once as a task, through its executor (in a container on
+//! the Docker executor), without network and with placeholders in place of its credentials. A
+//! remote (HTTP) server is called from here, with its credentials, since nothing of it runs here.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use autopilot_proto::Secrets;
+use autopilot_proto::task::PLACEHOLDER_VALUE;
+use autopilot_proto::{Secrets, TaskReply, WorkerTask};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
+use crate::app::App;
+use crate::domain::settings::DEFAULT_POOL;
 use crate::domain::tools::{AccessLevel, ServerTool, Transport};
 
 /// How long listing a server's tools may take, start included.
@@ -19,9 +21,6 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Most pages of `tools/list` followed.
 const MAX_PAGES: usize = 20;
 const PROTOCOL_VERSION: &str = "2025-06-18";
-
-/// Variables of the control plane's environment a probed stdio server also gets (none secret).
-const PASSED_ON: [&str; 6] = ["PATH", "HOME", "LANG", "TZ", "TMPDIR", "PYTHONPATH"];
 
 /// Fills `${NAME}` placeholders from `secrets`; a name missing is the error.
 fn fill(text: &str, secrets: &Secrets) -> Result<String, String> {
@@ -43,6 +42,41 @@ fn list_request(id: u64, cursor: Option<&str>) -> Value {
     json!({ "jsonrpc": "2.0", "id": id, "method": "tools/list", "params": params })
 }
 
+/// Every credential named in `texts`, valued [`PLACEHOLDER_VALUE`].
+fn placeholders_for<'a>(texts: impl Iterator<Item = &'a str>) -> Secrets {
+    texts
+        .flat_map(autopilot_proto::placeholders::names)
+        .map(|name| (name, PLACEHOLDER_VALUE.to_owned()))
+        .collect()
+}
+
+/// Asks a worker of the default pool to start the server and list its tools.
+async fn on_a_worker(
+    app: &App,
+    command: &str,
+    args: &[String],
+    env: std::collections::BTreeMap<String, String>,
+) -> Result<Vec<ServerTool>, String> {
+    let task = WorkerTask::ListTools {
+        command: command.to_owned(),
+        args: args.to_vec(),
+        env,
+    };
+    match app
+        .bus
+        .request_task(DEFAULT_POOL, task, PROBE_TIMEOUT)
+        .await
+    {
+        Ok(TaskReply::Tools { tools, .. }) => Ok(described(&tools)),
+        Ok(TaskReply::Failed { worker_id, reason }) => Err(format!(
+            "{reason} (on worker `{worker_id}`, with placeholder credentials and no network)"
+        )),
+        Err(err) => Err(format!(
+            "no worker could list them: {err}; servers are started only where runs execute"
+        )),
+    }
+}
+
 /// The tools of one `tools/list` answer, and the cursor of the next page.
 fn tools_of(answer: &Value) -> Result<(Vec<ServerTool>, Option<String>), String> {
     if let Some(error) = answer.get("error") {
@@ -54,7 +88,16 @@ fn tools_of(answer: &Value) -> Result<(Vec<ServerTool>, Option<String>), String>
         .pointer("/result/tools")
         .and_then(Value::as_array)
         .ok_or("the server's tools/list answer holds no `tools` array")?;
-    let tools = listed
+    let next = answer
+        .pointer("/result/nextCursor")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Ok((described(listed), next))
+}
+
+/// Our record of each listed tool, its access level derived.
+fn described(listed: &[Value]) -> Vec<ServerTool> {
+    listed
         .iter()
         .filter_map(|tool| {
             let name = tool.get("name")?.as_str()?.to_owned();
@@ -71,27 +114,25 @@ fn tools_of(answer: &Value) -> Result<(Vec<ServerTool>, Option<String>), String>
                 name,
             })
         })
-        .collect();
-    let next = answer
-        .pointer("/result/nextCursor")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    Ok((tools, next))
+        .collect()
 }
 
-/// Lists the tools of a server reached by `transport`, its placeholders filled from `secrets`.
+/// Lists the tools of a server reached by `transport`: a stdio server on a worker, with
+/// placeholder credentials; a remote one from here, its placeholders filled from `secrets`.
 pub async fn list_tools(
+    app: &App,
     transport: &Transport,
     secrets: &Secrets,
 ) -> Result<Vec<ServerTool>, String> {
     let listing = async {
         match transport {
             Transport::Stdio { command, args, env } => {
-                let mut filled = Vec::with_capacity(env.len());
-                for (name, value) in env {
-                    filled.push((name.clone(), fill(value, secrets)?));
-                }
-                stdio(command, args, &filled).await
+                let placeholders = placeholders_for(env.values().map(String::as_str));
+                let env = env
+                    .iter()
+                    .map(|(name, value)| Ok((name.clone(), fill(value, &placeholders)?)))
+                    .collect::<Result<_, String>>()?;
+                on_a_worker(app, command, args, env).await
             }
             Transport::Http { url, headers } => {
                 let mut filled = Vec::with_capacity(headers.len());
@@ -111,96 +152,6 @@ pub async fn list_tools(
                 PROBE_TIMEOUT.as_secs()
             ))
         })
-}
-
-type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
-
-async fn write_line(input: &mut tokio::process::ChildStdin, message: &Value) -> Result<(), String> {
-    let line = format!("{message}\n");
-    input
-        .write_all(line.as_bytes())
-        .await
-        .map_err(|err| format!("the server exited or stopped reading its input ({err})"))
-}
-
-/// The message answering `id`, skipping notifications and anything that is not JSON.
-async fn read_answer(output: &mut Lines, id: u64) -> Result<Value, String> {
-    loop {
-        let Some(line) = output.next_line().await.map_err(|e| e.to_string())? else {
-            return Err("the server exited before answering".to_owned());
-        };
-        if let Ok(message) = serde_json::from_str::<Value>(&line) {
-            if message.get("id") == Some(&json!(id)) {
-                return Ok(message);
-            }
-        }
-    }
-}
-
-async fn stdio(
-    command: &str,
-    args: &[String],
-    env: &[(String, String)],
-) -> Result<Vec<ServerTool>, String> {
-    let mut process = tokio::process::Command::new(command);
-    process
-        .args(args)
-        .env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for name in PASSED_ON {
-        if let Some(value) = std::env::var_os(name) {
-            process.env(name, value);
-        }
-    }
-    process.envs(env.iter().map(|(k, v)| (k, v)));
-    let mut child = process
-        .spawn()
-        .map_err(|err| format!("cannot start `{command}` here: {err}"))?;
-    let mut input = child.stdin.take().ok_or("no stdin")?;
-    let mut output: Lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
-    let mut stderr = child.stderr.take().ok_or("no stderr")?;
-    let result = async {
-        write_line(&mut input, &initialize()).await?;
-        read_answer(&mut output, 0).await?;
-        write_line(
-            &mut input,
-            &json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }),
-        )
-        .await?;
-        let mut tools = Vec::new();
-        let mut cursor: Option<String> = None;
-        for page in 1..=MAX_PAGES as u64 {
-            write_line(&mut input, &list_request(page, cursor.as_deref())).await?;
-            let (more, next) = tools_of(&read_answer(&mut output, page).await?)?;
-            tools.extend(more);
-            match next {
-                Some(next) => cursor = Some(next),
-                None => break,
-            }
-        }
-        Ok::<_, String>(tools)
-    }
-    .await;
-    drop(input);
-    let _ = child.kill().await;
-    result.map_err(|err| {
-        // What the server said on its way out, to say why.
-        let mut said = Vec::new();
-        let _ = futures::FutureExt::now_or_never(stderr.read_to_end(&mut said));
-        let said = String::from_utf8_lossy(&said);
-        let said = said.trim();
-        if said.is_empty() {
-            return err;
-        }
-        let skip = said.chars().count().saturating_sub(300);
-        format!(
-            "{err}; it said: {}",
-            said.chars().skip(skip).collect::<String>()
-        )
-    })
 }
 
 /// The JSON-RPC message answering `id` in a response body, plain JSON or server-sent events.

@@ -309,15 +309,21 @@ async fn list_when_left_out(app: &App, input: &mut ServerInput) -> ServiceResult
     Ok(true)
 }
 
-/// The tools the server at `transport` lists, asked with its credentials.
+/// The tools the server at `transport` lists (a remote one asked with its credentials).
 async fn ask_for_tools(app: &App, transport: &Transport) -> Result<Vec<ServerTool>, String> {
-    let stored = app
-        .store
-        .list_credentials()
-        .await
-        .map_err(|err| err.to_string())?;
-    let secrets = super::credentials::open_credentials(app, &stored, &credentials_of(transport))?;
-    super::probe::list_tools(transport, &secrets).await
+    // A stdio server is listed with placeholders: its credentials stay in the vault.
+    let secrets = match transport {
+        Transport::Http { .. } => {
+            let stored = app
+                .store
+                .list_credentials()
+                .await
+                .map_err(|err| err.to_string())?;
+            super::credentials::open_credentials(app, &stored, &credentials_of(transport))?
+        }
+        _ => autopilot_proto::Secrets::new(),
+    };
+    super::probe::list_tools(app, transport, &secrets).await
 }
 
 pub async fn register_server(app: &App, mut input: ServerInput) -> ServiceResult<ServerView> {

@@ -209,3 +209,51 @@ async fn the_runs_bash_cannot_read_a_fixed_servers_credential_in_a_container() {
         "the settings file was deleted once read: {found}"
     );
 }
+
+/// On the Docker executor a stdio server registered without `tools` is listed in a container of
+/// the run image: `python3` there has the MCP SDK, which the host's does not need to have.
+#[tokio::test]
+async fn a_server_is_listed_in_a_container_not_in_the_control_plane() {
+    let Some((server, _fake)) = docker_server().await else {
+        return;
+    };
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/servers",
+            Some(json!({
+                "name": "inline-notes",
+                "transport": {
+                    "type": "stdio",
+                    "command": "python3",
+                    "args": ["-c", NOTES_SERVER],
+                    "env": { "NOTES_TOKEN": "${NOTES_TOKEN}" },
+                },
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let names: Vec<&str> = body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|tool| tool["name"].as_str())
+        .collect();
+    assert_eq!(names, ["lookup_note", "erase_notes"], "{body}");
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/servers",
+            Some(json!({
+                "name": "absent",
+                "transport": { "type": "stdio", "command": "no-such-mcp-server" },
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let said = body.to_string();
+    assert!(
+        said.contains("no-such-mcp-server") && said.contains("where runs execute"),
+        "{body}"
+    );
+}

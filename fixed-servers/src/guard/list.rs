@@ -1,0 +1,196 @@
+//! `autopilot-mcp-guard --list-tools -- <command> [args…]`: starts a stdio server the way the
+//! guard does (its settings from the file, a clean environment), asks it for its tools
+//! (`initialize`, then every page of `tools/list`) and prints them as one JSON line,
+//! `{"tools": [...]}`, on standard output. A worker runs it through its executor (in a container
+//! on the Docker executor), so a server an operator registers never starts in the control plane.
+//! A failure is a message on standard error, with the end of what the server said there.
+
+use std::ffi::OsString;
+use std::process::Stdio;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use super::{GuardSettings, PASSED_ON};
+
+/// Most pages of `tools/list` followed.
+const MAX_PAGES: u64 = 20;
+const PROTOCOL_VERSION: &str = "2025-06-18";
+/// Of what the server wrote on standard error, the last this many characters are told.
+const STDERR_TAIL_CHARS: usize = 300;
+
+type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
+
+async fn write_line(input: &mut tokio::process::ChildStdin, message: &Value) -> Result<(), String> {
+    let line = format!("{message}\n");
+    input
+        .write_all(line.as_bytes())
+        .await
+        .map_err(|err| format!("the server exited or stopped reading its input ({err})"))
+}
+
+/// The message answering `id`, skipping notifications and anything that is not JSON.
+async fn read_answer(output: &mut Lines, id: u64) -> Result<Value, String> {
+    loop {
+        let Some(line) = output.next_line().await.map_err(|e| e.to_string())? else {
+            return Err("the server exited before answering".to_owned());
+        };
+        if let Ok(message) = serde_json::from_str::<Value>(&line) {
+            if message.get("id") == Some(&json!(id)) {
+                return Ok(message);
+            }
+        }
+    }
+}
+
+/// The tools of one `tools/list` answer, and the cursor of the next page.
+pub fn page_of(answer: &Value) -> Result<(Vec<Value>, Option<String>), String> {
+    if let Some(error) = answer.get("error") {
+        return Err(format!(
+            "the server answered tools/list with an error: {error}"
+        ));
+    }
+    let tools = answer
+        .pointer("/result/tools")
+        .and_then(Value::as_array)
+        .ok_or("the server's tools/list answer holds no `tools` array")?;
+    let next = answer
+        .pointer("/result/nextCursor")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Ok((tools.clone(), next))
+}
+
+/// Starts `command` and lists its tools.
+pub async fn list(settings: GuardSettings, command: Vec<OsString>) -> Result<Vec<Value>, String> {
+    let Some((program, args)) = command.split_first() else {
+        return Err("no server command after `--`".to_owned());
+    };
+    let mut process = tokio::process::Command::new(program);
+    process
+        .args(args)
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for name in PASSED_ON {
+        if let Some(value) = std::env::var_os(name) {
+            process.env(name, value);
+        }
+    }
+    process.envs(&settings.env);
+    let mut child = process.spawn().map_err(|err| {
+        format!(
+            "cannot start `{}` where runs execute: {err}",
+            program.to_string_lossy()
+        )
+    })?;
+    let mut input = child.stdin.take().ok_or("no stdin")?;
+    let mut output: Lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+    let mut stderr = child.stderr.take().ok_or("no stderr")?;
+    let listed = async {
+        let initialize = json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": PROTOCOL_VERSION, "capabilities": {},
+            "clientInfo": { "name": "autopilot-list-tools", "version": env!("CARGO_PKG_VERSION") } } });
+        write_line(&mut input, &initialize).await?;
+        read_answer(&mut output, 0).await?;
+        let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+        write_line(&mut input, &initialized).await?;
+        let mut tools = Vec::new();
+        let mut cursor: Option<String> = None;
+        for page in 1..=MAX_PAGES {
+            let params = match &cursor {
+                Some(cursor) => json!({ "cursor": cursor }),
+                None => json!({}),
+            };
+            let request =
+                json!({ "jsonrpc": "2.0", "id": page, "method": "tools/list", "params": params });
+            write_line(&mut input, &request).await?;
+            let (more, next) = page_of(&read_answer(&mut output, page).await?)?;
+            tools.extend(more);
+            match next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        Ok::<_, String>(tools)
+    }
+    .await;
+    drop(input);
+    let _ = child.kill().await;
+    listed.map_err(|err| {
+        let mut said = Vec::new();
+        let _ = futures_now(stderr.read_to_end(&mut said));
+        let said = String::from_utf8_lossy(&said);
+        let said = said.trim();
+        if said.is_empty() {
+            return err;
+        }
+        let skip = said.chars().count().saturating_sub(STDERR_TAIL_CHARS);
+        format!(
+            "{err}; it said: {}",
+            said.chars().skip(skip).collect::<String>()
+        )
+    })
+}
+
+/// Runs `future` if it is ready now (what a killed server left on its standard error).
+fn futures_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let waker = std::task::Waker::noop();
+    let mut context = std::task::Context::from_waker(waker);
+    let mut future = std::pin::pin!(future);
+    match future.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_gives_its_tools_and_the_next_cursor() {
+        let answer = json!({ "jsonrpc": "2.0", "id": 1, "result": {
+            "tools": [{ "name": "a" }, { "name": "b", "annotations": { "readOnlyHint": true } }],
+            "nextCursor": "p2" } });
+        let (tools, next) = page_of(&answer).unwrap();
+        assert_eq!(tools.len(), 2);
+        assert_eq!(tools[1]["annotations"]["readOnlyHint"], true);
+        assert_eq!(next.as_deref(), Some("p2"));
+        assert!(page_of(&json!({ "id": 1, "error": { "code": -1 } }))
+            .unwrap_err()
+            .contains("error"));
+        assert!(page_of(&json!({ "id": 1, "result": {} })).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_program_that_does_not_exist_is_named() {
+        let error = list(
+            GuardSettings::default(),
+            vec!["/nonexistent/mcp-server".into()],
+        )
+        .await
+        .unwrap_err();
+        assert!(error.contains("/nonexistent/mcp-server"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_exits_at_once_is_told_with_what_it_said() {
+        let error = list(
+            GuardSettings::default(),
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo 'missing API_KEY' >&2; exit 3".into(),
+            ],
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            error.contains("exited") || error.contains("stopped reading"),
+            "{error}"
+        );
+    }
+}

@@ -408,6 +408,7 @@ fn command_env(config: &Config) -> CommandEnv {
     CommandEnv {
         claude_bin: resolve_claude_bin(&config.claude_bin),
         fixed_servers_bin: config.fixed_servers_bin.clone(),
+        python: config.python.clone(),
         home: config.runs_home_dir(),
         base,
         model_api,

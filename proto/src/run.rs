@@ -186,6 +186,16 @@ pub enum McpTransport {
         #[serde(default)]
         headers: std::collections::BTreeMap<String, String>,
     },
+    /// A dynamic server: Python source (one version, validated on a worker), run by the run
+    /// image's Python (or the worker's, for local runs) under the guard. Registered only
+    /// through the dynamic servers' own calls, which keep its versions.
+    Python {
+        code: String,
+        /// The version of the dynamic server this code is.
+        version: u32,
+        #[serde(default)]
+        env: std::collections::BTreeMap<String, String>,
+    },
     /// One of Autopilot's own servers (`email`), run by the `autopilot-servers` program in the
     /// run image or beside the worker, with its settings in its environment.
     Fixed {

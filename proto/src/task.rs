@@ -26,6 +26,14 @@ pub enum WorkerTask {
         #[serde(default)]
         env: BTreeMap<String, String>,
     },
+    /// The same for a dynamic server's Python source, which the worker writes to a file and
+    /// starts with its Python: a syntax error or a missing import is what the server says when
+    /// it fails to start.
+    ListPythonTools {
+        code: String,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+    },
 }
 
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]

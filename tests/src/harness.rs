@@ -356,6 +356,8 @@ impl TestServerBuilder {
                     .into_iter()
                     .find(|path| path.is_file())
             }),
+            // Dynamic servers in local runs need a Python with the MCP SDK: the tests' own.
+            python: std::env::var_os("AUTOPILOT_TEST_MCP_PYTHON").map(Into::into),
             worker_concurrency: Some(self.concurrency),
             mcp_allowed_origins: Some(self.mcp_allowed_origins.clone()),
             ..Default::default()

@@ -55,6 +55,8 @@ pub struct CommandEnv {
     pub claude_bin: PathBuf,
     /// `autopilot-servers`, which runs the fixed MCP servers (`email`) of local runs.
     pub fixed_servers_bin: PathBuf,
+    /// The Python that runs dynamic servers in local runs (with the MCP SDK installed).
+    pub python: PathBuf,
     /// `HOME` of the CLI: its settings and session files live there, not in the operator's home.
     pub home: PathBuf,
     /// Variables copied into every run (PATH, LANG, TZ, …).
@@ -71,6 +73,7 @@ impl fmt::Debug for CommandEnv {
         f.debug_struct("CommandEnv")
             .field("claude_bin", &self.claude_bin)
             .field("fixed_servers_bin", &self.fixed_servers_bin)
+            .field("python", &self.python)
             .field("home", &self.home)
             .field("base", &names(&self.base))
             .field("model_api", &names(&self.model_api))
@@ -96,6 +99,15 @@ pub const CLAUDE_FIXED_ENV: [(&str, &str); 5] = [
 ];
 
 impl CommandEnv {
+    /// `autopilot-mcp-guard` for local runs: beside `autopilot-servers`, else on PATH.
+    pub fn guard_bin(&self) -> PathBuf {
+        let guard = autopilot_fixed_servers::catalog::GUARD_PROGRAM;
+        match self.fixed_servers_bin.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join(guard),
+            _ => guard.into(),
+        }
+    }
+
     /// Whether any model API credential is present.
     pub fn has_model_credentials(&self) -> bool {
         self.model_api
@@ -257,6 +269,7 @@ mod tests {
         let env = CommandEnv {
             claude_bin: "/opt/claude".into(),
             fixed_servers_bin: "autopilot-servers".into(),
+            python: "python3".into(),
             home: "/data/home".into(),
             base: vec![("PATH".into(), "/usr/bin".into())],
             model_api: vec![("ANTHROPIC_API_KEY".into(), "sk-test".into())],
@@ -298,6 +311,7 @@ mod tests {
         let env = CommandEnv {
             claude_bin: "claude".into(),
             fixed_servers_bin: "autopilot-servers".into(),
+            python: "python3".into(),
             home: "/h".into(),
             base: vec![],
             model_api: vec![("ANTHROPIC_API_KEY".into(), "sk-test".into())],

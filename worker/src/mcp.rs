@@ -48,6 +48,8 @@ pub struct RunPaths<'a> {
     pub dir: &'a str,
     /// The token the run's `memory` server presents on its socket (in that directory).
     pub memory_token: &'a str,
+    /// The Python that runs dynamic servers.
+    pub python: &'a str,
 }
 
 /// The MCP configuration of `servers`, credentials filled in, each stdio server granted the
@@ -61,6 +63,8 @@ pub fn config(
 ) -> Result<McpFiles, String> {
     let mut entries = Map::new();
     let mut settings = Vec::new();
+    // Dynamic servers' source files, written beside the settings.
+    let mut sources = Vec::new();
     for server in servers {
         let mut used = Secrets::new();
         let mut fill = |text: &str| {
@@ -106,6 +110,20 @@ pub fn config(
                 );
                 json!({ "type": "stdio", "command": paths.guard, "args": ["--remote"], "env": guard_env })
             }
+            McpTransport::Python { code, env, .. } => {
+                // The source beside the settings, started by the run's Python under the guard.
+                let source = format!("{}.py", server.name);
+                sources.push((source.clone(), code.clone().into_bytes()));
+                let env = fill_map(env)?;
+                let allow = own_tools(&server.name, allowed_tools);
+                let guard_env = settings_file(
+                    "guard",
+                    json!({ "env": env, "allow": allow, "secrets": used }),
+                );
+                let file = format!("{}/{source}", paths.dir);
+                let guard_args = ["--", paths.python, file.as_str()];
+                json!({ "type": "stdio", "command": paths.guard, "args": guard_args, "env": guard_env })
+            }
             McpTransport::Fixed { server: fixed, env } => {
                 let mut values = fill_map(env)?;
                 if fixed == memory_wire::SERVER {
@@ -122,6 +140,7 @@ pub fn config(
         };
         entries.insert(server.name.clone(), entry);
     }
+    settings.extend(sources);
     Ok(McpFiles {
         document: json!({ "mcpServers": entries }),
         settings,
@@ -245,6 +264,7 @@ mod tests {
         guard: "/opt/autopilot-mcp-guard",
         dir: "/run/x",
         memory_token: "memory-token",
+        python: "python3",
     };
 
     fn allowed() -> Vec<String> {
@@ -331,6 +351,32 @@ mod tests {
             settings_of(&files, "mail.settings.json")["EMAIL_SMTP_URL"],
             "smtp://bot:tok/en+secret?1@mail.example"
         );
+    }
+
+    #[test]
+    fn a_dynamic_server_runs_its_source_file_under_the_guard() {
+        let dice = McpServerSpec {
+            name: "dice".into(),
+            transport: McpTransport::Python {
+                code: "print('dice')".into(),
+                version: 3,
+                env: [("TOKEN".into(), "${CRM_TOKEN}".into())].into(),
+            },
+        };
+        let allowed = vec!["mcp__dice__roll".to_owned()];
+        let files = config(&[dice], &secrets(), &allowed, PATHS).unwrap();
+        let entry = &files.document["mcpServers"]["dice"];
+        assert_eq!(entry["command"], "/opt/autopilot-mcp-guard");
+        assert_eq!(entry["args"], json!(["--", "python3", "/run/x/dice.py"]));
+        let source = files.settings.iter().find(|(name, _)| name == "dice.py");
+        assert_eq!(
+            source.map(|(_, code)| code.as_slice()),
+            Some(&b"print('dice')"[..])
+        );
+        let guard = settings_of(&files, "dice.guard.json");
+        assert_eq!(guard["env"]["TOKEN"], "tok/en+secret?1");
+        assert_eq!(guard["allow"], json!(["roll"]));
+        assert!(!entry.to_string().contains("tok/en"), "{entry}");
     }
 
     #[test]

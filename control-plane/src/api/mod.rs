@@ -85,6 +85,19 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/bundles/{name}/assign", post(tools::assign_bundle))
         .route("/servers/import", post(tools::import_servers))
         .route("/servers/{name}/test", post(tools::test_server))
+        .route("/dynamic-servers", post(tools::save_dynamic_server))
+        .route(
+            "/dynamic-servers/{name}/versions",
+            get(tools::dynamic_versions),
+        )
+        .route(
+            "/dynamic-servers/{name}/validate",
+            post(tools::validate_dynamic_server),
+        )
+        .route(
+            "/dynamic-servers/{name}/versions/{version}/approve",
+            post(tools::approve_dynamic_version),
+        )
         .route("/credentials", get(tools::list_credentials))
         .route(
             "/credentials/{name}",

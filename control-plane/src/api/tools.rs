@@ -1,5 +1,6 @@
-//! `/api/v1/servers`, `/api/v1/credentials` and `/api/v1/bundles`: the MCP server registry, the
-//! credentials vault (a value goes in and never comes out) and tool bundles.
+//! `/api/v1/servers`, `/api/v1/dynamic-servers`, `/api/v1/credentials` and `/api/v1/bundles`:
+//! the MCP server registry, dynamic servers' versions, the credentials vault (a value goes in
+//! and never comes out) and tool bundles.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -8,8 +9,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::AppState;
+use crate::domain::dynamic::Author;
 use crate::domain::tools::ToolBundle;
 use crate::http::{ApiJson, ApiResult};
+use crate::services::tools::dynamic::{self, DynamicInput, VersionView};
 use crate::services::tools::{
     self, AssignInput, BundleInput, CredentialView, ImportInput, ServerInput, ServerView,
     TestedServer,
@@ -166,4 +169,36 @@ pub struct AssignTarget {
     /// Take the bundle away instead.
     #[serde(default)]
     remove: bool,
+}
+
+/// `POST /dynamic-servers`: a new version of a dynamic server, written by the operator.
+pub async fn save_dynamic_server(
+    State(AppState(app)): State<AppState>,
+    ApiJson(input): ApiJson<DynamicInput>,
+) -> ApiResult<(StatusCode, Json<VersionView>)> {
+    let saved = dynamic::save(&app, input, Author::Operator).await?;
+    Ok((StatusCode::CREATED, Json(saved)))
+}
+
+pub async fn dynamic_versions(
+    State(AppState(app)): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({ "versions": dynamic::versions(&app, &name).await? }),
+    ))
+}
+
+pub async fn validate_dynamic_server(
+    State(AppState(app)): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<VersionView>> {
+    Ok(Json(dynamic::validate(&app, &name, None).await?))
+}
+
+pub async fn approve_dynamic_version(
+    State(AppState(app)): State<AppState>,
+    Path((name, version)): Path<(String, u32)>,
+) -> ApiResult<Json<VersionView>> {
+    Ok(Json(dynamic::approve(&app, &name, version).await?))
 }

@@ -61,6 +61,10 @@ pub struct ConfigArgs {
     /// `autopilot-servers` beside this binary, else on PATH].
     #[arg(long, env = "AUTOPILOT_FIXED_SERVERS_BIN", value_name = "PATH")]
     pub fixed_servers_bin: Option<PathBuf>,
+    /// The Python that runs dynamic MCP servers in runs on the local executor; it needs the MCP
+    /// SDK (`pip install mcp`) [default: `python3` on PATH]. Containers use the run image's.
+    #[arg(long, env = "AUTOPILOT_PYTHON", value_name = "PATH")]
+    pub python: Option<PathBuf>,
     /// URL users and clients reach Autopilot at [default: http://BIND].
     #[arg(long, env = "AUTOPILOT_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,

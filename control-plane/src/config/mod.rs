@@ -48,6 +48,8 @@ pub struct Config {
     pub claude_bin: PathBuf,
     /// `autopilot-servers`, which runs the fixed MCP servers of local runs.
     pub fixed_servers_bin: PathBuf,
+    /// The Python of dynamic servers in local runs.
+    pub python: PathBuf,
     pub public_url: String,
     pub worker_concurrency: usize,
     pub kill_grace: Duration,
@@ -120,6 +122,7 @@ impl fmt::Debug for Config {
             .field("lost_after", &self.lost_after)
             .field("claude_bin", &self.claude_bin)
             .field("fixed_servers_bin", &self.fixed_servers_bin)
+            .field("python", &self.python)
             .field("public_url", &self.public_url)
             .field("worker_concurrency", &self.worker_concurrency)
             .field("kill_grace", &self.kill_grace)
@@ -278,6 +281,7 @@ impl Config {
             fixed_servers_bin: args
                 .fixed_servers_bin
                 .unwrap_or_else(default_fixed_servers_bin),
+            python: args.python.unwrap_or_else(|| PathBuf::from("python3")),
             public_url: public_url.trim_end_matches('/').to_owned(),
             worker_concurrency,
             kill_grace: Duration::from_secs(args.kill_grace_secs.unwrap_or(10)),

@@ -85,7 +85,9 @@ pub fn credentials_of(transport: &Transport) -> Vec<String> {
         Transport::Http { url, headers } => std::iter::once(url.as_str())
             .chain(headers.values().map(String::as_str))
             .collect(),
-        Transport::Fixed { env, .. } => env.values().map(String::as_str).collect(),
+        Transport::Fixed { env, .. } | Transport::Python { env, .. } => {
+            env.values().map(String::as_str).collect()
+        }
     };
     let mut names: Vec<String> = texts.into_iter().flat_map(placeholders).collect();
     names.sort();

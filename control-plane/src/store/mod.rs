@@ -26,6 +26,7 @@ use autopilot_proto::{
 };
 use chrono::{DateTime, Utc};
 
+use crate::domain::dynamic::DynamicVersion;
 use crate::domain::memory::{MemoryFilter, MemoryItem, MemoryScope};
 use crate::domain::oauth::{AuthCode, OAuthClient, RefreshToken, RefreshUse};
 use crate::domain::tools::{Credential, McpServer, ToolBundle};
@@ -334,6 +335,15 @@ pub trait ToolStore: Send + Sync {
     async fn list_bundles(&self) -> StoreResult<Vec<ToolBundle>>;
     /// Whether it existed.
     async fn delete_bundle(&self, name: &str) -> StoreResult<bool>;
+
+    /// Saves a new version; `Conflict` when that version of the server exists.
+    async fn insert_dynamic_version(&self, version: &DynamicVersion) -> StoreResult<()>;
+    /// Replaces a version's document (its validation, its approval).
+    async fn update_dynamic_version(&self, version: &DynamicVersion) -> StoreResult<()>;
+    /// A server's versions, oldest first.
+    async fn list_dynamic_versions(&self, server: &str) -> StoreResult<Vec<DynamicVersion>>;
+    /// Forgets a server's versions; how many there were.
+    async fn delete_dynamic_versions(&self, server: &str) -> StoreResult<u64>;
 }
 
 /// Jobs' (and webhooks') memory, kept for the `memory` server (part of every [`Store`]).

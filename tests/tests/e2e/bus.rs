@@ -375,7 +375,9 @@ async fn tasks(bus: &dyn Bus) {
     let worker = tokio::spawn(async move {
         for _ in 0..2 {
             let incoming = served.next().await.unwrap();
-            let WorkerTask::ListTools { command, .. } = incoming.request;
+            let WorkerTask::ListTools { command, .. } = incoming.request else {
+                panic!("a listing by command was sent");
+            };
             if command == "drop" {
                 drop(incoming.reply);
                 continue;

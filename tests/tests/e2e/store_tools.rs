@@ -1,8 +1,10 @@
 //! The tools half of the `Store` conformance suite (MCP servers, credentials, tool bundles), and
-//! the secret key's rotation over a store, and jobs' memory, on SQLite and on a real PostgreSQL.
+//! the secret key's rotation over a store, jobs' memory and dynamic servers' versions, on SQLite
+//! and on a real PostgreSQL.
 
 use std::sync::Arc;
 
+use autopilot_control_plane::domain::dynamic::{scan, Author, DynamicVersion};
 use autopilot_control_plane::domain::memory::{MemoryFilter, MemoryItem, MemoryScope};
 use autopilot_control_plane::domain::tools::{
     AccessLevel, Credential, McpServer, ServerTool, ToolBundle, ToolGrant, Transport,
@@ -325,4 +327,61 @@ async fn memory_store_conformance_postgres() {
         return;
     };
     memory(connect(&url).await.unwrap()).await;
+}
+
+/// Dynamic servers' versions: kept in order, replaced whole, a version number taken once,
+/// forgotten with their server.
+async fn dynamic_versions(store: Arc<dyn Store>) {
+    let version = |number: u32| DynamicVersion {
+        server: "dice".into(),
+        version: number,
+        description: None,
+        code: format!("print({number})"),
+        env: [("TOKEN".into(), "${DICE_TOKEN}".into())].into(),
+        author: Author::Agent,
+        scan: scan("import os"),
+        validation: None,
+        approved_at: None,
+        created_at: at(1_000 + i64::from(number)),
+    };
+    store.insert_dynamic_version(&version(2)).await.unwrap();
+    store.insert_dynamic_version(&version(1)).await.unwrap();
+    assert!(matches!(
+        store.insert_dynamic_version(&version(1)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut approved = version(2);
+    approved.approved_at = Some(at(5_000));
+    store.update_dynamic_version(&approved).await.unwrap();
+    assert!(matches!(
+        store.update_dynamic_version(&version(9)).await,
+        Err(StoreError::NotFound)
+    ));
+    let listed = store.list_dynamic_versions("dice").await.unwrap();
+    assert_eq!(listed, vec![version(1), approved]);
+    assert!(store
+        .list_dynamic_versions("other")
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.delete_dynamic_versions("dice").await.unwrap(), 2);
+    assert!(store
+        .list_dynamic_versions("dice")
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn dynamic_versions_store_conformance_sqlite() {
+    let (_dir, store) = sqlite().await;
+    dynamic_versions(store).await;
+}
+
+#[tokio::test]
+async fn dynamic_versions_store_conformance_postgres() {
+    let Some(url) = components::fresh_postgres_database().await else {
+        return;
+    };
+    dynamic_versions(connect(&url).await.unwrap()).await;
 }

@@ -643,22 +643,20 @@ impl Attempt {
         let mut file = ConfigFile::create().map_err(written)?;
         let memory_token = crate::memory_relay::new_token();
         // A container runs the image's copies, on its PATH; a local run those beside the worker.
-        let (fixed_servers, guard, dir) = if self.executor.name() == "docker" {
+        let env = &self.config.command_env;
+        let (fixed_servers, guard, dir, python) = if self.executor.name() == "docker" {
             (
                 catalog::PROGRAM.to_owned(),
                 catalog::GUARD_PROGRAM.to_owned(),
                 crate::docker::MCP_CONFIG_MOUNT.to_owned(),
+                "python3".to_owned(),
             )
         } else {
-            let fixed = &self.config.command_env.fixed_servers_bin;
-            let guard = match fixed.parent() {
-                Some(dir) if !dir.as_os_str().is_empty() => dir.join(catalog::GUARD_PROGRAM),
-                _ => catalog::GUARD_PROGRAM.into(),
-            };
             (
-                fixed.display().to_string(),
-                guard.display().to_string(),
+                env.fixed_servers_bin.display().to_string(),
+                env.guard_bin().display().to_string(),
                 file.dir().display().to_string(),
+                env.python.display().to_string(),
             )
         };
         let paths = mcp::RunPaths {
@@ -666,6 +664,7 @@ impl Attempt {
             guard: &guard,
             dir: &dir,
             memory_token: &memory_token,
+            python: &python,
         };
         let files = mcp::config(
             &claude.mcp_servers,

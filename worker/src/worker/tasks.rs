@@ -57,16 +57,21 @@ pub(super) async fn serve(
             let Ok(_permit) = permits.acquire_owned().await else {
                 return;
             };
-            let reply = match incoming.request {
+            let listed = match incoming.request {
                 WorkerTask::ListTools { command, args, env } => {
-                    match list_tools(&config, executor.as_ref(), command, args, env).await {
-                        Ok(tools) => TaskReply::Tools {
-                            worker_id: config.worker_id.clone(),
-                            tools,
-                        },
-                        Err(reason) => failed(&config.worker_id, reason),
-                    }
+                    let server = Server::Command { command, args };
+                    list_tools(&config, executor.as_ref(), server, env).await
                 }
+                WorkerTask::ListPythonTools { code, env } => {
+                    list_tools(&config, executor.as_ref(), Server::Python(code), env).await
+                }
+            };
+            let reply = match listed {
+                Ok(tools) => TaskReply::Tools {
+                    worker_id: config.worker_id.clone(),
+                    tools,
+                },
+                Err(reason) => failed(&config.worker_id, reason),
             };
             let _ = incoming.reply.send(reply);
         });
@@ -80,23 +85,34 @@ fn failed(worker_id: &WorkerId, reason: String) -> TaskReply {
     }
 }
 
+/// The server a listing starts.
+enum Server {
+    /// A program (on the worker, or in the run image).
+    Command { command: String, args: Vec<String> },
+    /// A dynamic server's source, started by the run's Python.
+    Python(String),
+}
+
 /// Starts the server through the executor, under the guard's `--list-tools`, and reads the tools
 /// it printed.
 async fn list_tools(
     config: &WorkerConfig,
     executor: &dyn Executor,
-    command: String,
-    args: Vec<String>,
+    server: Server,
     env: std::collections::BTreeMap<String, String>,
 ) -> Result<Vec<Value>, String> {
     let setup = |err: std::io::Error| format!("cannot prepare the listing: {err}");
     let files = ConfigFile::create().map_err(setup)?;
+    let mut written = vec![(
+        "list.guard.json".to_owned(),
+        json!({ "env": env }).to_string().into_bytes(),
+    )];
+    if let Server::Python(code) = &server {
+        written.push(("server.py".to_owned(), code.clone().into_bytes()));
+    }
     let settings = McpFiles {
         document: json!({ "mcpServers": {} }),
-        settings: vec![(
-            "list.guard.json".to_owned(),
-            json!({ "env": env }).to_string().into_bytes(),
-        )],
+        settings: written,
     };
     files.write(&settings).map_err(setup)?;
     let workspace = tempfile::Builder::new()
@@ -105,18 +121,20 @@ async fn list_tools(
         .map_err(setup)?;
     // A container runs the image's guard with the directory mounted; a local run the guard
     // beside the worker's fixed servers, with the directory where it is.
-    let (guard, dir) = if executor.name() == "docker" {
+    let (guard, dir, python) = if executor.name() == "docker" {
         (
             GUARD_PROGRAM.into(),
             crate::docker::MCP_CONFIG_MOUNT.to_owned(),
+            "python3".to_owned(),
         )
     } else {
-        let fixed = &config.command_env.fixed_servers_bin;
-        let guard = match fixed.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.join(GUARD_PROGRAM),
-            _ => GUARD_PROGRAM.into(),
-        };
-        (guard, files.dir().display().to_string())
+        let env = &config.command_env;
+        let dir = files.dir().display().to_string();
+        (env.guard_bin(), dir, env.python.display().to_string())
+    };
+    let (command, args) = match server {
+        Server::Command { command, args } => (command, args),
+        Server::Python(_) => (python, vec![format!("{dir}/server.py")]),
     };
     let mut vars = config.command_env.base.clone();
     vars.push(("HOME".into(), workspace.path().display().to_string()));

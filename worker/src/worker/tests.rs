@@ -19,6 +19,7 @@ fn config(root: &std::path::Path) -> WorkerConfig {
         command_env: CommandEnv {
             claude_bin: "claude".into(),
             fixed_servers_bin: "autopilot-servers".into(),
+            python: "python3".into(),
             home: root.join("home"),
             base: vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())],
             model_api: Vec::new(),

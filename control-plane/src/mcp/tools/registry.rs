@@ -1,5 +1,6 @@
 //! The registry tools: MCP servers that runs can be granted, the credentials they use (a value
-//! goes in once and never comes out, only a fingerprint), and tool bundles.
+//! goes in once and never comes out, only a fingerprint), dynamic servers (Python written by
+//! Claude, kept as versions; approving one is left to the operator's HTTP API), and tool bundles.
 
 use rmcp::model::JsonObject;
 use schemars::JsonSchema;
@@ -8,6 +9,8 @@ use serde_json::json;
 
 use super::{input, object, parse, success, to_value, NoArgs, Outcome, Spec};
 use crate::app::App;
+use crate::domain::dynamic::Author;
+use crate::services::tools::dynamic::{self, DynamicInput};
 use crate::services::tools::{self, AssignInput, BundleInput, ImportInput, ServerInput};
 
 #[derive(Deserialize, JsonSchema)]
@@ -46,6 +49,10 @@ fn bundle_schema() -> serde_json::Value {
 
 fn server_schema() -> serde_json::Value {
     json!({ "type": "object", "description": "An MCP server: name, description, transport (with ${NAME} placeholders, never secrets), tools with access levels, credentials it needs and those missing" })
+}
+
+fn version_schema() -> serde_json::Value {
+    json!({ "type": "object", "description": "A dynamic server's version: server, version, state (valid, invalid, awaiting_approval), active, author, tools, error, scan (env_vars, imports, dependencies), credentials" })
 }
 
 fn credential_schema() -> serde_json::Value {
@@ -165,6 +172,45 @@ pub(super) fn specs() -> Vec<Spec> {
             true,
         ),
         spec(
+            "save_dynamic_server",
+            "Write a dynamic MCP server",
+            "Saves Python source of an MCP server on stdio (the `mcp` SDK is installed where runs \
+             execute: `from mcp.server.mcpserver import MCPServer`, `@server.tool()`, \
+             `server.run()`) as a new version of a dynamic server. A worker starts it at once, \
+             without network and with placeholder credentials, and records its tools or why it \
+             failed. A valid version runs in jobs granted the server; one that uses credentials \
+             (`env` with `${NAME}` placeholders) waits until an operator approves it through \
+             the HTTP API. Example: {\"name\": \"dice\", \"code\": \"from \
+             mcp.server.mcpserver import MCPServer\\nserver = MCPServer('dice')\\n\
+             @server.tool()\\ndef roll() -> int:\\n    return 4\\nserver.run()\\n\"}",
+            input::<DynamicInput>(),
+            object(json!({ "version": version_schema() }), &["version"]),
+            false,
+            false,
+        ),
+        spec(
+            "list_dynamic_versions",
+            "List a dynamic server's versions",
+            "Lists the versions of a dynamic server, oldest first: state (valid, invalid, \
+             awaiting_approval), which one runs use, the tools each listed or its error, the \
+             environment variables and imports its source uses. Example: {\"server\": \"dice\"}",
+            input::<ServerRef>(),
+            object(json!({ "versions": { "type": "array", "items": version_schema() } }), &["versions"]),
+            true,
+            false,
+        ),
+        spec(
+            "validate_dynamic_server",
+            "Validate a dynamic server again",
+            "Starts the latest version of a dynamic server on a worker again and records what it \
+             lists (after a credential or the run image changed, say). Example: {\"server\": \
+             \"dice\"}",
+            input::<ServerRef>(),
+            object(json!({ "version": version_schema() }), &["version"]),
+            false,
+            false,
+        ),
+        spec(
             "create_bundle",
             "Create a tool bundle",
             "Creates a named set of MCP server grants and built-in tools that jobs, webhooks \
@@ -260,6 +306,68 @@ pub(super) fn specs() -> Vec<Spec> {
 
 pub(super) async fn call(app: &App, name: &str, args: JsonObject) -> Outcome {
     match name {
+        "save_dynamic_server" => {
+            let saved = dynamic::save(app, parse(args)?, Author::Agent).await?;
+            let summary = match saved.state {
+                "valid" => format!(
+                    "Saved version {} of `{}`: valid, with {} tools; runs granted `{}` use it.",
+                    saved.version,
+                    saved.server,
+                    saved.tools.len(),
+                    saved.server
+                ),
+                "awaiting_approval" => format!(
+                    "Saved version {} of `{}`: valid, but it uses credentials ({}), so it waits \
+                     for an operator to approve it (POST /api/v1/dynamic-servers/{}/versions/{}/approve).",
+                    saved.version,
+                    saved.server,
+                    saved.credentials.join(", "),
+                    saved.server,
+                    saved.version
+                ),
+                _ => format!(
+                    "Saved version {} of `{}`, but it is not usable: {}",
+                    saved.version,
+                    saved.server,
+                    saved.error.as_deref().unwrap_or("it did not validate")
+                ),
+            };
+            success(summary, json!({ "version": to_value(&saved)? }))
+        }
+        "list_dynamic_versions" => {
+            let ServerRef { server } = parse(args)?;
+            let versions = dynamic::versions(app, &server).await?;
+            let states: Vec<String> = versions
+                .iter()
+                .map(|v| {
+                    format!(
+                        "v{} {}{}",
+                        v.version,
+                        v.state,
+                        if v.active { " (active)" } else { "" }
+                    )
+                })
+                .collect();
+            success(
+                format!("`{server}`: {}.", states.join(", ")),
+                json!({ "versions": to_value(&versions)? }),
+            )
+        }
+        "validate_dynamic_server" => {
+            let ServerRef { server } = parse(args)?;
+            let checked = dynamic::validate(app, &server, None).await?;
+            let summary = format!(
+                "Version {} of `{server}` is {}{}.",
+                checked.version,
+                checked.state,
+                checked
+                    .error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            );
+            success(summary, json!({ "version": to_value(&checked)? }))
+        }
         "register_server" => {
             let server = tools::register_server(app, parse(args)?).await?;
             let summary = format!(
@@ -413,7 +521,14 @@ pub(super) fn check_arguments(name: &str, args: JsonObject) -> Result<bool, supe
         "list_servers" | "list_credentials" => {
             let NoArgs {} = parse(args)?;
         }
-        "get_server" | "delete_server" | "test_server" => {
+        "save_dynamic_server" => {
+            let _: DynamicInput = parse(args)?;
+        }
+        "get_server"
+        | "delete_server"
+        | "test_server"
+        | "list_dynamic_versions"
+        | "validate_dynamic_server" => {
             let ServerRef { .. } = parse(args)?;
         }
         "set_credential" => {

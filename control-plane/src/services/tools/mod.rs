@@ -6,6 +6,7 @@
 
 mod bundles;
 mod credentials;
+pub mod dynamic;
 mod grants;
 mod import;
 mod probe;

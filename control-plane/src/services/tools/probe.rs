@@ -51,17 +51,7 @@ fn placeholders_for<'a>(texts: impl Iterator<Item = &'a str>) -> Secrets {
 }
 
 /// Asks a worker of the default pool to start the server and list its tools.
-async fn on_a_worker(
-    app: &App,
-    command: &str,
-    args: &[String],
-    env: std::collections::BTreeMap<String, String>,
-) -> Result<Vec<ServerTool>, String> {
-    let task = WorkerTask::ListTools {
-        command: command.to_owned(),
-        args: args.to_vec(),
-        env,
-    };
+async fn on_a_worker(app: &App, task: WorkerTask) -> Result<Vec<ServerTool>, String> {
     match app
         .bus
         .request_task(DEFAULT_POOL, task, PROBE_TIMEOUT)
@@ -132,7 +122,12 @@ pub async fn list_tools(
                     .iter()
                     .map(|(name, value)| Ok((name.clone(), fill(value, &placeholders)?)))
                     .collect::<Result<_, String>>()?;
-                on_a_worker(app, command, args, env).await
+                let task = WorkerTask::ListTools {
+                    command: command.clone(),
+                    args: args.clone(),
+                    env,
+                };
+                on_a_worker(app, task).await
             }
             Transport::Http { url, headers } => {
                 let mut filled = Vec::with_capacity(headers.len());
@@ -140,6 +135,18 @@ pub async fn list_tools(
                     filled.push((name.clone(), fill(value, secrets)?));
                 }
                 http(&fill(url, secrets)?, &filled).await
+            }
+            Transport::Python { code, env, .. } => {
+                let placeholders = placeholders_for(env.values().map(String::as_str));
+                let env = env
+                    .iter()
+                    .map(|(name, value)| Ok((name.clone(), fill(value, &placeholders)?)))
+                    .collect::<Result<_, String>>()?;
+                let task = WorkerTask::ListPythonTools {
+                    code: code.clone(),
+                    env,
+                };
+                on_a_worker(app, task).await
             }
             Transport::Fixed { .. } => Err("a fixed server lists its own tools".to_owned()),
         }

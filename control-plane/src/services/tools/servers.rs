@@ -77,7 +77,7 @@ pub(super) fn names_a_secret(name: &str) -> bool {
     SECRET_WORDS.iter().any(|word| upper.contains(word))
 }
 
-fn check_secret_values<'a>(
+pub(super) fn check_secret_values<'a>(
     field: &str,
     entries: impl Iterator<Item = (&'a String, &'a String)>,
 ) -> ServiceResult<()> {
@@ -132,6 +132,14 @@ pub fn validate_server(
                 ));
             }
             check_secret_values("transport.headers", headers.iter())?;
+        }
+        Transport::Python { .. } => {
+            return Err(ServiceError::invalid(
+                "transport.type",
+                "a dynamic (python) server is saved with save_dynamic_server (POST \
+                 /api/v1/dynamic-servers), which keeps its versions and validates each on a \
+                 worker",
+            ))
         }
         Transport::Fixed { server, env } => {
             let fixed = check_fixed(server, env)?;
@@ -462,7 +470,9 @@ pub async fn list_servers(app: &App) -> ServiceResult<Vec<ServerView>> {
 
 /// Deletes a server. Runs already granted it fail to start with a message naming it.
 pub async fn delete_server(app: &App, name: &str) -> ServiceResult<()> {
-    if !app.store.delete_server(name).await? {
+    // A dynamic server's versions go with it, also when none was ever usable.
+    let versions = app.store.delete_dynamic_versions(name).await?;
+    if !app.store.delete_server(name).await? && versions == 0 {
         return Err(ServiceError::NotFound {
             what: "MCP server",
             id: name.to_owned(),

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{classify, Pools, SqlStore};
+use crate::domain::dynamic::DynamicVersion;
 use crate::domain::tools::{Credential, McpServer, ServerTool, ToolBundle, ToolGrant, Transport};
 use crate::store::rows::{from_ms, to_json, to_ms};
 use crate::store::{StoreError, StoreResult, ToolStore};
@@ -316,5 +317,78 @@ impl ToolStore for SqlStore {
 
     async fn delete_bundle(&self, name: &str) -> StoreResult<bool> {
         self.delete_document(Documents::Bundles, name).await
+    }
+
+    async fn insert_dynamic_version(&self, version: &DynamicVersion) -> StoreResult<()> {
+        on_write!(self, pool => {
+            sqlx::query(
+                "INSERT INTO dynamic_versions (server, version, document, created_at_ms) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&version.server)
+            .bind(i64::from(version.version))
+            .bind(to_json(version))
+            .bind(to_ms(version.created_at))
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })
+        .map_err(|err| match classify(err) {
+            StoreError::Conflict(_) => StoreError::Conflict(format!(
+                "version {} of `{}` exists already",
+                version.version, version.server
+            )),
+            other => other,
+        })?;
+        Ok(())
+    }
+
+    async fn update_dynamic_version(&self, version: &DynamicVersion) -> StoreResult<()> {
+        let updated = on_write!(self, pool => {
+            sqlx::query(
+                "UPDATE dynamic_versions SET document = $3 WHERE server = $1 AND version = $2",
+            )
+            .bind(&version.server)
+            .bind(i64::from(version.version))
+            .bind(to_json(version))
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })
+        .map_err(classify)?;
+        if updated == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn list_dynamic_versions(&self, server: &str) -> StoreResult<Vec<DynamicVersion>> {
+        let rows: Vec<(String,)> = on_read!(self, pool => {
+            sqlx::query_as(
+                "SELECT document FROM dynamic_versions WHERE server = $1 ORDER BY version",
+            )
+            .bind(server)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(classify)?;
+        rows.into_iter()
+            .map(|(document,)| {
+                serde_json::from_str(&document).map_err(|err| {
+                    StoreError::Corrupt(format!("a version of dynamic server {server}: {err}"))
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_dynamic_versions(&self, server: &str) -> StoreResult<u64> {
+        on_write!(self, pool => {
+            sqlx::query("DELETE FROM dynamic_versions WHERE server = $1")
+                .bind(server)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(classify)
     }
 }

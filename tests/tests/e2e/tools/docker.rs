@@ -257,3 +257,38 @@ async fn a_server_is_listed_in_a_container_not_in_the_control_plane() {
         "{body}"
     );
 }
+
+/// On the Docker executor a dynamic server is validated in a container, and a run starts it
+/// there with the image's Python.
+#[tokio::test]
+async fn a_dynamic_server_is_validated_and_run_in_containers() {
+    let Some((server, fake)) = docker_server().await else {
+        return;
+    };
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/dynamic-servers",
+            Some(json!({ "name": "dice", "code": super::dynamic::dice(5) })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["state"], "valid", "{body}");
+    let job = server
+        .create_job(json!({
+            "name": "container dice",
+            "prompt": "Roll.",
+            "servers": [{ "server": "dice", "access": "write" }],
+        }))
+        .await;
+    fake.push(Reply::tool_use("mcp__dice__roll_die", json!({})));
+    fake.push(Reply::text("Rolled."));
+    let (run, events) = super::run_once(&server, &job).await;
+    assert_eq!(run["status"], "succeeded", "{run:#} {events:#?}");
+    let rolled = events
+        .iter()
+        .find(|e| e["kind"] == "tool_result")
+        .map(|e| e["data"].to_string())
+        .unwrap_or_default();
+    assert!(rolled.contains("rolled 5 with token none"), "{rolled}");
+}

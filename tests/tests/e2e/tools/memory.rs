@@ -193,19 +193,8 @@ async fn a_jobs_runs_keep_memory_that_other_jobs_and_quick_runs_do_not_see() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 
     // Through MCP: an entry set, searched, read and deleted.
-    let call_tool = |name: &str, arguments: Value| {
-        let body = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                           "params": { "name": name, "arguments": arguments } });
-        let request = server
-            .client
-            .post(format!("{}/mcp", server.base_url))
-            .bearer_auth(autopilot_tests::harness::ADMIN_TOKEN)
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2025-06-18")
-            .json(&body)
-            .send();
-        async move { request.await.unwrap().text().await.unwrap() }
-    };
+    let call_tool =
+        |name: &'static str, arguments: Value| super::call_tool(&server, name, arguments);
     let set = call_tool(
         "set_job_memory",
         json!({ "job": "reporter", "key": "recipients", "value": "ada@example.com" }),

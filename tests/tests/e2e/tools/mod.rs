@@ -5,6 +5,7 @@
 //! the fleet's bus in `fleet`.
 
 mod docker;
+mod dynamic;
 mod email;
 mod fleet;
 mod memory;
@@ -54,6 +55,24 @@ pub(super) async fn start() -> Option<(
     let python = components::mcp_python()?;
     let (server, fake) = super::claude::start().await?;
     Some((server, fake, python))
+}
+
+/// Calls one of Autopilot's MCP tools as the admin and returns the response's text.
+pub(super) async fn call_tool(server: &TestServer, name: &str, arguments: Value) -> String {
+    let body = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                       "params": { "name": name, "arguments": arguments } });
+    let response = server
+        .client
+        .post(format!("{}/mcp", server.base_url))
+        .bearer_auth(autopilot_tests::harness::ADMIN_TOKEN)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{name}");
+    response.text().await.unwrap()
 }
 
 /// An Autopilot whose local runs start the fixed servers, against a fresh fake model API;
@@ -406,35 +425,17 @@ async fn tools_api_names_what_is_wrong() {
     assert_eq!(crm["missing_credentials"], json!([]), "{crm}");
 
     // Through MCP the same, with the value nowhere in the answer.
-    let call_tool = |name: &str, arguments: Value| {
-        let body = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": { "name": name, "arguments": arguments } });
-        server
-            .client
-            .post(format!("{}/mcp", server.base_url))
-            .bearer_auth(autopilot_tests::harness::ADMIN_TOKEN)
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2025-06-18")
-            .json(&body)
-            .send()
-    };
-    let response = call_tool(
+    let text = call_tool(
+        &server,
         "set_credential",
         json!({ "name": "MCP_SET", "value": "value-from-mcp-789" }),
     )
-    .await
-    .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let text = response.text().await.unwrap();
+    .await;
     assert!(
         text.contains("hmac-sha256:") && !text.contains("value-from-mcp-789"),
         "{text}"
     );
-    let text = call_tool("list_servers", json!({}))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = call_tool(&server, "list_servers", json!({})).await;
     assert!(text.contains("list_contacts"), "{text}");
     assert!(!server.store_contains("value-from-mcp-789").await);
 

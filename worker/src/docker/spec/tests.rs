@@ -19,6 +19,7 @@ fn command_env() -> CommandEnv {
     CommandEnv {
         claude_bin: "/opt/claude/bin/claude".into(),
         fixed_servers_bin: "autopilot-servers".into(),
+        python: "python3".into(),
         home: "/var/lib/autopilot/home".into(),
         base: vec![
             ("PATH".into(), "/opt/worker/bin:/usr/bin".into()),

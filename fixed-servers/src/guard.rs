@@ -43,6 +43,9 @@ pub struct GuardSettings {
     /// A remote server's URL (credentials filled in), when the guard stands in front of one.
     #[serde(default)]
     pub url: Option<String>,
+    /// The arguments of the one call `--call-tool` makes.
+    #[serde(default)]
+    pub arguments: Option<serde_json::Value>,
 }
 
 /// Variables of the guard's own environment the server also gets: none of them is a secret
@@ -231,6 +234,7 @@ mod tests {
             allow: vec!["lookup_note".into()],
             secrets: BTreeMap::from([("NOTES_TOKEN".into(), "s3cret-notes".into())]),
             url: None,
+            arguments: None,
         })
     }
 

@@ -35,4 +35,4 @@ pub use run::{
     Sandbox, StopReason, TokenUsage, Trigger,
 };
 pub use sealed::{SealedError, SealedSecrets, Secrets, WorkerKey};
-pub use task::{TaskReply, WorkerTask};
+pub use task::{TaskReply, TaskServer, WorkerTask};

@@ -14,25 +14,39 @@ use crate::WorkerId;
 /// gets a real credential.
 pub const PLACEHOLDER_VALUE: &str = "autopilot-placeholder";
 
+/// The server a task starts.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[serde(tag = "task", rename_all = "snake_case", deny_unknown_fields)]
-pub enum WorkerTask {
-    /// Start a stdio MCP server once, `initialize` it and list its tools (every page).
-    ListTools {
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TaskServer {
+    /// A program where runs execute (on the worker, or in the run image).
+    Command {
         command: String,
         #[serde(default)]
         args: Vec<String>,
+    },
+    /// A dynamic server's Python source, which the worker writes to a file and starts with its
+    /// Python: a syntax error or a missing import is what the server says when it fails.
+    Python { code: String },
+}
+
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(tag = "task", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WorkerTask {
+    /// Start an MCP server once, `initialize` it and list its tools (every page).
+    ListTools {
+        server: TaskServer,
         /// Its environment, placeholders already replaced by [`PLACEHOLDER_VALUE`].
         #[serde(default)]
         env: BTreeMap<String, String>,
     },
-    /// The same for a dynamic server's Python source, which the worker writes to a file and
-    /// starts with its Python: a syntax error or a missing import is what the server says when
-    /// it fails to start.
-    ListPythonTools {
-        code: String,
+    /// Start an MCP server once and call one of its tools (`invoke_server_tool`).
+    CallTool {
+        server: TaskServer,
         #[serde(default)]
         env: BTreeMap<String, String>,
+        tool: String,
+        #[serde(default)]
+        arguments: serde_json::Value,
     },
 }
 
@@ -43,6 +57,11 @@ pub enum TaskReply {
     Tools {
         worker_id: WorkerId,
         tools: Vec<serde_json::Value>,
+    },
+    /// The result of a `tools/call`, as the server gave it (a tool's own error included).
+    Called {
+        worker_id: WorkerId,
+        result: serde_json::Value,
     },
     /// The task could not be done; `reason` says why, in words for the operator.
     Failed { worker_id: WorkerId, reason: String },

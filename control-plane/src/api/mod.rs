@@ -85,6 +85,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/bundles/{name}/assign", post(tools::assign_bundle))
         .route("/servers/import", post(tools::import_servers))
         .route("/servers/{name}/test", post(tools::test_server))
+        .route("/servers/{name}/invoke", post(tools::invoke_server_tool))
         .route("/dynamic-servers", post(tools::save_dynamic_server))
         .route(
             "/dynamic-servers/{name}/versions",

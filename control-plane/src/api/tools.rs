@@ -202,3 +202,24 @@ pub async fn approve_dynamic_version(
 ) -> ApiResult<Json<VersionView>> {
     Ok(Json(dynamic::approve(&app, &name, version).await?))
 }
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvokeBody {
+    /// The tool's name.
+    tool: String,
+    /// Its arguments (a JSON object).
+    #[serde(default)]
+    arguments: Value,
+}
+
+/// `POST /servers/{name}/invoke`: one tool called directly, by a worker.
+pub async fn invoke_server_tool(
+    State(AppState(app)): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<InvokeBody>,
+) -> ApiResult<Json<tools::Invoked>> {
+    Ok(Json(
+        tools::invoke_tool(&app, &name, &body.tool, body.arguments).await?,
+    ))
+}

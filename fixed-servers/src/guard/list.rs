@@ -1,7 +1,9 @@
 //! `autopilot-mcp-guard --list-tools -- <command> [args…]`: starts a stdio server the way the
 //! guard does (its settings from the file, a clean environment), asks it for its tools
 //! (`initialize`, then every page of `tools/list`) and prints them as one JSON line,
-//! `{"tools": [...]}`, on standard output. A worker runs it through its executor (in a container
+//! `{"tools": [...]}`, on standard output. `--call-tool <tool> -- <command> [args…]` calls one
+//! tool instead, with the `arguments` of the settings file, and prints `{"result": …}` (the
+//! credentials the file lists removed). A worker runs it through its executor (in a container
 //! on the Docker executor), so a server an operator registers never starts in the control plane.
 //! A failure is a message on standard error, with the end of what the server said there.
 
@@ -61,8 +63,27 @@ pub fn page_of(answer: &Value) -> Result<(Vec<Value>, Option<String>), String> {
     Ok((tools.clone(), next))
 }
 
+/// What a one-shot session asks the server once it is initialized.
+pub enum Ask {
+    /// Every page of `tools/list`: the tools.
+    Tools,
+    /// `tools/call` of one tool: its result, as the server gave it (errors included).
+    Call { tool: String, arguments: Value },
+}
+
 /// Starts `command` and lists its tools.
 pub async fn list(settings: GuardSettings, command: Vec<OsString>) -> Result<Vec<Value>, String> {
+    let answer = once(settings, command, Ask::Tools).await?;
+    Ok(answer.as_array().cloned().unwrap_or_default())
+}
+
+/// Starts `command`, initializes it and asks it `ask`: the tools (an array), or the call's
+/// result.
+pub async fn once(
+    settings: GuardSettings,
+    command: Vec<OsString>,
+    ask: Ask,
+) -> Result<Value, String> {
     let Some((program, args)) = command.split_first() else {
         return Err("no server command after `--`".to_owned());
     };
@@ -89,37 +110,53 @@ pub async fn list(settings: GuardSettings, command: Vec<OsString>) -> Result<Vec
     let mut input = child.stdin.take().ok_or("no stdin")?;
     let mut output: Lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
     let mut stderr = child.stderr.take().ok_or("no stderr")?;
-    let listed = async {
+    let answered = async {
         let initialize = json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
             "protocolVersion": PROTOCOL_VERSION, "capabilities": {},
-            "clientInfo": { "name": "autopilot-list-tools", "version": env!("CARGO_PKG_VERSION") } } });
+            "clientInfo": { "name": "autopilot-guard", "version": env!("CARGO_PKG_VERSION") } } });
         write_line(&mut input, &initialize).await?;
         read_answer(&mut output, 0).await?;
         let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
         write_line(&mut input, &initialized).await?;
-        let mut tools = Vec::new();
-        let mut cursor: Option<String> = None;
-        for page in 1..=MAX_PAGES {
-            let params = match &cursor {
-                Some(cursor) => json!({ "cursor": cursor }),
-                None => json!({}),
-            };
-            let request =
-                json!({ "jsonrpc": "2.0", "id": page, "method": "tools/list", "params": params });
-            write_line(&mut input, &request).await?;
-            let (more, next) = page_of(&read_answer(&mut output, page).await?)?;
-            tools.extend(more);
-            match next {
-                Some(next) => cursor = Some(next),
-                None => break,
+        match ask {
+            Ask::Tools => {
+                let mut tools = Vec::new();
+                let mut cursor: Option<String> = None;
+                for page in 1..=MAX_PAGES {
+                    let params = match &cursor {
+                        Some(cursor) => json!({ "cursor": cursor }),
+                        None => json!({}),
+                    };
+                    let request = json!({ "jsonrpc": "2.0", "id": page, "method": "tools/list", "params": params });
+                    write_line(&mut input, &request).await?;
+                    let (more, next) = page_of(&read_answer(&mut output, page).await?)?;
+                    tools.extend(more);
+                    match next {
+                        Some(next) => cursor = Some(next),
+                        None => break,
+                    }
+                }
+                Ok::<_, String>(Value::Array(tools))
+            }
+            Ask::Call { tool, arguments } => {
+                let request = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                                      "params": { "name": tool, "arguments": arguments } });
+                write_line(&mut input, &request).await?;
+                let answer = read_answer(&mut output, 1).await?;
+                if let Some(error) = answer.get("error") {
+                    return Err(format!("the server refused the call: {error}"));
+                }
+                answer
+                    .get("result")
+                    .cloned()
+                    .ok_or_else(|| "the server's answer to tools/call holds no result".to_owned())
             }
         }
-        Ok::<_, String>(tools)
     }
     .await;
     drop(input);
     let _ = child.kill().await;
-    listed.map_err(|err| {
+    answered.map_err(|err| {
         let mut said = Vec::new();
         let _ = futures_now(stderr.read_to_end(&mut said));
         let said = String::from_utf8_lossy(&said);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use autopilot_proto::{
     Bus, BusError, ControlMessage, Delivery, EventBatch, EventKind, EventOrigin, InMemoryBus,
     InMemoryBusConfig, JetStreamBus, JetStreamConfig, NewRunEvent, Notice, NoticeKind, RunId,
-    RunRequest, TaskReply, WorkerId, WorkerReply, WorkerRequest, WorkerTask,
+    RunRequest, TaskReply, TaskServer, WorkerId, WorkerReply, WorkerRequest, WorkerTask,
 };
 use autopilot_tests::components;
 use futures::stream::BoxStream;
@@ -361,8 +361,10 @@ async fn conformance(bus: Arc<dyn Bus>) {
 /// when the worker drops one.
 async fn tasks(bus: &dyn Bus) {
     let list = |command: &str| WorkerTask::ListTools {
-        command: command.into(),
-        args: vec![],
+        server: TaskServer::Command {
+            command: command.into(),
+            args: vec![],
+        },
         env: Default::default(),
     };
     let wait = Duration::from_secs(5);
@@ -375,7 +377,11 @@ async fn tasks(bus: &dyn Bus) {
     let worker = tokio::spawn(async move {
         for _ in 0..2 {
             let incoming = served.next().await.unwrap();
-            let WorkerTask::ListTools { command, .. } = incoming.request else {
+            let WorkerTask::ListTools {
+                server: TaskServer::Command { command, .. },
+                ..
+            } = incoming.request
+            else {
                 panic!("a listing by command was sent");
             };
             if command == "drop" {

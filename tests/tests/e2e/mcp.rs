@@ -18,7 +18,7 @@ use tokio::process::Command;
 const DEFAULT_MODEL: &str = "claude-opus-5-5";
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
 
-const TOOLS: [&str; 38] = [
+const TOOLS: [&str; 39] = [
     "list_jobs",
     "get_job",
     "create_job",
@@ -45,6 +45,7 @@ const TOOLS: [&str; 38] = [
     "import_mcp_json",
     "test_server",
     "delete_server",
+    "invoke_server_tool",
     "save_dynamic_server",
     "list_dynamic_versions",
     "validate_dynamic_server",

@@ -3,15 +3,19 @@
 //! the Docker executor), with no network, a throwaway workspace and no credential.
 //!
 //! - `list_tools`: `autopilot-mcp-guard --list-tools -- <command>` starts an operator's stdio
-//!   server once and prints its tools; its settings (the server's environment, placeholders in
-//!   place of credentials) reach it in a settings file, as a run's servers' do.
+//!   server (or a dynamic server's source) once and prints its tools;
+//! - `call_tool`: `autopilot-mcp-guard --call-tool <tool> -- <command>` calls one of its tools
+//!   (`invoke_server_tool`).
+//!
+//! The server's settings (its environment, placeholders in place of credentials; a call's
+//! arguments) reach the guard in a settings file, as a run's servers' do.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use autopilot_fixed_servers::catalog::{GUARD_PROGRAM, SETTINGS_FILE_VAR};
 use autopilot_proto::{
-    Bus, IncomingTask, NetworkMode, RunId, Sandbox, TaskReply, WorkerId, WorkerTask,
+    Bus, IncomingTask, NetworkMode, RunId, Sandbox, TaskReply, TaskServer, WorkerId, WorkerTask,
 };
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -57,21 +61,28 @@ pub(super) async fn serve(
             let Ok(_permit) = permits.acquire_owned().await else {
                 return;
             };
-            let listed = match incoming.request {
-                WorkerTask::ListTools { command, args, env } => {
-                    let server = Server::Command { command, args };
-                    list_tools(&config, executor.as_ref(), server, env).await
+            let worker_id = config.worker_id.clone();
+            let reply = match incoming.request {
+                WorkerTask::ListTools { server, env } => {
+                    let asked = once(&config, executor.as_ref(), server, env, Ask::Tools).await;
+                    match asked {
+                        Ok(Value::Array(tools)) => TaskReply::Tools { worker_id, tools },
+                        Ok(_) => failed(&worker_id, "the listing printed no tools".to_owned()),
+                        Err(reason) => failed(&worker_id, reason),
+                    }
                 }
-                WorkerTask::ListPythonTools { code, env } => {
-                    list_tools(&config, executor.as_ref(), Server::Python(code), env).await
+                WorkerTask::CallTool {
+                    server,
+                    env,
+                    tool,
+                    arguments,
+                } => {
+                    let ask = Ask::Call { tool, arguments };
+                    match once(&config, executor.as_ref(), server, env, ask).await {
+                        Ok(result) => TaskReply::Called { worker_id, result },
+                        Err(reason) => failed(&worker_id, reason),
+                    }
                 }
-            };
-            let reply = match listed {
-                Ok(tools) => TaskReply::Tools {
-                    worker_id: config.worker_id.clone(),
-                    tools,
-                },
-                Err(reason) => failed(&config.worker_id, reason),
             };
             let _ = incoming.reply.send(reply);
         });
@@ -85,29 +96,34 @@ fn failed(worker_id: &WorkerId, reason: String) -> TaskReply {
     }
 }
 
-/// The server a listing starts.
-enum Server {
-    /// A program (on the worker, or in the run image).
-    Command { command: String, args: Vec<String> },
-    /// A dynamic server's source, started by the run's Python.
-    Python(String),
+/// What the guard asks the server it starts once.
+enum Ask {
+    Tools,
+    Call { tool: String, arguments: Value },
 }
 
-/// Starts the server through the executor, under the guard's `--list-tools`, and reads the tools
-/// it printed.
-async fn list_tools(
+/// Starts the server through the executor under the guard (`--list-tools`, or `--call-tool`
+/// with the arguments in its settings file) and reads what it printed: the tools (an array),
+/// or the call's result.
+async fn once(
     config: &WorkerConfig,
     executor: &dyn Executor,
-    server: Server,
+    server: TaskServer,
     env: std::collections::BTreeMap<String, String>,
-) -> Result<Vec<Value>, String> {
+    ask: Ask,
+) -> Result<Value, String> {
     let setup = |err: std::io::Error| format!("cannot prepare the listing: {err}");
     let files = ConfigFile::create().map_err(setup)?;
+    let (mode, arguments) = match ask {
+        Ask::Tools => (vec!["--list-tools".to_owned()], Value::Null),
+        Ask::Call { tool, arguments } => (vec!["--call-tool".to_owned(), tool], arguments),
+    };
+    let guard_settings = json!({ "env": env, "arguments": arguments });
     let mut written = vec![(
-        "list.guard.json".to_owned(),
-        json!({ "env": env }).to_string().into_bytes(),
+        "once.guard.json".to_owned(),
+        guard_settings.to_string().into_bytes(),
     )];
-    if let Server::Python(code) = &server {
+    if let TaskServer::Python { code } = &server {
         written.push(("server.py".to_owned(), code.clone().into_bytes()));
     }
     let settings = McpFiles {
@@ -133,13 +149,14 @@ async fn list_tools(
         (env.guard_bin(), dir, env.python.display().to_string())
     };
     let (command, args) = match server {
-        Server::Command { command, args } => (command, args),
-        Server::Python(_) => (python, vec![format!("{dir}/server.py")]),
+        TaskServer::Command { command, args } => (command, args),
+        TaskServer::Python { .. } => (python, vec![format!("{dir}/server.py")]),
     };
     let mut vars = config.command_env.base.clone();
     vars.push(("HOME".into(), workspace.path().display().to_string()));
-    vars.push((SETTINGS_FILE_VAR.into(), format!("{dir}/list.guard.json")));
-    let mut guard_args = vec!["--list-tools".to_owned(), "--".to_owned(), command];
+    vars.push((SETTINGS_FILE_VAR.into(), format!("{dir}/once.guard.json")));
+    let mut guard_args = mode;
+    guard_args.extend(["--".to_owned(), command]);
     guard_args.extend(args);
     let spec = CommandSpec {
         program: guard,
@@ -190,23 +207,26 @@ async fn list_tools(
     let exit = exit.map_err(|err| err.to_string())?;
     if timed_out {
         return Err(format!(
-            "the server did not list its tools within {} s",
+            "the server did not answer within {} s",
             TASK_TIMEOUT.as_secs()
         ));
     }
-    let listed = stdout
+    let answer = stdout
         .iter()
         .rev()
         .find_map(|line| serde_json::from_str::<Value>(line).ok())
-        .and_then(|answer| answer.get("tools").and_then(Value::as_array).cloned());
-    match (exit.code, listed) {
-        (Some(0), Some(tools)) => Ok(tools),
+        .and_then(|mut answer| match answer.get_mut("tools") {
+            Some(tools) => Some(tools.take()),
+            None => answer.get_mut("result").map(Value::take),
+        });
+    match (exit.code, answer) {
+        (Some(0), Some(answer)) => Ok(answer),
         _ => {
             let said = stderr.trim();
             let skip = said.chars().count().saturating_sub(STDERR_TAIL_CHARS);
             let said: String = said.chars().skip(skip).collect();
             Err(match said.is_empty() {
-                true => format!("the listing ended with {exit:?} and printed no tools"),
+                true => format!("the guard ended with {exit:?} and printed no answer"),
                 false => said
                     .trim_start_matches(&format!("{GUARD_PROGRAM}: "))
                     .to_owned(),

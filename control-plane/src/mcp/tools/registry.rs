@@ -22,6 +22,18 @@ struct ServerRef {
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+struct InvokeArgs {
+    /// The server's name.
+    server: String,
+    /// The tool's name, as the server lists it.
+    tool: String,
+    /// Its arguments (a JSON object).
+    #[serde(default)]
+    arguments: serde_json::Value,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 struct SetCredentialArgs {
     /// `GITHUB_TOKEN`-style: uppercase letters, digits and `_`. Servers write it `${NAME}`.
     name: String,
@@ -172,6 +184,18 @@ pub(super) fn specs() -> Vec<Spec> {
             true,
         ),
         spec(
+            "invoke_server_tool",
+            "Call one tool of a server",
+            "Calls one tool of a registered stdio or dynamic server directly, to try it: a \
+             worker starts the server once (with placeholder credentials and no network) and \
+             returns the tool's result as the server gave it. Example: {\"server\": \"dice\", \
+             \"tool\": \"roll_die\", \"arguments\": {}}",
+            input::<InvokeArgs>(),
+            object(json!({ "server": { "type": "string" }, "tool": { "type": "string" }, "result": { "type": "object" } }), &["server", "tool", "result"]),
+            false,
+            false,
+        ),
+        spec(
             "save_dynamic_server",
             "Write a dynamic MCP server",
             "Saves Python source of an MCP server on stdio (the `mcp` SDK is installed where runs \
@@ -306,6 +330,24 @@ pub(super) fn specs() -> Vec<Spec> {
 
 pub(super) async fn call(app: &App, name: &str, args: JsonObject) -> Outcome {
     match name {
+        "invoke_server_tool" => {
+            let InvokeArgs {
+                server,
+                tool,
+                arguments,
+            } = parse(args)?;
+            let invoked = tools::invoke_tool(app, &server, &tool, arguments).await?;
+            let failed = invoked.result.get("isError") == Some(&serde_json::Value::Bool(true));
+            let summary = format!(
+                "`{server}` answered `{tool}`{}: {}",
+                if failed { " with an error" } else { "" },
+                invoked.result
+            );
+            success(
+                summary,
+                json!({ "server": server, "tool": tool, "result": invoked.result }),
+            )
+        }
         "save_dynamic_server" => {
             let saved = dynamic::save(app, parse(args)?, Author::Agent).await?;
             let summary = match saved.state {
@@ -523,6 +565,9 @@ pub(super) fn check_arguments(name: &str, args: JsonObject) -> Result<bool, supe
         }
         "save_dynamic_server" => {
             let _: DynamicInput = parse(args)?;
+        }
+        "invoke_server_tool" => {
+            let InvokeArgs { .. } = parse(args)?;
         }
         "get_server"
         | "delete_server"

@@ -20,6 +20,7 @@ pub use credentials::{delete_credential, list_credentials, set_credential, Crede
 pub use grants::{check_tools, Handed, Registry};
 pub use import::{import, ImportInput, Imported};
 pub use servers::{
-    delete_server, find_server, get_server, list_servers, register_server, replace_server,
-    test_server, validate_server, ServerInput, ServerView, TestedServer, ToolInput,
+    delete_server, find_server, get_server, invoke_tool, list_servers, register_server,
+    replace_server, test_server, validate_server, Invoked, ServerInput, ServerView, TestedServer,
+    ToolInput,
 };

@@ -6,10 +6,11 @@
 //! the Docker executor), without network and with placeholders in place of its credentials. A
 //! remote (HTTP) server is called from here, with its credentials, since nothing of it runs here.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use autopilot_proto::task::PLACEHOLDER_VALUE;
-use autopilot_proto::{Secrets, TaskReply, WorkerTask};
+use autopilot_proto::{Secrets, TaskReply, TaskServer, WorkerTask};
 use serde_json::{json, Value};
 
 use crate::app::App;
@@ -50,19 +51,47 @@ fn placeholders_for<'a>(texts: impl Iterator<Item = &'a str>) -> Secrets {
         .collect()
 }
 
-/// Asks a worker of the default pool to start the server and list its tools.
-async fn on_a_worker(app: &App, task: WorkerTask) -> Result<Vec<ServerTool>, String> {
+/// What a worker starts for a server reached by `transport` (a program or a dynamic server's
+/// source), and its environment with a placeholder in place of each credential.
+pub(super) fn task_server(
+    transport: &Transport,
+) -> Result<(TaskServer, BTreeMap<String, String>), String> {
+    let (server, env) = match transport {
+        Transport::Stdio { command, args, env } => (
+            TaskServer::Command {
+                command: command.clone(),
+                args: args.clone(),
+            },
+            env,
+        ),
+        Transport::Python { code, env, .. } => (TaskServer::Python { code: code.clone() }, env),
+        Transport::Http { .. } => return Err("a remote server is not started by a worker".into()),
+        Transport::Fixed { .. } => return Err("a fixed server is not started by itself".into()),
+    };
+    let placeholders = placeholders_for(env.values().map(String::as_str));
+    let env = env
+        .iter()
+        .map(|(name, value)| Ok((name.clone(), fill(value, &placeholders)?)))
+        .collect::<Result<_, String>>()?;
+    Ok((server, env))
+}
+
+/// Hands `task` to a worker of the default pool: the tools it listed (an array) or the result
+/// of the call it made.
+pub(super) async fn on_a_worker(app: &App, task: WorkerTask) -> Result<Value, String> {
     match app
         .bus
         .request_task(DEFAULT_POOL, task, PROBE_TIMEOUT)
         .await
     {
-        Ok(TaskReply::Tools { tools, .. }) => Ok(described(&tools)),
+        Ok(TaskReply::Tools { tools, .. }) => Ok(Value::Array(tools)),
+        Ok(TaskReply::Called { result, .. }) => Ok(result),
         Ok(TaskReply::Failed { worker_id, reason }) => Err(format!(
             "{reason} (on worker `{worker_id}`, with placeholder credentials and no network)"
         )),
         Err(err) => Err(format!(
-            "no worker could list them: {err}; servers are started only where runs execute"
+            "no worker could start the server: {err}; servers are started only where runs \
+             execute"
         )),
     }
 }
@@ -116,19 +145,6 @@ pub async fn list_tools(
 ) -> Result<Vec<ServerTool>, String> {
     let listing = async {
         match transport {
-            Transport::Stdio { command, args, env } => {
-                let placeholders = placeholders_for(env.values().map(String::as_str));
-                let env = env
-                    .iter()
-                    .map(|(name, value)| Ok((name.clone(), fill(value, &placeholders)?)))
-                    .collect::<Result<_, String>>()?;
-                let task = WorkerTask::ListTools {
-                    command: command.clone(),
-                    args: args.clone(),
-                    env,
-                };
-                on_a_worker(app, task).await
-            }
             Transport::Http { url, headers } => {
                 let mut filled = Vec::with_capacity(headers.len());
                 for (name, value) in headers {
@@ -136,17 +152,12 @@ pub async fn list_tools(
                 }
                 http(&fill(url, secrets)?, &filled).await
             }
-            Transport::Python { code, env, .. } => {
-                let placeholders = placeholders_for(env.values().map(String::as_str));
-                let env = env
-                    .iter()
-                    .map(|(name, value)| Ok((name.clone(), fill(value, &placeholders)?)))
-                    .collect::<Result<_, String>>()?;
-                let task = WorkerTask::ListPythonTools {
-                    code: code.clone(),
-                    env,
-                };
-                on_a_worker(app, task).await
+            Transport::Stdio { .. } | Transport::Python { .. } => {
+                let (server, env) = task_server(transport)?;
+                match on_a_worker(app, WorkerTask::ListTools { server, env }).await? {
+                    Value::Array(tools) => Ok(described(&tools)),
+                    _ => Err("the worker's answer holds no tool list".to_owned()),
+                }
             }
             Transport::Fixed { .. } => Err("a fixed server lists its own tools".to_owned()),
         }

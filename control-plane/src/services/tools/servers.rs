@@ -481,3 +481,65 @@ pub async fn delete_server(app: &App, name: &str) -> ServiceResult<()> {
     tracing::info!(server.name = %name, "MCP server deleted");
     Ok(())
 }
+
+/// What `invoke_server_tool` answers: the tool's result as the server gave it.
+#[derive(Serialize, Debug)]
+pub struct Invoked {
+    pub server: String,
+    pub tool: String,
+    /// `content` (and `isError` when the tool failed), as MCP's `tools/call` answers.
+    pub result: serde_json::Value,
+}
+
+/// Calls one tool of a registered stdio or dynamic server directly, for testing: a worker
+/// starts the server once as a task (placeholders in place of credentials, no network) and
+/// makes the call. Nothing of it runs in the control plane.
+pub async fn invoke_tool(
+    app: &App,
+    name: &str,
+    tool: &str,
+    arguments: serde_json::Value,
+) -> ServiceResult<Invoked> {
+    let server = find_server(app, name).await?;
+    if !server.tools.iter().any(|known| known.name == tool) {
+        let known: Vec<&str> = server.tools.iter().map(|t| t.name.as_str()).collect();
+        return Err(ServiceError::invalid(
+            "tool",
+            format!(
+                "`{name}` has no tool `{tool}`; its tools are: {}",
+                known.join(", ")
+            ),
+        ));
+    }
+    if !arguments.is_object() && !arguments.is_null() {
+        return Err(ServiceError::invalid("arguments", "must be a JSON object"));
+    }
+    let (task_server, env) = super::probe::task_server(&server.transport).map_err(|reason| {
+        ServiceError::invalid(
+            "server",
+            format!(
+                "{reason}: invoke_server_tool calls stdio and dynamic servers; grant a remote or \
+                 fixed server to a quick run to try it"
+            ),
+        )
+    })?;
+    let task = autopilot_proto::WorkerTask::CallTool {
+        server: task_server,
+        env,
+        tool: tool.to_owned(),
+        arguments: match arguments {
+            serde_json::Value::Null => serde_json::json!({}),
+            other => other,
+        },
+    };
+    let result = super::probe::on_a_worker(app, task)
+        .await
+        .map_err(|reason| {
+            ServiceError::invalid("server", format!("the call could not be made: {reason}"))
+        })?;
+    Ok(Invoked {
+        server: name.to_owned(),
+        tool: tool.to_owned(),
+        result,
+    })
+}

@@ -1,6 +1,7 @@
 //! Dynamic servers: Python written through the API or by Claude over MCP, kept as versions,
 //! each validated on a worker before runs can use it; an agent's version that uses a credential
-//! waits for an operator's approval, and until then runs keep the version before it.
+//! waits for an operator's approval, and until then runs keep the version before it; a tool is
+//! called directly (`invoke_server_tool`) by a worker.
 
 use autopilot_tests::fake_anthropic::Reply;
 use reqwest::{Method, StatusCode};
@@ -123,6 +124,39 @@ async fn dynamic_server_versions_are_validated_approved_and_run() {
         !approved.contains(TOKEN),
         "the guard removed the credential: {approved}"
     );
+
+    // invoke_server_tool: one call made by a worker, with a placeholder for the credential.
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/servers/dice/invoke",
+            Some(json!({ "tool": "roll_die", "arguments": {} })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let said = body["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(said, "rolled 6 with token autopilot-placeholder", "{body}");
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/servers/dice/invoke",
+            Some(json!({ "tool": "no_such_tool" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body.to_string().contains("roll_die"),
+        "names the tools: {body}"
+    );
+    let invoked = call_tool(
+        &server,
+        "invoke_server_tool",
+        json!({ "server": "dice", "tool": "roll_die" }),
+    )
+    .await;
+    assert!(invoked.contains("rolled 6"), "{invoked}");
 
     // A broken version is kept, with what Python said, and runs go on with the approved one.
     let (status, body) = server

@@ -50,7 +50,7 @@ pub struct GuardSettings {
 
 /// Variables of the guard's own environment the server also gets: none of them is a secret
 /// (the CLI's environment, which holds the model proxy's token, is not passed on).
-pub(crate) const PASSED_ON: [&str; 9] = [
+const PASSED_ON: [&str; 9] = [
     "PATH",
     "HOME",
     "LANG",
@@ -155,30 +155,42 @@ impl Filter {
     }
 }
 
-/// Starts `command` under the guard and relays until either side closes; the server's exit
-/// code is the guard's.
-pub async fn run(settings: GuardSettings, command: Vec<OsString>) -> anyhow::Result<i32> {
+/// The server of `command` (program and arguments) with a clean environment: only
+/// [`PASSED_ON`] and `env`; its standard input and output piped, its standard error `stderr`.
+pub(crate) fn server_process(
+    command: &[OsString],
+    env: &BTreeMap<String, String>,
+    stderr: Stdio,
+) -> Result<tokio::process::Command, String> {
     let Some((program, args)) = command.split_first() else {
-        anyhow::bail!("no server command after `--`");
+        return Err("no server command after `--`".to_owned());
     };
-    let mut child = tokio::process::Command::new(program);
-    child
+    let mut process = tokio::process::Command::new(program);
+    process
         .args(args)
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .kill_on_drop(true);
     for name in PASSED_ON {
         if let Some(value) = std::env::var_os(name) {
-            child.env(name, value);
+            process.env(name, value);
         }
     }
-    child.envs(&settings.env);
+    process.envs(env);
+    Ok(process)
+}
+
+/// Starts `command` under the guard and relays until either side closes; the server's exit
+/// code is the guard's.
+pub async fn run(settings: GuardSettings, command: Vec<OsString>) -> anyhow::Result<i32> {
+    let mut child =
+        server_process(&command, &settings.env, Stdio::inherit()).map_err(anyhow::Error::msg)?;
     let mut child = child.spawn().map_err(|err| {
         anyhow::anyhow!(
             "cannot start the server `{}`: {err}",
-            program.to_string_lossy()
+            command[0].to_string_lossy()
         )
     })?;
     let mut filter = Filter::new(&settings);

@@ -5,6 +5,8 @@
 //!
 //! - [`catalog`]: what each server is and the tools it has (always built: the control plane
 //!   reads it to register the fixed servers).
+//! - [`listing`]: reading the tools of a `tools/list` answer (the guard's and the control
+//!   plane's).
 //! - [`redact`]: removing credential values from text (the worker's and the guard's).
 //! - `email` (feature `servers`): send mail through SMTP.
 //! - `web` (feature `servers`): fetch a URL as readable markdown, a page at a time, and search
@@ -28,6 +30,7 @@ pub mod email;
 pub mod guard;
 #[cfg(feature = "servers")]
 pub mod http;
+pub mod listing;
 #[cfg(feature = "servers")]
 pub mod memory;
 pub mod memory_wire;

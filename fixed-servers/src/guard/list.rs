@@ -13,7 +13,7 @@ use std::process::Stdio;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use super::{GuardSettings, PASSED_ON};
+use super::GuardSettings;
 
 /// Most pages of `tools/list` followed.
 const MAX_PAGES: u64 = 20;
@@ -45,24 +45,6 @@ async fn read_answer(output: &mut Lines, id: u64) -> Result<Value, String> {
     }
 }
 
-/// The tools of one `tools/list` answer, and the cursor of the next page.
-pub fn page_of(answer: &Value) -> Result<(Vec<Value>, Option<String>), String> {
-    if let Some(error) = answer.get("error") {
-        return Err(format!(
-            "the server answered tools/list with an error: {error}"
-        ));
-    }
-    let tools = answer
-        .pointer("/result/tools")
-        .and_then(Value::as_array)
-        .ok_or("the server's tools/list answer holds no `tools` array")?;
-    let next = answer
-        .pointer("/result/nextCursor")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    Ok((tools.clone(), next))
-}
-
 /// What a one-shot session asks the server once it is initialized.
 pub enum Ask {
     /// Every page of `tools/list`: the tools.
@@ -84,29 +66,14 @@ pub async fn once(
     command: Vec<OsString>,
     ask: Ask,
 ) -> Result<Value, String> {
-    let Some((program, args)) = command.split_first() else {
-        return Err("no server command after `--`".to_owned());
-    };
-    let mut process = tokio::process::Command::new(program);
-    process
-        .args(args)
-        .env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for name in PASSED_ON {
-        if let Some(value) = std::env::var_os(name) {
-            process.env(name, value);
-        }
-    }
-    process.envs(&settings.env);
-    let mut child = process.spawn().map_err(|err| {
-        format!(
-            "cannot start `{}` where runs execute: {err}",
-            program.to_string_lossy()
-        )
-    })?;
+    let mut child = super::server_process(&command, &settings.env, Stdio::piped())?
+        .spawn()
+        .map_err(|err| {
+            format!(
+                "cannot start `{}` where runs execute: {err}",
+                command[0].to_string_lossy()
+            )
+        })?;
     let mut input = child.stdin.take().ok_or("no stdin")?;
     let mut output: Lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
     let mut stderr = child.stderr.take().ok_or("no stderr")?;
@@ -129,7 +96,7 @@ pub async fn once(
                     };
                     let request = json!({ "jsonrpc": "2.0", "id": page, "method": "tools/list", "params": params });
                     write_line(&mut input, &request).await?;
-                    let (more, next) = page_of(&read_answer(&mut output, page).await?)?;
+                    let (more, next) = crate::listing::page_of(&read_answer(&mut output, page).await?)?;
                     tools.extend(more);
                     match next {
                         Some(next) => cursor = Some(next),
@@ -186,21 +153,6 @@ fn futures_now<F: std::future::Future>(future: F) -> Option<F::Output> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_page_gives_its_tools_and_the_next_cursor() {
-        let answer = json!({ "jsonrpc": "2.0", "id": 1, "result": {
-            "tools": [{ "name": "a" }, { "name": "b", "annotations": { "readOnlyHint": true } }],
-            "nextCursor": "p2" } });
-        let (tools, next) = page_of(&answer).unwrap();
-        assert_eq!(tools.len(), 2);
-        assert_eq!(tools[1]["annotations"]["readOnlyHint"], true);
-        assert_eq!(next.as_deref(), Some("p2"));
-        assert!(page_of(&json!({ "id": 1, "error": { "code": -1 } }))
-            .unwrap_err()
-            .contains("error"));
-        assert!(page_of(&json!({ "id": 1, "result": {} })).is_err());
-    }
 
     #[tokio::test]
     async fn a_program_that_does_not_exist_is_named() {

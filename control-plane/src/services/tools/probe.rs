@@ -98,20 +98,8 @@ pub(super) async fn on_a_worker(app: &App, task: WorkerTask) -> Result<Value, St
 
 /// The tools of one `tools/list` answer, and the cursor of the next page.
 fn tools_of(answer: &Value) -> Result<(Vec<ServerTool>, Option<String>), String> {
-    if let Some(error) = answer.get("error") {
-        return Err(format!(
-            "the server answered tools/list with an error: {error}"
-        ));
-    }
-    let listed = answer
-        .pointer("/result/tools")
-        .and_then(Value::as_array)
-        .ok_or("the server's tools/list answer holds no `tools` array")?;
-    let next = answer
-        .pointer("/result/nextCursor")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    Ok((described(listed), next))
+    let (listed, next) = autopilot_fixed_servers::listing::page_of(answer)?;
+    Ok((described(&listed), next))
 }
 
 /// Our record of each listed tool, its access level derived.

@@ -46,6 +46,12 @@ pub struct VersionView {
     pub description: Option<String>,
     pub env: BTreeMap<String, String>,
     pub credentials: Vec<String>,
+    /// Credentials its environment names that the vault does not hold: a run granted it would
+    /// fail to start until they are set.
+    pub missing_credentials: Vec<String>,
+    /// Variables the source reads that its environment does not give (nor the guard passes
+    /// on): it may fail, or fall back to a default, where it runs.
+    pub env_vars_not_given: Vec<String>,
     pub scan: Scan,
     pub tools: Vec<ServerTool>,
     pub error: Option<String>,
@@ -54,9 +60,35 @@ pub struct VersionView {
     pub bytes: usize,
 }
 
-fn view(version: &DynamicVersion, active: Option<u32>) -> VersionView {
+/// Variables every server gets from the guard, whatever its environment.
+const PASSED_ON: [&str; 9] = [
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "PYTHONPATH",
+    "PYTHONDONTWRITEBYTECODE",
+    "NODE_PATH",
+];
+
+fn view(version: &DynamicVersion, active: Option<u32>, vault: &[String]) -> VersionView {
     let validation = version.validation.as_ref();
+    let credentials = version.credentials();
     VersionView {
+        missing_credentials: credentials
+            .iter()
+            .filter(|name| !vault.contains(name))
+            .cloned()
+            .collect(),
+        env_vars_not_given: version
+            .scan
+            .env_vars
+            .iter()
+            .filter(|name| !version.env.contains_key(*name) && !PASSED_ON.contains(&name.as_str()))
+            .cloned()
+            .collect(),
         server: version.server.clone(),
         version: version.version,
         state: version.state(),
@@ -64,7 +96,7 @@ fn view(version: &DynamicVersion, active: Option<u32>) -> VersionView {
         author: version.author,
         description: version.description.clone(),
         env: version.env.clone(),
-        credentials: version.credentials(),
+        credentials,
         scan: version.scan.clone(),
         tools: validation.map(|v| v.tools.clone()).unwrap_or_default(),
         error: validation.and_then(|v| v.error.clone()),
@@ -72,6 +104,12 @@ fn view(version: &DynamicVersion, active: Option<u32>) -> VersionView {
         created_at: version.created_at,
         bytes: version.code.len(),
     }
+}
+
+/// The names of the credentials the vault holds.
+async fn vault(app: &App) -> ServiceResult<Vec<String>> {
+    let stored = app.store.list_credentials().await?;
+    Ok(stored.into_iter().map(|c| c.name).collect())
 }
 
 /// The registry's server of that name, and the dynamic version it runs (if it is dynamic).
@@ -180,7 +218,7 @@ async fn finish(app: &App, version: &DynamicVersion) -> ServiceResult<VersionVie
         }
         false => registered(app, &version.server).await?.and_then(|(_, v)| v),
     };
-    Ok(view(version, active))
+    Ok(view(version, active, &vault(app).await?))
 }
 
 /// Makes `version` what the registry hands to runs, keeping the access levels an operator set
@@ -250,7 +288,8 @@ pub async fn versions(app: &App, name: &str) -> ServiceResult<Vec<VersionView>> 
         return Err(not_found(name));
     }
     let active = registered(app, name).await?.and_then(|(_, v)| v);
-    Ok(versions.iter().map(|v| view(v, active)).collect())
+    let vault = vault(app).await?;
+    Ok(versions.iter().map(|v| view(v, active, &vault)).collect())
 }
 
 /// Validates a version again (the latest when `number` is `None`).

@@ -69,6 +69,7 @@ async fn dynamic_server_versions_are_validated_approved_and_run() {
     assert_eq!(body["active"], true);
     assert_eq!(body["tools"][0]["name"], "roll_die", "{body}");
     assert_eq!(body["scan"]["env_vars"], json!(["DICE_TOKEN"]), "{body}");
+    assert_eq!(body["env_vars_not_given"], json!(["DICE_TOKEN"]), "{body}");
     let job = server
         .create_job(
             json!({ "name": "gambler", "prompt": "Roll.", "servers": [{ "server": "dice", "access": "write" }] }),
@@ -87,6 +88,10 @@ async fn dynamic_server_versions_are_validated_approved_and_run() {
     assert!(
         saved.contains("awaiting_approval") && saved.contains("DICE_TOKEN"),
         "{saved}"
+    );
+    assert!(
+        saved.contains("\"missing_credentials\":[\"DICE_TOKEN\"]"),
+        "the vault has no DICE_TOKEN yet: {saved}"
     );
     let still = roll(&server, &fake, &job).await;
     assert!(

@@ -223,3 +223,52 @@ async fn memory_is_answered_over_the_bus_only_for_the_worker_running_the_run() {
         .await;
     assert_eq!(entry["run_id"], run["id"], "{entry:#}");
 }
+
+/// In the fleet a dynamic server is validated and its tool invoked by a worker process, over
+/// JetStream's task subjects: the control plane never starts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_worker_validates_and_invokes_a_dynamic_server() {
+    let (Some(fixed_servers), Some(python)) = (
+        autopilot_tests::components::fixed_servers_bin(),
+        autopilot_tests::components::mcp_python(),
+    ) else {
+        return;
+    };
+    let options = ClusterOptions {
+        control_planes: 1,
+        workers: 1,
+        worker_env: vec![
+            (
+                "AUTOPILOT_FIXED_SERVERS_BIN".into(),
+                fixed_servers.display().to_string(),
+            ),
+            ("AUTOPILOT_PYTHON".into(), python.display().to_string()),
+        ],
+        ..ClusterOptions::default()
+    };
+    let Some(cluster) = Cluster::start(options).await else {
+        return;
+    };
+    let api = cluster.api(0).clone();
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/dynamic-servers",
+            Some(json!({ "name": "dice", "code": super::dynamic::dice(3) })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["state"], "valid", "{body}");
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/servers/dice/invoke",
+            Some(json!({ "tool": "roll_die" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["result"]["content"][0]["text"], "rolled 3 with token none",
+        "{body}"
+    );
+}

@@ -18,7 +18,7 @@ use tokio::process::Command;
 const DEFAULT_MODEL: &str = "claude-opus-5-5";
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
 
-const TOOLS: [&str; 39] = [
+const TOOLS: [&str; 40] = [
     "list_jobs",
     "get_job",
     "create_job",
@@ -40,6 +40,7 @@ const TOOLS: [&str; 39] = [
     "rotate_webhook_secret",
     "replay_delivery",
     "register_server",
+    "update_server",
     "list_servers",
     "get_server",
     "import_mcp_json",

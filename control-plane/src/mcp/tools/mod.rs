@@ -357,7 +357,7 @@ mod tests {
     #[test]
     fn every_tool_is_defined_once_with_a_title_and_annotations() {
         let names: Vec<&str> = definitions().map(|tool| tool.name.as_ref()).collect();
-        assert_eq!(names.len(), 39);
+        assert_eq!(names.len(), 40);
         let mut unique = names.clone();
         unique.sort_unstable();
         unique.dedup();

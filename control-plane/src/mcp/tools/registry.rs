@@ -125,6 +125,19 @@ pub(super) fn specs() -> Vec<Spec> {
             false,
         ),
         spec(
+            "update_server",
+            "Update an MCP server",
+            "Replaces a registered server's definition (same name): its transport, description \
+             and tools with their access levels (leave `tools` out and the server is asked for \
+             them again). Use it to raise or lower a tool's level. Example: {\"name\": \"crm\", \
+             \"transport\": {\"type\": \"http\", \"url\": \"https://crm.example/mcp\"}, \
+             \"tools\": [{\"name\": \"list_contacts\", \"access\": \"read\"}]}",
+            input::<ServerInput>(),
+            object(json!({ "server": server_schema() }), &["server"]),
+            false,
+            false,
+        ),
+        spec(
             "list_servers",
             "List MCP servers",
             "Lists the registered MCP servers with their tools, access levels and the \
@@ -420,6 +433,18 @@ pub(super) async fn call(app: &App, name: &str, args: JsonObject) -> Outcome {
             );
             success(summary, json!({ "server": to_value(&server)? }))
         }
+        "update_server" => {
+            let input: ServerInput = parse(args)?;
+            let name = input.name.clone();
+            let server = tools::replace_server(app, &name, input).await?;
+            let summary = format!(
+                "Updated MCP server `{}` ({} tools){}.",
+                server.server.name,
+                server.server.tools.len(),
+                missing_note(&server.missing_credentials)
+            );
+            success(summary, json!({ "server": to_value(&server)? }))
+        }
         "list_servers" => {
             let NoArgs {} = parse(args)?;
             let servers = tools::list_servers(app).await?;
@@ -557,7 +582,7 @@ pub(super) async fn call(app: &App, name: &str, args: JsonObject) -> Outcome {
 /// Reads the arguments of registry tool `name` as a call would, without the store (fuzzing).
 pub(super) fn check_arguments(name: &str, args: JsonObject) -> Result<bool, super::Failure> {
     match name {
-        "register_server" => {
+        "register_server" | "update_server" => {
             tools::validate_server(parse(args)?, None)?;
         }
         "list_servers" | "list_credentials" => {

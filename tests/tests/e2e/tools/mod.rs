@@ -438,6 +438,29 @@ async fn tools_api_names_what_is_wrong() {
     let text = call_tool(&server, "list_servers", json!({})).await;
     assert!(text.contains("list_contacts"), "{text}");
     assert!(!server.store_contains("value-from-mcp-789").await);
+    // update_server replaces the definition: here a tool's level is raised.
+    let updated = call_tool(
+        &server,
+        "update_server",
+        json!({ "name": "crm",
+                "transport": { "type": "http", "url": "https://crm.example/mcp",
+                               "headers": { "Authorization": "Bearer ${CRM_TOKEN}" } },
+                "tools": [{ "name": "list_contacts", "access": "admin" }] }),
+    )
+    .await;
+    assert!(updated.contains("Updated MCP server"), "{updated}");
+    let crm = server.get("/api/v1/servers/crm").await;
+    assert_eq!(crm["tools"][0]["access"], "admin", "{crm}");
+    let missing = call_tool(
+        &server,
+        "update_server",
+        json!({ "name": "nobody", "transport": { "type": "http", "url": "https://x" } }),
+    )
+    .await;
+    assert!(
+        missing.contains("isError\":true") && missing.contains("nobody"),
+        "{missing}"
+    );
 
     let (status, _) = server
         .call(Method::DELETE, "/api/v1/credentials/CRM_TOKEN", None)

@@ -86,6 +86,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/servers/import", post(tools::import_servers))
         .route("/servers/{name}/test", post(tools::test_server))
         .route("/servers/{name}/invoke", post(tools::invoke_server_tool))
+        .route("/servers/{name}/oauth", post(tools::start_oauth))
+        .route("/servers/{name}/oauth/refresh", post(tools::refresh_oauth))
         .route("/dynamic-servers", post(tools::save_dynamic_server))
         .route(
             "/dynamic-servers/{name}/versions",
@@ -111,6 +113,10 @@ pub fn router(app: Arc<App>) -> Router {
             require_admin_token,
         ));
     Router::new()
+        .route(
+            crate::services::tools::oauth_client::CALLBACK_PATH,
+            get(tools::oauth_callback),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -13,6 +13,7 @@ use crate::domain::dynamic::Author;
 use crate::domain::tools::ToolBundle;
 use crate::http::{ApiJson, ApiResult};
 use crate::services::tools::dynamic::{self, DynamicInput, VersionView};
+use crate::services::tools::oauth_client;
 use crate::services::tools::{
     self, AssignInput, BundleInput, CredentialView, ImportInput, ServerInput, ServerView,
     TestedServer,
@@ -222,4 +223,72 @@ pub async fn invoke_server_tool(
     Ok(Json(
         tools::invoke_tool(&app, &name, &body.tool, body.arguments).await?,
     ))
+}
+
+/// `POST /servers/{name}/oauth`: start connecting a remote server with OAuth; answers the URL
+/// the operator opens.
+pub async fn start_oauth(
+    State(AppState(app)): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<oauth_client::Started>> {
+    Ok(Json(oauth_client::start(&app, &name).await?))
+}
+
+/// `POST /servers/{name}/oauth/refresh`: refresh its access token now.
+pub async fn refresh_oauth(
+    State(AppState(app)): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ServerView>> {
+    let server = tools::find_server(&app, &name).await?;
+    oauth_client::refresh(&app, server).await?;
+    Ok(Json(tools::get_server(&app, &name).await?))
+}
+
+#[derive(Deserialize)]
+pub struct CallbackQuery {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// `GET /oauth/servers/callback`: where the authorization server sends the operator's browser
+/// back. Admitted by its `state` (unguessable, used once), not the admin token.
+pub async fn oauth_callback(
+    State(AppState(app)): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<CallbackQuery>,
+) -> (StatusCode, axum::response::Html<String>) {
+    let page = |status: StatusCode, message: String| {
+        let escaped = message
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
+        (
+            status,
+            axum::response::Html(format!(
+                "<!doctype html><meta charset=utf-8><title>Autopilot</title><p>{escaped}</p>"
+            )),
+        )
+    };
+    let (Some(code), Some(state)) = (query.code, query.state) else {
+        let reason = query
+            .error
+            .unwrap_or_else(|| "no code came back".to_owned());
+        return page(
+            StatusCode::BAD_REQUEST,
+            format!("The server was not connected: {reason}."),
+        );
+    };
+    match oauth_client::finish(&app, &state, &code).await {
+        Ok(server) => page(
+            StatusCode::OK,
+            format!("Connected: runs granted `{server}` now reach it. You can close this page."),
+        ),
+        Err(err) => page(
+            StatusCode::BAD_REQUEST,
+            format!("The server was not connected: {err}"),
+        ),
+    }
 }

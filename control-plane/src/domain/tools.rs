@@ -118,8 +118,43 @@ pub struct McpServer {
     pub tools: Vec<ServerTool>,
     /// When `tools` was last read from the server itself (`None`: given by the operator).
     pub tools_listed_at: Option<DateTime<Utc>>,
+    /// A remote server Autopilot connected to as an OAuth client: its tokens are credentials
+    /// of the vault ([`ServerOAuth::access_credential`], [`ServerOAuth::refresh_credential`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<ServerOAuth>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// How Autopilot reaches a remote server's authorization server, as its OAuth client.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct ServerOAuth {
+    pub client_id: String,
+    pub token_endpoint: String,
+    /// The server's URL as the tokens' audience (RFC 8707 `resource`).
+    pub resource: String,
+    /// When the access token in the vault expires (`None`: not connected yet, or no expiry).
+    pub expires_at: Option<DateTime<Utc>>,
+    pub connected_at: Option<DateTime<Utc>>,
+}
+
+impl ServerOAuth {
+    fn credential(server: &str, what: &str) -> String {
+        format!(
+            "OAUTH_{}_{what}",
+            server.to_ascii_uppercase().replace('-', "_")
+        )
+    }
+
+    /// The vault's name for the server's access token: the only token a run is given.
+    pub fn access_credential(server: &str) -> String {
+        Self::credential(server, "ACCESS_TOKEN")
+    }
+
+    /// The vault's name for its refresh token, which never leaves the control plane.
+    pub fn refresh_credential(server: &str) -> String {
+        Self::credential(server, "REFRESH_TOKEN")
+    }
 }
 
 /// Checks a server name: `^[a-z][a-z0-9-]{0,30}[a-z0-9]$` (it becomes part of the CLI's tool
@@ -314,6 +349,7 @@ mod tests {
                 })
                 .collect(),
             tools_listed_at: None,
+            oauth: None,
             created_at: now,
             updated_at: now,
         }

@@ -37,6 +37,7 @@ fn server(name: &str) -> McpServer {
             access: AccessLevel::Read,
         }],
         tools_listed_at: None,
+        oauth: None,
         created_at: at(1_000),
         updated_at: at(1_000),
     }

@@ -255,6 +255,7 @@ async fn activate(app: &App, version: &DynamicVersion) -> ServiceResult<()> {
         },
         tools,
         tools_listed_at: version.validation.as_ref().map(|v| v.at),
+        oauth: existing.as_ref().and_then(|s| s.oauth.clone()),
         created_at: existing.as_ref().map_or(now, |s| s.created_at),
         updated_at: now,
     };

@@ -82,10 +82,13 @@ pub struct Handed {
 
 impl Registry {
     pub async fn load(app: &App) -> ServiceResult<Self> {
+        let servers = app.store.list_servers().await?;
+        // Servers connected with OAuth carry their (fresh) access token in a header.
+        let servers = super::oauth_client::with_access_tokens(app, servers).await;
         Ok(Self {
-            servers: app.store.list_servers().await?,
-            bundles: app.store.list_bundles().await?,
+            servers,
             credentials: app.store.list_credentials().await?,
+            bundles: app.store.list_bundles().await?,
         })
     }
 

@@ -9,6 +9,7 @@ mod credentials;
 pub mod dynamic;
 mod grants;
 mod import;
+pub mod oauth_client;
 mod probe;
 mod servers;
 

@@ -220,6 +220,7 @@ pub fn validate_server(
         transport: input.transport,
         tools,
         tools_listed_at: None,
+        oauth: existing.and_then(|s| s.oauth.clone()),
         created_at: existing.map_or(now, |s| s.created_at),
         updated_at: now,
     })

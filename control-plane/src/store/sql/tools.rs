@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{classify, Pools, SqlStore};
 use crate::domain::dynamic::DynamicVersion;
-use crate::domain::tools::{Credential, McpServer, ServerTool, ToolBundle, ToolGrant, Transport};
+use crate::domain::tools::{
+    Credential, McpServer, ServerOAuth, ServerTool, ToolBundle, ToolGrant, Transport,
+};
 use crate::store::rows::{from_ms, to_json, to_ms};
 use crate::store::{StoreError, StoreResult, ToolStore};
 
@@ -18,6 +20,8 @@ struct ServerConfig {
     transport: Transport,
     tools: Vec<ServerTool>,
     tools_listed_at_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    oauth: Option<ServerOAuth>,
 }
 
 type DocumentRow = (String, String, i64, i64);
@@ -31,6 +35,7 @@ fn server_from_row((name, config, created, updated): DocumentRow) -> StoreResult
         transport: config.transport,
         tools: config.tools,
         tools_listed_at: config.tools_listed_at_ms.map(from_ms).transpose()?,
+        oauth: config.oauth,
         created_at: from_ms(created)?,
         updated_at: from_ms(updated)?,
     })
@@ -42,6 +47,7 @@ fn config_of(server: &McpServer) -> String {
         transport: server.transport.clone(),
         tools: server.tools.clone(),
         tools_listed_at_ms: server.tools_listed_at.map(to_ms),
+        oauth: server.oauth.clone(),
     })
 }
 

@@ -9,6 +9,7 @@ mod dynamic;
 mod email;
 mod fleet;
 mod memory;
+mod oauth;
 mod outbound;
 mod planted;
 mod web;

@@ -230,8 +230,14 @@ pub async fn invoke_server_tool(
 pub async fn start_oauth(
     State(AppState(app)): State<AppState>,
     Path(name): Path<String>,
+    body: axum::body::Bytes,
 ) -> ApiResult<Json<oauth_client::Started>> {
-    Ok(Json(oauth_client::start(&app, &name).await?))
+    // No body: Autopilot registers itself; `{"client_id", "client_secret"}`: a given client.
+    let given = match body.iter().all(u8::is_ascii_whitespace) {
+        true => None,
+        false => Some(crate::http::parse::<oauth_client::GivenClient>(&body)?),
+    };
+    Ok(Json(oauth_client::start(&app, &name, given).await?))
 }
 
 /// `POST /servers/{name}/oauth/refresh`: refresh its access token now.

@@ -118,9 +118,21 @@ pub struct Started {
     pub expires_in_secs: i64,
 }
 
-/// Starts connecting the `http` server `name`: discovery, registration, and the authorization
-/// URL for the operator's browser.
-pub async fn start(app: &App, name: &str) -> ServiceResult<Started> {
+/// A client the operator registered with the authorization server themselves (for one that
+/// offers no dynamic registration).
+#[derive(Deserialize, schemars::JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GivenClient {
+    /// The client id the authorization server gave.
+    pub client_id: String,
+    /// Its secret, for a confidential client (kept in the vault, sent to the token endpoint).
+    #[serde(default)]
+    pub client_secret: Option<String>,
+}
+
+/// Starts connecting the `http` server `name`: discovery, registration (unless `given`), and
+/// the authorization URL for the operator's browser.
+pub async fn start(app: &App, name: &str, given: Option<GivenClient>) -> ServiceResult<Started> {
     let server = find_server(app, name).await?;
     let Transport::Http { url, .. } = &server.transport else {
         return Err(ServiceError::invalid(
@@ -152,46 +164,16 @@ pub async fn start(app: &App, name: &str) -> ServiceResult<Started> {
     let server_metadata = get_json(&http, &server_metadata_url(&issuer), what).await?;
     let authorization_endpoint = text(&server_metadata, "authorization_endpoint", what)?;
     let token_endpoint = text(&server_metadata, "token_endpoint", what)?.to_owned();
-    let registration_endpoint =
-        text(&server_metadata, "registration_endpoint", what).map_err(|_| {
-            failed(
-                what,
-                "it offers no dynamic client registration, which Autopilot needs to connect",
-            )
-        })?;
     let redirect_uri = format!("{}{CALLBACK_PATH}", app.config.public_url);
-    let registration = serde_json::json!({
-        "client_name": "Autopilot",
-        "redirect_uris": [redirect_uri],
-        "grant_types": ["authorization_code", "refresh_token"],
-        "response_types": ["code"],
-        "token_endpoint_auth_method": "none",
-    });
-    let registered = http
-        .post(registration_endpoint)
-        .json(&registration)
-        .send()
-        .await
-        .map_err(|err| failed("registering with the authorization server", err))?;
-    if !registered.status().is_success() {
-        let status = registered.status();
-        let body: String = registered
-            .text()
-            .await
-            .unwrap_or_default()
-            .chars()
-            .take(300)
-            .collect();
-        return Err(failed(
-            "registering with the authorization server",
-            format!("HTTP {status}: {body}"),
-        ));
-    }
-    let registered: Value = registered
-        .json()
-        .await
-        .map_err(|err| failed("registering with the authorization server", err))?;
-    let client_id = text(&registered, "client_id", "the registration's answer")?.to_owned();
+    let client_id = match given {
+        Some(given) => {
+            if let Some(secret) = &given.client_secret {
+                set_credential(app, &client_secret_credential(name), secret).await?;
+            }
+            given.client_id
+        }
+        None => register(&http, &server_metadata, &redirect_uri).await?,
+    };
 
     let verifier = random_token();
     let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -230,6 +212,69 @@ pub async fn start(app: &App, name: &str) -> ServiceResult<Started> {
     })
 }
 
+/// Registers Autopilot with the authorization server (RFC 7591) as a public client; its id.
+async fn register(
+    http: &reqwest::Client,
+    server_metadata: &Value,
+    redirect_uri: &str,
+) -> ServiceResult<String> {
+    let what = "its authorization server's metadata";
+    let endpoint = text(server_metadata, "registration_endpoint", what).map_err(|_| {
+        failed(
+            what,
+            "it offers no dynamic client registration: register a client there yourself and \
+             give its `client_id` (and `client_secret`)",
+        )
+    })?;
+    let registration = serde_json::json!({
+        "client_name": "Autopilot",
+        "redirect_uris": [redirect_uri],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "none",
+    });
+    let what = "registering with the authorization server";
+    let registered = http
+        .post(endpoint)
+        .json(&registration)
+        .send()
+        .await
+        .map_err(|err| failed(what, err))?;
+    if !registered.status().is_success() {
+        let status = registered.status();
+        let body: String = registered
+            .text()
+            .await
+            .unwrap_or_default()
+            .chars()
+            .take(300)
+            .collect();
+        return Err(failed(what, format!("HTTP {status}: {body}")));
+    }
+    let registered: Value = registered.json().await.map_err(|err| failed(what, err))?;
+    Ok(text(&registered, "client_id", "the registration's answer")?.to_owned())
+}
+
+/// The vault's name for a given client's secret.
+fn client_secret_credential(server: &str) -> String {
+    format!(
+        "OAUTH_{}_CLIENT_SECRET",
+        server.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+/// The given client's secret, if the operator gave one.
+fn client_secret(
+    app: &App,
+    stored: &[crate::domain::tools::Credential],
+    server: &str,
+) -> Option<String> {
+    let name = client_secret_credential(server);
+    open_credentials(app, stored, std::slice::from_ref(&name))
+        .ok()
+        .and_then(|secrets| secrets.get(&name).cloned())
+}
+
 #[derive(Deserialize)]
 struct Tokens {
     access_token: String,
@@ -239,11 +284,19 @@ struct Tokens {
     expires_in: Option<i64>,
 }
 
-/// Posts `form` to the token endpoint.
-async fn token_request(endpoint: &str, form: &[(&str, &str)]) -> ServiceResult<Tokens> {
+/// Posts `form` to the token endpoint, with the client's secret when it has one.
+async fn token_request(
+    endpoint: &str,
+    form: &[(&str, &str)],
+    secret: Option<&str>,
+) -> ServiceResult<Tokens> {
+    let mut form = form.to_vec();
+    if let Some(secret) = secret {
+        form.push(("client_secret", secret));
+    }
     let response = client()
         .post(endpoint)
-        .form(form)
+        .form(&form)
         .send()
         .await
         .map_err(|err| failed("the token endpoint", err))?;
@@ -316,6 +369,8 @@ pub async fn finish(app: &App, state: &str, code: &str) -> ServiceResult<String>
             "this OAuth connection was started more than 15 minutes ago; start again",
         ));
     }
+    let stored = app.store.list_credentials().await?;
+    let secret = client_secret(app, &stored, &pending.server);
     let tokens = token_request(
         &pending.token_endpoint,
         &[
@@ -326,6 +381,7 @@ pub async fn finish(app: &App, state: &str, code: &str) -> ServiceResult<String>
             ("code_verifier", &pending.verifier),
             ("resource", &pending.resource),
         ],
+        secret.as_deref(),
     )
     .await?;
     let server = find_server(app, &pending.server).await?;
@@ -362,6 +418,7 @@ pub async fn refresh(app: &App, server: McpServer) -> ServiceResult<()> {
         )
     })?;
     let refresh_token = secrets.get(&name).cloned().unwrap_or_default();
+    let secret = client_secret(app, &stored, &server.name);
     let tokens = token_request(
         &oauth.token_endpoint,
         &[
@@ -370,6 +427,7 @@ pub async fn refresh(app: &App, server: McpServer) -> ServiceResult<()> {
             ("client_id", &oauth.client_id),
             ("resource", &oauth.resource),
         ],
+        secret.as_deref(),
     )
     .await?;
     keep(app, server, oauth, tokens).await

@@ -121,6 +121,59 @@ async fn a_remote_server_is_connected_with_oauth_and_runs_get_only_the_access_to
         "the other Autopilot answered: {answered}"
     );
 
+    // A client the operator registered there themselves is used as given.
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/servers",
+            Some(json!({
+                "name": "other-given",
+                "transport": { "type": "http", "url": format!("{}/mcp", remote.base_url) },
+                "tools": [{ "name": "list_jobs", "access": "read" }],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let registered: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/register", remote.base_url))
+        .json(
+            &json!({ "redirect_uris": [format!("{}/oauth/servers/callback", server.base_url)],
+                       "token_endpoint_auth_method": "none", "client_name": "by hand" }),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let client_id = registered["client_id"].as_str().unwrap();
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/servers/other-given/oauth",
+            Some(json!({ "client_id": client_id, "scope": "x" })),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "an unknown field: {body}"
+    );
+    let (status, started) = server
+        .call(
+            Method::POST,
+            "/api/v1/servers/other-given/oauth",
+            Some(json!({ "client_id": client_id })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{started}");
+    let url = started["authorization_url"].as_str().unwrap();
+    assert!(url.contains(&format!("client_id={client_id}")), "{url}");
+    let approved = browser.get(url).send().await.unwrap();
+    let back = approved.headers()[LOCATION].to_str().unwrap().to_owned();
+    let connected = browser.get(&back).send().await.unwrap();
+    assert_eq!(connected.status(), StatusCode::OK);
+
     // Only http servers connect; a stray callback says what went wrong.
     let (status, body) = server
         .call(

@@ -10,6 +10,21 @@ pub const SETTINGS_FILE_VAR: &str = "AUTOPILOT_SETTINGS_FILE";
 /// The program every other stdio server of a run is started under (see `guard`).
 pub const GUARD_PROGRAM: &str = "autopilot-mcp-guard";
 
+/// Variables of the guard's own environment a server it starts also gets, beside its own
+/// settings: none of them is a secret (the CLI's environment, which holds the model proxy's
+/// token, is not passed on).
+pub const GUARD_PASSES_ON: [&str; 9] = [
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "PYTHONPATH",
+    "PYTHONDONTWRITEBYTECODE",
+    "NODE_PATH",
+];
+
 /// One tool of a fixed server.
 #[derive(Debug)]
 pub struct FixedTool {

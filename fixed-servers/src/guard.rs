@@ -48,20 +48,6 @@ pub struct GuardSettings {
     pub arguments: Option<serde_json::Value>,
 }
 
-/// Variables of the guard's own environment the server also gets: none of them is a secret
-/// (the CLI's environment, which holds the model proxy's token, is not passed on).
-const PASSED_ON: [&str; 9] = [
-    "PATH",
-    "HOME",
-    "LANG",
-    "LC_ALL",
-    "TZ",
-    "TMPDIR",
-    "PYTHONPATH",
-    "PYTHONDONTWRITEBYTECODE",
-    "NODE_PATH",
-];
-
 /// What becomes of a line the client sent.
 #[derive(Debug, PartialEq)]
 pub enum FromClient {
@@ -156,7 +142,7 @@ impl Filter {
 }
 
 /// The server of `command` (program and arguments) with a clean environment: only
-/// [`PASSED_ON`] and `env`; its standard input and output piped, its standard error `stderr`.
+/// [`crate::catalog::GUARD_PASSES_ON`] and `env`; its standard input and output piped, its standard error `stderr`.
 pub(crate) fn server_process(
     command: &[OsString],
     env: &BTreeMap<String, String>,
@@ -173,7 +159,7 @@ pub(crate) fn server_process(
         .stdout(Stdio::piped())
         .stderr(stderr)
         .kill_on_drop(true);
-    for name in PASSED_ON {
+    for name in crate::catalog::GUARD_PASSES_ON {
         if let Some(value) = std::env::var_os(name) {
             process.env(name, value);
         }

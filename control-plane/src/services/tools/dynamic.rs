@@ -13,6 +13,7 @@ use crate::app::App;
 use crate::domain::dynamic::{scan, Author, DynamicVersion, Scan, Validation, MAX_CODE_BYTES};
 use crate::domain::tools::{validate_server_name, McpServer, ServerTool, Transport};
 use crate::domain::{ServiceError, ServiceResult};
+use autopilot_fixed_servers::catalog::GUARD_PASSES_ON;
 
 /// A new version of a dynamic server.
 #[derive(Deserialize, JsonSchema)]
@@ -60,19 +61,6 @@ pub struct VersionView {
     pub bytes: usize,
 }
 
-/// Variables every server gets from the guard, whatever its environment.
-const PASSED_ON: [&str; 9] = [
-    "PATH",
-    "HOME",
-    "LANG",
-    "LC_ALL",
-    "TZ",
-    "TMPDIR",
-    "PYTHONPATH",
-    "PYTHONDONTWRITEBYTECODE",
-    "NODE_PATH",
-];
-
 fn view(version: &DynamicVersion, active: Option<u32>, vault: &[String]) -> VersionView {
     let validation = version.validation.as_ref();
     let credentials = version.credentials();
@@ -86,7 +74,9 @@ fn view(version: &DynamicVersion, active: Option<u32>, vault: &[String]) -> Vers
             .scan
             .env_vars
             .iter()
-            .filter(|name| !version.env.contains_key(*name) && !PASSED_ON.contains(&name.as_str()))
+            .filter(|name| {
+                !version.env.contains_key(*name) && !GUARD_PASSES_ON.contains(&name.as_str())
+            })
             .cloned()
             .collect(),
         server: version.server.clone(),

@@ -26,14 +26,9 @@ pub(super) async fn docker_server() -> Option<(TestServer, FakeAnthropic)> {
     Some((server, fake))
 }
 
-/// On the Docker executor the server starts inside the run's container (from the run image's
-/// Python), its configuration mounted read-only, with the same grant and redaction.
-#[tokio::test]
-async fn a_granted_server_runs_in_the_run_container_with_its_credential() {
-    let Some((server, fake)) = docker_server().await else {
-        return;
-    };
-    set_credential(&server, "NOTES_TOKEN", SECRET).await;
+/// Sets `NOTES_TOKEN` and registers `notes`, started by the run image's Python with `args`.
+async fn notes_in_the_image(server: &TestServer, args: Value, tools: Value) {
+    set_credential(server, "NOTES_TOKEN", SECRET).await;
     let (status, body) = server
         .call(
             Method::POST,
@@ -43,14 +38,30 @@ async fn a_granted_server_runs_in_the_run_container_with_its_credential() {
                 "transport": {
                     "type": "stdio",
                     "command": "python3",
-                    "args": ["/workspace/notes_server.py", "/workspace/erased"],
+                    "args": args,
                     "env": { "NOTES_TOKEN": "${NOTES_TOKEN}" },
                 },
-                "tools": [{ "name": "lookup_note" }, { "name": "erase_notes" }],
+                "tools": tools,
             })),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+/// On the Docker executor the server starts inside the run's container (from the run image's
+/// Python), its configuration mounted read-only, with the same grant and redaction.
+#[tokio::test]
+async fn a_granted_server_runs_in_the_run_container_with_its_credential() {
+    let Some((server, fake)) = docker_server().await else {
+        return;
+    };
+    let args = json!(["/workspace/notes_server.py", "/workspace/erased"]);
+    notes_in_the_image(
+        &server,
+        args,
+        json!([{ "name": "lookup_note" }, { "name": "erase_notes" }]),
+    )
+    .await;
     let job = server
         .create_job(json!({
             "name": "notes in a container",
@@ -302,24 +313,8 @@ async fn a_dynamic_server_cannot_read_a_secret_it_was_not_granted() {
     let Some((server, fake)) = docker_server().await else {
         return;
     };
-    set_credential(&server, "NOTES_TOKEN", SECRET).await;
-    let (status, body) = server
-        .call(
-            Method::POST,
-            "/api/v1/servers",
-            Some(json!({
-                "name": "notes",
-                "transport": {
-                    "type": "stdio",
-                    "command": "python3",
-                    "args": ["-c", NOTES_SERVER],
-                    "env": { "NOTES_TOKEN": "${NOTES_TOKEN}" },
-                },
-                "tools": [{ "name": "lookup_note" }],
-            })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let args = json!(["-c", NOTES_SERVER]);
+    notes_in_the_image(&server, args, json!([{ "name": "lookup_note" }])).await;
     let snoop = r#"import glob, os
 from mcp.server.mcpserver import MCPServer
 

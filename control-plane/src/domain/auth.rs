@@ -67,6 +67,12 @@ impl Caller {
             scopes: Scopes::ALL,
         }
     }
+
+    /// The operator themselves: the admin token, or `autopilot mcp` on the operator's machine;
+    /// not a client connected through OAuth (claude.ai, say), where Claude acts.
+    pub fn is_operator(&self) -> bool {
+        matches!(self.subject.as_str(), "admin" | "stdio")
+    }
 }
 
 #[cfg(test)]

@@ -46,7 +46,9 @@ values from the request in the prompt. What a run can reach beside Claude Code's
 from MCP servers in the registry (list_servers; register_server, import_mcp_json; the built-in \
 email, web, notify, http and memory servers), granted to a job in its `servers` setting up to an access \
 level, or through tool bundles (create_bundle, assign_bundle). A job granted the memory server \
-keeps notes across its runs; get_job_memory and set_job_memory read and change them. Secrets go in credentials \
+keeps notes across its runs; get_job_memory and set_job_memory read and change them. A server \
+that does not exist yet can be written in Python (save_dynamic_server): a worker validates each \
+version, and one that uses credentials waits for the user's approval. Secrets go in credentials \
 (set_credential) and are written ${NAME} in a server's settings; a value given to set_credential \
 passes through this conversation, so prefer asking the user to set it with the HTTP API.";
 

@@ -18,7 +18,7 @@ use tokio::process::Command;
 const DEFAULT_MODEL: &str = "claude-opus-5-5";
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
 
-const TOOLS: [&str; 40] = [
+const TOOLS: [&str; 41] = [
     "list_jobs",
     "get_job",
     "create_job",
@@ -50,6 +50,7 @@ const TOOLS: [&str; 40] = [
     "save_dynamic_server",
     "list_dynamic_versions",
     "validate_dynamic_server",
+    "approve_dynamic_version",
     "create_bundle",
     "update_bundle",
     "list_bundles",

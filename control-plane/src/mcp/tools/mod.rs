@@ -131,6 +131,9 @@ pub async fn call(
     if let Err(denied) = check_scope(caller.as_ref(), name, is_read_only(tool)) {
         return Ok(denied);
     }
+    if let Err(denied) = check_operator(caller.as_ref(), name) {
+        return Ok(denied);
+    }
     let args = request.arguments.unwrap_or_default();
     let outcome = match group {
         Group::Jobs => jobs::call(app, name, args, &context).await,
@@ -143,6 +146,22 @@ pub async fn call(
         Ok(result) => result,
         Err(failure) => failure.into_result(name),
     })
+}
+
+/// Tools only the operator may call over MCP: approving a dynamic server's version gives it its
+/// credentials, which Claude (connected through OAuth) must not do for a server it wrote.
+const OPERATOR_ONLY: [&str; 1] = ["approve_dynamic_version"];
+
+fn check_operator(caller: Option<&Caller>, tool: &str) -> Result<(), CallToolResult> {
+    if !OPERATOR_ONLY.contains(&tool) || caller.is_some_and(Caller::is_operator) {
+        return Ok(());
+    }
+    Err(error_result(format!(
+        "`{tool}` is the operator's: this connection acts for Claude (OAuth), which may not \
+         approve what it wrote. Ask the user to approve it with POST \
+         /api/v1/dynamic-servers/{{name}}/versions/{{n}}/approve, or from an MCP client connected \
+         with the admin token."
+    )))
 }
 
 fn check_scope(caller: Option<&Caller>, tool: &str, read_only: bool) -> Result<(), CallToolResult> {
@@ -313,6 +332,21 @@ mod tests {
     }
 
     #[test]
+    fn approving_a_dynamic_version_is_the_operators() {
+        let connector = Caller {
+            subject: "claude-ai-client".into(),
+            scopes: Scopes::ALL,
+        };
+        let denied = check_operator(Some(&connector), "approve_dynamic_version").unwrap_err();
+        let text = serde_json::to_string(&denied.content).unwrap();
+        assert!(text.contains("the operator's"), "{text}");
+        assert!(check_operator(Some(&connector), "list_jobs").is_ok());
+        assert!(check_operator(Some(&Caller::admin()), "approve_dynamic_version").is_ok());
+        assert!(check_operator(Some(&Caller::stdio()), "approve_dynamic_version").is_ok());
+        assert!(check_operator(None, "approve_dynamic_version").is_err());
+    }
+
+    #[test]
     fn scopes_are_enforced_and_named() {
         let reader = Caller {
             subject: "client".into(),
@@ -357,7 +391,7 @@ mod tests {
     #[test]
     fn every_tool_is_defined_once_with_a_title_and_annotations() {
         let names: Vec<&str> = definitions().map(|tool| tool.name.as_ref()).collect();
-        assert_eq!(names.len(), 40);
+        assert_eq!(names.len(), 41);
         let mut unique = names.clone();
         unique.sort_unstable();
         unique.dedup();

@@ -1,6 +1,6 @@
 //! The registry tools: MCP servers that runs can be granted, the credentials they use (a value
 //! goes in once and never comes out, only a fingerprint), dynamic servers (Python written by
-//! Claude, kept as versions; approving one is left to the operator's HTTP API), and tool bundles.
+//! Claude, kept as versions; approving one is the operator's alone), and tool bundles.
 
 use rmcp::model::JsonObject;
 use schemars::JsonSchema;
@@ -18,6 +18,15 @@ use crate::services::tools::{self, AssignInput, BundleInput, ImportInput, Server
 struct ServerRef {
     /// The server's name.
     server: String,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct ApproveArgs {
+    /// The dynamic server's name.
+    server: String,
+    /// The version to approve, as list_dynamic_versions shows it.
+    version: u32,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -216,8 +225,8 @@ pub(super) fn specs() -> Vec<Spec> {
              `server.run()`) as a new version of a dynamic server. A worker starts it at once, \
              without network and with placeholder credentials, and records its tools or why it \
              failed. A valid version runs in jobs granted the server; one that uses credentials \
-             (`env` with `${NAME}` placeholders) waits until an operator approves it through \
-             the HTTP API. Example: {\"name\": \"dice\", \"code\": \"from \
+             (`env` with `${NAME}` placeholders) waits until the operator approves it (HTTP \
+             API, or approve_dynamic_version from the operator's own connection). Example: {\"name\": \"dice\", \"code\": \"from \
              mcp.server.mcpserver import MCPServer\\nserver = MCPServer('dice')\\n\
              @server.tool()\\ndef roll() -> int:\\n    return 4\\nserver.run()\\n\"}",
             input::<DynamicInput>(),
@@ -243,6 +252,18 @@ pub(super) fn specs() -> Vec<Spec> {
              lists (after a credential or the run image changed, say). Example: {\"server\": \
              \"dice\"}",
             input::<ServerRef>(),
+            object(json!({ "version": version_schema() }), &["version"]),
+            false,
+            false,
+        ),
+        spec(
+            "approve_dynamic_version",
+            "Approve a dynamic server's version",
+            "The operator approves a version of a dynamic server that Claude wrote and that uses \
+             credentials: it gets them and becomes the version runs use. Only the operator's own \
+             connection (the admin token) may call it, never one through OAuth. Example: \
+             {\"server\": \"crm-lookup\", \"version\": 2}",
+            input::<ApproveArgs>(),
             object(json!({ "version": version_schema() }), &["version"]),
             false,
             false,
@@ -407,6 +428,20 @@ pub(super) async fn call(app: &App, name: &str, args: JsonObject) -> Outcome {
                 format!("`{server}`: {}.", states.join(", ")),
                 json!({ "versions": to_value(&versions)? }),
             )
+        }
+        "approve_dynamic_version" => {
+            let ApproveArgs { server, version } = parse(args)?;
+            let approved = dynamic::approve(app, &server, version).await?;
+            let summary = format!(
+                "Approved version {version} of `{server}`: {}{}.",
+                approved.state,
+                if approved.active {
+                    ", and runs now use it"
+                } else {
+                    ""
+                }
+            );
+            success(summary, json!({ "version": to_value(&approved)? }))
         }
         "validate_dynamic_server" => {
             let ServerRef { server } = parse(args)?;
@@ -593,6 +628,9 @@ pub(super) fn check_arguments(name: &str, args: JsonObject) -> Result<bool, supe
         }
         "invoke_server_tool" => {
             let InvokeArgs { .. } = parse(args)?;
+        }
+        "approve_dynamic_version" => {
+            let ApproveArgs { .. } = parse(args)?;
         }
         "get_server"
         | "delete_server"

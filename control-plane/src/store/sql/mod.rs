@@ -179,8 +179,20 @@ fn classify(err: sqlx::Error) -> StoreError {
             StoreError::DiskFull
         }
         sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => StoreError::DiskFull,
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            StoreError::Retryable(err.to_string())
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::Io(_)
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => StoreError::Retryable(err.to_string()),
+        // A PostgreSQL server going away or coming back: a connection exception (class 08),
+        // the server shutting down or starting up (57P01, 57P02, 57P03), too many connections
+        // (53300). Another try, on another connection, may well succeed.
+        sqlx::Error::Database(db)
+            if db.code().is_some_and(|code| {
+                code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+            }) =>
+        {
+            StoreError::Retryable(db.message().to_owned())
         }
         sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
             StoreError::Corrupt(err.to_string())
@@ -350,6 +362,24 @@ impl Store for SqlStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_going_away_is_worth_another_try() {
+        for err in [
+            sqlx::Error::Protocol("unexpected end of file".into()),
+            sqlx::Error::WorkerCrashed,
+            sqlx::Error::PoolTimedOut,
+        ] {
+            assert!(
+                matches!(classify(err), StoreError::Retryable(_)),
+                "should be retryable"
+            );
+        }
+        assert!(matches!(
+            classify(sqlx::Error::RowNotFound),
+            StoreError::NotFound
+        ));
+    }
     use crate::store::LeaseStore;
 
     /// The durability promise of a `202`: every SQLite connection commits with

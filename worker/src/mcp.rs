@@ -52,6 +52,48 @@ pub struct RunPaths<'a> {
     pub python: &'a str,
 }
 
+/// The programs a run's MCP configuration names, and that configuration's directory, as the run
+/// sees them: in a container, the run image's copies and the directory's mount; in a local run,
+/// those beside the worker and the directory where it is.
+pub struct RunPrograms {
+    pub fixed_servers: String,
+    pub guard: String,
+    pub dir: String,
+    pub python: String,
+}
+
+impl RunPrograms {
+    /// For a run on the Docker executor (`in_container`) or a local one, whose configuration
+    /// directory is `dir` on the worker.
+    pub fn new(in_container: bool, env: &crate::CommandEnv, dir: &Path) -> Self {
+        use autopilot_fixed_servers::catalog::{GUARD_PROGRAM, PROGRAM};
+        match in_container {
+            true => Self {
+                fixed_servers: PROGRAM.to_owned(),
+                guard: GUARD_PROGRAM.to_owned(),
+                dir: crate::docker::MCP_CONFIG_MOUNT.to_owned(),
+                python: "python3".to_owned(),
+            },
+            false => Self {
+                fixed_servers: env.fixed_servers_bin.display().to_string(),
+                guard: env.guard_bin().display().to_string(),
+                dir: dir.display().to_string(),
+                python: env.python.display().to_string(),
+            },
+        }
+    }
+
+    pub fn paths<'a>(&'a self, memory_token: &'a str) -> RunPaths<'a> {
+        RunPaths {
+            fixed_servers: &self.fixed_servers,
+            guard: &self.guard,
+            dir: &self.dir,
+            memory_token,
+            python: &self.python,
+        }
+    }
+}
+
 /// The MCP configuration of `servers`, credentials filled in, each stdio server granted the
 /// tools of `allowed_tools` (the CLI's names) that are its own. A credential the control plane
 /// did not send is an error naming it and its server.

@@ -25,7 +25,6 @@ use super::events::{EventSender, EventSink, EventsLeft};
 use super::{send_completions, ActiveRuns, Reports, WorkerConfig};
 use crate::command::build_command;
 use crate::executor::{ExecError, Executor, OutputLine, OutputStream};
-use autopilot_fixed_servers::catalog;
 use autopilot_fixed_servers::redact::Redactor;
 
 use crate::mcp::{self, ConfigFile};
@@ -643,29 +642,9 @@ impl Attempt {
         let mut file = ConfigFile::create().map_err(written)?;
         let memory_token = crate::memory_relay::new_token();
         // A container runs the image's copies, on its PATH; a local run those beside the worker.
-        let env = &self.config.command_env;
-        let (fixed_servers, guard, dir, python) = if self.executor.name() == "docker" {
-            (
-                catalog::PROGRAM.to_owned(),
-                catalog::GUARD_PROGRAM.to_owned(),
-                crate::docker::MCP_CONFIG_MOUNT.to_owned(),
-                "python3".to_owned(),
-            )
-        } else {
-            (
-                env.fixed_servers_bin.display().to_string(),
-                env.guard_bin().display().to_string(),
-                file.dir().display().to_string(),
-                env.python.display().to_string(),
-            )
-        };
-        let paths = mcp::RunPaths {
-            fixed_servers: &fixed_servers,
-            guard: &guard,
-            dir: &dir,
-            memory_token: &memory_token,
-            python: &python,
-        };
+        let in_container = self.executor.name() == "docker";
+        let programs = mcp::RunPrograms::new(in_container, &self.config.command_env, file.dir());
+        let paths = programs.paths(&memory_token);
         let files = mcp::config(
             &claude.mcp_servers,
             &granted.secrets,

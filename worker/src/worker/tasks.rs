@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::WorkerConfig;
 use crate::command::CommandSpec;
 use crate::executor::{Executor, OutputLine, OutputStream};
-use crate::mcp::{ConfigFile, McpFiles};
+use crate::mcp::{ConfigFile, McpFiles, RunPrograms};
 
 /// How long one task may take, the start of its container included.
 const TASK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -135,19 +135,10 @@ async fn once(
         .prefix("autopilot-task-")
         .tempdir()
         .map_err(setup)?;
-    // A container runs the image's guard with the directory mounted; a local run the guard
-    // beside the worker's fixed servers, with the directory where it is.
-    let (guard, dir, python) = if executor.name() == "docker" {
-        (
-            GUARD_PROGRAM.into(),
-            crate::docker::MCP_CONFIG_MOUNT.to_owned(),
-            "python3".to_owned(),
-        )
-    } else {
-        let env = &config.command_env;
-        let dir = files.dir().display().to_string();
-        (env.guard_bin(), dir, env.python.display().to_string())
-    };
+    let in_container = executor.name() == "docker";
+    let RunPrograms {
+        guard, dir, python, ..
+    } = RunPrograms::new(in_container, &config.command_env, files.dir());
     let (command, args) = match server {
         TaskServer::Command { command, args } => (command, args),
         TaskServer::Python { .. } => (python, vec![format!("{dir}/server.py")]),
@@ -159,7 +150,7 @@ async fn once(
     guard_args.extend(["--".to_owned(), command]);
     guard_args.extend(args);
     let spec = CommandSpec {
-        program: guard,
+        program: guard.into(),
         args: guard_args,
         env: vars,
         cwd: workspace.path().to_path_buf(),

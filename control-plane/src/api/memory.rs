@@ -42,11 +42,7 @@ pub async fn list(
 ) -> ApiResult<Json<Value>> {
     let scope = scope(&app, &route, &id).await?;
     let answer = memory::list(&app, &scope, query.prefix, query.search).await?;
-    let count = app
-        .store
-        .count_memory(&scope)
-        .await
-        .map_err(crate::domain::ServiceError::from)?;
+    let count = memory::count(&app, &scope).await?;
     let mut body = serde_json::to_value(answer).unwrap_or_default();
     if let Some(object) = body.as_object_mut() {
         object.remove("answer");

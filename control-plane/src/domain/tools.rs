@@ -155,6 +155,11 @@ impl ServerOAuth {
     pub fn refresh_credential(server: &str) -> String {
         Self::credential(server, "REFRESH_TOKEN")
     }
+
+    /// The vault's name for the secret of a client the operator gave.
+    pub fn client_secret_credential(server: &str) -> String {
+        Self::credential(server, "CLIENT_SECRET")
+    }
 }
 
 /// Checks a server name: `^[a-z][a-z0-9-]{0,30}[a-z0-9]$` (it becomes part of the CLI's tool

@@ -153,6 +153,11 @@ pub async fn list(
     apply(app, scope, op, None).await
 }
 
+/// How many entries `scope`'s memory holds.
+pub async fn count(app: &App, scope: &MemoryScope) -> ServiceResult<u64> {
+    Ok(app.store.count_memory(scope).await?)
+}
+
 pub async fn get(app: &App, scope: &MemoryScope, key: &str) -> ServiceResult<MemoryItem> {
     check_key(key).map_err(|reason| ServiceError::invalid("key", reason))?;
     app.store

@@ -348,11 +348,7 @@ async fn get_memory(app: &App, args: JsonObject) -> Outcome {
     } = parse(args)?;
     let job = jobs::find(app, &job).await?;
     let scope = MemoryScope::Job(job.id);
-    let count = app
-        .store
-        .count_memory(&scope)
-        .await
-        .map_err(crate::domain::ServiceError::from)?;
+    let count = memory::count(app, &scope).await?;
     let (entries, summary) = match key {
         Some(key) => {
             let item = memory::get(app, &scope, &key).await?;

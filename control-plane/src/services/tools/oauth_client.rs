@@ -168,7 +168,7 @@ pub async fn start(app: &App, name: &str, given: Option<GivenClient>) -> Service
     let client_id = match given {
         Some(given) => {
             if let Some(secret) = &given.client_secret {
-                set_credential(app, &client_secret_credential(name), secret).await?;
+                set_credential(app, &ServerOAuth::client_secret_credential(name), secret).await?;
             }
             given.client_id
         }
@@ -255,21 +255,13 @@ async fn register(
     Ok(text(&registered, "client_id", "the registration's answer")?.to_owned())
 }
 
-/// The vault's name for a given client's secret.
-fn client_secret_credential(server: &str) -> String {
-    format!(
-        "OAUTH_{}_CLIENT_SECRET",
-        server.to_ascii_uppercase().replace('-', "_")
-    )
-}
-
 /// The given client's secret, if the operator gave one.
 fn client_secret(
     app: &App,
     stored: &[crate::domain::tools::Credential],
     server: &str,
 ) -> Option<String> {
-    let name = client_secret_credential(server);
+    let name = ServerOAuth::client_secret_credential(server);
     open_credentials(app, stored, std::slice::from_ref(&name))
         .ok()
         .and_then(|secrets| secrets.get(&name).cloned())

@@ -3,7 +3,7 @@
 //!
 //! Layers, each naming only those before it:
 //! domain and config → store, seal, tokens, keys, metrics → app → services → http → edges (api,
-//! mcp, oauth, hooks) and tasks (scheduler, ingest, notices) → serve.
+//! dashboard, mcp, oauth, hooks) and tasks (scheduler, ingest, notices) → serve.
 //!
 //! - **domain** ([`domain`], [`config`]): types and pure functions, no I/O.
 //! - **store, seal, tokens, keys, metrics** ([`store`], [`lease`], [`seal`], [`tokens`],
@@ -12,7 +12,7 @@
 //! - **app** ([`app`]): `App`, the bottom context, built once from everything above.
 //! - **services** ([`services`]): the only code that creates or changes jobs, runs and webhooks.
 //! - **http** ([`http`]): what the HTTP edges share (the JSON error shape, extractors).
-//! - **edges and tasks**: [`api`], [`mcp`], [`oauth`], [`hooks`] answer clients; [`scheduler`],
+//! - **edges and tasks**: [`api`], [`dashboard`], [`mcp`], [`oauth`], [`hooks`] answer clients; [`scheduler`],
 //!   [`ingest`] and [`notices`] run in the background. None of them names another.
 //! - **serve** ([`serve`], [`executors`], [`fleet_worker`], [`telemetry`]): wires everything into
 //!   a process, with its logs and traces.
@@ -38,6 +38,7 @@ pub mod services;
 pub mod http;
 // Edges and background tasks.
 pub mod api;
+pub mod dashboard;
 pub mod hooks;
 pub mod ingest;
 pub mod mcp;

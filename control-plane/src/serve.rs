@@ -33,7 +33,7 @@ use crate::services::dispatch::{
 };
 use crate::services::worker_requests::serve_worker_requests;
 use crate::store;
-use crate::{api, mcp, oauth};
+use crate::{api, dashboard, mcp, oauth};
 
 /// Environment variables every run gets from the worker's own environment, when set.
 const PASSTHROUGH_VARS: [&str; 18] = [
@@ -195,7 +195,10 @@ pub async fn run_with(
     let router = router(&app, Arc::clone(&intake));
     let http_shutdown = control.clone();
     tasks.spawn(async move {
-        let server = axum::serve(listener, router)
+        let server = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
             .with_graceful_shutdown(http_shutdown.clone().cancelled_owned())
             .into_future();
         tokio::pin!(server);
@@ -257,6 +260,7 @@ pub async fn run_with(
 pub fn router(app: &Arc<App>, intake: Arc<Intake>) -> axum::Router {
     let router = axum::Router::new()
         .merge(api::router(Arc::clone(app)))
+        .merge(dashboard::router(Arc::clone(app)))
         .merge(hooks::router(Arc::clone(app), intake))
         .merge(oauth::router(Arc::clone(app)))
         .nest_service("/mcp", mcp::router(Arc::clone(app)));

@@ -21,6 +21,7 @@ const LAYERS: [(&str, &[&str]); 7] = [
         "edges and tasks",
         &[
             "api",
+            "dashboard",
             "hooks",
             "mcp",
             "oauth",

@@ -22,6 +22,17 @@ macro_rules! typed_id {
             pub fn as_uuid(&self) -> Uuid {
                 self.0
             }
+
+            /// The smallest id made at `time` or later: ids sort by creation time, so "made
+            /// since" is "at least this id".
+            pub fn first_at(time: chrono::DateTime<chrono::Utc>) -> Self {
+                let millis = u64::try_from(time.timestamp_millis()).unwrap_or(0);
+                let mut bytes = [0u8; 16];
+                bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+                bytes[6] = 0x70; // version 7
+                bytes[8] = 0x80; // RFC 9562 variant
+                Self(Uuid::from_bytes(bytes))
+            }
         }
 
         impl Default for $name {
@@ -111,5 +122,16 @@ mod tests {
         assert!(first < second);
         assert_eq!(first.to_string().parse::<RunId>().unwrap(), first);
         assert!("not-a-uuid".parse::<JobId>().is_err());
+    }
+
+    #[test]
+    fn first_at_sorts_before_every_id_made_since() {
+        let before = chrono::Utc::now();
+        let made = RunId::new();
+        assert!(RunId::first_at(before) <= made);
+        assert!(RunId::first_at(before).to_string() <= made.to_string());
+        let later = before + chrono::Duration::milliseconds(5);
+        assert!(RunId::first_at(later) > RunId::first_at(before));
+        assert_eq!(RunId::first_at(before).as_uuid().get_version_num(), 7);
     }
 }

@@ -5,6 +5,7 @@ pub mod chaos;
 pub mod clients;
 pub mod cluster;
 pub mod components;
+pub mod dashboard;
 pub mod fake_anthropic;
 pub mod harness;
 pub mod nats;

@@ -4,6 +4,7 @@
 //! Everything above (the store, the services, the edges) speaks in these types.
 
 pub mod auth;
+pub mod dashboard;
 pub mod dynamic;
 pub mod error;
 pub mod input;

@@ -177,6 +177,9 @@ pub struct RunFilter {
     pub job_id: Option<JobId>,
     pub webhook_id: Option<WebhookId>,
     pub statuses: Vec<RunStatus>,
+    pub trigger: Option<Trigger>,
+    /// Only runs created at or after this time.
+    pub since: Option<DateTime<Utc>>,
     /// Only runs older than this one (the previous page's last id).
     pub before: Option<RunId>,
     pub limit: u32,

@@ -208,6 +208,75 @@ impl Compiled {
     }
 }
 
+/// A daylight-saving change that touches a schedule: on `date`, the local times from `from` to
+/// `to` do not exist (`gap`: fires there move past the gap) or happen twice (a fire there runs
+/// once, at the first of them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaylightSavingNote {
+    pub date: chrono::NaiveDate,
+    pub from: chrono::NaiveTime,
+    pub to: chrono::NaiveTime,
+    pub gap: bool,
+}
+
+/// The daylight-saving changes of `tz` within `days` after `after` whose skipped or repeated
+/// local times the cron expression matches.
+pub fn daylight_saving_notes(
+    cron: &Cron,
+    tz: Tz,
+    after: DateTime<Utc>,
+    days: i64,
+) -> Vec<DaylightSavingNote> {
+    use chrono::{Duration, Offset, TimeZone};
+    let offset_at = |time: DateTime<Utc>| time.with_timezone(&tz).offset().fix().local_minus_utc();
+    let end = after + Duration::days(days);
+    let mut notes = Vec::new();
+    let mut time = after;
+    let mut offset = offset_at(time);
+    while time < end {
+        let next = time + Duration::hours(1);
+        let next_offset = offset_at(next);
+        if next_offset != offset {
+            // The exact instant of the change, to the second.
+            let (mut low, mut high) = (time, next);
+            while high - low > Duration::seconds(1) {
+                let middle = low + (high - low) / 2;
+                if offset_at(middle) == offset {
+                    low = middle;
+                } else {
+                    high = middle;
+                }
+            }
+            let change = i64::from(next_offset - offset);
+            // The wall clock at the change, read with the offset before it.
+            let wall = (high + Duration::seconds(i64::from(offset))).naive_utc();
+            let (start, length) = if change > 0 {
+                (wall, change)
+            } else {
+                (wall + Duration::seconds(change), -change)
+            };
+            // Whole minutes are enough unless the expression names seconds other than 0.
+            let on_the_minute = (1..60).all(|s| !cron.pattern.second_match(s).unwrap_or(false));
+            let step = if on_the_minute { 60 } else { 1 };
+            let touched = (0..length).step_by(step).any(|second| {
+                let local = Utc.from_utc_datetime(&(start + Duration::seconds(second)));
+                cron.is_time_matching(&local).unwrap_or(false)
+            });
+            if touched {
+                notes.push(DaylightSavingNote {
+                    date: start.date(),
+                    from: start.time(),
+                    to: (start + Duration::seconds(length)).time(),
+                    gap: change > 0,
+                });
+            }
+        }
+        time = next;
+        offset = next_offset;
+    }
+    notes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +396,26 @@ mod tests {
         assert!(
             fires[0].starts_with("03-08 03:"),
             "the gap's fire moves past the gap, it is not lost: {fires:?}"
+        );
+    }
+
+    #[test]
+    fn daylight_saving_changes_that_touch_a_schedule_are_named() {
+        let tz: Tz = "America/New_York".parse().unwrap();
+        let from = utc(2026, 1, 1, 0, 0, 0);
+        let notes = |expr: &str| daylight_saving_notes(&parse_cron(expr).unwrap(), tz, from, 366);
+        let gap = notes("30 2 * * *");
+        assert_eq!(gap.len(), 1, "{gap:?}");
+        assert!(gap[0].gap);
+        assert_eq!(gap[0].date.to_string(), "2026-03-08");
+        let repeat = notes("30 1 * * *");
+        assert_eq!(repeat.len(), 1, "{repeat:?}");
+        assert!(!repeat[0].gap);
+        assert_eq!(repeat[0].date.to_string(), "2026-11-01");
+        assert!(notes("0 9 * * *").is_empty());
+        assert!(
+            daylight_saving_notes(&parse_cron("30 2 * * *").unwrap(), Tz::UTC, from, 366)
+                .is_empty()
         );
     }
 

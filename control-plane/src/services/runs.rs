@@ -181,6 +181,7 @@ pub async fn page(app: &App, query: RunQuery) -> ServiceResult<RunPage> {
             statuses,
             before,
             limit,
+            ..Default::default()
         },
     )
     .await?;
@@ -283,4 +284,75 @@ async fn push_cancel(app: &App, run_id: RunId) {
 /// How many runs wait in the queue (the bound on queued work).
 pub async fn count_queued(app: &App) -> ServiceResult<u64> {
     Ok(app.store.count_queued_runs().await?)
+}
+
+/// How many runs of each status a filter matches (its statuses, `before` and limit aside).
+pub async fn count_by_status(
+    app: &App,
+    filter: &RunFilter,
+) -> ServiceResult<Vec<(RunStatus, u64)>> {
+    Ok(app.store.count_runs_by_status(filter).await?)
+}
+
+/// What to change when running a run again; `None` keeps the original's.
+#[derive(Debug, Default)]
+pub struct RerunEdits {
+    /// The prompt (Claude runs) or the command (shell runs).
+    pub prompt: Option<String>,
+    /// `Some(None)` goes back to the CLI's default model.
+    pub model: Option<Option<String>>,
+    pub allowed_tools: Option<Vec<String>>,
+}
+
+/// Starts a new run with a finished or running run's settings, changed by `edits`. It belongs
+/// to the same job (if that job still exists) and is a manual run.
+pub async fn rerun(app: &App, id: RunId, edits: RerunEdits) -> ServiceResult<Run> {
+    let original = get(app, id).await?;
+    let mut snapshot = original.settings.clone();
+    if let Some(prompt) = &edits.prompt {
+        if prompt.trim().is_empty() {
+            return Err(ServiceError::invalid("prompt", "must not be empty"));
+        }
+        if prompt.len() > MAX_PROMPT_BYTES {
+            return Err(ServiceError::invalid(
+                "prompt",
+                format!("is {} bytes; the limit is {MAX_PROMPT_BYTES}", prompt.len()),
+            ));
+        }
+    }
+    match &mut snapshot.kind {
+        RunKind::Claude(spec) => {
+            if let Some(prompt) = edits.prompt {
+                spec.prompt = prompt;
+            }
+            if let Some(model) = edits.model {
+                spec.model = model.map(|m| m.trim().to_owned()).filter(|m| !m.is_empty());
+            }
+            if let Some(tools) = edits.allowed_tools {
+                spec.allowed_tools = crate::domain::settings::tools("allowed_tools", tools)?;
+            }
+        }
+        RunKind::Shell { command, .. } => {
+            if edits.model.is_some() || edits.allowed_tools.is_some() {
+                return Err(ServiceError::invalid(
+                    "model",
+                    "a shell run has no model or tools; change its command only",
+                ));
+            }
+            if let Some(prompt) = edits.prompt {
+                *command = prompt;
+            }
+        }
+    }
+    let job = match original.job_id {
+        Some(job_id) => app.store.get_job(job_id).await?,
+        None => None,
+    };
+    let mut run = Run::queued(Trigger::Manual, job.as_ref(), snapshot, None);
+    if job.is_none() && original.job_id.is_none() {
+        // A quick run's workspace is its own.
+        run.settings.workspace = format!("quick-{}", run.id);
+        run.trigger = Trigger::Quick;
+    }
+    submit(app, run).await
 }

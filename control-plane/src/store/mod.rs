@@ -26,6 +26,7 @@ use autopilot_proto::{
 };
 use chrono::{DateTime, Utc};
 
+use crate::domain::dashboard::{DashboardSession, UsageGroup, UsageTotals};
 use crate::domain::dynamic::DynamicVersion;
 use crate::domain::memory::{MemoryFilter, MemoryItem, MemoryScope};
 use crate::domain::oauth::{AuthCode, OAuthClient, RefreshToken, RefreshUse};
@@ -73,6 +74,34 @@ impl From<StoreError> for ServiceError {
     }
 }
 
+/// What the dashboard keeps (operator sessions) and the totals it reads (part of every [`Store`]).
+#[async_trait]
+pub trait DashboardStore: Send + Sync {
+    async fn insert_session(&self, session: &DashboardSession) -> StoreResult<()>;
+    /// The session with this id digest, expired or not (the caller decides).
+    async fn get_session(&self, id_hash: &str) -> StoreResult<Option<DashboardSession>>;
+    /// Records that the session was used and moves its expiry.
+    async fn touch_session(
+        &self,
+        id_hash: &str,
+        seen_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()>;
+    /// Deletes sessions expired before `now`; how many.
+    async fn purge_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+    /// Runs, tokens and cost of runs created since `since`, grouped; largest cost first (by
+    /// day: oldest day first).
+    async fn usage(&self, group: UsageGroup, since: DateTime<Utc>)
+        -> StoreResult<Vec<UsageTotals>>;
+    /// The cost of runs created since `since`.
+    async fn spend_since(&self, since: DateTime<Utc>) -> StoreResult<f64>;
+    /// The costliest runs created since `since`.
+    async fn costliest_runs(&self, since: DateTime<Utc>, limit: u32) -> StoreResult<Vec<Run>>;
+    /// How many runs of each status match the filter (its statuses, `before` and limit aside).
+    async fn count_runs_by_status(&self, filter: &RunFilter) -> StoreResult<Vec<(RunStatus, u64)>>;
+}
+
 /// Everything the control plane keeps, as one trait object: every aggregate's trait, plus which
 /// database holds them.
 pub trait Store:
@@ -86,6 +115,7 @@ pub trait Store:
     + WebhookStore
     + ToolStore
     + MemoryStore
+    + DashboardStore
     + Send
     + Sync
 {

@@ -12,6 +12,7 @@ mod bus_jetstream;
 mod claude;
 mod compose;
 mod conformance;
+mod dashboard;
 mod disk_full;
 mod docker;
 mod executor;

@@ -16,7 +16,7 @@ use sha2::Sha256;
 
 const NOWHERE: &str = "nowhere";
 
-fn hmac_hex(secret: &[u8], data: &[u8]) -> String {
+pub(crate) fn hmac_hex(secret: &[u8], data: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
     mac.update(data);
     hex::encode(mac.finalize().into_bytes())

@@ -155,3 +155,21 @@ fn not_found(id: JobId) -> ServiceError {
         id: id.to_string(),
     }
 }
+
+/// The daylight-saving changes in the coming year that touch a schedule (local times it names
+/// that are skipped or happen twice).
+pub fn daylight_saving_notes(
+    input: &PreviewInput,
+) -> ServiceResult<Vec<crate::domain::schedule::DaylightSavingNote>> {
+    let timezone = input.timezone.as_deref().unwrap_or("UTC");
+    let tz =
+        parse_timezone(timezone).map_err(|message| ServiceError::invalid("timezone", message))?;
+    let cron = parse_cron(&input.schedule)
+        .map_err(|err| ServiceError::invalid("schedule", err.message))?;
+    Ok(crate::domain::schedule::daylight_saving_notes(
+        &cron,
+        tz,
+        Utc::now(),
+        366,
+    ))
+}

@@ -264,7 +264,6 @@ pub async fn replay(app: &Arc<App>, run_id: RunId) -> ServiceResult<Run> {
             "the webhook run {run_id} came from was deleted; nothing to replay it through"
         ))
     })?;
-    let live = delivery::live(app, webhook).await?;
     let received = delivery::Received {
         content_type: Some(payload.content_type),
         headers: payload.headers,
@@ -272,9 +271,40 @@ pub async fn replay(app: &Arc<App>, run_id: RunId) -> ServiceResult<Run> {
         body: payload.body.into(),
         delivery_id: original.delivery_id,
     };
-    let new = delivery::build_delivery(&live, received, Some(run_id), Utc::now())
+    start_run(app, webhook, received, Some(run_id)).await
+}
+
+/// Starts a run from a test payload an operator sends (a JSON body), as if it had been
+/// delivered to the webhook's URL; no signature, rate limit or dedup applies.
+pub async fn send_test(app: &Arc<App>, id_or_name: &str, body: &str) -> ServiceResult<Run> {
+    let webhook = find(app, id_or_name).await?;
+    if let Err(err) = serde_json::from_str::<serde_json::Value>(body) {
+        return Err(ServiceError::invalid(
+            "payload",
+            format!("the test payload is not JSON: {err}"),
+        ));
+    }
+    let received = delivery::Received {
+        content_type: Some("application/json".to_owned()),
+        headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+        query: Vec::new(),
+        body: bytes::Bytes::copy_from_slice(body.as_bytes()),
+        delivery_id: None,
+    };
+    start_run(app, webhook, received, None).await
+}
+
+/// Builds and records the run of a delivery an operator made (a replay or a test).
+async fn start_run(
+    app: &Arc<App>,
+    webhook: Webhook,
+    received: delivery::Received,
+    replay_of: Option<RunId>,
+) -> ServiceResult<Run> {
+    let live = delivery::live(app, webhook).await?;
+    let new = delivery::build_delivery(&live, received, replay_of, Utc::now())
         .map_err(|err| ServiceError::Conflict(err.to_string()))?;
-    // A replay has no delivery id window, so it always creates its run.
+    // An operator's delivery has no delivery id window, so it always creates its run.
     let storing = std::time::SystemTime::now();
     match record_deliveries(app, std::slice::from_ref(&new)).await?[..] {
         [DeliveryOutcome::Duplicate(id)] => runs::get(app, id).await,

@@ -293,9 +293,19 @@ impl RunStore for SqlStore {
             }
             sql.push_str(&format!(" AND status IN ({})", placeholders.join(", ")));
         }
+        if let Some(trigger) = filter.trigger {
+            binds.push(trigger.as_str().to_owned());
+            sql.push_str(&format!(" AND trigger = ${}", binds.len()));
+        }
         if let Some(before) = filter.before {
             binds.push(before.to_string());
             sql.push_str(&format!(" AND id < ${}", binds.len()));
+        }
+        if let Some(since) = filter.since {
+            // Run ids are UUIDv7, ordered by creation time: the time bound is an id bound too,
+            // so the primary key (or `(job_id, id)`) serves it.
+            binds.push(RunId::first_at(since).to_string());
+            sql.push_str(&format!(" AND id >= ${}", binds.len()));
         }
         sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", binds.len() + 1));
         let rows = on_read!(self, pool => {

@@ -21,22 +21,53 @@ pub fn missing<T>(what: &str, how: &str) -> Option<T> {
     None
 }
 
-/// The real Claude Code CLI: `AUTOPILOT_TEST_CLAUDE_BIN`, else the test script's install.
-pub fn claude_bin() -> Option<PathBuf> {
-    let path = std::env::var_os("AUTOPILOT_TEST_CLAUDE_BIN")
+/// A file the tests need: the path in `variable`, else where the test script installs it.
+fn installed(variable: &str, default: &str, what: &str, how: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(variable)
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CLAUDE_BIN));
+        .unwrap_or_else(|| PathBuf::from(default));
     if path.is_file() {
         Some(path)
     } else {
         missing(
-            "the Claude Code CLI",
-            &format!(
-                "run `bash tests/run.sh` or set AUTOPILOT_TEST_CLAUDE_BIN (looked at {})",
-                path.display()
-            ),
+            what,
+            &format!("{how} or set {variable} (looked at {})", path.display()),
         )
     }
+}
+
+/// The real Claude Code CLI: `AUTOPILOT_TEST_CLAUDE_BIN`, else the test script's install.
+pub fn claude_bin() -> Option<PathBuf> {
+    installed(
+        "AUTOPILOT_TEST_CLAUDE_BIN",
+        DEFAULT_CLAUDE_BIN,
+        "the Claude Code CLI",
+        "run `bash tests/run.sh`",
+    )
+}
+
+/// Where the test script installs Playwright and axe-core for the browser tests.
+pub const DEFAULT_BROWSER_PYTHON: &str = "/var/cache/autopilot/browser-venv/bin/python";
+
+/// A Python with Playwright and axe-playwright-python (tests/browser/requirements.txt):
+/// `AUTOPILOT_TEST_BROWSER_PYTHON`, else the test script's virtualenv.
+pub fn browser_python() -> Option<PathBuf> {
+    installed(
+        "AUTOPILOT_TEST_BROWSER_PYTHON",
+        DEFAULT_BROWSER_PYTHON,
+        "Playwright for Python",
+        "run `bash tests/run.sh` (it installs tests/browser/requirements.txt)",
+    )
+}
+
+/// Debian's Chromium: `AUTOPILOT_TEST_CHROMIUM`, else `/usr/bin/chromium`.
+pub fn chromium() -> Option<PathBuf> {
+    installed(
+        "AUTOPILOT_TEST_CHROMIUM",
+        "/usr/bin/chromium",
+        "Chromium",
+        "`apt-get install chromium` (tests/run.sh does)",
+    )
 }
 
 /// A PostgreSQL server URL for tests (`TEST_DATABASE_URL`); each test gets its own database.

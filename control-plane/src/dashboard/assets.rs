@@ -1,4 +1,4 @@
-//! The dashboard's own files, compiled into the binary: one stylesheet and one ES module.
+//! The dashboard's own files, compiled into the binary: one stylesheet, one ES module, the icon.
 
 use std::sync::LazyLock;
 
@@ -25,6 +25,11 @@ static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
             "app.js",
             "text/javascript; charset=utf-8",
             include_str!("../../assets/app.js"),
+        ),
+        (
+            "icon.svg",
+            "image/svg+xml",
+            include_str!("../../assets/icon.svg"),
         ),
     ]
     .into_iter()
@@ -63,4 +68,9 @@ pub async fn serve(Path(name): Path<String>, headers: HeaderMap) -> Response {
         asset.body,
     )
         .into_response()
+}
+
+/// Browsers ask for `/favicon.ico` whatever the page says: the icon.
+pub async fn favicon(headers: HeaderMap) -> Response {
+    serve(Path("icon.svg".to_owned()), headers).await
 }

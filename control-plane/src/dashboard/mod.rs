@@ -109,6 +109,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(signed_in)
         .route("/sign-in", get(auth::sign_in_form).post(auth::sign_in))
         .route("/assets/{name}", get(assets::serve))
+        .route("/favicon.ico", get(assets::favicon))
         .layer(middleware::from_fn(auth::same_origin_writes))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)

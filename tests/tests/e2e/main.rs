@@ -7,6 +7,7 @@
 
 mod api;
 mod blobs;
+mod browser;
 mod bus;
 mod bus_jetstream;
 mod claude;

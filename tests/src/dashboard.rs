@@ -11,6 +11,8 @@ pub struct Page {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: String,
+    /// The body's length as sent (compressed, when asked for).
+    pub bytes: usize,
 }
 
 impl Page {
@@ -137,10 +139,11 @@ impl DashboardClient {
 async fn read(response: reqwest::Response) -> Page {
     let status = response.status();
     let headers = response.headers().clone();
-    let body = response.text().await.unwrap_or_default();
+    let raw = response.bytes().await.unwrap_or_default();
     Page {
         status,
         headers,
-        body,
+        bytes: raw.len(),
+        body: String::from_utf8_lossy(&raw).into_owned(),
     }
 }

@@ -28,15 +28,17 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::app::App;
+use crate::services::overview::SoonestFires;
 
 pub use transcript::render_events;
 
 /// What the dashboard's handlers share: the bottom context, and this edge's own state (the
-/// sign-in attempt limits).
+/// sign-in attempt limits, the overview's next fires while they hold).
 #[derive(Clone)]
 pub struct Dashboard {
     pub app: Arc<App>,
     limits: Arc<auth::SignInLimits>,
+    fires: Arc<tokio::sync::Mutex<Option<SoonestFires>>>,
 }
 
 /// The dashboard's pages, fragments and assets, at the root of the server.
@@ -44,6 +46,7 @@ pub fn router(app: Arc<App>) -> Router {
     let state = Dashboard {
         app,
         limits: Arc::new(auth::SignInLimits::default()),
+        fires: Arc::default(),
     };
     let signed_in = Router::new()
         .route("/", get(pages::overview::show))
@@ -112,6 +115,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/favicon.ico", get(assets::favicon))
         .layer(middleware::from_fn(auth::same_origin_writes))
         .layer(middleware::from_fn(security_headers))
+        // Pages of long runs are large and repetitive: gzip takes them to a tenth. Live event
+        // streams are left alone (the layer's default skips `text/event-stream`).
+        .layer(tower_http::compression::CompressionLayer::new())
         .with_state(state)
 }
 

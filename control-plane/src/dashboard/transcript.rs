@@ -13,7 +13,7 @@ use super::format::{count, cut, escape, escape_into, usd};
 use super::markdown;
 
 /// Bytes of a tool's input or result, or an output line, shown before "show all".
-pub const SHOWN_BYTES: usize = 4096;
+pub const SHOWN_BYTES: usize = 2048;
 
 /// Renders events in order, remembering what later events refer to (tool names by call id).
 pub struct Transcript {
@@ -112,7 +112,8 @@ impl Transcript {
                 html.push_str(r#"<details class="tool"><summary>Tool call <code>"#);
                 escape_into(html, &name);
                 html.push_str("</code> ");
-                let (hint, _) = cut(one_line(&input), 120);
+                let compact = data.get("input").map(Value::to_string).unwrap_or_default();
+                let (hint, _) = cut(&compact, 120);
                 html.push_str(r#"<span class="hint">"#);
                 escape_into(html, hint);
                 html.push_str("</span></summary>");
@@ -234,14 +235,6 @@ impl Transcript {
             );
         }
     }
-}
-
-/// The first line of a text, for a summary.
-fn one_line(text: &str) -> &str {
-    text.lines()
-        .find(|line| !line.trim().is_empty())
-        .unwrap_or("")
-        .trim()
 }
 
 /// A lifecycle step in plain words.

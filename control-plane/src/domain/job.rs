@@ -66,7 +66,7 @@ string_enum!(
 );
 
 /// When a job fires.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub enum Schedule {
     /// A 5-field (minutes) or 6-field (seconds) cron expression, in the job's time zone.
     Cron(String),

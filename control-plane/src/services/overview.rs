@@ -32,14 +32,47 @@ pub struct Overview {
     pub queues: Vec<PoolQueue>,
     pub active: Vec<Run>,
     pub failures: Vec<Run>,
-    /// Enabled jobs by their next fire, soonest first.
-    pub next_fires: Vec<(JobView, DateTime<Utc>)>,
-    pub jobs: usize,
     pub spend: Spend,
 }
 
+/// The jobs that fire next, and how many jobs there are: the costly part of the overview with
+/// many jobs (each job's next fire is computed), so a caller may keep it a while
+/// ([`SoonestFires::fresh`]).
+#[derive(Debug, Clone)]
+pub struct SoonestFires {
+    /// Enabled jobs by their next fire, soonest first.
+    pub fires: Vec<(JobView, DateTime<Utc>)>,
+    pub jobs: usize,
+    computed_at: DateTime<Utc>,
+    /// `App::webhooks_generation` when computed (raised by any job change on this replica).
+    generation: u64,
+}
+
+/// How long [`SoonestFires`] may be kept at most (changes made on other replicas show within it).
+const FIRES_KEPT: chrono::Duration = chrono::Duration::seconds(15);
+
+impl SoonestFires {
+    pub async fn compute(app: &App) -> ServiceResult<Self> {
+        let generation = app.webhooks_generation();
+        let (fires, jobs) = jobs::soonest_fires(app, LISTED).await?;
+        Ok(SoonestFires {
+            fires,
+            jobs,
+            computed_at: Utc::now(),
+            generation,
+        })
+    }
+
+    /// Still true: no job changed here, the first listed fire has not come, and it is recent.
+    pub fn fresh(&self, app: &App, now: DateTime<Utc>) -> bool {
+        self.generation == app.webhooks_generation()
+            && now < self.computed_at + FIRES_KEPT
+            && self.fires.first().is_none_or(|(_, at)| now < *at)
+    }
+}
+
 pub async fn overview(app: &App) -> ServiceResult<Overview> {
-    let (workers, queues, active, failures, jobs, spend) = tokio::try_join!(
+    let (workers, queues, active, failures, spend) = tokio::try_join!(
         workers::live(app),
         async { Ok(app.store.queue_by_pool().await?) },
         runs::list(
@@ -58,16 +91,8 @@ pub async fn overview(app: &App) -> ServiceResult<Overview> {
                 ..Default::default()
             }
         ),
-        jobs::list(app),
         usage::spend(app),
     )?;
-    let count = jobs.len();
-    let mut next_fires: Vec<(JobView, DateTime<Utc>)> = jobs
-        .into_iter()
-        .filter_map(|job| job.next_fire_at.map(|at| (job, at)))
-        .collect();
-    next_fires.sort_by_key(|(_, at)| *at);
-    next_fires.truncate(LISTED);
     Ok(Overview {
         replica: ReplicaView {
             id: app.replica_id.clone(),
@@ -80,8 +105,6 @@ pub async fn overview(app: &App) -> ServiceResult<Overview> {
         queues,
         active,
         failures,
-        next_fires,
-        jobs: count,
         spend,
     })
 }

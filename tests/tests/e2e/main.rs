@@ -30,6 +30,7 @@ mod prometheus;
 mod scheduler;
 mod shutdown;
 mod store;
+mod store_dashboard;
 mod store_tools;
 mod store_webhooks;
 mod tools;

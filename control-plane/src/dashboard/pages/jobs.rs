@@ -26,6 +26,8 @@ use crate::services::{runs, tools};
 
 /// Runs shown in each job's strip.
 const STRIP: u32 = 20;
+/// Jobs on one page of the list.
+const JOBS_PAGE: usize = 100;
 
 struct JobRow {
     id: String,
@@ -46,6 +48,20 @@ struct JobRow {
 struct JobsPage {
     chrome: Chrome,
     jobs: Vec<JobRow>,
+    query: String,
+    /// Jobs matching the query, on all pages.
+    matching: usize,
+    previous_page: Option<String>,
+    next_page: Option<String>,
+}
+
+fn jobs_page_link(query: &str, page: usize) -> String {
+    let mut link = form_urlencoded::Serializer::new(String::new());
+    if !query.is_empty() {
+        link.append_pair("q", query);
+    }
+    link.append_pair("page", &page.to_string());
+    format!("/jobs?{}", link.finish())
 }
 
 fn schedule_text(job: &JobView) -> String {
@@ -56,10 +72,25 @@ fn schedule_text(job: &JobView) -> String {
     }
 }
 
-pub async fn list(State(dashboard): State<Dashboard>, operator: Operator) -> PageResult<Response> {
+/// A page of jobs, filtered by `q` (name or description) and paged by `page` (from 1).
+pub async fn list(
+    State(dashboard): State<Dashboard>,
+    operator: Operator,
+    Query(params): Query<HashMap<String, String>>,
+) -> PageResult<Response> {
     authorize(&operator, Action::View)?;
     let app = &dashboard.app;
-    let all = jobs::list(app).await?;
+    let query = params
+        .get("q")
+        .map(|q| q.trim().to_owned())
+        .unwrap_or_default();
+    let page: usize = match params.get("page").map(String::as_str) {
+        None | Some("") => 1,
+        Some(page) => page.parse().ok().filter(|page| *page >= 1).ok_or_else(|| {
+            ServiceError::invalid("page", format!("`{page}` is not a page number (1, 2, …)"))
+        })?,
+    };
+    let (all, count) = jobs::search(app, &query, (page - 1) * JOBS_PAGE, JOBS_PAGE).await?;
     let now = Utc::now();
     // The strips: one small read per job through the (job_id, id) index, a few at a time.
     let strips = futures::future::try_join_all(all.iter().map(|job| {
@@ -103,6 +134,10 @@ pub async fn list(State(dashboard): State<Dashboard>, operator: Operator) -> Pag
     Ok(render(&JobsPage {
         chrome: Chrome::new(&operator, "jobs", "Jobs"),
         jobs: rows,
+        previous_page: (page > 1).then(|| jobs_page_link(&query, page - 1)),
+        next_page: (page * JOBS_PAGE < count).then(|| jobs_page_link(&query, page + 1)),
+        query,
+        matching: count,
     }))
 }
 

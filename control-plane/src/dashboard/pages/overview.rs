@@ -11,7 +11,7 @@ use super::{render, Chrome, PageResult};
 use crate::dashboard::auth::{authorize, Action, Operator};
 use crate::dashboard::format::{in_zone, iso, relative, usd};
 use crate::dashboard::Dashboard;
-use crate::services::overview::{self, ReplicaView};
+use crate::services::overview::{self, ReplicaView, SoonestFires};
 
 struct WorkerRow {
     id: String,
@@ -53,8 +53,19 @@ struct OverviewPage {
 
 pub async fn show(State(dashboard): State<Dashboard>, operator: Operator) -> PageResult<Response> {
     authorize(&operator, Action::View)?;
-    let overview = overview::overview(&dashboard.app).await?;
     let now = Utc::now();
+    let (overview, soonest) = tokio::try_join!(overview::overview(&dashboard.app), async {
+        // One computation at a time; the others wait for it and take it.
+        let mut kept = dashboard.fires.lock().await;
+        match kept.as_ref() {
+            Some(fires) if fires.fresh(&dashboard.app, now) => Ok(fires.clone()),
+            _ => {
+                let fires = SoonestFires::compute(&dashboard.app).await?;
+                *kept = Some(fires.clone());
+                Ok::<_, crate::domain::ServiceError>(fires)
+            }
+        }
+    })?;
     let page = OverviewPage {
         chrome: Chrome::new(&operator, "overview", "Overview"),
         replica: overview.replica,
@@ -81,8 +92,8 @@ pub async fn show(State(dashboard): State<Dashboard>, operator: Operator) -> Pag
             .collect(),
         active: overview.active.iter().map(RunRow::from).collect(),
         failures: overview.failures.iter().map(RunRow::from).collect(),
-        fires: overview
-            .next_fires
+        fires: soonest
+            .fires
             .iter()
             .map(|(job, at)| FireRow {
                 job_id: job.id.to_string(),
@@ -92,7 +103,7 @@ pub async fn show(State(dashboard): State<Dashboard>, operator: Operator) -> Pag
                 relative: relative(*at, now),
             })
             .collect(),
-        jobs: overview.jobs,
+        jobs: soonest.jobs,
         spend_today: usd(overview.spend.today_usd),
         spend_month: usd(overview.spend.month_usd),
     };

@@ -8,6 +8,8 @@ pub use input::{JobInput, JobPatch, DEFAULT_MISFIRE_CAP};
 pub(crate) use input::{apply, validate};
 pub use view::JobView;
 
+use std::collections::HashMap;
+
 use autopilot_proto::{JobId, Trigger};
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -94,6 +96,114 @@ pub async fn list(app: &App) -> ServiceResult<Vec<JobView>> {
         .iter()
         .map(JobView::from)
         .collect())
+}
+
+/// The jobs whose name or description holds `query` (any case; all when empty), by name: the
+/// `limit` from `offset` on, and how many match in all.
+pub async fn search(
+    app: &App,
+    query: &str,
+    offset: usize,
+    limit: usize,
+) -> ServiceResult<(Vec<JobView>, usize)> {
+    let needle = query.trim().to_lowercase();
+    let matching: Vec<Job> = app
+        .store
+        .list_jobs()
+        .await?
+        .into_iter()
+        .filter(|job| {
+            needle.is_empty()
+                || job.name.to_lowercase().contains(&needle)
+                || job
+                    .description
+                    .as_deref()
+                    .is_some_and(|d| d.to_lowercase().contains(&needle))
+        })
+        .collect();
+    let total = matching.len();
+    // Only the page's jobs get their next fire computed.
+    let page = matching
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(JobView::from)
+        .collect();
+    Ok((page, total))
+}
+
+/// The enabled jobs that fire soonest, with their next fire, soonest first; and how many jobs
+/// there are.
+pub async fn soonest_fires(
+    app: &App,
+    count: usize,
+) -> ServiceResult<(Vec<(JobView, DateTime<Utc>)>, usize)> {
+    let jobs = app.store.list_jobs().await?;
+    let total = jobs.len();
+    // Computed on every core, off the async threads.
+    let (jobs, fires) = tokio::task::spawn_blocking(move || {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunk = jobs.len().div_ceil(cores).max(1);
+        let mut fires: Vec<(DateTime<Utc>, usize)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = jobs
+                .chunks(chunk)
+                .enumerate()
+                .map(|(index, part)| scope.spawn(move || next_fires_of(part, index * chunk)))
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|worker| worker.join().unwrap_or_default())
+                .collect()
+        });
+        fires.sort_by_key(|(at, _)| *at);
+        fires.truncate(count);
+        (jobs, fires)
+    })
+    .await
+    .map_err(|err| ServiceError::Internal(anyhow::anyhow!("computing next fires: {err}")))?;
+    let fires: Vec<(DateTime<Utc>, &Job)> = fires
+        .into_iter()
+        .map(|(at, index)| (at, &jobs[index]))
+        .collect();
+    Ok((
+        fires
+            .into_iter()
+            .take(count)
+            .map(|(at, job)| (JobView::from(job), at))
+            .collect(),
+        total,
+    ))
+}
+
+/// The next fire of each enabled, scheduled job of `jobs` (whose first is job `first` of the
+/// whole list), with its index in the whole list. Jobs often share a schedule, and then their
+/// cursor too (the fire they last handled): each schedule is compiled, and each (schedule, zone,
+/// cursor) searched, once.
+fn next_fires_of(jobs: &[Job], first: usize) -> Vec<(DateTime<Utc>, usize)> {
+    let mut compiled: HashMap<(&Schedule, &str), Option<Compiled>> = HashMap::new();
+    // (schedule, zone, cursor) → the next fire after the cursor.
+    type Searched<'a> = HashMap<(&'a Schedule, &'a str, DateTime<Utc>), Option<DateTime<Utc>>>;
+    let mut searched: Searched = HashMap::new();
+    let mut fires = Vec::new();
+    for (index, job) in jobs.iter().enumerate() {
+        if !job.enabled || matches!(job.schedule, Schedule::None) {
+            continue;
+        }
+        let key = (&job.schedule, job.timezone.as_str());
+        let next = *searched
+            .entry((key.0, key.1, job.fire_cursor))
+            .or_insert_with(|| {
+                compiled
+                    .entry(key)
+                    .or_insert_with(|| Compiled::new(key.0, key.1).ok())
+                    .as_ref()
+                    .and_then(|schedule| schedule.next_after(job.fire_cursor))
+            });
+        if let Some(at) = next {
+            fires.push((at, first + index));
+        }
+    }
+    fires
 }
 
 /// The next `count` fire times of a job.

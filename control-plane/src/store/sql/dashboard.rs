@@ -167,7 +167,7 @@ impl DashboardStore for SqlStore {
             UsageGroup::Model => ("models".to_owned(), "3 DESC, 1 ASC"),
         };
         let sql = format!(
-            "SELECT {label}, COUNT(*), SUM(cost_usd), CAST(SUM(input_tokens) AS BIGINT), \
+            "SELECT {label}, COUNT(*), COALESCE(SUM(cost_usd), 0.0), CAST(SUM(input_tokens) AS BIGINT), \
              CAST(SUM(output_tokens) AS BIGINT), CAST(SUM(cache_read_tokens) AS BIGINT), \
              CAST(SUM(cache_write_tokens) AS BIGINT) FROM runs \
              WHERE created_at_ms >= $1 GROUP BY 1 ORDER BY {order}"

@@ -19,6 +19,11 @@
 //!   cluster of real processes (see `fleet.rs`; each also alone: `fleet-pipeline [RATE SECONDS]`,
 //!   `fleet-dispatch [JOBS SECONDS]`, `fleet-failover [KILLS]`, `fleet-memory`).
 //!
+//! - `dashboard`: the run page's server render with 5,000 events, a live event's way to the open
+//!   page's DOM (in Chromium), the overview with 10,000 jobs and 1,000,000 runs (see
+//!   `dashboard.rs`; each also alone: `dashboard-render [EVENTS]`, `dashboard-live [LINES]`,
+//!   `dashboard-overview [JOBS RUNS]`).
+//!
 //! - `chaos`: failures injected under load, the table of RELIABILITY.md (see `chaos.rs`; not
 //!   part of `all`).
 //!
@@ -36,6 +41,7 @@ use serde_json::json;
 use sqlx::Connection;
 
 mod chaos;
+mod dashboard;
 mod docker;
 mod fleet;
 mod fleet_webhooks;
@@ -523,6 +529,17 @@ async fn main() -> anyhow::Result<()> {
     if matches!(which, "tools" | "all") {
         rows.extend(tools::tools(number(1, 5) as usize).await?);
     }
+    if matches!(which, "dashboard-render" | "dashboard" | "all") {
+        rows.extend(dashboard::render(number(1, 5000) as usize).await?);
+    }
+    if matches!(which, "dashboard-live" | "dashboard" | "all") {
+        rows.extend(dashboard::live(number(1, 200) as usize).await?);
+    }
+    if matches!(which, "dashboard-overview" | "dashboard" | "all") {
+        rows.extend(
+            dashboard::overview(number(1, 10_000) as usize, number(2, 1_000_000) as usize).await?,
+        );
+    }
     if matches!(which, "fleet-pipeline" | "fleet" | "all") {
         rows.extend(fleet::pipeline(number(1, 600), number(2, 60)).await?);
     }
@@ -544,6 +561,7 @@ async fn main() -> anyhow::Result<()> {
          webhooks [LOAD_SECONDS FIXED_RATE_SECONDS] | metrics-scrape [JOBS WEBHOOKS] | \
          tracing-cost [WEBHOOK_SECONDS PIPELINE_SECONDS] | docker-start [RUNS] | tools [RUNS] | fleet-pipeline [RATE SECONDS] | \
          fleet-dispatch [JOBS SECONDS] | fleet-failover [KILLS] | fleet-memory | fleet-webhooks [SECONDS] | \
+         dashboard-render [EVENTS] | dashboard-live [LINES] | dashboard-overview [JOBS RUNS] | dashboard | \
          fleet | all | \
          chaos [SECONDS] [--write]]"
     );

@@ -13,7 +13,8 @@ this flow starts its Claude runs. Environment:
                               (optional; keep it outside the repository)
 
 `dashboard.py test` runs the flow (exit 1 on the first failure); `dashboard.py bench-live
-RUN_URL` opens a live run and prints how long each event took from the worker to the DOM.
+RUN_URL` opens a live run and prints how long each event took from the worker to the DOM;
+`dashboard.py bench-load PAGE_URL` prints how long Chromium takes to have a page ready.
 Every page is checked with axe-core (no serious or critical violation), and any console error
 or Content Security Policy violation fails the flow.
 """
@@ -140,7 +141,7 @@ def run_flow():
         expect(page.get_by_label("Cron expression")).to_have_attribute("aria-invalid", "true")
         page.get_by_label("Cron expression").fill("30 2 * * *")
         expect(preview.locator("li")).to_have_count(5)
-        page.get_by_label("Allowed tools").fill("Bash")
+        page.get_by_role("checkbox", name="Bash", exact=True).check()
         audit(page, "job-editor")
         page.get_by_role("button", name="Save").click()
         expect(page.get_by_role("heading", name="sprint summary")).to_be_visible()
@@ -235,10 +236,23 @@ def run_flow():
         expect(page.locator("table.list tbody tr")).to_have_count(2)
         audit(page, "webhook")
 
+        step("a quick run, saved as a job")
+        page.get_by_role("link", name="Quick run").click()
+        page.get_by_label("Prompt", exact=True).fill("Check the weather report once.")
+        page.get_by_role("button", name="Run now").click()
+        expect(page).to_have_url(RUN_PAGE)
+        wait_for_status(page, "succeeded")
+        page.get_by_role("link", name="Save as a job").click()
+        expect(page.get_by_label("Prompt", exact=True)).to_have_value("Check the weather report once.")
+        page.get_by_label("Name", exact=True).fill("weather")
+        page.get_by_label("Cron expression").fill("0 7 * * *")
+        page.get_by_role("button", name="Save").click()
+        expect(page.get_by_role("heading", name="weather")).to_be_visible()
+
         step("usage shows the runs' cost")
         page.goto(URL + "/usage")
         expect(page.locator("#usage-cost")).not_to_have_text("$0")
-        expect(page.locator("svg.chart rect.bar").first).to_be_visible()
+        expect(page.locator('svg.chart rect.bar:not([height="0.0"])').first).to_be_visible()
         audit(page, "usage")
 
         step("every other page, with keyboard navigation")
@@ -303,11 +317,36 @@ def bench_live(run_url):
     print(json.dumps({"latencies_ms": latencies}), flush=True)
 
 
+def bench_load(page_url, loads=5):
+    """Loads a page several times and prints how long Chromium took to have it ready (the
+    navigation's `domContentLoadedEventEnd` and `loadEventEnd`), as JSON."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        page = browser.new_context().new_page()
+        problems = Problems()
+        problems.watch(page)
+        page.goto(URL + "/sign-in")
+        page.get_by_label("Operator password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        timings = []
+        for _ in range(loads):
+            page.goto(page_url, wait_until="load")
+            timings.append(page.evaluate(
+                "() => { const n = performance.getEntriesByType('navigation')[0]; "
+                "return { ready_ms: n.domContentLoadedEventEnd, load_ms: n.loadEventEnd }; }"
+            ))
+        problems.check()
+        browser.close()
+    print(json.dumps({"timings": timings}), flush=True)
+
+
 if __name__ == "__main__":
     mode = sys.argv[1] if len(sys.argv) > 1 else "test"
     if mode == "test":
         run_flow()
     elif mode == "bench-live":
         bench_live(sys.argv[2])
+    elif mode == "bench-load":
+        bench_load(sys.argv[2])
     else:
-        sys.exit(f"usage: {sys.argv[0]} [test | bench-live RUN_URL]")
+        sys.exit(f"usage: {sys.argv[0]} [test | bench-live RUN_URL | bench-load PAGE_URL]")

@@ -370,6 +370,36 @@ mod tests {
     }
 
     #[test]
+    fn the_cookie_is_host_prefixed_and_secure_over_https_only() {
+        let https = set_cookie("abc", 60, true);
+        let https = https.to_str().unwrap();
+        assert!(
+            https.starts_with("__Host-autopilot_session=abc;"),
+            "{https}"
+        );
+        for attribute in ["; Secure", "; HttpOnly", "; SameSite=Strict", "; Path=/"] {
+            assert!(https.contains(attribute), "{https}");
+        }
+        assert!(
+            !https.contains("Domain="),
+            "__Host- cookies carry no domain"
+        );
+        let http = set_cookie("abc", 60, false);
+        let http = http.to_str().unwrap();
+        assert!(
+            http.starts_with("autopilot_session=abc;") && !http.contains("Secure"),
+            "{http}"
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; __Host-autopilot_session=xyz"),
+        );
+        assert_eq!(session_cookie(&headers, true).as_deref(), Some("xyz"));
+        assert_eq!(session_cookie(&headers, false), None);
+    }
+
+    #[test]
     fn an_address_waits_after_five_failures_and_others_do_not() {
         let limits = SignInLimits::default();
         let one: IpAddr = "192.0.2.1".parse().unwrap();

@@ -88,6 +88,13 @@ pub fn count(n: u64) -> String {
     out
 }
 
+/// A run id short enough for a list: its last 8 hex digits (the first ones are its creation
+/// time, alike for runs made together).
+pub fn short_id(id: impl std::fmt::Display) -> String {
+    let id = id.to_string();
+    id[id.len().saturating_sub(8)..].to_owned()
+}
+
 /// At most `max` bytes of `text` (cut at a character boundary), and whether it was cut.
 pub fn cut(text: &str, max: usize) -> (&str, bool) {
     if text.len() <= max {

@@ -36,7 +36,8 @@ pub fn bar_chart(title: &str, bars: &[Bar]) -> String {
         return svg;
     }
     let slot = WIDTH / bars.len() as f64;
-    let bar_width = (slot * 0.8).max(1.0);
+    // Thin bars for long periods, never wider than a tenth of the chart.
+    let bar_width = (slot * 0.8).clamp(1.0, WIDTH / 10.0);
     let label_every = (bars.len() / 12).max(1);
     for (i, bar) in bars.iter().enumerate() {
         let height = (bar.value / max) * (HEIGHT - AXIS - 4.0);

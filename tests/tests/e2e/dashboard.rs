@@ -225,6 +225,11 @@ async fn every_page_renders_with_its_headers_and_no_inline_code() {
         (&format!("/runs/{run_id}"), "hello"),
         (&format!("/runs/{run_id}/rerun"), "Rerun with edits"),
         (
+            &format!("/jobs/new?from_run={run_id}"),
+            ">echo hello</textarea>",
+        ),
+        ("/jobs?q=ECH&page=1", "echo"),
+        (
             &format!("/runs/compare?a={}", second["id"].as_str().unwrap()),
             "Compare runs",
         ),

@@ -10,7 +10,7 @@ use axum::response::Response;
 
 use super::{render, Chrome, PageError, PageResult};
 use crate::dashboard::auth::{authorize, Action, Operator};
-use crate::dashboard::format::{count, run_duration, usd, utc};
+use crate::dashboard::format::{count, run_duration, short_id, usd, utc};
 use crate::dashboard::transcript::render_events;
 use crate::dashboard::Dashboard;
 use crate::domain::{Run, RunFilter, ServiceError};
@@ -105,7 +105,7 @@ async fn side(dashboard: &Dashboard, run: &Run) -> PageResult<Side> {
         id: run.id.to_string(),
         title: format!(
             "{} · {} · {}",
-            &run.id.to_string()[..8],
+            short_id(run.id),
             run.status.as_str(),
             utc(run.created_at)
         ),

@@ -24,6 +24,21 @@ use crate::domain::{RunFilter, ServiceError};
 use crate::services::jobs::{self, JobInput, JobPatch, JobView, PreviewInput};
 use crate::services::{runs, tools};
 
+/// Claude Code's own tools, offered as boxes to tick in the editor (others go in the text area).
+const BUILT_IN_TOOLS: [&str; 11] = [
+    "Read",
+    "Write",
+    "Edit",
+    "Glob",
+    "Grep",
+    "Bash",
+    "WebFetch",
+    "WebSearch",
+    "NotebookEdit",
+    "TodoWrite",
+    "Task",
+];
+
 /// Runs shown in each job's strip.
 const STRIP: u32 = 20;
 /// Jobs on one page of the list.
@@ -217,6 +232,9 @@ struct JobForm {
     misfire_cap: String,
     overlap_policy: String,
     model: String,
+    /// Built-in tools ticked.
+    tools: Vec<String>,
+    /// Other allowed tools, one per line.
     allowed_tools: String,
     disallowed_tools: String,
     max_turns: String,
@@ -257,6 +275,11 @@ impl JobForm {
 
     fn from_job(job: &JobView) -> Self {
         let settings = &job.settings;
+        let (built_in, others): (Vec<String>, Vec<String>) = settings
+            .allowed_tools
+            .iter()
+            .cloned()
+            .partition(|tool| BUILT_IN_TOOLS.contains(&tool.as_str()));
         JobForm {
             name: job.name.clone(),
             description: job.description.clone().unwrap_or_default(),
@@ -280,7 +303,8 @@ impl JobForm {
             misfire_cap: job.misfire_cap.to_string(),
             overlap_policy: job.overlap_policy.as_str().into(),
             model: settings.model.clone().unwrap_or_default(),
-            allowed_tools: settings.allowed_tools.join("\n"),
+            tools: built_in,
+            allowed_tools: others.join("\n"),
             disallowed_tools: settings.disallowed_tools.join("\n"),
             max_turns: settings
                 .max_turns
@@ -332,6 +356,7 @@ impl JobForm {
             misfire_cap: text("misfire_cap"),
             overlap_policy: text("overlap_policy"),
             model: text("model"),
+            tools: form.all("tool").map(str::to_owned).collect(),
             allowed_tools: text("allowed_tools"),
             disallowed_tools: text("disallowed_tools"),
             max_turns: text("max_turns"),
@@ -451,7 +476,11 @@ impl JobForm {
             job.insert("image".into(), text_or_null(&self.image));
         }
         if self.kind != "shell" {
-            job.insert("allowed_tools".into(), lines(&self.allowed_tools));
+            let mut allowed: Vec<Value> = self.tools.iter().map(|tool| json!(tool)).collect();
+            if let Value::Array(others) = lines(&self.allowed_tools) {
+                allowed.extend(others);
+            }
+            job.insert("allowed_tools".into(), Value::Array(allowed));
             job.insert("disallowed_tools".into(), lines(&self.disallowed_tools));
             job.insert("trace_content".into(), json!(self.trace_content));
             let mut servers: Vec<(&String, &String)> = self.servers.iter().collect();
@@ -512,6 +541,7 @@ struct JobEditPage {
     error: Option<(String, String)>,
     servers: Vec<ServerChoice>,
     bundles: Vec<(String, bool)>,
+    built_in_tools: Vec<(&'static str, bool)>,
     misfire_policies: &'static [&'static str],
     overlap_policies: &'static [&'static str],
     networks: [&'static str; 3],
@@ -552,6 +582,10 @@ async fn edit_page(
         Some(_) => format!("Edit {}", form.name),
         None => "New job".to_owned(),
     };
+    let built_in_tools = BUILT_IN_TOOLS
+        .iter()
+        .map(|tool| (*tool, form.tools.iter().any(|ticked| ticked == tool)))
+        .collect();
     Ok(JobEditPage {
         chrome: Chrome::new(operator, "jobs", title),
         job_id,
@@ -559,6 +593,7 @@ async fn edit_page(
         error,
         servers,
         bundles,
+        built_in_tools,
         misfire_policies: MisfirePolicy::NAMES,
         overlap_policies: OverlapPolicy::NAMES,
         networks: ["model-only", "none", "open"],
@@ -567,10 +602,42 @@ async fn edit_page(
     })
 }
 
-pub async fn new(State(dashboard): State<Dashboard>, operator: Operator) -> PageResult<Response> {
+/// The editor for a new job; `?from_run=<run id>` starts from a run's prompt, model and tools
+/// (a quick run saved as a job).
+pub async fn new(
+    State(dashboard): State<Dashboard>,
+    operator: Operator,
+    Query(params): Query<HashMap<String, String>>,
+) -> PageResult<Response> {
     authorize(&operator, Action::View)?;
+    let mut form = JobForm::new_job();
+    if let Some(run_id) = params.get("from_run") {
+        let run_id = run_id.parse().map_err(|_| {
+            ServiceError::invalid("from_run", format!("`{run_id}` is not a run id"))
+        })?;
+        let run = runs::get(&dashboard.app, run_id).await?;
+        let (built_in, others): (Vec<String>, Vec<String>) = match &run.settings.kind {
+            autopilot_proto::RunKind::Claude(spec) => {
+                form.text = spec.prompt.clone();
+                form.model = spec.model.clone().unwrap_or_default();
+                spec.allowed_tools
+                    .iter()
+                    .cloned()
+                    .partition(|tool| BUILT_IN_TOOLS.contains(&tool.as_str()))
+            }
+            autopilot_proto::RunKind::Shell { command, .. } => {
+                form.kind = "shell".into();
+                form.text = command.clone();
+                (Vec::new(), Vec::new())
+            }
+        };
+        form.tools = built_in;
+        form.allowed_tools = others.join("\n");
+        form.pool = run.settings.pool.clone();
+        form.timeout_secs = run.settings.timeout_secs.to_string();
+    }
     Ok(render(
-        &edit_page(&dashboard, &operator, None, JobForm::new_job(), None).await?,
+        &edit_page(&dashboard, &operator, None, form, None).await?,
     ))
 }
 

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::{render, see_other, Chrome, PageError, PageResult};
 use crate::dashboard::auth::{authorize, authorize_form, Action, Operator};
 use crate::dashboard::fields::Fields;
-use crate::dashboard::format::{count, cut, iso, run_duration, usd, utc};
+use crate::dashboard::format::{count, cut, iso, run_duration, short_id, usd, utc};
 use crate::dashboard::transcript::{self, Transcript};
 use crate::dashboard::Dashboard;
 use crate::domain::{Run, RunFilter, ServiceError};
@@ -140,8 +140,69 @@ struct RunPage {
     more_events: bool,
     last_seq: i64,
     live: bool,
+    /// A quick run, which can be saved as a job.
+    quick: bool,
     payload: Option<PayloadView>,
     previous_run: String,
+}
+
+/// A run's transcript as shown on its page.
+struct Rendered {
+    html: String,
+    shown: usize,
+    /// There were more than [`MAX_SHOWN_EVENTS`].
+    more: bool,
+    last_seq: i64,
+}
+
+/// Events read at a time for the page: reading the next ones overlaps rendering these.
+const READ_PAGE: u32 = 1000;
+
+/// Renders a run's events, at most [`MAX_SHOWN_EVENTS`], while they are read: a task reads them
+/// a page at a time (the store works on its own threads) as the pages before are rendered.
+async fn rendered_transcript(dashboard: &Dashboard, id: RunId) -> PageResult<Rendered> {
+    let (pages, mut received) = tokio::sync::mpsc::channel::<Vec<RunEvent>>(2);
+    let app = dashboard.app.clone();
+    let reader = tokio::spawn(async move {
+        let mut after = 0;
+        let mut read = 0;
+        loop {
+            let page = runs::events(&app, id, after, READ_PAGE).await?;
+            let last_page = page.len() < READ_PAGE as usize;
+            read += page.len();
+            after = page.last().map_or(after, |event| event.seq);
+            // Past the limit, one more page tells whether there were more.
+            if page.is_empty()
+                || pages.send(page).await.is_err()
+                || last_page
+                || read > MAX_SHOWN_EVENTS
+            {
+                return Ok::<_, ServiceError>(());
+            }
+        }
+    });
+    let mut transcript = Transcript::new(id);
+    let mut rendered = Rendered {
+        html: String::with_capacity(256 * 1024),
+        shown: 0,
+        more: false,
+        last_seq: 0,
+    };
+    while let Some(page) = received.recv().await {
+        for event in &page {
+            if rendered.shown == MAX_SHOWN_EVENTS {
+                rendered.more = true;
+                break;
+            }
+            transcript.render_into(&mut rendered.html, event);
+            rendered.shown += 1;
+            rendered.last_seq = event.seq;
+        }
+    }
+    reader.await.map_err(|err| {
+        ServiceError::Internal(anyhow::anyhow!("reading a run's events: {err}"))
+    })??;
+    Ok(rendered)
 }
 
 /// Every event of a run, up to [`MAX_SHOWN_EVENTS`]; whether there were more.
@@ -170,7 +231,7 @@ pub async fn show(
     authorize(&operator, Action::View)?;
     let id = parse_run_id(&id)?;
     let run = runs::get(&dashboard.app, id).await?;
-    let (events, more_events) = all_events(&dashboard, id).await?;
+    let transcript = rendered_transcript(&dashboard, id).await?;
     let payload = match run.webhook_id {
         Some(_) => match webhooks::payload(&dashboard.app, id).await {
             Ok(payload) => {
@@ -212,20 +273,17 @@ pub async fn show(
         RunKind::Shell { command, .. } => ("shell", command.clone()),
     };
     let page = RunPage {
-        chrome: Chrome::new(
-            &operator,
-            "runs",
-            format!("Run {}", &run.id.to_string()[..8]),
-        ),
+        chrome: Chrome::new(&operator, "runs", format!("Run {}", short_id(run.id))),
         id: id.to_string(),
         summary: RunSummary::new(&run, operator.csrf_token()).html(),
         kind,
         prompt,
-        transcript: transcript::render_events(id, &events),
-        events_shown: events.len(),
-        more_events,
-        last_seq: events.last().map_or(0, |event| event.seq),
+        transcript: transcript.html,
+        events_shown: transcript.shown,
+        more_events: transcript.more,
+        last_seq: transcript.last_seq,
         live: !run.status.is_terminal(),
+        quick: run.trigger == autopilot_proto::Trigger::Quick,
         payload,
         previous_run,
     };
@@ -338,7 +396,7 @@ pub async fn event(
         chrome: Chrome::new(
             &operator,
             "runs",
-            format!("Event {seq} of run {}", &id.to_string()[..8]),
+            format!("Event {seq} of run {}", short_id(id)),
         ),
         id: id.to_string(),
         seq,
@@ -431,7 +489,7 @@ async fn rerun_page(
             .unwrap_or(stored)
     };
     Ok(RerunPage {
-        chrome: Chrome::new(operator, "runs", format!("Rerun {}", &id.to_string()[..8])),
+        chrome: Chrome::new(operator, "runs", format!("Rerun {}", short_id(id))),
         id: id.to_string(),
         shell,
         prompt: given("prompt", prompt),

@@ -12,7 +12,7 @@ use chrono::{DateTime, Duration, Utc};
 use super::{render, see_other, Chrome, PageError, PageResult};
 use crate::dashboard::auth::{authorize, authorize_form, Action, Operator};
 use crate::dashboard::fields::Fields;
-use crate::dashboard::format::{count, cut, iso, run_duration, usd, utc};
+use crate::dashboard::format::{count, cut, iso, run_duration, short_id, usd, utc};
 use crate::dashboard::Dashboard;
 use crate::domain::{Run, RunFilter, ServiceError};
 use crate::services::{jobs, runs, webhooks};
@@ -42,7 +42,7 @@ impl From<&Run> for RunRow {
         let id = run.id.to_string();
         let usage = &run.usage;
         RunRow {
-            short_id: id[..8].to_owned(),
+            short_id: short_id(&id),
             id,
             job_id: run.job_id.map(|id| id.to_string()).unwrap_or_default(),
             job: run

@@ -85,11 +85,28 @@ pub async fn show(
             }
         },
     };
-    let report = usage::report(&dashboard.app, Utc::now() - Duration::days(days)).await?;
+    let since = Utc::now() - Duration::days(days);
+    let report = usage::report(&dashboard.app, since).await?;
+    // One bar for each day of the period, days without runs included.
+    let every_day: Vec<UsageTotals> = (0..=days)
+        .map(|offset| {
+            let label = (since + Duration::days(offset))
+                .format("%Y-%m-%d")
+                .to_string();
+            report
+                .by_day
+                .iter()
+                .find(|day| day.label == label)
+                .cloned()
+                .unwrap_or(UsageTotals {
+                    label,
+                    ..Default::default()
+                })
+        })
+        .collect();
     let cost_chart = bar_chart(
         &format!("Cost by day, last {days} days"),
-        &report
-            .by_day
+        &every_day
             .iter()
             .map(|day| Bar {
                 label: day.label.clone(),
@@ -100,8 +117,7 @@ pub async fn show(
     );
     let tokens_chart = bar_chart(
         &format!("Tokens by day, last {days} days"),
-        &report
-            .by_day
+        &every_day
             .iter()
             .map(|day| {
                 let tokens = day.input_tokens

@@ -130,6 +130,9 @@ pub async fn render(event_count: usize) -> anyhow::Result<Vec<Row>> {
             value: summary(&alone),
             target: "< 100 ms".into(),
         });
+        if store == "sqlite" {
+            rows.push(browser_load(&server.base_url, &path, event_count).await?);
+        }
         // The same while four runs print a line every 10 ms each (events ingested meanwhile).
         let job = server
             .create_job(json!({ "name": "chatty", "command": "i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); sleep 0.01; done", "overlap_policy": "allow" }))
@@ -207,6 +210,32 @@ pub async fn live(lines: usize) -> anyhow::Result<Vec<Row>> {
         value: summary(&latencies),
         target: "< 100 ms p95".into(),
     }])
+}
+
+/// How long Chromium takes to have the run's page ready (parsed, laid out, its script run).
+async fn browser_load(base_url: &str, path: &str, event_count: usize) -> anyhow::Result<Row> {
+    let output = browser_script(base_url, &["bench-load", &format!("{base_url}{path}")]).await?;
+    let line = output
+        .lines()
+        .find(|line| line.starts_with("{\"timings\""))
+        .ok_or_else(|| anyhow::anyhow!("no timings in the browser's output:\n{output}"))?;
+    let parsed: Value = serde_json::from_str(line)?;
+    let field = |name: &str| {
+        sorted(
+            parsed["timings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|timing| timing[name].as_f64())
+                .collect(),
+        )
+    };
+    let (ready, load) = (field("ready_ms"), field("load_ms"));
+    Ok(Row {
+        name: format!("… the same page in Chromium, from navigation to DOMContentLoaded / load ({event_count} events, 5 loads)"),
+        value: format!("p50 {:.0} / {:.0} ms", percentile(&ready, 50.0), percentile(&load, 50.0)),
+        target: "measured".into(),
+    })
 }
 
 async fn browser_script(url: &str, args: &[&str]) -> anyhow::Result<String> {

@@ -151,7 +151,9 @@ def run_flow():
         page.get_by_role("button", name="Run now").click()
         expect(page).to_have_url(RUN_PAGE)
         transcript = page.locator("#transcript")
-        # The model answers after a pause: the page is open before the events come.
+        # The model answers after a pause: the page is open, following live, before the events
+        # come.
+        expect(transcript).to_have_attribute("data-live", re.compile(r"/live\?after=\d+$"))
         expect(transcript.locator(".ev-tool_use")).to_have_count(1, timeout=TIMEOUT_MS)
         expect(transcript.locator(".ev-assistant_text").last).to_contain_text("All done", timeout=TIMEOUT_MS)
         wait_for_status(page, "succeeded")

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use askama::Template;
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -73,15 +73,34 @@ pub fn authorize(operator: &Operator, action: Action) -> PageResult<()> {
     Ok(())
 }
 
-/// Checks a submitted form's token against the session's, then [`authorize`]s the action.
-pub fn authorize_form(operator: &Operator, form: &Fields, action: Action) -> PageResult<()> {
-    let given = form.get("_csrf").unwrap_or_default();
-    if !crate::tokens::same(given.as_bytes(), operator.csrf_token().as_bytes()) {
-        return Err(PageError::Forbidden(
-            "the form's token is missing or out of date: reload the page and submit again".into(),
-        ));
+/// A form submitted by the signed-in operator, whose token (`_csrf`) is the session's: taking
+/// one as a handler's last argument is what checks the token. The handler still names its
+/// action to [`authorize`].
+pub struct Submitted {
+    pub operator: Operator,
+    pub form: Fields,
+}
+
+impl<S: Send + Sync> FromRequest<S> for Submitted {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, _: &S) -> Result<Self, Self::Rejection> {
+        let Some(operator) = request.extensions().get::<Operator>().cloned() else {
+            return Err(Redirect::to("/sign-in").into_response());
+        };
+        let form = Fields::read(request)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let given = form.get("_csrf").unwrap_or_default();
+        if !crate::tokens::same(given.as_bytes(), operator.csrf_token().as_bytes()) {
+            return Err(PageError::Forbidden(
+                "the form's token is missing or out of date: reload the page and submit again"
+                    .into(),
+            )
+            .into_response());
+        }
+        Ok(Submitted { operator, form })
     }
-    authorize(operator, action)
 }
 
 /// The session cookie's name: `__Host-` prefixed when the dashboard is served over https (the
@@ -329,16 +348,12 @@ pub async fn sign_in(State(dashboard): State<Dashboard>, request: Request) -> Re
 
 pub async fn sign_out(
     State(dashboard): State<Dashboard>,
-    operator: Operator,
-    request: Request,
+    headers: HeaderMap,
+    Submitted { operator, .. }: Submitted,
 ) -> Response {
     let secure = is_secure(&dashboard);
-    let cookie = session_cookie(request.headers(), secure);
-    let form = match Fields::read(request).await {
-        Ok(form) => form,
-        Err(err) => return err.into_response(),
-    };
-    if let Err(err) = authorize_form(&operator, &form, Action::View) {
+    let cookie = session_cookie(&headers, secure);
+    if let Err(err) = authorize(&operator, Action::View) {
         return err.into_response();
     }
     if let Some(cookie) = cookie {

@@ -88,6 +88,14 @@ pub fn count(n: u64) -> String {
     out
 }
 
+/// The name a value has in the API's JSON (an enum's serde name: `write`, `hmac_sha256`).
+pub fn wire_name(value: impl serde::Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// A run id short enough for a list: its last 8 hex digits (the first ones are its creation
 /// time, alike for runs made together).
 pub fn short_id(id: impl std::fmt::Display) -> String {

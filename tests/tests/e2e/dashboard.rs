@@ -470,6 +470,44 @@ async fn the_job_editor_checks_like_the_api_and_previews_the_schedule() {
     let bad = browser.get("/schedule-preview?schedule=nonsense").await;
     assert!(bad.body.contains(r#"class="error""#), "{}", bad.body);
 
+    // A grant's tool lists, which the editor does not show, survive an edit.
+    let (status, body) = server
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/servers",
+            Some(json!({
+                "name": "notes",
+                "transport": { "type": "stdio", "command": "/bin/false" },
+                "tools": [{ "name": "lookup_note" }, { "name": "erase_notes" }],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    server
+        .patch_job(
+            job_id,
+            json!({ "servers": [{ "server": "notes", "access": "write", "allow": ["lookup_note"] }] }),
+        )
+        .await;
+    let editor = browser.get(&format!("/jobs/{job_id}/edit")).await;
+    assert!(
+        editor
+            .body
+            .contains(r#"name="server" value="notes" checked"#),
+        "the grant is ticked"
+    );
+    let mut with_grant = edit.clone();
+    with_grant.extend([("server", "notes"), ("access.notes", "write")]);
+    let saved = browser
+        .post(&format!("/jobs/{job_id}/edit"), &with_grant)
+        .await;
+    assert_eq!(saved.status, StatusCode::SEE_OTHER, "{}", saved.body);
+    let job = server.get(&format!("/api/v1/jobs/{job_id}")).await;
+    assert_eq!(
+        job["servers"],
+        json!([{ "server": "notes", "access": "write", "allow": ["lookup_note"] }])
+    );
+
     // The enabled switch and delete.
     let off = browser
         .post(&format!("/jobs/{job_id}/enabled"), &[("enabled", "false")])

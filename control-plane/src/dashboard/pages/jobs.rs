@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use askama::Template;
 use autopilot_proto::JobId;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::Utc;
@@ -14,12 +14,13 @@ use serde_json::{json, Map, Value};
 
 use super::runs::RunRow;
 use super::{render, see_other, Chrome, PageError, PageResult};
-use crate::dashboard::auth::{authorize, authorize_form, Action, Operator};
+use crate::dashboard::auth::{authorize, Action, Operator, Submitted};
 use crate::dashboard::fields::Fields;
-use crate::dashboard::format::{in_zone, iso, relative, utc};
+use crate::dashboard::format::{in_zone, iso, relative, utc, wire_name};
 use crate::dashboard::Dashboard;
 use crate::domain::input::{from_value, InputError};
 use crate::domain::job::{MisfirePolicy, OverlapPolicy};
+use crate::domain::tools::ToolGrant;
 use crate::domain::{RunFilter, ServiceError};
 use crate::services::jobs::{self, JobInput, JobPatch, JobView, PreviewInput};
 use crate::services::{runs, tools};
@@ -329,10 +330,7 @@ impl JobForm {
                 .servers
                 .iter()
                 .map(|grant| {
-                    let access = serde_json::to_value(grant.access)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default();
+                    let access = wire_name(grant.access);
                     (grant.server.clone(), access)
                 })
                 .collect(),
@@ -387,8 +385,10 @@ impl JobForm {
     }
 
     /// The job as the API's JSON: what `JobInput` (new) or `JobPatch` (edit) reads, so the
-    /// editor is checked exactly like the API. Blank optional fields are `null` on edit.
-    fn to_json(&self, editing: bool) -> Value {
+    /// editor is checked exactly like the API. Blank optional fields are `null` on edit. A server
+    /// still granted keeps the tool lists (`allow`, `deny`) of its grant in `kept`, which the
+    /// editor does not show.
+    fn to_json(&self, editing: bool, kept: &[ToolGrant]) -> Value {
         let mut job = Map::new();
         let blank = |value: &str| value.trim().is_empty();
         let text_or_null = |value: &str| {
@@ -490,7 +490,15 @@ impl JobForm {
                 Value::from(
                     servers
                         .into_iter()
-                        .map(|(server, access)| json!({ "server": server, "access": access }))
+                        .map(|(server, access)| {
+                            let mut grant = json!({ "server": server, "access": access });
+                            if let Some(before) = kept.iter().find(|grant| &grant.server == server)
+                            {
+                                grant["allow"] = json!(before.allow);
+                                grant["deny"] = json!(before.deny);
+                            }
+                            grant
+                        })
                         .collect::<Vec<_>>(),
                 ),
             );
@@ -686,13 +694,14 @@ async fn refused(
 
 pub async fn create(
     State(dashboard): State<Dashboard>,
-    operator: Operator,
-    request: Request,
+    Submitted {
+        operator,
+        form: fields,
+    }: Submitted,
 ) -> PageResult<Response> {
-    let fields = Fields::read(request).await?;
-    authorize_form(&operator, &fields, Action::EditJobs)?;
+    authorize(&operator, Action::EditJobs)?;
     let form = JobForm::from_fields(&fields, None);
-    let input: Result<JobInput, InputError> = from_value(form.to_json(false));
+    let input: Result<JobInput, InputError> = from_value(form.to_json(false, &[]));
     let created = match input {
         Ok(input) => jobs::create(&dashboard.app, input)
             .await
@@ -707,15 +716,16 @@ pub async fn create(
 
 pub async fn update(
     State(dashboard): State<Dashboard>,
-    operator: Operator,
     Path(id): Path<String>,
-    request: Request,
+    Submitted {
+        operator,
+        form: fields,
+    }: Submitted,
 ) -> PageResult<Response> {
-    let fields = Fields::read(request).await?;
-    authorize_form(&operator, &fields, Action::EditJobs)?;
+    authorize(&operator, Action::EditJobs)?;
     let job = jobs::find(&dashboard.app, &id).await?;
     let form = JobForm::from_fields(&fields, Some(job.kind.as_str()));
-    let patch: Result<JobPatch, InputError> = from_value(form.to_json(true));
+    let patch: Result<JobPatch, InputError> = from_value(form.to_json(true, &job.settings.servers));
     let updated = match patch {
         Ok(patch) => jobs::update(&dashboard.app, job.id, patch)
             .await
@@ -730,12 +740,10 @@ pub async fn update(
 
 pub async fn run_now(
     State(dashboard): State<Dashboard>,
-    operator: Operator,
     Path(id): Path<String>,
-    request: Request,
+    Submitted { operator, .. }: Submitted,
 ) -> PageResult<Response> {
-    let fields = Fields::read(request).await?;
-    authorize_form(&operator, &fields, Action::Run)?;
+    authorize(&operator, Action::Run)?;
     let job = jobs::find(&dashboard.app, &id).await?;
     let run = jobs::trigger(&dashboard.app, job).await?;
     Ok(see_other(&format!("/runs/{}", run.id)))
@@ -744,12 +752,13 @@ pub async fn run_now(
 /// The enabled switch (`enabled` = `true` or `false`).
 pub async fn set_enabled(
     State(dashboard): State<Dashboard>,
-    operator: Operator,
     Path(id): Path<String>,
-    request: Request,
+    Submitted {
+        operator,
+        form: fields,
+    }: Submitted,
 ) -> PageResult<Response> {
-    let fields = Fields::read(request).await?;
-    authorize_form(&operator, &fields, Action::EditJobs)?;
+    authorize(&operator, Action::EditJobs)?;
     let job_id = parse_job_id(&id)?;
     let enabled = match fields.get("enabled") {
         Some("true") => true,
@@ -776,12 +785,10 @@ pub async fn set_enabled(
 
 pub async fn delete(
     State(dashboard): State<Dashboard>,
-    operator: Operator,
     Path(id): Path<String>,
-    request: Request,
+    Submitted { operator, .. }: Submitted,
 ) -> PageResult<Response> {
-    let fields = Fields::read(request).await?;
-    authorize_form(&operator, &fields, Action::EditJobs)?;
+    authorize(&operator, Action::EditJobs)?;
     jobs::delete(&dashboard.app, parse_job_id(&id)?).await?;
     Ok(see_other("/jobs"))
 }

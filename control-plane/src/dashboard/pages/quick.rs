@@ -1,14 +1,13 @@
 //! Quick run: a prompt run once, now, with the tools picked; it can be saved as a job after.
 
 use askama::Template;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::{render, see_other, Chrome, PageError, PageResult};
-use crate::dashboard::auth::{authorize, authorize_form, Action, Operator};
-use crate::dashboard::fields::Fields;
+use crate::dashboard::auth::{authorize, Action, Operator, Submitted};
 use crate::dashboard::Dashboard;
 use crate::domain::input::from_value;
 use crate::services::runs::{self, QuickRunInput};
@@ -36,11 +35,12 @@ pub async fn show(operator: Operator) -> PageResult<Response> {
 
 pub async fn submit(
     State(dashboard): State<Dashboard>,
-    operator: Operator,
-    request: Request,
+    Submitted {
+        operator,
+        form: fields,
+    }: Submitted,
 ) -> PageResult<Response> {
-    let fields = Fields::read(request).await?;
-    authorize_form(&operator, &fields, Action::Run)?;
+    authorize(&operator, Action::Run)?;
     let mut input = json!({
         "prompt": fields.get("prompt").unwrap_or_default(),
         "allowed_tools": fields.lines("allowed_tools"),

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 
 use askama::Template;
 use autopilot_proto::{EventKind, RunEvent, RunId, RunKind};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -13,7 +13,7 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 
 use super::{render, see_other, Chrome, PageError, PageResult};
-use crate::dashboard::auth::{authorize, authorize_form, Action, Operator};
+use crate::dashboard::auth::{authorize, Action, Operator, Submitted};
 use crate::dashboard::fields::Fields;
 use crate::dashboard::format::{count, cut, iso, run_duration, short_id, usd, utc};
 use crate::dashboard::transcript::{self, Transcript};
@@ -444,12 +444,10 @@ pub async fn markdown(
 
 pub async fn kill(
     State(dashboard): State<Dashboard>,
-    operator: Operator,
     Path(id): Path<String>,
-    request: Request,
+    Submitted { operator, .. }: Submitted,
 ) -> PageResult<Response> {
-    let form = Fields::read(request).await?;
-    authorize_form(&operator, &form, Action::Run)?;
+    authorize(&operator, Action::Run)?;
     let id = parse_run_id(&id)?;
     runs::kill(&dashboard.app, id).await?;
     Ok(see_other(&format!("/runs/{id}")))
@@ -514,12 +512,10 @@ pub async fn rerun_form(
 /// Runs it again: as it was (no fields), or with the edits of the rerun form.
 pub async fn rerun(
     State(dashboard): State<Dashboard>,
-    operator: Operator,
     Path(id): Path<String>,
-    request: Request,
+    Submitted { operator, form }: Submitted,
 ) -> PageResult<Response> {
-    let form = Fields::read(request).await?;
-    authorize_form(&operator, &form, Action::Run)?;
+    authorize(&operator, Action::Run)?;
     let id = parse_run_id(&id)?;
     let edits = if form.get("edited").is_some() {
         runs::RerunEdits {
@@ -555,12 +551,10 @@ pub async fn rerun(
 /// Replays the webhook payload the run came from.
 pub async fn replay(
     State(dashboard): State<Dashboard>,
-    operator: Operator,
     Path(id): Path<String>,
-    request: Request,
+    Submitted { operator, .. }: Submitted,
 ) -> PageResult<Response> {
-    let form = Fields::read(request).await?;
-    authorize_form(&operator, &form, Action::Run)?;
+    authorize(&operator, Action::Run)?;
     let id = parse_run_id(&id)?;
     let new = webhooks::replay(&dashboard.app, id).await?;
     Ok(see_other(&format!("/runs/{}", new.id)))

@@ -5,13 +5,12 @@ use std::collections::HashMap;
 
 use askama::Template;
 use autopilot_proto::{RunId, RunStatus, Trigger};
-use axum::extract::{Query, Request, State};
+use axum::extract::{Query, State};
 use axum::response::Response;
 use chrono::{DateTime, Duration, Utc};
 
 use super::{render, see_other, Chrome, PageError, PageResult};
-use crate::dashboard::auth::{authorize, authorize_form, Action, Operator};
-use crate::dashboard::fields::Fields;
+use crate::dashboard::auth::{authorize, Action, Operator, Submitted};
 use crate::dashboard::format::{count, cut, iso, run_duration, short_id, usd, utc};
 use crate::dashboard::Dashboard;
 use crate::domain::{Run, RunFilter, ServiceError};
@@ -266,11 +265,9 @@ pub async fn list(
 /// Kills every run ticked in the list (`run` fields).
 pub async fn kill_many(
     State(dashboard): State<Dashboard>,
-    operator: Operator,
-    request: Request,
+    Submitted { operator, form }: Submitted,
 ) -> PageResult<Response> {
-    let form = Fields::read(request).await?;
-    authorize_form(&operator, &form, Action::Run)?;
+    authorize(&operator, Action::Run)?;
     let ids = form
         .all("run")
         .map(|id| {

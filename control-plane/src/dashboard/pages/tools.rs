@@ -4,13 +4,12 @@
 
 use askama::Template;
 use autopilot_proto::McpTransport;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::response::Response;
 
 use super::{render, see_other, Chrome, PageResult};
-use crate::dashboard::auth::{authorize, authorize_form, Action, Operator};
-use crate::dashboard::fields::Fields;
-use crate::dashboard::format::utc;
+use crate::dashboard::auth::{authorize, Action, Operator, Submitted};
+use crate::dashboard::format::{utc, wire_name};
 use crate::dashboard::Dashboard;
 use crate::domain::ServiceError;
 use crate::services::tools::{self, dynamic};
@@ -95,10 +94,7 @@ async fn page(
                 version: version.version,
                 state: version.state,
                 active: version.active,
-                author: serde_json::to_value(version.author)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
+                author: wire_name(version.author),
                 credentials: version.credentials.join(", "),
                 missing: version.missing_credentials.join(", "),
                 tools: version
@@ -125,10 +121,7 @@ async fn page(
                     .tools
                     .iter()
                     .map(|tool| {
-                        let access = serde_json::to_value(tool.access)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_owned))
-                            .unwrap_or_default();
+                        let access = wire_name(tool.access);
                         (tool.name.clone(), access)
                     })
                     .collect(),
@@ -183,11 +176,12 @@ pub async fn show(State(dashboard): State<Dashboard>, operator: Operator) -> Pag
 /// Sets a credential from the write-only form; the value is never shown again.
 pub async fn set_credential(
     State(dashboard): State<Dashboard>,
-    operator: Operator,
-    request: Request,
+    Submitted {
+        operator,
+        form: fields,
+    }: Submitted,
 ) -> PageResult<Response> {
-    let fields = Fields::read(request).await?;
-    authorize_form(&operator, &fields, Action::EditTools)?;
+    authorize(&operator, Action::EditTools)?;
     let name = fields.text("name").ok_or_else(|| {
         ServiceError::invalid("name", "give the credential a name, e.g. GITHUB_TOKEN")
     })?;
@@ -211,12 +205,10 @@ pub async fn set_credential(
 
 pub async fn delete_credential(
     State(dashboard): State<Dashboard>,
-    operator: Operator,
     Path(name): Path<String>,
-    request: Request,
+    Submitted { operator, .. }: Submitted,
 ) -> PageResult<Response> {
-    let fields = Fields::read(request).await?;
-    authorize_form(&operator, &fields, Action::EditTools)?;
+    authorize(&operator, Action::EditTools)?;
     tools::delete_credential(&dashboard.app, &name).await?;
     Ok(see_other("/tools"))
 }
@@ -224,12 +216,10 @@ pub async fn delete_credential(
 /// Starts a server once and brings its tool list up to date.
 pub async fn test_server(
     State(dashboard): State<Dashboard>,
-    operator: Operator,
     Path(name): Path<String>,
-    request: Request,
+    Submitted { operator, .. }: Submitted,
 ) -> PageResult<Response> {
-    let fields = Fields::read(request).await?;
-    authorize_form(&operator, &fields, Action::EditTools)?;
+    authorize(&operator, Action::EditTools)?;
     let tested = tools::test_server(&dashboard.app, &name).await?;
     let notice = format!(
         "{name} answered with {} tools{}{}.",
@@ -251,12 +241,10 @@ pub async fn test_server(
 /// Approves a dynamic server version that names credentials (the dashboard's operator may).
 pub async fn approve_dynamic(
     State(dashboard): State<Dashboard>,
-    operator: Operator,
     Path((name, version)): Path<(String, u32)>,
-    request: Request,
+    Submitted { operator, .. }: Submitted,
 ) -> PageResult<Response> {
-    let fields = Fields::read(request).await?;
-    authorize_form(&operator, &fields, Action::EditTools)?;
+    authorize(&operator, Action::EditTools)?;
     dynamic::approve(&dashboard.app, &name, version).await?;
     Ok(see_other("/tools"))
 }

@@ -2,16 +2,16 @@
 //! with its deliveries (each a run, with its payload and replay), rotation, a test delivery.
 
 use askama::Template;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Map, Value};
 
 use super::runs::RunRow;
 use super::{render, see_other, Chrome, PageError, PageResult};
-use crate::dashboard::auth::{authorize, authorize_form, Action, Operator};
+use crate::dashboard::auth::{authorize, Action, Operator, Submitted};
 use crate::dashboard::fields::Fields;
-use crate::dashboard::format::utc;
+use crate::dashboard::format::{utc, wire_name};
 use crate::dashboard::Dashboard;
 use crate::domain::input::from_value;
 use crate::domain::webhook::SignatureSchemeName;
@@ -37,10 +37,7 @@ struct WebhooksPage {
 }
 
 fn scheme_name(view: &WebhookView) -> String {
-    serde_json::to_value(view.signature.scheme)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
+    wire_name(view.signature.scheme)
 }
 
 pub async fn list(State(dashboard): State<Dashboard>, operator: Operator) -> PageResult<Response> {
@@ -216,11 +213,12 @@ fn secrets_page(operator: &Operator, secrets: WebhookSecrets, rotated: bool) -> 
 
 pub async fn create(
     State(dashboard): State<Dashboard>,
-    operator: Operator,
-    request: Request,
+    Submitted {
+        operator,
+        form: fields,
+    }: Submitted,
 ) -> PageResult<Response> {
-    let fields = Fields::read(request).await?;
-    authorize_form(&operator, &fields, Action::EditWebhooks)?;
+    authorize(&operator, Action::EditWebhooks)?;
     let form = WebhookForm::from_fields(&fields);
     let created = match from_value::<WebhookInput>(form.to_json()) {
         Ok(input) => webhooks::create(&dashboard.app, input)
@@ -304,12 +302,13 @@ pub async fn show(
 /// A new URL (and, if ticked, a new signing secret), shown once.
 pub async fn rotate(
     State(dashboard): State<Dashboard>,
-    operator: Operator,
     Path(id): Path<String>,
-    request: Request,
+    Submitted {
+        operator,
+        form: fields,
+    }: Submitted,
 ) -> PageResult<Response> {
-    let fields = Fields::read(request).await?;
-    authorize_form(&operator, &fields, Action::EditWebhooks)?;
+    authorize(&operator, Action::EditWebhooks)?;
     let mut input = json!({});
     if let Some(grace) = fields.text("grace_secs") {
         input["grace_secs"] = grace
@@ -331,12 +330,13 @@ pub async fn rotate(
 /// Starts a run from a JSON payload typed on the page, as if it had been delivered.
 pub async fn test_delivery(
     State(dashboard): State<Dashboard>,
-    operator: Operator,
     Path(id): Path<String>,
-    request: Request,
+    Submitted {
+        operator,
+        form: fields,
+    }: Submitted,
 ) -> PageResult<Response> {
-    let fields = Fields::read(request).await?;
-    authorize_form(&operator, &fields, Action::Run)?;
+    authorize(&operator, Action::Run)?;
     let payload = fields.get("payload").unwrap_or("{}");
     let run = webhooks::send_test(&dashboard.app, &id, payload).await?;
     Ok(see_other(&format!("/runs/{}", run.id)))
@@ -344,12 +344,10 @@ pub async fn test_delivery(
 
 pub async fn delete(
     State(dashboard): State<Dashboard>,
-    operator: Operator,
     Path(id): Path<String>,
-    request: Request,
+    Submitted { operator, .. }: Submitted,
 ) -> PageResult<Response> {
-    let fields = Fields::read(request).await?;
-    authorize_form(&operator, &fields, Action::EditWebhooks)?;
+    authorize(&operator, Action::EditWebhooks)?;
     webhooks::delete(&dashboard.app, &id).await?;
     Ok(see_other("/webhooks"))
 }

@@ -236,8 +236,9 @@ async fn operator_password_hash(config: &Config, store: &dyn Store) -> anyhow::R
             {
                 eprintln!(
                     "\n  Operator password generated (shown once, stored as an argon2 hash): {password}\n  \
-                     You enter it on the consent page when you connect Claude to Autopilot. \
-                     Set AUTOPILOT_OPERATOR_PASSWORD to choose your own.\n"
+                     You sign in to the dashboard with it, and enter it on the consent page when \
+                     you connect Claude to Autopilot. Set AUTOPILOT_OPERATOR_PASSWORD to choose \
+                     your own.\n"
                 );
                 return Ok(hash);
             }

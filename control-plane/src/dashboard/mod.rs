@@ -30,8 +30,6 @@ use axum::Router;
 use crate::app::App;
 use crate::services::overview::SoonestFires;
 
-pub use transcript::render_events;
-
 /// What the dashboard's handlers share: the bottom context, and this edge's own state (the
 /// sign-in attempt limits, the overview's next fires while they hold).
 #[derive(Clone)]

@@ -10,35 +10,19 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::Utc;
-use serde_json::{json, Map, Value};
 
 use super::runs::RunRow;
 use super::{render, see_other, Chrome, PageError, PageResult};
 use crate::dashboard::auth::{authorize, Action, Operator, Submitted};
-use crate::dashboard::fields::Fields;
-use crate::dashboard::format::{in_zone, iso, relative, utc, wire_name};
+use crate::dashboard::format::{in_zone, iso, relative, utc};
 use crate::dashboard::Dashboard;
 use crate::domain::input::{from_value, InputError};
 use crate::domain::job::{MisfirePolicy, OverlapPolicy};
-use crate::domain::tools::ToolGrant;
 use crate::domain::{RunFilter, ServiceError};
 use crate::services::jobs::{self, JobInput, JobPatch, JobView, PreviewInput};
 use crate::services::{runs, tools};
 
-/// Claude Code's own tools, offered as boxes to tick in the editor (others go in the text area).
-const BUILT_IN_TOOLS: [&str; 11] = [
-    "Read",
-    "Write",
-    "Edit",
-    "Glob",
-    "Grep",
-    "Bash",
-    "WebFetch",
-    "WebSearch",
-    "NotebookEdit",
-    "TodoWrite",
-    "Task",
-];
+use super::job_form::{JobForm, BUILT_IN_TOOLS};
 
 /// Runs shown in each job's strip.
 const STRIP: u32 = 20;
@@ -217,320 +201,6 @@ pub async fn show(
     }))
 }
 
-/// The editor's fields as text, whether read from a job, a failed submission or the defaults.
-#[derive(Default)]
-struct JobForm {
-    name: String,
-    description: String,
-    kind: String,
-    text: String,
-    when: String,
-    schedule: String,
-    at: String,
-    timezone: String,
-    enabled: bool,
-    misfire_policy: String,
-    misfire_cap: String,
-    overlap_policy: String,
-    model: String,
-    /// Built-in tools ticked.
-    tools: Vec<String>,
-    /// Other allowed tools, one per line.
-    allowed_tools: String,
-    disallowed_tools: String,
-    max_turns: String,
-    timeout_secs: String,
-    max_cost_usd: String,
-    pool: String,
-    retry_count: String,
-    retry_backoff_secs: String,
-    retry_lost: bool,
-    network: String,
-    memory_mb: String,
-    cpus: String,
-    pids: String,
-    trace_content: bool,
-    image: String,
-    /// Servers granted: name → access.
-    servers: HashMap<String, String>,
-    bundles: Vec<String>,
-}
-
-impl JobForm {
-    fn new_job() -> Self {
-        JobForm {
-            kind: "claude".into(),
-            when: "cron".into(),
-            timezone: "UTC".into(),
-            enabled: true,
-            misfire_policy: "run_once".into(),
-            misfire_cap: "10".into(),
-            overlap_policy: "skip".into(),
-            timeout_secs: "1800".into(),
-            pool: "default".into(),
-            retry_count: "2".into(),
-            retry_backoff_secs: "30".into(),
-            ..Default::default()
-        }
-    }
-
-    fn from_job(job: &JobView) -> Self {
-        let settings = &job.settings;
-        let (built_in, others): (Vec<String>, Vec<String>) = settings
-            .allowed_tools
-            .iter()
-            .cloned()
-            .partition(|tool| BUILT_IN_TOOLS.contains(&tool.as_str()));
-        JobForm {
-            name: job.name.clone(),
-            description: job.description.clone().unwrap_or_default(),
-            kind: job.kind.as_str().into(),
-            text: job
-                .prompt
-                .clone()
-                .or_else(|| job.command.clone())
-                .unwrap_or_default(),
-            when: match (&job.schedule, job.at) {
-                (Some(_), _) => "cron",
-                (None, Some(_)) => "at",
-                (None, None) => "none",
-            }
-            .into(),
-            schedule: job.schedule.clone().unwrap_or_default(),
-            at: job.at.map(|at| at.to_rfc3339()).unwrap_or_default(),
-            timezone: job.timezone.clone(),
-            enabled: job.enabled,
-            misfire_policy: job.misfire_policy.as_str().into(),
-            misfire_cap: job.misfire_cap.to_string(),
-            overlap_policy: job.overlap_policy.as_str().into(),
-            model: settings.model.clone().unwrap_or_default(),
-            tools: built_in,
-            allowed_tools: others.join("\n"),
-            disallowed_tools: settings.disallowed_tools.join("\n"),
-            max_turns: settings
-                .max_turns
-                .map(|n| n.to_string())
-                .unwrap_or_default(),
-            timeout_secs: settings.timeout_secs.to_string(),
-            max_cost_usd: settings
-                .max_cost_usd
-                .map(|n| n.to_string())
-                .unwrap_or_default(),
-            pool: settings.pool.clone(),
-            retry_count: settings.retry.count.to_string(),
-            retry_backoff_secs: settings.retry.backoff_secs.to_string(),
-            retry_lost: settings.retry.lost,
-            network: settings.sandbox.network.as_str().into(),
-            memory_mb: settings.sandbox.memory_mb.to_string(),
-            cpus: settings.sandbox.cpus.to_string(),
-            pids: settings.sandbox.pids.to_string(),
-            trace_content: settings.trace_content,
-            image: settings.image.clone().unwrap_or_default(),
-            servers: settings
-                .servers
-                .iter()
-                .map(|grant| {
-                    let access = wire_name(grant.access);
-                    (grant.server.clone(), access)
-                })
-                .collect(),
-            bundles: settings.bundles.clone(),
-        }
-    }
-
-    fn from_fields(form: &Fields, kind: Option<&str>) -> Self {
-        let text = |name: &str| form.get(name).unwrap_or_default().to_owned();
-        JobForm {
-            name: text("name"),
-            description: text("description"),
-            kind: kind.map(str::to_owned).unwrap_or_else(|| text("kind")),
-            text: text("text"),
-            when: text("when"),
-            schedule: text("schedule"),
-            at: text("at"),
-            timezone: text("timezone"),
-            enabled: form.checked("enabled"),
-            misfire_policy: text("misfire_policy"),
-            misfire_cap: text("misfire_cap"),
-            overlap_policy: text("overlap_policy"),
-            model: text("model"),
-            tools: form.all("tool").map(str::to_owned).collect(),
-            allowed_tools: text("allowed_tools"),
-            disallowed_tools: text("disallowed_tools"),
-            max_turns: text("max_turns"),
-            timeout_secs: text("timeout_secs"),
-            max_cost_usd: text("max_cost_usd"),
-            pool: text("pool"),
-            retry_count: text("retry_count"),
-            retry_backoff_secs: text("retry_backoff_secs"),
-            retry_lost: form.checked("retry_lost"),
-            network: text("network"),
-            memory_mb: text("memory_mb"),
-            cpus: text("cpus"),
-            pids: text("pids"),
-            trace_content: form.checked("trace_content"),
-            image: text("image"),
-            servers: form
-                .all("server")
-                .map(|name| {
-                    let access = form
-                        .get(&format!("access.{name}"))
-                        .unwrap_or("read")
-                        .to_owned();
-                    (name.to_owned(), access)
-                })
-                .collect(),
-            bundles: form.all("bundle").map(str::to_owned).collect(),
-        }
-    }
-
-    /// The job as the API's JSON: what `JobInput` (new) or `JobPatch` (edit) reads, so the
-    /// editor is checked exactly like the API. Blank optional fields are `null` on edit. A server
-    /// still granted keeps the tool lists (`allow`, `deny`) of its grant in `kept`, which the
-    /// editor does not show.
-    fn to_json(&self, editing: bool, kept: &[ToolGrant]) -> Value {
-        let mut job = Map::new();
-        let blank = |value: &str| value.trim().is_empty();
-        let text_or_null = |value: &str| {
-            if blank(value) {
-                Value::Null
-            } else {
-                Value::String(value.trim().to_owned())
-            }
-        };
-        // A number as typed; anything else goes through as text, for the input check to name.
-        let number = |value: &str| {
-            let value = value.trim();
-            value
-                .parse::<u64>()
-                .map(Value::from)
-                .or_else(|_| value.parse::<f64>().map(Value::from))
-                .unwrap_or_else(|_| Value::String(value.to_owned()))
-        };
-        let lines = |value: &str| {
-            Value::from(
-                value
-                    .lines()
-                    .map(str::trim)
-                    .filter(|line| !line.is_empty())
-                    .collect::<Vec<_>>(),
-            )
-        };
-        job.insert("name".into(), json!(self.name.trim()));
-        job.insert("description".into(), text_or_null(&self.description));
-        if !editing {
-            job.insert("kind".into(), json!(self.kind));
-        }
-        let text_field = if self.kind == "shell" {
-            "command"
-        } else {
-            "prompt"
-        };
-        job.insert(text_field.into(), json!(self.text));
-        let (schedule, at) = match self.when.as_str() {
-            "at" => (Value::Null, text_or_null(&self.at)),
-            "none" => (Value::Null, Value::Null),
-            _ => (text_or_null(&self.schedule), Value::Null),
-        };
-        if editing || !schedule.is_null() {
-            job.insert("schedule".into(), schedule);
-        }
-        if editing || !at.is_null() {
-            job.insert("at".into(), at);
-        }
-        if !blank(&self.timezone) {
-            job.insert("timezone".into(), json!(self.timezone.trim()));
-        }
-        job.insert("enabled".into(), json!(self.enabled));
-        for (key, value) in [
-            ("misfire_policy", &self.misfire_policy),
-            ("overlap_policy", &self.overlap_policy),
-            ("pool", &self.pool),
-        ] {
-            if !blank(value) {
-                job.insert(key.into(), json!(value.trim()));
-            }
-        }
-        for (key, value) in [
-            ("misfire_cap", &self.misfire_cap),
-            ("timeout_secs", &self.timeout_secs),
-        ] {
-            if !blank(value) {
-                job.insert(key.into(), number(value));
-            }
-        }
-        for (key, value) in [
-            ("max_turns", &self.max_turns),
-            ("max_cost_usd", &self.max_cost_usd),
-        ] {
-            if !blank(value) {
-                job.insert(key.into(), number(value));
-            } else if editing {
-                job.insert(key.into(), Value::Null);
-            }
-        }
-        if !blank(&self.model) || editing {
-            job.insert("model".into(), text_or_null(&self.model));
-        }
-        if !blank(&self.image) || editing {
-            job.insert("image".into(), text_or_null(&self.image));
-        }
-        if self.kind != "shell" {
-            let mut allowed: Vec<Value> = self.tools.iter().map(|tool| json!(tool)).collect();
-            if let Value::Array(others) = lines(&self.allowed_tools) {
-                allowed.extend(others);
-            }
-            job.insert("allowed_tools".into(), Value::Array(allowed));
-            job.insert("disallowed_tools".into(), lines(&self.disallowed_tools));
-            job.insert("trace_content".into(), json!(self.trace_content));
-            let mut servers: Vec<(&String, &String)> = self.servers.iter().collect();
-            servers.sort();
-            job.insert(
-                "servers".into(),
-                Value::from(
-                    servers
-                        .into_iter()
-                        .map(|(server, access)| {
-                            let mut grant = json!({ "server": server, "access": access });
-                            if let Some(before) = kept.iter().find(|grant| &grant.server == server)
-                            {
-                                grant["allow"] = json!(before.allow);
-                                grant["deny"] = json!(before.deny);
-                            }
-                            grant
-                        })
-                        .collect::<Vec<_>>(),
-                ),
-            );
-            job.insert("bundles".into(), json!(self.bundles));
-        }
-        if !blank(&self.retry_count) {
-            let mut retry = json!({ "count": number(&self.retry_count), "lost": self.retry_lost });
-            if !blank(&self.retry_backoff_secs) {
-                retry["backoff_secs"] = number(&self.retry_backoff_secs);
-            }
-            job.insert("retry".into(), retry);
-        }
-        let mut sandbox = Map::new();
-        if !blank(&self.network) {
-            sandbox.insert("network".into(), json!(self.network));
-        }
-        for (key, value) in [
-            ("memory_mb", &self.memory_mb),
-            ("cpus", &self.cpus),
-            ("pids", &self.pids),
-        ] {
-            if !blank(value) {
-                sandbox.insert(key.into(), number(value));
-            }
-        }
-        if !sandbox.is_empty() {
-            job.insert("sandbox".into(), Value::Object(sandbox));
-        }
-        Value::Object(job)
-    }
-}
-
 /// A server a job can be granted, as the editor lists it.
 struct ServerChoice {
     name: String,
@@ -618,32 +288,15 @@ pub async fn new(
     Query(params): Query<HashMap<String, String>>,
 ) -> PageResult<Response> {
     authorize(&operator, Action::View)?;
-    let mut form = JobForm::new_job();
-    if let Some(run_id) = params.get("from_run") {
-        let run_id = run_id.parse().map_err(|_| {
-            ServiceError::invalid("from_run", format!("`{run_id}` is not a run id"))
-        })?;
-        let run = runs::get(&dashboard.app, run_id).await?;
-        let (built_in, others): (Vec<String>, Vec<String>) = match &run.settings.kind {
-            autopilot_proto::RunKind::Claude(spec) => {
-                form.text = spec.prompt.clone();
-                form.model = spec.model.clone().unwrap_or_default();
-                spec.allowed_tools
-                    .iter()
-                    .cloned()
-                    .partition(|tool| BUILT_IN_TOOLS.contains(&tool.as_str()))
-            }
-            autopilot_proto::RunKind::Shell { command, .. } => {
-                form.kind = "shell".into();
-                form.text = command.clone();
-                (Vec::new(), Vec::new())
-            }
-        };
-        form.tools = built_in;
-        form.allowed_tools = others.join("\n");
-        form.pool = run.settings.pool.clone();
-        form.timeout_secs = run.settings.timeout_secs.to_string();
-    }
+    let form = match params.get("from_run") {
+        Some(run_id) => {
+            let run_id = run_id.parse().map_err(|_| {
+                ServiceError::invalid("from_run", format!("`{run_id}` is not a run id"))
+            })?;
+            JobForm::from_run(&runs::get(&dashboard.app, run_id).await?)
+        }
+        None => JobForm::new_job(),
+    };
     Ok(render(
         &edit_page(&dashboard, &operator, None, form, None).await?,
     ))

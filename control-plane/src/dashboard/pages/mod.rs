@@ -3,6 +3,7 @@
 //! pages.
 
 pub mod compare;
+mod job_form;
 pub mod jobs;
 pub mod overview;
 pub mod quick;

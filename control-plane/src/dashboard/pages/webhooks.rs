@@ -43,7 +43,8 @@ fn scheme_name(view: &WebhookView) -> String {
 pub async fn list(State(dashboard): State<Dashboard>, operator: Operator) -> PageResult<Response> {
     authorize(&operator, Action::View)?;
     let app = &dashboard.app;
-    let (views, all_jobs) = tokio::try_join!(webhooks::list(app), jobs::list(app))?;
+    // Names only: no next fire is computed for them.
+    let (views, all_jobs) = tokio::try_join!(webhooks::list(app), jobs::all(app))?;
     let job_name = |id: Option<autopilot_proto::JobId>| {
         id.and_then(|id| all_jobs.iter().find(|job| job.id == id))
             .map(|job| job.name.clone())
@@ -162,7 +163,7 @@ async fn new_page(
     form: WebhookForm,
     error: Option<(String, String)>,
 ) -> PageResult<NewWebhookPage> {
-    let jobs = jobs::list(&dashboard.app)
+    let jobs = jobs::all(&dashboard.app)
         .await?
         .into_iter()
         .map(|job| job.name)

@@ -211,13 +211,13 @@ echo "=== pass 1 of 2: every test; in-process Autopilot servers on PostgreSQL ==
 AUTOPILOT_TEST_STORE=postgres cargo test --workspace
 echo "=== pass 1 (PostgreSQL) took $((SECONDS - pass_start)) s ==="
 pass_start=$SECONDS
-echo "=== pass 2 of 2: API, dashboard, MCP (with the conformance suite), metrics, OAuth, webhook and tools end-to-end tests on SQLite ==="
+echo "=== pass 2 of 2: API, dashboard, MCP (with the conformance suite), metrics, OAuth, webhook, triggers and tools end-to-end tests on SQLite ==="
 # Selected as in pass 1 (`--workspace`) so the test binaries built for it are reused: with
 # `-p autopilot-tests` cargo builds the control plane a second time, with other features. The
 # filters also pick a few unit tests of the control plane's modules of the same names, which
 # take milliseconds. Names match by substring: `webhooks::` would also take the store's own
 # webhook tests (`store_webhooks::`), which start no server.
-AUTOPILOT_TEST_STORE=sqlite cargo test --workspace -- tools:: dashboard:: \
+AUTOPILOT_TEST_STORE=sqlite cargo test --workspace -- tools:: dashboard:: triggers:: \
   api:: mcp:: mcp_clients:: conformance:: metrics:: webhooks:: oauth:: --skip store_webhooks::
 echo "=== pass 2 (SQLite) took $((SECONDS - pass_start)) s ==="
 

@@ -72,6 +72,8 @@ pub struct App {
     pub scheduler_wake: Notify,
     /// Wakes the dispatcher when queued runs may have become dispatchable.
     pub dispatcher_wake: Notify,
+    /// Wakes the chainer when a run ended here (see `services::chains`).
+    pub chains_wake: Notify,
     /// This replica holds the scheduler lease (as of its last renewal).
     pub is_leader: AtomicBool,
     /// Set when publishing a run request failed, so the dispatcher retries after a pause.
@@ -111,6 +113,7 @@ impl App {
             run_updates,
             scheduler_wake: Notify::new(),
             dispatcher_wake: Notify::new(),
+            chains_wake: Notify::new(),
             is_leader: AtomicBool::new(false),
             publish_failed: AtomicBool::new(false),
             webhooks_generation: AtomicU64::new(0),

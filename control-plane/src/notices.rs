@@ -50,7 +50,11 @@ fn receive(app: &App, what: NoticeKind) {
                 let _ = app.run_updates.send(run_id);
             }
         }
-        NoticeKind::JobsChanged => app.scheduler_wake.notify_one(),
+        NoticeKind::JobsChanged => {
+            // The scheduler and what keeps jobs read (the webhook intake, the chainer) look again.
+            app.scheduler_wake.notify_one();
+            app.notify_webhooks_changed();
+        }
     }
 }
 

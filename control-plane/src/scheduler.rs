@@ -12,9 +12,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
+use crate::domain::rules::fill_prompt;
 use crate::domain::schedule::Compiled;
 use crate::domain::{FireRecord, Job, MisfirePolicy, OverlapPolicy, Run, Schedule};
-use crate::services::{fires, jobs};
+use crate::services::{fires, jobs, rules};
 
 pub const LEASE_NAME: &str = "scheduler";
 
@@ -271,6 +272,15 @@ async fn fire_due(app: &App, planned: &mut [Planned], now: DateTime<Utc>) -> any
             job.overlap_policy,
             busy.contains(&job.id),
         );
+        let mut fire_plan = fire_plan;
+        if !fire_plan.run.is_empty() {
+            // A condition or a budget may hold the fire back: it is recorded, with why.
+            if let Some(reason) = rules::refusal(app, job, now).await? {
+                rules::skipped(app, job, Trigger::Schedule, &reason, now).await;
+                fire_plan.run.clear();
+                fire_plan.dispatch_now = 0;
+            }
+        }
         let snapshot = job.run_snapshot();
         let runs: Vec<Run> = fire_plan
             .run
@@ -279,6 +289,7 @@ async fn fire_due(app: &App, planned: &mut [Planned], now: DateTime<Utc>) -> any
             .map(|(position, at)| {
                 let mut run =
                     Run::queued(Trigger::Schedule, Some(job), snapshot.clone(), Some(*at));
+                fill_prompt(&mut run, job, None);
                 // Every fire of this step happens at the step's instant.
                 run.created_at = now;
                 if position < fire_plan.dispatch_now {

@@ -232,6 +232,7 @@ pub async fn run_with(
     spawn_task!("reaper", control, run_reaper);
     spawn_task!("scheduler", shutdown, crate::scheduler::run_on_own_thread);
     spawn_task!("dispatcher", shutdown, run_dispatcher);
+    spawn_task!("chainer", shutdown, crate::services::chains::run_chainer);
     if let Some(notices) = notices {
         let relay_app = Arc::clone(&app);
         let relay_cancel = control.clone();

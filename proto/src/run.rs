@@ -109,6 +109,8 @@ pub enum Trigger {
     Manual,
     Quick,
     Webhook,
+    /// Another job's run ended (the job follows it).
+    Chain,
 }
 
 impl Trigger {
@@ -118,6 +120,7 @@ impl Trigger {
             Trigger::Manual => "manual",
             Trigger::Quick => "quick",
             Trigger::Webhook => "webhook",
+            Trigger::Chain => "chain",
         }
     }
 }
@@ -131,6 +134,7 @@ impl FromStr for Trigger {
             "manual" => Ok(Trigger::Manual),
             "quick" => Ok(Trigger::Quick),
             "webhook" => Ok(Trigger::Webhook),
+            "chain" => Ok(Trigger::Chain),
             other => Err(format!("unknown trigger `{other}`")),
         }
     }

@@ -13,6 +13,7 @@ use crate::app::App;
 use crate::domain::Run;
 use crate::http::{ApiJson, ApiQuery, ApiResult};
 use crate::services::jobs::{self, preview_schedule, JobInput, JobPatch, JobView, PreviewInput};
+use crate::services::rules;
 
 pub async fn list(State(AppState(app)): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "jobs": jobs::list(&app).await? })))
@@ -81,6 +82,22 @@ pub async fn next_fires(
     let fires: Vec<DateTime<Utc>> =
         jobs::next_fires(&app, id, query.count.unwrap_or(5).clamp(1, 100)).await?;
     Ok(Json(json!({ "next_fires": fires })))
+}
+
+/// A job's fires that started no run (a condition or a budget held them back), newest first.
+pub async fn skipped_fires(
+    State(AppState(app)): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<CountQuery>,
+) -> ApiResult<Json<Value>> {
+    let job = jobs::find(&app, &id).await?;
+    let limit = query
+        .count
+        .unwrap_or(50)
+        .clamp(1, rules::MAX_SKIPS_PAGE as usize) as u32;
+    Ok(Json(
+        json!({ "skipped_fires": rules::list_skipped(&app, &job, limit).await? }),
+    ))
 }
 
 pub async fn preview(ApiJson(input): ApiJson<PreviewInput>) -> ApiResult<Json<Value>> {

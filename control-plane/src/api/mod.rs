@@ -37,6 +37,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/jobs/{id}/trigger", post(jobs::trigger))
         .route("/jobs/{id}/next-fires", get(jobs::next_fires))
+        .route("/jobs/{id}/skipped-fires", get(jobs::skipped_fires))
         .route("/jobs/{id}/memory", get(memory::list))
         .route(
             "/jobs/{id}/memory/{*key}",

@@ -78,6 +78,10 @@ pub struct ConfigArgs {
     /// policy [default: 60].
     #[arg(long, env = "AUTOPILOT_MISFIRE_GRACE_SECS", value_name = "SECS")]
     pub misfire_grace_secs: Option<u64>,
+    /// Most all runs together may cost in a calendar month (UTC), in US dollars, by the CLI's
+    /// reported cost; past it, new runs of every job are refused [default: no limit].
+    #[arg(long, env = "AUTOPILOT_FLEET_MONTHLY_BUDGET_USD", value_name = "USD")]
+    pub fleet_monthly_budget_usd: Option<f64>,
     /// Password of the operator who approves OAuth clients (claude.ai, …) on the consent page.
     /// Without it, one is generated on first start, printed once and stored as an argon2 hash.
     #[arg(

@@ -54,6 +54,8 @@ pub struct Config {
     pub worker_concurrency: usize,
     pub kill_grace: Duration,
     pub misfire_grace: Duration,
+    /// Most all runs together may cost in a calendar month (UTC).
+    pub fleet_monthly_budget_usd: Option<f64>,
     pub log_format: LogFormat,
     /// How often a worker reports that a run is alive.
     pub heartbeat_interval: Duration,
@@ -127,6 +129,7 @@ impl fmt::Debug for Config {
             .field("worker_concurrency", &self.worker_concurrency)
             .field("kill_grace", &self.kill_grace)
             .field("misfire_grace", &self.misfire_grace)
+            .field("fleet_monthly_budget_usd", &self.fleet_monthly_budget_usd)
             .field("log_format", &self.log_format)
             .field(
                 "run_env",
@@ -268,6 +271,14 @@ impl Config {
                 "database_max_connections must be between 1 and 1000 (AUTOPILOT_DATABASE_MAX_CONNECTIONS), got {database_max_connections}"
             );
         }
+        if let Some(usd) = args.fleet_monthly_budget_usd {
+            if !(usd.is_finite() && usd > 0.0) {
+                anyhow::bail!(
+                    "fleet_monthly_budget_usd must be a positive number of US dollars \
+                     (AUTOPILOT_FLEET_MONTHLY_BUDGET_USD), got {usd}"
+                );
+            }
+        }
         Ok(Config {
             executor,
             docker,
@@ -286,6 +297,7 @@ impl Config {
             worker_concurrency,
             kill_grace: Duration::from_secs(args.kill_grace_secs.unwrap_or(10)),
             misfire_grace: Duration::from_secs(args.misfire_grace_secs.unwrap_or(60)),
+            fleet_monthly_budget_usd: args.fleet_monthly_budget_usd,
             log_format,
             heartbeat_interval,
             lost_after: Duration::from_secs(lost_after_secs),

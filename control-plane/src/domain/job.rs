@@ -7,6 +7,7 @@ use autopilot_proto::{ClaudeSpec, JobId, RunKind, Sandbox};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::rules::JobRules;
 use super::run::RunSnapshot;
 use super::settings::RunSettings;
 
@@ -72,6 +73,12 @@ pub enum Schedule {
     Cron(String),
     /// Once, at this time; the job is disabled after it fires.
     At(DateTime<Utc>),
+    /// Every `every_secs` seconds, at `start` and whole intervals from it (in real time, so a
+    /// daylight-saving change does not move the beat; a restart does not either).
+    Every {
+        every_secs: u64,
+        start: DateTime<Utc>,
+    },
     /// Manual or webhook runs only.
     None,
 }
@@ -90,6 +97,8 @@ pub struct Job {
     pub enabled: bool,
     /// How its runs execute (model and tools apply to claude jobs only).
     pub settings: RunSettings,
+    /// The jobs it follows, the conditions its fires must meet, its budget.
+    pub rules: JobRules,
     pub misfire_policy: MisfirePolicy,
     /// Most missed fires run under `run_all`.
     pub misfire_cap: u32,

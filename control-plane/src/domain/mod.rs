@@ -12,6 +12,7 @@ pub mod job;
 pub mod limits;
 pub mod memory;
 pub mod oauth;
+pub mod rules;
 pub mod run;
 pub mod schedule;
 pub mod settings;

@@ -1,4 +1,4 @@
-//! Cron expressions and one-shot times: parsing with errors that point at the wrong field, and
+//! Cron expressions, intervals and one-shot times: parsing with errors that point at the wrong field, and
 //! the fire times of a schedule in its time zone.
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
@@ -156,11 +156,88 @@ pub fn parse_timezone(name: &str) -> Result<Tz, String> {
     })
 }
 
+/// Shortest and longest interval between fires.
+pub const MIN_INTERVAL_SECS: u64 = 1;
+pub const MAX_INTERVAL_SECS: u64 = 366 * 86_400;
+
+/// Parses an interval such as `90s`, `15m`, `2h`, `1d` or `1h30m` (a bare number is seconds)
+/// into seconds, between [`MIN_INTERVAL_SECS`] and [`MAX_INTERVAL_SECS`].
+pub fn parse_interval(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let explain = |why: &str| {
+        format!(
+            "`{trimmed}` is not an interval ({why}): write a number with a unit, s, m, h or d, \
+             such as `30s`, `15m`, `2h`, `1d` or `1h30m`"
+        )
+    };
+    if trimmed.is_empty() {
+        return Err(explain("it is empty"));
+    }
+    if let Ok(secs) = trimmed.parse::<u64>() {
+        return check_interval(trimmed, secs);
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in trimmed.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit: u64 = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            ' ' if digits.is_empty() => continue,
+            other => return Err(explain(&format!("`{other}` is not a unit"))),
+        };
+        let amount: u64 = digits
+            .parse()
+            .map_err(|_| explain(&format!("a number must come before `{c}`")))?;
+        digits.clear();
+        total = amount
+            .checked_mul(unit)
+            .and_then(|part| total.checked_add(part))
+            .ok_or_else(|| explain("it is far too long"))?;
+    }
+    if !digits.is_empty() {
+        return Err(explain(&format!("`{digits}` has no unit")));
+    }
+    check_interval(trimmed, total)
+}
+
+fn check_interval(text: &str, secs: u64) -> Result<u64, String> {
+    if (MIN_INTERVAL_SECS..=MAX_INTERVAL_SECS).contains(&secs) {
+        Ok(secs)
+    } else {
+        Err(format!(
+            "the interval `{text}` is {secs} s; it must be from {MIN_INTERVAL_SECS} s to 366 days"
+        ))
+    }
+}
+
+/// An interval in seconds written back the way people write it (`1h30m`, `45s`, `1d`).
+pub fn format_interval(secs: u64) -> String {
+    let mut out = String::new();
+    let mut rest = secs;
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if rest >= size {
+            out.push_str(&format!("{}{unit}", rest / size));
+            rest %= size;
+        }
+    }
+    if out.is_empty() {
+        out.push_str("0s");
+    }
+    out
+}
+
 /// A schedule ready to compute fire times.
 #[derive(Debug, Clone)]
 pub enum Compiled {
     Cron { cron: Box<Cron>, tz: Tz },
     At(DateTime<Utc>),
+    Every { every_ms: i64, start_ms: i64 },
     None,
 }
 
@@ -172,6 +249,14 @@ impl Compiled {
                 tz: parse_timezone(timezone)?,
             },
             Schedule::At(at) => Compiled::At(*at),
+            Schedule::Every { every_secs, start } => Compiled::Every {
+                every_ms: i64::try_from(*every_secs)
+                    .ok()
+                    .and_then(|secs| secs.checked_mul(1000))
+                    .filter(|ms| *ms > 0)
+                    .ok_or_else(|| format!("interval of {every_secs} s is out of range"))?,
+                start_ms: start.timestamp_millis(),
+            },
             Schedule::None => Compiled::None,
         })
     }
@@ -189,6 +274,17 @@ impl Compiled {
                 .ok()
                 .map(|next| next.with_timezone(&Utc)),
             Compiled::At(at) => (*at > after).then_some(*at),
+            Compiled::Every { every_ms, start_ms } => {
+                let after_ms = after.timestamp_millis();
+                let next_ms = if after_ms < *start_ms {
+                    *start_ms
+                } else {
+                    // The first beat strictly after `after`.
+                    let beats = (after_ms - start_ms) / every_ms + 1;
+                    start_ms.checked_add(beats.checked_mul(*every_ms)?)?
+                };
+                DateTime::<Utc>::from_timestamp_millis(next_ms)
+            }
             Compiled::None => None,
         }
     }
@@ -467,6 +563,68 @@ mod tests {
         let compiled = Compiled::new(&Schedule::At(at), "UTC").unwrap();
         assert_eq!(compiled.next_fires(utc(2026, 1, 1, 0, 0, 0), 5), vec![at]);
         assert_eq!(compiled.next_after(at), None);
+    }
+
+    #[test]
+    fn intervals_beat_from_their_start_not_from_the_cursor() {
+        let start = utc(2026, 1, 1, 0, 0, 0);
+        let every = Schedule::Every {
+            every_secs: 900,
+            start,
+        };
+        let compiled = Compiled::new(&every, "Europe/Paris").unwrap();
+        // Before the start: the start itself.
+        assert_eq!(
+            compiled.next_after(utc(2025, 12, 31, 23, 0, 0)),
+            Some(start)
+        );
+        // A cursor between beats (a restart at 00:20:07.5) lands on the next beat, 00:30.
+        let cursor = utc(2026, 1, 1, 0, 20, 7) + chrono::Duration::milliseconds(500);
+        assert_eq!(compiled.next_after(cursor), Some(utc(2026, 1, 1, 0, 30, 0)));
+        // Strictly after: a cursor on a beat moves to the next one.
+        assert_eq!(
+            compiled.next_after(utc(2026, 1, 1, 0, 30, 0)),
+            Some(utc(2026, 1, 1, 0, 45, 0))
+        );
+        // Real time: the spring-forward night in Paris changes nothing.
+        let daily = Compiled::new(
+            &Schedule::Every {
+                every_secs: 86_400,
+                start,
+            },
+            "Europe/Paris",
+        )
+        .unwrap();
+        assert_eq!(
+            daily.next_after(utc(2026, 3, 29, 0, 0, 0)),
+            Some(utc(2026, 3, 30, 0, 0, 0))
+        );
+    }
+
+    #[test]
+    fn intervals_parse_with_units_and_explain_mistakes() {
+        assert_eq!(parse_interval("30s"), Ok(30));
+        assert_eq!(parse_interval("15m"), Ok(900));
+        assert_eq!(parse_interval("1h30m"), Ok(5400));
+        assert_eq!(parse_interval("2d"), Ok(172_800));
+        assert_eq!(parse_interval("45"), Ok(45));
+        assert_eq!(format_interval(5400), "1h30m");
+        assert_eq!(format_interval(86_400), "1d");
+        for (bad, says) in [
+            ("", "empty"),
+            ("10x", "`x` is not a unit"),
+            ("10", ""),
+            ("m", "a number must come before"),
+            ("5m3", "`3` has no unit"),
+            ("0s", "from 1 s"),
+            ("400d", "366 days"),
+            ("99999999999999999999d", "far too long"),
+        ] {
+            match parse_interval(bad) {
+                Ok(secs) => assert_eq!((bad, secs), ("10", 10)),
+                Err(message) => assert!(message.contains(says), "{bad}: {message}"),
+            }
+        }
     }
 
     #[test]

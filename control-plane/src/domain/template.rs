@@ -1,4 +1,4 @@
-//! Prompt templates filled from a webhook delivery.
+//! Prompt templates filled from a webhook delivery and from a run's own values.
 //!
 //! Contract:
 //!
@@ -7,12 +7,14 @@
 //!   Whitespace inside the braces is ignored. `\{{` produces a literal `{{`
 //!   (the backslash is dropped); any other backslash, and a lone `}}`, is
 //!   literal text.
-//! * `PATH` starts at one of three roots: `payload` (followed by any number of
+//! * `PATH` starts at `payload` (followed by any number of
 //!   `.segment`s, at most [`MAX_SEGMENTS`]), `headers` or `query` (each
 //!   followed by at most one segment). A trailing `!` (whitespace allowed
 //!   before it) marks the path as required. Segments are 1 to
 //!   [`MAX_SEGMENT_CHARS`] characters and may not contain whitespace, control
-//!   characters or any of `. { } ! " \ < >`. A segment made only of ASCII
+//!   characters or any of `. { } ! " \ < >`. It may also start at one of
+//!   [`VALUE_ROOTS`] (`date`, `job`, `parent` …), read from
+//!   [`RenderInput::values`] with any number of segments. A segment made only of ASCII
 //!   digits indexes an array; on an object it is an ordinary key.
 //! * [`Template::parse`] reports the first problem as a [`TemplateError`] with
 //!   a 1-based line and column (in characters) and a 0-based byte offset.
@@ -25,6 +27,10 @@
 //!   object/array → pretty JSON, null or missing → nothing. A required path
 //!   that is missing or null fails with [`RenderError::MissingRequired`]
 //!   (checked for all substitutions before anything is rendered).
+//! * A run's own values render as they are, except what another run produced
+//!   (`parent.result`, `parent.error`, all of `parent`), which is wrapped as
+//!   data like a delivery's; Autopilot's own fields of it (`parent.run_id`,
+//!   `.job`, `.job_id`, `.status`, `.cost_usd`) render as they are.
 //! * Delivery content is data, never instructions: every non-empty value is
 //!   wrapped as `<webhook-data source="PATH">VALUE</webhook-data>` and, inside
 //!   `VALUE`, the `<` of every ASCII-case-insensitive `<webhook-data` or
@@ -62,6 +68,20 @@ pub const MAX_SEGMENT_CHARS: usize = 200;
 
 const ROOTS: [&str; 3] = ["payload", "headers", "query"];
 
+/// The values every run's prompt may use (see [`RenderInput::values`]), beside a webhook's
+/// three roots.
+pub const VALUE_ROOTS: [&str; 9] = [
+    "date", "time", "datetime", "weekday", "timezone", "job", "run", "trigger", "parent",
+];
+
+/// Of [`VALUE_ROOTS`], those holding what another run produced: wrapped as data like a
+/// delivery's content, never trusted as instructions, except for the fields below.
+const UNTRUSTED_VALUE_ROOTS: [&str; 1] = ["parent"];
+
+/// Fields of an untrusted value root that Autopilot itself sets (ids, names, statuses, costs):
+/// rendered as they are.
+const TRUSTED_FIELDS: [&str; 5] = ["run_id", "job", "job_id", "status", "cost_usd"];
+
 /// A parsed prompt template.
 #[derive(Clone, Debug)]
 pub struct Template {
@@ -88,6 +108,22 @@ enum Root {
     Payload,
     Headers,
     Query,
+    /// One of [`VALUE_ROOTS`].
+    Value(&'static str),
+}
+
+impl Substitution {
+    /// Whether the value came from outside (a delivery, what another run produced).
+    fn untrusted(&self) -> bool {
+        match self.root {
+            Root::Value(name) => {
+                UNTRUSTED_VALUE_ROOTS.contains(&name)
+                    && !(self.segments.len() == 1
+                        && TRUSTED_FIELDS.contains(&self.segments[0].as_str()))
+            }
+            _ => true,
+        }
+    }
 }
 
 /// A problem found while parsing a template, with its position.
@@ -151,6 +187,21 @@ pub struct RenderInput<'a> {
     pub headers: &'a [(String, String)],
     /// Query-string pairs, in order.
     pub query: &'a [(String, String)],
+    /// The run's own values, an object keyed by the names of [`VALUE_ROOTS`] (`Null` when
+    /// there are none): `{{ date }}`, `{{ job.name }}`, `{{ parent.result }}`.
+    pub values: &'a Value,
+}
+
+impl<'a> RenderInput<'a> {
+    /// Only a run's own values: what a job's prompt renders from.
+    pub fn values_only(values: &'a Value) -> Self {
+        RenderInput {
+            payload: &Value::Null,
+            headers: &[],
+            query: &[],
+            values,
+        }
+    }
 }
 
 impl Template {
@@ -242,12 +293,35 @@ impl Template {
                 Part::Text(text) => push_limited(&mut out, text, max_bytes)?,
                 Part::Value(sub) => {
                     if let Some(value) = sub.value_text(input) {
-                        push_limited(&mut out, &wrap(&sub.path, &value), max_bytes)?;
+                        if sub.untrusted() {
+                            push_limited(&mut out, &wrap(&sub.path, &value), max_bytes)?;
+                        } else {
+                            push_limited(&mut out, &value, max_bytes)?;
+                        }
                     }
                 }
             }
         }
         Ok(out)
+    }
+
+    /// The roots referenced (`payload`, `date`, `parent` …), each once, in order of appearance.
+    pub fn roots(&self) -> Vec<&'static str> {
+        let mut roots: Vec<&'static str> = Vec::new();
+        for part in &self.parts {
+            if let Part::Value(sub) = part {
+                let name = match sub.root {
+                    Root::Payload => "payload",
+                    Root::Headers => "headers",
+                    Root::Query => "query",
+                    Root::Value(name) => name,
+                };
+                if !roots.contains(&name) {
+                    roots.push(name);
+                }
+            }
+        }
+        roots
     }
 
     /// Paths referenced, as written (e.g. `"payload.issue.title"`,
@@ -394,7 +468,7 @@ fn parse_substitution(
     let mut segments = Vec::new();
     let mut seg_start = body_start;
     for (index, segment) in path.split('.').enumerate() {
-        if index >= 2 && root != Root::Payload {
+        if index >= 2 && matches!(root, Root::Headers | Root::Query) {
             let name = if root == Root::Headers {
                 "headers"
             } else {
@@ -487,15 +561,25 @@ fn parse_root(source: &str, segment: &str, start: usize) -> Result<Root, Templat
         "payload" => Ok(Root::Payload),
         "headers" => Ok(Root::Headers),
         "query" => Ok(Root::Query),
+        other if VALUE_ROOTS.contains(&other) => Ok(Root::Value(
+            VALUE_ROOTS
+                .iter()
+                .find(|name| **name == other)
+                .copied()
+                .unwrap_or_default(),
+        )),
         other => {
             let suggestion = ROOTS
                 .iter()
+                .chain(VALUE_ROOTS.iter())
                 .map(|root| (edit_distance(other, root), *root))
                 .filter(|(distance, _)| *distance <= 2)
                 .min_by_key(|(distance, _)| *distance);
             let mut message = format!(
-                "unknown root `{}`: paths start with `payload`, `headers` or `query`",
-                snippet(other)
+                "unknown root `{}`: paths start with `payload`, `headers` or `query` (a \
+                 webhook's delivery) or one of {} (the run's own values)",
+                snippet(other),
+                VALUE_ROOTS.join(", ")
             );
             if let Some((_, root)) = suggestion {
                 message.push_str(&format!("; did you mean `{root}`?"));
@@ -546,6 +630,11 @@ impl Substitution {
             (Root::Headers, None) | (Root::Query, None) => true,
             (Root::Headers, Some(name)) => find_header(input.headers, name).is_some(),
             (Root::Query, Some(name)) => find_query(input.query, name).is_some(),
+            (Root::Value(name), _) => input
+                .values
+                .get(name)
+                .and_then(|value| lookup(value, &self.segments))
+                .is_some_and(|v| !v.is_null()),
         }
     }
 
@@ -557,6 +646,7 @@ impl Substitution {
             (Root::Query, None) => json_text(&pairs_object(input.query, false)),
             (Root::Headers, Some(name)) => plain_text(find_header(input.headers, name)?),
             (Root::Query, Some(name)) => plain_text(find_query(input.query, name)?),
+            (Root::Value(name), _) => json_text(lookup(input.values.get(name)?, &self.segments)?),
         }
     }
 }

@@ -25,6 +25,7 @@ fn render_with(
             payload,
             headers,
             query,
+            values: &Value::Null,
         },
         BIG,
     )
@@ -150,6 +151,7 @@ fn required_is_checked_before_size() {
         payload: &Value::Null,
         headers: &[],
         query: &[],
+        values: &Value::Null,
     };
     assert_eq!(
         template.render(&input, 1),
@@ -321,6 +323,7 @@ fn too_large_output() {
         payload: &payload,
         headers: &[],
         query: &[],
+        values: &Value::Null,
     };
     assert_eq!(
         template.render(&input, 5),
@@ -575,6 +578,7 @@ fn whitespace_variants_and_required_spacing() {
         payload: &payload,
         headers: &[],
         query: &[],
+        values: &Value::Null,
     };
     assert_eq!(
         t.render(&input, BIG).unwrap(),
@@ -718,7 +722,7 @@ proptest! {
         max_bytes in prop_oneof![Just(0usize), 0usize..2000, Just(usize::MAX)],
     ) {
         if let Ok(template) = Template::parse(&source) {
-            let input = RenderInput { payload: &payload, headers: &headers, query: &query };
+            let input = RenderInput { payload: &payload, headers: &headers, query: &query, values: &Value::Null };
             if let Ok(out) = template.render(&input, max_bytes) {
                 prop_assert!(out.len() <= max_bytes);
             }
@@ -736,7 +740,7 @@ proptest! {
         let template = Template::parse(&source);
         prop_assert!(template.is_ok(), "{:?}", template.err());
         let Ok(template) = template else { return Ok(()) };
-        let input = RenderInput { payload: &payload, headers: &headers, query: &query };
+        let input = RenderInput { payload: &payload, headers: &headers, query: &query, values: &Value::Null };
         match template.render(&input, usize::MAX) {
             Ok(out) => {
                 let opening = out.matches("<webhook-data source=\"").count();

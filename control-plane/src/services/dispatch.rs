@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::domain::{OverlapPolicy, Run, ServiceResult};
-use crate::services::{metrics, runs};
+use crate::services::runs;
 
 /// Most queued runs the dispatcher looks at in one go.
 const DISPATCH_BATCH: u32 = 1000;
@@ -316,7 +316,7 @@ pub(crate) async fn mark_lost(app: &App, mut run: Run, reason: &str) -> ServiceR
         tracing::warn!(run.id = %run.id, reason, "run lost");
         app.notify_run(run.id);
         app.dispatcher_wake.notify_one();
-        metrics::run_ended(app, &run);
+        runs::ended(app, &run);
     }
     Ok(())
 }

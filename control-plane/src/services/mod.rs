@@ -2,6 +2,7 @@
 //! the bottom context ([`App`](crate::app::App)). The HTTP API, the MCP tools, the webhook intake,
 //! the scheduler and the event ingester all call these; none of them writes to the store itself.
 
+pub mod chains;
 pub mod dispatch;
 pub mod fires;
 pub mod follow;
@@ -11,6 +12,7 @@ pub mod memory;
 pub(crate) mod metrics;
 pub mod oauth;
 pub mod overview;
+pub mod rules;
 pub mod runs;
 pub mod sessions;
 pub mod tools;

@@ -38,26 +38,46 @@ pub struct QuickRunInput {
 /// Stores a new queued run, records that it was queued and dispatches it (unless an earlier run
 /// of its job must finish first).
 pub async fn submit(app: &App, mut run: Run) -> ServiceResult<Run> {
-    // A run that need not wait for an earlier one is stored already marked dispatched, and
-    // published right after: one statement fewer. Should the process die in between, the
-    // recovery at start (embedded) or the republishing of stale dispatches (fleet) sends it.
-    let queued_behind = run
-        .job_id
-        .filter(|_| run.settings.overlap == OverlapPolicy::Queue);
-    if queued_behind.is_none() {
-        run.dispatched_at = Some(Utc::now());
-    }
-    let queued = run.control_event(json!({ "step": "queued", "trigger": run.trigger }));
-    traces::created(&mut run);
+    let data = json!({ "step": "queued", "trigger": run.trigger });
+    let queued = prepare(&mut run, data);
     let storing = std::time::SystemTime::now();
     app.store.insert_run(&run, &[queued]).await?;
     traces::stored([&run], storing);
+    send_stored(app, run).await
+}
+
+/// Readies a new run to be stored: marks it dispatched unless it must wait behind an earlier
+/// run of its job, starts its trace, and gives its first event (`queued`, with `data`).
+pub(crate) fn prepare(run: &mut Run, data: serde_json::Value) -> NewRunEvent {
+    // A run that need not wait for an earlier one is stored already marked dispatched, and
+    // published right after: one statement fewer. Should the process die in between, the
+    // recovery at start (embedded) or the republishing of stale dispatches (fleet) sends it.
+    if queued_behind(run).is_none() {
+        run.dispatched_at = Some(Utc::now());
+    }
+    traces::created(run);
+    run.control_event(data)
+}
+
+fn queued_behind(run: &Run) -> Option<JobId> {
+    run.job_id
+        .filter(|_| run.settings.overlap == OverlapPolicy::Queue)
+}
+
+/// Sends a run [`prepare`]d and stored: published at once, or queued behind an earlier run.
+pub(crate) async fn send_stored(app: &App, run: Run) -> ServiceResult<Run> {
     app.metrics.run_created(run.trigger, 1);
     tracing::info!(run.id = %run.id, job.id = ?run.job_id, trigger = run.trigger.as_str(), "run queued");
-    match queued_behind {
+    match queued_behind(&run) {
         None => Ok(dispatch::publish_dispatched(app, run).await),
         Some(job_id) => dispatch::dispatch_behind_earlier(app, run, job_id).await,
     }
+}
+
+/// A run reached its final state: it is counted, and the jobs that follow its job look at it.
+pub(crate) fn ended(app: &App, run: &Run) {
+    metrics::run_ended(app, run);
+    app.chains_wake.notify_one();
 }
 
 pub async fn quick_run(app: &App, input: QuickRunInput) -> ServiceResult<Run> {
@@ -236,7 +256,7 @@ pub async fn kill(app: &App, id: RunId) -> ServiceResult<Run> {
                 {
                     app.notify_run(id);
                     app.dispatcher_wake.notify_one();
-                    metrics::run_ended(app, &run);
+                    ended(app, &run);
                     return Ok(run);
                 }
             }

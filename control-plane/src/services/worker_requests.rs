@@ -266,7 +266,7 @@ impl EndWrite {
             return WorkerReply::Ok;
         }
         tracing::info!(run.id = %run.id, status = %run.status, cost_usd = ?run.cost_usd, "run finished");
-        metrics::run_ended(app, run);
+        super::runs::ended(app, run);
         if run.settings.overlap == OverlapPolicy::Queue {
             // The next run of the job may be waiting for this one.
             app.dispatcher_wake.notify_one();

@@ -4,7 +4,7 @@
 //!
 //! The contract is one narrow trait per aggregate ([`JobStore`], [`RunStore`], [`EventStore`],
 //! [`LeaseStore`], [`SettingsStore`], [`OAuthStore`], [`WorkerStore`], [`WebhookStore`],
-//! [`ToolStore`]), and
+//! [`ToolStore`], [`MemoryStore`], [`DashboardStore`], [`RulesStore`]), and
 //! [`Store`] is all of them at once: the app holds an `Arc<dyn Store>`, and a trait object
 //! answers its supertraits' methods without them being imported. The traits stay together in
 //! this file, not one file each: each is a handful of signatures, and read in one place they give
@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use autopilot_proto::{
-    JobId, NewRunEvent, RunAttempt, RunEvent, RunId, RunStatus, WebhookId, WorkerStatus,
+    JobId, NewRunEvent, RunAttempt, RunEvent, RunId, RunStatus, Trigger, WebhookId, WorkerStatus,
 };
 use chrono::{DateTime, Utc};
 
@@ -30,6 +30,7 @@ use crate::domain::dashboard::{DashboardSession, UsageGroup, UsageTotals};
 use crate::domain::dynamic::DynamicVersion;
 use crate::domain::memory::{MemoryFilter, MemoryItem, MemoryScope};
 use crate::domain::oauth::{AuthCode, OAuthClient, RefreshToken, RefreshUse};
+use crate::domain::rules::SkippedFire;
 use crate::domain::tools::{Credential, McpServer, ToolBundle};
 use crate::domain::webhook::{DeliveryOutcome, NewDelivery, StoredPayload, Webhook};
 use crate::domain::{FireRecord, Job, PoolQueue, Run, RunFilter, ServiceError};
@@ -102,6 +103,39 @@ pub trait DashboardStore: Send + Sync {
     async fn count_runs_by_status(&self, filter: &RunFilter) -> StoreResult<Vec<(RunStatus, u64)>>;
 }
 
+/// What a job's chain, conditions and budget read and write (part of every [`Store`]).
+#[async_trait]
+pub trait RulesStore: Send + Sync {
+    /// Records a fire that started no run. The same reason from the same trigger right after
+    /// the job's last record is counted on that record.
+    async fn record_skipped_fire(
+        &self,
+        job_id: JobId,
+        trigger: Trigger,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// A job's skipped fires, newest first.
+    async fn skipped_fires(&self, job_id: JobId, limit: u32) -> StoreResult<Vec<SkippedFire>>;
+    /// Stores a chained run (and its first events) unless job `job_id` already answered the
+    /// parent runs `parents` (`chain_key`); `run` `None` records the answer with no run (the
+    /// fire was skipped). Returns whether this call made the answer.
+    async fn record_chain_fire(
+        &self,
+        job_id: JobId,
+        parents: &str,
+        run: Option<(&Run, &[NewRunEvent])>,
+    ) -> StoreResult<bool>;
+    /// Runs that ended after `after` (by their end time), oldest end first.
+    async fn runs_finished_after(&self, after: DateTime<Utc>, limit: u32) -> StoreResult<Vec<Run>>;
+    /// What a job's runs created since `since` cost (or, with no job, every run's).
+    async fn job_spend_since(
+        &self,
+        job_id: Option<JobId>,
+        since: DateTime<Utc>,
+    ) -> StoreResult<f64>;
+}
+
 /// Everything the control plane keeps, as one trait object: every aggregate's trait, plus which
 /// database holds them.
 pub trait Store:
@@ -116,6 +150,7 @@ pub trait Store:
     + ToolStore
     + MemoryStore
     + DashboardStore
+    + RulesStore
     + Send
     + Sync
 {

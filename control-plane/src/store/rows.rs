@@ -6,6 +6,7 @@ use chrono::{DateTime, TimeZone, Utc};
 
 use super::StoreError;
 use crate::domain::oauth::{AuthCode, OAuthClient, RefreshToken};
+use crate::domain::rules::JobRules;
 use crate::domain::webhook::{PreviousToken, StoredPayload, Webhook};
 use crate::domain::{Job, JobKind, RetryPolicy, Run, RunSettings, Schedule};
 
@@ -86,6 +87,8 @@ pub struct JobRow {
     pub tool_grants: String,
     pub tool_bundles: String,
     pub image: Option<String>,
+    /// JSON [`JobRules`]; `{}` when there are none.
+    pub rules: String,
 }
 
 /// The schedule as stored: (`schedule_kind`, `schedule_expr`).
@@ -93,6 +96,10 @@ pub fn schedule_columns(schedule: &Schedule) -> (&'static str, Option<String>) {
     match schedule {
         Schedule::Cron(expr) => ("cron", Some(expr.clone())),
         Schedule::At(at) => ("at", Some(at.to_rfc3339())),
+        Schedule::Every { every_secs, start } => (
+            "interval",
+            Some(format!("{every_secs}@{}", start.to_rfc3339())),
+        ),
         Schedule::None => ("none", None),
     }
 }
@@ -108,6 +115,16 @@ impl TryFrom<JobRow> for Job {
                     .map_err(|err| StoreError::Corrupt(format!("one-shot time `{at}`: {err}")))?
                     .with_timezone(&Utc),
             ),
+            ("interval", Some(text)) => {
+                let corrupt = || StoreError::Corrupt(format!("interval `{text}`"));
+                let (every, start) = text.split_once('@').ok_or_else(corrupt)?;
+                Schedule::Every {
+                    every_secs: every.parse().map_err(|_| corrupt())?,
+                    start: DateTime::parse_from_rfc3339(start)
+                        .map_err(|_| corrupt())?
+                        .with_timezone(&Utc),
+                }
+            }
             ("none", _) => Schedule::None,
             (kind, _) => return Err(StoreError::Corrupt(format!("schedule kind `{kind}`"))),
         };
@@ -145,6 +162,7 @@ impl TryFrom<JobRow> for Job {
                 bundles: json("tool_bundles", &row.tool_bundles)?,
                 image: row.image,
             },
+            rules: json::<JobRules>("rules", &row.rules)?,
             misfire_policy: parse("misfire policy", &row.misfire_policy)?,
             misfire_cap: to_u32("misfire_cap", row.misfire_cap)?,
             overlap_policy: parse("overlap policy", &row.overlap_policy)?,

@@ -35,4 +35,5 @@ mod store_tools;
 mod store_webhooks;
 mod tools;
 mod traces;
+mod triggers;
 mod webhooks;

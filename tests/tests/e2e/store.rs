@@ -57,6 +57,27 @@ fn job(name: &str) -> Job {
             bundles: vec!["reporting".into()],
             image: Some("autopilot-runtime-team:1".into()),
         },
+        // Stored as JSON and read back whole.
+        rules: autopilot_control_plane::domain::rules::JobRules {
+            chain: Some(autopilot_control_plane::domain::rules::Chain {
+                after: vec![JobId::new()],
+                on: autopilot_control_plane::domain::rules::ChainOn::Failure,
+                require_all: true,
+            }),
+            conditions: autopilot_control_plane::domain::rules::Conditions {
+                windows: vec![autopilot_control_plane::domain::rules::TimeWindow {
+                    days: vec!["weekdays".into()],
+                    from: "09:00".into(),
+                    to: "17:00".into(),
+                }],
+                max_runs_per_day: Some(3),
+                max_runs_per_week: None,
+            },
+            budget: autopilot_control_plane::domain::rules::Budget {
+                daily_usd: Some(1.5),
+                monthly_usd: None,
+            },
+        },
         misfire_policy: MisfirePolicy::RunAll,
         misfire_cap: 3,
         overlap_policy: OverlapPolicy::Queue,

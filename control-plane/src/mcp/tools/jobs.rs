@@ -18,7 +18,7 @@ use crate::services::follow::Updates;
 use crate::services::jobs::{
     self, preview_schedule, upcoming_fires, JobInput, JobPatch, JobView, PreviewInput,
 };
-use crate::services::memory;
+use crate::services::{memory, rules};
 use autopilot_fixed_servers::memory_wire::MemoryAnswer;
 
 #[derive(Deserialize, JsonSchema)]
@@ -102,11 +102,16 @@ pub(super) fn specs() -> Vec<Spec> {
         Spec {
             name: "get_job",
             title: "Get a job",
-            description: "Shows one job (by id or name) with all its settings and its next five \
-                fire times. Example: {\"job\": \"sprint digest\"}",
+            description: "Shows one job (by id or name) with all its settings, its next five \
+                fire times and its latest skipped fires (a condition or a budget held them \
+                back, with why). Example: {\"job\": \"sprint digest\"}",
             input: input::<JobRef>(),
             output: object(
-                json!({ "job": job_schema(), "next_fires": { "type": "array", "items": { "type": "string" } } }),
+                json!({
+                    "job": job_schema(),
+                    "next_fires": { "type": "array", "items": { "type": "string" } },
+                    "skipped_fires": { "type": "array", "items": { "type": "object" } },
+                }),
                 &["job", "next_fires"],
             ),
             read_only: true,
@@ -277,17 +282,29 @@ async fn get(app: &App, args: JsonObject) -> Outcome {
     let JobRef { job } = parse(args)?;
     let job = jobs::find(app, &job).await?;
     let next_fires = upcoming_fires(&job, 5).unwrap_or_default();
+    let skipped = rules::list_skipped(app, &job, 10).await?;
     let view = JobView::from(&job);
-    let summary = format!(
-        "Job `{}` ({}), {}, schedule {}.",
+    let schedule = match (&view.schedule, &view.every) {
+        (Some(cron), _) => cron.clone(),
+        (None, Some(every)) => format!("every {every}"),
+        (None, None) => "none (manual)".to_owned(),
+    };
+    let mut summary = format!(
+        "Job `{}` ({}), {}, schedule {schedule}.",
         view.name,
         view.id,
         if view.enabled { "enabled" } else { "disabled" },
-        view.schedule.as_deref().unwrap_or("none (manual)")
     );
+    if let Some(last) = skipped.first() {
+        summary.push_str(&format!(
+            " Last skipped fire: {} ({}).",
+            last.last_at.to_rfc3339(),
+            last.reason
+        ));
+    }
     success(
         summary,
-        json!({ "job": to_value(&view)?, "next_fires": next_fires }),
+        json!({ "job": to_value(&view)?, "next_fires": next_fires, "skipped_fires": skipped }),
     )
 }
 

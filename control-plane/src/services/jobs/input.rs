@@ -9,13 +9,32 @@ use serde::Deserialize;
 
 use crate::domain::input::{flattened, nullable, validate_name};
 use crate::domain::limits::MAX_PROMPT_BYTES;
-use crate::domain::schedule::{parse_cron, parse_timezone};
+use crate::domain::rules::{
+    check_prompt_values, Budget, Chain, ChainOn, Conditions, JobRules, MAX_CHAIN_PARENTS,
+};
+use crate::domain::schedule::{format_interval, parse_cron, parse_interval, parse_timezone};
 use crate::domain::{
     Job, JobKind, MisfirePolicy, OverlapPolicy, RetryPolicy, RunSettingsInput, RunSettingsPatch,
     Schedule, ServiceError, ServiceResult,
 };
 
 pub const DEFAULT_MISFIRE_CAP: u32 = 10;
+
+/// The jobs a job runs after, as clients name them.
+#[derive(Deserialize, Debug, Default, Clone, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChainInput {
+    /// The jobs to follow, by name or id.
+    pub jobs: Vec<String>,
+    /// Which of their ends start this job: `success` (default), `failure` (failed, timed out
+    /// or lost) or `any`.
+    #[serde(default)]
+    pub on: Option<ChainOn>,
+    /// Wait until every one of `jobs` has ended that way since this job last ran after them
+    /// (default false: any one of them will do).
+    #[serde(default)]
+    pub require_all: Option<bool>,
+}
 
 /// A job as clients create it. Unknown fields are refused by name.
 #[derive(Deserialize, Debug, Default, Clone, JsonSchema)]
@@ -44,6 +63,27 @@ pub struct JobInput {
     /// is disabled after it fires.
     #[serde(default)]
     pub at: Option<DateTime<Utc>>,
+    /// Fire at a fixed interval instead of `schedule`: `30s`, `15m`, `2h`, `1d`, `1h30m`
+    /// (1 s to 366 days), in real time from `start`.
+    #[serde(default)]
+    pub every: Option<String>,
+    /// When an `every` job first fires, RFC 3339; later fires follow at whole intervals from
+    /// it. Default: one interval after the job is saved.
+    #[serde(default)]
+    pub start: Option<DateTime<Utc>>,
+    /// Run after other jobs end (a chain), beside or instead of a schedule. The parent run's
+    /// id, status and result are the prompt's `{{ parent.run_id }}`, `{{ parent.status }}`
+    /// and `{{ parent.result }}`.
+    #[serde(default)]
+    pub after: Option<ChainInput>,
+    /// What a fire (scheduled or chained) must meet to start a run: time windows, most runs a
+    /// day or a week. A fire that does not is recorded as skipped, with the reason.
+    #[serde(default)]
+    pub conditions: Option<Conditions>,
+    /// Most the job may spend a day and a month (US dollars, by the CLI's reported cost);
+    /// past it, new runs are refused and fires are recorded as skipped.
+    #[serde(default)]
+    pub budget: Option<Budget>,
     /// IANA time zone the schedule is read in, e.g. `Europe/Paris`. Default `UTC`.
     #[serde(default)]
     pub timezone: Option<String>,
@@ -82,6 +122,21 @@ pub struct JobPatch {
     /// One time to fire (RFC 3339); `null` clears it.
     #[serde(default, deserialize_with = "nullable")]
     pub at: Option<Option<DateTime<Utc>>>,
+    /// New interval (`15m`, `2h` …); `null` makes the job manual-only.
+    #[serde(default, deserialize_with = "nullable")]
+    pub every: Option<Option<String>>,
+    /// When the interval starts (RFC 3339); `null` starts it from now.
+    #[serde(default, deserialize_with = "nullable")]
+    pub start: Option<Option<DateTime<Utc>>>,
+    /// The jobs it runs after; `null` ends the chain.
+    #[serde(default, deserialize_with = "nullable")]
+    pub after: Option<Option<ChainInput>>,
+    /// `null` removes every condition.
+    #[serde(default, deserialize_with = "nullable")]
+    pub conditions: Option<Option<Conditions>>,
+    /// `null` removes the budget.
+    #[serde(default, deserialize_with = "nullable")]
+    pub budget: Option<Option<Budget>>,
     /// IANA time zone the schedule is read in.
     pub timezone: Option<String>,
     /// `false` pauses the job, `true` resumes it.
@@ -133,7 +188,39 @@ pub(crate) fn validate(
     }
     let timezone = input.timezone.unwrap_or_else(|| "UTC".to_owned());
     parse_timezone(&timezone).map_err(|message| ServiceError::invalid("timezone", message))?;
-    let schedule = match (input.schedule.filter(|s| !s.trim().is_empty()), input.at) {
+    let every = input.every.filter(|e| !e.trim().is_empty());
+    let cron = input.schedule.filter(|s| !s.trim().is_empty());
+    if every.is_some() && (cron.is_some() || input.at.is_some()) {
+        return Err(ServiceError::invalid(
+            "every",
+            "give one of `schedule` (cron), `every` (an interval) or `at` (one time)",
+        ));
+    }
+    if input.start.is_some() && every.is_none() {
+        return Err(ServiceError::invalid(
+            "start",
+            "`start` anchors an interval: give `every` with it",
+        ));
+    }
+    let schedule = match (cron, input.at) {
+        _ if every.is_some() => {
+            let text = every.unwrap_or_default();
+            let every_secs =
+                parse_interval(&text).map_err(|message| ServiceError::invalid("every", message))?;
+            let start = match (input.start, existing.map(|job| &job.schedule)) {
+                (Some(start), _) => start,
+                // The same interval keeps its beat across an edit.
+                (
+                    None,
+                    Some(Schedule::Every {
+                        every_secs: old,
+                        start,
+                    }),
+                ) if *old == every_secs => *start,
+                (None, _) => now + chrono::Duration::seconds(every_secs as i64),
+            };
+            Schedule::Every { every_secs, start }
+        }
         (Some(_), Some(_)) => {
             return Err(ServiceError::invalid(
                 "at",
@@ -153,6 +240,10 @@ pub(crate) fn validate(
         }
         (None, None) => Schedule::None,
     };
+    if kind == JobKind::Claude {
+        check_prompt_values(&text).map_err(|message| ServiceError::invalid("prompt", message))?;
+    }
+    let rules = validate_rules(input.after, input.conditions, input.budget, existing)?;
     let settings = input.run.resolve(kind, RetryPolicy::default())?;
     let misfire_cap = input.misfire_cap.unwrap_or(DEFAULT_MISFIRE_CAP);
     if !(1..=1000).contains(&misfire_cap) {
@@ -183,6 +274,7 @@ pub(crate) fn validate(
         timezone,
         enabled,
         settings,
+        rules,
         misfire_policy: input.misfire_policy.unwrap_or(MisfirePolicy::RunOnce),
         misfire_cap,
         overlap_policy: input.overlap_policy.unwrap_or(OverlapPolicy::Skip),
@@ -194,13 +286,76 @@ pub(crate) fn validate(
     })
 }
 
+/// Checks a job's chain (its parents must be ids by now: names are looked up before), its
+/// conditions and its budget.
+fn validate_rules(
+    after: Option<ChainInput>,
+    conditions: Option<Conditions>,
+    budget: Option<Budget>,
+    existing: Option<&Job>,
+) -> ServiceResult<JobRules> {
+    let chain = match after {
+        None => None,
+        Some(chain) => {
+            if chain.jobs.is_empty() || chain.jobs.len() > MAX_CHAIN_PARENTS {
+                return Err(ServiceError::invalid(
+                    "after.jobs",
+                    format!("name 1 to {MAX_CHAIN_PARENTS} jobs to run after"),
+                ));
+            }
+            let mut ids = Vec::with_capacity(chain.jobs.len());
+            for (index, name) in chain.jobs.iter().enumerate() {
+                let id: JobId = name.parse().map_err(|_| ServiceError::NotFound {
+                    what: "job",
+                    id: name.clone(),
+                })?;
+                if existing.is_some_and(|job| job.id == id) {
+                    return Err(ServiceError::invalid(
+                        format!("after.jobs.{index}"),
+                        "a job cannot run after itself",
+                    ));
+                }
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+            Some(Chain {
+                after: ids,
+                on: chain.on.unwrap_or_default(),
+                require_all: chain.require_all.unwrap_or(false),
+            })
+        }
+    };
+    let conditions = conditions.unwrap_or_default();
+    conditions
+        .validate()
+        .map_err(|(field, message)| ServiceError::invalid(field, message))?;
+    let budget = budget.unwrap_or_default();
+    budget
+        .validate()
+        .map_err(|(field, message)| ServiceError::invalid(field, message))?;
+    Ok(JobRules {
+        chain,
+        conditions,
+        budget,
+    })
+}
+
 /// The input that describes `job` with `patch` applied, so it can be checked as a whole.
 pub(crate) fn apply(job: &Job, patch: JobPatch) -> JobInput {
-    let (schedule, at) = match &job.schedule {
-        Schedule::Cron(expr) => (Some(expr.clone()), None),
-        Schedule::At(at) => (None, Some(*at)),
-        Schedule::None => (None, None),
-    };
+    let (mut schedule, mut at, mut every, mut start) = (None, None, None, None);
+    match &job.schedule {
+        Schedule::Cron(expr) => schedule = Some(expr.clone()),
+        Schedule::At(time) => at = Some(*time),
+        Schedule::Every {
+            every_secs,
+            start: anchor,
+        } => {
+            every = Some(format_interval(*every_secs));
+            start = Some(*anchor);
+        }
+        Schedule::None => {}
+    }
     let (prompt, command) = match job.kind {
         JobKind::Claude => (Some(job.prompt.clone()), None),
         JobKind::Shell => (None, Some(job.prompt.clone())),
@@ -213,6 +368,15 @@ pub(crate) fn apply(job: &Job, patch: JobPatch) -> JobInput {
         command,
         schedule,
         at,
+        every,
+        start,
+        after: job.rules.chain.as_ref().map(|chain| ChainInput {
+            jobs: chain.after.iter().map(ToString::to_string).collect(),
+            on: Some(chain.on),
+            require_all: Some(chain.require_all),
+        }),
+        conditions: Some(job.rules.conditions.clone()),
+        budget: Some(job.rules.budget.clone()),
         timezone: Some(job.timezone.clone()),
         enabled: Some(job.enabled),
         misfire_policy: Some(job.misfire_policy),
@@ -235,12 +399,16 @@ pub(crate) fn apply(job: &Job, patch: JobPatch) -> JobInput {
         command
     );
     input.run.apply(patch.run);
-    // Setting one kind of schedule replaces the other.
-    match (patch.schedule, patch.at) {
-        (Some(schedule), Some(at)) => (input.schedule, input.at) = (schedule, at),
-        (Some(schedule), None) => (input.schedule, input.at) = (schedule, None),
-        (None, Some(at)) => (input.schedule, input.at) = (None, at),
-        (None, None) => {}
+    set!(after, conditions, budget);
+    // Setting one kind of schedule replaces the others.
+    if patch.schedule.is_some() || patch.at.is_some() || patch.every.is_some() {
+        input.schedule = patch.schedule.flatten();
+        input.at = patch.at.flatten();
+        input.every = patch.every.flatten();
+        input.start = None;
+    }
+    if let Some(start) = patch.start {
+        input.start = start;
     }
     input
 }

@@ -17,14 +17,17 @@ use serde::Deserialize;
 
 use crate::app::App;
 use crate::domain::memory::MemoryScope;
+use crate::domain::rules::fill_prompt;
 use crate::domain::schedule::{parse_cron, parse_timezone, Compiled};
 use crate::domain::{Job, OverlapPolicy, Run, Schedule, ServiceError, ServiceResult};
 use crate::services::{runs, tools, webhooks};
 use crate::store::StoreError;
 
-pub async fn create(app: &App, input: JobInput) -> ServiceResult<JobView> {
+pub async fn create(app: &App, mut input: JobInput) -> ServiceResult<JobView> {
+    resolve_parents(app, &mut input).await?;
     let job = input::validate(input, None, Utc::now())?;
     tools::check_tools(app, &job.settings).await?;
+    check_chain(app, &job).await?;
     app.store.insert_job(&job).await?;
     tracing::info!(job.id = %job.id, job.name = %job.name, "job created");
     app.notify_jobs_changed();
@@ -33,8 +36,11 @@ pub async fn create(app: &App, input: JobInput) -> ServiceResult<JobView> {
 
 pub async fn update(app: &App, id: JobId, patch: JobPatch) -> ServiceResult<JobView> {
     let existing = get(app, id).await?;
-    let job = input::validate(input::apply(&existing, patch), Some(&existing), Utc::now())?;
+    let mut input = input::apply(&existing, patch);
+    resolve_parents(app, &mut input).await?;
+    let job = input::validate(input, Some(&existing), Utc::now())?;
     tools::check_tools(app, &job.settings).await?;
+    check_chain(app, &job).await?;
     match app.store.update_job(&job).await {
         Err(StoreError::NotFound) => return Err(not_found(id)),
         other => other?,
@@ -60,6 +66,67 @@ pub async fn delete(app: &App, id: JobId) -> ServiceResult<()> {
         let blob = autopilot_worker::workspaces::SharedWorkspaces::blob_name(&job.workspace());
         if let Err(err) = saved.delete(&blob).await {
             tracing::warn!(job.id = %id, error = %err, "could not delete the job's saved workspace");
+        }
+    }
+    Ok(())
+}
+
+/// Names the jobs a chain follows by their ids (clients may give names).
+async fn resolve_parents(app: &App, input: &mut JobInput) -> ServiceResult<()> {
+    if let Some(chain) = &mut input.after {
+        for (index, parent) in chain.jobs.iter_mut().enumerate() {
+            let job = find(app, parent).await.map_err(|_| {
+                ServiceError::invalid(
+                    format!("after.jobs.{index}"),
+                    format!("there is no job `{parent}` (by name or id) to run after"),
+                )
+            })?;
+            *parent = job.id.to_string();
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a chain that would loop: `job` following, however indirectly, a job that follows it.
+async fn check_chain(app: &App, job: &Job) -> ServiceResult<()> {
+    let Some(chain) = &job.rules.chain else {
+        return Ok(());
+    };
+    let jobs = all(app).await?;
+    let parents_of: HashMap<JobId, &[JobId]> = jobs
+        .iter()
+        .filter(|other| other.id != job.id)
+        .filter_map(|other| Some((other.id, other.rules.chain.as_ref()?.after.as_slice())))
+        .chain([(job.id, chain.after.as_slice())])
+        .collect();
+    let names: HashMap<JobId, &str> = jobs
+        .iter()
+        .map(|other| (other.id, other.name.as_str()))
+        .chain([(job.id, job.name.as_str())])
+        .collect();
+    // Walk up from the job's parents; reaching the job again is a loop.
+    let mut stack: Vec<Vec<JobId>> = chain.after.iter().map(|id| vec![*id]).collect();
+    let mut seen = std::collections::HashSet::new();
+    while let Some(path) = stack.pop() {
+        let Some(&last) = path.last() else { continue };
+        if last == job.id {
+            let mut loop_names: Vec<&str> = vec![names.get(&job.id).copied().unwrap_or("?")];
+            loop_names.extend(path.iter().map(|id| names.get(id).copied().unwrap_or("?")));
+            return Err(ServiceError::invalid(
+                "after.jobs",
+                format!(
+                    "this chain would loop: {} (each runs after the next); remove one link",
+                    loop_names.join(" ← ")
+                ),
+            ));
+        }
+        if !seen.insert(last) {
+            continue;
+        }
+        for parent in parents_of.get(&last).copied().unwrap_or_default() {
+            let mut longer = path.clone();
+            longer.push(*parent);
+            stack.push(longer);
         }
     }
     Ok(())
@@ -220,7 +287,14 @@ pub async fn trigger(app: &App, job: Job) -> ServiceResult<Run> {
             job.name
         )));
     }
-    let run = Run::queued(Trigger::Manual, Some(&job), job.run_snapshot(), None);
+    if let Some(reason) = super::rules::over_budget(app, &job, Utc::now()).await? {
+        return Err(ServiceError::Conflict(format!(
+            "job `{}` is {reason}; raise its budget or wait",
+            job.name
+        )));
+    }
+    let mut run = Run::queued(Trigger::Manual, Some(&job), job.run_snapshot(), None);
+    fill_prompt(&mut run, &job, None);
     runs::submit(app, run).await
 }
 

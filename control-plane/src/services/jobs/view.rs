@@ -4,7 +4,8 @@ use autopilot_proto::JobId;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::domain::schedule::Compiled;
+use crate::domain::rules::{Budget, Chain, Conditions};
+use crate::domain::schedule::{format_interval, Compiled};
 use crate::domain::{Job, JobKind, MisfirePolicy, OverlapPolicy, RunSettings, Schedule};
 
 #[derive(Serialize, Debug, Clone)]
@@ -19,6 +20,18 @@ pub struct JobView {
     pub command: Option<String>,
     pub schedule: Option<String>,
     pub at: Option<DateTime<Utc>>,
+    /// The interval of an `every` job (`15m`), and when its beat started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub every: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<DateTime<Utc>>,
+    /// The jobs it runs after (ids), on which of their ends, and whether it waits for all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain: Option<Chain>,
+    #[serde(skip_serializing_if = "Conditions::is_empty")]
+    pub conditions: Conditions,
+    #[serde(skip_serializing_if = "Budget::is_empty")]
+    pub budget: Budget,
     pub timezone: String,
     pub enabled: bool,
     #[serde(flatten)]
@@ -35,11 +48,19 @@ pub struct JobView {
 
 impl From<&Job> for JobView {
     fn from(job: &Job) -> Self {
-        let (schedule, at) = match &job.schedule {
-            Schedule::Cron(expr) => (Some(expr.clone()), None),
-            Schedule::At(at) => (None, Some(*at)),
-            Schedule::None => (None, None),
-        };
+        let (mut schedule, mut at, mut every, mut start) = (None, None, None, None);
+        match &job.schedule {
+            Schedule::Cron(expr) => schedule = Some(expr.clone()),
+            Schedule::At(time) => at = Some(*time),
+            Schedule::Every {
+                every_secs,
+                start: anchor,
+            } => {
+                every = Some(format_interval(*every_secs));
+                start = Some(*anchor);
+            }
+            Schedule::None => {}
+        }
         let next_fire_at = if job.enabled {
             Compiled::new(&job.schedule, &job.timezone)
                 .ok()
@@ -60,6 +81,11 @@ impl From<&Job> for JobView {
             command,
             schedule,
             at,
+            every,
+            start,
+            chain: job.rules.chain.clone(),
+            conditions: job.rules.conditions.clone(),
+            budget: job.rules.budget.clone(),
             timezone: job.timezone.clone(),
             enabled: job.enabled,
             settings: job.settings.clone(),

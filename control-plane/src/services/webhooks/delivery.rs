@@ -218,6 +218,7 @@ pub fn build_delivery(
                     payload: &payload,
                     headers: &received.headers,
                     query: &received.query,
+                    values: &serde_json::Value::Null,
                 },
                 MAX_PROMPT_BYTES,
             )

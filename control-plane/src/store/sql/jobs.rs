@@ -12,7 +12,7 @@ use crate::store::{JobStore, StoreError, StoreResult};
 const JOB_COLUMNS: &str = "id, name, description, kind, prompt, schedule_kind, schedule_expr, timezone, enabled, \
     model, allowed_tools, disallowed_tools, max_turns, timeout_secs, max_cost_usd, misfire_policy, misfire_cap, \
     overlap_policy, retry_count, retry_backoff_secs, pool, fire_cursor_ms, missed_fires, overlap_skipped, \
-    created_at_ms, updated_at_ms, retry_lost, sandbox, trace_content, tool_grants, tool_bundles, image";
+    created_at_ms, updated_at_ms, retry_lost, sandbox, trace_content, tool_grants, tool_bundles, image, rules";
 
 /// Binds a job's settings, in `INSERT INTO jobs` column order (without the counters).
 macro_rules! bind_job {
@@ -51,6 +51,7 @@ macro_rules! bind_job {
             .bind(to_json(&settings.servers))
             .bind(to_json(&settings.bundles))
             .bind(settings.image.clone())
+            .bind(to_json(&job.rules))
     }};
 }
 
@@ -69,7 +70,7 @@ impl JobStore for SqlStore {
     async fn insert_job(&self, job: &Job) -> StoreResult<()> {
         let sql = format!(
             "INSERT INTO jobs ({JOB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-             $15, $16, $17, $18, $19, $20, $21, $22, $31, $32, $23, $24, $25, $26, $27, $28, $29, $30)"
+             $15, $16, $17, $18, $19, $20, $21, $22, $32, $33, $23, $24, $25, $26, $27, $28, $29, $30, $31)"
         );
         on_write!(self, pool => {
             bind_job!(sqlx::query(&sql), job)
@@ -88,7 +89,7 @@ impl JobStore for SqlStore {
              schedule_expr = $7, timezone = $8, enabled = $9, model = $10, allowed_tools = $11, disallowed_tools = $12, \
              max_turns = $13, timeout_secs = $14, max_cost_usd = $15, misfire_policy = $16, misfire_cap = $17, \
              overlap_policy = $18, retry_count = $19, retry_backoff_secs = $20, pool = $21, fire_cursor_ms = $22, \
-             created_at_ms = $23, updated_at_ms = $24, retry_lost = $25, sandbox = $26, trace_content = $27, tool_grants = $28, tool_bundles = $29, image = $30 WHERE id = $1";
+             created_at_ms = $23, updated_at_ms = $24, retry_lost = $25, sandbox = $26, trace_content = $27, tool_grants = $28, tool_bundles = $29, image = $30, rules = $31 WHERE id = $1";
         let result = on_write!(self, pool => bind_job!(sqlx::query(sql), job).execute(pool).await.map(|done| done.rows_affected()))
             .map_err(|err| name_conflict(err, job))?;
         if result == 0 {

@@ -115,6 +115,7 @@ mod jobs;
 mod leases;
 mod memory;
 mod oauth;
+mod rules;
 mod runs;
 mod settings;
 mod tools;

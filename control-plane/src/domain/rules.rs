@@ -1,0 +1,456 @@
+//! What decides a job's runs beside its schedule: the jobs it follows (a chain), the conditions a
+//! fire must meet (time windows, most runs a day or a week), and its budget. Also the values every
+//! claude run's prompt may use (`{{ date }}`, `{{ job.name }}`, `{{ parent.result }}` …).
+
+use autopilot_proto::{JobId, RunId, RunStatus, Trigger};
+use chrono::{DateTime, Datelike, NaiveTime, Utc, Weekday};
+use chrono_tz::Tz;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::limits::MAX_PROMPT_BYTES;
+use super::run::Run;
+use super::template::{RenderInput, Template, VALUE_ROOTS};
+use super::Job;
+
+/// The most of a parent run's result its children's prompts see.
+pub const MAX_PARENT_RESULT_BYTES: usize = 16 * 1024;
+/// Most jobs one job may follow.
+pub const MAX_CHAIN_PARENTS: usize = 20;
+
+/// Which ends of the parent runs start the child.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChainOn {
+    /// The parent succeeded.
+    #[default]
+    Success,
+    /// The parent failed, timed out or was lost (a kill is neither: only `any` follows it).
+    Failure,
+    /// Any end, a kill included.
+    Any,
+}
+
+impl ChainOn {
+    pub fn matches(self, status: RunStatus) -> bool {
+        match self {
+            ChainOn::Success => status == RunStatus::Succeeded,
+            ChainOn::Failure => matches!(
+                status,
+                RunStatus::Failed | RunStatus::TimedOut | RunStatus::Lost
+            ),
+            ChainOn::Any => status.is_terminal(),
+        }
+    }
+}
+
+/// A job that runs after others end.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct Chain {
+    /// The jobs it follows.
+    pub after: Vec<JobId>,
+    pub on: ChainOn,
+    /// Wait until every parent has ended this way since the child last ran (else any one will
+    /// do).
+    pub require_all: bool,
+}
+
+/// A span of local time on some days of the week, in the job's time zone. `from` after `to`
+/// spans midnight (the days are those it starts on).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimeWindow {
+    /// `mon` … `sun`, or `weekdays` / `weekend`; all days when left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub days: Vec<String>,
+    /// Start, `HH:MM` (included).
+    pub from: String,
+    /// End, `HH:MM` (excluded).
+    pub to: String,
+}
+
+/// What a fire must meet to start a run; a fire that does not is recorded as skipped, with why.
+#[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Conditions {
+    /// Runs start only inside one of these windows (none: at any time).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<TimeWindow>,
+    /// Most runs started a day (midnight to midnight in the job's time zone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_runs_per_day: Option<u32>,
+    /// Most runs started a week (from Monday 00:00 in the job's time zone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_runs_per_week: Option<u32>,
+}
+
+impl Conditions {
+    pub fn is_empty(&self) -> bool {
+        *self == Conditions::default()
+    }
+
+    /// Checks the windows and limits, and that every window reads.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        for window in &self.windows {
+            window_times(window).map_err(|message| ("conditions.windows", message))?;
+            for day in &window.days {
+                weekdays(day).map_err(|message| ("conditions.windows", message))?;
+            }
+        }
+        if self.windows.len() > 20 {
+            return Err(("conditions.windows", "at most 20 windows".to_owned()));
+        }
+        for (field, limit) in [
+            ("conditions.max_runs_per_day", self.max_runs_per_day),
+            ("conditions.max_runs_per_week", self.max_runs_per_week),
+        ] {
+            if limit == Some(0) {
+                return Err((
+                    field,
+                    "must be at least 1 (pause the job to stop its runs)".to_owned(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Why a run may not start at `now` by the windows, if it may not.
+    pub fn outside_windows(&self, now: DateTime<Utc>, tz: Tz) -> Option<String> {
+        if self.windows.is_empty() {
+            return None;
+        }
+        let local = now.with_timezone(&tz);
+        let (day, time) = (local.weekday(), local.time());
+        let inside = self.windows.iter().any(|window| {
+            let Ok((from, to)) = window_times(window) else {
+                return false;
+            };
+            let on = |day: Weekday| {
+                window.days.is_empty()
+                    || window
+                        .days
+                        .iter()
+                        .any(|name| weekdays(name).is_ok_and(|days| days.contains(&day)))
+            };
+            if from <= to {
+                on(day) && from <= time && time < to
+            } else {
+                (on(day) && time >= from) || (on(day.pred()) && time < to)
+            }
+        });
+        (!inside).then(|| {
+            let windows: Vec<String> = self.windows.iter().map(describe_window).collect();
+            format!(
+                "outside the job's time windows ({}; it is {} {} in {tz})",
+                windows.join("; "),
+                day,
+                time.format("%H:%M")
+            )
+        })
+    }
+}
+
+fn describe_window(window: &TimeWindow) -> String {
+    let days = if window.days.is_empty() {
+        "every day".to_owned()
+    } else {
+        window.days.join(",")
+    };
+    format!("{days} {}–{}", window.from, window.to)
+}
+
+fn window_times(window: &TimeWindow) -> Result<(NaiveTime, NaiveTime), String> {
+    let time = |text: &str| {
+        NaiveTime::parse_from_str(text.trim(), "%H:%M").map_err(|_| {
+            format!("`{text}` is not a time of day: write `HH:MM` in 24-hour time, e.g. `09:00` or `17:30`")
+        })
+    };
+    let (from, to) = (time(&window.from)?, time(&window.to)?);
+    if from == to {
+        return Err(format!(
+            "the window {}–{} is empty: give different start and end times",
+            window.from, window.to
+        ));
+    }
+    Ok((from, to))
+}
+
+fn weekdays(name: &str) -> Result<Vec<Weekday>, String> {
+    use Weekday::*;
+    Ok(match name.trim().to_ascii_lowercase().as_str() {
+        "weekdays" => vec![Mon, Tue, Wed, Thu, Fri],
+        "weekend" => vec![Sat, Sun],
+        "mon" => vec![Mon],
+        "tue" => vec![Tue],
+        "wed" => vec![Wed],
+        "thu" => vec![Thu],
+        "fri" => vec![Fri],
+        "sat" => vec![Sat],
+        "sun" => vec![Sun],
+        other => {
+            return Err(format!(
+                "`{other}` is not a day: use mon, tue, wed, thu, fri, sat, sun, weekdays or weekend"
+            ))
+        }
+    })
+}
+
+/// The most a job may spend, by the CLI's reported cost.
+#[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// US dollars a day (midnight to midnight in the job's time zone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_usd: Option<f64>,
+    /// US dollars a calendar month (in the job's time zone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_usd: Option<f64>,
+}
+
+impl Budget {
+    pub fn is_empty(&self) -> bool {
+        *self == Budget::default()
+    }
+
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (field, ceiling) in [
+            ("budget.daily_usd", self.daily_usd),
+            ("budget.monthly_usd", self.monthly_usd),
+        ] {
+            if ceiling.is_some_and(|usd| !(usd.is_finite() && usd > 0.0)) {
+                return Err((field, "must be a positive number of US dollars".to_owned()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Everything beside the schedule that decides a job's runs, stored with the job.
+#[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]
+pub struct JobRules {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<Chain>,
+    #[serde(default, skip_serializing_if = "Conditions::is_empty")]
+    pub conditions: Conditions,
+    #[serde(default, skip_serializing_if = "Budget::is_empty")]
+    pub budget: Budget,
+}
+
+impl JobRules {
+    /// Whether anything must be checked before a run of the job starts.
+    pub fn gates_runs(&self) -> bool {
+        !self.conditions.is_empty() || !self.budget.is_empty()
+    }
+}
+
+/// A fire that started no run, and why (a condition, a budget). Repeats of the same reason
+/// from the same trigger are counted on one record.
+#[derive(Clone, PartialEq, Debug, Serialize)]
+pub struct SkippedFire {
+    pub job_id: JobId,
+    pub trigger: Trigger,
+    pub reason: String,
+    /// When it was first skipped for this reason (in a row).
+    pub first_at: DateTime<Utc>,
+    pub last_at: DateTime<Utc>,
+    /// How many fires were skipped for it.
+    pub fires: u64,
+}
+
+/// Checks that a job's prompt reads as a template of the run's own values (`{{ date }}`, …);
+/// a delivery's values belong in a webhook's template.
+pub fn check_prompt_values(prompt: &str) -> Result<(), String> {
+    if !prompt.contains("{{") {
+        return Ok(());
+    }
+    let template = Template::parse(prompt)
+        .map_err(|err| format!("{err} (write `\\{{{{` for a literal `{{{{`)"))?;
+    if let Some(root) = template
+        .roots()
+        .into_iter()
+        .find(|root| !VALUE_ROOTS.contains(root))
+    {
+        return Err(format!(
+            "`{{{{ {root} }}}}` is a webhook delivery's value; a job's prompt may use {} (put \
+             delivery values in the webhook's prompt template)",
+            VALUE_ROOTS.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// What a chained run learns of the run that started it.
+pub fn parent_values(parent: &Run) -> Value {
+    let result = parent.result.as_deref().map(|text| {
+        if text.len() <= MAX_PARENT_RESULT_BYTES {
+            text.to_owned()
+        } else {
+            let mut end = MAX_PARENT_RESULT_BYTES;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}… [truncated {} bytes]", &text[..end], text.len() - end)
+        }
+    });
+    json!({
+        "run_id": parent.id,
+        "job": parent.job_name,
+        "job_id": parent.job_id,
+        "status": parent.status.as_str(),
+        "result": result,
+        "error": parent.error,
+        "cost_usd": parent.cost_usd,
+    })
+}
+
+/// Fills the values of a claude run's prompt: the date and time in the job's zone (of the fire
+/// a scheduled run is for, else of the run's creation),
+/// the job, the run, its trigger, and the trigger's own values (`parent` for a chain). A prompt
+/// with no `{{` is left as it is, and so is one stored before prompts were templates that does
+/// not read as one.
+pub fn fill_prompt(run: &mut Run, job: &Job, parent: Option<Value>) {
+    let now = run.scheduled_for.unwrap_or(run.created_at);
+    let autopilot_proto::RunKind::Claude(claude) = &mut run.settings.kind else {
+        return;
+    };
+    if !claude.prompt.contains("{{") {
+        return;
+    }
+    let (id, trigger) = (run.id, run.trigger);
+    let Ok(template) = Template::parse(&claude.prompt) else {
+        return;
+    };
+    let tz: Tz = job.timezone.parse().unwrap_or(Tz::UTC);
+    let local = now.with_timezone(&tz);
+    let values = json!({
+        "date": local.format("%Y-%m-%d").to_string(),
+        "time": local.format("%H:%M:%S").to_string(),
+        "datetime": local.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "weekday": local.format("%A").to_string(),
+        "timezone": job.timezone,
+        "job": { "id": job.id, "name": job.name, "description": job.description },
+        "run": { "id": id, "scheduled_for": run.scheduled_for },
+        "trigger": trigger.as_str(),
+        "parent": parent,
+    });
+    if let Ok(prompt) = template.render(&RenderInput::values_only(&values), MAX_PROMPT_BYTES) {
+        claude.prompt = prompt;
+    }
+}
+
+/// The key that makes a chained fire happen once: the parent runs it answers.
+pub fn chain_key(parents: &[RunId]) -> String {
+    let mut ids: Vec<String> = parents.iter().map(ToString::to_string).collect();
+    ids.sort();
+    ids.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn window(days: &[&str], from: &str, to: &str) -> TimeWindow {
+        TimeWindow {
+            days: days.iter().map(|d| (*d).to_owned()).collect(),
+            from: from.into(),
+            to: to.into(),
+        }
+    }
+
+    #[test]
+    fn windows_are_read_in_the_job_zone_and_may_span_midnight() {
+        let paris: Tz = "Europe/Paris".parse().unwrap();
+        let office = Conditions {
+            windows: vec![window(&["weekdays"], "09:00", "17:00")],
+            ..Conditions::default()
+        };
+        // Monday 2026-12-07 08:30 UTC is 09:30 in Paris: inside.
+        let monday = Utc.with_ymd_and_hms(2026, 12, 7, 8, 30, 0).unwrap();
+        assert_eq!(office.outside_windows(monday, paris), None);
+        // 07:30 UTC is 08:30 in Paris: outside, and the reason says so.
+        let early = Utc.with_ymd_and_hms(2026, 12, 7, 7, 30, 0).unwrap();
+        let why = office.outside_windows(early, paris).unwrap();
+        assert!(
+            why.contains("weekdays 09:00–17:00") && why.contains("Mon 08:30"),
+            "{why}"
+        );
+        // Saturday: outside.
+        let saturday = Utc.with_ymd_and_hms(2026, 12, 12, 10, 0, 0).unwrap();
+        assert!(office.outside_windows(saturday, paris).is_some());
+        // 22:00–06:00 on Fridays covers Saturday 03:00, not Saturday 23:00.
+        let night = Conditions {
+            windows: vec![window(&["fri"], "22:00", "06:00")],
+            ..Conditions::default()
+        };
+        let early_saturday = Utc.with_ymd_and_hms(2026, 12, 12, 3, 0, 0).unwrap();
+        assert_eq!(night.outside_windows(early_saturday, Tz::UTC), None);
+        let late_saturday = Utc.with_ymd_and_hms(2026, 12, 12, 23, 0, 0).unwrap();
+        assert!(night.outside_windows(late_saturday, Tz::UTC).is_some());
+    }
+
+    #[test]
+    fn bad_conditions_and_budgets_name_the_field() {
+        let bad_time = Conditions {
+            windows: vec![window(&[], "9am", "17:00")],
+            ..Conditions::default()
+        };
+        let (field, message) = bad_time.validate().unwrap_err();
+        assert_eq!(field, "conditions.windows");
+        assert!(
+            message.contains("`9am`") && message.contains("HH:MM"),
+            "{message}"
+        );
+        let bad_day = Conditions {
+            windows: vec![window(&["monday"], "09:00", "17:00")],
+            ..Conditions::default()
+        };
+        assert!(bad_day
+            .validate()
+            .unwrap_err()
+            .1
+            .contains("`monday` is not a day"));
+        let zero = Conditions {
+            max_runs_per_day: Some(0),
+            ..Conditions::default()
+        };
+        assert_eq!(
+            zero.validate().unwrap_err().0,
+            "conditions.max_runs_per_day"
+        );
+        let negative = Budget {
+            daily_usd: Some(-1.0),
+            monthly_usd: None,
+        };
+        assert_eq!(negative.validate().unwrap_err().0, "budget.daily_usd");
+    }
+
+    #[test]
+    fn chain_ends_match_as_documented() {
+        assert!(ChainOn::Success.matches(RunStatus::Succeeded));
+        assert!(!ChainOn::Success.matches(RunStatus::Failed));
+        assert!(ChainOn::Failure.matches(RunStatus::Lost));
+        assert!(!ChainOn::Failure.matches(RunStatus::Cancelled));
+        assert!(ChainOn::Any.matches(RunStatus::Cancelled));
+        assert!(!ChainOn::Any.matches(RunStatus::Running));
+        assert_eq!(
+            chain_key(&[RunId::new(), RunId::new()])
+                .matches(',')
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn job_prompts_may_use_run_values_but_not_delivery_values() {
+        assert!(check_prompt_values("plain text").is_ok());
+        assert!(
+            check_prompt_values("on {{ date }} for {{ job.name }}: {{ parent.result }}").is_ok()
+        );
+        let err = check_prompt_values("{{ payload.x }}").unwrap_err();
+        assert!(err.contains("webhook"), "{err}");
+        let err = check_prompt_values("{{ dat }}").unwrap_err();
+        assert!(err.contains("did you mean `date`"), "{err}");
+    }
+}

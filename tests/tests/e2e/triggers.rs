@@ -1,0 +1,372 @@
+//! More ways to start runs, and what holds them back: intervals, chains (with the real CLI and
+//! the fake model), conditions and budgets, through the whole stack on the store the
+//! environment names (SQLite and PostgreSQL passes).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use autopilot_tests::fake_anthropic::Reply;
+use autopilot_tests::harness::{is_terminal, TestServer};
+use chrono::{DateTime, Timelike, Utc};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+fn id(value: &Value) -> &str {
+    value["id"].as_str().expect("an id")
+}
+
+fn time(value: &Value, field: &str) -> DateTime<Utc> {
+    value[field]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no time `{field}` in {value:#}"))
+}
+
+async fn skipped_fires(server: &TestServer, job: &Value) -> Vec<Value> {
+    let body = server
+        .get(&format!("/api/v1/jobs/{}/skipped-fires", id(job)))
+        .await;
+    body["skipped_fires"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Waits until `job` has `count` finished runs, and returns them (newest first).
+async fn finished_runs(server: &TestServer, job: &Value, count: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let runs = server.runs_of(id(job)).await;
+        if runs.len() >= count && runs.iter().all(is_terminal) {
+            return runs;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} has {} run(s), wanted {count} finished: {runs:#?}",
+            job["name"],
+            runs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_interval_job_keeps_its_beat_from_its_start_across_a_restart() {
+    let data_dir = Arc::new(tempfile::tempdir().unwrap());
+    let server = TestServer::builder()
+        .data_dir(data_dir.clone())
+        .start()
+        .await;
+    // A beat off the whole second (.250), so fires that followed process start or the cursor
+    // instead of the anchor would show.
+    let now = Utc::now();
+    let start = now.with_nanosecond(250_000_000).unwrap() + chrono::Duration::seconds(1);
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({ "name": "bad beat", "command": "true", "every": "10x" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("`x` is not a unit"), "{body}");
+    let job = server
+        .create_job(json!({
+            "name": "beat", "command": "true", "every": "1s", "start": start,
+            "overlap_policy": "allow", "misfire_policy": "run_all", "misfire_cap": 100,
+        }))
+        .await;
+    assert_eq!(job["every"], "1s");
+    assert_eq!(time(&job, "start"), start);
+    assert_eq!(time(&job, "next_fire_at"), start);
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    server.stop().await.expect("clean stop");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let server = TestServer::builder().data_dir(data_dir).start().await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    server
+        .patch_job(id(&job), json!({ "enabled": false }))
+        .await;
+    let runs = finished_runs(&server, &job, 5).await;
+    let mut fires: Vec<DateTime<Utc>> = runs.iter().map(|run| time(run, "scheduled_for")).collect();
+    fires.sort();
+    assert_eq!(fires[0], start, "the first fire is the start: {fires:?}");
+    for pair in fires.windows(2) {
+        assert_eq!(
+            (pair[1] - pair[0]).num_milliseconds(),
+            1000,
+            "one fire a second, none lost or repeated over the restart: {fires:?}"
+        );
+    }
+    assert!(runs.iter().all(|run| run["status"] == "succeeded"));
+}
+
+#[tokio::test]
+async fn a_chain_of_jobs_follows_success_and_failure_with_the_parent_result() {
+    let Some((server, fake)) = crate::claude::start().await else {
+        return;
+    };
+    fake.push(Reply::text("collected 3 items"));
+    fake.set_default(Reply::text("noted"));
+    let collect = server
+        .create_job(json!({ "name": "collect", "prompt": "Collect the items." }))
+        .await;
+    // Two jobs follow `collect` by name: one fails, one reads its result.
+    let analyse = server
+        .create_job(json!({
+            "name": "analyse", "command": "echo analysing; exit 3",
+            "after": { "jobs": ["collect"] },
+        }))
+        .await;
+    let summarise = server
+        .create_job(json!({
+            "name": "summarise",
+            "prompt": "Summarise what {{ parent.job }} found: {{ parent.result }} (job {{ job.name }}, trigger {{ trigger }}, {{ date }})",
+            "after": { "jobs": [id(&collect)], "on": "success" },
+        }))
+        .await;
+    assert_eq!(summarise["chain"]["after"][0], id(&collect));
+    let on_failure = server
+        .create_job(json!({
+            "name": "alert",
+            "prompt": "{{ parent.job }} ended {{ parent.status }} in run {{ parent.run_id }}.",
+            "after": { "jobs": ["analyse"], "on": "failure" },
+        }))
+        .await;
+    let on_success = server
+        .create_job(json!({
+            "name": "publish", "command": "true",
+            "after": { "jobs": ["analyse"], "on": "success" },
+        }))
+        .await;
+
+    // A loop is refused when saved, and named.
+    let (status, body) = server
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/jobs/{}", id(&collect)),
+            Some(json!({ "after": { "jobs": ["alert"], "on": "any" } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let message = body.to_string();
+    assert!(
+        message.contains("loop") && message.contains("collect ← alert ← analyse ← collect"),
+        "{message}"
+    );
+    // A parent that does not exist is named too.
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({ "name": "orphan", "command": "true", "after": { "jobs": ["nope"] } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("after.jobs.0"), "{body}");
+
+    let parent = server.trigger(id(&collect)).await;
+    let alert_runs = finished_runs(&server, &on_failure, 1).await;
+    let summary_runs = finished_runs(&server, &summarise, 1).await;
+    let analyse_run = &finished_runs(&server, &analyse, 1).await[0];
+    assert_eq!(analyse_run["status"], "failed", "{analyse_run:#}");
+    assert_eq!(analyse_run["trigger"], "chain");
+
+    // The summary saw the parent's result, as data, and its own values.
+    let summary = &summary_runs[0];
+    assert_eq!(summary["status"], "succeeded", "{summary:#}");
+    assert_eq!(summary["trigger"], "chain");
+    let prompt = summary.to_string();
+    let today = Utc::now().format("%Y-%m-%d").to_string();
+    assert!(
+        prompt
+            .contains(r#"<webhook-data source=\"parent.result\">collected 3 items</webhook-data>"#),
+        "{prompt}"
+    );
+    assert!(
+        prompt.contains("Summarise what collect found")
+            && prompt.contains("job summarise, trigger chain")
+            && prompt.contains(&today),
+        "{prompt}"
+    );
+    // The real CLI sent it to the model.
+    let sent = serde_json::to_string(
+        &fake
+            .requests()
+            .iter()
+            .map(|request| request.body.clone())
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    assert!(sent.contains("Summarise what collect found"), "{sent}");
+
+    // The failure branch ran, knowing which run failed; the success branch did not.
+    let alert = &alert_runs[0];
+    assert_eq!(alert["status"], "succeeded", "{alert:#}");
+    let alert_text = alert.to_string();
+    assert!(
+        alert_text.contains("ended failed in run") && alert_text.contains(id(analyse_run)),
+        "{alert_text}"
+    );
+    let events = server.events(id(alert)).await;
+    assert_eq!(
+        events[0]["data"]["parent_run_id"],
+        id(analyse_run),
+        "{:#}",
+        events[0]
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(server.runs_of(id(&on_success)).await.is_empty());
+    // Each end started each follower once.
+    for job in [&analyse, &summarise, &on_failure] {
+        assert_eq!(server.runs_of(id(job)).await.len(), 1, "{}", job["name"]);
+    }
+    assert_eq!(server.runs_of(id(&collect)).await[0]["id"], parent["id"]);
+}
+
+#[tokio::test]
+async fn require_all_waits_for_every_parent_in_each_round() {
+    let server = TestServer::builder().start().await;
+    let first = server
+        .create_job(json!({ "name": "first", "command": "true" }))
+        .await;
+    let second = server
+        .create_job(json!({ "name": "second", "command": "true" }))
+        .await;
+    let joined = server
+        .create_job(json!({
+            "name": "joined", "command": "true",
+            "after": { "jobs": ["first", "second"], "require_all": true },
+        }))
+        .await;
+    server.trigger(id(&first)).await;
+    finished_runs(&server, &first, 1).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        server.runs_of(id(&joined)).await.is_empty(),
+        "one parent is not all"
+    );
+    server.trigger(id(&second)).await;
+    finished_runs(&server, &joined, 1).await;
+    // A new round: `first` alone again is not enough.
+    server.trigger(id(&first)).await;
+    finished_runs(&server, &first, 2).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(server.runs_of(id(&joined)).await.len(), 1);
+    server.trigger(id(&second)).await;
+    finished_runs(&server, &joined, 2).await;
+}
+
+#[tokio::test]
+async fn conditions_skip_fires_and_record_why() {
+    let server = TestServer::builder().start().await;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({
+                "name": "bad window", "command": "true",
+                "conditions": { "windows": [{ "from": "9am", "to": "17:00" }] },
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("conditions.windows"), "{body}");
+
+    let limited = server
+        .create_job(json!({
+            "name": "limited", "command": "true", "every": "1s", "overlap_policy": "allow",
+            "conditions": { "max_runs_per_day": 2 },
+        }))
+        .await;
+    // A window that is never now: three hours ahead, for an hour.
+    let later = Utc::now() + chrono::Duration::hours(3);
+    let window = json!({
+        "from": later.format("%H:%M").to_string(),
+        "to": (later + chrono::Duration::hours(1)).format("%H:%M").to_string(),
+    });
+    let closed = server
+        .create_job(json!({
+            "name": "closed", "command": "true", "every": "1s",
+            "conditions": { "windows": [window] },
+        }))
+        .await;
+    tokio::time::sleep(Duration::from_millis(4200)).await;
+    for job in [&limited, &closed] {
+        server.patch_job(id(job), json!({ "enabled": false })).await;
+    }
+    assert_eq!(finished_runs(&server, &limited, 2).await.len(), 2);
+    let skips = skipped_fires(&server, &limited).await;
+    assert_eq!(
+        skips.len(),
+        1,
+        "repeats of one reason are one record: {skips:#?}"
+    );
+    assert!(skips[0]["fires"].as_u64().unwrap() >= 1, "{skips:#?}");
+    assert_eq!(skips[0]["trigger"], "schedule");
+    assert!(
+        skips[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("started 2 run(s) today"),
+        "{skips:#?}"
+    );
+    assert!(server.runs_of(id(&closed)).await.is_empty());
+    let skips = skipped_fires(&server, &closed).await;
+    assert!(skips[0]["fires"].as_u64().unwrap() >= 3, "{skips:#?}");
+    assert!(
+        skips[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("outside the job's time windows"),
+        "{skips:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_budget_reached_refuses_new_runs_with_the_reason() {
+    let Some((server, fake)) = crate::claude::start().await else {
+        return;
+    };
+    fake.set_default(Reply::text("done"));
+    let job = server
+        .create_job(json!({
+            "name": "spender", "prompt": "Spend a little.",
+            "budget": { "daily_usd": 0.000001 },
+        }))
+        .await;
+    assert_eq!(job["budget"]["daily_usd"], 0.000001);
+    server.trigger(id(&job)).await;
+    let runs = finished_runs(&server, &job, 1).await;
+    assert!(
+        runs[0]["cost_usd"].as_f64().unwrap() > 0.000001,
+        "{:#}",
+        runs[0]
+    );
+    let (status, body) = server
+        .call(
+            Method::POST,
+            &format!("/api/v1/jobs/{}/trigger", id(&job)),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body.to_string().contains("over its daily budget"), "{body}");
+    // Its fires are skipped and recorded.
+    server
+        .patch_job(id(&job), json!({ "every": "1s", "start": Utc::now() }))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server
+        .patch_job(id(&job), json!({ "enabled": false }))
+        .await;
+    assert_eq!(server.runs_of(id(&job)).await.len(), 1);
+    let skips = skipped_fires(&server, &job).await;
+    assert!(
+        skips[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("daily budget"),
+        "{skips:#?}"
+    );
+}

@@ -191,9 +191,10 @@ pub fn parse_interval(text: &str) -> Result<u64, String> {
             ' ' if digits.is_empty() => continue,
             other => return Err(explain(&format!("`{other}` is not a unit"))),
         };
-        let amount: u64 = digits
-            .parse()
-            .map_err(|_| explain(&format!("a number must come before `{c}`")))?;
+        if digits.is_empty() {
+            return Err(explain(&format!("a number must come before `{c}`")));
+        }
+        let amount: u64 = digits.parse().map_err(|_| explain("it is far too long"))?;
         digits.clear();
         total = amount
             .checked_mul(unit)

@@ -31,6 +31,7 @@ mod scheduler;
 mod shutdown;
 mod store;
 mod store_dashboard;
+mod store_rules;
 mod store_tools;
 mod store_webhooks;
 mod tools;

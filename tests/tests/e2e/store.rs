@@ -16,7 +16,7 @@ use autopilot_tests::components;
 use chrono::{TimeZone, Utc};
 use serde_json::json;
 
-fn job(name: &str) -> Job {
+pub(crate) fn job(name: &str) -> Job {
     let now = Utc::now();
     Job {
         id: JobId::new(),

@@ -94,7 +94,7 @@ async fn conformance(store: Arc<dyn Store>) {
     first.job_id = Some(child);
     let event = first.control_event(serde_json::json!({ "step": "queued" }));
     assert!(store
-        .record_chain_fire(child, "a,b", Some((&first, &[event.clone()])))
+        .record_chain_fire(child, "a,b", Some((&first, std::slice::from_ref(&event))))
         .await
         .unwrap());
     let stored = store

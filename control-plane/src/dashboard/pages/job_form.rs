@@ -37,6 +37,9 @@ pub(super) struct JobForm {
     pub(super) when: String,
     pub(super) schedule: String,
     pub(super) at: String,
+    /// An interval (`15m`) and when its beat starts (RFC 3339, blank: from now).
+    pub(super) every: String,
+    pub(super) start: String,
     pub(super) timezone: String,
     pub(super) enabled: bool,
     pub(super) misfire_policy: String,
@@ -118,14 +121,17 @@ impl JobForm {
                 .clone()
                 .or_else(|| job.command.clone())
                 .unwrap_or_default(),
-            when: match (&job.schedule, job.at) {
-                (Some(_), _) => "cron",
-                (None, Some(_)) => "at",
-                (None, None) => "none",
+            when: match (&job.schedule, job.at, &job.every) {
+                (Some(_), _, _) => "cron",
+                (None, Some(_), _) => "at",
+                (None, None, Some(_)) => "every",
+                (None, None, None) => "none",
             }
             .into(),
             schedule: job.schedule.clone().unwrap_or_default(),
             at: job.at.map(|at| at.to_rfc3339()).unwrap_or_default(),
+            every: job.every.clone().unwrap_or_default(),
+            start: job.start.map(|at| at.to_rfc3339()).unwrap_or_default(),
             timezone: job.timezone.clone(),
             enabled: job.enabled,
             misfire_policy: job.misfire_policy.as_str().into(),
@@ -176,6 +182,8 @@ impl JobForm {
             when: text("when"),
             schedule: text("schedule"),
             at: text("at"),
+            every: text("every"),
+            start: text("start"),
             timezone: text("timezone"),
             enabled: form.checked("enabled"),
             misfire_policy: text("misfire_policy"),
@@ -255,16 +263,24 @@ impl JobForm {
             "prompt"
         };
         job.insert(text_field.into(), json!(self.text));
-        let (schedule, at) = match self.when.as_str() {
-            "at" => (Value::Null, text_or_null(&self.at)),
-            "none" => (Value::Null, Value::Null),
-            _ => (text_or_null(&self.schedule), Value::Null),
+        let (schedule, at, every) = match self.when.as_str() {
+            "at" => (Value::Null, text_or_null(&self.at), Value::Null),
+            "every" => (Value::Null, Value::Null, text_or_null(&self.every)),
+            "none" => (Value::Null, Value::Null, Value::Null),
+            _ => (text_or_null(&self.schedule), Value::Null, Value::Null),
         };
-        if editing || !schedule.is_null() {
-            job.insert("schedule".into(), schedule);
+        let start = if every.is_null() {
+            Value::Null
+        } else {
+            text_or_null(&self.start)
+        };
+        for (key, value) in [("schedule", schedule), ("at", at), ("every", every)] {
+            if editing || !value.is_null() {
+                job.insert(key.into(), value);
+            }
         }
-        if editing || !at.is_null() {
-            job.insert("at".into(), at);
+        if !start.is_null() {
+            job.insert("start".into(), start);
         }
         if !blank(&self.timezone) {
             job.insert("timezone".into(), json!(self.timezone.trim()));

@@ -65,10 +65,19 @@ fn jobs_page_link(query: &str, page: usize) -> String {
 }
 
 fn schedule_text(job: &JobView) -> String {
-    match (&job.schedule, job.at) {
-        (Some(cron), _) => cron.clone(),
-        (None, Some(at)) => format!("once at {}", utc(at)),
-        (None, None) => "manual".to_owned(),
+    let when = match (&job.schedule, job.at, &job.every) {
+        (Some(cron), _, _) => cron.clone(),
+        (None, Some(at), _) => format!("once at {}", utc(at)),
+        (None, None, Some(every)) => format!("every {every}"),
+        (None, None, None) if job.chain.is_some() => String::new(),
+        (None, None, None) => "manual".to_owned(),
+    };
+    match &job.chain {
+        Some(chain) if when.is_empty() => {
+            format!("after {} job(s), on {:?}", chain.after.len(), chain.on).to_lowercase()
+        }
+        Some(chain) => format!("{when}; after {} job(s)", chain.after.len()),
+        None => when,
     }
 }
 

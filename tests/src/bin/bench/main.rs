@@ -24,6 +24,10 @@
 //!   `dashboard.rs`; each also alone: `dashboard-render [EVENTS]`, `dashboard-live [LINES]`,
 //!   `dashboard-overview [JOBS RUNS]`).
 //!
+//! - `triggers`: fire lateness of 10,000 interval jobs, and a chain's hop from the parent's end
+//!   to the child's run (see `triggers.rs`; each also alone: `intervals [JOBS EVERY_SECS
+//!   SECONDS]`, `chain-hop [HOPS]`).
+//!
 //! - `chaos`: failures injected under load, the table of RELIABILITY.md (see `chaos.rs`; not
 //!   part of `all`).
 //!
@@ -48,6 +52,7 @@ mod fleet_webhooks;
 mod scrape;
 mod tools;
 mod tracing;
+mod triggers;
 mod webhooks;
 
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -555,6 +560,14 @@ async fn main() -> anyhow::Result<()> {
     if matches!(which, "fleet-webhooks" | "fleet" | "all") {
         rows.extend(fleet_webhooks::fleet_webhooks(number(1, 10)).await?);
     }
+    if matches!(which, "intervals" | "triggers" | "all") {
+        rows.extend(
+            triggers::intervals(number(1, 10_000) as usize, number(2, 60), number(3, 60)).await?,
+        );
+    }
+    if matches!(which, "chain-hop" | "triggers" | "all") {
+        rows.extend(triggers::chain_hop(number(1, 50) as usize).await?);
+    }
     anyhow::ensure!(
         !rows.is_empty(),
         "usage: bench [cron [JOBS SECONDS] | dispatch [SECONDS] | overhead [RUNS] | memory | \
@@ -562,6 +575,7 @@ async fn main() -> anyhow::Result<()> {
          tracing-cost [WEBHOOK_SECONDS PIPELINE_SECONDS] | docker-start [RUNS] | tools [RUNS] | fleet-pipeline [RATE SECONDS] | \
          fleet-dispatch [JOBS SECONDS] | fleet-failover [KILLS] | fleet-memory | fleet-webhooks [SECONDS] | \
          dashboard-render [EVENTS] | dashboard-live [LINES] | dashboard-overview [JOBS RUNS] | dashboard | \
+         intervals [JOBS EVERY_SECS SECONDS] | chain-hop [HOPS] | triggers | \
          fleet | all | \
          chaos [SECONDS] [--write]]"
     );

@@ -1,0 +1,115 @@
+//! Triggers beside cron: fire lateness of many interval jobs, and a chain's hop (the parent's
+//! end to the child's run being created), both on the embedded default.
+
+use std::time::Duration;
+
+use autopilot_tests::harness::TestServer;
+use serde_json::json;
+use sqlx::Connection;
+
+use crate::{percentile, sorted, FireRow, Row, FIRES_IN_WINDOW};
+
+/// `jobs` shell jobs (`true`) firing every `every_secs`, their beats spread evenly over the
+/// interval, measured for `seconds` once all exist.
+pub async fn intervals(jobs: usize, every_secs: u64, seconds: u64) -> anyhow::Result<Vec<Row>> {
+    let server = TestServer::builder().sqlite().concurrency(16).start().await;
+    let base = chrono::Utc::now();
+    let spread_ms = (every_secs * 1000) as f64 / jobs as f64;
+    eprintln!("creating {jobs} interval jobs, every {every_secs}s…");
+    for i in 0..jobs {
+        let start = base + chrono::Duration::milliseconds((i as f64 * spread_ms) as i64);
+        server
+            .create_job(json!({
+                "name": format!("every-{i}"), "command": "true", "every": format!("{every_secs}s"),
+                "start": start, "overlap_policy": "allow",
+            }))
+            .await;
+    }
+    eprintln!("measuring {seconds}s…");
+    let window_start = chrono::Utc::now().timestamp_millis() + 1000;
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let window_end = chrono::Utc::now().timestamp_millis();
+    let database = server.data_dir.path().join("autopilot.db");
+    let mut db =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", database.display())).await?;
+    let rows: Vec<FireRow> = sqlx::query_as(FIRES_IN_WINDOW)
+        .bind(window_start)
+        .bind(window_end)
+        .fetch_all(&mut db)
+        .await?;
+    let lateness = sorted(
+        rows.iter()
+            .map(|(due, created, _, _)| (created - due) as f64)
+            .collect(),
+    );
+    server.stop().await?;
+    Ok(vec![Row {
+        name: format!(
+            "interval fire lateness, {jobs} jobs every {every_secs}s, beats spread, {seconds}s ({} fires, each run executed)",
+            rows.len()
+        ),
+        value: format!(
+            "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            percentile(&lateness, 50.0),
+            percentile(&lateness, 99.0),
+            lateness.last().copied().unwrap_or(f64::NAN)
+        ),
+        target: "p99 ≤ 20 ms".into(),
+    }])
+}
+
+/// `hops` times: a parent shell job run by hand, and the child that follows it; the time from
+/// the parent's end (as stored) to the child's run being created.
+pub async fn chain_hop(hops: usize) -> anyhow::Result<Vec<Row>> {
+    let server = TestServer::builder().sqlite().start().await;
+    let parent = server
+        .create_job(json!({ "name": "parent", "command": "true" }))
+        .await;
+    let child = server
+        .create_job(json!({ "name": "child", "command": "true", "after": { "jobs": ["parent"] } }))
+        .await;
+    let (parent_id, child_id) = (
+        parent["id"].as_str().unwrap().to_owned(),
+        child["id"].as_str().unwrap().to_owned(),
+    );
+    let mut gaps = Vec::with_capacity(hops);
+    for hop in 1..=hops {
+        let run = server.trigger(&parent_id).await;
+        let ended = server
+            .wait_until_finished(run["id"].as_str().unwrap(), Duration::from_secs(30))
+            .await;
+        let children = server
+            .wait_for_runs(&child_id, hop, Duration::from_secs(30))
+            .await;
+        let newest = children
+            .iter()
+            .max_by_key(|run| run["created_at"].as_str().unwrap_or_default().to_owned())
+            .expect("a child run");
+        let time = |value: &serde_json::Value, field: &str| {
+            value[field]
+                .as_str()
+                .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+                .expect("a time")
+        };
+        let gap = time(newest, "created_at") - time(&ended, "finished_at");
+        gaps.push(gap.num_microseconds().unwrap_or_default() as f64 / 1000.0);
+        // Let the child end before the next round, so each hop is alone.
+        server
+            .wait_until_finished(newest["id"].as_str().unwrap(), Duration::from_secs(30))
+            .await;
+    }
+    server.stop().await?;
+    let gaps = sorted(gaps);
+    Ok(vec![Row {
+        name: format!(
+            "chain hop, parent's end → child's run created, embedded SQLite ({hops} hops)"
+        ),
+        value: format!(
+            "p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms",
+            percentile(&gaps, 50.0),
+            percentile(&gaps, 95.0),
+            gaps.last().copied().unwrap_or(f64::NAN)
+        ),
+        target: "p50 ≤ 20 ms".into(),
+    }])
+}

@@ -14,8 +14,9 @@
 //! - **http** ([`http`]): what the HTTP edges share (the JSON error shape, extractors).
 //! - **edges and tasks**: [`api`], [`dashboard`], [`mcp`], [`oauth`], [`hooks`] answer clients; [`scheduler`],
 //!   [`ingest`] and [`notices`] run in the background. None of them names another.
-//! - **serve** ([`serve`], [`executors`], [`fleet_worker`], [`telemetry`]): wires everything into
-//!   a process, with its logs and traces.
+//! - **serve** ([`serve`], [`executors`], [`fleet_worker`], [`telemetry`], [`hook_command`]):
+//!   wires everything into a process, with its logs and traces; and `autopilot hook`, the client
+//!   Claude Code's hooks call.
 //!
 //! `tests/layers.rs` reads these sources and fails on a name that points up or across.
 
@@ -48,5 +49,6 @@ pub mod scheduler;
 // The process.
 pub mod executors;
 pub mod fleet_worker;
+pub mod hook_command;
 pub mod serve;
 pub mod telemetry;

@@ -29,6 +29,10 @@ enum Command {
     /// clients). Starts an embedded Autopilot, or forwards to a running one given
     /// AUTOPILOT_API_URL.
     Mcp(McpArgs),
+    /// Forward a Claude Code hook event (its JSON on standard input) to Autopilot, where the jobs
+    /// answering it (`on_hook`) start. Use it as the command of Claude Code's `hooks` settings;
+    /// it prints nothing and always exits 0 within its timeout.
+    Hook(autopilot_control_plane::hook_command::HookArgs),
     /// Manage the admin token of the HTTP API.
     AdminToken {
         #[command(subcommand)]
@@ -114,6 +118,7 @@ async fn main() -> std::process::ExitCode {
         Command::Serve(args) => run_serve(args).await,
         Command::Worker(args) => run_worker(args).await,
         Command::Mcp(args) => run_mcp(args).await,
+        Command::Hook(args) => autopilot_control_plane::hook_command::run(args).await,
         Command::AdminToken {
             action: AdminTokenAction::Rotate(args),
         } => match Config::load(args) {

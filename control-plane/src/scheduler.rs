@@ -289,7 +289,7 @@ async fn fire_due(app: &App, planned: &mut [Planned], now: DateTime<Utc>) -> any
             .map(|(position, at)| {
                 let mut run =
                     Run::queued(Trigger::Schedule, Some(job), snapshot.clone(), Some(*at));
-                fill_prompt(&mut run, job, None);
+                fill_prompt(&mut run, job, serde_json::Value::Null);
                 // Every fire of this step happens at the step's instant.
                 run.created_at = now;
                 if position < fire_plan.dispatch_now {

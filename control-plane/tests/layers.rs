@@ -32,7 +32,14 @@ const LAYERS: [(&str, &[&str]); 7] = [
     ),
     (
         "serve",
-        &["serve", "executors", "fleet_worker", "telemetry", "main"],
+        &[
+            "serve",
+            "executors",
+            "fleet_worker",
+            "telemetry",
+            "hook_command",
+            "main",
+        ],
     ),
 ];
 

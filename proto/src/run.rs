@@ -111,6 +111,8 @@ pub enum Trigger {
     Webhook,
     /// Another job's run ended (the job follows it).
     Chain,
+    /// A Claude Code hook event (`autopilot hook`).
+    Hook,
 }
 
 impl Trigger {
@@ -121,6 +123,7 @@ impl Trigger {
             Trigger::Quick => "quick",
             Trigger::Webhook => "webhook",
             Trigger::Chain => "chain",
+            Trigger::Hook => "hook",
         }
     }
 }
@@ -135,6 +138,7 @@ impl FromStr for Trigger {
             "quick" => Ok(Trigger::Quick),
             "webhook" => Ok(Trigger::Webhook),
             "chain" => Ok(Trigger::Chain),
+            "hook" => Ok(Trigger::Hook),
             other => Err(format!("unknown trigger `{other}`")),
         }
     }
@@ -356,6 +360,31 @@ pub enum StopReason {
     McpServerFailed,
 }
 
+/// The model API's failures told apart.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiError {
+    /// 429: too many requests or tokens for now.
+    RateLimited,
+    /// 529: the API is overloaded.
+    Overloaded,
+    /// A subscription's usage limit (until its reset time).
+    UsageLimit,
+    /// 5xx, a dropped connection, a timeout.
+    Server,
+}
+
+impl ApiError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiError::RateLimited => "rate_limited",
+            ApiError::Overloaded => "overloaded",
+            ApiError::UsageLimit => "usage_limit",
+            ApiError::Server => "server",
+        }
+    }
+}
+
 /// What a worker reports when an attempt ends.
 #[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]
 pub struct RunOutcome {
@@ -372,6 +401,14 @@ pub struct RunOutcome {
     /// The failure looks transient (API overloaded, rate limited, 5xx): the job's retry policy
     /// may run it again.
     pub transient: bool,
+    /// Which limit or failure of the model API ended it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_error: Option<ApiError>,
+    /// When the limit that ended it resets, as the API (a rate limit's reset headers, seen by the
+    /// model proxy) or the CLI (a usage limit's reset time) said: a retry waits until then
+    /// instead of its fixed backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
 }

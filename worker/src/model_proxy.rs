@@ -273,6 +273,8 @@ async fn forward(State(proxy): State<ModelProxy>, request: Request) -> Response 
         }
     };
     meter.status(answer.status().as_u16());
+    run.meter
+        .answered(answer.status().as_u16(), answer.headers());
     let mut response = Response::builder().status(answer.status().as_u16());
     if let Some(headers) = response.headers_mut() {
         for (name, value) in answer.headers() {

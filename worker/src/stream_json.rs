@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use autopilot_proto::{EventKind, RunOutcome, TokenUsage};
+use autopilot_proto::{ApiError, EventKind, RunOutcome, TokenUsage};
+use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
 use crate::pricing;
@@ -244,6 +245,7 @@ impl StreamParser {
                 .as_deref()
                 .is_some_and(is_transient_api_error);
             outcome.error = self.last_error_text.clone();
+            classify_api_error(&mut outcome, None);
             return outcome;
         };
         outcome.is_error = result
@@ -305,7 +307,18 @@ impl StreamParser {
                 Some(status) => status == 408 || status == 429 || status >= 500,
                 None => error_text.is_some_and(is_transient_api_error),
             };
+        if outcome.is_error {
+            if outcome.error.is_none() {
+                outcome.error = self.last_error_text.clone();
+            }
+            classify_api_error(&mut outcome, api_status);
+        }
         outcome
+    }
+
+    /// Whether the CLI wrote its final `result` line.
+    pub fn has_result(&self) -> bool {
+        self.result.is_some()
     }
 }
 
@@ -336,6 +349,42 @@ fn user_events(object: &Map<String, Value>) -> Vec<(EventKind, Value)> {
         events.push((EventKind::Output, capped(Value::Object(object.clone()))));
     }
     events
+}
+
+/// Names the model API failure that ended a run, from the API's status when the CLI gave it,
+/// else from the error text; a subscription's usage limit (`… usage limit reached|<reset, Unix
+/// seconds>`) is worth a retry at its reset.
+fn classify_api_error(outcome: &mut RunOutcome, api_status: Option<u64>) {
+    let text = outcome
+        .error
+        .as_deref()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if text.contains("usage limit") || text.contains("limit reached") {
+        outcome.api_error = Some(ApiError::UsageLimit);
+        outcome.transient = true;
+        outcome.retry_at = text
+            .rsplit('|')
+            .next()
+            .and_then(|tail| tail.trim().parse::<i64>().ok())
+            .and_then(|secs| DateTime::<Utc>::from_timestamp(secs, 0));
+        return;
+    }
+    outcome.api_error = match api_status {
+        Some(429) => Some(ApiError::RateLimited),
+        Some(529) => Some(ApiError::Overloaded),
+        Some(status) if status >= 500 || status == 408 => Some(ApiError::Server),
+        Some(_) => None,
+        None if !outcome.transient => None,
+        None if text.contains("429")
+            || text.contains("rate limit")
+            || text.contains("rate_limit") =>
+        {
+            Some(ApiError::RateLimited)
+        }
+        None if text.contains("529") || text.contains("overloaded") => Some(ApiError::Overloaded),
+        None => Some(ApiError::Server),
+    };
 }
 
 /// API failures worth a retry: overloaded, rate limited, server errors, dropped connections.
@@ -653,6 +702,21 @@ mod tests {
         );
         let (_, max_turns) = parse_fixture("f_max_turns_1.jsonl");
         assert!(max_turns.is_error && !max_turns.transient);
+        assert_eq!(overloaded.api_error, Some(ApiError::Overloaded));
+        assert_eq!(bad_request.api_error, None);
+        // A subscription's usage limit is worth a retry at its reset.
+        let mut parser = StreamParser::new();
+        parser.parse_stdout(r#"{"type":"result","subtype":"success","is_error":true,"result":"Claude AI usage limit reached|1767225600"}"#);
+        let limited = parser.outcome();
+        assert!(limited.transient, "{limited:?}");
+        assert_eq!(limited.api_error, Some(ApiError::UsageLimit));
+        assert_eq!(
+            limited.retry_at.map(|at| at.timestamp()),
+            Some(1_767_225_600)
+        );
+        let mut parser = StreamParser::new();
+        parser.parse_stdout(r#"{"type":"result","subtype":"success","is_error":true,"api_error_status":429,"result":"API Error: 429 rate_limit_error"}"#);
+        assert_eq!(parser.outcome().api_error, Some(ApiError::RateLimited));
         assert!(
             max_turns
                 .error

@@ -1,4 +1,5 @@
-//! `/api/v1/jobs` and `/api/v1/schedule/preview`.
+//! `/api/v1/jobs`, `/api/v1/schedule/preview` and the hook tokens jobs' `on_hook` events come
+//! with (`/api/v1/hook-tokens`).
 
 use autopilot_proto::JobId;
 use axum::extract::{Path, State};
@@ -13,7 +14,7 @@ use crate::app::App;
 use crate::domain::Run;
 use crate::http::{ApiJson, ApiQuery, ApiResult};
 use crate::services::jobs::{self, preview_schedule, JobInput, JobPatch, JobView, PreviewInput};
-use crate::services::rules;
+use crate::services::{hook_events, rules};
 
 pub async fn list(State(AppState(app)): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "jobs": jobs::list(&app).await? })))
@@ -98,6 +99,37 @@ pub async fn skipped_fires(
     Ok(Json(
         json!({ "skipped_fires": rules::list_skipped(&app, &job, limit).await? }),
     ))
+}
+
+/// A new hook token (`{"name": …}`), its secret shown once.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HookTokenInput {
+    name: String,
+}
+
+pub async fn create_hook_token(
+    State(AppState(app)): State<AppState>,
+    ApiJson(input): ApiJson<HookTokenInput>,
+) -> ApiResult<(StatusCode, Json<hook_events::NewHookToken>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(hook_events::create_token(&app, &input.name).await?),
+    ))
+}
+
+pub async fn list_hook_tokens(State(AppState(app)): State<AppState>) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({ "hook_tokens": hook_events::list_tokens(&app).await? }),
+    ))
+}
+
+pub async fn delete_hook_token(
+    State(AppState(app)): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    hook_events::delete_token(&app, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn preview(ApiJson(input): ApiJson<PreviewInput>) -> ApiResult<Json<Value>> {

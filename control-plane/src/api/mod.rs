@@ -38,6 +38,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/jobs/{id}/trigger", post(jobs::trigger))
         .route("/jobs/{id}/next-fires", get(jobs::next_fires))
         .route("/jobs/{id}/skipped-fires", get(jobs::skipped_fires))
+        .route(
+            "/hook-tokens",
+            get(jobs::list_hook_tokens).post(jobs::create_hook_token),
+        )
+        .route(
+            "/hook-tokens/{name}",
+            axum::routing::delete(jobs::delete_hook_token),
+        )
         .route("/jobs/{id}/memory", get(memory::list))
         .route(
             "/jobs/{id}/memory/{*key}",

@@ -147,6 +147,7 @@ impl Job {
             grants: settings.servers.clone(),
             bundles: settings.bundles.clone(),
             image: settings.image.clone(),
+            concurrency: None,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! What decides a job's runs beside its schedule: the jobs it follows (a chain), the conditions a
-//! fire must meet (time windows, most runs a day or a week), and its budget. Also the values every
+//! What decides a job's runs beside its schedule: the jobs it follows (a chain), the Claude Code
+//! hook events it answers, the conditions a fire must meet (time windows, most runs a day or a
+//! week), and its budget. Also the values every
 //! claude run's prompt may use (`{{ date }}`, `{{ job.name }}`, `{{ parent.result }}` …).
 
 use autopilot_proto::{JobId, RunId, RunStatus, Trigger};
@@ -226,11 +227,146 @@ impl Budget {
     }
 }
 
+/// The Claude Code hook events a job may answer (the `hook_event_name` of `autopilot hook`'s
+/// input).
+pub const HOOK_EVENTS: [&str; 9] = [
+    "SessionStart",
+    "SessionEnd",
+    "PreToolUse",
+    "PostToolUse",
+    "UserPromptSubmit",
+    "Notification",
+    "Stop",
+    "SubagentStop",
+    "PreCompact",
+];
+
+/// Events that carry a `tool_name` a matcher applies to.
+const TOOL_EVENTS: [&str; 2] = ["PreToolUse", "PostToolUse"];
+
+fn default_debounce_secs() -> u64 {
+    10
+}
+
+/// The Claude Code hook events that start a run of a job (sent by `autopilot hook`).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HookSubscription {
+    /// Event names: SessionStart, SessionEnd, PreToolUse, PostToolUse, UserPromptSubmit,
+    /// Notification, Stop, SubagentStop, PreCompact.
+    pub events: Vec<String>,
+    /// For PreToolUse and PostToolUse: the tool names that count, written like Claude Code's
+    /// own hook matchers: `Bash`, `Edit|Write`, `mcp__github__.*`. All tools when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matcher: Option<String>,
+    /// Only events from sessions working in this directory or below it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// At most one run per this many seconds (1 to 86400; default 10): events in between start
+    /// nothing.
+    #[serde(default = "default_debounce_secs")]
+    pub debounce_secs: u64,
+}
+
+impl HookSubscription {
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.events.is_empty() {
+            return Err(("on_hook.events", "name at least one event".to_owned()));
+        }
+        if let Some(unknown) = self
+            .events
+            .iter()
+            .find(|e| !HOOK_EVENTS.contains(&e.as_str()))
+        {
+            return Err((
+                "on_hook.events",
+                format!(
+                    "`{unknown}` is not a Claude Code hook event; use {}",
+                    HOOK_EVENTS.join(", ")
+                ),
+            ));
+        }
+        if let Some(matcher) = &self.matcher {
+            let allowed = |c: char| c.is_ascii_alphanumeric() || "_-.*|".contains(c);
+            if matcher.trim().is_empty() || !matcher.chars().all(allowed) {
+                return Err((
+                    "on_hook.matcher",
+                    format!(
+                        "`{matcher}` is not a tool matcher: write tool names separated by `|`, \
+                         each maybe ending in `.*` (e.g. `Edit|Write`, `mcp__github__.*`)"
+                    ),
+                ));
+            }
+        }
+        if !(1..=86_400).contains(&self.debounce_secs) {
+            return Err((
+                "on_hook.debounce_secs",
+                "must be between 1 and 86400".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether an event (the hook's input) is one this job answers.
+    pub fn matches(&self, event: &Value) -> bool {
+        let name = event
+            .get("hook_event_name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !self.events.iter().any(|e| e == name) {
+            return false;
+        }
+        if let (Some(matcher), true) = (&self.matcher, TOOL_EVENTS.contains(&name)) {
+            let tool = event
+                .get("tool_name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let matched = matcher.split('|').map(str::trim).any(|pattern| {
+                match pattern
+                    .strip_suffix(".*")
+                    .or_else(|| pattern.strip_suffix('*'))
+                {
+                    Some(prefix) => tool.starts_with(prefix),
+                    None => pattern == tool,
+                }
+            });
+            if !matched {
+                return false;
+            }
+        }
+        if let Some(root) = &self.cwd {
+            let root = root.trim_end_matches('/');
+            let cwd = event.get("cwd").and_then(Value::as_str).unwrap_or_default();
+            let inside = cwd == root
+                || cwd
+                    .strip_prefix(root)
+                    .is_some_and(|rest| rest.starts_with('/'))
+                || root.is_empty();
+            if !inside {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// A token that admits Claude Code hook events (and nothing else), by name; only its digest is
+/// kept.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize)]
+pub struct HookToken {
+    pub name: String,
+    #[serde(skip)]
+    pub token_hash: String,
+    pub created_at: DateTime<Utc>,
+}
+
 /// Everything beside the schedule that decides a job's runs, stored with the job.
 #[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]
 pub struct JobRules {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<Chain>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_hook: Option<HookSubscription>,
     #[serde(default, skip_serializing_if = "Conditions::is_empty")]
     pub conditions: Conditions,
     #[serde(default, skip_serializing_if = "Budget::is_empty")]
@@ -309,7 +445,7 @@ pub fn parent_values(parent: &Run) -> Value {
 /// the job, the run, its trigger, and the trigger's own values (`parent` for a chain). A prompt
 /// with no `{{` is left as it is, and so is one stored before prompts were templates that does
 /// not read as one.
-pub fn fill_prompt(run: &mut Run, job: &Job, parent: Option<Value>) {
+pub fn fill_prompt(run: &mut Run, job: &Job, trigger_values: Value) {
     let now = run.scheduled_for.unwrap_or(run.created_at);
     let autopilot_proto::RunKind::Claude(claude) = &mut run.settings.kind else {
         return;
@@ -323,7 +459,7 @@ pub fn fill_prompt(run: &mut Run, job: &Job, parent: Option<Value>) {
     };
     let tz: Tz = job.timezone.parse().unwrap_or(Tz::UTC);
     let local = now.with_timezone(&tz);
-    let values = json!({
+    let mut values = json!({
         "date": local.format("%Y-%m-%d").to_string(),
         "time": local.format("%H:%M:%S").to_string(),
         "datetime": local.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -332,8 +468,10 @@ pub fn fill_prompt(run: &mut Run, job: &Job, parent: Option<Value>) {
         "job": { "id": job.id, "name": job.name, "description": job.description },
         "run": { "id": id, "scheduled_for": run.scheduled_for },
         "trigger": trigger.as_str(),
-        "parent": parent,
     });
+    if let (Value::Object(values), Value::Object(extra)) = (&mut values, trigger_values) {
+        values.extend(extra);
+    }
     if let Ok(prompt) = template.render(&RenderInput::values_only(&values), MAX_PROMPT_BYTES) {
         claude.prompt = prompt;
     }
@@ -440,6 +578,39 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn hook_subscriptions_match_events_tools_and_directories() {
+        let subscription = HookSubscription {
+            events: vec!["PostToolUse".into(), "Stop".into()],
+            matcher: Some("Edit|Write|mcp__github__.*".into()),
+            cwd: Some("/work/app".into()),
+            debounce_secs: 10,
+        };
+        assert!(subscription.validate().is_ok());
+        let event = |name: &str, tool: &str, cwd: &str| json!({ "hook_event_name": name, "tool_name": tool, "cwd": cwd });
+        assert!(subscription.matches(&event("PostToolUse", "Write", "/work/app")));
+        assert!(subscription.matches(&event(
+            "PostToolUse",
+            "mcp__github__create_issue",
+            "/work/app/src"
+        )));
+        assert!(!subscription.matches(&event("PostToolUse", "Bash", "/work/app")));
+        assert!(!subscription.matches(&event("PreToolUse", "Write", "/work/app")));
+        assert!(!subscription.matches(&event("PostToolUse", "Write", "/work/application")));
+        // The matcher is for tool events only.
+        assert!(subscription.matches(&event("Stop", "", "/work/app")));
+        let bad = HookSubscription {
+            events: vec!["AfterTool".into()],
+            ..subscription.clone()
+        };
+        assert!(bad.validate().unwrap_err().1.contains("`AfterTool`"));
+        let bad = HookSubscription {
+            matcher: Some("Bash(rm:*)".into()),
+            ..subscription
+        };
+        assert_eq!(bad.validate().unwrap_err().0, "on_hook.matcher");
     }
 
     #[test]

@@ -36,6 +36,17 @@ pub struct RunSnapshot {
     /// The image of the run's container, when not the worker's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// The concurrency key its delivery rendered, and what it allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<RunConcurrency>,
+}
+
+/// A webhook run's concurrency key (see `webhook::Concurrency`).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RunConcurrency {
+    pub key: String,
+    pub limit: u32,
+    pub newest_wins: bool,
 }
 
 impl RunSnapshot {
@@ -148,11 +159,19 @@ impl Run {
         }
     }
 
-    /// Queues the run again as its next attempt, after the retry policy's delay for it, with
-    /// no worker; returns that delay.
-    pub fn requeue_as_next_attempt(&mut self) -> std::time::Duration {
+    /// Queues the run again as its next attempt, after the retry policy's backoff or, when the
+    /// limit that ended the attempt said when it resets (`reset_at`), at that time (at most a
+    /// day away). Returns the delay.
+    pub fn requeue_as_next_attempt(
+        &mut self,
+        reset_at: Option<DateTime<Utc>>,
+    ) -> std::time::Duration {
         self.attempt += 1;
-        let delay = self.settings.retry.delay_before_attempt(self.attempt);
+        let backoff = self.settings.retry.delay_before_attempt(self.attempt);
+        let delay = match reset_at.and_then(|at| (at - Utc::now()).to_std().ok()) {
+            Some(until_reset) => until_reset.min(MAX_RESET_WAIT),
+            None => backoff,
+        };
         self.status = RunStatus::Queued;
         self.not_before = Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
         self.dispatched_at = None;
@@ -161,6 +180,9 @@ impl Run {
         delay
     }
 }
+
+/// The longest a retry waits for a limit's reset.
+const MAX_RESET_WAIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// The queued runs of one worker pool.
 #[derive(Clone, Debug, PartialEq)]

@@ -70,17 +70,24 @@ const ROOTS: [&str; 3] = ["payload", "headers", "query"];
 
 /// The values every run's prompt may use (see [`RenderInput::values`]), beside a webhook's
 /// three roots.
-pub const VALUE_ROOTS: [&str; 9] = [
-    "date", "time", "datetime", "weekday", "timezone", "job", "run", "trigger", "parent",
+pub const VALUE_ROOTS: [&str; 10] = [
+    "date", "time", "datetime", "weekday", "timezone", "job", "run", "trigger", "parent", "event",
 ];
 
 /// Of [`VALUE_ROOTS`], those holding what another run produced: wrapped as data like a
 /// delivery's content, never trusted as instructions, except for the fields below.
-const UNTRUSTED_VALUE_ROOTS: [&str; 1] = ["parent"];
+const UNTRUSTED_VALUE_ROOTS: [&str; 2] = ["parent", "event"];
 
 /// Fields of an untrusted value root that Autopilot itself sets (ids, names, statuses, costs):
 /// rendered as they are.
-const TRUSTED_FIELDS: [&str; 5] = ["run_id", "job", "job_id", "status", "cost_usd"];
+const TRUSTED_FIELDS: [&str; 6] = [
+    "run_id",
+    "job",
+    "job_id",
+    "status",
+    "cost_usd",
+    "hook_event_name",
+];
 
 /// A parsed prompt template.
 #[derive(Clone, Debug)]
@@ -277,6 +284,25 @@ impl Template {
     /// missing or null, and with [`RenderError::TooLarge`] as soon as the
     /// output would exceed `max_bytes`.
     pub fn render(&self, input: &RenderInput<'_>, max_bytes: usize) -> Result<String, RenderError> {
+        self.render_as(input, max_bytes, true)
+    }
+
+    /// Renders with every value as it is, none wrapped as data: for keys compared by
+    /// Autopilot (a concurrency key), never for text a model reads.
+    pub fn render_raw(
+        &self,
+        input: &RenderInput<'_>,
+        max_bytes: usize,
+    ) -> Result<String, RenderError> {
+        self.render_as(input, max_bytes, false)
+    }
+
+    fn render_as(
+        &self,
+        input: &RenderInput<'_>,
+        max_bytes: usize,
+        mark_data: bool,
+    ) -> Result<String, RenderError> {
         for part in &self.parts {
             if let Part::Value(sub) = part {
                 if sub.required && !sub.is_present(input) {
@@ -293,7 +319,7 @@ impl Template {
                 Part::Text(text) => push_limited(&mut out, text, max_bytes)?,
                 Part::Value(sub) => {
                     if let Some(value) = sub.value_text(input) {
-                        if sub.untrusted() {
+                        if mark_data && sub.untrusted() {
                             push_limited(&mut out, &wrap(&sub.path, &value), max_bytes)?;
                         } else {
                             push_limited(&mut out, &value, max_bytes)?;

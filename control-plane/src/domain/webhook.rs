@@ -60,6 +60,21 @@ pub struct WebhookConfig {
     pub rate_limit: RateLimit,
     /// The first characters of the current token, so a user can tell which URL is which.
     pub token_hint: String,
+    /// Runs whose deliveries share a key: how many at once, or the newest alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
+}
+
+/// Runs of a webhook whose deliveries render the same `key` run at most `limit` at a time (the
+/// others wait, queued); with `newest_wins`, a newer delivery cancels the older runs of its key
+/// instead, queued or running (a pull request's newest push is the one worth reviewing).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Concurrency {
+    /// A template of the delivery, e.g. `{{payload.repository.full_name}}`; a delivery that
+    /// renders it empty is not limited.
+    pub key: String,
+    pub limit: u32,
+    pub newest_wins: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, schemars::JsonSchema)]

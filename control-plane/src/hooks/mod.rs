@@ -4,7 +4,11 @@
 //! and handed to the delivery writer ([`writer`]), which stores deliveries in batches: one
 //! transaction for every delivery that arrived while the previous batch was being written. The
 //! answer waits for that commit, so a `202` is never given for a run that could be lost.
+//!
+//! Claude Code's hook events, forwarded by `autopilot hook`, come in at `POST /hook-events`
+//! ([`claude_code`]).
 
+mod claude_code;
 mod intake;
 pub mod writer;
 
@@ -22,6 +26,7 @@ use serde_json::json;
 
 use crate::app::App;
 use crate::http::ApiError;
+use crate::services::hook_events::Subscribers;
 use crate::services::webhooks::delivery::DeliveryError;
 use writer::Submitted;
 
@@ -29,13 +34,21 @@ use writer::Submitted;
 struct HooksState {
     app: Arc<App>,
     intake: Arc<Intake>,
+    /// The jobs answering Claude Code hook events, as last read.
+    subscribers: Arc<Subscribers>,
 }
 
-/// `POST /hooks/{token}`. The body limit is each webhook's own, checked here.
+/// `POST /hooks/{token}` (the body limit is each webhook's own, checked here) and
+/// `POST /hook-events` (Claude Code hook events, [`claude_code`]).
 pub fn router(app: Arc<App>, intake: Arc<Intake>) -> Router {
     Router::new()
         .route("/hooks/{token}", post(deliver))
-        .with_state(HooksState { app, intake })
+        .route("/hook-events", post(claude_code::receive))
+        .with_state(HooksState {
+            app,
+            intake,
+            subscribers: Arc::default(),
+        })
 }
 
 /// One delivery. `202` with the new run's id once it is stored; `200` with the earlier run's id

@@ -2,7 +2,7 @@
 //! once by an end written here, and every few seconds for ends written by other replicas or
 //! before a restart) and starts the runs of the jobs that follow theirs.
 //!
-//! A chained fire happens once: the child's run is stored together with a `chain_fires` row
+//! A chained fire happens once: the child's run is stored together with a `fire_keys` row
 //! keyed by the child and the parent runs it answers, so replicas that see the same end, or one
 //! that looks at it twice, start one run.
 
@@ -163,13 +163,13 @@ async fn follow(app: &App, child: &Job, parent: &Run) -> ServiceResult<()> {
         refusal = Some("a run of the job is still going (overlap_policy `skip`)".to_owned());
     }
     if let Some(reason) = refusal {
-        if app.store.record_chain_fire(child.id, &key, None).await? {
+        if app.store.record_keyed_fire(child.id, &key, None).await? {
             rules::skipped(app, child, Trigger::Chain, &reason, now).await;
         }
         return Ok(());
     }
     let mut run = Run::queued(Trigger::Chain, Some(child), child.run_snapshot(), None);
-    fill_prompt(&mut run, child, Some(parent_values(parent)));
+    fill_prompt(&mut run, child, json!({ "parent": parent_values(parent) }));
     let queued = runs::prepare(
         &mut run,
         json!({
@@ -184,7 +184,7 @@ async fn follow(app: &App, child: &Job, parent: &Run) -> ServiceResult<()> {
     let storing = std::time::SystemTime::now();
     if !app
         .store
-        .record_chain_fire(child.id, &key, Some((&run, &[queued])))
+        .record_keyed_fire(child.id, &key, Some((&run, &[queued])))
         .await?
     {
         return Ok(()); // another look (here or on another replica) made this fire

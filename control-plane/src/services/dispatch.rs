@@ -1,10 +1,10 @@
 //! Dispatch: getting queued runs onto the bus, in the order and number their jobs allow, and
 //! keeping runs from being stuck: recovery at start and the lost-run reaper.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use autopilot_proto::{JobId, NewRunEvent, RunRequest, RunStatus};
+use autopilot_proto::{JobId, NewRunEvent, RunRequest, RunStatus, WebhookId};
 use autopilot_worker::trace::OpenSpan;
 use chrono::{DateTime, Utc};
 use opentelemetry::trace::SpanKind;
@@ -140,6 +140,8 @@ pub async fn dispatch_pending(app: &App) -> ServiceResult<Option<DateTime<Utc>>>
     let now = Utc::now();
     let waiting = app.store.queued_runs(None, DISPATCH_BATCH).await?;
     let mut busy_jobs: HashSet<JobId> = HashSet::new();
+    // Runs going per (webhook, concurrency key), read once a pass if a keyed run waits.
+    let mut keyed: Option<HashMap<(Option<WebhookId>, String), u32>> = None;
     let mut next_due: Option<DateTime<Utc>> = None;
     let full_batch = waiting.len() == DISPATCH_BATCH as usize;
     let mut published = 0usize;
@@ -155,6 +157,19 @@ pub async fn dispatch_pending(app: &App) -> ServiceResult<Option<DateTime<Utc>>>
             }
             busy_jobs.insert(job_id);
         }
+        if let Some(concurrency) = run.settings.concurrency.as_ref().filter(|c| !c.newest_wins) {
+            if keyed.is_none() {
+                keyed = Some(runs_by_key(app).await?);
+            }
+            let running = keyed
+                .get_or_insert_with(HashMap::new)
+                .entry((run.webhook_id, concurrency.key.clone()))
+                .or_default();
+            if *running >= concurrency.limit {
+                continue; // its key is at its limit: it waits for one of them to end
+            }
+            *running += 1;
+        }
         publish(app, run).await?;
         published += 1;
         if app.publish_failed.load(std::sync::atomic::Ordering::SeqCst) {
@@ -167,6 +182,22 @@ pub async fn dispatch_pending(app: &App) -> ServiceResult<Option<DateTime<Utc>>>
         app.dispatcher_wake.notify_one();
     }
     Ok(next_due)
+}
+
+/// How many runs are going (sent, running or being cancelled) per webhook and concurrency key.
+async fn runs_by_key(app: &App) -> ServiceResult<HashMap<(Option<WebhookId>, String), u32>> {
+    let mut counts = HashMap::new();
+    for run in app.store.runs_in_status(&RunStatus::ACTIVE, None).await? {
+        if run.status == RunStatus::Queued && run.dispatched_at.is_none() {
+            continue;
+        }
+        if let Some(concurrency) = &run.settings.concurrency {
+            *counts
+                .entry((run.webhook_id, concurrency.key.clone()))
+                .or_default() += 1;
+        }
+    }
+    Ok(counts)
 }
 
 /// In the fleet: runs marked dispatched long ago and still not claimed get their request
@@ -283,7 +314,7 @@ pub(crate) async fn mark_lost(app: &App, mut run: Run, reason: &str) -> ServiceR
     let (status, attempt) = (run.status, run.attempt);
     let retry = run.settings.retry;
     if retry.lost && status == RunStatus::Running && attempt <= retry.count {
-        let delay = run.requeue_as_next_attempt();
+        let delay = run.requeue_as_next_attempt(None);
         run.error = Some(reason.to_owned());
         // Recorded under the attempt that was lost.
         let event = NewRunEvent {

@@ -7,6 +7,7 @@ pub mod dispatch;
 pub mod fires;
 pub mod follow;
 pub mod health;
+pub mod hook_events;
 pub mod jobs;
 pub mod memory;
 pub(crate) mod metrics;

@@ -78,6 +78,10 @@ pub(crate) async fn send_stored(app: &App, run: Run) -> ServiceResult<Run> {
 pub(crate) fn ended(app: &App, run: &Run) {
     metrics::run_ended(app, run);
     app.chains_wake.notify_one();
+    if run.settings.concurrency.is_some() {
+        // A run of the same key may be waiting for this one.
+        app.dispatcher_wake.notify_one();
+    }
 }
 
 pub async fn quick_run(app: &App, input: QuickRunInput) -> ServiceResult<Run> {
@@ -116,6 +120,7 @@ pub async fn quick_run(app: &App, input: QuickRunInput) -> ServiceResult<Run> {
         grants: settings.servers,
         bundles: settings.bundles,
         image: settings.image,
+        concurrency: None,
     };
     let mut run = Run::queued(Trigger::Quick, None, snapshot, None);
     run.id = run_id;
@@ -239,6 +244,15 @@ pub async fn store_events(app: &App, events: &[NewRunEvent]) -> ServiceResult<()
 /// Stops a run. A queued run is cancelled at once; a running one goes to `cancelling` and its
 /// worker is told to stop (SIGTERM, then SIGKILL after the grace period).
 pub async fn kill(app: &App, id: RunId) -> ServiceResult<Run> {
+    stop(app, id, None).await
+}
+
+/// Stops run `id` because a newer delivery of the same concurrency key (run `newer`) wins.
+pub(crate) async fn supersede(app: &App, id: RunId, newer: RunId) -> ServiceResult<Run> {
+    stop(app, id, Some(newer)).await
+}
+
+async fn stop(app: &App, id: RunId, superseded_by: Option<RunId>) -> ServiceResult<Run> {
     for _ in 0..5 {
         let mut run = get(app, id).await?;
         let (expected, attempt) = (run.status, run.attempt);
@@ -247,8 +261,17 @@ pub async fn kill(app: &App, id: RunId) -> ServiceResult<Run> {
                 run.status = RunStatus::Cancelled;
                 run.finished_at = Some(Utc::now());
                 run.is_error = true;
-                run.error = Some("cancelled before it started".to_owned());
-                let event = run.control_event(json!({ "step": "cancelled", "before_start": true }));
+                run.error = Some(match superseded_by {
+                    Some(newer) => format!(
+                        "superseded by a newer delivery of its key (run {newer}) before it started"
+                    ),
+                    None => "cancelled before it started".to_owned(),
+                });
+                let mut data = json!({ "step": "cancelled", "before_start": true });
+                if let Some(newer) = superseded_by {
+                    data["superseded_by"] = json!(newer);
+                }
+                let event = run.control_event(data);
                 if app
                     .store
                     .update_run(&run, expected, attempt, &[event])
@@ -262,7 +285,11 @@ pub async fn kill(app: &App, id: RunId) -> ServiceResult<Run> {
             }
             RunStatus::Running => {
                 run.status = RunStatus::Cancelling;
-                let event = run.control_event(json!({ "step": "cancel_requested" }));
+                let mut data = json!({ "step": "cancel_requested" });
+                if let Some(newer) = superseded_by {
+                    data["superseded_by"] = json!(newer);
+                }
+                let event = run.control_event(data);
                 if app
                     .store
                     .update_run(&run, expected, attempt, &[event])

@@ -333,8 +333,14 @@ async fn ending(
     let retry =
         outcome.transient && expected == RunStatus::Running && attempt <= run.settings.retry.count;
     if retry {
-        let delay = run.requeue_as_next_attempt();
-        let data = json!({ "step": "retry_scheduled", "next_attempt": attempt + 1, "delay_secs": delay.as_secs(), "error": outcome.error });
+        let delay = run.requeue_as_next_attempt(outcome.retry_at);
+        let mut data = json!({ "step": "retry_scheduled", "next_attempt": attempt + 1, "delay_secs": delay.as_secs(), "error": outcome.error });
+        if let Some(kind) = outcome.api_error {
+            data["api_error"] = json!(kind.as_str());
+        }
+        if let Some(at) = outcome.retry_at {
+            data["retry_at"] = json!(at);
+        }
         // Recorded under the attempt that failed.
         let event = NewRunEvent {
             attempt,

@@ -30,7 +30,7 @@ use crate::domain::dashboard::{DashboardSession, UsageGroup, UsageTotals};
 use crate::domain::dynamic::DynamicVersion;
 use crate::domain::memory::{MemoryFilter, MemoryItem, MemoryScope};
 use crate::domain::oauth::{AuthCode, OAuthClient, RefreshToken, RefreshUse};
-use crate::domain::rules::SkippedFire;
+use crate::domain::rules::{HookToken, SkippedFire};
 use crate::domain::tools::{Credential, McpServer, ToolBundle};
 use crate::domain::webhook::{DeliveryOutcome, NewDelivery, StoredPayload, Webhook};
 use crate::domain::{FireRecord, Job, PoolQueue, Run, RunFilter, ServiceError};
@@ -103,7 +103,8 @@ pub trait DashboardStore: Send + Sync {
     async fn count_runs_by_status(&self, filter: &RunFilter) -> StoreResult<Vec<(RunStatus, u64)>>;
 }
 
-/// What a job's chain, conditions and budget read and write (part of every [`Store`]).
+/// What a job's chain, hook events, conditions and budget read and write (part of every
+/// [`Store`]).
 #[async_trait]
 pub trait RulesStore: Send + Sync {
     /// Records a fire that started no run. The same reason from the same trigger right after
@@ -117,13 +118,13 @@ pub trait RulesStore: Send + Sync {
     ) -> StoreResult<()>;
     /// A job's skipped fires, newest first.
     async fn skipped_fires(&self, job_id: JobId, limit: u32) -> StoreResult<Vec<SkippedFire>>;
-    /// Stores a chained run (and its first events) unless job `job_id` already answered the
-    /// parent runs `parents` (`chain_key`); `run` `None` records the answer with no run (the
-    /// fire was skipped). Returns whether this call made the answer.
-    async fn record_chain_fire(
+    /// Stores a run (and its first events) unless job `job_id` already fired for `key` (a
+    /// chain's parent runs, `chain_key`; a hook event's debounce window); `run` `None` records
+    /// the key with no run (the fire was skipped). Returns whether this call made the fire.
+    async fn record_keyed_fire(
         &self,
         job_id: JobId,
-        parents: &str,
+        key: &str,
         run: Option<(&Run, &[NewRunEvent])>,
     ) -> StoreResult<bool>;
     /// Runs that ended after `after` (by their end time), oldest end first.
@@ -134,6 +135,12 @@ pub trait RulesStore: Send + Sync {
         job_id: Option<JobId>,
         since: DateTime<Utc>,
     ) -> StoreResult<f64>;
+    /// `Conflict` when the name is taken.
+    async fn insert_hook_token(&self, token: &HookToken) -> StoreResult<()>;
+    async fn hook_token_by_hash(&self, token_hash: &str) -> StoreResult<Option<HookToken>>;
+    /// By name.
+    async fn list_hook_tokens(&self) -> StoreResult<Vec<HookToken>>;
+    async fn delete_hook_token(&self, name: &str) -> StoreResult<bool>;
 }
 
 /// Everything the control plane keeps, as one trait object: every aggregate's trait, plus which

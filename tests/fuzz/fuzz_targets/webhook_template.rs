@@ -13,7 +13,7 @@
 
 use autopilot_control_plane::domain::limits::MAX_PROMPT_BYTES;
 use autopilot_control_plane::domain::template::{
-    RenderError, RenderInput, Template, TemplateError, DATA_TAG,
+    RenderError, RenderInput, Template, TemplateError, DATA_TAG, VALUE_ROOTS,
 };
 use autopilot_fuzz::{header_lines, number, parts};
 use libfuzzer_sys::fuzz_target;
@@ -33,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(
             ["payload", "headers", "query"]
                 .iter()
+                .chain(VALUE_ROOTS.iter())
                 .any(|root| path == root || path.starts_with(&format!("{root}."))),
             "reference `{path}` has no root"
         );
@@ -48,6 +49,8 @@ fuzz_target!(|data: &[u8]| {
         payload: &payload,
         headers: &headers,
         query: &query,
+        // A delivery's template has no run values: those roots render as nothing.
+        values: &Value::Null,
     };
     let limit = number::<usize>(limit).unwrap_or(MAX_PROMPT_BYTES);
 

@@ -593,3 +593,48 @@ async fn a_job_names_its_image_and_a_missing_one_fails_with_what_to_build() {
         "{run:#}"
     );
 }
+
+/// A 429 whose headers say when the limit resets: the model proxy sees it, and the job's retry
+/// waits until the reset instead of its hour-long backoff.
+#[tokio::test]
+async fn a_rate_limit_with_a_reset_time_is_retried_at_the_reset() {
+    let fake = FakeAnthropic::start().await.expect("fake API");
+    let Some((_docker, server)) = server(Some(&fake)).await else {
+        return;
+    };
+    let reset = chrono::Utc::now() + chrono::Duration::seconds(5);
+    fake.push(
+        Reply::error(
+            429,
+            "rate_limit_error",
+            "Number of request tokens has exceeded your per-minute rate limit",
+        )
+        .header("anthropic-ratelimit-tokens-reset", reset.to_rfc3339()),
+    );
+    fake.push(Reply::text("after the reset"));
+    let job = server
+        .create_job(json!({
+            "name": "limited", "prompt": "go", "retry": { "count": 1, "backoff_secs": 3600 },
+        }))
+        .await;
+    let run = server.trigger(job["id"].as_str().unwrap()).await;
+    let run = server
+        .wait_until_finished(run["id"].as_str().unwrap(), RUN_TIMEOUT)
+        .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    assert_eq!(run["attempt"], 2);
+    assert_eq!(run["result"], "after the reset");
+    let events = server.events(run["id"].as_str().unwrap()).await;
+    let retry = &events
+        .iter()
+        .find(|e| e["data"]["step"] == "retry_scheduled")
+        .expect("retry recorded")["data"];
+    assert_eq!(retry["api_error"], "rate_limited", "{retry:#}");
+    let retry_at: chrono::DateTime<chrono::Utc> =
+        retry["retry_at"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (retry_at - reset).num_milliseconds().abs() < 1000,
+        "{retry_at} vs {reset}"
+    );
+    assert!(retry["delay_secs"].as_u64().unwrap() <= 5, "{retry:#}");
+}

@@ -64,6 +64,12 @@ pub(crate) fn job(name: &str) -> Job {
                 on: autopilot_control_plane::domain::rules::ChainOn::Failure,
                 require_all: true,
             }),
+            on_hook: Some(autopilot_control_plane::domain::rules::HookSubscription {
+                events: vec!["PostToolUse".into()],
+                matcher: Some("Edit|Write".into()),
+                cwd: None,
+                debounce_secs: 30,
+            }),
             conditions: autopilot_control_plane::domain::rules::Conditions {
                 windows: vec![autopilot_control_plane::domain::rules::TimeWindow {
                     days: vec!["weekdays".into()],

@@ -30,6 +30,7 @@ fn shell_run(trigger: Trigger, created_days_ago: i64, cost: Option<f64>, model: 
         grants: Vec::new(),
         bundles: Vec::new(),
         image: None,
+        concurrency: None,
     };
     let mut run = Run::queued(trigger, None, snapshot, None);
     run.created_at = millis(Utc::now() - Duration::days(created_days_ago));

@@ -29,6 +29,7 @@ fn run() -> Run {
         grants: Vec::new(),
         bundles: Vec::new(),
         image: None,
+        concurrency: None,
     };
     let mut run = Run::queued(Trigger::Chain, None, snapshot, None);
     run.created_at = millis(run.created_at);
@@ -94,7 +95,7 @@ async fn conformance(store: Arc<dyn Store>) {
     first.job_id = Some(child);
     let event = first.control_event(serde_json::json!({ "step": "queued" }));
     assert!(store
-        .record_chain_fire(child, "a,b", Some((&first, std::slice::from_ref(&event))))
+        .record_keyed_fire(child, "a,b", Some((&first, std::slice::from_ref(&event))))
         .await
         .unwrap());
     let stored = store
@@ -106,7 +107,7 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(store.list_events(first.id, 0, 10).await.unwrap().len(), 1);
     let second = run();
     assert!(!store
-        .record_chain_fire(child, "a,b", Some((&second, &[])))
+        .record_keyed_fire(child, "a,b", Some((&second, &[])))
         .await
         .unwrap());
     assert!(
@@ -114,8 +115,8 @@ async fn conformance(store: Arc<dyn Store>) {
         "no second run"
     );
     // A skipped answer holds the key too.
-    assert!(store.record_chain_fire(child, "c", None).await.unwrap());
-    assert!(!store.record_chain_fire(child, "c", None).await.unwrap());
+    assert!(store.record_keyed_fire(child, "c", None).await.unwrap());
+    assert!(!store.record_keyed_fire(child, "c", None).await.unwrap());
 
     // Ended runs, oldest end first, after a time; spend of a job and of all since a time.
     let base = millis(Utc::now() - Duration::minutes(5));

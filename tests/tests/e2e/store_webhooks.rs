@@ -66,6 +66,12 @@ pub(crate) fn webhook(name: &str, token_hash: &str) -> Webhook {
                 burst: 20,
             },
             token_hint: "wh_abcde".into(),
+            // Stored in the webhook's JSON and read back.
+            concurrency: Some(autopilot_control_plane::domain::webhook::Concurrency {
+                key: "{{payload.repo}}".into(),
+                limit: 2,
+                newest_wins: false,
+            }),
         },
         signing_secret: Some("v1.sealed".into()),
         created_at: now_ms(),
@@ -100,6 +106,7 @@ fn delivery(
         grants: Vec::new(),
         bundles: Vec::new(),
         image: None,
+        concurrency: None,
     };
     let mut run = Run::queued(Trigger::Webhook, None, settings, None);
     run.created_at = now_ms();

@@ -312,6 +312,16 @@ async fn conditions_skip_fires_and_record_why() {
         "{skips:#?}"
     );
     assert!(server.runs_of(id(&closed)).await.is_empty());
+    // The dashboard's job page shows them too.
+    let browser =
+        autopilot_tests::dashboard::DashboardClient::signed_in(&server.api.base_url).await;
+    let page = browser.get(&format!("/jobs/{}", id(&limited))).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body.contains("Skipped fires") && page.body.contains("started 2 run(s) today"),
+        "{}",
+        page.body
+    );
     let skips = skipped_fires(&server, &closed).await;
     assert!(skips[0]["fires"].as_u64().unwrap() >= 3, "{skips:#?}");
     assert!(
@@ -369,4 +379,269 @@ async fn a_budget_reached_refuses_new_runs_with_the_reason() {
             .contains("daily budget"),
         "{skips:#?}"
     );
+}
+
+async fn run_status(server: &TestServer, run_id: &str, status: &str) -> Value {
+    let wanted = status.to_owned();
+    server
+        .wait_for_run(run_id, Duration::from_secs(30), move |run| {
+            run["status"] == wanted
+        })
+        .await
+}
+
+async fn kill(server: &TestServer, run_id: &str) {
+    let (status, body) = server
+        .call(Method::POST, &format!("/api/v1/runs/{run_id}/kill"), None)
+        .await;
+    assert!(status.is_success(), "kill: {status} {body}");
+}
+
+#[tokio::test]
+async fn a_newer_delivery_of_the_same_key_cancels_the_older_run() {
+    let server = TestServer::builder().start().await;
+    server
+        .create_job(json!({ "name": "review", "command": "sleep 30", "overlap_policy": "allow" }))
+        .await;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/webhooks",
+            Some(json!({
+                "name": "static", "job": "review", "signature": { "scheme": "none" },
+                "concurrency": { "key": "every delivery" },
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("concurrency.key"), "{body}");
+    let hook = server
+        .create_webhook(json!({
+            "name": "pull requests", "job": "review", "signature": { "scheme": "none" },
+            "concurrency": { "key": "{{payload.repo}}#{{payload.pr}}", "newest_wins": true },
+        }))
+        .await;
+    assert_eq!(hook["concurrency"]["newest_wins"], true);
+    let url = hook["url"].as_str().unwrap();
+    let older = server
+        .deliver_json(url, &json!({ "repo": "a/b", "pr": 1 }))
+        .await;
+    run_status(&server, &older, "running").await;
+    let other = server
+        .deliver_json(url, &json!({ "repo": "a/b", "pr": 2 }))
+        .await;
+    let newer = server
+        .deliver_json(url, &json!({ "repo": "a/b", "pr": 1 }))
+        .await;
+    let cancelled = run_status(&server, &older, "cancelled").await;
+    let events = server.events(&older).await;
+    assert!(
+        events
+            .iter()
+            .any(|event| event["data"]["superseded_by"] == newer.as_str()),
+        "{events:#?}"
+    );
+    assert!(cancelled["finished_at"].is_string());
+    // Another key, and the newest, run on.
+    run_status(&server, &newer, "running").await;
+    run_status(&server, &other, "running").await;
+    kill(&server, &newer).await;
+    kill(&server, &other).await;
+}
+
+#[tokio::test]
+async fn runs_of_one_key_wait_for_the_limit() {
+    let server = TestServer::builder().start().await;
+    server
+        .create_job(json!({ "name": "deploy", "command": "sleep 30", "overlap_policy": "allow" }))
+        .await;
+    let hook = server
+        .create_webhook(json!({
+            "name": "deploys", "job": "deploy", "signature": { "scheme": "none" },
+            "concurrency": { "key": "{{payload.env}}", "limit": 1 },
+        }))
+        .await;
+    let url = hook["url"].as_str().unwrap();
+    let first = server.deliver_json(url, &json!({ "env": "prod" })).await;
+    run_status(&server, &first, "running").await;
+    let second = server.deliver_json(url, &json!({ "env": "prod" })).await;
+    let staging = server.deliver_json(url, &json!({ "env": "staging" })).await;
+    run_status(&server, &staging, "running").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        server.run(&second).await["status"],
+        "queued",
+        "prod is at its limit"
+    );
+    kill(&server, &first).await;
+    run_status(&server, &second, "running").await;
+    kill(&server, &second).await;
+    kill(&server, &staging).await;
+}
+
+/// The real CLI, its hooks calling `autopilot hook`, against the fake model: a Bash call and the
+/// session's end reach Autopilot, and the jobs answering them run (once per debounce window).
+#[tokio::test]
+async fn claude_code_hook_events_start_the_jobs_that_answer_them() {
+    let Some(autopilot) = autopilot_tests::components::autopilot_bin() else {
+        return;
+    };
+    let Some(claude) = autopilot_tests::components::claude_bin() else {
+        return;
+    };
+    let fake = autopilot_tests::fake_anthropic::FakeAnthropic::start()
+        .await
+        .expect("fake API");
+    let server = TestServer::builder().start().await;
+    let (status, token) = server
+        .call(
+            Method::POST,
+            "/api/v1/hook-tokens",
+            Some(json!({ "name": "laptop" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{token}");
+    let secret = token["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("aph_"));
+    let listed = server.get("/api/v1/hook-tokens").await;
+    assert_eq!(listed["hook_tokens"][0]["name"], "laptop");
+    assert!(!listed.to_string().contains(&secret), "never shown again");
+
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(
+                json!({ "name": "bad", "command": "true", "on_hook": { "events": ["AfterTool"] } }),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("on_hook.events"), "{body}");
+    let after_bash = server
+        .create_job(json!({
+            "name": "after bash", "command": "cat > event.json",
+            "on_hook": { "events": ["PostToolUse"], "matcher": "Bash", "debounce_secs": 600 },
+        }))
+        .await;
+    let on_stop = server
+        .create_job(
+            json!({ "name": "on stop", "command": "true", "on_hook": { "events": ["Stop"] } }),
+        )
+        .await;
+    let on_write = server
+        .create_job(json!({
+            "name": "on write", "command": "true",
+            "on_hook": { "events": ["PostToolUse"], "matcher": "Write|Edit" },
+        }))
+        .await;
+
+    // The intake wants a hook token: not the admin token, not a made-up one.
+    let client = reqwest::Client::new();
+    let intake = format!("{}/hook-events", server.api.base_url);
+    for bearer in ["aph_made_up", autopilot_tests::harness::ADMIN_TOKEN] {
+        let answer = client
+            .post(&intake)
+            .bearer_auth(bearer)
+            .body(r#"{"hook_event_name":"Stop"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    let home = tempfile::tempdir().unwrap();
+    let workspace = tempfile::tempdir().unwrap();
+    let hook = json!([{ "type": "command", "command": format!("{} hook", autopilot.display()), "timeout": 10 }]);
+    let settings = json!({
+        "hooks": {
+            "PostToolUse": [{ "matcher": "Bash", "hooks": hook }],
+            "Stop": [{ "hooks": hook }],
+        }
+    });
+    fake.push(Reply::tool_use(
+        "Bash",
+        json!({ "command": "echo hook-test-one", "description": "say one" }),
+    ));
+    fake.push(Reply::tool_use(
+        "Bash",
+        json!({ "command": "echo hook-test-two", "description": "say two" }),
+    ));
+    fake.push(Reply::text("said both"));
+    let output = tokio::process::Command::new(&claude)
+        .args([
+            "-p",
+            "say things",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--allowedTools",
+            "Bash",
+            "--settings",
+            &settings.to_string(),
+        ])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("ANTHROPIC_BASE_URL", fake.base_url())
+        .env("ANTHROPIC_API_KEY", "sk-ant-hooks")
+        .env("CLAUDE_CODE_MAX_RETRIES", "0")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("DISABLE_TELEMETRY", "1")
+        .env("AUTOPILOT_HOOK_URL", &server.api.base_url)
+        .env("AUTOPILOT_HOOK_TOKEN", &secret)
+        .env("AUTOPILOT_HOOK_DEBUG", "1")
+        .current_dir(workspace.path())
+        .output()
+        .await
+        .expect("the CLI runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("said both"),
+        "{}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let runs = finished_runs(&server, &after_bash, 1).await;
+    let stop_runs = finished_runs(&server, &on_stop, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        server.runs_of(id(&after_bash)).await.len(),
+        1,
+        "two Bash calls within the debounce window start one run"
+    );
+    assert!(server.runs_of(id(&on_write)).await.is_empty());
+    assert_eq!(stop_runs[0]["trigger"], "hook");
+    let run = &runs[0];
+    assert_eq!(
+        (run["trigger"].as_str(), run["status"].as_str()),
+        (Some("hook"), Some("succeeded")),
+        "{run:#}"
+    );
+    let events = server.events(id(run)).await;
+    let queued = &events[0]["data"];
+    assert_eq!(queued["hook_event"], "PostToolUse", "{queued:#}");
+    assert_eq!(queued["tool_name"], "Bash");
+    assert_eq!(queued["hook_token"], "laptop");
+    // The shell job got the event on standard input.
+    let saved = std::fs::read_to_string(server.workspace_of(&after_bash).join("event.json"))
+        .expect("the event the job saved");
+    let event: Value = serde_json::from_str(&saved).expect("the event is JSON");
+    assert_eq!(event["hook_event_name"], "PostToolUse");
+    assert!(saved.contains("hook-test-one"), "{saved}");
+
+    // A deleted token admits nothing more.
+    let (status, _) = server
+        .call(Method::DELETE, "/api/v1/hook-tokens/laptop", None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let answer = client
+        .post(&intake)
+        .bearer_auth(&secret)
+        .body(r#"{"hook_event_name":"Stop"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
 }

@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use autopilot_proto::TokenUsage;
+use chrono::{DateTime, Utc};
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 use serde_json::Value;
@@ -20,6 +21,9 @@ pub struct Metered {
     pub requests: u32,
     /// Tokens the answers reported (streamed answers' final counts).
     pub usage: TokenUsage,
+    /// When the limit behind the latest 429 or 529 answer resets (`retry-after`, else the
+    /// latest `anthropic-ratelimit-*-reset`), unless a request succeeded since.
+    pub retry_at: Option<DateTime<Utc>>,
 }
 
 /// A run's metering, shared by its requests.
@@ -38,6 +42,17 @@ struct MeterState {
 impl RunMeter {
     pub(super) fn metered(&self) -> Metered {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).metered
+    }
+
+    /// An answer's status and headers: a rate limit or an overload notes when it resets; a
+    /// success forgets it.
+    pub(super) fn answered(&self, status: u16, headers: &reqwest::header::HeaderMap) {
+        let mut state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if (200..300).contains(&status) {
+            state.metered.retry_at = None;
+        } else if status == 429 || status == 529 {
+            state.metered.retry_at = reset_time(headers, Utc::now()).or(state.metered.retry_at);
+        }
     }
 
     /// A request is being sent upstream: its span (under `trace_parent`) and the number of
@@ -76,6 +91,60 @@ impl RunMeter {
             stop_reason: None,
             model: None,
         }
+    }
+}
+
+/// When a limit the model API answered with resets: `retry-after` (seconds) when given, else
+/// the latest of its `anthropic-ratelimit-*-reset` times (RFC 3339).
+pub(crate) fn reset_time(
+    headers: &reqwest::header::HeaderMap,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    if let Some(secs) = text("retry-after").and_then(|v| v.trim().parse::<f64>().ok()) {
+        if secs.is_finite() && secs >= 0.0 {
+            return Some(now + chrono::Duration::milliseconds((secs * 1000.0) as i64));
+        }
+    }
+    [
+        "anthropic-ratelimit-requests-reset",
+        "anthropic-ratelimit-tokens-reset",
+        "anthropic-ratelimit-input-tokens-reset",
+        "anthropic-ratelimit-output-tokens-reset",
+    ]
+    .iter()
+    .filter_map(|name| text(name))
+    .filter_map(|value| DateTime::parse_from_rfc3339(value.trim()).ok())
+    .map(|at| at.with_timezone(&Utc))
+    .max()
+}
+
+#[cfg(test)]
+mod reset_tests {
+    use super::*;
+
+    #[test]
+    fn reset_times_come_from_retry_after_or_the_latest_reset_header() {
+        let now = Utc::now();
+        let mut headers = reqwest::header::HeaderMap::new();
+        assert_eq!(reset_time(&headers, now), None);
+        headers.insert(
+            "anthropic-ratelimit-requests-reset",
+            "2030-01-01T00:00:10Z".parse().unwrap(),
+        );
+        headers.insert(
+            "anthropic-ratelimit-tokens-reset",
+            "2030-01-01T00:00:30Z".parse().unwrap(),
+        );
+        assert_eq!(
+            reset_time(&headers, now).map(|at| at.to_rfc3339()),
+            Some("2030-01-01T00:00:30+00:00".to_owned())
+        );
+        headers.insert("retry-after", "7".parse().unwrap());
+        assert_eq!(
+            reset_time(&headers, now),
+            Some(now + chrono::Duration::seconds(7))
+        );
     }
 }
 

@@ -473,6 +473,22 @@ impl Attempt {
         }
         outcome.exit_code = exit.code;
         outcome.stopped = stop_reason;
+        if outcome.transient && outcome.retry_at.is_none() {
+            // The model proxy saw the limit's reset time in the API's answer headers.
+            outcome.retry_at = exit.metered.and_then(|metered| metered.retry_at);
+        }
+        if is_claude && stop_reason.is_none() && !parser.has_result() {
+            // Whatever the exit code says, a run without its result did not finish its work.
+            outcome.is_error = true;
+            outcome.error = outcome.error.or_else(|| {
+                Some(format!(
+                    "the Claude Code CLI ended without its final result (exit code {}); see its \
+                 output and stderr events",
+                    exit.code
+                        .map_or_else(|| "none".to_owned(), |code| code.to_string())
+                ))
+            });
+        }
         if let Some(reason) = stop_reason {
             outcome.is_error = true;
             outcome.transient = false;

@@ -161,6 +161,10 @@ struct JobPage {
     fires: Vec<(String, String, String)>,
     runs: Vec<RunRow>,
     settings_json: String,
+    /// The chain, hook events, conditions and budget, as JSON (empty when there are none).
+    rules_json: String,
+    /// Fires a condition or a budget held back: (last, UTC text, trigger, fires, reason).
+    skipped: Vec<(String, String, &'static str, u64, String)>,
 }
 
 fn parse_job_id(id: &str) -> PageResult<JobId> {
@@ -194,6 +198,24 @@ pub async fn show(
     )
     .await?;
     let settings_json = serde_json::to_string_pretty(&view.settings).unwrap_or_default();
+    let rules_json = if job.rules == Default::default() {
+        String::new()
+    } else {
+        serde_json::to_string_pretty(&job.rules).unwrap_or_default()
+    };
+    let skipped = crate::services::rules::list_skipped(app, &job, 10)
+        .await?
+        .into_iter()
+        .map(|skip| {
+            (
+                iso(skip.last_at),
+                utc(skip.last_at),
+                skip.trigger.as_str(),
+                skip.fires,
+                skip.reason,
+            )
+        })
+        .collect();
     Ok(render(&JobPage {
         chrome: Chrome::new(&operator, "jobs", job.name.clone()),
         kind: job.kind.as_str(),
@@ -207,6 +229,8 @@ pub async fn show(
         fires,
         runs: recent.iter().map(RunRow::from).collect(),
         settings_json,
+        rules_json,
+        skipped,
     }))
 }
 

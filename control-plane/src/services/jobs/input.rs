@@ -10,7 +10,8 @@ use serde::Deserialize;
 use crate::domain::input::{flattened, nullable, validate_name};
 use crate::domain::limits::MAX_PROMPT_BYTES;
 use crate::domain::rules::{
-    check_prompt_values, Budget, Chain, ChainOn, Conditions, JobRules, MAX_CHAIN_PARENTS,
+    check_prompt_values, Budget, Chain, ChainOn, Conditions, HookSubscription, JobRules,
+    MAX_CHAIN_PARENTS,
 };
 use crate::domain::schedule::{format_interval, parse_cron, parse_interval, parse_timezone};
 use crate::domain::{
@@ -76,6 +77,12 @@ pub struct JobInput {
     /// and `{{ parent.result }}`.
     #[serde(default)]
     pub after: Option<ChainInput>,
+    /// Start a run on Claude Code hook events that `autopilot hook` forwards (from a
+    /// developer's sessions): the events, a tool matcher, a directory, a debounce. The event is
+    /// the prompt's `{{ event }}` (`{{ event.tool_name }}`, `{{ event.tool_input }}` …), as
+    /// data; a shell job gets it on standard input.
+    #[serde(default)]
+    pub on_hook: Option<HookSubscription>,
     /// What a fire (scheduled or chained) must meet to start a run: time windows, most runs a
     /// day or a week. A fire that does not is recorded as skipped, with the reason.
     #[serde(default)]
@@ -131,6 +138,9 @@ pub struct JobPatch {
     /// The jobs it runs after; `null` ends the chain.
     #[serde(default, deserialize_with = "nullable")]
     pub after: Option<Option<ChainInput>>,
+    /// The hook events it answers; `null` stops answering them.
+    #[serde(default, deserialize_with = "nullable")]
+    pub on_hook: Option<Option<HookSubscription>>,
     /// `null` removes every condition.
     #[serde(default, deserialize_with = "nullable")]
     pub conditions: Option<Option<Conditions>>,
@@ -243,7 +253,13 @@ pub(crate) fn validate(
     if kind == JobKind::Claude {
         check_prompt_values(&text).map_err(|message| ServiceError::invalid("prompt", message))?;
     }
-    let rules = validate_rules(input.after, input.conditions, input.budget, existing)?;
+    let mut rules = validate_rules(input.after, input.conditions, input.budget, existing)?;
+    if let Some(subscription) = &input.on_hook {
+        subscription
+            .validate()
+            .map_err(|(field, message)| ServiceError::invalid(field, message))?;
+    }
+    rules.on_hook = input.on_hook;
     let settings = input.run.resolve(kind, RetryPolicy::default())?;
     let misfire_cap = input.misfire_cap.unwrap_or(DEFAULT_MISFIRE_CAP);
     if !(1..=1000).contains(&misfire_cap) {
@@ -336,6 +352,7 @@ fn validate_rules(
         .map_err(|(field, message)| ServiceError::invalid(field, message))?;
     Ok(JobRules {
         chain,
+        on_hook: None,
         conditions,
         budget,
     })
@@ -375,6 +392,7 @@ pub(crate) fn apply(job: &Job, patch: JobPatch) -> JobInput {
             on: Some(chain.on),
             require_all: Some(chain.require_all),
         }),
+        on_hook: job.rules.on_hook.clone(),
         conditions: Some(job.rules.conditions.clone()),
         budget: Some(job.rules.budget.clone()),
         timezone: Some(job.timezone.clone()),
@@ -399,7 +417,7 @@ pub(crate) fn apply(job: &Job, patch: JobPatch) -> JobInput {
         command
     );
     input.run.apply(patch.run);
-    set!(after, conditions, budget);
+    set!(after, on_hook, conditions, budget);
     // Setting one kind of schedule replaces the others.
     if patch.schedule.is_some() || patch.at.is_some() || patch.every.is_some() {
         input.schedule = patch.schedule.flatten();

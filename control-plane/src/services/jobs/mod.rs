@@ -294,7 +294,7 @@ pub async fn trigger(app: &App, job: Job) -> ServiceResult<Run> {
         )));
     }
     let mut run = Run::queued(Trigger::Manual, Some(&job), job.run_snapshot(), None);
-    fill_prompt(&mut run, &job, None);
+    fill_prompt(&mut run, &job, serde_json::Value::Null);
     runs::submit(app, run).await
 }
 

@@ -4,7 +4,7 @@ use autopilot_proto::JobId;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::domain::rules::{Budget, Chain, Conditions};
+use crate::domain::rules::{Budget, Chain, Conditions, HookSubscription};
 use crate::domain::schedule::{format_interval, Compiled};
 use crate::domain::{Job, JobKind, MisfirePolicy, OverlapPolicy, RunSettings, Schedule};
 
@@ -28,6 +28,9 @@ pub struct JobView {
     /// The jobs it runs after (ids), on which of their ends, and whether it waits for all.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chain: Option<Chain>,
+    /// The Claude Code hook events it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_hook: Option<HookSubscription>,
     #[serde(skip_serializing_if = "Conditions::is_empty")]
     pub conditions: Conditions,
     #[serde(skip_serializing_if = "Budget::is_empty")]
@@ -84,6 +87,7 @@ impl From<&Job> for JobView {
             every,
             start,
             chain: job.rules.chain.clone(),
+            on_hook: job.rules.on_hook.clone(),
             conditions: job.rules.conditions.clone(),
             budget: job.rules.budget.clone(),
             timezone: job.timezone.clone(),

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::app::App;
 use crate::domain::limits::{MAX_PROMPT_BYTES, MAX_STORED_BODY_BYTES};
+use crate::domain::run::RunConcurrency;
 use crate::domain::signature::{self, Scheme, SignatureError};
 use crate::domain::template::{RenderError, RenderInput, Template};
 use crate::domain::webhook::{NewDelivery, SignatureSchemeName, StoredPayload, Webhook};
@@ -28,10 +29,15 @@ const SECRET_HEADERS: [&str; 6] = [
 /// Delivery id headers tried, in order, after the webhook's own `idempotency_header`.
 const DELIVERY_ID_HEADERS: [&str; 2] = ["x-github-delivery", "idempotency-key"];
 
+/// Longest concurrency key kept, in bytes.
+const MAX_KEY_BYTES: usize = 1024;
+
 /// A webhook ready to take deliveries: its template parsed, its secret opened, its job read.
 pub struct LiveWebhook {
     pub webhook: Webhook,
     template: Option<Template>,
+    /// The concurrency key's template.
+    concurrency_key: Option<Template>,
     signature: Option<(Scheme, Vec<u8>)>,
     job: Option<Job>,
 }
@@ -283,6 +289,7 @@ pub fn build_delivery(
                 grants: run.servers.clone(),
                 bundles: run.bundles.clone(),
                 image: run.image.clone(),
+                concurrency: None,
             }
         }
     };
@@ -295,14 +302,49 @@ pub fn build_delivery(
             )));
         }
     }
+    if let (Some(key), Some(concurrency)) = (&live.concurrency_key, &webhook.config.concurrency) {
+        let input = RenderInput {
+            payload: &payload,
+            headers: &received.headers,
+            query: &received.query,
+            values: &Value::Null,
+        };
+        // A key too long to be one is cut: it still tells deliveries apart.
+        let key = match key.render_raw(&input, MAX_KEY_BYTES) {
+            Ok(key) => key,
+            Err(RenderError::TooLarge { .. }) => key
+                .render_raw(&input, usize::MAX)
+                .unwrap_or_default()
+                .chars()
+                .take(MAX_KEY_BYTES / 4)
+                .collect(),
+            Err(RenderError::MissingRequired { path }) => {
+                return Err(DeliveryError::Unprocessable(format!(
+                    "the concurrency key requires `{path}`, and this delivery has no value there"
+                )))
+            }
+        };
+        if !key.trim().is_empty() {
+            settings.concurrency = Some(RunConcurrency {
+                key,
+                limit: concurrency.limit,
+                newest_wins: concurrency.newest_wins,
+            });
+        }
+    }
     let overlap = settings.overlap;
+    // A run limited by its key waits for the dispatcher, which counts the key's runs.
+    let limited = settings
+        .concurrency
+        .as_ref()
+        .is_some_and(|concurrency| !concurrency.newest_wins);
     let mut run = Run::queued(Trigger::Webhook, live.job.as_ref(), settings, None);
     run.created_at = now;
     run.webhook_id = Some(webhook.id);
     run.delivery_id = received.delivery_id.clone();
     traces::created(&mut run);
     // Runs that need not wait for an earlier one are sent by the writer right after the commit.
-    if overlap != OverlapPolicy::Queue {
+    if overlap != OverlapPolicy::Queue && !limited {
         run.dispatched_at = Some(now);
     }
     let mut queued = json!({
@@ -414,9 +456,22 @@ pub async fn live(app: &App, webhook: Webhook) -> ServiceResult<LiveWebhook> {
         Some(job_id) => Some(jobs::get(app, job_id).await?),
         None => None,
     };
+    let concurrency_key = webhook
+        .config
+        .concurrency
+        .as_ref()
+        .map(|concurrency| Template::parse(&concurrency.key))
+        .transpose()
+        .map_err(|err| {
+            ServiceError::Internal(anyhow::anyhow!(
+                "stored concurrency key of webhook {} does not parse: {err}",
+                webhook.id
+            ))
+        })?;
     Ok(LiveWebhook {
         webhook,
         template,
+        concurrency_key,
         signature,
         job,
     })

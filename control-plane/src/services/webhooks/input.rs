@@ -47,8 +47,27 @@ pub struct WebhookInput {
     /// Deliveries accepted per second (token bucket; default 100 a second, bursts of 200).
     #[serde(default)]
     pub rate_limit: Option<RateLimitInput>,
+    /// Runs of deliveries that share a key: at most `limit` at once, or the newest alone.
+    #[serde(default)]
+    pub concurrency: Option<ConcurrencyInput>,
     #[serde(flatten, deserialize_with = "flattened")]
     pub run: RunSettingsInput,
+}
+
+/// How runs of deliveries with the same key share the fleet.
+#[derive(Deserialize, Debug, Default, Clone, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyInput {
+    /// A template of the delivery naming what runs compete for, e.g.
+    /// `{{payload.repository.full_name}}` or `{{payload.pull_request.number}}` (values render
+    /// as they are, not as marked data). A delivery that renders it empty is not limited.
+    pub key: String,
+    /// Most runs of one key at once; the others wait, queued (1 to 1000; default 1).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// A newer delivery cancels the older runs of its key, queued or running (default false).
+    #[serde(default)]
+    pub newest_wins: Option<bool>,
 }
 
 #[derive(Deserialize, Debug, Clone, JsonSchema)]
@@ -109,6 +128,9 @@ pub struct WebhookPatch {
     pub max_body_bytes: Option<u64>,
     /// Deliveries accepted per second (replaces the whole limit).
     pub rate_limit: Option<RateLimitInput>,
+    /// Replaces the whole concurrency setting; `null` removes it.
+    #[serde(default, deserialize_with = "nullable")]
+    pub concurrency: Option<Option<ConcurrencyInput>>,
     #[serde(flatten, deserialize_with = "flattened")]
     pub run: RunSettingsPatch,
 }

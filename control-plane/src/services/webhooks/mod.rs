@@ -9,7 +9,8 @@ mod validate;
 mod view;
 
 pub use input::{
-    RateLimitInput, RotateInput, SecretRotation, SignatureInput, WebhookInput, WebhookPatch,
+    ConcurrencyInput, RateLimitInput, RotateInput, SecretRotation, SignatureInput, WebhookInput,
+    WebhookPatch,
 };
 pub use validate::{
     DEFAULT_BURST, DEFAULT_DEDUP_WINDOW_SECS, DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE_PER_SECOND,
@@ -19,7 +20,7 @@ pub use view::{SignatureView, WebhookSecrets, WebhookView};
 
 use std::sync::Arc;
 
-use autopilot_proto::{JobId, RunId, Trigger, WebhookId};
+use autopilot_proto::{JobId, RunId, RunStatus, Trigger, WebhookId};
 use chrono::Utc;
 
 use crate::app::App;
@@ -232,7 +233,53 @@ pub fn send_created(app: &Arc<App>, dispatched: Vec<Run>, waiting: bool) {
     if waiting {
         app.dispatcher_wake.notify_one();
     }
+    let winners: Vec<Run> = dispatched
+        .iter()
+        .filter(|run| {
+            run.settings
+                .concurrency
+                .as_ref()
+                .is_some_and(|c| c.newest_wins)
+        })
+        .cloned()
+        .collect();
     dispatch::publish_all_dispatched(app, dispatched);
+    if !winners.is_empty() {
+        let app = Arc::clone(app);
+        tokio::spawn(async move {
+            for run in winners {
+                if let Err(err) = supersede_older(&app, &run).await {
+                    tracing::warn!(run.id = %run.id, error = %err, "cancelling the older runs of a concurrency key failed");
+                }
+            }
+        });
+    }
+}
+
+/// A delivery whose key has `newest_wins` was stored as run `newer`: the older runs of the same
+/// webhook and key, queued or running, are cancelled.
+async fn supersede_older(app: &App, newer: &Run) -> ServiceResult<()> {
+    let Some(key) = newer.settings.concurrency.as_ref().map(|c| &c.key) else {
+        return Ok(());
+    };
+    let active = app
+        .store
+        .runs_in_status(&RunStatus::ACTIVE, newer.job_id)
+        .await?;
+    for older in active.iter().filter(|run| {
+        run.id < newer.id
+            && run.webhook_id == newer.webhook_id
+            && run.status != RunStatus::Cancelling
+            && run.settings.concurrency.as_ref().map(|c| &c.key) == Some(key)
+    }) {
+        tracing::info!(run.id = %older.id, newer.id = %newer.id, "superseded by a newer delivery of its key");
+        match runs::supersede(app, older.id, newer.id).await {
+            // It ended meanwhile: nothing to stop.
+            Ok(_) | Err(ServiceError::Conflict(_)) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 /// Starts a new run from the payload a webhook run came from, through the webhook's current

@@ -5,13 +5,13 @@ use chrono::{DateTime, Utc};
 
 use autopilot_proto::WebhookId;
 
-use super::input::{RateLimitInput, SignatureInput, WebhookInput, WebhookPatch};
+use super::input::{ConcurrencyInput, RateLimitInput, SignatureInput, WebhookInput, WebhookPatch};
 use crate::app::App;
 use crate::domain::input::validate_name;
 use crate::domain::signature::{DEFAULT_HMAC_HEADER, DEFAULT_TOLERANCE_SECS};
 use crate::domain::template::{Template, MAX_TEMPLATE_BYTES};
 use crate::domain::webhook::{
-    RateLimit, SignatureConfig, SignatureSchemeName, Webhook, WebhookConfig,
+    Concurrency, RateLimit, SignatureConfig, SignatureSchemeName, Webhook, WebhookConfig,
 };
 use crate::domain::{JobKind, RetryPolicy, RunSettingsInput, ServiceError, ServiceResult};
 use crate::services::jobs;
@@ -193,6 +193,7 @@ pub(super) async fn validate(
             }
         }
     };
+    let concurrency = input.concurrency.map(validate_concurrency).transpose()?;
     let id = existing.map_or_else(WebhookId::new, |webhook| webhook.id);
     let sealed_secret = signing_secret.map(|secret| {
         app.sealer
@@ -215,6 +216,7 @@ pub(super) async fn validate(
             max_body_bytes,
             rate_limit,
             token_hint: existing.map_or_else(String::new, |w| w.config.token_hint.clone()),
+            concurrency,
         },
         // Without a new secret, the stored one stays (and none is kept for scheme `none`).
         signing_secret: sealed_secret.or_else(|| {
@@ -322,6 +324,41 @@ fn validate_signature(
     }
 }
 
+/// Checks a concurrency key (a template of the delivery) and its limit.
+fn validate_concurrency(input: ConcurrencyInput) -> ServiceResult<Concurrency> {
+    let template = Template::parse(input.key.trim())
+        .map_err(|err| ServiceError::invalid("concurrency.key", err.to_string()))?;
+    let roots = template.roots();
+    if roots.is_empty() {
+        return Err(ServiceError::invalid(
+            "concurrency.key",
+            "name a value of the delivery, e.g. `{{payload.repository.full_name}}`: a key \
+             without one is the same for every delivery",
+        ));
+    }
+    if let Some(root) = roots
+        .iter()
+        .find(|root| !["payload", "headers", "query"].contains(root))
+    {
+        return Err(ServiceError::invalid(
+            "concurrency.key",
+            format!("`{root}` is not a value of the delivery; use `payload`, `headers` or `query`"),
+        ));
+    }
+    let limit = input.limit.unwrap_or(1);
+    if !(1..=1000).contains(&limit) {
+        return Err(ServiceError::invalid(
+            "concurrency.limit",
+            "must be between 1 and 1000",
+        ));
+    }
+    Ok(Concurrency {
+        key: input.key.trim().to_owned(),
+        limit,
+        newest_wins: input.newest_wins.unwrap_or(false),
+    })
+}
+
 /// The input that describes `webhook` with `patch` applied, so it can be checked as a whole.
 pub(super) fn apply_patch(webhook: &Webhook, patch: WebhookPatch) -> WebhookInput {
     let config = &webhook.config;
@@ -340,6 +377,11 @@ pub(super) fn apply_patch(webhook: &Webhook, patch: WebhookPatch) -> WebhookInpu
         rate_limit: Some(RateLimitInput {
             per_second: config.rate_limit.per_second,
             burst: Some(config.rate_limit.burst),
+        }),
+        concurrency: config.concurrency.as_ref().map(|c| ConcurrencyInput {
+            key: c.key.clone(),
+            limit: Some(c.limit),
+            newest_wins: Some(c.newest_wins),
         }),
         run: if own {
             RunSettingsInput::from(&config.run)
@@ -367,7 +409,8 @@ pub(super) fn apply_patch(webhook: &Webhook, patch: WebhookPatch) -> WebhookInpu
         rate_limit,
         description,
         prompt_template,
-        idempotency_header
+        idempotency_header,
+        concurrency
     );
     input.run.apply(patch.run);
     input

@@ -5,7 +5,7 @@ use autopilot_proto::{JobId, WebhookId};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::domain::webhook::{RateLimit, SignatureSchemeName, Webhook};
+use crate::domain::webhook::{Concurrency, RateLimit, SignatureSchemeName, Webhook};
 use crate::domain::RunSettings;
 
 #[derive(Serialize, Debug, Clone)]
@@ -25,6 +25,8 @@ pub struct WebhookView {
     pub dedup_window_secs: u64,
     pub max_body_bytes: u64,
     pub rate_limit: RateLimit,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
     pub previous_url_expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -72,6 +74,7 @@ impl WebhookView {
             dedup_window_secs: config.dedup_window_secs,
             max_body_bytes: config.max_body_bytes,
             rate_limit: config.rate_limit,
+            concurrency: config.concurrency.clone(),
             previous_url_expires_at: webhook
                 .previous_token
                 .as_ref()

@@ -1,4 +1,4 @@
-//! Skipped fires, chained fires and spend in the SQL store: the [`RulesStore`].
+//! Skipped fires, fires made once by key (chains, hook events) and spend in the SQL store: the [`RulesStore`].
 
 use async_trait::async_trait;
 use autopilot_proto::{JobId, NewRunEvent, RunId, Trigger};
@@ -7,9 +7,10 @@ use chrono::{DateTime, Utc};
 use super::events::{append_events_in, bind_events_from, insert_events_sql};
 use super::runs::{bind_run, INSERT_RUN, RUN_COLUMNS};
 use super::{classify, rows_into, Pools, SqlStore};
-use crate::domain::rules::SkippedFire;
+use crate::domain::rules::{HookToken, SkippedFire};
 use crate::domain::Run;
 use crate::store::rows::{clamp_i64, from_ms, parse, to_json, to_ms, RunRow};
+use crate::store::StoreError;
 use crate::store::{RulesStore, StoreResult};
 
 // Named only by the code `append_events_in!` expands to.
@@ -99,20 +100,20 @@ impl RulesStore for SqlStore {
             .collect()
     }
 
-    async fn record_chain_fire(
+    async fn record_keyed_fire(
         &self,
         job_id: JobId,
-        parents: &str,
+        key: &str,
         run: Option<(&Run, &[NewRunEvent])>,
     ) -> StoreResult<bool> {
         let run_id: Option<RunId> = run.map(|(run, _)| run.id);
         let made = in_write_tx!(self, tx => {
             let inserted = sqlx::query(
-                "INSERT INTO chain_fires (job_id, parents, run_id, created_at_ms) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (job_id, parents) DO NOTHING",
+                "INSERT INTO fire_keys (job_id, fire_key, run_id, created_at_ms) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (job_id, fire_key) DO NOTHING",
             )
             .bind(job_id.to_string())
-            .bind(parents)
+            .bind(key)
             .bind(run_id.map(|id| id.to_string()))
             .bind(to_ms(Utc::now()))
             .execute(&mut *tx)
@@ -171,4 +172,64 @@ impl RulesStore for SqlStore {
         .map_err(classify)?;
         Ok(spent.unwrap_or_default())
     }
+
+    async fn insert_hook_token(&self, token: &HookToken) -> StoreResult<()> {
+        on_write!(self, pool => {
+            sqlx::query("INSERT INTO hook_tokens (name, token_hash, created_at_ms) VALUES ($1, $2, $3)")
+                .bind(&token.name)
+                .bind(&token.token_hash)
+                .bind(to_ms(token.created_at))
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(|err| match classify(err) {
+            StoreError::Conflict(_) => {
+                StoreError::Conflict(format!("a hook token named `{}` already exists", token.name))
+            }
+            other => other,
+        })?;
+        Ok(())
+    }
+
+    async fn hook_token_by_hash(&self, token_hash: &str) -> StoreResult<Option<HookToken>> {
+        let row: Option<(String, String, i64)> = on_read!(self, pool => {
+            sqlx::query_as("SELECT name, token_hash, created_at_ms FROM hook_tokens WHERE token_hash = $1")
+                .bind(token_hash)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(classify)?;
+        row.map(hook_token).transpose()
+    }
+
+    async fn list_hook_tokens(&self) -> StoreResult<Vec<HookToken>> {
+        let rows: Vec<(String, String, i64)> = on_read!(self, pool => {
+            sqlx::query_as("SELECT name, token_hash, created_at_ms FROM hook_tokens ORDER BY name")
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(classify)?;
+        rows.into_iter().map(hook_token).collect()
+    }
+
+    async fn delete_hook_token(&self, name: &str) -> StoreResult<bool> {
+        let deleted = on_write!(self, pool => {
+            sqlx::query("DELETE FROM hook_tokens WHERE name = $1")
+                .bind(name)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(classify)?;
+        Ok(deleted > 0)
+    }
+}
+
+fn hook_token((name, token_hash, created_at): (String, String, i64)) -> StoreResult<HookToken> {
+    Ok(HookToken {
+        name,
+        token_hash,
+        created_at: from_ms(created_at)?,
+    })
 }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::event::NewRunEvent;
-use crate::ids::{RunId, WorkerId};
+use crate::ids::{JobId, RunId, WorkerId};
 use crate::run::{RunOutcome, RunSpec};
 use crate::sealed::SealedSecrets;
 
@@ -67,7 +67,12 @@ pub struct EventBatch {
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlMessage {
-    Cancel { run_id: RunId },
+    Cancel {
+        run_id: RunId,
+    },
+    /// A job's file watch was created, changed or removed: workers ask for their watches again
+    /// (they also do at every heartbeat).
+    FileWatchesChanged,
 }
 
 /// Told to every control plane, so that what one replica changed reaches the live followers and
@@ -134,6 +139,48 @@ pub enum WorkerRequest {
         worker_id: WorkerId,
         op: serde_json::Value,
     },
+    /// Which files the jobs of these pools watch. Answered by [`WorkerReply::FileWatches`].
+    FileWatches {
+        worker_id: WorkerId,
+        pools: Vec<String>,
+    },
+    /// A watched file changed (after the watch's debounce). The control plane starts the job's
+    /// run once per change, however many workers of the pool saw it.
+    FileChanged {
+        worker_id: WorkerId,
+        change: FileChange,
+    },
+}
+
+/// Files a job watches on its pool's workers.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct FileWatch {
+    pub job_id: JobId,
+    /// Absolute paths; the last part may hold `*` and `?` (`/data/inbox/*.csv`).
+    pub paths: Vec<String>,
+    /// `create`, `modify`, `delete`.
+    pub events: Vec<String>,
+    /// Also in the directories below.
+    pub recursive: bool,
+    /// Quiet time after the last event of a file before it counts as one change.
+    pub debounce_ms: u64,
+}
+
+/// A change of a watched file, as a worker saw it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct FileChange {
+    pub job_id: JobId,
+    pub path: String,
+    /// `create`, `modify` or `delete`.
+    pub event: String,
+    /// The file's modification time and size after the change (none after a delete): the same
+    /// for every worker that sees one shared file change, so the change runs once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// When the worker saw it settle.
+    pub seen_at: DateTime<Utc>,
 }
 
 /// One attempt of a run.
@@ -199,6 +246,8 @@ pub enum WorkerReply {
     Each { replies: Vec<WorkerReply> },
     /// The answer to a [`WorkerRequest::Memory`], for the run's memory server (JSON).
     Memory { answer: serde_json::Value },
+    /// The answer to a [`WorkerRequest::FileWatches`].
+    FileWatches { watches: Vec<FileWatch> },
 }
 
 impl WorkerReply {

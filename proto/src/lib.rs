@@ -8,6 +8,7 @@
 pub mod blobs;
 pub mod bus;
 pub mod event;
+pub mod files;
 pub mod ids;
 #[cfg(feature = "jetstream")]
 pub mod jetstream_bus;
@@ -20,9 +21,9 @@ pub mod task;
 
 pub use blobs::{BlobStore, InMemoryBlobs};
 pub use bus::{
-    Acker, AttemptEnd, Bus, BusError, ControlMessage, Delivery, EventBatch, Incoming,
-    IncomingRequest, IncomingTask, Notice, NoticeKind, RunAttempt, RunDelivery, RunRequest,
-    WorkerReply, WorkerRequest, WorkerStatus, TRACEPARENT_HEADER,
+    Acker, AttemptEnd, Bus, BusError, ControlMessage, Delivery, EventBatch, FileChange, FileWatch,
+    Incoming, IncomingRequest, IncomingTask, Notice, NoticeKind, RunAttempt, RunDelivery,
+    RunRequest, WorkerReply, WorkerRequest, WorkerStatus, TRACEPARENT_HEADER,
 };
 pub use event::{EventKind, EventOrigin, NewRunEvent, RunEvent};
 pub use ids::{JobId, RunId, WebhookId, WorkerId};

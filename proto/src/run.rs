@@ -113,6 +113,8 @@ pub enum Trigger {
     Chain,
     /// A Claude Code hook event (`autopilot hook`).
     Hook,
+    /// A watched file changed.
+    File,
 }
 
 impl Trigger {
@@ -124,6 +126,7 @@ impl Trigger {
             Trigger::Webhook => "webhook",
             Trigger::Chain => "chain",
             Trigger::Hook => "hook",
+            Trigger::File => "file",
         }
     }
 }
@@ -139,6 +142,7 @@ impl FromStr for Trigger {
             "webhook" => Ok(Trigger::Webhook),
             "chain" => Ok(Trigger::Chain),
             "hook" => Ok(Trigger::Hook),
+            "file" => Ok(Trigger::File),
             other => Err(format!("unknown trigger `{other}`")),
         }
     }

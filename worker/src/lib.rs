@@ -5,6 +5,7 @@ pub mod batch;
 pub mod command;
 pub mod docker;
 pub mod executor;
+pub mod file_watch;
 pub mod guard;
 pub mod local;
 pub mod mcp;

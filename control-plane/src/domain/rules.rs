@@ -10,6 +10,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+pub use autopilot_proto::files::{split_watch_path, watch_matches};
+
 use super::limits::MAX_PROMPT_BYTES;
 use super::run::Run;
 use super::template::{RenderInput, Template, VALUE_ROOTS};
@@ -350,6 +352,157 @@ impl HookSubscription {
     }
 }
 
+/// The kinds of change a file watch reports.
+pub const FILE_EVENTS: [&str; 3] = ["create", "modify", "delete"];
+
+fn default_pool() -> String {
+    super::settings::DEFAULT_POOL.to_owned()
+}
+
+fn default_file_events() -> Vec<String> {
+    FILE_EVENTS.iter().map(|e| (*e).to_owned()).collect()
+}
+
+fn default_debounce_ms() -> u64 {
+    500
+}
+
+/// Files whose changes start a run of a job, watched on the machines of a worker pool.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileSubscription {
+    /// The pool whose workers watch (default `default`; the embedded worker serves it). On a
+    /// pool of several workers the files should be shared: a change runs once however many see
+    /// it.
+    #[serde(default = "default_pool")]
+    pub pool: String,
+    /// Absolute paths; the last part may hold `*` and `?`, e.g. `/data/inbox/*.csv`.
+    pub paths: Vec<String>,
+    /// `create`, `modify`, `delete` (default all three).
+    #[serde(default = "default_file_events")]
+    pub events: Vec<String>,
+    /// Also in the directories below (default false).
+    #[serde(default)]
+    pub recursive: bool,
+    /// Quiet time after a file's last event before its change counts, in milliseconds (default
+    /// 500; 0 to 600000): a file written in many pieces starts one run.
+    #[serde(default = "default_debounce_ms")]
+    pub debounce_ms: u64,
+}
+
+impl FileSubscription {
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.paths.is_empty() || self.paths.len() > 20 {
+            return Err(("on_file.paths", "name 1 to 20 paths".to_owned()));
+        }
+        for path in &self.paths {
+            let (directory, _) = split_watch_path(path).map_err(|why| ("on_file.paths", why))?;
+            if directory.contains(['*', '?', '[']) {
+                return Err((
+                    "on_file.paths",
+                    format!("`{path}`: only the last part of a path may hold `*` or `?`"),
+                ));
+            }
+        }
+        if self.events.is_empty() {
+            return Err((
+                "on_file.events",
+                "name at least one of create, modify, delete".to_owned(),
+            ));
+        }
+        if let Some(unknown) = self
+            .events
+            .iter()
+            .find(|e| !FILE_EVENTS.contains(&e.as_str()))
+        {
+            return Err((
+                "on_file.events",
+                format!("`{unknown}` is not one of create, modify, delete"),
+            ));
+        }
+        if self.debounce_ms > 600_000 {
+            return Err((
+                "on_file.debounce_ms",
+                "must be at most 600000 (ten minutes)".to_owned(),
+            ));
+        }
+        if self.pool.trim().is_empty() {
+            return Err((
+                "on_file.pool",
+                "name the worker pool whose machines watch".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a change the worker reported is one this watch asks for.
+    pub fn wants(&self, path: &str, event: &str) -> bool {
+        self.events.iter().any(|e| e == event)
+            && self
+                .paths
+                .iter()
+                .any(|pattern| watch_matches(pattern, path, self.recursive))
+    }
+}
+
+/// Most result handlers a job may have.
+pub const MAX_RESULT_HANDLERS: usize = 5;
+
+/// What happens after each run of a job ends: its outcome is POSTed to a URL as JSON (run id,
+/// job, status, result, error, tokens, cost), signed when a key is named, retried with backoff.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResultHandler {
+    /// Where to POST the outcome: an https URL (http too when `allow_private`).
+    pub post: String,
+    /// Which ends: `success`, `failure` (failed, timed out, lost) or `any` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<ChainOn>,
+    /// A vault credential whose value signs each body with HMAC-SHA256:
+    /// `X-Autopilot-Signature: t=<unix seconds>,v1=<hex of HMAC(key, "<t>.<body>")>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sign_with: Option<String>,
+    /// Let the URL reach private, loopback and link-local addresses (an internal endpoint).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_private: bool,
+}
+
+impl ResultHandler {
+    /// Whether a run that ended `status` is handled.
+    pub fn handles(&self, status: RunStatus) -> bool {
+        self.on.unwrap_or(ChainOn::Any).matches(status)
+    }
+
+    pub fn validate(&self, index: usize) -> Result<(), (String, String)> {
+        let field = |name: &str| format!("on_end.{index}.{name}");
+        let url = reqwest::Url::parse(self.post.trim()).map_err(|err| {
+            (
+                field("post"),
+                format!("`{}` is not a URL: {err}", self.post),
+            )
+        })?;
+        let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && self.allow_private);
+        if !scheme_ok || url.host_str().is_none() {
+            return Err((
+                field("post"),
+                "give an https URL (http only with `allow_private`, for an internal endpoint)"
+                    .to_owned(),
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err((
+                field("post"),
+                "put no credentials in the URL: name a vault credential in `sign_with`".to_owned(),
+            ));
+        }
+        if let Some(name) = &self.sign_with {
+            super::tools::validate_credential_name(&field("sign_with"), name)
+                .map_err(|err| (field("sign_with"), err.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
 /// A token that admits Claude Code hook events (and nothing else), by name; only its digest is
 /// kept.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize)]
@@ -367,6 +520,10 @@ pub struct JobRules {
     pub chain: Option<Chain>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_hook: Option<HookSubscription>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_end: Vec<ResultHandler>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_file: Option<FileSubscription>,
     #[serde(default, skip_serializing_if = "Conditions::is_empty")]
     pub conditions: Conditions,
     #[serde(default, skip_serializing_if = "Budget::is_empty")]
@@ -611,6 +768,63 @@ mod tests {
             ..subscription
         };
         assert_eq!(bad.validate().unwrap_err().0, "on_hook.matcher");
+    }
+
+    #[test]
+    fn file_watches_match_their_directory_and_pattern() {
+        assert!(watch_matches(
+            "/data/inbox/*.csv",
+            "/data/inbox/a.csv",
+            false
+        ));
+        assert!(!watch_matches(
+            "/data/inbox/*.csv",
+            "/data/inbox/a.txt",
+            false
+        ));
+        assert!(!watch_matches(
+            "/data/inbox/*.csv",
+            "/data/inbox/sub/a.csv",
+            false
+        ));
+        assert!(watch_matches(
+            "/data/inbox/*.csv",
+            "/data/inbox/sub/a.csv",
+            true
+        ));
+        assert!(!watch_matches(
+            "/data/inbox/*.csv",
+            "/data/inboxes/a.csv",
+            true
+        ));
+        assert!(watch_matches(
+            "/data/report-??.md",
+            "/data/report-07.md",
+            false
+        ));
+        assert!(!watch_matches(
+            "/data/report-??.md",
+            "/data/report-7.md",
+            false
+        ));
+        assert!(watch_matches("/tmp/x", "/tmp/x", false));
+        let subscription = FileSubscription {
+            pool: "default".into(),
+            paths: vec!["/data/*/x.csv".into()],
+            events: default_file_events(),
+            recursive: false,
+            debounce_ms: 500,
+        };
+        assert!(subscription
+            .validate()
+            .unwrap_err()
+            .1
+            .contains("only the last part"));
+        let relative = FileSubscription {
+            paths: vec!["inbox/*.csv".into()],
+            ..subscription
+        };
+        assert!(relative.validate().unwrap_err().1.contains("absolute"));
     }
 
     #[test]

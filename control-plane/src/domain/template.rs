@@ -70,13 +70,14 @@ const ROOTS: [&str; 3] = ["payload", "headers", "query"];
 
 /// The values every run's prompt may use (see [`RenderInput::values`]), beside a webhook's
 /// three roots.
-pub const VALUE_ROOTS: [&str; 10] = [
+pub const VALUE_ROOTS: [&str; 11] = [
     "date", "time", "datetime", "weekday", "timezone", "job", "run", "trigger", "parent", "event",
+    "file",
 ];
 
 /// Of [`VALUE_ROOTS`], those holding what another run produced: wrapped as data like a
 /// delivery's content, never trusted as instructions, except for the fields below.
-const UNTRUSTED_VALUE_ROOTS: [&str; 2] = ["parent", "event"];
+const UNTRUSTED_VALUE_ROOTS: [&str; 3] = ["parent", "event", "file"];
 
 /// Fields of an untrusted value root that Autopilot itself sets (ids, names, statuses, costs):
 /// rendered as they are.

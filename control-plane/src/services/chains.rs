@@ -1,6 +1,7 @@
 //! Chains: a job that runs after others end. The chainer reads the runs that ended (woken at
 //! once by an end written here, and every few seconds for ends written by other replicas or
-//! before a restart) and starts the runs of the jobs that follow theirs.
+//! before a restart), starts the runs of the jobs that follow theirs, and hands each end to its
+//! job's result handlers (`result_handlers`).
 //!
 //! A chained fire happens once: the child's run is stored together with a `fire_keys` row
 //! keyed by the child and the parent runs it answers, so replicas that see the same end, or one
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::domain::rules::{chain_key, fill_prompt, parent_values, Chain};
 use crate::domain::{Job, OverlapPolicy, Run, RunFilter, ServiceResult};
-use crate::services::{jobs, rules, runs, traces};
+use crate::services::{jobs, result_handlers, rules, runs, traces};
 
 /// How often ends are looked for without being told (ends written by another replica).
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
@@ -30,18 +31,23 @@ const OVERLAP: chrono::Duration = chrono::Duration::seconds(30);
 /// Most ended runs read in one look.
 const BATCH: u32 = 500;
 
-/// The jobs that follow each job, as last read.
+/// The jobs that follow each job, and the jobs with result handlers, as last read.
 struct Followers {
     generation: u64,
     read_at: tokio::time::Instant,
     of: HashMap<JobId, Vec<Job>>,
+    handled: HashMap<JobId, Job>,
 }
 
 impl Followers {
     async fn read(app: &App) -> ServiceResult<Self> {
         let generation = app.webhooks_generation();
         let mut of: HashMap<JobId, Vec<Job>> = HashMap::new();
+        let mut handled = HashMap::new();
         for job in jobs::all(app).await? {
+            if !job.rules.on_end.is_empty() {
+                handled.insert(job.id, job.clone());
+            }
             if let Some(chain) = job.rules.chain.clone().filter(|_| job.enabled) {
                 for parent in chain.after {
                     of.entry(parent).or_default().push(job.clone());
@@ -52,6 +58,7 @@ impl Followers {
             generation,
             read_at: tokio::time::Instant::now(),
             of,
+            handled,
         })
     }
 
@@ -80,7 +87,7 @@ pub async fn run_chainer(app: Arc<App>, cancel: CancellationToken) -> anyhow::Re
 }
 
 async fn step(
-    app: &App,
+    app: &Arc<App>,
     followers: &mut Option<Followers>,
     cursor: &mut DateTime<Utc>,
     handled: &mut HashMap<RunId, DateTime<Utc>>,
@@ -91,8 +98,8 @@ async fn step(
     let Some(followers) = followers.as_ref() else {
         return Ok(());
     };
-    if followers.of.is_empty() {
-        // No chains: nothing to read, and nothing older than now will matter.
+    if followers.of.is_empty() && followers.handled.is_empty() {
+        // No chains, no handlers: nothing to read, and nothing older than now will matter.
         *cursor = Utc::now() - OVERLAP;
         handled.clear();
         return Ok(());
@@ -109,6 +116,9 @@ async fn step(
             read_from = read_from.max(finished_at);
             if handled.contains_key(&parent.id) {
                 continue;
+            }
+            if let Some(job) = parent.job_id.and_then(|id| followers.handled.get(&id)) {
+                result_handlers::started(app, job, parent);
             }
             let children = parent
                 .job_id

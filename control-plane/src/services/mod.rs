@@ -4,6 +4,7 @@
 
 pub mod chains;
 pub mod dispatch;
+pub mod file_watches;
 pub mod fires;
 pub mod follow;
 pub mod health;
@@ -13,6 +14,7 @@ pub mod memory;
 pub(crate) mod metrics;
 pub mod oauth;
 pub mod overview;
+pub mod result_handlers;
 pub mod rules;
 pub mod runs;
 pub mod sessions;

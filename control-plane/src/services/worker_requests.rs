@@ -65,6 +65,10 @@ pub async fn handle_worker_request(
             worker_id,
             op,
         } => super::memory::from_run(app, run_id, attempt, &worker_id, op).await,
+        WorkerRequest::FileWatches { pools, .. } => super::file_watches::watches(app, &pools).await,
+        WorkerRequest::FileChanged { worker_id, change } => {
+            super::file_watches::changed(app, &worker_id, change).await
+        }
     }
 }
 

@@ -70,6 +70,19 @@ pub(crate) fn job(name: &str) -> Job {
                 cwd: None,
                 debounce_secs: 30,
             }),
+            on_end: vec![autopilot_control_plane::domain::rules::ResultHandler {
+                post: "https://example.com/outcome".into(),
+                on: Some(autopilot_control_plane::domain::rules::ChainOn::Any),
+                sign_with: Some("HANDLER_KEY".into()),
+                allow_private: false,
+            }],
+            on_file: Some(autopilot_control_plane::domain::rules::FileSubscription {
+                pool: "default".into(),
+                paths: vec!["/data/inbox/*.csv".into()],
+                events: vec!["create".into()],
+                recursive: true,
+                debounce_ms: 250,
+            }),
             conditions: autopilot_control_plane::domain::rules::Conditions {
                 windows: vec![autopilot_control_plane::domain::rules::TimeWindow {
                     days: vec!["weekdays".into()],

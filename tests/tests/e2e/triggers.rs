@@ -645,3 +645,221 @@ async fn claude_code_hook_events_start_the_jobs_that_answer_them() {
         .unwrap();
     assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// What a result handler's endpoint received: headers and body.
+type Received = Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>;
+
+/// An endpoint on loopback that records what it gets and answers 500 the first time, 200 after.
+async fn handler_endpoint() -> (String, Received) {
+    let received: Received = Arc::default();
+    let seen = Arc::clone(&received);
+    let app = axum::Router::new().route(
+        "/outcome",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push((headers, body.to_vec()));
+                    if seen.len() == 1 {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        StatusCode::NO_CONTENT
+                    }
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{address}/outcome"), received)
+}
+
+#[tokio::test]
+async fn result_handlers_post_the_signed_outcome_and_retry() {
+    let server = TestServer::builder().start().await;
+    let (url, received) = handler_endpoint().await;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({
+                "name": "unsigned", "command": "true",
+                "on_end": [{ "post": url, "sign_with": "MISSING_KEY", "allow_private": true }],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("on_end.0.sign_with"), "{body}");
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({ "name": "plain http", "command": "true", "on_end": [{ "post": url }] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("https"), "{body}");
+    let (status, body) = server
+        .call(
+            Method::PUT,
+            "/api/v1/credentials/HANDLER_KEY",
+            Some(json!({ "value": "handler-s3cret" })),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    let job = server
+        .create_job(json!({
+            "name": "reported", "command": "echo reported",
+            "on_end": [
+                { "post": url, "sign_with": "HANDLER_KEY", "allow_private": true },
+                { "post": url.replace("http://", "https://"), "on": "success" },
+                { "post": url, "on": "failure", "allow_private": true },
+            ],
+        }))
+        .await;
+    assert_eq!(job["on_end"].as_array().unwrap().len(), 3);
+    let run = server.trigger(id(&job)).await;
+    let run = server
+        .wait_until_finished(id(&run), Duration::from_secs(30))
+        .await;
+    assert_eq!(run["status"], "succeeded");
+    // The first answer was a 500: the handler tried again a second later.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let events = loop {
+        let events = server.events(id(&run)).await;
+        let handled = events
+            .iter()
+            .filter(|event| event["data"]["step"] == "result_handler")
+            .count();
+        if handled == 2 {
+            break events;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{events:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let outcome = |index: u64| {
+        events
+            .iter()
+            .find(|event| {
+                event["data"]["step"] == "result_handler" && event["data"]["handler"] == index
+            })
+            .map(|event| event["data"].clone())
+            .unwrap_or_else(|| panic!("handler {index}: {events:#?}"))
+    };
+    assert_eq!(outcome(0)["delivered"], true, "{:#}", outcome(0));
+    assert_eq!(outcome(0)["attempts"], 2);
+    // Loopback without `allow_private` is refused, at once, and said so.
+    assert_eq!(outcome(1)["delivered"], false);
+    assert!(
+        outcome(1)["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a public address"),
+        "{:#}",
+        outcome(1)
+    );
+    let received = received.lock().unwrap().clone();
+    assert_eq!(
+        received.len(),
+        2,
+        "the failure handler was not called for a success"
+    );
+    let (headers, body) = &received[1];
+    let sent: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(
+        (sent["run_id"].as_str(), sent["status"].as_str()),
+        (Some(id(&run)), Some("succeeded"))
+    );
+    assert_eq!(sent["job"], "reported");
+    // The signature is HMAC-SHA256 of "<t>.<body>" with the credential's value.
+    let signature = headers["x-autopilot-signature"].to_str().unwrap();
+    let (t, v1) = signature
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split_once(",v1="))
+        .expect("t=…,v1=…");
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"handler-s3cret").unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    assert_eq!(v1, hex::encode(mac.finalize().into_bytes()));
+    assert!(
+        !server.store_contains("handler-s3cret").await,
+        "the key is sealed at rest"
+    );
+}
+
+/// Writes `text` to `path` in three pieces, 50 ms apart (a file written slowly).
+async fn write_slowly(path: &std::path::Path, text: &str, append: bool) {
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(append)
+        .write(true)
+        .truncate(!append)
+        .open(path)
+        .await
+        .unwrap();
+    for piece in text.as_bytes().chunks(text.len().div_ceil(3).max(1)) {
+        file.write_all(piece).await.unwrap();
+        file.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_watched_file_change_starts_one_run_with_the_file() {
+    let server = TestServer::builder().start().await;
+    let inbox = tempfile::tempdir().unwrap();
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({ "name": "relative", "command": "true", "on_file": { "paths": ["inbox/*.csv"] } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("on_file.paths"), "{body}");
+    let job = server
+        .create_job(json!({
+            "name": "ingest", "command": "cat > file.json",
+            "on_file": {
+                "paths": [format!("{}/*.csv", inbox.path().display())],
+                "events": ["create", "modify"], "debounce_ms": 300,
+            },
+        }))
+        .await;
+    assert_eq!(job["on_file"]["pool"], "default");
+    // The worker is told at once; give it a moment to watch the directory.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let csv = inbox.path().join("orders.csv");
+    let orders = "id,total\n1,20\n2,35\n";
+    write_slowly(&csv, orders, false).await;
+    let first = finished_runs(&server, &job, 1).await;
+    assert_eq!(first[0]["trigger"], "file", "{:#}", first[0]);
+    assert_eq!(first[0]["status"], "succeeded");
+    let seen: Value = serde_json::from_str(
+        &std::fs::read_to_string(server.workspace_of(&job).join("file.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(seen["path"], csv.display().to_string());
+    assert_eq!(
+        (seen["event"].as_str(), seen["name"].as_str()),
+        (Some("create"), Some("orders.csv"))
+    );
+    assert_eq!(seen["size"], orders.len());
+    // Another kind of file, and a delete (not watched), start nothing; a change does.
+    std::fs::write(inbox.path().join("notes.txt"), "x").unwrap();
+    write_slowly(&csv, "3,50\n", true).await;
+    let runs = finished_runs(&server, &job, 2).await;
+    let events = server.events(id(&runs[0])).await;
+    assert_eq!(events[0]["data"]["event"], "modify", "{:#}", events[0]);
+    std::fs::remove_file(&csv).unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        server.runs_of(id(&job)).await.len(),
+        2,
+        "one run per settled change"
+    );
+}

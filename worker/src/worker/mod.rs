@@ -231,10 +231,19 @@ impl Worker {
         );
         // Cancel requests are honoured until the last run is done, shutdown included.
         let stop_following = CancellationToken::new();
+        let watches_changed = Arc::new(tokio::sync::Notify::new());
         let following = tokio::spawn(follow_control(
             control,
             Arc::clone(&self.active),
+            Arc::clone(&watches_changed),
             stop_following.clone(),
+        ));
+        // Files the pools' jobs watch, until the worker stops taking work.
+        tokio::spawn(crate::file_watch::serve(
+            Arc::clone(&self.config),
+            Arc::clone(&self.bus),
+            watches_changed,
+            cancel.clone(),
         ));
         // Tasks (listing a server's tools) are served beside the runs, until the runs stop.
         let stop_serving_tasks = CancellationToken::new();
@@ -377,6 +386,7 @@ async fn join_all(tasks: &mut JoinSet<()>) {
 async fn follow_control(
     mut control: futures::stream::BoxStream<'static, ControlMessage>,
     active: ActiveRuns,
+    watches_changed: Arc<tokio::sync::Notify>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -395,6 +405,7 @@ async fn follow_control(
                     stopper.stop(StopReason::Cancelled);
                 }
             }
+            Some(ControlMessage::FileWatchesChanged) => watches_changed.notify_one(),
             None => return,
         }
     }

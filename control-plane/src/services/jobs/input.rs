@@ -10,8 +10,8 @@ use serde::Deserialize;
 use crate::domain::input::{flattened, nullable, validate_name};
 use crate::domain::limits::MAX_PROMPT_BYTES;
 use crate::domain::rules::{
-    check_prompt_values, Budget, Chain, ChainOn, Conditions, HookSubscription, JobRules,
-    MAX_CHAIN_PARENTS,
+    check_prompt_values, Budget, Chain, ChainOn, Conditions, FileSubscription, HookSubscription,
+    JobRules, ResultHandler, MAX_CHAIN_PARENTS, MAX_RESULT_HANDLERS,
 };
 use crate::domain::schedule::{format_interval, parse_cron, parse_interval, parse_timezone};
 use crate::domain::{
@@ -83,6 +83,17 @@ pub struct JobInput {
     /// data; a shell job gets it on standard input.
     #[serde(default)]
     pub on_hook: Option<HookSubscription>,
+    /// After each run ends, POST its outcome (JSON: run id, job, status, result, error, tokens,
+    /// cost) to these URLs, signed with HMAC-SHA256 when `sign_with` names a vault credential,
+    /// retried with backoff (at most 5 handlers). To start another job, give that job `after`.
+    #[serde(default)]
+    pub on_end: Option<Vec<ResultHandler>>,
+    /// Start a run when watched files change on the machines of a worker pool: paths (the last
+    /// part may hold `*`), events (create, modify, delete), a debounce. The file is the
+    /// prompt's `{{ file.path }}` and `{{ file.event }}`; a shell job gets it as JSON on
+    /// standard input.
+    #[serde(default)]
+    pub on_file: Option<FileSubscription>,
     /// What a fire (scheduled or chained) must meet to start a run: time windows, most runs a
     /// day or a week. A fire that does not is recorded as skipped, with the reason.
     #[serde(default)]
@@ -141,6 +152,12 @@ pub struct JobPatch {
     /// The hook events it answers; `null` stops answering them.
     #[serde(default, deserialize_with = "nullable")]
     pub on_hook: Option<Option<HookSubscription>>,
+    /// Replaces the result handlers; `null` or `[]` removes them.
+    #[serde(default, deserialize_with = "nullable")]
+    pub on_end: Option<Option<Vec<ResultHandler>>>,
+    /// The files it watches; `null` stops watching.
+    #[serde(default, deserialize_with = "nullable")]
+    pub on_file: Option<Option<FileSubscription>>,
     /// `null` removes every condition.
     #[serde(default, deserialize_with = "nullable")]
     pub conditions: Option<Option<Conditions>>,
@@ -260,6 +277,25 @@ pub(crate) fn validate(
             .map_err(|(field, message)| ServiceError::invalid(field, message))?;
     }
     rules.on_hook = input.on_hook;
+    let handlers = input.on_end.unwrap_or_default();
+    if handlers.len() > MAX_RESULT_HANDLERS {
+        return Err(ServiceError::invalid(
+            "on_end",
+            format!("at most {MAX_RESULT_HANDLERS} result handlers"),
+        ));
+    }
+    for (index, handler) in handlers.iter().enumerate() {
+        handler
+            .validate(index)
+            .map_err(|(field, message)| ServiceError::invalid(field, message))?;
+    }
+    rules.on_end = handlers;
+    if let Some(subscription) = &input.on_file {
+        subscription
+            .validate()
+            .map_err(|(field, message)| ServiceError::invalid(field, message))?;
+    }
+    rules.on_file = input.on_file;
     let settings = input.run.resolve(kind, RetryPolicy::default())?;
     let misfire_cap = input.misfire_cap.unwrap_or(DEFAULT_MISFIRE_CAP);
     if !(1..=1000).contains(&misfire_cap) {
@@ -353,6 +389,8 @@ fn validate_rules(
     Ok(JobRules {
         chain,
         on_hook: None,
+        on_end: Vec::new(),
+        on_file: None,
         conditions,
         budget,
     })
@@ -393,6 +431,8 @@ pub(crate) fn apply(job: &Job, patch: JobPatch) -> JobInput {
             require_all: Some(chain.require_all),
         }),
         on_hook: job.rules.on_hook.clone(),
+        on_end: Some(job.rules.on_end.clone()),
+        on_file: job.rules.on_file.clone(),
         conditions: Some(job.rules.conditions.clone()),
         budget: Some(job.rules.budget.clone()),
         timezone: Some(job.timezone.clone()),
@@ -417,7 +457,7 @@ pub(crate) fn apply(job: &Job, patch: JobPatch) -> JobInput {
         command
     );
     input.run.apply(patch.run);
-    set!(after, on_hook, conditions, budget);
+    set!(after, on_hook, on_end, on_file, conditions, budget);
     // Setting one kind of schedule replaces the others.
     if patch.schedule.is_some() || patch.at.is_some() || patch.every.is_some() {
         input.schedule = patch.schedule.flatten();

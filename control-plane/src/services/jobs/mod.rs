@@ -28,9 +28,13 @@ pub async fn create(app: &App, mut input: JobInput) -> ServiceResult<JobView> {
     let job = input::validate(input, None, Utc::now())?;
     tools::check_tools(app, &job.settings).await?;
     check_chain(app, &job).await?;
+    check_handlers(app, &job).await?;
     app.store.insert_job(&job).await?;
     tracing::info!(job.id = %job.id, job.name = %job.name, "job created");
     app.notify_jobs_changed();
+    if job.rules.on_file.is_some() {
+        file_watches_changed(app).await;
+    }
     Ok(JobView::from(&job))
 }
 
@@ -41,6 +45,7 @@ pub async fn update(app: &App, id: JobId, patch: JobPatch) -> ServiceResult<JobV
     let job = input::validate(input, Some(&existing), Utc::now())?;
     tools::check_tools(app, &job.settings).await?;
     check_chain(app, &job).await?;
+    check_handlers(app, &job).await?;
     match app.store.update_job(&job).await {
         Err(StoreError::NotFound) => return Err(not_found(id)),
         other => other?,
@@ -48,6 +53,9 @@ pub async fn update(app: &App, id: JobId, patch: JobPatch) -> ServiceResult<JobV
     tracing::info!(job.id = %job.id, "job updated");
     // The scheduler looks again, and webhooks pointing at the job take its new settings.
     app.notify_jobs_changed();
+    if job.rules.on_file != existing.rules.on_file || job.enabled != existing.enabled {
+        file_watches_changed(app).await;
+    }
     Ok(JobView::from(&job))
 }
 
@@ -59,6 +67,9 @@ pub async fn delete(app: &App, id: JobId) -> ServiceResult<()> {
     }
     tracing::info!(job.id = %id, "job deleted");
     app.notify_jobs_changed();
+    if job.rules.on_file.is_some() {
+        file_watches_changed(app).await;
+    }
     super::memory::forget(app, &MemoryScope::Job(id)).await;
     if let Some(saved) = &app.saved_workspaces {
         // No run can use it again. The job is deleted either way: a blob left behind takes
@@ -69,6 +80,17 @@ pub async fn delete(app: &App, id: JobId) -> ServiceResult<()> {
         }
     }
     Ok(())
+}
+
+/// Tells the workers to ask for their file watches again (they also do at every heartbeat).
+async fn file_watches_changed(app: &App) {
+    if let Err(err) = app
+        .bus
+        .publish_control(autopilot_proto::ControlMessage::FileWatchesChanged)
+        .await
+    {
+        tracing::warn!(error = %err, "could not tell the workers that file watches changed; they see it at their next heartbeat");
+    }
 }
 
 /// Names the jobs a chain follows by their ids (clients may give names).
@@ -82,6 +104,30 @@ async fn resolve_parents(app: &App, input: &mut JobInput) -> ServiceResult<()> {
                 )
             })?;
             *parent = job.id.to_string();
+        }
+    }
+    Ok(())
+}
+
+/// Refuses result handlers that sign with a credential the vault does not hold.
+async fn check_handlers(app: &App, job: &Job) -> ServiceResult<()> {
+    let names: Vec<(usize, &String)> = job
+        .rules
+        .on_end
+        .iter()
+        .enumerate()
+        .filter_map(|(index, handler)| handler.sign_with.as_ref().map(|name| (index, name)))
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let stored = app.store.list_credentials().await?;
+    for (index, name) in names {
+        if !stored.iter().any(|credential| &credential.name == name) {
+            return Err(ServiceError::invalid(
+                format!("on_end.{index}.sign_with"),
+                format!("the credential `{name}` is not set; set it first (PUT /api/v1/credentials/{name})"),
+            ));
         }
     }
     Ok(())

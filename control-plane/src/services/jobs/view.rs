@@ -4,7 +4,9 @@ use autopilot_proto::JobId;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::domain::rules::{Budget, Chain, Conditions, HookSubscription};
+use crate::domain::rules::{
+    Budget, Chain, Conditions, FileSubscription, HookSubscription, ResultHandler,
+};
 use crate::domain::schedule::{format_interval, Compiled};
 use crate::domain::{Job, JobKind, MisfirePolicy, OverlapPolicy, RunSettings, Schedule};
 
@@ -31,6 +33,12 @@ pub struct JobView {
     /// The Claude Code hook events it answers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_hook: Option<HookSubscription>,
+    /// Where each run's outcome is POSTed when it ends.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub on_end: Vec<ResultHandler>,
+    /// The files it watches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_file: Option<FileSubscription>,
     #[serde(skip_serializing_if = "Conditions::is_empty")]
     pub conditions: Conditions,
     #[serde(skip_serializing_if = "Budget::is_empty")]
@@ -88,6 +96,8 @@ impl From<&Job> for JobView {
             start,
             chain: job.rules.chain.clone(),
             on_hook: job.rules.on_hook.clone(),
+            on_end: job.rules.on_end.clone(),
+            on_file: job.rules.on_file.clone(),
             conditions: job.rules.conditions.clone(),
             budget: job.rules.budget.clone(),
             timezone: job.timezone.clone(),

@@ -88,6 +88,20 @@ pub async fn delete_credential(app: &App, name: &str) -> ServiceResult<()> {
     Ok(())
 }
 
+/// The value of credential `name`, opened for the control plane's own use (a result handler's
+/// signing key); never shown, never logged.
+pub(crate) async fn credential_value(app: &App, name: &str) -> ServiceResult<String> {
+    let stored = app.store.list_credentials().await?;
+    let names = [name.to_owned()];
+    let mut secrets = open_credentials(app, &stored, &names).map_err(ServiceError::Conflict)?;
+    app.store.mark_credentials_used(&names, Utc::now()).await?;
+    secrets.remove(name).ok_or_else(|| {
+        ServiceError::Conflict(format!(
+            "the credential `{name}` is not set; set it with set_credential"
+        ))
+    })
+}
+
 /// The values of the credentials `names`, opened from `stored` (the vault as read).
 pub(super) fn open_credentials(
     app: &App,

@@ -24,9 +24,10 @@
 //!   `dashboard.rs`; each also alone: `dashboard-render [EVENTS]`, `dashboard-live [LINES]`,
 //!   `dashboard-overview [JOBS RUNS]`).
 //!
-//! - `triggers`: fire lateness of 10,000 interval jobs, and a chain's hop from the parent's end
-//!   to the child's run (see `triggers.rs`; each also alone: `intervals [JOBS EVERY_SECS
-//!   SECONDS]`, `chain-hop [HOPS]`).
+//! - `triggers`: fire lateness of 10,000 interval jobs, a chain's hop from the parent's end to the
+//!   child's run, and a file change to its run's start (see `triggers.rs`; each also alone:
+//!   `intervals [JOBS EVERY_SECS SECONDS]`, `chain-hop [HOPS]`, `file-change [CHANGES
+//!   DEBOUNCE_MS]`).
 //!
 //! - `chaos`: failures injected under load, the table of RELIABILITY.md (see `chaos.rs`; not
 //!   part of `all`).
@@ -568,6 +569,9 @@ async fn main() -> anyhow::Result<()> {
     if matches!(which, "chain-hop" | "triggers" | "all") {
         rows.extend(triggers::chain_hop(number(1, 50) as usize).await?);
     }
+    if matches!(which, "file-change" | "triggers" | "all") {
+        rows.extend(triggers::file_change(number(1, 50) as usize, number(2, 100)).await?);
+    }
     anyhow::ensure!(
         !rows.is_empty(),
         "usage: bench [cron [JOBS SECONDS] | dispatch [SECONDS] | overhead [RUNS] | memory | \
@@ -575,7 +579,7 @@ async fn main() -> anyhow::Result<()> {
          tracing-cost [WEBHOOK_SECONDS PIPELINE_SECONDS] | docker-start [RUNS] | tools [RUNS] | fleet-pipeline [RATE SECONDS] | \
          fleet-dispatch [JOBS SECONDS] | fleet-failover [KILLS] | fleet-memory | fleet-webhooks [SECONDS] | \
          dashboard-render [EVENTS] | dashboard-live [LINES] | dashboard-overview [JOBS RUNS] | dashboard | \
-         intervals [JOBS EVERY_SECS SECONDS] | chain-hop [HOPS] | triggers | \
+         intervals [JOBS EVERY_SECS SECONDS] | chain-hop [HOPS] | file-change [CHANGES DEBOUNCE_MS] | triggers | \
          fleet | all | \
          chaos [SECONDS] [--write]]"
     );

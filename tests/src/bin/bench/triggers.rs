@@ -113,3 +113,76 @@ pub async fn chain_hop(hops: usize) -> anyhow::Result<Vec<Row>> {
         target: "p50 ≤ 20 ms".into(),
     }])
 }
+
+/// `changes` times: a new file in a watched directory (debounce `debounce_ms`), and the time from
+/// its write to the run's process start (the run's `started_at`) and to its creation.
+pub async fn file_change(changes: usize, debounce_ms: u64) -> anyhow::Result<Vec<Row>> {
+    let server = TestServer::builder().sqlite().start().await;
+    let inbox = tempfile::tempdir()?;
+    let job = server
+        .create_job(json!({
+            "name": "watcher", "command": "true",
+            "on_file": {
+                "paths": [format!("{}/*.txt", inbox.path().display())],
+                "events": ["create"], "debounce_ms": debounce_ms,
+            },
+        }))
+        .await;
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (mut to_start, mut to_created) = (Vec::new(), Vec::new());
+    for change in 1..=changes {
+        let written = chrono::Utc::now();
+        std::fs::write(inbox.path().join(format!("{change}.txt")), "x")?;
+        let runs = server
+            .wait_for_runs(&job_id, change, Duration::from_secs(30))
+            .await;
+        let newest = runs
+            .iter()
+            .max_by_key(|run| run["created_at"].as_str().unwrap_or_default().to_owned())
+            .expect("a run");
+        let newest = server
+            .wait_for_run(
+                newest["id"].as_str().unwrap(),
+                Duration::from_secs(30),
+                |run| run["started_at"].is_string(),
+            )
+            .await;
+        let time = |field: &str| {
+            newest[field]
+                .as_str()
+                .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+                .expect("a time")
+        };
+        let ms = |to: chrono::DateTime<chrono::Utc>| {
+            (to - written).num_microseconds().unwrap_or_default() as f64 / 1000.0
+        };
+        to_start.push(ms(time("started_at")));
+        to_created.push(ms(time("created_at")));
+        server
+            .wait_until_finished(newest["id"].as_str().unwrap(), Duration::from_secs(30))
+            .await;
+    }
+    server.stop().await?;
+    let (to_start, to_created) = (sorted(to_start), sorted(to_created));
+    let figure = |values: &[f64]| {
+        format!(
+            "p50 {:.0} ms, p95 {:.0} ms (p50 {:.0} ms past the debounce)",
+            percentile(values, 50.0),
+            percentile(values, 95.0),
+            percentile(values, 50.0) - debounce_ms as f64
+        )
+    };
+    Ok(vec![
+        Row {
+            name: format!("file change → run created, embedded, debounce {debounce_ms} ms ({changes} new files)"),
+            value: figure(&to_created),
+            target: String::new(),
+        },
+        Row {
+            name: format!("file change → run's process started, embedded, debounce {debounce_ms} ms ({changes} new files)"),
+            value: figure(&to_start),
+            target: "p50 ≤ 50 ms plus the debounce".into(),
+        },
+    ])
+}

@@ -1,0 +1,286 @@
+//! Result handlers: after a run of a job ends, its outcome is POSTed to each URL the job's
+//! `on_end` names, signed with HMAC-SHA256 when a vault credential is named, and retried with
+//! backoff. Started by the chainer, which reads every end once per replica; a `fire_keys` row per
+//! (run, handler), taken before the first attempt, makes one replica send it. What happened is
+//! recorded as a `result_handler` event of the run.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use crate::app::App;
+use crate::domain::rules::ResultHandler;
+use crate::domain::{Job, Run};
+use crate::services::tools;
+
+/// Attempts per handler: the first, then after 1, 2, 4, 8 and 16 s.
+const ATTEMPTS: u32 = 6;
+/// Each request's own time limit.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most of a run's result and error a body carries.
+const MAX_TEXT_BYTES: usize = 64 * 1024;
+/// The header that carries the signature.
+pub const SIGNATURE_HEADER: &str = "x-autopilot-signature";
+
+/// Sends `run`'s outcome to each of `job`'s handlers that takes its end, each on a task of its
+/// own.
+pub fn started(app: &Arc<App>, job: &Job, run: &Run) {
+    for (index, handler) in job.rules.on_end.iter().enumerate() {
+        if !handler.handles(run.status) {
+            continue;
+        }
+        let (app, handler, run) = (Arc::clone(app), handler.clone(), run.clone());
+        let job_id = job.id;
+        tokio::spawn(async move {
+            let key = format!("handler:{index}:{}", run.id);
+            match app.store.record_keyed_fire(job_id, &key, None).await {
+                Ok(true) => deliver(&app, index, &handler, &run).await,
+                Ok(false) => {} // another replica (or an earlier look) took it
+                Err(err) => {
+                    tracing::warn!(run.id = %run.id, error = %err, "could not claim a result handler");
+                }
+            }
+        });
+    }
+}
+
+/// What a handler is sent: the run's outcome.
+pub fn body(run: &Run) -> Value {
+    let cap = |text: &Option<String>| {
+        text.as_deref().map(|text| {
+            let mut end = text.len().min(MAX_TEXT_BYTES);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text[..end].to_owned()
+        })
+    };
+    json!({
+        "run_id": run.id,
+        "job_id": run.job_id,
+        "job": run.job_name,
+        "trigger": run.trigger.as_str(),
+        "status": run.status.as_str(),
+        "attempt": run.attempt,
+        "result": cap(&run.result),
+        "error": cap(&run.error),
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "tokens": {
+            "input": run.usage.input_tokens,
+            "output": run.usage.output_tokens,
+            "cache_read": run.usage.cache_read_tokens,
+            "cache_write": run.usage.cache_write_tokens,
+        },
+        "cost_usd": run.cost_usd,
+    })
+}
+
+/// `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`.
+pub fn signature(key: &[u8], unix_seconds: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(unix_seconds.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!(
+        "t={unix_seconds},v1={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
+}
+
+async fn deliver(app: &App, index: usize, handler: &ResultHandler, run: &Run) {
+    let outcome = send_with_retries(app, handler, run).await;
+    let host = reqwest::Url::parse(&handler.post)
+        .ok()
+        .and_then(|url| url.host_str().map(str::to_owned));
+    let mut data = json!({ "step": "result_handler", "handler": index, "host": host });
+    match &outcome {
+        Ok(attempts) => {
+            data["delivered"] = json!(true);
+            data["attempts"] = json!(attempts);
+            tracing::info!(run.id = %run.id, handler = index, attempts, "result handler delivered");
+        }
+        Err((attempts, why)) => {
+            data["delivered"] = json!(false);
+            data["attempts"] = json!(attempts);
+            data["error"] = json!(why);
+            tracing::warn!(run.id = %run.id, handler = index, attempts, error = %why, "result handler failed");
+            app.metrics.error("result_handler");
+        }
+    }
+    if let Err(err) = app.store.append_events(&[run.control_event(data)]).await {
+        tracing::warn!(run.id = %run.id, error = %err, "could not record a result handler's outcome");
+    }
+    app.notify_run(run.id);
+}
+
+/// Sends until the endpoint answers 2xx (then how many attempts it took) or the attempts run
+/// out; an answer that cannot change (a refused address, a missing key, a 4xx other than 408 and
+/// 429) ends it at once.
+async fn send_with_retries(
+    app: &App,
+    handler: &ResultHandler,
+    run: &Run,
+) -> Result<u32, (u32, String)> {
+    let body = serde_json::to_vec(&body(run)).unwrap_or_default();
+    let key = match &handler.sign_with {
+        Some(name) => Some(
+            tools::credential_value(app, name)
+                .await
+                .map_err(|err| (0, err.to_string()))?,
+        ),
+        None => None,
+    };
+    let url = reqwest::Url::parse(handler.post.trim()).map_err(|err| (0, err.to_string()))?;
+    let mut last_error = String::new();
+    for attempt in 1..=ATTEMPTS {
+        if attempt > 1 {
+            tokio::time::sleep(Duration::from_secs(1 << (attempt - 2))).await;
+        }
+        let client = match pinned_client(&url, handler.allow_private).await {
+            Ok(client) => client,
+            Err(PinError::Refused(why)) => return Err((attempt, why)),
+            Err(PinError::Unresolved(why)) => {
+                last_error = why;
+                continue;
+            }
+        };
+        let mut request = client
+            .post(url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("x-autopilot-run", run.id.to_string())
+            .body(body.clone());
+        if let Some(key) = &key {
+            request = request.header(
+                SIGNATURE_HEADER,
+                signature(key.as_bytes(), Utc::now().timestamp(), &body),
+            );
+        }
+        match request.send().await {
+            Ok(answer) if answer.status().is_success() => return Ok(attempt),
+            Ok(answer) => {
+                let status = answer.status().as_u16();
+                last_error = format!("the endpoint answered {status}");
+                if (400..500).contains(&status) && status != 408 && status != 429 {
+                    return Err((attempt, last_error));
+                }
+            }
+            Err(err) => last_error = format!("the request failed: {err}"),
+        }
+    }
+    Err((ATTEMPTS, last_error))
+}
+
+enum PinError {
+    /// The address may not be reached: nothing will change that.
+    Refused(String),
+    /// The name did not resolve: worth another try.
+    Unresolved(String),
+}
+
+/// A client that connects to exactly the addresses `url`'s host resolved to now, each checked
+/// to be public unless `allow_private`: a second DNS answer cannot swap in another.
+async fn pinned_client(
+    url: &reqwest::Url,
+    allow_private: bool,
+) -> Result<reqwest::Client, PinError> {
+    let host = url
+        .host_str()
+        .ok_or_else(|| PinError::Refused("the URL has no host".to_owned()))?;
+    let port = url.port_or_known_default().unwrap_or(443);
+    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+        .await
+        .map_err(|err| PinError::Unresolved(format!("{host} did not resolve: {err}")))?
+        .collect();
+    if addresses.is_empty() {
+        return Err(PinError::Unresolved(format!("{host} has no address")));
+    }
+    if !allow_private {
+        if let Some(address) = addresses.iter().find(|address| !is_public(address.ip())) {
+            return Err(PinError::Refused(format!(
+                "{host} is at {}, which is not a public address; set `allow_private` for an \
+                 internal endpoint",
+                address.ip()
+            )));
+        }
+    }
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve_to_addrs(host, &addresses)
+        .build()
+        .map_err(|err| PinError::Refused(err.to_string()))
+}
+
+/// Whether an address is on the public internet (not loopback, private, link-local, shared,
+/// documentation, multicast or unspecified).
+fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (b == 18 || b == 19))
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && v6.segments()[1] == 0x0db8)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["1.1.1.1", "8.8.8.8", "2606:4700::1111"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn signatures_cover_the_time_and_the_body() {
+        let one = signature(b"key", 1_700_000_000, b"{}");
+        assert!(one.starts_with("t=1700000000,v1="), "{one}");
+        assert_ne!(one, signature(b"key", 1_700_000_001, b"{}"));
+        assert_ne!(one, signature(b"key", 1_700_000_000, b"{ }"));
+        assert_ne!(one, signature(b"other", 1_700_000_000, b"{}"));
+    }
+}

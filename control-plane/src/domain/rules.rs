@@ -209,6 +209,11 @@ pub struct Budget {
     /// US dollars a calendar month (in the job's time zone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monthly_usd: Option<f64>,
+    /// Where to POST an alert when the spend of a day or a month reaches 80 % and 100 % of its
+    /// ceiling (once each per period): `{ "post": URL, "sign_with": credential,
+    /// "allow_private": false }`, sent like a result handler's outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<ResultHandler>,
 }
 
 impl Budget {
@@ -224,6 +229,25 @@ impl Budget {
             if ceiling.is_some_and(|usd| !(usd.is_finite() && usd > 0.0)) {
                 return Err((field, "must be a positive number of US dollars".to_owned()));
             }
+        }
+        if let Some(alert) = &self.alert {
+            if self.daily_usd.is_none() && self.monthly_usd.is_none() {
+                return Err((
+                    "budget.alert",
+                    "an alert needs `daily_usd` or `monthly_usd`".to_owned(),
+                ));
+            }
+            alert
+                .validate_at("budget.alert")
+                .map_err(|(field, message)| {
+                    // The field names of a budget are static; say which part of the alert.
+                    let part = if field.ends_with("sign_with") {
+                        "budget.alert.sign_with"
+                    } else {
+                        "budget.alert.post"
+                    };
+                    (part, message)
+                })?;
         }
         Ok(())
     }
@@ -474,7 +498,12 @@ impl ResultHandler {
     }
 
     pub fn validate(&self, index: usize) -> Result<(), (String, String)> {
-        let field = |name: &str| format!("on_end.{index}.{name}");
+        self.validate_at(&format!("on_end.{index}"))
+    }
+
+    /// Checks it as the field `prefix` of the input.
+    pub fn validate_at(&self, prefix: &str) -> Result<(), (String, String)> {
+        let field = |name: &str| format!("{prefix}.{name}");
         let url = reqwest::Url::parse(self.post.trim()).map_err(|err| {
             (
                 field("post"),
@@ -717,6 +746,7 @@ mod tests {
         let negative = Budget {
             daily_usd: Some(-1.0),
             monthly_usd: None,
+            alert: None,
         };
         assert_eq!(negative.validate().unwrap_err().0, "budget.daily_usd");
     }

@@ -45,7 +45,7 @@ impl Followers {
         let mut of: HashMap<JobId, Vec<Job>> = HashMap::new();
         let mut handled = HashMap::new();
         for job in jobs::all(app).await? {
-            if !job.rules.on_end.is_empty() {
+            if !job.rules.on_end.is_empty() || job.rules.budget.alert.is_some() {
                 handled.insert(job.id, job.clone());
             }
             if let Some(chain) = job.rules.chain.clone().filter(|_| job.enabled) {
@@ -119,6 +119,7 @@ async fn step(
             }
             if let Some(job) = parent.job_id.and_then(|id| followers.handled.get(&id)) {
                 result_handlers::started(app, job, parent);
+                result_handlers::check_budget(app, job, parent);
             }
             let children = parent
                 .job_id

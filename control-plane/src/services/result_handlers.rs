@@ -2,7 +2,7 @@
 //! `on_end` names, signed with HMAC-SHA256 when a vault credential is named, and retried with
 //! backoff. Started by the chainer, which reads every end once per replica; a `fire_keys` row per
 //! (run, handler), taken before the first attempt, makes one replica send it. What happened is
-//! recorded as a `result_handler` event of the run.
+//! recorded as a `result_handler` event of the run. A job's budget alert goes out the same way.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use sha2::Sha256;
 use crate::app::App;
 use crate::domain::rules::ResultHandler;
 use crate::domain::{Job, Run};
-use crate::services::tools;
+use crate::services::{rules, tools};
 
 /// Attempts per handler: the first, then after 1, 2, 4, 8 and 16 s.
 const ATTEMPTS: u32 = 6;
@@ -47,6 +47,69 @@ pub fn started(app: &Arc<App>, job: &Job, run: &Run) {
             }
         });
     }
+}
+
+/// After a run of `job` ended: when the spend of its day or month reached 80 % or 100 % of the
+/// budget's ceiling for the first time in that period, the budget's alert is sent (once per
+/// period and threshold, whichever replica sees it first).
+pub fn check_budget(app: &Arc<App>, job: &Job, run: &Run) {
+    let Some(alert) = job.rules.budget.alert.clone() else {
+        return;
+    };
+    let (app, job, run) = (Arc::clone(app), job.clone(), run.clone());
+    tokio::spawn(async move {
+        let now = Utc::now();
+        let tz: chrono_tz::Tz = job.timezone.parse().unwrap_or(chrono_tz::Tz::UTC);
+        let budget = &job.rules.budget;
+        for (period, ceiling, since) in [
+            ("daily", budget.daily_usd, rules::start_of_day(now, tz)),
+            (
+                "monthly",
+                budget.monthly_usd,
+                rules::start_of_month(now, tz),
+            ),
+        ] {
+            let Some(ceiling) = ceiling else { continue };
+            let spent = match app.store.job_spend_since(Some(job.id), since).await {
+                Ok(spent) => spent,
+                Err(err) => {
+                    tracing::warn!(job.id = %job.id, error = %err, "could not read a job's spend for its budget alert");
+                    return;
+                }
+            };
+            for percent in [80u32, 100] {
+                if spent < ceiling * f64::from(percent) / 100.0 {
+                    continue;
+                }
+                let key = format!("budget:{period}:{}:{percent}", since.timestamp_millis());
+                if !matches!(
+                    app.store.record_keyed_fire(job.id, &key, None).await,
+                    Ok(true)
+                ) {
+                    continue; // sent already this period (or the store cannot say: not now)
+                }
+                let body = json!({
+                    "alert": "budget",
+                    "job": job.name,
+                    "job_id": job.id,
+                    "period": period,
+                    "period_start": since,
+                    "threshold_percent": percent,
+                    "ceiling_usd": ceiling,
+                    "spent_usd": spent,
+                    "run_id": run.id,
+                });
+                tracing::warn!(job.id = %job.id, period, percent, spent_usd = spent, ceiling_usd = ceiling, "budget threshold reached");
+                let bytes = serde_json::to_vec(&body).unwrap_or_default();
+                if let Err((attempts, why)) =
+                    send_with_retries(&app, &alert, &bytes, &run.id.to_string()).await
+                {
+                    tracing::warn!(job.id = %job.id, attempts, error = %why, "the budget alert could not be sent");
+                    app.metrics.error("budget_alert");
+                }
+            }
+        }
+    });
 }
 
 /// What a handler is sent: the run's outcome.
@@ -94,7 +157,8 @@ pub fn signature(key: &[u8], unix_seconds: i64, body: &[u8]) -> String {
 }
 
 async fn deliver(app: &App, index: usize, handler: &ResultHandler, run: &Run) {
-    let outcome = send_with_retries(app, handler, run).await;
+    let body = serde_json::to_vec(&body(run)).unwrap_or_default();
+    let outcome = send_with_retries(app, handler, &body, &run.id.to_string()).await;
     let host = reqwest::Url::parse(&handler.post)
         .ok()
         .and_then(|url| url.host_str().map(str::to_owned));
@@ -125,9 +189,9 @@ async fn deliver(app: &App, index: usize, handler: &ResultHandler, run: &Run) {
 async fn send_with_retries(
     app: &App,
     handler: &ResultHandler,
-    run: &Run,
+    body: &[u8],
+    run_id: &str,
 ) -> Result<u32, (u32, String)> {
-    let body = serde_json::to_vec(&body(run)).unwrap_or_default();
     let key = match &handler.sign_with {
         Some(name) => Some(
             tools::credential_value(app, name)
@@ -153,12 +217,12 @@ async fn send_with_retries(
         let mut request = client
             .post(url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("x-autopilot-run", run.id.to_string())
-            .body(body.clone());
+            .header("x-autopilot-run", run_id)
+            .body(body.to_vec());
         if let Some(key) = &key {
             request = request.header(
                 SIGNATURE_HEADER,
-                signature(key.as_bytes(), Utc::now().timestamp(), &body),
+                signature(key.as_bytes(), Utc::now().timestamp(), body),
             );
         }
         match request.send().await {

@@ -132,7 +132,7 @@ fn start_of_week(now: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
     local_midnight(monday, tz)
 }
 
-fn start_of_month(now: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
+pub(crate) fn start_of_month(now: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
     let today = now.with_timezone(&tz).date_naive();
     local_midnight(today.with_day(1).unwrap_or(today), tz)
 }

@@ -95,6 +95,7 @@ pub(crate) fn job(name: &str) -> Job {
             budget: autopilot_control_plane::domain::rules::Budget {
                 daily_usd: Some(1.5),
                 monthly_usd: None,
+                alert: None,
             },
         },
         misfire_policy: MisfirePolicy::RunAll,

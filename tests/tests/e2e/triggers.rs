@@ -339,10 +339,11 @@ async fn a_budget_reached_refuses_new_runs_with_the_reason() {
         return;
     };
     fake.set_default(Reply::text("done"));
+    let (alert_url, alerts) = handler_endpoint().await;
     let job = server
         .create_job(json!({
             "name": "spender", "prompt": "Spend a little.",
-            "budget": { "daily_usd": 0.000001 },
+            "budget": { "daily_usd": 0.000001, "alert": { "post": alert_url, "allow_private": true } },
         }))
         .await;
     assert_eq!(job["budget"]["daily_usd"], 0.000001);
@@ -378,6 +379,32 @@ async fn a_budget_reached_refuses_new_runs_with_the_reason() {
             .unwrap()
             .contains("daily budget"),
         "{skips:#?}"
+    );
+    // The alert went out at 80 % and at 100 % of the day's ceiling, once each (the endpoint's
+    // first answer was a 500, so one of them was sent twice).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let thresholds = loop {
+        let received = alerts.lock().unwrap().clone();
+        let mut thresholds: Vec<u64> = received
+            .iter()
+            .skip(1)
+            .map(|(_, body)| {
+                serde_json::from_slice::<Value>(body).unwrap()["threshold_percent"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        thresholds.sort();
+        if thresholds.len() >= 2 || tokio::time::Instant::now() > deadline {
+            break thresholds;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(thresholds, [80, 100]);
+    let first: Value = serde_json::from_slice(&alerts.lock().unwrap()[1].1).unwrap();
+    assert_eq!(
+        (first["alert"].as_str(), first["period"].as_str()),
+        (Some("budget"), Some("daily"))
     );
 }
 
@@ -862,4 +889,37 @@ async fn a_watched_file_change_starts_one_run_with_the_file() {
         2,
         "one run per settled change"
     );
+}
+
+#[tokio::test]
+async fn a_webhook_job_prompt_uses_the_run_values_and_not_the_payload_as_a_template() {
+    let Some((server, fake)) = crate::claude::start().await else {
+        return;
+    };
+    fake.set_default(Reply::text("triaged"));
+    server
+        .create_job(json!({ "name": "triager", "prompt": "Triage for {{ job.name }} ({{ trigger }}, run {{ run.id }})." }))
+        .await;
+    let hook = server
+        .create_webhook(
+            json!({ "name": "issues", "job": "triager", "signature": { "scheme": "none" } }),
+        )
+        .await;
+    // A payload that looks like a template stays data.
+    let run_id = server
+        .deliver_json(
+            hook["url"].as_str().unwrap(),
+            &json!({ "title": "{{ job.name }} is broken" }),
+        )
+        .await;
+    let run = server
+        .wait_until_finished(&run_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(run["status"], "succeeded", "{run:#}");
+    let prompt = run["settings"]["prompt"].as_str().unwrap();
+    assert!(
+        prompt.contains(&format!("Triage for triager (webhook, run {run_id}).")),
+        "{prompt}"
+    );
+    assert!(prompt.contains("{{ job.name }} is broken"), "{prompt}");
 }

@@ -109,23 +109,36 @@ async fn resolve_parents(app: &App, input: &mut JobInput) -> ServiceResult<()> {
     Ok(())
 }
 
-/// Refuses result handlers that sign with a credential the vault does not hold.
+/// Refuses result handlers (and a budget alert) that sign with a credential the vault does not
+/// hold.
 async fn check_handlers(app: &App, job: &Job) -> ServiceResult<()> {
-    let names: Vec<(usize, &String)> = job
+    let mut names: Vec<(String, &String)> = job
         .rules
         .on_end
         .iter()
         .enumerate()
-        .filter_map(|(index, handler)| handler.sign_with.as_ref().map(|name| (index, name)))
+        .filter_map(|(index, handler)| {
+            let name = handler.sign_with.as_ref()?;
+            Some((format!("on_end.{index}.sign_with"), name))
+        })
         .collect();
+    if let Some(name) = job
+        .rules
+        .budget
+        .alert
+        .as_ref()
+        .and_then(|a| a.sign_with.as_ref())
+    {
+        names.push(("budget.alert.sign_with".to_owned(), name));
+    }
     if names.is_empty() {
         return Ok(());
     }
     let stored = app.store.list_credentials().await?;
-    for (index, name) in names {
+    for (field, name) in names {
         if !stored.iter().any(|credential| &credential.name == name) {
             return Err(ServiceError::invalid(
-                format!("on_end.{index}.sign_with"),
+                field,
                 format!("the credential `{name}` is not set; set it first (PUT /api/v1/credentials/{name})"),
             ));
         }

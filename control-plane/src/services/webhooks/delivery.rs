@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::app::App;
 use crate::domain::limits::{MAX_PROMPT_BYTES, MAX_STORED_BODY_BYTES};
+use crate::domain::rules::fill_prompt;
 use crate::domain::run::RunConcurrency;
 use crate::domain::signature::{self, Scheme, SignatureError};
 use crate::domain::template::{RenderError, RenderInput, Template};
@@ -239,9 +240,19 @@ pub fn build_delivery(
             })
     };
     let header = notice(webhook, received.delivery_id.as_deref());
+    // The run's id is drawn first: a job's own prompt may name it (`{{ run.id }}`).
+    let run_id = RunId::new();
     let mut settings = match &live.job {
         Some(job) => {
             let mut settings = job.run_snapshot();
+            if matches!(settings.kind, RunKind::Claude(_)) {
+                // The job's prompt may use the run's values (`{{ date }}`, `{{ job.name }}` …);
+                // the delivery's data is added after, never read as a template.
+                let mut filled = Run::queued(Trigger::Webhook, Some(job), settings, None);
+                (filled.id, filled.created_at) = (run_id, now);
+                fill_prompt(&mut filled, job, Value::Null);
+                settings = filled.settings;
+            }
             match &mut settings.kind {
                 RunKind::Claude(claude) => {
                     let data = match &live.template {
@@ -339,6 +350,7 @@ pub fn build_delivery(
         .as_ref()
         .is_some_and(|concurrency| !concurrency.newest_wins);
     let mut run = Run::queued(Trigger::Webhook, live.job.as_ref(), settings, None);
+    run.id = run_id;
     run.created_at = now;
     run.webhook_id = Some(webhook.id);
     run.delivery_id = received.delivery_id.clone();

@@ -923,3 +923,77 @@ async fn a_webhook_job_prompt_uses_the_run_values_and_not_the_payload_as_a_templ
     );
     assert!(prompt.contains("{{ job.name }} is broken"), "{prompt}");
 }
+
+#[tokio::test]
+async fn the_dashboard_editor_sets_intervals_and_rules() {
+    let server = TestServer::builder().start().await;
+    let browser =
+        autopilot_tests::dashboard::DashboardClient::signed_in(&server.api.base_url).await;
+    let form = |rules: &'static str| {
+        vec![
+            ("name", "paced"),
+            ("kind", "shell"),
+            ("text", "true"),
+            ("when", "every"),
+            ("every", "15m"),
+            ("timezone", "UTC"),
+            ("enabled", "true"),
+            ("misfire_policy", "run_once"),
+            ("misfire_cap", "10"),
+            ("overlap_policy", "skip"),
+            ("timeout_secs", "600"),
+            ("pool", "default"),
+            ("rules", rules),
+        ]
+    };
+    let created = browser
+        .post(
+            "/jobs/new",
+            &form(r#"{ "conditions": { "max_runs_per_day": 3 }, "budget": { "daily_usd": 2 } }"#),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::SEE_OTHER, "{}", created.body);
+    let job = &server.get("/api/v1/jobs").await["jobs"][0];
+    assert_eq!(job["every"], "15m");
+    assert_eq!(job["conditions"]["max_runs_per_day"], 3);
+    assert_eq!(job["budget"]["daily_usd"], 2.0);
+    let job_id = id(job).to_owned();
+    let editor = browser.get(&format!("/jobs/{job_id}/edit")).await;
+    assert!(
+        editor.body.contains("max_runs_per_day") && editor.body.contains(r#"value="15m""#),
+        "{}",
+        editor.body
+    );
+    let refused = browser
+        .post(&format!("/jobs/{job_id}/edit"), &form("{ not json"))
+        .await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        refused.body.contains(r#"data-field="rules""#),
+        "{}",
+        refused.body
+    );
+    let refused = browser
+        .post(
+            &format!("/jobs/{job_id}/edit"),
+            &form(r#"{ "schedule": "x" }"#),
+        )
+        .await;
+    assert!(
+        refused.body.contains("is not one of after"),
+        "{}",
+        refused.body
+    );
+    // An edit keeps the interval's beat, and an emptied rules text takes the rules away.
+    let saved = browser
+        .post(&format!("/jobs/{job_id}/edit"), &form(""))
+        .await;
+    assert_eq!(saved.status, StatusCode::SEE_OTHER, "{}", saved.body);
+    let after = server.get(&format!("/api/v1/jobs/{job_id}")).await;
+    assert_eq!(after["every"], "15m");
+    assert_eq!(after["start"], job["start"]);
+    assert!(
+        after.get("conditions").is_none() && after.get("budget").is_none(),
+        "{after:#}"
+    );
+}

@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 
 use crate::dashboard::fields::Fields;
 use crate::dashboard::format::wire_name;
+use crate::domain::input::InputError;
 use crate::domain::tools::ToolGrant;
 use crate::domain::Run;
 use crate::services::jobs::JobView;
@@ -40,6 +41,9 @@ pub(super) struct JobForm {
     /// An interval (`15m`) and when its beat starts (RFC 3339, blank: from now).
     pub(super) every: String,
     pub(super) start: String,
+    /// The job's chain, hook events, result handlers, file watch, conditions and budget, as the
+    /// API's JSON (see [`RULE_KEYS`]).
+    pub(super) rules: String,
     pub(super) timezone: String,
     pub(super) enabled: bool,
     pub(super) misfire_policy: String,
@@ -132,6 +136,7 @@ impl JobForm {
             at: job.at.map(|at| at.to_rfc3339()).unwrap_or_default(),
             every: job.every.clone().unwrap_or_default(),
             start: job.start.map(|at| at.to_rfc3339()).unwrap_or_default(),
+            rules: rules_text(job),
             timezone: job.timezone.clone(),
             enabled: job.enabled,
             misfire_policy: job.misfire_policy.as_str().into(),
@@ -184,6 +189,7 @@ impl JobForm {
             at: text("at"),
             every: text("every"),
             start: text("start"),
+            rules: text("rules"),
             timezone: text("timezone"),
             enabled: form.checked("enabled"),
             misfire_policy: text("misfire_policy"),
@@ -224,8 +230,9 @@ impl JobForm {
     /// editor is checked exactly like the API. Blank optional fields are `null` on edit. A server
     /// still granted keeps the tool lists (`allow`, `deny`) of its grant in `kept`, which the
     /// editor does not show.
-    pub(super) fn to_json(&self, editing: bool, kept: &[ToolGrant]) -> Value {
+    pub(super) fn to_json(&self, editing: bool, kept: &[ToolGrant]) -> Result<Value, InputError> {
         let mut job = Map::new();
+        self.add_rules(editing, &mut job)?;
         let blank = |value: &str| value.trim().is_empty();
         let text_or_null = |value: &str| {
             if blank(value) {
@@ -371,7 +378,83 @@ impl JobForm {
         if !sandbox.is_empty() {
             job.insert("sandbox".into(), Value::Object(sandbox));
         }
-        Value::Object(job)
+        Ok(Value::Object(job))
+    }
+
+    /// The rules text's keys into `job`. On edit a key left out is `null`: taken away.
+    fn add_rules(&self, editing: bool, job: &mut Map<String, Value>) -> Result<(), InputError> {
+        let invalid = |message: String| InputError::Invalid {
+            field: "rules".to_owned(),
+            message: format!("rules: {message}"),
+        };
+        let text = self.rules.trim();
+        let rules = match text {
+            "" => Map::new(),
+            text => match serde_json::from_str::<Value>(text) {
+                Ok(Value::Object(rules)) => rules,
+                Ok(_) => {
+                    return Err(invalid(format!(
+                        "write a JSON object with any of {}",
+                        RULE_KEYS.join(", ")
+                    )))
+                }
+                Err(err) => return Err(invalid(format!("not JSON ({err})"))),
+            },
+        };
+        if let Some(unknown) = rules.keys().find(|key| !RULE_KEYS.contains(&key.as_str())) {
+            return Err(invalid(format!(
+                "`{unknown}` is not one of {}",
+                RULE_KEYS.join(", ")
+            )));
+        }
+        for key in RULE_KEYS {
+            match rules.get(key) {
+                Some(value) => {
+                    job.insert(key.to_owned(), value.clone());
+                }
+                None if editing => {
+                    job.insert(key.to_owned(), Value::Null);
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the rules text holds, named as the API's fields.
+pub(super) const RULE_KEYS: [&str; 6] = [
+    "after",
+    "on_hook",
+    "on_end",
+    "on_file",
+    "conditions",
+    "budget",
+];
+
+/// A job's rules as the editor shows them: the API's input shape, empty when there are none.
+fn rules_text(job: &JobView) -> String {
+    let mut rules = Map::new();
+    if let Some(chain) = &job.chain {
+        rules.insert(
+            "after".into(),
+            json!({ "jobs": chain.after, "on": chain.on, "require_all": chain.require_all }),
+        );
+    }
+    let mut put = |key: &str, value: Value| {
+        if !value.is_null() && value != json!([]) && value != json!({}) {
+            rules.insert(key.to_owned(), value);
+        }
+    };
+    put("on_hook", json!(job.on_hook));
+    put("on_end", json!(job.on_end));
+    put("on_file", json!(job.on_file));
+    put("conditions", json!(job.conditions));
+    put("budget", json!(job.budget));
+    if rules.is_empty() {
+        String::new()
+    } else {
+        serde_json::to_string_pretty(&Value::Object(rules)).unwrap_or_default()
     }
 }
 

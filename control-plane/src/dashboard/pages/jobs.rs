@@ -387,7 +387,7 @@ pub async fn create(
 ) -> PageResult<Response> {
     authorize(&operator, Action::EditJobs)?;
     let form = JobForm::from_fields(&fields, None);
-    let input: Result<JobInput, InputError> = from_value(form.to_json(false, &[]));
+    let input: Result<JobInput, InputError> = form.to_json(false, &[]).and_then(from_value);
     let created = match input {
         Ok(input) => jobs::create(&dashboard.app, input)
             .await
@@ -411,7 +411,9 @@ pub async fn update(
     authorize(&operator, Action::EditJobs)?;
     let job = jobs::find(&dashboard.app, &id).await?;
     let form = JobForm::from_fields(&fields, Some(job.kind.as_str()));
-    let patch: Result<JobPatch, InputError> = from_value(form.to_json(true, &job.settings.servers));
+    let patch: Result<JobPatch, InputError> = form
+        .to_json(true, &job.settings.servers)
+        .and_then(from_value);
     let updated = match patch {
         Ok(patch) => jobs::update(&dashboard.app, job.id, patch)
             .await

@@ -83,6 +83,36 @@ pub enum Schedule {
     None,
 }
 
+/// A schedule as clients write it: one of `schedule` (cron), `at`, or `every` with `start`.
+#[derive(Clone, PartialEq, Debug, Default)]
+pub struct ScheduleFields {
+    pub cron: Option<String>,
+    pub at: Option<DateTime<Utc>>,
+    pub every: Option<String>,
+    pub start: Option<DateTime<Utc>>,
+}
+
+impl Schedule {
+    pub fn fields(&self) -> ScheduleFields {
+        match self {
+            Schedule::Cron(expr) => ScheduleFields {
+                cron: Some(expr.clone()),
+                ..ScheduleFields::default()
+            },
+            Schedule::At(at) => ScheduleFields {
+                at: Some(*at),
+                ..ScheduleFields::default()
+            },
+            Schedule::Every { every_secs, start } => ScheduleFields {
+                every: Some(super::schedule::format_interval(*every_secs)),
+                start: Some(*start),
+                ..ScheduleFields::default()
+            },
+            Schedule::None => ScheduleFields::default(),
+        }
+    }
+}
+
 #[derive(Clone, PartialEq, Debug)]
 pub struct Job {
     pub id: JobId,

@@ -15,7 +15,12 @@ fn millis(time: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
     Utc.timestamp_millis_opt(time.timestamp_millis()).unwrap()
 }
 
-fn shell_run(trigger: Trigger, created_days_ago: i64, cost: Option<f64>, model: &str) -> Run {
+pub(crate) fn shell_run(
+    trigger: Trigger,
+    created_days_ago: i64,
+    cost: Option<f64>,
+    model: &str,
+) -> Run {
     let snapshot = RunSnapshot {
         kind: RunKind::Shell {
             command: "true".into(),

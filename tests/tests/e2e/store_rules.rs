@@ -3,10 +3,9 @@
 
 use std::sync::Arc;
 
-use autopilot_control_plane::domain::settings::RetryPolicy;
-use autopilot_control_plane::domain::{OverlapPolicy, Run, RunSnapshot};
+use autopilot_control_plane::domain::Run;
 use autopilot_control_plane::store::{connect, Store};
-use autopilot_proto::{JobId, RunKind, RunStatus, Trigger};
+use autopilot_proto::{JobId, RunStatus, Trigger};
 use autopilot_tests::components;
 use chrono::{Duration, TimeZone, Utc};
 
@@ -14,26 +13,9 @@ fn millis(time: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
     Utc.timestamp_millis_opt(time.timestamp_millis()).unwrap()
 }
 
+/// A shell run made by a chain, now.
 fn run() -> Run {
-    let snapshot = RunSnapshot {
-        kind: RunKind::Shell {
-            command: "true".into(),
-            stdin: None,
-        },
-        timeout_secs: 60,
-        workspace: "w".into(),
-        retry: RetryPolicy::NONE,
-        pool: "default".into(),
-        overlap: OverlapPolicy::Allow,
-        sandbox: None,
-        grants: Vec::new(),
-        bundles: Vec::new(),
-        image: None,
-        concurrency: None,
-    };
-    let mut run = Run::queued(Trigger::Chain, None, snapshot, None);
-    run.created_at = millis(run.created_at);
-    run
+    crate::store_dashboard::shell_run(Trigger::Chain, 0, None, "")
 }
 
 async fn conformance(store: Arc<dyn Store>) {

@@ -8,12 +8,13 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::domain::input::{flattened, nullable, validate_name};
+use crate::domain::job::ScheduleFields;
 use crate::domain::limits::MAX_PROMPT_BYTES;
 use crate::domain::rules::{
     check_prompt_values, Budget, Chain, ChainOn, Conditions, FileSubscription, HookSubscription,
     JobRules, ResultHandler, MAX_CHAIN_PARENTS, MAX_RESULT_HANDLERS,
 };
-use crate::domain::schedule::{format_interval, parse_cron, parse_interval, parse_timezone};
+use crate::domain::schedule::{parse_cron, parse_interval, parse_timezone};
 use crate::domain::{
     Job, JobKind, MisfirePolicy, OverlapPolicy, RetryPolicy, RunSettingsInput, RunSettingsPatch,
     Schedule, ServiceError, ServiceResult,
@@ -398,19 +399,12 @@ fn validate_rules(
 
 /// The input that describes `job` with `patch` applied, so it can be checked as a whole.
 pub(crate) fn apply(job: &Job, patch: JobPatch) -> JobInput {
-    let (mut schedule, mut at, mut every, mut start) = (None, None, None, None);
-    match &job.schedule {
-        Schedule::Cron(expr) => schedule = Some(expr.clone()),
-        Schedule::At(time) => at = Some(*time),
-        Schedule::Every {
-            every_secs,
-            start: anchor,
-        } => {
-            every = Some(format_interval(*every_secs));
-            start = Some(*anchor);
-        }
-        Schedule::None => {}
-    }
+    let ScheduleFields {
+        cron: schedule,
+        at,
+        every,
+        start,
+    } = job.schedule.fields();
     let (prompt, command) = match job.kind {
         JobKind::Claude => (Some(job.prompt.clone()), None),
         JobKind::Shell => (None, Some(job.prompt.clone())),

@@ -4,11 +4,12 @@ use autopilot_proto::JobId;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::domain::job::ScheduleFields;
 use crate::domain::rules::{
     Budget, Chain, Conditions, FileSubscription, HookSubscription, ResultHandler,
 };
-use crate::domain::schedule::{format_interval, Compiled};
-use crate::domain::{Job, JobKind, MisfirePolicy, OverlapPolicy, RunSettings, Schedule};
+use crate::domain::schedule::Compiled;
+use crate::domain::{Job, JobKind, MisfirePolicy, OverlapPolicy, RunSettings};
 
 #[derive(Serialize, Debug, Clone)]
 pub struct JobView {
@@ -59,19 +60,12 @@ pub struct JobView {
 
 impl From<&Job> for JobView {
     fn from(job: &Job) -> Self {
-        let (mut schedule, mut at, mut every, mut start) = (None, None, None, None);
-        match &job.schedule {
-            Schedule::Cron(expr) => schedule = Some(expr.clone()),
-            Schedule::At(time) => at = Some(*time),
-            Schedule::Every {
-                every_secs,
-                start: anchor,
-            } => {
-                every = Some(format_interval(*every_secs));
-                start = Some(*anchor);
-            }
-            Schedule::None => {}
-        }
+        let ScheduleFields {
+            cron: schedule,
+            at,
+            every,
+            start,
+        } = job.schedule.fields();
         let next_fire_at = if job.enabled {
             Compiled::new(&job.schedule, &job.timezone)
                 .ok()

@@ -213,6 +213,22 @@ pub const FIRES_IN_WINDOW: &str = "SELECT r.scheduled_for_ms, r.created_at_ms, \
 /// A row of [`FIRES_IN_WINDOW`].
 pub type FireRow = (i64, i64, Option<i64>, String);
 
+/// The fires of an embedded (SQLite) server due between `start` and `end` (ms).
+pub async fn fires_in_window(
+    server: &TestServer,
+    start: i64,
+    end: i64,
+) -> anyhow::Result<Vec<FireRow>> {
+    let database = server.data_dir.path().join("autopilot.db");
+    let mut db =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", database.display())).await?;
+    Ok(sqlx::query_as(FIRES_IN_WINDOW)
+        .bind(start)
+        .bind(end)
+        .fetch_all(&mut db)
+        .await?)
+}
+
 /// N per-second shell jobs (`true`) for S seconds on the embedded default.
 async fn cron(jobs: usize, seconds: u64) -> anyhow::Result<Vec<Row>> {
     // Enough worker slots that no fire waits for one: this measures dispatch, not queueing. On
@@ -248,14 +264,7 @@ async fn cron(jobs: usize, seconds: u64) -> anyhow::Result<Vec<Row>> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let database = server.data_dir.path().join("autopilot.db");
-    let mut db =
-        sqlx::SqliteConnection::connect(&format!("sqlite://{}", database.display())).await?;
-    let rows: Vec<FireRow> = sqlx::query_as(FIRES_IN_WINDOW)
-        .bind(window_start)
-        .bind(window_end)
-        .fetch_all(&mut db)
-        .await?;
+    let rows = fires_in_window(&server, window_start, window_end).await?;
     let failed = rows.iter().filter(|row| row.3 != "succeeded").count();
     let lateness = sorted(
         rows.iter()

@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use autopilot_tests::harness::TestServer;
 use serde_json::json;
-use sqlx::Connection;
 
-use crate::{percentile, sorted, FireRow, Row, FIRES_IN_WINDOW};
+use crate::{fires_in_window, percentile, sorted, Row};
 
 /// `jobs` shell jobs (`true`) firing every `every_secs`, their beats spread evenly over the
 /// interval, measured for `seconds` once all exist.
@@ -29,14 +28,7 @@ pub async fn intervals(jobs: usize, every_secs: u64, seconds: u64) -> anyhow::Re
     let window_start = chrono::Utc::now().timestamp_millis() + 1000;
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let window_end = chrono::Utc::now().timestamp_millis();
-    let database = server.data_dir.path().join("autopilot.db");
-    let mut db =
-        sqlx::SqliteConnection::connect(&format!("sqlite://{}", database.display())).await?;
-    let rows: Vec<FireRow> = sqlx::query_as(FIRES_IN_WINDOW)
-        .bind(window_start)
-        .bind(window_end)
-        .fetch_all(&mut db)
-        .await?;
+    let rows = fires_in_window(&server, window_start, window_end).await?;
     let lateness = sorted(
         rows.iter()
             .map(|(due, created, _, _)| (created - due) as f64)

@@ -563,6 +563,11 @@ async fn claude_code_hook_events_start_the_jobs_that_answer_them() {
         }))
         .await;
 
+    // A hook token opens nothing else.
+    let (status, _) = server
+        .call_with_token(Method::GET, "/api/v1/jobs", None, Some(&secret))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     // The intake wants a hook token: not the admin token, not a made-up one.
     let client = reqwest::Client::new();
     let intake = format!("{}/hook-events", server.api.base_url);

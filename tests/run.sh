@@ -217,7 +217,7 @@ echo "=== pass 2 of 2: API, dashboard, MCP (with the conformance suite), metrics
 # filters also pick a few unit tests of the control plane's modules of the same names, which
 # take milliseconds. Names match by substring: `webhooks::` would also take the store's own
 # webhook tests (`store_webhooks::`), which start no server.
-AUTOPILOT_TEST_STORE=sqlite cargo test --workspace -- tools:: dashboard:: triggers:: \
+AUTOPILOT_TEST_STORE=sqlite cargo test --workspace -- tools:: dashboard:: triggers:: http_jobs:: \
   api:: mcp:: mcp_clients:: conformance:: metrics:: webhooks:: oauth:: --skip store_webhooks::
 echo "=== pass 2 (SQLite) took $((SECONDS - pass_start)) s ==="
 

@@ -5,6 +5,7 @@
 //! the [`Bus`] trait with its in-memory implementation and, behind the `jetstream` feature, its NATS
 //! JetStream implementation. No HTTP and no database types.
 
+pub mod address;
 pub mod blobs;
 pub mod bus;
 pub mod event;
@@ -32,8 +33,8 @@ pub use jetstream_bus::{JetStreamBus, JetStreamConfig, KvLease, ObjectBlobs};
 pub use lease::{Lease, LeaseError};
 pub use memory_bus::{InMemoryBus, InMemoryBusConfig};
 pub use run::{
-    ApiError, ClaudeSpec, McpServerSpec, McpTransport, NetworkMode, RunKind, RunOutcome, RunSpec,
-    RunStatus, Sandbox, StopReason, TokenUsage, Trigger,
+    ApiError, ClaudeSpec, HttpSpec, McpServerSpec, McpTransport, NetworkMode, RunKind, RunOutcome,
+    RunSpec, RunStatus, Sandbox, StopReason, TokenUsage, Trigger,
 };
 pub use sealed::{SealedError, SealedSecrets, Secrets, WorkerKey};
 pub use task::{TaskReply, TaskServer, WorkerTask};

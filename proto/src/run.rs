@@ -231,6 +231,62 @@ pub enum RunKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stdin: Option<String>,
     },
+    /// One HTTP request, made by the worker itself (no process, no workspace).
+    Http(HttpSpec),
+}
+
+/// An HTTP job's request.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSpec {
+    /// `GET` (default), `POST`, `PUT`, `PATCH`, `DELETE` or `HEAD`.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// An https URL (http too with `allow_private`).
+    pub url: String,
+    /// Request headers; a value may name vault credentials as `${NAME}`, filled in on the worker
+    /// only (e.g. `"Authorization": "Bearer ${GITHUB_TOKEN}"`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The request body, sent as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// The statuses that count as success (default any 2xx).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub success_status: Vec<u16>,
+    /// Let the URL reach private, loopback and link-local addresses.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_private: bool,
+}
+
+fn default_method() -> String {
+    "GET".to_owned()
+}
+
+impl HttpSpec {
+    /// The methods a request may use.
+    pub const METHODS: [&'static str; 6] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"];
+
+    /// Whether an answer with `status` is the request's success.
+    pub fn succeeded(&self, status: u16) -> bool {
+        if self.success_status.is_empty() {
+            (200..300).contains(&status)
+        } else {
+            self.success_status.contains(&status)
+        }
+    }
+
+    /// The vault credentials its headers name.
+    pub fn credentials(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .headers
+            .values()
+            .flat_map(|value| crate::placeholders::names(value))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
 }
 
 /// Everything a worker needs to execute one claimed attempt of a run. Handed out by the control

@@ -133,6 +133,27 @@ pub fn build_command(spec: &RunSpec, workspace: PathBuf, env: &CommandEnv) -> Co
             mcp_config: None,
             image: spec.image.clone(),
         },
+        // Made by the worker itself (`worker::http`): never a process. Should one be asked for,
+        // it fails at once and says why.
+        RunKind::Http(http) => CommandSpec {
+            program: PathBuf::from("/bin/sh"),
+            args: vec![
+                "-c".into(),
+                format!(
+                    "echo 'an HTTP job ({} {}) is not run as a process' >&2; exit 2",
+                    http.method,
+                    http.url.replace('\'', "")
+                ),
+            ],
+            env: vars,
+            cwd: workspace,
+            stdin: None,
+            claude: false,
+            run: (spec.run_id, spec.attempt),
+            sandbox: spec.sandbox,
+            mcp_config: None,
+            image: spec.image.clone(),
+        },
         RunKind::Claude(claude) => {
             vars.extend(env.model_api.iter().cloned());
             vars.extend(

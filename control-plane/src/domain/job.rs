@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use autopilot_proto::{ClaudeSpec, JobId, RunKind, Sandbox};
+use autopilot_proto::{ClaudeSpec, HttpSpec, JobId, RunKind, Sandbox};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -47,7 +47,7 @@ macro_rules! string_enum {
 
 string_enum!(
     /// What a job runs.
-    JobKind { Claude => "claude", Shell => "shell" }
+    JobKind { Claude => "claude", Shell => "shell", Http => "http" }
 );
 impl JobKind {
     /// The sandbox of a job that names none: a claude job reaches the model API only, a shell
@@ -119,7 +119,8 @@ pub struct Job {
     pub name: String,
     pub description: Option<String>,
     pub kind: JobKind,
-    /// The prompt of a `claude` job, or the command of a `shell` job.
+    /// The prompt of a `claude` job, the command of a `shell` job, or the request of an `http`
+    /// job (its `HttpSpec` as JSON).
     pub prompt: String,
     pub schedule: Schedule,
     /// IANA time zone name the schedule is read in.
@@ -142,6 +143,13 @@ pub struct Job {
 }
 
 impl Job {
+    /// An `http` job's request.
+    pub fn request(&self) -> Option<HttpSpec> {
+        (self.kind == JobKind::Http)
+            .then(|| serde_json::from_str(&self.prompt).ok())
+            .flatten()
+    }
+
     /// Name of the job's workspace directory. From the id, so a rename keeps the files.
     pub fn workspace(&self) -> String {
         format!("job-{}", self.id)
@@ -165,6 +173,16 @@ impl Job {
                 command: self.prompt.clone(),
                 stdin: None,
             },
+            JobKind::Http => RunKind::Http(self.request().unwrap_or_else(|| HttpSpec {
+                // Checked when saved: a stored request that does not read is a bug, and the
+                // worker's refusal of this empty URL says so on the run.
+                method: "GET".to_owned(),
+                url: String::new(),
+                headers: Default::default(),
+                body: None,
+                success_status: Vec::new(),
+                allow_private: false,
+            })),
         };
         RunSnapshot {
             kind,

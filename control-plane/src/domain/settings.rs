@@ -325,11 +325,11 @@ impl RunSettingsInput {
     /// Checks every field for a run of `kind`, naming the first wrong one, normalises tool names
     /// and fills in the defaults (`retry` for a record that gives none).
     pub fn resolve(self, kind: JobKind, retry: RetryPolicy) -> ServiceResult<RunSettings> {
-        if kind == JobKind::Shell {
+        if kind != JobKind::Claude {
             if let Some(field) = self.first_claude_only() {
                 return Err(ServiceError::invalid(
                     field,
-                    "applies to claude jobs only; remove it for a shell job",
+                    format!("applies to claude jobs only; remove it for a {kind} job"),
                 ));
             }
         }

@@ -14,9 +14,9 @@ use serde::Deserialize;
 
 use super::redirect_uri_allowed;
 use crate::app::App;
-use crate::domain::address::is_public;
 use crate::domain::auth::{SCOPE_READ, SCOPE_WRITE};
 use crate::domain::oauth::OAuthClient;
+use autopilot_proto::address::is_public;
 
 const MAX_DOCUMENT_BYTES: usize = 5 * 1024;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);

@@ -163,7 +163,7 @@ pub async fn receive(
         let mut run = Run::queued(Trigger::Hook, Some(job), job.run_snapshot(), None);
         match &mut run.settings.kind {
             RunKind::Shell { stdin, .. } => *stdin = Some(event.to_string()),
-            RunKind::Claude(_) => {}
+            RunKind::Claude(_) | RunKind::Http(_) => {}
         }
         fill_prompt(&mut run, job, json!({ "event": event }));
         let queued = runs::prepare(

@@ -14,10 +14,10 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use crate::app::App;
-use crate::domain::address::is_public;
 use crate::domain::rules::ResultHandler;
 use crate::domain::{Job, Run};
 use crate::services::{rules, tools};
+use autopilot_proto::address::is_public;
 
 /// Attempts per handler: the first, then after 1, 2, 4, 8 and 16 s.
 const ATTEMPTS: u32 = 6;

@@ -390,6 +390,14 @@ pub async fn rerun(app: &App, id: RunId, edits: RerunEdits) -> ServiceResult<Run
                 *command = prompt;
             }
         }
+        RunKind::Http(_) => {
+            if edits.prompt.is_some() || edits.model.is_some() || edits.allowed_tools.is_some() {
+                return Err(ServiceError::invalid(
+                    "prompt",
+                    "an http run is run again as it was; change the job's request instead",
+                ));
+            }
+        }
     }
     let job = match original.job_id {
         Some(job_id) => app.store.get_job(job_id).await?,

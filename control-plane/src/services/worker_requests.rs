@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use autopilot_proto::{
-    AttemptEnd, EventOrigin, NewRunEvent, RunAttempt, RunId, RunSpec, RunStatus, StopReason,
-    WorkerId, WorkerReply, WorkerRequest,
+    AttemptEnd, EventOrigin, NewRunEvent, RunAttempt, RunId, RunKind, RunSpec, RunStatus,
+    StopReason, WorkerId, WorkerReply, WorkerRequest,
 };
 use chrono::Utc;
 use futures::StreamExt;
@@ -99,10 +99,12 @@ async fn claim(
         .collect();
     let current = runs_by_id(app, &refused).await?;
     // Runs granted MCP servers are resolved against the registry as it is now.
-    let registry = if claimed
-        .values()
-        .any(|run| !run.settings.grants.is_empty() || !run.settings.bundles.is_empty())
-    {
+    let needs_credentials = |run: &Run| {
+        !run.settings.grants.is_empty()
+            || !run.settings.bundles.is_empty()
+            || matches!(&run.settings.kind, RunKind::Http(http) if !http.credentials().is_empty())
+    };
+    let registry = if claimed.values().any(needs_credentials) {
         Some(tools::Registry::load(app).await?)
     } else {
         None
@@ -137,6 +139,15 @@ async fn claim(
                     handed_credentials.extend(credentials);
                     handed
                 }
+                Some(registry) => match &run.settings.kind {
+                    RunKind::Http(http) => {
+                        let (handed, credentials) =
+                            registry.hand_out_named(app, &spec, http.credentials(), sealing_key);
+                        handed_credentials.extend(credentials);
+                        handed
+                    }
+                    _ => tools::Handed::default(),
+                },
                 _ => tools::Handed::default(),
             };
             WorkerReply::Claimed {

@@ -19,6 +19,7 @@ mod docker;
 mod executor;
 mod fleet;
 mod fleet_docker;
+mod http_jobs;
 mod lease;
 mod mcp;
 mod mcp_clients;

@@ -54,6 +54,11 @@ impl Stopper {
         }
     }
 
+    /// Fired when the attempt is asked to stop.
+    pub(super) fn stopped(&self) -> &CancellationToken {
+        &self.token
+    }
+
     /// Asks the attempt to stop; only the first call's `reason` is kept.
     pub(super) fn stop(&self, reason: StopReason) {
         let mut current = self.reason.lock().unwrap_or_else(|p| p.into_inner());
@@ -64,7 +69,7 @@ impl Stopper {
     }
 
     /// The reason given first, if the attempt was asked to stop.
-    fn reason(&self) -> Option<StopReason> {
+    pub(super) fn reason(&self) -> Option<StopReason> {
         *self.reason.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -232,6 +237,10 @@ impl Attempt {
         if let Some(error) = &granted.cannot_start {
             return failed_to_start(events, error.clone()).await;
         }
+        if let RunKind::Http(http) = &spec.kind {
+            let timeout = Duration::from_secs(spec.timeout_secs.max(1));
+            return super::http::execute(http, timeout, granted, events, stopper).await;
+        }
         if spec.workspace.is_empty()
             || spec.workspace.contains(['/', '\\'])
             || spec.workspace.starts_with('.')
@@ -305,7 +314,7 @@ impl Attempt {
         let mut command = build_command(spec, workspace, &self.config.command_env);
         let servers = match &spec.kind {
             RunKind::Claude(claude) => claude.mcp_servers.as_slice(),
-            RunKind::Shell { .. } => &[],
+            RunKind::Shell { .. } | RunKind::Http(_) => &[],
         };
         // Kept until the run has ended: the CLI reads it when it starts its servers.
         let _mcp_config = if servers.is_empty() {
@@ -362,7 +371,7 @@ impl Attempt {
         let timeout = Duration::from_secs(spec.timeout_secs.max(1));
         let max_cost = match &spec.kind {
             RunKind::Claude(claude) => claude.max_cost_usd,
-            RunKind::Shell { .. } => None,
+            RunKind::Shell { .. } | RunKind::Http(_) => None,
         };
         events
             .lifecycle("started", json!({ "worker_id": self.config.worker_id, "executor": self.executor.name(), "timeout_secs": timeout.as_secs() }))
@@ -618,6 +627,14 @@ pub(super) struct Granted {
 }
 
 impl Granted {
+    pub(super) fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
+    pub(super) fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
     fn open(
         key: &autopilot_proto::WorkerKey,
         spec: &RunSpec,

@@ -9,6 +9,7 @@
 
 mod attempt;
 mod events;
+mod http;
 mod tasks;
 
 use std::collections::HashMap;

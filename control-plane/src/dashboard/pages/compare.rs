@@ -49,6 +49,11 @@ fn facts(run: &Run) -> Vec<(&'static str, String)> {
             spec.allowed_tools.join(", "),
         ),
         RunKind::Shell { command, .. } => (command.clone(), String::new(), String::new()),
+        RunKind::Http(request) => (
+            serde_json::to_string_pretty(request).unwrap_or_default(),
+            String::new(),
+            String::new(),
+        ),
     };
     vec![
         ("Job", run.job_name.clone().unwrap_or_default()),

@@ -107,6 +107,10 @@ impl JobForm {
                 form.kind = "shell".into();
                 form.text = command.clone();
             }
+            RunKind::Http(request) => {
+                form.kind = "http".into();
+                form.text = serde_json::to_string_pretty(request).unwrap_or_default();
+            }
         }
         form.pool = run.settings.pool.clone();
         form.timeout_secs = run.settings.timeout_secs.to_string();
@@ -124,6 +128,11 @@ impl JobForm {
                 .prompt
                 .clone()
                 .or_else(|| job.command.clone())
+                .or_else(|| {
+                    job.request
+                        .as_ref()
+                        .and_then(|request| serde_json::to_string_pretty(request).ok())
+                })
                 .unwrap_or_default(),
             when: match (&job.schedule, job.at, &job.every) {
                 (Some(_), _, _) => "cron",
@@ -264,12 +273,25 @@ impl JobForm {
         if !editing {
             job.insert("kind".into(), json!(self.kind));
         }
-        let text_field = if self.kind == "shell" {
-            "command"
-        } else {
-            "prompt"
-        };
-        job.insert(text_field.into(), json!(self.text));
+        match self.kind.as_str() {
+            "shell" => {
+                job.insert("command".into(), json!(self.text));
+            }
+            "http" => {
+                let request = serde_json::from_str::<Value>(&self.text).map_err(|err| {
+                    InputError::Invalid {
+                        field: "request".to_owned(),
+                        message: format!(
+                            "request: not JSON ({err}); write e.g. {{ \"method\": \"POST\", \"url\": \"https://…\" }}"
+                        ),
+                    }
+                })?;
+                job.insert("request".into(), request);
+            }
+            _ => {
+                job.insert("prompt".into(), json!(self.text));
+            }
+        }
         let (schedule, at, every) = match self.when.as_str() {
             "at" => (Value::Null, text_or_null(&self.at), Value::Null),
             "every" => (Value::Null, Value::Null, text_or_null(&self.every)),
@@ -326,7 +348,7 @@ impl JobForm {
         if !blank(&self.image) || editing {
             job.insert("image".into(), text_or_null(&self.image));
         }
-        if self.kind != "shell" {
+        if self.kind == "claude" {
             let mut allowed: Vec<Value> = self.tools.iter().map(|tool| json!(tool)).collect();
             if let Value::Array(others) = lines(&self.allowed_tools) {
                 allowed.extend(others);

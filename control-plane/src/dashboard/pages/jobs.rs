@@ -223,6 +223,11 @@ pub async fn show(
             .prompt
             .clone()
             .or_else(|| view.command.clone())
+            .or_else(|| {
+                view.request
+                    .as_ref()
+                    .and_then(|request| serde_json::to_string_pretty(request).ok())
+            })
             .unwrap_or_default(),
         schedule: schedule_text(&view),
         job: view,

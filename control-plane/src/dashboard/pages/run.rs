@@ -271,6 +271,10 @@ pub async fn show(
     let (kind, prompt) = match &run.settings.kind {
         RunKind::Claude(spec) => ("claude", spec.prompt.clone()),
         RunKind::Shell { command, .. } => ("shell", command.clone()),
+        RunKind::Http(request) => (
+            "http",
+            serde_json::to_string_pretty(request).unwrap_or_default(),
+        ),
     };
     let page = RunPage {
         chrome: Chrome::new(&operator, "runs", format!("Run {}", short_id(run.id))),
@@ -481,6 +485,12 @@ async fn rerun_page(
             spec.allowed_tools.join("\n"),
         ),
         RunKind::Shell { command, .. } => (true, command.clone(), String::new(), String::new()),
+        RunKind::Http(request) => (
+            true,
+            serde_json::to_string_pretty(request).unwrap_or_default(),
+            String::new(),
+            String::new(),
+        ),
     };
     let given = |name: &str, stored: String| {
         form.and_then(|form| form.get(name).map(str::to_owned))

@@ -15,10 +15,12 @@ use crate::domain::rules::{
     JobRules, ResultHandler, MAX_CHAIN_PARENTS, MAX_RESULT_HANDLERS,
 };
 use crate::domain::schedule::{parse_cron, parse_interval, parse_timezone};
+use crate::domain::tools::validate_credential_name;
 use crate::domain::{
     Job, JobKind, MisfirePolicy, OverlapPolicy, RetryPolicy, RunSettingsInput, RunSettingsPatch,
     Schedule, ServiceError, ServiceResult,
 };
+use autopilot_proto::HttpSpec;
 
 pub const DEFAULT_MISFIRE_CAP: u32 = 10;
 
@@ -57,6 +59,11 @@ pub struct JobInput {
     /// The shell command (shell jobs), run in the job's workspace.
     #[serde(default)]
     pub command: Option<String>,
+    /// The request of an http job (kind `http`): method, URL, headers (credentials as
+    /// `${NAME}`), body, which statuses are success, whether private addresses may be reached.
+    /// The answer's body (capped at 64 KiB) is the run's result.
+    #[serde(default)]
+    pub request: Option<HttpSpec>,
     /// 5-field (minute hour day-of-month month day-of-week) or 6-field (seconds first) cron
     /// expression, or an alias such as `@hourly`; leave out for a manual-only job.
     #[serde(default)]
@@ -135,6 +142,8 @@ pub struct JobPatch {
     pub prompt: Option<String>,
     /// New command (shell jobs).
     pub command: Option<String>,
+    /// New request (http jobs).
+    pub request: Option<HttpSpec>,
     /// New cron expression; `null` makes the job manual-only.
     #[serde(default, deserialize_with = "nullable")]
     pub schedule: Option<Option<String>>,
@@ -187,20 +196,37 @@ pub(crate) fn validate(
     now: DateTime<Utc>,
 ) -> ServiceResult<Job> {
     let name = validate_name(&input.name)?;
-    let kind = match (input.kind, &input.prompt, &input.command) {
-        (_, Some(_), Some(_)) => {
-            return Err(ServiceError::invalid(
-                "command",
-                "give either `prompt` (a claude job) or `command` (a shell job), not both",
-            ))
-        }
-        (Some(kind), _, _) => kind,
-        (None, _, Some(_)) => JobKind::Shell,
-        (None, _, None) => JobKind::Claude,
+    let given = [
+        input.prompt.is_some(),
+        input.command.is_some(),
+        input.request.is_some(),
+    ];
+    if given.iter().filter(|given| **given).count() > 1 {
+        return Err(ServiceError::invalid(
+            if input.request.is_some() { "request" } else { "command" },
+            "give one of `prompt` (a claude job), `command` (a shell job) or `request` (an http job)",
+        ));
+    }
+    let kind = match (input.kind, given) {
+        (Some(kind), _) => kind,
+        (None, [_, true, _]) => JobKind::Shell,
+        (None, [_, _, true]) => JobKind::Http,
+        (None, _) => JobKind::Claude,
     };
     let (text_field, text) = match kind {
         JobKind::Claude => ("prompt", input.prompt),
         JobKind::Shell => ("command", input.command),
+        JobKind::Http => (
+            "request",
+            input
+                .request
+                .map(|request| {
+                    validate_request(request).map(|request| {
+                        serde_json::to_string(&request).expect("a request always serializes")
+                    })
+                })
+                .transpose()?,
+        ),
     };
     let text = text.filter(|t| !t.trim().is_empty()).ok_or_else(|| {
         ServiceError::invalid(
@@ -339,6 +365,80 @@ pub(crate) fn validate(
     })
 }
 
+/// Checks an http job's request.
+fn validate_request(mut request: HttpSpec) -> ServiceResult<HttpSpec> {
+    request.method = request.method.trim().to_ascii_uppercase();
+    if !HttpSpec::METHODS.contains(&request.method.as_str()) {
+        return Err(ServiceError::invalid(
+            "request.method",
+            format!("use one of {}", HttpSpec::METHODS.join(", ")),
+        ));
+    }
+    let url = reqwest::Url::parse(request.url.trim()).map_err(|err| {
+        ServiceError::invalid(
+            "request.url",
+            format!("`{}` is not a URL: {err}", request.url),
+        )
+    })?;
+    if !(url.scheme() == "https" || (url.scheme() == "http" && request.allow_private))
+        || url.host_str().is_none()
+    {
+        return Err(ServiceError::invalid(
+            "request.url",
+            "give an https URL (http only with `allow_private`, for an internal endpoint)",
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ServiceError::invalid(
+            "request.url",
+            "put no credentials in the URL: put them in a header as `${NAME}`",
+        ));
+    }
+    for (name, value) in &request.headers {
+        let field = format!("request.headers.{name}");
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        {
+            return Err(ServiceError::invalid(
+                field,
+                "a header name is letters, digits, `-` and `_`",
+            ));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(ServiceError::invalid(
+                field,
+                "a header value holds no control characters",
+            ));
+        }
+        for credential in autopilot_proto::placeholders::names(value) {
+            validate_credential_name(&field, &credential)?;
+        }
+    }
+    if request
+        .body
+        .as_ref()
+        .is_some_and(|body| body.len() > MAX_PROMPT_BYTES)
+    {
+        return Err(ServiceError::invalid(
+            "request.body",
+            format!("is over {MAX_PROMPT_BYTES} bytes"),
+        ));
+    }
+    if let Some(status) = request
+        .success_status
+        .iter()
+        .find(|s| !(100..=599).contains(*s))
+    {
+        return Err(ServiceError::invalid(
+            "request.success_status",
+            format!("{status} is not an HTTP status"),
+        ));
+    }
+    Ok(request)
+}
+
 /// Checks a job's chain (its parents must be ids by now: names are looked up before), its
 /// conditions and its budget.
 fn validate_rules(
@@ -408,6 +508,7 @@ pub(crate) fn apply(job: &Job, patch: JobPatch) -> JobInput {
     let (prompt, command) = match job.kind {
         JobKind::Claude => (Some(job.prompt.clone()), None),
         JobKind::Shell => (None, Some(job.prompt.clone())),
+        JobKind::Http => (None, None),
     };
     let mut input = JobInput {
         name: job.name.clone(),
@@ -415,6 +516,7 @@ pub(crate) fn apply(job: &Job, patch: JobPatch) -> JobInput {
         kind: Some(job.kind),
         prompt,
         command,
+        request: job.request(),
         schedule,
         at,
         every,
@@ -450,6 +552,9 @@ pub(crate) fn apply(job: &Job, patch: JobPatch) -> JobInput {
         prompt,
         command
     );
+    if let Some(request) = patch.request {
+        input.request = Some(request);
+    }
     input.run.apply(patch.run);
     set!(after, on_hook, on_end, on_file, conditions, budget);
     // Setting one kind of schedule replaces the others.

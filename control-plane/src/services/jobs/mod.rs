@@ -110,7 +110,7 @@ async fn resolve_parents(app: &App, input: &mut JobInput) -> ServiceResult<()> {
 }
 
 /// Refuses result handlers (and a budget alert) that sign with a credential the vault does not
-/// hold.
+/// hold, and an http job's request naming one.
 async fn check_handlers(app: &App, job: &Job) -> ServiceResult<()> {
     let mut names: Vec<(String, &String)> = job
         .rules
@@ -130,6 +130,13 @@ async fn check_handlers(app: &App, job: &Job) -> ServiceResult<()> {
         .and_then(|a| a.sign_with.as_ref())
     {
         names.push(("budget.alert.sign_with".to_owned(), name));
+    }
+    let request_credentials = job
+        .request()
+        .map(|request| request.credentials())
+        .unwrap_or_default();
+    for name in &request_credentials {
+        names.push(("request.headers".to_owned(), name));
     }
     if names.is_empty() {
         return Ok(());

@@ -1,6 +1,6 @@
 //! A job as clients see it.
 
-use autopilot_proto::JobId;
+use autopilot_proto::{HttpSpec, JobId};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -21,6 +21,9 @@ pub struct JobView {
     pub prompt: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
+    /// An http job's request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<HttpSpec>,
     pub schedule: Option<String>,
     pub at: Option<DateTime<Utc>>,
     /// The interval of an `every` job (`15m`), and when its beat started.
@@ -76,6 +79,7 @@ impl From<&Job> for JobView {
         let (prompt, command) = match job.kind {
             JobKind::Claude => (Some(job.prompt.clone()), None),
             JobKind::Shell => (None, Some(job.prompt.clone())),
+            JobKind::Http => (None, None),
         };
         JobView {
             id: job.id,
@@ -84,6 +88,7 @@ impl From<&Job> for JobView {
             kind: job.kind,
             prompt,
             command,
+            request: job.request(),
             schedule,
             at,
             every,

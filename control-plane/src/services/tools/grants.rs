@@ -184,10 +184,41 @@ impl Registry {
                 transport: server.transport.clone(),
             });
         }
+        self.seal(app, spec, needed.into_iter().collect(), sealing_key)
+    }
+
+    /// Hands an http run the credentials its request's headers name (`${NAME}`), sealed to the
+    /// claiming worker process.
+    pub fn hand_out_named(
+        &self,
+        app: &App,
+        spec: &RunSpec,
+        names: Vec<String>,
+        sealing_key: Option<&str>,
+    ) -> (Handed, Vec<String>) {
+        self.seal(app, spec, names, sealing_key)
+            .unwrap_or_else(|reason| {
+                (
+                    Handed {
+                        secrets: None,
+                        cannot_start: Some(reason),
+                    },
+                    Vec::new(),
+                )
+            })
+    }
+
+    /// The credentials `needed`, opened and sealed to the worker process for this attempt.
+    fn seal(
+        &self,
+        app: &App,
+        spec: &RunSpec,
+        needed: Vec<String>,
+        sealing_key: Option<&str>,
+    ) -> Result<(Handed, Vec<String>), String> {
         if needed.is_empty() {
             return Ok((Handed::default(), Vec::new()));
         }
-        let needed: Vec<String> = needed.into_iter().collect();
         let secrets = super::credentials::open_credentials(app, &self.credentials, &needed)?;
         let key = sealing_key.ok_or_else(|| {
             "the worker that claimed this run cannot receive credentials (it sent no sealing \

@@ -264,6 +264,8 @@ pub fn build_delivery(
                 RunKind::Shell { stdin, .. } => {
                     *stdin = Some(String::from_utf8_lossy(&received.body).into_owned());
                 }
+                // An http job makes its own request; the delivery only starts it.
+                RunKind::Http(_) => {}
             }
             // A delivery is never dropped because the job is busy: it waits its turn.
             if settings.overlap == OverlapPolicy::Skip {

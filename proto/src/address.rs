@@ -1,6 +1,6 @@
 //! Which network addresses are on the public internet: what Autopilot may reach when a URL
-//! someone else chose (an OAuth client's metadata document, a result handler's endpoint) must
-//! not lead into the machine or its private network.
+//! someone else chose (an OAuth client's metadata document, a result handler's endpoint, an
+//! HTTP job's request) must not lead into the machine or its private network.
 
 use std::net::IpAddr;
 

@@ -123,10 +123,11 @@ pub(super) fn specs() -> Vec<Spec> {
             name: "create_job",
             title: "Create a job",
             description: "Creates a scheduled (or manual) job that runs Claude Code with a prompt \
-                (kind claude, the default) or a shell command (kind shell) in the job's own \
-                workspace. It fires on a cron `schedule`, `every` interval (`15m`) or `at` one \
+                (kind claude, the default), a shell command (kind shell) in the job's own \
+                workspace, or one HTTP request (kind http, `request`). It fires on a cron `schedule`, `every` interval (`15m`) or `at` one \
                 time, and/or `after` other jobs end (a chain), and/or `on_hook` Claude Code hook \
-                events; `conditions` (time windows, runs a day) and a `budget` hold fires back. \
+                events or `on_file` changes; `on_end` posts each outcome to a URL; `conditions` \
+                (time windows, runs a day) and a `budget` hold fires back. \
                 The prompt may use {{ date }}, {{ job.name }}, {{ parent.result }} and the like. \
                 Check a cron expression first with preview_schedule if unsure. Example: \
                 {\"name\": \"sprint digest\", \"prompt\": \"Summarise yesterday's commits into \

@@ -363,10 +363,17 @@ fn classify_api_error(outcome: &mut RunOutcome, api_status: Option<u64>) {
     if text.contains("usage limit") || text.contains("limit reached") {
         outcome.api_error = Some(ApiError::UsageLimit);
         outcome.transient = true;
+        // The reset follows a `|`, in Unix seconds; whatever comes after the digits (the end of
+        // an API error's JSON) is not part of it.
         outcome.retry_at = text
-            .rsplit('|')
-            .next()
-            .and_then(|tail| tail.trim().parse::<i64>().ok())
+            .split_once("limit reached|")
+            .map(|(_, tail)| tail)
+            .map(|tail| {
+                tail.chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+            })
+            .and_then(|digits| digits.parse::<i64>().ok())
             .and_then(|secs| DateTime::<Utc>::from_timestamp(secs, 0));
         return;
     }
@@ -709,6 +716,17 @@ mod tests {
         parser.parse_stdout(r#"{"type":"result","subtype":"success","is_error":true,"result":"Claude AI usage limit reached|1767225600"}"#);
         let limited = parser.outcome();
         assert!(limited.transient, "{limited:?}");
+        assert_eq!(limited.api_error, Some(ApiError::UsageLimit));
+        assert_eq!(
+            limited.retry_at.map(|at| at.timestamp()),
+            Some(1_767_225_600)
+        );
+        let mut parser = StreamParser::new();
+        parser.parse_stdout(r#"{"type":"result","subtype":"success","is_error":true,"api_error_status":429,"result":"API Error: 429 rate_limit_error"}"#);
+        assert_eq!(parser.outcome().api_error, Some(ApiError::RateLimited));
+        let mut parser = StreamParser::new();
+        parser.parse_stdout(r#"{"type":"result","subtype":"success","is_error":true,"api_error_status":429,"result":"API Error: 429 {\"error\":{\"message\":\"Claude AI usage limit reached|1767225600\"}}"}"#);
+        let limited = parser.outcome();
         assert_eq!(limited.api_error, Some(ApiError::UsageLimit));
         assert_eq!(
             limited.retry_at.map(|at| at.timestamp()),

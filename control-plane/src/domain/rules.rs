@@ -557,12 +557,16 @@ pub struct JobRules {
     pub conditions: Conditions,
     #[serde(default, skip_serializing_if = "Budget::is_empty")]
     pub budget: Budget,
+    /// Set by Autopilot, not by clients: the credential the job's runs use reached its usage
+    /// limit, which resets then; no run starts before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<DateTime<Utc>>,
 }
 
 impl JobRules {
     /// Whether anything must be checked before a run of the job starts.
     pub fn gates_runs(&self) -> bool {
-        !self.conditions.is_empty() || !self.budget.is_empty()
+        !self.conditions.is_empty() || !self.budget.is_empty() || self.paused_until.is_some()
     }
 }
 

@@ -18,6 +18,12 @@ pub async fn refusal(app: &App, job: &Job, now: DateTime<Utc>) -> ServiceResult<
     if !job.rules.gates_runs() && app.config.fleet_monthly_budget_usd.is_none() {
         return Ok(None);
     }
+    if let Some(until) = job.rules.paused_until.filter(|until| *until > now) {
+        return Ok(Some(format!(
+            "paused until {}: the credential its runs use reached its usage limit, which resets then",
+            until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )));
+    }
     let tz: Tz = job.timezone.parse().unwrap_or(Tz::UTC);
     let conditions = &job.rules.conditions;
     if let Some(reason) = conditions.outside_windows(now, tz) {
@@ -87,6 +93,35 @@ pub async fn over_budget(
         }
     }
     Ok(None)
+}
+
+/// A run of job `job_id` ended on its credential's usage limit, which resets at `until`: the
+/// job starts no run before then (its fires are recorded as skipped).
+pub async fn pause_for_usage_limit(
+    app: &App,
+    job_id: autopilot_proto::JobId,
+    until: DateTime<Utc>,
+) {
+    let paused = async {
+        let Some(mut job) = app.store.get_job(job_id).await? else {
+            return Ok(());
+        };
+        if job
+            .rules
+            .paused_until
+            .is_some_and(|earlier| earlier >= until)
+        {
+            return Ok(());
+        }
+        job.rules.paused_until = Some(until);
+        app.store.update_job_rules(job_id, &job.rules).await?;
+        tracing::warn!(job.id = %job_id, until = %until, "usage limit reached; the job's runs wait for its reset");
+        app.notify_jobs_changed();
+        Ok::<_, crate::store::StoreError>(())
+    };
+    if let Err(err) = paused.await {
+        tracing::warn!(job.id = %job_id, error = %err, "could not pause a job for its usage limit");
+    }
 }
 
 /// Records that a fire of `job` started no run, and why.

@@ -345,6 +345,11 @@ async fn ending(
     run.is_error = outcome.is_error;
     run.error = outcome.error.clone();
 
+    if let (Some(autopilot_proto::ApiError::UsageLimit), Some(until), Some(job_id)) =
+        (outcome.api_error, outcome.retry_at, run.job_id)
+    {
+        super::rules::pause_for_usage_limit(app, job_id, until).await;
+    }
     let retry =
         outcome.transient && expected == RunStatus::Running && attempt <= run.settings.retry.count;
     if retry {

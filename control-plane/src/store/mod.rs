@@ -171,6 +171,13 @@ pub trait JobStore: Send + Sync {
     async fn insert_job(&self, job: &Job) -> StoreResult<()>;
     /// Replaces a job's settings (not its fire cursor's counters). `NotFound` if it is gone.
     async fn update_job(&self, job: &Job) -> StoreResult<()>;
+    /// Replaces a job's rules alone (what Autopilot itself sets on them, a usage-limit pause),
+    /// leaving its settings and fire cursor as they are. `NotFound` if it is gone.
+    async fn update_job_rules(
+        &self,
+        id: JobId,
+        rules: &crate::domain::rules::JobRules,
+    ) -> StoreResult<()>;
     async fn get_job(&self, id: JobId) -> StoreResult<Option<Job>>;
     async fn get_job_by_name(&self, name: &str) -> StoreResult<Option<Job>>;
     async fn list_jobs(&self) -> StoreResult<Vec<Job>>;

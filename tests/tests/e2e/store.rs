@@ -83,6 +83,7 @@ pub(crate) fn job(name: &str) -> Job {
                 recursive: true,
                 debounce_ms: 250,
             }),
+            paused_until: Some(Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).unwrap()),
             conditions: autopilot_control_plane::domain::rules::Conditions {
                 windows: vec![autopilot_control_plane::domain::rules::TimeWindow {
                     days: vec!["weekdays".into()],
@@ -143,6 +144,20 @@ async fn conformance(store: Arc<dyn Store>) {
         Err(StoreError::Conflict(message)) => assert!(message.contains("first"), "{message}"),
         other => panic!("duplicate name must conflict, got {other:?}"),
     }
+    // The rules alone change, nothing else.
+    let mut rules = first.rules.clone();
+    rules.paused_until = None;
+    store.update_job_rules(first.id, &rules).await.unwrap();
+    let read = store.get_job(first.id).await.unwrap().unwrap();
+    assert_eq!(
+        (read.rules.paused_until, read.prompt.as_str()),
+        (None, first.prompt.as_str())
+    );
+    assert!(matches!(
+        store.update_job_rules(JobId::new(), &rules).await,
+        Err(StoreError::NotFound)
+    ));
+    first.rules = rules;
     first.prompt = "do other things".into();
     first.schedule = Schedule::At(Utc.with_ymd_and_hms(2030, 1, 1, 9, 0, 0).unwrap());
     store.update_job(&first).await.unwrap();

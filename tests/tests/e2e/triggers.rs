@@ -1002,3 +1002,69 @@ async fn the_dashboard_editor_sets_intervals_and_rules() {
         "{after:#}"
     );
 }
+
+/// The API answers a subscription's usage limit with its reset time: the run is retried at the
+/// reset, not after its hour-long backoff, and the job starts nothing before it.
+#[tokio::test]
+async fn a_usage_limit_pauses_the_job_until_its_reset() {
+    let Some((server, fake)) = crate::claude::start().await else {
+        return;
+    };
+    let reset = Utc::now() + chrono::Duration::seconds(4);
+    fake.push(Reply::error(
+        429,
+        "rate_limit_error",
+        format!("Claude AI usage limit reached|{}", reset.timestamp()),
+    ));
+    fake.set_default(Reply::text("after the reset"));
+    let job = server
+        .create_job(json!({
+            "name": "subscriber", "prompt": "go", "overlap_policy": "allow",
+            "retry": { "count": 1, "backoff_secs": 3600 },
+        }))
+        .await;
+    let run = server.trigger(id(&job)).await;
+    let run_id = id(&run).to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let retry = loop {
+        let events = server.events(&run_id).await;
+        if let Some(retry) = events
+            .iter()
+            .find(|event| event["data"]["step"] == "retry_scheduled")
+        {
+            break retry["data"].clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{events:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(retry["api_error"], "usage_limit", "{retry:#}");
+    assert!(retry["delay_secs"].as_u64().unwrap() <= 4, "{retry:#}");
+    let paused = server.get(&format!("/api/v1/jobs/{}", id(&job))).await;
+    assert_eq!(
+        time(&paused, "paused_until").timestamp(),
+        reset.timestamp(),
+        "{paused:#}"
+    );
+    // Fires while the limit holds start nothing, and say why.
+    server
+        .patch_job(id(&job), json!({ "every": "1s", "start": Utc::now() }))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let skips = skipped_fires(&server, &job).await;
+    assert!(
+        skips[0]["reason"].as_str().unwrap().contains("usage limit"),
+        "{skips:#?}"
+    );
+    let run = server
+        .wait_until_finished(&run_id, Duration::from_secs(60))
+        .await;
+    server
+        .patch_job(id(&job), json!({ "enabled": false }))
+        .await;
+    assert_eq!(
+        (run["status"].as_str(), run["attempt"].as_u64()),
+        (Some("succeeded"), Some(2)),
+        "{run:#}"
+    );
+    assert!(time(&run, "started_at") >= reset - chrono::Duration::milliseconds(1000));
+}

@@ -323,6 +323,8 @@ pub(crate) fn validate(
             .map_err(|(field, message)| ServiceError::invalid(field, message))?;
     }
     rules.on_file = input.on_file;
+    // A pause for a usage limit outlives an edit.
+    rules.paused_until = existing.and_then(|job| job.rules.paused_until);
     let settings = input.run.resolve(kind, RetryPolicy::default())?;
     let misfire_cap = input.misfire_cap.unwrap_or(DEFAULT_MISFIRE_CAP);
     if !(1..=1000).contains(&misfire_cap) {
@@ -492,6 +494,7 @@ fn validate_rules(
         on_hook: None,
         on_end: Vec::new(),
         on_file: None,
+        paused_until: None,
         conditions,
         budget,
     })

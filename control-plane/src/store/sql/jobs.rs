@@ -98,6 +98,26 @@ impl JobStore for SqlStore {
         Ok(())
     }
 
+    async fn update_job_rules(
+        &self,
+        id: JobId,
+        rules: &crate::domain::rules::JobRules,
+    ) -> StoreResult<()> {
+        let updated = on_write!(self, pool => {
+            sqlx::query("UPDATE jobs SET rules = $2 WHERE id = $1")
+                .bind(id.to_string())
+                .bind(to_json(rules))
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(classify)?;
+        if updated == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
     async fn get_job(&self, id: JobId) -> StoreResult<Option<Job>> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
         let row = on_read!(self, pool => sqlx::query_as::<_, JobRow>(&sql).bind(id.to_string()).fetch_optional(pool).await)

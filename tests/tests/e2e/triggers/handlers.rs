@@ -1,0 +1,119 @@
+//! Result handlers: a run's outcome POSTed, signed and retried.
+
+use serde_json::json;
+
+use super::*;
+
+#[tokio::test]
+async fn result_handlers_post_the_signed_outcome_and_retry() {
+    let server = TestServer::builder().start().await;
+    let (url, received) = handler_endpoint().await;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({
+                "name": "unsigned", "command": "true",
+                "on_end": [{ "post": url, "sign_with": "MISSING_KEY", "allow_private": true }],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("on_end.0.sign_with"), "{body}");
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({ "name": "plain http", "command": "true", "on_end": [{ "post": url }] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("https"), "{body}");
+    let (status, body) = server
+        .call(
+            Method::PUT,
+            "/api/v1/credentials/HANDLER_KEY",
+            Some(json!({ "value": "handler-s3cret" })),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    let job = server
+        .create_job(json!({
+            "name": "reported", "command": "echo reported",
+            "on_end": [
+                { "post": url, "sign_with": "HANDLER_KEY", "allow_private": true },
+                { "post": url.replace("http://", "https://"), "on": "success" },
+                { "post": url, "on": "failure", "allow_private": true },
+            ],
+        }))
+        .await;
+    assert_eq!(job["on_end"].as_array().unwrap().len(), 3);
+    let run = server.trigger(id(&job)).await;
+    let run = server
+        .wait_until_finished(id(&run), Duration::from_secs(30))
+        .await;
+    assert_eq!(run["status"], "succeeded");
+    // The first answer was a 500: the handler tried again a second later.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let events = loop {
+        let events = server.events(id(&run)).await;
+        let handled = events
+            .iter()
+            .filter(|event| event["data"]["step"] == "result_handler")
+            .count();
+        if handled == 2 {
+            break events;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{events:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let outcome = |index: u64| {
+        events
+            .iter()
+            .find(|event| {
+                event["data"]["step"] == "result_handler" && event["data"]["handler"] == index
+            })
+            .map(|event| event["data"].clone())
+            .unwrap_or_else(|| panic!("handler {index}: {events:#?}"))
+    };
+    assert_eq!(outcome(0)["delivered"], true, "{:#}", outcome(0));
+    assert_eq!(outcome(0)["attempts"], 2);
+    // Loopback without `allow_private` is refused, at once, and said so.
+    assert_eq!(outcome(1)["delivered"], false);
+    assert!(
+        outcome(1)["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a public address"),
+        "{:#}",
+        outcome(1)
+    );
+    let received = received.lock().unwrap().clone();
+    assert_eq!(
+        received.len(),
+        2,
+        "the failure handler was not called for a success"
+    );
+    let (headers, body) = &received[1];
+    let sent: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(
+        (sent["run_id"].as_str(), sent["status"].as_str()),
+        (Some(id(&run)), Some("succeeded"))
+    );
+    assert_eq!(sent["job"], "reported");
+    // The signature is HMAC-SHA256 of "<t>.<body>" with the credential's value.
+    let signature = headers["x-autopilot-signature"].to_str().unwrap();
+    let (t, v1) = signature
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split_once(",v1="))
+        .expect("t=…,v1=…");
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"handler-s3cret").unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    assert_eq!(v1, hex::encode(mac.finalize().into_bytes()));
+    assert!(
+        !server.store_contains("handler-s3cret").await,
+        "the key is sealed at rest"
+    );
+}

@@ -2,7 +2,7 @@
 //! someone else chose (an OAuth client's metadata document, a result handler's endpoint, an
 //! HTTP job's request) must not lead into the machine or its private network.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// Public unicast addresses only: no loopback, private, link-local, shared, benchmarking,
 /// documentation, reserved, multicast or unspecified ranges (IPv4-mapped IPv6 is judged as
@@ -37,6 +37,41 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || first == 0x2001 && v6.segments()[1] == 0x0db8)
         }
     }
+}
+
+/// Why a host may not be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unreachable {
+    /// It did not resolve, or to nothing: worth another try.
+    Unresolved(String),
+    /// It resolved to an address that is not public (the message names it).
+    NotPublic(String),
+}
+
+/// The addresses `host` (as a URL writes it: `[…]` around IPv6) resolves to on `port` now, each
+/// checked to be public unless `allow_private`. Connect to exactly these, so that a second DNS
+/// answer cannot swap in another.
+pub async fn checked_addresses(
+    host: &str,
+    port: u16,
+    allow_private: bool,
+) -> Result<Vec<SocketAddr>, Unreachable> {
+    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+        .await
+        .map_err(|err| Unreachable::Unresolved(format!("{host} did not resolve: {err}")))?
+        .collect();
+    if addresses.is_empty() {
+        return Err(Unreachable::Unresolved(format!("{host} has no address")));
+    }
+    if !allow_private {
+        if let Some(address) = addresses.iter().find(|address| !is_public(address.ip())) {
+            return Err(Unreachable::NotPublic(format!(
+                "{host} is at {}, which is not a public address",
+                address.ip()
+            )));
+        }
+    }
+    Ok(addresses)
 }
 
 #[cfg(test)]

@@ -711,30 +711,29 @@ mod tests {
         assert!(max_turns.is_error && !max_turns.transient);
         assert_eq!(overloaded.api_error, Some(ApiError::Overloaded));
         assert_eq!(bad_request.api_error, None);
-        // A subscription's usage limit is worth a retry at its reset.
-        let mut parser = StreamParser::new();
-        parser.parse_stdout(r#"{"type":"result","subtype":"success","is_error":true,"result":"Claude AI usage limit reached|1767225600"}"#);
-        let limited = parser.outcome();
-        assert!(limited.transient, "{limited:?}");
-        assert_eq!(limited.api_error, Some(ApiError::UsageLimit));
-        assert_eq!(
-            limited.retry_at.map(|at| at.timestamp()),
-            Some(1_767_225_600)
+        let outcome_of = |line: &str| {
+            let mut parser = StreamParser::new();
+            parser.parse_stdout(line);
+            parser.outcome()
+        };
+        // A subscription's usage limit is worth a retry at its reset, whether the CLI says it
+        // alone or inside an API error's JSON.
+        for line in [
+            r#"{"type":"result","subtype":"success","is_error":true,"result":"Claude AI usage limit reached|1767225600"}"#,
+            r#"{"type":"result","subtype":"success","is_error":true,"api_error_status":429,"result":"API Error: 429 {\"error\":{\"message\":\"Claude AI usage limit reached|1767225600\"}}"}"#,
+        ] {
+            let limited = outcome_of(line);
+            assert!(limited.transient, "{limited:?}");
+            assert_eq!(limited.api_error, Some(ApiError::UsageLimit));
+            assert_eq!(
+                limited.retry_at.map(|at| at.timestamp()),
+                Some(1_767_225_600)
+            );
+        }
+        let rate_limited = outcome_of(
+            r#"{"type":"result","subtype":"success","is_error":true,"api_error_status":429,"result":"API Error: 429 rate_limit_error"}"#,
         );
-        let mut parser = StreamParser::new();
-        parser.parse_stdout(r#"{"type":"result","subtype":"success","is_error":true,"api_error_status":429,"result":"API Error: 429 rate_limit_error"}"#);
-        assert_eq!(parser.outcome().api_error, Some(ApiError::RateLimited));
-        let mut parser = StreamParser::new();
-        parser.parse_stdout(r#"{"type":"result","subtype":"success","is_error":true,"api_error_status":429,"result":"API Error: 429 {\"error\":{\"message\":\"Claude AI usage limit reached|1767225600\"}}"}"#);
-        let limited = parser.outcome();
-        assert_eq!(limited.api_error, Some(ApiError::UsageLimit));
-        assert_eq!(
-            limited.retry_at.map(|at| at.timestamp()),
-            Some(1_767_225_600)
-        );
-        let mut parser = StreamParser::new();
-        parser.parse_stdout(r#"{"type":"result","subtype":"success","is_error":true,"api_error_status":429,"result":"API Error: 429 rate_limit_error"}"#);
-        assert_eq!(parser.outcome().api_error, Some(ApiError::RateLimited));
+        assert_eq!(rate_limited.api_error, Some(ApiError::RateLimited));
         assert!(
             max_turns
                 .error

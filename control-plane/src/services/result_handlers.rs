@@ -4,7 +4,6 @@
 //! (run, handler), taken before the first attempt, makes one replica send it. What happened is
 //! recorded as a `result_handler` event of the run. A job's budget alert goes out the same way.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use crate::app::App;
 use crate::domain::rules::ResultHandler;
 use crate::domain::{Job, Run};
 use crate::services::{rules, tools};
-use autopilot_proto::address::is_public;
+use autopilot_proto::address::{checked_addresses, Unreachable};
 
 /// Attempts per handler: the first, then after 1, 2, 4, 8 and 16 s.
 const ATTEMPTS: u32 = 6;
@@ -258,22 +257,14 @@ async fn pinned_client(
         .host_str()
         .ok_or_else(|| PinError::Refused("the URL has no host".to_owned()))?;
     let port = url.port_or_known_default().unwrap_or(443);
-    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+    let addresses = checked_addresses(host, port, allow_private)
         .await
-        .map_err(|err| PinError::Unresolved(format!("{host} did not resolve: {err}")))?
-        .collect();
-    if addresses.is_empty() {
-        return Err(PinError::Unresolved(format!("{host} has no address")));
-    }
-    if !allow_private {
-        if let Some(address) = addresses.iter().find(|address| !is_public(address.ip())) {
-            return Err(PinError::Refused(format!(
-                "{host} is at {}, which is not a public address; set `allow_private` for an \
-                 internal endpoint",
-                address.ip()
-            )));
-        }
-    }
+        .map_err(|unreachable| match unreachable {
+            Unreachable::Unresolved(why) => PinError::Unresolved(why),
+            Unreachable::NotPublic(why) => PinError::Refused(format!(
+                "{why}; set `allow_private` for an internal endpoint"
+            )),
+        })?;
     reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())

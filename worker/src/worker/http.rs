@@ -4,10 +4,9 @@
 //! connection pinned to it; redirects are not followed. The answer's status decides success and
 //! its body (capped) is the run's result, with credential values removed.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use autopilot_proto::address::is_public;
+use autopilot_proto::address::{checked_addresses, Unreachable};
 use autopilot_proto::{placeholders, EventKind, HttpSpec, RunOutcome, Secrets, StopReason};
 use futures::StreamExt;
 use serde_json::json;
@@ -137,22 +136,14 @@ async fn prepare(spec: &HttpSpec, secrets: &Secrets) -> Result<Prepared, String>
     }
     let host = url.host_str().ok_or("the URL has no host")?.to_owned();
     let port = url.port_or_known_default().unwrap_or(443);
-    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+    let addresses = checked_addresses(&host, port, spec.allow_private)
         .await
-        .map_err(|err| format!("{host} did not resolve: {err}"))?
-        .collect();
-    if addresses.is_empty() {
-        return Err(format!("{host} has no address"));
-    }
-    if !spec.allow_private {
-        if let Some(address) = addresses.iter().find(|address| !is_public(address.ip())) {
-            return Err(format!(
-                "{host} is at {}, which is not a public address; set `allow_private` in the \
-                 job's request for an internal endpoint",
-                address.ip()
-            ));
-        }
-    }
+        .map_err(|unreachable| match unreachable {
+            Unreachable::Unresolved(why) => why,
+            Unreachable::NotPublic(why) => {
+                format!("{why}; set `allow_private` in the job's request for an internal endpoint")
+            }
+        })?;
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .resolve_to_addrs(&host, &addresses)

@@ -19,7 +19,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sqlx::Connection;
 
-use crate::{percentile, sorted, CpuTimes, FireRow, ProcessTimes, Row, FIRES_IN_WINDOW};
+use crate::{
+    p50_p99_max, percentile, sorted, CpuTimes, FireRow, ProcessTimes, Row, FIRES_IN_WINDOW,
+};
 
 async fn start(options: ClusterOptions) -> anyhow::Result<Cluster> {
     Cluster::start(options).await.context(
@@ -273,12 +275,7 @@ pub async fn dispatch(jobs: usize, seconds: u64) -> anyhow::Result<Vec<Row>> {
              ({} fires, {failed} not succeeded)",
             rows.len()
         ),
-        value: format!(
-            "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-            percentile(&latency, 50.0),
-            percentile(&latency, 99.0),
-            latency.last().copied().unwrap_or(f64::NAN)
-        ),
+        value: p50_p99_max(&latency),
         target: "p50 ≤ 20 ms, p99 ≤ 100 ms".into(),
     }])
 }

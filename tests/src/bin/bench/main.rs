@@ -64,6 +64,16 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// `p50 …, p99 …, max …` of sorted milliseconds.
+pub fn p50_p99_max(sorted: &[f64]) -> String {
+    format!(
+        "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        percentile(sorted, 50.0),
+        percentile(sorted, 99.0),
+        sorted.last().copied().unwrap_or(f64::NAN)
+    )
+}
+
 pub fn sorted(mut values: Vec<f64>) -> Vec<f64> {
     values.sort_by(|a, b| a.total_cmp(b));
     values
@@ -280,12 +290,7 @@ async fn cron(jobs: usize, seconds: u64) -> anyhow::Result<Vec<Row>> {
     Ok(vec![
         Row {
             name: format!("cron fire lateness, {jobs} per-second jobs × {seconds}s ({} fires, {failed} not succeeded)", rows.len()),
-            value: format!(
-                "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-                percentile(&lateness, 50.0),
-                percentile(&lateness, 99.0),
-                lateness.last().copied().unwrap_or(f64::NAN)
-            ),
+            value: p50_p99_max(&lateness),
             target: "p99 ≤ 20 ms".into(),
         },
         Row {
@@ -294,12 +299,7 @@ async fn cron(jobs: usize, seconds: u64) -> anyhow::Result<Vec<Row>> {
             } else {
                 format!("dispatch latency, due time → process spawned ({jobs} jobs due at once)")
             },
-            value: format!(
-                "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-                percentile(&dispatch, 50.0),
-                percentile(&dispatch, 99.0),
-                dispatch.last().copied().unwrap_or(f64::NAN)
-            ),
+            value: p50_p99_max(&dispatch),
             target: "p50 ≤ 10 ms".into(),
         },
     ])

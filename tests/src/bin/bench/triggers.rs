@@ -6,7 +6,7 @@ use std::time::Duration;
 use autopilot_tests::harness::TestServer;
 use serde_json::json;
 
-use crate::{fires_in_window, percentile, sorted, Row};
+use crate::{fires_in_window, p50_p99_max, percentile, sorted, Row};
 
 /// `jobs` shell jobs (`true`) firing every `every_secs`, their beats spread evenly over the
 /// interval, measured for `seconds` once all exist.
@@ -40,12 +40,7 @@ pub async fn intervals(jobs: usize, every_secs: u64, seconds: u64) -> anyhow::Re
             "interval fire lateness, {jobs} jobs every {every_secs}s, beats spread, {seconds}s ({} fires, each run executed)",
             rows.len()
         ),
-        value: format!(
-            "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-            percentile(&lateness, 50.0),
-            percentile(&lateness, 99.0),
-            lateness.last().copied().unwrap_or(f64::NAN)
-        ),
+        value: p50_p99_max(&lateness),
         target: "p99 ≤ 20 ms".into(),
     }])
 }

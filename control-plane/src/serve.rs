@@ -233,6 +233,11 @@ pub async fn run_with(
     spawn_task!("scheduler", shutdown, crate::scheduler::run_on_own_thread);
     spawn_task!("dispatcher", shutdown, run_dispatcher);
     spawn_task!("chainer", shutdown, crate::services::chains::run_chainer);
+    spawn_task!(
+        "approval sweeper",
+        shutdown,
+        crate::services::approvals::run_sweeper
+    );
     if let Some(notices) = notices {
         let relay_app = Arc::clone(&app);
         let relay_cancel = control.clone();

@@ -293,6 +293,21 @@ pub const MEMORY: FixedServer = FixedServer {
     ],
 };
 
+/// The permission prompt tool of a run whose job gates tools ([`crate::approval`]). The worker
+/// adds it to such runs; it is not in [`SERVERS`], so no operator registers it.
+pub const APPROVAL: FixedServer = FixedServer {
+    name: crate::approval_wire::SERVER,
+    description: "Asks Autopilot's operators to approve a tool call of this run, and waits for \
+                  their decision.",
+    settings: &[],
+    tools: &[FixedTool {
+        name: crate::approval_wire::TOOL,
+        description: "Decides whether the run may make a tool call (used by Claude Code as its \
+                      permission prompt tool).",
+        read_only: true,
+    }],
+};
+
 /// Every fixed server.
 pub const SERVERS: &[FixedServer] = &[EMAIL, WEB, NOTIFY, HTTP, MEMORY];
 

@@ -15,6 +15,8 @@
 //!   channels, whose URLs and headers are secrets never shown.
 //! - `http` (feature `servers`): REST calls to configured hosts, each host's credentials added by
 //!   the server and redacted from what comes back; private addresses refused unless allowed.
+//! - `approval` (feature `servers`): not one an operator grants; the worker adds it to a run
+//!   whose job gates tools, as the CLI's permission prompt tool ([`approval_wire`]).
 //! - `memory` (feature `servers`): a job's small document store, reached through a socket the
 //!   worker serves for the run; [`memory_wire`] is what is said on it (always built: the
 //!   control plane reads it too).
@@ -23,6 +25,9 @@
 //! - `guard` (feature `servers`): `autopilot-mcp-guard`, which runs any other stdio server for a
 //!   run: its settings from a file, only the granted tools, credentials kept from the model.
 
+#[cfg(feature = "servers")]
+pub mod approval;
+pub mod approval_wire;
 pub mod catalog;
 #[cfg(feature = "servers")]
 pub mod email;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use autopilot_fixed_servers::catalog::{self, SERVERS};
-use autopilot_fixed_servers::{email, http, memory, notify, serve, web};
+use autopilot_fixed_servers::{approval, email, http, memory, notify, serve, web};
 
 fn usage() -> String {
     let names: Vec<&str> = SERVERS.iter().map(|server| server.name).collect();
@@ -52,6 +52,10 @@ fn main() -> ExitCode {
             }
             "memory" => {
                 let server = memory::Memory::from_settings().map_err(anyhow::Error::msg)?;
+                serve::run(Arc::new(server)).await
+            }
+            autopilot_fixed_servers::approval_wire::SERVER => {
+                let server = approval::Approval::from_settings().map_err(anyhow::Error::msg)?;
                 serve::run(Arc::new(server)).await
             }
             other => anyhow::bail!("unknown server `{other}`; {}", usage()),

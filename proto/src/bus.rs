@@ -139,6 +139,23 @@ pub enum WorkerRequest {
         worker_id: WorkerId,
         op: serde_json::Value,
     },
+    /// A tool call of the run needs an operator's approval (its `approval` server asked).
+    /// Answered by [`WorkerReply::Approval`] (`pending` with the approval's id, or at once a
+    /// denial), or `Rejected` when the attempt is not this worker's running one.
+    Approval {
+        run_id: RunId,
+        attempt: u32,
+        worker_id: WorkerId,
+        ask: crate::run::ApprovalAsk,
+    },
+    /// Where an approval asked for stands (the worker asks until it is decided). Answered by
+    /// [`WorkerReply::Approval`]; past its deadline it is denied as timed out.
+    ApprovalStatus {
+        run_id: RunId,
+        attempt: u32,
+        worker_id: WorkerId,
+        approval_id: String,
+    },
     /// Which files the jobs of these pools watch. Answered by [`WorkerReply::FileWatches`].
     FileWatches {
         worker_id: WorkerId,
@@ -246,6 +263,8 @@ pub enum WorkerReply {
     Each { replies: Vec<WorkerReply> },
     /// The answer to a [`WorkerRequest::Memory`], for the run's memory server (JSON).
     Memory { answer: serde_json::Value },
+    /// The answer to a [`WorkerRequest::Approval`] or [`WorkerRequest::ApprovalStatus`].
+    Approval { answer: crate::run::ApprovalAnswer },
     /// The answer to a [`WorkerRequest::FileWatches`].
     FileWatches { watches: Vec<FileWatch> },
 }

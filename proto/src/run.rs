@@ -21,6 +21,8 @@ use crate::ids::{JobId, RunId};
 pub enum RunStatus {
     Queued,
     Running,
+    /// Running, and paused on a tool call that needs an operator's approval.
+    WaitingForApproval,
     Cancelling,
     Succeeded,
     Failed,
@@ -30,9 +32,10 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
-    pub const ALL: [RunStatus; 8] = [
+    pub const ALL: [RunStatus; 9] = [
         RunStatus::Queued,
         RunStatus::Running,
+        RunStatus::WaitingForApproval,
         RunStatus::Cancelling,
         RunStatus::Succeeded,
         RunStatus::Failed,
@@ -42,32 +45,51 @@ impl RunStatus {
     ];
 
     /// The states a run can still leave.
-    pub const ACTIVE: [RunStatus; 3] =
-        [RunStatus::Queued, RunStatus::Running, RunStatus::Cancelling];
+    pub const ACTIVE: [RunStatus; 4] = [
+        RunStatus::Queued,
+        RunStatus::Running,
+        RunStatus::WaitingForApproval,
+        RunStatus::Cancelling,
+    ];
+
+    /// The states of a run whose process is alive on its worker.
+    pub const EXECUTING: [RunStatus; 3] = [
+        RunStatus::Running,
+        RunStatus::WaitingForApproval,
+        RunStatus::Cancelling,
+    ];
 
     pub fn is_terminal(self) -> bool {
         !Self::ACTIVE.contains(&self)
     }
 
     /// Whether the state machine allows `self → next`. A retry of a transient failure goes
-    /// `running → queued` with the attempt raised.
+    /// `running → queued` with the attempt raised; a tool call waiting for approval goes
+    /// `running → waiting_for_approval → running`.
     pub fn can_move_to(self, next: RunStatus) -> bool {
         use RunStatus::*;
         matches!(
             (self, next),
             (Queued, Running | Cancelling | Cancelled | Lost | Failed)
-                | (Running, Queued | Cancelling)
+                | (Running, Queued | Cancelling | WaitingForApproval)
+                | (WaitingForApproval, Running | Cancelling)
                 | (
-                    Running | Cancelling,
+                    Running | WaitingForApproval | Cancelling,
                     Succeeded | Failed | TimedOut | Cancelled | Lost
                 )
         )
+    }
+
+    /// Whether the run's process is alive on its worker (see [`RunStatus::EXECUTING`]).
+    pub fn is_executing(self) -> bool {
+        Self::EXECUTING.contains(&self)
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             RunStatus::Queued => "queued",
             RunStatus::Running => "running",
+            RunStatus::WaitingForApproval => "waiting_for_approval",
             RunStatus::Cancelling => "cancelling",
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
@@ -167,6 +189,64 @@ pub struct ClaudeSpec {
     /// placeholders are filled in on the worker from the secrets sealed to it in the claim.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mcp_servers: Vec<McpServerSpec>,
+    /// Tools the run may call only with an operator's approval, each call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalGate>,
+}
+
+/// The tools of a run that wait for an operator's approval on each call. They are offered to the
+/// model but not pre-approved; the CLI asks the run's `approval` server
+/// (`--permission-prompt-tool`), which asks the control plane through the worker.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct ApprovalGate {
+    /// CLI names (`Bash`, `mcp__github__merge_pull_request`), a `*` at the end matching a
+    /// prefix.
+    pub tools: Vec<String>,
+    /// Access levels (`write`, `admin`, `dangerous`) of granted servers' tools that wait too:
+    /// the control plane moves those tools into `tools` when the run is claimed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub levels: Vec<String>,
+    /// How long a call waits for a decision before it is denied.
+    pub timeout_secs: u64,
+}
+
+/// A tool call asking for approval, as the CLI gave it to the run's `approval` server.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct ApprovalAsk {
+    /// The CLI's name of the tool.
+    pub tool: String,
+    /// The call's input, as the model wrote it.
+    pub input: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_use_id: Option<String>,
+}
+
+/// Where a tool call's approval stands.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum ApprovalAnswer {
+    /// Asked; nobody has decided yet. Ask again with the id.
+    Pending { approval_id: String },
+    /// The call may go ahead.
+    Allow { approval_id: String, by: String },
+    /// The call is refused (denied, timed out, or the run stops); `message` is for the model.
+    Deny {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approval_id: Option<String>,
+        message: String,
+    },
+}
+
+impl ApprovalGate {
+    /// Whether a call of `tool` (a CLI name) needs approval.
+    pub fn covers(&self, tool: &str) -> bool {
+        self.tools
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => tool.starts_with(prefix),
+                None => pattern == tool,
+            })
+    }
 }
 
 /// One MCP server a run may use.

@@ -791,7 +791,7 @@ impl Drop for TestServer {
 pub fn is_terminal(run: &Value) -> bool {
     !matches!(
         run["status"].as_str(),
-        Some("queued" | "running" | "cancelling")
+        Some("queued" | "running" | "waiting_for_approval" | "cancelling")
     )
 }
 

@@ -161,6 +161,12 @@ pub fn build_command(spec: &RunSpec, workspace: PathBuf, env: &CommandEnv) -> Co
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string())),
             );
+            if let Some(gate) = &claude.approval {
+                // A call waiting for approval is a call of the approval server's tool: the CLI
+                // must not give up on it before the control plane does.
+                let wait_ms = gate.timeout_secs.saturating_add(60).saturating_mul(1000);
+                vars.push(("MCP_TOOL_TIMEOUT".into(), wait_ms.to_string()));
+            }
             CommandSpec {
                 program: env.claude_bin.clone(),
                 args: claude_args(claude),
@@ -180,15 +186,21 @@ pub fn build_command(spec: &RunSpec, workspace: PathBuf, env: &CommandEnv) -> Co
 
 /// The CLI arguments of a Claude run. `dontAsk` makes the allowed-tools list binding (anything
 /// not allowed is denied, never prompted for), and `--strict-mcp-config` keeps MCP servers from
-/// the workspace or the user's settings out of the run.
+/// the workspace or the user's settings out of the run. A run with gated tools is asked about
+/// instead (`manual`), by the approval server as its permission prompt tool, which denies at
+/// once whatever is not gated: the list stays as binding.
 pub fn claude_args(spec: &ClaudeSpec) -> Vec<String> {
+    let permission_mode = match spec.approval {
+        Some(_) => "manual",
+        None => "dontAsk",
+    };
     let mut args: Vec<String> = [
         "-p",
         "--output-format",
         "stream-json",
         "--verbose",
         "--permission-mode",
-        "dontAsk",
+        permission_mode,
         "--strict-mcp-config",
         "--no-session-persistence",
         // Raw stream events carry each model message's final usage and stop reason
@@ -198,6 +210,14 @@ pub fn claude_args(spec: &ClaudeSpec) -> Vec<String> {
     .into_iter()
     .map(String::from)
     .collect();
+    if let Some(gate) = &spec.approval {
+        args.push("--permission-prompt-tool".into());
+        args.push(autopilot_fixed_servers::approval_wire::PROMPT_TOOL.into());
+        // `ask` rules: a gated call is asked about even when the CLI would let it through
+        // unasked (a read-only shell command, say).
+        args.push("--settings".into());
+        args.push(serde_json::json!({ "permissions": { "ask": gate.tools } }).to_string());
+    }
     if !spec.allowed_tools.is_empty() {
         args.push("--allowedTools".into());
         args.push(spec.allowed_tools.join(","));
@@ -272,7 +292,29 @@ mod tests {
             max_cost_usd: Some(0.5),
             trace_content: false,
             mcp_servers: Vec::new(),
+            approval: None,
         }
+    }
+
+    #[test]
+    fn a_run_with_gated_tools_is_asked_by_the_approval_server() {
+        let mut spec = claude_spec();
+        spec.approval = Some(autopilot_proto::ApprovalGate {
+            tools: vec!["Bash".into()],
+            levels: Vec::new(),
+            timeout_secs: 600,
+        });
+        let args = claude_args(&spec).join(" ");
+        assert!(args.contains("--permission-mode manual"), "{args}");
+        assert!(
+            args.contains("--permission-prompt-tool mcp__autopilot_approval__decide"),
+            "{args}"
+        );
+        assert!(!args.contains("dontAsk"), "{args}");
+        assert!(
+            args.contains(r#"--settings {"permissions":{"ask":["Bash"]}}"#),
+            "{args}"
+        );
     }
 
     #[test]

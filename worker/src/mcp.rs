@@ -7,9 +7,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use autopilot_fixed_servers::catalog::SETTINGS_FILE_VAR;
-use autopilot_fixed_servers::memory_wire;
+use autopilot_fixed_servers::{approval_wire, memory_wire};
 use autopilot_proto::placeholders::fill;
-use autopilot_proto::{McpServerSpec, McpTransport, Secrets};
+use autopilot_proto::{ApprovalGate, McpServerSpec, McpTransport, Secrets};
 use serde_json::{json, Map, Value};
 
 /// A run's MCP configuration: the CLI's `--mcp-config` document and the settings file of each
@@ -242,6 +242,31 @@ impl ConfigFile {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+/// Adds the run's `approval` server, the CLI's permission prompt tool for `gate`'s tools, which
+/// asks on the run's socket with the same token as the `memory` server.
+pub fn add_approval(files: &mut McpFiles, gate: &ApprovalGate, paths: RunPaths<'_>) {
+    let tools = serde_json::to_string(&gate.tools).unwrap_or_else(|_| "[]".to_owned());
+    let settings = json!({
+        memory_wire::SOCKET_SETTING: format!("{}/{}", paths.dir, memory_wire::SOCKET_FILE),
+        memory_wire::TOKEN_SETTING: paths.memory_token,
+        approval_wire::TOOLS_SETTING: tools,
+        approval_wire::TIMEOUT_SETTING: gate.timeout_secs.to_string(),
+    });
+    let file = format!("{}.settings.json", approval_wire::SERVER);
+    files
+        .settings
+        .push((file.clone(), settings.to_string().into_bytes()));
+    let entry = json!({
+        "type": "stdio",
+        "command": paths.fixed_servers,
+        "args": [approval_wire::SERVER],
+        "env": { SETTINGS_FILE_VAR: format!("{}/{file}", paths.dir) },
+    });
+    if let Some(servers) = files.document["mcpServers"].as_object_mut() {
+        servers.insert(approval_wire::SERVER.to_owned(), entry);
     }
 }
 

@@ -1,5 +1,6 @@
-//! The run's memory socket: where the `memory` server of a run (see
-//! `autopilot_fixed_servers::memory`) sends its operations. It lives in the run's MCP
+//! The run's socket: where the `memory` server of a run (see
+//! `autopilot_fixed_servers::memory`) sends its operations, and its `approval` server the tool
+//! calls that wait for an operator (see `autopilot_fixed_servers::approval`). It lives in the run's MCP
 //! configuration directory, which only the run's user can enter, and admits a request only with
 //! the token given to that server in its settings file (which it deletes once read), so the
 //! run's Bash can use neither. Each operation goes on to the control plane as a
@@ -10,8 +11,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use autopilot_fixed_servers::approval_wire::{self, Decision};
 use autopilot_fixed_servers::memory_wire::{MemoryAnswer, MAX_LINE_BYTES};
-use autopilot_proto::{Bus, RunId, WorkerId, WorkerReply, WorkerRequest};
+use autopilot_proto::{
+    ApprovalAnswer, ApprovalAsk, Bus, RunId, WorkerId, WorkerReply, WorkerRequest,
+};
 use serde_json::Value;
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -29,6 +33,70 @@ pub struct RunIdentity {
     pub run_id: RunId,
     pub attempt: u32,
     pub worker_id: WorkerId,
+    /// The run's slot on this worker, lent back while its calls wait for approval.
+    pub slot: Arc<SlotLoan>,
+}
+
+/// How often a pending approval is asked about again.
+const APPROVAL_POLL: Duration = Duration::from_secs(1);
+
+/// A run's slot on its worker. A run whose tool calls all wait for a person holds no slot: the
+/// worker may take another run meanwhile. When a decision comes, the run takes a free slot back
+/// if there is one, and otherwise goes on beside the others (the worker then takes no new run
+/// until one ends).
+#[derive(Default)]
+pub struct SlotLoan {
+    state: std::sync::Mutex<LoanState>,
+}
+
+#[derive(Default)]
+struct LoanState {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    slots: Option<Arc<tokio::sync::Semaphore>>,
+    waiting: usize,
+}
+
+impl SlotLoan {
+    pub fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        let slots = Arc::clone(permit.semaphore());
+        Self {
+            state: std::sync::Mutex::new(LoanState {
+                permit: Some(permit),
+                slots: Some(slots),
+                waiting: 0,
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, LoanState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A call starts waiting: the first gives the slot back.
+    pub fn lend(&self) {
+        let mut state = self.state();
+        state.waiting += 1;
+        if state.waiting == 1 {
+            state.permit = None;
+        }
+    }
+
+    /// A call was decided: the last takes a slot again when one is free.
+    pub fn take_back(&self) {
+        let mut state = self.state();
+        state.waiting = state.waiting.saturating_sub(1);
+        if state.waiting == 0 && state.permit.is_none() {
+            state.permit = state
+                .slots
+                .as_ref()
+                .and_then(|slots| Arc::clone(slots).try_acquire_owned().ok());
+        }
+    }
+
+    /// Whether the run holds a slot now.
+    pub fn holds(&self) -> bool {
+        self.state().permit.is_some()
+    }
 }
 
 /// A serving socket; it stops when dropped.
@@ -112,9 +180,9 @@ async fn serve(stream: UnixStream, token: &str, run: &RunIdentity, bus: &dyn Bus
         }
         let answer = match line.last() {
             Some(b'\n') => answer(&line, token, run, bus).await,
-            _ => refused(format!(
+            _ => to_value(refused(format!(
                 "the request is over {MAX_LINE_BYTES} bytes; a value holds at most 64 KiB"
-            )),
+            ))),
         };
         let mut reply = serde_json::to_vec(&answer).unwrap_or_default();
         reply.push(b'\n');
@@ -130,20 +198,118 @@ fn refused(reason: impl Into<String>) -> MemoryAnswer {
     }
 }
 
-async fn answer(line: &[u8], token: &str, run: &RunIdentity, bus: &dyn Bus) -> MemoryAnswer {
+/// The answer to one request line: a memory operation's, or an approval's decision.
+async fn answer(line: &[u8], token: &str, run: &RunIdentity, bus: &dyn Bus) -> Value {
     let Ok(mut request) = serde_json::from_slice::<serde_json::Map<String, Value>>(line) else {
-        return refused("the request is not a JSON object");
+        return to_value(refused("the request is not a JSON object"));
     };
     let given = request
         .remove("token")
         .and_then(|token| token.as_str().map(str::to_owned))
         .unwrap_or_default();
     if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
-        return refused("this socket answers only the run's memory server");
+        return to_value(refused("this socket answers only the run's own servers"));
+    }
+    if let Some(ask) = request.remove("approval") {
+        let decision = match serde_json::from_value::<approval_wire::Ask>(ask) {
+            Ok(ask) => approval(ask, run, bus).await,
+            Err(err) => Decision {
+                allow: false,
+                message: format!("the approval request is not understood: {err}"),
+            },
+        };
+        return serde_json::to_value(decision).unwrap_or_default();
     }
     let Some(op) = request.remove("op") else {
-        return refused("the request names no operation");
+        return to_value(refused("the request names no operation"));
     };
+    to_value(memory(op, run, bus).await)
+}
+
+fn to_value(answer: MemoryAnswer) -> Value {
+    serde_json::to_value(answer).unwrap_or_default()
+}
+
+/// Asks the control plane about a tool call and waits for its decision, the run's slot lent
+/// back meanwhile. Any failure to reach a decision is a denial.
+async fn approval(ask: approval_wire::Ask, run: &RunIdentity, bus: &dyn Bus) -> Decision {
+    let deny = |message: String| Decision {
+        allow: false,
+        message,
+    };
+    let asked = bus.request(WorkerRequest::Approval {
+        run_id: run.run_id,
+        attempt: run.attempt,
+        worker_id: run.worker_id.clone(),
+        ask: ApprovalAsk {
+            tool: ask.tool,
+            input: ask.input,
+            tool_use_id: ask.tool_use_id,
+        },
+    });
+    let mut answer = match tokio::time::timeout(ANSWER_TIMEOUT, asked).await {
+        Ok(Ok(WorkerReply::Approval { answer })) => answer,
+        Ok(Ok(WorkerReply::Rejected { reason })) => return deny(reason),
+        Ok(Ok(other)) => return deny(format!("the control plane answered {other:?}")),
+        Ok(Err(err)) => return deny(format!("the control plane cannot be reached: {err}")),
+        Err(_) => return deny("the control plane did not answer in time".to_owned()),
+    };
+    let ApprovalAnswer::Pending { approval_id } = &answer else {
+        return decision_of(answer);
+    };
+    let approval_id = approval_id.clone();
+    run.slot.lend();
+    loop {
+        tokio::time::sleep(APPROVAL_POLL).await;
+        let asked = bus.request(WorkerRequest::ApprovalStatus {
+            run_id: run.run_id,
+            attempt: run.attempt,
+            worker_id: run.worker_id.clone(),
+            approval_id: approval_id.clone(),
+        });
+        match tokio::time::timeout(ANSWER_TIMEOUT, asked).await {
+            Ok(Ok(WorkerReply::Approval {
+                answer: ApprovalAnswer::Pending { .. },
+            })) => continue,
+            Ok(Ok(WorkerReply::Approval { answer: decided })) => {
+                answer = decided;
+                break;
+            }
+            Ok(Ok(WorkerReply::Rejected { reason })) => {
+                answer = ApprovalAnswer::Deny {
+                    approval_id: Some(approval_id.clone()),
+                    message: reason,
+                };
+                break;
+            }
+            // The control plane is away for a moment (a restart, NATS reconnecting): the
+            // decision waits in the store, and the deadline is the control plane's.
+            Ok(Ok(_)) | Ok(Err(_)) | Err(_) => continue,
+        }
+    }
+    run.slot.take_back();
+    decision_of(answer)
+}
+
+fn decision_of(answer: ApprovalAnswer) -> Decision {
+    match answer {
+        ApprovalAnswer::Allow { by, .. } => Decision {
+            allow: true,
+            message: format!("approved by {by}"),
+        },
+        ApprovalAnswer::Deny { message, .. } => Decision {
+            allow: false,
+            message,
+        },
+        ApprovalAnswer::Pending { .. } => Decision {
+            allow: false,
+            message: "no decision was reached".to_owned(),
+        },
+    }
+}
+
+/// Relays one memory operation.
+async fn memory(op: Value, run: &RunIdentity, bus: &dyn Bus) -> MemoryAnswer {
     let asked = bus.request(WorkerRequest::Memory {
         run_id: run.run_id,
         attempt: run.attempt,

@@ -1,6 +1,7 @@
 //! The HTTP API under `/api/v1`, with the admin token, and the health checks: one router, thin
 //! handlers that call the services.
 
+mod approvals;
 mod jobs;
 mod memory;
 mod runs;
@@ -115,6 +116,10 @@ pub fn router(app: Arc<App>) -> Router {
             "/credentials/{name}",
             put(tools::set_credential).delete(tools::delete_credential),
         )
+        .route("/approvals", get(approvals::list))
+        .route("/approvals/{id}", get(approvals::get))
+        .route("/approvals/{id}/approve", post(approvals::approve))
+        .route("/approvals/{id}/deny", post(approvals::deny))
         .route("/workers", get(workers))
         .route("/quick-run", post(runs::quick_run))
         .route_layer(middleware::from_fn_with_state(

@@ -72,6 +72,7 @@ pub fn router(app: Arc<App>) -> Router {
             get(pages::run::rerun_form).post(pages::run::rerun),
         )
         .route("/runs/{id}/replay", post(pages::run::replay))
+        .route("/approvals/{id}/{verb}", post(pages::run::decide))
         .route("/webhooks", get(pages::webhooks::list))
         .route(
             "/webhooks/new",

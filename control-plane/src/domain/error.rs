@@ -12,6 +12,9 @@ pub enum ServiceError {
     /// The request clashes with the current state (duplicate name, run already finished, …).
     #[error("{0}")]
     Conflict(String),
+    /// The caller may not do this (not an approver, say); the message says who may.
+    #[error("{0}")]
+    Forbidden(String),
     /// Try again later.
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),

@@ -159,16 +159,28 @@ impl Job {
     pub fn run_snapshot(&self) -> RunSnapshot {
         let settings = &self.settings;
         let kind = match self.kind {
-            JobKind::Claude => RunKind::Claude(ClaudeSpec {
-                prompt: self.prompt.clone(),
-                model: settings.model.clone(),
-                allowed_tools: settings.allowed_tools.clone(),
-                disallowed_tools: settings.disallowed_tools.clone(),
-                max_turns: settings.max_turns,
-                max_cost_usd: settings.max_cost_usd,
-                trace_content: settings.trace_content,
-                mcp_servers: Vec::new(),
-            }),
+            JobKind::Claude => {
+                let approval = self.rules.approval.as_ref().map(|rule| rule.gate());
+                // A gated tool is offered but never pre-approved nor withheld: each call asks.
+                let ungated = |tools: &[String]| -> Vec<String> {
+                    tools
+                        .iter()
+                        .filter(|tool| !approval.as_ref().is_some_and(|gate| gate.covers(tool)))
+                        .cloned()
+                        .collect()
+                };
+                RunKind::Claude(ClaudeSpec {
+                    prompt: self.prompt.clone(),
+                    model: settings.model.clone(),
+                    allowed_tools: ungated(&settings.allowed_tools),
+                    disallowed_tools: ungated(&settings.disallowed_tools),
+                    max_turns: settings.max_turns,
+                    max_cost_usd: settings.max_cost_usd,
+                    trace_content: settings.trace_content,
+                    mcp_servers: Vec::new(),
+                    approval,
+                })
+            }
             JobKind::Shell => RunKind::Shell {
                 command: self.prompt.clone(),
                 stdin: None,

@@ -3,6 +3,7 @@
 //! templates and signature schemes, OAuth records, who is calling, and the errors of validation.
 //! Everything above (the store, the services, the edges) speaks in these types.
 
+pub mod approval;
 pub mod auth;
 pub mod dashboard;
 pub mod dynamic;

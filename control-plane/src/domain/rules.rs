@@ -557,6 +557,8 @@ pub struct JobRules {
     pub conditions: Conditions,
     #[serde(default, skip_serializing_if = "Budget::is_empty")]
     pub budget: Budget,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<super::approval::ApprovalRule>,
     /// Set by Autopilot, not by clients: the credential the job's runs use reached its usage
     /// limit, which resets then; no run starts before.
     #[serde(default, skip_serializing_if = "Option::is_none")]

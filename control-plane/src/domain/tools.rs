@@ -242,6 +242,11 @@ impl ToolGrant {
         validate_server_name(&format!("{field}.server"), &self.server)
     }
 
+    /// Whether `deny` names `tool`.
+    pub fn denies(&self, tool: &str) -> bool {
+        self.deny.iter().any(|pattern| matches(pattern, tool))
+    }
+
     /// Splits `server`'s tools into granted and not: a tool is granted when its level is at most
     /// the grant's (a `dangerous` one only when `allow` names it exactly), `allow` (when given)
     /// matches it, and `deny` does not.

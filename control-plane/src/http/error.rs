@@ -62,6 +62,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::Conflict(message) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message)
             }
+            ServiceError::Forbidden(message) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+            }
             ServiceError::Unavailable(message) => {
                 tracing::warn!(error = %message, "request failed on a temporary condition");
                 ApiError::new(

@@ -124,9 +124,7 @@ impl ServerHandler for AutopilotMcp {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let caller = self.caller(&context);
-        tools::call(&self.app, caller, request, context)
-            .await
-            .map(CallToolResponse::from)
+        tools::call(&self.app, caller, request, context).await
     }
 }
 

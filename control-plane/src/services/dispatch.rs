@@ -242,7 +242,12 @@ pub async fn recover_embedded_runs(app: &App) -> ServiceResult<()> {
     let stuck = app
         .store
         .runs_in_status(
-            &[RunStatus::Running, RunStatus::Cancelling, RunStatus::Queued],
+            &[
+                RunStatus::Running,
+                RunStatus::WaitingForApproval,
+                RunStatus::Cancelling,
+                RunStatus::Queued,
+            ],
             None,
         )
         .await?;
@@ -286,7 +291,7 @@ pub async fn reap_lost_runs(app: &App) -> ServiceResult<usize> {
         Utc::now() - chrono::Duration::from_std(app.config.lost_after).unwrap_or_default();
     let running = app
         .store
-        .runs_in_status(&[RunStatus::Running, RunStatus::Cancelling], None)
+        .runs_in_status(&RunStatus::EXECUTING, None)
         .await?;
     let mut reaped = 0;
     for run in running {
@@ -313,7 +318,8 @@ pub async fn reap_lost_runs(app: &App) -> ServiceResult<usize> {
 pub(crate) async fn mark_lost(app: &App, mut run: Run, reason: &str) -> ServiceResult<()> {
     let (status, attempt) = (run.status, run.attempt);
     let retry = run.settings.retry;
-    if retry.lost && status == RunStatus::Running && attempt <= retry.count {
+    let was_running = matches!(status, RunStatus::Running | RunStatus::WaitingForApproval);
+    if retry.lost && was_running && attempt <= retry.count {
         let delay = run.requeue_as_next_attempt(None);
         run.error = Some(reason.to_owned());
         // Recorded under the attempt that was lost.

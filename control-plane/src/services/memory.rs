@@ -24,8 +24,10 @@ pub async fn from_run(
 ) -> ServiceResult<WorkerReply> {
     let run = app.store.get_run(run_id).await?;
     let holds = |run: &Run| {
-        run.status == RunStatus::Running
-            && run.attempt == attempt
+        matches!(
+            run.status,
+            RunStatus::Running | RunStatus::WaitingForApproval
+        ) && run.attempt == attempt
             && run.worker_id.as_deref() == Some(worker_id.as_str())
     };
     let Some(run) = run.filter(holds) else {

@@ -2,6 +2,7 @@
 //! the bottom context ([`App`](crate::app::App)). The HTTP API, the MCP tools, the webhook intake,
 //! the scheduler and the event ingester all call these; none of them writes to the store itself.
 
+pub mod approvals;
 pub mod chains;
 pub mod dispatch;
 pub mod file_watches;

@@ -110,6 +110,7 @@ pub async fn quick_run(app: &App, input: QuickRunInput) -> ServiceResult<Run> {
             max_cost_usd: settings.max_cost_usd,
             trace_content: settings.trace_content,
             mcp_servers: Vec::new(),
+            approval: None,
         }),
         timeout_secs: settings.timeout_secs,
         workspace: format!("quick-{run_id}"),
@@ -283,7 +284,7 @@ async fn stop(app: &App, id: RunId, superseded_by: Option<RunId>) -> ServiceResu
                     return Ok(run);
                 }
             }
-            RunStatus::Running => {
+            RunStatus::Running | RunStatus::WaitingForApproval => {
                 run.status = RunStatus::Cancelling;
                 let mut data = json!({ "step": "cancel_requested" });
                 if let Some(newer) = superseded_by {

@@ -65,6 +65,18 @@ pub async fn handle_worker_request(
             worker_id,
             op,
         } => super::memory::from_run(app, run_id, attempt, &worker_id, op).await,
+        WorkerRequest::Approval {
+            run_id,
+            attempt,
+            worker_id,
+            ask,
+        } => super::approvals::ask(app, run_id, attempt, &worker_id, ask).await,
+        WorkerRequest::ApprovalStatus {
+            run_id,
+            attempt,
+            worker_id,
+            approval_id,
+        } => super::approvals::status(app, run_id, attempt, &worker_id, &approval_id).await,
         WorkerRequest::FileWatches { pools, .. } => super::file_watches::watches(app, &pools).await,
         WorkerRequest::FileChanged { worker_id, change } => {
             super::file_watches::changed(app, &worker_id, change).await
@@ -350,8 +362,9 @@ async fn ending(
     {
         super::rules::pause_for_usage_limit(app, job_id, until).await;
     }
-    let retry =
-        outcome.transient && expected == RunStatus::Running && attempt <= run.settings.retry.count;
+    let retry = outcome.transient
+        && matches!(expected, RunStatus::Running | RunStatus::WaitingForApproval)
+        && attempt <= run.settings.retry.count;
     if retry {
         let delay = run.requeue_as_next_attempt(outcome.retry_at);
         let mut data = json!({ "step": "retry_scheduled", "next_attempt": attempt + 1, "delay_secs": delay.as_secs(), "error": outcome.error });
@@ -376,7 +389,9 @@ async fn ending(
         })));
     }
 
-    if outcome.stopped == Some(StopReason::WorkerShutdown) && expected == RunStatus::Running {
+    if outcome.stopped == Some(StopReason::WorkerShutdown)
+        && matches!(expected, RunStatus::Running | RunStatus::WaitingForApproval)
+    {
         // Handed back by a worker that shut down: lost, or run again by the job's policy.
         if !last_events.is_empty() {
             app.store.append_events(&last_events).await?;
@@ -436,7 +451,7 @@ async fn wait_for_events(app: &App, run_id: RunId, attempt: u32, expected: u64) 
 
 fn owns(run: &Run, attempt: u32, worker_id: &WorkerId) -> bool {
     run.attempt == attempt
-        && matches!(run.status, RunStatus::Running | RunStatus::Cancelling)
+        && run.status.is_executing()
         && run.worker_id.as_deref() == Some(worker_id.as_str())
 }
 

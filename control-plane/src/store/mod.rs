@@ -4,7 +4,7 @@
 //!
 //! The contract is one narrow trait per aggregate ([`JobStore`], [`RunStore`], [`EventStore`],
 //! [`LeaseStore`], [`SettingsStore`], [`OAuthStore`], [`WorkerStore`], [`WebhookStore`],
-//! [`ToolStore`], [`MemoryStore`], [`DashboardStore`], [`RulesStore`]), and
+//! [`ToolStore`], [`MemoryStore`], [`DashboardStore`], [`RulesStore`], [`ApprovalStore`]), and
 //! [`Store`] is all of them at once: the app holds an `Arc<dyn Store>`, and a trait object
 //! answers its supertraits' methods without them being imported. The traits stay together in
 //! this file, not one file each: each is a handful of signatures, and read in one place they give
@@ -26,6 +26,7 @@ use autopilot_proto::{
 };
 use chrono::{DateTime, Utc};
 
+use crate::domain::approval::{Approval, ApprovalStatus};
 use crate::domain::dashboard::{DashboardSession, UsageGroup, UsageTotals};
 use crate::domain::dynamic::DynamicVersion;
 use crate::domain::memory::{MemoryFilter, MemoryItem, MemoryScope};
@@ -143,6 +144,32 @@ pub trait RulesStore: Send + Sync {
     async fn delete_hook_token(&self, name: &str) -> StoreResult<bool>;
 }
 
+/// Tool calls waiting for (or past) an operator's approval (part of every [`Store`]).
+#[async_trait]
+pub trait ApprovalStore: Send + Sync {
+    async fn insert_approval(&self, approval: &Approval) -> StoreResult<()>;
+    async fn get_approval(&self, id: &str) -> StoreResult<Option<Approval>>;
+    /// Newest first; only those in `status` and of `run` when given.
+    async fn list_approvals(
+        &self,
+        status: Option<ApprovalStatus>,
+        run_id: Option<RunId>,
+        limit: u32,
+    ) -> StoreResult<Vec<Approval>>;
+    /// `pending → status`, with who decided, when and why. `false` when it was not pending.
+    async fn decide_approval(
+        &self,
+        id: &str,
+        status: ApprovalStatus,
+        decided_by: &str,
+        reason: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+    /// Pending approvals whose wait ended before `now`, oldest first.
+    async fn expired_approvals(&self, now: DateTime<Utc>, limit: u32)
+        -> StoreResult<Vec<Approval>>;
+}
+
 /// Everything the control plane keeps, as one trait object: every aggregate's trait, plus which
 /// database holds them.
 pub trait Store:
@@ -158,6 +185,7 @@ pub trait Store:
     + MemoryStore
     + DashboardStore
     + RulesStore
+    + ApprovalStore
     + Send
     + Sync
 {

@@ -6,6 +6,7 @@
 //! whole suite on PostgreSQL, then the API, MCP, OAuth and webhook tests again on SQLite).
 
 mod api;
+mod approvals;
 mod blobs;
 mod browser;
 mod bus;

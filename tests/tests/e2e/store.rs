@@ -98,6 +98,12 @@ pub(crate) fn job(name: &str) -> Job {
                 monthly_usd: None,
                 alert: None,
             },
+            approval: Some(autopilot_control_plane::domain::approval::ApprovalRule {
+                tools: vec!["Bash".into()],
+                levels: vec![autopilot_control_plane::domain::tools::AccessLevel::Dangerous],
+                approvers: vec!["operator".into()],
+                timeout_secs: Some(300),
+            }),
         },
         misfire_policy: MisfirePolicy::RunAll,
         misfire_cap: 3,

@@ -96,6 +96,7 @@ fn delivery(
             max_cost_usd: None,
             trace_content: false,
             mcp_servers: Vec::new(),
+            approval: None,
         }),
         timeout_secs: 60,
         workspace: webhook.workspace(),

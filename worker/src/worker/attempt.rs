@@ -84,15 +84,16 @@ pub(super) struct Attempt {
     pub(super) workspaces: Arc<dyn Workspaces>,
     pub(super) active: ActiveRuns,
     pub(super) reports: Arc<Reports>,
+    /// The run's slot on this worker (set when a run is delivered).
+    pub(super) slot: Arc<crate::memory_relay::SlotLoan>,
 }
 
 impl Attempt {
     /// Claims, executes and reports the delivered run; its slot is free again at the end.
-    pub(super) async fn handle(self, delivery: RunDelivery) {
-        let RunDelivery {
-            delivery,
-            slot: _slot,
-        } = delivery;
+    pub(super) async fn handle(mut self, delivery: RunDelivery) {
+        let RunDelivery { delivery, slot } = delivery;
+        // Held until the attempt ends, but lent back while its calls wait for approval.
+        self.slot = Arc::new(crate::memory_relay::SlotLoan::new(slot));
         let RunRequest {
             run_id,
             attempt,
@@ -316,8 +317,9 @@ impl Attempt {
             RunKind::Claude(claude) => claude.mcp_servers.as_slice(),
             RunKind::Shell { .. } | RunKind::Http(_) => &[],
         };
+        let gated = matches!(&spec.kind, RunKind::Claude(claude) if claude.approval.is_some());
         // Kept until the run has ended: the CLI reads it when it starts its servers.
-        let _mcp_config = if servers.is_empty() {
+        let _mcp_config = if servers.is_empty() && !gated {
             None
         } else {
             match self.mcp_config(spec, granted, events).await {
@@ -678,18 +680,22 @@ impl Attempt {
         let in_container = self.executor.name() == "docker";
         let programs = mcp::RunPrograms::new(in_container, &self.config.command_env, file.dir());
         let paths = programs.paths(&memory_token);
-        let files = mcp::config(
-            &claude.mcp_servers,
-            &granted.secrets,
-            &claude.allowed_tools,
-            paths,
-        )?;
+        // A gated tool of a stdio server is offered too: each call is asked about first.
+        let mut offered = claude.allowed_tools.clone();
+        if let Some(gate) = &claude.approval {
+            offered.extend(gate.tools.iter().cloned());
+        }
+        let mut files = mcp::config(&claude.mcp_servers, &granted.secrets, &offered, paths)?;
+        if let Some(gate) = &claude.approval {
+            mcp::add_approval(&mut files, gate, paths);
+        }
         file.write(&files).map_err(written)?;
-        if mcp::uses_memory(&claude.mcp_servers) {
+        if mcp::uses_memory(&claude.mcp_servers) || claude.approval.is_some() {
             let run = crate::memory_relay::RunIdentity {
                 run_id: spec.run_id,
                 attempt: spec.attempt,
                 worker_id: self.config.worker_id.clone(),
+                slot: Arc::clone(&self.slot),
             };
             file.serve_memory(memory_token, run, Arc::clone(&self.bus))?;
         }

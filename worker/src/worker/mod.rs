@@ -275,6 +275,7 @@ impl Worker {
                 workspaces: Arc::clone(&self.workspaces),
                 active: Arc::clone(&self.active),
                 reports: Arc::clone(&reports),
+                slot: Default::default(),
             };
             tasks.spawn(attempt.handle(delivery));
             // Reap finished tasks so the set does not grow without bound.

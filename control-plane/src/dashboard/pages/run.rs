@@ -18,7 +18,9 @@ use crate::dashboard::fields::Fields;
 use crate::dashboard::format::{count, cut, iso, run_duration, short_id, usd, utc};
 use crate::dashboard::transcript::{self, Transcript};
 use crate::dashboard::Dashboard;
+use crate::domain::approval::{Approval, ApprovalStatus};
 use crate::domain::{Run, RunFilter, ServiceError};
+use crate::services::approvals::{self, Decision, Via};
 use crate::services::{follow, runs, webhooks};
 
 /// Events shown on a run's page at most (the rest: the API's event pages).
@@ -66,6 +68,47 @@ pub struct RunSummary {
     pub webhook_id: String,
     pub delivery_id: String,
     pub csrf: String,
+    /// The run's tool calls waiting for a decision.
+    pub approvals: Vec<WaitingCall>,
+}
+
+/// A tool call of the run waiting for approval, as the summary shows it.
+pub struct WaitingCall {
+    pub id: String,
+    pub tool: String,
+    pub input: String,
+    pub approvers: String,
+    pub expires: String,
+    pub expires_iso: String,
+}
+
+impl WaitingCall {
+    fn new(approval: &Approval) -> Self {
+        let input = serde_json::to_string_pretty(&approval.input).unwrap_or_default();
+        WaitingCall {
+            id: approval.id.clone(),
+            tool: approval.tool.clone(),
+            input: match cut(&input, 4000) {
+                (shown, true) => format!("{shown}…"),
+                (shown, false) => shown.to_owned(),
+            },
+            approvers: approval.approvers.join(", "),
+            expires: utc(approval.expires_at),
+            expires_iso: iso(approval.expires_at),
+        }
+    }
+}
+
+/// The run's summary with its waiting calls (read only while it waits).
+pub async fn summary(app: &crate::app::App, run: &Run, csrf: &str) -> RunSummary {
+    let mut summary = RunSummary::new(run, csrf);
+    if run.status == autopilot_proto::RunStatus::WaitingForApproval {
+        match approvals::list(app, Some(ApprovalStatus::Pending), Some(run.id), Some(20)).await {
+            Ok(waiting) => summary.approvals = waiting.iter().map(WaitingCall::new).collect(),
+            Err(err) => tracing::warn!(error = %err, "reading a run's approvals failed"),
+        }
+    }
+    summary
 }
 
 impl RunSummary {
@@ -105,6 +148,7 @@ impl RunSummary {
             webhook_id: run.webhook_id.map(|id| id.to_string()).unwrap_or_default(),
             delivery_id: run.delivery_id.clone().unwrap_or_default(),
             csrf: csrf.to_owned(),
+            approvals: Vec::new(),
         }
     }
 
@@ -279,7 +323,9 @@ pub async fn show(
     let page = RunPage {
         chrome: Chrome::new(&operator, "runs", format!("Run {}", short_id(run.id))),
         id: id.to_string(),
-        summary: RunSummary::new(&run, operator.csrf_token()).html(),
+        summary: summary(&dashboard.app, &run, operator.csrf_token())
+            .await
+            .html(),
         kind,
         prompt,
         transcript: transcript.html,
@@ -351,7 +397,7 @@ fn live_entries(
                     if kind == EventKind::Lifecycle {
                         if let Ok(run) = runs::get(&app, event.run_id).await {
                             data.push_str("\n<!--summary-->\n");
-                            data.push_str(&RunSummary::new(&run, &csrf).html());
+                            data.push_str(&summary(&app, &run, &csrf).await.html());
                         }
                     }
                     // SSE cannot carry a carriage return; HTML does not need one.
@@ -455,6 +501,35 @@ pub async fn kill(
     let id = parse_run_id(&id)?;
     runs::kill(&dashboard.app, id).await?;
     Ok(see_other(&format!("/runs/{id}")))
+}
+
+/// Approves or denies a waiting tool call (the dashboard's operator may decide any).
+pub async fn decide(
+    State(dashboard): State<Dashboard>,
+    Path((id, verb)): Path<(String, String)>,
+    Submitted { operator, form }: Submitted,
+) -> PageResult<Response> {
+    authorize(&operator, Action::Run)?;
+    let approve = match verb.as_str() {
+        "approve" => true,
+        "deny" => false,
+        _ => {
+            return Err(PageError::Api(crate::http::ApiError::not_found(
+                "approvals are approved or denied",
+            )))
+        }
+    };
+    let reason = form.get("reason").map(str::to_owned);
+    let caller = crate::domain::auth::Caller::admin();
+    let decided = approvals::decide(
+        &dashboard.app,
+        &caller,
+        &id,
+        Decision { approve, reason },
+        Via::Direct,
+    )
+    .await?;
+    Ok(see_other(&format!("/runs/{}", decided.run_id)))
 }
 
 #[derive(Template)]

@@ -10,6 +10,7 @@ use autopilot_fixed_servers::memory_wire::MemoryOp;
 use chrono::Utc;
 use rmcp::model::{CallToolResult, JsonObject};
 
+use super::approvals::{DecideArgs, ListArgs};
 use super::jobs::{JobRef, MemoryArgs, SetMemoryArgs, TriggerArgs};
 use super::runs::{GetRunArgs, ListRunsArgs, RunRef};
 use super::webhooks::{ReplayArgs, WebhookRef};
@@ -104,6 +105,12 @@ fn check(name: &str, mut args: JsonObject) -> Result<Option<Job>, Failure> {
         "replay_delivery" => {
             let ReplayArgs { run_id, .. } = parse(args)?;
             parse_run_id("run_id", &run_id)?;
+        }
+        "list_approvals" => {
+            let _: ListArgs = parse(args)?;
+        }
+        "decide_approval" => {
+            let _: DecideArgs = parse(args)?;
         }
         other => {
             if !super::registry::check_arguments(other, args)? {

@@ -6,6 +6,7 @@
 //! This module holds what the groups share: the definitions, the dispatch, scope checks, and
 //! how results and failures are written for the model.
 
+mod approvals;
 #[doc(hidden)]
 pub mod fuzzing;
 mod jobs;
@@ -19,7 +20,8 @@ use std::sync::{Arc, LazyLock};
 use autopilot_proto::RunId;
 use rmcp::handler::server::common::schema_for_input;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ContentBlock, JsonObject, Tool, ToolAnnotations,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, JsonObject, Tool,
+    ToolAnnotations,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer};
@@ -48,6 +50,7 @@ struct Spec {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Group {
+    Approvals,
     Jobs,
     Runs,
     Webhooks,
@@ -62,6 +65,7 @@ static DEFINITIONS: LazyLock<Vec<(Tool, Group)>> = LazyLock::new(|| {
         (Group::Webhooks, webhooks::specs()),
         (Group::Registry, registry::specs()),
         (Group::Server, server::specs()),
+        (Group::Approvals, approvals::specs()),
     ];
     groups
         .into_iter()
@@ -114,7 +118,7 @@ pub async fn call(
     caller: Option<Caller>,
     request: CallToolRequestParams,
     context: RequestContext<RoleServer>,
-) -> Result<CallToolResult, ErrorData> {
+) -> Result<CallToolResponse, ErrorData> {
     let name = request.name.as_ref();
     let Some((tool, group)) = find(name) else {
         return Err(ErrorData::invalid_params(
@@ -129,13 +133,30 @@ pub async fn call(
         ));
     };
     if let Err(denied) = check_scope(caller.as_ref(), name, is_read_only(tool)) {
-        return Ok(denied);
+        return Ok(denied.into());
     }
     if let Err(denied) = check_operator(caller.as_ref(), name) {
-        return Ok(denied);
+        return Ok(denied.into());
     }
     let args = request.arguments.unwrap_or_default();
+    if name == "decide_approval" {
+        // Its answer may be a form for a person (an input request) rather than a result.
+        let Some(caller) = caller else {
+            return Ok(error_result("not authenticated".to_owned()).into());
+        };
+        let decided = approvals::decide(
+            app,
+            &caller,
+            args,
+            request.input_responses,
+            request.request_state,
+            &context,
+        )
+        .await;
+        return Ok(decided.unwrap_or_else(|failure| failure.into_result(name).into()));
+    }
     let outcome = match group {
+        Group::Approvals => approvals::list(app, args).await,
         Group::Jobs => jobs::call(app, name, args, &context).await,
         Group::Runs => runs::call(app, name, args, &context).await,
         Group::Webhooks => webhooks::call(app, name, args, &context).await,
@@ -145,7 +166,8 @@ pub async fn call(
     Ok(match outcome {
         Ok(result) => result,
         Err(failure) => failure.into_result(name),
-    })
+    }
+    .into())
 }
 
 /// Tools only the operator may call over MCP: approving a dynamic server's version gives it its
@@ -228,7 +250,9 @@ impl Failure {
             Failure::Service(err @ ServiceError::NotFound { .. }) => {
                 format!("{err}. list_jobs / list_runs / list_webhooks show what exists.")
             }
-            Failure::Service(ServiceError::Conflict(message)) => message,
+            Failure::Service(
+                ServiceError::Conflict(message) | ServiceError::Forbidden(message),
+            ) => message,
             Failure::Service(ServiceError::Unavailable(message)) => {
                 format!("Autopilot is temporarily unavailable ({message}); try again shortly.")
             }
@@ -391,7 +415,7 @@ mod tests {
     #[test]
     fn every_tool_is_defined_once_with_a_title_and_annotations() {
         let names: Vec<&str> = definitions().map(|tool| tool.name.as_ref()).collect();
-        assert_eq!(names.len(), 41);
+        assert_eq!(names.len(), 43);
         let mut unique = names.clone();
         unique.sort_unstable();
         unique.dedup();

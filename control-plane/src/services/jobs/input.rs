@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::domain::approval::ApprovalRule;
 use crate::domain::input::{flattened, nullable, validate_name};
 use crate::domain::job::ScheduleFields;
 use crate::domain::limits::MAX_PROMPT_BYTES;
@@ -110,6 +111,12 @@ pub struct JobInput {
     /// past it, new runs are refused and fires are recorded as skipped.
     #[serde(default)]
     pub budget: Option<Budget>,
+    /// Tools whose every call waits for a person's approval (claude jobs): `tools` by name and
+    /// `levels` of the granted servers' tools, `approvers` (OAuth client ids beside the
+    /// operator), `timeout_secs` (then the call is denied). The run shows
+    /// `waiting_for_approval` meanwhile.
+    #[serde(default)]
+    pub approval: Option<ApprovalRule>,
     /// IANA time zone the schedule is read in, e.g. `Europe/Paris`. Default `UTC`.
     #[serde(default)]
     pub timezone: Option<String>,
@@ -174,6 +181,9 @@ pub struct JobPatch {
     /// `null` removes the budget.
     #[serde(default, deserialize_with = "nullable")]
     pub budget: Option<Option<Budget>>,
+    /// Replaces the approval gate; `null` removes it.
+    #[serde(default, deserialize_with = "nullable")]
+    pub approval: Option<Option<ApprovalRule>>,
     /// IANA time zone the schedule is read in.
     pub timezone: Option<String>,
     /// `false` pauses the job, `true` resumes it.
@@ -323,9 +333,35 @@ pub(crate) fn validate(
             .map_err(|(field, message)| ServiceError::invalid(field, message))?;
     }
     rules.on_file = input.on_file;
+    rules.approval = match input.approval {
+        None => None,
+        Some(_) if kind != JobKind::Claude => {
+            return Err(ServiceError::invalid(
+                "approval",
+                "approval gates are for claude jobs, whose tool calls they hold",
+            ))
+        }
+        Some(rule) => Some(
+            rule.normalised()
+                .map_err(|(field, message)| ServiceError::invalid(field, message))?,
+        ),
+    };
     // A pause for a usage limit outlives an edit.
     rules.paused_until = existing.and_then(|job| job.rules.paused_until);
     let settings = input.run.resolve(kind, RetryPolicy::default())?;
+    if let Some(rule) = &rules.approval {
+        if rule.timeout_secs() >= settings.timeout_secs {
+            return Err(ServiceError::invalid(
+                "approval.timeout_secs",
+                format!(
+                    "is {} s, but a run may last {} s (timeout_secs), waits included: make the \
+                     approval timeout shorter or the run's timeout longer",
+                    rule.timeout_secs(),
+                    settings.timeout_secs
+                ),
+            ));
+        }
+    }
     let misfire_cap = input.misfire_cap.unwrap_or(DEFAULT_MISFIRE_CAP);
     if !(1..=1000).contains(&misfire_cap) {
         return Err(ServiceError::invalid(
@@ -497,6 +533,7 @@ fn validate_rules(
         paused_until: None,
         conditions,
         budget,
+        approval: None,
     })
 }
 
@@ -534,6 +571,7 @@ pub(crate) fn apply(job: &Job, patch: JobPatch) -> JobInput {
         on_file: job.rules.on_file.clone(),
         conditions: Some(job.rules.conditions.clone()),
         budget: Some(job.rules.budget.clone()),
+        approval: job.rules.approval.clone(),
         timezone: Some(job.timezone.clone()),
         enabled: Some(job.enabled),
         misfire_policy: Some(job.misfire_policy),
@@ -559,7 +597,7 @@ pub(crate) fn apply(job: &Job, patch: JobPatch) -> JobInput {
         input.request = Some(request);
     }
     input.run.apply(patch.run);
-    set!(after, on_hook, on_end, on_file, conditions, budget);
+    set!(after, on_hook, on_end, on_file, conditions, budget, approval);
     // Setting one kind of schedule replaces the others.
     if patch.schedule.is_some() || patch.at.is_some() || patch.every.is_some() {
         input.schedule = patch.schedule.flatten();

@@ -47,6 +47,9 @@ pub struct JobView {
     pub conditions: Conditions,
     #[serde(skip_serializing_if = "Budget::is_empty")]
     pub budget: Budget,
+    /// The tools whose calls wait for approval, and who may decide.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<crate::domain::approval::ApprovalRule>,
     /// Its runs wait until then: the credential they use reached its usage limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub paused_until: Option<DateTime<Utc>>,
@@ -102,6 +105,7 @@ impl From<&Job> for JobView {
             on_file: job.rules.on_file.clone(),
             conditions: job.rules.conditions.clone(),
             budget: job.rules.budget.clone(),
+            approval: job.rules.approval.clone(),
             paused_until: job.rules.paused_until,
             timezone: job.timezone.clone(),
             enabled: job.enabled,

@@ -175,7 +175,10 @@ impl Registry {
                 .copied()
                 .filter(|g| g.server == name)
                 .collect();
-            let resolved = resolve_all(&of_server, server);
+            let mut resolved = resolve_all(&of_server, server);
+            if let Some(gate) = claude.approval.as_mut() {
+                gate_levels(gate, &of_server, server, &mut resolved);
+            }
             claude.allowed_tools.extend(resolved.allowed);
             claude.disallowed_tools.extend(resolved.disallowed);
             needed.extend(credentials_of(&server.transport));
@@ -234,5 +237,32 @@ impl Registry {
             },
             needed,
         ))
+    }
+}
+
+/// Moves the tools of `server` at the gate's access levels (unless a grant denies them by name)
+/// out of the allowed and withheld lists and into the gate: offered, and asked about each call.
+fn gate_levels(
+    gate: &mut autopilot_proto::ApprovalGate,
+    grants: &[&ToolGrant],
+    server: &crate::domain::tools::McpServer,
+    resolved: &mut crate::domain::tools::ResolvedGrant,
+) {
+    use crate::domain::approval::level_name;
+    for tool in &server.tools {
+        let at_level = gate
+            .levels
+            .iter()
+            .any(|level| level == level_name(tool.access));
+        let denied = grants.iter().any(|grant| grant.denies(&tool.name));
+        if !at_level || denied {
+            continue;
+        }
+        let name = format!("mcp__{}__{}", server.name, tool.name);
+        resolved.allowed.retain(|allowed| allowed != &name);
+        resolved.disallowed.retain(|withheld| withheld != &name);
+        if !gate.covers(&name) {
+            gate.tools.push(name);
+        }
     }
 }

@@ -290,6 +290,7 @@ pub fn build_delivery(
                     max_cost_usd: run.max_cost_usd,
                     trace_content: run.trace_content,
                     mcp_servers: Vec::new(),
+                    approval: None,
                 }),
                 timeout_secs: run.timeout_secs,
                 workspace: webhook.workspace(),

@@ -107,6 +107,7 @@ macro_rules! in_write_tx {
 // One file per aggregate's trait implementation, and `deliveries`, the webhook batch write that
 // `webhooks` hands over to. Declared after the macros above, which they use without importing
 // them; what the macros expand to names `Pools` and `classify`, which each file imports.
+mod approvals;
 mod dashboard;
 mod deliveries;
 mod events;

@@ -461,7 +461,7 @@ impl RunStore for SqlStore {
         now: DateTime<Utc>,
     ) -> StoreResult<Option<RunStatus>> {
         let sql = "UPDATE runs SET heartbeat_at_ms = $4 WHERE id = $1 AND attempt = $2 AND worker_id = $3 \
-                   AND status IN ('running', 'cancelling') RETURNING status";
+                   AND status IN ('running', 'waiting_for_approval', 'cancelling') RETURNING status";
         let status: Option<(String,)> = on_write!(self, pool => {
             sqlx::query_as(sql)
                 .bind(run_id.to_string())

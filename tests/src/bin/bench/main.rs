@@ -323,6 +323,7 @@ fn direct_run(
         max_cost_usd: None,
         trace_content: false,
         mcp_servers: Vec::new(),
+        approval: None,
     });
     let mut child = Command::new(claude)
         .args(args)

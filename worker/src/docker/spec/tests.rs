@@ -62,6 +62,7 @@ fn claude(network: NetworkMode) -> CommandSpec {
         max_cost_usd: None,
         trace_content: false,
         mcp_servers: Vec::new(),
+        approval: None,
     };
     command(RunKind::Claude(claude), network)
 }

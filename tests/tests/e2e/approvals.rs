@@ -1,0 +1,252 @@
+//! Approval gates in the fleet, with the real CLI: a gated tool call pauses its run
+//! (`waiting_for_approval`, the call on record with who may decide), the run's worker slot is
+//! free meanwhile, and the call goes ahead when approved on any replica, is refused with the
+//! approver's reason when denied, and is refused when nobody decides in time.
+
+use std::time::Duration;
+
+use autopilot_tests::cluster::{claude_worker_env, Cluster, ClusterOptions};
+use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply};
+use autopilot_tests::harness::{is_terminal, shell_job, steps, ApiClient};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Starts a run of `job` whose model asks to run `command` with Bash, and waits until that call
+/// waits for approval; returns the run id and the approval.
+async fn gated_call(
+    api: &ApiClient,
+    fake: &FakeAnthropic,
+    job: &str,
+    command: &str,
+) -> (String, Value) {
+    fake.push_all([
+        Reply::tool_use("Bash", json!({ "command": command })),
+        Reply::text("done"),
+    ]);
+    let run = api.trigger(job).await;
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    let waiting = api
+        .wait_for_run(&run_id, WAIT, |run| {
+            run["status"] == "waiting_for_approval" || is_terminal(run)
+        })
+        .await;
+    if waiting["status"] != "waiting_for_approval" {
+        let events = api.events(&run_id).await;
+        let results: Vec<Value> = fake
+            .requests()
+            .iter()
+            .flat_map(|r| r.tool_results())
+            .collect();
+        panic!("the call did not wait: {waiting}\nevents: {events:#?}\nresults: {results:?}");
+    }
+    let listed = api
+        .get(&format!("/api/v1/approvals?status=pending&run_id={run_id}"))
+        .await;
+    let approvals = listed["approvals"].as_array().unwrap();
+    assert_eq!(approvals.len(), 1, "{listed}");
+    (run_id, approvals[0].clone())
+}
+
+/// The tool result the CLI sent back for the gated call.
+fn tool_result(fake: &FakeAnthropic, command_marker: &str) -> Value {
+    fake.requests()
+        .iter()
+        .flat_map(|request| request.tool_results())
+        .find(|result| result.to_string().contains(command_marker))
+        .unwrap_or_else(|| {
+            let last = fake.requests().last().map(|r| r.body.clone());
+            panic!("no tool result mentions {command_marker}: {last:?}")
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gated_call_waits_for_a_decision_and_is_approved_denied_or_timed_out() {
+    let Some(claude) = autopilot_tests::components::claude_bin() else {
+        return;
+    };
+    let fake = FakeAnthropic::start().await.expect("fake API");
+    // One worker with one slot: another run can only execute while the gated one holds none.
+    let options = ClusterOptions {
+        control_planes: 2,
+        workers: 1,
+        worker_concurrency: 1,
+        worker_env: claude_worker_env(&claude, &fake.base_url()),
+        ..ClusterOptions::default()
+    };
+    let Some(cluster) = Cluster::start(options).await else {
+        return;
+    };
+    let (api, other) = (cluster.api(0).clone(), cluster.api(1).clone());
+    let job = api
+        .create_job(json!({
+            "name": "gated",
+            "prompt": "clean up",
+            "approval": { "tools": ["Bash"], "approvers": ["claude-ai-client"], "timeout_secs": 120 },
+        }))
+        .await;
+    assert_eq!(
+        job["approval"]["approvers"],
+        json!(["claude-ai-client"]),
+        "{job}"
+    );
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    let quick = api
+        .create_job(shell_job("meanwhile", "echo meanwhile"))
+        .await;
+
+    // Approved, on the other replica, while another run used the freed slot.
+    let (run_id, approval) = gated_call(&api, &fake, &job_id, "echo approved-output").await;
+    assert_eq!(approval["tool"], "Bash", "{approval}");
+    assert_eq!(
+        approval["input"]["command"], "echo approved-output",
+        "{approval}"
+    );
+    assert_eq!(
+        approval["approvers"],
+        json!(["claude-ai-client"]),
+        "{approval}"
+    );
+    assert_eq!(approval["status"], "pending", "{approval}");
+    let meanwhile = api.trigger(quick["id"].as_str().unwrap()).await;
+    let meanwhile = api
+        .wait_for_run(meanwhile["id"].as_str().unwrap(), WAIT, is_terminal)
+        .await;
+    assert_eq!(
+        meanwhile["status"], "succeeded",
+        "a waiting run holds no slot: {meanwhile}"
+    );
+    assert_eq!(api.run(&run_id).await["status"], "waiting_for_approval");
+    let id = approval["id"].as_str().unwrap();
+    let (status, decided) = other
+        .call(
+            Method::POST,
+            &format!("/api/v1/approvals/{id}/approve"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{decided}");
+    assert_eq!(decided["status"], "approved", "{decided}");
+    assert_eq!(decided["decided_by"], "operator", "{decided}");
+    assert!(decided["decided_at"].is_string(), "{decided}");
+    let (status, again) = api
+        .call(Method::POST, &format!("/api/v1/approvals/{id}/deny"), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "one decision per call: {again}"
+    );
+    let ended = api.wait_for_run(&run_id, WAIT, is_terminal).await;
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    let result = tool_result(&fake, "approved-output");
+    assert_ne!(result["is_error"], true, "the approved call ran: {result}");
+    let events = api.events(&run_id).await;
+    let steps = steps(&events);
+    let requested = steps.iter().position(|s| s == "approval_requested");
+    let decided_step = steps.iter().position(|s| s == "approval_decided");
+    assert!(requested.is_some() && requested < decided_step, "{steps:?}");
+
+    // Denied, with a reason the model reads.
+    let (run_id, approval) = gated_call(&api, &fake, &job_id, "echo denied-output").await;
+    let id = approval["id"].as_str().unwrap();
+    let (status, decided) = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/approvals/{id}/deny"),
+            Some(json!({ "reason": "not on a Friday" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{decided}");
+    assert_eq!(decided["status"], "denied", "{decided}");
+    assert_eq!(decided["reason"], "not on a Friday", "{decided}");
+    let ended = api.wait_for_run(&run_id, WAIT, is_terminal).await;
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    assert!(ended["permission_denials"].as_u64() >= Some(1), "{ended}");
+    let result = tool_result(&fake, "not on a Friday");
+    assert_eq!(result["is_error"], true, "{result}");
+
+    // Nobody decides: denied at the deadline.
+    api.call(
+        Method::PATCH,
+        &format!("/api/v1/jobs/{job_id}"),
+        Some(json!({ "approval": { "tools": ["Bash"], "timeout_secs": 5 } })),
+    )
+    .await;
+    let (run_id, approval) = gated_call(&api, &fake, &job_id, "echo late-output").await;
+    let ended = api.wait_for_run(&run_id, WAIT, is_terminal).await;
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    let id = approval["id"].as_str().unwrap();
+    let timed_out = api.get(&format!("/api/v1/approvals/{id}")).await;
+    assert_eq!(timed_out["status"], "timed_out", "{timed_out}");
+    assert_eq!(timed_out["decided_by"], "autopilot", "{timed_out}");
+    let result = tool_result(&fake, "in time");
+    assert_eq!(result["is_error"], true, "{result}");
+    let (status, late) = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/approvals/{id}/approve"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{late}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_is_checked_when_saved() {
+    let server = autopilot_tests::harness::TestServer::builder()
+        .start()
+        .await;
+    let api = &server.api;
+    for (approval, field) in [
+        (json!({}), "approval"),
+        (json!({ "levels": ["read"] }), "approval.levels"),
+        (
+            json!({ "tools": ["Bash"], "timeout_secs": 3 }),
+            "approval.timeout_secs",
+        ),
+        (
+            json!({ "tools": ["Bash"], "timeout_secs": 4000 }),
+            "approval.timeout_secs",
+        ),
+        (json!({ "tools": ["Bash"], "whom": [] }), "approval"),
+    ] {
+        let (status, body) = api
+            .call(
+                Method::POST,
+                "/api/v1/jobs",
+                Some(json!({ "name": "g", "prompt": "p", "timeout_secs": 3600, "approval": approval })),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{approval}: {body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(field)
+                || body.to_string().contains(field),
+            "{approval}: {body}"
+        );
+    }
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({ "name": "s", "kind": "shell", "command": "ls", "approval": { "tools": ["Bash"] } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, body) = api
+        .call(Method::POST, "/api/v1/approvals/apr_none/approve", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = api
+        .call(Method::GET, "/api/v1/approvals?status=maybe", None)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+}

@@ -218,7 +218,8 @@ echo "=== pass 2 of 2: API, dashboard, MCP (with the conformance suite), metrics
 # take milliseconds. Names match by substring: `webhooks::` would also take the store's own
 # webhook tests (`store_webhooks::`), which start no server.
 AUTOPILOT_TEST_STORE=sqlite cargo test --workspace -- tools:: dashboard:: triggers:: http_jobs:: \
-  api:: mcp:: mcp_clients:: conformance:: metrics:: webhooks:: oauth:: --skip store_webhooks::
+  api:: mcp:: mcp_clients:: conformance:: metrics:: webhooks:: oauth:: approvals:: \
+  --skip store_webhooks:: --skip approvals::a_gated_call
 echo "=== pass 2 (SQLite) took $((SECONDS - pass_start)) s ==="
 
 # --- Fuzzing, short form -----------------------------------------------------------------------

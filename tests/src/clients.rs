@@ -113,6 +113,16 @@ pub async fn auto_approved_tokens(
     scope: Option<&str>,
 ) -> Value {
     let client_id = register_public_client(base_url, "test client", redirect_uri).await;
+    tokens_for_client(base_url, &client_id, redirect_uri, scope).await
+}
+
+/// [`auto_approved_tokens`] for a client registered already.
+pub async fn tokens_for_client(
+    base_url: &str,
+    client_id: &str,
+    redirect_uri: &str,
+    scope: Option<&str>,
+) -> Value {
     let (verifier, challenge) = pkce();
     let resource = format!("{base_url}/mcp");
     let mut extra = vec![("state", "test-state"), ("resource", resource.as_str())];
@@ -120,7 +130,7 @@ pub async fn auto_approved_tokens(
         extra.push(("scope", scope));
     }
     let redirected =
-        authorization_request(base_url, &client_id, redirect_uri, &challenge, &extra).await;
+        authorization_request(base_url, client_id, redirect_uri, &challenge, &extra).await;
     assert_eq!(redirected.status(), reqwest::StatusCode::FOUND);
     let location = redirected.headers()[reqwest::header::LOCATION]
         .to_str()
@@ -138,7 +148,7 @@ pub async fn auto_approved_tokens(
             ("grant_type", "authorization_code"),
             ("code", code.as_str()),
             ("redirect_uri", redirect_uri),
-            ("client_id", client_id.as_str()),
+            ("client_id", client_id),
             ("code_verifier", verifier.as_str()),
             ("resource", resource.as_str()),
         ])

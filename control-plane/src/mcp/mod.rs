@@ -31,9 +31,13 @@ use crate::app::App;
 use crate::domain::auth::Caller;
 use crate::domain::limits::MAX_REQUEST_BODY_BYTES;
 
-/// The protocol revision this server implements; older ones with an `initialize` handshake
-/// (2025-06-18, 2025-03-26, 2024-11-05) are accepted too.
+/// The protocol revision an `initialize` handshake settles on; older ones (2025-06-18,
+/// 2025-03-26, 2024-11-05) are accepted too.
 pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion::V_2025_11_25;
+/// The newest revision served: 2026-07-28 clients (`server/discover`, no session) are served
+/// too, which lets a tool answer with a form for a person (an input request) without a
+/// session, as `decide_approval` does.
+pub const NEWEST_PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion::V_2026_07_28;
 
 const INSTRUCTIONS: &str = "Autopilot runs Claude Code on schedules. Jobs hold a prompt (or a \
 shell command), a cron schedule and the tools a run may use; every run is recorded with its \
@@ -101,7 +105,7 @@ impl ServerHandler for AutopilotMcp {
     }
 
     fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
-        Cow::Borrowed(ProtocolVersion::known_up_to(&PROTOCOL_VERSION))
+        Cow::Borrowed(ProtocolVersion::known_up_to(&NEWEST_PROTOCOL_VERSION))
     }
 
     async fn list_tools(

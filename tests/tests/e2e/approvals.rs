@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
+use autopilot_tests::clients::{register_public_client, tokens_for_client};
 use autopilot_tests::cluster::{claude_worker_env, Cluster, ClusterOptions};
 use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply};
-use autopilot_tests::harness::{is_terminal, shell_job, steps, ApiClient};
+use autopilot_tests::harness::{is_terminal, shell_job, steps, ApiClient, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -249,4 +250,169 @@ async fn a_gate_is_checked_when_saved() {
         .call(Method::GET, "/api/v1/approvals?status=maybe", None)
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+}
+
+/// One JSON-RPC call to `/mcp` with `token` (protocol 2025-06-18, no session); the result.
+async fn mcp_call(server: &TestServer, token: &str, tool: &str, args: Value) -> Value {
+    let response = reqwest::Client::new()
+        .post(format!("{}/mcp", server.base_url))
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                       "params": { "name": tool, "arguments": args } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{tool}");
+    let body: Value = response.json().await.unwrap();
+    body["result"].clone()
+}
+
+/// The Python SDK's client with a form callback (`tests/mcp_client/elicit_client.py`).
+async fn elicit_client(
+    python: &std::path::Path,
+    server: &TestServer,
+    token: &str,
+    mode: &str,
+    args: Value,
+    answer: Value,
+) -> Value {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp_client/elicit_client.py");
+    let output = tokio::process::Command::new(python)
+        .arg(script)
+        .arg(format!("{}/mcp", server.base_url))
+        .arg(token)
+        .arg(mode)
+        .arg("decide_approval")
+        .arg(args.to_string())
+        .arg(answer.to_string())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("the client finished in time")
+        .expect("start the client");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(
+        output.status.success(),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|err| panic!("no JSON ({err}): {stdout}\nstderr: {stderr}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mcp_the_operator_decides_and_an_oauth_approver_decides_through_a_person() {
+    let (Some(claude), Some(python)) = (
+        autopilot_tests::components::claude_bin(),
+        autopilot_tests::components::mcp_python(),
+    ) else {
+        return;
+    };
+    let fake = FakeAnthropic::start().await.expect("fake API");
+    let server = TestServer::builder()
+        .auto_approve()
+        .claude_bin(claude)
+        .model_api(&fake.base_url())
+        .start()
+        .await;
+    let redirect = "http://127.0.0.1:45997/callback";
+    let client_id = register_public_client(&server.base_url, "claude.ai", redirect).await;
+    let tokens = tokens_for_client(&server.base_url, &client_id, redirect, None).await;
+    let token = tokens["access_token"].as_str().unwrap().to_owned();
+    let job = server
+        .create_job(json!({
+            "name": "gated",
+            "prompt": "clean up",
+            "approval": { "tools": ["Bash"], "approvers": [client_id] },
+        }))
+        .await;
+    let job_id = job["id"].as_str().unwrap().to_owned();
+
+    // Claude, through OAuth, cannot decide alone: a client without forms is refused.
+    let (run_id, approval) = gated_call(&server.api, &fake, &job_id, "echo formed > f").await;
+    let id = approval["id"].as_str().unwrap().to_owned();
+    let listed = mcp_call(&server, &token, "list_approvals", json!({})).await;
+    assert_eq!(
+        listed["structuredContent"]["approvals"][0]["id"],
+        id.as_str(),
+        "{listed}"
+    );
+    let args = json!({ "approval_id": id, "decision": "approve" });
+    let legacy = elicit_client(
+        &python,
+        &server,
+        &token,
+        "legacy",
+        args.clone(),
+        json!({ "action": "accept" }),
+    )
+    .await;
+    assert_eq!(legacy["result"]["isError"], true, "{legacy}");
+    assert!(
+        legacy["result"]
+            .to_string()
+            .contains("confirmed by a person"),
+        "{legacy}"
+    );
+    assert_eq!(legacy["forms"], json!([]), "{legacy}");
+    assert_eq!(
+        server.get(&format!("/api/v1/approvals/{id}")).await["status"],
+        "pending"
+    );
+
+    // With forms (MCP 2026-07-28): the person's answer is the decision, not the model's.
+    let answer = json!({ "action": "accept", "content": { "decision": "deny", "reason": "the user said no" } });
+    let formed = elicit_client(&python, &server, &token, "2026-07-28", args, answer).await;
+    let forms = formed["forms"].as_array().unwrap();
+    assert_eq!(forms.len(), 1, "{formed}");
+    let message = forms[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`Bash`") && message.contains("echo formed > f"),
+        "{message}"
+    );
+    assert_eq!(
+        forms[0]["requestedSchema"]["properties"]["decision"]["enum"],
+        json!(["approve", "deny"])
+    );
+    assert_ne!(formed["result"]["isError"], true, "{formed}");
+    let decided = server.get(&format!("/api/v1/approvals/{id}")).await;
+    assert_eq!(decided["status"], "denied", "{decided}");
+    assert_eq!(
+        decided["decided_by"],
+        format!("{client_id} (confirmed by a person)"),
+        "{decided}"
+    );
+    assert_eq!(decided["reason"], "the user said no", "{decided}");
+    let ended = server.wait_for_run(&run_id, WAIT, is_terminal).await;
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    assert_eq!(tool_result(&fake, "the user said no")["is_error"], true);
+
+    // The operator's own connection (the admin token) decides directly.
+    let (run_id, approval) = gated_call(&server.api, &fake, &job_id, "echo operator > g").await;
+    let id = approval["id"].as_str().unwrap();
+    let result = mcp_call(
+        &server,
+        autopilot_tests::harness::ADMIN_TOKEN,
+        "decide_approval",
+        json!({ "approval_id": id, "decision": "approve" }),
+    )
+    .await;
+    assert_ne!(result["isError"], true, "{result}");
+    assert_eq!(
+        result["structuredContent"]["approval"]["status"], "approved",
+        "{result}"
+    );
+    assert_eq!(
+        result["structuredContent"]["approval"]["decided_by"], "operator",
+        "{result}"
+    );
+    let ended = server.wait_for_run(&run_id, WAIT, is_terminal).await;
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    server.stop().await.unwrap();
 }

@@ -18,7 +18,7 @@ use tokio::process::Command;
 const DEFAULT_MODEL: &str = "claude-opus-5-5";
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
 
-const TOOLS: [&str; 41] = [
+const TOOLS: [&str; 43] = [
     "list_jobs",
     "get_job",
     "create_job",
@@ -60,6 +60,8 @@ const TOOLS: [&str; 41] = [
     "list_credentials",
     "delete_credential",
     "get_server_info",
+    "list_approvals",
+    "decide_approval",
 ];
 
 fn client_script() -> PathBuf {

@@ -19,6 +19,7 @@ fn run() -> Run {
 }
 
 async fn conformance(store: Arc<dyn Store>) {
+    approvals(store.as_ref()).await;
     // Skipped fires: repeats of one reason from one trigger count on one record; a new reason
     // (or trigger) starts another; newest first.
     let job = JobId::new();
@@ -141,6 +142,89 @@ async fn conformance(store: Arc<dyn Store>) {
             .unwrap(),
         0.0
     );
+}
+
+/// Approvals: stored whole, listed by state and run newest first, decided once (a second
+/// decision, a timeout racing an approver, writes nothing), found when past their deadline.
+async fn approvals(store: &dyn Store) {
+    use autopilot_control_plane::domain::approval::{Approval, ApprovalStatus};
+    let run = autopilot_proto::RunId::new();
+    let at = millis(Utc::now());
+    let approval = |id: &str, minutes: i64| Approval {
+        id: id.to_owned(),
+        run_id: run,
+        attempt: 1,
+        job_id: Some(JobId::new()),
+        tool: "Bash".into(),
+        input: serde_json::json!({ "command": "rm -rf build" }),
+        tool_use_id: Some("toolu_1".into()),
+        approvers: vec!["operator".into(), "claude-ai".into()],
+        status: ApprovalStatus::Pending,
+        requested_at: at + Duration::minutes(minutes),
+        expires_at: at + Duration::minutes(minutes + 10),
+        decided_at: None,
+        decided_by: None,
+        reason: None,
+    };
+    let (first, second) = (approval("apr_1", 0), approval("apr_2", 1));
+    store.insert_approval(&first).await.unwrap();
+    store.insert_approval(&second).await.unwrap();
+    assert_eq!(
+        store.get_approval("apr_1").await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(store.get_approval("apr_none").await.unwrap(), None);
+    let pending = store
+        .list_approvals(Some(ApprovalStatus::Pending), Some(run), 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = pending.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["apr_2", "apr_1"], "newest first");
+    let decided_at = at + Duration::minutes(2);
+    assert!(store
+        .decide_approval(
+            "apr_1",
+            ApprovalStatus::Denied,
+            "operator",
+            Some("no"),
+            decided_at
+        )
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .decide_approval(
+                "apr_1",
+                ApprovalStatus::Approved,
+                "claude-ai",
+                None,
+                decided_at
+            )
+            .await
+            .unwrap(),
+        "decided once"
+    );
+    let denied = store.get_approval("apr_1").await.unwrap().unwrap();
+    assert_eq!(denied.status, ApprovalStatus::Denied);
+    assert_eq!(denied.decided_by.as_deref(), Some("operator"));
+    assert_eq!(denied.reason.as_deref(), Some("no"));
+    assert_eq!(denied.decided_at, Some(decided_at));
+    let other_run = store
+        .list_approvals(None, Some(autopilot_proto::RunId::new()), 10)
+        .await
+        .unwrap();
+    assert!(other_run.is_empty());
+    let expired = store
+        .expired_approvals(at + Duration::minutes(11), 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = expired.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["apr_2"], "only pending ones past their deadline");
+    assert!(store
+        .expired_approvals(at + Duration::minutes(5), 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]

@@ -416,3 +416,82 @@ async fn over_mcp_the_operator_decides_and_an_oauth_approver_decides_through_a_p
     assert_eq!(ended["status"], "succeeded", "{ended}");
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_by_level_holds_a_granted_server_s_write_tools_and_others_stay_denied() {
+    let (Some(claude), Some(fixed_servers)) = (
+        autopilot_tests::components::claude_bin(),
+        autopilot_tests::components::fixed_servers_bin(),
+    ) else {
+        return;
+    };
+    let fake = FakeAnthropic::start().await.expect("fake API");
+    let server = TestServer::builder()
+        .claude_bin(claude)
+        .fixed_servers_bin(fixed_servers)
+        .model_api(&fake.base_url())
+        .start()
+        .await;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/servers",
+            Some(json!({ "name": "memory", "transport": { "type": "fixed", "server": "memory" } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // Read tools are free; the write tools of the granted server wait; Write is not granted.
+    let job = server
+        .create_job(json!({
+            "name": "keeper",
+            "prompt": "remember",
+            "servers": [{ "server": "memory", "access": "read" }],
+            "approval": { "levels": ["write"] },
+        }))
+        .await;
+    fake.push_all([
+        Reply::tool_use("mcp__memory__memory_list", json!({})),
+        Reply::tool_use("Write", json!({ "file_path": "notes.txt", "content": "x" })),
+        Reply::tool_use(
+            "mcp__memory__memory_put",
+            json!({ "key": "k", "value": "kept" }),
+        ),
+        Reply::text("done"),
+    ]);
+    let run = server.trigger(job["id"].as_str().unwrap()).await;
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    let waiting = server
+        .wait_for_run(&run_id, WAIT, |run| {
+            run["status"] == "waiting_for_approval" || is_terminal(run)
+        })
+        .await;
+    assert_eq!(waiting["status"], "waiting_for_approval", "{waiting}");
+    let listed = server
+        .get(&format!("/api/v1/approvals?run_id={run_id}"))
+        .await;
+    let approvals = listed["approvals"].as_array().unwrap();
+    assert_eq!(approvals.len(), 1, "only the put waits: {listed}");
+    assert_eq!(approvals[0]["tool"], "mcp__memory__memory_put");
+    let id = approvals[0]["id"].as_str().unwrap();
+    let (status, _) = server
+        .call(
+            Method::POST,
+            &format!("/api/v1/approvals/{id}/approve"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let ended = server.wait_for_run(&run_id, WAIT, is_terminal).await;
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    assert_eq!(ended["permission_denials"], 1, "Write was refused: {ended}");
+    let written = tool_result(&fake, "not among the tools");
+    assert_eq!(written["is_error"], true, "{written}");
+    let kept = server
+        .get(&format!(
+            "/api/v1/jobs/{}/memory/k",
+            job["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(kept["value"], "kept", "the approved put ran: {kept}");
+    server.stop().await.unwrap();
+}

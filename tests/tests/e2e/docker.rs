@@ -638,3 +638,52 @@ async fn a_rate_limit_with_a_reset_time_is_retried_at_the_reset() {
     );
     assert!(retry["delay_secs"].as_u64().unwrap() <= 5, "{retry:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gated_call_in_a_container_waits_for_its_approval() {
+    let fake = FakeAnthropic::start().await.expect("fake API");
+    let Some((_docker, server)) = server(Some(&fake)).await else {
+        return;
+    };
+    fake.push_all([
+        Reply::tool_use(
+            "Bash",
+            json!({ "command": "echo boxed > marker && cat marker" }),
+        ),
+        Reply::text("done"),
+    ]);
+    let job = server
+        .create_job(json!({
+            "name": "gated in a box", "prompt": "go", "approval": { "tools": ["Bash"] },
+        }))
+        .await;
+    let run = server.trigger(job["id"].as_str().unwrap()).await;
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    let waiting = server
+        .wait_for_run(&run_id, RUN_TIMEOUT, |run| {
+            run["status"] == "waiting_for_approval" || autopilot_tests::harness::is_terminal(run)
+        })
+        .await;
+    assert_eq!(waiting["status"], "waiting_for_approval", "{waiting:#}");
+    let listed = server
+        .get(&format!("/api/v1/approvals?run_id={run_id}"))
+        .await;
+    let id = listed["approvals"][0]["id"].as_str().unwrap().to_owned();
+    let (status, decided) = server
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/approvals/{id}/approve"),
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{decided}");
+    let ended = server.wait_until_finished(&run_id, RUN_TIMEOUT).await;
+    assert_eq!(ended["status"], "succeeded", "{ended:#}");
+    let result = fake
+        .requests()
+        .iter()
+        .flat_map(|request| request.tool_results())
+        .find(|result| result.to_string().contains("boxed"))
+        .expect("the approved call ran in the container");
+    assert_ne!(result["is_error"], true, "{result}");
+}

@@ -495,3 +495,62 @@ async fn a_gate_by_level_holds_a_granted_server_s_write_tools_and_others_stay_de
     assert_eq!(kept["value"], "kept", "the approved put ran: {kept}");
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_a_waiting_call_and_denies_it() {
+    let Some(claude) = autopilot_tests::components::claude_bin() else {
+        return;
+    };
+    let fake = FakeAnthropic::start().await.expect("fake API");
+    let server = TestServer::builder()
+        .claude_bin(claude)
+        .model_api(&fake.base_url())
+        .start()
+        .await;
+    let browser = autopilot_tests::dashboard::DashboardClient::signed_in(&server.base_url).await;
+    let job = server
+        .create_job(json!({ "name": "gated", "prompt": "go", "approval": { "tools": ["Bash"] } }))
+        .await;
+    let (run_id, approval) = gated_call(
+        &server.api,
+        &fake,
+        job["id"].as_str().unwrap(),
+        "echo <b>dash</b> > d",
+    )
+    .await;
+    let id = approval["id"].as_str().unwrap();
+    let page = browser.get(&format!("/runs/{run_id}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body.contains("s-waiting_for_approval"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("Waiting for approval"), "{}", page.body);
+    assert!(
+        page.body.contains("&lt;b&gt;dash&lt;/b&gt;"),
+        "the input is escaped"
+    );
+    assert!(page.body.contains(&format!("/approvals/{id}/deny")));
+    let listed = browser.get("/runs?status=waiting_for_approval").await;
+    assert!(
+        listed.body.contains(&run_id),
+        "the runs list filters on the state"
+    );
+    let denied = browser
+        .post(
+            &format!("/approvals/{id}/deny"),
+            &[("reason", "not from here")],
+        )
+        .await;
+    assert_eq!(denied.status, StatusCode::SEE_OTHER, "{}", denied.body);
+    assert_eq!(denied.location(), format!("/runs/{run_id}"));
+    let ended = server.wait_for_run(&run_id, WAIT, is_terminal).await;
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    let decided = server.get(&format!("/api/v1/approvals/{id}")).await;
+    assert_eq!(decided["status"], "denied", "{decided}");
+    assert_eq!(decided["reason"], "not from here", "{decided}");
+    let again = browser.post(&format!("/approvals/{id}/approve"), &[]).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+    server.stop().await.unwrap();
+}

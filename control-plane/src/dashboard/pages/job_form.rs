@@ -41,7 +41,7 @@ pub(super) struct JobForm {
     /// An interval (`15m`) and when its beat starts (RFC 3339, blank: from now).
     pub(super) every: String,
     pub(super) start: String,
-    /// The job's chain, hook events, result handlers, file watch, conditions and budget, as the
+    /// The job's chain, hook events, result handlers, file watch, conditions, budget and approval gate, as the
     /// API's JSON (see [`RULE_KEYS`]).
     pub(super) rules: String,
     pub(super) timezone: String,
@@ -445,13 +445,14 @@ impl JobForm {
 }
 
 /// What the rules text holds, named as the API's fields.
-pub(super) const RULE_KEYS: [&str; 6] = [
+pub(super) const RULE_KEYS: [&str; 7] = [
     "after",
     "on_hook",
     "on_end",
     "on_file",
     "conditions",
     "budget",
+    "approval",
 ];
 
 /// A job's rules as the editor shows them: the API's input shape, empty when there are none.
@@ -473,6 +474,7 @@ fn rules_text(job: &JobView) -> String {
     put("on_file", json!(job.on_file));
     put("conditions", json!(job.conditions));
     put("budget", json!(job.budget));
+    put("approval", json!(job.approval));
     if rules.is_empty() {
         String::new()
     } else {

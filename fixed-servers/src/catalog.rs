@@ -304,7 +304,7 @@ pub const APPROVAL: FixedServer = FixedServer {
         name: crate::approval_wire::TOOL,
         description: "Decides whether the run may make a tool call (used by Claude Code as its \
                       permission prompt tool).",
-        read_only: true,
+        read_only: false,
     }],
 };
 

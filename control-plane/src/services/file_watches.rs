@@ -1,6 +1,9 @@
-//! File watches: the workers of a pool ask which files its jobs watch (`on_file`), watch them,
-//! and report each settled change; a change starts the job's run once, however many workers of
-//! the pool saw it (the change's file, kind and modification time key the fire).
+//! File watches: the workers of a pool ask which files its jobs watch (`on_file`), and one of
+//! them, the first by id of the pool's live workers that are not draining, is answered with
+//! them: it watches and reports each settled change. When it stops announcing itself, the next
+//! takes over at its next question (every heartbeat). A change starts the job's run once, even
+//! when two workers watched for a moment (the change's file, kind and modification time key
+//! the fire).
 
 use autopilot_proto::{FileChange, FileWatch, RunKind, Trigger, WorkerId, WorkerReply};
 use chrono::Utc;
@@ -9,17 +12,31 @@ use serde_json::json;
 use crate::app::App;
 use crate::domain::rules::fill_prompt;
 use crate::domain::{Run, ServiceResult};
-use crate::services::{jobs, rules, runs, traces};
+use crate::services::{jobs, rules, runs, traces, workers};
 
-/// What the jobs of `pools` watch.
-pub async fn watches(app: &App, pools: &[String]) -> ServiceResult<WorkerReply> {
+/// What the jobs of `pools` watch, for the pools whose watcher `worker_id` is.
+pub async fn watches(
+    app: &App,
+    worker_id: &WorkerId,
+    pools: &[String],
+) -> ServiceResult<WorkerReply> {
+    let live = workers::live(app).await?;
+    let pools: Vec<&String> = pools
+        .iter()
+        .filter(|pool| watcher_of(&live, pool).is_none_or(|watcher| watcher == worker_id.as_str()))
+        .collect();
+    if pools.is_empty() {
+        return Ok(WorkerReply::FileWatches {
+            watches: Vec::new(),
+        });
+    }
     let watches = jobs::all(app)
         .await?
         .into_iter()
         .filter(|job| job.enabled)
         .filter_map(|job| {
             let watch = job.rules.on_file?;
-            pools.contains(&watch.pool).then_some(FileWatch {
+            pools.contains(&&watch.pool).then_some(FileWatch {
                 job_id: job.id,
                 paths: watch.paths,
                 events: watch.events,
@@ -29,6 +46,16 @@ pub async fn watches(app: &App, pools: &[String]) -> ServiceResult<WorkerReply> 
         })
         .collect();
     Ok(WorkerReply::FileWatches { watches })
+}
+
+/// The worker that watches `pool`'s files: the first by id of its live workers that are not
+/// draining (`None` when none is known yet: then each asker watches, and the store keeps a
+/// change to one run).
+fn watcher_of<'a>(live: &'a [workers::WorkerView], pool: &str) -> Option<&'a str> {
+    live.iter()
+        .filter(|worker| !worker.draining && worker.pools.iter().any(|p| p == pool))
+        .map(|worker| worker.worker_id.as_str())
+        .min()
 }
 
 /// A worker saw a watched file change: the job's run starts, once per change.

@@ -77,7 +77,9 @@ pub async fn handle_worker_request(
             worker_id,
             approval_id,
         } => super::approvals::status(app, run_id, attempt, &worker_id, &approval_id).await,
-        WorkerRequest::FileWatches { pools, .. } => super::file_watches::watches(app, &pools).await,
+        WorkerRequest::FileWatches { worker_id, pools } => {
+            super::file_watches::watches(app, &worker_id, &pools).await
+        }
         WorkerRequest::FileChanged { worker_id, change } => {
             super::file_watches::changed(app, &worker_id, change).await
         }

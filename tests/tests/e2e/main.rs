@@ -20,6 +20,7 @@ mod docker;
 mod executor;
 mod fleet;
 mod fleet_docker;
+mod fleet_triggers;
 mod http_jobs;
 mod lease;
 mod mcp;

@@ -12,10 +12,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::domain::rules::fill_prompt;
+use crate::domain::rules::fill_values;
 use crate::domain::schedule::Compiled;
 use crate::domain::{FireRecord, Job, MisfirePolicy, OverlapPolicy, Run, Schedule};
-use crate::services::{fires, jobs, rules};
+use crate::services::{fires, jobs, rules, runs};
 
 pub const LEASE_NAME: &str = "scheduler";
 
@@ -289,10 +289,10 @@ async fn fire_due(app: &App, planned: &mut [Planned], now: DateTime<Utc>) -> any
             .map(|(position, at)| {
                 let mut run =
                     Run::queued(Trigger::Schedule, Some(job), snapshot.clone(), Some(*at));
-                fill_prompt(&mut run, job, serde_json::Value::Null);
+                fill_values(&mut run, job, serde_json::Value::Null);
                 // Every fire of this step happens at the step's instant.
                 run.created_at = now;
-                if position < fire_plan.dispatch_now {
+                if position < fire_plan.dispatch_now && !runs::limited_by_key(&run) {
                     run.dispatched_at = Some(run.created_at);
                     to_publish.insert(run.id);
                 }

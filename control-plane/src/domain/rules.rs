@@ -559,6 +559,8 @@ pub struct JobRules {
     pub budget: Budget,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<super::approval::ApprovalRule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<JobConcurrency>,
     /// Set by Autopilot, not by clients: the credential the job's runs use reached its usage
     /// limit, which resets then; no run starts before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -569,6 +571,44 @@ impl JobRules {
     /// Whether anything must be checked before a run of the job starts.
     pub fn gates_runs(&self) -> bool {
         !self.conditions.is_empty() || !self.budget.is_empty() || self.paused_until.is_some()
+    }
+}
+
+/// Most runs of one concurrency key going at once, beside the job's overlap policy: the key is
+/// a template of the run's values (`{{ file.name }}`, `{{ event.session_id }}`, `{{ trigger }}`,
+/// or plain text), and every job whose runs render the same key shares its limit (put
+/// `{{ job.id }}` in it to keep it to the job). A run over the limit waits, queued.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobConcurrency {
+    /// e.g. `{{ file.path }}`, `deploy`, `{{ job.id }}-{{ event.cwd }}`; a run that renders it
+    /// empty is not limited.
+    pub key: String,
+    /// Runs of the key going at once (1 to 1000; default 1).
+    #[serde(default = "one")]
+    pub limit: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Longest rendered concurrency key kept (a longer one is cut: it still tells runs apart).
+pub const MAX_KEY_BYTES: usize = 512;
+
+impl JobConcurrency {
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.key.trim().is_empty() {
+            return Err((
+                "concurrency.key",
+                "give a key, e.g. `{{ file.path }}` or `deploy`".to_owned(),
+            ));
+        }
+        check_prompt_values(&self.key).map_err(|message| ("concurrency.key", message))?;
+        if !(1..=1000).contains(&self.limit) {
+            return Err(("concurrency.limit", "must be between 1 and 1000".to_owned()));
+        }
+        Ok(())
     }
 }
 
@@ -632,23 +672,50 @@ pub fn parent_values(parent: &Run) -> Value {
     })
 }
 
-/// Fills the values of a claude run's prompt: the date and time in the job's zone (of the fire
-/// a scheduled run is for, else of the run's creation),
-/// the job, the run, its trigger, and the trigger's own values (`parent` for a chain). A prompt
-/// with no `{{` is left as it is, and so is one stored before prompts were templates that does
-/// not read as one.
-pub fn fill_prompt(run: &mut Run, job: &Job, trigger_values: Value) {
-    let now = run.scheduled_for.unwrap_or(run.created_at);
+/// Fills the run's values into a claude run's prompt and into the job's concurrency key: the
+/// date and time in the job's zone (of the fire a scheduled run is for, else of the run's
+/// creation), the job, the run, its trigger, and the trigger's own values (`parent` for a
+/// chain, `event`, `file`). A prompt with no `{{` is left as it is, and so is one stored before
+/// prompts were templates that does not read as one.
+pub fn fill_values(run: &mut Run, job: &Job, trigger_values: Value) {
+    let needs_prompt = matches!(&run.settings.kind, autopilot_proto::RunKind::Claude(claude) if claude.prompt.contains("{{"));
+    let concurrency = job.rules.concurrency.as_ref();
+    if !needs_prompt && concurrency.is_none() {
+        return;
+    }
+    let values = run_values(run, job, trigger_values);
+    let input = RenderInput::values_only(&values);
+    if let Some(concurrency) = concurrency {
+        let key = Template::parse(&concurrency.key)
+            .ok()
+            .and_then(|key| key.render_raw(&input, usize::MAX).ok())
+            .map(|key| key.chars().take(MAX_KEY_BYTES / 4).collect::<String>())
+            .unwrap_or_default();
+        if !key.trim().is_empty() {
+            run.settings.concurrency = Some(super::run::RunConcurrency {
+                key,
+                limit: concurrency.limit,
+                newest_wins: false,
+            });
+        }
+    }
     let autopilot_proto::RunKind::Claude(claude) = &mut run.settings.kind else {
         return;
     };
-    if !claude.prompt.contains("{{") {
+    if !needs_prompt {
         return;
     }
-    let (id, trigger) = (run.id, run.trigger);
     let Ok(template) = Template::parse(&claude.prompt) else {
         return;
     };
+    if let Ok(prompt) = template.render(&input, MAX_PROMPT_BYTES) {
+        claude.prompt = prompt;
+    }
+}
+
+/// The values a run's templates read (see [`fill_values`]).
+fn run_values(run: &Run, job: &Job, trigger_values: Value) -> Value {
+    let now = run.scheduled_for.unwrap_or(run.created_at);
     let tz: Tz = job.timezone.parse().unwrap_or(Tz::UTC);
     let local = now.with_timezone(&tz);
     let mut values = json!({
@@ -658,15 +725,13 @@ pub fn fill_prompt(run: &mut Run, job: &Job, trigger_values: Value) {
         "weekday": local.format("%A").to_string(),
         "timezone": job.timezone,
         "job": { "id": job.id, "name": job.name, "description": job.description },
-        "run": { "id": id, "scheduled_for": run.scheduled_for },
-        "trigger": trigger.as_str(),
+        "run": { "id": run.id, "scheduled_for": run.scheduled_for },
+        "trigger": run.trigger.as_str(),
     });
     if let (Value::Object(values), Value::Object(extra)) = (&mut values, trigger_values) {
         values.extend(extra);
     }
-    if let Ok(prompt) = template.render(&RenderInput::values_only(&values), MAX_PROMPT_BYTES) {
-        claude.prompt = prompt;
-    }
+    values
 }
 
 /// The key that makes a chained fire happen once: the parent runs it answers.

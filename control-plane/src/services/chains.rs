@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::domain::rules::{chain_key, fill_prompt, parent_values, Chain};
+use crate::domain::rules::{chain_key, fill_values, parent_values, Chain};
 use crate::domain::{Job, OverlapPolicy, Run, RunFilter, ServiceResult};
 use crate::services::{jobs, result_handlers, rules, runs, traces};
 
@@ -180,7 +180,7 @@ async fn follow(app: &App, child: &Job, parent: &Run) -> ServiceResult<()> {
         return Ok(());
     }
     let mut run = Run::queued(Trigger::Chain, Some(child), child.run_snapshot(), None);
-    fill_prompt(&mut run, child, json!({ "parent": parent_values(parent) }));
+    fill_values(&mut run, child, json!({ "parent": parent_values(parent) }));
     let queued = runs::prepare(
         &mut run,
         json!({

@@ -43,6 +43,11 @@ pub(crate) async fn dispatch_behind_earlier(
     if others.iter().any(|other| other.id != run.id) {
         return Ok(run);
     }
+    if runs::limited_by_key(&run) {
+        // Its key's runs are counted by the dispatcher.
+        app.dispatcher_wake.notify_one();
+        return Ok(run);
+    }
     publish(app, run).await
 }
 

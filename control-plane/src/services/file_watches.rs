@@ -10,7 +10,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use crate::app::App;
-use crate::domain::rules::fill_prompt;
+use crate::domain::rules::fill_values;
 use crate::domain::{Run, ServiceResult};
 use crate::services::{jobs, rules, runs, traces, workers};
 
@@ -113,7 +113,7 @@ pub async fn changed(
     if let RunKind::Shell { stdin, .. } = &mut run.settings.kind {
         *stdin = Some(file.to_string());
     }
-    fill_prompt(&mut run, &job, json!({ "file": file }));
+    fill_values(&mut run, &job, json!({ "file": file }));
     let queued = runs::prepare(
         &mut run,
         json!({

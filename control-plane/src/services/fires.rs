@@ -53,10 +53,12 @@ pub async fn record(
     for record in records.iter().filter(|record| record.missed > 0) {
         app.metrics.fires_missed(&record.job_name, record.missed);
     }
+    let mut waiting = false;
     for run in records.into_iter().flat_map(|record| record.runs) {
         if !created.contains(&run.id) {
             continue; // another leader created this fire's run
         }
+        waiting |= run.dispatched_at.is_none();
         let lateness = run.scheduled_for.map(|at| run.created_at - at);
         if let Some(lateness) = lateness.and_then(|late| late.to_std().ok()) {
             app.metrics.fire_lateness(lateness);
@@ -66,6 +68,10 @@ pub async fn record(
         if dispatch_now.contains(&run.id) {
             dispatch::publish_dispatched(app, run).await;
         }
+    }
+    if waiting {
+        // Runs behind an earlier one, or limited by their key: the dispatcher decides.
+        app.dispatcher_wake.notify_one();
     }
     Ok(created.len())
 }

@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 
 use crate::app::App;
 use crate::domain::input::validate_name;
-use crate::domain::rules::{fill_prompt, HookToken, HOOK_EVENTS};
+use crate::domain::rules::{fill_values, HookToken, HOOK_EVENTS};
 use crate::domain::{Job, Run, ServiceError, ServiceResult};
 use crate::services::{jobs, rules, runs, traces};
 use crate::tokens;
@@ -165,7 +165,7 @@ pub async fn receive(
             RunKind::Shell { stdin, .. } => *stdin = Some(event.to_string()),
             RunKind::Claude(_) | RunKind::Http(_) => {}
         }
-        fill_prompt(&mut run, job, json!({ "event": event }));
+        fill_values(&mut run, job, json!({ "event": event }));
         let queued = runs::prepare(
             &mut run,
             json!({

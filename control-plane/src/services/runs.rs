@@ -52,7 +52,7 @@ pub(crate) fn prepare(run: &mut Run, data: serde_json::Value) -> NewRunEvent {
     // A run that need not wait for an earlier one is stored already marked dispatched, and
     // published right after: one statement fewer. Should the process die in between, the
     // recovery at start (embedded) or the republishing of stale dispatches (fleet) sends it.
-    if queued_behind(run).is_none() {
+    if queued_behind(run).is_none() && !limited_by_key(run) {
         run.dispatched_at = Some(Utc::now());
     }
     traces::created(run);
@@ -64,11 +64,24 @@ fn queued_behind(run: &Run) -> Option<JobId> {
         .filter(|_| run.settings.overlap == OverlapPolicy::Queue)
 }
 
-/// Sends a run [`prepare`]d and stored: published at once, or queued behind an earlier run.
+/// Whether the run waits for the dispatcher, which counts the runs of its concurrency key.
+pub(crate) fn limited_by_key(run: &Run) -> bool {
+    run.settings
+        .concurrency
+        .as_ref()
+        .is_some_and(|concurrency| !concurrency.newest_wins)
+}
+
+/// Sends a run [`prepare`]d and stored: published at once, queued behind an earlier run, or
+/// left to the dispatcher when its concurrency key limits it.
 pub(crate) async fn send_stored(app: &App, run: Run) -> ServiceResult<Run> {
     app.metrics.run_created(run.trigger, 1);
     tracing::info!(run.id = %run.id, job.id = ?run.job_id, trigger = run.trigger.as_str(), "run queued");
     match queued_behind(&run) {
+        None if limited_by_key(&run) => {
+            app.dispatcher_wake.notify_one();
+            Ok(run)
+        }
         None => Ok(dispatch::publish_dispatched(app, run).await),
         Some(job_id) => dispatch::dispatch_behind_earlier(app, run, job_id).await,
     }

@@ -104,6 +104,10 @@ pub(crate) fn job(name: &str) -> Job {
                 approvers: vec!["operator".into()],
                 timeout_secs: Some(300),
             }),
+            concurrency: Some(autopilot_control_plane::domain::rules::JobConcurrency {
+                key: "{{ file.path }}".into(),
+                limit: 2,
+            }),
         },
         misfire_policy: MisfirePolicy::RunAll,
         misfire_cap: 3,

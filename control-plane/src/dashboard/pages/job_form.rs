@@ -445,7 +445,7 @@ impl JobForm {
 }
 
 /// What the rules text holds, named as the API's fields.
-pub(super) const RULE_KEYS: [&str; 7] = [
+pub(super) const RULE_KEYS: [&str; 8] = [
     "after",
     "on_hook",
     "on_end",
@@ -453,6 +453,7 @@ pub(super) const RULE_KEYS: [&str; 7] = [
     "conditions",
     "budget",
     "approval",
+    "concurrency",
 ];
 
 /// A job's rules as the editor shows them: the API's input shape, empty when there are none.
@@ -475,6 +476,7 @@ fn rules_text(job: &JobView) -> String {
     put("conditions", json!(job.conditions));
     put("budget", json!(job.budget));
     put("approval", json!(job.approval));
+    put("concurrency", json!(job.concurrency));
     if rules.is_empty() {
         String::new()
     } else {

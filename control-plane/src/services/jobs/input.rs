@@ -13,7 +13,7 @@ use crate::domain::job::ScheduleFields;
 use crate::domain::limits::MAX_PROMPT_BYTES;
 use crate::domain::rules::{
     check_prompt_values, Budget, Chain, ChainOn, Conditions, FileSubscription, HookSubscription,
-    JobRules, ResultHandler, MAX_CHAIN_PARENTS, MAX_RESULT_HANDLERS,
+    JobConcurrency, JobRules, ResultHandler, MAX_CHAIN_PARENTS, MAX_RESULT_HANDLERS,
 };
 use crate::domain::schedule::{parse_cron, parse_interval, parse_timezone};
 use crate::domain::tools::validate_credential_name;
@@ -117,6 +117,11 @@ pub struct JobInput {
     /// `waiting_for_approval` meanwhile.
     #[serde(default)]
     pub approval: Option<ApprovalRule>,
+    /// Most runs of a key going at once, across the jobs that render the same key: `{"key":
+    /// "{{ file.path }}", "limit": 1}` (the key reads the run's values; a run over the limit
+    /// waits, queued).
+    #[serde(default)]
+    pub concurrency: Option<JobConcurrency>,
     /// IANA time zone the schedule is read in, e.g. `Europe/Paris`. Default `UTC`.
     #[serde(default)]
     pub timezone: Option<String>,
@@ -184,6 +189,9 @@ pub struct JobPatch {
     /// Replaces the approval gate; `null` removes it.
     #[serde(default, deserialize_with = "nullable")]
     pub approval: Option<Option<ApprovalRule>>,
+    /// Replaces the concurrency key; `null` removes it.
+    #[serde(default, deserialize_with = "nullable")]
+    pub concurrency: Option<Option<JobConcurrency>>,
     /// IANA time zone the schedule is read in.
     pub timezone: Option<String>,
     /// `false` pauses the job, `true` resumes it.
@@ -333,6 +341,12 @@ pub(crate) fn validate(
             .map_err(|(field, message)| ServiceError::invalid(field, message))?;
     }
     rules.on_file = input.on_file;
+    if let Some(concurrency) = &input.concurrency {
+        concurrency
+            .validate()
+            .map_err(|(field, message)| ServiceError::invalid(field, message))?;
+    }
+    rules.concurrency = input.concurrency;
     rules.approval = match input.approval {
         None => None,
         Some(_) if kind != JobKind::Claude => {
@@ -534,6 +548,7 @@ fn validate_rules(
         conditions,
         budget,
         approval: None,
+        concurrency: None,
     })
 }
 
@@ -572,6 +587,7 @@ pub(crate) fn apply(job: &Job, patch: JobPatch) -> JobInput {
         conditions: Some(job.rules.conditions.clone()),
         budget: Some(job.rules.budget.clone()),
         approval: job.rules.approval.clone(),
+        concurrency: job.rules.concurrency.clone(),
         timezone: Some(job.timezone.clone()),
         enabled: Some(job.enabled),
         misfire_policy: Some(job.misfire_policy),
@@ -597,7 +613,16 @@ pub(crate) fn apply(job: &Job, patch: JobPatch) -> JobInput {
         input.request = Some(request);
     }
     input.run.apply(patch.run);
-    set!(after, on_hook, on_end, on_file, conditions, budget, approval);
+    set!(
+        after,
+        on_hook,
+        on_end,
+        on_file,
+        conditions,
+        budget,
+        approval,
+        concurrency
+    );
     // Setting one kind of schedule replaces the others.
     if patch.schedule.is_some() || patch.at.is_some() || patch.every.is_some() {
         input.schedule = patch.schedule.flatten();

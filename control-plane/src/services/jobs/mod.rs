@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use crate::app::App;
 use crate::domain::memory::MemoryScope;
-use crate::domain::rules::fill_prompt;
+use crate::domain::rules::fill_values;
 use crate::domain::schedule::{parse_cron, parse_timezone, Compiled};
 use crate::domain::{Job, OverlapPolicy, Run, Schedule, ServiceError, ServiceResult};
 use crate::services::{runs, tools, webhooks};
@@ -360,7 +360,7 @@ pub async fn trigger(app: &App, job: Job) -> ServiceResult<Run> {
         )));
     }
     let mut run = Run::queued(Trigger::Manual, Some(&job), job.run_snapshot(), None);
-    fill_prompt(&mut run, &job, serde_json::Value::Null);
+    fill_values(&mut run, &job, serde_json::Value::Null);
     runs::submit(app, run).await
 }
 

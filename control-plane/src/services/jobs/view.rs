@@ -50,6 +50,9 @@ pub struct JobView {
     /// The tools whose calls wait for approval, and who may decide.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<crate::domain::approval::ApprovalRule>,
+    /// Most runs of a key going at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<crate::domain::rules::JobConcurrency>,
     /// Its runs wait until then: the credential they use reached its usage limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub paused_until: Option<DateTime<Utc>>,
@@ -106,6 +109,7 @@ impl From<&Job> for JobView {
             conditions: job.rules.conditions.clone(),
             budget: job.rules.budget.clone(),
             approval: job.rules.approval.clone(),
+            concurrency: job.rules.concurrency.clone(),
             paused_until: job.rules.paused_until,
             timezone: job.timezone.clone(),
             enabled: job.enabled,

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::app::App;
 use crate::domain::limits::{MAX_PROMPT_BYTES, MAX_STORED_BODY_BYTES};
-use crate::domain::rules::fill_prompt;
+use crate::domain::rules::fill_values;
 use crate::domain::run::RunConcurrency;
 use crate::domain::signature::{self, Scheme, SignatureError};
 use crate::domain::template::{RenderError, RenderInput, Template};
@@ -250,7 +250,7 @@ pub fn build_delivery(
                 // the delivery's data is added after, never read as a template.
                 let mut filled = Run::queued(Trigger::Webhook, Some(job), settings, None);
                 (filled.id, filled.created_at) = (run_id, now);
-                fill_prompt(&mut filled, job, Value::Null);
+                fill_values(&mut filled, job, Value::Null);
                 settings = filled.settings;
             }
             match &mut settings.kind {

@@ -347,3 +347,60 @@ async fn a_usage_limit_pauses_the_job_until_its_reset() {
     );
     assert!(time(&run, "started_at") >= reset - chrono::Duration::milliseconds(1000));
 }
+
+#[tokio::test]
+async fn a_concurrency_key_holds_runs_of_every_job_that_renders_it() {
+    let server = TestServer::builder().start().await;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/jobs",
+            Some(json!({ "name": "bad key", "command": "true", "concurrency": { "key": "{{ payload.x }}" } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("concurrency.key"), "{body}");
+    // Two jobs share the key `deploy-<trigger>`: one of their manual runs goes at a time.
+    let mut jobs = Vec::new();
+    for name in ["deploy-a", "deploy-b"] {
+        let job = server
+            .create_job(json!({
+                "name": name, "command": "sleep 1", "overlap_policy": "allow",
+                "concurrency": { "key": "deploy-{{ trigger }}", "limit": 1 },
+            }))
+            .await;
+        assert_eq!(job["concurrency"]["limit"], 1, "{job}");
+        jobs.push(job);
+    }
+    let mut run_ids = Vec::new();
+    for job in [&jobs[0], &jobs[0], &jobs[1]] {
+        let run = server.trigger(id(job)).await;
+        assert_eq!(
+            run["settings"]["concurrency"]["key"], "deploy-manual",
+            "{run}"
+        );
+        run_ids.push(run["id"].as_str().unwrap().to_owned());
+    }
+    let mut spans = Vec::new();
+    for run_id in &run_ids {
+        let run = server
+            .wait_until_finished(run_id, Duration::from_secs(30))
+            .await;
+        assert_eq!(run["status"], "succeeded", "{run}");
+        let at = |field: &str| {
+            run[field]
+                .as_str()
+                .unwrap()
+                .parse::<chrono::DateTime<Utc>>()
+                .unwrap()
+        };
+        spans.push((at("started_at"), at("finished_at")));
+    }
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "runs of one key overlapped: {spans:?}"
+        );
+    }
+}

@@ -188,6 +188,8 @@ pub struct TestServerBuilder {
     allow_private_metadata: bool,
     access_token_ttl: Option<Duration>,
     max_queued_runs: Option<u64>,
+    /// The fleet's monthly budget and its alert (JSON, as `AUTOPILOT_FLEET_BUDGET_ALERT`).
+    fleet_budget: Option<(f64, Option<String>)>,
     docker: bool,
     mcp_allowed_origins: Vec<String>,
 }
@@ -206,6 +208,12 @@ impl TestServerBuilder {
     }
 
     /// Bound the queued runs (webhook deliveries past it get 503).
+    /// Caps all runs' spend per month at `usd`, with `alert` (JSON) at 80 % and 100 %.
+    pub fn fleet_budget(mut self, usd: f64, alert: Option<&str>) -> Self {
+        self.fleet_budget = Some((usd, alert.map(str::to_owned)));
+        self
+    }
+
     pub fn max_queued_runs(mut self, max: u64) -> Self {
         self.max_queued_runs = Some(max);
         self
@@ -360,6 +368,11 @@ impl TestServerBuilder {
             python: std::env::var_os("AUTOPILOT_TEST_MCP_PYTHON").map(Into::into),
             worker_concurrency: Some(self.concurrency),
             mcp_allowed_origins: Some(self.mcp_allowed_origins.clone()),
+            fleet_monthly_budget_usd: self.fleet_budget.as_ref().map(|(usd, _)| *usd),
+            fleet_budget_alert: self
+                .fleet_budget
+                .as_ref()
+                .and_then(|(_, alert)| alert.clone()),
             ..Default::default()
         })
         .expect("test config");
@@ -431,6 +444,7 @@ impl TestServer {
             allow_private_metadata: false,
             access_token_ttl: None,
             max_queued_runs: None,
+            fleet_budget: None,
             docker: false,
             mcp_allowed_origins: Vec::new(),
         }

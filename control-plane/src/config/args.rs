@@ -82,6 +82,11 @@ pub struct ConfigArgs {
     /// reported cost; past it, new runs of every job are refused [default: no limit].
     #[arg(long, env = "AUTOPILOT_FLEET_MONTHLY_BUDGET_USD", value_name = "USD")]
     pub fleet_monthly_budget_usd: Option<f64>,
+    /// Where the fleet's budget alert goes when this month's spend reaches 80 % and 100 % of
+    /// AUTOPILOT_FLEET_MONTHLY_BUDGET_USD, as a job's `budget.alert`: JSON `{"post": URL,
+    /// "sign_with": CREDENTIAL, "allow_private": false}` [default: none].
+    #[arg(long, env = "AUTOPILOT_FLEET_BUDGET_ALERT", value_name = "JSON")]
+    pub fleet_budget_alert: Option<String>,
     /// Password of the operator who approves OAuth clients (claude.ai, …) on the consent page.
     /// Without it, one is generated on first start, printed once and stored as an argon2 hash.
     #[arg(

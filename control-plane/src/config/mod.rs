@@ -56,6 +56,8 @@ pub struct Config {
     pub misfire_grace: Duration,
     /// Most all runs together may cost in a calendar month (UTC).
     pub fleet_monthly_budget_usd: Option<f64>,
+    /// Where the alert goes at 80 % and 100 % of it.
+    pub fleet_budget_alert: Option<crate::domain::rules::ResultHandler>,
     pub log_format: LogFormat,
     /// How often a worker reports that a run is alive.
     pub heartbeat_interval: Duration,
@@ -130,6 +132,10 @@ impl fmt::Debug for Config {
             .field("kill_grace", &self.kill_grace)
             .field("misfire_grace", &self.misfire_grace)
             .field("fleet_monthly_budget_usd", &self.fleet_monthly_budget_usd)
+            .field(
+                "fleet_budget_alert",
+                &self.fleet_budget_alert.as_ref().map(|a| &a.post),
+            )
             .field("log_format", &self.log_format)
             .field(
                 "run_env",
@@ -279,7 +285,30 @@ impl Config {
                 );
             }
         }
+        let fleet_budget_alert = match args.fleet_budget_alert.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => {
+                let alert: crate::domain::rules::ResultHandler = serde_json::from_str(text)
+                    .map_err(|err| {
+                        anyhow::anyhow!(
+                            "AUTOPILOT_FLEET_BUDGET_ALERT must be JSON like {{\"post\": \
+                             \"https://…\", \"sign_with\": \"CREDENTIAL\"}}: {err}"
+                        )
+                    })?;
+                alert
+                    .validate_at("AUTOPILOT_FLEET_BUDGET_ALERT")
+                    .map_err(|(field, message)| anyhow::anyhow!("{field}: {message}"))?;
+                if args.fleet_monthly_budget_usd.is_none() {
+                    anyhow::bail!(
+                        "AUTOPILOT_FLEET_BUDGET_ALERT needs AUTOPILOT_FLEET_MONTHLY_BUDGET_USD, \
+                         the budget it alerts on"
+                    );
+                }
+                Some(alert)
+            }
+        };
         Ok(Config {
+            fleet_budget_alert,
             executor,
             docker,
             workspace_max_bytes: workspace_max_mb * 1024 * 1024,

@@ -98,7 +98,8 @@ async fn step(
     let Some(followers) = followers.as_ref() else {
         return Ok(());
     };
-    if followers.of.is_empty() && followers.handled.is_empty() {
+    let fleet_alert = app.config.fleet_budget_alert.is_some();
+    if followers.of.is_empty() && followers.handled.is_empty() && !fleet_alert {
         // No chains, no handlers: nothing to read, and nothing older than now will matter.
         *cursor = Utc::now() - OVERLAP;
         handled.clear();
@@ -108,6 +109,16 @@ async fn step(
     loop {
         let ended = app.store.runs_finished_after(read_from, BATCH).await?;
         let full = ended.len() == BATCH as usize;
+        // The fleet's spend is read once per batch of ended runs, not per run.
+        if let Some(last) = ended
+            .iter()
+            .rev()
+            .find(|run| !handled.contains_key(&run.id))
+        {
+            if fleet_alert {
+                result_handlers::check_fleet_budget(app, last);
+            }
+        }
         for parent in &ended {
             let Some(finished_at) = parent.finished_at else {
                 continue;

@@ -70,46 +70,108 @@ pub fn check_budget(app: &Arc<App>, job: &Job, run: &Run) {
             ),
         ] {
             let Some(ceiling) = ceiling else { continue };
-            let spent = match app.store.job_spend_since(Some(job.id), since).await {
-                Ok(spent) => spent,
-                Err(err) => {
-                    tracing::warn!(job.id = %job.id, error = %err, "could not read a job's spend for its budget alert");
-                    return;
-                }
+            let about = json!({ "job": job.name, "job_id": job.id, "run_id": run.id });
+            let threshold = Threshold {
+                job: Some(job.id),
+                period,
+                ceiling,
+                since,
             };
-            for percent in [80u32, 100] {
-                if spent < ceiling * f64::from(percent) / 100.0 {
-                    continue;
-                }
-                let key = format!("budget:{period}:{}:{percent}", since.timestamp_millis());
-                if !matches!(
-                    app.store.record_keyed_fire(job.id, &key, None).await,
-                    Ok(true)
-                ) {
-                    continue; // sent already this period (or the store cannot say: not now)
-                }
-                let body = json!({
-                    "alert": "budget",
-                    "job": job.name,
-                    "job_id": job.id,
-                    "period": period,
-                    "period_start": since,
-                    "threshold_percent": percent,
-                    "ceiling_usd": ceiling,
-                    "spent_usd": spent,
-                    "run_id": run.id,
-                });
-                tracing::warn!(job.id = %job.id, period, percent, spent_usd = spent, ceiling_usd = ceiling, "budget threshold reached");
-                let bytes = serde_json::to_vec(&body).unwrap_or_default();
-                if let Err((attempts, why)) =
-                    send_with_retries(&app, &alert, &bytes, &run.id.to_string()).await
-                {
-                    tracing::warn!(job.id = %job.id, attempts, error = %why, "the budget alert could not be sent");
-                    app.metrics.error("budget_alert");
-                }
+            if alert_thresholds(&app, &alert, threshold, about)
+                .await
+                .is_err()
+            {
+                return;
             }
         }
     });
+}
+
+/// After runs ended: when all runs' spend this month (UTC) reached 80 % or 100 % of
+/// `AUTOPILOT_FLEET_MONTHLY_BUDGET_USD` for the first time, `AUTOPILOT_FLEET_BUDGET_ALERT` is
+/// sent (once per month and threshold, by one replica).
+pub fn check_fleet_budget(app: &Arc<App>, run: &Run) {
+    let (Some(alert), Some(ceiling)) = (
+        app.config.fleet_budget_alert.clone(),
+        app.config.fleet_monthly_budget_usd,
+    ) else {
+        return;
+    };
+    let (app, run_id) = (Arc::clone(app), run.id);
+    tokio::spawn(async move {
+        let threshold = Threshold {
+            job: None,
+            period: "monthly",
+            ceiling,
+            since: rules::start_of_month(Utc::now(), chrono_tz::Tz::UTC),
+        };
+        let about = json!({ "scope": "fleet", "run_id": run_id });
+        let _ = alert_thresholds(&app, &alert, threshold, about).await;
+    });
+}
+
+/// A budget's period: whose (a job's, or the fleet's), which, its ceiling and start.
+struct Threshold {
+    job: Option<autopilot_proto::JobId>,
+    period: &'static str,
+    ceiling: f64,
+    since: chrono::DateTime<Utc>,
+}
+
+/// Sends `alert` for each threshold (80 %, 100 %) the period's spend reached that was not sent
+/// yet this period; `about` says whose budget it is. `Err` when the spend cannot be read.
+async fn alert_thresholds(
+    app: &App,
+    alert: &ResultHandler,
+    threshold: Threshold,
+    about: Value,
+) -> Result<(), ()> {
+    let Threshold {
+        job,
+        period,
+        ceiling,
+        since,
+    } = threshold;
+    // The fleet's alerts are kept once each under no job: the nil id.
+    let scope = job.unwrap_or_else(|| autopilot_proto::JobId::from(uuid::Uuid::nil()));
+    let spent = match app.store.job_spend_since(job, since).await {
+        Ok(spent) => spent,
+        Err(err) => {
+            tracing::warn!(scope = %scope, error = %err, "could not read the spend for a budget alert");
+            return Err(());
+        }
+    };
+    for percent in [80u32, 100] {
+        if spent < ceiling * f64::from(percent) / 100.0 {
+            continue;
+        }
+        let key = format!("budget:{period}:{}:{percent}", since.timestamp_millis());
+        if !matches!(
+            app.store.record_keyed_fire(scope, &key, None).await,
+            Ok(true)
+        ) {
+            continue; // sent already this period (or the store cannot say: not now)
+        }
+        let mut body = json!({
+            "alert": "budget",
+            "period": period,
+            "period_start": since,
+            "threshold_percent": percent,
+            "ceiling_usd": ceiling,
+            "spent_usd": spent,
+        });
+        if let (Value::Object(body), Value::Object(about)) = (&mut body, about.clone()) {
+            body.extend(about);
+        }
+        tracing::warn!(scope = %scope, period, percent, spent_usd = spent, ceiling_usd = ceiling, "budget threshold reached");
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let delivery = body["run_id"].as_str().unwrap_or_default().to_owned();
+        if let Err((attempts, why)) = send_with_retries(app, alert, &bytes, &delivery).await {
+            tracing::warn!(scope = %scope, attempts, error = %why, "the budget alert could not be sent");
+            app.metrics.error("budget_alert");
+        }
+    }
+    Ok(())
 }
 
 /// What a handler is sent: the run's outcome.

@@ -404,3 +404,65 @@ async fn a_concurrency_key_holds_runs_of_every_job_that_renders_it() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_fleet_budget_refuses_runs_and_alerts_once_per_threshold() {
+    let Some(claude) = autopilot_tests::components::claude_bin() else {
+        return;
+    };
+    let fake = autopilot_tests::fake_anthropic::FakeAnthropic::start()
+        .await
+        .expect("fake API");
+    fake.set_default(Reply::text("done"));
+    let (alert_url, alerts) = handler_endpoint().await;
+    let alert = json!({ "post": alert_url, "allow_private": true }).to_string();
+    let server = TestServer::builder()
+        .claude_bin(claude)
+        .model_api(&fake.base_url())
+        .fleet_budget(0.000001, Some(&alert))
+        .start()
+        .await;
+    let job = server
+        .create_job(json!({ "name": "any spender", "prompt": "Spend a little." }))
+        .await;
+    server.trigger(id(&job)).await;
+    finished_runs(&server, &job, 1).await;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            &format!("/api/v1/jobs/{}/trigger", id(&job)),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body.to_string().contains("fleet's monthly budget"),
+        "{body}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let bodies = loop {
+        // The endpoint answers its first request with a 500: that alert is sent again.
+        let received: Vec<Value> = alerts
+            .lock()
+            .unwrap()
+            .iter()
+            .skip(1)
+            .map(|(_, body)| serde_json::from_slice(body).unwrap())
+            .collect();
+        if received.len() >= 2 || tokio::time::Instant::now() > deadline {
+            break received;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut thresholds: Vec<u64> = bodies
+        .iter()
+        .map(|body| body["threshold_percent"].as_u64().unwrap())
+        .collect();
+    thresholds.sort();
+    assert_eq!(thresholds, [80, 100], "{bodies:#?}");
+    assert_eq!(bodies[0]["scope"], "fleet", "{bodies:#?}");
+    assert_eq!(bodies[0]["period"], "monthly", "{bodies:#?}");
+    // Another run's end sends nothing more this month.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(alerts.lock().unwrap().len(), 3, "once per threshold");
+}

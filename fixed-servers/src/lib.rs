@@ -12,7 +12,8 @@
 //! - `web` (feature `servers`): fetch a URL as readable markdown, a page at a time, and search
 //!   through a configured provider; private and loopback addresses refused unless allowed.
 //! - `notify` (feature `servers`): post messages to named Slack, Discord, Teams or webhook
-//!   channels, whose URLs and headers are secrets never shown.
+//!   channels, whose URLs and headers are secrets never shown; [`notify_message`] is the body
+//!   each kind of channel takes (always built: the control plane's result handlers use it).
 //! - `http` (feature `servers`): REST calls to configured hosts, each host's credentials added by
 //!   the server and redacted from what comes back; private addresses refused unless allowed.
 //! - `approval` (feature `servers`): not one an operator grants; the worker adds it to a run
@@ -41,6 +42,7 @@ pub mod memory;
 pub mod memory_wire;
 #[cfg(feature = "servers")]
 pub mod notify;
+pub mod notify_message;
 #[cfg(feature = "servers")]
 mod outbound;
 pub mod redact;

@@ -8,9 +8,9 @@
 //! (the cloud's metadata service, say): such addresses are refused unless allowed, as `web`
 //! does, and the connection goes to exactly the addresses checked.
 //!
-//! - `message`: the body each kind of channel takes.
+//! The body each kind of channel takes is [`crate::notify_message`]'s (always built: the control
+//! plane's result handlers post to channels too).
 
-mod message;
 #[cfg(test)]
 mod tests;
 
@@ -26,6 +26,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::catalog::{FixedServer, NOTIFY};
+use crate::notify_message as message;
 use crate::outbound::{
     bad_entry_name, credential_parts, excerpt, header_map, is_entry_name, json_entries,
     pinned_client, reachable_addresses, url_parts, Entry, Unreachable,

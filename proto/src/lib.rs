@@ -33,9 +33,9 @@ pub use jetstream_bus::{JetStreamBus, JetStreamConfig, KvLease, ObjectBlobs};
 pub use lease::{Lease, LeaseError};
 pub use memory_bus::{InMemoryBus, InMemoryBusConfig};
 pub use run::{
-    ApiError, ApprovalAnswer, ApprovalAsk, ApprovalGate, ClaudeSpec, HttpSpec, McpServerSpec,
-    McpTransport, NetworkMode, RunKind, RunOutcome, RunSpec, RunStatus, Sandbox, StopReason,
-    TokenUsage, Trigger,
+    ApiError, ApprovalAnswer, ApprovalAsk, ApprovalGate, ClaudeSpec, EndsOn, HttpSpec,
+    McpServerSpec, McpTransport, NetworkMode, OutcomeFile, RunKind, RunOutcome, RunSpec, RunStatus,
+    Sandbox, StopReason, TokenUsage, Trigger,
 };
 pub use sealed::{SealedError, SealedSecrets, Secrets, WorkerKey};
 pub use task::{TaskReply, TaskServer, WorkerTask};

@@ -386,6 +386,43 @@ pub struct RunSpec {
     /// The image of the run's container, when the job names one (else the worker's own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Files the worker writes in the workspace once the run's process has ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outcome_files: Vec<OutcomeFile>,
+}
+
+/// A file a run's worker writes in the workspace once the run's process has ended, before the
+/// workspace is saved: the attempt's outcome as JSON.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct OutcomeFile {
+    /// Relative to the workspace, checked when the job was saved and again by the worker.
+    pub path: String,
+    #[serde(default)]
+    pub on: EndsOn,
+}
+
+/// Which ends of a run something follows.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndsOn {
+    Success,
+    /// Failed, timed out or lost.
+    Failure,
+    #[default]
+    Any,
+}
+
+impl EndsOn {
+    pub fn matches(self, status: RunStatus) -> bool {
+        match self {
+            EndsOn::Success => status == RunStatus::Succeeded,
+            EndsOn::Failure => matches!(
+                status,
+                RunStatus::Failed | RunStatus::TimedOut | RunStatus::Lost
+            ),
+            EndsOn::Any => true,
+        }
+    }
 }
 
 /// What a run's container may reach.

@@ -328,6 +328,7 @@ mod tests {
             timeout_secs: 60,
             sandbox: Default::default(),
             image: None,
+            outcome_files: Vec::new(),
         };
         let env = CommandEnv {
             claude_bin: "/opt/claude".into(),
@@ -370,6 +371,7 @@ mod tests {
             timeout_secs: 60,
             sandbox: Default::default(),
             image: None,
+            outcome_files: Vec::new(),
         };
         let env = CommandEnv {
             claude_bin: "claude".into(),

@@ -11,6 +11,7 @@ pub mod local;
 pub mod mcp;
 pub mod memory_relay;
 pub mod model_proxy;
+pub mod outcome_files;
 pub mod pricing;
 pub mod stream_json;
 pub mod trace;

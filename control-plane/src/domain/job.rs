@@ -208,6 +208,20 @@ impl Job {
             bundles: settings.bundles.clone(),
             image: settings.image.clone(),
             concurrency: None,
+            outcome_files: self
+                .rules
+                .on_end
+                .iter()
+                .filter_map(|handler| {
+                    let path = handler.write.clone()?;
+                    let on = match handler.on.unwrap_or(super::rules::ChainOn::Any) {
+                        super::rules::ChainOn::Success => autopilot_proto::EndsOn::Success,
+                        super::rules::ChainOn::Failure => autopilot_proto::EndsOn::Failure,
+                        super::rules::ChainOn::Any => autopilot_proto::EndsOn::Any,
+                    };
+                    Some(autopilot_proto::OutcomeFile { path, on })
+                })
+                .collect(),
         }
     }
 }

@@ -39,6 +39,10 @@ pub struct RunSnapshot {
     /// The concurrency key its delivery rendered, and what it allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<RunConcurrency>,
+    /// Files its worker writes in the workspace when the run's process has ended (the job's
+    /// `on_end` handlers with `write`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outcome_files: Vec<autopilot_proto::OutcomeFile>,
 }
 
 /// A webhook run's concurrency key (see `webhook::Concurrency`).

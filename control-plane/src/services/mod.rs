@@ -4,6 +4,7 @@
 
 pub mod approvals;
 pub mod chains;
+pub mod channels;
 pub mod dispatch;
 pub mod file_watches;
 pub mod fires;

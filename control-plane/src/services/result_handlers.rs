@@ -13,9 +13,9 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use crate::app::App;
-use crate::domain::rules::ResultHandler;
+use crate::domain::rules::{EndHandler, NotifyTarget, ResultHandler};
 use crate::domain::{Job, Run};
-use crate::services::{rules, tools};
+use crate::services::{channels, rules, tools};
 use autopilot_proto::address::{checked_addresses, Unreachable};
 
 /// Attempts per handler: the first, then after 1, 2, 4, 8 and 16 s.
@@ -31,7 +31,8 @@ pub const SIGNATURE_HEADER: &str = "x-autopilot-signature";
 /// own.
 pub fn started(app: &Arc<App>, job: &Job, run: &Run) {
     for (index, handler) in job.rules.on_end.iter().enumerate() {
-        if !handler.handles(run.status) {
+        // A file in the workspace is written by the run's worker, before the workspace is saved.
+        if !handler.handles(run.status) || handler.write.is_some() {
             continue;
         }
         let (app, handler, run) = (Arc::clone(app), handler.clone(), run.clone());
@@ -166,7 +167,11 @@ async fn alert_thresholds(
         tracing::warn!(scope = %scope, period, percent, spent_usd = spent, ceiling_usd = ceiling, "budget threshold reached");
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let delivery = body["run_id"].as_str().unwrap_or_default().to_owned();
-        if let Err((attempts, why)) = send_with_retries(app, alert, &bytes, &delivery).await {
+        let sent = match Post::of(app, alert).await {
+            Ok(request) => send_with_retries(&request, &bytes, &delivery).await,
+            Err(why) => Err((0, why)),
+        };
+        if let Err((attempts, why)) = sent {
             tracing::warn!(scope = %scope, attempts, error = %why, "the budget alert could not be sent");
             app.metrics.error("budget_alert");
         }
@@ -218,13 +223,27 @@ pub fn signature(key: &[u8], unix_seconds: i64, body: &[u8]) -> String {
     )
 }
 
-async fn deliver(app: &App, index: usize, handler: &ResultHandler, run: &Run) {
-    let body = serde_json::to_vec(&body(run)).unwrap_or_default();
-    let outcome = send_with_retries(app, handler, &body, &run.id.to_string()).await;
-    let host = reqwest::Url::parse(&handler.post)
-        .ok()
-        .and_then(|url| url.host_str().map(str::to_owned));
-    let mut data = json!({ "step": "result_handler", "handler": index, "host": host });
+/// Delivers `run`'s outcome through handler `index` (a POST or a channel message) and records
+/// how that went as the run's `result_handler` event.
+async fn deliver(app: &App, index: usize, handler: &EndHandler, run: &Run) {
+    let mut data = json!({ "step": "result_handler", "handler": index });
+    let outcome = match (handler.as_post(), &handler.notify) {
+        (Some(post), _) => {
+            let body = serde_json::to_vec(&body(run)).unwrap_or_default();
+            data["host"] = json!(reqwest::Url::parse(&post.post)
+                .ok()
+                .and_then(|url| url.host_str().map(str::to_owned)));
+            match Post::of(app, &post).await {
+                Ok(request) => send_with_retries(&request, &body, &run.id.to_string()).await,
+                Err(why) => Err((0, why)),
+            }
+        }
+        (None, Some(target)) => {
+            data["channel"] = json!(format!("{}/{}", target.server, target.channel));
+            notify(app, target, run).await
+        }
+        (None, None) => return,
+    };
     match &outcome {
         Ok(attempts) => {
             data["delivered"] = json!(true);
@@ -245,30 +264,67 @@ async fn deliver(app: &App, index: usize, handler: &ResultHandler, run: &Run) {
     app.notify_run(run.id);
 }
 
+/// Posts a message about `run`'s end to a channel of a registered `notify` server.
+async fn notify(app: &App, target: &NotifyTarget, run: &Run) -> Result<u32, (u32, String)> {
+    let channel = channels::resolve(app, target)
+        .await
+        .map_err(|err| (0, err.to_string()))?;
+    let body = channels::message(app, &channel, run).map_err(|err| (0, err.to_string()))?;
+    let request = Post {
+        url: reqwest::Url::parse(&channel.url)
+            .map_err(|_| (0, format!("channel `{}` has no valid URL", channel.name)))?,
+        headers: channel.headers,
+        allow_private: channel.allow_private,
+        signing_key: None,
+    };
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    send_with_retries(&request, &body, &run.id.to_string()).await
+}
+
+/// One POST as the handlers send it: where, with which headers and signing key, and whether it
+/// may reach private addresses.
+struct Post {
+    url: reqwest::Url,
+    headers: Vec<(String, String)>,
+    allow_private: bool,
+    signing_key: Option<String>,
+}
+
+impl Post {
+    /// A result handler's or a budget alert's POST, its signing key opened from the vault.
+    async fn of(app: &App, handler: &ResultHandler) -> Result<Post, String> {
+        let signing_key = match &handler.sign_with {
+            Some(name) => Some(
+                tools::credential_value(app, name)
+                    .await
+                    .map_err(|err| err.to_string())?,
+            ),
+            None => None,
+        };
+        Ok(Post {
+            url: reqwest::Url::parse(handler.post.trim()).map_err(|err| err.to_string())?,
+            headers: Vec::new(),
+            allow_private: handler.allow_private,
+            signing_key,
+        })
+    }
+}
+
 /// Sends until the endpoint answers 2xx (then how many attempts it took) or the attempts run
 /// out; an answer that cannot change (a refused address, a missing key, a 4xx other than 408 and
 /// 429) ends it at once.
 async fn send_with_retries(
-    app: &App,
-    handler: &ResultHandler,
+    request: &Post,
     body: &[u8],
     run_id: &str,
 ) -> Result<u32, (u32, String)> {
-    let key = match &handler.sign_with {
-        Some(name) => Some(
-            tools::credential_value(app, name)
-                .await
-                .map_err(|err| (0, err.to_string()))?,
-        ),
-        None => None,
-    };
-    let url = reqwest::Url::parse(handler.post.trim()).map_err(|err| (0, err.to_string()))?;
+    let url = &request.url;
     let mut last_error = String::new();
     for attempt in 1..=ATTEMPTS {
         if attempt > 1 {
             tokio::time::sleep(Duration::from_secs(1 << (attempt - 2))).await;
         }
-        let client = match pinned_client(&url, handler.allow_private).await {
+        let client = match pinned_client(url, request.allow_private).await {
             Ok(client) => client,
             Err(PinError::Refused(why)) => return Err((attempt, why)),
             Err(PinError::Unresolved(why)) => {
@@ -276,18 +332,21 @@ async fn send_with_retries(
                 continue;
             }
         };
-        let mut request = client
+        let mut sending = client
             .post(url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("x-autopilot-run", run_id)
             .body(body.to_vec());
-        if let Some(key) = &key {
-            request = request.header(
+        for (name, value) in &request.headers {
+            sending = sending.header(name.as_str(), value.as_str());
+        }
+        if let Some(key) = &request.signing_key {
+            sending = sending.header(
                 SIGNATURE_HEADER,
                 signature(key.as_bytes(), Utc::now().timestamp(), body),
             );
         }
-        match request.send().await {
+        match sending.send().await {
             Ok(answer) if answer.status().is_success() => return Ok(attempt),
             Ok(answer) => {
                 let status = answer.status().as_u16();

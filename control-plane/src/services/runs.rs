@@ -135,6 +135,7 @@ pub async fn quick_run(app: &App, input: QuickRunInput) -> ServiceResult<Run> {
         bundles: settings.bundles,
         image: settings.image,
         concurrency: None,
+        outcome_files: Vec::new(),
     };
     let mut run = Run::queued(Trigger::Quick, None, snapshot, None);
     run.id = run_id;

@@ -143,6 +143,7 @@ async fn claim(
                 timeout_secs: run.settings.timeout_secs,
                 sandbox: run.settings.sandbox(),
                 image: run.settings.image.clone(),
+                outcome_files: run.settings.outcome_files.clone(),
             };
             let handed = match &registry {
                 Some(registry)

@@ -70,12 +70,27 @@ pub(crate) fn job(name: &str) -> Job {
                 cwd: None,
                 debounce_secs: 30,
             }),
-            on_end: vec![autopilot_control_plane::domain::rules::ResultHandler {
-                post: "https://example.com/outcome".into(),
-                on: Some(autopilot_control_plane::domain::rules::ChainOn::Any),
-                sign_with: Some("HANDLER_KEY".into()),
-                allow_private: false,
-            }],
+            on_end: vec![
+                autopilot_control_plane::domain::rules::EndHandler {
+                    post: Some("https://example.com/outcome".into()),
+                    write: None,
+                    notify: None,
+                    on: Some(autopilot_control_plane::domain::rules::ChainOn::Any),
+                    sign_with: Some("HANDLER_KEY".into()),
+                    allow_private: false,
+                },
+                autopilot_control_plane::domain::rules::EndHandler {
+                    post: None,
+                    write: None,
+                    notify: Some(autopilot_control_plane::domain::rules::NotifyTarget {
+                        server: "team".into(),
+                        channel: "ops".into(),
+                    }),
+                    on: None,
+                    sign_with: None,
+                    allow_private: false,
+                },
+            ],
             on_file: Some(autopilot_control_plane::domain::rules::FileSubscription {
                 pool: "default".into(),
                 paths: vec!["/data/inbox/*.csv".into()],

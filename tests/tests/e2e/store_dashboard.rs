@@ -36,6 +36,7 @@ pub(crate) fn shell_run(
         bundles: Vec::new(),
         image: None,
         concurrency: None,
+        outcome_files: Vec::new(),
     };
     let mut run = Run::queued(trigger, None, snapshot, None);
     run.created_at = millis(Utc::now() - Duration::days(created_days_ago));

@@ -108,6 +108,7 @@ fn delivery(
         bundles: Vec::new(),
         image: None,
         concurrency: None,
+        outcome_files: Vec::new(),
     };
     let mut run = Run::queued(Trigger::Webhook, None, settings, None);
     run.created_at = now_ms();

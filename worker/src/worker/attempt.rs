@@ -280,6 +280,26 @@ impl Attempt {
         let mut outcome = self
             .execute_in(spec, granted, workspace.dir.clone(), events, stopper)
             .await;
+        // The run's process has ended: its outcome files go in before the workspace is saved.
+        for (path, written) in
+            crate::outcome_files::write_all(&workspace.dir, &spec.outcome_files, spec, &outcome)
+        {
+            match written {
+                Ok(()) => {
+                    events
+                        .lifecycle("outcome_written", json!({ "path": path }))
+                        .await
+                }
+                Err(error) => {
+                    events
+                        .lifecycle(
+                            "outcome_not_written",
+                            json!({ "path": path, "error": error }),
+                        )
+                        .await
+                }
+            }
+        }
         match self.workspaces.check_in(&spec.workspace, &workspace).await {
             Ok(Some(bytes)) => {
                 events

@@ -61,6 +61,7 @@ async fn a_claim_whose_reply_was_lost_is_repeated_and_the_run_executes_once() {
         timeout_secs: 30,
         sandbox: Sandbox::default(),
         image: None,
+        outcome_files: Vec::new(),
     };
     let mut requests = bus.serve_requests().await.unwrap();
     bus.publish_run(request("first")).await.unwrap();

@@ -12,8 +12,8 @@ use crate::domain::input::{flattened, nullable, validate_name};
 use crate::domain::job::ScheduleFields;
 use crate::domain::limits::MAX_PROMPT_BYTES;
 use crate::domain::rules::{
-    check_prompt_values, Budget, Chain, ChainOn, Conditions, FileSubscription, HookSubscription,
-    JobConcurrency, JobRules, ResultHandler, MAX_CHAIN_PARENTS, MAX_RESULT_HANDLERS,
+    check_prompt_values, Budget, Chain, ChainOn, Conditions, EndHandler, FileSubscription,
+    HookSubscription, JobConcurrency, JobRules, MAX_CHAIN_PARENTS, MAX_RESULT_HANDLERS,
 };
 use crate::domain::schedule::{parse_cron, parse_interval, parse_timezone};
 use crate::domain::tools::validate_credential_name;
@@ -92,11 +92,13 @@ pub struct JobInput {
     /// data; a shell job gets it on standard input.
     #[serde(default)]
     pub on_hook: Option<HookSubscription>,
-    /// After each run ends, POST its outcome (JSON: run id, job, status, result, error, tokens,
-    /// cost) to these URLs, signed with HMAC-SHA256 when `sign_with` names a vault credential,
-    /// retried with backoff (at most 5 handlers). To start another job, give that job `after`.
+    /// After each run ends (at most 5 handlers, each `on` success, failure or any): POST its
+    /// outcome (JSON: run id, job, status, result, error, tokens, cost) to `post`, signed with
+    /// HMAC-SHA256 when `sign_with` names a vault credential, retried with backoff; or `write`
+    /// it to a path in the job's workspace; or `notify` a channel of a registered `notify`
+    /// server (`{"server", "channel"}`). To start another job, give that job `after`.
     #[serde(default)]
-    pub on_end: Option<Vec<ResultHandler>>,
+    pub on_end: Option<Vec<EndHandler>>,
     /// Start a run when watched files change on the machines of a worker pool: paths (the last
     /// part may hold `*`), events (create, modify, delete), a debounce. The file is the
     /// prompt's `{{ file.path }}` and `{{ file.event }}`; a shell job gets it as JSON on
@@ -176,7 +178,7 @@ pub struct JobPatch {
     pub on_hook: Option<Option<HookSubscription>>,
     /// Replaces the result handlers; `null` or `[]` removes them.
     #[serde(default, deserialize_with = "nullable")]
-    pub on_end: Option<Option<Vec<ResultHandler>>>,
+    pub on_end: Option<Option<Vec<EndHandler>>>,
     /// The files it watches; `null` stops watching.
     #[serde(default, deserialize_with = "nullable")]
     pub on_file: Option<Option<FileSubscription>>,

@@ -110,8 +110,15 @@ async fn resolve_parents(app: &App, input: &mut JobInput) -> ServiceResult<()> {
 }
 
 /// Refuses result handlers (and a budget alert) that sign with a credential the vault does not
-/// hold, and an http job's request naming one.
+/// hold or notify a channel no registered `notify` server has, and an http job's request naming
+/// a credential not set.
 async fn check_handlers(app: &App, job: &Job) -> ServiceResult<()> {
+    for (index, handler) in job.rules.on_end.iter().enumerate() {
+        if let Some(target) = &handler.notify {
+            let field = format!("on_end.{index}.notify");
+            super::channels::check(app, target, &field).await?;
+        }
+    }
     let mut names: Vec<(String, &String)> = job
         .rules
         .on_end

@@ -5,9 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::domain::job::ScheduleFields;
-use crate::domain::rules::{
-    Budget, Chain, Conditions, FileSubscription, HookSubscription, ResultHandler,
-};
+use crate::domain::rules::{Budget, Chain, Conditions, FileSubscription, HookSubscription};
 use crate::domain::schedule::Compiled;
 use crate::domain::{Job, JobKind, MisfirePolicy, OverlapPolicy, RunSettings};
 
@@ -39,7 +37,7 @@ pub struct JobView {
     pub on_hook: Option<HookSubscription>,
     /// Where each run's outcome is POSTed when it ends.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub on_end: Vec<ResultHandler>,
+    pub on_end: Vec<crate::domain::rules::EndHandler>,
     /// The files it watches.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_file: Option<FileSubscription>,

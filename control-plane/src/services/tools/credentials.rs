@@ -91,15 +91,26 @@ pub async fn delete_credential(app: &App, name: &str) -> ServiceResult<()> {
 /// The value of credential `name`, opened for the control plane's own use (a result handler's
 /// signing key); never shown, never logged.
 pub(crate) async fn credential_value(app: &App, name: &str) -> ServiceResult<String> {
-    let stored = app.store.list_credentials().await?;
-    let names = [name.to_owned()];
-    let mut secrets = open_credentials(app, &stored, &names).map_err(ServiceError::Conflict)?;
-    app.store.mark_credentials_used(&names, Utc::now()).await?;
+    let mut secrets = credential_values(app, &[name.to_owned()]).await?;
     secrets.remove(name).ok_or_else(|| {
         ServiceError::Conflict(format!(
             "the credential `{name}` is not set; set it with set_credential"
         ))
     })
+}
+
+/// The values of credentials `names`, opened for the control plane's own use (a notify
+/// channel's URL); a name not set is a `Conflict` naming it.
+pub(crate) async fn credential_values(
+    app: &App,
+    names: &[String],
+) -> ServiceResult<autopilot_proto::Secrets> {
+    let stored = app.store.list_credentials().await?;
+    let secrets = open_credentials(app, &stored, names).map_err(ServiceError::Conflict)?;
+    if !names.is_empty() {
+        app.store.mark_credentials_used(names, Utc::now()).await?;
+    }
+    Ok(secrets)
 }
 
 /// The values of the credentials `names`, opened from `stored` (the vault as read).

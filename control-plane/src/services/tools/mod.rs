@@ -17,7 +17,7 @@ pub use bundles::{
     assign_bundle, create_bundle, delete_bundle, get_bundle, list_bundles, replace_bundle,
     AssignInput, BundleInput,
 };
-pub(crate) use credentials::credential_value;
+pub(crate) use credentials::{credential_value, credential_values};
 pub use credentials::{delete_credential, list_credentials, set_credential, CredentialView};
 pub use grants::{check_tools, Handed, Registry};
 pub use import::{import, ImportInput, Imported};

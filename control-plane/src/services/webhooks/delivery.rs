@@ -304,6 +304,7 @@ pub fn build_delivery(
                 bundles: run.bundles.clone(),
                 image: run.image.clone(),
                 concurrency: None,
+                outcome_files: Vec::new(),
             }
         }
     };

@@ -117,3 +117,138 @@ async fn result_handlers_post_the_signed_outcome_and_retry() {
         "the key is sealed at rest"
     );
 }
+
+#[tokio::test]
+async fn result_handlers_write_the_outcome_in_the_workspace_and_notify_a_channel() {
+    let server = TestServer::builder().start().await;
+    let (url, received) = handler_endpoint().await;
+    let (status, body) = server
+        .call(
+            Method::PUT,
+            "/api/v1/credentials/OPS_HOOK",
+            Some(json!({ "value": url })),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    let channels = json!({ "ops": { "kind": "webhook", "url": "${OPS_HOOK}" } }).to_string();
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/servers",
+            Some(
+                json!({ "name": "team", "transport": { "type": "fixed", "server": "notify",
+                "env": { "NOTIFY_CHANNELS": channels, "NOTIFY_ALLOW_PRIVATE": "true" } } }),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for (handler, field) in [
+        (
+            json!({ "notify": { "server": "team", "channel": "dev" } }),
+            "on_end.0.notify",
+        ),
+        (
+            json!({ "notify": { "server": "nobody", "channel": "ops" } }),
+            "nobody",
+        ),
+        (json!({ "write": "../outside.json" }), "on_end.0.write"),
+        (json!({ "write": "a.json", "post": url }), "exactly one"),
+    ] {
+        let (status, body) = server
+            .call(
+                Method::POST,
+                "/api/v1/jobs",
+                Some(json!({ "name": "bad", "command": "true", "on_end": [handler] })),
+            )
+            .await;
+        assert!(status.is_client_error(), "{handler}: {status} {body}");
+        assert!(body.to_string().contains(field), "{handler}: {body}");
+    }
+    // Each run reads the outcome its predecessor left, and writes its own.
+    let job = server
+        .create_job(json!({
+            "name": "reporter",
+            "command": "cat .autopilot/last.json 2>/dev/null || echo none",
+            "on_end": [
+                { "write": ".autopilot/last.json" },
+                { "notify": { "server": "team", "channel": "ops" }, "on": "success" },
+            ],
+        }))
+        .await;
+    assert_eq!(job["on_end"][0]["write"], ".autopilot/last.json", "{job}");
+    let first = server.trigger(id(&job)).await;
+    let first = server
+        .wait_until_finished(id(&first), Duration::from_secs(30))
+        .await;
+    assert_eq!(first["status"], "succeeded", "{first}");
+    let written: Value = serde_json::from_str(
+        &std::fs::read_to_string(server.workspace_of(&job).join(".autopilot/last.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(written["run_id"], first["id"], "{written}");
+    assert_eq!(written["status"], "succeeded", "{written}");
+    let second = server.trigger(id(&job)).await;
+    let second = server
+        .wait_until_finished(id(&second), Duration::from_secs(30))
+        .await;
+    let events = server.events(id(&second)).await;
+    let output: String = events
+        .iter()
+        .filter(|e| e["kind"] == "output")
+        .map(|e| e["data"].to_string())
+        .collect();
+    assert!(
+        output.contains(first["id"].as_str().unwrap()),
+        "the second run read the first one's outcome: {output}"
+    );
+    // The channel got one message per run (its first answer, a 500, was retried).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let messages: Vec<Value> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .skip(1)
+            .map(|(_, body)| serde_json::from_slice(body).unwrap())
+            .collect();
+        if messages.len() >= 2 {
+            assert_eq!(messages[0]["channel"], "ops", "{messages:#?}");
+            let text = messages
+                .iter()
+                .map(|m| m["text"].to_string())
+                .collect::<String>();
+            assert!(
+                text.contains(first["id"].as_str().unwrap()),
+                "{messages:#?}"
+            );
+            assert!(
+                messages[0]["title"]
+                    .as_str()
+                    .unwrap()
+                    .contains("reporter: run succeeded"),
+                "{messages:#?}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{messages:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let steps: Vec<Value> = server
+        .events(id(&first))
+        .await
+        .into_iter()
+        .filter(|e| e["data"]["step"] == "result_handler" || e["data"]["step"] == "outcome_written")
+        .collect();
+    assert!(
+        steps
+            .iter()
+            .any(|e| e["data"]["channel"] == "team/ops" && e["data"]["delivered"] == true),
+        "{steps:#?}"
+    );
+    assert!(
+        steps
+            .iter()
+            .any(|e| e["data"]["path"] == ".autopilot/last.json"),
+        "{steps:#?}"
+    );
+}

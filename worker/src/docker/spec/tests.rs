@@ -48,6 +48,7 @@ fn command(kind: RunKind, network: NetworkMode) -> CommandSpec {
         timeout_secs: 60,
         sandbox: sandbox(network),
         image: None,
+        outcome_files: Vec::new(),
     };
     build_command(&spec, PathBuf::from(WORKSPACE_ON_HOST), &command_env())
 }

@@ -33,7 +33,7 @@ pub use jetstream_bus::{JetStreamBus, JetStreamConfig, KvLease, ObjectBlobs};
 pub use lease::{Lease, LeaseError};
 pub use memory_bus::{InMemoryBus, InMemoryBusConfig};
 pub use run::{
-    ApiError, ApprovalAnswer, ApprovalAsk, ApprovalGate, ClaudeSpec, EndsOn, HttpSpec,
+    ApiError, ApprovalAnswer, ApprovalAsk, ApprovalGate, Billing, ClaudeSpec, EndsOn, HttpSpec,
     McpServerSpec, McpTransport, NetworkMode, OutcomeFile, RunKind, RunOutcome, RunSpec, RunStatus,
     Sandbox, StopReason, TokenUsage, Trigger,
 };

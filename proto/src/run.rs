@@ -537,6 +537,38 @@ pub enum StopReason {
     McpServerFailed,
 }
 
+/// Who pays for a Claude run's tokens: an API key (the CLI's cost is what is billed) or a
+/// subscription's OAuth token (the CLI's cost is only an estimate; nothing is billed per
+/// token).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Billing {
+    #[default]
+    Api,
+    Subscription,
+}
+
+impl Billing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Billing::Api => "api",
+            Billing::Subscription => "subscription",
+        }
+    }
+}
+
+impl FromStr for Billing {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "api" => Ok(Billing::Api),
+            "subscription" => Ok(Billing::Subscription),
+            other => Err(format!("unknown billing `{other}`")),
+        }
+    }
+}
+
 /// The model API's failures told apart.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -586,6 +618,9 @@ pub struct RunOutcome {
     /// instead of its fixed backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<DateTime<Utc>>,
+    /// Who pays for a Claude run's tokens, as the worker's model credentials say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing: Option<Billing>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
 }

@@ -108,6 +108,24 @@ impl CommandEnv {
         }
     }
 
+    /// Who pays for the runs' tokens: an API key (or a gateway's bearer token) wins over a
+    /// subscription's OAuth token, as in the CLI.
+    pub fn billing(&self) -> autopilot_proto::Billing {
+        let set = |name: &str| {
+            self.model_api
+                .iter()
+                .any(|(key, value)| key == name && !value.is_empty())
+        };
+        if !set("ANTHROPIC_API_KEY")
+            && !set("ANTHROPIC_AUTH_TOKEN")
+            && set("CLAUDE_CODE_OAUTH_TOKEN")
+        {
+            autopilot_proto::Billing::Subscription
+        } else {
+            autopilot_proto::Billing::Api
+        }
+    }
+
     /// Whether any model API credential is present.
     pub fn has_model_credentials(&self) -> bool {
         self.model_api

@@ -23,6 +23,9 @@ pub enum UsageGroup {
     Job,
     /// By the models a run used, as the run lists them (`["claude-sonnet-4-5"]`).
     Model,
+    /// By who paid: `api` (billed), `subscription` (the CLI's estimate), `none` (not a Claude
+    /// run).
+    Billing,
 }
 
 /// Runs, tokens and cost of one group.

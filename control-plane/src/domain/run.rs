@@ -97,6 +97,10 @@ pub struct Run {
     /// tracing is off. Shown as the trace's id (`trace_id`), to find the run's trace.
     #[serde(rename = "trace_id", serialize_with = "trace_id_of")]
     pub trace_parent: Option<String>,
+    /// Who paid for a Claude run's tokens: `api` (the cost is what was billed) or
+    /// `subscription` (the cost is the CLI's estimate; budgets do not count it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub billing: Option<autopilot_proto::Billing>,
 }
 
 /// The trace id inside a `traceparent` (`00-<trace id>-<span id>-<flags>`).
@@ -146,6 +150,7 @@ impl Run {
             webhook_id: None,
             delivery_id: None,
             trace_parent: None,
+            billing: None,
         }
     }
 

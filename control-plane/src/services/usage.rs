@@ -17,6 +17,9 @@ pub struct UsageReport {
     /// Costliest first.
     pub by_job: Vec<UsageTotals>,
     pub by_model: Vec<UsageTotals>,
+    /// By who paid (`api`, `subscription`, `none`): a subscription's cost is the CLI's
+    /// estimate, not billed, and budgets leave it out.
+    pub by_billing: Vec<UsageTotals>,
     pub costliest: Vec<Run>,
 }
 
@@ -31,6 +34,7 @@ pub async fn report(app: &App, since: DateTime<Utc>) -> ServiceResult<UsageRepor
     let by_day = app.store.usage(UsageGroup::Day, since).await?;
     let by_job = app.store.usage(UsageGroup::Job, since).await?;
     let by_model = app.store.usage(UsageGroup::Model, since).await?;
+    let by_billing = app.store.usage(UsageGroup::Billing, since).await?;
     let costliest = app.store.costliest_runs(since, 10).await?;
     let mut total = UsageTotals::default();
     for day in &by_day {
@@ -42,6 +46,7 @@ pub async fn report(app: &App, since: DateTime<Utc>) -> ServiceResult<UsageRepor
         by_day,
         by_job,
         by_model,
+        by_billing,
         costliest,
     })
 }

@@ -348,6 +348,9 @@ async fn ending(
         (before, now) => before.or(now),
     };
     run.permission_denials += outcome.permission_denials;
+    if outcome.billing.is_some() {
+        run.billing = outcome.billing;
+    }
     for model in &outcome.models {
         if !run.models.contains(model) {
             run.models.push(model.clone());

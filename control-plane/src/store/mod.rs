@@ -96,7 +96,7 @@ pub trait DashboardStore: Send + Sync {
     /// day: oldest day first).
     async fn usage(&self, group: UsageGroup, since: DateTime<Utc>)
         -> StoreResult<Vec<UsageTotals>>;
-    /// The cost of runs created since `since`.
+    /// The billed cost of runs created since `since` (a subscription's estimates left out).
     async fn spend_since(&self, since: DateTime<Utc>) -> StoreResult<f64>;
     /// The costliest runs created since `since`.
     async fn costliest_runs(&self, since: DateTime<Utc>, limit: u32) -> StoreResult<Vec<Run>>;
@@ -130,7 +130,8 @@ pub trait RulesStore: Send + Sync {
     ) -> StoreResult<bool>;
     /// Runs that ended after `after` (by their end time), oldest end first.
     async fn runs_finished_after(&self, after: DateTime<Utc>, limit: u32) -> StoreResult<Vec<Run>>;
-    /// What a job's runs created since `since` cost (or, with no job, every run's).
+    /// What a job's runs created since `since` cost (or, with no job, every run's), by API key:
+    /// runs on a subscription (`billing = subscription`) are not counted.
     async fn job_spend_since(
         &self,
         job_id: Option<JobId>,

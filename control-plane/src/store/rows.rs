@@ -207,6 +207,7 @@ pub struct RunRow {
     pub webhook_id: Option<String>,
     pub delivery_id: Option<String>,
     pub trace_parent: Option<String>,
+    pub billing: Option<String>,
 }
 
 impl TryFrom<RunRow> for Run {
@@ -256,6 +257,11 @@ impl TryFrom<RunRow> for Run {
                 .transpose()?,
             delivery_id: row.delivery_id,
             trace_parent: row.trace_parent,
+            billing: row
+                .billing
+                .as_deref()
+                .map(|billing| parse("billing", billing))
+                .transpose()?,
         })
     }
 }

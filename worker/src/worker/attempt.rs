@@ -504,6 +504,9 @@ impl Attempt {
         }
         outcome.exit_code = exit.code;
         outcome.stopped = stop_reason;
+        if is_claude {
+            outcome.billing = Some(self.config.command_env.billing());
+        }
         if outcome.transient && outcome.retry_at.is_none() {
             // The model proxy saw the limit's reset time in the API's answer headers.
             outcome.retry_at = exit.metered.and_then(|metered| metered.retry_at);

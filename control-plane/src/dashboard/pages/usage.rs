@@ -54,6 +54,7 @@ struct UsagePage {
     by_day: Vec<TotalsRow>,
     by_job: Vec<TotalsRow>,
     by_model: Vec<TotalsRow>,
+    by_billing: Vec<TotalsRow>,
     costliest: Vec<RunRow>,
 }
 
@@ -157,6 +158,20 @@ pub async fn show(
             .map(|model| {
                 let mut row = TotalsRow::from(model);
                 row.label = models_label(&model.label);
+                row
+            })
+            .collect(),
+        by_billing: report
+            .by_billing
+            .iter()
+            .map(|pool| {
+                let mut row = TotalsRow::from(pool);
+                row.label = match pool.label.as_str() {
+                    "api" => "API key (billed)".to_owned(),
+                    "subscription" => "Subscription (the CLI's estimate, not billed)".to_owned(),
+                    "none" => "No model (shell and http runs)".to_owned(),
+                    other => other.to_owned(),
+                };
                 row
             })
             .collect(),

@@ -165,6 +165,10 @@ impl DashboardStore for SqlStore {
             ),
             UsageGroup::Job => ("COALESCE(job_name, '')".to_owned(), "3 DESC, 1 ASC"),
             UsageGroup::Model => ("models".to_owned(), "3 DESC, 1 ASC"),
+            UsageGroup::Billing => (
+                "COALESCE(billing, CASE WHEN models = '[]' THEN 'none' ELSE 'api' END)".to_owned(),
+                "3 DESC, 1 ASC",
+            ),
         };
         let sql = format!(
             "SELECT {label}, COUNT(*), COALESCE(SUM(cost_usd), 0.0), CAST(SUM(input_tokens) AS BIGINT), \
@@ -188,7 +192,10 @@ impl DashboardStore for SqlStore {
 
     async fn spend_since(&self, since: DateTime<Utc>) -> StoreResult<f64> {
         let (spent,): (Option<f64>,) = on_read!(self, pool => {
-            sqlx::query_as("SELECT SUM(cost_usd) FROM runs WHERE created_at_ms >= $1")
+            sqlx::query_as(
+                "SELECT SUM(cost_usd) FROM runs WHERE created_at_ms >= $1 \
+                 AND (billing IS NULL OR billing <> 'subscription')",
+            )
                 .bind(to_ms(since))
                 .fetch_one(pool)
                 .await

@@ -18,7 +18,7 @@ use crate::store::{StoreError, StoreResult};
 // is used, not where it is defined.
 use crate::domain::Run;
 
-/// Rows per multi-row insert: well under SQLite's 32766 bound parameters at 30 columns.
+/// Rows per multi-row insert: well under SQLite's 32766 bound parameters at 32 columns.
 const ROWS_PER_INSERT: usize = 500;
 
 /// Binds the runs of `$chunk` (deliveries) for `INSERT INTO runs (RUN_COLUMNS, event_seq)`.
@@ -342,7 +342,7 @@ impl SqlStore {
 }
 
 /// Columns in `RUN_COLUMNS`.
-const RUN_COLUMN_COUNT: usize = 30;
+const RUN_COLUMN_COUNT: usize = 31;
 
 #[cfg(test)]
 mod tests {

@@ -158,12 +158,14 @@ impl RulesStore for SqlStore {
         let (spent,): (Option<f64>,) = on_read!(self, pool => {
             match job_id {
                 // Through the (job, id) index: ids are ordered by creation time.
-                Some(job) => sqlx::query_as("SELECT SUM(cost_usd) FROM runs WHERE job_id = $1 AND id >= $2")
+                Some(job) => sqlx::query_as("SELECT SUM(cost_usd) FROM runs WHERE job_id = $1 AND id >= $2 \
+                     AND (billing IS NULL OR billing <> 'subscription')")
                     .bind(job.to_string())
                     .bind(RunId::first_at(since).to_string())
                     .fetch_one(pool)
                     .await,
-                None => sqlx::query_as("SELECT SUM(cost_usd) FROM runs WHERE created_at_ms >= $1")
+                None => sqlx::query_as("SELECT SUM(cost_usd) FROM runs WHERE created_at_ms >= $1 \
+                     AND (billing IS NULL OR billing <> 'subscription')")
                     .bind(to_ms(since))
                     .fetch_one(pool)
                     .await,

@@ -32,32 +32,32 @@ fn events_ride_with(run: &Run, events: &[NewRunEvent]) -> bool {
 pub(super) const RUN_COLUMNS: &str = "id, job_id, job_name, trigger, status, attempt, scheduled_for_ms, settings, created_at_ms, \
     dispatched_at_ms, not_before_ms, started_at_ms, finished_at_ms, heartbeat_at_ms, worker_id, exit_code, is_error, \
     error, result, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, num_turns, models, \
-    permission_denials, webhook_id, delivery_id, trace_parent";
+    permission_denials, webhook_id, delivery_id, trace_parent, billing";
 
 pub(super) const INSERT_RUN: &str = "INSERT INTO runs (id, job_id, job_name, trigger, status, attempt, scheduled_for_ms, settings, \
     created_at_ms, dispatched_at_ms, not_before_ms, started_at_ms, finished_at_ms, heartbeat_at_ms, worker_id, exit_code, \
     is_error, error, result, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, num_turns, \
-    models, permission_denials, webhook_id, delivery_id, trace_parent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-    $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)";
+    models, permission_denials, webhook_id, delivery_id, trace_parent, billing) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+    $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)";
 
-/// `INSERT_RUN` with the run's last event sequence number as `$31`: a new run's first events
+/// `INSERT_RUN` with the run's last event sequence number as `$32`: a new run's first events
 /// are numbered 1..n in the same write, without reserving them on the row afterwards.
 fn insert_run_with_events_sql() -> String {
     format!(
         "INSERT INTO runs ({RUN_COLUMNS}, event_seq) VALUES {}",
-        placeholders(Placeholders::Numbered, 1, 31, 1)
+        placeholders(Placeholders::Numbered, 1, 32, 1)
     )
 }
 
-/// Every column of a run, set from `$1`..`$30` in `INSERT_RUN` order.
+/// Every column of a run, set from `$1`..`$31` in `INSERT_RUN` order.
 const SET_RUN: &str = "id = $1, job_id = $2, job_name = $3, trigger = $4, status = $5, attempt = $6, \
     scheduled_for_ms = $7, settings = $8, created_at_ms = $9, dispatched_at_ms = $10, not_before_ms = $11, \
     started_at_ms = $12, finished_at_ms = $13, heartbeat_at_ms = $14, worker_id = $15, exit_code = $16, \
     is_error = $17, error = $18, result = $19, input_tokens = $20, output_tokens = $21, \
     cache_read_tokens = $22, cache_write_tokens = $23, cost_usd = $24, num_turns = $25, models = $26, \
-    permission_denials = $27, webhook_id = $28, delivery_id = $29, trace_parent = $30";
-/// Which row version an update expects: `$31` status, `$32` attempt.
-const RUN_EXPECTED: &str = "WHERE id = $1 AND status = $31 AND attempt = $32";
+    permission_denials = $27, webhook_id = $28, delivery_id = $29, trace_parent = $30, billing = $31";
+/// Which row version an update expects: `$32` status, `$33` attempt.
+const RUN_EXPECTED: &str = "WHERE id = $1 AND status = $32 AND attempt = $33";
 
 /// Binds every column of a run, in `INSERT_RUN` order.
 macro_rules! bind_run {
@@ -94,6 +94,7 @@ macro_rules! bind_run {
             .bind(run.webhook_id.map(|id| id.to_string()))
             .bind(run.delivery_id.clone())
             .bind(run.trace_parent.clone())
+            .bind(run.billing.map(|billing| billing.as_str()))
     }};
 }
 
@@ -137,11 +138,11 @@ async fn update_run_sqlite(
             events
         ));
     }
-    // The events' sequence numbers are reserved by the update of the row itself ($33 of them),
+    // The events' sequence numbers are reserved by the update of the row itself ($34 of them),
     // so the row is written once.
     let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
     let sql = format!(
-        "UPDATE runs SET {SET_RUN}, event_seq = event_seq + $33 {RUN_EXPECTED} RETURNING event_seq"
+        "UPDATE runs SET {SET_RUN}, event_seq = event_seq + $34 {RUN_EXPECTED} RETURNING event_seq"
     );
     let last: Option<(i64,)> = bind_run!(sqlx::query_as(&sql), run)
         .bind(expected_status.as_str())
@@ -232,7 +233,7 @@ impl RunStore for SqlStore {
                 let sql = format!(
                     "WITH run AS ({}) {}",
                     insert_run_with_events_sql(),
-                    insert_events_sql(32, first_events.len())
+                    insert_events_sql(33, first_events.len())
                 );
                 bind_events_from!(
                     bind_run!(sqlx::query(&sql), run).bind(count),
@@ -360,19 +361,19 @@ impl RunStore for SqlStore {
             return Ok(written);
         }
         // One statement: the events take their numbers from the updated row (which reserves
-        // `$33` of them), and are stored only if the row matched. Each event's `seq` parameter
+        // `$34` of them), and are stored only if the row matched. Each event's `seq` parameter
         // is its place, 1..count, and `n` in the statement.
         let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
         let update = format!(
-            "UPDATE runs SET {SET_RUN}, event_seq = event_seq + $33 {RUN_EXPECTED} RETURNING event_seq"
+            "UPDATE runs SET {SET_RUN}, event_seq = event_seq + $34 {RUN_EXPECTED} RETURNING event_seq"
         );
         let sql = format!(
             "WITH updated AS ({update}), stored AS (INSERT INTO run_events {EVENT_COLUMNS} \
-             SELECT e.run_id, updated.event_seq - $33 + e.n, e.attempt, e.origin, e.origin_seq, e.at_ms, \
+             SELECT e.run_id, updated.event_seq - $34 + e.n, e.attempt, e.origin, e.origin_seq, e.at_ms, \
              e.kind, e.data FROM updated CROSS JOIN (VALUES {}) \
              AS e (run_id, n, attempt, origin, origin_seq, at_ms, kind, data) {EVENT_REDELIVERED}) \
              SELECT event_seq FROM updated",
-            placeholders(Placeholders::Numbered, events.len(), 8, 34)
+            placeholders(Placeholders::Numbered, events.len(), 8, 35)
         );
         let query = bind_run!(sqlx::query_as::<_, (i64,)>(&sql), run)
             .bind(expected_status.as_str())

@@ -466,3 +466,57 @@ async fn the_fleet_budget_refuses_runs_and_alerts_once_per_threshold() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(alerts.lock().unwrap().len(), 3, "once per threshold");
 }
+
+#[tokio::test]
+async fn runs_on_a_subscription_are_their_own_pool_and_budgets_leave_them_out() {
+    let Some(claude) = autopilot_tests::components::claude_bin() else {
+        return;
+    };
+    let fake = autopilot_tests::fake_anthropic::FakeAnthropic::start()
+        .await
+        .expect("fake API");
+    fake.set_default(Reply::text("done"));
+    // The CLI is given a subscription's OAuth token, no API key.
+    let server = TestServer::builder()
+        .claude_bin(claude)
+        .run_env("ANTHROPIC_BASE_URL", &fake.base_url())
+        .run_env(
+            "CLAUDE_CODE_OAUTH_TOKEN",
+            "sk-ant-oat01-test-not-a-real-token",
+        )
+        .run_env("CLAUDE_CODE_MAX_RETRIES", "0")
+        .start()
+        .await;
+    let job = server
+        .create_job(json!({
+            "name": "on the plan", "prompt": "Spend a little.", "overlap_policy": "allow",
+            "budget": { "daily_usd": 0.000001 },
+        }))
+        .await;
+    server.trigger(id(&job)).await;
+    let runs = finished_runs(&server, &job, 1).await;
+    assert_eq!(runs[0]["status"], "succeeded", "{:#}", runs[0]);
+    assert_eq!(runs[0]["billing"], "subscription", "{:#}", runs[0]);
+    assert!(
+        runs[0]["cost_usd"].as_f64().unwrap() > 0.000001,
+        "the CLI's estimate is kept"
+    );
+    // Its estimate is not spend: the tiny budget does not refuse the next run.
+    let (status, body) = server
+        .call(
+            Method::POST,
+            &format!("/api/v1/jobs/{}/trigger", id(&job)),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    finished_runs(&server, &job, 2).await;
+    let browser =
+        autopilot_tests::dashboard::DashboardClient::signed_in(&server.api.base_url).await;
+    let usage = browser.get("/usage").await;
+    assert!(
+        usage.body.contains("Subscription (the CLI"),
+        "{}",
+        usage.body
+    );
+}

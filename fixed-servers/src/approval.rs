@@ -15,12 +15,10 @@ use rmcp::model::{CallToolResult, JsonObject};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
 
 use crate::approval_wire::{gated, Ask, Decision, SocketRequest, TIMEOUT_SETTING, TOOLS_SETTING};
 use crate::catalog::{FixedServer, APPROVAL};
-use crate::memory_wire::{MAX_LINE_BYTES, SOCKET_SETTING, TOKEN_SETTING};
+use crate::memory_wire::{SOCKET_SETTING, TOKEN_SETTING};
 use crate::serve::{schema, success, whole_number, Tools};
 
 /// Beyond the job's timeout, for the worker and the control plane to answer.
@@ -112,26 +110,7 @@ impl Approval {
     }
 
     async fn exchange(&self, request: &SocketRequest) -> Result<Decision, String> {
-        let unreachable = |err: std::io::Error| {
-            format!("the worker cannot be reached to ask for approval: {err}")
-        };
-        let mut stream = UnixStream::connect(&self.settings.socket)
-            .await
-            .map_err(unreachable)?;
-        let mut line = serde_json::to_vec(request).map_err(|err| err.to_string())?;
-        line.push(b'\n');
-        stream.write_all(&line).await.map_err(unreachable)?;
-        let mut reader = BufReader::new(stream.take(MAX_LINE_BYTES as u64));
-        let mut answer = Vec::new();
-        reader
-            .read_until(b'\n', &mut answer)
-            .await
-            .map_err(unreachable)?;
-        if answer.is_empty() {
-            return Err("the worker closed the connection without a decision".to_owned());
-        }
-        serde_json::from_slice(&answer)
-            .map_err(|err| format!("the worker's answer is not understood: {err}"))
+        crate::serve::ask_run_socket(&self.settings.socket, request, "the worker").await
     }
 }
 
@@ -175,6 +154,7 @@ impl Tools for Arc<Approval> {
 mod tests {
     use super::*;
     use crate::serve::vars;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     use tokio::net::UnixListener;
 
     fn settings(socket: PathBuf) -> Settings {

@@ -15,13 +15,10 @@ use std::time::Duration;
 use rmcp::model::{CallToolResult, JsonObject};
 use schemars::JsonSchema;
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
 
 use crate::catalog::{FixedServer, MEMORY};
 use crate::memory_wire::{
-    MemoryAnswer, MemoryEntry, MemoryOp, SocketRequest, MAX_LINE_BYTES, SOCKET_SETTING,
-    TOKEN_SETTING,
+    MemoryAnswer, MemoryEntry, MemoryOp, SocketRequest, SOCKET_SETTING, TOKEN_SETTING,
 };
 use crate::serve::{arguments, failure, schema, success, whole_number, Quota, Tools};
 
@@ -153,26 +150,12 @@ impl Memory {
     }
 
     async fn exchange(&self, request: &SocketRequest) -> Result<MemoryAnswer, String> {
-        let unreachable = |err: std::io::Error| {
-            format!("the memory store cannot be reached through the worker: {err}")
-        };
-        let mut stream = UnixStream::connect(&self.settings.socket)
-            .await
-            .map_err(unreachable)?;
-        let mut line = serde_json::to_vec(request).map_err(|err| err.to_string())?;
-        line.push(b'\n');
-        stream.write_all(&line).await.map_err(unreachable)?;
-        let mut reader = BufReader::new(stream.take(MAX_LINE_BYTES as u64));
-        let mut answer = Vec::new();
-        reader
-            .read_until(b'\n', &mut answer)
-            .await
-            .map_err(unreachable)?;
-        if answer.is_empty() {
-            return Err("the memory store closed the connection without answering".to_owned());
-        }
-        serde_json::from_slice(&answer)
-            .map_err(|err| format!("the memory store's answer is not understood: {err}"))
+        crate::serve::ask_run_socket(
+            &self.settings.socket,
+            request,
+            "the memory store (through the worker)",
+        )
+        .await
     }
 
     async fn call_op(&self, op: MemoryOp) -> CallToolResult {
@@ -274,6 +257,7 @@ impl Tools for Arc<Memory> {
 mod tests {
     use super::*;
     use crate::serve::vars;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     use tokio::net::UnixListener;
 
     #[test]

@@ -241,6 +241,36 @@ pub(crate) fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     move |name| map.get(name).cloned()
 }
 
+/// One question on the run's socket (`socket`, which the worker serves): `request` as a JSON
+/// line, and the one-line answer read back. `who` names the other end in errors (`the memory
+/// store`, `the worker`).
+pub async fn ask_run_socket<T: serde::de::DeserializeOwned>(
+    socket: &std::path::Path,
+    request: &impl serde::Serialize,
+    who: &str,
+) -> Result<T, String> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let unreachable = |err: std::io::Error| format!("{who} cannot be reached: {err}");
+    let mut stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(unreachable)?;
+    let mut line = serde_json::to_vec(request).map_err(|err| err.to_string())?;
+    line.push(b'\n');
+    stream.write_all(&line).await.map_err(unreachable)?;
+    let limit = crate::memory_wire::MAX_LINE_BYTES as u64;
+    let mut reader = BufReader::new(stream.take(limit));
+    let mut answer = Vec::new();
+    reader
+        .read_until(b'\n', &mut answer)
+        .await
+        .map_err(unreachable)?;
+    if answer.is_empty() {
+        return Err(format!("{who} closed the connection without answering"));
+    }
+    serde_json::from_slice(&answer)
+        .map_err(|err| format!("{who}'s answer is not understood: {err}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

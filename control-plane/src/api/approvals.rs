@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::AppState;
-use crate::domain::approval::{Approval, ApprovalStatus};
+use crate::domain::approval::{unknown_status, Approval, ApprovalStatus};
 use crate::domain::auth::Caller;
 use crate::domain::ServiceError;
 use crate::http::{ApiQuery, ApiResult};
@@ -33,17 +33,7 @@ pub async fn list(
 ) -> ApiResult<Json<Value>> {
     let status = query
         .status
-        .map(|text| {
-            ApprovalStatus::parse(&text).ok_or_else(|| {
-                ServiceError::invalid(
-                    "status",
-                    format!(
-                        "`{text}` is not an approval status; use pending, approved, denied, \
-                         timed_out or closed"
-                    ),
-                )
-            })
-        })
+        .map(|text| ApprovalStatus::parse(&text).ok_or_else(|| unknown_status(&text)))
         .transpose()?;
     let run_id = query
         .run_id
@@ -85,27 +75,23 @@ fn decision(approve: bool, body: &Bytes) -> Result<Decision, ServiceError> {
     })
 }
 
-/// `POST /api/v1/approvals/{id}/approve`.
-pub async fn approve(
+/// `POST /api/v1/approvals/{id}/approve` and `POST /api/v1/approvals/{id}/deny`.
+pub async fn decide(
     State(AppState(app)): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    Path((id, verb)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Json<Approval>> {
-    let decision = decision(true, &body)?;
-    Ok(Json(
-        approvals::decide(&app, &caller, &id, decision, Via::Direct).await?,
-    ))
-}
-
-/// `POST /api/v1/approvals/{id}/deny`.
-pub async fn deny(
-    State(AppState(app)): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> ApiResult<Json<Approval>> {
-    let decision = decision(false, &body)?;
+    let approve = match verb.as_str() {
+        "approve" => true,
+        "deny" => false,
+        _ => {
+            return Err(crate::http::ApiError::not_found(format!(
+                "`{verb}` is not a decision: POST …/approve or …/deny"
+            )))
+        }
+    };
+    let decision = decision(approve, &body)?;
     Ok(Json(
         approvals::decide(&app, &caller, &id, decision, Via::Direct).await?,
     ))

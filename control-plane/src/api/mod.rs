@@ -118,8 +118,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/approvals", get(approvals::list))
         .route("/approvals/{id}", get(approvals::get))
-        .route("/approvals/{id}/approve", post(approvals::approve))
-        .route("/approvals/{id}/deny", post(approvals::deny))
+        .route("/approvals/{id}/{decision}", post(approvals::decide))
         .route("/workers", get(workers))
         .route("/quick-run", post(runs::quick_run))
         .route_layer(middleware::from_fn_with_state(

@@ -189,6 +189,18 @@ impl ApprovalStatus {
     }
 }
 
+/// The error for a state that is none of [`ApprovalStatus::ALL`], for the field `status`.
+pub fn unknown_status(text: &str) -> super::ServiceError {
+    let known: Vec<&str> = ApprovalStatus::ALL.iter().map(|s| s.as_str()).collect();
+    super::ServiceError::invalid(
+        "status",
+        format!(
+            "`{text}` is not an approval status; use {}",
+            known.join(", ")
+        ),
+    )
+}
+
 /// One tool call that waited (or waits) for approval.
 #[derive(Clone, PartialEq, Debug, Serialize)]
 pub struct Approval {

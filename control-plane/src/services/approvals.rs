@@ -28,6 +28,8 @@ use crate::domain::{Run, ServiceError, ServiceResult};
 
 /// Who decides a timeout or a run's end.
 const AUTOPILOT: &str = "autopilot";
+/// Why a call was denied when nobody decided.
+const NOBODY_DECIDED: &str = "nobody decided in time";
 /// How often pending approvals are looked at for a deadline passed or a run ended (the worker's
 /// own questions usually find it first).
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -146,7 +148,7 @@ pub async fn status(
         let ending = if run.status == RunStatus::Cancelling {
             Some((ApprovalStatus::Closed, "the run is being stopped"))
         } else if approval.expires_at <= Utc::now() {
-            Some((ApprovalStatus::TimedOut, "nobody decided in time"))
+            Some((ApprovalStatus::TimedOut, NOBODY_DECIDED))
         } else {
             None
         };
@@ -248,7 +250,7 @@ pub async fn decide(
             &approval,
             ApprovalStatus::TimedOut,
             AUTOPILOT,
-            Some("nobody decided in time"),
+            Some(NOBODY_DECIDED),
         )
         .await?;
         return Err(ServiceError::Conflict(format!(
@@ -454,7 +456,7 @@ async fn sweep(app: &App) -> ServiceResult<()> {
             &approval,
             ApprovalStatus::TimedOut,
             AUTOPILOT,
-            Some("nobody decided in time"),
+            Some(NOBODY_DECIDED),
         )
         .await?;
     }

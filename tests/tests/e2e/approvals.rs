@@ -8,7 +8,7 @@ use std::time::Duration;
 use autopilot_tests::clients::{register_public_client, tokens_for_client};
 use autopilot_tests::cluster::{claude_worker_env, Cluster, ClusterOptions};
 use autopilot_tests::fake_anthropic::{FakeAnthropic, Reply};
-use autopilot_tests::harness::{is_terminal, shell_job, steps, ApiClient, TestServer};
+use autopilot_tests::harness::{is_terminal, steps, ApiClient, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -94,7 +94,7 @@ async fn a_gated_call_waits_for_a_decision_and_is_approved_denied_or_timed_out()
     );
     let job_id = job["id"].as_str().unwrap().to_owned();
     let quick = api
-        .create_job(shell_job("meanwhile", "echo meanwhile"))
+        .create_job(json!({ "name": "meanwhile", "command": "echo meanwhile" }))
         .await;
 
     // Approved, on the other replica, while another run used the freed slot.
@@ -432,14 +432,7 @@ async fn a_gate_by_level_holds_a_granted_server_s_write_tools_and_others_stay_de
         .model_api(&fake.base_url())
         .start()
         .await;
-    let (status, body) = server
-        .call(
-            Method::POST,
-            "/api/v1/servers",
-            Some(json!({ "name": "memory", "transport": { "type": "fixed", "server": "memory" } })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    crate::tools::memory::register_memory(&server).await;
     // Read tools are free; the write tools of the granted server wait; Write is not granted.
     let job = server
         .create_job(json!({

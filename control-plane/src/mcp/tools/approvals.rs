@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use super::{input, object, parse, parse_run_id, success, to_value, Failure, Outcome, Spec};
 use crate::app::App;
-use crate::domain::approval::{may_decide, Approval, ApprovalStatus, Confirmation};
+use crate::domain::approval::{may_decide, unknown_status, Approval, ApprovalStatus, Confirmation};
 use crate::domain::auth::Caller;
 use crate::services::approvals::{self, Decision, Via};
 
@@ -95,12 +95,7 @@ pub(super) async fn list(app: &App, args: JsonObject) -> Outcome {
     let status = match status.as_deref().map(str::trim) {
         None | Some("") | Some("pending") => Some(ApprovalStatus::Pending),
         Some("all") => None,
-        Some(text) => Some(ApprovalStatus::parse(text).ok_or_else(|| {
-            Failure::invalid(
-                "status",
-                format!("`{text}` is not pending, approved, denied, timed_out, closed or all"),
-            )
-        })?),
+        Some(text) => Some(ApprovalStatus::parse(text).ok_or_else(|| unknown_status(text))?),
     };
     let run_id = run_id
         .as_deref()

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::{run_once, RUN_TIMEOUT};
 
-async fn register_memory(server: &TestServer) {
+pub(crate) async fn register_memory(server: &TestServer) {
     let (status, body) = server
         .call(
             Method::POST,

@@ -8,7 +8,7 @@ mod docker;
 mod dynamic;
 mod email;
 mod fleet;
-mod memory;
+pub(crate) mod memory;
 mod oauth;
 mod outbound;
 mod planted;

@@ -42,6 +42,10 @@ pub struct ApprovalRule {
     /// Seconds a call waits before it is denied as timed out (5 to 86400; default 900).
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// A channel of a registered `notify` server told when a call waits: the tool, the start
+    /// of its input, the deadline and the run's page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<super::rules::NotifyTarget>,
 }
 
 impl ApprovalRule {

@@ -24,7 +24,9 @@ use crate::domain::approval::{
     OPERATOR,
 };
 use crate::domain::auth::Caller;
+use crate::domain::rules::NotifyTarget;
 use crate::domain::{Run, ServiceError, ServiceResult};
+use crate::services::channels;
 
 /// Who decides a timeout or a run's end.
 const AUTOPILOT: &str = "autopilot";
@@ -52,7 +54,7 @@ pub enum Via {
 
 /// The answer to a run's question about a tool call (`WorkerRequest::Approval`).
 pub async fn ask(
-    app: &App,
+    app: &Arc<App>,
     run_id: RunId,
     attempt: u32,
     worker_id: &WorkerId,
@@ -67,16 +69,18 @@ pub async fn ask(
             "the run is being stopped; the call was not made",
         ));
     }
-    let approvers = match run.job_id {
+    let rule = match run.job_id {
         Some(job_id) => app
             .store
             .get_job(job_id)
             .await?
-            .and_then(|job| job.rules.approval)
-            .map(|rule| rule.approvers),
+            .and_then(|job| job.rules.approval),
         None => None,
-    }
-    .unwrap_or_else(|| vec![OPERATOR.to_owned()]);
+    };
+    let approvers = rule
+        .as_ref()
+        .map(|rule| rule.approvers.clone())
+        .unwrap_or_else(|| vec![OPERATOR.to_owned()]);
     let timeout = match &run.settings.kind {
         RunKind::Claude(claude) => claude.approval.as_ref().map(|gate| gate.timeout_secs),
         _ => None,
@@ -108,6 +112,7 @@ pub async fn ask(
         "approvers": approval.approvers,
         "expires_at": approval.expires_at,
     }));
+    let job_name = run.job_name.clone();
     if !set_waiting(app, run, event).await? {
         // The run moved on (a kill) between the read and the write: the call is not made.
         close(app, &approval.id, "the run is no longer running").await?;
@@ -117,11 +122,49 @@ pub async fn ask(
         ));
     }
     tracing::info!(run.id = %run_id, approval.id = %approval.id, tool = %approval.tool, "a tool call waits for approval");
+    if let Some(target) = rule.and_then(|rule| rule.notify) {
+        tell(app, target, &approval, job_name.as_deref());
+    }
     Ok(WorkerReply::Approval {
         answer: ApprovalAnswer::Pending {
             approval_id: approval.id,
         },
     })
+}
+
+/// Tells `target`'s channel that `approval` waits, on a task of its own (the worker's question
+/// is answered at once), and records how that went as the run's event.
+fn tell(app: &Arc<App>, target: NotifyTarget, approval: &Approval, job: Option<&str>) {
+    let title = format!("Approval needed: {}", job.unwrap_or("a quick run"));
+    let input = channels::excerpt(&approval.input.to_string());
+    let text = format!(
+        "Run {} waits to call `{}` with: {input}\nDecide before {} on {}/runs/{} (or POST \
+         /api/v1/approvals/{}/approve or /deny); it is denied if nobody does.",
+        approval.run_id,
+        approval.tool,
+        approval.expires_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        app.config.public_url,
+        approval.run_id,
+        approval.id,
+    );
+    let (app, run_id, approval_id) = (Arc::clone(app), approval.run_id, approval.id.clone());
+    tokio::spawn(async move {
+        let sent = channels::post(&app, &target, &title, &text, &run_id.to_string()).await;
+        let mut data = json!({
+            "step": "approval_notified",
+            "approval_id": approval_id,
+            "channel": format!("{}/{}", target.server, target.channel),
+            "delivered": sent.is_ok(),
+        });
+        if let Err((_, why)) = &sent {
+            tracing::warn!(run.id = %run_id, error = %why, "telling a channel about a waiting call failed");
+            data["error"] = json!(why);
+        }
+        if let Ok(Some(run)) = app.store.get_run(run_id).await {
+            let _ = app.store.append_events(&[run.control_event(data)]).await;
+            app.notify_run(run_id);
+        }
+    });
 }
 
 /// Where an approval the run asked for stands (`WorkerRequest::ApprovalStatus`); one past its

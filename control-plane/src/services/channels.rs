@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use autopilot_fixed_servers::notify_message::{self, Kind};
 use autopilot_proto::placeholders;
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::app::App;
 use crate::domain::rules::NotifyTarget;
@@ -154,9 +153,9 @@ pub async fn resolve(app: &App, target: &NotifyTarget) -> ServiceResult<Channel>
     })
 }
 
-/// The message about `run`'s end for `channel`: a title, and the status, cost, the result's
-/// start or the error, and the run's page.
-pub fn message(app: &App, channel: &Channel, run: &Run) -> ServiceResult<Value> {
+/// The title and text of the message about `run`'s end: the status, cost, the result's start
+/// or the error, and the run's page.
+pub fn run_ended(app: &App, run: &Run) -> (String, String) {
     let job = run.job_name.as_deref().unwrap_or("a quick run");
     let title = format!("{job}: run {}", run.status.as_str());
     let mut text = format!("Run {} ({} trigger)", run.id, run.trigger.as_str());
@@ -164,21 +163,49 @@ pub fn message(app: &App, channel: &Channel, run: &Run) -> ServiceResult<Value> 
         text.push_str(&format!(", ${cost:.4}"));
     }
     text.push('.');
-    let quoted = |label: &str, body: &str| {
-        let shown: String = body.chars().take(RESULT_CHARS).collect();
-        let cut = if shown.len() < body.len() { "…" } else { "" };
-        format!("\n{label}: {shown}{cut}")
-    };
     if let Some(error) = run.error.as_deref().filter(|e| !e.is_empty()) {
-        text.push_str(&quoted("Error", error));
+        text.push_str(&format!("\nError: {}", excerpt(error)));
     } else if let Some(result) = run.result.as_deref().filter(|r| !r.is_empty()) {
-        text.push_str(&quoted("Result", result));
+        text.push_str(&format!("\nResult: {}", excerpt(result)));
     }
     text.push_str(&format!("\n{}/runs/{}", app.config.public_url, run.id));
-    let text: String = text
-        .chars()
-        .take(channel.kind.max_chars() - title.len() - 8)
-        .collect();
-    notify_message::body(channel.kind, &channel.name, Some(&title), &text)
-        .map_err(|why| ServiceError::Conflict(format!("the message could not be made: {why}")))
+    (title, text)
+}
+
+/// The first [`RESULT_CHARS`] characters of `text`, `…` when cut.
+pub fn excerpt(text: &str) -> String {
+    let shown: String = text.chars().take(RESULT_CHARS).collect();
+    let cut = if shown.len() < text.len() { "…" } else { "" };
+    format!("{shown}{cut}")
+}
+
+/// Posts `title` and `text` to `target`'s channel (the body its kind takes, cut to what it
+/// accepts), retried like a result handler; how many attempts it took, or why it failed.
+pub async fn post(
+    app: &App,
+    target: &NotifyTarget,
+    title: &str,
+    text: &str,
+    run_id: &str,
+) -> Result<u32, (u32, String)> {
+    let channel = resolve(app, target)
+        .await
+        .map_err(|err| (0, err.to_string()))?;
+    let room = channel
+        .kind
+        .max_chars()
+        .saturating_sub(title.chars().count() + 8);
+    let text: String = text.chars().take(room).collect();
+    let body = notify_message::body(channel.kind, &channel.name, Some(title), &text)
+        .map_err(|why| (0, format!("the message could not be made: {why}")))?;
+    let url = reqwest::Url::parse(&channel.url)
+        .map_err(|_| (0, format!("channel `{}` has no valid URL", channel.name)))?;
+    let request = super::result_handlers::Post {
+        url,
+        headers: channel.headers,
+        allow_private: channel.allow_private,
+        signing_key: None,
+    };
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    super::result_handlers::send_with_retries(&request, &body, run_id).await
 }

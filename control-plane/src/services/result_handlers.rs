@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use crate::app::App;
-use crate::domain::rules::{EndHandler, NotifyTarget, ResultHandler};
+use crate::domain::rules::{EndHandler, ResultHandler};
 use crate::domain::{Job, Run};
 use crate::services::{channels, rules, tools};
 use autopilot_proto::address::{checked_addresses, Unreachable};
@@ -240,7 +240,8 @@ async fn deliver(app: &App, index: usize, handler: &EndHandler, run: &Run) {
         }
         (None, Some(target)) => {
             data["channel"] = json!(format!("{}/{}", target.server, target.channel));
-            notify(app, target, run).await
+            let (title, text) = channels::run_ended(app, run);
+            channels::post(app, target, &title, &text, &run.id.to_string()).await
         }
         (None, None) => return,
     };
@@ -264,30 +265,13 @@ async fn deliver(app: &App, index: usize, handler: &EndHandler, run: &Run) {
     app.notify_run(run.id);
 }
 
-/// Posts a message about `run`'s end to a channel of a registered `notify` server.
-async fn notify(app: &App, target: &NotifyTarget, run: &Run) -> Result<u32, (u32, String)> {
-    let channel = channels::resolve(app, target)
-        .await
-        .map_err(|err| (0, err.to_string()))?;
-    let body = channels::message(app, &channel, run).map_err(|err| (0, err.to_string()))?;
-    let request = Post {
-        url: reqwest::Url::parse(&channel.url)
-            .map_err(|_| (0, format!("channel `{}` has no valid URL", channel.name)))?,
-        headers: channel.headers,
-        allow_private: channel.allow_private,
-        signing_key: None,
-    };
-    let body = serde_json::to_vec(&body).unwrap_or_default();
-    send_with_retries(&request, &body, &run.id.to_string()).await
-}
-
 /// One POST as the handlers send it: where, with which headers and signing key, and whether it
 /// may reach private addresses.
-struct Post {
-    url: reqwest::Url,
-    headers: Vec<(String, String)>,
-    allow_private: bool,
-    signing_key: Option<String>,
+pub(crate) struct Post {
+    pub url: reqwest::Url,
+    pub headers: Vec<(String, String)>,
+    pub allow_private: bool,
+    pub signing_key: Option<String>,
 }
 
 impl Post {
@@ -313,7 +297,7 @@ impl Post {
 /// Sends until the endpoint answers 2xx (then how many attempts it took) or the attempts run
 /// out; an answer that cannot change (a refused address, a missing key, a 4xx other than 408 and
 /// 429) ends it at once.
-async fn send_with_retries(
+pub(crate) async fn send_with_retries(
     request: &Post,
     body: &[u8],
     run_id: &str,

@@ -30,7 +30,7 @@ fn rejected(reason: impl Into<String>) -> WorkerReply {
 }
 
 pub async fn handle_worker_request(
-    app: &App,
+    app: &Arc<App>,
     request: WorkerRequest,
 ) -> ServiceResult<WorkerReply> {
     match request {

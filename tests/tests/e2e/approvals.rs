@@ -501,8 +501,28 @@ async fn the_dashboard_shows_a_waiting_call_and_denies_it() {
         .start()
         .await;
     let browser = autopilot_tests::dashboard::DashboardClient::signed_in(&server.base_url).await;
+    // The approvers' channel: a webhook kind of the `notify` server, its URL a credential.
+    let (channel_url, messages) = channel_endpoint().await;
+    server
+        .call(
+            Method::PUT,
+            "/api/v1/credentials/APPROVERS_HOOK",
+            Some(json!({ "value": channel_url })),
+        )
+        .await;
+    let channels = json!({ "approvers": { "kind": "webhook", "url": "${APPROVERS_HOOK}" } });
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/servers",
+            Some(json!({ "name": "team", "transport": { "type": "fixed", "server": "notify",
+                "env": { "NOTIFY_CHANNELS": channels.to_string(), "NOTIFY_ALLOW_PRIVATE": "true" } } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     let job = server
-        .create_job(json!({ "name": "gated", "prompt": "go", "approval": { "tools": ["Bash"] } }))
+        .create_job(json!({ "name": "gated", "prompt": "go", "approval": {
+            "tools": ["Bash"], "notify": { "server": "team", "channel": "approvers" } } }))
         .await;
     let (run_id, approval) = gated_call(
         &server.api,
@@ -525,6 +545,31 @@ async fn the_dashboard_shows_a_waiting_call_and_denies_it() {
         "the input is escaped"
     );
     assert!(page.body.contains(&format!("/approvals/{id}/deny")));
+    // The approvers were told, with the tool, the input and where to decide.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let told = loop {
+        if let Some(message) = messages.lock().unwrap().first().cloned() {
+            break message;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the channel was not told"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(told["channel"], "approvers", "{told}");
+    assert!(
+        told["title"]
+            .as_str()
+            .unwrap()
+            .contains("Approval needed: gated"),
+        "{told}"
+    );
+    let text = told["text"].as_str().unwrap();
+    assert!(
+        text.contains("`Bash`") && text.contains(&format!("/runs/{run_id}")),
+        "{text}"
+    );
     let listed = browser.get("/runs?status=waiting_for_approval").await;
     assert!(
         listed.body.contains(&run_id),
@@ -546,4 +591,24 @@ async fn the_dashboard_shows_a_waiting_call_and_denies_it() {
     let again = browser.post(&format!("/approvals/{id}/approve"), &[]).await;
     assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
     server.stop().await.unwrap();
+}
+
+/// A channel's receiver: records each message's JSON body.
+async fn channel_endpoint() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&messages);
+    let app = axum::Router::new().route(
+        "/channel",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let seen = std::sync::Arc::clone(&seen);
+            async move {
+                seen.lock().unwrap().push(body);
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{address}/channel"), messages)
 }

@@ -118,6 +118,10 @@ pub(crate) fn job(name: &str) -> Job {
                 levels: vec![autopilot_control_plane::domain::tools::AccessLevel::Dangerous],
                 approvers: vec!["operator".into()],
                 timeout_secs: Some(300),
+                notify: Some(autopilot_control_plane::domain::rules::NotifyTarget {
+                    server: "team".into(),
+                    channel: "approvers".into(),
+                }),
             }),
             concurrency: Some(autopilot_control_plane::domain::rules::JobConcurrency {
                 key: "{{ file.path }}".into(),

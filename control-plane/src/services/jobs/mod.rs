@@ -119,6 +119,9 @@ async fn check_handlers(app: &App, job: &Job) -> ServiceResult<()> {
             super::channels::check(app, target, &field).await?;
         }
     }
+    if let Some(target) = job.rules.approval.as_ref().and_then(|a| a.notify.as_ref()) {
+        super::channels::check(app, target, "approval.notify").await?;
+    }
     let mut names: Vec<(String, &String)> = job
         .rules
         .on_end

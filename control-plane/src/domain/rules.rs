@@ -493,6 +493,10 @@ pub struct EndHandler {
     /// of a registered `notify` server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<NotifyTarget>,
+    /// Start a run of this job (name or id; stored as its id), once per run that ended, with
+    /// the ended run as its `{{ parent }}`: a chain written on the parent's side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
     /// Which ends: `success`, `failure` (failed, timed out, lost) or `any` (default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on: Option<ChainOn>,
@@ -538,12 +542,13 @@ impl EndHandler {
             self.post.is_some(),
             self.write.is_some(),
             self.notify.is_some(),
+            self.trigger.is_some(),
         ];
         if kinds.iter().filter(|given| **given).count() != 1 {
             return Err((
                 format!("on_end.{index}"),
-                "give exactly one of `post` (a URL), `write` (a path in the workspace) or \
-                 `notify` ({\"server\", \"channel\"})"
+                "give exactly one of `post` (a URL), `write` (a path in the workspace), \
+                 `notify` ({\"server\", \"channel\"}) or `trigger` (a job)"
                     .to_owned(),
             ));
         }

@@ -176,6 +176,19 @@ async fn follow(app: &App, child: &Job, parent: &Run) -> ServiceResult<()> {
         vec![parent.id]
     };
     let key = chain_key(&parents);
+    start_after(app, child, parent, &key, &parents).await
+}
+
+/// Starts a run of `child` after `parent` ended (a chain, or a parent's `trigger` result
+/// handler), once for `key`: held back, and recorded as skipped, by the child's conditions,
+/// budget or `skip` overlap.
+pub(crate) async fn start_after(
+    app: &App,
+    child: &Job,
+    parent: &Run,
+    key: &str,
+    parents: &[RunId],
+) -> ServiceResult<()> {
     let now = Utc::now();
     let mut refusal = rules::refusal(app, child, now).await?;
     if refusal.is_none()
@@ -185,7 +198,7 @@ async fn follow(app: &App, child: &Job, parent: &Run) -> ServiceResult<()> {
         refusal = Some("a run of the job is still going (overlap_policy `skip`)".to_owned());
     }
     if let Some(reason) = refusal {
-        if app.store.record_keyed_fire(child.id, &key, None).await? {
+        if app.store.record_keyed_fire(child.id, key, None).await? {
             rules::skipped(app, child, Trigger::Chain, &reason, now).await;
         }
         return Ok(());
@@ -206,7 +219,7 @@ async fn follow(app: &App, child: &Job, parent: &Run) -> ServiceResult<()> {
     let storing = std::time::SystemTime::now();
     if !app
         .store
-        .record_keyed_fire(child.id, &key, Some((&run, &[queued])))
+        .record_keyed_fire(child.id, key, Some((&run, &[queued])))
         .await?
     {
         return Ok(()); // another look (here or on another replica) made this fire

@@ -243,7 +243,16 @@ async fn deliver(app: &App, index: usize, handler: &EndHandler, run: &Run) {
             let (title, text) = channels::run_ended(app, run);
             channels::post(app, target, &title, &text, &run.id.to_string()).await
         }
-        (None, None) => return,
+        (None, None) => match &handler.trigger {
+            Some(job) => {
+                data["trigger"] = json!(job);
+                trigger(app, job, run)
+                    .await
+                    .map(|()| 1)
+                    .map_err(|why| (1, why))
+            }
+            None => return,
+        },
     };
     match &outcome {
         Ok(attempts) => {
@@ -263,6 +272,17 @@ async fn deliver(app: &App, index: usize, handler: &EndHandler, run: &Run) {
         tracing::warn!(run.id = %run.id, error = %err, "could not record a result handler's outcome");
     }
     app.notify_run(run.id);
+}
+
+/// Starts a run of job `job` (an id) after `run`, its parent, once per parent run.
+async fn trigger(app: &App, job: &str, run: &Run) -> Result<(), String> {
+    let child = crate::services::jobs::find(app, job)
+        .await
+        .map_err(|err| err.to_string())?;
+    let key = format!("triggered-by:{}", run.id);
+    crate::services::chains::start_after(app, &child, run, &key, &[run.id])
+        .await
+        .map_err(|err| err.to_string())
 }
 
 /// One POST as the handlers send it: where, with which headers and signing key, and whether it

@@ -96,7 +96,8 @@ pub struct JobInput {
     /// outcome (JSON: run id, job, status, result, error, tokens, cost) to `post`, signed with
     /// HMAC-SHA256 when `sign_with` names a vault credential, retried with backoff; or `write`
     /// it to a path in the job's workspace; or `notify` a channel of a registered `notify`
-    /// server (`{"server", "channel"}`). To start another job, give that job `after`.
+    /// server (`{"server", "channel"}`); or `trigger` another job (name or id), with this run as
+    /// its `{{ parent }}`.
     #[serde(default)]
     pub on_end: Option<Vec<EndHandler>>,
     /// Start a run when watched files change on the machines of a worker pool: paths (the last

@@ -93,7 +93,8 @@ async fn file_watches_changed(app: &App) {
     }
 }
 
-/// Names the jobs a chain follows by their ids (clients may give names).
+/// Names the jobs a chain follows, and those result handlers trigger, by their ids (clients may
+/// give names).
 async fn resolve_parents(app: &App, input: &mut JobInput) -> ServiceResult<()> {
     if let Some(chain) = &mut input.after {
         for (index, parent) in chain.jobs.iter_mut().enumerate() {
@@ -104,6 +105,18 @@ async fn resolve_parents(app: &App, input: &mut JobInput) -> ServiceResult<()> {
                 )
             })?;
             *parent = job.id.to_string();
+        }
+    }
+    // Likewise the jobs result handlers trigger.
+    for (index, handler) in input.on_end.iter_mut().flatten().enumerate() {
+        if let Some(target) = &mut handler.trigger {
+            let job = find(app, target).await.map_err(|_| {
+                ServiceError::invalid(
+                    format!("on_end.{index}.trigger"),
+                    format!("there is no job `{target}` (by name or id) to trigger"),
+                )
+            })?;
+            *target = job.id.to_string();
         }
     }
     Ok(())
@@ -165,33 +178,57 @@ async fn check_handlers(app: &App, job: &Job) -> ServiceResult<()> {
 
 /// Refuses a chain that would loop: `job` following, however indirectly, a job that follows it.
 async fn check_chain(app: &App, job: &Job) -> ServiceResult<()> {
-    let Some(chain) = &job.rules.chain else {
-        return Ok(());
+    // A job's parents: those it runs `after`, and those whose result handlers trigger it.
+    let triggered = |of: &Job| -> Vec<JobId> {
+        of.rules
+            .on_end
+            .iter()
+            .filter_map(|handler| handler.trigger.as_deref()?.parse().ok())
+            .collect()
     };
-    let jobs = all(app).await?;
-    let parents_of: HashMap<JobId, &[JobId]> = jobs
+    if job.rules.chain.is_none() && triggered(job).is_empty() {
+        return Ok(());
+    }
+    let stored = all(app).await?;
+    let jobs: Vec<&Job> = stored
         .iter()
         .filter(|other| other.id != job.id)
-        .filter_map(|other| Some((other.id, other.rules.chain.as_ref()?.after.as_slice())))
-        .chain([(job.id, chain.after.as_slice())])
+        .chain([job])
         .collect();
+    let mut parents_of: HashMap<JobId, Vec<JobId>> = HashMap::new();
+    for other in &jobs {
+        if let Some(chain) = &other.rules.chain {
+            parents_of
+                .entry(other.id)
+                .or_default()
+                .extend(chain.after.iter().copied());
+        }
+        for child in triggered(other) {
+            parents_of.entry(child).or_default().push(other.id);
+        }
+    }
     let names: HashMap<JobId, &str> = jobs
         .iter()
         .map(|other| (other.id, other.name.as_str()))
-        .chain([(job.id, job.name.as_str())])
         .collect();
     // Walk up from the job's parents; reaching the job again is a loop.
-    let mut stack: Vec<Vec<JobId>> = chain.after.iter().map(|id| vec![*id]).collect();
+    let start = parents_of.get(&job.id).cloned().unwrap_or_default();
+    let mut stack: Vec<Vec<JobId>> = start.iter().map(|id| vec![*id]).collect();
     let mut seen = std::collections::HashSet::new();
     while let Some(path) = stack.pop() {
         let Some(&last) = path.last() else { continue };
         if last == job.id {
             let mut loop_names: Vec<&str> = vec![names.get(&job.id).copied().unwrap_or("?")];
             loop_names.extend(path.iter().map(|id| names.get(id).copied().unwrap_or("?")));
+            let field = match job.rules.chain {
+                Some(_) => "after.jobs",
+                None => "on_end",
+            };
             return Err(ServiceError::invalid(
-                "after.jobs",
+                field,
                 format!(
-                    "this chain would loop: {} (each runs after the next); remove one link",
+                    "this chain would loop: {} (each runs after the next, by `after` or a \
+                     `trigger` result handler); remove one link",
                     loop_names.join(" ← ")
                 ),
             ));
@@ -199,7 +236,7 @@ async fn check_chain(app: &App, job: &Job) -> ServiceResult<()> {
         if !seen.insert(last) {
             continue;
         }
-        for parent in parents_of.get(&last).copied().unwrap_or_default() {
+        for parent in parents_of.get(&last).map(Vec::as_slice).unwrap_or_default() {
             let mut longer = path.clone();
             longer.push(*parent);
             stack.push(longer);

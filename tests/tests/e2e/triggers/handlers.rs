@@ -164,7 +164,11 @@ async fn result_handlers_write_the_outcome_in_the_workspace_and_notify_a_channel
         assert!(status.is_client_error(), "{handler}: {status} {body}");
         assert!(body.to_string().contains(field), "{handler}: {body}");
     }
-    // Each run reads the outcome its predecessor left, and writes its own.
+    // Each run reads the outcome its predecessor left, and writes its own; a follower runs
+    // after each, started by the reporter's own handler.
+    let follower = server
+        .create_job(json!({ "name": "follower", "command": "echo followed" }))
+        .await;
     let job = server
         .create_job(json!({
             "name": "reporter",
@@ -172,9 +176,23 @@ async fn result_handlers_write_the_outcome_in_the_workspace_and_notify_a_channel
             "on_end": [
                 { "write": ".autopilot/last.json" },
                 { "notify": { "server": "team", "channel": "ops" }, "on": "success" },
+                { "trigger": "follower", "on": "success" },
             ],
         }))
         .await;
+    assert_eq!(
+        job["on_end"][2]["trigger"], follower["id"],
+        "stored by id: {job}"
+    );
+    let (status, body) = server
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/jobs/{}", id(&follower)),
+            Some(json!({ "on_end": [{ "trigger": "reporter" }] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("would loop"), "{body}");
     assert_eq!(job["on_end"][0]["write"], ".autopilot/last.json", "{job}");
     let first = server.trigger(id(&job)).await;
     let first = server
@@ -233,6 +251,16 @@ async fn result_handlers_write_the_outcome_in_the_workspace_and_notify_a_channel
         assert!(tokio::time::Instant::now() < deadline, "{messages:#?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let followed = finished_runs(&server, &follower, 2).await;
+    assert_eq!(followed[0]["trigger"], "chain", "{:#}", followed[0]);
+    let parents: Vec<Value> = {
+        let mut parents = Vec::new();
+        for run in &followed {
+            parents.push(server.events(id(run)).await[0]["data"]["parent_run_id"].clone());
+        }
+        parents
+    };
+    assert!(parents.contains(&first["id"]), "{parents:?}");
     let steps: Vec<Value> = server
         .events(id(&first))
         .await

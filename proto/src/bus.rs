@@ -146,7 +146,7 @@ pub enum WorkerRequest {
         run_id: RunId,
         attempt: u32,
         worker_id: WorkerId,
-        ask: crate::run::ApprovalAsk,
+        ask: crate::approval::ApprovalAsk,
     },
     /// Where an approval asked for stands (the worker asks until it is decided). Answered by
     /// [`WorkerReply::Approval`]; past its deadline it is denied as timed out.
@@ -264,7 +264,9 @@ pub enum WorkerReply {
     /// The answer to a [`WorkerRequest::Memory`], for the run's memory server (JSON).
     Memory { answer: serde_json::Value },
     /// The answer to a [`WorkerRequest::Approval`] or [`WorkerRequest::ApprovalStatus`].
-    Approval { answer: crate::run::ApprovalAnswer },
+    Approval {
+        answer: crate::approval::ApprovalAnswer,
+    },
     /// The answer to a [`WorkerRequest::FileWatches`].
     FileWatches { watches: Vec<FileWatch> },
 }

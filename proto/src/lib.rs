@@ -6,6 +6,7 @@
 //! JetStream implementation. No HTTP and no database types.
 
 pub mod address;
+pub mod approval;
 pub mod blobs;
 pub mod bus;
 pub mod event;
@@ -20,6 +21,7 @@ pub mod run;
 pub mod sealed;
 pub mod task;
 
+pub use approval::{ApprovalAnswer, ApprovalAsk, ApprovalGate};
 pub use blobs::{BlobStore, InMemoryBlobs};
 pub use bus::{
     Acker, AttemptEnd, Bus, BusError, ControlMessage, Delivery, EventBatch, FileChange, FileWatch,
@@ -33,9 +35,8 @@ pub use jetstream_bus::{JetStreamBus, JetStreamConfig, KvLease, ObjectBlobs};
 pub use lease::{Lease, LeaseError};
 pub use memory_bus::{InMemoryBus, InMemoryBusConfig};
 pub use run::{
-    ApiError, ApprovalAnswer, ApprovalAsk, ApprovalGate, Billing, ClaudeSpec, EndsOn, HttpSpec,
-    McpServerSpec, McpTransport, NetworkMode, OutcomeFile, RunKind, RunOutcome, RunSpec, RunStatus,
-    Sandbox, StopReason, TokenUsage, Trigger,
+    ApiError, Billing, ClaudeSpec, EndsOn, HttpSpec, McpServerSpec, McpTransport, NetworkMode,
+    OutcomeFile, RunKind, RunOutcome, RunSpec, RunStatus, Sandbox, StopReason, TokenUsage, Trigger,
 };
 pub use sealed::{SealedError, SealedSecrets, Secrets, WorkerKey};
 pub use task::{TaskReply, TaskServer, WorkerTask};

@@ -57,7 +57,7 @@ pub struct Config {
     /// Most all runs together may cost in a calendar month (UTC).
     pub fleet_monthly_budget_usd: Option<f64>,
     /// Where the alert goes at 80 % and 100 % of it.
-    pub fleet_budget_alert: Option<crate::domain::rules::ResultHandler>,
+    pub fleet_budget_alert: Option<crate::domain::handlers::ResultHandler>,
     pub log_format: LogFormat,
     /// How often a worker reports that a run is alive.
     pub heartbeat_interval: Duration,
@@ -288,7 +288,7 @@ impl Config {
         let fleet_budget_alert = match args.fleet_budget_alert.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(text) => {
-                let alert: crate::domain::rules::ResultHandler = serde_json::from_str(text)
+                let alert: crate::domain::handlers::ResultHandler = serde_json::from_str(text)
                     .map_err(|err| {
                         anyhow::anyhow!(
                             "AUTOPILOT_FLEET_BUDGET_ALERT must be JSON like {{\"post\": \

@@ -45,7 +45,7 @@ pub struct ApprovalRule {
     /// A channel of a registered `notify` server told when a call waits: the tool, the start
     /// of its input, the deadline and the run's page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub notify: Option<super::rules::NotifyTarget>,
+    pub notify: Option<super::handlers::NotifyTarget>,
 }
 
 impl ApprovalRule {

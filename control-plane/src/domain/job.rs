@@ -165,7 +165,11 @@ impl Job {
                 let ungated = |tools: &[String]| -> Vec<String> {
                     tools
                         .iter()
-                        .filter(|tool| !approval.as_ref().is_some_and(|gate| gate.covers(tool)))
+                        .filter(|tool| {
+                            !approval.as_ref().is_some_and(|gate| {
+                                autopilot_fixed_servers::approval_wire::gated(&gate.tools, tool)
+                            })
+                        })
                         .cloned()
                         .collect()
                 };

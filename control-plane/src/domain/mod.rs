@@ -8,6 +8,7 @@ pub mod auth;
 pub mod dashboard;
 pub mod dynamic;
 pub mod error;
+pub mod handlers;
 pub mod input;
 pub mod job;
 pub mod limits;

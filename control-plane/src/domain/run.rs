@@ -154,6 +154,13 @@ impl Run {
         }
     }
 
+    /// Whether worker `worker_id` executes this run's attempt `attempt` now.
+    pub fn is_held_by(&self, attempt: u32, worker_id: &str) -> bool {
+        self.attempt == attempt
+            && self.status.is_executing()
+            && self.worker_id.as_deref() == Some(worker_id)
+    }
+
     /// A lifecycle event from the control plane about this run's current attempt.
     pub fn control_event(&self, data: Value) -> NewRunEvent {
         NewRunEvent {

@@ -24,7 +24,7 @@ use crate::domain::approval::{
     OPERATOR,
 };
 use crate::domain::auth::Caller;
-use crate::domain::rules::NotifyTarget;
+use crate::domain::handlers::NotifyTarget;
 use crate::domain::{Run, ServiceError, ServiceResult};
 use crate::services::channels;
 
@@ -115,7 +115,8 @@ pub async fn ask(
     let job_name = run.job_name.clone();
     if !set_waiting(app, run, event).await? {
         // The run moved on (a kill) between the read and the write: the call is not made.
-        close(app, &approval.id, "the run is no longer running").await?;
+        let reason = Some("the run is no longer running");
+        settle(app, &approval, ApprovalStatus::Closed, AUTOPILOT, reason).await?;
         return Ok(deny(
             Some(approval.id),
             "the run is no longer running; the call was not made",
@@ -288,14 +289,7 @@ pub async fn decide(
         return Err(already(&approval));
     }
     if approval.expires_at <= Utc::now() {
-        settle(
-            app,
-            &approval,
-            ApprovalStatus::TimedOut,
-            AUTOPILOT,
-            Some(NOBODY_DECIDED),
-        )
-        .await?;
+        time_out(app, &approval).await?;
         return Err(ServiceError::Conflict(format!(
             "approval `{id}` timed out at {}; the call was denied",
             approval.expires_at
@@ -405,17 +399,10 @@ async fn settle(
     Ok(true)
 }
 
-async fn close(app: &App, id: &str, reason: &str) -> ServiceResult<()> {
-    let approval = get(app, id).await?;
-    settle(
-        app,
-        &approval,
-        ApprovalStatus::Closed,
-        AUTOPILOT,
-        Some(reason),
-    )
-    .await?;
-    Ok(())
+/// Denies a pending approval whose deadline passed.
+async fn time_out(app: &App, approval: &Approval) -> ServiceResult<bool> {
+    let reason = Some(NOBODY_DECIDED);
+    settle(app, approval, ApprovalStatus::TimedOut, AUTOPILOT, reason).await
 }
 
 /// `running → waiting_for_approval` with `event` (or only the event when another call already
@@ -454,11 +441,11 @@ async fn held_run(
     attempt: u32,
     worker_id: &WorkerId,
 ) -> ServiceResult<Option<Run>> {
-    Ok(app.store.get_run(run_id).await?.filter(|run| {
-        run.status.is_executing()
-            && run.attempt == attempt
-            && run.worker_id.as_deref() == Some(worker_id.as_str())
-    }))
+    Ok(app
+        .store
+        .get_run(run_id)
+        .await?
+        .filter(|run| run.is_held_by(attempt, worker_id.as_str())))
 }
 
 fn rejected() -> WorkerReply {
@@ -494,14 +481,7 @@ pub async fn run_sweeper(app: Arc<App>, cancel: CancellationToken) -> anyhow::Re
 async fn sweep(app: &App) -> ServiceResult<()> {
     let now = Utc::now();
     for approval in app.store.expired_approvals(now, 100).await? {
-        settle(
-            app,
-            &approval,
-            ApprovalStatus::TimedOut,
-            AUTOPILOT,
-            Some(NOBODY_DECIDED),
-        )
-        .await?;
+        time_out(app, &approval).await?;
     }
     let pending = app
         .store

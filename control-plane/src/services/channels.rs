@@ -11,7 +11,7 @@ use autopilot_proto::placeholders;
 use serde::Deserialize;
 
 use crate::app::App;
-use crate::domain::rules::NotifyTarget;
+use crate::domain::handlers::NotifyTarget;
 use crate::domain::tools::Transport;
 use crate::domain::{Run, ServiceError, ServiceResult};
 use crate::services::tools;

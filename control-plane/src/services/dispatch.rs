@@ -244,18 +244,7 @@ pub async fn republish_stale_dispatches(app: &App) -> ServiceResult<usize> {
 /// in-process bus went with it too). The caller holds the data directory lock, so no other
 /// live process owns embedded runs.
 pub async fn recover_embedded_runs(app: &App) -> ServiceResult<()> {
-    let stuck = app
-        .store
-        .runs_in_status(
-            &[
-                RunStatus::Running,
-                RunStatus::WaitingForApproval,
-                RunStatus::Cancelling,
-                RunStatus::Queued,
-            ],
-            None,
-        )
-        .await?;
+    let stuck = app.store.runs_in_status(&RunStatus::ACTIVE, None).await?;
     for mut run in stuck {
         let (status, attempt) = (run.status, run.attempt);
         if status == RunStatus::Queued {

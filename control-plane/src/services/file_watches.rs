@@ -20,7 +20,7 @@ pub async fn watches(
     worker_id: &WorkerId,
     pools: &[String],
 ) -> ServiceResult<WorkerReply> {
-    let live = workers::live(app).await?;
+    let live = workers::listed_live(app).await?;
     let pools: Vec<&String> = pools
         .iter()
         .filter(|pool| watcher_of(&live, pool).is_none_or(|watcher| watcher == worker_id.as_str()))

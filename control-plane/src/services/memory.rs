@@ -24,11 +24,7 @@ pub async fn from_run(
 ) -> ServiceResult<WorkerReply> {
     let run = app.store.get_run(run_id).await?;
     let holds = |run: &Run| {
-        matches!(
-            run.status,
-            RunStatus::Running | RunStatus::WaitingForApproval
-        ) && run.attempt == attempt
-            && run.worker_id.as_deref() == Some(worker_id.as_str())
+        run.is_held_by(attempt, worker_id.as_str()) && run.status != RunStatus::Cancelling
     };
     let Some(run) = run.filter(holds) else {
         return Ok(WorkerReply::Rejected {

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use crate::app::App;
-use crate::domain::rules::{EndHandler, ResultHandler};
+use crate::domain::handlers::{EndHandler, ResultHandler};
 use crate::domain::{Job, Run};
 use crate::services::{channels, rules, tools};
 use autopilot_proto::address::{checked_addresses, Unreachable};

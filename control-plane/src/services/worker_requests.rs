@@ -335,7 +335,7 @@ async fn ending(
             "unknown run (or named twice in one request)",
         )));
     };
-    if !owns(&run, attempt, worker_id) {
+    if !run.is_held_by(attempt, worker_id.as_str()) {
         return Ok(Ending::Reply(rejected(format!(
             "run is {} and not held by this worker",
             run.status
@@ -453,12 +453,6 @@ async fn wait_for_events(app: &App, run_id: RunId, attempt: u32, expected: u64) 
             return;
         }
     }
-}
-
-fn owns(run: &Run, attempt: u32, worker_id: &WorkerId) -> bool {
-    run.attempt == attempt
-        && run.status.is_executing()
-        && run.worker_id.as_deref() == Some(worker_id.as_str())
 }
 
 /// Answers worker requests from the bus. Each request is handled on its own task so one slow

@@ -35,15 +35,20 @@ pub async fn announce(app: &App, status: WorkerStatus) -> ServiceResult<()> {
     Ok(())
 }
 
-/// Workers that announced themselves within the last few heartbeat intervals.
+/// Workers that announced themselves within the last few heartbeat intervals; those silent for
+/// a day are forgotten on the way.
 pub async fn live(app: &App) -> ServiceResult<Vec<WorkerView>> {
-    let window = chrono::Duration::from_std(app.config.heartbeat_interval * MISSED_BEATS)
-        .unwrap_or_else(|_| chrono::Duration::seconds(15));
-    let now = Utc::now();
-    if let Err(err) = app.store.forget_workers(now - FORGET_AFTER).await {
+    if let Err(err) = app.store.forget_workers(Utc::now() - FORGET_AFTER).await {
         tracing::debug!(error = %err, "forgetting silent workers failed");
     }
-    let workers = app.store.list_workers(now - window).await?;
+    listed_live(app).await
+}
+
+/// [`live`], only read: for the questions every worker asks at every heartbeat.
+pub async fn listed_live(app: &App) -> ServiceResult<Vec<WorkerView>> {
+    let window = chrono::Duration::from_std(app.config.heartbeat_interval * MISSED_BEATS)
+        .unwrap_or_else(|_| chrono::Duration::seconds(15));
+    let workers = app.store.list_workers(Utc::now() - window).await?;
     Ok(workers
         .into_iter()
         .map(|(status, seen_at)| WorkerView {

@@ -71,7 +71,7 @@ pub(crate) fn job(name: &str) -> Job {
                 debounce_secs: 30,
             }),
             on_end: vec![
-                autopilot_control_plane::domain::rules::EndHandler {
+                autopilot_control_plane::domain::handlers::EndHandler {
                     post: Some("https://example.com/outcome".into()),
                     write: None,
                     notify: None,
@@ -80,10 +80,10 @@ pub(crate) fn job(name: &str) -> Job {
                     sign_with: Some("HANDLER_KEY".into()),
                     allow_private: false,
                 },
-                autopilot_control_plane::domain::rules::EndHandler {
+                autopilot_control_plane::domain::handlers::EndHandler {
                     post: None,
                     write: None,
-                    notify: Some(autopilot_control_plane::domain::rules::NotifyTarget {
+                    notify: Some(autopilot_control_plane::domain::handlers::NotifyTarget {
                         server: "team".into(),
                         channel: "ops".into(),
                     }),
@@ -120,7 +120,7 @@ pub(crate) fn job(name: &str) -> Job {
                 levels: vec![autopilot_control_plane::domain::tools::AccessLevel::Dangerous],
                 approvers: vec!["operator".into()],
                 timeout_secs: Some(300),
-                notify: Some(autopilot_control_plane::domain::rules::NotifyTarget {
+                notify: Some(autopilot_control_plane::domain::handlers::NotifyTarget {
                     server: "team".into(),
                     channel: "approvers".into(),
                 }),

@@ -8,12 +8,13 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::domain::approval::ApprovalRule;
+use crate::domain::handlers::{EndHandler, MAX_RESULT_HANDLERS};
 use crate::domain::input::{flattened, nullable, validate_name};
 use crate::domain::job::ScheduleFields;
 use crate::domain::limits::MAX_PROMPT_BYTES;
 use crate::domain::rules::{
-    check_prompt_values, Budget, Chain, ChainOn, Conditions, EndHandler, FileSubscription,
-    HookSubscription, JobConcurrency, JobRules, MAX_CHAIN_PARENTS, MAX_RESULT_HANDLERS,
+    check_prompt_values, Budget, Chain, ChainOn, Conditions, FileSubscription, HookSubscription,
+    JobConcurrency, JobRules, MAX_CHAIN_PARENTS,
 };
 use crate::domain::schedule::{parse_cron, parse_interval, parse_timezone};
 use crate::domain::tools::validate_credential_name;

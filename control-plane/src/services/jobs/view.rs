@@ -37,7 +37,7 @@ pub struct JobView {
     pub on_hook: Option<HookSubscription>,
     /// Where each run's outcome is POSTed when it ends.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub on_end: Vec<crate::domain::rules::EndHandler>,
+    pub on_end: Vec<crate::domain::handlers::EndHandler>,
     /// The files it watches.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_file: Option<FileSubscription>,

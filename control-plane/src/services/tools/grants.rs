@@ -261,7 +261,7 @@ fn gate_levels(
         let name = format!("mcp__{}__{}", server.name, tool.name);
         resolved.allowed.retain(|allowed| allowed != &name);
         resolved.disallowed.retain(|withheld| withheld != &name);
-        if !gate.covers(&name) {
+        if !autopilot_fixed_servers::approval_wire::gated(&gate.tools, &name) {
             gate.tools.push(name);
         }
     }

@@ -25,6 +25,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
+use crate::otlp::http::{HttpSettings, HttpSpanExporter};
 use crate::otlp::{self, Protocol, Signal};
 
 /// What was set up; dropping it (or [`Telemetry::shutdown`]) sends the spans still buffered.
@@ -110,19 +111,20 @@ pub fn init(format: LogFormat, service: &'static str) -> anyhow::Result<Telemetr
 }
 
 fn tracer_provider(protocol: Protocol, service: &'static str) -> anyhow::Result<SdkTracerProvider> {
-    let exporter = match protocol {
-        Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .build(),
-        Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build(),
-    }
-    .context("setting up the OTLP trace exporter (OTEL_EXPORTER_OTLP_*)")?;
-    Ok(SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(crate::metrics::resource(service))
-        .build())
+    let builder = SdkTracerProvider::builder().with_resource(crate::metrics::resource(service));
+    let builder = match protocol {
+        Protocol::HttpProtobuf => {
+            let settings = HttpSettings::traces(|name| std::env::var(name).ok())?;
+            builder.with_batch_exporter(HttpSpanExporter::new(settings)?)
+        }
+        Protocol::Grpc => builder.with_batch_exporter(
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build()
+                .context("setting up the OTLP trace exporter (OTEL_EXPORTER_OTLP_*)")?,
+        ),
+    };
+    Ok(builder.build())
 }
 
 /// The JSON log format with the ids of the current span's trace beside the fields.

@@ -68,27 +68,34 @@ pub fn traceparent(cx: &Context) -> Option<String> {
     Some(traceparent)
 }
 
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
 fn push_hex(text: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for byte in bytes {
-        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+        text.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(HEX_DIGITS[usize::from(byte & 0xf)]));
     }
 }
 
-/// Whether `traceparent` names the span current in `cx` (without writing that span's out).
+/// Whether `hex` is `bytes` in lower-case hex (as [`traceparent`] writes them).
+fn is_hex_of(hex: &[u8], bytes: &[u8]) -> bool {
+    hex.len() == 2 * bytes.len()
+        && bytes.iter().zip(hex.chunks_exact(2)).all(|(byte, pair)| {
+            pair[0] == HEX_DIGITS[usize::from(byte >> 4)]
+                && pair[1] == HEX_DIGITS[usize::from(byte & 0xf)]
+        })
+}
+
+/// Whether `traceparent` names the span current in `cx` (compared without parsing it or
+/// writing that span's out: every webhook delivery asks).
 pub fn names_span(traceparent: &str, cx: &Context) -> bool {
     let span = cx.span();
     let context = span.span_context();
+    let text = traceparent.as_bytes();
     context.is_valid()
-        && traceparent
-            .get(36..52)
-            .and_then(|id| SpanId::from_hex(id).ok())
-            == Some(context.span_id())
-        && traceparent
-            .get(3..35)
-            .and_then(|id| TraceId::from_hex(id).ok())
-            == Some(context.trace_id())
+        && text.len() >= 52
+        && is_hex_of(&text[36..52], &context.span_id().to_bytes())
+        && is_hex_of(&text[3..35], &context.trace_id().to_bytes())
 }
 
 tokio::task_local! {
@@ -96,10 +103,14 @@ tokio::task_local! {
     static REQUEST: Context;
 }
 
-/// Runs `work` (a request's handling) with `cx` as its current trace context: spans made by
-/// hand for requests, cheaper than `tracing` spans on a hot path, are found this way.
-pub async fn in_request<F: std::future::Future>(cx: Context, work: F) -> F::Output {
-    REQUEST.scope(cx, work).await
+/// `work` (a request's handling) with `cx` as its current trace context: spans made by hand
+/// for requests, cheaper than `tracing` spans on a hot path, are found this way. A future of a
+/// type that can be named, for a `tower` service's future.
+pub fn in_request<F: std::future::Future>(
+    cx: Context,
+    work: F,
+) -> tokio::task::futures::TaskLocalFuture<Context, F> {
+    REQUEST.scope(cx, work)
 }
 
 /// Calls `work` (the synchronous start of a request's handling) with `cx` as its current trace

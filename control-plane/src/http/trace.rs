@@ -5,14 +5,19 @@
 //! webhook intake makes thousands a second. The request's handling finds the span as its
 //! current trace context (`autopilot_worker::trace::in_request`).
 
-use std::task::{Context as TaskContext, Poll};
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{ready, Context as TaskContext, Poll};
 
 use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
-use futures::future::{BoxFuture, Either};
-use http::StatusCode;
+use futures::future::Either;
+use http::{Method, StatusCode};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, KeyValue, Value};
+use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
 
 use autopilot_worker::trace;
@@ -29,67 +34,131 @@ impl<S> Layer<S> for RequestSpans {
     type Service = RequestSpan<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequestSpan { inner }
+        RequestSpan {
+            inner,
+            names: Arc::default(),
+        }
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct RequestSpan<S> {
     inner: S,
+    /// The span name and attributes of the first method and route this service answered,
+    /// made once: a route's service answers the same route every time, usually one method.
+    names: Arc<OnceLock<RouteNames>>,
+}
+
+#[derive(Debug)]
+struct RouteNames {
+    method: Method,
+    route: &'static str,
+    method_name: &'static str,
+    span_name: &'static str,
+}
+
+impl RouteNames {
+    /// Kept for the process's life: one per route and method, a bounded set.
+    fn new(method: &Method, route: &str) -> Self {
+        Self {
+            method: method.clone(),
+            route: Box::leak(route.into()),
+            method_name: Box::leak(method.as_str().into()),
+            span_name: Box::leak(format!("{method} {route}").into_boxed_str()),
+        }
+    }
 }
 
 impl<S> Service<Request> for RequestSpan<S>
 where
     S: Service<Request, Response = Response>,
-    S::Future: Send + 'static,
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = Either<S::Future, BoxFuture<'static, Result<Response, S::Error>>>;
+    type Future = Either<S::Future, Traced<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let Some(cx) = start(&request) else {
+        let Some(cx) = self.start(&request) else {
             return Either::Left(self.inner.call(request));
         };
         let handling = trace::in_request_sync(cx.clone(), || self.inner.call(request));
-        Either::Right(Box::pin(async move {
-            let result = trace::in_request(cx.clone(), handling).await;
-            if let Ok(response) = &result {
-                end(&cx, response.status());
-            }
-            result
-        }))
+        Either::Right(Traced {
+            handling: trace::in_request(cx.clone(), handling),
+            span: Some(cx),
+        })
     }
 }
 
-/// The request's span, started now, in a context of its own; `None` for untraced routes.
-fn start(request: &Request) -> Option<Context> {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(MatchedPath::as_str)
-        .filter(|route| !UNTRACED.contains(route))?;
-    let method = request.method().as_str();
-    let parent = request
-        .headers()
-        .get(autopilot_proto::TRACEPARENT_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .and_then(trace::parent_context)
-        .unwrap_or_default();
-    let tracer = trace::tracer();
-    let span = tracer
-        .span_builder(format!("{method} {route}"))
-        .with_kind(SpanKind::Server)
-        .with_attributes([
-            KeyValue::new("http.request.method", method.to_owned()),
-            KeyValue::new("http.route", route.to_owned()),
-        ])
-        .start_with_context(tracer, &parent);
-    Some(parent.with_span(span))
+impl<S> RequestSpan<S> {
+    /// The request's span, started now, in a context of its own; `None` for untraced routes.
+    fn start(&self, request: &Request) -> Option<Context> {
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str)
+            .filter(|route| !UNTRACED.contains(route))?;
+        let method = request.method();
+        let names = self.names.get_or_init(|| RouteNames::new(method, route));
+        let (name, method_name, route_name): (Cow<'static, str>, Value, Value) =
+            if names.method == method && names.route == route {
+                (
+                    names.span_name.into(),
+                    names.method_name.into(),
+                    names.route.into(),
+                )
+            } else {
+                (
+                    format!("{method} {route}").into(),
+                    method.as_str().to_owned().into(),
+                    route.to_owned().into(),
+                )
+            };
+        let parent = request
+            .headers()
+            .get(autopilot_proto::TRACEPARENT_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(trace::parent_context)
+            .unwrap_or_default();
+        let tracer = trace::tracer();
+        let builder = tracer.span_builder(name).with_attributes([
+            KeyValue::new("http.request.method", method_name),
+            KeyValue::new("http.route", route_name),
+        ]);
+        let span = builder
+            .with_kind(SpanKind::Server)
+            .start_with_context(tracer, &parent);
+        Some(parent.with_span(span))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A traced request's handling, with its span as the current trace context; the span ends
+    /// with the response.
+    pub struct Traced<F> {
+        #[pin]
+        handling: TaskLocalFuture<Context, F>,
+        span: Option<Context>,
+    }
+}
+
+impl<F, E> Future for Traced<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.handling.poll(cx));
+        if let (Some(span), Ok(response)) = (this.span.take(), &result) {
+            end(&span, response.status());
+        }
+        Poll::Ready(result)
+    }
 }
 
 fn end(cx: &Context, status: StatusCode) {

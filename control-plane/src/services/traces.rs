@@ -51,7 +51,11 @@ pub(crate) fn created(run: &mut Run) {
         _ => {
             let parent = trace::current_context();
             if let Some(traceparent) = trace::traceparent(&parent) {
-                parent.span().set_attributes(run_attributes(run));
+                let span = parent.span();
+                // A span the sampler left out keeps no attributes: none are made for it.
+                if span.is_recording() {
+                    span.set_attributes(run_attributes(run));
+                }
                 run.trace_parent = Some(traceparent);
                 return;
             }

@@ -99,12 +99,8 @@ async fn create_webhook(serve: &Serve, runs: Runs) -> anyhow::Result<String> {
         .context("no url in the answer")
 }
 
-/// wrk's script: the same signed body, a new delivery id each request, and the counts as JSON.
-fn wrk_script() -> String {
-    wrk_script_for("")
-}
-
-/// [`wrk_script`] with delivery ids starting with `prefix`, for several wrk processes at once.
+/// wrk's script: the same signed body, a new delivery id each request (starting with `prefix`,
+/// for several wrk processes or bursts against one server), and the counts as JSON.
 pub(crate) fn wrk_script_for(prefix: &str) -> String {
     format!(
         r#"
@@ -136,7 +132,7 @@ end
     )
 }
 
-/// What wrk said, from the `WRK {…}` line of [`wrk_script`]'s `done`.
+/// What wrk said, from the `WRK {…}` line of [`wrk_script_for`]'s `done`.
 pub(crate) struct WrkSummary {
     /// Answered 2xx.
     pub accepted: i64,
@@ -191,71 +187,116 @@ async fn runs_ended(serve: &Serve) -> anyhow::Result<i64> {
 }
 
 async fn throughput(seconds: u64, runs: Runs) -> anyhow::Result<Vec<Row>> {
-    Ok(throughput_of(seconds, &[], runs).await?.rows)
+    throughput_of(seconds, runs).await
 }
 
-/// What one throughput run measured.
-pub struct Throughput {
-    pub rows: Vec<Row>,
+/// A server taking signed deliveries for one webhook, loaded by wrk in as many bursts as asked
+/// (each with delivery ids of its own).
+pub struct Intake {
+    serve: Serve,
+    url: String,
+    bursts: usize,
+    accepted: i64,
+}
+
+/// What one burst measured.
+pub struct Burst {
+    pub summary: WrkSummary,
     /// Deliveries accepted a second.
     pub per_second: f64,
     /// CPU time of the server per accepted delivery, in microseconds.
     pub server_cpu_us: f64,
+    /// The machine's CPU steal meanwhile, as text.
+    pub steal: String,
 }
 
-/// The throughput run with `env` added to the server's, runs queued.
-pub async fn throughput_with(seconds: u64, env: &[(&str, &str)]) -> anyhow::Result<Throughput> {
-    throughput_of(seconds, env, Runs::Queued).await
-}
+impl Intake {
+    /// Starts a server with `env` added to its environment and its webhook's runs as `runs`
+    /// says.
+    pub async fn start(env: &[(&str, &str)], runs: Runs) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            std::process::Command::new("wrk")
+                .arg("--version")
+                .output()
+                .is_ok(),
+            "the webhook benchmark needs wrk: apt-get install wrk"
+        );
+        let log = log_filter();
+        let mut server_env = vec![
+            ("AUTOPILOT_MAX_QUEUED_RUNS", "100000000"),
+            ("AUTOPILOT_LOG", log.as_str()),
+        ];
+        server_env.extend_from_slice(env);
+        let serve = spawn_serve(&server_env).await?;
+        let url = create_webhook(&serve, runs).await?;
+        Ok(Self {
+            serve,
+            url,
+            bursts: 0,
+            accepted: 0,
+        })
+    }
 
-/// The throughput run with `env` added to the server's and its runs as `runs` says.
-pub async fn throughput_of(
-    seconds: u64,
-    env: &[(&str, &str)],
-    runs: Runs,
-) -> anyhow::Result<Throughput> {
-    anyhow::ensure!(
-        std::process::Command::new("wrk")
-            .arg("--version")
+    /// `wrk -t2 -c64` for `seconds`.
+    pub async fn burst(&mut self, seconds: u64) -> anyhow::Result<Burst> {
+        let script = self.serve.dir.path().join("deliveries.lua");
+        std::fs::write(&script, wrk_script_for(&format!("b{}-", self.bursts)))?;
+        self.bursts += 1;
+        let cpu = CpuTimes::now();
+        let server_cpu = self.serve.cpu_ms();
+        let output = tokio::process::Command::new("wrk")
+            .args(["-t2", "-c64", &format!("-d{seconds}s"), "-s"])
+            .arg(&script)
+            .arg(&self.url)
             .output()
-            .is_ok(),
-        "the webhook benchmark needs wrk: apt-get install wrk"
+            .await?;
+        let steal = CpuTimes::steal_since(cpu);
+        let server_cpu_ms = self
+            .serve
+            .cpu_ms()
+            .zip(server_cpu)
+            .map_or(f64::NAN, |(after, before)| after - before);
+        let summary = wrk_summary(&String::from_utf8_lossy(&output.stdout))?;
+        self.accepted += summary.accepted;
+        Ok(Burst {
+            per_second: summary.accepted as f64 / summary.seconds,
+            server_cpu_us: server_cpu_ms * 1000.0 / summary.accepted.max(1) as f64,
+            summary,
+            steal,
+        })
+    }
+
+    /// Kills the server at once (what was answered must already be on disk) and checks that
+    /// every accepted delivery's run is in its database; the server's files stay for a look.
+    pub async fn kill_and_check(mut self) -> anyhow::Result<Serve> {
+        self.serve.child.kill()?;
+        self.serve.child.wait()?;
+        let stored = runs_in_database(&self.serve).await?;
+        anyhow::ensure!(
+            stored >= self.accepted,
+            "only {stored} runs were stored for {} accepted deliveries",
+            self.accepted
+        );
+        Ok(self.serve)
+    }
+}
+
+/// The throughput run, its runs as `runs` says.
+async fn throughput_of(seconds: u64, runs: Runs) -> anyhow::Result<Vec<Row>> {
+    let mut intake = Intake::start(&[], runs).await?;
+    eprintln!(
+        "wrk: 2 threads, 64 connections, {seconds}s against {}…",
+        intake.url
     );
-    let log = log_filter();
-    let mut server_env = vec![
-        ("AUTOPILOT_MAX_QUEUED_RUNS", "100000000"),
-        ("AUTOPILOT_LOG", log.as_str()),
-    ];
-    server_env.extend_from_slice(env);
-    let mut serve = spawn_serve(&server_env).await?;
-    let url = create_webhook(&serve, runs).await?;
-    let script = serve.dir.path().join("deliveries.lua");
-    std::fs::write(&script, wrk_script())?;
-    eprintln!("wrk: 2 threads, 64 connections, {seconds}s against {url}…");
-    let cpu = CpuTimes::now();
-    let server_cpu = serve.cpu_ms();
-    let output = tokio::process::Command::new("wrk")
-        .args(["-t2", "-c64", &format!("-d{seconds}s"), "-s"])
-        .arg(&script)
-        .arg(&url)
-        .output()
-        .await?;
-    let steal = CpuTimes::steal_since(cpu);
-    let server_cpu_ms = serve
-        .cpu_ms()
-        .zip(server_cpu)
-        .map_or(f64::NAN, |(after, before)| after - before);
-    // Killed at once: what was answered must already be on disk.
-    serve.child.kill()?;
-    serve.child.wait()?;
-    let summary = wrk_summary(&String::from_utf8_lossy(&output.stdout))?;
+    let Burst {
+        summary,
+        per_second,
+        steal,
+        ..
+    } = intake.burst(seconds).await?;
+    let serve = intake.kill_and_check().await?;
     let (accepted, refused) = (summary.accepted, summary.refused);
-    let per_second = accepted as f64 / summary.seconds;
     let stored = runs_in_database(&serve).await?;
-    anyhow::ensure!(
-        stored >= accepted,
-        "only {stored} runs were stored for {accepted} accepted deliveries"
-    );
     let mut rows = vec![
         Row {
             name: format!(
@@ -289,11 +330,7 @@ pub async fn throughput_of(
             target: "(reported)".into(),
         });
     }
-    Ok(Throughput {
-        rows,
-        per_second,
-        server_cpu_us: server_cpu_ms * 1000.0 / accepted.max(1) as f64,
-    })
+    Ok(rows)
 }
 
 async fn fixed_rate(seconds: u64, runs: Runs) -> anyhow::Result<Vec<Row>> {

@@ -3,7 +3,11 @@
 //! `..._METRICS_ENDPOINT`) turns a signal's export on; `OTEL_EXPORTER_OTLP_PROTOCOL` (or the
 //! signal's own) picks `http/protobuf` (the default) or `grpc`; `OTEL_TRACES_EXPORTER` /
 //! `OTEL_METRICS_EXPORTER=none` and `OTEL_SDK_DISABLED=true` turn it off. Headers, timeouts and
-//! the endpoint itself are read by the exporter.
+//! the endpoint itself are read by the exporter: for traces over HTTP our own ([`http`]), for
+//! the rest the OpenTelemetry crate's.
+
+pub mod http;
+pub mod spans;
 
 /// A kind of telemetry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -210,6 +210,49 @@ pub struct RunRow {
     pub billing: Option<String>,
 }
 
+/// A run's `traceparent` as stored: `~` and the 25 bytes it names (trace id, span id, flags) in
+/// unpadded base64url, 35 characters instead of 55 (every webhook delivery writes one, and the
+/// row's size is what the one SQLite writer spends its time on). Anything else, and rows
+/// written before, are kept as they are.
+pub(crate) fn stored_trace_parent(traceparent: &str) -> std::borrow::Cow<'_, str> {
+    use base64::Engine as _;
+    let text = traceparent.as_bytes();
+    let mut bytes = [0_u8; 25];
+    let compact = text.len() == 55
+        && text.starts_with(b"00-")
+        && text[35] == b'-'
+        && text[52] == b'-'
+        // Upper-case hex would come back lower-case: such a value is kept as it is.
+        && !text.iter().any(u8::is_ascii_uppercase)
+        && hex::decode_to_slice(&text[3..35], &mut bytes[..16]).is_ok()
+        && hex::decode_to_slice(&text[36..52], &mut bytes[16..24]).is_ok()
+        && hex::decode_to_slice(&text[53..55], &mut bytes[24..]).is_ok();
+    if !compact {
+        return traceparent.into();
+    }
+    let mut stored = String::with_capacity(35);
+    stored.push('~');
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(bytes, &mut stored);
+    stored.into()
+}
+
+/// The `traceparent` a stored value (see [`stored_trace_parent`]) stands for.
+pub(crate) fn read_trace_parent(stored: String) -> String {
+    use base64::Engine as _;
+    let Some(encoded) = stored.strip_prefix('~') else {
+        return stored;
+    };
+    match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded) {
+        Ok(bytes) if bytes.len() == 25 => format!(
+            "00-{}-{}-{}",
+            hex::encode(&bytes[..16]),
+            hex::encode(&bytes[16..24]),
+            hex::encode(&bytes[24..])
+        ),
+        _ => stored,
+    }
+}
+
 impl TryFrom<RunRow> for Run {
     type Error = StoreError;
 
@@ -256,7 +299,7 @@ impl TryFrom<RunRow> for Run {
                 .map(|id| parse("webhook id", id))
                 .transpose()?,
             delivery_id: row.delivery_id,
-            trace_parent: row.trace_parent,
+            trace_parent: row.trace_parent.map(read_trace_parent),
             billing: row
                 .billing
                 .as_deref()
@@ -453,5 +496,31 @@ impl TryFrom<PayloadRow> for StoredPayload {
             body_bytes: u64::try_from(row.body_bytes).unwrap_or(0),
             truncated: row.truncated,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_parents_are_stored_in_35_characters_and_read_back_as_given() {
+        let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let stored = stored_trace_parent(traceparent);
+        assert_eq!(stored.len(), 35);
+        assert!(stored.starts_with('~'), "{stored}");
+        assert_eq!(read_trace_parent(stored.into_owned()), traceparent);
+        for kept in [
+            "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0z",
+            "00-éf7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "",
+        ] {
+            assert_eq!(stored_trace_parent(kept), kept);
+            assert_eq!(read_trace_parent(kept.to_owned()), kept);
+        }
+        // A value that only looks compact is read as it is.
+        assert_eq!(read_trace_parent("~abc".to_owned()), "~abc");
     }
 }

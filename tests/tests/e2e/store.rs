@@ -725,6 +725,20 @@ async fn conformance(store: Arc<dyn Store>) {
         }
     }
     assert!(store.update_runs(&[]).await.unwrap().is_empty());
+
+    // A run's trace parent comes back as it was given, whether the store keeps it compact (the
+    // W3C form) or as it is (anything else).
+    for traceparent in [
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",
+        "~not-ours",
+    ] {
+        let mut traced = Run::queued(Trigger::Manual, None, first.run_snapshot(), None);
+        traced.trace_parent = Some(traceparent.to_owned());
+        store.insert_run(&traced, &[]).await.unwrap();
+        let read = store.get_run(traced.id).await.unwrap().unwrap();
+        assert_eq!(read.trace_parent.as_deref(), Some(traceparent));
+    }
 }
 
 #[tokio::test]

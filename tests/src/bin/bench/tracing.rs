@@ -1,16 +1,20 @@
 //! What traces cost: the webhook throughput (embedded, wrk) and the fleet pipeline (3 control
 //! planes, 3 workers) with traces off and on, in one sitting. "On" exports every span (the
 //! default sampler: 100 %) over OTLP/HTTP to a real receiver — the tests' one, checking each
-//! request's protobuf and counting its spans on the wire (decoding them all cost it about 4 % of
-//! the machine), running in this benchmark's process on the same two cores, so its work is
-//! charged to the "on" figures too — and pushes metrics over OTLP.
+//! request's protobuf and counting its spans on the wire, running in this benchmark's process on
+//! the same two cores, so its work is charged to the "on" figures too (its CPU a delivery is
+//! printed) — and pushes metrics over OTLP.
 //!
-//! Rounds alternate which goes first (off then on, then on then off), and the disk is synced
-//! before each measurement: whichever ran second used to pay for the first one's writeback, a
-//! bias of about 4 % on this machine. The change reported is the median of each round's own
-//! change (off and on measured back to back, so the machine's drift over the sitting cancels
-//! out), beside the medians of each side. Besides throughput, each prints the CPU time
-//! Autopilot's own processes spent per delivery or run, which the machine's noise moves less.
+//! The webhook intake starts one server of each side for each half of the sitting (in the
+//! other order for the second half: the one started second ran up to 4 % slower in A/A
+//! sittings) and loads them in turns, 12 pairs back to back; the fleet pipeline starts a fleet
+//! for each measurement, 6 pairs. Pairs alternate which goes first, and the disk is synced
+//! before each turn (whichever ran second used to pay for the first one's writeback). The
+//! change reported is the median of the pairs' own changes, so that the machine's drift over a
+//! sitting falls on both sides alike, beside the medians of each side. Each also prints the CPU
+//! time Autopilot's own processes spent per delivery or run.
+//! `BENCH_TRACING_ON_ENV` adds variables to the "on" side (`NAME=value`, comma separated): with
+//! `OTEL_SDK_DISABLED=true` both sides are alike, which shows what the method itself leans by.
 
 use std::future::Future;
 
@@ -135,27 +139,54 @@ pub async fn cost(webhook_seconds: u64, pipeline_seconds: u64) -> anyhow::Result
     Ok(rows)
 }
 
-/// The webhook intake, traces off and on: one server of each, started once and loaded in
-/// turns of `seconds` ([`WEBHOOK_PAIRS`] pairs back to back, half of them "on" first), so
-/// that the machine's drift, which moves a whole sitting by up to 25 % here, falls on both
-/// sides of each pair alike.
+/// Stops a pair of servers once the "on" one's last spans had time to leave.
+async fn stop(off: webhooks::Intake, on: webhooks::Intake) -> anyhow::Result<()> {
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    off.kill_and_check().await?;
+    on.kill_and_check().await?;
+    Ok(())
+}
+
+/// The webhook intake, traces off and on: one server of each for each half of the sitting
+/// (started in the other order for the second half), loaded in turns of `seconds`
+/// ([`WEBHOOK_PAIRS`] pairs back to back, half of them "on" first), so that the machine's
+/// drift, which moves a whole sitting by up to 25 % here, falls on both sides of each pair alike.
 async fn webhook_cost(
     receiver: &OtlpReceiver,
     on_env: &[(&str, &str)],
     seconds: u64,
 ) -> anyhow::Result<Row> {
-    let mut off = webhooks::Intake::start(&[], Runs::Queued).await?;
-    let mut on = webhooks::Intake::start(on_env, Runs::Queued).await?;
-    // A first turn each, not counted: pages, caches and the allocator settle.
-    let mut accepted_on = on.burst(2).await?.summary.accepted;
-    off.burst(2).await?;
     let (mut rates, mut cpu) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+    let mut receiver_cpu = Vec::new();
+    let mut accepted_on = 0;
+    let mut servers = None;
     for pair in 0..WEBHOOK_PAIRS {
+        // Each half of the pairs on servers of its own, started in the other order: the one
+        // started second ran up to a few percent slower in A/A sittings.
+        if pair % (WEBHOOK_PAIRS / 2) == 0 {
+            if let Some((off, on)) = servers.take() {
+                stop(off, on).await?;
+            }
+            let on_started_first = pair > 0;
+            let (off, mut on) = if on_started_first {
+                let on = webhooks::Intake::start(on_env, Runs::Queued).await?;
+                (webhooks::Intake::start(&[], Runs::Queued).await?, on)
+            } else {
+                let off = webhooks::Intake::start(&[], Runs::Queued).await?;
+                (off, webhooks::Intake::start(on_env, Runs::Queued).await?)
+            };
+            let mut off = off;
+            // A first turn each, not counted: pages, caches and the allocator settle.
+            accepted_on += on.burst(2).await?.summary.accepted;
+            off.burst(2).await?;
+            servers = Some((off, on));
+        }
+        let (off, on) = servers.as_mut().expect("started above");
         let on_first = pair % 2 == 1;
         let mut turns = Vec::with_capacity(2);
         for traced in [on_first, !on_first] {
             settle_disk();
-            let intake = if traced { &mut on } else { &mut off };
+            let intake = if traced { &mut *on } else { &mut *off };
             turns.push((traced, intake.burst(seconds).await?));
         }
         let (off_turn, on_turn) = match turns.as_slice() {
@@ -166,41 +197,44 @@ async fn webhook_cost(
         };
         eprintln!(
             "  pair {} of {WEBHOOK_PAIRS}: off {:.0}/s, {:.1} µs server CPU a delivery; on {:.0}/s, \
-             {:.1} µs ({}, {})",
+             {:.1} µs, the receiver {:.1} µs ({}, {})",
             pair + 1,
             off_turn.per_second,
             off_turn.server_cpu_us,
             on_turn.per_second,
             on_turn.server_cpu_us,
+            on_turn.bench_cpu_us - off_turn.bench_cpu_us,
             off_turn.steal,
             on_turn.steal,
         );
+        receiver_cpu.push(on_turn.bench_cpu_us - off_turn.bench_cpu_us);
         accepted_on += on_turn.summary.accepted;
         rates.0.push(off_turn.per_second);
         rates.1.push(on_turn.per_second);
         cpu.0.push(off_turn.server_cpu_us);
         cpu.1.push(on_turn.server_cpu_us);
     }
-    // Let the last batches arrive before counting them.
-    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    if let Some((off, on)) = servers {
+        stop(off, on).await?;
+    }
     let received = receiver.span_count();
-    off.kill_and_check().await?;
-    on.kill_and_check().await?;
     let (rate_off, rate_on) = (median(&rates.0), median(&rates.1));
     let (cpu_off, cpu_on) = (median(&cpu.0), median(&cpu.1));
     Ok(Row {
         name: format!(
             "webhook deliveries accepted per second, embedded, traces off → on (wrk -t2 -c64, \
-             {WEBHOOK_PAIRS} pairs of {seconds}s turns on one server each, {:.2} spans received \
-             a delivery)",
+             {WEBHOOK_PAIRS} pairs of {seconds}s turns, two servers of each started in both \
+             orders, {:.2} spans received a delivery)",
             received as f64 / accepted_on.max(1) as f64
         ),
         value: format!(
             "median change of a pair **{}** (medians {rate_off:.0}/s → {rate_on:.0}/s, {}); server \
-             CPU a delivery {} ({cpu_off:.1} → {cpu_on:.1} µs)",
+             CPU a delivery {} ({cpu_off:.1} → {cpu_on:.1} µs); the receiver's CPU a delivery \
+             {:.1} µs",
             paired_change(&rates.0, &rates.1),
             change(rate_off, rate_on),
             paired_change(&cpu.0, &cpu.1),
+            median(&receiver_cpu),
         ),
         target: "≤ 5 % slower".into(),
     })

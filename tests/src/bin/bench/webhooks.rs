@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use sqlx::Connection;
 
-use super::{percentile, sorted, spawn_serve, CpuTimes, Row, Serve};
+use super::{percentile, process_cpu_ms, sorted, spawn_serve, CpuTimes, Row, Serve};
 
 pub(crate) const SECRET: &str = "bench-signing-secret-0123456789";
 const PAYLOAD: &str = r#"{"action":"opened","issue":{"number":1347,"title":"Found a bug","user":{"login":"octocat"},"labels":[{"name":"bug"}]}}"#;
@@ -206,6 +206,9 @@ pub struct Burst {
     pub per_second: f64,
     /// CPU time of the server per accepted delivery, in microseconds.
     pub server_cpu_us: f64,
+    /// CPU time of this benchmark's own process per accepted delivery, in microseconds (wrk
+    /// is a process of its own): what an OTLP receiver in it spent, when one is.
+    pub bench_cpu_us: f64,
     /// The machine's CPU steal meanwhile, as text.
     pub steal: String,
 }
@@ -244,6 +247,7 @@ impl Intake {
         self.bursts += 1;
         let cpu = CpuTimes::now();
         let server_cpu = self.serve.cpu_ms();
+        let bench_cpu = process_cpu_ms(std::process::id());
         let output = tokio::process::Command::new("wrk")
             .args(["-t2", "-c64", &format!("-d{seconds}s"), "-s"])
             .arg(&script)
@@ -251,6 +255,9 @@ impl Intake {
             .output()
             .await?;
         let steal = CpuTimes::steal_since(cpu);
+        let bench_cpu_ms = process_cpu_ms(std::process::id())
+            .zip(bench_cpu)
+            .map_or(f64::NAN, |(after, before)| after - before);
         let server_cpu_ms = self
             .serve
             .cpu_ms()
@@ -258,9 +265,11 @@ impl Intake {
             .map_or(f64::NAN, |(after, before)| after - before);
         let summary = wrk_summary(&String::from_utf8_lossy(&output.stdout))?;
         self.accepted += summary.accepted;
+        let per_delivery = |ms: f64| ms * 1000.0 / summary.accepted.max(1) as f64;
         Ok(Burst {
             per_second: summary.accepted as f64 / summary.seconds,
-            server_cpu_us: server_cpu_ms * 1000.0 / summary.accepted.max(1) as f64,
+            server_cpu_us: per_delivery(server_cpu_ms),
+            bench_cpu_us: per_delivery(bench_cpu_ms),
             summary,
             steal,
         })

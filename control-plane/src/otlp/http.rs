@@ -255,10 +255,11 @@ impl HttpSpanExporter {
                         .map(Duration::from_secs);
                     (reason, retry_after)
                 }
-                Err(err) if err.is_connect() || err.is_timeout() => {
-                    (format!("the collector could not be reached ({err})"), None)
-                }
-                Err(err) => return Err(format!("sending failed ({err})")),
+                Err(err) if err.is_connect() || err.is_timeout() => (
+                    format!("the collector could not be reached ({})", error_text(err)),
+                    None,
+                ),
+                Err(err) => return Err(format!("sending failed ({})", error_text(err))),
             };
             let pause = retry_after.unwrap_or(wait);
             if attempt == RETRIES || Instant::now() + pause >= deadline {
@@ -285,6 +286,19 @@ impl HttpSpanExporter {
             "exporting spans failed: {reason}; they are dropped (said at most once a minute)"
         );
     }
+}
+
+/// An error and its causes, without the URL (which may carry credentials).
+fn error_text(err: reqwest::Error) -> String {
+    let err = err.without_url();
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Lowers the calling thread's priority (nice 10): exporting spans yields the CPU to the work
@@ -434,6 +448,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("could not be reached"), "{err}");
+        assert!(
+            !err.contains("/v1/traces"),
+            "the URL stays out of logs: {err}"
+        );
     }
 
     fn traces(vars: &[(&str, &str)]) -> anyhow::Result<HttpSettings> {

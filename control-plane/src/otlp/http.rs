@@ -24,6 +24,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONT
 use reqwest::{StatusCode, Url};
 
 use super::spans::{encode_request, EncodedResource};
+use super::Signal;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Retries of one request at most, the first after 100 ms, each wait twice the last.
@@ -44,11 +45,8 @@ impl HttpSettings {
     /// The settings for traces, given `var` (an environment lookup). A value that cannot be
     /// used is an error naming its variable (never a header's value: those are credentials).
     pub fn traces(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        let set = |name: &str| {
-            var(name)
-                .map(|value| value.trim().to_owned())
-                .filter(|value| !value.is_empty())
-        };
+        let set = |name: &str| super::set(&var, name);
+        let setting = |what: &str| super::signal_setting(&var, Signal::Traces, what);
         let (name, endpoint) = match set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
             Some(endpoint) => ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint),
             None => {
@@ -77,7 +75,7 @@ impl HttpSettings {
                 }
             }
         }
-        let timeout = match setting(&set, "TIMEOUT") {
+        let timeout = match setting("TIMEOUT") {
             None => DEFAULT_TIMEOUT,
             Some((name, millis)) => millis
                 .parse()
@@ -88,7 +86,7 @@ impl HttpSettings {
                     format!("{name}={millis} is not a number of milliseconds above 0")
                 })?,
         };
-        let gzip = match setting(&set, "COMPRESSION") {
+        let gzip = match setting("COMPRESSION") {
             None => false,
             Some((name, compression)) => match compression.to_ascii_lowercase().as_str() {
                 "none" => false,
@@ -116,16 +114,6 @@ impl HttpSettings {
                 .unwrap_or_default()
         ) + url.path()
     }
-}
-
-/// The traces' own `OTEL_EXPORTER_OTLP_TRACES_<what>`, else the general one: its name and value.
-fn setting(set: &impl Fn(&str) -> Option<String>, what: &str) -> Option<(String, String)> {
-    [
-        format!("OTEL_EXPORTER_OTLP_TRACES_{what}"),
-        format!("OTEL_EXPORTER_OTLP_{what}"),
-    ]
-    .into_iter()
-    .find_map(|name| set(&name).map(|value| (name, value)))
 }
 
 /// `key=value,key2=value2`, each part percent-encoded.

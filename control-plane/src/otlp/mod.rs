@@ -37,11 +37,7 @@ pub fn export(
     signal: Signal,
     var: impl Fn(&str) -> Option<String>,
 ) -> anyhow::Result<Option<Protocol>> {
-    let set = |name: &str| {
-        var(name)
-            .map(|value| value.trim().to_owned())
-            .filter(|value| !value.is_empty())
-    };
+    let set = |name: &str| set(&var, name);
     if set("OTEL_SDK_DISABLED").is_some_and(|value| value.eq_ignore_ascii_case("true")) {
         return Ok(None);
     }
@@ -61,21 +57,36 @@ pub fn export(
     {
         return Ok(None);
     }
-    let protocol_var = format!("OTEL_EXPORTER_OTLP_{upper}_PROTOCOL");
-    let (name, protocol) = match set(&protocol_var) {
-        Some(protocol) => (protocol_var, Some(protocol)),
-        None => (
-            "OTEL_EXPORTER_OTLP_PROTOCOL".to_owned(),
-            set("OTEL_EXPORTER_OTLP_PROTOCOL"),
-        ),
-    };
-    match protocol.as_deref() {
-        None | Some("http/protobuf") => Ok(Some(Protocol::HttpProtobuf)),
-        Some("grpc") => Ok(Some(Protocol::Grpc)),
-        Some(other) => anyhow::bail!(
+    match signal_setting(&var, signal, "PROTOCOL") {
+        None => Ok(Some(Protocol::HttpProtobuf)),
+        Some((_, protocol)) if protocol == "http/protobuf" => Ok(Some(Protocol::HttpProtobuf)),
+        Some((_, protocol)) if protocol == "grpc" => Ok(Some(Protocol::Grpc)),
+        Some((name, other)) => anyhow::bail!(
             "{name}={other} is not supported: use `http/protobuf` (the default) or `grpc`"
         ),
     }
+}
+
+/// Variable `name` from `var` (an environment lookup), trimmed; `None` when unset or blank.
+fn set(var: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+    var(name)
+        .map(|value| value.trim().to_owned())
+        .filter(|value| !value.is_empty())
+}
+
+/// The signal's own `OTEL_EXPORTER_OTLP_<SIGNAL>_<what>`, else the general
+/// `OTEL_EXPORTER_OTLP_<what>`: the variable's name and its value.
+fn signal_setting(
+    var: &impl Fn(&str) -> Option<String>,
+    signal: Signal,
+    what: &str,
+) -> Option<(String, String)> {
+    [
+        format!("OTEL_EXPORTER_OTLP_{}_{what}", signal.upper()),
+        format!("OTEL_EXPORTER_OTLP_{what}"),
+    ]
+    .into_iter()
+    .find_map(|name| set(var, &name).map(|value| (name, value)))
 }
 
 /// [`export`] from the process's environment.

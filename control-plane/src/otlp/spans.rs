@@ -207,12 +207,22 @@ fn tag(out: &mut Vec<u8>, field: u32, wire_type: u32) {
     varint(out, u64::from(field << 3 | wire_type));
 }
 
-fn varint(out: &mut Vec<u8>, mut value: u64) {
+fn varint(out: &mut Vec<u8>, value: u64) {
+    let (bytes, width) = varint_bytes(value);
+    out.extend_from_slice(&bytes[..width]);
+}
+
+/// `value` as a protobuf varint: its bytes and how many of them it takes.
+fn varint_bytes(mut value: u64) -> ([u8; 10], usize) {
+    let mut bytes = [0; 10];
+    let mut width = 0;
     while value >= 0x80 {
-        out.push((value as u8) | 0x80);
+        bytes[width] = (value as u8) | 0x80;
         value >>= 7;
+        width += 1;
     }
-    out.push(value as u8);
+    bytes[width] = value as u8;
+    (bytes, width + 1)
 }
 
 fn varint_field(out: &mut Vec<u8>, field: u32, value: u64) {
@@ -265,12 +275,11 @@ fn nested(out: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) {
         out[at] = length as u8;
         return;
     }
-    let mut prefix = Vec::with_capacity(10);
-    varint(&mut prefix, length as u64);
+    let (prefix, width) = varint_bytes(length as u64);
     let end = out.len();
-    out.resize(end + prefix.len() - 1, 0);
-    out.copy_within(at + 1..end, at + prefix.len());
-    out[at..at + prefix.len()].copy_from_slice(&prefix);
+    out.resize(end + width - 1, 0);
+    out.copy_within(at + 1..end, at + width);
+    out[at..at + width].copy_from_slice(&prefix[..width]);
 }
 
 #[cfg(test)]

@@ -168,32 +168,45 @@ async fn webhook_cost(
                 stop(off, on).await?;
             }
             let on_started_first = pair > 0;
-            let (off, mut on) = if on_started_first {
-                let on = webhooks::Intake::start(on_env, Runs::Queued).await?;
-                (webhooks::Intake::start(&[], Runs::Queued).await?, on)
+            let no_env: &[(&str, &str)] = &[];
+            let (first_env, second_env) = if on_started_first {
+                (on_env, no_env)
             } else {
-                let off = webhooks::Intake::start(&[], Runs::Queued).await?;
-                (off, webhooks::Intake::start(on_env, Runs::Queued).await?)
+                (no_env, on_env)
             };
-            let mut off = off;
+            let first = webhooks::Intake::start(first_env, Runs::Queued).await?;
+            let second = webhooks::Intake::start(second_env, Runs::Queued).await?;
+            let (mut off, mut on) = if on_started_first {
+                (second, first)
+            } else {
+                (first, second)
+            };
             // A first turn each, not counted: pages, caches and the allocator settle.
             accepted_on += on.burst(2).await?.summary.accepted;
             off.burst(2).await?;
             servers = Some((off, on));
         }
         let (off, on) = servers.as_mut().expect("started above");
+        // As in `pair`: the round says which goes first.
         let on_first = pair % 2 == 1;
-        let mut turns = Vec::with_capacity(2);
-        for traced in [on_first, !on_first] {
-            settle_disk();
-            let intake = if traced { &mut *on } else { &mut *off };
-            turns.push((traced, intake.burst(seconds).await?));
+        settle_disk();
+        let first = if on_first {
+            on.burst(seconds)
+        } else {
+            off.burst(seconds)
         }
-        let (off_turn, on_turn) = match turns.as_slice() {
-            [(false, off_turn), (true, on_turn)] | [(true, on_turn), (false, off_turn)] => {
-                (off_turn, on_turn)
-            }
-            _ => unreachable!("one turn of each"),
+        .await?;
+        settle_disk();
+        let second = if on_first {
+            off.burst(seconds)
+        } else {
+            on.burst(seconds)
+        }
+        .await?;
+        let (off_turn, on_turn) = if on_first {
+            (&second, &first)
+        } else {
+            (&first, &second)
         };
         eprintln!(
             "  pair {} of {WEBHOOK_PAIRS}: off {:.0}/s, {:.1} µs server CPU a delivery; on {:.0}/s, \

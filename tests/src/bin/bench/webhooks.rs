@@ -276,8 +276,9 @@ impl Intake {
     }
 
     /// Kills the server at once (what was answered must already be on disk) and checks that
-    /// every accepted delivery's run is in its database; the server's files stay for a look.
-    pub async fn kill_and_check(mut self) -> anyhow::Result<Serve> {
+    /// every accepted delivery's run is in its database; the server (its files stay for a
+    /// look) and how many runs were stored.
+    pub async fn kill_and_check(mut self) -> anyhow::Result<(Serve, i64)> {
         self.serve.child.kill()?;
         self.serve.child.wait()?;
         let stored = runs_in_database(&self.serve).await?;
@@ -286,7 +287,7 @@ impl Intake {
             "only {stored} runs were stored for {} accepted deliveries",
             self.accepted
         );
-        Ok(self.serve)
+        Ok((self.serve, stored))
     }
 }
 
@@ -303,9 +304,8 @@ async fn throughput_of(seconds: u64, runs: Runs) -> anyhow::Result<Vec<Row>> {
         steal,
         ..
     } = intake.burst(seconds).await?;
-    let serve = intake.kill_and_check().await?;
+    let (serve, stored) = intake.kill_and_check().await?;
     let (accepted, refused) = (summary.accepted, summary.refused);
-    let stored = runs_in_database(&serve).await?;
     let mut rows = vec![
         Row {
             name: format!(

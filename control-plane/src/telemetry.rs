@@ -15,7 +15,7 @@ use std::fmt;
 use anyhow::Context as _;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::Subscriber;
+use tracing::{Dispatch, Subscriber};
 use tracing_subscriber::filter::{filter_fn, FilterExt, LevelFilter, Targets};
 use tracing_subscriber::fmt::format::{Format, Json, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -63,6 +63,22 @@ pub fn init(format: LogFormat, service: &'static str) -> anyhow::Result<Telemetr
     let filter = EnvFilter::try_from_env("AUTOPILOT_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    subscriber(format, filter, provider.as_ref())
+        .try_init()
+        .context("setting up logging")?;
+    if let Some(provider) = &provider {
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        autopilot_worker::trace::set_enabled(true);
+    }
+    Ok(Telemetry { provider })
+}
+
+/// The log layer, filtered by `filter`, and the span layer when traces are exported.
+fn subscriber(
+    format: LogFormat,
+    filter: EnvFilter,
+    provider: Option<&SdkTracerProvider>,
+) -> Dispatch {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
@@ -79,35 +95,31 @@ pub fn init(format: LogFormat, service: &'static str) -> anyhow::Result<Telemetr
     .with_filter(filter.and(filter_fn(|metadata| {
         metadata.target() != autopilot_worker::trace::SPAN_TARGET
     })));
+    let registry = tracing_subscriber::registry().with(logs);
+    // Not `.with(spans)` on an `Option`: an absent layer counts as interested in every
+    // callsite, which would make every `debug!` and `trace!` of every crate (each made, then
+    // refused by the log filter) whenever traces are off.
+    let Some(provider) = provider else {
+        return registry.into();
+    };
     // Spans are exported whatever the log filter says: Autopilot's own, at info and above.
-    let spans = provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer(autopilot_worker::trace::TRACER_NAME))
-            .with_level(false)
-            // Each of these costs allocations or clock reads on every span or every poll.
-            .with_location(false)
-            .with_threads(false)
-            .with_tracked_inactivity(false)
-            .with_context_activation(false)
-            .with_filter(
-                Targets::new()
-                    .with_target(autopilot_worker::trace::SPAN_TARGET, LevelFilter::INFO)
-                    .with_target("autopilot", LevelFilter::INFO)
-                    .with_target("autopilot_control_plane", LevelFilter::INFO)
-                    .with_target("autopilot_worker", LevelFilter::INFO)
-                    .with_target("autopilot_proto", LevelFilter::INFO),
-            )
-    });
-    tracing_subscriber::registry()
-        .with(logs)
-        .with(spans)
-        .try_init()
-        .context("setting up logging")?;
-    if let Some(provider) = &provider {
-        opentelemetry::global::set_tracer_provider(provider.clone());
-        autopilot_worker::trace::set_enabled(true);
-    }
-    Ok(Telemetry { provider })
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(autopilot_worker::trace::TRACER_NAME))
+        .with_level(false)
+        // Each of these costs allocations or clock reads on every span or every poll.
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
+        .with_filter(
+            Targets::new()
+                .with_target(autopilot_worker::trace::SPAN_TARGET, LevelFilter::INFO)
+                .with_target("autopilot", LevelFilter::INFO)
+                .with_target("autopilot_control_plane", LevelFilter::INFO)
+                .with_target("autopilot_worker", LevelFilter::INFO)
+                .with_target("autopilot_proto", LevelFilter::INFO),
+        );
+    registry.with(spans).into()
 }
 
 fn tracer_provider(protocol: Protocol, service: &'static str) -> anyhow::Result<SdkTracerProvider> {
@@ -163,6 +175,33 @@ where
                 "{object},\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\"}}"
             ),
             None => writer.write_str(&line),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    use super::*;
+
+    /// Whether `dispatch` would make a `debug!` event of a library (as `tower_http` makes one
+    /// for every request).
+    fn makes_library_debug_events(dispatch: &Dispatch) -> bool {
+        tracing::dispatcher::with_default(
+            dispatch,
+            || tracing::enabled!(target: "tower_http::trace", Level::DEBUG),
+        )
+    }
+
+    #[test]
+    fn events_the_logs_leave_out_are_not_made() {
+        let provider = SdkTracerProvider::builder().build();
+        for (name, provider) in [("traces off", None), ("traces on", Some(&provider))] {
+            let quiet = subscriber(LogFormat::Text, EnvFilter::new("warn"), provider);
+            assert!(!makes_library_debug_events(&quiet), "{name}");
+            let verbose = subscriber(LogFormat::Json, EnvFilter::new("debug"), provider);
+            assert!(makes_library_debug_events(&verbose), "{name}");
         }
     }
 }

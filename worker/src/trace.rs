@@ -10,6 +10,7 @@
 //! every function here returns at once and nothing is recorded.
 
 use std::borrow::Cow;
+use std::cell::{OnceCell, RefCell};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::SystemTime;
@@ -77,54 +78,94 @@ fn push_hex(text: &mut String, bytes: &[u8]) {
     }
 }
 
-/// Whether `hex` is `bytes` in lower-case hex (as [`traceparent`] writes them).
-fn is_hex_of(hex: &[u8], bytes: &[u8]) -> bool {
-    hex.len() == 2 * bytes.len()
-        && bytes.iter().zip(hex.chunks_exact(2)).all(|(byte, pair)| {
-            pair[0] == HEX_DIGITS[usize::from(byte >> 4)]
-                && pair[1] == HEX_DIGITS[usize::from(byte & 0xf)]
-        })
+/// The trace of the request the current task serves: its span's context and what its handling
+/// adds to that span. Attributes are gathered here and set on the span once, when it ends:
+/// the span itself is behind a lock, and a busy webhook intake would take it for every one.
+#[derive(Debug)]
+pub struct RequestTrace {
+    cx: Context,
+    recording: bool,
+    /// The span's `traceparent`, written when first asked for.
+    traceparent: OnceCell<Option<String>>,
+    attributes: RefCell<Vec<KeyValue>>,
 }
 
-/// Whether `traceparent` names the span current in `cx` (compared without parsing it or
-/// writing that span's out: every webhook delivery asks).
-pub fn names_span(traceparent: &str, cx: &Context) -> bool {
-    let span = cx.span();
-    let context = span.span_context();
-    let text = traceparent.as_bytes();
-    context.is_valid()
-        && text.len() >= 52
-        && is_hex_of(&text[36..52], &context.span_id().to_bytes())
-        && is_hex_of(&text[3..35], &context.trace_id().to_bytes())
+impl RequestTrace {
+    /// The trace of a request whose span is the one in `cx`; `recording` says whether that span
+    /// keeps attributes (the sampler may have left it out).
+    pub fn new(cx: Context, recording: bool) -> Self {
+        Self {
+            cx,
+            recording,
+            traceparent: OnceCell::new(),
+            attributes: RefCell::default(),
+        }
+    }
+
+    /// The request span's `traceparent`, if it has a valid context.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.traceparent
+            .get_or_init(|| traceparent(&self.cx))
+            .as_deref()
+    }
+
+    /// Whether attributes added now are kept.
+    pub fn is_recording(&self) -> bool {
+        self.recording
+    }
+
+    /// Adds attributes to the request's span (set when it ends); dropped unless it records.
+    pub fn add(&self, attributes: impl IntoIterator<Item = KeyValue>) {
+        if self.recording {
+            self.attributes.borrow_mut().extend(attributes);
+        }
+    }
+
+    /// The attributes added while the request was handled.
+    pub fn into_attributes(self) -> Vec<KeyValue> {
+        self.attributes.into_inner()
+    }
+}
+
+impl Clone for RequestTrace {
+    /// The same span, without the attributes added so far.
+    fn clone(&self) -> Self {
+        Self::new(self.cx.clone(), self.recording)
+    }
 }
 
 tokio::task_local! {
-    /// The span of the request the current task serves (see [`in_request`]).
-    static REQUEST: Context;
+    /// The trace of the request the current task serves (see [`in_request`]).
+    static REQUEST: RequestTrace;
 }
 
-/// `work` (a request's handling) with `cx` as its current trace context: spans made by hand
-/// for requests, cheaper than `tracing` spans on a hot path, are found this way. A future of a
-/// type that can be named, for a `tower` service's future.
+/// `work` (a request's handling) with `trace` as its current trace: spans made by hand for
+/// requests, cheaper than `tracing` spans on a hot path, are found this way. A future of a
+/// type that can be named, for a `tower` service's future; its
+/// [`take_value`](tokio::task::futures::TaskLocalFuture::take_value) gives `trace` back with
+/// what the handling added.
 pub fn in_request<F: std::future::Future>(
-    cx: Context,
+    trace: RequestTrace,
     work: F,
-) -> tokio::task::futures::TaskLocalFuture<Context, F> {
-    REQUEST.scope(cx, work)
+) -> tokio::task::futures::TaskLocalFuture<RequestTrace, F> {
+    REQUEST.scope(trace, work)
 }
 
-/// Calls `work` (the synchronous start of a request's handling) with `cx` as its current trace
-/// context.
-pub fn in_request_sync<R>(cx: Context, work: impl FnOnce() -> R) -> R {
-    REQUEST.sync_scope(cx, work)
+/// Calls `work` (the synchronous start of a request's handling) with `trace` as its current
+/// trace.
+pub fn in_request_sync<R>(trace: RequestTrace, work: impl FnOnce() -> R) -> R {
+    REQUEST.sync_scope(trace, work)
+}
+
+/// `f` of the trace of the request the current task serves, if it serves one.
+pub fn with_request<R>(f: impl FnOnce(&RequestTrace) -> R) -> Option<R> {
+    REQUEST.try_with(f).ok()
 }
 
 /// The current trace context: the request's (see [`in_request`]), else the current
 /// `tracing` span's.
 pub fn current_context() -> Context {
-    REQUEST
-        .try_with(Context::clone)
-        .unwrap_or_else(|_| tracing::Span::current().context())
+    with_request(|request| request.cx.clone()).unwrap_or_else(|| tracing::Span::current().context())
 }
 
 /// The context a `traceparent` names, as a remote parent. `None` for a malformed one (the
@@ -294,17 +335,48 @@ mod tests {
         let written = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let context = parent_context(written).expect("valid");
         assert_eq!(traceparent(&context).as_deref(), Some(written));
-        assert!(names_span(written, &context));
-        let other_span = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b8-01";
-        assert!(!names_span(other_span, &context));
-        let other_trace = "00-4bf92f3577b34da6a3ce929d0e0e4737-00f067aa0ba902b7-01";
-        assert!(!names_span(other_trace, &context));
-        assert!(!names_span(written, &Context::new()));
         let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
         assert_eq!(
             traceparent(&parent_context(unsampled).unwrap()).as_deref(),
             Some(unsampled)
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_gathers_attributes_for_its_span() {
+        let written = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let cx = parent_context(written).expect("valid");
+        let request = RequestTrace::new(cx.clone(), true);
+        let expected = trace_id(&cx);
+        let handling = in_request(request.clone(), async move {
+            with_request(|request| {
+                assert_eq!(request.traceparent(), Some(written));
+                request.add([KeyValue::new("a", 1)]);
+                request.add([KeyValue::new("b", "two")]);
+            })
+            .expect("in a request");
+            assert_eq!(trace_id(&current_context()), expected);
+        });
+        let mut handling = std::pin::pin!(handling);
+        handling.as_mut().await;
+        let gathered = handling.take_value().expect("not taken yet");
+        let gathered = gathered.into_attributes();
+        let keys: Vec<&str> = gathered
+            .iter()
+            .map(|attribute| attribute.key.as_str())
+            .collect();
+        assert_eq!(keys, ["a", "b"]);
+        // A copy starts without them; a span that does not record gathers nothing.
+        assert!(request.into_attributes().is_empty());
+        let unrecorded = RequestTrace::new(cx, false);
+        unrecorded.add([KeyValue::new("a", 1)]);
+        assert!(unrecorded.into_attributes().is_empty());
+        assert!(with_request(|_| ()).is_none());
+        assert_eq!(RequestTrace::new(Context::new(), true).traceparent(), None);
+    }
+
+    fn trace_id(cx: &Context) -> TraceId {
+        cx.span().span_context().trace_id()
     }
 
     #[test]

@@ -15,12 +15,16 @@ use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
 use futures::future::Either;
 use http::{Method, StatusCode};
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue, Value};
 use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
 
-use autopilot_worker::trace;
+use autopilot_worker::trace::{self, RequestTrace};
+
+/// Attributes a request span has room for from its start: method and route, a run's five,
+/// the store's wait and the status.
+const ATTRIBUTES_A_SPAN: usize = 10;
 
 /// Routes polled by probes and scrapers: not worth a trace each.
 const UNTRACED: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
@@ -82,20 +86,22 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let Some(cx) = self.start(&request) else {
+        let Some((cx, recording)) = self.start(&request) else {
             return Either::Left(self.inner.call(request));
         };
-        let handling = trace::in_request_sync(cx.clone(), || self.inner.call(request));
+        let request_trace = RequestTrace::new(cx.clone(), recording);
+        let handling = trace::in_request_sync(request_trace.clone(), || self.inner.call(request));
         Either::Right(Traced {
-            handling: trace::in_request(cx.clone(), handling),
+            handling: trace::in_request(request_trace, handling),
             span: Some(cx),
         })
     }
 }
 
 impl<S> RequestSpan<S> {
-    /// The request's span, started now, in a context of its own; `None` for untraced routes.
-    fn start(&self, request: &Request) -> Option<Context> {
+    /// The request's span, started now, in a context of its own, and whether it records;
+    /// `None` for untraced routes.
+    fn start(&self, request: &Request) -> Option<(Context, bool)> {
         let route = request
             .extensions()
             .get::<MatchedPath>()
@@ -124,14 +130,19 @@ impl<S> RequestSpan<S> {
             .and_then(trace::parent_context)
             .unwrap_or_default();
         let tracer = trace::tracer();
-        let builder = tracer.span_builder(name).with_attributes([
+        // Room for what the handling adds (a run's attributes, the store's wait) and the status.
+        let mut attributes = Vec::with_capacity(ATTRIBUTES_A_SPAN);
+        attributes.extend([
             KeyValue::new("http.request.method", method_name),
             KeyValue::new("http.route", route_name),
         ]);
-        let span = builder
+        let span = tracer
+            .span_builder(name)
+            .with_attributes(attributes)
             .with_kind(SpanKind::Server)
             .start_with_context(tracer, &parent);
-        Some(parent.with_span(span))
+        let recording = span.is_recording();
+        Some((parent.with_span(span), recording))
     }
 }
 
@@ -140,7 +151,7 @@ pin_project_lite::pin_project! {
     /// with the response.
     pub struct Traced<F> {
         #[pin]
-        handling: TaskLocalFuture<Context, F>,
+        handling: TaskLocalFuture<RequestTrace, F>,
         span: Option<Context>,
     }
 }
@@ -152,21 +163,28 @@ where
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = ready!(this.handling.poll(cx));
+        let mut this = self.project();
+        let result = ready!(this.handling.as_mut().poll(cx));
         if let (Some(span), Ok(response)) = (this.span.take(), &result) {
-            end(&span, response.status());
+            let added = this
+                .handling
+                .take_value()
+                .map(RequestTrace::into_attributes)
+                .unwrap_or_default();
+            end(&span, response.status(), added);
         }
         Poll::Ready(result)
     }
 }
 
-fn end(cx: &Context, status: StatusCode) {
+/// Ends the request's span with the attributes its handling added and the response's status.
+fn end(cx: &Context, status: StatusCode, mut attributes: Vec<KeyValue>) {
     let span = cx.span();
-    span.set_attribute(KeyValue::new(
+    attributes.push(KeyValue::new(
         "http.response.status_code",
         i64::from(status.as_u16()),
     ));
+    span.set_attributes(attributes);
     if status.is_server_error() {
         span.set_status(Status::error(status.to_string()));
     }

@@ -9,9 +9,9 @@
 //! 503, 504) or unreachable; its spans are dropped after that, with a warning in the log (at
 //! most one a minute). Exporting runs at a lower priority than the process's other threads.
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,8 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const RETRIES: u32 = 3;
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const WARN_EVERY: Duration = Duration::from_secs(60);
+/// A collector's reply is a few bytes (a partial success at most); more is not read.
+const MAX_REPLY_BYTES: u64 = 64 * 1024;
 
 /// Where and how spans are sent.
 #[derive(Debug, PartialEq)]
@@ -154,8 +156,9 @@ pub struct HttpSpanExporter {
     client: reqwest::blocking::Client,
     settings: HttpSettings,
     resource: EncodedResource,
-    /// The last request's size: the next one's buffer starts there.
-    last_size: AtomicUsize,
+    /// The buffer requests are encoded into, kept from one export to the next: a fresh one
+    /// for every batch (over 100 KiB) would be new pages, faulted in and zeroed each time.
+    buffer: Mutex<Vec<u8>>,
     /// When a failure was last logged.
     warned: Mutex<Option<Instant>>,
     /// Whether the exporting thread's priority was lowered.
@@ -178,7 +181,7 @@ impl HttpSpanExporter {
             client,
             settings,
             resource: EncodedResource::default(),
-            last_size: AtomicUsize::new(0),
+            buffer: Mutex::default(),
             warned: Mutex::new(None),
             yielding: AtomicBool::new(false),
         })
@@ -192,13 +195,23 @@ impl HttpSpanExporter {
         if spans.is_empty() {
             return Ok(());
         }
-        let mut body = Vec::with_capacity(self.last_size.load(Ordering::Relaxed));
-        encode_request(&self.resource, spans, &mut body);
-        self.last_size.store(body.len(), Ordering::Relaxed);
-        if self.settings.gzip {
-            body = gzip(&body).map_err(|err| OTelSdkError::InternalFailure(err.to_string()))?;
-        }
-        let result = self.post(Bytes::from(body));
+        let mut buffer = std::mem::take(&mut *lock(&self.buffer));
+        buffer.clear();
+        encode_request(&self.resource, spans, &mut buffer);
+        let result = if self.settings.gzip {
+            gzip(&buffer)
+                .map_err(|err| err.to_string())
+                .and_then(|body| self.post(&Bytes::from(body)))
+        } else {
+            let body = Bytes::from(std::mem::take(&mut buffer));
+            let result = self.post(&body);
+            // The client has let go of the body by now, mostly: then it is the next buffer.
+            if let Ok(body) = body.try_into_mut() {
+                buffer = body.into();
+            }
+            result
+        };
+        *lock(&self.buffer) = buffer;
         if let Err(reason) = &result {
             self.warn(spans.len(), reason);
         }
@@ -206,7 +219,7 @@ impl HttpSpanExporter {
     }
 
     /// Posts `body`, retrying while the collector is busy or unreachable and time is left.
-    fn post(&self, body: Bytes) -> Result<(), String> {
+    fn post(&self, body: &Bytes) -> Result<(), String> {
         let deadline = Instant::now() + self.settings.timeout;
         let mut wait = FIRST_RETRY;
         for attempt in 0..=RETRIES {
@@ -222,7 +235,13 @@ impl HttpSpanExporter {
                 request = request.header(CONTENT_ENCODING, "gzip");
             }
             let (reason, retry_after) = match request.send() {
-                Ok(response) if response.status().is_success() => return Ok(()),
+                Ok(response) if response.status().is_success() => {
+                    // Read to its end, or the connection is closed instead of kept for the
+                    // next export (a new connection for every batch).
+                    let _ =
+                        std::io::copy(&mut response.take(MAX_REPLY_BYTES), &mut std::io::sink());
+                    return Ok(());
+                }
                 Ok(response) => {
                     let status = response.status();
                     let reason = format!("the collector answered {status}");
@@ -260,10 +279,7 @@ impl HttpSpanExporter {
     }
 
     fn warn(&self, spans: usize, reason: &str) {
-        let mut warned = self
-            .warned
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut warned = lock(&self.warned);
         if warned.is_some_and(|at| at.elapsed() < WARN_EVERY) {
             return;
         }
@@ -274,6 +290,10 @@ impl HttpSpanExporter {
             "exporting spans failed: {reason}; they are dropped (said at most once a minute)"
         );
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 /// An error and its causes, without the URL (which may carry credentials).
@@ -335,9 +355,12 @@ impl SpanExporter for HttpSpanExporter {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Read as _;
+    use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
 
+    use std::net::SocketAddr;
+
+    use axum::extract::ConnectInfo;
     use axum::http::HeaderMap as AxumHeaders;
     use axum::routing::post;
     use opentelemetry::{InstrumentationScope, KeyValue};
@@ -347,9 +370,11 @@ mod tests {
     use super::*;
     use crate::otlp::spans::tests::span;
 
-    type Received = Arc<Mutex<Vec<(AxumHeaders, Bytes)>>>;
+    /// What the collector received: each request's headers, body and the client's address.
+    type Received = Arc<Mutex<Vec<(AxumHeaders, Bytes, SocketAddr)>>>;
 
-    /// A collector on loopback answering `busy` times 503, then 200 (or `status` for good).
+    /// A collector on loopback answering `busy` times 503, then 200 (or `status` for good),
+    /// with a reply as real collectors give (an empty partial success).
     fn collector(busy: usize, status: StatusCode) -> (tokio::runtime::Runtime, String, Received) {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let received = Received::default();
@@ -357,20 +382,36 @@ mod tests {
         let kept = received.clone();
         let app = axum::Router::new().route(
             "/v1/traces",
-            post(move |headers: AxumHeaders, body: Bytes| async move {
-                if busy.load(Ordering::SeqCst) > 0 {
-                    busy.fetch_sub(1, Ordering::SeqCst);
-                    return StatusCode::SERVICE_UNAVAILABLE;
-                }
-                kept.lock().unwrap().push((headers, body));
-                status
-            }),
+            post(
+                move |ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                      headers: AxumHeaders,
+                      body: Bytes| async move {
+                    if busy.load(Ordering::SeqCst) > 0 {
+                        busy.fetch_sub(1, Ordering::SeqCst);
+                        return (StatusCode::SERVICE_UNAVAILABLE, axum::body::Body::empty());
+                    }
+                    kept.lock().unwrap().push((headers, body, peer));
+                    // The reply's body comes a moment after its head, as it may from a
+                    // collector: a client that does not read it cannot use the connection again.
+                    let reply = futures::stream::once(async {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        Ok::<_, std::convert::Infallible>(Bytes::from_static(b"\x0a\x00"))
+                    });
+                    (status, axum::body::Body::from_stream(reply))
+                },
+            ),
         );
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        runtime.spawn(async move { axum::serve(listener, app).await });
+        runtime.spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+        });
         (runtime, endpoint, received)
     }
 
@@ -394,7 +435,7 @@ mod tests {
         exporter.send(&spans).expect("sent after one retry");
         let received = received.lock().unwrap();
         assert_eq!(received.len(), 1, "the 503 was retried once");
-        let (headers, body) = &received[0];
+        let (headers, body, _) = &received[0];
         assert_eq!(headers["x-tenant"], "t1");
         assert_eq!(headers["content-encoding"], "gzip");
         assert_eq!(headers["content-type"], "application/x-protobuf");
@@ -406,6 +447,46 @@ mod tests {
         let scope_spans = &request.resource_spans[0].scope_spans[0];
         assert_eq!(scope_spans.spans[0].name, "POST /hooks/{token}");
         assert_eq!(scope_spans.scope.as_ref().unwrap().name, "autopilot");
+    }
+
+    #[test]
+    fn batches_go_one_after_another_over_one_connection() {
+        let (_runtime, endpoint, received) = collector(0, StatusCode::OK);
+        let settings = traces(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]).unwrap();
+        let exporter = HttpSpanExporter::new(settings).unwrap();
+        let scope = InstrumentationScope::builder("autopilot").build();
+        // Larger batches first: each request must carry its own spans, not a longer one's rest.
+        for count in [3, 2, 1] {
+            let spans: Vec<SpanData> = (0..count)
+                .map(|i| span(format!("batch {count} span {i}"), &scope, Vec::new()))
+                .collect();
+            exporter.send(&spans).expect("sent");
+        }
+        let received = received.lock().unwrap();
+        let names: Vec<Vec<String>> = received
+            .iter()
+            .map(|(_, body, _)| {
+                let request = ExportTraceServiceRequest::decode(body.as_ref()).unwrap();
+                request.resource_spans[0].scope_spans[0]
+                    .spans
+                    .iter()
+                    .map(|span| span.name.clone())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                vec!["batch 3 span 0", "batch 3 span 1", "batch 3 span 2"],
+                vec!["batch 2 span 0", "batch 2 span 1"],
+                vec!["batch 1 span 0"],
+            ]
+        );
+        let peers: Vec<SocketAddr> = received.iter().map(|(_, _, peer)| *peer).collect();
+        assert!(
+            peers.iter().all(|peer| *peer == peers[0]),
+            "a connection each: {peers:?}"
+        );
     }
 
     #[test]

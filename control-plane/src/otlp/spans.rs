@@ -309,7 +309,7 @@ pub(crate) mod tests {
 
     /// A finished server span with a remote parent.
     pub(crate) fn span(
-        name: &'static str,
+        name: impl Into<Cow<'static, str>>,
         scope: &InstrumentationScope,
         attributes: Vec<KeyValue>,
     ) -> SpanData {
@@ -323,7 +323,7 @@ pub(crate) mod tests {
             parent_span_id: SpanId::from(0x00f067aa0ba902b7),
             parent_span_is_remote: true,
             span_kind: SpanKind::Server,
-            name: Cow::Borrowed(name),
+            name: name.into(),
             start_time: start,
             end_time: start + Duration::from_micros(1500),
             attributes,

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use autopilot_proto::Trigger;
 use autopilot_worker::trace::{self, PastSpan};
-use opentelemetry::trace::{SpanKind, TraceContextExt};
+use opentelemetry::trace::SpanKind;
 use opentelemetry::{Context, KeyValue};
 
 use crate::domain::Run;
@@ -49,20 +49,22 @@ pub(crate) fn created(run: &mut Run) {
             Context::new(),
         ),
         _ => {
-            let parent = trace::current_context();
-            if let Some(traceparent) = trace::traceparent(&parent) {
-                let span = parent.span();
+            let joined = trace::with_request(|request| {
+                let traceparent = request.traceparent()?.to_owned();
                 // A span the sampler left out keeps no attributes: none are made for it.
-                if span.is_recording() {
-                    span.set_attributes(run_attributes(run));
+                if request.is_recording() {
+                    request.add(run_attributes(run));
                 }
+                Some(traceparent)
+            });
+            if let Some(traceparent) = joined.flatten() {
                 run.trace_parent = Some(traceparent);
                 return;
             }
             (
                 format!("create run ({})", run.trigger.as_str()),
                 now,
-                parent,
+                trace::current_context(),
             )
         }
     };
@@ -80,18 +82,20 @@ pub(crate) fn stored<'a>(runs: impl IntoIterator<Item = &'a Run>, started: Syste
         return;
     }
     let now = SystemTime::now();
-    let current = trace::current_context();
     for run in runs {
-        let joined = run
-            .trace_parent
-            .as_deref()
-            .is_some_and(|traceparent| trace::names_span(traceparent, &current));
-        if joined {
-            let waited = now.duration_since(started).unwrap_or_default();
-            current.span().set_attribute(KeyValue::new(
-                "autopilot.store.duration_ms",
-                waited.as_secs_f64() * 1000.0,
-            ));
+        let joined = trace::with_request(|request| {
+            let joined = request.traceparent().is_some()
+                && request.traceparent() == run.trace_parent.as_deref();
+            if joined {
+                let waited = now.duration_since(started).unwrap_or_default();
+                request.add([KeyValue::new(
+                    "autopilot.store.duration_ms",
+                    waited.as_secs_f64() * 1000.0,
+                )]);
+            }
+            joined
+        });
+        if joined == Some(true) {
             continue;
         }
         let span = PastSpan::new("store run", started, now)

@@ -25,7 +25,6 @@ use sqlx::Connection;
 use super::{percentile, process_cpu_ms, sorted, spawn_serve, CpuTimes, Row, Serve};
 
 pub(crate) const SECRET: &str = "bench-signing-secret-0123456789";
-const PAYLOAD: &str = r#"{"action":"opened","issue":{"number":1347,"title":"Found a bug","user":{"login":"octocat"},"labels":[{"name":"bug"}]}}"#;
 
 fn signature(body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
@@ -99,9 +98,53 @@ async fn create_webhook(serve: &Serve, runs: Runs) -> anyhow::Result<String> {
         .context("no url in the answer")
 }
 
-/// wrk's script: the same signed body, a new delivery id each request (starting with `prefix`,
-/// for several wrk processes or bursts against one server), and the counts as JSON.
+/// How many different bodies wrk sends, in turn.
+const BODIES: usize = 64;
+
+/// GitHub-style `issues` deliveries whose titles run from 8 to 120 characters, as real ones
+/// vary. One body sent again and again would give every run's row the same size, and where
+/// that size falls against SQLite's 4 KiB pages would decide much of a figure: at the old
+/// fixed body, 17 more bytes a row (a longer title, or a trace context) meant three rows a
+/// page instead of four, and a third more pages written for the runs table.
+fn payloads() -> Vec<String> {
+    const WORDS: [&str; 16] = [
+        "crash", "when", "saving", "settings", "on", "windows", "after", "upgrade", "login",
+        "page", "times", "out", "null", "pointer", "in", "parser",
+    ];
+    (0..BODIES)
+        .map(|i| {
+            let length = 8 + i * 112 / (BODIES - 1);
+            let mut title = String::new();
+            for word in WORDS.iter().cycle().skip(i * 5) {
+                if title.len() >= length {
+                    break;
+                }
+                title.push_str(word);
+                title.push(' ');
+            }
+            title.truncate(length);
+            let title = title.trim_end();
+            format!(
+                r#"{{"action":"opened","issue":{{"number":{},"title":"{title}","user":{{"login":"octocat"}},"labels":[{{"name":"bug"}}]}}}}"#,
+                1300 + i
+            )
+        })
+        .collect()
+}
+
+/// wrk's script: [`payloads`] in turn, each signed, a new delivery id each request (starting
+/// with `prefix`, for several wrk processes or bursts against one server), and the counts as
+/// JSON.
 pub(crate) fn wrk_script_for(prefix: &str) -> String {
+    let bodies: String = payloads()
+        .iter()
+        .map(|body| {
+            format!(
+                "  {{[==[{body}]==], \"{}\"}},\n",
+                signature(body.as_bytes())
+            )
+        })
+        .collect();
     format!(
         r#"
 -- `thread_id` is set in each thread's own state by setup(); it must stay a global there.
@@ -110,15 +153,18 @@ function setup(thread)
   threads = threads + 1
   thread:set("thread_id", threads)
 end
+local bodies = {{
+{bodies}}}
 local counter = 0
 function request()
   counter = counter + 1
+  local body = bodies[counter % #bodies + 1]
   return wrk.format("POST", nil, {{
     ["Content-Type"] = "application/json",
     ["X-GitHub-Event"] = "issues",
-    ["X-Hub-Signature-256"] = "{signature}",
+    ["X-Hub-Signature-256"] = body[2],
     ["X-GitHub-Delivery"] = "{prefix}" .. thread_id .. "-" .. counter,
-  }}, '{payload}')
+  }}, body[1])
 end
 function done(summary, latency, requests)
   local e = summary.errors
@@ -126,9 +172,7 @@ function done(summary, latency, requests)
     summary.requests, e.status, e.connect + e.read + e.write + e.timeout, summary.duration / 1e6,
     latency:percentile(50), latency:percentile(99)))
 end
-"#,
-        signature = signature(PAYLOAD.as_bytes()),
-        payload = PAYLOAD,
+"#
     )
 }
 

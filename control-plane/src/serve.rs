@@ -271,10 +271,9 @@ pub fn router(app: &Arc<App>, intake: Arc<Intake>) -> axum::Router {
         .merge(oauth::router(Arc::clone(app)))
         .nest_service("/mcp", mcp::router(Arc::clone(app)));
     // Only when spans are exported: otherwise a request costs no span.
-    let router = if autopilot_worker::trace::enabled() {
-        router.layer(crate::http::trace::RequestSpans)
-    } else {
-        router
+    let router = match crate::http::trace::RequestRecorder::installed() {
+        Some(recorder) => router.layer(crate::http::trace::RequestSpans::new(recorder)),
+        None => router,
     };
     router
         .fallback(api::not_found)

@@ -14,7 +14,14 @@ use std::fmt;
 
 use anyhow::Context as _;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter as _, SpanProcessor,
+};
+use opentelemetry_sdk::Resource;
 use tracing::{Dispatch, Subscriber};
 use tracing_subscriber::filter::{filter_fn, FilterExt, LevelFilter, Targets};
 use tracing_subscriber::fmt::format::{Format, Json, Writer};
@@ -25,6 +32,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
+use crate::http::trace::RequestRecorder;
 use crate::otlp::http::{HttpSettings, HttpSpanExporter};
 use crate::otlp::{self, Protocol, Signal};
 
@@ -57,17 +65,21 @@ impl Drop for Telemetry {
 /// Sets up logging in `format` and, when configured, trace export for a process whose service
 /// name is `service` unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` say otherwise.
 pub fn init(format: LogFormat, service: &'static str) -> anyhow::Result<Telemetry> {
-    let provider = otlp::export_from_env(Signal::Traces)?
+    let exporting = otlp::export_from_env(Signal::Traces)?
         .map(|protocol| tracer_provider(protocol, service))
         .transpose()?;
+    let provider = exporting.as_ref().map(|(provider, _)| provider.clone());
     let filter = EnvFilter::try_from_env("AUTOPILOT_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
     subscriber(format, filter, provider.as_ref())
         .try_init()
         .context("setting up logging")?;
-    if let Some(provider) = &provider {
-        opentelemetry::global::set_tracer_provider(provider.clone());
+    if let Some((provider, processor)) = exporting {
+        opentelemetry::global::set_tracer_provider(provider);
+        // The provider's own settings, read again: its sampler is not to be had from it.
+        let sampler = opentelemetry_sdk::trace::Config::default().sampler;
+        RequestRecorder::new(processor, sampler).install();
         autopilot_worker::trace::set_enabled(true);
     }
     Ok(Telemetry { provider })
@@ -122,21 +134,61 @@ fn subscriber(
     registry.with(spans).into()
 }
 
-fn tracer_provider(protocol: Protocol, service: &'static str) -> anyhow::Result<SdkTracerProvider> {
-    let builder = SdkTracerProvider::builder().with_resource(crate::metrics::resource(service));
-    let builder = match protocol {
+/// The trace provider, and its span processor for the spans recorded without it (requests).
+fn tracer_provider(
+    protocol: Protocol,
+    service: &'static str,
+) -> anyhow::Result<(SdkTracerProvider, Arc<dyn SpanProcessor>)> {
+    let resource = crate::metrics::resource(service);
+    // The exporter gets the resource now: the processor is shared (see `Shared`), and a
+    // shared one cannot be handed it later.
+    let processor = match protocol {
         Protocol::HttpProtobuf => {
             let settings = HttpSettings::traces(|name| std::env::var(name).ok())?;
-            builder.with_batch_exporter(HttpSpanExporter::new(settings)?)
+            let mut exporter = HttpSpanExporter::new(settings)?;
+            exporter.set_resource(&resource);
+            BatchSpanProcessor::builder(exporter).build()
         }
-        Protocol::Grpc => builder.with_batch_exporter(
-            opentelemetry_otlp::SpanExporter::builder()
+        Protocol::Grpc => {
+            let mut exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .build()
-                .context("setting up the OTLP trace exporter (OTEL_EXPORTER_OTLP_*)")?,
-        ),
+                .context("setting up the OTLP trace exporter (OTEL_EXPORTER_OTLP_*)")?;
+            exporter.set_resource(&resource);
+            BatchSpanProcessor::builder(exporter).build()
+        }
     };
-    Ok(builder.build())
+    let processor: Arc<dyn SpanProcessor> = Arc::new(processor);
+    let provider = SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_span_processor(Shared(Arc::clone(&processor)))
+        .build();
+    Ok((provider, processor))
+}
+
+/// A span processor the provider shares with the request spans.
+#[derive(Debug)]
+struct Shared(Arc<dyn SpanProcessor>);
+
+impl SpanProcessor for Shared {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.0.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        self.0.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    /// The exporter was given the resource when it was made.
+    fn set_resource(&mut self, _resource: &Resource) {}
 }
 
 /// The JSON log format with the ids of the current span's trace beside the fields.

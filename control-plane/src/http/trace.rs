@@ -1,22 +1,29 @@
 //! A server span for each HTTP request, when traces are exported: named by method and route
 //! (never the raw path, which may hold a webhook's secret token), a child of the caller's span
-//! when the request carries a W3C `traceparent`. Made with the OpenTelemetry SDK directly, not
-//! as a `tracing` span, and by a plain `tower` layer rather than a boxed middleware: a busy
-//! webhook intake makes thousands a second. The request's handling finds the span as its
-//! current trace context (`autopilot_worker::trace::in_request`).
+//! when the request carries a W3C `traceparent`. Made by a plain `tower` layer rather than a
+//! boxed middleware, and put together here rather than as an SDK span (a boxed object behind a
+//! lock, taken for every attribute): a busy webhook intake makes thousands a second. The span
+//! is sampled by the provider's sampler and handed to its processor when the response is
+//! ready. The request's handling finds the span as its current trace context
+//! (`autopilot_worker::trace::in_request`).
 
 use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context as TaskContext, Poll};
+use std::time::SystemTime;
 
 use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
 use futures::future::Either;
 use http::{Method, StatusCode};
-use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer};
-use opentelemetry::{Context, KeyValue, Value};
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags};
+use opentelemetry::{Context, InstrumentationScope, KeyValue, Value};
+use opentelemetry_sdk::trace::{
+    IdGenerator, RandomIdGenerator, SamplingDecision, ShouldSample, SpanData, SpanEvents,
+    SpanLinks, SpanProcessor,
+};
 use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
 
@@ -29,10 +36,51 @@ const ATTRIBUTES_A_SPAN: usize = 10;
 /// Routes polled by probes and scrapers: not worth a trace each.
 const UNTRACED: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
+/// What request spans are recorded with: the trace provider's processor, a sampler made from
+/// the same settings as the provider's (`OTEL_TRACES_SAMPLER`), and the tracer's scope.
+#[derive(Debug)]
+pub struct RequestRecorder {
+    processor: Arc<dyn SpanProcessor>,
+    sampler: Box<dyn ShouldSample>,
+    ids: RandomIdGenerator,
+    scope: InstrumentationScope,
+}
+
+static RECORDER: OnceLock<RequestRecorder> = OnceLock::new();
+
+impl RequestRecorder {
+    pub fn new(processor: Arc<dyn SpanProcessor>, sampler: Box<dyn ShouldSample>) -> Self {
+        Self {
+            processor,
+            sampler,
+            ids: RandomIdGenerator::default(),
+            scope: InstrumentationScope::builder(trace::TRACER_NAME).build(),
+        }
+    }
+
+    /// Makes this the process's recorder; done once, by the process that exports traces.
+    pub fn install(self) {
+        let _ = RECORDER.set(self);
+    }
+
+    /// The process's recorder, when traces are exported.
+    pub fn installed() -> Option<&'static RequestRecorder> {
+        RECORDER.get()
+    }
+}
+
 /// The layer, for `Router::layer` (which applies it to each route, after routing, so the
 /// matched route is known).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RequestSpans;
+#[derive(Clone, Copy, Debug)]
+pub struct RequestSpans {
+    recorder: &'static RequestRecorder,
+}
+
+impl RequestSpans {
+    pub fn new(recorder: &'static RequestRecorder) -> Self {
+        Self { recorder }
+    }
+}
 
 impl<S> Layer<S> for RequestSpans {
     type Service = RequestSpan<S>;
@@ -40,6 +88,7 @@ impl<S> Layer<S> for RequestSpans {
     fn layer(&self, inner: S) -> Self::Service {
         RequestSpan {
             inner,
+            recorder: self.recorder,
             names: Arc::default(),
         }
     }
@@ -48,6 +97,7 @@ impl<S> Layer<S> for RequestSpans {
 #[derive(Clone, Debug)]
 pub struct RequestSpan<S> {
     inner: S,
+    recorder: &'static RequestRecorder,
     /// The span name and attributes of the first method and route this service answered,
     /// made once: a route's service answers the same route every time, usually one method.
     names: Arc<OnceLock<RouteNames>>,
@@ -86,22 +136,35 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let Some((cx, recording)) = self.start(&request) else {
+        let Some((span, cx)) = self.start(&request) else {
             return Either::Left(self.inner.call(request));
         };
-        let request_trace = RequestTrace::new(cx.clone(), recording);
+        let request_trace = RequestTrace::new(cx, span.recording);
         let handling = trace::in_request_sync(request_trace.clone(), || self.inner.call(request));
         Either::Right(Traced {
             handling: trace::in_request(request_trace, handling),
-            span: Some(cx),
+            span: Some(span),
+            recorder: self.recorder,
         })
     }
 }
 
+/// A request's span until it ends.
+struct OpenSpan {
+    context: SpanContext,
+    /// The caller's span, from its `traceparent`.
+    parent: Option<SpanId>,
+    name: Cow<'static, str>,
+    start: SystemTime,
+    attributes: Vec<KeyValue>,
+    /// Whether the sampler kept it (else it is not recorded, only its context passed on).
+    recording: bool,
+}
+
 impl<S> RequestSpan<S> {
-    /// The request's span, started now, in a context of its own, and whether it records;
-    /// `None` for untraced routes.
-    fn start(&self, request: &Request) -> Option<(Context, bool)> {
+    /// The request's span, started now, and the trace context its handling runs in; `None`
+    /// for untraced routes.
+    fn start(&self, request: &Request) -> Option<(OpenSpan, Context)> {
         let route = request
             .extensions()
             .get::<MatchedPath>()
@@ -123,26 +186,61 @@ impl<S> RequestSpan<S> {
                     route.to_owned().into(),
                 )
             };
+        let start = SystemTime::now();
         let parent = request
             .headers()
             .get(autopilot_proto::TRACEPARENT_HEADER)
             .and_then(|value| value.to_str().ok())
-            .and_then(trace::parent_context)
-            .unwrap_or_default();
-        let tracer = trace::tracer();
+            .and_then(trace::parent_context);
         // Room for what the handling adds (a run's attributes, the store's wait) and the status.
         let mut attributes = Vec::with_capacity(ATTRIBUTES_A_SPAN);
         attributes.extend([
             KeyValue::new("http.request.method", method_name),
             KeyValue::new("http.route", route_name),
         ]);
-        let span = tracer
-            .span_builder(name)
-            .with_attributes(attributes)
-            .with_kind(SpanKind::Server)
-            .start_with_context(tracer, &parent);
-        let recording = span.is_recording();
-        Some((parent.with_span(span), recording))
+        let recorder = self.recorder;
+        let parent_context = parent.as_ref().map(|cx| cx.span().span_context().clone());
+        let trace_id = parent_context
+            .as_ref()
+            .map_or_else(|| recorder.ids.new_trace_id(), SpanContext::trace_id);
+        let sampling = recorder.sampler.should_sample(
+            parent.as_ref(),
+            trace_id,
+            &name,
+            &SpanKind::Server,
+            &attributes,
+            &[],
+        );
+        let parent_flags = parent_context
+            .as_ref()
+            .map_or_else(TraceFlags::default, SpanContext::trace_flags);
+        let (flags, recording) = match sampling.decision {
+            SamplingDecision::RecordAndSample => (parent_flags.with_sampled(true), true),
+            SamplingDecision::RecordOnly => (parent_flags.with_sampled(false), true),
+            SamplingDecision::Drop => (TraceFlags::default(), false),
+        };
+        if recording {
+            attributes.extend(sampling.attributes);
+        }
+        let context = SpanContext::new(
+            trace_id,
+            recorder.ids.new_span_id(),
+            flags,
+            false,
+            sampling.trace_state,
+        );
+        let cx = parent
+            .unwrap_or_default()
+            .with_remote_span_context(context.clone());
+        let span = OpenSpan {
+            context,
+            parent: parent_context.map(|parent| parent.span_id()),
+            name,
+            start,
+            attributes,
+            recording,
+        };
+        Some((span, cx))
     }
 }
 
@@ -152,7 +250,8 @@ pin_project_lite::pin_project! {
     pub struct Traced<F> {
         #[pin]
         handling: TaskLocalFuture<RequestTrace, F>,
-        span: Option<Context>,
+        span: Option<OpenSpan>,
+        recorder: &'static RequestRecorder,
     }
 }
 
@@ -171,22 +270,178 @@ where
                 .take_value()
                 .map(RequestTrace::into_attributes)
                 .unwrap_or_default();
-            end(&span, response.status(), added);
+            end(this.recorder, span, response.status(), added);
         }
         Poll::Ready(result)
     }
 }
 
-/// Ends the request's span with the attributes its handling added and the response's status.
-fn end(cx: &Context, status: StatusCode, mut attributes: Vec<KeyValue>) {
-    let span = cx.span();
+/// Ends the request's span with the attributes its handling added and the response's status,
+/// and hands it to the processor (unless the sampler left it out).
+fn end(recorder: &RequestRecorder, span: OpenSpan, status: StatusCode, added: Vec<KeyValue>) {
+    if !span.recording {
+        return;
+    }
+    let mut attributes = span.attributes;
+    attributes.extend(added);
     attributes.push(KeyValue::new(
         "http.response.status_code",
         i64::from(status.as_u16()),
     ));
-    span.set_attributes(attributes);
-    if status.is_server_error() {
-        span.set_status(Status::error(status.to_string()));
+    let status = if status.is_server_error() {
+        Status::error(status.to_string())
+    } else {
+        Status::Unset
+    };
+    recorder.processor.on_end(SpanData {
+        span_context: span.context,
+        parent_span_id: span.parent.unwrap_or(SpanId::INVALID),
+        parent_span_is_remote: span.parent.is_some(),
+        span_kind: SpanKind::Server,
+        name: span.name,
+        start_time: span.start,
+        end_time: SystemTime::now().max(span.start),
+        attributes,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status,
+        instrumentation_scope: recorder.scope.clone(),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use axum::routing::post;
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::trace::Sampler;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    /// A processor that keeps what it is handed.
+    #[derive(Debug, Default)]
+    struct Kept(Mutex<Vec<SpanData>>);
+
+    impl SpanProcessor for Kept {
+        fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
+
+        fn on_end(&self, span: SpanData) {
+            self.0.lock().unwrap().push(span);
+        }
+
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+
+        fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+            Ok(())
+        }
     }
-    span.end();
+
+    /// A router whose handler adds an attribute to its request's span and answers `status`,
+    /// with spans sampled by `sampler`; what it recorded, and the trace ids the handler saw.
+    fn traced(
+        sampler: Sampler,
+        status: StatusCode,
+    ) -> (axum::Router, Arc<Kept>, Arc<Mutex<Vec<String>>>) {
+        let kept = Arc::new(Kept::default());
+        let recorder = Box::leak(Box::new(RequestRecorder::new(
+            kept.clone(),
+            Box::new(sampler),
+        )));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let handler_seen = seen.clone();
+        let router = axum::Router::new()
+            .route(
+                "/things/{id}",
+                post(move || async move {
+                    trace::with_request(|request| {
+                        request.add([KeyValue::new("thing.kind", "test")]);
+                        handler_seen
+                            .lock()
+                            .unwrap()
+                            .push(request.traceparent().unwrap_or_default().to_owned());
+                    });
+                    status
+                }),
+            )
+            .layer(RequestSpans::new(recorder));
+        (router, kept, seen)
+    }
+
+    async fn send(router: axum::Router, traceparent: Option<&str>) {
+        let mut request = Request::post("/things/secret-token");
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        let request = request.body(axum::body::Body::empty()).unwrap();
+        router.oneshot(request).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_request_span_is_named_by_its_route_and_continues_the_caller_s_trace() {
+        let (router, kept, seen) = traced(Sampler::AlwaysOn, StatusCode::ACCEPTED);
+        let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        send(router, Some(caller)).await;
+        let spans = kept.0.lock().unwrap();
+        let [span] = spans.as_slice() else {
+            panic!("one span: {spans:?}")
+        };
+        assert_eq!(span.name, "POST /things/{id}");
+        assert_eq!(span.span_kind, SpanKind::Server);
+        assert_eq!(
+            span.span_context.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(span.parent_span_id.to_string(), "00f067aa0ba902b7");
+        assert!(span.parent_span_is_remote);
+        assert!(span.span_context.is_sampled());
+        assert!(span.end_time >= span.start_time);
+        let attribute = |key: &str| {
+            span.attributes
+                .iter()
+                .find(|attribute| attribute.key.as_str() == key)
+                .map(|attribute| attribute.value.to_string())
+        };
+        assert_eq!(attribute("http.request.method").as_deref(), Some("POST"));
+        assert_eq!(attribute("http.route").as_deref(), Some("/things/{id}"));
+        assert_eq!(attribute("thing.kind").as_deref(), Some("test"));
+        assert_eq!(
+            attribute("http.response.status_code").as_deref(),
+            Some("202")
+        );
+        assert_eq!(span.status, Status::Unset);
+        assert_eq!(span.instrumentation_scope.name(), trace::TRACER_NAME);
+        // The handler's context is the span itself.
+        let expected = format!(
+            "00-{}-{}-01",
+            span.span_context.trace_id(),
+            span.span_context.span_id()
+        );
+        assert_eq!(*seen.lock().unwrap(), [expected]);
+    }
+
+    #[tokio::test]
+    async fn a_server_error_marks_the_span_and_a_span_the_sampler_drops_is_not_recorded() {
+        let (router, kept, _) = traced(Sampler::AlwaysOn, StatusCode::BAD_GATEWAY);
+        send(router, None).await;
+        {
+            let spans = kept.0.lock().unwrap();
+            assert_eq!(spans.len(), 1);
+            assert!(matches!(spans[0].status, Status::Error { .. }));
+            assert_eq!(spans[0].parent_span_id, SpanId::INVALID);
+            assert!(!spans[0].parent_span_is_remote);
+        }
+
+        let (router, kept, seen) = traced(Sampler::AlwaysOff, StatusCode::OK);
+        send(router, None).await;
+        assert!(kept.0.lock().unwrap().is_empty());
+        // Its context still goes on, marked not sampled.
+        let seen = seen.lock().unwrap();
+        assert!(seen[0].ends_with("-00"), "{seen:?}");
+    }
 }

@@ -218,15 +218,14 @@ pub(crate) fn stored_trace_parent(traceparent: &str) -> std::borrow::Cow<'_, str
     use base64::Engine as _;
     let text = traceparent.as_bytes();
     let mut bytes = [0_u8; 25];
+    // Upper-case hex would come back lower-case: such a value is kept as it is.
     let compact = text.len() == 55
         && text.starts_with(b"00-")
         && text[35] == b'-'
         && text[52] == b'-'
-        // Upper-case hex would come back lower-case: such a value is kept as it is.
-        && !text.iter().any(u8::is_ascii_uppercase)
-        && hex::decode_to_slice(&text[3..35], &mut bytes[..16]).is_ok()
-        && hex::decode_to_slice(&text[36..52], &mut bytes[16..24]).is_ok()
-        && hex::decode_to_slice(&text[53..55], &mut bytes[24..]).is_ok();
+        && decode_lower_hex(&text[3..35], &mut bytes[..16])
+        && decode_lower_hex(&text[36..52], &mut bytes[16..24])
+        && decode_lower_hex(&text[53..55], &mut bytes[24..]);
     if !compact {
         return traceparent.into();
     }
@@ -234,6 +233,25 @@ pub(crate) fn stored_trace_parent(traceparent: &str) -> std::borrow::Cow<'_, str
     stored.push('~');
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(bytes, &mut stored);
     stored.into()
+}
+
+/// Decodes lower-case hex, two digits a byte, into `out`; false for anything else.
+fn decode_lower_hex(text: &[u8], out: &mut [u8]) -> bool {
+    fn digit(character: u8) -> Option<u8> {
+        match character {
+            b'0'..=b'9' => Some(character - b'0'),
+            b'a'..=b'f' => Some(character - b'a' + 10),
+            _ => None,
+        }
+    }
+    text.len() == 2 * out.len()
+        && text.chunks_exact(2).zip(out).all(|(pair, byte)| {
+            let (Some(high), Some(low)) = (digit(pair[0]), digit(pair[1])) else {
+                return false;
+            };
+            *byte = high << 4 | low;
+            true
+        })
 }
 
 /// The `traceparent` a stored value (see [`stored_trace_parent`]) stands for.
@@ -512,6 +530,7 @@ mod tests {
         assert_eq!(read_trace_parent(stored.into_owned()), traceparent);
         for kept in [
             "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0A",
             "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0z",
             "00-éf7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",

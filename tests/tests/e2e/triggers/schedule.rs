@@ -122,13 +122,18 @@ async fn conditions_skip_fires_and_record_why() {
         "{}",
         page.body
     );
+    // The reason names the minute it is: a test that runs across a minute's end has two.
     let skips = skipped_fires(&server, &closed).await;
-    assert!(skips[0]["fires"].as_u64().unwrap() >= 3, "{skips:#?}");
+    let fires: u64 = skips
+        .iter()
+        .map(|skip| skip["fires"].as_u64().unwrap())
+        .sum();
+    assert!(fires >= 3 && skips.len() <= 2, "{skips:#?}");
     assert!(
-        skips[0]["reason"]
+        skips.iter().all(|skip| skip["reason"]
             .as_str()
             .unwrap()
-            .contains("outside the job's time windows"),
+            .contains("outside the job's time windows")),
         "{skips:#?}"
     );
 }

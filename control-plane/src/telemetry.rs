@@ -11,15 +11,14 @@
 //! leads to its trace.
 
 use std::fmt;
-
-use anyhow::Context as _;
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
-    BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter as _, SpanProcessor,
+    BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor,
 };
 use opentelemetry_sdk::Resource;
 use tracing::{Dispatch, Subscriber};
@@ -140,30 +139,31 @@ fn tracer_provider(
     service: &'static str,
 ) -> anyhow::Result<(SdkTracerProvider, Arc<dyn SpanProcessor>)> {
     let resource = crate::metrics::resource(service);
-    // The exporter gets the resource now: the processor is shared (see `Shared`), and a
-    // shared one cannot be handed it later.
-    let processor = match protocol {
+    let processor: Arc<dyn SpanProcessor> = match protocol {
         Protocol::HttpProtobuf => {
             let settings = HttpSettings::traces(|name| std::env::var(name).ok())?;
-            let mut exporter = HttpSpanExporter::new(settings)?;
-            exporter.set_resource(&resource);
-            BatchSpanProcessor::builder(exporter).build()
+            batch(HttpSpanExporter::new(settings)?, &resource)
         }
-        Protocol::Grpc => {
-            let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+        Protocol::Grpc => batch(
+            opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .build()
-                .context("setting up the OTLP trace exporter (OTEL_EXPORTER_OTLP_*)")?;
-            exporter.set_resource(&resource);
-            BatchSpanProcessor::builder(exporter).build()
-        }
+                .context("setting up the OTLP trace exporter (OTEL_EXPORTER_OTLP_*)")?,
+            &resource,
+        ),
     };
-    let processor: Arc<dyn SpanProcessor> = Arc::new(processor);
     let provider = SdkTracerProvider::builder()
         .with_resource(resource)
         .with_span_processor(Shared(Arc::clone(&processor)))
         .build();
     Ok((provider, processor))
+}
+
+/// A batch processor for `exporter`, which gets the resource now: the processor is shared (see
+/// `Shared`), and a shared one cannot be handed it later.
+fn batch(mut exporter: impl SpanExporter + 'static, resource: &Resource) -> Arc<dyn SpanProcessor> {
+    exporter.set_resource(resource);
+    Arc::new(BatchSpanProcessor::builder(exporter).build())
 }
 
 /// A span processor the provider shares with the request spans.

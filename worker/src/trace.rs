@@ -79,8 +79,9 @@ fn push_hex(text: &mut String, bytes: &[u8]) {
 }
 
 /// The trace of the request the current task serves: its span's context and what its handling
-/// adds to that span. Attributes are gathered here and set on the span once, when it ends:
-/// the span itself is behind a lock, and a busy webhook intake would take it for every one.
+/// adds to that span. Attributes are gathered here and put on the span once, when it ends,
+/// rather than on a shared span object for each one: a busy webhook intake adds several to
+/// every delivery's span.
 #[derive(Debug)]
 pub struct RequestTrace {
     cx: Context,

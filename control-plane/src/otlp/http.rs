@@ -355,10 +355,9 @@ impl SpanExporter for HttpSpanExporter {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
     use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
-
-    use std::net::SocketAddr;
 
     use axum::extract::ConnectInfo;
     use axum::http::HeaderMap as AxumHeaders;

@@ -84,8 +84,9 @@ pub(crate) fn stored<'a>(runs: impl IntoIterator<Item = &'a Run>, started: Syste
     let now = SystemTime::now();
     for run in runs {
         let joined = trace::with_request(|request| {
-            let joined = request.traceparent().is_some()
-                && request.traceparent() == run.trace_parent.as_deref();
+            let joined = request
+                .traceparent()
+                .is_some_and(|own| run.trace_parent.as_deref() == Some(own));
             if joined {
                 let waited = now.duration_since(started).unwrap_or_default();
                 request.add([KeyValue::new(

@@ -189,20 +189,11 @@ async fn webhook_cost(
         let (off, on) = servers.as_mut().expect("started above");
         // As in `pair`: the round says which goes first.
         let on_first = pair % 2 == 1;
+        let (goes_first, goes_second) = if on_first { (on, off) } else { (off, on) };
         settle_disk();
-        let first = if on_first {
-            on.burst(seconds)
-        } else {
-            off.burst(seconds)
-        }
-        .await?;
+        let first = goes_first.burst(seconds).await?;
         settle_disk();
-        let second = if on_first {
-            off.burst(seconds)
-        } else {
-            on.burst(seconds)
-        }
-        .await?;
+        let second = goes_second.burst(seconds).await?;
         let (off_turn, on_turn) = if on_first {
             (&second, &first)
         } else {

@@ -10,11 +10,12 @@
 //! every function here returns at once and nothing is recorded.
 
 use std::borrow::Cow;
-use std::cell::{OnceCell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
+use autopilot_proto::RunId;
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
     TraceState, Tracer as _,
@@ -78,6 +79,45 @@ fn push_hex(text: &mut String, bytes: &[u8]) {
     }
 }
 
+/// The ids of the span that starts a run's trace, derived from the run's id: a request that
+/// starts a trace (a webhook delivery without a `traceparent`) draws its run's id first and
+/// takes these for its span, so the run's row need not carry its trace context (every delivery
+/// writes one row on the one SQLite writer; see `store::rows::stored_trace_parent`). `None` in
+/// the (never seen) case of an all-zero id, which is invalid.
+///
+/// A fixed mix of the id's bits (MurmurHash3's 64-bit finaliser, which is a bijection, over
+/// both halves): the trace id's low half, which ratio samplers read, is as random as the run
+/// id's random bits. Stored rows are read back with it, so it never changes.
+pub fn run_span_ids(run_id: RunId) -> Option<(TraceId, SpanId)> {
+    fn mix(mut bits: u64) -> u64 {
+        bits ^= bits >> 33;
+        bits = bits.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        bits ^= bits >> 33;
+        bits = bits.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        bits ^ (bits >> 33)
+    }
+    let (high, low) = run_id.as_uuid().as_u64_pair();
+    let trace_low = mix(low ^ mix(high ^ 0x6175_746f_7069_6c6f));
+    let trace_high = mix(high ^ mix(low ^ 0x7472_6163_6520_6964));
+    let span = mix(trace_low ^ trace_high ^ 0x7370_616e_2069_6421);
+    let trace_id = TraceId::from(u128::from(trace_high) << 64 | u128::from(trace_low));
+    let span_id = SpanId::from(span);
+    (trace_id != TraceId::INVALID && span_id != SpanId::INVALID).then_some((trace_id, span_id))
+}
+
+/// The `traceparent` of a sampled span whose ids are [`run_span_ids`] of `run_id`.
+pub fn run_traceparent(run_id: RunId) -> Option<String> {
+    let (trace_id, span_id) = run_span_ids(run_id)?;
+    let context = SpanContext::new(
+        trace_id,
+        span_id,
+        TraceFlags::SAMPLED,
+        false,
+        TraceState::default(),
+    );
+    traceparent(&Context::new().with_remote_span_context(context))
+}
+
 /// The trace of the request the current task serves: its span's context and what its handling
 /// adds to that span. Attributes are gathered here and put on the span once, when it ends,
 /// rather than on a shared span object for each one: a busy webhook intake adds several to
@@ -89,18 +129,34 @@ pub struct RequestTrace {
     /// The span's `traceparent`, written when first asked for.
     traceparent: OnceCell<Option<String>>,
     attributes: RefCell<Vec<KeyValue>>,
+    /// The id the request's first run takes, when the span's ids were derived from it.
+    run_id: Cell<Option<RunId>>,
 }
 
 impl RequestTrace {
     /// The trace of a request whose span is the one in `cx`; `recording` says whether that span
     /// keeps attributes (the sampler may have left it out).
     pub fn new(cx: Context, recording: bool) -> Self {
+        Self::with_attributes(cx, recording, Vec::new())
+    }
+
+    /// [`new`](Self::new), for a span that has `attributes` so far (the handling's are added
+    /// to them: give them room).
+    pub fn with_attributes(cx: Context, recording: bool, attributes: Vec<KeyValue>) -> Self {
         Self {
             cx,
             recording,
             traceparent: OnceCell::new(),
-            attributes: RefCell::default(),
+            attributes: RefCell::new(attributes),
+            run_id: Cell::new(None),
         }
+    }
+
+    /// Makes this the trace of a request whose span's ids are [`run_span_ids`] of `run_id`:
+    /// the first run it creates takes that id ([`run_id`]).
+    pub fn starting_run(self, run_id: RunId) -> Self {
+        self.run_id.set(Some(run_id));
+        self
     }
 
     /// The request span's `traceparent`, if it has a valid context.
@@ -122,14 +178,16 @@ impl RequestTrace {
         }
     }
 
-    /// The attributes added while the request was handled.
+    /// The span's attributes: those it started with and those added while the request was
+    /// handled.
     pub fn into_attributes(self) -> Vec<KeyValue> {
         self.attributes.into_inner()
     }
 }
 
 impl Clone for RequestTrace {
-    /// The same span, without the attributes added so far.
+    /// The same span, without its attributes, and without a run id to give (one id must never
+    /// go to two runs).
     fn clone(&self) -> Self {
         Self::new(self.cx.clone(), self.recording)
     }
@@ -161,6 +219,15 @@ pub fn in_request_sync<R>(trace: RequestTrace, work: impl FnOnce() -> R) -> R {
 /// `f` of the trace of the request the current task serves, if it serves one.
 pub fn with_request<R>(f: impl FnOnce(&RequestTrace) -> R) -> Option<R> {
     REQUEST.try_with(f).ok()
+}
+
+/// The id for a run created now: the one the current request's span was derived from, the
+/// first time it is asked for (so the run's trace context can be derived from its id), else a
+/// new one.
+pub fn run_id() -> RunId {
+    with_request(|request| request.run_id.take())
+        .flatten()
+        .unwrap_or_else(RunId::new)
 }
 
 /// The current trace context: the request's (see [`in_request`]), else the current
@@ -331,6 +398,9 @@ impl OpenSpan {
 mod tests {
     use super::*;
 
+    /// `run_traceparent` of the run `019aec3b-0f3e-7c21-9a4d-2f1e5b6c7d8e`.
+    const GOLDEN_TRACEPARENT: &str = "00-c1bb915ee6e001061d622598bc7d8ed8-e4689b4811b2f5aa-01";
+
     #[test]
     fn a_traceparent_reads_back_as_it_was_written() {
         let written = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -374,6 +444,40 @@ mod tests {
         assert!(unrecorded.into_attributes().is_empty());
         assert!(with_request(|_| ()).is_none());
         assert_eq!(RequestTrace::new(Context::new(), true).traceparent(), None);
+    }
+
+    #[test]
+    fn a_run_s_span_ids_derive_from_its_id_the_same_way_for_good() {
+        // Rows are read back with this derivation: it must not change.
+        let run: RunId = "019aec3b-0f3e-7c21-9a4d-2f1e5b6c7d8e".parse().unwrap();
+        assert_eq!(run_traceparent(run).as_deref(), Some(GOLDEN_TRACEPARENT),);
+        // The trace ids' low halves, which ratio samplers read, spread over their whole range
+        // although every run id has the same version and variant bits.
+        let lows: Vec<u64> = (0..4096)
+            .map(|_| {
+                let (trace_id, _) = run_span_ids(RunId::new()).expect("valid");
+                u64::from_be_bytes(trace_id.to_bytes()[8..].try_into().unwrap())
+            })
+            .collect();
+        let below_half = lows.iter().filter(|low| **low < u64::MAX / 2).count();
+        assert!((1800..2300).contains(&below_half), "{below_half} of 4096");
+        let top_bits: std::collections::HashSet<u64> = lows.iter().map(|low| low >> 60).collect();
+        assert_eq!(top_bits.len(), 16);
+    }
+
+    #[tokio::test]
+    async fn a_request_s_run_id_goes_to_its_first_run_only() {
+        let run = RunId::new();
+        let request = RequestTrace::new(Context::new(), true).starting_run(run);
+        let copy = request.clone();
+        in_request(request, async move {
+            assert_eq!(run_id(), run);
+            assert_ne!(run_id(), run);
+        })
+        .await;
+        // A copy (the handling's synchronous start) has none to give.
+        in_request(copy, async move { assert_ne!(run_id(), run) }).await;
+        assert_ne!(run_id(), run);
     }
 
     fn trace_id(cx: &Context) -> TraceId {

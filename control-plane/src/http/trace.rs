@@ -19,7 +19,7 @@ use axum::response::Response;
 use futures::future::Either;
 use http::{Method, StatusCode};
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags};
-use opentelemetry::{Context, InstrumentationScope, KeyValue, Value};
+use opentelemetry::{InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::trace::{
     IdGenerator, RandomIdGenerator, SamplingDecision, ShouldSample, SpanData, SpanEvents,
     SpanLinks, SpanProcessor,
@@ -27,6 +27,7 @@ use opentelemetry_sdk::trace::{
 use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
 
+use autopilot_proto::RunId;
 use autopilot_worker::trace::{self, RequestTrace};
 
 /// Attributes a request span has room for from its start: method and route, a run's five,
@@ -89,7 +90,8 @@ impl<S> Layer<S> for RequestSpans {
         RequestSpan {
             inner,
             recorder: self.recorder,
-            names: Arc::default(),
+            // Kept for the process's life: one per route, made when the router is built.
+            names: Box::leak(Box::default()),
         }
     }
 }
@@ -100,7 +102,9 @@ pub struct RequestSpan<S> {
     recorder: &'static RequestRecorder,
     /// The span name and attributes of the first method and route this service answered,
     /// made once: a route's service answers the same route every time, usually one method.
-    names: Arc<OnceLock<RouteNames>>,
+    /// A plain reference: the service is cloned for every request, on every thread, and a
+    /// shared count would move between their caches each time.
+    names: &'static OnceLock<RouteNames>,
 }
 
 #[derive(Debug)]
@@ -136,10 +140,9 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let Some((span, cx)) = self.start(&request) else {
+        let Some((span, request_trace)) = self.start(&request) else {
             return Either::Left(self.inner.call(request));
         };
-        let request_trace = RequestTrace::new(cx, span.recording);
         let handling = trace::in_request_sync(request_trace.clone(), || self.inner.call(request));
         Either::Right(Traced {
             handling: trace::in_request(request_trace, handling),
@@ -156,15 +159,14 @@ struct OpenSpan {
     parent: Option<SpanId>,
     name: Cow<'static, str>,
     start: SystemTime,
-    attributes: Vec<KeyValue>,
     /// Whether the sampler kept it (else it is not recorded, only its context passed on).
     recording: bool,
 }
 
 impl<S> RequestSpan<S> {
-    /// The request's span, started now, and the trace context its handling runs in; `None`
-    /// for untraced routes.
-    fn start(&self, request: &Request) -> Option<(OpenSpan, Context)> {
+    /// The request's span, started now, and the trace its handling runs in; `None` for
+    /// untraced routes.
+    fn start(&self, request: &Request) -> Option<(OpenSpan, RequestTrace)> {
         let route = request
             .extensions()
             .get::<MatchedPath>()
@@ -200,9 +202,20 @@ impl<S> RequestSpan<S> {
         ]);
         let recorder = self.recorder;
         let parent_context = parent.as_ref().map(|cx| cx.span().span_context().clone());
-        let trace_id = parent_context
-            .as_ref()
-            .map_or_else(|| recorder.ids.new_trace_id(), SpanContext::trace_id);
+        // A request that starts a trace and may create a run (a webhook delivery, a trigger)
+        // draws that run's id now and derives its span's ids from it: the run's row then
+        // carries no trace context of its own (`store::rows::stored_trace_parent`).
+        let derived = (parent_context.is_none() && method == Method::POST)
+            .then(|| {
+                let run_id = RunId::new();
+                trace::run_span_ids(run_id).map(|ids| (run_id, ids))
+            })
+            .flatten();
+        let trace_id = match (&parent_context, derived) {
+            (Some(parent), _) => parent.trace_id(),
+            (None, Some((_, (trace_id, _)))) => trace_id,
+            (None, None) => recorder.ids.new_trace_id(),
+        };
         let sampling = recorder.sampler.should_sample(
             parent.as_ref(),
             trace_id,
@@ -222,13 +235,8 @@ impl<S> RequestSpan<S> {
         if recording {
             attributes.extend(sampling.attributes);
         }
-        let context = SpanContext::new(
-            trace_id,
-            recorder.ids.new_span_id(),
-            flags,
-            false,
-            sampling.trace_state,
-        );
+        let span_id = derived.map_or_else(|| recorder.ids.new_span_id(), |(_, (_, id))| id);
+        let context = SpanContext::new(trace_id, span_id, flags, false, sampling.trace_state);
         let cx = parent
             .unwrap_or_default()
             .with_remote_span_context(context.clone());
@@ -237,10 +245,15 @@ impl<S> RequestSpan<S> {
             parent: parent_context.map(|parent| parent.span_id()),
             name,
             start,
-            attributes,
             recording,
         };
-        Some((span, cx))
+        // The handling adds its attributes to the span's (its trace holds them until the end).
+        let trace = RequestTrace::with_attributes(cx, recording, attributes);
+        let trace = match derived {
+            Some((run_id, _)) => trace.starting_run(run_id),
+            None => trace,
+        };
+        Some((span, trace))
     }
 }
 
@@ -265,25 +278,28 @@ where
         let mut this = self.project();
         let result = ready!(this.handling.as_mut().poll(cx));
         if let (Some(span), Ok(response)) = (this.span.take(), &result) {
-            let added = this
+            let attributes = this
                 .handling
                 .take_value()
                 .map(RequestTrace::into_attributes)
                 .unwrap_or_default();
-            end(this.recorder, span, response.status(), added);
+            end(this.recorder, span, response.status(), attributes);
         }
         Poll::Ready(result)
     }
 }
 
-/// Ends the request's span with the attributes its handling added and the response's status,
-/// and hands it to the processor (unless the sampler left it out).
-fn end(recorder: &RequestRecorder, span: OpenSpan, status: StatusCode, added: Vec<KeyValue>) {
+/// Ends the request's span with its attributes (those its handling added among them) and the
+/// response's status, and hands it to the processor (unless the sampler left it out).
+fn end(
+    recorder: &RequestRecorder,
+    span: OpenSpan,
+    status: StatusCode,
+    mut attributes: Vec<KeyValue>,
+) {
     if !span.recording {
         return;
     }
-    let mut attributes = span.attributes;
-    attributes.extend(added);
     attributes.push(KeyValue::new(
         "http.response.status_code",
         i64::from(status.as_u16()),
@@ -327,7 +343,12 @@ mod tests {
     struct Kept(Mutex<Vec<SpanData>>);
 
     impl SpanProcessor for Kept {
-        fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
+        fn on_start(
+            &self,
+            _span: &mut opentelemetry_sdk::trace::Span,
+            _cx: &opentelemetry::Context,
+        ) {
+        }
 
         fn on_end(&self, span: SpanData) {
             self.0.lock().unwrap().push(span);
@@ -348,6 +369,15 @@ mod tests {
         sampler: Sampler,
         status: StatusCode,
     ) -> (axum::Router, Arc<Kept>, Arc<Mutex<Vec<String>>>) {
+        traced_runs(sampler, status, Arc::default())
+    }
+
+    /// [`traced`], with the id of a run the handler creates pushed onto `runs`.
+    fn traced_runs(
+        sampler: Sampler,
+        status: StatusCode,
+        runs: Arc<Mutex<Vec<RunId>>>,
+    ) -> (axum::Router, Arc<Kept>, Arc<Mutex<Vec<String>>>) {
         let kept = Arc::new(Kept::default());
         let recorder = Box::leak(Box::new(RequestRecorder::new(
             kept.clone(),
@@ -355,6 +385,7 @@ mod tests {
         )));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let handler_seen = seen.clone();
+        let handler_runs = runs;
         let router = axum::Router::new()
             .route(
                 "/things/{id}",
@@ -366,6 +397,7 @@ mod tests {
                             .unwrap()
                             .push(request.traceparent().unwrap_or_default().to_owned());
                     });
+                    handler_runs.lock().unwrap().push(trace::run_id());
                     status
                 }),
             )
@@ -443,5 +475,28 @@ mod tests {
         // Its context still goes on, marked not sampled.
         let seen = seen.lock().unwrap();
         assert!(seen[0].ends_with("-00"), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn a_request_that_starts_a_trace_derives_its_span_from_the_id_of_its_run() {
+        let runs = Arc::new(Mutex::new(Vec::new()));
+        let (router, kept, seen) =
+            traced_runs(Sampler::AlwaysOn, StatusCode::ACCEPTED, runs.clone());
+        send(router.clone(), None).await;
+        let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        send(router, Some(caller)).await;
+        let runs = runs.lock().unwrap();
+        let spans = kept.0.lock().unwrap();
+        let seen = seen.lock().unwrap();
+        let (trace_id, span_id) = trace::run_span_ids(runs[0]).expect("valid");
+        assert_eq!(spans[0].span_context.trace_id(), trace_id);
+        assert_eq!(spans[0].span_context.span_id(), span_id);
+        assert_eq!(Some(&seen[0]), trace::run_traceparent(runs[0]).as_ref());
+        // Under a caller's trace the run's id is a new one.
+        assert_eq!(
+            spans[1].span_context.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_ne!(Some(&seen[1]), trace::run_traceparent(runs[1]).as_ref());
     }
 }

@@ -112,7 +112,7 @@ pub async fn quick_run(app: &App, input: QuickRunInput) -> ServiceResult<Run> {
     }
     let settings = input.run.resolve(JobKind::Claude, RetryPolicy::NONE)?;
     super::tools::check_tools(app, &settings).await?;
-    let run_id = RunId::new();
+    let run_id = autopilot_worker::trace::run_id();
     let snapshot = RunSnapshot {
         kind: RunKind::Claude(autopilot_proto::ClaudeSpec {
             prompt: input.prompt,

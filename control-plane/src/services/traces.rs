@@ -13,24 +13,20 @@ use opentelemetry::{Context, KeyValue};
 use crate::domain::Run;
 
 /// What identifies a run on its spans.
-pub(crate) fn run_attributes(run: &Run) -> Vec<KeyValue> {
-    let mut attributes = vec![
-        KeyValue::new("autopilot.run.id", run.id.to_string()),
-        KeyValue::new("autopilot.trigger", run.trigger.as_str()),
-    ];
-    if let Some(job) = &run.job_name {
-        attributes.push(KeyValue::new("autopilot.job.name", job.clone()));
-    }
-    if let Some(job_id) = run.job_id {
-        attributes.push(KeyValue::new("autopilot.job.id", job_id.to_string()));
-    }
-    if let Some(webhook_id) = run.webhook_id {
-        attributes.push(KeyValue::new(
-            "autopilot.webhook.id",
-            webhook_id.to_string(),
-        ));
-    }
-    attributes
+pub(crate) fn run_attributes(run: &Run) -> impl Iterator<Item = KeyValue> {
+    [
+        Some(KeyValue::new("autopilot.run.id", run.id.to_string())),
+        Some(KeyValue::new("autopilot.trigger", run.trigger.as_str())),
+        run.job_name
+            .clone()
+            .map(|job| KeyValue::new("autopilot.job.name", job)),
+        run.job_id
+            .map(|job_id| KeyValue::new("autopilot.job.id", job_id.to_string())),
+        run.webhook_id
+            .map(|webhook_id| KeyValue::new("autopilot.webhook.id", webhook_id.to_string())),
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// Starts the run's trace. Under a span (the HTTP request of a webhook delivery or an API

@@ -2,7 +2,9 @@
 //! Times are stored as milliseconds since the epoch, ids as text, lists as JSON text.
 
 use autopilot_proto::{EventKind, JobId, RunEvent, RunId, TokenUsage};
+use autopilot_worker::trace;
 use chrono::{DateTime, TimeZone, Utc};
+use opentelemetry::trace::TraceFlags;
 
 use super::StoreError;
 use crate::domain::oauth::{AuthCode, OAuthClient, RefreshToken};
@@ -210,11 +212,14 @@ pub struct RunRow {
     pub billing: Option<String>,
 }
 
-/// A run's `traceparent` as stored: `~` and the 25 bytes it names (trace id, span id, flags) in
-/// unpadded base64url, 35 characters instead of 55 (every webhook delivery writes one, and the
-/// row's size is what the one SQLite writer spends its time on). Anything else, and rows
-/// written before, are kept as they are.
-pub(crate) fn stored_trace_parent(traceparent: &str) -> std::borrow::Cow<'_, str> {
+/// What a run's row says of the trace context its run was created in: every webhook delivery
+/// writes one, and the row's size is what the one SQLite writer spends its time on.
+/// - `~` alone: the sampled span whose ids derive from the run's id
+///   (`autopilot_worker::trace::run_span_ids`), as the request that created the run made it.
+/// - `~` and the 25 bytes it names (trace id, span id, flags) in unpadded base64url: 35
+///   characters instead of 55.
+/// - Anything else, and rows written before, are kept as they are.
+pub(crate) fn stored_trace_parent(traceparent: &str, run_id: RunId) -> std::borrow::Cow<'_, str> {
     use base64::Engine as _;
     let text = traceparent.as_bytes();
     let mut bytes = [0_u8; 25];
@@ -228,6 +233,14 @@ pub(crate) fn stored_trace_parent(traceparent: &str) -> std::borrow::Cow<'_, str
         && decode_lower_hex(&text[53..55], &mut bytes[24..]);
     if !compact {
         return traceparent.into();
+    }
+    let derived = trace::run_span_ids(run_id).is_some_and(|(trace_id, span_id)| {
+        bytes[..16] == trace_id.to_bytes()
+            && bytes[16..24] == span_id.to_bytes()
+            && bytes[24] == TraceFlags::SAMPLED.to_u8()
+    });
+    if derived {
+        return DERIVED_TRACE_PARENT.into();
     }
     let mut stored = String::with_capacity(35);
     stored.push('~');
@@ -254,9 +267,16 @@ fn decode_lower_hex(text: &[u8], out: &mut [u8]) -> bool {
         })
 }
 
-/// The `traceparent` a stored value (see [`stored_trace_parent`]) stands for.
-pub(crate) fn read_trace_parent(stored: String) -> String {
+/// How a row says that its run's trace context derives from the run's id.
+const DERIVED_TRACE_PARENT: &str = "~";
+
+/// The `traceparent` a stored value (see [`stored_trace_parent`]) of the run `run_id` stands
+/// for.
+pub(crate) fn read_trace_parent(stored: String, run_id: RunId) -> String {
     use base64::Engine as _;
+    if stored == DERIVED_TRACE_PARENT {
+        return trace::run_traceparent(run_id).unwrap_or(stored);
+    }
     let Some(encoded) = stored.strip_prefix('~') else {
         return stored;
     };
@@ -275,8 +295,9 @@ impl TryFrom<RunRow> for Run {
     type Error = StoreError;
 
     fn try_from(row: RunRow) -> Result<Self, Self::Error> {
+        let id = parse("run id", &row.id)?;
         Ok(Run {
-            id: parse("run id", &row.id)?,
+            id,
             job_id: row
                 .job_id
                 .as_deref()
@@ -317,7 +338,7 @@ impl TryFrom<RunRow> for Run {
                 .map(|id| parse("webhook id", id))
                 .transpose()?,
             delivery_id: row.delivery_id,
-            trace_parent: row.trace_parent.map(read_trace_parent),
+            trace_parent: row.trace_parent.map(|stored| read_trace_parent(stored, id)),
             billing: row
                 .billing
                 .as_deref()
@@ -523,11 +544,12 @@ mod tests {
 
     #[test]
     fn trace_parents_are_stored_in_35_characters_and_read_back_as_given() {
+        let run = RunId::new();
         let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        let stored = stored_trace_parent(traceparent);
+        let stored = stored_trace_parent(traceparent, run);
         assert_eq!(stored.len(), 35);
         assert!(stored.starts_with('~'), "{stored}");
-        assert_eq!(read_trace_parent(stored.into_owned()), traceparent);
+        assert_eq!(read_trace_parent(stored.into_owned(), run), traceparent);
         for kept in [
             "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0A",
@@ -536,10 +558,27 @@ mod tests {
             "00-éf7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             "",
         ] {
-            assert_eq!(stored_trace_parent(kept), kept);
-            assert_eq!(read_trace_parent(kept.to_owned()), kept);
+            assert_eq!(stored_trace_parent(kept, run), kept);
+            assert_eq!(read_trace_parent(kept.to_owned(), run), kept);
         }
         // A value that only looks compact is read as it is.
-        assert_eq!(read_trace_parent("~abc".to_owned()), "~abc");
+        assert_eq!(read_trace_parent("~abc".to_owned(), run), "~abc");
+    }
+
+    #[test]
+    fn a_trace_context_derived_from_the_run_s_id_is_stored_in_one_character() {
+        let run = RunId::new();
+        let derived = trace::run_traceparent(run).expect("valid ids");
+        let stored = stored_trace_parent(&derived, run);
+        assert_eq!(stored, "~");
+        assert_eq!(read_trace_parent(stored.into_owned(), run), derived);
+        // Another run's, or the same ids unsampled, are stored whole.
+        let other = stored_trace_parent(&derived, RunId::new());
+        assert_eq!(other.len(), 35);
+        assert_eq!(read_trace_parent(other.into_owned(), run), derived);
+        let unsampled = format!("{}00", derived.strip_suffix("01").expect("sampled"));
+        let stored = stored_trace_parent(&unsampled, run);
+        assert_eq!(stored.len(), 35);
+        assert_eq!(read_trace_parent(stored.into_owned(), run), unsampled);
     }
 }

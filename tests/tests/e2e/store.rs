@@ -739,6 +739,13 @@ async fn conformance(store: Arc<dyn Store>) {
         let read = store.get_run(traced.id).await.unwrap().unwrap();
         assert_eq!(read.trace_parent.as_deref(), Some(traceparent));
     }
+    // One derived from the run's id (as a request that starts a trace makes it) too.
+    let mut traced = Run::queued(Trigger::Manual, None, first.run_snapshot(), None);
+    traced.trace_parent = autopilot_worker::trace::run_traceparent(traced.id);
+    assert!(traced.trace_parent.is_some());
+    store.insert_run(&traced, &[]).await.unwrap();
+    let read = store.get_run(traced.id).await.unwrap().unwrap();
+    assert_eq!(read.trace_parent, traced.trace_parent);
 }
 
 #[tokio::test]

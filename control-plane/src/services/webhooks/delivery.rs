@@ -5,6 +5,7 @@
 //! come through here too.
 
 use autopilot_proto::{ClaudeSpec, RunId, RunKind, Sandbox, Trigger};
+use autopilot_worker::trace;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -240,8 +241,9 @@ pub fn build_delivery(
             })
     };
     let header = notice(webhook, received.delivery_id.as_deref());
-    // The run's id is drawn first: a job's own prompt may name it (`{{ run.id }}`).
-    let run_id = RunId::new();
+    // The run's id is drawn first: a job's own prompt may name it (`{{ run.id }}`). The
+    // request's span may have been derived from it.
+    let run_id = trace::run_id();
     let mut settings = match &live.job {
         Some(job) => {
             let mut settings = job.run_snapshot();

@@ -94,7 +94,7 @@ macro_rules! bind_run {
             .bind(run.webhook_id.map(|id| id.to_string()))
             .bind(run.delivery_id.clone())
             .bind(run.trace_parent.as_deref().map(|traceparent| {
-                crate::store::rows::stored_trace_parent(traceparent).into_owned()
+                crate::store::rows::stored_trace_parent(traceparent, run.id).into_owned()
             }))
             .bind(run.billing.map(|billing| billing.as_str()))
     }};

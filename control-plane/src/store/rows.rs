@@ -4,7 +4,7 @@
 use autopilot_proto::{EventKind, JobId, RunEvent, RunId, TokenUsage};
 use autopilot_worker::trace;
 use chrono::{DateTime, TimeZone, Utc};
-use opentelemetry::trace::TraceFlags;
+use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
 
 use super::StoreError;
 use crate::domain::oauth::{AuthCode, OAuthClient, RefreshToken};
@@ -281,11 +281,10 @@ pub(crate) fn read_trace_parent(stored: String, run_id: RunId) -> String {
         return stored;
     };
     match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded) {
-        Ok(bytes) if bytes.len() == 25 => format!(
-            "00-{}-{}-{}",
-            hex::encode(&bytes[..16]),
-            hex::encode(&bytes[16..24]),
-            hex::encode(&bytes[24..])
+        Ok(bytes) if bytes.len() == 25 => trace::format_traceparent(
+            TraceId::from_bytes(bytes[..16].try_into().expect("16 bytes")),
+            SpanId::from_bytes(bytes[16..24].try_into().expect("8 bytes")),
+            TraceFlags::new(bytes[24]),
         ),
         _ => stored,
     }
